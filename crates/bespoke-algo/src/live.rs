@@ -1,0 +1,295 @@
+//! The in-memory view of the interaction log that serving reads.
+//!
+//! Layout: `users[u]` is user `u`'s history, one [`Interaction`] per distinct item, sorted by
+//! item id so that "has the user seen this item" is a binary search; `item_users[i]` lists the
+//! users who interacted with item `i`, oldest first. Both are indexed by the store's dense ids.
+
+use rustc_hash::FxHashMap;
+
+use crate::{ItemIdx, Millis, Popularity, Scored, TopK, UserIdx};
+
+/// What one user did with one item, aggregated over all their events on it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interaction {
+    /// The item.
+    pub item: ItemIdx,
+    /// Sum of the event weights; negative when the feedback was negative on balance.
+    pub weight: f32,
+    /// Number of events.
+    pub count: u32,
+    /// Time of the latest event.
+    pub last_ts: Millis,
+}
+
+/// An item related to another one by co-occurrence in user histories.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Related {
+    /// The related item.
+    pub item: ItemIdx,
+    /// Cosine similarity of the two items' user sets (binary, positive interactions only).
+    pub score: f32,
+    /// Number of sampled users who interacted positively with both.
+    pub co_users: u32,
+}
+
+/// Histories, reverse histories and popularity, updated event by event.
+#[derive(Debug, Clone)]
+pub struct LiveIndex {
+    users: Vec<Vec<Interaction>>,
+    item_users: Vec<Vec<UserIdx>>,
+    popularity: Popularity,
+    events: u64,
+}
+
+impl LiveIndex {
+    /// An empty index using `popularity` for its popularity statistics.
+    pub fn new(popularity: Popularity) -> Self {
+        Self {
+            users: Vec::new(),
+            item_users: Vec::new(),
+            popularity,
+            events: 0,
+        }
+    }
+
+    /// Applies one event of weight `weight` (already mapped from its type) at time `ts`.
+    pub fn apply(&mut self, user: UserIdx, item: ItemIdx, weight: f32, ts: Millis) {
+        let (u, i) = (user.0 as usize, item.0 as usize);
+        if self.users.len() <= u {
+            self.users.resize_with(u + 1, Vec::new);
+        }
+        if self.item_users.len() <= i {
+            self.item_users.resize_with(i + 1, Vec::new);
+        }
+        let history = &mut self.users[u];
+        match history.binary_search_by_key(&item, |x| x.item) {
+            Ok(pos) => {
+                let x = &mut history[pos];
+                x.weight += weight;
+                x.count += 1;
+                x.last_ts = x.last_ts.max(ts);
+            }
+            Err(pos) => {
+                history.insert(
+                    pos,
+                    Interaction {
+                        item,
+                        weight,
+                        count: 1,
+                        last_ts: ts,
+                    },
+                );
+                self.item_users[i].push(user);
+            }
+        }
+        self.popularity.add(user, item, weight, ts);
+        self.events += 1;
+    }
+
+    /// The user's history sorted by item id; empty for unknown users.
+    pub fn history(&self, user: UserIdx) -> &[Interaction] {
+        self.users.get(user.0 as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether the user has any event on the item (positive or negative).
+    pub fn has_seen(&self, user: UserIdx, item: ItemIdx) -> bool {
+        self.history(user)
+            .binary_search_by_key(&item, |x| x.item)
+            .is_ok()
+    }
+
+    /// Users who interacted with the item, oldest first.
+    pub fn item_users(&self, item: ItemIdx) -> &[UserIdx] {
+        self.item_users.get(item.0 as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Popularity statistics.
+    pub fn popularity(&self) -> &Popularity {
+        &self.popularity
+    }
+
+    /// Number of events applied (and not removed).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Forgets everything about `user`; returns the number of events removed.
+    pub fn remove_user(&mut self, user: UserIdx) -> u64 {
+        let Some(history) = self.users.get_mut(user.0 as usize) else {
+            return 0;
+        };
+        let history = std::mem::take(history);
+        let mut removed = 0u64;
+        for x in &history {
+            removed += x.count as u64;
+            if let Some(users) = self.item_users.get_mut(x.item.0 as usize) {
+                users.retain(|&u| u != user);
+            }
+        }
+        self.popularity.remove_user(user);
+        self.events -= removed;
+        removed
+    }
+
+    /// Forgets everything about `item`; returns the number of events removed.
+    pub fn remove_item(&mut self, item: ItemIdx) -> u64 {
+        let Some(users) = self.item_users.get_mut(item.0 as usize) else {
+            return 0;
+        };
+        let users = std::mem::take(users);
+        let mut removed = 0u64;
+        for u in users {
+            let history = &mut self.users[u.0 as usize];
+            if let Ok(pos) = history.binary_search_by_key(&item, |x| x.item) {
+                removed += history.remove(pos).count as u64;
+            }
+        }
+        self.popularity.remove_item(item);
+        self.events -= removed;
+        removed
+    }
+
+    /// Items that co-occur with `item` in the histories of its most recent `max_users` users,
+    /// scored by cosine similarity of the binary user sets, best `n` among those `keep` accepts.
+    /// Only positive interactions count on either side. Ties go to the smaller item id.
+    pub fn related(
+        &self,
+        item: ItemIdx,
+        n: usize,
+        max_users: usize,
+        mut keep: impl FnMut(ItemIdx) -> bool,
+    ) -> Vec<Related> {
+        let users = self.item_users(item);
+        let start = users.len().saturating_sub(max_users);
+        let mut co: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut sampled = 0u32;
+        for &u in &users[start..] {
+            let history = self.history(u);
+            let positive = history
+                .binary_search_by_key(&item, |x| x.item)
+                .is_ok_and(|p| history[p].weight > 0.0);
+            if !positive {
+                continue;
+            }
+            sampled += 1;
+            for x in history.iter().filter(|x| x.weight > 0.0 && x.item != item) {
+                *co.entry(x.item.0).or_insert(0) += 1;
+            }
+        }
+        if sampled == 0 {
+            return Vec::new();
+        }
+        let mut top = TopK::new(n);
+        for (&j, &c) in &co {
+            if !keep(ItemIdx(j)) {
+                continue;
+            }
+            let nj = self.item_users(ItemIdx(j)).len().max(c as usize) as f32;
+            top.push(j, c as f32 / (sampled as f32 * nj).sqrt());
+        }
+        top.into_sorted()
+            .into_iter()
+            .map(|Scored { idx, score }| Related {
+                item: ItemIdx(idx),
+                score,
+                co_users: co[&idx],
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn index() -> LiveIndex {
+        LiveIndex::new(Popularity::new(86_400_000.0))
+    }
+
+    #[test]
+    fn aggregates_per_item_and_tracks_seen() {
+        let mut live = index();
+        live.apply(UserIdx(3), ItemIdx(5), 1.0, 10);
+        live.apply(UserIdx(3), ItemIdx(2), 2.0, 5);
+        live.apply(UserIdx(3), ItemIdx(5), 8.0, 7);
+        let h = live.history(UserIdx(3));
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].item, ItemIdx(2));
+        assert_eq!(h[1], Interaction { item: ItemIdx(5), weight: 9.0, count: 2, last_ts: 10 });
+        assert!(live.has_seen(UserIdx(3), ItemIdx(2)));
+        assert!(!live.has_seen(UserIdx(3), ItemIdx(4)));
+        assert!(live.history(UserIdx(100)).is_empty());
+        assert_eq!(live.item_users(ItemIdx(5)), &[UserIdx(3)]);
+        assert_eq!(live.events(), 3);
+    }
+
+    #[test]
+    fn related_counts_positive_co_occurrence() {
+        let mut live = index();
+        // Users 0 and 1 both liked items 0 and 1; user 2 liked 0 and disliked 2.
+        for u in 0..2 {
+            live.apply(UserIdx(u), ItemIdx(0), 1.0, 0);
+            live.apply(UserIdx(u), ItemIdx(1), 1.0, 0);
+        }
+        live.apply(UserIdx(2), ItemIdx(0), 1.0, 0);
+        live.apply(UserIdx(2), ItemIdx(2), -1.0, 0);
+        live.apply(UserIdx(2), ItemIdx(3), 1.0, 0);
+        let rel = live.related(ItemIdx(0), 10, 100, |_| true);
+        assert_eq!(rel.len(), 2);
+        assert_eq!(rel[0].item, ItemIdx(1));
+        assert_eq!(rel[0].co_users, 2);
+        assert!((rel[0].score - 2.0 / (3.0f32 * 2.0).sqrt()).abs() < 1e-6);
+        assert_eq!(rel[1].item, ItemIdx(3));
+        assert!(live.related(ItemIdx(0), 10, 100, |i| i != ItemIdx(1)).iter().all(|r| r.item != ItemIdx(1)));
+        assert!(live.related(ItemIdx(9), 10, 100, |_| true).is_empty());
+    }
+
+    proptest! {
+        /// After removing a user, the index equals one built without that user's events.
+        #[test]
+        fn remove_user_equals_rebuild(
+            events in proptest::collection::vec((0u32..5, 0u32..8, -2i32..6, 0i64..1000), 0..100),
+            victim in 0u32..5,
+        ) {
+            let mut with = index();
+            let mut without = index();
+            for &(u, i, w, ts) in &events {
+                with.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                if u != victim {
+                    without.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                }
+            }
+            with.remove_user(UserIdx(victim));
+            prop_assert_eq!(with.events(), without.events());
+            for u in 0..5 {
+                prop_assert_eq!(with.history(UserIdx(u)), without.history(UserIdx(u)));
+            }
+            for i in 0..8 {
+                let i = ItemIdx(i);
+                prop_assert_eq!(with.item_users(i), without.item_users(i));
+                prop_assert_eq!(with.related(i, 8, 100, |_| true), without.related(i, 8, 100, |_| true));
+            }
+        }
+
+        #[test]
+        fn remove_item_forgets_it_everywhere(
+            events in proptest::collection::vec((0u32..5, 0u32..8, 1i32..6, 0i64..1000), 0..100),
+            victim in 0u32..8,
+        ) {
+            let mut live = index();
+            for &(u, i, w, ts) in &events {
+                live.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+            }
+            let removed = live.remove_item(ItemIdx(victim));
+            prop_assert_eq!(removed as usize, events.iter().filter(|e| e.1 == victim).count());
+            for u in 0..5 {
+                prop_assert!(!live.has_seen(UserIdx(u), ItemIdx(victim)));
+            }
+            prop_assert_eq!(live.popularity().count(ItemIdx(victim)), 0);
+            for i in 0..8 {
+                prop_assert!(live.related(ItemIdx(i), 8, 100, |_| true).iter().all(|r| r.item != ItemIdx(victim)));
+            }
+        }
+    }
+}
