@@ -100,7 +100,9 @@ impl LiveIndex {
 
     /// Users who interacted with the item, oldest first.
     pub fn item_users(&self, item: ItemIdx) -> &[UserIdx] {
-        self.item_users.get(item.0 as usize).map_or(&[], Vec::as_slice)
+        self.item_users
+            .get(item.0 as usize)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Popularity statistics.
@@ -216,7 +218,15 @@ mod tests {
         let h = live.history(UserIdx(3));
         assert_eq!(h.len(), 2);
         assert_eq!(h[0].item, ItemIdx(2));
-        assert_eq!(h[1], Interaction { item: ItemIdx(5), weight: 9.0, count: 2, last_ts: 10 });
+        assert_eq!(
+            h[1],
+            Interaction {
+                item: ItemIdx(5),
+                weight: 9.0,
+                count: 2,
+                last_ts: 10
+            }
+        );
         assert!(live.has_seen(UserIdx(3), ItemIdx(2)));
         assert!(!live.has_seen(UserIdx(3), ItemIdx(4)));
         assert!(live.history(UserIdx(100)).is_empty());
@@ -241,7 +251,11 @@ mod tests {
         assert_eq!(rel[0].co_users, 2);
         assert!((rel[0].score - 2.0 / (3.0f32 * 2.0).sqrt()).abs() < 1e-6);
         assert_eq!(rel[1].item, ItemIdx(3));
-        assert!(live.related(ItemIdx(0), 10, 100, |i| i != ItemIdx(1)).iter().all(|r| r.item != ItemIdx(1)));
+        assert!(
+            live.related(ItemIdx(0), 10, 100, |i| i != ItemIdx(1))
+                .iter()
+                .all(|r| r.item != ItemIdx(1))
+        );
         assert!(live.related(ItemIdx(9), 10, 100, |_| true).is_empty());
     }
 

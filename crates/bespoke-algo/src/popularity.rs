@@ -180,7 +180,11 @@ impl Popularity {
         keep: impl FnMut(ItemIdx) -> bool,
     ) -> Vec<crate::Scored> {
         let mut sums = vec![0.0f64; self.totals.len()];
-        for entries in self.buckets.range(since.div_euclid(HOUR_MS)..).map(|(_, e)| e) {
+        for entries in self
+            .buckets
+            .range(since.div_euclid(HOUR_MS)..)
+            .map(|(_, e)| e)
+        {
             for e in entries.iter().filter(|e| e.ts >= since) {
                 sums[e.item as usize] += e.weight as f64;
             }
@@ -196,11 +200,7 @@ impl Popularity {
         keep: impl FnMut(ItemIdx) -> bool,
     ) -> Vec<crate::Scored> {
         let scale = ((self.anchor - now) as f64 / self.half_life_ms).exp2();
-        self.top_by(
-            n,
-            self.decayed.iter().map(|d| d * scale).enumerate(),
-            keep,
-        )
+        self.top_by(n, self.decayed.iter().map(|d| d * scale).enumerate(), keep)
     }
 }
 

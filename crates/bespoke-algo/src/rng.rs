@@ -64,7 +64,9 @@ impl Rng {
     pub fn weighted(&mut self, cumulative: &[f64]) -> usize {
         let total = *cumulative.last().expect("non-empty cumulative weights");
         let x = self.f64() * total;
-        cumulative.partition_point(|&c| c <= x).min(cumulative.len() - 1)
+        cumulative
+            .partition_point(|&c| c <= x)
+            .min(cumulative.len() - 1)
     }
 }
 

@@ -129,7 +129,10 @@ mod tests {
         let mut all: Vec<Scored> = scores
             .iter()
             .enumerate()
-            .map(|(i, &s)| Scored { idx: i as u32, score: s })
+            .map(|(i, &s)| Scored {
+                idx: i as u32,
+                score: s,
+            })
             .collect();
         all.sort_by(|a, b| better(b, a));
         all.truncate(k);

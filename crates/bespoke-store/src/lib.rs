@@ -1,14 +1,99 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # Brief overview
+//!
+//! `bespoke-store` keeps Bespoke's durable state: users, items (with their embedding vectors) and
+//! the event log. Callers talk to the [`Store`] trait only; [`SqliteStore`] is the embedded
+//! backend, one SQLite file in a data directory. Nothing backend-specific (no SQLite type) appears
+//! in the trait, its data types or [`Error`], so a PostgreSQL backend can implement the same trait
+//! without changing any caller.
+//!
+//! Writes go through one writer thread that commits whatever requests arrived while the previous
+//! transaction was committing, as one transaction (group commit). A call returns only after its
+//! transaction has committed, so an acknowledged write is durable.
+//!
+//! ```
+//! use bespoke_store::{EventBatch, NewEvent, SqliteStore, Store, StoreOptions};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+//! let event = NewEvent::new("alice", "book-1", "purchase");
+//! let appended = store.append_events(EventBatch::new(vec![event.clone()])).unwrap();
+//! assert!(!appended[0].duplicate);
+//! assert_eq!(store.stats().unwrap().events, 1);
+//! ```
+#![warn(missing_docs)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod error;
+mod fingerprint;
+mod model;
+mod sqlite;
+mod uuid7;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
+pub use error::{Error, Result};
+pub use model::{
+    Appended, Consent, ConsentUpdate, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert,
+    NewEvent, Page, StoreStats, Upserted, User, UserUpsert,
+};
+pub use sqlite::{SqliteStore, StoreOptions};
+pub use uuid7::Uuid7Generator;
+
+/// Durable storage of users, items and events.
+///
+/// Every method blocks until its work is done (and, for writes, committed); async callers run them
+/// on a blocking thread pool. Keys are the external ids clients send; the store assigns each user
+/// and item a dense internal id ([`UserIdx`], [`ItemIdx`]) that never changes and is never reused.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Appends a batch of events atomically: either every event is stored (or recognised as a
+    /// duplicate of an identical earlier event with the same `event_id`) or none is.
+    ///
+    /// Returns one [`Appended`] per input event, in input order. Fails with
+    /// [`Error::EventConflict`] when an `event_id` was already used for a different payload, and
+    /// with [`Error::UnknownUser`] / [`Error::UnknownItem`] when the batch forbids creating them.
+    fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>>;
+
+    /// Creates or replaces a user's attributes; consent flags not given keep their value (or the
+    /// configured default for a new user).
+    fn put_user(&self, user: UserUpsert) -> Result<Upserted<User>>;
+
+    /// The user with this key.
+    fn get_user(&self, key: &str) -> Result<Option<User>>;
+
+    /// Deletes the user and all their events. `None` when there was no such user.
+    fn delete_user(&self, key: &str) -> Result<Option<Deleted>>;
+
+    /// Creates or replaces an item. Each embedding name has one dimension, fixed by the first
+    /// vector stored under it; a vector of another length fails with
+    /// [`Error::DimensionMismatch`].
+    fn put_item(&self, item: ItemUpsert) -> Result<Upserted<Item>>;
+
+    /// The item with this key, with its embeddings.
+    fn get_item(&self, key: &str) -> Result<Option<Item>>;
+
+    /// Deletes the item and all events on it. `None` when there was no such item.
+    fn delete_item(&self, key: &str) -> Result<Option<Deleted>>;
+
+    /// A page of the user's events, newest first, strictly before `before` (a sequence number)
+    /// when given. `None` when there is no such user.
+    fn user_events(
+        &self,
+        key: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Page<Event>>>;
+
+    /// Up to `limit` events with sequence number greater than `after`, in sequence order, in the
+    /// lean form used to build in-memory indexes.
+    fn scan_interactions(&self, after: u64, limit: usize) -> Result<Vec<Interaction>>;
+
+    /// Up to `limit` whole events with sequence number greater than `after`, in sequence order.
+    fn scan_events(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+
+    /// Up to `limit` users with id greater than `after` (`None`: from the first), in id order.
+    fn scan_users(&self, after: Option<UserIdx>, limit: usize) -> Result<Vec<User>>;
+
+    /// Up to `limit` items with id greater than `after` (`None`: from the first), in id order.
+    fn scan_items(&self, after: Option<ItemIdx>, limit: usize) -> Result<Vec<Item>>;
+
+    /// Counts and sizes.
+    fn stats(&self) -> Result<StoreStats>;
 }

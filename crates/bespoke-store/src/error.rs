@@ -1,0 +1,92 @@
+//! The store's error type.
+
+/// Result of store operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What can go wrong in the store. Variants up to [`Error::InvalidInput`] are the caller's
+/// mistakes (see [`Error::is_user_error`]); the rest are ours or the machine's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An event reused an `event_id` already stored with a different payload.
+    #[error("event_id {event_id:?} was already used for a different event")]
+    EventConflict {
+        /// Position of the offending event in its batch.
+        index: usize,
+        /// The reused id.
+        event_id: String,
+    },
+    /// An event named a user that does not exist and the batch forbids creating users.
+    #[error("unknown user {key:?}")]
+    UnknownUser {
+        /// Position of the offending event in its batch.
+        index: usize,
+        /// The unknown key.
+        key: String,
+    },
+    /// An event named an item that does not exist and the batch forbids creating items.
+    #[error("unknown item {key:?}")]
+    UnknownItem {
+        /// Position of the offending event in its batch.
+        index: usize,
+        /// The unknown key.
+        key: String,
+    },
+    /// An embedding's length differs from the dimension fixed for its name.
+    #[error("embedding {name:?} has dimension {expected}, got a vector of length {got}")]
+    DimensionMismatch {
+        /// The embedding name.
+        name: String,
+        /// Dimension fixed by the first vector stored under this name.
+        expected: usize,
+        /// Length of the rejected vector.
+        got: usize,
+    },
+    /// A value the store cannot hold (e.g. more than 2^32 users).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The disk (or the database's size limit) is full; nothing of the failed write was kept.
+    #[error("storage is full")]
+    StorageFull,
+    /// The writer has stopped (the store is shutting down or has failed).
+    #[error("the store is closed")]
+    Closed,
+    /// Creating or opening the data directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Stored data does not have the expected form: a bug or corruption.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// Any other failure of the storage backend.
+    #[error("storage backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// Whether the caller can fix this by changing the request (a 4xx, not a 5xx).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::EventConflict { .. }
+                | Error::UnknownUser { .. }
+                | Error::UnknownItem { .. }
+                | Error::DimensionMismatch { .. }
+                | Error::InvalidInput(_)
+        )
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return Error::StorageFull;
+            }
+        }
+        Error::Backend(Box::new(e))
+    }
+}

@@ -1,0 +1,1414 @@
+//! The embedded backend: one SQLite database (`bespoke.db`) in the data directory.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a committed transaction survives power
+//! loss. Writes are funnelled through one writer thread ([`Writer`]) that commits every request
+//! waiting in its queue as one transaction (group commit), isolating each request in a savepoint
+//! so that one request's error never fails its neighbours. Reads use a small pool of separate
+//! connections, which WAL lets run concurrently with the writer.
+//!
+//! Internal ids are `AUTOINCREMENT` row ids, so an id is never reused after a deletion: models
+//! trained later can keep referring to ids without confusing a deleted user with a new one.
+//! Event sequence numbers are never reused either, but are assigned by the writer and persisted
+//! once per transaction (`meta.next_event_seq`): `AUTOINCREMENT` would write its counter row
+//! once per inserted event.
+//!
+//! Event ids that are canonical UUID strings are stored as 16-byte blobs, other ids as text.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::{Map, Value};
+
+use crate::fingerprint::fingerprint;
+use crate::model::*;
+use crate::uuid7::{Uuid7Generator, format_uuid, parse_uuid};
+use crate::{Error, ItemIdx, Millis, Result, Store, UserIdx};
+
+/// Name of the database file inside the data directory.
+const DB_FILE: &str = "bespoke.db";
+
+/// Schema migrations; entry `i` moves the schema from version `i` to `i + 1`
+/// (`PRAGMA user_version`). Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    attributes TEXT NOT NULL,
+    consent_personalization INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    categories TEXT NOT NULL,
+    text TEXT NOT NULL,
+    numeric TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    available INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE embedding_spaces (
+    name TEXT PRIMARY KEY,
+    dim INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE item_embeddings (
+    item_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (item_id, name)
+) WITHOUT ROWID;
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    event_id BLOB NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL,
+    item_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    value REAL,
+    ts INTEGER NOT NULL,
+    context TEXT,
+    fingerprint BLOB NOT NULL
+);
+CREATE INDEX events_by_user ON events (user_id, seq);
+"#];
+
+/// Settings of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most events committed in one group transaction.
+    pub max_group_events: usize,
+    /// SQLite page cache per connection, in MiB.
+    pub cache_mib: u32,
+    /// Most idle read connections kept open.
+    pub read_pool: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_group_events: 100_000,
+            cache_mib: 64,
+            read_pool: 8,
+        }
+    }
+}
+
+type Reply<T> = Sender<Result<T>>;
+
+/// A write request for the writer thread.
+enum Op {
+    Append(EventBatch, Reply<Vec<Appended>>),
+    PutUser(UserUpsert, Reply<Upserted<User>>),
+    DeleteUser(String, Reply<Option<Deleted>>),
+    PutItem(ItemUpsert, Reply<Upserted<Item>>),
+    DeleteItem(String, Reply<Option<Deleted>>),
+}
+
+impl Op {
+    /// This request, answered with `e` without running it.
+    fn failed(self, e: Error) -> Done {
+        match self {
+            Op::Append(_, tx) => Done::Append(tx, Err(e)),
+            Op::PutUser(_, tx) => Done::PutUser(tx, Err(e)),
+            Op::DeleteUser(_, tx) => Done::DeleteUser(tx, Err(e)),
+            Op::PutItem(_, tx) => Done::PutItem(tx, Err(e)),
+            Op::DeleteItem(_, tx) => Done::DeleteItem(tx, Err(e)),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Op::Append(b, _) => b.events.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// A finished request whose reply waits for the commit.
+enum Done {
+    Append(Reply<Vec<Appended>>, Result<Vec<Appended>>),
+    PutUser(Reply<Upserted<User>>, Result<Upserted<User>>),
+    DeleteUser(Reply<Option<Deleted>>, Result<Option<Deleted>>),
+    PutItem(Reply<Upserted<Item>>, Result<Upserted<Item>>),
+    DeleteItem(Reply<Option<Deleted>>, Result<Option<Deleted>>),
+}
+
+fn settle<T>(reply: Reply<T>, result: Result<T>, commit: &Result<()>) {
+    let out = match commit {
+        Ok(()) => result,
+        Err(e) => Err(repeat_error(e)),
+    };
+    // The caller may have given up waiting; that is not the writer's problem.
+    let _ = reply.send(out);
+}
+
+impl Done {
+    fn is_ok(&self) -> bool {
+        match self {
+            Done::Append(_, r) => r.is_ok(),
+            Done::PutUser(_, r) => r.is_ok(),
+            Done::DeleteUser(_, r) => r.is_ok(),
+            Done::PutItem(_, r) => r.is_ok(),
+            Done::DeleteItem(_, r) => r.is_ok(),
+        }
+    }
+
+    fn send(self, commit: &Result<()>) {
+        match self {
+            Done::Append(tx, r) => settle(tx, r, commit),
+            Done::PutUser(tx, r) => settle(tx, r, commit),
+            Done::DeleteUser(tx, r) => settle(tx, r, commit),
+            Done::PutItem(tx, r) => settle(tx, r, commit),
+            Done::DeleteItem(tx, r) => settle(tx, r, commit),
+        }
+    }
+}
+
+/// The same failure for every request of a failed group commit.
+fn repeat_error(e: &Error) -> Error {
+    match e {
+        Error::StorageFull => Error::StorageFull,
+        Error::Closed => Error::Closed,
+        other => Error::Backend(other.to_string().into()),
+    }
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+fn to_u32(id: i64, what: &str) -> Result<u32> {
+    u32::try_from(id).map_err(|_| Error::InvalidInput(format!("more than 2^32 {what}")))
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serialises to JSON")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn vector_to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn blob_to_vector(b: &[u8]) -> Result<Vec<f32>> {
+    if b.len() % 4 != 0 {
+        return Err(Error::Corrupt(
+            "embedding blob length is not a multiple of 4".into(),
+        ));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("chunks of 4")))
+        .collect())
+}
+
+fn configure(conn: &Connection, cache_mib: u32) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -{};",
+        cache_mib as u64 * 1024
+    ))?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<u32> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(Error::InvalidInput(format!(
+            "the database has schema version {version}, newer than this binary supports ({}); upgrade bespoke",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    Ok(MIGRATIONS.len() as u32)
+}
+
+/// The SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    ops: Mutex<Option<Sender<Op>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    options: StoreOptions,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, applies pending schema migrations and
+    /// starts the writer thread.
+    pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Backend(
+                format!(
+                    "could not switch {} to WAL mode (got {mode})",
+                    path.display()
+                )
+                .into(),
+            ));
+        }
+        configure(&conn, options.cache_mib)?;
+        migrate(&mut conn)?;
+        let writer = Writer::new(conn)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let max_group = options.max_group_events;
+        let writer = std::thread::Builder::new()
+            .name("bespoke-store-writer".into())
+            .spawn(move || writer.run(rx, max_group))
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            path,
+            ops: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Mutex::new(Vec::new()),
+            options,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops the writer after it has finished the requests already queued. Later writes fail
+    /// with [`Error::Closed`]. Called on drop as well.
+    pub fn close(&self) {
+        drop(self.ops.lock().take());
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+
+    fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        {
+            let ops = self.ops.lock();
+            let sender = ops.as_ref().ok_or(Error::Closed)?;
+            sender.send(make(tx)).map_err(|_| Error::Closed)?;
+        }
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.readers.lock().pop() {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                configure(&c, self.options.cache_mib.min(16))?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock();
+        if pool.len() < self.options.read_pool {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn read_user(conn: &Connection, key: &str) -> Result<Option<User>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, key, attributes, consent_personalization, created_at, updated_at FROM users WHERE key = ?1",
+    )?;
+    let row = stmt
+        .query_row([key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .optional()?;
+    row.map(|row| user_from_row(row)).transpose()
+}
+
+type UserRow = (i64, String, String, bool, i64, i64);
+
+fn user_from_row((id, key, attrs, consent, created, updated): UserRow) -> Result<User> {
+    Ok(User {
+        idx: UserIdx(to_u32(id, "users")?),
+        key,
+        attributes: parse_json(&attrs, "user attributes")?,
+        consent: Consent {
+            personalization: consent,
+        },
+        created_at: created,
+        updated_at: updated,
+    })
+}
+
+type ItemRow = (i64, String, String, String, String, String, bool, i64, i64);
+
+const ITEM_COLUMNS: &str =
+    "id, key, categories, text, numeric, attributes, available, created_at, updated_at";
+
+fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn item_from_row(conn: &Connection, row: ItemRow) -> Result<Item> {
+    let (id, key, cats, text, numeric, attrs, available, created, updated) = row;
+    let mut embeddings = BTreeMap::new();
+    let mut stmt =
+        conn.prepare_cached("SELECT name, vector FROM item_embeddings WHERE item_id = ?1")?;
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
+        let name: String = r.get(0)?;
+        let blob: Vec<u8> = r.get(1)?;
+        embeddings.insert(name, blob_to_vector(&blob)?);
+    }
+    Ok(Item {
+        idx: ItemIdx(to_u32(id, "items")?),
+        key,
+        categories: parse_json(&cats, "item categories")?,
+        text: parse_json(&text, "item text")?,
+        numeric: parse_json(&numeric, "item numeric fields")?,
+        attributes: parse_json(&attrs, "item attributes")?,
+        embeddings,
+        available,
+        created_at: created,
+        updated_at: updated,
+    })
+}
+
+fn read_item(conn: &Connection, key: &str) -> Result<Option<Item>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE key = ?1"))?;
+    let row = stmt.query_row([key], item_row).optional()?;
+    row.map(|row| item_from_row(conn, row)).transpose()
+}
+
+/// An event id as stored: a blob for canonical UUIDs, text otherwise.
+fn event_id_value(id: &str) -> rusqlite::types::Value {
+    match parse_uuid(id) {
+        Some(b) => rusqlite::types::Value::Blob(b.to_vec()),
+        None => rusqlite::types::Value::Text(id.to_owned()),
+    }
+}
+
+fn read_event_id(r: &rusqlite::Row<'_>, col: usize) -> Result<String> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(col)? {
+        ValueRef::Text(t) => String::from_utf8(t.to_vec())
+            .map_err(|_| Error::Corrupt("event id is not UTF-8".into())),
+        ValueRef::Blob(b) => b
+            .try_into()
+            .map(|b: [u8; 16]| format_uuid(&b))
+            .map_err(|_| Error::Corrupt("event id blob is not 16 bytes".into())),
+        _ => Err(Error::Corrupt("event id has an unexpected type".into())),
+    }
+}
+
+fn event_context(text: Option<String>) -> Result<Option<Map<String, Value>>> {
+    text.map(|t| parse_json(&t, "event context")).transpose()
+}
+
+impl Store for SqliteStore {
+    fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
+        if batch.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|tx| Op::Append(batch, tx))
+    }
+
+    fn put_user(&self, user: UserUpsert) -> Result<Upserted<User>> {
+        self.submit(|tx| Op::PutUser(user, tx))
+    }
+
+    fn get_user(&self, key: &str) -> Result<Option<User>> {
+        self.read(|c| read_user(c, key))
+    }
+
+    fn delete_user(&self, key: &str) -> Result<Option<Deleted>> {
+        self.submit(|tx| Op::DeleteUser(key.to_owned(), tx))
+    }
+
+    fn put_item(&self, item: ItemUpsert) -> Result<Upserted<Item>> {
+        self.submit(|tx| Op::PutItem(item, tx))
+    }
+
+    fn get_item(&self, key: &str) -> Result<Option<Item>> {
+        self.read(|c| read_item(c, key))
+    }
+
+    fn delete_item(&self, key: &str) -> Result<Option<Deleted>> {
+        self.submit(|tx| Op::DeleteItem(key.to_owned(), tx))
+    }
+
+    fn user_events(
+        &self,
+        key: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Page<Event>>> {
+        self.read(|c| {
+            let Some(user_id) = c
+                .prepare_cached("SELECT id FROM users WHERE key = ?1")?
+                .query_row([key], |r| r.get::<_, i64>(0))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.event_id, i.key, e.kind, e.value, e.ts, e.context
+                 FROM events e JOIN items i ON i.id = e.item_id
+                 WHERE e.user_id = ?1 AND e.seq < ?2 ORDER BY e.seq DESC LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![user_id, before, limit as i64 + 1])?;
+            let mut items = Vec::with_capacity(limit.min(1024));
+            let mut more = false;
+            while let Some(r) = rows.next()? {
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                items.push(Event {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    event_id: read_event_id(r, 1)?,
+                    user: key.to_owned(),
+                    item: r.get(2)?,
+                    kind: r.get(3)?,
+                    value: r.get(4)?,
+                    timestamp: r.get(5)?,
+                    context: event_context(r.get(6)?)?,
+                });
+            }
+            let next = if more {
+                items.last().map(|e: &Event| e.seq)
+            } else {
+                None
+            };
+            Ok(Some(Page { items, next }))
+        })
+    }
+
+    fn scan_interactions(&self, after: u64, limit: usize) -> Result<Vec<Interaction>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, user_id, item_id, kind, value, ts FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![after as i64, limit as i64])?;
+            let mut out = Vec::with_capacity(limit.min(1 << 16));
+            while let Some(r) = rows.next()? {
+                out.push(Interaction {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    user: UserIdx(to_u32(r.get(1)?, "users")?),
+                    item: ItemIdx(to_u32(r.get(2)?, "items")?),
+                    kind: r.get(3)?,
+                    value: r.get(4)?,
+                    timestamp: r.get(5)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn scan_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.event_id, u.key, i.key, e.kind, e.value, e.ts, e.context
+                 FROM events e JOIN users u ON u.id = e.user_id JOIN items i ON i.id = e.item_id
+                 WHERE e.seq > ?1 ORDER BY e.seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![after as i64, limit as i64])?;
+            let mut out = Vec::with_capacity(limit.min(1 << 16));
+            while let Some(r) = rows.next()? {
+                out.push(Event {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    event_id: read_event_id(r, 1)?,
+                    user: r.get(2)?,
+                    item: r.get(3)?,
+                    kind: r.get(4)?,
+                    value: r.get(5)?,
+                    timestamp: r.get(6)?,
+                    context: event_context(r.get(7)?)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn scan_users(&self, after: Option<UserIdx>, limit: usize) -> Result<Vec<User>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, key, attributes, consent_personalization, created_at, updated_at
+                 FROM users WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let after = after.map_or(-1, |u| u.0 as i64);
+            let rows = stmt
+                .query_map(params![after, limit as i64], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<UserRow>>>()?;
+            rows.into_iter().map(user_from_row).collect()
+        })
+    }
+
+    fn scan_items(&self, after: Option<ItemIdx>, limit: usize) -> Result<Vec<Item>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let after = after.map_or(-1, |i| i.0 as i64);
+            let rows = stmt
+                .query_map(params![after, limit as i64], item_row)?
+                .collect::<rusqlite::Result<Vec<ItemRow>>>()?;
+            rows.into_iter().map(|row| item_from_row(c, row)).collect()
+        })
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        let mut stats = self.read(|c| {
+            let count = |table: &str| -> Result<u64> {
+                Ok(
+                    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })? as u64,
+                )
+            };
+            let mut events_by_kind = BTreeMap::new();
+            let mut stmt = c.prepare("SELECT kind, count(*) FROM events GROUP BY kind")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                events_by_kind.insert(r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64);
+            }
+            let range: (Option<i64>, Option<i64>) =
+                c.query_row("SELECT min(ts), max(ts) FROM events", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            Ok(StoreStats {
+                users: count("users")?,
+                items: count("items")?,
+                events: count("events")?,
+                events_by_kind,
+                time_range: range.0.zip(range.1),
+                bytes_on_disk: 0,
+                schema_version: c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+            })
+        })?;
+        stats.bytes_on_disk = ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.path.as_os_str().to_owned();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum();
+        Ok(stats)
+    }
+}
+
+/// The single writer: owns the write connection and memoises key → id lookups.
+struct Writer {
+    conn: Connection,
+    users: HashMap<String, u32>,
+    items: HashMap<String, u32>,
+    /// Keys whose memo entry the current request changed; dropped if the request rolls back.
+    touched_users: Vec<String>,
+    touched_items: Vec<String>,
+    ids: Uuid7Generator,
+    /// Sequence number of the next event; persisted at commit when it moved.
+    next_seq: i64,
+    persisted_seq: i64,
+}
+
+impl Writer {
+    fn new(conn: Connection) -> Result<Self> {
+        let stored: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'next_event_seq'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let max: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+        let next_seq = stored.unwrap_or(1).max(max.unwrap_or(0) + 1);
+        Ok(Self {
+            conn,
+            users: HashMap::new(),
+            items: HashMap::new(),
+            touched_users: Vec::new(),
+            touched_items: Vec::new(),
+            ids: Uuid7Generator::new(),
+            next_seq,
+            persisted_seq: stored.unwrap_or(0),
+        })
+    }
+
+    fn run(mut self, rx: Receiver<Op>, max_group: usize) {
+        while let Ok(first) = rx.recv() {
+            let mut size = first.size();
+            let mut ops = vec![first];
+            while size < max_group {
+                match rx.try_recv() {
+                    Ok(op) => {
+                        size += op.size();
+                        ops.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(ops);
+        }
+    }
+
+    fn commit_group(&mut self, ops: Vec<Op>) {
+        let group = ops.len();
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = Error::from(e);
+            for op in ops {
+                op.failed(repeat_error(&e)).send(&Ok(()));
+            }
+            return;
+        }
+        let mut done = Vec::with_capacity(ops.len());
+        for op in ops {
+            done.push(self.isolated(op));
+        }
+        let commit = self
+            .persist_seq()
+            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(Error::from));
+        if commit.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            // The memo may hold ids that were never committed.
+            self.users.clear();
+            self.items.clear();
+            self.persisted_seq = 0;
+            tracing::error!(group, "group commit failed");
+        }
+        for d in done {
+            d.send(&commit);
+        }
+    }
+
+    fn persist_seq(&mut self) -> Result<()> {
+        if self.next_seq != self.persisted_seq {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('next_event_seq', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute([self.next_seq])?;
+            self.persisted_seq = self.next_seq;
+        }
+        Ok(())
+    }
+
+    /// Runs one request inside a savepoint, rolling back just its changes if it fails.
+    fn isolated(&mut self, op: Op) -> Done {
+        self.touched_users.clear();
+        self.touched_items.clear();
+        if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
+            return op.failed(Error::from(e));
+        }
+        let done = match op {
+            Op::Append(batch, tx) => Done::Append(tx, self.append(batch)),
+            Op::PutUser(u, tx) => Done::PutUser(tx, self.put_user(u)),
+            Op::DeleteUser(k, tx) => Done::DeleteUser(tx, self.delete_user(&k)),
+            Op::PutItem(i, tx) => Done::PutItem(tx, self.put_item(i)),
+            Op::DeleteItem(k, tx) => Done::DeleteItem(tx, self.delete_item(&k)),
+        };
+        if done.is_ok() {
+            if let Err(e) = self.conn.execute_batch("RELEASE op") {
+                tracing::error!(error = %e, "releasing a savepoint failed");
+            }
+        } else {
+            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            for k in self.touched_users.drain(..) {
+                self.users.remove(&k);
+            }
+            for k in self.touched_items.drain(..) {
+                self.items.remove(&k);
+            }
+        }
+        done
+    }
+
+    fn user_id(
+        &mut self,
+        key: &str,
+        create: Option<(Consent, Millis)>,
+    ) -> Result<Option<(u32, bool)>> {
+        if let Some(&id) = self.users.get(key) {
+            return Ok(Some((id, false)));
+        }
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM users WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        let (id, created) = match (found, create) {
+            (Some(id), _) => (to_u32(id, "users")?, false),
+            (None, None) => return Ok(None),
+            (None, Some((consent, now))) => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at)
+                         VALUES (?1, '{}', ?2, ?3, ?3)",
+                    )?
+                    .execute(params![key, consent.personalization, now])?;
+                (to_u32(self.conn.last_insert_rowid(), "users")?, true)
+            }
+        };
+        self.users.insert(key.to_owned(), id);
+        self.touched_users.push(key.to_owned());
+        Ok(Some((id, created)))
+    }
+
+    fn item_id(&mut self, key: &str, create: Option<Millis>) -> Result<Option<(u32, bool)>> {
+        if let Some(&id) = self.items.get(key) {
+            return Ok(Some((id, false)));
+        }
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM items WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        let (id, created) = match (found, create) {
+            (Some(id), _) => (to_u32(id, "items")?, false),
+            (None, None) => return Ok(None),
+            (None, Some(now)) => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO items (key, categories, text, numeric, attributes, available, created_at, updated_at)
+                         VALUES (?1, '[]', '{}', '{}', '{}', 1, ?2, ?2)",
+                    )?
+                    .execute(params![key, now])?;
+                (to_u32(self.conn.last_insert_rowid(), "items")?, true)
+            }
+        };
+        self.items.insert(key.to_owned(), id);
+        self.touched_items.push(key.to_owned());
+        Ok(Some((id, created)))
+    }
+
+    fn append(&mut self, batch: EventBatch) -> Result<Vec<Appended>> {
+        let now = batch.now.unwrap_or_else(now_ms);
+        // Resolve (and create) users and items first, so that the insert loop below can hold its
+        // prepared statements.
+        let mut resolved = Vec::with_capacity(batch.events.len());
+        for (index, e) in batch.events.iter().enumerate() {
+            let create_user = batch.create_users.then_some((batch.default_consent, now));
+            let Some(user) = self.user_id(&e.user, create_user)? else {
+                return Err(Error::UnknownUser {
+                    index,
+                    key: e.user.clone(),
+                });
+            };
+            let Some(item) = self.item_id(&e.item, batch.create_items.then_some(now))? else {
+                return Err(Error::UnknownItem {
+                    index,
+                    key: e.item.clone(),
+                });
+            };
+            resolved.push((user, item));
+        }
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO events (seq, event_id, user_id, item_id, kind, value, ts, context, fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (event_id) DO NOTHING",
+        )?;
+        let mut lookup = self
+            .conn
+            .prepare_cached("SELECT seq, fingerprint, ts FROM events WHERE event_id = ?1")?;
+        let mut out = Vec::with_capacity(batch.events.len());
+        for (index, (e, ((user, created_user), (item, created_item)))) in
+            batch.events.into_iter().zip(resolved).enumerate()
+        {
+            let fp = fingerprint(&e);
+            let timestamp = e.timestamp.unwrap_or(now);
+            let (event_id, stored_id) = match e.event_id {
+                Some(id) => {
+                    let v = event_id_value(&id);
+                    (id, v)
+                }
+                None => {
+                    let b = self.ids.next_bytes(now_ms().max(0) as u64);
+                    (format_uuid(&b), rusqlite::types::Value::Blob(b.to_vec()))
+                }
+            };
+            let context = e.context.as_ref().map(json_text);
+            let seq = self.next_seq;
+            let inserted = insert.execute(params![
+                seq,
+                stored_id,
+                user,
+                item,
+                e.kind,
+                e.value,
+                timestamp,
+                context,
+                &fp[..]
+            ])?;
+            if inserted == 1 {
+                self.next_seq += 1;
+                out.push(Appended {
+                    event_id,
+                    seq: seq as u64,
+                    user: UserIdx(user),
+                    item: ItemIdx(item),
+                    timestamp,
+                    duplicate: false,
+                    created_user,
+                    created_item,
+                });
+                continue;
+            }
+            let (seq, stored_fp, stored_ts): (i64, Vec<u8>, i64) =
+                lookup.query_row([&stored_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            if stored_fp != fp {
+                return Err(Error::EventConflict { index, event_id });
+            }
+            out.push(Appended {
+                event_id,
+                seq: seq as u64,
+                user: UserIdx(user),
+                item: ItemIdx(item),
+                timestamp: stored_ts,
+                duplicate: true,
+                created_user,
+                created_item,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_user(&mut self, u: UserUpsert) -> Result<Upserted<User>> {
+        let now = now_ms();
+        let existing = read_user(&self.conn, &u.key)?;
+        let created = existing.is_none();
+        let base = existing.as_ref().map_or(u.default_consent, |e| e.consent);
+        let consent = Consent {
+            personalization: u.consent.personalization.unwrap_or(base.personalization),
+        };
+        let attrs = json_text(&u.attributes);
+        match &existing {
+            Some(e) => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE users SET attributes = ?2, consent_personalization = ?3, updated_at = ?4 WHERE id = ?1",
+                    )?
+                    .execute(params![e.idx.0, attrs, consent.personalization, now])?;
+            }
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?4)",
+                    )?
+                    .execute(params![u.key, attrs, consent.personalization, now])?;
+            }
+        }
+        let record = read_user(&self.conn, &u.key)?
+            .ok_or_else(|| Error::Corrupt("user vanished after upsert".into()))?;
+        self.users.insert(u.key.clone(), record.idx.0);
+        self.touched_users.push(u.key);
+        Ok(Upserted { record, created })
+    }
+
+    fn delete_user(&mut self, key: &str) -> Result<Option<Deleted>> {
+        self.users.remove(key);
+        self.touched_users.push(key.to_owned());
+        let Some(id) = self
+            .conn
+            .prepare_cached("SELECT id FROM users WHERE key = ?1")?
+            .query_row([key], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let events = self
+            .conn
+            .prepare_cached("DELETE FROM events WHERE user_id = ?1")?
+            .execute([id])?;
+        self.conn
+            .prepare_cached("DELETE FROM users WHERE id = ?1")?
+            .execute([id])?;
+        Ok(Some(Deleted {
+            idx: to_u32(id, "users")?,
+            events: events as u64,
+        }))
+    }
+
+    fn put_item(&mut self, it: ItemUpsert) -> Result<Upserted<Item>> {
+        let now = now_ms();
+        for (name, vector) in &it.embeddings {
+            let dim: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT dim FROM embedding_spaces WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            match dim {
+                Some(d) if d as usize != vector.len() => {
+                    return Err(Error::DimensionMismatch {
+                        name: name.clone(),
+                        expected: d as usize,
+                        got: vector.len(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.conn
+                        .prepare_cached("INSERT INTO embedding_spaces (name, dim) VALUES (?1, ?2)")?
+                        .execute(params![name, vector.len() as i64])?;
+                }
+            }
+        }
+        let existing: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM items WHERE key = ?1")?
+            .query_row([&it.key], |r| r.get(0))
+            .optional()?;
+        let fields = (
+            json_text(&it.categories),
+            json_text(&it.text),
+            json_text(&it.numeric),
+            json_text(&it.attributes),
+        );
+        let id = match existing {
+            Some(id) => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE items SET categories = ?2, text = ?3, numeric = ?4, attributes = ?5,
+                         available = ?6, updated_at = ?7 WHERE id = ?1",
+                    )?
+                    .execute(params![id, fields.0, fields.1, fields.2, fields.3, it.available, now])?;
+                self.conn
+                    .prepare_cached("DELETE FROM item_embeddings WHERE item_id = ?1")?
+                    .execute([id])?;
+                id
+            }
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO items (key, categories, text, numeric, attributes, available, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                    )?
+                    .execute(params![it.key, fields.0, fields.1, fields.2, fields.3, it.available, now])?;
+                self.conn.last_insert_rowid()
+            }
+        };
+        to_u32(id, "items")?;
+        for (name, vector) in &it.embeddings {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO item_embeddings (item_id, name, vector) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, name, vector_to_blob(vector)])?;
+        }
+        let record = read_item(&self.conn, &it.key)?
+            .ok_or_else(|| Error::Corrupt("item vanished after upsert".into()))?;
+        self.items.insert(it.key.clone(), record.idx.0);
+        self.touched_items.push(it.key);
+        Ok(Upserted {
+            record,
+            created: existing.is_none(),
+        })
+    }
+
+    fn delete_item(&mut self, key: &str) -> Result<Option<Deleted>> {
+        self.items.remove(key);
+        self.touched_items.push(key.to_owned());
+        let Some(id) = self
+            .conn
+            .prepare_cached("SELECT id FROM items WHERE key = ?1")?
+            .query_row([key], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        // No index on events(item_id): it would slow every insert for the sake of a rare
+        // deletion, which scans the log instead.
+        let events = self
+            .conn
+            .prepare_cached("DELETE FROM events WHERE item_id = ?1")?
+            .execute([id])?;
+        self.conn
+            .prepare_cached("DELETE FROM item_embeddings WHERE item_id = ?1")?
+            .execute([id])?;
+        self.conn
+            .prepare_cached("DELETE FROM items WHERE id = ?1")?
+            .execute([id])?;
+        Ok(Some(Deleted {
+            idx: to_u32(id, "items")?,
+            events: events as u64,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open store");
+        (dir, store)
+    }
+
+    fn ev(id: &str, user: &str, item: &str) -> NewEvent {
+        NewEvent {
+            event_id: Some(id.into()),
+            timestamp: Some(1_000),
+            ..NewEvent::new(user, item, "view")
+        }
+    }
+
+    #[test]
+    fn replay_is_stored_once_and_conflict_rolls_back_the_batch() {
+        let (_d, s) = open();
+        let first = s
+            .append_events(EventBatch::new(vec![ev("e1", "u", "i")]))
+            .unwrap();
+        assert!(!first[0].duplicate);
+        let again = s
+            .append_events(EventBatch::new(vec![ev("e1", "u", "i")]))
+            .unwrap();
+        assert!(again[0].duplicate);
+        assert_eq!(again[0].seq, first[0].seq);
+        assert_eq!(s.stats().unwrap().events, 1);
+
+        // Same id, different item: the whole batch fails and its new event is not kept.
+        let err = s
+            .append_events(EventBatch::new(vec![
+                ev("e2", "u", "i"),
+                ev("e1", "u", "other"),
+            ]))
+            .unwrap_err();
+        assert!(matches!(err, Error::EventConflict { index: 1, ref event_id } if event_id == "e1"));
+        assert!(err.is_user_error());
+        assert_eq!(s.stats().unwrap().events, 1);
+        assert!(
+            s.get_item("other").unwrap().is_none(),
+            "item created by a failed batch"
+        );
+
+        // The same id twice within one batch.
+        let out = s
+            .append_events(EventBatch::new(vec![
+                ev("e3", "u", "i"),
+                ev("e3", "u", "i"),
+            ]))
+            .unwrap();
+        assert_eq!((out[0].duplicate, out[1].duplicate), (false, true));
+    }
+
+    #[test]
+    fn generated_ids_and_default_timestamp() {
+        let (_d, s) = open();
+        let mut batch = EventBatch::new(vec![NewEvent::new("u", "i", "click"); 3]);
+        batch.now = Some(42);
+        let out = s.append_events(batch).unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(out[0].event_id < out[1].event_id && out[1].event_id < out[2].event_id);
+        assert!(out.iter().all(|a| a.timestamp == 42 && !a.duplicate));
+        assert!(out[0].created_user && out[0].created_item && !out[1].created_user);
+    }
+
+    #[test]
+    fn unknown_user_is_refused_when_creation_is_off() {
+        let (_d, s) = open();
+        s.append_events(EventBatch::new(vec![ev("a", "known", "i")]))
+            .unwrap();
+        let mut batch = EventBatch::new(vec![ev("b", "known", "i"), ev("c", "stranger", "i")]);
+        batch.create_users = false;
+        let err = s.append_events(batch).unwrap_err();
+        assert!(matches!(err, Error::UnknownUser { index: 1, .. }));
+        assert_eq!(s.stats().unwrap().events, 1);
+        let mut batch = EventBatch::new(vec![ev("d", "known", "new-item")]);
+        batch.create_items = false;
+        assert!(matches!(
+            s.append_events(batch),
+            Err(Error::UnknownItem { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn users_upsert_merge_consent_and_delete_with_events() {
+        let (_d, s) = open();
+        let mut attrs = Map::new();
+        attrs.insert("plan".into(), Value::from("pro"));
+        let up = UserUpsert {
+            key: "ann".into(),
+            attributes: attrs.clone(),
+            consent: ConsentUpdate::default(),
+            default_consent: Consent {
+                personalization: false,
+            },
+        };
+        let created = s.put_user(up.clone()).unwrap();
+        assert!(created.created);
+        assert!(!created.record.consent.personalization);
+        let updated = s
+            .put_user(UserUpsert {
+                consent: ConsentUpdate {
+                    personalization: Some(true),
+                },
+                attributes: Map::new(),
+                ..up.clone()
+            })
+            .unwrap();
+        assert!(!updated.created);
+        assert_eq!(updated.record.idx, created.record.idx);
+        assert!(updated.record.consent.personalization);
+        assert!(updated.record.attributes.is_empty());
+        // Consent not mentioned keeps its value.
+        let kept = s
+            .put_user(UserUpsert {
+                attributes: attrs,
+                ..up
+            })
+            .unwrap();
+        assert!(kept.record.consent.personalization);
+
+        s.append_events(EventBatch::new(vec![
+            ev("x1", "ann", "i"),
+            ev("x2", "ann", "j"),
+            ev("x3", "bob", "i"),
+        ]))
+        .unwrap();
+        let del = s.delete_user("ann").unwrap().unwrap();
+        assert_eq!(del.events, 2);
+        assert!(s.get_user("ann").unwrap().is_none());
+        assert!(s.delete_user("ann").unwrap().is_none());
+        assert_eq!(s.stats().unwrap().events, 1);
+        // A deleted id is never handed out again, and the writer's memo forgot the key.
+        s.append_events(EventBatch::new(vec![ev("x4", "ann", "i")]))
+            .unwrap();
+        let again = s.get_user("ann").unwrap().unwrap();
+        assert!(again.idx.0 > del.idx);
+    }
+
+    #[test]
+    fn items_embeddings_have_fixed_dimensions() {
+        let (_d, s) = open();
+        let mut item = ItemUpsert {
+            key: "sku-1".into(),
+            categories: vec!["books".into()],
+            available: true,
+            ..Default::default()
+        };
+        item.text.insert("title".into(), "Dune".into());
+        item.numeric.insert("price".into(), 9.5);
+        item.embeddings.insert("text".into(), vec![0.5, -1.0, 2.0]);
+        let put = s.put_item(item.clone()).unwrap();
+        assert!(put.created);
+        let got = s.get_item("sku-1").unwrap().unwrap();
+        assert_eq!(got.embeddings["text"], vec![0.5, -1.0, 2.0]);
+        assert_eq!(got.text["title"], "Dune");
+        assert_eq!(got.categories, vec!["books"]);
+
+        let mut wrong = item.clone();
+        wrong.key = "sku-2".into();
+        wrong.embeddings.insert("text".into(), vec![1.0; 4]);
+        let err = s.put_item(wrong).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::DimensionMismatch {
+                expected: 3,
+                got: 4,
+                ..
+            }
+        ));
+        assert!(s.get_item("sku-2").unwrap().is_none());
+
+        // Replacing drops embeddings that are no longer given.
+        item.embeddings.clear();
+        item.available = false;
+        let put = s.put_item(item).unwrap();
+        assert!(!put.created && put.record.embeddings.is_empty() && !put.record.available);
+
+        s.append_events(EventBatch::new(vec![ev("y1", "u", "sku-1")]))
+            .unwrap();
+        assert_eq!(s.delete_item("sku-1").unwrap().unwrap().events, 1);
+        assert_eq!(s.stats().unwrap().events, 0);
+    }
+
+    #[test]
+    fn user_events_paginate_newest_first() {
+        let (_d, s) = open();
+        let events: Vec<NewEvent> = (0..25)
+            .map(|i| ev(&format!("p{i}"), "u", &format!("i{}", i % 4)))
+            .collect();
+        s.append_events(EventBatch::new(events)).unwrap();
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s.user_events("u", before, 10).unwrap().unwrap();
+            seen.extend(page.items.iter().map(|e| e.event_id.clone()));
+            match page.next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..25).rev().map(|i| format!("p{i}")).collect();
+        assert_eq!(seen, expected);
+        assert!(s.user_events("nobody", None, 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn concurrent_writers_all_commit_and_reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = std::sync::Arc::new(
+                SqliteStore::open(dir.path(), StoreOptions::default()).unwrap(),
+            );
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        for b in 0..20 {
+                            let events = (0..10)
+                                .map(|i| {
+                                    ev(&format!("t{t}b{b}i{i}"), &format!("u{t}"), &format!("i{i}"))
+                                })
+                                .collect();
+                            s.append_events(EventBatch::new(events)).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(s.stats().unwrap().events, 1600);
+        }
+        let s = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let stats = s.stats().unwrap();
+        assert_eq!((stats.events, stats.users, stats.items), (1600, 8, 10));
+        assert_eq!(stats.schema_version, MIGRATIONS.len() as u32);
+        let scanned = s.scan_interactions(0, 10_000).unwrap();
+        assert!(scanned.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            s.scan_events(scanned[99].seq, 5).unwrap()[0].seq,
+            scanned[100].seq
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_are_never_reused_across_deletes_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
+            let s = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+            s.append_events(EventBatch::new(vec![ev("a", "keep", "i")]))
+                .unwrap();
+            let out = s
+                .append_events(EventBatch::new(vec![ev("b", "gone", "i")]))
+                .unwrap();
+            s.delete_user("gone").unwrap();
+            out[0].seq
+        };
+        let s = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let out = s
+            .append_events(EventBatch::new(vec![ev("c", "new", "i")]))
+            .unwrap();
+        assert!(out[0].seq > last, "{} reused", out[0].seq);
+        // A UUID-shaped client id round-trips exactly, as does any other string.
+        let uuid = "0190a6b2-1234-7abc-8def-0123456789ab";
+        s.append_events(EventBatch::new(vec![
+            ev(uuid, "new", "i"),
+            ev("Plain-Id", "new", "i"),
+        ]))
+        .unwrap();
+        let page = s.user_events("new", None, 10).unwrap().unwrap();
+        let ids: Vec<&str> = page.items.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, vec!["Plain-Id", uuid, "c"]);
+    }
+
+    #[test]
+    fn writes_after_close_fail_cleanly() {
+        let (_d, s) = open();
+        s.close();
+        assert!(matches!(
+            s.append_events(EventBatch::new(vec![ev("z", "u", "i")])),
+            Err(Error::Closed)
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Against a model of idempotency: a new id is stored, a replay is a duplicate, a reuse
+        /// with another payload conflicts and changes nothing.
+        #[test]
+        fn idempotency_matches_model(ops in proptest::collection::vec((0u8..6, 0u8..3), 1..40)) {
+            let (_d, s) = open();
+            let mut model: HashMap<String, String> = HashMap::new();
+            for (id, item) in ops {
+                let (id, item) = (format!("id{id}"), format!("item{item}"));
+                let result = s.append_events(EventBatch::new(vec![ev(&id, "u", &item)]));
+                match model.get(&id) {
+                    None => {
+                        prop_assert!(!result.unwrap()[0].duplicate);
+                        model.insert(id, item);
+                    }
+                    Some(stored) if *stored == item => prop_assert!(result.unwrap()[0].duplicate),
+                    Some(_) => {
+                        let is_conflict = matches!(result, Err(Error::EventConflict { .. }));
+                        prop_assert!(is_conflict);
+                    }
+                }
+            }
+            prop_assert_eq!(s.stats().unwrap().events, model.len() as u64);
+        }
+    }
+}
