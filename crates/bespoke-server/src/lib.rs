@@ -1,14 +1,152 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! # Brief overview
+//!
+//! `bespoke-server` is Bespoke's HTTP/JSON API (axum on tokio) and the only crate that knows
+//! HTTP. [`Settings`] holds the layered configuration, [`Engine`] joins the store to the
+//! in-memory serving state, and [`start`] binds a listener and serves [`api::router`] until
+//! [`Server::shutdown`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), bespoke_server::ServerError> {
+//! let settings = bespoke_server::Settings::default();
+//! let server = bespoke_server::start(settings).await?;
+//! println!("listening on {}", server.addr());
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod settings;
+pub mod time;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bespoke_store::{SqliteStore, Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use engine::Engine;
+pub use settings::Settings;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Opening the store failed.
+    #[error("opening the store: {0}")]
+    Store(#[from] bespoke_store::Error),
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+    /// A background task panicked.
+    #[error("server task failed: {0}")]
+    Task(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Opens the configured store.
+pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, bespoke_store::Error> {
+    let options = StoreOptions {
+        max_group_events: settings.store.max_group_events,
+        cache_mib: settings.store.cache_mib,
+        ..StoreOptions::default()
+    };
+    Ok(Arc::new(SqliteStore::open(
+        &settings.store.data_dir,
+        options,
+    )?))
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// The address it listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
+
+    /// The engine behind it.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish and returns.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`Server::shutdown`] or a failure).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+            .map_err(ServerError::Serve)
+    }
+}
+
+/// Opens the store, loads the serving state and starts serving on `settings.server.bind`.
+pub async fn start(settings: Settings) -> Result<Server, ServerError> {
+    let settings = Arc::new(settings);
+    let s = settings.clone();
+    let engine = tokio::task::spawn_blocking(move || -> Result<Engine, ServerError> {
+        let store = open_store(&s)?;
+        Ok(Engine::open(store, s)?)
+    })
+    .await
+    .map_err(|e| ServerError::Task(e.to_string()))??;
+    start_with_engine(Arc::new(engine)).await
+}
+
+/// Starts serving an existing engine on its configured address.
+pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerError> {
+    let addr = engine.settings().server.bind;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let state = api::AppState {
+        engine: engine.clone(),
+        metrics: Arc::new(metrics::Metrics::default()),
+    };
+    let app = api::router(state);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "serving");
+    Ok(Server {
+        addr,
+        engine,
+        stop: Some(stop),
+        task,
+    })
 }

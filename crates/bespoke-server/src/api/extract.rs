@@ -1,0 +1,186 @@
+//! Request extractors that turn every malformed input into an [`ApiError`] naming the field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON body: requires `Content-Type: application/json`, respects the body-size limit and
+/// reports parse errors with the JSON path of the offending value (`events[2].timestamp`).
+#[derive(Debug)]
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected Content-Type: application/json, got {content_type:?}"),
+            )
+            .at("Content-Type"));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body exceeds limits.max_body_bytes",
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON, naming the path of the first offending value.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let err = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON body: {inner}"),
+        );
+        if path == "." { err } else { err.at(path) }
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON body: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// The `{key}` path segment, percent-decoded and validated as a key.
+#[derive(Debug)]
+pub(crate) struct KeyPath(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(key) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| {
+                    ApiError::invalid("key", format!("invalid key in path: {}", e.body_text()))
+                })?;
+        Ok(KeyPath(key))
+    }
+}
+
+/// The query string as ordered `(name, value)` pairs, checked against the names a route accepts.
+#[derive(Debug)]
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("invalid query string: {e}"),
+            )
+        })?;
+        Ok(Params(pairs))
+    }
+}
+
+impl Params {
+    /// Fails on any parameter not in `allowed`, so that a typo (`?categroy=`) is not ignored.
+    pub(crate) fn allow(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for (name, _) in &self.0 {
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::invalid(
+                    name.clone(),
+                    format!(
+                        "unknown query parameter {name:?}; accepted: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last value of `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of `name`, each split on commas, empty parts dropped (`?category=a,b&category=c`).
+    pub(crate) fn list(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(','))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// An integer in `min..=max`, or `default` when absent.
+    pub(crate) fn int(
+        &self,
+        name: &str,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> Result<usize, ApiError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(default);
+        };
+        let n: i128 = raw.trim().parse().map_err(|_| {
+            ApiError::invalid(
+                name,
+                format!("{name} must be an integer from {min} to {max}, got {raw:?}"),
+            )
+        })?;
+        if n < min as i128 || n > max as i128 {
+            return Err(ApiError::invalid(
+                name,
+                format!("{name} must be from {min} to {max}, got {n}"),
+            ));
+        }
+        Ok(n as usize)
+    }
+
+    /// `true`/`false` (also `1`/`0`), or `default` when absent.
+    pub(crate) fn bool(&self, name: &str, default: bool) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some("true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("{name} must be true or false, got {other:?}"),
+            )),
+        }
+    }
+}

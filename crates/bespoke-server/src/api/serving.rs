@@ -1,0 +1,135 @@
+//! Recommendations, similar items and popular items.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use super::extract::{KeyPath, Params};
+use super::{AppState, blocking, validate_key};
+use crate::engine::{PopularQuery, PopularSort, RecommendQuery, Recommendation};
+use crate::error::ApiError;
+use crate::time::parse_duration;
+
+/// Answer of `GET /v1/users/{key}/recommendations`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RecommendationsOut {
+    user: String,
+    /// Whether the user's own history shaped the results.
+    personalized: bool,
+    items: Vec<Recommendation>,
+}
+
+/// Answer of `GET /v1/items/{key}/similar`.
+#[derive(Debug, Serialize)]
+pub(crate) struct SimilarOut {
+    item: String,
+    items: Vec<Recommendation>,
+}
+
+/// Answer of `GET /v1/popular`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PopularOut {
+    items: Vec<Recommendation>,
+}
+
+fn n_param(state: &AppState, params: &Params) -> Result<usize, ApiError> {
+    let s = state.engine.settings();
+    params.int("n", s.serving.default_n, 1, s.limits.max_n)
+}
+
+fn categories(state: &AppState, params: &Params) -> Result<Vec<String>, ApiError> {
+    let cats = params.list("category");
+    for c in &cats {
+        validate_key("category", c, state.engine.settings().limits.max_key_bytes)?;
+    }
+    Ok(cats)
+}
+
+pub(crate) async fn recommendations(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    params: Params,
+) -> Result<Json<RecommendationsOut>, ApiError> {
+    let limits = &state.engine.settings().limits;
+    validate_key("key", &key, limits.max_key_bytes)?;
+    params.allow(&["n", "category", "exclude", "include_seen"])?;
+    let exclude = params.list("exclude");
+    if exclude.len() > limits.max_exclude {
+        return Err(ApiError::invalid(
+            "exclude",
+            format!(
+                "at most {} excluded items (limits.max_exclude)",
+                limits.max_exclude
+            ),
+        ));
+    }
+    let q = RecommendQuery {
+        n: n_param(&state, &params)?,
+        categories: categories(&state, &params)?,
+        exclude,
+        include_seen: params.bool("include_seen", false)?,
+    };
+    let engine = state.engine.clone();
+    let k = key.clone();
+    let recs = blocking(move || Ok(engine.recommend(&k, &q))).await?;
+    Ok(Json(RecommendationsOut {
+        user: key,
+        personalized: recs.personalized,
+        items: recs.items,
+    }))
+}
+
+pub(crate) async fn similar(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    params: Params,
+) -> Result<Json<SimilarOut>, ApiError> {
+    validate_key("key", &key, state.engine.settings().limits.max_key_bytes)?;
+    params.allow(&["n"])?;
+    let n = n_param(&state, &params)?;
+    let engine = state.engine.clone();
+    let k = key.clone();
+    let items = blocking(move || Ok(engine.similar(&k, n)))
+        .await?
+        .ok_or_else(|| ApiError::not_found("item", &key))?;
+    Ok(Json(SimilarOut { item: key, items }))
+}
+
+pub(crate) async fn popular(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<PopularOut>, ApiError> {
+    params.allow(&["n", "category", "window", "sort"])?;
+    let window = match params.get("window") {
+        None | Some("all") => None,
+        Some(w) => Some(
+            parse_duration(w)
+                .map_err(|why| ApiError::invalid("window", format!("window {why}, or all")))?,
+        ),
+    };
+    let sort = match params.get("sort") {
+        None | Some("count") => PopularSort::Count,
+        Some("trending") => PopularSort::Trending,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "sort",
+                format!("sort must be count or trending, got {other:?}"),
+            ));
+        }
+    };
+    if sort == PopularSort::Trending && window.is_some() {
+        return Err(ApiError::invalid(
+            "window",
+            "window applies to sort=count; trending already weighs recent events more",
+        ));
+    }
+    let q = PopularQuery {
+        n: n_param(&state, &params)?,
+        categories: categories(&state, &params)?,
+        window,
+        sort,
+    };
+    let engine = state.engine.clone();
+    let items = blocking(move || Ok(engine.popular(&q))).await?;
+    Ok(Json(PopularOut { items }))
+}

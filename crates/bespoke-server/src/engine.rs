@@ -1,0 +1,672 @@
+//! The engine: the store plus the in-memory serving state derived from it.
+//!
+//! Every write goes to the store first and is applied to memory only after it committed, so
+//! memory never shows what the store does not hold. Memory is rebuilt from the store at start-up.
+//!
+//! Ordering: concurrent requests may apply to memory in a different order than they committed.
+//! Two rules keep memory exact anyway. (1) Ids are never reused, so an event whose user or item
+//! has been deleted (a tombstoned id) is known to be gone from the store and is never applied.
+//! (2) Profile and catalog changes (`put_*`, `delete_*`) are serialised by the `admin` lock; an
+//! event that created a user or item registers it only if no profile change got there first.
+//!
+//! All methods block (store IO, CPU-bound scoring); async callers use `spawn_blocking`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bespoke_algo::{IdMap, ItemIdx, LiveIndex, Popularity, Scored, UserIdx};
+use bespoke_store::{
+    Appended, Deleted, Event, EventBatch, Item, ItemUpsert, Millis, NewEvent, Page, Store,
+    Upserted, User, UserUpsert,
+};
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashSet;
+use serde::Serialize;
+
+use crate::settings::{PopularityMode, Settings, WeightSpec};
+
+/// Chunk size when loading the event log at start-up.
+const LOAD_CHUNK: usize = 100_000;
+
+/// Why an item was recommended. Every result carries at least one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reason {
+    /// Machine-readable kind: `popular`, `trending`, `co_occurrence`, `fallback`.
+    pub kind: &'static str,
+    /// A sentence for people.
+    pub message: String,
+    /// The category the reason refers to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The other item the reason refers to (e.g. the item this one co-occurs with).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    /// A count behind the reason (events, users).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// One result: an item, its score (higher is better) and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    /// Item key.
+    pub item: String,
+    /// Score; comparable only within one response.
+    pub score: f32,
+    /// Why it was chosen.
+    pub reasons: Vec<Reason>,
+}
+
+/// Filters of a recommendation request.
+#[derive(Debug, Clone, Default)]
+pub struct RecommendQuery {
+    /// How many results.
+    pub n: usize,
+    /// Keep only items in any of these categories (all items when empty).
+    pub categories: Vec<String>,
+    /// Item keys never to return.
+    pub exclude: Vec<String>,
+    /// Also return items the user already interacted with.
+    pub include_seen: bool,
+}
+
+/// How `popular` ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PopularSort {
+    /// Total weight (within the window, if any).
+    Count,
+    /// Time-decayed weight.
+    Trending,
+}
+
+/// Filters of a popularity request.
+#[derive(Debug, Clone)]
+pub struct PopularQuery {
+    /// How many results.
+    pub n: usize,
+    /// Keep only items in any of these categories.
+    pub categories: Vec<String>,
+    /// Count only events newer than this many milliseconds (with `Count`).
+    pub window: Option<Millis>,
+    /// Ranking.
+    pub sort: PopularSort,
+}
+
+/// Recommendations for one user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendations {
+    /// The results, best first.
+    pub items: Vec<Recommendation>,
+    /// Whether the user's own history shaped the results.
+    pub personalized: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ItemMeta {
+    categories: Vec<u32>,
+    available: bool,
+}
+
+/// Event-type weights, resolved once from the settings.
+#[derive(Debug, Clone)]
+pub struct Weights(std::collections::HashMap<String, WeightSpec>);
+
+impl Weights {
+    /// The weights configured in `settings`.
+    pub fn new(settings: &Settings) -> Self {
+        Self(settings.events.weights.clone().into_iter().collect())
+    }
+
+    /// The weight of an event, or `None` for an unknown type or a value-weighted type without
+    /// a value.
+    pub fn weight(&self, kind: &str, value: Option<f64>) -> Option<f32> {
+        match self.0.get(kind)? {
+            WeightSpec::Fixed(w) => Some(*w as f32),
+            WeightSpec::Value(_) => value.map(|v| v as f32),
+        }
+    }
+
+    /// Whether the type exists, and whether it needs a value.
+    pub fn spec(&self, kind: &str) -> Option<&WeightSpec> {
+        self.0.get(kind)
+    }
+
+    /// The configured type names, sorted.
+    pub fn kinds(&self) -> Vec<&str> {
+        let mut k: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+}
+
+struct State {
+    users: IdMap,
+    items: IdMap,
+    deleted_users: FxHashSet<u32>,
+    deleted_items: FxHashSet<u32>,
+    personalization: Vec<bool>,
+    item_meta: Vec<ItemMeta>,
+    categories: IdMap,
+    live: LiveIndex,
+}
+
+impl State {
+    fn set_personalization(&mut self, user: UserIdx, allowed: bool) {
+        let u = user.0 as usize;
+        if self.personalization.len() <= u {
+            self.personalization.resize(u + 1, true);
+        }
+        self.personalization[u] = allowed;
+    }
+
+    fn set_item(&mut self, item: &Item) {
+        let categories = item
+            .categories
+            .iter()
+            .map(|c| self.categories.get_or_assign(c))
+            .collect();
+        let i = item.idx.0 as usize;
+        if self.item_meta.len() <= i {
+            self.item_meta.resize_with(i + 1, ItemMeta::default);
+        }
+        self.item_meta[i] = ItemMeta {
+            categories,
+            available: item.available,
+        };
+        self.items.insert(&item.key, item.idx.0);
+    }
+
+    fn register_new_item(&mut self, key: &str, idx: ItemIdx) {
+        if self.deleted_items.contains(&idx.0) || self.items.get(key).is_some() {
+            return;
+        }
+        let i = idx.0 as usize;
+        if self.item_meta.len() <= i {
+            self.item_meta.resize_with(i + 1, ItemMeta::default);
+        }
+        self.item_meta[i] = ItemMeta {
+            categories: Vec::new(),
+            available: true,
+        };
+        self.items.insert(key, idx.0);
+    }
+
+    fn meta(&self, item: ItemIdx) -> Option<&ItemMeta> {
+        self.item_meta.get(item.0 as usize)
+    }
+
+    fn category_ids(&self, names: &[String]) -> Vec<u32> {
+        // Unknown categories match nothing, so they are kept as an impossible id.
+        names
+            .iter()
+            .map(|c| self.categories.get(c).unwrap_or(u32::MAX))
+            .collect()
+    }
+
+    fn in_categories(&self, item: ItemIdx, wanted: &[u32]) -> bool {
+        wanted.is_empty()
+            || self
+                .meta(item)
+                .is_some_and(|m| m.categories.iter().any(|c| wanted.contains(c)))
+    }
+
+    fn servable(&self, item: ItemIdx) -> bool {
+        self.items.key(item.0).is_some() && self.meta(item).is_some_and(|m| m.available)
+    }
+
+    fn first_category(&self, item: ItemIdx) -> Option<String> {
+        let c = *self.meta(item)?.categories.first()?;
+        self.categories.key(c).map(str::to_owned)
+    }
+
+    fn item_key(&self, item: ItemIdx) -> String {
+        self.items.key(item.0).unwrap_or_default().to_owned()
+    }
+
+    fn popular_reason(&self, item: ItemIdx, kind: &'static str, count: u64) -> Reason {
+        let category = self.first_category(item);
+        let adjective = if kind == "trending" {
+            "trending"
+        } else {
+            "popular"
+        };
+        let message = match &category {
+            Some(c) => format!("{adjective} in {c}"),
+            None => format!("{adjective} overall"),
+        };
+        Reason {
+            kind,
+            message,
+            category,
+            item: None,
+            count: Some(count),
+        }
+    }
+}
+
+/// Counts for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EngineCounts {
+    /// Users known to serving.
+    pub users: u64,
+    /// Items known to serving.
+    pub items: u64,
+    /// Events applied to serving.
+    pub events: u64,
+}
+
+/// The store and the serving state built from it.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    settings: Arc<Settings>,
+    weights: Weights,
+    state: RwLock<State>,
+    admin: Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+impl Engine {
+    /// Builds the serving state from everything in `store`.
+    pub fn open(store: Arc<dyn Store>, settings: Arc<Settings>) -> bespoke_store::Result<Self> {
+        let started = std::time::Instant::now();
+        let weights = Weights::new(&settings);
+        let half_life_ms = settings.serving.trending_half_life_hours * 3_600_000.0;
+        let mut state = State {
+            users: IdMap::new(),
+            items: IdMap::new(),
+            deleted_users: FxHashSet::default(),
+            deleted_items: FxHashSet::default(),
+            personalization: Vec::new(),
+            item_meta: Vec::new(),
+            categories: IdMap::new(),
+            live: LiveIndex::new(Popularity::new(half_life_ms)),
+        };
+        let mut after = None;
+        loop {
+            let users = store.scan_users(after, LOAD_CHUNK)?;
+            let Some(last) = users.last() else { break };
+            after = Some(last.idx);
+            for u in &users {
+                state.users.insert(&u.key, u.idx.0);
+                state.set_personalization(u.idx, u.consent.personalization);
+            }
+        }
+        let mut after = None;
+        loop {
+            let items = store.scan_items(after, LOAD_CHUNK)?;
+            let Some(last) = items.last() else { break };
+            after = Some(last.idx);
+            for it in &items {
+                state.set_item(it);
+            }
+        }
+        let mut seq = 0;
+        let mut skipped = 0u64;
+        loop {
+            let chunk = store.scan_interactions(seq, LOAD_CHUNK)?;
+            let Some(last) = chunk.last() else { break };
+            seq = last.seq;
+            for e in &chunk {
+                match weights.weight(&e.kind, e.value) {
+                    Some(w) if w.is_finite() => state.live.apply(e.user, e.item, w, e.timestamp),
+                    // A type removed from the configuration since the event was stored.
+                    _ => skipped += 1,
+                }
+            }
+        }
+        tracing::info!(
+            users = state.users.len(),
+            items = state.items.len(),
+            events = state.live.events(),
+            skipped_events = skipped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded serving state"
+        );
+        Ok(Self {
+            store,
+            settings,
+            weights,
+            state: RwLock::new(state),
+            admin: Mutex::new(()),
+        })
+    }
+
+    /// The settings the engine runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The event-type weights.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Counts for monitoring.
+    pub fn counts(&self) -> EngineCounts {
+        let s = self.state.read();
+        EngineCounts {
+            users: s.users.len() as u64,
+            items: s.items.len() as u64,
+            events: s.live.events(),
+        }
+    }
+
+    /// Stores a batch of (already validated) events and applies the new ones to serving.
+    pub fn ingest(&self, events: Vec<NewEvent>) -> bespoke_store::Result<Vec<Appended>> {
+        let kinds: Vec<(String, Option<f64>, String, String)> = events
+            .iter()
+            .map(|e| (e.kind.clone(), e.value, e.user.clone(), e.item.clone()))
+            .collect();
+        let batch = EventBatch {
+            events,
+            create_users: self.settings.events.create_missing_users,
+            create_items: self.settings.events.create_missing_items,
+            default_consent: bespoke_store::Consent {
+                personalization: self.settings.consent.default_personalization,
+            },
+            now: None,
+        };
+        let appended = self.store.append_events(batch)?;
+        let mut s = self.state.write();
+        for (a, (kind, value, user, item)) in appended.iter().zip(kinds) {
+            if a.duplicate {
+                continue;
+            }
+            if a.created_user
+                && !s.deleted_users.contains(&a.user.0)
+                && s.users.get(&user).is_none()
+            {
+                s.users.insert(&user, a.user.0);
+                let default = self.settings.consent.default_personalization;
+                s.set_personalization(a.user, default);
+            }
+            if a.created_item {
+                s.register_new_item(&item, a.item);
+            }
+            if s.deleted_users.contains(&a.user.0) || s.deleted_items.contains(&a.item.0) {
+                continue;
+            }
+            if let Some(w) = self.weights.weight(&kind, value) {
+                s.live.apply(a.user, a.item, w, a.timestamp);
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Creates or replaces a user.
+    pub fn put_user(&self, upsert: UserUpsert) -> bespoke_store::Result<Upserted<User>> {
+        let _admin = self.admin.lock();
+        let out = self.store.put_user(upsert)?;
+        let mut s = self.state.write();
+        s.users.insert(&out.record.key, out.record.idx.0);
+        s.set_personalization(out.record.idx, out.record.consent.personalization);
+        Ok(out)
+    }
+
+    /// Deletes a user, their events and everything serving derived from them.
+    pub fn delete_user(&self, key: &str) -> bespoke_store::Result<Option<Deleted>> {
+        let _admin = self.admin.lock();
+        let out = self.store.delete_user(key)?;
+        if let Some(d) = out {
+            let mut s = self.state.write();
+            s.deleted_users.insert(d.idx);
+            if s.users.get(key) == Some(d.idx) {
+                s.users.remove(key);
+            }
+            s.live.remove_user(UserIdx(d.idx));
+        }
+        Ok(out)
+    }
+
+    /// Creates or replaces an item.
+    pub fn put_item(&self, upsert: ItemUpsert) -> bespoke_store::Result<Upserted<Item>> {
+        let _admin = self.admin.lock();
+        let out = self.store.put_item(upsert)?;
+        self.state.write().set_item(&out.record);
+        Ok(out)
+    }
+
+    /// Deletes an item and its events.
+    pub fn delete_item(&self, key: &str) -> bespoke_store::Result<Option<Deleted>> {
+        let _admin = self.admin.lock();
+        let out = self.store.delete_item(key)?;
+        if let Some(d) = out {
+            let mut s = self.state.write();
+            s.deleted_items.insert(d.idx);
+            if s.items.get(key) == Some(d.idx) {
+                s.items.remove(key);
+            }
+            s.live.remove_item(ItemIdx(d.idx));
+        }
+        Ok(out)
+    }
+
+    /// The stored user.
+    pub fn get_user(&self, key: &str) -> bespoke_store::Result<Option<User>> {
+        self.store.get_user(key)
+    }
+
+    /// The stored item.
+    pub fn get_item(&self, key: &str) -> bespoke_store::Result<Option<Item>> {
+        self.store.get_item(key)
+    }
+
+    /// A page of the user's events, newest first.
+    pub fn user_events(
+        &self,
+        key: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> bespoke_store::Result<Option<Page<Event>>> {
+        self.store.user_events(key, before, limit)
+    }
+
+    fn popular_scored(
+        &self,
+        s: &State,
+        mode: PopularityMode,
+        n: usize,
+        keep: impl FnMut(ItemIdx) -> bool,
+    ) -> Vec<Scored> {
+        let pop = s.live.popularity();
+        match mode {
+            PopularityMode::AllTime => pop.top_all_time(n, keep),
+            PopularityMode::Trending => pop.top_trending(n, now_ms(), keep),
+        }
+    }
+
+    /// Recommendations for a user: for now, the most popular items they have not interacted
+    /// with. Unknown users, and users who did not allow personalization, get plain popularity,
+    /// and the reasons say so.
+    pub fn recommend(&self, user_key: &str, q: &RecommendQuery) -> Recommendations {
+        let s = self.state.read();
+        let wanted = s.category_ids(&q.categories);
+        let excluded: FxHashSet<u32> = q.exclude.iter().filter_map(|k| s.items.get(k)).collect();
+        let user = s.users.get(user_key).map(UserIdx);
+        let personal =
+            user.filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true));
+        let mode = self.settings.serving.recommend_popularity;
+        let scored = self.popular_scored(&s, mode, q.n, |i| {
+            s.servable(i)
+                && !excluded.contains(&i.0)
+                && s.in_categories(i, &wanted)
+                && (q.include_seen || personal.is_none_or(|u| !s.live.has_seen(u, i)))
+        });
+        let fallback = match (user, personal) {
+            (None, _) => Some("unknown user: showing popular items"),
+            (Some(_), None) => Some("personalization is off for this user: showing popular items"),
+            (Some(_), Some(_)) => None,
+        };
+        let kind = match mode {
+            PopularityMode::AllTime => "popular",
+            PopularityMode::Trending => "trending",
+        };
+        let items = scored
+            .into_iter()
+            .map(|Scored { idx, score }| {
+                let item = ItemIdx(idx);
+                let mut reasons =
+                    vec![s.popular_reason(item, kind, s.live.popularity().count(item) as u64)];
+                if let Some(message) = fallback {
+                    reasons.push(Reason {
+                        kind: "fallback",
+                        message: message.into(),
+                        category: None,
+                        item: None,
+                        count: None,
+                    });
+                } else if !q.include_seen {
+                    reasons.push(Reason {
+                        kind: "unseen",
+                        message: "you have not interacted with this item yet".into(),
+                        category: None,
+                        item: None,
+                        count: None,
+                    });
+                }
+                Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                }
+            })
+            .collect();
+        Recommendations {
+            items,
+            personalized: personal.is_some(),
+        }
+    }
+
+    /// Items related to `item_key` by co-occurrence in user histories, topped up with popular
+    /// items of the same category when there are too few (a cold item has none). `None` when the
+    /// item does not exist.
+    pub fn similar(&self, item_key: &str, n: usize) -> Option<Vec<Recommendation>> {
+        let s = self.state.read();
+        let item = ItemIdx(s.items.get(item_key)?);
+        let related = s
+            .live
+            .related(item, n, self.settings.serving.related_max_users, |j| {
+                j != item && s.servable(j)
+            });
+        let mut out: Vec<Recommendation> = related
+            .iter()
+            .map(|r| Recommendation {
+                item: s.item_key(r.item),
+                score: r.score,
+                reasons: vec![Reason {
+                    kind: "co_occurrence",
+                    message: format!(
+                        "{} {} who interacted with {item_key} also interacted with this",
+                        r.co_users,
+                        if r.co_users == 1 { "user" } else { "users" }
+                    ),
+                    category: None,
+                    item: Some(item_key.to_owned()),
+                    count: Some(r.co_users as u64),
+                }],
+            })
+            .collect();
+        if out.len() < n {
+            let taken: FxHashSet<u32> = related.iter().map(|r| r.item.0).collect();
+            let cats = s
+                .meta(item)
+                .map(|m| m.categories.clone())
+                .unwrap_or_default();
+            let message = if related.is_empty() {
+                "no co-occurrence data for this item yet: popular items of its category"
+            } else {
+                "too little co-occurrence data: topped up with popular items of its category"
+            };
+            let fill = s.live.popularity().top_all_time(n - out.len(), |j| {
+                j != item && !taken.contains(&j.0) && s.servable(j) && s.in_categories(j, &cats)
+            });
+            // Scaled below the weakest co-occurrence match, so real matches always rank first.
+            let ceiling = out.last().map_or(1.0, |r| r.score * 0.5);
+            let max_pop = fill.first().map_or(1.0, |f| f.score.max(f32::MIN_POSITIVE));
+            for f in fill {
+                let i = ItemIdx(f.idx);
+                out.push(Recommendation {
+                    item: s.item_key(i),
+                    score: ceiling * f.score / max_pop,
+                    reasons: vec![
+                        s.popular_reason(i, "popular", s.live.popularity().count(i) as u64),
+                        Reason {
+                            kind: "fallback",
+                            message: message.into(),
+                            category: None,
+                            item: Some(item_key.to_owned()),
+                            count: None,
+                        },
+                    ],
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The most popular items, all-time, within a window, or trending.
+    pub fn popular(&self, q: &PopularQuery) -> Vec<Recommendation> {
+        let s = self.state.read();
+        let wanted = s.category_ids(&q.categories);
+        let keep = |i: ItemIdx| s.servable(i) && s.in_categories(i, &wanted);
+        let pop = s.live.popularity();
+        let now = now_ms();
+        let (scored, kind) = match (q.sort, q.window) {
+            (PopularSort::Trending, _) => (pop.top_trending(q.n, now, keep), "trending"),
+            (PopularSort::Count, Some(w)) => (pop.top_since(q.n, now - w, keep), "popular"),
+            (PopularSort::Count, None) => (pop.top_all_time(q.n, keep), "popular"),
+        };
+        scored
+            .into_iter()
+            .map(|Scored { idx, score }| {
+                let item = ItemIdx(idx);
+                let mut reason = s.popular_reason(item, kind, pop.count(item) as u64);
+                if let (PopularSort::Count, Some(w)) = (q.sort, q.window) {
+                    reason
+                        .message
+                        .push_str(&format!(" in the last {}", describe_window(w)));
+                    reason.count = None;
+                }
+                Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons: vec![reason],
+                }
+            })
+            .collect()
+    }
+}
+
+fn describe_window(ms: Millis) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    for (unit, name) in UNITS {
+        if ms % unit == 0 {
+            return format!("{}{name}", ms / unit);
+        }
+    }
+    format!("{ms}ms")
+}

@@ -1,0 +1,200 @@
+//! The OpenAPI 3.1 description of the API, served at `/openapi.json`.
+//!
+//! Written by hand next to the routes; `tests::document_matches_routes` fails when a route is
+//! added without being described (or the other way round).
+
+use serde_json::{Value, json};
+
+fn error_responses(codes: &[u16]) -> Value {
+    let mut map = serde_json::Map::new();
+    for code in codes {
+        let description = match code {
+            400 => "Invalid input; `error.field` names the offending value",
+            404 => "Not found",
+            409 => "An event_id was reused for a different event",
+            413 => "Body larger than limits.max_body_bytes",
+            415 => "Content-Type is not application/json",
+            422 => "Valid JSON that cannot be applied (e.g. embedding dimension mismatch)",
+            503 => "Shutting down",
+            507 => "Storage full; nothing was stored",
+            _ => "Error",
+        };
+        map.insert(
+            code.to_string(),
+            json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+        );
+    }
+    Value::Object(map)
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn with_errors(mut responses: Value, codes: &[u16]) -> Value {
+    if let (Some(r), Value::Object(e)) = (responses.as_object_mut(), error_responses(codes)) {
+        r.extend(e);
+    }
+    responses
+}
+
+fn key_param() -> Value {
+    json!({ "name": "key", "in": "path", "required": true, "description": "External key: 1 to limits.max_key_bytes bytes of UTF-8, no control or invisible characters", "schema": { "type": "string" } })
+}
+
+fn n_param() -> Value {
+    json!({ "name": "n", "in": "query", "description": "Number of results, 1 to limits.max_n (1000 by default); default serving.default_n", "schema": { "type": "integer", "minimum": 1 } })
+}
+
+fn json_body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Bespoke",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Self-hosted personalization engine. Every result carries `reasons` that say why it was chosen.",
+            "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" }
+        },
+        "paths": {
+            "/healthz": { "get": { "summary": "Liveness and counts", "operationId": "healthz",
+                "responses": { "200": ok("Serving", "Health") } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (text exposition format)", "operationId": "metrics",
+                "responses": { "200": { "description": "Metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/openapi.json": { "get": { "summary": "This document", "operationId": "openapi",
+                "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } } } },
+            "/v1/events": { "post": {
+                "summary": "Record a batch of events (atomic: all stored or none)",
+                "description": "Events with an `event_id` are idempotent: a replay with the same payload is stored once and answered the same; the same id with a different payload is a 409. Unknown users and items are created unless disabled in the configuration.",
+                "operationId": "postEvents",
+                "requestBody": json_body("EventBatch"),
+                "responses": with_errors(json!({ "200": ok("Stored (or recognised as replays)", "EventsAccepted") }), &[400, 404, 409, 413, 415, 503, 507]) } },
+            "/v1/users/{key}": {
+                "parameters": [key_param()],
+                "get": { "summary": "Get a user", "operationId": "getUser",
+                    "responses": with_errors(json!({ "200": ok("The user", "User") }), &[400, 404]) },
+                "put": { "summary": "Create or replace a user's attributes and consent", "operationId": "putUser",
+                    "requestBody": json_body("UserIn"),
+                    "responses": with_errors(json!({ "200": ok("Updated", "User"), "201": ok("Created", "User") }), &[400, 413, 415, 507]) },
+                "delete": { "summary": "Delete a user and all their events", "operationId": "deleteUser",
+                    "responses": with_errors(json!({ "200": ok("Deleted", "Deleted") }), &[400, 404, 507]) } },
+            "/v1/users/{key}/events": { "get": {
+                "summary": "A user's events, newest first, paginated", "operationId": "getUserEvents",
+                "parameters": [key_param(),
+                    { "name": "limit", "in": "query", "description": "Page size, 1 to limits.max_page_size; default 100", "schema": { "type": "integer", "minimum": 1 } },
+                    { "name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": { "type": "string" } }],
+                "responses": with_errors(json!({ "200": ok("A page", "EventPage") }), &[400, 404]) } },
+            "/v1/users/{key}/recommendations": { "get": {
+                "summary": "Recommendations for a user",
+                "description": "Unknown users and users without personalization consent get popular items; the reasons say so.",
+                "operationId": "getRecommendations",
+                "parameters": [key_param(), n_param(),
+                    { "name": "category", "in": "query", "description": "Only items in any of these categories (comma-separated or repeated)", "schema": { "type": "string" } },
+                    { "name": "exclude", "in": "query", "description": "Item keys never to return (comma-separated or repeated)", "schema": { "type": "string" } },
+                    { "name": "include_seen", "in": "query", "description": "Also return items the user interacted with", "schema": { "type": "boolean", "default": false } }],
+                "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400]) } },
+            "/v1/items/{key}": {
+                "parameters": [key_param()],
+                "get": { "summary": "Get an item", "operationId": "getItem",
+                    "responses": with_errors(json!({ "200": ok("The item", "Item") }), &[400, 404]) },
+                "put": { "summary": "Create or replace an item", "operationId": "putItem",
+                    "requestBody": json_body("ItemIn"),
+                    "responses": with_errors(json!({ "200": ok("Updated", "Item"), "201": ok("Created", "Item") }), &[400, 413, 415, 422, 507]) },
+                "delete": { "summary": "Delete an item and all events on it", "operationId": "deleteItem",
+                    "responses": with_errors(json!({ "200": ok("Deleted", "Deleted") }), &[400, 404, 507]) } },
+            "/v1/items/{key}/similar": { "get": {
+                "summary": "Items related to an item (co-occurrence; popular items of its category when there is too little data)",
+                "operationId": "getSimilar",
+                "parameters": [key_param(), n_param()],
+                "responses": with_errors(json!({ "200": ok("Related items, best first", "Similar") }), &[400, 404]) } },
+            "/v1/popular": { "get": {
+                "summary": "Popular items: all-time, within a window, or trending (time-decayed)",
+                "operationId": "getPopular",
+                "parameters": [n_param(),
+                    { "name": "category", "in": "query", "description": "Only items in any of these categories", "schema": { "type": "string" } },
+                    { "name": "window", "in": "query", "description": "Count only events of the last 90s, 30m, 24h, 7d, 2w…; `all` (default) for all time", "schema": { "type": "string" } },
+                    { "name": "sort", "in": "query", "description": "`count` (default) or `trending`", "schema": { "type": "string", "enum": ["count", "trending"] } }],
+                "responses": with_errors(json!({ "200": ok("Popular items, best first", "Popular") }), &[400]) } }
+        },
+        "components": { "schemas": {
+            "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
+                "code": { "type": "string", "description": "Stable machine-readable code, e.g. invalid_field, invalid_json, not_found, event_conflict" },
+                "message": { "type": "string" },
+                "field": { "type": "string", "description": "JSON path, query parameter or header at fault" } } } } },
+            "Health": { "type": "object", "properties": { "status": { "type": "string" }, "users": { "type": "integer" }, "items": { "type": "integer" }, "events": { "type": "integer" } } },
+            "Event": { "type": "object", "required": ["user", "item", "type"], "additionalProperties": false, "properties": {
+                "event_id": { "type": "string", "description": "Idempotency key; a UUIDv7 is generated when absent" },
+                "user": { "type": "string" }, "item": { "type": "string" },
+                "type": { "type": "string", "description": "A configured event type: view, click, add_to_cart, purchase, like, rating (needs value), dislike, skip by default" },
+                "value": { "type": "number", "description": "Optional value; the weight of value-weighted types such as rating" },
+                "timestamp": { "type": "string", "format": "date-time", "description": "RFC 3339 with a time zone; default: now" },
+                "context": { "type": "object" } } },
+            "EventBatch": { "type": "object", "required": ["events"], "additionalProperties": false, "properties": {
+                "events": { "type": "array", "minItems": 1, "description": "At most limits.max_batch_events (10,000 by default)", "items": { "$ref": "#/components/schemas/Event" } } } },
+            "EventsAccepted": { "type": "object", "properties": { "received": { "type": "integer" }, "event_ids": { "type": "array", "items": { "type": "string" } } } },
+            "StoredEvent": { "type": "object", "properties": { "event_id": { "type": "string" }, "user": { "type": "string" }, "item": { "type": "string" }, "type": { "type": "string" }, "value": { "type": "number" }, "timestamp": { "type": "string", "format": "date-time" }, "context": { "type": "object" } } },
+            "EventPage": { "type": "object", "properties": { "events": { "type": "array", "items": { "$ref": "#/components/schemas/StoredEvent" } }, "next_cursor": { "type": ["string", "null"] } } },
+            "Consent": { "type": "object", "properties": { "personalization": { "type": "boolean" } } },
+            "UserIn": { "type": "object", "additionalProperties": false, "properties": { "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" } } },
+            "User": { "type": "object", "properties": { "key": { "type": "string" }, "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } },
+            "ItemIn": { "type": "object", "additionalProperties": false, "properties": {
+                "categories": { "type": "array", "items": { "type": "string" } },
+                "text": { "type": "object", "additionalProperties": { "type": "string" } },
+                "numeric": { "type": "object", "additionalProperties": { "type": "number" } },
+                "attributes": { "type": "object" },
+                "embeddings": { "type": "object", "description": "Named vectors of any modality; each name has one dimension store-wide", "additionalProperties": { "type": "array", "items": { "type": "number" } } },
+                "available": { "type": "boolean", "default": true } } },
+            "Item": { "allOf": [ { "$ref": "#/components/schemas/ItemIn" }, { "type": "object", "properties": { "key": { "type": "string" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } } ] },
+            "Deleted": { "type": "object", "properties": { "key": { "type": "string" }, "deleted": { "type": "boolean" }, "events_deleted": { "type": "integer" } } },
+            "Reason": { "type": "object", "required": ["kind", "message"], "properties": {
+                "kind": { "type": "string", "description": "popular, trending, unseen, co_occurrence, fallback" },
+                "message": { "type": "string" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" } } },
+            "Recommendation": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
+                "item": { "type": "string" }, "score": { "type": "number", "description": "Higher is better; comparable within one response" },
+                "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } } } },
+            "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
+            "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
+            "Popular": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } }
+        } }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn document_matches_routes() {
+        let doc = document();
+        let mut documented = BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                if method != "parameters" {
+                    documented.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let routes: BTreeSet<(String, String)> = crate::api::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, routes);
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for piece in text.split("#/components/schemas/").skip(1) {
+            let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
+            assert!(schemas.contains_key(&name), "dangling $ref {name}");
+        }
+    }
+}

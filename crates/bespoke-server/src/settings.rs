@@ -1,0 +1,480 @@
+//! Configuration, built in one place and in layers: compiled-in defaults, then a TOML file, then
+//! `BESPOKE__SECTION__KEY` environment variables; the CLI applies its flags last.
+//!
+//! Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+//! `config/bespoke.example.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// All settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Storage.
+    pub store: StoreSettings,
+    /// Request limits.
+    pub limits: Limits,
+    /// Event ingestion.
+    pub events: EventSettings,
+    /// Consent defaults.
+    pub consent: ConsentSettings,
+    /// Serving behaviour.
+    pub serving: ServingSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Directory holding the database (`bespoke.db`) and, later, model files.
+    pub data_dir: PathBuf,
+    /// SQLite page cache of the writer connection, in MiB.
+    pub cache_mib: u32,
+    /// Most events committed in one group transaction.
+    pub max_group_events: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./bespoke-data"),
+            cache_mib: 64,
+            max_group_events: 100_000,
+        }
+    }
+}
+
+/// Limits on requests. Every one is enforced with a 4xx that names the limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one `POST /v1/events`.
+    pub max_batch_events: usize,
+    /// Longest user, item or event key, in bytes of UTF-8.
+    pub max_key_bytes: usize,
+    /// Largest `n` (results per request).
+    pub max_n: usize,
+    /// Largest page of a paginated listing.
+    pub max_page_size: usize,
+    /// Earliest accepted event time (RFC 3339).
+    pub min_event_time: String,
+    /// How far in the future (seconds past the server clock) an event time may be.
+    pub max_clock_skew_secs: u64,
+    /// Most items in an `exclude` list.
+    pub max_exclude: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_events: 10_000,
+            max_key_bytes: 256,
+            max_n: 1000,
+            max_page_size: 1000,
+            min_event_time: "1990-01-01T00:00:00Z".into(),
+            max_clock_skew_secs: 24 * 3600,
+            max_exclude: 1000,
+        }
+    }
+}
+
+/// How an event type turns into a weight.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum WeightSpec {
+    /// A fixed weight; negative for negative feedback.
+    Fixed(f64),
+    /// The event's `value` is the weight (ratings); the event must carry a value.
+    Value(ValueWeight),
+}
+
+/// The marker `"value"` in the weights table.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueWeight {
+    /// Use the event's value.
+    Value,
+}
+
+/// Event ingestion settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Events naming an unknown user create it; otherwise they are refused (404).
+    pub create_missing_users: bool,
+    /// Events naming an unknown item create it; otherwise they are refused (404).
+    pub create_missing_items: bool,
+    /// Accepted event types and their weights. Types not listed are refused.
+    pub weights: BTreeMap<String, WeightSpec>,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        let fixed = |w| WeightSpec::Fixed(w);
+        Self {
+            create_missing_users: true,
+            create_missing_items: true,
+            weights: BTreeMap::from([
+                ("view".into(), fixed(1.0)),
+                ("click".into(), fixed(2.0)),
+                ("add_to_cart".into(), fixed(4.0)),
+                ("purchase".into(), fixed(8.0)),
+                ("like".into(), fixed(4.0)),
+                ("rating".into(), WeightSpec::Value(ValueWeight::Value)),
+                ("dislike".into(), fixed(-4.0)),
+                ("skip".into(), fixed(-1.0)),
+            ]),
+        }
+    }
+}
+
+/// Consent defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentSettings {
+    /// Whether a new user may get personalized results until they say otherwise.
+    pub default_personalization: bool,
+}
+
+impl Default for ConsentSettings {
+    fn default() -> Self {
+        Self {
+            default_personalization: true,
+        }
+    }
+}
+
+/// Which popularity ranks recommendations for users without a model.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PopularityMode {
+    /// Total weight over all time.
+    AllTime,
+    /// Time-decayed weight (see `trending_half_life_hours`).
+    Trending,
+}
+
+/// Serving settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingSettings {
+    /// Default `n` when a request gives none.
+    pub default_n: usize,
+    /// Half-life of the trending score, in hours.
+    pub trending_half_life_hours: f64,
+    /// Popularity used to rank recommendations.
+    pub recommend_popularity: PopularityMode,
+    /// Most recent users of an item sampled to find related items.
+    pub related_max_users: usize,
+}
+
+impl Default for ServingSettings {
+    fn default() -> Self {
+        Self {
+            default_n: 10,
+            trending_half_life_hours: 24.0,
+            recommend_popularity: PopularityMode::AllTime,
+            related_max_users: 2000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter, e.g. `info` or `bespoke=debug,tower=warn`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            store: StoreSettings::default(),
+            limits: Limits::default(),
+            events: EventSettings::default(),
+            consent: ConsentSettings::default(),
+            serving: ServingSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// A configuration problem, naming where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The config file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has a bad key or value.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file or the environment variable.
+        origin: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// Prefix of environment variables that override settings.
+pub const ENV_PREFIX: &str = "BESPOKE__";
+
+impl Settings {
+    /// Defaults, then `file` (if given), then `BESPOKE__SECTION__KEY` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut merged =
+            toml::Table::try_from(Settings::default()).expect("defaults serialise to TOML");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| SettingsError::Invalid {
+                origin: path.display().to_string(),
+                message: e.message().to_owned(),
+            })?;
+            merge(&mut merged, table);
+        }
+        let mut env_vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env_vars.sort();
+        for (name, raw) in env_vars {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            if path.iter().any(String::is_empty) {
+                return Err(SettingsError::Invalid {
+                    origin: name,
+                    message: "expected BESPOKE__SECTION__KEY".into(),
+                });
+            }
+            let mut table = toml::Table::new();
+            let (last, parents) = path.split_last().expect("at least one component");
+            let mut cursor = &mut table;
+            for p in parents {
+                cursor = cursor
+                    .entry(p.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .expect("just inserted a table");
+            }
+            cursor.insert(last.clone(), parse_env_value(&raw));
+            merge(&mut merged, table);
+            // Validate each variable on its own so that an error names it.
+            Settings::deserialize(toml::Value::Table(merged.clone())).map_err(|e| {
+                SettingsError::Invalid {
+                    origin: name.clone(),
+                    message: e.message().to_owned(),
+                }
+            })?;
+        }
+        let origin = file.map_or("settings".to_owned(), |p| p.display().to_string());
+        let settings = Settings::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            SettingsError::Invalid {
+                origin: origin.clone(),
+                message: e.message().to_owned(),
+            }
+        })?;
+        settings
+            .validate()
+            .map_err(|message| SettingsError::Invalid { origin, message })?;
+        Ok(settings)
+    }
+
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("limits.max_body_bytes", self.limits.max_body_bytes),
+            ("limits.max_batch_events", self.limits.max_batch_events),
+            ("limits.max_key_bytes", self.limits.max_key_bytes),
+            ("limits.max_n", self.limits.max_n),
+            ("limits.max_page_size", self.limits.max_page_size),
+            ("serving.default_n", self.serving.default_n),
+            ("serving.related_max_users", self.serving.related_max_users),
+            ("store.max_group_events", self.store.max_group_events),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if self.serving.default_n > self.limits.max_n {
+            return Err("serving.default_n must not exceed limits.max_n".into());
+        }
+        if !(self.serving.trending_half_life_hours > 0.0) {
+            return Err("serving.trending_half_life_hours must be positive".into());
+        }
+        if crate::time::parse_rfc3339(&self.limits.min_event_time).is_err() {
+            return Err(
+                "limits.min_event_time must be an RFC 3339 time such as 1990-01-01T00:00:00Z"
+                    .into(),
+            );
+        }
+        for (kind, w) in &self.events.weights {
+            if kind.is_empty() || kind.len() > 64 {
+                return Err(format!(
+                    "events.weights: type name {kind:?} must have 1 to 64 bytes"
+                ));
+            }
+            if let WeightSpec::Fixed(w) = w {
+                if !w.is_finite() {
+                    return Err(format!("events.weights.{kind} must be a finite number"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An environment value is read as a TOML value when it parses as one (`8`, `true`, `"x"`,
+/// `[1, 2]`), and as a plain string otherwise (`0.0.0.0:8080`).
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bespoke.toml");
+        std::fs::write(
+            &file,
+            "[server]\nbind = \"0.0.0.0:9000\"\n[limits]\nmax_n = 50\n[events.weights]\nshare = 3.0\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[
+                ("BESPOKE__LIMITS__MAX_N", "70"),
+                ("OTHER", "x"),
+                ("BESPOKE__STORE__DATA_DIR", "/tmp/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.bind.port(), 9000);
+        assert_eq!(s.limits.max_n, 70);
+        assert_eq!(s.store.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.events.weights["share"], WeightSpec::Fixed(3.0));
+        // Defaults not overridden stay.
+        assert_eq!(s.events.weights["purchase"], WeightSpec::Fixed(8.0));
+        assert_eq!(s.limits.max_batch_events, 10_000);
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let err = Settings::load(None, env(&[("BESPOKE__LIMITS__MAX_NN", "5")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("BESPOKE__LIMITS__MAX_NN") && msg.contains("max_nn"),
+            "{msg}"
+        );
+        let err = Settings::load(None, env(&[("BESPOKE__LIMITS__MAX_N", "0")])).unwrap_err();
+        assert!(err.to_string().contains("limits.max_n"), "{err}");
+        let err = Settings::load(None, env(&[("BESPOKE__SERVER__BIND", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("BESPOKE__SERVER__BIND"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[serving]\nrecommend_popularity = \"sideways\"\n").unwrap();
+        let err = Settings::load(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn example_config_is_valid_and_matches_defaults() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/bespoke.example.toml");
+        let loaded = Settings::load(Some(&example), env(&[])).unwrap();
+        assert_eq!(
+            loaded,
+            Settings::default(),
+            "the example config drifted from the defaults"
+        );
+    }
+}
