@@ -412,14 +412,24 @@ impl Engine {
         Ok(appended)
     }
 
-    /// Creates or replaces a user.
-    pub fn put_user(&self, upsert: UserUpsert) -> bespoke_store::Result<Upserted<User>> {
+    /// Creates or replaces users (one transaction).
+    pub fn put_users(
+        &self,
+        upserts: Vec<UserUpsert>,
+    ) -> bespoke_store::Result<Vec<Upserted<User>>> {
         let _admin = self.admin.lock();
-        let out = self.store.put_user(upsert)?;
+        let out = self.store.put_users(upserts)?;
         let mut s = self.state.write();
-        s.users.insert(&out.record.key, out.record.idx.0);
-        s.set_personalization(out.record.idx, out.record.consent.personalization);
+        for u in &out {
+            s.users.insert(&u.record.key, u.record.idx.0);
+            s.set_personalization(u.record.idx, u.record.consent.personalization);
+        }
         Ok(out)
+    }
+
+    /// Creates or replaces one user.
+    pub fn put_user(&self, upsert: UserUpsert) -> bespoke_store::Result<Upserted<User>> {
+        Ok(self.put_users(vec![upsert])?.remove(0))
     }
 
     /// Deletes a user, their events and everything serving derived from them.
@@ -437,12 +447,23 @@ impl Engine {
         Ok(out)
     }
 
-    /// Creates or replaces an item.
-    pub fn put_item(&self, upsert: ItemUpsert) -> bespoke_store::Result<Upserted<Item>> {
+    /// Creates or replaces items (one transaction).
+    pub fn put_items(
+        &self,
+        upserts: Vec<ItemUpsert>,
+    ) -> bespoke_store::Result<Vec<Upserted<Item>>> {
         let _admin = self.admin.lock();
-        let out = self.store.put_item(upsert)?;
-        self.state.write().set_item(&out.record);
+        let out = self.store.put_items(upserts)?;
+        let mut s = self.state.write();
+        for i in &out {
+            s.set_item(&i.record);
+        }
         Ok(out)
+    }
+
+    /// Creates or replaces one item.
+    pub fn put_item(&self, upsert: ItemUpsert) -> bespoke_store::Result<Upserted<Item>> {
+        Ok(self.put_items(vec![upsert])?.remove(0))
     }
 
     /// Deletes an item and its events.

@@ -51,9 +51,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// with [`Error::UnknownUser`] / [`Error::UnknownItem`] when the batch forbids creating them.
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>>;
 
-    /// Creates or replaces a user's attributes; consent flags not given keep their value (or the
-    /// configured default for a new user).
-    fn put_user(&self, user: UserUpsert) -> Result<Upserted<User>>;
+    /// Creates or replaces users' attributes in one transaction (all or none); consent flags not
+    /// given keep their value (or the given default for a new user).
+    fn put_users(&self, users: Vec<UserUpsert>) -> Result<Vec<Upserted<User>>>;
+
+    /// Creates or replaces one user; see [`Store::put_users`].
+    fn put_user(&self, user: UserUpsert) -> Result<Upserted<User>> {
+        self.put_users(vec![user])?
+            .pop()
+            .ok_or_else(|| Error::Corrupt("an upsert returned nothing".into()))
+    }
 
     /// The user with this key.
     fn get_user(&self, key: &str) -> Result<Option<User>>;
@@ -61,10 +68,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes the user and all their events. `None` when there was no such user.
     fn delete_user(&self, key: &str) -> Result<Option<Deleted>>;
 
-    /// Creates or replaces an item. Each embedding name has one dimension, fixed by the first
-    /// vector stored under it; a vector of another length fails with
+    /// Creates or replaces items in one transaction (all or none). Each embedding name has one
+    /// dimension, fixed by the first vector stored under it; a vector of another length fails with
     /// [`Error::DimensionMismatch`].
-    fn put_item(&self, item: ItemUpsert) -> Result<Upserted<Item>>;
+    fn put_items(&self, items: Vec<ItemUpsert>) -> Result<Vec<Upserted<Item>>>;
+
+    /// Creates or replaces one item; see [`Store::put_items`].
+    fn put_item(&self, item: ItemUpsert) -> Result<Upserted<Item>> {
+        self.put_items(vec![item])?
+            .pop()
+            .ok_or_else(|| Error::Corrupt("an upsert returned nothing".into()))
+    }
 
     /// The item with this key, with its embeddings.
     fn get_item(&self, key: &str) -> Result<Option<Item>>;

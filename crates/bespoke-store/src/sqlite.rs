@@ -108,9 +108,9 @@ type Reply<T> = Sender<Result<T>>;
 /// A write request for the writer thread.
 enum Op {
     Append(EventBatch, Reply<Vec<Appended>>),
-    PutUser(UserUpsert, Reply<Upserted<User>>),
+    PutUsers(Vec<UserUpsert>, Reply<Vec<Upserted<User>>>),
     DeleteUser(String, Reply<Option<Deleted>>),
-    PutItem(ItemUpsert, Reply<Upserted<Item>>),
+    PutItems(Vec<ItemUpsert>, Reply<Vec<Upserted<Item>>>),
     DeleteItem(String, Reply<Option<Deleted>>),
 }
 
@@ -119,9 +119,9 @@ impl Op {
     fn failed(self, e: Error) -> Done {
         match self {
             Op::Append(_, tx) => Done::Append(tx, Err(e)),
-            Op::PutUser(_, tx) => Done::PutUser(tx, Err(e)),
+            Op::PutUsers(_, tx) => Done::PutUsers(tx, Err(e)),
             Op::DeleteUser(_, tx) => Done::DeleteUser(tx, Err(e)),
-            Op::PutItem(_, tx) => Done::PutItem(tx, Err(e)),
+            Op::PutItems(_, tx) => Done::PutItems(tx, Err(e)),
             Op::DeleteItem(_, tx) => Done::DeleteItem(tx, Err(e)),
         }
     }
@@ -129,6 +129,8 @@ impl Op {
     fn size(&self) -> usize {
         match self {
             Op::Append(b, _) => b.events.len().max(1),
+            Op::PutUsers(u, _) => u.len().max(1),
+            Op::PutItems(i, _) => i.len().max(1),
             _ => 1,
         }
     }
@@ -137,9 +139,9 @@ impl Op {
 /// A finished request whose reply waits for the commit.
 enum Done {
     Append(Reply<Vec<Appended>>, Result<Vec<Appended>>),
-    PutUser(Reply<Upserted<User>>, Result<Upserted<User>>),
+    PutUsers(Reply<Vec<Upserted<User>>>, Result<Vec<Upserted<User>>>),
     DeleteUser(Reply<Option<Deleted>>, Result<Option<Deleted>>),
-    PutItem(Reply<Upserted<Item>>, Result<Upserted<Item>>),
+    PutItems(Reply<Vec<Upserted<Item>>>, Result<Vec<Upserted<Item>>>),
     DeleteItem(Reply<Option<Deleted>>, Result<Option<Deleted>>),
 }
 
@@ -156,9 +158,9 @@ impl Done {
     fn is_ok(&self) -> bool {
         match self {
             Done::Append(_, r) => r.is_ok(),
-            Done::PutUser(_, r) => r.is_ok(),
+            Done::PutUsers(_, r) => r.is_ok(),
             Done::DeleteUser(_, r) => r.is_ok(),
-            Done::PutItem(_, r) => r.is_ok(),
+            Done::PutItems(_, r) => r.is_ok(),
             Done::DeleteItem(_, r) => r.is_ok(),
         }
     }
@@ -166,9 +168,9 @@ impl Done {
     fn send(self, commit: &Result<()>) {
         match self {
             Done::Append(tx, r) => settle(tx, r, commit),
-            Done::PutUser(tx, r) => settle(tx, r, commit),
+            Done::PutUsers(tx, r) => settle(tx, r, commit),
             Done::DeleteUser(tx, r) => settle(tx, r, commit),
-            Done::PutItem(tx, r) => settle(tx, r, commit),
+            Done::PutItems(tx, r) => settle(tx, r, commit),
             Done::DeleteItem(tx, r) => settle(tx, r, commit),
         }
     }
@@ -463,8 +465,11 @@ impl Store for SqliteStore {
         self.submit(|tx| Op::Append(batch, tx))
     }
 
-    fn put_user(&self, user: UserUpsert) -> Result<Upserted<User>> {
-        self.submit(|tx| Op::PutUser(user, tx))
+    fn put_users(&self, users: Vec<UserUpsert>) -> Result<Vec<Upserted<User>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|tx| Op::PutUsers(users, tx))
     }
 
     fn get_user(&self, key: &str) -> Result<Option<User>> {
@@ -475,8 +480,11 @@ impl Store for SqliteStore {
         self.submit(|tx| Op::DeleteUser(key.to_owned(), tx))
     }
 
-    fn put_item(&self, item: ItemUpsert) -> Result<Upserted<Item>> {
-        self.submit(|tx| Op::PutItem(item, tx))
+    fn put_items(&self, items: Vec<ItemUpsert>) -> Result<Vec<Upserted<Item>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|tx| Op::PutItems(items, tx))
     }
 
     fn get_item(&self, key: &str) -> Result<Option<Item>> {
@@ -763,9 +771,13 @@ impl Writer {
         }
         let done = match op {
             Op::Append(batch, tx) => Done::Append(tx, self.append(batch)),
-            Op::PutUser(u, tx) => Done::PutUser(tx, self.put_user(u)),
+            Op::PutUsers(u, tx) => {
+                Done::PutUsers(tx, u.into_iter().map(|u| self.put_user(u)).collect())
+            }
             Op::DeleteUser(k, tx) => Done::DeleteUser(tx, self.delete_user(&k)),
-            Op::PutItem(i, tx) => Done::PutItem(tx, self.put_item(i)),
+            Op::PutItems(i, tx) => {
+                Done::PutItems(tx, i.into_iter().map(|i| self.put_item(i)).collect())
+            }
             Op::DeleteItem(k, tx) => Done::DeleteItem(tx, self.delete_item(&k)),
         };
         if done.is_ok() {
@@ -1239,6 +1251,13 @@ mod tests {
         assert!(again.idx.0 > del.idx);
     }
 
+    fn wrong_dim(item: &ItemUpsert) -> ItemUpsert {
+        let mut w = item.clone();
+        w.key = "sku-wrong".into();
+        w.embeddings.insert("text".into(), vec![0.0; 7]);
+        w
+    }
+
     #[test]
     fn items_embeddings_have_fixed_dimensions() {
         let (_d, s) = open();
@@ -1271,6 +1290,15 @@ mod tests {
             }
         ));
         assert!(s.get_item("sku-2").unwrap().is_none());
+
+        // A batch is all or nothing.
+        let ok = ItemUpsert {
+            key: "sku-3".into(),
+            ..Default::default()
+        };
+        let err = s.put_items(vec![ok, wrong_dim(&item)]).unwrap_err();
+        assert!(matches!(err, Error::DimensionMismatch { .. }));
+        assert!(s.get_item("sku-3").unwrap().is_none());
 
         // Replacing drops embeddings that are no longer given.
         item.embeddings.clear();

@@ -97,15 +97,55 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let raw = parts.uri.query().unwrap_or("");
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                format!("invalid query string: {e}"),
-            )
-        })?;
+        let mut pairs = Vec::new();
+        for part in raw.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            let name = percent_decode(name).map_err(|why| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("a query parameter name {why}"),
+                )
+            })?;
+            let value = percent_decode(value).map_err(|why| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("the value of {name} {why}"),
+                )
+                .at(name.clone())
+            })?;
+            pairs.push((name, value));
+        }
         Ok(Params(pairs))
     }
+}
+
+/// Decodes `application/x-www-form-urlencoded` text strictly: a malformed escape or invalid
+/// UTF-8 is an error instead of a silent U+FFFD.
+fn percent_decode(s: &str) -> Result<String, &'static str> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                let (Some(hi), Some(lo)) = (
+                    b.get(i + 1).and_then(|&c| hex(c)),
+                    b.get(i + 2).and_then(|&c| hex(c)),
+                ) else {
+                    return Err("has a malformed %-escape");
+                };
+                out.push((hi * 16 + lo) as u8);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "is not valid UTF-8")
 }
 
 impl Params {

@@ -1,0 +1,148 @@
+use bespoke_server::{Server, Settings};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A server on 127.0.0.1:<random port> over a temporary data directory.
+pub(crate) struct TestServer {
+    pub(crate) base: String,
+    pub(crate) client: Client,
+    server: Option<Server>,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+pub(crate) async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+pub(crate) async fn start_with(configure: impl FnOnce(&mut Settings)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    start_in(dir, configure).await
+}
+
+pub(crate) async fn start_in(
+    dir: tempfile::TempDir,
+    configure: impl FnOnce(&mut Settings),
+) -> TestServer {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.store.data_dir = dir.path().to_owned();
+    configure(&mut settings);
+    let server = bespoke_server::start(settings)
+        .await
+        .expect("server starts");
+    TestServer {
+        base: format!("http://{}", server.addr()),
+        client: Client::new(),
+        server: Some(server),
+        dir,
+    }
+}
+
+impl TestServer {
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body read");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request(Method::GET, path, None).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, Some(body)).await
+    }
+
+    pub(crate) async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::PUT, path, Some(body)).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.request(Method::DELETE, path, None).await
+    }
+
+    /// Sends raw bytes with a given content type.
+    pub(crate) async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body read");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Posts events given as (user, item, type) triples and asserts success.
+    pub(crate) async fn events(&self, triples: &[(&str, &str, &str)]) {
+        let events: Vec<Value> = triples
+            .iter()
+            .map(|(u, i, t)| json!({ "user": u, "item": i, "type": t }))
+            .collect();
+        let (status, body) = self.post("/v1/events", json!({ "events": events })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
+        self.server
+            .take()
+            .expect("running")
+            .shutdown()
+            .await
+            .expect("clean shutdown");
+        self.dir
+    }
+}
+
+/// Asserts an error answer: status, stable code and (if given) the field it names.
+pub(crate) fn assert_error(
+    got: &(StatusCode, Value),
+    status: StatusCode,
+    code: &str,
+    field: Option<&str>,
+) {
+    let (s, body) = got;
+    assert_eq!(*s, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error without a message: {body}"
+    );
+    if let Some(f) = field {
+        assert_eq!(body["error"]["field"], f, "{body}");
+    }
+}
+
+/// Item keys of a list of results.
+pub(crate) fn keys(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .expect("items array")
+        .iter()
+        .map(|r| r["item"].as_str().expect("item key").to_owned())
+        .collect()
+}

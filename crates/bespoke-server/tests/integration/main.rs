@@ -1,0 +1,8 @@
+//! Integration tests: each starts the real server on a loopback port over a fresh data directory
+//! and talks HTTP to it. One binary, split into topic modules, for link time.
+
+mod common;
+mod events;
+mod ops;
+mod serving;
+mod users_items;

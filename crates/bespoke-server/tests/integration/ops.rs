@@ -1,0 +1,93 @@
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::{assert_error, start};
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let srv = start().await;
+    srv.events(&[("x", "x", "view")]).await;
+    let (status, doc) = srv.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (method, path) in bespoke_server::api::ROUTES {
+        let documented = &doc["paths"][path][method.to_lowercase()];
+        assert!(documented.is_object(), "{method} {path} is not documented");
+        let url = path.replace("{key}", "x");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
+        let (status, resp) = srv.request(method.clone(), &url, body).await;
+        assert!(
+            !matches!(status, StatusCode::METHOD_NOT_ALLOWED)
+                && resp["error"]["code"] != "route_not_found",
+            "{method} {url} is documented but not routed: {status} {resp}"
+        );
+        // The answer's status must be one the document lists for it.
+        let listed = &documented["responses"][status.as_str()];
+        assert!(
+            listed.is_object(),
+            "{method} {path} answered {status}, which the document does not list"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let srv = start().await;
+    assert_error(
+        &srv.get("/v1/nothing").await,
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        None,
+    );
+    assert_error(
+        &srv.request(Method::PATCH, "/v1/users/x", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+    );
+    assert_error(
+        &srv.get("/v1/events").await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn health_and_metrics_report_counts_and_requests() {
+    let srv = start().await;
+    srv.events(&[("a", "b", "view"), ("a", "c", "click")]).await;
+    let (status, health) = srv.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        health,
+        json!({ "status": "ok", "users": 1, "items": 2, "events": 2 })
+    );
+    srv.get("/v1/users/a/recommendations").await;
+    srv.get("/v1/users/secret-user-key/recommendations?n=0")
+        .await;
+    let resp = srv
+        .client
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = resp.text().await.unwrap();
+    assert!(text.contains(r#"bespoke_http_requests_total{method="GET",route="/v1/users/{key}/recommendations",status="200"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"route="/v1/users/{key}/recommendations",status="400"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("bespoke_events 2\n"));
+    assert!(
+        !text.contains("secret-user-key"),
+        "keys must never become metric labels"
+    );
+}

@@ -1,0 +1,272 @@
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, assert_error, keys, start};
+
+/// Five items in two categories with popularity p1 > p2 > p3 (cat A) and p4 > p5 (cat B).
+async fn shop() -> TestServer {
+    let srv = start().await;
+    for (item, cat) in [
+        ("p1", "A"),
+        ("p2", "A"),
+        ("p3", "A"),
+        ("p4", "B"),
+        ("p5", "B"),
+        ("off", "A"),
+    ] {
+        let available = item != "off";
+        let (status, body) = srv
+            .put(
+                &format!("/v1/items/{item}"),
+                json!({ "categories": [cat], "available": available }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut events = Vec::new();
+    for (item, buyers) in [
+        ("p1", 9),
+        ("p2", 7),
+        ("p3", 5),
+        ("p4", 4),
+        ("p5", 2),
+        ("off", 20),
+    ] {
+        for u in 0..buyers {
+            events.push((format!("fan{u}"), item.to_owned()));
+        }
+    }
+    let refs: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|(u, i)| (u.as_str(), i.as_str(), "purchase"))
+        .collect();
+    srv.events(&refs).await;
+    srv
+}
+
+fn assert_reasons(body: &Value) {
+    for r in body["items"].as_array().unwrap() {
+        let reasons = r["reasons"].as_array().expect("reasons");
+        assert!(!reasons.is_empty(), "a result without reasons: {r}");
+        assert!(
+            reasons
+                .iter()
+                .all(|x| x["kind"].is_string() && x["message"].is_string()),
+            "{r}"
+        );
+        assert!(r["score"].is_number(), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn recommendations_are_popular_unseen_available_items_with_reasons() {
+    let srv = shop().await;
+    srv.events(&[("me", "p1", "view"), ("me", "p4", "dislike")])
+        .await;
+    let (status, body) = srv.get("/v1/users/me/recommendations?n=3").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        keys(&body),
+        ["p2", "p3", "p5"],
+        "seen (also disliked) and unavailable items are skipped"
+    );
+    assert_eq!(body["personalized"], true);
+    assert_reasons(&body);
+    assert_eq!(body["items"][0]["reasons"][0]["kind"], "popular");
+    assert_eq!(body["items"][0]["reasons"][0]["message"], "popular in A");
+
+    let (_, body) = srv
+        .get("/v1/users/me/recommendations?n=2&include_seen=true")
+        .await;
+    assert_eq!(keys(&body), ["p1", "p2"]);
+    let (_, body) = srv
+        .get("/v1/users/me/recommendations?category=B&include_seen=true")
+        .await;
+    assert_eq!(keys(&body), ["p4", "p5"]);
+    let (_, body) = srv
+        .get("/v1/users/me/recommendations?category=B,A&exclude=p2,p3&exclude=p5")
+        .await;
+    assert_eq!(keys(&body), Vec::<String>::new(), "{body}");
+    let (_, body) = srv.get("/v1/users/me/recommendations?category=nope").await;
+    assert!(keys(&body).is_empty());
+}
+
+#[tokio::test]
+async fn unknown_and_non_consenting_users_get_explicit_fallbacks() {
+    let srv = shop().await;
+    let (status, body) = srv.get("/v1/users/stranger/recommendations?n=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(keys(&body), ["p1", "p2"]);
+    assert_eq!(body["personalized"], false);
+    assert_eq!(body["items"][0]["reasons"][1]["kind"], "fallback");
+    assert!(
+        body["items"][0]["reasons"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown user")
+    );
+
+    srv.put(
+        "/v1/users/fan0",
+        json!({ "consent": { "personalization": false } }),
+    )
+    .await;
+    let (_, body) = srv.get("/v1/users/fan0/recommendations?n=1").await;
+    assert_eq!(keys(&body), ["p1"], "history is not used without consent");
+    assert_eq!(body["personalized"], false);
+    assert!(
+        body["items"][0]["reasons"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("personalization is off")
+    );
+    srv.put(
+        "/v1/users/fan0",
+        json!({ "consent": { "personalization": true } }),
+    )
+    .await;
+    let (_, body) = srv.get("/v1/users/fan0/recommendations?n=1").await;
+    assert_ne!(keys(&body), ["p1"], "consent applies to the next request");
+}
+
+#[tokio::test]
+async fn n_and_parameters_are_validated() {
+    let srv = shop().await;
+    for bad in ["n=0", "n=-1", "n=1001", "n=2147483648", "n=abc", "n=1.5"] {
+        assert_error(
+            &srv.get(&format!("/v1/users/me/recommendations?{bad}"))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("n"),
+        );
+        assert_error(
+            &srv.get(&format!("/v1/popular?{bad}")).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("n"),
+        );
+        assert_error(
+            &srv.get(&format!("/v1/items/p1/similar?{bad}")).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("n"),
+        );
+    }
+    assert_error(
+        &srv.get("/v1/users/me/recommendations?categroy=A").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("categroy"),
+    );
+    assert_error(
+        &srv.get("/v1/users/me/recommendations?include_seen=maybe")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("include_seen"),
+    );
+    assert_error(
+        &srv.get("/v1/popular?window=7y").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("window"),
+    );
+    assert_error(
+        &srv.get("/v1/popular?sort=best").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("sort"),
+    );
+    assert_error(
+        &srv.get("/v1/popular?sort=trending&window=1d").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("window"),
+    );
+    assert_error(
+        &srv.get("/v1/popular?n=%FF").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        Some("n"),
+    );
+    assert_error(
+        &srv.get("/v1/popular?category=%C0").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        Some("category"),
+    );
+    assert_error(
+        &srv.get("/v1/popular?category=a%2").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        Some("category"),
+    );
+    let (status, body) = srv.get("/v1/popular?n=1000").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        keys(&body).len(),
+        5,
+        "n is a maximum; unavailable items never show"
+    );
+}
+
+#[tokio::test]
+async fn similar_items_come_from_co_occurrence_then_category_fallback() {
+    let srv = shop().await;
+    // p4 was bought by fan0..fan3, who also bought p1, p2, p3 (fan0..8, fan0..6, fan0..4).
+    let (status, body) = srv.get("/v1/items/p4/similar?n=4").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_reasons(&body);
+    // Cosine of buyer sets: p3 4/sqrt(4*5)=.894, p2 4/sqrt(4*7)=.756, p5 2/sqrt(4*2)=.707,
+    // p1 4/sqrt(4*9)=.667; p4 itself and the unavailable item never appear.
+    assert_eq!(keys(&body), ["p3", "p2", "p5", "p1"]);
+    assert!((body["items"][0]["score"].as_f64().unwrap() - 0.894).abs() < 1e-3);
+    assert_eq!(body["items"][0]["reasons"][0]["kind"], "co_occurrence");
+    assert_eq!(body["items"][0]["reasons"][0]["count"], 4);
+    assert_eq!(body["items"][2]["reasons"][0]["count"], 2);
+
+    // A cold item (no events): popular items of its category, said so.
+    srv.put("/v1/items/new", json!({ "categories": ["B"] }))
+        .await;
+    let (_, body) = srv.get("/v1/items/new/similar").await;
+    assert_eq!(keys(&body), ["p4", "p5"]);
+    assert_eq!(body["items"][0]["reasons"][1]["kind"], "fallback");
+    let scores: Vec<f64> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+}
+
+#[tokio::test]
+async fn popular_counts_windows_and_trending() {
+    let srv = shop().await;
+    let (_, body) = srv.get("/v1/popular?n=3").await;
+    assert_eq!(keys(&body), ["p1", "p2", "p3"]);
+    assert_eq!(body["items"][0]["score"], 72.0, "9 purchases of weight 8");
+    assert_reasons(&body);
+    let (_, body) = srv.get("/v1/popular?category=B").await;
+    assert_eq!(keys(&body), ["p4", "p5"]);
+
+    // Old events count all-time but not in a recent window, and weigh less when trending.
+    let old: Vec<Value> = (0..30)
+        .map(|u| json!({ "user": format!("old{u}"), "item": "vintage", "type": "purchase", "timestamp": "2020-01-01T00:00:00Z" }))
+        .collect();
+    srv.post("/v1/events", json!({ "events": old })).await;
+    let (_, body) = srv.get("/v1/popular?n=1").await;
+    assert_eq!(keys(&body), ["vintage"]);
+    let (_, body) = srv.get("/v1/popular?n=1&window=7d").await;
+    assert_eq!(keys(&body), ["p1"]);
+    assert!(
+        body["items"][0]["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("in the last 7d")
+    );
+    let (_, body) = srv.get("/v1/popular?n=1&sort=trending").await;
+    assert_eq!(keys(&body), ["p1"]);
+    assert_eq!(body["items"][0]["reasons"][0]["kind"], "trending");
+}
