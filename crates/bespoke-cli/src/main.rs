@@ -1,3 +1,157 @@
-fn main() {
-    println!("Hello, world!");
+//! `bespoke`: the command-line entry point. Glue that brings the store, the engine and the HTTP
+//! server together: `serve`, `import`, `export`, `stats`, `recommend`, `demo`, `bench`.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod demo;
+mod export;
+mod import;
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bespoke_server::Settings;
+use bespoke_server::settings::LogFormat;
+use clap::{Parser, Subcommand};
+
+/// Bespoke: a self-hosted personalization engine.
+#[derive(Debug, Parser)]
+#[command(name = "bespoke", version, about, long_about = None)]
+struct Cli {
+    /// TOML configuration file (see config/bespoke.example.toml).
+    #[arg(long, global = true, env = "BESPOKE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides store.data_dir).
+    #[arg(long, global = true, env = "BESPOKE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        /// Address to listen on (overrides server.bind).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+    },
+    /// Import events, users or items from CSV, TSV or JSONL.
+    Import(import::ImportArgs),
+    /// Export users, items or events as JSONL.
+    Export(export::ExportArgs),
+    /// Show counts and sizes of the store.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recommend items for one user from the command line.
+    Recommend(inspect::RecommendArgs),
+    /// Generate a synthetic shop, load it and serve it on 127.0.0.1:8080.
+    Demo(demo::DemoArgs),
+    /// Benchmarks that print JSON.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`bespoke export | head`) is not a failure.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Settings from the config file and environment, then the global flags.
+fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(dir) = &cli.data_dir {
+        settings.store.data_dir = dir.clone();
+    }
+    Ok(settings)
+}
+
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
+        .with_context(|| format!("log.level {:?} is not a valid filter", settings.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Serves until a shutdown signal.
+pub(crate) async fn serve_until_signal(server: bespoke_server::Server) -> anyhow::Result<()> {
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    server.shutdown().await?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = load_settings(&cli)?;
+    init_logging(&settings)?;
+    match cli.command {
+        Command::Serve { bind } => {
+            if let Some(bind) = bind {
+                settings.server.bind = bind;
+            }
+            runtime()?.block_on(async {
+                let server = bespoke_server::start(settings).await?;
+                eprintln!("bespoke listening on http://{}", server.addr());
+                serve_until_signal(server).await
+            })
+        }
+        Command::Import(args) => import::run(&settings, &args),
+        Command::Export(args) => export::run(&settings, &args),
+        Command::Stats { json } => inspect::stats(&settings, json),
+        Command::Recommend(args) => inspect::recommend(&settings, &args),
+        Command::Demo(args) => demo::run(settings, &args, cli.data_dir.is_some()),
+        Command::Bench(args) => bench::run(&settings, &args),
+    }
 }

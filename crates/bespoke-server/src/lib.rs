@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod settings;
 pub mod time;
+pub mod validate;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -142,6 +142,7 @@ pub fn document() -> Value {
             "UserIn": { "type": "object", "additionalProperties": false, "properties": { "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" } } },
             "User": { "type": "object", "properties": { "key": { "type": "string" }, "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } },
             "ItemIn": { "type": "object", "additionalProperties": false, "properties": {
+                "key": { "type": "string", "description": "Optional; must equal the key in the path" },
                 "categories": { "type": "array", "items": { "type": "string" } },
                 "text": { "type": "object", "additionalProperties": { "type": "string" } },
                 "numeric": { "type": "object", "additionalProperties": { "type": "number" } },

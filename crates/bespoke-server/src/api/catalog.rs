@@ -1,23 +1,17 @@
 //! Users and items: `PUT/GET/DELETE /v1/users/{key}` and `/v1/items/{key}`.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use bespoke_store::{Consent, ConsentUpdate, Item, ItemUpsert, User, UserUpsert};
+use bespoke_store::{Consent, ConsentUpdate, UserUpsert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::extract::{JsonBody, KeyPath};
 use super::{AppState, blocking, validate_key};
 use crate::error::ApiError;
-use crate::time::format_rfc3339;
-
-/// Most categories per item.
-const MAX_CATEGORIES: usize = 100;
-/// Longest embedding vector.
-const MAX_EMBEDDING_DIM: usize = 4096;
+use crate::validate::check_item;
+use crate::wire::{ItemJson, UserJson};
 
 /// Body of `PUT /v1/users/{key}`.
 #[derive(Debug, Default, Deserialize)]
@@ -33,28 +27,6 @@ pub(crate) struct UserIn {
 #[serde(deny_unknown_fields)]
 struct ConsentIn {
     personalization: Option<bool>,
-}
-
-/// A user as returned by the API.
-#[derive(Debug, Serialize)]
-pub(crate) struct UserOut {
-    key: String,
-    attributes: Map<String, Value>,
-    consent: Consent,
-    created_at: String,
-    updated_at: String,
-}
-
-impl From<User> for UserOut {
-    fn from(u: User) -> Self {
-        Self {
-            key: u.key,
-            attributes: u.attributes,
-            consent: u.consent,
-            created_at: format_rfc3339(u.created_at),
-            updated_at: format_rfc3339(u.updated_at),
-        }
-    }
 }
 
 /// Answer of a deletion.
@@ -73,7 +45,7 @@ pub(crate) async fn put_user(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
     JsonBody(body): JsonBody<UserIn>,
-) -> Result<(StatusCode, Json<UserOut>), ApiError> {
+) -> Result<(StatusCode, Json<UserJson>), ApiError> {
     validate_key("key", &key, key_limit(&state))?;
     let upsert = UserUpsert {
         key,
@@ -98,7 +70,7 @@ pub(crate) async fn put_user(
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
-) -> Result<Json<UserOut>, ApiError> {
+) -> Result<Json<UserJson>, ApiError> {
     validate_key("key", &key, key_limit(&state))?;
     let engine = state.engine.clone();
     let k = key.clone();
@@ -125,124 +97,21 @@ pub(crate) async fn delete_user(
     }))
 }
 
-/// Body of `PUT /v1/items/{key}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ItemIn {
-    #[serde(default)]
-    categories: Vec<String>,
-    #[serde(default)]
-    text: BTreeMap<String, String>,
-    #[serde(default)]
-    numeric: BTreeMap<String, f64>,
-    #[serde(default)]
-    attributes: Map<String, Value>,
-    #[serde(default)]
-    embeddings: BTreeMap<String, Vec<f64>>,
-    #[serde(default = "yes")]
-    available: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// An item as returned by the API.
-#[derive(Debug, Serialize)]
-pub(crate) struct ItemOut {
-    key: String,
-    categories: Vec<String>,
-    text: BTreeMap<String, String>,
-    numeric: BTreeMap<String, f64>,
-    attributes: Map<String, Value>,
-    embeddings: BTreeMap<String, Vec<f32>>,
-    available: bool,
-    created_at: String,
-    updated_at: String,
-}
-
-impl From<Item> for ItemOut {
-    fn from(i: Item) -> Self {
-        Self {
-            key: i.key,
-            categories: i.categories,
-            text: i.text,
-            numeric: i.numeric,
-            attributes: i.attributes,
-            embeddings: i.embeddings,
-            available: i.available,
-            created_at: format_rfc3339(i.created_at),
-            updated_at: format_rfc3339(i.updated_at),
-        }
-    }
-}
-
-fn validate_item(key: String, body: ItemIn, max_key: usize) -> Result<ItemUpsert, ApiError> {
-    if body.categories.len() > MAX_CATEGORIES {
-        return Err(ApiError::invalid(
-            "categories",
-            format!("at most {MAX_CATEGORIES} categories per item"),
-        ));
-    }
-    for (i, c) in body.categories.iter().enumerate() {
-        validate_key(&format!("categories[{i}]"), c, max_key)?;
-    }
-    for name in body
-        .text
-        .keys()
-        .chain(body.numeric.keys())
-        .chain(body.embeddings.keys())
-    {
-        validate_key("field name", name, max_key)?;
-    }
-    for (name, v) in &body.numeric {
-        if !v.is_finite() {
-            return Err(ApiError::invalid(
-                format!("numeric.{name}"),
-                "must be a finite number",
-            ));
-        }
-    }
-    let mut embeddings = BTreeMap::new();
-    for (name, v) in body.embeddings {
-        let field = format!("embeddings.{name}");
-        if v.is_empty() || v.len() > MAX_EMBEDDING_DIM {
-            return Err(ApiError::invalid(
-                field,
-                format!(
-                    "an embedding has 1 to {MAX_EMBEDDING_DIM} dimensions, got {}",
-                    v.len()
-                ),
-            ));
-        }
-        let vector: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        if let Some(pos) = vector.iter().position(|x| !x.is_finite()) {
-            return Err(ApiError::invalid(
-                format!("{field}[{pos}]"),
-                "embedding values must be finite and within the range of a 32-bit float",
-            ));
-        }
-        embeddings.insert(name, vector);
-    }
-    Ok(ItemUpsert {
-        key,
-        categories: body.categories,
-        text: body.text,
-        numeric: body.numeric,
-        attributes: body.attributes,
-        embeddings,
-        available: body.available,
-    })
-}
-
 pub(crate) async fn put_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
-    JsonBody(body): JsonBody<ItemIn>,
-) -> Result<(StatusCode, Json<ItemOut>), ApiError> {
+    JsonBody(body): JsonBody<ItemJson>,
+) -> Result<(StatusCode, Json<ItemJson>), ApiError> {
     let max_key = key_limit(&state);
     validate_key("key", &key, max_key)?;
-    let upsert = validate_item(key, body, max_key)?;
+    if body.key.as_ref().is_some_and(|k| *k != key) {
+        return Err(ApiError::invalid(
+            "key",
+            "the key in the body differs from the key in the path",
+        ));
+    }
+    let upsert = body.into_upsert(key);
+    check_item(&upsert, max_key).map_err(|f| ApiError::invalid(f.field, f.message))?;
     let engine = state.engine.clone();
     let out = blocking(move || engine.put_item(upsert).map_err(ApiError::from)).await?;
     let status = if out.created {
@@ -256,7 +125,7 @@ pub(crate) async fn put_item(
 pub(crate) async fn get_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
-) -> Result<Json<ItemOut>, ApiError> {
+) -> Result<Json<ItemJson>, ApiError> {
     validate_key("key", &key, key_limit(&state))?;
     let engine = state.engine.clone();
     let k = key.clone();

@@ -130,65 +130,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal("blocking task", &e))?
 }
 
-/// Unicode characters that are never valid in a key: they are invisible or reorder text, so two
-/// keys that look the same could differ (bidirectional controls, zero-width characters, BOM).
-fn is_deceptive(c: char) -> bool {
-    matches!(c,
-        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// Checks a user, item or event key: 1 to `max_bytes` bytes, no control or invisible
-/// characters.
+/// Checks a key, naming `field` in the error.
 pub(crate) fn validate_key(field: &str, key: &str, max_bytes: usize) -> Result<(), ApiError> {
-    if key.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field} must not be empty"),
-        ));
-    }
-    if key.len() > max_bytes {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "{field} is {} bytes long; the limit (limits.max_key_bytes) is {max_bytes}",
-                key.len()
-            ),
-        ));
-    }
-    if let Some(c) = key.chars().find(|&c| c.is_control() || is_deceptive(c)) {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "{field} contains the control or invisible character U+{:04X}",
-                c as u32
-            ),
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_checked() {
-        assert!(validate_key("user", "alice", 256).is_ok());
-        assert!(validate_key("user", "ünïcødé 用户", 256).is_ok());
-        for bad in [
-            "",
-            "a\0b",
-            "line\r\nbreak",
-            "rtl\u{202E}mark",
-            "zero\u{200B}width",
-            "\u{FEFF}bom",
-        ] {
-            let err = validate_key("user", bad, 256).unwrap_err();
-            assert_eq!(err.field.as_deref(), Some("user"), "{bad:?}");
-        }
-        assert!(validate_key("user", &"x".repeat(257), 256).is_err());
-        assert!(validate_key("user", &"é".repeat(128), 256).is_ok());
-        assert!(validate_key("user", &"é".repeat(129), 256).is_err());
-    }
+    crate::validate::check_key(field, key, max_bytes).map_err(|m| ApiError::invalid(field, m))
 }

@@ -1,0 +1,250 @@
+//! Input rules shared by the HTTP API and the CLI importer, so that a line of a CSV file and a
+//! JSON event are held to exactly the same standard.
+
+use bespoke_store::{ItemUpsert, Millis, NewEvent};
+
+use crate::engine::Weights;
+use crate::settings::{Settings, WeightSpec};
+use crate::time::{format_rfc3339, parse_rfc3339};
+
+/// A rule broken by one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field (`user`, `timestamp`, `embeddings.text[3]`, ...).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Unicode characters that are never valid in a key: they are invisible or reorder text, so two
+/// keys that look the same could differ (bidirectional controls, zero-width characters, BOM).
+fn is_deceptive(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Checks a user, item, event or category key: 1 to `max_bytes` bytes, no control or invisible
+/// characters. The message starts with `what`.
+pub fn check_key(what: &str, key: &str, max_bytes: usize) -> Result<(), String> {
+    if key.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if key.len() > max_bytes {
+        return Err(format!(
+            "{what} is {} bytes long; the limit (limits.max_key_bytes) is {max_bytes}",
+            key.len()
+        ));
+    }
+    if let Some(c) = key.chars().find(|&c| c.is_control() || is_deceptive(c)) {
+        return Err(format!(
+            "{what} contains the control or invisible character U+{:04X}",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an event against the configured limits and event types; `now` bounds timestamps from
+/// above (plus `limits.max_clock_skew_secs`).
+pub fn check_event(
+    settings: &Settings,
+    weights: &Weights,
+    e: &NewEvent,
+    now: Millis,
+) -> Result<(), FieldError> {
+    let limits = &settings.limits;
+    let fail = |field: &str, message: String| FieldError {
+        field: field.to_owned(),
+        message,
+    };
+    check_key("user", &e.user, limits.max_key_bytes).map_err(|m| fail("user", m))?;
+    check_key("item", &e.item, limits.max_key_bytes).map_err(|m| fail("item", m))?;
+    if let Some(id) = &e.event_id {
+        check_key("event_id", id, limits.max_key_bytes).map_err(|m| fail("event_id", m))?;
+    }
+    let Some(spec) = weights.spec(&e.kind) else {
+        return Err(fail(
+            "type",
+            format!(
+                "unknown event type {:?}; configured types: {}",
+                e.kind.chars().take(64).collect::<String>(),
+                weights.kinds().join(", ")
+            ),
+        ));
+    };
+    if let Some(v) = e.value {
+        if !v.is_finite() || v.abs() > 1e12 {
+            return Err(fail(
+                "value",
+                "value must be a finite number of magnitude at most 1e12".into(),
+            ));
+        }
+    }
+    if matches!(spec, WeightSpec::Value(_)) && e.value.is_none() {
+        return Err(fail(
+            "value",
+            format!("events of type {:?} need a value (their weight)", e.kind),
+        ));
+    }
+    if let Some(ts) = e.timestamp {
+        let min = parse_rfc3339(&limits.min_event_time).expect("validated at start-up");
+        let max = now + limits.max_clock_skew_secs as i64 * 1000;
+        if ts < min || ts > max {
+            return Err(fail(
+                "timestamp",
+                format!(
+                    "timestamp {} is outside the accepted range {} .. {} (limits.min_event_time, limits.max_clock_skew_secs)",
+                    format_rfc3339(ts),
+                    limits.min_event_time,
+                    format_rfc3339(max)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Most categories per item.
+pub const MAX_CATEGORIES: usize = 100;
+/// Longest embedding vector.
+pub const MAX_EMBEDDING_DIM: usize = 4096;
+
+/// Checks an item's key, categories, field names, numbers and embeddings.
+pub fn check_item(item: &ItemUpsert, max_key: usize) -> Result<(), FieldError> {
+    let fail = |field: String, message: String| FieldError { field, message };
+    check_key("key", &item.key, max_key).map_err(|m| fail("key".into(), m))?;
+    if item.categories.len() > MAX_CATEGORIES {
+        return Err(fail(
+            "categories".into(),
+            format!("at most {MAX_CATEGORIES} categories per item"),
+        ));
+    }
+    for (i, c) in item.categories.iter().enumerate() {
+        let field = format!("categories[{i}]");
+        check_key(&field, c, max_key).map_err(|m| fail(field.clone(), m))?;
+    }
+    let names = [
+        ("text", item.text.keys().collect::<Vec<_>>()),
+        ("numeric", item.numeric.keys().collect()),
+        ("embeddings", item.embeddings.keys().collect()),
+    ];
+    for (section, keys) in names {
+        for name in keys {
+            check_key("a field name", name, max_key).map_err(|m| fail(section.into(), m))?;
+        }
+    }
+    for (name, v) in &item.numeric {
+        if !v.is_finite() {
+            return Err(fail(
+                format!("numeric.{name}"),
+                "must be a finite number".into(),
+            ));
+        }
+    }
+    for (name, v) in &item.embeddings {
+        let field = format!("embeddings.{name}");
+        if v.is_empty() || v.len() > MAX_EMBEDDING_DIM {
+            return Err(fail(
+                field,
+                format!(
+                    "an embedding has 1 to {MAX_EMBEDDING_DIM} dimensions, got {}",
+                    v.len()
+                ),
+            ));
+        }
+        if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+            return Err(fail(
+                format!("{field}[{pos}]"),
+                "embedding values must be finite and within the range of a 32-bit float".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(check_key("user", "alice", 256).is_ok());
+        assert!(check_key("user", "ünïcødé 用户", 256).is_ok());
+        for bad in [
+            "",
+            "a\0b",
+            "line\r\nbreak",
+            "rtl\u{202E}mark",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+        ] {
+            assert!(
+                check_key("user", bad, 256).unwrap_err().starts_with("user"),
+                "{bad:?}"
+            );
+        }
+        assert!(check_key("user", &"x".repeat(257), 256).is_err());
+        assert!(check_key("user", &"é".repeat(128), 256).is_ok());
+        assert!(check_key("user", &"é".repeat(129), 256).is_err());
+    }
+
+    #[test]
+    fn events_are_checked_field_by_field() {
+        let settings = Settings::default();
+        let weights = Weights::new(&settings);
+        let now = parse_rfc3339("2025-01-01T00:00:00Z").unwrap();
+        let ok = NewEvent::new("u", "i", "view");
+        assert_eq!(check_event(&settings, &weights, &ok, now), Ok(()));
+        let field = |e: NewEvent| check_event(&settings, &weights, &e, now).unwrap_err().field;
+        assert_eq!(
+            field(NewEvent {
+                kind: "nope".into(),
+                ..ok.clone()
+            }),
+            "type"
+        );
+        assert_eq!(
+            field(NewEvent {
+                kind: "rating".into(),
+                ..ok.clone()
+            }),
+            "value"
+        );
+        assert_eq!(
+            field(NewEvent {
+                value: Some(f64::NAN),
+                ..ok.clone()
+            }),
+            "value"
+        );
+        assert_eq!(
+            field(NewEvent {
+                timestamp: Some(0),
+                ..ok.clone()
+            }),
+            "timestamp"
+        );
+        assert_eq!(
+            field(NewEvent {
+                timestamp: Some(now + 2 * 86_400_000),
+                ..ok.clone()
+            }),
+            "timestamp"
+        );
+        assert_eq!(
+            field(NewEvent {
+                event_id: Some(String::new()),
+                ..ok.clone()
+            }),
+            "event_id"
+        );
+        assert_eq!(
+            field(NewEvent {
+                item: "\u{7}".into(),
+                ..ok
+            }),
+            "item"
+        );
+    }
+}

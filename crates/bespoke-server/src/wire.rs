@@ -1,0 +1,168 @@
+//! JSON shapes shared by the HTTP API and the CLI's JSONL import and export, so that what
+//! `bespoke export` writes, `bespoke import` and the API read back unchanged.
+
+use std::collections::BTreeMap;
+
+use bespoke_store::{Consent, Event, Item, ItemUpsert, NewEvent, User};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::time::{format_rfc3339, parse_rfc3339};
+
+/// An event: the body items of `POST /v1/events`, the lines of an events JSONL file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventJson {
+    /// Idempotency key; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// User key.
+    pub user: String,
+    /// Item key.
+    pub item: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Optional value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// RFC 3339 time with a zone; now when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// Optional context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Map<String, Value>>,
+}
+
+impl EventJson {
+    /// Converts for the store; the error is about the timestamp.
+    pub fn into_new_event(self) -> Result<NewEvent, String> {
+        let timestamp = match &self.timestamp {
+            None => None,
+            Some(t) => Some(parse_rfc3339(t).map_err(|why| format!("timestamp {why}"))?),
+        };
+        Ok(NewEvent {
+            event_id: self.event_id,
+            user: self.user,
+            item: self.item,
+            kind: self.kind,
+            value: self.value,
+            timestamp,
+            context: self.context,
+        })
+    }
+}
+
+impl From<Event> for EventJson {
+    fn from(e: Event) -> Self {
+        Self {
+            event_id: Some(e.event_id),
+            user: e.user,
+            item: e.item,
+            kind: e.kind,
+            value: e.value,
+            timestamp: Some(format_rfc3339(e.timestamp)),
+            context: e.context,
+        }
+    }
+}
+
+/// A user: the answer of `GET /v1/users/{key}`, the lines of a users JSONL file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserJson {
+    /// User key.
+    pub key: String,
+    /// Attributes.
+    #[serde(default)]
+    pub attributes: Map<String, Value>,
+    /// Consent flags.
+    pub consent: Consent,
+    /// Creation time (informational; not imported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Last change (informational; not imported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+impl From<User> for UserJson {
+    fn from(u: User) -> Self {
+        Self {
+            key: u.key,
+            attributes: u.attributes,
+            consent: u.consent,
+            created_at: Some(format_rfc3339(u.created_at)),
+            updated_at: Some(format_rfc3339(u.updated_at)),
+        }
+    }
+}
+
+/// An item: the body of `PUT /v1/items/{key}` (where `key` may be left out), the answer of
+/// `GET /v1/items/{key}`, the lines of an items JSONL file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemJson {
+    /// Item key; taken from the path in `PUT /v1/items/{key}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Categories.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Free-text fields.
+    #[serde(default)]
+    pub text: BTreeMap<String, String>,
+    /// Numeric fields.
+    #[serde(default)]
+    pub numeric: BTreeMap<String, f64>,
+    /// Other attributes.
+    #[serde(default)]
+    pub attributes: Map<String, Value>,
+    /// Named embedding vectors.
+    #[serde(default)]
+    pub embeddings: BTreeMap<String, Vec<f32>>,
+    /// Whether the item may be recommended.
+    #[serde(default = "yes")]
+    pub available: bool,
+    /// Creation time (informational; ignored on input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Last change (informational; ignored on input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ItemJson {
+    /// The store's upsert under `key`.
+    pub fn into_upsert(self, key: String) -> ItemUpsert {
+        ItemUpsert {
+            key,
+            categories: self.categories,
+            text: self.text,
+            numeric: self.numeric,
+            attributes: self.attributes,
+            embeddings: self.embeddings,
+            available: self.available,
+        }
+    }
+}
+
+impl From<Item> for ItemJson {
+    fn from(i: Item) -> Self {
+        Self {
+            key: Some(i.key),
+            categories: i.categories,
+            text: i.text,
+            numeric: i.numeric,
+            attributes: i.attributes,
+            embeddings: i.embeddings,
+            available: i.available,
+            created_at: Some(format_rfc3339(i.created_at)),
+            updated_at: Some(format_rfc3339(i.updated_at)),
+        }
+    }
+}
