@@ -265,6 +265,10 @@ impl SqliteStore {
         })?;
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
+        // 16 KiB pages: fewer B-tree levels and page lookups per insert. Measured with
+        // `bespoke bench`: import 262k -> 328k rows/s, HTTP ingest 69k -> 102k events/s
+        // against the 4 KiB default. Only takes effect when the file is created.
+        conn.execute_batch("PRAGMA page_size = 16384")?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Backend(

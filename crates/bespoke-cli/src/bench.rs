@@ -1,0 +1,285 @@
+//! `bespoke bench`: throughput benchmarks that print one JSON object each.
+//!
+//! - `import`: CSV import rate on MovieLens-style rows (seeded synthetic `u.data`-format file,
+//!   or a file you give), into a fresh store, median of `--runs`.
+//! - `ingest`: durable HTTP ingest rate: an in-process server on a loopback port and
+//!   `--connections` keep-alive clients posting `--batch`-event requests; every request is
+//!   acknowledged only after its transaction committed with `synchronous=FULL`.
+//!
+//! Targets live here and in `docs/benchmarks.md`, never in timed unit tests.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bespoke_algo::Rng;
+use bespoke_server::Settings;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::json;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// CSV import rate on MovieLens-style rows.
+    Import {
+        /// Rows in the synthetic file.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Distinct users in the synthetic file.
+        #[arg(long, default_value_t = 6_040)]
+        users: u64,
+        /// Distinct items in the synthetic file.
+        #[arg(long, default_value_t = 3_706)]
+        items: u64,
+        /// Import this MovieLens `u.data`-format file instead of a synthetic one.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Repetitions (each into a fresh store); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Durable HTTP ingest rate over loopback.
+    Ingest {
+        /// Events to send in total.
+        #[arg(long, default_value_t = 500_000)]
+        events: usize,
+        /// Events per request.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
+}
+
+pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let report = match &args.what {
+        BenchWhat::Import {
+            rows,
+            users,
+            items,
+            file,
+            runs,
+        } => bench_import(settings, *rows, *users, *items, file.clone(), *runs)?,
+        BenchWhat::Ingest {
+            events,
+            batch,
+            connections,
+        } => bench_ingest(settings, *events, *batch, *connections)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Peak resident set size of this process, in MiB (Linux `VmHWM`).
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Writes a `u.data`-style file: user, item, rating, Unix seconds; skewed like real ratings.
+fn synthetic_ratings(
+    path: &std::path::Path,
+    rows: usize,
+    users: u64,
+    items: u64,
+) -> anyhow::Result<()> {
+    let mut rng = Rng::seed_from_u64(1);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let start = 956_703_932u64; // the first MovieLens 1M rating
+    for r in 0..rows {
+        // Squaring a uniform draw skews towards low ids: some users and items are far busier.
+        let u = 1 + (rng.f64().powi(2) * users as f64) as u64;
+        let i = 1 + (rng.f64().powi(2) * items as f64) as u64;
+        let rating = 1 + rng.below(5);
+        let ts = start + r as u64 * 30 + rng.below(30);
+        writeln!(out, "{u}\t{i}\t{rating}\t{ts}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn bench_import(
+    settings: &Settings,
+    rows: usize,
+    users: u64,
+    items: u64,
+    file: Option<PathBuf>,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let path = match file {
+        Some(f) => f,
+        None => {
+            let p = work.path().join("u.data");
+            synthetic_ratings(&p, rows, users, items)?;
+            p
+        }
+    };
+    let bytes = std::fs::metadata(&path)?.len();
+    let mut rates = Vec::new();
+    let mut seconds = Vec::new();
+    let mut imported = 0;
+    for run in 0..runs {
+        let mut s = settings.clone();
+        s.store.data_dir = work.path().join(format!("store-{run}"));
+        let store = bespoke_server::open_store(&s)?;
+        let args = crate::import::ImportArgs {
+            file: path.clone(),
+            format: Some(crate::import::Format::Movielens),
+            kind: crate::import::Kind::Events,
+            user_col: None,
+            item_col: None,
+            type_col: None,
+            event_type: None,
+            value_col: None,
+            time_col: None,
+            id_col: None,
+            no_header: true,
+            on_error: crate::import::OnError::Stop,
+            batch: 100_000,
+            quiet: true,
+            json: true,
+        };
+        let summary = crate::import::import(&*store, &s, &args)?;
+        imported = summary.imported;
+        rates.push(summary.per_second);
+        seconds.push(summary.seconds);
+    }
+    Ok(json!({
+        "bench": "import",
+        "file": path.display().to_string(),
+        "bytes": bytes,
+        "rows": imported,
+        "runs": runs,
+        "seconds_median": median(&mut seconds),
+        "rows_per_sec_median": median(&mut rates.clone()),
+        "rows_per_sec_all": rates,
+        "target_rows_per_sec": 300_000,
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }))
+}
+
+fn bench_ingest(
+    settings: &Settings,
+    events: usize,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<serde_json::Value> {
+    if batch == 0 || connections == 0 || events == 0 {
+        bail!("--events, --batch and --connections must be at least 1");
+    }
+    let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut s = settings.clone();
+    s.store.data_dir = work.path().to_owned();
+    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
+    s.limits.max_batch_events = s.limits.max_batch_events.max(batch);
+    // Pre-built bodies, so that the client measures the server, not its own JSON encoding.
+    let mut rng = Rng::seed_from_u64(2);
+    let kinds = ["view", "view", "view", "click", "add_to_cart", "purchase"];
+    let bodies: Vec<Bytes> = (0..events.div_ceil(batch))
+        .map(|b| {
+            let n = batch.min(events - b * batch);
+            let evs: Vec<serde_json::Value> = (0..n)
+                .map(|_| {
+                    json!({
+                        "user": format!("u{}", rng.below(50_000)),
+                        "item": format!("i{}", rng.below(20_000)),
+                        "type": kinds[rng.below(kinds.len() as u64) as usize],
+                    })
+                })
+                .collect();
+            Bytes::from(serde_json::to_vec(&json!({ "events": evs })).expect("serialisable"))
+        })
+        .collect();
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let server = bespoke_server::start(s).await?;
+        let addr = server.addr();
+        let bodies = Arc::new(bodies);
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let bodies = bodies.clone();
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await?;
+                tokio::spawn(conn);
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(body) = bodies.get(i) else { break };
+                    let req = hyper::Request::post("/v1/events")
+                        .header("content-type", "application/json")
+                        .header("host", addr.to_string())
+                        .body(Full::new(body.clone()))?;
+                    let t = Instant::now();
+                    let resp = sender.send_request(req).await?;
+                    let status = resp.status();
+                    let body = resp.into_body().collect().await?.to_bytes();
+                    latencies.push(t.elapsed());
+                    if !status.is_success() {
+                        bail!(
+                            "the server answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        let mut latencies: Vec<Duration> = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.context("client task")??);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let stored = server.engine().counts().events;
+        server.shutdown().await?;
+        if stored != events as u64 {
+            bail!("sent {events} events but {stored} were stored");
+        }
+        latencies.sort();
+        let pct =
+            |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        Ok(json!({
+            "bench": "ingest",
+            "events": events,
+            "batch": batch,
+            "connections": connections,
+            "seconds": elapsed,
+            "events_per_sec": events as f64 / elapsed,
+            "requests_per_sec": latencies.len() as f64 / elapsed,
+            "request_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+            "target_events_per_sec": 50_000,
+            "durable": "WAL, synchronous=FULL, acknowledged after commit",
+            "peak_rss_mib": peak_rss_mib(),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        }))
+    })
+}

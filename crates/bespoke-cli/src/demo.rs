@@ -1,0 +1,1236 @@
+//! `bespoke demo`: a realistic synthetic shop, loaded into a store and served.
+//!
+//! The shop has named items in categories with descriptions and prices, users with latent tastes
+//! (favourite categories plus a taste vector), and a purchase funnel over 90 days: views, clicks,
+//! add-to-carts, purchases, likes, ratings, and negative feedback (dislikes, skips) on items that
+//! do not suit the user. Popularity is Zipf-like within each category, and a few recently
+//! launched items sell fast, so "trending" differs from "popular of all time".
+//!
+//! Everything is drawn from one seeded generator: for a given seed and anchor time the data set
+//! is identical, event for event.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bespoke_algo::Rng;
+use bespoke_server::engine::{PopularQuery, PopularSort};
+use bespoke_server::{Engine, Settings};
+use bespoke_store::{Consent, ConsentUpdate, EventBatch, ItemUpsert, NewEvent, Store, UserUpsert};
+use clap::Args;
+use serde_json::{Map, Value, json};
+
+/// Dimension of the latent taste vectors.
+const DIM: usize = 8;
+const DAY_MS: i64 = 86_400_000;
+/// Days of history.
+const HISTORY_DAYS: i64 = 90;
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Random seed; the same seed gives the same shop.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Number of users.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Number of items.
+    #[arg(long, default_value_t = 5_000)]
+    items: usize,
+    /// Number of events.
+    #[arg(long, default_value_t = 500_000)]
+    events: usize,
+    /// End of the generated history, RFC 3339; the start of the current hour when absent.
+    #[arg(long)]
+    anchor: Option<String>,
+    /// Address to serve on (overrides server.bind).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// Replace the data in a --data-dir that already holds some (the default demo directory,
+    /// ./bespoke-demo, is always replaced).
+    #[arg(long)]
+    reset: bool,
+    /// Load the data and exit without serving.
+    #[arg(long)]
+    no_serve: bool,
+}
+
+struct Category {
+    name: &'static str,
+    nouns: &'static [&'static str],
+    adjectives: &'static [&'static str],
+    features: &'static [&'static str],
+    base_price: f64,
+}
+
+macro_rules! category {
+    ($name:expr, $price:expr, [$($noun:expr),+], [$($adj:expr),+], [$($feat:expr),+]) => {
+        Category { name: $name, base_price: $price, nouns: &[$($noun),+], adjectives: &[$($adj),+], features: &[$($feat),+] }
+    };
+}
+
+const CATEGORIES: &[Category] = &[
+    category!(
+        "Books",
+        14.0,
+        [
+            "Novel",
+            "Cookbook",
+            "Biography",
+            "Atlas",
+            "Poetry Collection",
+            "Thriller",
+            "Field Guide",
+            "Graphic Novel"
+        ],
+        [
+            "Illustrated",
+            "Annotated",
+            "Pocket",
+            "Hardcover",
+            "Collector's",
+            "Award-Winning"
+        ],
+        [
+            "a gripping plot",
+            "practical recipes for every season",
+            "hand-drawn maps",
+            "a new translation",
+            "notes by the author"
+        ]
+    ),
+    category!(
+        "Electronics",
+        120.0,
+        [
+            "Headphones",
+            "Speaker",
+            "E-Reader",
+            "Smartwatch",
+            "Charger",
+            "Webcam",
+            "Tablet",
+            "Power Bank"
+        ],
+        [
+            "Wireless",
+            "Compact",
+            "Noise-Cancelling",
+            "Waterproof",
+            "Fast-Charging",
+            "Ultra-Slim"
+        ],
+        [
+            "a 30-hour battery",
+            "USB-C charging",
+            "Bluetooth 5.3",
+            "a bright OLED screen",
+            "voice control"
+        ]
+    ),
+    category!(
+        "Kitchen",
+        45.0,
+        [
+            "Blender",
+            "Chef's Knife",
+            "Dutch Oven",
+            "Kettle",
+            "Coffee Grinder",
+            "Cutting Board",
+            "Stand Mixer",
+            "Frying Pan"
+        ],
+        [
+            "Cast-Iron",
+            "Stainless",
+            "Non-Stick",
+            "Professional",
+            "Ceramic",
+            "Bamboo"
+        ],
+        [
+            "even heat distribution",
+            "a lifetime warranty",
+            "dishwasher-safe parts",
+            "a ergonomic handle",
+            "a precision blade"
+        ]
+    ),
+    category!(
+        "Garden",
+        35.0,
+        [
+            "Pruning Shears",
+            "Planter",
+            "Hose Reel",
+            "Seed Kit",
+            "Watering Can",
+            "Raised Bed",
+            "Bird Feeder",
+            "Compost Bin"
+        ],
+        [
+            "Weatherproof",
+            "Heavy-Duty",
+            "Self-Watering",
+            "Galvanised",
+            "Foldable",
+            "Recycled"
+        ],
+        [
+            "rust-resistant steel",
+            "UV-stable plastic",
+            "heirloom seeds",
+            "an easy-click assembly"
+        ]
+    ),
+    category!(
+        "Toys",
+        25.0,
+        [
+            "Building Set",
+            "Puzzle",
+            "Plush Bear",
+            "Train Set",
+            "Robot Kit",
+            "Kite",
+            "Doll House",
+            "Marble Run"
+        ],
+        [
+            "Wooden",
+            "Educational",
+            "Glow-in-the-Dark",
+            "Remote-Control",
+            "Magnetic",
+            "Giant"
+        ],
+        [
+            "hours of creative play",
+            "STEM learning cards",
+            "non-toxic paints",
+            "200 pieces"
+        ]
+    ),
+    category!(
+        "Sports",
+        55.0,
+        [
+            "Yoga Mat",
+            "Dumbbell Set",
+            "Football",
+            "Tennis Racket",
+            "Jump Rope",
+            "Cycling Helmet",
+            "Running Belt",
+            "Resistance Bands"
+        ],
+        [
+            "Pro",
+            "Lightweight",
+            "Adjustable",
+            "Grip-Enhanced",
+            "Aerodynamic",
+            "Tournament"
+        ],
+        [
+            "sweat-wicking fabric",
+            "a non-slip surface",
+            "tournament-grade strings",
+            "adjustable resistance"
+        ]
+    ),
+    category!(
+        "Beauty",
+        22.0,
+        [
+            "Face Serum",
+            "Lipstick",
+            "Shampoo",
+            "Body Lotion",
+            "Eye Palette",
+            "Hair Dryer",
+            "Perfume",
+            "Sunscreen"
+        ],
+        [
+            "Hydrating",
+            "Organic",
+            "Matte",
+            "Vegan",
+            "Fragrance-Free",
+            "Long-Lasting"
+        ],
+        [
+            "hyaluronic acid",
+            "SPF 50",
+            "cold-pressed oils",
+            "a travel-size bottle"
+        ]
+    ),
+    category!(
+        "Music",
+        30.0,
+        [
+            "Vinyl Record",
+            "Guitar Strings",
+            "Ukulele",
+            "Keyboard",
+            "Microphone",
+            "Drum Pad",
+            "Metronome",
+            "Harmonica"
+        ],
+        [
+            "Vintage",
+            "Studio",
+            "Acoustic",
+            "Electric",
+            "Limited-Edition",
+            "Beginner's"
+        ],
+        [
+            "a warm analogue sound",
+            "remastered tracks",
+            "a carry case",
+            "phosphor bronze strings"
+        ]
+    ),
+    category!(
+        "Movies",
+        18.0,
+        [
+            "Blu-ray Box Set",
+            "Documentary",
+            "Animated Feature",
+            "Director's Cut",
+            "Classic Western",
+            "Sci-Fi Saga",
+            "Concert Film",
+            "Series Season"
+        ],
+        [
+            "Restored",
+            "4K",
+            "Special-Edition",
+            "Extended",
+            "Remastered",
+            "Anniversary"
+        ],
+        [
+            "behind-the-scenes extras",
+            "a commentary track",
+            "Dolby Atmos sound",
+            "a collectible booklet"
+        ]
+    ),
+    category!(
+        "Women's Fashion",
+        60.0,
+        [
+            "Wrap Dress",
+            "Trench Coat",
+            "Silk Blouse",
+            "Knit Sweater",
+            "Midi Skirt",
+            "Denim Jacket",
+            "Jumpsuit",
+            "Cardigan"
+        ],
+        [
+            "Linen",
+            "Tailored",
+            "Oversized",
+            "Floral",
+            "Cashmere",
+            "Pleated"
+        ],
+        [
+            "a relaxed fit",
+            "sustainably sourced cotton",
+            "hidden pockets",
+            "a timeless cut"
+        ]
+    ),
+    category!(
+        "Men's Fashion",
+        60.0,
+        [
+            "Oxford Shirt",
+            "Chinos",
+            "Bomber Jacket",
+            "Wool Coat",
+            "Polo Shirt",
+            "Hoodie",
+            "Blazer",
+            "Denim Jeans"
+        ],
+        [
+            "Slim-Fit",
+            "Organic",
+            "Water-Repellent",
+            "Merino",
+            "Classic",
+            "Stretch"
+        ],
+        [
+            "reinforced seams",
+            "a tailored fit",
+            "breathable fabric",
+            "horn buttons"
+        ]
+    ),
+    category!(
+        "Shoes",
+        80.0,
+        [
+            "Running Shoes",
+            "Chelsea Boots",
+            "Sneakers",
+            "Sandals",
+            "Loafers",
+            "Hiking Boots",
+            "Slippers",
+            "Trail Runners"
+        ],
+        [
+            "Cushioned",
+            "Leather",
+            "Waterproof",
+            "Minimalist",
+            "Breathable",
+            "Orthopaedic"
+        ],
+        [
+            "a memory-foam insole",
+            "a grippy outsole",
+            "hand-stitched leather",
+            "a wide toe box"
+        ]
+    ),
+    category!(
+        "Jewelry",
+        95.0,
+        [
+            "Necklace", "Ring", "Earrings", "Bracelet", "Watch", "Pendant", "Brooch", "Anklet"
+        ],
+        [
+            "Sterling Silver",
+            "Gold-Plated",
+            "Minimalist",
+            "Handcrafted",
+            "Gemstone",
+            "Vintage"
+        ],
+        [
+            "ethically sourced stones",
+            "a gift box",
+            "hypoallergenic metal",
+            "an adjustable chain"
+        ]
+    ),
+    category!(
+        "Office",
+        28.0,
+        [
+            "Notebook",
+            "Desk Lamp",
+            "Fountain Pen",
+            "Monitor Stand",
+            "Planner",
+            "Office Chair",
+            "Desk Organizer",
+            "Whiteboard"
+        ],
+        [
+            "Ergonomic",
+            "Recycled",
+            "Minimal",
+            "Dot-Grid",
+            "Adjustable",
+            "Executive"
+        ],
+        [
+            "100 gsm paper",
+            "lumbar support",
+            "a dimmable LED",
+            "cable management"
+        ]
+    ),
+    category!(
+        "Pet Supplies",
+        26.0,
+        [
+            "Dog Bed",
+            "Cat Tree",
+            "Leash",
+            "Chew Toy",
+            "Food Bowl",
+            "Aquarium Filter",
+            "Bird Cage",
+            "Grooming Brush"
+        ],
+        [
+            "Orthopedic",
+            "Durable",
+            "Washable",
+            "Interactive",
+            "Non-Slip",
+            "Eco"
+        ],
+        [
+            "a removable cover",
+            "natural rubber",
+            "a quiet motor",
+            "stainless steel"
+        ]
+    ),
+    category!(
+        "Automotive",
+        40.0,
+        [
+            "Dash Cam",
+            "Car Vacuum",
+            "Phone Mount",
+            "Seat Cover",
+            "Jump Starter",
+            "Tyre Inflator",
+            "Floor Mats",
+            "Roof Box"
+        ],
+        [
+            "Portable",
+            "Universal",
+            "Heavy-Duty",
+            "Smart",
+            "All-Weather",
+            "Compact"
+        ],
+        [
+            "1440p recording",
+            "a 12 V plug",
+            "a one-hand release",
+            "custom-fit edges"
+        ]
+    ),
+    category!(
+        "Tools",
+        50.0,
+        [
+            "Cordless Drill",
+            "Screwdriver Set",
+            "Tape Measure",
+            "Workbench",
+            "Socket Wrench",
+            "Stud Finder",
+            "Tool Box",
+            "Circular Saw"
+        ],
+        [
+            "Brushless",
+            "Magnetic",
+            "Precision",
+            "Contractor-Grade",
+            "Compact",
+            "Heavy-Duty"
+        ],
+        [
+            "two 18 V batteries",
+            "chrome vanadium steel",
+            "a laser guide",
+            "a lifetime warranty"
+        ]
+    ),
+    category!(
+        "Baby",
+        30.0,
+        [
+            "Stroller",
+            "Baby Monitor",
+            "Bottle Set",
+            "Play Mat",
+            "Carrier",
+            "High Chair",
+            "Swaddle",
+            "Teether"
+        ],
+        [
+            "Organic",
+            "Lightweight",
+            "Convertible",
+            "BPA-Free",
+            "Soft",
+            "Foldable"
+        ],
+        [
+            "a one-hand fold",
+            "night vision",
+            "breathable muslin",
+            "a five-point harness"
+        ]
+    ),
+    category!(
+        "Grocery",
+        8.0,
+        [
+            "Coffee Beans",
+            "Olive Oil",
+            "Dark Chocolate",
+            "Green Tea",
+            "Granola",
+            "Hot Sauce",
+            "Pasta",
+            "Honey"
+        ],
+        [
+            "Single-Origin",
+            "Organic",
+            "Extra-Virgin",
+            "Artisan",
+            "Fair-Trade",
+            "Small-Batch"
+        ],
+        [
+            "a rich aroma",
+            "cold-pressed olives",
+            "70% cocoa",
+            "wildflower nectar"
+        ]
+    ),
+    category!(
+        "Health",
+        24.0,
+        [
+            "Vitamin D",
+            "Protein Powder",
+            "Massage Gun",
+            "Thermometer",
+            "First Aid Kit",
+            "Foam Roller",
+            "Sleep Mask",
+            "Electric Toothbrush"
+        ],
+        [
+            "Clinical",
+            "Plant-Based",
+            "Rechargeable",
+            "Travel",
+            "Sugar-Free",
+            "Therapeutic"
+        ],
+        [
+            "third-party testing",
+            "five intensity levels",
+            "a two-minute timer",
+            "vegan capsules"
+        ]
+    ),
+    category!(
+        "Outdoor",
+        70.0,
+        [
+            "Tent",
+            "Sleeping Bag",
+            "Backpack",
+            "Headlamp",
+            "Camping Stove",
+            "Water Filter",
+            "Hammock",
+            "Trekking Poles"
+        ],
+        [
+            "Ultralight",
+            "Four-Season",
+            "Packable",
+            "Rugged",
+            "Solar",
+            "Insulated"
+        ],
+        [
+            "a 3000 mm waterproof rating",
+            "recycled down",
+            "a 400-lumen beam",
+            "an aluminium frame"
+        ]
+    ),
+    category!(
+        "Games",
+        40.0,
+        [
+            "Board Game",
+            "Card Game",
+            "Game Controller",
+            "Chess Set",
+            "Party Game",
+            "Strategy Game",
+            "Puzzle Box",
+            "Dice Set"
+        ],
+        [
+            "Cooperative",
+            "Deluxe",
+            "Family",
+            "Competitive",
+            "Expansion",
+            "Travel"
+        ],
+        [
+            "2 to 6 players",
+            "a 45-minute play time",
+            "hand-painted pieces",
+            "a legacy campaign"
+        ]
+    ),
+    category!(
+        "Home Decor",
+        38.0,
+        [
+            "Throw Pillow",
+            "Wall Art",
+            "Vase",
+            "Candle",
+            "Rug",
+            "Mirror",
+            "Table Lamp",
+            "Blanket"
+        ],
+        [
+            "Boho",
+            "Scandinavian",
+            "Hand-Woven",
+            "Ceramic",
+            "Velvet",
+            "Rustic"
+        ],
+        [
+            "natural soy wax",
+            "a hand-thrown glaze",
+            "a chunky knit",
+            "an antique brass finish"
+        ]
+    ),
+    category!(
+        "Art Supplies",
+        20.0,
+        [
+            "Watercolor Set",
+            "Sketchbook",
+            "Acrylic Paints",
+            "Brush Set",
+            "Easel",
+            "Charcoal Pencils",
+            "Canvas Pack",
+            "Markers"
+        ],
+        [
+            "Artist-Grade",
+            "Student",
+            "Professional",
+            "Travel",
+            "Archival",
+            "Vivid"
+        ],
+        [
+            "lightfast pigments",
+            "acid-free paper",
+            "synthetic sable bristles",
+            "a beech-wood frame"
+        ]
+    ),
+];
+
+const BRANDS: &[&str] = &[
+    "Northwind",
+    "Aurora",
+    "Kestrel",
+    "Blue Fern",
+    "Cobalt",
+    "Juniper",
+    "Halcyon",
+    "Lumen",
+    "Maple & Co",
+    "Orbit",
+    "Pebble",
+    "Quill",
+    "Riverstone",
+    "Solace",
+    "Tundra",
+    "Umbra",
+    "Verity",
+    "Willow",
+    "Zephyr",
+    "Atlas",
+    "Brightside",
+    "Cinder",
+    "Driftwood",
+    "Ember",
+    "Fable",
+    "Granite",
+    "Harbor",
+    "Ironbark",
+    "Jasper",
+    "Kinfolk",
+];
+
+const COUNTRIES: &[&str] = &["DE", "FR", "GB", "ES", "IT", "NL", "SE", "PL", "US", "CA"];
+const AGE_BANDS: &[&str] = &["18-24", "25-34", "35-44", "45-54", "55-64", "65+"];
+
+fn pick<'a>(rng: &mut Rng, xs: &'a [&'a str]) -> &'a str {
+    xs[rng.below(xs.len() as u64) as usize]
+}
+
+fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut acc = 0.0;
+    weights
+        .map(|w| {
+            acc += w;
+            acc
+        })
+        .collect()
+}
+
+struct ShopItem {
+    vector: [f32; DIM],
+    /// Before this time the item did not exist.
+    launch: i64,
+}
+
+struct ShopUser {
+    taste: Vec<f64>,
+    vector: [f32; DIM],
+    budget: usize,
+}
+
+/// The generated shop.
+pub(crate) struct Shop {
+    pub(crate) items: Vec<ItemUpsert>,
+    pub(crate) users: Vec<UserUpsert>,
+    pub(crate) events: Vec<NewEvent>,
+}
+
+fn item_key(i: usize) -> String {
+    format!("sku-{i:05}")
+}
+
+fn user_key(u: usize) -> String {
+    format!("user-{u:05}")
+}
+
+fn unit_vector(rng: &mut Rng) -> [f32; DIM] {
+    let mut v = [0f32; DIM];
+    for x in &mut v {
+        *x = rng.normal() as f32;
+    }
+    v
+}
+
+/// Generates the shop. `anchor` is the end of the history (Unix ms).
+pub(crate) fn generate(
+    seed: u64,
+    n_users: usize,
+    n_items: usize,
+    n_events: usize,
+    anchor: i64,
+) -> Shop {
+    let mut rng = Rng::seed_from_u64(seed);
+    let start = anchor - HISTORY_DAYS * DAY_MS;
+
+    // Items: spread over the categories, a Zipf popularity within each, a few recent launches.
+    let mut shop_items = Vec::with_capacity(n_items);
+    let mut items = Vec::with_capacity(n_items);
+    let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); CATEGORIES.len()];
+    for i in 0..n_items {
+        let c = i % CATEGORIES.len();
+        let cat = &CATEGORIES[c];
+        let brand = pick(&mut rng, BRANDS);
+        let adjective = pick(&mut rng, cat.adjectives);
+        let noun = pick(&mut rng, cat.nouns);
+        let series = format!(
+            "{}-{}",
+            (b'A' + rng.below(26) as u8) as char,
+            100 + rng.below(900)
+        );
+        let title = format!("{brand} {adjective} {noun} {series}");
+        let feature = pick(&mut rng, cat.features);
+        let other = pick(&mut rng, cat.adjectives).to_lowercase();
+        let description = format!(
+            "The {title} is a {other} {} by {brand}, with {feature}. Part of our {} range.",
+            noun.to_lowercase(),
+            cat.name.to_lowercase()
+        );
+        let price = (cat.base_price * (0.45 * rng.normal()).exp() * 100.0).round() / 100.0;
+        let recent = rng.f64() < 0.05;
+        let launch = if recent {
+            anchor - (rng.f64() * 14.0 * DAY_MS as f64) as i64
+        } else {
+            start - DAY_MS
+        };
+        let mut text = std::collections::BTreeMap::new();
+        text.insert("title".to_owned(), title);
+        text.insert("description".to_owned(), description);
+        let mut numeric = std::collections::BTreeMap::new();
+        numeric.insert("price".to_owned(), price);
+        let mut attributes = Map::new();
+        attributes.insert("brand".into(), Value::from(brand));
+        if recent {
+            attributes.insert("new_arrival".into(), Value::from(true));
+        }
+        items.push(ItemUpsert {
+            key: item_key(i),
+            categories: vec![cat.name.to_owned()],
+            text,
+            numeric,
+            attributes,
+            embeddings: Default::default(),
+            available: rng.f64() > 0.01,
+        });
+        shop_items.push(ShopItem {
+            vector: unit_vector(&mut rng),
+            launch,
+        });
+        by_category[c].push(i);
+    }
+    // Popularity within a category: Zipf over a random order; new arrivals get a boost.
+    let category_cdf: Vec<Vec<f64>> = by_category
+        .iter_mut()
+        .map(|members| {
+            for k in (1..members.len()).rev() {
+                members.swap(k, rng.below(k as u64 + 1) as usize);
+            }
+            cumulative(members.iter().enumerate().map(|(rank, &i)| {
+                let boost = if shop_items[i].launch > start {
+                    8.0
+                } else {
+                    1.0
+                };
+                boost / (rank as f64 + 2.0).powf(0.9)
+            }))
+        })
+        .collect();
+    // Category appeal overall, also skewed.
+    let category_weight: Vec<f64> = (0..CATEGORIES.len())
+        .map(|c| 1.0 / (c as f64 + 3.0).powf(0.6))
+        .collect();
+
+    // Users: three favourite categories, a taste vector, a long-tailed activity level.
+    let mut activity = Vec::with_capacity(n_users);
+    let mut shop_users = Vec::with_capacity(n_users);
+    let mut users = Vec::with_capacity(n_users);
+    for u in 0..n_users {
+        let mut taste = category_weight
+            .iter()
+            .map(|w| 0.08 * w)
+            .collect::<Vec<f64>>();
+        for share in [0.5, 0.3, 0.15] {
+            let c = rng.weighted(&cumulative(category_weight.iter().copied()));
+            taste[c] += share;
+        }
+        activity.push((1.1 * rng.normal()).exp());
+        shop_users.push(ShopUser {
+            taste: cumulative(taste.into_iter()),
+            vector: unit_vector(&mut rng),
+            budget: 0,
+        });
+        let mut attributes = Map::new();
+        attributes.insert("country".into(), json!(pick(&mut rng, COUNTRIES)));
+        attributes.insert("age_band".into(), json!(pick(&mut rng, AGE_BANDS)));
+        attributes.insert("member_since".into(), json!(2015 + rng.below(11)));
+        users.push(UserUpsert {
+            key: user_key(u),
+            attributes,
+            consent: ConsentUpdate {
+                personalization: Some(rng.f64() > 0.02),
+            },
+            default_consent: Consent {
+                personalization: true,
+            },
+        });
+    }
+    // Each user's share of the events, exactly n_events in total.
+    let total: f64 = activity.iter().sum();
+    let mut assigned = 0;
+    for (u, a) in activity.iter().enumerate() {
+        let b = ((n_events as f64 * a / total).floor() as usize).max(1);
+        shop_users[u].budget = b;
+        assigned += b;
+    }
+    let mut u = 0;
+    while assigned < n_events {
+        shop_users[u % n_users].budget += 1;
+        assigned += 1;
+        u += 1;
+    }
+    while assigned > n_events {
+        let i = u % n_users;
+        if shop_users[i].budget > 1 {
+            shop_users[i].budget -= 1;
+            assigned -= 1;
+        }
+        u += 1;
+    }
+
+    let mut events = Vec::with_capacity(n_events);
+    let scale = 1.0 / (DIM as f32).sqrt();
+    for (u, user) in shop_users.iter().enumerate() {
+        let key = user_key(u);
+        let mut produced = Vec::with_capacity(user.budget + 8);
+        while produced.len() < user.budget {
+            // A session: one category, a handful of items, minutes apart.
+            let c = rng.weighted(&user.taste);
+            let mut t = start + (rng.f64() * (anchor - start - 3_600_000) as f64) as i64;
+            let touches = 1 + rng.below(6) as usize;
+            for _ in 0..touches {
+                let mut weights = [0f64; 6];
+                let mut candidates = [0usize; 6];
+                let mut k = 0;
+                for _ in 0..12 {
+                    let i = by_category[c][rng.weighted(&category_cdf[c])];
+                    if shop_items[i].launch <= t && !candidates[..k].contains(&i) {
+                        candidates[k] = i;
+                        k += 1;
+                        if k == candidates.len() {
+                            break;
+                        }
+                    }
+                }
+                if k == 0 {
+                    continue;
+                }
+                for j in 0..k {
+                    let v = &shop_items[candidates[j]].vector;
+                    let affinity: f32 =
+                        v.iter().zip(&user.vector).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    weights[j] =
+                        (2.0 * affinity as f64).exp() + if j > 0 { weights[j - 1] } else { 0.0 };
+                }
+                let chosen = candidates[rng.weighted(&weights[..k])];
+                let v = &shop_items[chosen].vector;
+                let affinity = v.iter().zip(&user.vector).map(|(a, b)| a * b).sum::<f32>() * scale;
+                let ik = item_key(chosen);
+                let mut push = |kind: &str, value: Option<f64>, at: i64| {
+                    produced.push(NewEvent {
+                        event_id: None,
+                        user: key.clone(),
+                        item: ik.clone(),
+                        kind: kind.to_owned(),
+                        value,
+                        timestamp: Some(at.min(anchor)),
+                        context: None,
+                    });
+                };
+                push("view", None, t);
+                let keen = 1.0 / (1.0 + (-2.5 * affinity as f64).exp());
+                if affinity < -0.6 && rng.f64() < 0.25 {
+                    push(
+                        if rng.f64() < 0.5 { "dislike" } else { "skip" },
+                        None,
+                        t + 4_000,
+                    );
+                } else if rng.f64() < 0.2 + 0.4 * keen {
+                    push("click", None, t + 9_000);
+                    if rng.f64() < 0.15 + 0.35 * keen {
+                        push("add_to_cart", None, t + 40_000);
+                        if rng.f64() < 0.55 {
+                            push("purchase", None, t + 120_000);
+                            if rng.f64() < 0.15 {
+                                let stars = (3.0 + 2.5 * affinity as f64 + 0.7 * rng.normal())
+                                    .round()
+                                    .clamp(1.0, 5.0);
+                                push("rating", Some(stars), t + 3 * DAY_MS);
+                            }
+                        }
+                    }
+                    if rng.f64() < 0.06 * keen {
+                        push("like", None, t + 15_000);
+                    }
+                }
+                t += 30_000 + rng.below(240_000) as i64;
+            }
+        }
+        produced.truncate(user.budget);
+        events.extend(produced);
+    }
+    Shop {
+        items,
+        users,
+        events,
+    }
+}
+
+fn start_of_hour(ms: i64) -> i64 {
+    ms - ms.rem_euclid(3_600_000)
+}
+
+pub(crate) fn run(
+    mut settings: Settings,
+    args: &DemoArgs,
+    data_dir_given: bool,
+) -> anyhow::Result<()> {
+    if args.users == 0 || args.items == 0 {
+        bail!("--users and --items must be at least 1");
+    }
+    if !data_dir_given {
+        settings.store.data_dir = PathBuf::from("./bespoke-demo");
+    }
+    if let Some(bind) = args.bind {
+        settings.server.bind = bind;
+    }
+    let anchor = match &args.anchor {
+        Some(a) => bespoke_server::time::parse_rfc3339(a)
+            .map_err(|why| anyhow::anyhow!("--anchor {why}"))?,
+        None => start_of_hour(bespoke_server::engine::now_ms()),
+    };
+    let dir = settings.store.data_dir.clone();
+    let db = dir.join("bespoke.db");
+    if db.exists() {
+        if data_dir_given && !args.reset {
+            bail!(
+                "{} already holds a store; pass --reset to replace it with the demo shop",
+                dir.display()
+            );
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing {}", PathBuf::from(p).display()));
+                }
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let shop = generate(args.seed, args.users, args.items, args.events, anchor);
+    let generated = started.elapsed();
+    let store = bespoke_server::open_store(&settings)
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
+    load(&*store, shop)?;
+    let engine = Arc::new(Engine::open(store, Arc::new(settings.clone()))?);
+    let counts = engine.counts();
+    eprintln!(
+        "demo shop: {} users, {} items in {} categories, {} events (seed {}); generated in {:.1} s, stored and indexed in {:.1} s, in {}",
+        counts.users,
+        counts.items,
+        CATEGORIES.len(),
+        counts.events,
+        args.seed,
+        generated.as_secs_f64(),
+        (started.elapsed() - generated).as_secs_f64(),
+        dir.display()
+    );
+    if args.no_serve {
+        return Ok(());
+    }
+    let top = engine.popular(&PopularQuery {
+        n: 1,
+        categories: Vec::new(),
+        window: None,
+        sort: PopularSort::Count,
+    });
+    let item = top.first().map_or_else(|| item_key(0), |r| r.item.clone());
+    let category = engine
+        .get_item(&item)?
+        .and_then(|i| i.categories.first().cloned())
+        .unwrap_or_else(|| CATEGORIES[0].name.to_owned());
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let server = bespoke_server::start_with_engine(engine).await?;
+        let base = format!("http://{}", server.addr());
+        let cat = category.replace(' ', "%20").replace('\'', "%27");
+        println!("\nBespoke is serving the demo shop on {base}. Try:\n");
+        println!(
+            "  curl -s '{base}/v1/users/{}/recommendations?n=5'",
+            user_key(42.min(args.users - 1))
+        );
+        println!("  curl -s '{base}/v1/items/{item}/similar?n=5'");
+        println!("  curl -s '{base}/v1/popular?n=5&category={cat}&window=7d'");
+        println!("\nPress Ctrl-C to stop.");
+        crate::serve_until_signal(server).await
+    })
+}
+
+/// Writes the shop into the store: items, users, then events in large batches.
+pub(crate) fn load(store: &dyn Store, shop: Shop) -> anyhow::Result<()> {
+    store.put_items(shop.items).context("storing items")?;
+    store.put_users(shop.users).context("storing users")?;
+    let mut events = shop.events;
+    while !events.is_empty() {
+        let rest = events.split_off(events.len().min(100_000));
+        store
+            .append_events(EventBatch::new(events))
+            .context("storing events")?;
+        events = rest;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use super::*;
+
+    const ANCHOR: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    #[test]
+    fn same_seed_same_shop_and_exact_sizes() {
+        let a = generate(7, 300, 250, 12_000, ANCHOR);
+        let b = generate(7, 300, 250, 12_000, ANCHOR);
+        assert_eq!(a.events, b.events);
+        assert_eq!(a.items, b.items);
+        assert_eq!(a.users, b.users);
+        assert_eq!(a.events.len(), 12_000);
+        assert_eq!((a.users.len(), a.items.len()), (300, 250));
+        let c = generate(8, 300, 250, 12_000, ANCHOR);
+        assert_ne!(a.events, c.events);
+    }
+
+    #[test]
+    fn the_shop_looks_like_a_shop() {
+        let shop = generate(42, 1000, 1200, 40_000, ANCHOR);
+        let titles: HashSet<&String> = shop.items.iter().map(|i| &i.text["title"]).collect();
+        assert!(
+            titles.len() > 1150,
+            "titles should be nearly unique: {}",
+            titles.len()
+        );
+        let categories: HashSet<&String> = shop.items.iter().flat_map(|i| &i.categories).collect();
+        assert!(categories.len() >= 20);
+        assert!(
+            shop.items
+                .iter()
+                .all(|i| i.text["description"].len() > 40 && i.numeric["price"] > 0.0)
+        );
+        let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &shop.events {
+            *by_kind.entry(e.kind.as_str()).or_default() += 1;
+            let ts = e.timestamp.expect("timestamped");
+            assert!(ts <= ANCHOR && ts >= ANCHOR - (HISTORY_DAYS + 1) * DAY_MS);
+        }
+        // The funnel narrows: views > clicks > carts > purchases, and negative feedback exists.
+        assert!(by_kind["view"] > by_kind["click"] && by_kind["click"] > by_kind["add_to_cart"]);
+        assert!(by_kind["add_to_cart"] > by_kind["purchase"]);
+        for kind in ["like", "rating", "dislike", "skip"] {
+            assert!(
+                by_kind.get(kind).copied().unwrap_or(0) > 0,
+                "no {kind} events: {by_kind:?}"
+            );
+        }
+        // Popularity is skewed: the top 5% of items draw far more than 5% of the views.
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in shop.events.iter().filter(|e| e.kind == "view") {
+            *counts.entry(e.item.as_str()).or_default() += 1;
+        }
+        let mut sorted: Vec<usize> = counts.into_values().collect();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        let top: usize = sorted.iter().take(60).sum();
+        let all: usize = sorted.iter().sum();
+        assert!(top as f64 > 0.2 * all as f64, "top 5% hold {top} of {all}");
+    }
+}
