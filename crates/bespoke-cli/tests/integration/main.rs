@@ -1,0 +1,311 @@
+//! Runs the real `bespoke` binary: imports (MovieLens, generic CSV, bad lines), export/import
+//! round trips, stats, recommend, demo and configuration errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn bespoke(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env("BESPOKE__LOG__LEVEL", "warn")
+        .env_remove("BESPOKE_CONFIG")
+        .output()
+        .expect("bespoke runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("UTF-8 output")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("JSON output")
+}
+
+/// `../shared/data` as CI sees it: beside the checkout. Missing data fails the test loudly.
+fn shared_data(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: the tests need ../shared/data beside the checkout (see README)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn movielens_100k_imports_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let udata = shared_data("ml-100k/u.data");
+    let summary = json(&bespoke(
+        dir.path(),
+        &["import", udata.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(summary["imported"], 100_000, "{summary}");
+    assert_eq!(summary["bad_lines"], 0);
+    assert_eq!(summary["users_created"], 943);
+    assert_eq!(summary["items_created"], 1682);
+    let stats = json(&bespoke(dir.path(), &["stats", "--json"]));
+    assert_eq!(
+        (
+            stats["users"].as_u64(),
+            stats["items"].as_u64(),
+            stats["events"].as_u64()
+        ),
+        (Some(943), Some(1682), Some(100_000))
+    );
+    assert_eq!(stats["events_by_kind"]["rating"], 100_000);
+    // 1997-09-20 to 1998-04-22, as the MovieLens README says.
+    let (first, last) = (
+        stats["time_range"][0].as_i64().unwrap(),
+        stats["time_range"][1].as_i64().unwrap(),
+    );
+    assert_eq!((first / 1000, last / 1000), (874_724_710, 893_286_638));
+
+    let recs = json(&bespoke(
+        dir.path(),
+        &["recommend", "196", "-n", "5", "--json"],
+    ));
+    let items = recs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert!(
+        items
+            .iter()
+            .all(|r| !r["reasons"].as_array().unwrap().is_empty())
+    );
+    // User 196 rated movie 242 (the first line of u.data): it is never recommended back.
+    assert!(items.iter().all(|r| r["item"] != "242"));
+    let table = ok(&bespoke(dir.path(), &["recommend", "196", "-n", "3"]));
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.contains("popular"), "{table}");
+}
+
+#[test]
+fn generic_csv_mapping_and_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("events.csv");
+    std::fs::write(
+        &csv,
+        "when,who,what,stars\n\
+         2024-05-01T10:00:00Z,ann,book-1,5\n\
+         1714557600,bob,book-2,4\n\
+         soon,carl,book-3,3\n\
+         1714557600000,dora,book-1,\n\
+         1714557601,,book-4,2\n",
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let base = [
+        "import",
+        csv.to_str().unwrap(),
+        "--user-col",
+        "who",
+        "--item-col",
+        "what",
+        "--time-col",
+        "when",
+        "--value-col",
+        "stars",
+        "--type",
+        "rating",
+    ];
+
+    // Stop (the default): lines 2 and 3 are kept, line 4 is reported, nothing after it.
+    let out = bespoke(&store, &base);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4") && err.contains("soon"), "{err}");
+    assert!(err.contains("stopped at line 4"), "{err}");
+    assert_eq!(json(&bespoke(&store, &["stats", "--json"]))["events"], 2);
+
+    // Skip: every bad line is reported (line 5 has no value for a rating, line 6 no user).
+    let store2 = dir.path().join("store2");
+    let mut args = base.to_vec();
+    args.extend(["--on-error", "skip", "--json"]);
+    let summary = json(&bespoke(&store2, &args));
+    assert_eq!(summary["imported"], 2, "{summary}");
+    assert_eq!(summary["bad_lines"], 3);
+    let lines: Vec<u64> = summary["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [4, 5, 6]);
+    assert!(
+        summary["errors"][1]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("value")
+    );
+    assert!(
+        summary["errors"][2]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("user")
+    );
+
+    // A missing column is named.
+    let out = bespoke(
+        &store2,
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--user-col",
+            "nobody",
+            "--type",
+            "view",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
+}
+
+#[test]
+fn export_then_import_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ok(&bespoke(
+        &a,
+        &[
+            "demo",
+            "--no-serve",
+            "--users",
+            "60",
+            "--items",
+            "40",
+            "--events",
+            "900",
+            "--anchor",
+            "2026-01-01T00:00:00Z",
+        ],
+    ));
+    let export = |store: &Path, what: &str| -> String {
+        let out = dir.path().join(format!(
+            "{}-{what}.jsonl",
+            store.file_name().unwrap().to_str().unwrap()
+        ));
+        ok(&bespoke(
+            store,
+            &["export", what, "--out", out.to_str().unwrap()],
+        ));
+        std::fs::read_to_string(out).unwrap()
+    };
+    let (users, items, events) = (
+        export(&a, "users"),
+        export(&a, "items"),
+        export(&a, "events"),
+    );
+    assert_eq!(events.lines().count(), 900);
+    assert_eq!(users.lines().count(), 60);
+
+    let b = dir.path().join("b");
+    for what in ["users", "items", "events"] {
+        let file = dir.path().join(format!("a-{what}.jsonl"));
+        ok(&bespoke(
+            &b,
+            &["import", file.to_str().unwrap(), "--kind", what, "--json"],
+        ));
+    }
+    // Events come back identical (ids, times, values); users and items identical but for the
+    // creation and update times, which record when they were written.
+    assert_eq!(export(&b, "events"), events);
+    let strip = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("created_at");
+                v.as_object_mut().unwrap().remove("updated_at");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip(&export(&b, "users")), strip(&users));
+    assert_eq!(strip(&export(&b, "items")), strip(&items));
+
+    // Importing the events again changes nothing: they carry their ids.
+    let file = dir.path().join("a-events.jsonl");
+    let again = json(&bespoke(&b, &["import", file.to_str().unwrap(), "--json"]));
+    assert_eq!(
+        (again["imported"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(900))
+    );
+}
+
+#[test]
+fn demo_loads_a_deterministic_shop() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "demo",
+        "--no-serve",
+        "--users",
+        "200",
+        "--items",
+        "300",
+        "--events",
+        "5000",
+        "--anchor",
+        "2026-01-01T00:00:00Z",
+    ];
+    ok(&bespoke(dir.path(), &args));
+    let stats = json(&bespoke(dir.path(), &["stats", "--json"]));
+    assert_eq!(
+        (
+            stats["users"].as_u64(),
+            stats["items"].as_u64(),
+            stats["events"].as_u64()
+        ),
+        (Some(200), Some(300), Some(5000))
+    );
+    let first = ok(&bespoke(dir.path(), &["export", "items"]));
+    // A second run into an existing store needs --reset, and then rebuilds the same shop.
+    let refused = bespoke(dir.path(), &args);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--reset"));
+    let mut with_reset = args.to_vec();
+    with_reset.push("--reset");
+    ok(&bespoke(dir.path(), &with_reset));
+    let strip = |t: &str| {
+        t.lines()
+            .map(|l| l.split(",\"created_at\"").next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&ok(&bespoke(dir.path(), &["export", "items"]))),
+        strip(&first)
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        .args(["--data-dir", dir.path().to_str().unwrap(), "stats"])
+        .env("BESPOKE__LIMITS__MAX_N", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BESPOKE__LIMITS__MAX_N"), "{err}");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[serving]\ndefault_n = 5\nfoo = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        .args(["--config", config.to_str().unwrap(), "stats"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("foo"), "{err}");
+}
