@@ -58,688 +58,32 @@ pub(crate) struct DemoArgs {
 
 struct Category {
     name: &'static str,
-    nouns: &'static [&'static str],
-    adjectives: &'static [&'static str],
-    features: &'static [&'static str],
+    nouns: Vec<&'static str>,
+    adjectives: Vec<&'static str>,
+    features: Vec<&'static str>,
     base_price: f64,
 }
 
-macro_rules! category {
-    ($name:expr, $price:expr, [$($noun:expr),+], [$($adj:expr),+], [$($feat:expr),+]) => {
-        Category { name: $name, base_price: $price, nouns: &[$($noun),+], adjectives: &[$($adj),+], features: &[$($feat),+] }
-    };
-}
+/// The vocabulary of the generated catalog, kept as data rather than code.
+const CATALOG: &str = include_str!("demo_catalog.txt");
 
-const CATEGORIES: &[Category] = &[
-    category!(
-        "Books",
-        14.0,
-        [
-            "Novel",
-            "Cookbook",
-            "Biography",
-            "Atlas",
-            "Poetry Collection",
-            "Thriller",
-            "Field Guide",
-            "Graphic Novel"
-        ],
-        [
-            "Illustrated",
-            "Annotated",
-            "Pocket",
-            "Hardcover",
-            "Collector's",
-            "Award-Winning"
-        ],
-        [
-            "a gripping plot",
-            "practical recipes for every season",
-            "hand-drawn maps",
-            "a new translation",
-            "notes by the author"
-        ]
-    ),
-    category!(
-        "Electronics",
-        120.0,
-        [
-            "Headphones",
-            "Speaker",
-            "E-Reader",
-            "Smartwatch",
-            "Charger",
-            "Webcam",
-            "Tablet",
-            "Power Bank"
-        ],
-        [
-            "Wireless",
-            "Compact",
-            "Noise-Cancelling",
-            "Waterproof",
-            "Fast-Charging",
-            "Ultra-Slim"
-        ],
-        [
-            "a 30-hour battery",
-            "USB-C charging",
-            "Bluetooth 5.3",
-            "a bright OLED screen",
-            "voice control"
-        ]
-    ),
-    category!(
-        "Kitchen",
-        45.0,
-        [
-            "Blender",
-            "Chef's Knife",
-            "Dutch Oven",
-            "Kettle",
-            "Coffee Grinder",
-            "Cutting Board",
-            "Stand Mixer",
-            "Frying Pan"
-        ],
-        [
-            "Cast-Iron",
-            "Stainless",
-            "Non-Stick",
-            "Professional",
-            "Ceramic",
-            "Bamboo"
-        ],
-        [
-            "even heat distribution",
-            "a lifetime warranty",
-            "dishwasher-safe parts",
-            "a ergonomic handle",
-            "a precision blade"
-        ]
-    ),
-    category!(
-        "Garden",
-        35.0,
-        [
-            "Pruning Shears",
-            "Planter",
-            "Hose Reel",
-            "Seed Kit",
-            "Watering Can",
-            "Raised Bed",
-            "Bird Feeder",
-            "Compost Bin"
-        ],
-        [
-            "Weatherproof",
-            "Heavy-Duty",
-            "Self-Watering",
-            "Galvanised",
-            "Foldable",
-            "Recycled"
-        ],
-        [
-            "rust-resistant steel",
-            "UV-stable plastic",
-            "heirloom seeds",
-            "an easy-click assembly"
-        ]
-    ),
-    category!(
-        "Toys",
-        25.0,
-        [
-            "Building Set",
-            "Puzzle",
-            "Plush Bear",
-            "Train Set",
-            "Robot Kit",
-            "Kite",
-            "Doll House",
-            "Marble Run"
-        ],
-        [
-            "Wooden",
-            "Educational",
-            "Glow-in-the-Dark",
-            "Remote-Control",
-            "Magnetic",
-            "Giant"
-        ],
-        [
-            "hours of creative play",
-            "STEM learning cards",
-            "non-toxic paints",
-            "200 pieces"
-        ]
-    ),
-    category!(
-        "Sports",
-        55.0,
-        [
-            "Yoga Mat",
-            "Dumbbell Set",
-            "Football",
-            "Tennis Racket",
-            "Jump Rope",
-            "Cycling Helmet",
-            "Running Belt",
-            "Resistance Bands"
-        ],
-        [
-            "Pro",
-            "Lightweight",
-            "Adjustable",
-            "Grip-Enhanced",
-            "Aerodynamic",
-            "Tournament"
-        ],
-        [
-            "sweat-wicking fabric",
-            "a non-slip surface",
-            "tournament-grade strings",
-            "adjustable resistance"
-        ]
-    ),
-    category!(
-        "Beauty",
-        22.0,
-        [
-            "Face Serum",
-            "Lipstick",
-            "Shampoo",
-            "Body Lotion",
-            "Eye Palette",
-            "Hair Dryer",
-            "Perfume",
-            "Sunscreen"
-        ],
-        [
-            "Hydrating",
-            "Organic",
-            "Matte",
-            "Vegan",
-            "Fragrance-Free",
-            "Long-Lasting"
-        ],
-        [
-            "hyaluronic acid",
-            "SPF 50",
-            "cold-pressed oils",
-            "a travel-size bottle"
-        ]
-    ),
-    category!(
-        "Music",
-        30.0,
-        [
-            "Vinyl Record",
-            "Guitar Strings",
-            "Ukulele",
-            "Keyboard",
-            "Microphone",
-            "Drum Pad",
-            "Metronome",
-            "Harmonica"
-        ],
-        [
-            "Vintage",
-            "Studio",
-            "Acoustic",
-            "Electric",
-            "Limited-Edition",
-            "Beginner's"
-        ],
-        [
-            "a warm analogue sound",
-            "remastered tracks",
-            "a carry case",
-            "phosphor bronze strings"
-        ]
-    ),
-    category!(
-        "Movies",
-        18.0,
-        [
-            "Blu-ray Box Set",
-            "Documentary",
-            "Animated Feature",
-            "Director's Cut",
-            "Classic Western",
-            "Sci-Fi Saga",
-            "Concert Film",
-            "Series Season"
-        ],
-        [
-            "Restored",
-            "4K",
-            "Special-Edition",
-            "Extended",
-            "Remastered",
-            "Anniversary"
-        ],
-        [
-            "behind-the-scenes extras",
-            "a commentary track",
-            "Dolby Atmos sound",
-            "a collectible booklet"
-        ]
-    ),
-    category!(
-        "Women's Fashion",
-        60.0,
-        [
-            "Wrap Dress",
-            "Trench Coat",
-            "Silk Blouse",
-            "Knit Sweater",
-            "Midi Skirt",
-            "Denim Jacket",
-            "Jumpsuit",
-            "Cardigan"
-        ],
-        [
-            "Linen",
-            "Tailored",
-            "Oversized",
-            "Floral",
-            "Cashmere",
-            "Pleated"
-        ],
-        [
-            "a relaxed fit",
-            "sustainably sourced cotton",
-            "hidden pockets",
-            "a timeless cut"
-        ]
-    ),
-    category!(
-        "Men's Fashion",
-        60.0,
-        [
-            "Oxford Shirt",
-            "Chinos",
-            "Bomber Jacket",
-            "Wool Coat",
-            "Polo Shirt",
-            "Hoodie",
-            "Blazer",
-            "Denim Jeans"
-        ],
-        [
-            "Slim-Fit",
-            "Organic",
-            "Water-Repellent",
-            "Merino",
-            "Classic",
-            "Stretch"
-        ],
-        [
-            "reinforced seams",
-            "a tailored fit",
-            "breathable fabric",
-            "horn buttons"
-        ]
-    ),
-    category!(
-        "Shoes",
-        80.0,
-        [
-            "Running Shoes",
-            "Chelsea Boots",
-            "Sneakers",
-            "Sandals",
-            "Loafers",
-            "Hiking Boots",
-            "Slippers",
-            "Trail Runners"
-        ],
-        [
-            "Cushioned",
-            "Leather",
-            "Waterproof",
-            "Minimalist",
-            "Breathable",
-            "Orthopaedic"
-        ],
-        [
-            "a memory-foam insole",
-            "a grippy outsole",
-            "hand-stitched leather",
-            "a wide toe box"
-        ]
-    ),
-    category!(
-        "Jewelry",
-        95.0,
-        [
-            "Necklace", "Ring", "Earrings", "Bracelet", "Watch", "Pendant", "Brooch", "Anklet"
-        ],
-        [
-            "Sterling Silver",
-            "Gold-Plated",
-            "Minimalist",
-            "Handcrafted",
-            "Gemstone",
-            "Vintage"
-        ],
-        [
-            "ethically sourced stones",
-            "a gift box",
-            "hypoallergenic metal",
-            "an adjustable chain"
-        ]
-    ),
-    category!(
-        "Office",
-        28.0,
-        [
-            "Notebook",
-            "Desk Lamp",
-            "Fountain Pen",
-            "Monitor Stand",
-            "Planner",
-            "Office Chair",
-            "Desk Organizer",
-            "Whiteboard"
-        ],
-        [
-            "Ergonomic",
-            "Recycled",
-            "Minimal",
-            "Dot-Grid",
-            "Adjustable",
-            "Executive"
-        ],
-        [
-            "100 gsm paper",
-            "lumbar support",
-            "a dimmable LED",
-            "cable management"
-        ]
-    ),
-    category!(
-        "Pet Supplies",
-        26.0,
-        [
-            "Dog Bed",
-            "Cat Tree",
-            "Leash",
-            "Chew Toy",
-            "Food Bowl",
-            "Aquarium Filter",
-            "Bird Cage",
-            "Grooming Brush"
-        ],
-        [
-            "Orthopedic",
-            "Durable",
-            "Washable",
-            "Interactive",
-            "Non-Slip",
-            "Eco"
-        ],
-        [
-            "a removable cover",
-            "natural rubber",
-            "a quiet motor",
-            "stainless steel"
-        ]
-    ),
-    category!(
-        "Automotive",
-        40.0,
-        [
-            "Dash Cam",
-            "Car Vacuum",
-            "Phone Mount",
-            "Seat Cover",
-            "Jump Starter",
-            "Tyre Inflator",
-            "Floor Mats",
-            "Roof Box"
-        ],
-        [
-            "Portable",
-            "Universal",
-            "Heavy-Duty",
-            "Smart",
-            "All-Weather",
-            "Compact"
-        ],
-        [
-            "1440p recording",
-            "a 12 V plug",
-            "a one-hand release",
-            "custom-fit edges"
-        ]
-    ),
-    category!(
-        "Tools",
-        50.0,
-        [
-            "Cordless Drill",
-            "Screwdriver Set",
-            "Tape Measure",
-            "Workbench",
-            "Socket Wrench",
-            "Stud Finder",
-            "Tool Box",
-            "Circular Saw"
-        ],
-        [
-            "Brushless",
-            "Magnetic",
-            "Precision",
-            "Contractor-Grade",
-            "Compact",
-            "Heavy-Duty"
-        ],
-        [
-            "two 18 V batteries",
-            "chrome vanadium steel",
-            "a laser guide",
-            "a lifetime warranty"
-        ]
-    ),
-    category!(
-        "Baby",
-        30.0,
-        [
-            "Stroller",
-            "Baby Monitor",
-            "Bottle Set",
-            "Play Mat",
-            "Carrier",
-            "High Chair",
-            "Swaddle",
-            "Teether"
-        ],
-        [
-            "Organic",
-            "Lightweight",
-            "Convertible",
-            "BPA-Free",
-            "Soft",
-            "Foldable"
-        ],
-        [
-            "a one-hand fold",
-            "night vision",
-            "breathable muslin",
-            "a five-point harness"
-        ]
-    ),
-    category!(
-        "Grocery",
-        8.0,
-        [
-            "Coffee Beans",
-            "Olive Oil",
-            "Dark Chocolate",
-            "Green Tea",
-            "Granola",
-            "Hot Sauce",
-            "Pasta",
-            "Honey"
-        ],
-        [
-            "Single-Origin",
-            "Organic",
-            "Extra-Virgin",
-            "Artisan",
-            "Fair-Trade",
-            "Small-Batch"
-        ],
-        [
-            "a rich aroma",
-            "cold-pressed olives",
-            "70% cocoa",
-            "wildflower nectar"
-        ]
-    ),
-    category!(
-        "Health",
-        24.0,
-        [
-            "Vitamin D",
-            "Protein Powder",
-            "Massage Gun",
-            "Thermometer",
-            "First Aid Kit",
-            "Foam Roller",
-            "Sleep Mask",
-            "Electric Toothbrush"
-        ],
-        [
-            "Clinical",
-            "Plant-Based",
-            "Rechargeable",
-            "Travel",
-            "Sugar-Free",
-            "Therapeutic"
-        ],
-        [
-            "third-party testing",
-            "five intensity levels",
-            "a two-minute timer",
-            "vegan capsules"
-        ]
-    ),
-    category!(
-        "Outdoor",
-        70.0,
-        [
-            "Tent",
-            "Sleeping Bag",
-            "Backpack",
-            "Headlamp",
-            "Camping Stove",
-            "Water Filter",
-            "Hammock",
-            "Trekking Poles"
-        ],
-        [
-            "Ultralight",
-            "Four-Season",
-            "Packable",
-            "Rugged",
-            "Solar",
-            "Insulated"
-        ],
-        [
-            "a 3000 mm waterproof rating",
-            "recycled down",
-            "a 400-lumen beam",
-            "an aluminium frame"
-        ]
-    ),
-    category!(
-        "Games",
-        40.0,
-        [
-            "Board Game",
-            "Card Game",
-            "Game Controller",
-            "Chess Set",
-            "Party Game",
-            "Strategy Game",
-            "Puzzle Box",
-            "Dice Set"
-        ],
-        [
-            "Cooperative",
-            "Deluxe",
-            "Family",
-            "Competitive",
-            "Expansion",
-            "Travel"
-        ],
-        [
-            "2 to 6 players",
-            "a 45-minute play time",
-            "hand-painted pieces",
-            "a legacy campaign"
-        ]
-    ),
-    category!(
-        "Home Decor",
-        38.0,
-        [
-            "Throw Pillow",
-            "Wall Art",
-            "Vase",
-            "Candle",
-            "Rug",
-            "Mirror",
-            "Table Lamp",
-            "Blanket"
-        ],
-        [
-            "Boho",
-            "Scandinavian",
-            "Hand-Woven",
-            "Ceramic",
-            "Velvet",
-            "Rustic"
-        ],
-        [
-            "natural soy wax",
-            "a hand-thrown glaze",
-            "a chunky knit",
-            "an antique brass finish"
-        ]
-    ),
-    category!(
-        "Art Supplies",
-        20.0,
-        [
-            "Watercolor Set",
-            "Sketchbook",
-            "Acrylic Paints",
-            "Brush Set",
-            "Easel",
-            "Charcoal Pencils",
-            "Canvas Pack",
-            "Markers"
-        ],
-        [
-            "Artist-Grade",
-            "Student",
-            "Professional",
-            "Travel",
-            "Archival",
-            "Vivid"
-        ],
-        [
-            "lightfast pigments",
-            "acid-free paper",
-            "synthetic sable bristles",
-            "a beech-wood frame"
-        ]
-    ),
-];
+fn categories() -> Vec<Category> {
+    CATALOG
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').map(str::trim).collect();
+            let list = |i: usize| f[i].split(';').map(str::trim).collect::<Vec<_>>();
+            Category {
+                name: f[0],
+                base_price: f[1].parse().expect("demo_catalog.txt: a price"),
+                nouns: list(2),
+                adjectives: list(3),
+                features: list(4),
+            }
+        })
+        .collect()
+}
 
 const BRANDS: &[&str] = &[
     "Northwind",
@@ -840,21 +184,22 @@ pub(crate) fn generate(
     // Items: spread over the categories, a Zipf popularity within each, a few recent launches.
     let mut shop_items = Vec::with_capacity(n_items);
     let mut items = Vec::with_capacity(n_items);
-    let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); CATEGORIES.len()];
+    let catalog = categories();
+    let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); catalog.len()];
     for i in 0..n_items {
-        let c = i % CATEGORIES.len();
-        let cat = &CATEGORIES[c];
+        let c = i % catalog.len();
+        let cat = &catalog[c];
         let brand = pick(&mut rng, BRANDS);
-        let adjective = pick(&mut rng, cat.adjectives);
-        let noun = pick(&mut rng, cat.nouns);
+        let adjective = pick(&mut rng, &cat.adjectives);
+        let noun = pick(&mut rng, &cat.nouns);
         let series = format!(
             "{}-{}",
             (b'A' + rng.below(26) as u8) as char,
             100 + rng.below(900)
         );
         let title = format!("{brand} {adjective} {noun} {series}");
-        let feature = pick(&mut rng, cat.features);
-        let other = pick(&mut rng, cat.adjectives).to_lowercase();
+        let feature = pick(&mut rng, &cat.features);
+        let other = pick(&mut rng, &cat.adjectives).to_lowercase();
         let description = format!(
             "The {title} is a {other} {} by {brand}, with {feature}. Part of our {} range.",
             noun.to_lowercase(),
@@ -910,7 +255,7 @@ pub(crate) fn generate(
         })
         .collect();
     // Category appeal overall, also skewed.
-    let category_weight: Vec<f64> = (0..CATEGORIES.len())
+    let category_weight: Vec<f64> = (0..catalog.len())
         .map(|c| 1.0 / (c as f64 + 3.0).powf(0.6))
         .collect();
 
@@ -1117,7 +462,7 @@ pub(crate) fn run(
         "demo shop: {} users, {} items in {} categories, {} events (seed {}); generated in {:.1} s, stored and indexed in {:.1} s, in {}",
         counts.users,
         counts.items,
-        CATEGORIES.len(),
+        categories().len(),
         counts.events,
         args.seed,
         generated.as_secs_f64(),
@@ -1137,7 +482,7 @@ pub(crate) fn run(
     let category = engine
         .get_item(&item)?
         .and_then(|i| i.categories.first().cloned())
-        .unwrap_or_else(|| CATEGORIES[0].name.to_owned());
+        .unwrap_or_else(|| categories()[0].name.to_owned());
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let server = bespoke_server::start_with_engine(engine).await?;
@@ -1211,7 +556,7 @@ mod tests {
         for e in &shop.events {
             *by_kind.entry(e.kind.as_str()).or_default() += 1;
             let ts = e.timestamp.expect("timestamped");
-            assert!(ts <= ANCHOR && ts >= ANCHOR - (HISTORY_DAYS + 1) * DAY_MS);
+            assert!((ANCHOR - (HISTORY_DAYS + 1) * DAY_MS..=ANCHOR).contains(&ts));
         }
         // The funnel narrows: views > clicks > carts > purchases, and negative feedback exists.
         assert!(by_kind["view"] > by_kind["click"] && by_kind["click"] > by_kind["add_to_cart"]);

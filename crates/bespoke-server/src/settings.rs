@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// All settings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// HTTP server.
@@ -238,20 +238,6 @@ impl Default for LogSettings {
     }
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            store: StoreSettings::default(),
-            limits: Limits::default(),
-            events: EventSettings::default(),
-            consent: ConsentSettings::default(),
-            serving: ServingSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
-}
-
 /// A configuration problem, naming where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -364,7 +350,7 @@ impl Settings {
         if self.serving.default_n > self.limits.max_n {
             return Err("serving.default_n must not exceed limits.max_n".into());
         }
-        if !(self.serving.trending_half_life_hours > 0.0) {
+        if !self.serving.trending_half_life_hours.is_finite() || self.serving.trending_half_life_hours <= 0.0 {
             return Err("serving.trending_half_life_hours must be positive".into());
         }
         if crate::time::parse_rfc3339(&self.limits.min_event_time).is_err() {

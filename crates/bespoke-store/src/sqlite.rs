@@ -367,7 +367,7 @@ fn read_user(conn: &Connection, key: &str) -> Result<Option<User>> {
             ))
         })
         .optional()?;
-    row.map(|row| user_from_row(row)).transpose()
+    row.map(user_from_row).transpose()
 }
 
 type UserRow = (i64, String, String, bool, i64, i64);
