@@ -350,7 +350,9 @@ impl Settings {
         if self.serving.default_n > self.limits.max_n {
             return Err("serving.default_n must not exceed limits.max_n".into());
         }
-        if !self.serving.trending_half_life_hours.is_finite() || self.serving.trending_half_life_hours <= 0.0 {
+        if !self.serving.trending_half_life_hours.is_finite()
+            || self.serving.trending_half_life_hours <= 0.0
+        {
             return Err("serving.trending_half_life_hours must be positive".into());
         }
         if crate::time::parse_rfc3339(&self.limits.min_event_time).is_err() {
