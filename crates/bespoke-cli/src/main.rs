@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 /// Bespoke: a self-hosted personalization engine.
 #[derive(Debug, Parser)]
-#[command(name = "bespoke", version, about, long_about = None)]
+#[command(name = "bespoke", version, about = "Bespoke: a self-hosted personalization engine", long_about = None)]
 struct Cli {
     /// TOML configuration file (see config/bespoke.example.toml).
     #[arg(long, global = true, env = "BESPOKE_CONFIG")]
