@@ -23,13 +23,23 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod als;
+mod csr;
+pub mod eval;
+mod factors;
 mod id_map;
+mod linalg;
 mod live;
 mod popularity;
 mod rng;
+pub mod simd;
 mod topk;
 
+pub use als::{Als, AlsParams, IterationReport, UserSolver, UserVector};
+pub use csr::Csr;
+pub use factors::Factors;
 pub use id_map::IdMap;
+pub use linalg::Cholesky;
 pub use live::{Interaction, LiveIndex, Related};
 pub use popularity::Popularity;
 pub use rng::Rng;

@@ -1,0 +1,562 @@
+//! Implicit-feedback alternating least squares (Hu, Koren, Volinsky 2008) with a conjugate
+//! gradient solver (Takács, Pilászy, Tikk 2011), as `implicit` computes it.
+//!
+//! Input is a user × item matrix of summed event weights `w`. Each entry becomes a confidence
+//! `c = 1 + alpha·|w|` and a preference `p = 1` if `w > 0`, `p = 0` if `w < 0`: negative feedback
+//! is a *confident zero*, pulling the score towards 0 harder than an unobserved pair (which has
+//! `c = 1, p = 0`). Entries with `w = 0` are unobserved. Stored as one signed matrix (`+c` for
+//! `p = 1`, `-c` for `p = 0`), `implicit`'s convention.
+//!
+//! Loss: `Σ_{u,i} c_ui (p_ui − x_uᵀy_i)² + λ (Σ‖x_u‖² + Σ‖y_i‖²)` over all pairs.
+//!
+//! Determinism: every row is solved independently from the other side's factors, and Gram
+//! matrices are summed in fixed chunks, so a fit depends on the seed only, not on the number of
+//! threads or their scheduling.
+
+use rayon::prelude::*;
+
+use crate::linalg::Cholesky;
+use crate::{Csr, Factors, Rng, Scored, TopK, simd};
+
+/// Rows per parallel work unit.
+const ROW_CHUNK: usize = 128;
+/// Residual below which a row counts as solved (`implicit`'s threshold).
+const CG_EPS: f32 = 1e-20;
+
+/// Hyperparameters of [`Als::fit`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlsParams {
+    /// Factor dimension `f`.
+    pub factors: usize,
+    /// Alternating iterations (each solves all users, then all items).
+    pub iterations: usize,
+    /// `λ`, added to the diagonal of every system.
+    pub regularization: f32,
+    /// Confidence slope: `c = 1 + alpha·|w|`.
+    pub alpha: f32,
+    /// Conjugate gradient steps per row and half-iteration.
+    pub cg_steps: usize,
+    /// Seed of the initial factors (uniform in `[0, 0.01)`).
+    pub seed: u64,
+    /// Compute the training loss after each iteration (about 25 % more time).
+    pub compute_loss: bool,
+}
+
+impl Default for AlsParams {
+    fn default() -> Self {
+        Self {
+            factors: 64,
+            iterations: 15,
+            regularization: 0.05,
+            alpha: 1.0,
+            cg_steps: 3,
+            seed: 0,
+            compute_loss: false,
+        }
+    }
+}
+
+/// Progress of a fit, reported after each iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IterationReport {
+    /// 1-based iteration number.
+    pub iteration: usize,
+    /// Seconds this iteration took.
+    pub seconds: f64,
+    /// Training loss divided by the number of user-item pairs, if requested.
+    pub loss: Option<f64>,
+}
+
+/// The signed confidence matrix of a weight matrix (see the module docs).
+pub fn confidence(weights: &Csr, alpha: f32) -> Csr {
+    weights.map_values(|w| {
+        let c = 1.0 + alpha * w.abs();
+        if w > 0.0 { c } else { -c }
+    })
+}
+
+/// A trained iALS model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Als {
+    params: AlsParams,
+    users: Factors,
+    items: Factors,
+}
+
+/// Reusable per-worker vectors for the CG solver.
+struct Scratch {
+    r: Vec<f32>,
+    p: Vec<f32>,
+    ap: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(d: usize) -> Self {
+        Self {
+            r: vec![0.0; d],
+            p: vec![0.0; d],
+            ap: vec![0.0; d],
+        }
+    }
+}
+
+/// `out = (YᵀY + λI) v + Σ_i (|c_i| − 1)(y_i·v) y_i`: the system matrix of one row times `v`.
+#[inline]
+fn apply(yty: &[f32], y: &Factors, cols: &[u32], confs: &[f32], v: &[f32], out: &mut [f32]) {
+    simd::symv(yty, v, out);
+    for (&i, &c) in cols.iter().zip(confs) {
+        let yi = y.row(i as usize);
+        let w = (c.abs() - 1.0) * simd::dot(yi, v);
+        simd::axpy(w, yi, out);
+    }
+}
+
+/// A few CG steps on one row's system, warm-started at `x` (`implicit`'s `least_squares_cg`).
+fn cg_row(
+    yty: &[f32],
+    y: &Factors,
+    cols: &[u32],
+    confs: &[f32],
+    x: &mut [f32],
+    steps: usize,
+    s: &mut Scratch,
+) {
+    // r = b − A x, with b = Σ_{p_i = 1} c_i y_i.
+    simd::symv(yty, x, &mut s.r);
+    s.r.iter_mut().for_each(|v| *v = -*v);
+    for (&i, &c) in cols.iter().zip(confs) {
+        let yi = y.row(i as usize);
+        let yx = simd::dot(yi, x);
+        let w = if c > 0.0 {
+            c - (c - 1.0) * yx
+        } else {
+            -(-c - 1.0) * yx
+        };
+        simd::axpy(w, yi, &mut s.r);
+    }
+    s.p.copy_from_slice(&s.r);
+    let mut rsold = simd::dot(&s.r, &s.r);
+    if rsold < CG_EPS {
+        return;
+    }
+    for _ in 0..steps {
+        apply(yty, y, cols, confs, &s.p, &mut s.ap);
+        let alpha = rsold / simd::dot(&s.p, &s.ap);
+        simd::axpy(alpha, &s.p, x);
+        simd::axpy(-alpha, &s.ap, &mut s.r);
+        let rsnew = simd::dot(&s.r, &s.r);
+        if rsnew < CG_EPS {
+            break;
+        }
+        let beta = rsnew / rsold;
+        for (p, r) in s.p.iter_mut().zip(&s.r) {
+            *p = r + beta * *p;
+        }
+        rsold = rsnew;
+    }
+}
+
+/// One half-iteration: every row of `x` from the fixed other side `y`.
+fn solve_side(c: &Csr, x: &mut Factors, y: &Factors, reg: f32, steps: usize) {
+    let d = x.dim();
+    let mut yty = y.gram();
+    for k in 0..d {
+        yty[k * d + k] += reg;
+    }
+    x.as_mut_slice()
+        .par_chunks_mut(d * ROW_CHUNK)
+        .enumerate()
+        .for_each(|(chunk, rows)| {
+            let mut s = Scratch::new(d);
+            for (k, xu) in rows.chunks_exact_mut(d).enumerate() {
+                let (cols, confs) = c.row(chunk * ROW_CHUNK + k);
+                cg_row(&yty, y, cols, confs, xu, steps, &mut s);
+            }
+        });
+}
+
+/// The full loss, divided by the number of user-item pairs. Uses `Σ_i (x·y_i)² = xᵀ(YᵀY)x` so
+/// that unobserved pairs cost nothing per pair.
+fn loss(cui: &Csr, users: &Factors, items: &Factors, reg: f32) -> f64 {
+    let d = users.dim();
+    let g = items.gram();
+    let partials: Vec<f64> = users
+        .as_slice()
+        .par_chunks(d * ROW_CHUNK)
+        .enumerate()
+        .map(|(chunk, rows)| {
+            let mut gx = vec![0f32; d];
+            let mut total = 0f64;
+            for (k, x) in rows.chunks_exact(d).enumerate() {
+                simd::symv(&g, x, &mut gx);
+                total += simd::dot(x, &gx) as f64 + reg as f64 * simd::dot(x, x) as f64;
+                let (cols, confs) = cui.row(chunk * ROW_CHUNK + k);
+                for (&i, &c) in cols.iter().zip(confs) {
+                    let s = simd::dot(x, items.row(i as usize)) as f64;
+                    let (c, p) = if c > 0.0 {
+                        (c as f64, 1.0)
+                    } else {
+                        (-c as f64, 0.0)
+                    };
+                    total += c * (p - s) * (p - s) - s * s;
+                }
+            }
+            total
+        })
+        .collect();
+    let item_reg: f64 = (0..items.rows())
+        .map(|i| simd::dot(items.row(i), items.row(i)) as f64)
+        .sum::<f64>()
+        * reg as f64;
+    let pairs = (users.rows() as f64 * items.rows() as f64).max(1.0);
+    (partials.iter().sum::<f64>() + item_reg) / pairs
+}
+
+impl Als {
+    /// Fits the model to a user × item weight matrix, calling `on_iteration` after each
+    /// iteration. Runs on the current rayon pool.
+    pub fn fit(
+        weights: &Csr,
+        params: AlsParams,
+        mut on_iteration: impl FnMut(&IterationReport),
+    ) -> Self {
+        let cui = confidence(weights, params.alpha);
+        let ciu = cui.transpose();
+        let mut rng = Rng::seed_from_u64(params.seed);
+        let mut users = Factors::random(cui.n_rows(), params.factors, &mut rng, 0.01);
+        let mut items = Factors::random(cui.n_cols(), params.factors, &mut rng, 0.01);
+        for iteration in 1..=params.iterations {
+            let started = std::time::Instant::now();
+            solve_side(
+                &cui,
+                &mut users,
+                &items,
+                params.regularization,
+                params.cg_steps,
+            );
+            solve_side(
+                &ciu,
+                &mut items,
+                &users,
+                params.regularization,
+                params.cg_steps,
+            );
+            let seconds = started.elapsed().as_secs_f64();
+            let loss = params
+                .compute_loss
+                .then(|| loss(&cui, &users, &items, params.regularization));
+            on_iteration(&IterationReport {
+                iteration,
+                seconds,
+                loss,
+            });
+        }
+        Self {
+            params,
+            users,
+            items,
+        }
+    }
+
+    /// A model from stored parts (e.g. read back from disk). `None` if the dimensions disagree.
+    pub fn from_parts(params: AlsParams, users: Factors, items: Factors) -> Option<Self> {
+        (users.dim() == params.factors && items.dim() == params.factors).then_some(Self {
+            params,
+            users,
+            items,
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn params(&self) -> &AlsParams {
+        &self.params
+    }
+
+    /// User factors, one row per user id of the training matrix.
+    pub fn user_factors(&self) -> &Factors {
+        &self.users
+    }
+
+    /// Item factors, one row per item id of the training matrix.
+    pub fn item_factors(&self) -> &Factors {
+        &self.items
+    }
+
+    /// What serving needs: the item factors and the precomputed `YᵀY + λI`.
+    pub fn user_solver(&self) -> UserSolver {
+        UserSolver::new(
+            self.items.clone(),
+            self.params.regularization,
+            self.params.alpha,
+        )
+    }
+}
+
+/// Solves users exactly against fixed item factors: the ALS user step, for a user whose
+/// history changed since training or who did not exist then ("fold-in").
+#[derive(Debug, Clone)]
+pub struct UserSolver {
+    items: Factors,
+    /// `YᵀY + λI`, row-major.
+    gram_reg: Vec<f32>,
+    alpha: f32,
+}
+
+/// A user's exact solution, with what is needed to explain scores.
+#[derive(Debug, Clone)]
+pub struct UserVector {
+    /// `x_u`.
+    pub x: Vec<f32>,
+    chol: Cholesky,
+    /// `(item, c_ui, p_ui)` of the history it was solved from.
+    history: Vec<(u32, f32, bool)>,
+}
+
+impl UserSolver {
+    /// A solver over `items` with regularisation `λ` and confidence slope `alpha`.
+    pub fn new(items: Factors, regularization: f32, alpha: f32) -> Self {
+        let d = items.dim();
+        let mut gram_reg = items.gram();
+        for k in 0..d {
+            gram_reg[k * d + k] += regularization;
+        }
+        Self {
+            items,
+            gram_reg,
+            alpha,
+        }
+    }
+
+    /// The item factors.
+    pub fn items(&self) -> &Factors {
+        &self.items
+    }
+
+    /// The exact minimiser `x = (YᵀC^uY + λI)⁻¹ YᵀC^u p(u)` for a history of
+    /// `(item, summed weight)`; items outside the factor matrix and zero weights are ignored.
+    /// `None` only if the system is numerically singular (it cannot be with `λ > 0`).
+    pub fn solve(&self, history: &[(u32, f32)]) -> Option<UserVector> {
+        let d = self.items.dim();
+        let mut a = self.gram_reg.clone();
+        let mut b = vec![0f64; d];
+        let mut kept = Vec::with_capacity(history.len());
+        for &(i, w) in history {
+            if w == 0.0 || !w.is_finite() || i as usize >= self.items.rows() {
+                continue;
+            }
+            let c = 1.0 + self.alpha * w.abs();
+            let p = w > 0.0;
+            let y = self.items.row(i as usize);
+            for (r, &yr) in y.iter().enumerate() {
+                if yr != 0.0 {
+                    simd::axpy((c - 1.0) * yr, y, &mut a[r * d..(r + 1) * d]);
+                }
+            }
+            if p {
+                for (bk, &yk) in b.iter_mut().zip(y) {
+                    *bk += c as f64 * yk as f64;
+                }
+            }
+            kept.push((i, c, p));
+        }
+        let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+        let chol = Cholesky::new(&a64, d)?;
+        chol.solve(&mut b);
+        Some(UserVector {
+            x: b.iter().map(|&v| v as f32).collect(),
+            chol,
+            history: kept,
+        })
+    }
+
+    /// How much each history item contributes to the score of `item` (Hu, Koren, Volinsky §5):
+    /// `c_ui · p_ui · y_itemᵀ W y_i` with `W = (YᵀC^uY + λI)⁻¹`. The contributions sum to
+    /// `x_u · y_item` up to rounding. Returned for every positive history item, in history order.
+    pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
+        let Some(yj) = (item as usize)
+            .lt(&self.items.rows())
+            .then(|| self.items.row(item as usize))
+        else {
+            return Vec::new();
+        };
+        let mut z: Vec<f64> = yj.iter().map(|&v| v as f64).collect();
+        user.chol.solve(&mut z);
+        user.history
+            .iter()
+            .filter(|h| h.2)
+            .map(|&(i, c, _)| {
+                let yi = self.items.row(i as usize);
+                let s: f64 = z.iter().zip(yi).map(|(a, &b)| a * b as f64).sum();
+                (i, (c as f64 * s) as f32)
+            })
+            .collect()
+    }
+}
+
+/// Scores every item for user vector `x` into `scores` (`scores[i] = x · y_i`).
+pub fn score_all(x: &[f32], items: &Factors, scores: &mut Vec<f32>) {
+    scores.clear();
+    scores.extend((0..items.rows()).map(|i| simd::dot(x, items.row(i))));
+}
+
+/// The `k` best items for user vector `x` among those `keep` accepts, best first, exactly:
+/// every item is scored. Ties go to the smaller item id.
+pub fn recommend(
+    x: &[f32],
+    items: &Factors,
+    k: usize,
+    mut keep: impl FnMut(u32) -> bool,
+    top: &mut TopK,
+) -> Vec<Scored> {
+    top.reset(k);
+    for i in 0..items.rows() {
+        let s = simd::dot(x, items.row(i));
+        if top.threshold().is_none_or(|t| s >= t) && keep(i as u32) {
+            top.push(i as u32, s);
+        }
+    }
+    top.drain_sorted()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
+
+    /// Two clusters of users with disjoint tastes.
+    fn clustered(users: usize, items: usize, seed: u64) -> Csr {
+        let mut rng = Rng::seed_from_u64(seed);
+        let mut t = Vec::new();
+        for u in 0..users {
+            let half = (u % 2) as u64;
+            for _ in 0..6 {
+                let i = half * (items as u64 / 2) + rng.below(items as u64 / 2);
+                t.push((u as u32, i as u32, 1.0 + rng.below(3) as f32));
+            }
+        }
+        Csr::from_triples(users, items, &t, false)
+    }
+
+    fn params() -> AlsParams {
+        AlsParams {
+            factors: 8,
+            iterations: 10,
+            regularization: 0.1,
+            alpha: 2.0,
+            cg_steps: 3,
+            seed: 7,
+            compute_loss: true,
+        }
+    }
+
+    #[test]
+    fn learns_clusters_and_the_loss_decreases() {
+        let m = clustered(200, 40, 1);
+        let mut losses = Vec::new();
+        let model = Als::fit(&m, params(), |r| losses.push(r.loss.unwrap()));
+        assert_eq!(losses.len(), 10);
+        assert!(losses.last().unwrap() < &losses[0], "{losses:?}");
+        // A user of the first cluster scores its items above the other cluster's.
+        let x = model.user_factors().row(0);
+        let own: f32 = (0..20)
+            .map(|i| simd::dot(x, model.item_factors().row(i)))
+            .sum::<f32>()
+            / 20.0;
+        let other: f32 = (20..40)
+            .map(|i| simd::dot(x, model.item_factors().row(i)))
+            .sum::<f32>()
+            / 20.0;
+        assert!(own > other + 0.1, "own {own} other {other}");
+    }
+
+    #[test]
+    fn deterministic_for_a_seed_whatever_the_threads() {
+        let m = clustered(300, 50, 2);
+        let p = AlsParams {
+            compute_loss: false,
+            ..params()
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let a = one.install(|| Als::fit(&m, p, |_| {}));
+        let b = two.install(|| Als::fit(&m, p, |_| {}));
+        assert_eq!(a, b);
+        let c = Als::fit(&m, AlsParams { seed: 8, ..p }, |_| {});
+        assert_ne!(a, c);
+    }
+
+    /// CG with many steps converges to the exact solution the fold-in computes.
+    #[test]
+    fn cg_converges_to_the_exact_user_step() {
+        let m = clustered(50, 30, 3);
+        let model = Als::fit(&m, params(), |_| {});
+        let solver = model.user_solver();
+        let cui = confidence(&m, params().alpha);
+        let mut yty = model.item_factors().gram();
+        for k in 0..8 {
+            yty[k * 8 + k] += params().regularization;
+        }
+        for u in 0..10 {
+            let (cols, confs) = cui.row(u);
+            let mut x = vec![0f32; 8];
+            cg_row(
+                &yty,
+                model.item_factors(),
+                cols,
+                confs,
+                &mut x,
+                50,
+                &mut Scratch::new(8),
+            );
+            let (cols, w) = m.row(u);
+            let history: Vec<(u32, f32)> = cols.iter().copied().zip(w.iter().copied()).collect();
+            let exact = solver.solve(&history).unwrap();
+            for (a, b) in x.iter().zip(&exact.x) {
+                assert!((a - b).abs() < 1e-3, "user {u}: {x:?} vs {:?}", exact.x);
+            }
+        }
+    }
+
+    proptest! {
+        /// Hu–Koren–Volinsky: the history contributions sum to the score.
+        #[test]
+        fn explanations_sum_to_the_score(
+            history in proptest::collection::btree_map(0u32..30, -3i32..6, 1..12),
+            item in 0u32..30,
+            seed in 0u64..50,
+        ) {
+            let mut rng = Rng::seed_from_u64(seed);
+            let items = Factors::from_vec(30, 6, (0..180).map(|_| rng.normal() as f32 * 0.5).collect()).unwrap();
+            let solver = UserSolver::new(items, 0.05, 1.5);
+            let history: Vec<(u32, f32)> = history.into_iter().map(|(i, w)| (i, w as f32)).collect();
+            let user = solver.solve(&history).unwrap();
+            let score = simd::dot(&user.x, solver.items().row(item as usize));
+            let parts = solver.explain(&user, item);
+            let total: f32 = parts.iter().map(|p| p.1).sum();
+            prop_assert!((total - score).abs() < 1e-4, "sum {total} vs score {score}");
+            // Only positive history items contribute.
+            prop_assert!(parts.iter().all(|(i, _)| history.iter().any(|h| h.0 == *i && h.1 > 0.0)));
+        }
+
+        #[test]
+        fn recommend_equals_sort_and_truncate(seed in 0u64..100, k in 0usize..12) {
+            let mut rng = Rng::seed_from_u64(seed);
+            let items = Factors::from_vec(60, 5, (0..300).map(|_| rng.normal() as f32).collect()).unwrap();
+            let x: Vec<f32> = (0..5).map(|_| rng.normal() as f32).collect();
+            let mut top = TopK::new(k);
+            let got = recommend(&x, &items, k, |i| i % 3 != 0, &mut top);
+            let mut all: Vec<Scored> = (0..60u32).filter(|i| i % 3 != 0)
+                .map(|i| Scored { idx: i, score: simd::dot(&x, items.row(i as usize)) }).collect();
+            all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.idx.cmp(&b.idx)));
+            all.truncate(k);
+            prop_assert_eq!(got, all);
+        }
+    }
+}
