@@ -16,10 +16,14 @@
 use rayon::prelude::*;
 
 use crate::linalg::Cholesky;
-use crate::{Csr, Factors, Rng, Scored, TopK, simd};
+use crate::simd::{self, Simd, WithSimd};
+use crate::{Csr, Factors, Rng, Scored, TopK};
 
 /// Rows per parallel work unit.
 const ROW_CHUNK: usize = 128;
+/// How many entries ahead a sparse loop prefetches the other side's factor rows: far enough to
+/// hide a cache miss behind the work on the rows in between.
+const PREFETCH: usize = 12;
 /// Residual below which a row counts as solved (`implicit`'s threshold).
 const CG_EPS: f32 = 1e-20;
 
@@ -101,58 +105,99 @@ impl Scratch {
 }
 
 /// `out = (YᵀY + λI) v + Σ_i (|c_i| − 1)(y_i·v) y_i`: the system matrix of one row times `v`.
-#[inline]
-fn apply(yty: &[f32], y: &Factors, cols: &[u32], confs: &[f32], v: &[f32], out: &mut [f32]) {
-    simd::symv(yty, v, out);
-    for (&i, &c) in cols.iter().zip(confs) {
+#[inline(always)]
+fn apply<S: Simd>(
+    s: S,
+    yty: &[f32],
+    y: &Factors,
+    cols: &[u32],
+    confs: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+) {
+    s.symv(yty, v, out);
+    for (k, (&i, &c)) in cols.iter().zip(confs).enumerate() {
+        if let Some(&ahead) = cols.get(k + PREFETCH) {
+            s.prefetch(y.row(ahead as usize));
+        }
         let yi = y.row(i as usize);
-        let w = (c.abs() - 1.0) * simd::dot(yi, v);
-        simd::axpy(w, yi, out);
+        let w = (c.abs() - 1.0) * s.dot(yi, v);
+        s.axpy(w, yi, out);
     }
 }
 
 /// A few CG steps on one row's system, warm-started at `x` (`implicit`'s `least_squares_cg`).
-fn cg_row(
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn cg_row<S: Simd>(
+    s: S,
     yty: &[f32],
     y: &Factors,
     cols: &[u32],
     confs: &[f32],
     x: &mut [f32],
     steps: usize,
-    s: &mut Scratch,
+    v: &mut Scratch,
 ) {
     // r = b − A x, with b = Σ_{p_i = 1} c_i y_i.
-    simd::symv(yty, x, &mut s.r);
-    s.r.iter_mut().for_each(|v| *v = -*v);
-    for (&i, &c) in cols.iter().zip(confs) {
+    s.symv(yty, x, &mut v.r);
+    v.r.iter_mut().for_each(|r| *r = -*r);
+    for (k, (&i, &c)) in cols.iter().zip(confs).enumerate() {
+        if let Some(&ahead) = cols.get(k + PREFETCH) {
+            s.prefetch(y.row(ahead as usize));
+        }
         let yi = y.row(i as usize);
-        let yx = simd::dot(yi, x);
+        let yx = s.dot(yi, x);
         let w = if c > 0.0 {
             c - (c - 1.0) * yx
         } else {
             -(-c - 1.0) * yx
         };
-        simd::axpy(w, yi, &mut s.r);
+        s.axpy(w, yi, &mut v.r);
     }
-    s.p.copy_from_slice(&s.r);
-    let mut rsold = simd::dot(&s.r, &s.r);
+    v.p.copy_from_slice(&v.r);
+    let mut rsold = s.dot(&v.r, &v.r);
     if rsold < CG_EPS {
         return;
     }
     for _ in 0..steps {
-        apply(yty, y, cols, confs, &s.p, &mut s.ap);
-        let alpha = rsold / simd::dot(&s.p, &s.ap);
-        simd::axpy(alpha, &s.p, x);
-        simd::axpy(-alpha, &s.ap, &mut s.r);
-        let rsnew = simd::dot(&s.r, &s.r);
+        apply(s, yty, y, cols, confs, &v.p, &mut v.ap);
+        let alpha = rsold / s.dot(&v.p, &v.ap);
+        s.axpy(alpha, &v.p, x);
+        s.axpy(-alpha, &v.ap, &mut v.r);
+        let rsnew = s.dot(&v.r, &v.r);
         if rsnew < CG_EPS {
             break;
         }
         let beta = rsnew / rsold;
-        for (p, r) in s.p.iter_mut().zip(&s.r) {
+        for (p, r) in v.p.iter_mut().zip(&v.r) {
             *p = r + beta * *p;
         }
         rsold = rsnew;
+    }
+}
+
+/// CG on a contiguous block of rows, starting at row `first`.
+struct CgChunk<'a> {
+    c: &'a Csr,
+    rows: &'a mut [f32],
+    first: usize,
+    yty: &'a [f32],
+    y: &'a Factors,
+    steps: usize,
+}
+
+impl WithSimd for CgChunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let d = self.y.dim();
+        let mut v = Scratch::new(d);
+        for (k, xu) in self.rows.chunks_exact_mut(d).enumerate() {
+            let (cols, confs) = self.c.row(self.first + k);
+            cg_row(s, self.yty, self.y, cols, confs, xu, self.steps, &mut v);
+        }
     }
 }
 
@@ -167,11 +212,14 @@ fn solve_side(c: &Csr, x: &mut Factors, y: &Factors, reg: f32, steps: usize) {
         .par_chunks_mut(d * ROW_CHUNK)
         .enumerate()
         .for_each(|(chunk, rows)| {
-            let mut s = Scratch::new(d);
-            for (k, xu) in rows.chunks_exact_mut(d).enumerate() {
-                let (cols, confs) = c.row(chunk * ROW_CHUNK + k);
-                cg_row(&yty, y, cols, confs, xu, steps, &mut s);
-            }
+            simd::dispatch(CgChunk {
+                c,
+                rows,
+                first: chunk * ROW_CHUNK,
+                yty: &yty,
+                y,
+                steps,
+            })
         });
 }
 
@@ -395,8 +443,21 @@ impl UserSolver {
 
 /// Scores every item for user vector `x` into `scores` (`scores[i] = x · y_i`).
 pub fn score_all(x: &[f32], items: &Factors, scores: &mut Vec<f32>) {
-    scores.clear();
-    scores.extend((0..items.rows()).map(|i| simd::dot(x, items.row(i))));
+    struct Score<'a> {
+        x: &'a [f32],
+        items: &'a Factors,
+        scores: &'a mut Vec<f32>,
+    }
+    impl WithSimd for Score<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, s: S) {
+            self.scores.clear();
+            self.scores
+                .extend((0..self.items.rows()).map(|i| s.dot(self.x, self.items.row(i))));
+        }
+    }
+    simd::dispatch(Score { x, items, scores })
 }
 
 /// The `k` best items for user vector `x` among those `keep` accepts, best first, exactly:
@@ -405,16 +466,34 @@ pub fn recommend(
     x: &[f32],
     items: &Factors,
     k: usize,
-    mut keep: impl FnMut(u32) -> bool,
+    keep: impl FnMut(u32) -> bool,
     top: &mut TopK,
 ) -> Vec<Scored> {
-    top.reset(k);
-    for i in 0..items.rows() {
-        let s = simd::dot(x, items.row(i));
-        if top.threshold().is_none_or(|t| s >= t) && keep(i as u32) {
-            top.push(i as u32, s);
+    struct Rank<'a, F> {
+        x: &'a [f32],
+        items: &'a Factors,
+        keep: F,
+        top: &'a mut TopK,
+    }
+    impl<F: FnMut(u32) -> bool> WithSimd for Rank<'_, F> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(mut self, s: S) {
+            for i in 0..self.items.rows() {
+                let score = s.dot(self.x, self.items.row(i));
+                if self.top.threshold().is_none_or(|t| score >= t) && (self.keep)(i as u32) {
+                    self.top.push(i as u32, score);
+                }
+            }
         }
     }
+    top.reset(k);
+    simd::dispatch(Rank {
+        x,
+        items,
+        keep,
+        top: &mut *top,
+    });
     top.drain_sorted()
 }
 
@@ -507,6 +586,7 @@ mod tests {
             let (cols, confs) = cui.row(u);
             let mut x = vec![0f32; 8];
             cg_row(
+                simd::Scalar,
                 &yty,
                 model.item_factors(),
                 cols,

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::simd;
+use crate::simd::{self, Simd, WithSimd};
 
 /// Rows per parallel work unit when summing outer products.
 const GRAM_CHUNK: usize = 1024;
@@ -82,20 +82,23 @@ impl Factors {
         if d == 0 {
             return Vec::new();
         }
+        struct Partial<'a> {
+            rows: &'a [f32],
+            d: usize,
+        }
+        impl WithSimd for Partial<'_> {
+            type Output = Vec<f32>;
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) -> Vec<f32> {
+                let mut g = vec![0f32; self.d * self.d];
+                s.gram_add(self.rows, self.d, &mut g);
+                g
+            }
+        }
         let partials: Vec<Vec<f32>> = self
             .data
             .par_chunks(d * GRAM_CHUNK)
-            .map(|chunk| {
-                let mut g = vec![0f32; d * d];
-                for y in chunk.chunks_exact(d) {
-                    for (c, &yc) in y.iter().enumerate() {
-                        if yc != 0.0 {
-                            simd::axpy(yc, y, &mut g[c * d..(c + 1) * d]);
-                        }
-                    }
-                }
-                g
-            })
+            .map(|rows| simd::dispatch(Partial { rows, d }))
             .collect();
         let mut g = vec![0f32; d * d];
         for p in &partials {

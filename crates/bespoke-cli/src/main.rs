@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod eval;
 mod export;
 mod import;
 mod inspect;
@@ -52,6 +53,8 @@ enum Command {
     Recommend(inspect::RecommendArgs),
     /// Generate a synthetic shop, load it and serve it on 127.0.0.1:8080.
     Demo(demo::DemoArgs),
+    /// Evaluate models offline (implicit_bench.py's metrics and JSON keys).
+    Eval(eval::EvalArgs),
     /// Benchmarks that print JSON.
     Bench(bench::BenchArgs),
 }
@@ -152,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { json } => inspect::stats(&settings, json),
         Command::Recommend(args) => inspect::recommend(&settings, &args),
         Command::Demo(args) => demo::run(settings, &args, cli.data_dir.is_some()),
+        Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&settings, &args),
     }
 }
