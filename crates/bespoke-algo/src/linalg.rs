@@ -39,18 +39,17 @@ impl Cholesky {
         assert_eq!(b.len(), n, "right-hand side size");
         // L y = b
         for i in 0..n {
-            let mut s = b[i];
-            for k in 0..i {
-                s -= self.l[i * n + k] * b[k];
-            }
+            let row = &self.l[i * n..i * n + i];
+            let s = b[i] - row.iter().zip(&b[..i]).map(|(l, x)| l * x).sum::<f64>();
             b[i] = s / self.l[i * n + i];
         }
         // Lᵀ x = y
         for i in (0..n).rev() {
-            let mut s = b[i];
-            for k in i + 1..n {
-                s -= self.l[k * n + i] * b[k];
-            }
+            let s = b[i]
+                - (i + 1..n)
+                    .zip(&b[i + 1..])
+                    .map(|(k, x)| self.l[k * n + i] * x)
+                    .sum::<f64>();
             b[i] = s / self.l[i * n + i];
         }
     }

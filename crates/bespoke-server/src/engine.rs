@@ -712,16 +712,13 @@ mod tests {
         Engine::open(store, Arc::new(Settings::default())).unwrap()
     }
 
+    /// A user's key and history as `(item key, weight, count)`.
+    type UserView = (String, Vec<(String, f32, u32)>);
+
     /// Everything serving knows, in a comparable form.
-    fn snapshot(
-        e: &Engine,
-    ) -> (
-        EngineCounts,
-        Vec<(String, Vec<(String, f32, u32)>)>,
-        Vec<String>,
-    ) {
+    fn snapshot(e: &Engine) -> (EngineCounts, Vec<UserView>, Vec<String>) {
         let s = e.state.read();
-        let mut users: Vec<(String, Vec<(String, f32, u32)>)> = s
+        let mut users: Vec<UserView> = s
             .users
             .iter()
             .map(|(idx, key)| {
