@@ -243,8 +243,11 @@ mod tests {
         }
     }
 
+    /// A worked case: ranking, test items, expected metrics.
+    type Case = (Vec<u32>, Vec<u32>, Vec<(String, f64)>);
+
     struct Fixture {
-        cases: Vec<(Vec<u32>, Vec<u32>, Vec<(String, f64)>)>,
+        cases: Vec<Case>,
         mean: Vec<(String, f64)>,
     }
 
