@@ -71,3 +71,39 @@ fn id_map_lookup(bencher: Bencher, keys: usize) {
         black_box(map.get(&names[i]))
     });
 }
+
+fn factors(rows: usize, dim: usize, seed: u64) -> bespoke_algo::Factors {
+    let mut rng = Rng::seed_from_u64(seed);
+    bespoke_algo::Factors::from_vec(
+        rows,
+        dim,
+        (0..rows * dim).map(|_| rng.normal() as f32 * 0.1).collect(),
+    )
+    .expect("sizes")
+}
+
+/// Single-user exact top-20 over 20k items, f = 64: a full f32 scan.
+#[divan::bench]
+fn als_top20_items20k_f64_full_scan(bencher: Bencher) {
+    let items = factors(20_000, 64, 3);
+    let x: Vec<f32> = factors(1, 64, 4).into_vec();
+    let mut top = TopK::new(20);
+    bencher.bench_local(|| {
+        black_box(bespoke_algo::als::recommend(
+            &x,
+            &items,
+            20,
+            |_| true,
+            &mut top,
+        ))
+    });
+}
+
+/// The same through the two-pass quantized scorer (exact as well).
+#[divan::bench(args = [5_000, 20_000])]
+fn als_top20_f64_scorer(bencher: Bencher, items: usize) {
+    let scorer = bespoke_algo::ItemScorer::new(factors(items, 64, 3));
+    let x: Vec<f32> = factors(1, 64, 4).into_vec();
+    let mut scratch = bespoke_algo::ScoreScratch::default();
+    bencher.bench_local(|| black_box(scorer.top_k(&x, 20, |_| true, &mut scratch)));
+}

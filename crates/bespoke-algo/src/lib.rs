@@ -33,6 +33,7 @@ mod linalg;
 mod live;
 mod popularity;
 mod rng;
+pub mod score;
 pub mod simd;
 mod topk;
 
@@ -45,6 +46,7 @@ pub use linalg::Cholesky;
 pub use live::{Interaction, LiveIndex, Related};
 pub use popularity::Popularity;
 pub use rng::Rng;
+pub use score::{ItemScorer, ScoreScratch};
 pub use topk::{Scored, TopK};
 
 /// Dense internal id of a user. Ids are assigned by the store and stay stable for the life of

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bespoke_algo::eval::{K_MAX, MetricSums, Row, temporal_split};
-use bespoke_algo::{Als, AlsParams, Csr, ItemKnn, Rng, Scored, Similarity, TopK, als};
+use bespoke_algo::{
+    Als, AlsParams, Csr, ItemKnn, ItemScorer, Rng, ScoreScratch, Scored, Similarity, TopK,
+};
 use clap::Args;
 use rayon::prelude::*;
 use serde_json::{Value, json};
@@ -178,13 +180,14 @@ fn build(train: &[Row], test: &[Row]) -> Data {
 
 /// A fitted model, as the evaluation sees it.
 enum Model {
-    Als(Als),
+    Als(Als, ItemScorer),
     Knn(ItemKnn),
     Popular(Vec<f32>),
 }
 
 /// Per-worker scratch for recommending.
 struct Scratch {
+    scoring: ScoreScratch,
     scores: Vec<f32>,
     touched: Vec<u32>,
     top: TopK,
@@ -193,7 +196,7 @@ struct Scratch {
 impl Model {
     fn name(&self) -> &'static str {
         match self {
-            Model::Als(_) => "als",
+            Model::Als(..) => "als",
             Model::Knn(k) if matches!(k.similarity(), Similarity::Cosine) => "cosine",
             Model::Knn(_) => "bm25",
             Model::Popular(_) => "pop",
@@ -205,13 +208,7 @@ impl Model {
         let (seen, w) = weights.row(u);
         let keep = |i: u32| seen.binary_search(&i).is_err();
         match self {
-            Model::Als(m) => als::recommend(
-                m.user_factors().row(u),
-                m.item_factors(),
-                n,
-                keep,
-                &mut s.top,
-            ),
+            Model::Als(m, scorer) => scorer.top_k(m.user_factors().row(u), n, keep, &mut s.scoring),
             Model::Knn(k) => {
                 let history: Vec<(u32, f32)> =
                     seen.iter().copied().zip(w.iter().copied()).collect();
@@ -244,7 +241,9 @@ fn fit(name: &str, a: &EvalArgs, weights: &Csr) -> anyhow::Result<(Model, Value)
             };
             let p = json!({"factors": a.factors, "iterations": a.iterations, "regularization": a.regularization,
                 "alpha": a.alpha, "cg_steps": a.cg_steps, "threads": a.threads, "seed": a.seed});
-            (Model::Als(Als::fit(weights, params, |_| {})), p)
+            let model = Als::fit(weights, params, |_| {});
+            let scorer = ItemScorer::new(model.item_factors().clone());
+            (Model::Als(model, scorer), p)
         }
         "cosine" | "knn" => (
             Model::Knn(ItemKnn::fit(weights, Similarity::Cosine, a.knn_k)),
@@ -287,6 +286,7 @@ fn evaluate(
     let fit_s = started.elapsed().as_secs_f64();
 
     let scratch = || Scratch {
+        scoring: ScoreScratch::default(),
         scores: vec![0.0; data.n_items],
         touched: Vec::new(),
         top: TopK::new(K_MAX),
@@ -368,7 +368,7 @@ fn evaluate(
         "peak_rss_mb": crate::bench::peak_rss_mib().map(round1),
         "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    if let Model::Als(_) = model {
+    if let Model::Als(..) = model {
         out["fit_s_per_iteration"] =
             json!((fit_s / a.iterations.max(1) as f64 * 1e4).round() / 1e4);
     }
