@@ -262,17 +262,46 @@ fn loss(cui: &Csr, users: &Factors, items: &Factors, reg: f32) -> f64 {
 
 impl Als {
     /// Fits the model to a user × item weight matrix, calling `on_iteration` after each
-    /// iteration. Runs on the current rayon pool.
+    /// iteration. The initial factors come from one generator seeded with `params.seed`, users
+    /// then items. Runs on the current rayon pool.
     pub fn fit(
         weights: &Csr,
         params: AlsParams,
+        on_iteration: impl FnMut(&IterationReport),
+    ) -> Self {
+        let mut rng = Rng::seed_from_u64(params.seed);
+        let users = Factors::random(weights.n_rows(), params.factors, &mut rng, 0.01);
+        let items = Factors::random(weights.n_cols(), params.factors, &mut rng, 0.01);
+        Self::fit_from(weights, params, users, items, on_iteration)
+    }
+
+    /// Like [`Als::fit`], but row `r` of each side starts from its own seed (`user_seeds[r]`,
+    /// `item_seeds[r]`, e.g. a hash of the row's external key). A model trained this way does not
+    /// depend on rows that are absent from the data, which is what makes an erased user's
+    /// absence exact.
+    pub fn fit_seeded(
+        weights: &Csr,
+        params: AlsParams,
+        user_seeds: &[u64],
+        item_seeds: &[u64],
+        on_iteration: impl FnMut(&IterationReport),
+    ) -> Self {
+        assert_eq!(user_seeds.len(), weights.n_rows(), "one seed per user");
+        assert_eq!(item_seeds.len(), weights.n_cols(), "one seed per item");
+        let users = Factors::random_per_row(user_seeds, params.factors, 0.01);
+        let items = Factors::random_per_row(item_seeds, params.factors, 0.01);
+        Self::fit_from(weights, params, users, items, on_iteration)
+    }
+
+    fn fit_from(
+        weights: &Csr,
+        params: AlsParams,
+        mut users: Factors,
+        mut items: Factors,
         mut on_iteration: impl FnMut(&IterationReport),
     ) -> Self {
         let cui = confidence(weights, params.alpha);
         let ciu = cui.transpose();
-        let mut rng = Rng::seed_from_u64(params.seed);
-        let mut users = Factors::random(cui.n_rows(), params.factors, &mut rng, 0.01);
-        let mut items = Factors::random(cui.n_cols(), params.factors, &mut rng, 0.01);
         for iteration in 1..=params.iterations {
             let started = std::time::Instant::now();
             solve_side(

@@ -37,6 +37,21 @@ impl Factors {
         Self { rows, dim, data }
     }
 
+    /// Row `r` drawn uniformly from `[0, scale)` by a generator seeded with `seeds[r]`: each
+    /// row's start depends on its own seed only, not on which other rows exist.
+    pub fn random_per_row(seeds: &[u64], dim: usize, scale: f32) -> Self {
+        let mut data = Vec::with_capacity(seeds.len() * dim);
+        for &seed in seeds {
+            let mut rng = crate::Rng::seed_from_u64(seed);
+            data.extend((0..dim).map(|_| rng.f64() as f32 * scale));
+        }
+        Self {
+            rows: seeds.len(),
+            dim,
+            data,
+        }
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows

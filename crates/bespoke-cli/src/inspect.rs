@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bespoke_server::engine::RecommendQuery;
+use bespoke_server::settings::ModelChoice;
 use bespoke_server::time::format_rfc3339;
 use bespoke_server::{Engine, Settings};
 use clap::Args;
@@ -51,6 +52,9 @@ pub(crate) struct RecommendArgs {
     /// Also return items the user already interacted with.
     #[arg(long)]
     include_seen: bool,
+    /// Model: als, knn or popular (default: serving.default_model).
+    #[arg(long, value_parser = ["als", "knn", "popular"])]
+    model: Option<String>,
     /// Print JSON (the API's shape) instead of a table.
     #[arg(long)]
     json: bool,
@@ -71,16 +75,26 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
         categories: args.category.clone(),
         exclude: args.exclude.clone(),
         include_seen: args.include_seen,
+        model: args.model.as_deref().map(|m| match m {
+            "als" => ModelChoice::Als,
+            "knn" => ModelChoice::Knn,
+            _ => ModelChoice::Popular,
+        }),
     };
     let recs = engine.recommend(&args.user, &q);
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "user": args.user, "personalized": recs.personalized, "items": recs.items
+                "user": args.user, "personalized": recs.personalized, "model": recs.model,
+                "model_version": recs.model_version, "items": recs.items
             }))?
         );
         return Ok(());
+    }
+    match recs.model_version {
+        Some(v) => println!("model: {} (version {v})", recs.model),
+        None => println!("model: {}", recs.model),
     }
     for (rank, r) in recs.items.iter().enumerate() {
         let why: Vec<&str> = r.reasons.iter().map(|x| x.message.as_str()).collect();
@@ -94,6 +108,93 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
     }
     if recs.items.is_empty() {
         println!("no recommendations (is the store empty?)");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    /// Train without making the new version the served one.
+    #[arg(long)]
+    no_activate: bool,
+    /// Skip the held-out evaluation (faster; no offline metrics in the model's metadata).
+    #[arg(long)]
+    no_evaluate: bool,
+    /// Print the new model's metadata as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
+    let mut settings = settings.clone();
+    settings.training.auto_activate &= !args.no_activate;
+    settings.training.evaluate &= !args.no_evaluate;
+    let store = bespoke_server::open_store(&settings)
+        .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+    let engine = Engine::open(store, Arc::new(settings.clone()))?;
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:32} {bar:30} {pos}/{len} {elapsed}")
+            .expect("valid template"),
+    );
+    let outcome = engine.train(|p| match p {
+        bespoke_server::models::Progress::Stage(stage) => {
+            bar.set_length(0);
+            bar.set_position(0);
+            bar.set_message(stage.to_owned());
+        }
+        bespoke_server::models::Progress::Iteration { fit, report, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(report.iteration as u64);
+            let loss = report
+                .loss
+                .map(|l| format!(", loss {l:.5}"))
+                .unwrap_or_default();
+            bar.set_message(format!("iALS ({fit}){loss}"));
+        }
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        return Ok(());
+    }
+    let meta = &outcome.meta;
+    println!(
+        "trained model version {} on {} events ({} users, {} items) in {:.1} s{}",
+        outcome.version,
+        meta["data"]["events"],
+        meta["data"]["users"],
+        meta["data"]["items"],
+        meta["training_seconds"]["total"].as_f64().unwrap_or(0.0),
+        if outcome.activated {
+            "; now active"
+        } else {
+            ""
+        }
+    );
+    if let Some(m) = meta["metrics"]
+        .as_object()
+        .filter(|m| m.contains_key("als"))
+    {
+        println!("held-out metrics ({} users):", m["eval_users"]);
+        println!(
+            "  {:<8} {:>9} {:>9} {:>9}",
+            "model", "recall@20", "ndcg@10", "ndcg@100"
+        );
+        for name in ["als", "knn", "popular"] {
+            let x = &m[name];
+            println!(
+                "  {:<8} {:>9.4} {:>9.4} {:>9.4}",
+                name,
+                x["recall@20"].as_f64().unwrap_or(0.0),
+                x["ndcg@10"].as_f64().unwrap_or(0.0),
+                x["ndcg@100"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
     Ok(())
 }

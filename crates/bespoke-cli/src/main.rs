@@ -51,6 +51,8 @@ enum Command {
     },
     /// Recommend items for one user from the command line.
     Recommend(inspect::RecommendArgs),
+    /// Train models from the store (iALS and item-kNN) and save a new version.
+    Train(inspect::TrainArgs),
     /// Generate a synthetic shop, load it and serve it on 127.0.0.1:8080.
     Demo(demo::DemoArgs),
     /// Evaluate models offline (implicit_bench.py's metrics and JSON keys).
@@ -154,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(&settings, &args),
         Command::Stats { json } => inspect::stats(&settings, json),
         Command::Recommend(args) => inspect::recommend(&settings, &args),
+        Command::Train(args) => inspect::train(&settings, &args),
         Command::Demo(args) => demo::run(settings, &args, cli.data_dir.is_some()),
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&settings, &args),

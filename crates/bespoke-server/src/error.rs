@@ -116,6 +116,11 @@ impl From<bespoke_store::Error> for ApiError {
                 e.to_string(),
             )
             .at(format!("embeddings.{name}")),
+            E::UnknownModel(v) => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no model version {v}"),
+            ),
             E::InvalidInput(msg) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", msg)
             }

@@ -20,6 +20,7 @@ pub mod api;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod settings;
 pub mod time;
@@ -79,6 +80,7 @@ pub struct Server {
     engine: Arc<Engine>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    trainer: JoinHandle<()>,
 }
 
 impl Server {
@@ -102,12 +104,44 @@ impl Server {
 
     /// Waits until the server stops (after [`Server::shutdown`] or a failure).
     pub async fn wait(self) -> Result<(), ServerError> {
+        self.trainer.abort();
         self.task
             .await
             .map_err(|e| ServerError::Task(e.to_string()))?
             .map_err(ServerError::Serve)
     }
 }
+
+/// How often the background scheduler checks whether a retrain is due.
+const TRAINER_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Retrains in the background when [`Engine::training_due`] says so.
+async fn background_trainer(engine: Arc<Engine>) {
+    let mut last: Option<std::time::Instant> = None;
+    let mut ticker = tokio::time::interval(TRAINER_TICK);
+    loop {
+        ticker.tick().await;
+        if engine.training_status().running || !engine.training_due(last) {
+            continue;
+        }
+        let e = engine.clone();
+        let result = tokio::task::spawn_blocking(move || e.train(|_| {})).await;
+        last = Some(std::time::Instant::now());
+        match result {
+            Ok(Ok(out)) => {
+                tracing::info!(target: "train::lifecycle", version = out.version, "background training finished")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target: "train::lifecycle", error = %e, "background training failed")
+            }
+            Err(e) => {
+                tracing::error!(target: "train::lifecycle", error = %e, "background training panicked")
+            }
+        }
+    }
+}
+
+impl Server {}
 
 /// Opens the store, loads the serving state and starts serving on `settings.server.bind`.
 pub async fn start(settings: Settings) -> Result<Server, ServerError> {
@@ -145,10 +179,12 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
             .await
     });
     tracing::info!(%addr, "serving");
+    let trainer = tokio::spawn(background_trainer(engine.clone()));
     Ok(Server {
         addr,
         engine,
         stop: Some(stop),
         task,
+        trainer,
     })
 }

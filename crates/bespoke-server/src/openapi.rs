@@ -11,7 +11,9 @@ fn error_responses(codes: &[u16]) -> Value {
         let description = match code {
             400 => "Invalid input; `error.field` names the offending value",
             404 => "Not found",
-            409 => "An event_id was reused for a different event",
+            409 => {
+                "A conflict: an event_id reused for a different event, or a training run already in progress"
+            }
             413 => "Body larger than limits.max_body_bytes",
             415 => "Content-Type is not application/json",
             422 => "Valid JSON that cannot be applied (e.g. embedding dimension mismatch)",
@@ -93,6 +95,7 @@ pub fn document() -> Value {
                 "description": "Unknown users and users without personalization consent get popular items; the reasons say so.",
                 "operationId": "getRecommendations",
                 "parameters": [key_param(), n_param(),
+                    { "name": "model", "in": "query", "description": "als, knn or popular; default serving.default_model", "schema": { "type": "string", "enum": ["als", "knn", "popular"] } },
                     { "name": "category", "in": "query", "description": "Only items in any of these categories (comma-separated or repeated)", "schema": { "type": "string" } },
                     { "name": "exclude", "in": "query", "description": "Item keys never to return (comma-separated or repeated)", "schema": { "type": "string" } },
                     { "name": "include_seen", "in": "query", "description": "Also return items the user interacted with", "schema": { "type": "boolean", "default": false } }],
@@ -109,8 +112,22 @@ pub fn document() -> Value {
             "/v1/items/{key}/similar": { "get": {
                 "summary": "Items related to an item (co-occurrence; popular items of its category when there is too little data)",
                 "operationId": "getSimilar",
-                "parameters": [key_param(), n_param()],
+                "parameters": [key_param(), n_param(),
+                    { "name": "model", "in": "query", "description": "knn (item neighbours), als (cosine of item factors) or cooccurrence; default serving.default_similar_model", "schema": { "type": "string", "enum": ["knn", "als", "cooccurrence"] } }],
                 "responses": with_errors(json!({ "200": ok("Related items, best first", "Similar") }), &[400, 404]) } },
+            "/v1/models": { "get": {
+                "summary": "Model versions, the active one, their metrics, and the trainer's status", "operationId": "listModels",
+                "responses": { "200": ok("Models", "Models") } } },
+            "/v1/models/train": { "post": {
+                "summary": "Train new models from everything stored",
+                "description": "Without wait, starts training in the background and answers 202; with wait=true, answers when the new version is saved (and activated, with training.auto_activate).",
+                "operationId": "trainModels",
+                "parameters": [{ "name": "wait", "in": "query", "schema": { "type": "boolean", "default": false } }],
+                "responses": with_errors(json!({ "200": ok("Trained", "TrainOutcome"), "202": { "description": "Started" } }), &[400, 409]) } },
+            "/v1/models/{version}/activate": { "post": {
+                "summary": "Serve a stored model version", "operationId": "activateModel",
+                "parameters": [{ "name": "version", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 1 } }],
+                "responses": with_errors(json!({ "200": { "description": "Active", "content": { "application/json": { "schema": { "type": "object", "properties": { "active": { "type": "integer" } } } } } } }), &[400, 404]) } },
             "/v1/popular": { "get": {
                 "summary": "Popular items: all-time, within a window, or trending (time-decayed)",
                 "operationId": "getPopular",
@@ -152,13 +169,18 @@ pub fn document() -> Value {
             "Item": { "allOf": [ { "$ref": "#/components/schemas/ItemIn" }, { "type": "object", "properties": { "key": { "type": "string" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } } ] },
             "Deleted": { "type": "object", "properties": { "key": { "type": "string" }, "deleted": { "type": "boolean" }, "events_deleted": { "type": "integer" } } },
             "Reason": { "type": "object", "required": ["kind", "message"], "properties": {
-                "kind": { "type": "string", "description": "popular, trending, unseen, co_occurrence, fallback" },
-                "message": { "type": "string" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" } } },
+                "kind": { "type": "string", "description": "als, knn, popular, trending, unseen, co_occurrence, fallback" },
+                "message": { "type": "string" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" },
+                "weight": { "type": "number", "description": "The history item's contribution to the score (als, knn) or a similarity" } } },
             "Recommendation": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
                 "item": { "type": "string" }, "score": { "type": "number", "description": "Higher is better; comparable within one response" },
                 "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } } } },
-            "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
+            "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
+                "model": { "type": "string", "enum": ["als", "knn", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
             "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
+            "Models": { "type": "object", "properties": { "active": { "type": ["integer", "null"] }, "training": { "type": "object" },
+                "models": { "type": "array", "items": { "type": "object", "properties": { "version": { "type": "integer" }, "active": { "type": "boolean" }, "bytes": { "type": "integer" }, "meta": { "type": "object" } } } } } },
+            "TrainOutcome": { "type": "object", "properties": { "version": { "type": "integer" }, "activated": { "type": "boolean" }, "meta": { "type": "object" } } },
             "Popular": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } }
         } }
     })

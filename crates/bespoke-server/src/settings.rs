@@ -26,6 +26,8 @@ pub struct Settings {
     pub consent: ConsentSettings,
     /// Serving behaviour.
     pub serving: ServingSettings,
+    /// Model training.
+    pub training: TrainingSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -196,6 +198,38 @@ pub struct ServingSettings {
     pub recommend_popularity: PopularityMode,
     /// Most recent users of an item sampled to find related items.
     pub related_max_users: usize,
+    /// Model used by `GET /v1/users/{key}/recommendations` without `?model=`: `als`, `knn` or
+    /// `popular`.
+    pub default_model: ModelChoice,
+    /// Model used by `GET /v1/items/{key}/similar` without `?model=`: `knn`, `als` or
+    /// `cooccurrence`.
+    pub default_similar_model: SimilarChoice,
+    /// Users whose exact iALS vectors are kept between requests.
+    pub user_cache: usize,
+}
+
+/// A recommendation model to serve with.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelChoice {
+    /// Implicit ALS.
+    Als,
+    /// Item-based nearest neighbours.
+    Knn,
+    /// Popularity.
+    Popular,
+}
+
+/// A related-items model.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SimilarChoice {
+    /// The item-kNN neighbours.
+    Knn,
+    /// Cosine of the iALS item factors.
+    Als,
+    /// Live co-occurrence counts.
+    Cooccurrence,
 }
 
 impl Default for ServingSettings {
@@ -205,6 +239,81 @@ impl Default for ServingSettings {
             trending_half_life_hours: 24.0,
             recommend_popularity: PopularityMode::AllTime,
             related_max_users: 2000,
+            default_model: ModelChoice::Als,
+            default_similar_model: SimilarChoice::Knn,
+            user_cache: 10_000,
+        }
+    }
+}
+
+/// Which similarity item-kNN uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KnnSimilarity {
+    /// Cosine of the item columns.
+    Cosine,
+    /// BM25-weighted dot products (`K1 = 1.2`, `B = 0.75`).
+    Bm25,
+}
+
+/// Model training: hyperparameters, schedule, versions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSettings {
+    /// iALS factor dimension.
+    pub factors: usize,
+    /// iALS iterations.
+    pub iterations: usize,
+    /// iALS regularisation.
+    pub regularization: f32,
+    /// iALS confidence slope: `c = 1 + alpha · |weight|`.
+    pub alpha: f32,
+    /// Conjugate gradient steps per iALS half-iteration.
+    pub cg_steps: usize,
+    /// Seed of the initial factors.
+    pub seed: u64,
+    /// Neighbours kept per item by item-kNN.
+    pub knn_k: usize,
+    /// Item-kNN similarity.
+    pub knn_similarity: KnnSimilarity,
+    /// Halve an event's weight per this many days of age before the newest event (0: no decay).
+    pub half_life_days: f64,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Hold out each user's latest 20 % to report offline metrics with every model (costs a
+    /// second training run on 80 % of the data).
+    pub evaluate: bool,
+    /// Retrain in the background this often, in minutes (0: never on a timer).
+    pub interval_minutes: u64,
+    /// Retrain in the background after this many new events (0: never on a count).
+    pub min_new_events: u64,
+    /// Train at start-up when no model exists yet and there are events.
+    pub train_on_start: bool,
+    /// Model versions kept on disk (the active one is always kept).
+    pub keep_versions: usize,
+    /// Serve a newly trained model at once.
+    pub auto_activate: bool,
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        Self {
+            factors: 64,
+            iterations: 15,
+            regularization: 0.05,
+            alpha: 1.0,
+            cg_steps: 3,
+            seed: 42,
+            knn_k: 100,
+            knn_similarity: KnnSimilarity::Bm25,
+            half_life_days: 0.0,
+            threads: 0,
+            evaluate: true,
+            interval_minutes: 60,
+            min_new_events: 10_000,
+            train_on_start: true,
+            keep_versions: 5,
+            auto_activate: true,
         }
     }
 }
@@ -341,6 +450,9 @@ impl Settings {
             ("serving.default_n", self.serving.default_n),
             ("serving.related_max_users", self.serving.related_max_users),
             ("store.max_group_events", self.store.max_group_events),
+            ("training.factors", self.training.factors),
+            ("training.knn_k", self.training.knn_k),
+            ("training.keep_versions", self.training.keep_versions),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -354,6 +466,19 @@ impl Settings {
             || self.serving.trending_half_life_hours <= 0.0
         {
             return Err("serving.trending_half_life_hours must be positive".into());
+        }
+        let t = &self.training;
+        if !(t.regularization.is_finite() && t.regularization > 0.0) {
+            return Err("training.regularization must be positive".into());
+        }
+        if !(t.alpha.is_finite() && t.alpha >= 0.0) {
+            return Err("training.alpha must be zero or positive".into());
+        }
+        if !(t.half_life_days.is_finite() && t.half_life_days >= 0.0) {
+            return Err("training.half_life_days must be zero or positive".into());
+        }
+        if t.factors > 1024 {
+            return Err("training.factors must be at most 1024".into());
         }
         if crate::time::parse_rfc3339(&self.limits.min_event_time).is_err() {
             return Err(

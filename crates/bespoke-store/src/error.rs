@@ -44,6 +44,9 @@ pub enum Error {
     /// A value the store cannot hold (e.g. more than 2^32 users).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// No model version with this number exists.
+    #[error("no model version {0}")]
+    UnknownModel(u64),
     /// The disk (or the database's size limit) is full; nothing of the failed write was kept.
     #[error("storage is full")]
     StorageFull,
@@ -76,6 +79,7 @@ impl Error {
                 | Error::UnknownItem { .. }
                 | Error::DimensionMismatch { .. }
                 | Error::InvalidInput(_)
+                | Error::UnknownModel(_)
         )
     }
 }

@@ -25,6 +25,7 @@
 mod error;
 mod fingerprint;
 mod model;
+mod models;
 mod sqlite;
 mod uuid7;
 
@@ -34,6 +35,7 @@ pub use model::{
     Appended, Consent, ConsentUpdate, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert,
     NewEvent, Page, StoreStats, Upserted, User, UserUpsert,
 };
+pub use models::ModelRecord;
 pub use sqlite::{SqliteStore, StoreOptions};
 pub use uuid7::Uuid7Generator;
 
@@ -110,4 +112,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Counts and sizes.
     fn stats(&self) -> Result<StoreStats>;
+
+    /// Saves a new model version made of named files (names of ASCII letters, digits, `.`, `_`
+    /// and `-`) and its metadata, atomically; returns its version number.
+    fn save_model(&self, files: &[(&str, &[u8])], meta: &serde_json::Value) -> Result<u64>;
+
+    /// Every stored model version, oldest first.
+    fn list_models(&self) -> Result<Vec<ModelRecord>>;
+
+    /// One file of a model version. [`Error::UnknownModel`] if the version does not exist.
+    fn read_model_file(&self, version: u64, name: &str) -> Result<Vec<u8>>;
+
+    /// Makes a version the one serving uses. [`Error::UnknownModel`] if it does not exist.
+    fn activate_model(&self, version: u64) -> Result<()>;
+
+    /// The version serving uses, if any.
+    fn active_model(&self) -> Result<Option<u64>>;
+
+    /// Deletes all but the newest `keep` versions, never the active one; returns those deleted.
+    fn prune_models(&self, keep: usize) -> Result<Vec<u64>>;
 }

@@ -249,6 +249,7 @@ fn migrate(conn: &mut Connection) -> Result<u32> {
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
+    models: crate::models::ModelDir,
     ops: Mutex<Option<Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
@@ -292,6 +293,7 @@ impl SqliteStore {
                 source,
             })?;
         Ok(Self {
+            models: crate::models::ModelDir::new(data_dir),
             path,
             ops: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -462,6 +464,30 @@ fn event_context(text: Option<String>) -> Result<Option<Map<String, Value>>> {
 }
 
 impl Store for SqliteStore {
+    fn save_model(&self, files: &[(&str, &[u8])], meta: &serde_json::Value) -> Result<u64> {
+        self.models.save(files, meta)
+    }
+
+    fn list_models(&self) -> Result<Vec<crate::ModelRecord>> {
+        self.models.list()
+    }
+
+    fn read_model_file(&self, version: u64, name: &str) -> Result<Vec<u8>> {
+        self.models.read(version, name)
+    }
+
+    fn activate_model(&self, version: u64) -> Result<()> {
+        self.models.activate(version)
+    }
+
+    fn active_model(&self) -> Result<Option<u64>> {
+        self.models.active()
+    }
+
+    fn prune_models(&self, keep: usize) -> Result<Vec<u64>> {
+        self.models.prune(keep)
+    }
+
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
         if batch.events.is_empty() {
             return Ok(Vec::new());

@@ -6,6 +6,7 @@
 mod catalog;
 mod events;
 mod extract;
+mod models;
 mod ops;
 mod serving;
 
@@ -49,6 +50,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/items/{key}"),
     ("GET", "/v1/items/{key}/similar"),
     ("GET", "/v1/popular"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/models/train"),
+    ("POST", "/v1/models/{version}/activate"),
 ];
 
 /// The application router with its middleware.
@@ -79,6 +83,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/items/{key}/similar", get(serving::similar))
         .route("/v1/popular", get(serving::popular))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/train", post(models::train))
+        .route("/v1/models/{version}/activate", post(models::activate))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -8,6 +8,7 @@ use super::extract::{KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::engine::{PopularQuery, PopularSort, RecommendQuery, Recommendation};
 use crate::error::ApiError;
+use crate::settings::{ModelChoice, SimilarChoice};
 use crate::time::parse_duration;
 
 /// Answer of `GET /v1/users/{key}/recommendations`.
@@ -16,6 +17,11 @@ pub(crate) struct RecommendationsOut {
     user: String,
     /// Whether the user's own history shaped the results.
     personalized: bool,
+    /// The model that ranked the results.
+    model: &'static str,
+    /// The trained model version, when one was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: Option<u64>,
     items: Vec<Recommendation>,
 }
 
@@ -52,7 +58,7 @@ pub(crate) async fn recommendations(
 ) -> Result<Json<RecommendationsOut>, ApiError> {
     let limits = &state.engine.settings().limits;
     validate_key("key", &key, limits.max_key_bytes)?;
-    params.allow(&["n", "category", "exclude", "include_seen"])?;
+    params.allow(&["n", "category", "exclude", "include_seen", "model"])?;
     let exclude = params.list("exclude");
     if exclude.len() > limits.max_exclude {
         return Err(ApiError::invalid(
@@ -68,6 +74,18 @@ pub(crate) async fn recommendations(
         categories: categories(&state, &params)?,
         exclude,
         include_seen: params.bool("include_seen", false)?,
+        model: match params.get("model") {
+            None => None,
+            Some("als") => Some(ModelChoice::Als),
+            Some("knn") => Some(ModelChoice::Knn),
+            Some("popular") => Some(ModelChoice::Popular),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "model",
+                    format!("model must be als, knn or popular, got {other:?}"),
+                ));
+            }
+        },
     };
     let engine = state.engine.clone();
     let k = key.clone();
@@ -75,6 +93,8 @@ pub(crate) async fn recommendations(
     Ok(Json(RecommendationsOut {
         user: key,
         personalized: recs.personalized,
+        model: recs.model,
+        model_version: recs.model_version,
         items: recs.items,
     }))
 }
@@ -85,11 +105,23 @@ pub(crate) async fn similar(
     params: Params,
 ) -> Result<Json<SimilarOut>, ApiError> {
     validate_key("key", &key, state.engine.settings().limits.max_key_bytes)?;
-    params.allow(&["n"])?;
+    params.allow(&["n", "model"])?;
     let n = n_param(&state, &params)?;
+    let choice = match params.get("model") {
+        None => None,
+        Some("knn") => Some(SimilarChoice::Knn),
+        Some("als") => Some(SimilarChoice::Als),
+        Some("cooccurrence") => Some(SimilarChoice::Cooccurrence),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "model",
+                format!("model must be knn, als or cooccurrence, got {other:?}"),
+            ));
+        }
+    };
     let engine = state.engine.clone();
     let k = key.clone();
-    let items = blocking(move || Ok(engine.similar(&k, n)))
+    let items = blocking(move || Ok(engine.similar(&k, n, choice)))
         .await?
         .ok_or_else(|| ApiError::not_found("item", &key))?;
     Ok(Json(SimilarOut { item: key, items }))

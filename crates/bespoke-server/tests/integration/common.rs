@@ -26,6 +26,10 @@ pub(crate) async fn start_in(
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.store.data_dir = dir.path().to_owned();
+    // No background training unless a test asks for it: results must not change under it.
+    settings.training.train_on_start = false;
+    settings.training.interval_minutes = 0;
+    settings.training.min_new_events = 0;
     configure(&mut settings);
     let server = bespoke_server::start(settings)
         .await

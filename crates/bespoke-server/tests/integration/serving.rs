@@ -70,10 +70,28 @@ async fn recommendations_are_popular_unseen_available_items_with_reasons() {
         ["p2", "p3", "p5"],
         "seen (also disliked) and unavailable items are skipped"
     );
-    assert_eq!(body["personalized"], true);
+    assert_eq!(
+        (body["personalized"].as_bool(), body["model"].as_str()),
+        (Some(false), Some("popular"))
+    );
     assert_reasons(&body);
     assert_eq!(body["items"][0]["reasons"][0]["kind"], "popular");
     assert_eq!(body["items"][0]["reasons"][0]["message"], "popular in A");
+    assert_eq!(body["items"][0]["reasons"][1]["kind"], "fallback");
+    assert!(
+        body["items"][0]["reasons"][1]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no trained model yet")
+    );
+    let (_, body) = srv
+        .get("/v1/users/me/recommendations?n=3&model=popular")
+        .await;
+    assert_eq!(keys(&body), ["p2", "p3", "p5"]);
+    assert_eq!(
+        body["items"][0]["reasons"][1]["kind"], "unseen",
+        "popularity asked for is no fallback"
+    );
 
     let (_, body) = srv
         .get("/v1/users/me/recommendations?n=2&include_seen=true")

@@ -15,7 +15,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bespoke_algo::{IdMap, ItemIdx, LiveIndex, Popularity, Scored, UserIdx};
+use arc_swap::ArcSwapOption;
+use bespoke_algo::{IdMap, ItemIdx, LiveIndex, Popularity, UserIdx};
 use bespoke_store::{
     Appended, Deleted, Event, EventBatch, Item, ItemUpsert, Millis, NewEvent, Page, Store,
     Upserted, User, UserUpsert,
@@ -24,7 +25,13 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::settings::{PopularityMode, Settings, WeightSpec};
+use crate::models::ServingModel;
+use crate::settings::{ModelChoice, Settings, WeightSpec};
+
+mod lifecycle;
+mod serve;
+
+pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
 
 /// Chunk size when loading the event log at start-up.
 const LOAD_CHUNK: usize = 100_000;
@@ -45,6 +52,24 @@ pub struct Reason {
     /// A count behind the reason (events, users).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// How much this reason added to the score (a history item's contribution), or a
+    /// similarity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f32>,
+}
+
+impl Reason {
+    /// A reason with only a kind and a message.
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            category: None,
+            item: None,
+            count: None,
+            weight: None,
+        }
+    }
 }
 
 /// One result: an item, its score (higher is better) and why it was chosen.
@@ -69,6 +94,8 @@ pub struct RecommendQuery {
     pub exclude: Vec<String>,
     /// Also return items the user already interacted with.
     pub include_seen: bool,
+    /// The model to use; the configured default when `None`.
+    pub model: Option<ModelChoice>,
 }
 
 /// How `popular` ranks.
@@ -100,6 +127,10 @@ pub struct Recommendations {
     pub items: Vec<Recommendation>,
     /// Whether the user's own history shaped the results.
     pub personalized: bool,
+    /// The model that ranked them: `als`, `knn` or `popular`.
+    pub model: &'static str,
+    /// The version of the trained model used, if any.
+    pub model_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -149,6 +180,11 @@ fn newer(current: Option<u32>, created: u32) -> bool {
 }
 
 struct State {
+    /// Bumped whenever an item deletion changes histories, so that every cached user vector
+    /// computed before it is stale.
+    catalog_epoch: u64,
+    /// Per user: bumped whenever the user's history changes.
+    user_rev: Vec<u32>,
     users: IdMap,
     items: IdMap,
     deleted_users: FxHashSet<u32>,
@@ -160,6 +196,19 @@ struct State {
 }
 
 impl State {
+    fn bump_user(&mut self, user: UserIdx) {
+        let u = user.0 as usize;
+        if self.user_rev.len() <= u {
+            self.user_rev.resize(u + 1, 0);
+        }
+        self.user_rev[u] = self.user_rev[u].wrapping_add(1);
+    }
+
+    /// The revision of a user's history: equal revisions mean equal histories.
+    fn revision(&self, user: UserIdx) -> u64 {
+        (self.catalog_epoch << 32) | self.user_rev.get(user.0 as usize).copied().unwrap_or(0) as u64
+    }
+
     fn set_personalization(&mut self, user: UserIdx, allowed: bool) {
         let u = user.0 as usize;
         if self.personalization.len() <= u {
@@ -244,11 +293,9 @@ impl State {
             None => format!("{adjective} overall"),
         };
         Reason {
-            kind,
-            message,
             category,
-            item: None,
             count: Some(count),
+            ..Reason::new(kind, message)
         }
     }
 }
@@ -271,6 +318,9 @@ pub struct Engine {
     weights: Weights,
     state: RwLock<State>,
     admin: Mutex<()>,
+    /// The model serving uses; swapped atomically, so a request sees one model throughout.
+    model: ArcSwapOption<ServingModel>,
+    training: lifecycle::TrainingState,
 }
 
 impl std::fmt::Debug for Engine {
@@ -295,6 +345,8 @@ impl Engine {
         let weights = Weights::new(&settings);
         let half_life_ms = settings.serving.trending_half_life_hours * 3_600_000.0;
         let mut state = State {
+            catalog_epoch: 0,
+            user_rev: Vec::new(),
             users: IdMap::new(),
             items: IdMap::new(),
             deleted_users: FxHashSet::default(),
@@ -345,13 +397,17 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded serving state"
         );
-        Ok(Self {
+        let engine = Self {
             store,
             settings,
             weights,
             state: RwLock::new(state),
             admin: Mutex::new(()),
-        })
+            model: ArcSwapOption::empty(),
+            training: lifecycle::TrainingState::default(),
+        };
+        engine.load_active_model();
+        Ok(engine)
     }
 
     /// The settings the engine runs with.
@@ -416,8 +472,12 @@ impl Engine {
             }
             if let Some(w) = self.weights.weight(&kind, value) {
                 s.live.apply(a.user, a.item, w, a.timestamp);
+                s.bump_user(a.user);
             }
         }
+        drop(s);
+        let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
+        self.training.count_events(new);
         Ok(appended)
     }
 
@@ -452,6 +512,10 @@ impl Engine {
                 s.users.remove(key);
             }
             s.live.remove_user(UserIdx(d.idx));
+            s.bump_user(UserIdx(d.idx));
+            if let Some(m) = self.model.load_full() {
+                m.als.forget(d.idx);
+            }
         }
         Ok(out)
     }
@@ -486,6 +550,7 @@ impl Engine {
                 s.items.remove(key);
             }
             s.live.remove_item(ItemIdx(d.idx));
+            s.catalog_epoch += 1;
         }
         Ok(out)
     }
@@ -509,196 +574,6 @@ impl Engine {
     ) -> bespoke_store::Result<Option<Page<Event>>> {
         self.store.user_events(key, before, limit)
     }
-
-    fn popular_scored(
-        &self,
-        s: &State,
-        mode: PopularityMode,
-        n: usize,
-        keep: impl FnMut(ItemIdx) -> bool,
-    ) -> Vec<Scored> {
-        let pop = s.live.popularity();
-        match mode {
-            PopularityMode::AllTime => pop.top_all_time(n, keep),
-            PopularityMode::Trending => pop.top_trending(n, now_ms(), keep),
-        }
-    }
-
-    /// Recommendations for a user: for now, the most popular items they have not interacted
-    /// with. Unknown users, and users who did not allow personalization, get plain popularity,
-    /// and the reasons say so.
-    pub fn recommend(&self, user_key: &str, q: &RecommendQuery) -> Recommendations {
-        let s = self.state.read();
-        let wanted = s.category_ids(&q.categories);
-        let excluded: FxHashSet<u32> = q.exclude.iter().filter_map(|k| s.items.get(k)).collect();
-        let user = s.users.get(user_key).map(UserIdx);
-        let personal =
-            user.filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true));
-        let mode = self.settings.serving.recommend_popularity;
-        let scored = self.popular_scored(&s, mode, q.n, |i| {
-            s.servable(i)
-                && !excluded.contains(&i.0)
-                && s.in_categories(i, &wanted)
-                && (q.include_seen || personal.is_none_or(|u| !s.live.has_seen(u, i)))
-        });
-        let fallback = match (user, personal) {
-            (None, _) => Some("unknown user: showing popular items"),
-            (Some(_), None) => Some("personalization is off for this user: showing popular items"),
-            (Some(_), Some(_)) => None,
-        };
-        let kind = match mode {
-            PopularityMode::AllTime => "popular",
-            PopularityMode::Trending => "trending",
-        };
-        let items = scored
-            .into_iter()
-            .map(|Scored { idx, score }| {
-                let item = ItemIdx(idx);
-                let mut reasons =
-                    vec![s.popular_reason(item, kind, s.live.popularity().count(item) as u64)];
-                if let Some(message) = fallback {
-                    reasons.push(Reason {
-                        kind: "fallback",
-                        message: message.into(),
-                        category: None,
-                        item: None,
-                        count: None,
-                    });
-                } else if !q.include_seen {
-                    reasons.push(Reason {
-                        kind: "unseen",
-                        message: "you have not interacted with this item yet".into(),
-                        category: None,
-                        item: None,
-                        count: None,
-                    });
-                }
-                Recommendation {
-                    item: s.item_key(item),
-                    score,
-                    reasons,
-                }
-            })
-            .collect();
-        Recommendations {
-            items,
-            personalized: personal.is_some(),
-        }
-    }
-
-    /// Items related to `item_key` by co-occurrence in user histories, topped up with popular
-    /// items of the same category when there are too few (a cold item has none). `None` when the
-    /// item does not exist.
-    pub fn similar(&self, item_key: &str, n: usize) -> Option<Vec<Recommendation>> {
-        let s = self.state.read();
-        let item = ItemIdx(s.items.get(item_key)?);
-        let related = s
-            .live
-            .related(item, n, self.settings.serving.related_max_users, |j| {
-                j != item && s.servable(j)
-            });
-        let mut out: Vec<Recommendation> = related
-            .iter()
-            .map(|r| Recommendation {
-                item: s.item_key(r.item),
-                score: r.score,
-                reasons: vec![Reason {
-                    kind: "co_occurrence",
-                    message: format!(
-                        "{} {} who interacted with {item_key} also interacted with this",
-                        r.co_users,
-                        if r.co_users == 1 { "user" } else { "users" }
-                    ),
-                    category: None,
-                    item: Some(item_key.to_owned()),
-                    count: Some(r.co_users as u64),
-                }],
-            })
-            .collect();
-        if out.len() < n {
-            let taken: FxHashSet<u32> = related.iter().map(|r| r.item.0).collect();
-            let cats = s
-                .meta(item)
-                .map(|m| m.categories.clone())
-                .unwrap_or_default();
-            let message = if related.is_empty() {
-                "no co-occurrence data for this item yet: popular items of its category"
-            } else {
-                "too little co-occurrence data: topped up with popular items of its category"
-            };
-            let fill = s.live.popularity().top_all_time(n - out.len(), |j| {
-                j != item && !taken.contains(&j.0) && s.servable(j) && s.in_categories(j, &cats)
-            });
-            // Scaled below the weakest co-occurrence match, so real matches always rank first.
-            let ceiling = out.last().map_or(1.0, |r| r.score * 0.5);
-            let max_pop = fill.first().map_or(1.0, |f| f.score.max(f32::MIN_POSITIVE));
-            for f in fill {
-                let i = ItemIdx(f.idx);
-                out.push(Recommendation {
-                    item: s.item_key(i),
-                    score: ceiling * f.score / max_pop,
-                    reasons: vec![
-                        s.popular_reason(i, "popular", s.live.popularity().count(i) as u64),
-                        Reason {
-                            kind: "fallback",
-                            message: message.into(),
-                            category: None,
-                            item: Some(item_key.to_owned()),
-                            count: None,
-                        },
-                    ],
-                });
-            }
-        }
-        Some(out)
-    }
-
-    /// The most popular items, all-time, within a window, or trending.
-    pub fn popular(&self, q: &PopularQuery) -> Vec<Recommendation> {
-        let s = self.state.read();
-        let wanted = s.category_ids(&q.categories);
-        let keep = |i: ItemIdx| s.servable(i) && s.in_categories(i, &wanted);
-        let pop = s.live.popularity();
-        let now = now_ms();
-        let (scored, kind) = match (q.sort, q.window) {
-            (PopularSort::Trending, _) => (pop.top_trending(q.n, now, keep), "trending"),
-            (PopularSort::Count, Some(w)) => (pop.top_since(q.n, now - w, keep), "popular"),
-            (PopularSort::Count, None) => (pop.top_all_time(q.n, keep), "popular"),
-        };
-        scored
-            .into_iter()
-            .map(|Scored { idx, score }| {
-                let item = ItemIdx(idx);
-                let mut reason = s.popular_reason(item, kind, pop.count(item) as u64);
-                if let (PopularSort::Count, Some(w)) = (q.sort, q.window) {
-                    reason
-                        .message
-                        .push_str(&format!(" in the last {}", describe_window(w)));
-                    reason.count = None;
-                }
-                Recommendation {
-                    item: s.item_key(item),
-                    score,
-                    reasons: vec![reason],
-                }
-            })
-            .collect()
-    }
-}
-
-fn describe_window(ms: Millis) -> String {
-    const UNITS: [(i64, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1000, "s"),
-    ];
-    for (unit, name) in UNITS {
-        if ms % unit == 0 {
-            return format!("{}{name}", ms / unit);
-        }
-    }
-    format!("{ms}ms")
 }
 
 #[cfg(test)]

@@ -1,0 +1,87 @@
+//! `GET /v1/models`, `POST /v1/models/train`, `POST /v1/models/{version}/activate`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::extract::{KeyPath, Params};
+use super::{AppState, blocking};
+use crate::engine::{TrainError, TrainingStatus};
+use crate::error::ApiError;
+use crate::models::LoadError;
+
+impl From<TrainError> for ApiError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Busy => {
+                ApiError::new(StatusCode::CONFLICT, "training_in_progress", e.to_string())
+            }
+            TrainError::NoData => ApiError::new(StatusCode::CONFLICT, "no_data", e.to_string()),
+            TrainError::Store(e) => e.into(),
+            TrainError::Load(e) => e.into(),
+            TrainError::Threads(_) => ApiError::internal("training", &e),
+        }
+    }
+}
+
+impl From<LoadError> for ApiError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Store(e) => e.into(),
+            other => ApiError::internal("loading a model", &other),
+        }
+    }
+}
+
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let engine = state.engine.clone();
+    let (models, status): (Vec<bespoke_store::ModelRecord>, TrainingStatus) =
+        blocking(move || Ok((engine.models()?, engine.training_status()))).await?;
+    let active = models.iter().find(|m| m.active).map(|m| m.version);
+    let models: Vec<Value> = models
+        .into_iter()
+        .rev()
+        .map(|m| json!({ "version": m.version, "active": m.active, "bytes": m.bytes, "meta": m.meta }))
+        .collect();
+    Ok(Json(
+        json!({ "active": active, "training": status, "models": models }),
+    ))
+}
+
+pub(crate) async fn train(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    params.allow(&["wait"])?;
+    let wait = params.bool("wait", false)?;
+    let engine = state.engine.clone();
+    if wait {
+        let outcome = blocking(move || engine.train(|_| {}).map_err(ApiError::from)).await?;
+        return Ok((StatusCode::OK, Json(json!(outcome))));
+    }
+    if engine.training_status().running {
+        return Err(TrainError::Busy.into());
+    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = engine.train(|_| {}) {
+            tracing::warn!(target: "train::lifecycle", error = %e, "training requested over the API failed");
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "started" }))))
+}
+
+pub(crate) async fn activate(
+    State(state): State<AppState>,
+    KeyPath(version): KeyPath,
+) -> Result<Json<Value>, ApiError> {
+    let version: u64 = version.parse().map_err(|_| {
+        ApiError::invalid(
+            "version",
+            format!("version must be a model version number, got {version:?}"),
+        )
+    })?;
+    let engine = state.engine.clone();
+    blocking(move || engine.activate(version).map_err(ApiError::from)).await?;
+    Ok(Json(json!({ "active": version })))
+}

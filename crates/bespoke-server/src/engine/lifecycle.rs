@@ -1,0 +1,223 @@
+//! The model lifecycle: training (on demand and in the background), saving, activating, and
+//! swapping the served model without interrupting requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bespoke_store::ModelRecord;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Engine;
+use crate::models::{self, LoadError, Progress, ServingModel, Snapshot};
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Another training run is in progress.
+    #[error("a training run is already in progress")]
+    Busy,
+    /// There is nothing to train on.
+    #[error("no events to train on yet")]
+    NoData,
+    /// Reading or saving failed.
+    #[error(transparent)]
+    Store(#[from] bespoke_store::Error),
+    /// The saved model could not be loaded back.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The worker threads could not start.
+    #[error("starting training threads: {0}")]
+    Threads(String),
+}
+
+/// The result of a training run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    /// The new version.
+    pub version: u64,
+    /// Whether it is now served.
+    pub activated: bool,
+    /// Its metadata.
+    pub meta: Value,
+}
+
+/// What the trainer is doing, for `GET /v1/models`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrainingStatus {
+    /// A run is in progress.
+    pub running: bool,
+    /// Its current stage.
+    pub stage: Option<String>,
+    /// When the last run finished, and how.
+    pub last_finished_at: Option<String>,
+    /// The last run's error, if it failed.
+    pub last_error: Option<String>,
+    /// Events stored since the last successful run started.
+    pub events_since_last_training: u64,
+}
+
+/// Trainer state shared by the API, the CLI and the background scheduler.
+#[derive(Debug, Default)]
+pub(crate) struct TrainingState {
+    lock: Mutex<()>,
+    status: Mutex<TrainingStatus>,
+    new_events: AtomicU64,
+}
+
+impl TrainingState {
+    pub(crate) fn count_events(&self, n: u64) {
+        self.new_events.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Engine {
+    /// Loads the active model version at start-up, if there is one. A model that cannot be
+    /// loaded is logged and skipped: serving falls back to popularity rather than not starting.
+    pub(super) fn load_active_model(&self) {
+        match self.store.active_model() {
+            Ok(Some(v)) => match self.load_model(v) {
+                Ok(m) => {
+                    tracing::info!(version = v, "serving model");
+                    self.model.store(Some(Arc::new(m)));
+                }
+                Err(e) => {
+                    tracing::error!(version = v, error = %e, "could not load the active model")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not read the active model version"),
+        }
+    }
+
+    fn load_model(&self, version: u64) -> Result<ServingModel, LoadError> {
+        // Reading the files happens outside the state lock; only the key mapping needs it.
+        let store = self.store.clone();
+        let s = self.state.read();
+        ServingModel::load(&*store, version, self.settings.serving.user_cache, |key| {
+            s.items.get(key)
+        })
+    }
+
+    /// The model being served.
+    pub fn model(&self) -> Option<Arc<ServingModel>> {
+        self.model.load_full()
+    }
+
+    /// Every stored model version.
+    pub fn models(&self) -> bespoke_store::Result<Vec<ModelRecord>> {
+        self.store.list_models()
+    }
+
+    /// What the trainer is doing.
+    pub fn training_status(&self) -> TrainingStatus {
+        let mut s = self.training.status.lock().clone();
+        s.events_since_last_training = self.training.new_events.load(Ordering::Relaxed);
+        s
+    }
+
+    /// Serves `version` from now on (and records it as active). Requests in flight finish on
+    /// the model they started with.
+    pub fn activate(&self, version: u64) -> Result<(), LoadError> {
+        let model = self.load_model(version)?;
+        self.store.activate_model(version)?;
+        self.model.store(Some(Arc::new(model)));
+        tracing::info!(target: "train::lifecycle", version, "activated model");
+        Ok(())
+    }
+
+    /// Whether the background scheduler should train now: no model yet (with
+    /// `train_on_start`), enough new events, or the interval has passed since `last`.
+    pub fn training_due(&self, last: Option<Instant>) -> bool {
+        let t = &self.settings.training;
+        let events = self.training.new_events.load(Ordering::Relaxed);
+        if self.model.load().is_none() {
+            return t.train_on_start && self.counts().events > 0 && last.is_none();
+        }
+        (t.min_new_events > 0 && events >= t.min_new_events)
+            || (t.interval_minutes > 0
+                && events > 0
+                && last.is_none_or(|l| l.elapsed().as_secs() >= t.interval_minutes * 60))
+    }
+
+    /// Trains new models from everything stored, saves them as a new version, prunes old
+    /// versions and (with `training.auto_activate`) serves the new one. One run at a time.
+    pub fn train(
+        &self,
+        mut progress: impl FnMut(Progress<'_>) + Send,
+    ) -> Result<TrainOutcome, TrainError> {
+        let _running = self.training.lock.try_lock().ok_or(TrainError::Busy)?;
+        let started = Instant::now();
+        let new_before = self.training.new_events.load(Ordering::Relaxed);
+        {
+            let mut st = self.training.status.lock();
+            st.running = true;
+            st.stage = Some("reading data".into());
+        }
+        let result = self.train_inner(&mut progress);
+        let mut st = self.training.status.lock();
+        st.running = false;
+        st.stage = None;
+        st.last_finished_at = Some(crate::time::format_rfc3339(super::now_ms()));
+        match &result {
+            Ok(out) => {
+                st.last_error = None;
+                // Events that arrived during training count towards the next run.
+                self.training
+                    .new_events
+                    .fetch_sub(new_before, Ordering::Relaxed);
+                tracing::info!(
+                    target: "train::lifecycle",
+                    version = out.version,
+                    activated = out.activated,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "trained model"
+                );
+            }
+            Err(e) => st.last_error = Some(e.to_string()),
+        }
+        result
+    }
+
+    fn train_inner(
+        &self,
+        progress: &mut (dyn FnMut(Progress<'_>) + Send),
+    ) -> Result<TrainOutcome, TrainError> {
+        let snapshot = Snapshot::read(&*self.store, &self.settings)?;
+        if snapshot.pairs.is_empty() {
+            return Err(TrainError::NoData);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.settings.training.threads)
+            .thread_name(|i| format!("bespoke-train-{i}"))
+            .build()
+            .map_err(|e| TrainError::Threads(e.to_string()))?;
+        let status = &self.training.status;
+        let trained = pool.install(|| {
+            models::training::train(&snapshot, &self.settings, &mut |p| {
+                if let Progress::Stage(stage) = p {
+                    status.lock().stage = Some(stage.to_owned());
+                }
+                progress(p)
+            })
+        });
+        let version = models::save(&*self.store, &snapshot, &trained)?;
+        let activated = self.settings.training.auto_activate;
+        if activated {
+            self.activate(version)?;
+        }
+        let removed = self
+            .store
+            .prune_models(self.settings.training.keep_versions)?;
+        if !removed.is_empty() {
+            tracing::info!(target: "train::lifecycle", ?removed, "pruned old model versions");
+        }
+        Ok(TrainOutcome {
+            version,
+            activated,
+            meta: trained.meta,
+        })
+    }
+}

@@ -1,0 +1,435 @@
+//! Answering requests: recommendations, similar items and popular items, each with reasons.
+//!
+//! Recommendations use the requested model (iALS, item-kNN or popularity). iALS solves the user's
+//! vector exactly from their current history against the served item factors (cached per history
+//! revision), so an event changes the next answer without retraining; the reasons are the
+//! history items with the largest Hu–Koren–Volinsky contributions. Anything a model cannot
+//! answer (no model yet, a user it knows nothing of, too few results) falls back to popularity,
+//! and the reasons say so.
+
+use bespoke_algo::{ItemIdx, Scored, UserIdx};
+use bespoke_store::Millis;
+use rustc_hash::FxHashSet;
+
+use super::{
+    Engine, PopularQuery, PopularSort, Reason, RecommendQuery, Recommendation, Recommendations,
+    State, now_ms,
+};
+use crate::models::ServingModel;
+use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
+
+/// History items named in the reasons of one result.
+const EXPLAIN_TOP: usize = 3;
+
+/// What a request allows: availability, categories, exclusions and (optionally) unseen items.
+struct Filter<'a> {
+    s: &'a State,
+    wanted: Vec<u32>,
+    excluded: FxHashSet<u32>,
+    unseen_for: Option<UserIdx>,
+}
+
+impl Filter<'_> {
+    fn keep(&self, item: ItemIdx) -> bool {
+        self.s.servable(item)
+            && !self.excluded.contains(&item.0)
+            && self.s.in_categories(item, &self.wanted)
+            && self
+                .unseen_for
+                .is_none_or(|u| !self.s.live.has_seen(u, item))
+    }
+}
+
+fn model_name(choice: ModelChoice) -> &'static str {
+    match choice {
+        ModelChoice::Als => "als",
+        ModelChoice::Knn => "knn",
+        ModelChoice::Popular => "popular",
+    }
+}
+
+impl Engine {
+    /// The user's history in model item ids: `(item, summed weight)`, only items the model knows.
+    fn model_history(s: &State, m: &ServingModel, user: UserIdx) -> Vec<(u32, f32)> {
+        s.live
+            .history(user)
+            .iter()
+            .filter_map(|x| m.model_item(x.item.0).map(|i| (i, x.weight)))
+            .collect()
+    }
+
+    /// Explanation reasons from `(model item, contribution)` pairs: the largest positive ones.
+    fn contribution_reasons(
+        s: &State,
+        m: &ServingModel,
+        mut parts: Vec<(u32, f32)>,
+        kind: &'static str,
+        message: impl Fn(&str) -> String,
+    ) -> Vec<Reason> {
+        parts.retain(|p| p.1 > 0.0);
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        parts
+            .into_iter()
+            .filter_map(|(i, w)| {
+                let key = s.item_key(ItemIdx(m.store_item(i)?));
+                Some(Reason {
+                    weight: Some(w),
+                    ..Reason::new(kind, message(&key))
+                })
+                .map(|r| Reason {
+                    item: Some(key),
+                    ..r
+                })
+            })
+            .take(EXPLAIN_TOP)
+            .collect()
+    }
+
+    /// Recommendations for a user (see the module docs for the model and fallback rules).
+    pub fn recommend(&self, user_key: &str, q: &RecommendQuery) -> Recommendations {
+        let model = self.model.load_full();
+        let s = self.state.read();
+        let user = s.users.get(user_key).map(UserIdx);
+        let personal =
+            user.filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true));
+        let filter = Filter {
+            s: &s,
+            wanted: s.category_ids(&q.categories),
+            excluded: q.exclude.iter().filter_map(|k| s.items.get(k)).collect(),
+            unseen_for: if q.include_seen { None } else { personal },
+        };
+        let choice = q.model.unwrap_or(self.settings.serving.default_model);
+        let mut fallback = match (user, personal) {
+            (None, _) => Some("unknown user: showing popular items".to_owned()),
+            (Some(_), None) => {
+                Some("personalization is off for this user: showing popular items".to_owned())
+            }
+            (Some(_), Some(_)) => None,
+        };
+        let mut items = Vec::new();
+        let mut used = "popular";
+        if let (Some(u), false) = (personal, choice == ModelChoice::Popular) {
+            match &model {
+                None => fallback = Some("no trained model yet: showing popular items".to_owned()),
+                Some(m) => {
+                    let history = Self::model_history(&s, m, u);
+                    items = match choice {
+                        ModelChoice::Als => self.recommend_als(&s, m, u, &history, q.n, &filter),
+                        _ => self.recommend_knn(&s, m, &history, q.n, &filter),
+                    };
+                    if items.is_empty() {
+                        fallback = Some(format!(
+                            "the {} model knows none of this user's interactions yet: showing popular items",
+                            model_name(choice)
+                        ));
+                    } else {
+                        used = model_name(choice);
+                    }
+                }
+            }
+        }
+        let personalized = personal.is_some() && used != "popular";
+        if items.len() < q.n {
+            let taken: FxHashSet<String> = items
+                .iter()
+                .map(|r: &Recommendation| r.item.clone())
+                .collect();
+            let top_up = !items.is_empty();
+            let mut popular = self.popular_for(&s, q.n - items.len(), &filter, |i| {
+                !taken.contains(&s.item_key(i))
+            });
+            // Below every model score, so that a top-up never outranks a model result.
+            let floor = items.last().map(|r| r.score);
+            let max = popular
+                .first()
+                .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
+            for r in &mut popular {
+                if let Some(f) = floor {
+                    r.score = f - 1.0 + 0.999 * r.score / max;
+                }
+                if top_up {
+                    r.reasons
+                        .push(Reason::new("fallback", "topped up with popular items"));
+                } else if let Some(message) = &fallback {
+                    r.reasons.push(Reason::new("fallback", message.clone()));
+                } else if !q.include_seen {
+                    r.reasons.push(Reason::new(
+                        "unseen",
+                        "you have not interacted with this item yet",
+                    ));
+                }
+            }
+            items.extend(popular);
+        }
+        Recommendations {
+            items,
+            personalized,
+            model: used,
+            model_version: model
+                .as_ref()
+                .filter(|_| used != "popular")
+                .map(|m| m.version),
+        }
+    }
+
+    fn recommend_als(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        user: UserIdx,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+    ) -> Vec<Recommendation> {
+        let Some(vector) = m.als.user_vector(user.0, s.revision(user), history) else {
+            return Vec::new();
+        };
+        let top = m.als.top_k(&vector.x, n, |i| {
+            m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
+        });
+        top.into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let parts = m.als.explain(&vector, idx);
+                let mut reasons = Self::contribution_reasons(s, m, parts, "als", |k| {
+                    format!("because you interacted with {k}")
+                });
+                if reasons.is_empty() {
+                    reasons.push(Reason::new(
+                        "als",
+                        "matches the taste your history shows (latent factors)",
+                    ));
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                })
+            })
+            .collect()
+    }
+
+    fn recommend_knn(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+    ) -> Vec<Recommendation> {
+        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+        let top = m.knn.recommend(&positive, n, |i| {
+            m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
+        });
+        top.into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let parts = m.knn.explain(&positive, idx);
+                let reasons = Self::contribution_reasons(s, m, parts, "knn", |k| {
+                    format!("similar to {k}, which you interacted with")
+                });
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                })
+            })
+            .collect()
+    }
+
+    /// The configured popularity ranking among items `filter` and `extra` accept.
+    fn popular_for(
+        &self,
+        s: &State,
+        n: usize,
+        filter: &Filter<'_>,
+        mut extra: impl FnMut(ItemIdx) -> bool,
+    ) -> Vec<Recommendation> {
+        let mode = self.settings.serving.recommend_popularity;
+        let pop = s.live.popularity();
+        let keep = |i: ItemIdx| filter.keep(i) && extra(i);
+        let (scored, kind) = match mode {
+            PopularityMode::AllTime => (pop.top_all_time(n, keep), "popular"),
+            PopularityMode::Trending => (pop.top_trending(n, now_ms(), keep), "trending"),
+        };
+        scored
+            .into_iter()
+            .map(|Scored { idx, score }| {
+                let item = ItemIdx(idx);
+                Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons: vec![s.popular_reason(item, kind, pop.count(item) as u64)],
+                }
+            })
+            .collect()
+    }
+
+    /// Items related to `item_key`: from the requested model (item-kNN neighbours, cosine of
+    /// iALS factors, or live co-occurrence), topped up with co-occurrence and then with popular
+    /// items of its category when there are too few (a cold item has none). `None` when the item
+    /// does not exist.
+    pub fn similar(
+        &self,
+        item_key: &str,
+        n: usize,
+        choice: Option<SimilarChoice>,
+    ) -> Option<Vec<Recommendation>> {
+        let model = self.model.load_full();
+        let s = self.state.read();
+        let item = ItemIdx(s.items.get(item_key)?);
+        let choice = choice.unwrap_or(self.settings.serving.default_similar_model);
+        let mut out: Vec<Recommendation> = Vec::new();
+        let mut taken: FxHashSet<u32> = FxHashSet::default();
+        let servable = |j: ItemIdx| j != item && s.servable(j);
+        if let (Some(m), false) = (&model, choice == SimilarChoice::Cooccurrence) {
+            if let Some(mi) = m.model_item(item.0) {
+                let keep = |j: u32| m.store_item(j).is_some_and(|st| servable(ItemIdx(st)));
+                let (found, kind, phrase) = match choice {
+                    SimilarChoice::Als => (
+                        m.als.similar(mi, n, keep),
+                        "als",
+                        "liked by the same kind of users as",
+                    ),
+                    _ => (
+                        m.knn.neighbours(mi, n, keep),
+                        "knn",
+                        "often interacted with together with",
+                    ),
+                };
+                for Scored { idx, score } in found {
+                    let Some(st) = m.store_item(idx) else {
+                        continue;
+                    };
+                    taken.insert(st);
+                    out.push(Recommendation {
+                        item: s.item_key(ItemIdx(st)),
+                        score,
+                        reasons: vec![Reason {
+                            item: Some(item_key.to_owned()),
+                            weight: Some(score),
+                            ..Reason::new(kind, format!("{phrase} {item_key}"))
+                        }],
+                    });
+                }
+            }
+        }
+        if out.len() < n {
+            let related = s.live.related(
+                item,
+                n - out.len(),
+                self.settings.serving.related_max_users,
+                |j| servable(j) && !taken.contains(&j.0),
+            );
+            let ceiling = out.last().map(|r| r.score * 0.5);
+            let max = related
+                .first()
+                .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
+            for r in related {
+                taken.insert(r.item.0);
+                let mut reasons = vec![Reason {
+                    item: Some(item_key.to_owned()),
+                    count: Some(r.co_users as u64),
+                    ..Reason::new(
+                        "co_occurrence",
+                        format!(
+                            "{} {} who interacted with {item_key} also interacted with this",
+                            r.co_users,
+                            if r.co_users == 1 { "user" } else { "users" }
+                        ),
+                    )
+                }];
+                if choice != SimilarChoice::Cooccurrence {
+                    reasons.push(Reason::new(
+                        "fallback",
+                        "the model does not know this item well enough yet",
+                    ));
+                }
+                out.push(Recommendation {
+                    item: s.item_key(r.item),
+                    score: ceiling.map_or(r.score, |c| c * r.score / max),
+                    reasons,
+                });
+            }
+        }
+        if out.len() < n {
+            let cats = s
+                .meta(item)
+                .map(|m| m.categories.clone())
+                .unwrap_or_default();
+            let message = if out.is_empty() {
+                "no co-occurrence data for this item yet: popular items of its category"
+            } else {
+                "too little co-occurrence data: topped up with popular items of its category"
+            };
+            let fill = s.live.popularity().top_all_time(n - out.len(), |j| {
+                servable(j) && !taken.contains(&j.0) && s.in_categories(j, &cats)
+            });
+            // Scaled below the weakest match, so real matches always rank first.
+            let ceiling = out.last().map_or(1.0, |r| r.score * 0.5);
+            let max_pop = fill.first().map_or(1.0, |f| f.score.max(f32::MIN_POSITIVE));
+            for f in fill {
+                let i = ItemIdx(f.idx);
+                out.push(Recommendation {
+                    item: s.item_key(i),
+                    score: ceiling * f.score / max_pop,
+                    reasons: vec![
+                        s.popular_reason(i, "popular", s.live.popularity().count(i) as u64),
+                        Reason {
+                            item: Some(item_key.to_owned()),
+                            ..Reason::new("fallback", message)
+                        },
+                    ],
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The most popular items, all-time, within a window, or trending.
+    pub fn popular(&self, q: &PopularQuery) -> Vec<Recommendation> {
+        let s = self.state.read();
+        let wanted = s.category_ids(&q.categories);
+        let keep = |i: ItemIdx| s.servable(i) && s.in_categories(i, &wanted);
+        let pop = s.live.popularity();
+        let now = now_ms();
+        let (scored, kind) = match (q.sort, q.window) {
+            (PopularSort::Trending, _) => (pop.top_trending(q.n, now, keep), "trending"),
+            (PopularSort::Count, Some(w)) => (pop.top_since(q.n, now - w, keep), "popular"),
+            (PopularSort::Count, None) => (pop.top_all_time(q.n, keep), "popular"),
+        };
+        scored
+            .into_iter()
+            .map(|Scored { idx, score }| {
+                let item = ItemIdx(idx);
+                let mut reason = s.popular_reason(item, kind, pop.count(item) as u64);
+                if let (PopularSort::Count, Some(w)) = (q.sort, q.window) {
+                    reason
+                        .message
+                        .push_str(&format!(" in the last {}", describe_window(w)));
+                    reason.count = None;
+                }
+                Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons: vec![reason],
+                }
+            })
+            .collect()
+    }
+}
+
+fn describe_window(ms: Millis) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    for (unit, name) in UNITS {
+        if ms % unit == 0 {
+            return format!("{}{name}", ms / unit);
+        }
+    }
+    format!("{ms}ms")
+}

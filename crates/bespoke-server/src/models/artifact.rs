@@ -1,0 +1,341 @@
+//! Model files in the safetensors format (readable with `safetensors.numpy.load_file`):
+//!
+//! - `als.safetensors`: `user_factors` (`F32`, users × f) and `item_factors` (`F32`, items × f);
+//! - `knn.safetensors`: the item × item neighbour matrix in CSR form, `indptr` (`U64`, items + 1),
+//!   `indices` (`U32`) and `data` (`F32`);
+//! - `users.json`, `items.json`: the external key of each row, in row order;
+//! - `meta.json` (written by the store): hyperparameters, data watermark, timings, metrics.
+//!
+//! Each safetensors header's `__metadata__` repeats the essentials (`format`, parameters) so that
+//! a file is self-describing on its own.
+
+use std::collections::HashMap;
+
+use bespoke_algo::{Als, AlsParams, Csr, Factors, ItemKnn, Similarity};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+/// File names inside a model version.
+pub const ALS_FILE: &str = "als.safetensors";
+/// See [`ALS_FILE`].
+pub const KNN_FILE: &str = "knn.safetensors";
+/// See [`ALS_FILE`].
+pub const USERS_FILE: &str = "users.json";
+/// See [`ALS_FILE`].
+pub const ITEMS_FILE: &str = "items.json";
+
+/// A model file that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("model file {file}: {message}")]
+pub struct ArtifactError {
+    /// The file.
+    pub file: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(file: &'static str, message: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError {
+        file,
+        message: message.to_string(),
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u64_bytes(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn tensor<'a>(
+    st: &SafeTensors<'a>,
+    file: &'static str,
+    name: &str,
+    dtype: Dtype,
+) -> Result<(Vec<usize>, &'a [u8]), ArtifactError> {
+    let t = st
+        .tensor(name)
+        .map_err(|e| err(file, format!("tensor {name}: {e}")))?;
+    if t.dtype() != dtype {
+        return Err(err(
+            file,
+            format!(
+                "tensor {name} has dtype {:?}, expected {dtype:?}",
+                t.dtype()
+            ),
+        ));
+    }
+    Ok((t.shape().to_vec(), t.data()))
+}
+
+fn read_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+fn read_u32(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+fn read_u64(b: &[u8]) -> Vec<u64> {
+    b.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+fn metadata(bytes: &[u8], file: &'static str) -> Result<HashMap<String, String>, ArtifactError> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| err(file, e))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// Encodes an iALS model.
+pub fn encode_als(model: &Als) -> Vec<u8> {
+    let p = model.params();
+    let (u, i) = (model.user_factors(), model.item_factors());
+    let (ub, ib) = (f32_bytes(u.as_slice()), f32_bytes(i.as_slice()));
+    let tensors = [
+        (
+            "item_factors",
+            TensorView::new(Dtype::F32, vec![i.rows(), i.dim()], &ib).expect("sizes match"),
+        ),
+        (
+            "user_factors",
+            TensorView::new(Dtype::F32, vec![u.rows(), u.dim()], &ub).expect("sizes match"),
+        ),
+    ];
+    let info = HashMap::from([
+        ("format".to_owned(), "bespoke.als.v1".to_owned()),
+        ("factors".to_owned(), p.factors.to_string()),
+        ("iterations".to_owned(), p.iterations.to_string()),
+        ("regularization".to_owned(), p.regularization.to_string()),
+        ("alpha".to_owned(), p.alpha.to_string()),
+        ("cg_steps".to_owned(), p.cg_steps.to_string()),
+        ("seed".to_owned(), p.seed.to_string()),
+    ]);
+    safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
+}
+
+/// Decodes an iALS model written by [`encode_als`].
+pub fn decode_als(bytes: &[u8]) -> Result<Als, ArtifactError> {
+    const F: &str = ALS_FILE;
+    let meta = metadata(bytes, F)?;
+    if meta.get("format").map(String::as_str) != Some("bespoke.als.v1") {
+        return Err(err(F, "not a bespoke.als.v1 file"));
+    }
+    let num = |k: &str| -> Result<f64, ArtifactError> {
+        meta.get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| err(F, format!("metadata {k} missing or not a number")))
+    };
+    let params = AlsParams {
+        factors: num("factors")? as usize,
+        iterations: num("iterations")? as usize,
+        regularization: num("regularization")? as f32,
+        alpha: num("alpha")? as f32,
+        cg_steps: num("cg_steps")? as usize,
+        seed: meta.get("seed").and_then(|v| v.parse().ok()).unwrap_or(0),
+        compute_loss: false,
+    };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
+    let matrix = |name: &str| -> Result<Factors, ArtifactError> {
+        let (shape, data) = tensor(&st, F, name, Dtype::F32)?;
+        let [rows, dim] = shape[..] else {
+            return Err(err(F, format!("tensor {name} is not two-dimensional")));
+        };
+        Factors::from_vec(rows, dim, read_f32(data))
+            .ok_or_else(|| err(F, format!("tensor {name}: size mismatch")))
+    };
+    let (users, items) = (matrix("user_factors")?, matrix("item_factors")?);
+    Als::from_parts(params, users, items)
+        .ok_or_else(|| err(F, "factor dimensions disagree with the metadata"))
+}
+
+/// Encodes an item-kNN model.
+pub fn encode_knn(model: &ItemKnn) -> Vec<u8> {
+    let m = model.neighbours();
+    let mut indptr = Vec::with_capacity(m.n_rows() + 1);
+    let mut indices = Vec::with_capacity(m.nnz());
+    let mut data = Vec::with_capacity(m.nnz());
+    indptr.push(0u64);
+    for r in 0..m.n_rows() {
+        let (c, v) = m.row(r);
+        indices.extend_from_slice(c);
+        data.extend_from_slice(v);
+        indptr.push(indices.len() as u64);
+    }
+    let (pb, ib, db) = (u64_bytes(&indptr), u32_bytes(&indices), f32_bytes(&data));
+    let tensors = [
+        (
+            "data",
+            TensorView::new(Dtype::F32, vec![data.len()], &db).expect("sizes match"),
+        ),
+        (
+            "indices",
+            TensorView::new(Dtype::U32, vec![indices.len()], &ib).expect("sizes match"),
+        ),
+        (
+            "indptr",
+            TensorView::new(Dtype::U64, vec![indptr.len()], &pb).expect("sizes match"),
+        ),
+    ];
+    let (similarity, k1, b) = match model.similarity() {
+        Similarity::Cosine => ("cosine", 0.0, 0.0),
+        Similarity::Bm25 { k1, b } => ("bm25", k1, b),
+    };
+    let info = HashMap::from([
+        ("format".to_owned(), "bespoke.knn.v1".to_owned()),
+        ("similarity".to_owned(), similarity.to_owned()),
+        ("k".to_owned(), model.k().to_string()),
+        ("k1".to_owned(), k1.to_string()),
+        ("b".to_owned(), b.to_string()),
+        ("items".to_owned(), m.n_rows().to_string()),
+    ]);
+    safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
+}
+
+/// Decodes an item-kNN model written by [`encode_knn`].
+pub fn decode_knn(bytes: &[u8]) -> Result<ItemKnn, ArtifactError> {
+    const F: &str = KNN_FILE;
+    let meta = metadata(bytes, F)?;
+    if meta.get("format").map(String::as_str) != Some("bespoke.knn.v1") {
+        return Err(err(F, "not a bespoke.knn.v1 file"));
+    }
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| err(F, format!("metadata {k} missing")))
+    };
+    let num = |k: &str| -> Result<f64, ArtifactError> {
+        get(k)?
+            .parse()
+            .map_err(|_| err(F, format!("metadata {k} is not a number")))
+    };
+    let similarity = match get("similarity")?.as_str() {
+        "cosine" => Similarity::Cosine,
+        "bm25" => Similarity::Bm25 {
+            k1: num("k1")? as f32,
+            b: num("b")? as f32,
+        },
+        other => return Err(err(F, format!("unknown similarity {other:?}"))),
+    };
+    let n = num("items")? as usize;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
+    let indptr = read_u64(tensor(&st, F, "indptr", Dtype::U64)?.1);
+    let indices = read_u32(tensor(&st, F, "indices", Dtype::U32)?.1);
+    let data = read_f32(tensor(&st, F, "data", Dtype::F32)?.1);
+    if indptr.len() != n + 1
+        || indices.len() != data.len()
+        || indptr.last().copied() != Some(indices.len() as u64)
+    {
+        return Err(err(F, "inconsistent CSR arrays"));
+    }
+    let mut triples = Vec::with_capacity(indices.len());
+    for r in 0..n {
+        let (a, b) = (indptr[r] as usize, indptr[r + 1] as usize);
+        if a > b || b > indices.len() {
+            return Err(err(F, "inconsistent CSR arrays"));
+        }
+        for k in a..b {
+            if indices[k] as usize >= n {
+                return Err(err(F, "neighbour index out of range"));
+            }
+            triples.push((r as u32, indices[k], data[k]));
+        }
+    }
+    Ok(ItemKnn::from_parts(
+        similarity,
+        num("k")? as usize,
+        Csr::from_triples(n, n, &triples, false),
+    ))
+}
+
+/// Encodes a list of keys (row order) as a JSON array.
+pub fn encode_keys(keys: &[String]) -> Vec<u8> {
+    serde_json::to_vec(keys).expect("strings serialise")
+}
+
+/// Decodes [`encode_keys`].
+pub fn decode_keys(bytes: &[u8], file: &'static str) -> Result<Vec<String>, ArtifactError> {
+    serde_json::from_slice(bytes).map_err(|e| err(file, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a safetensors file by its published layout, independently of the `safetensors`
+    /// crate: 8-byte little-endian header length, a JSON header, then the data buffer.
+    fn raw_tensor(bytes: &[u8], name: &str) -> (String, Vec<usize>, Vec<u8>, serde_json::Value) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let t = &header[name];
+        let dtype = t["dtype"].as_str().unwrap().to_owned();
+        let shape = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let begin = t["data_offsets"][0].as_u64().unwrap() as usize;
+        let end = t["data_offsets"][1].as_u64().unwrap() as usize;
+        (
+            dtype,
+            shape,
+            bytes[8 + n + begin..8 + n + end].to_vec(),
+            header["__metadata__"].clone(),
+        )
+    }
+
+    fn als() -> Als {
+        let t: Vec<(u32, u32, f32)> = (0..60)
+            .map(|k| (k % 7, (k * 3) % 11, 1.0 + (k % 3) as f32))
+            .collect();
+        let w = Csr::from_triples(7, 11, &t, false);
+        Als::fit(
+            &w,
+            AlsParams {
+                factors: 5,
+                iterations: 3,
+                ..AlsParams::default()
+            },
+            |_| {},
+        )
+    }
+
+    #[test]
+    fn als_round_trips_and_a_second_reader_agrees() {
+        let model = als();
+        let bytes = encode_als(&model);
+        assert_eq!(decode_als(&bytes).unwrap(), model);
+        let (dtype, shape, data, meta) = raw_tensor(&bytes, "item_factors");
+        assert_eq!((dtype.as_str(), shape), ("F32", vec![11, 5]));
+        assert_eq!(read_f32(&data), model.item_factors().as_slice());
+        assert_eq!(meta["format"], "bespoke.als.v1");
+        assert_eq!(meta["factors"], "5");
+        let (_, shape, data, _) = raw_tensor(&bytes, "user_factors");
+        assert_eq!(shape, vec![7, 5]);
+        assert_eq!(read_f32(&data), model.user_factors().as_slice());
+    }
+
+    #[test]
+    fn knn_round_trips_and_corruption_is_reported() {
+        let t: Vec<(u32, u32, f32)> = (0..80).map(|k| (k % 9, (k * 5) % 13, 1.0)).collect();
+        let w = Csr::from_triples(9, 13, &t, false);
+        let knn = ItemKnn::fit(&w, Similarity::Bm25 { k1: 1.2, b: 0.75 }, 4);
+        let bytes = encode_knn(&knn);
+        assert_eq!(decode_knn(&bytes).unwrap(), knn);
+        let (dtype, shape, _, _) = raw_tensor(&bytes, "indptr");
+        assert_eq!((dtype.as_str(), shape), ("U64", vec![14]));
+        assert!(decode_knn(&bytes[..bytes.len() - 3]).is_err());
+        assert!(decode_als(&bytes).is_err(), "a kNN file is not an ALS file");
+        assert!(decode_keys(b"[1,2]", USERS_FILE).is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! Trained models: their files ([`artifact`]), how they are trained from the store
+//! ([`training`]) and how they serve ([`serving`]).
+
+pub mod artifact;
+pub mod serving;
+pub mod training;
+
+use bespoke_store::Store;
+
+pub use serving::{LoadError, ServingModel};
+pub use training::{Progress, Snapshot, Trained};
+
+/// Saves a training run as a new model version; returns the version.
+pub fn save(
+    store: &dyn Store,
+    snapshot: &Snapshot,
+    trained: &Trained,
+) -> bespoke_store::Result<u64> {
+    let als = artifact::encode_als(&trained.als);
+    let knn = artifact::encode_knn(&trained.knn);
+    let users = artifact::encode_keys(&snapshot.user_keys);
+    let items = artifact::encode_keys(&snapshot.item_keys);
+    store.save_model(
+        &[
+            (artifact::ALS_FILE, &als),
+            (artifact::KNN_FILE, &knn),
+            (artifact::USERS_FILE, &users),
+            (artifact::ITEMS_FILE, &items),
+        ],
+        &trained.meta,
+    )
+}

@@ -1,0 +1,285 @@
+//! A trained model loaded for serving: iALS with exact per-user fold-in and explanations,
+//! item-kNN, and the mapping between model rows and the store's item ids.
+
+use std::sync::Arc;
+
+use bespoke_algo::{
+    Als, Factors, ItemKnn, ItemScorer, ScoreScratch, Scored, TopK, UserSolver, UserVector,
+};
+use bespoke_store::Store;
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use serde_json::Value;
+
+use super::artifact::{self, ALS_FILE, ITEMS_FILE, KNN_FILE};
+
+/// Marks a store item that the model does not know.
+const NONE: u32 = u32::MAX;
+
+/// Why a model version could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading from the store failed.
+    #[error(transparent)]
+    Store(#[from] bespoke_store::Error),
+    /// A file is malformed.
+    #[error(transparent)]
+    Artifact(#[from] artifact::ArtifactError),
+    /// The files disagree with each other.
+    #[error("model version {version}: {message}")]
+    Inconsistent {
+        /// The version.
+        version: u64,
+        /// What disagrees.
+        message: String,
+    },
+}
+
+/// Exact user vectors, keyed by store user id and valid for one history revision.
+#[derive(Debug, Default)]
+struct UserCache {
+    entries: FxHashMap<u32, (u64, Arc<UserVector>)>,
+}
+
+/// iALS, ready to serve.
+#[derive(Debug)]
+pub struct AlsServing {
+    solver: UserSolver,
+    scorer: ItemScorer,
+    /// Item factors scaled to unit length, for item-to-item similarity.
+    normalized: ItemScorer,
+    cache: Mutex<UserCache>,
+    cache_capacity: usize,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(ScoreScratch, TopK, Vec<f32>, Vec<u32>)> =
+        std::cell::RefCell::new((ScoreScratch::default(), TopK::new(10), Vec::new(), Vec::new()));
+}
+
+impl AlsServing {
+    fn new(model: &Als, cache_capacity: usize) -> Self {
+        let items = model.item_factors().clone();
+        let d = items.dim();
+        let mut unit = Vec::with_capacity(items.as_slice().len());
+        for i in 0..items.rows() {
+            let y = items.row(i);
+            let norm = y.iter().map(|v| v * v).sum::<f32>().sqrt();
+            unit.extend(y.iter().map(|v| if norm > 0.0 { v / norm } else { 0.0 }));
+        }
+        Self {
+            solver: model.user_solver(),
+            scorer: ItemScorer::new(items.clone()),
+            normalized: ItemScorer::new(
+                Factors::from_vec(items.rows(), d, unit).expect("same shape"),
+            ),
+            cache: Mutex::new(UserCache::default()),
+            cache_capacity,
+        }
+    }
+
+    /// The exact vector of a user with this history (model item ids and summed weights), from
+    /// the cache when `revision` matches. `None` when the history holds nothing the model knows.
+    pub fn user_vector(
+        &self,
+        user: u32,
+        revision: u64,
+        history: &[(u32, f32)],
+    ) -> Option<Arc<UserVector>> {
+        if let Some((rev, v)) = self.cache.lock().entries.get(&user) {
+            if *rev == revision {
+                return Some(v.clone());
+            }
+        }
+        if history.is_empty() {
+            return None;
+        }
+        let v = Arc::new(self.solver.solve(history)?);
+        let mut cache = self.cache.lock();
+        if cache.entries.len() >= self.cache_capacity {
+            // Any entry will do: the cache is a shortcut, not a record.
+            if let Some(&k) = cache.entries.keys().next() {
+                cache.entries.remove(&k);
+            }
+        }
+        if self.cache_capacity > 0 {
+            cache.entries.insert(user, (revision, v.clone()));
+        }
+        Some(v)
+    }
+
+    /// Drops a user's cached vector (erasure).
+    pub fn forget(&self, user: u32) {
+        self.cache.lock().entries.remove(&user);
+    }
+
+    /// Number of cached user vectors.
+    pub fn cached_users(&self) -> usize {
+        self.cache.lock().entries.len()
+    }
+
+    /// Top `n` model items for a user vector among those `keep` accepts.
+    pub fn top_k(&self, x: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        SCRATCH.with(|s| self.scorer.top_k(x, n, keep, &mut s.borrow_mut().0))
+    }
+
+    /// Top `n` items by cosine of item factors with model item `item` (itself excluded).
+    pub fn similar(&self, item: u32, n: usize, mut keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        let Some(q) = (item as usize)
+            .lt(&self.normalized.len())
+            .then(|| self.normalized.items().row(item as usize).to_vec())
+        else {
+            return Vec::new();
+        };
+        SCRATCH.with(|s| {
+            self.normalized
+                .top_k(&q, n, |j| j != item && keep(j), &mut s.borrow_mut().0)
+        })
+    }
+
+    /// History items' contributions to the score of `item` (Hu–Koren–Volinsky).
+    pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
+        self.solver.explain(user, item)
+    }
+}
+
+/// Item-kNN, ready to serve.
+#[derive(Debug)]
+pub struct KnnServing {
+    model: ItemKnn,
+}
+
+impl KnnServing {
+    /// Top `n` items for a history of `(model item, weight)` among those `keep` accepts.
+    pub fn recommend(
+        &self,
+        history: &[(u32, f32)],
+        n: usize,
+        keep: impl FnMut(u32) -> bool,
+    ) -> Vec<Scored> {
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            s.2.resize(self.model.n_items(), 0.0);
+            self.model
+                .recommend(history, n, keep, &mut s.2, &mut s.3, &mut s.1)
+        })
+    }
+
+    /// The contributions of history items to item `j`.
+    pub fn explain(&self, history: &[(u32, f32)], j: u32) -> Vec<(u32, f32)> {
+        self.model.explain(history, j)
+    }
+
+    /// The stored neighbours of item `i`, best first, among those `keep` accepts.
+    pub fn neighbours(&self, i: u32, n: usize, mut keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        let (js, sims) = self.model.neighbours().row(i as usize);
+        let mut top = TopK::new(n);
+        for (&j, &s) in js.iter().zip(sims) {
+            if j != i && keep(j) {
+                top.push(j, s);
+            }
+        }
+        top.into_sorted()
+    }
+}
+
+/// A model version loaded for serving.
+#[derive(Debug)]
+pub struct ServingModel {
+    /// Its version.
+    pub version: u64,
+    /// Its metadata.
+    pub meta: Value,
+    /// iALS.
+    pub als: AlsServing,
+    /// Item-kNN.
+    pub knn: KnnServing,
+    item_keys: Vec<String>,
+    store_to_model: Vec<u32>,
+    model_to_store: Vec<u32>,
+}
+
+impl ServingModel {
+    /// Loads `version` from the store; `item_id` maps an item key to its store id (`None` for
+    /// items that no longer exist).
+    pub fn load(
+        store: &dyn Store,
+        version: u64,
+        cache_capacity: usize,
+        mut item_id: impl FnMut(&str) -> Option<u32>,
+    ) -> Result<Self, LoadError> {
+        let meta = store
+            .list_models()?
+            .into_iter()
+            .find(|m| m.version == version)
+            .ok_or(bespoke_store::Error::UnknownModel(version))?
+            .meta;
+        let als = artifact::decode_als(&store.read_model_file(version, ALS_FILE)?)?;
+        let knn = artifact::decode_knn(&store.read_model_file(version, KNN_FILE)?)?;
+        let item_keys =
+            artifact::decode_keys(&store.read_model_file(version, ITEMS_FILE)?, ITEMS_FILE)?;
+        let inconsistent = |message: String| LoadError::Inconsistent { version, message };
+        if als.item_factors().rows() != item_keys.len() || knn.n_items() != item_keys.len() {
+            return Err(inconsistent(format!(
+                "{} item keys, {} iALS item rows, {} kNN items",
+                item_keys.len(),
+                als.item_factors().rows(),
+                knn.n_items()
+            )));
+        }
+        let mut model = Self {
+            version,
+            meta,
+            als: AlsServing::new(&als, cache_capacity),
+            knn: KnnServing { model: knn },
+            item_keys,
+            store_to_model: Vec::new(),
+            model_to_store: Vec::new(),
+        };
+        model.remap(&mut item_id);
+        Ok(model)
+    }
+
+    /// Rebuilds the mapping between model rows and store ids.
+    fn remap(&mut self, item_id: &mut impl FnMut(&str) -> Option<u32>) {
+        self.model_to_store = self
+            .item_keys
+            .iter()
+            .map(|k| item_id(k).unwrap_or(NONE))
+            .collect();
+        let bound = self
+            .model_to_store
+            .iter()
+            .filter(|&&s| s != NONE)
+            .map(|&s| s as usize + 1)
+            .max()
+            .unwrap_or(0);
+        self.store_to_model = vec![NONE; bound];
+        for (m, &s) in self.model_to_store.iter().enumerate() {
+            if s != NONE {
+                self.store_to_model[s as usize] = m as u32;
+            }
+        }
+    }
+
+    /// The model row of a store item, if the model knows it.
+    pub fn model_item(&self, store_item: u32) -> Option<u32> {
+        self.store_to_model
+            .get(store_item as usize)
+            .copied()
+            .filter(|&m| m != NONE)
+    }
+
+    /// The store id of a model row, if the item still exists.
+    pub fn store_item(&self, model_item: u32) -> Option<u32> {
+        self.model_to_store
+            .get(model_item as usize)
+            .copied()
+            .filter(|&s| s != NONE)
+    }
+
+    /// Number of items the model knows.
+    pub fn n_items(&self) -> usize {
+        self.item_keys.len()
+    }
+}
