@@ -140,6 +140,13 @@ pub(crate) async fn serve_until_signal(server: bespoke_server::Server) -> anyhow
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings = load_settings(&cli)?;
+    // Commands other than the servers report on their own; info logs would only be noise.
+    let quiet_default = !matches!(cli.command, Command::Serve { .. } | Command::Demo(_))
+        && std::env::var_os("BESPOKE__LOG__LEVEL").is_none()
+        && settings.log.level == bespoke_server::settings::LogSettings::default().level;
+    if quiet_default {
+        settings.log.level = "warn".into();
+    }
     init_logging(&settings)?;
     match cli.command {
         Command::Serve { bind } => {
