@@ -3,6 +3,7 @@
 
 mod common;
 mod events;
+mod models;
 mod ops;
 mod serving;
 mod users_items;
