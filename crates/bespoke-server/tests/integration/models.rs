@@ -13,7 +13,9 @@ async fn clustered(srv: &TestServer) {
     for u in 0..60u64 {
         let cluster = if u % 2 == 0 { "a" } else { "b" };
         for _ in 0..8 {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             let i = (x >> 33) % 20;
             events.push(json!({ "user": format!("u{u}"), "item": format!("{cluster}{i}"), "type": "purchase" }));
         }
@@ -23,7 +25,9 @@ async fn clustered(srv: &TestServer) {
 }
 
 async fn train(srv: &TestServer) -> Value {
-    let (status, body) = srv.request(reqwest::Method::POST, "/v1/models/train?wait=true", None).await;
+    let (status, body) = srv
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -36,46 +40,84 @@ fn in_cluster(body: &Value, prefix: char) -> usize {
 async fn trained_models_serve_explained_recommendations_and_versions_activate() {
     let srv = start().await;
     assert_error(
-        &srv.request(reqwest::Method::POST, "/v1/models/train?wait=true", None).await,
+        &srv.request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+            .await,
         StatusCode::CONFLICT,
         "no_data",
         None,
     );
     clustered(&srv).await;
     let first = train(&srv).await;
-    assert_eq!((first["version"].as_u64(), first["activated"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (first["version"].as_u64(), first["activated"].as_bool()),
+        (Some(1), Some(true))
+    );
     assert_eq!(first["meta"]["data"]["users"], 60);
-    assert!(first["meta"]["metrics"]["als"]["ndcg@10"].as_f64().is_some(), "{first}");
+    assert!(
+        first["meta"]["metrics"]["als"]["ndcg@10"]
+            .as_f64()
+            .is_some(),
+        "{first}"
+    );
 
     // u0 is in cluster a: its iALS recommendations come from cluster a, explained by its own
     // history.
     let (_, history) = srv.get("/v1/users/u0/events?limit=100").await;
-    let seen: BTreeSet<String> = history["events"].as_array().unwrap().iter().map(|e| e["item"].as_str().unwrap().to_owned()).collect();
+    let seen: BTreeSet<String> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["item"].as_str().unwrap().to_owned())
+        .collect();
     for model in ["als", "knn"] {
-        let (status, body) = srv.get(&format!("/v1/users/u0/recommendations?n=5&model={model}")).await;
+        let (status, body) = srv
+            .get(&format!("/v1/users/u0/recommendations?n=5&model={model}"))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!((body["model"].as_str(), body["model_version"].as_u64()), (Some(model), Some(1)), "{body}");
+        assert_eq!(
+            (body["model"].as_str(), body["model_version"].as_u64()),
+            (Some(model), Some(1)),
+            "{body}"
+        );
         assert_eq!(body["personalized"], true);
         assert_eq!(in_cluster(&body, 'a'), 5, "{model}: {body}");
         for r in body["items"].as_array().unwrap() {
-            assert!(!seen.contains(r["item"].as_str().unwrap()), "a seen item was recommended");
+            assert!(
+                !seen.contains(r["item"].as_str().unwrap()),
+                "a seen item was recommended"
+            );
             let reasons = r["reasons"].as_array().unwrap();
             assert!(!reasons.is_empty() && reasons.len() <= 3);
             for reason in reasons {
                 assert_eq!(reason["kind"], model);
-                assert!(seen.contains(reason["item"].as_str().unwrap()), "reasons name history items: {reason}");
+                assert!(
+                    seen.contains(reason["item"].as_str().unwrap()),
+                    "reasons name history items: {reason}"
+                );
                 assert!(reason["weight"].as_f64().unwrap() > 0.0);
             }
         }
     }
     for model in ["knn", "als"] {
-        let (_, body) = srv.get(&format!("/v1/items/a3/similar?n=5&model={model}")).await;
+        let (_, body) = srv
+            .get(&format!("/v1/items/a3/similar?n=5&model={model}"))
+            .await;
         assert_eq!(in_cluster(&body, 'a'), 5, "{model}: {body}");
         assert!(!keys(&body).contains(&"a3".to_owned()));
         assert_eq!(body["items"][0]["reasons"][0]["kind"], model);
     }
-    assert_error(&srv.get("/v1/users/u0/recommendations?model=magic").await, StatusCode::BAD_REQUEST, "invalid_field", Some("model"));
-    assert_error(&srv.get("/v1/items/a3/similar?model=magic").await, StatusCode::BAD_REQUEST, "invalid_field", Some("model"));
+    assert_error(
+        &srv.get("/v1/users/u0/recommendations?model=magic").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("model"),
+    );
+    assert_error(
+        &srv.get("/v1/items/a3/similar?model=magic").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("model"),
+    );
 
     // A second version; then back to the first.
     let second = train(&srv).await;
@@ -84,12 +126,26 @@ async fn trained_models_serve_explained_recommendations_and_versions_activate() 
     assert_eq!(models["active"], 2);
     assert_eq!(models["models"].as_array().unwrap().len(), 2);
     assert_eq!(models["training"]["running"], false);
-    let (status, body) = srv.request(reqwest::Method::POST, "/v1/models/1/activate", None).await;
+    let (status, body) = srv
+        .request(reqwest::Method::POST, "/v1/models/1/activate", None)
+        .await;
     assert_eq!((status, body["active"].as_u64()), (StatusCode::OK, Some(1)));
     let (_, body) = srv.get("/v1/users/u0/recommendations?n=3").await;
     assert_eq!(body["model_version"], 1);
-    assert_error(&srv.request(reqwest::Method::POST, "/v1/models/99/activate", None).await, StatusCode::NOT_FOUND, "not_found", None);
-    assert_error(&srv.request(reqwest::Method::POST, "/v1/models/x/activate", None).await, StatusCode::BAD_REQUEST, "invalid_field", Some("version"));
+    assert_error(
+        &srv.request(reqwest::Method::POST, "/v1/models/99/activate", None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    assert_error(
+        &srv.request(reqwest::Method::POST, "/v1/models/x/activate", None)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("version"),
+    );
 
     // The active version survives a restart.
     let dir = srv.stop().await;
@@ -106,17 +162,33 @@ async fn an_event_changes_the_next_recommendations_without_retraining() {
     // A brand-new user with one event gets personalized results at once.
     srv.events(&[("newcomer", "b4", "purchase")]).await;
     let (_, body) = srv.get("/v1/users/newcomer/recommendations?n=5").await;
-    assert_eq!((body["personalized"].as_bool(), body["model"].as_str()), (Some(true), Some("als")), "{body}");
+    assert_eq!(
+        (body["personalized"].as_bool(), body["model"].as_str()),
+        (Some(true), Some("als")),
+        "{body}"
+    );
     assert!(in_cluster(&body, 'b') >= 4, "{body}");
     assert_eq!(body["items"][0]["reasons"][0]["item"], "b4");
     // Their taste moves to cluster a: the very next answer follows, with no retraining.
-    let moves: Vec<(&str, &str, &str)> = (0..6).map(|i| ("newcomer", ["a1", "a2", "a5", "a8", "a9", "a11"][i], "purchase")).collect();
+    let moves: Vec<(&str, &str, &str)> = (0..6)
+        .map(|i| {
+            (
+                "newcomer",
+                ["a1", "a2", "a5", "a8", "a9", "a11"][i],
+                "purchase",
+            )
+        })
+        .collect();
     srv.events(&moves).await;
     let (_, body) = srv.get("/v1/users/newcomer/recommendations?n=5").await;
     assert!(in_cluster(&body, 'a') >= 4, "{body}");
     assert_eq!(body["model_version"], 1);
     let (_, models) = srv.get("/v1/models").await;
-    assert_eq!(models["models"].as_array().unwrap().len(), 1, "no retraining happened");
+    assert_eq!(
+        models["models"].as_array().unwrap().len(),
+        1,
+        "no retraining happened"
+    );
     // Erasure reaches serving at once: the user is unknown again.
     srv.delete("/v1/users/newcomer").await;
     let (_, body) = srv.get("/v1/users/newcomer/recommendations?n=5").await;
@@ -135,7 +207,12 @@ async fn requests_never_fail_while_models_swap() {
         readers.push(tokio::spawn(async move {
             let mut versions = BTreeSet::new();
             for k in 0..60 {
-                let (status, body) = srv.get(&format!("/v1/users/u{}/recommendations?n=5", (r * 7 + k) % 60)).await;
+                let (status, body) = srv
+                    .get(&format!(
+                        "/v1/users/u{}/recommendations?n=5",
+                        (r * 7 + k) % 60
+                    ))
+                    .await;
                 assert_eq!(status, StatusCode::OK, "{body}");
                 assert_eq!(keys(&body).len(), 5, "{body}");
                 versions.insert(body["model_version"].as_u64().expect("a model answered"));
@@ -145,7 +222,13 @@ async fn requests_never_fail_while_models_swap() {
     }
     for k in 0..40 {
         let v = 1 + k % 2;
-        let (status, body) = srv.request(reqwest::Method::POST, &format!("/v1/models/{v}/activate"), None).await;
+        let (status, body) = srv
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/models/{v}/activate"),
+                None,
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let mut seen = BTreeSet::new();
@@ -168,10 +251,17 @@ async fn the_server_trains_in_the_background_once_data_arrives() {
     loop {
         let (_, models) = srv.get("/v1/models").await;
         if models["active"].as_u64().is_some() {
-            assert!(models["models"][0]["meta"]["training_seconds"]["total"].as_f64().is_some());
+            assert!(
+                models["models"][0]["meta"]["training_seconds"]["total"]
+                    .as_f64()
+                    .is_some()
+            );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no background training within 90 s: {models}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background training within 90 s: {models}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let (_, body) = srv.get("/v1/users/u1/recommendations?n=3").await;
