@@ -54,6 +54,9 @@ pub(crate) struct DemoArgs {
     /// Load the data and exit without serving.
     #[arg(long)]
     no_serve: bool,
+    /// Do not train models (recommendations then fall back to popularity).
+    #[arg(long)]
+    no_train: bool,
 }
 
 struct Category {
@@ -469,8 +472,24 @@ pub(crate) fn run(
         (started.elapsed() - generated).as_secs_f64(),
         dir.display()
     );
+    if !args.no_train {
+        train(&engine)?;
+    }
     if args.no_serve {
         return Ok(());
+    }
+    let sample_user = user_key(42.min(args.users - 1));
+    let sample = engine.recommend(
+        &sample_user,
+        &bespoke_server::engine::RecommendQuery {
+            n: 3,
+            ..Default::default()
+        },
+    );
+    eprintln!("\n{sample_user} ({}), for example:", sample.model);
+    for r in &sample.items {
+        let why = r.reasons.first().map_or("", |x| x.message.as_str());
+        eprintln!("  {:<10} {:>8.3}  {why}", r.item, r.score);
     }
     let top = engine.popular(&PopularQuery {
         n: 1,
@@ -489,15 +508,44 @@ pub(crate) fn run(
         let base = format!("http://{}", server.addr());
         let cat = category.replace(' ', "%20").replace('\'', "%27");
         println!("\nBespoke is serving the demo shop on {base}. Try:\n");
-        println!(
-            "  curl -s '{base}/v1/users/{}/recommendations?n=5'",
-            user_key(42.min(args.users - 1))
-        );
+        println!("  curl -s '{base}/v1/users/{sample_user}/recommendations?n=5'");
         println!("  curl -s '{base}/v1/items/{item}/similar?n=5'");
         println!("  curl -s '{base}/v1/popular?n=5&category={cat}&window=7d'");
         println!("\nPress Ctrl-C to stop.");
         crate::serve_until_signal(server).await
     })
+}
+
+/// Trains iALS and item-kNN on the shop with a progress bar, and prints the held-out metrics.
+fn train(engine: &Engine) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{msg:40} {bar:30} {pos}/{len}")
+            .expect("valid template"),
+    );
+    let outcome = engine.train(|p| match p {
+        bespoke_server::models::Progress::Stage(stage) => {
+            bar.set_length(0);
+            bar.set_message(stage.to_owned());
+        }
+        bespoke_server::models::Progress::Iteration { fit, report, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(report.iteration as u64);
+            bar.set_message(format!("training iALS ({fit})"));
+        }
+    })?;
+    bar.finish_and_clear();
+    let m = &outcome.meta["metrics"];
+    eprintln!(
+        "trained model version {} in {:.1} s; held-out NDCG@10: iALS {}, item-kNN {}, popularity {}",
+        outcome.version,
+        outcome.meta["training_seconds"]["total"]
+            .as_f64()
+            .unwrap_or(0.0),
+        m["als"]["ndcg@10"],
+        m["knn"]["ndcg@10"],
+        m["popular"]["ndcg@10"]
+    );
+    Ok(())
 }
 
 /// Writes the shop into the store: items, users, then events in large batches.
