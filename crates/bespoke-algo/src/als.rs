@@ -71,12 +71,23 @@ pub struct IterationReport {
     pub loss: Option<f64>,
 }
 
+/// The signed confidence of a weight (see the module docs): `+c` for `p = 1`, `-c` for `p = 0`.
+#[inline(always)]
+fn signed_confidence(w: f32, alpha: f32) -> f32 {
+    let c = 1.0 + alpha * w.abs();
+    if w > 0.0 { c } else { -c }
+}
+
+/// Signed confidences of a row of weights, into `out`.
+#[inline(always)]
+fn signed_confidences(w: &[f32], alpha: f32, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(w.iter().map(|&w| signed_confidence(w, alpha)));
+}
+
 /// The signed confidence matrix of a weight matrix (see the module docs).
 pub fn confidence(weights: &Csr, alpha: f32) -> Csr {
-    weights.map_values(|w| {
-        let c = 1.0 + alpha * w.abs();
-        if w > 0.0 { c } else { -c }
-    })
+    weights.map_values(|w| signed_confidence(w, alpha))
 }
 
 /// A trained iALS model.
@@ -177,9 +188,12 @@ fn cg_row<S: Simd>(
     }
 }
 
-/// CG on a contiguous block of rows, starting at row `first`.
+/// CG on a contiguous block of rows, starting at row `first`. `w` holds raw weights; each row's
+/// signed confidences are computed into a scratch buffer, so that no confidence copy of the
+/// whole matrix is needed.
 struct CgChunk<'a> {
-    c: &'a Csr,
+    w: &'a Csr,
+    alpha: f32,
     rows: &'a mut [f32],
     first: usize,
     yty: &'a [f32],
@@ -194,15 +208,17 @@ impl WithSimd for CgChunk<'_> {
     fn with_simd<S: Simd>(self, s: S) {
         let d = self.y.dim();
         let mut v = Scratch::new(d);
+        let mut confs = Vec::new();
         for (k, xu) in self.rows.chunks_exact_mut(d).enumerate() {
-            let (cols, confs) = self.c.row(self.first + k);
-            cg_row(s, self.yty, self.y, cols, confs, xu, self.steps, &mut v);
+            let (cols, w) = self.w.row(self.first + k);
+            signed_confidences(w, self.alpha, &mut confs);
+            cg_row(s, self.yty, self.y, cols, &confs, xu, self.steps, &mut v);
         }
     }
 }
 
-/// One half-iteration: every row of `x` from the fixed other side `y`.
-fn solve_side(c: &Csr, x: &mut Factors, y: &Factors, reg: f32, steps: usize) {
+/// One half-iteration: every row of `x` from the fixed other side `y`, with the weights `w`.
+fn solve_side(w: &Csr, alpha: f32, x: &mut Factors, y: &Factors, reg: f32, steps: usize) {
     let d = x.dim();
     let mut yty = y.gram();
     for k in 0..d {
@@ -213,7 +229,8 @@ fn solve_side(c: &Csr, x: &mut Factors, y: &Factors, reg: f32, steps: usize) {
         .enumerate()
         .for_each(|(chunk, rows)| {
             simd::dispatch(CgChunk {
-                c,
+                w,
+                alpha,
                 rows,
                 first: chunk * ROW_CHUNK,
                 yty: &yty,
@@ -225,7 +242,7 @@ fn solve_side(c: &Csr, x: &mut Factors, y: &Factors, reg: f32, steps: usize) {
 
 /// The full loss, divided by the number of user-item pairs. Uses `Σ_i (x·y_i)² = xᵀ(YᵀY)x` so
 /// that unobserved pairs cost nothing per pair.
-fn loss(cui: &Csr, users: &Factors, items: &Factors, reg: f32) -> f64 {
+fn loss(weights: &Csr, alpha: f32, users: &Factors, items: &Factors, reg: f32) -> f64 {
     let d = users.dim();
     let g = items.gram();
     let partials: Vec<f64> = users
@@ -238,9 +255,10 @@ fn loss(cui: &Csr, users: &Factors, items: &Factors, reg: f32) -> f64 {
             for (k, x) in rows.chunks_exact(d).enumerate() {
                 simd::symv(&g, x, &mut gx);
                 total += simd::dot(x, &gx) as f64 + reg as f64 * simd::dot(x, x) as f64;
-                let (cols, confs) = cui.row(chunk * ROW_CHUNK + k);
-                for (&i, &c) in cols.iter().zip(confs) {
+                let (cols, w) = weights.row(chunk * ROW_CHUNK + k);
+                for (&i, &w) in cols.iter().zip(w) {
                     let s = simd::dot(x, items.row(i as usize)) as f64;
+                    let c = signed_confidence(w, alpha);
                     let (c, p) = if c > 0.0 {
                         (c as f64, 1.0)
                     } else {
@@ -300,28 +318,17 @@ impl Als {
         mut items: Factors,
         mut on_iteration: impl FnMut(&IterationReport),
     ) -> Self {
-        let cui = confidence(weights, params.alpha);
-        let ciu = cui.transpose();
+        // The weights and their transpose are the only copies of the data training keeps.
+        let (a, reg, steps) = (params.alpha, params.regularization, params.cg_steps);
+        let transposed = weights.transpose();
         for iteration in 1..=params.iterations {
             let started = std::time::Instant::now();
-            solve_side(
-                &cui,
-                &mut users,
-                &items,
-                params.regularization,
-                params.cg_steps,
-            );
-            solve_side(
-                &ciu,
-                &mut items,
-                &users,
-                params.regularization,
-                params.cg_steps,
-            );
+            solve_side(weights, a, &mut users, &items, reg, steps);
+            solve_side(&transposed, a, &mut items, &users, reg, steps);
             let seconds = started.elapsed().as_secs_f64();
             let loss = params
                 .compute_loss
-                .then(|| loss(&cui, &users, &items, params.regularization));
+                .then(|| loss(weights, a, &users, &items, reg));
             on_iteration(&IterationReport {
                 iteration,
                 seconds,

@@ -3,6 +3,10 @@
 //! Row `r` holds its entries in `indices[indptr[r]..indptr[r + 1]]` (column ids, strictly
 //! increasing) with the values at the same positions of `data`: sbr's `CompressedInteractions`,
 //! with `u32` columns and `f32` values to halve the memory of the usual 64-bit layout.
+//!
+//! When every value is the same (binary implicit feedback), the values are not stored at all:
+//! rows borrow their values from one shared run of that constant, as long as the longest row.
+//! That halves the memory again for the commonest kind of training data.
 
 /// A sparse matrix in CSR form.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -11,7 +15,10 @@ pub struct Csr {
     n_cols: usize,
     indptr: Vec<usize>,
     indices: Vec<u32>,
+    /// The values, unless they are all equal (then empty).
     data: Vec<f32>,
+    /// When all values are equal: that value, repeated as often as the longest row is long.
+    uniform: Option<Vec<f32>>,
 }
 
 impl Csr {
@@ -25,36 +32,104 @@ impl Csr {
         triples: &[(u32, u32, f32)],
         keep_zeros: bool,
     ) -> Self {
-        // Counting sort by row, then sort and merge within each (short) row.
+        Self::build(n_rows, n_cols, triples.len(), |k| triples[k], keep_zeros)
+    }
+
+    /// Like [`Csr::from_triples`], from three parallel columns (no array of tuples needed).
+    pub fn from_columns(
+        n_rows: usize,
+        n_cols: usize,
+        rows: &[u32],
+        cols: &[u32],
+        vals: &[f32],
+        keep_zeros: bool,
+    ) -> Self {
+        assert!(
+            rows.len() == cols.len() && cols.len() == vals.len(),
+            "columns of one length"
+        );
+        Self::build(
+            n_rows,
+            n_cols,
+            rows.len(),
+            |k| (rows[k], cols[k], vals[k]),
+            keep_zeros,
+        )
+    }
+
+    /// Like [`Csr::from_triples`], from a function giving entry `k` of `len` (called twice per
+    /// entry): lets callers build without materialising the entries at all.
+    pub fn from_fn(
+        n_rows: usize,
+        n_cols: usize,
+        len: usize,
+        entry: impl Fn(usize) -> (u32, u32, f32),
+        keep_zeros: bool,
+    ) -> Self {
+        Self::build(n_rows, n_cols, len, entry, keep_zeros)
+    }
+
+    /// Counting sort by row straight into the output arrays, then sort and merge each (short)
+    /// row in place: the only memory used is the result's. When all input values are equal the
+    /// value array is only created if merging repeated pairs makes them differ.
+    fn build(
+        n_rows: usize,
+        n_cols: usize,
+        len: usize,
+        entry: impl Fn(usize) -> (u32, u32, f32),
+        keep_zeros: bool,
+    ) -> Self {
         let mut indptr = vec![0usize; n_rows + 1];
-        for &(r, c, _) in triples {
+        let first = if len > 0 { Some(entry(0).2) } else { None };
+        let mut uniform = first;
+        for k in 0..len {
+            let (r, c, v) = entry(k);
             assert!(
                 (r as usize) < n_rows && (c as usize) < n_cols,
                 "entry out of range"
             );
             indptr[r as usize + 1] += 1;
+            if uniform.is_some_and(|u| u.to_bits() != v.to_bits()) {
+                uniform = None;
+            }
         }
         for r in 0..n_rows {
             indptr[r + 1] += indptr[r];
         }
         let mut next = indptr.clone();
-        let mut entries = vec![(0u32, 0f32); triples.len()];
-        for &(r, c, v) in triples {
+        let mut indices = vec![0u32; len];
+        let mut data = if uniform.is_some() {
+            Vec::new()
+        } else {
+            vec![0f32; len]
+        };
+        for k in 0..len {
+            let (r, c, v) = entry(k);
             let slot = &mut next[r as usize];
-            entries[*slot] = (c, v);
+            indices[*slot] = c;
+            if uniform.is_none() {
+                data[*slot] = v;
+            }
             *slot += 1;
         }
-        let mut out = Csr {
-            n_rows,
-            n_cols,
-            indptr: Vec::with_capacity(n_rows + 1),
-            indices: Vec::with_capacity(triples.len()),
-            data: Vec::with_capacity(triples.len()),
-        };
-        out.indptr.push(0);
+        drop(next);
+        let mut row: Vec<(u32, f32)> = Vec::new();
+        let mut write = 0;
         for r in 0..n_rows {
-            let row = &mut entries[indptr[r]..indptr[r + 1]];
+            let (start, end) = (indptr[r], indptr[r + 1]);
+            row.clear();
+            match uniform {
+                Some(u) => row.extend(indices[start..end].iter().map(|&c| (c, u))),
+                None => row.extend(
+                    indices[start..end]
+                        .iter()
+                        .copied()
+                        .zip(data[start..end].iter().copied()),
+                ),
+            }
+            // Stable, so that repeated pairs are summed in input order.
             row.sort_by_key(|e| e.0);
+            indptr[r] = write;
             let mut i = 0;
             while i < row.len() {
                 let (c, mut v) = row[i];
@@ -63,14 +138,60 @@ impl Csr {
                     v += row[i].1;
                     i += 1;
                 }
+                if let Some(u) = uniform.filter(|u| u.to_bits() != v.to_bits()) {
+                    // A merged value differs: the values must be stored after all.
+                    data = vec![u; len];
+                    uniform = None;
+                }
                 if keep_zeros || v != 0.0 {
-                    out.indices.push(c);
-                    out.data.push(v);
+                    // `write <= start`: merging never lengthens a row.
+                    indices[write] = c;
+                    if uniform.is_none() {
+                        data[write] = v;
+                    }
+                    write += 1;
                 }
             }
-            out.indptr.push(out.indices.len());
         }
-        out
+        indptr[n_rows] = write;
+        indices.truncate(write);
+        indices.shrink_to_fit();
+        if uniform.is_none() {
+            data.truncate(write);
+            data.shrink_to_fit();
+        }
+        let longest = (0..n_rows)
+            .map(|r| indptr[r + 1] - indptr[r])
+            .max()
+            .unwrap_or(0);
+        Csr {
+            n_rows,
+            n_cols,
+            indptr,
+            indices,
+            data,
+            uniform: uniform.map(|u| vec![u; longest.max(1)]),
+        }
+        .compacted()
+    }
+
+    /// Drops the value array when all values are equal.
+    fn compacted(mut self) -> Self {
+        if self.uniform.is_none()
+            && !self.data.is_empty()
+            && self
+                .data
+                .iter()
+                .all(|&v| v.to_bits() == self.data[0].to_bits())
+        {
+            let longest = (0..self.n_rows)
+                .map(|r| self.indptr[r + 1] - self.indptr[r])
+                .max()
+                .unwrap_or(0);
+            self.uniform = Some(vec![self.data[0]; longest.max(1)]);
+            self.data = Vec::new();
+        }
+        self
     }
 
     /// Number of rows.
@@ -95,7 +216,10 @@ impl Csr {
             return (&[], &[]);
         }
         let (a, b) = (self.indptr[r], self.indptr[r + 1]);
-        (&self.indices[a..b], &self.data[a..b])
+        match &self.uniform {
+            Some(u) => (&self.indices[a..b], &u[..b - a]),
+            None => (&self.indices[a..b], &self.data[a..b]),
+        }
     }
 
     /// Number of entries in row `r`.
@@ -114,30 +238,48 @@ impl Csr {
         }
         let mut next = indptr.clone();
         let mut indices = vec![0u32; self.nnz()];
-        let mut data = vec![0f32; self.nnz()];
+        let uniform = self.uniform.as_ref().map(|u| u[0]);
+        let mut data = if uniform.is_some() {
+            Vec::new()
+        } else {
+            vec![0f32; self.nnz()]
+        };
         for r in 0..self.n_rows {
             let (cols, vals) = self.row(r);
             for (&c, &v) in cols.iter().zip(vals) {
                 let slot = &mut next[c as usize];
                 indices[*slot] = r as u32;
-                data[*slot] = v;
+                if uniform.is_none() {
+                    data[*slot] = v;
+                }
                 *slot += 1;
             }
         }
+        let longest = (0..self.n_cols)
+            .map(|c| indptr[c + 1] - indptr[c])
+            .max()
+            .unwrap_or(0);
         Csr {
             n_rows: self.n_cols,
             n_cols: self.n_rows,
             indptr,
             indices,
             data,
+            uniform: uniform.map(|v| vec![v; longest.max(1)]),
         }
     }
 
     /// The same pattern with every value replaced by `f(value)`.
     pub fn map_values(&self, f: impl Fn(f32) -> f32) -> Csr {
-        Csr {
-            data: self.data.iter().map(|&v| f(v)).collect(),
-            ..self.clone()
+        match &self.uniform {
+            Some(u) => Csr {
+                uniform: Some(vec![f(u[0]); u.len()]),
+                ..self.clone()
+            },
+            None => Csr {
+                data: self.data.iter().map(|&v| f(v)).collect(),
+                ..self.clone()
+            },
         }
     }
 
@@ -150,11 +292,13 @@ impl Csr {
         }
         Csr {
             data,
+            uniform: None,
             ..self.clone()
         }
+        .compacted()
     }
 
-    /// Bytes held by the three arrays.
+    /// Bytes held by the arrays.
     pub fn heap_bytes(&self) -> usize {
         self.indptr.len() * std::mem::size_of::<usize>()
             + self.indices.len() * 4
@@ -188,10 +332,50 @@ mod tests {
                     prop_assert_eq!(dense[&(r as u32, c)], v);
                 }
             }
+            let (r, c, v): (Vec<u32>, Vec<u32>, Vec<f32>) = (
+                t.iter().map(|x| x.0).collect(),
+                t.iter().map(|x| x.1).collect(),
+                t.iter().map(|x| x.2).collect(),
+            );
+            prop_assert_eq!(&Csr::from_columns(6, 9, &r, &c, &v, false), &m);
             let tt = m.transpose();
             prop_assert_eq!((tt.n_rows(), tt.n_cols()), (9, 6));
             prop_assert_eq!(tt.transpose(), m);
         }
+    }
+
+    #[test]
+    fn equal_values_are_stored_once() {
+        let t = [
+            (0, 1, 1.0),
+            (0, 2, 1.0),
+            (2, 0, 1.0),
+            (2, 1, 1.0),
+            (2, 2, 1.0),
+        ];
+        let m = Csr::from_triples(3, 3, &t, false);
+        assert!(m.heap_bytes() < 4 * 8 + 5 * 4 + 5 * 4, "no value array");
+        assert_eq!(m.row(2), (&[0, 1, 2][..], &[1.0, 1.0, 1.0][..]));
+        assert_eq!(m.row(1), (&[][..], &[][..]));
+        let t2 = m.transpose();
+        assert_eq!(t2.row(1), (&[0, 2][..], &[1.0, 1.0][..]));
+        assert_eq!(m.map_values(|v| v * 3.0).row(0).1, &[3.0, 3.0]);
+        assert_eq!(
+            m.map_entries(|r, _, v| v + r as f32).row(2).1,
+            &[3.0, 3.0, 3.0]
+        );
+        assert_eq!(
+            m.map_entries(|_, c, v| v + c as f32).row(2).1,
+            &[1.0, 2.0, 3.0]
+        );
+    }
+
+    #[test]
+    fn repeated_pairs_of_equal_values_still_sum() {
+        let t = [(0, 1, 1.0), (0, 1, 1.0), (1, 0, 1.0)];
+        let m = Csr::from_triples(2, 2, &t, false);
+        assert_eq!(m.row(0), (&[1][..], &[2.0][..]));
+        assert_eq!(m.row(1), (&[0][..], &[1.0][..]));
     }
 
     #[test]

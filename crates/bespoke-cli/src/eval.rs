@@ -116,6 +116,137 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Streams an interaction CSV into the compact form: dense ids in order of first appearance
+/// (`u32`), `f32` weights. Returns the id maps as well, to map the test file.
+struct Columns {
+    users: HashMap<i64, u32>,
+    items: HashMap<i64, u32>,
+    rows: Vec<u32>,
+    cols: Vec<u32>,
+    vals: Vec<f32>,
+    /// The one weight every row had so far (then `vals` stays empty).
+    uniform: Option<f32>,
+}
+
+fn for_each_row(path: &Path, mut f: impl FnMut(i64, i64, f32)) -> anyhow::Result<usize> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .buffer_capacity(1 << 20)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let header = reader.headers()?.clone();
+    let col = |name: &str| {
+        header.iter().position(|h| h == name).with_context(|| {
+            format!(
+                "{}: no column {name:?} (expected user_id,item_id,weight,timestamp)",
+                path.display()
+            )
+        })
+    };
+    let (cu, ci, cw) = (col("user_id")?, col("item_id")?, col("weight")?);
+    let mut rec = csv::ByteRecord::new();
+    let mut n = 0;
+    while reader.read_byte_record(&mut rec)? {
+        let line = rec.position().map_or(0, |p| p.line());
+        let parse = |i: usize| -> anyhow::Result<&str> {
+            std::str::from_utf8(rec.get(i).unwrap_or_default())
+                .with_context(|| format!("{}: line {line} is not UTF-8", path.display()))
+        };
+        let bad = || {
+            format!(
+                "{}: line {line}: expected user_id,item_id,weight numbers",
+                path.display()
+            )
+        };
+        f(
+            parse(cu)?.parse().with_context(bad)?,
+            parse(ci)?.parse().with_context(bad)?,
+            parse(cw)?.parse().with_context(bad)?,
+        );
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The `--train/--test` path, built for memory: the weight matrix is built straight from
+/// compact columns, and the raw rows are never held.
+fn load_split(train: &Path, test: &Path) -> anyhow::Result<Data> {
+    let mut c = Columns {
+        users: HashMap::new(),
+        items: HashMap::new(),
+        rows: Vec::new(),
+        cols: Vec::new(),
+        vals: Vec::new(),
+        uniform: None,
+    };
+    let train_rows = for_each_row(train, |u, i, w| {
+        let next = c.users.len() as u32;
+        let u = *c.users.entry(u).or_insert(next);
+        let next = c.items.len() as u32;
+        let i = *c.items.entry(i).or_insert(next);
+        c.rows.push(u);
+        c.cols.push(i);
+        // Binary data (one weight for every row) keeps no weight column.
+        match c.uniform {
+            None if c.rows.len() == 1 => c.uniform = Some(w),
+            Some(u) if u.to_bits() == w.to_bits() => {}
+            Some(u) => {
+                c.vals = vec![u; c.rows.len() - 1];
+                c.vals.push(w);
+                c.uniform = None;
+            }
+            None => c.vals.push(w),
+        }
+    })?;
+    let weights = match c.uniform {
+        Some(w) => Csr::from_fn(
+            c.users.len(),
+            c.items.len(),
+            c.rows.len(),
+            |k| (c.rows[k], c.cols[k], w),
+            false,
+        ),
+        None => Csr::from_columns(
+            c.users.len(),
+            c.items.len(),
+            &c.rows,
+            &c.cols,
+            &c.vals,
+            false,
+        ),
+    };
+    drop((
+        std::mem::take(&mut c.rows),
+        std::mem::take(&mut c.cols),
+        std::mem::take(&mut c.vals),
+    ));
+    let mut by_user: std::collections::BTreeMap<u32, Vec<u32>> = std::collections::BTreeMap::new();
+    let test_rows = for_each_row(test, |u, i, _| {
+        if let (Some(&u), Some(&i)) = (c.users.get(&u), c.items.get(&i)) {
+            by_user.entry(u).or_default().push(i);
+        }
+    })?;
+    let mut test_pairs = 0;
+    let eval = by_user
+        .into_iter()
+        .map(|(u, mut is)| {
+            is.sort_unstable();
+            is.dedup();
+            test_pairs += is.len();
+            (u, is)
+        })
+        .collect();
+    Ok(Data {
+        n_users: c.users.len(),
+        n_items: c.items.len(),
+        weights,
+        eval,
+        train_rows,
+        test_rows,
+        test_pairs,
+    })
+}
+
 /// Dense ids as `np.unique` would give them (sorted original ids), the weight matrix, and the
 /// test items of every evaluated user.
 struct Data {
@@ -389,8 +520,13 @@ pub(crate) fn run(args: &EvalArgs) -> anyhow::Result<()> {
         .build_global()
         .context("starting the worker threads")?;
     let started = Instant::now();
+    if let (Some(train), Some(test)) = (&args.train, &args.test) {
+        let data = load_split(train, test)?;
+        // Loading and building are one streaming pass here.
+        let load_s = started.elapsed().as_secs_f64();
+        return evaluate_all(args, &data, load_s, 0.0);
+    }
     let (train, test) = match (&args.train, &args.test, &args.data) {
-        (Some(train), Some(test), None) => (read_rows(train)?, read_rows(test)?),
         (None, None, Some(data)) => {
             let frac: f64 = args
                 .split
@@ -413,12 +549,16 @@ pub(crate) fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let data = build(&train, &test);
     drop((train, test));
     let build_s = started.elapsed().as_secs_f64();
+    evaluate_all(args, &data, load_s, build_s)
+}
+
+fn evaluate_all(args: &EvalArgs, data: &Data, load_s: f64, build_s: f64) -> anyhow::Result<()> {
     if data.eval.is_empty() {
         bail!("no test rows of users and items known from training: nothing to evaluate");
     }
     let mut lines = Vec::new();
     for name in &args.models {
-        let result = evaluate(name.trim(), args, &data, load_s, build_s)?;
+        let result = evaluate(name.trim(), args, data, load_s, build_s)?;
         if args.json {
             println!("{result}");
         }

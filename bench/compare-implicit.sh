@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Side-by-side iALS comparison with the Python library `implicit` on the anchors' synthetic
+# sets (../shared/anchors/README.md), interleaved runs, same data, hyperparameters and threads.
+# Prints one JSON summary (medians and ratios); raw JSON per run goes to $WORK/out/compare.
+#
+#   SIZE=2m RUNS=3 bench/compare-implicit.sh      # needs the anchors' venv and split data
+set -euo pipefail
+WORK=${WORK:-/tmp/bespoke-anchors}
+PY=${PY:-$WORK/.venv/bin/python}
+SIZE=${SIZE:-2m}
+RUNS=${RUNS:-3}
+THREADS=${THREADS:-2}
+BESPOKE=${BESPOKE:-./target/release/bespoke}
+SPLIT=$WORK/data/split_$SIZE
+OUT=$WORK/out/compare
+mkdir -p "$OUT"
+PARAMS=(--factors 64 --iterations 15 --regularization 0.05 --alpha 1.0 --cg-steps 3 --threads "$THREADS")
+for r in $(seq 1 "$RUNS"); do
+  "$PY" ../shared/anchors/implicit_bench.py --train "$SPLIT/train.csv" --test "$SPLIT/test.csv" \
+    --model als "${PARAMS[@]}" --out "$OUT/implicit_${SIZE}_$r.json" > /dev/null
+  "$BESPOKE" eval --train "$SPLIT/train.csv" --test "$SPLIT/test.csv" \
+    --models als "${PARAMS[@]}" --json --out "$OUT/bespoke_${SIZE}_$r.json" > /dev/null
+done
+"$PY" - "$OUT" "$SIZE" "$RUNS" <<'PYEOF'
+import json, statistics, sys
+out, size, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def load(lib):
+    return [json.load(open(f"{out}/{lib}_{size}_{r}.json")) for r in range(1, runs + 1)]
+imp, bes = load("implicit"), load("bespoke")
+def med(rows, f):
+    return statistics.median(f(r) for r in rows)
+keys = {
+    "fit_s": lambda r: r["fit_s"],
+    "ndcg@10": lambda r: r["metrics"]["ndcg@10"],
+    "recall@20": lambda r: r["metrics"]["recall@20"],
+    "ndcg@100": lambda r: r["metrics"]["ndcg@100"],
+    "latency_us_median": lambda r: r["single_user_latency_us"]["median"],
+    "batch_users_per_s": lambda r: r["batch_recommend"]["users_per_s"],
+    "peak_rss_mb": lambda r: r["peak_rss_mb"],
+}
+summary = {"size": size, "runs": runs, "implicit": {}, "bespoke": {}, "ratio_bespoke_over_implicit": {}}
+for k, f in keys.items():
+    a, b = med(imp, f), med(bes, f)
+    summary["implicit"][k], summary["bespoke"][k] = a, b
+    summary["ratio_bespoke_over_implicit"][k] = round(b / a, 3) if a else None
+summary["fit_s_all"] = {"implicit": [r["fit_s"] for r in imp], "bespoke": [r["fit_s"] for r in bes]}
+print(json.dumps(summary, indent=1))
+PYEOF
