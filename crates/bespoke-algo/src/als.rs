@@ -431,11 +431,11 @@ impl UserSolver {
             let c = 1.0 + self.alpha * w.abs();
             let p = w > 0.0;
             let y = self.items.row(i as usize);
-            for (r, &yr) in y.iter().enumerate() {
-                if yr != 0.0 {
-                    simd::axpy((c - 1.0) * yr, y, &mut a[r * d..(r + 1) * d]);
-                }
-            }
+            simd::dispatch(RankOne {
+                a: &mut a,
+                y,
+                scale: c - 1.0,
+            });
             if p {
                 for (bk, &yk) in b.iter_mut().zip(y) {
                     *bk += c as f64 * yk as f64;
@@ -465,15 +465,49 @@ impl UserSolver {
         };
         let mut z: Vec<f64> = yj.iter().map(|&v| v as f64).collect();
         user.chol.solve(&mut z);
-        user.history
-            .iter()
-            .filter(|h| h.2)
-            .map(|&(i, c, _)| {
-                let yi = self.items.row(i as usize);
-                let s: f64 = z.iter().zip(yi).map(|(a, &b)| a * b as f64).sum();
-                (i, (c as f64 * s) as f32)
-            })
-            .collect()
+        let z: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+        struct Parts<'a> {
+            z: &'a [f32],
+            items: &'a Factors,
+            history: &'a [(u32, f32, bool)],
+        }
+        impl WithSimd for Parts<'_> {
+            type Output = Vec<(u32, f32)>;
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) -> Vec<(u32, f32)> {
+                self.history
+                    .iter()
+                    .filter(|h| h.2)
+                    .map(|&(i, c, _)| (i, c * s.dot(self.z, self.items.row(i as usize))))
+                    .collect()
+            }
+        }
+        simd::dispatch(Parts {
+            z: &z,
+            items: &self.items,
+            history: &user.history,
+        })
+    }
+}
+
+/// `a += scale · y yᵀ` for a row-major `d × d` matrix `a`.
+struct RankOne<'a> {
+    a: &'a mut [f32],
+    y: &'a [f32],
+    scale: f32,
+}
+
+impl WithSimd for RankOne<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let d = self.y.len();
+        for (r, &yr) in self.y.iter().enumerate() {
+            if yr != 0.0 {
+                s.axpy(self.scale * yr, self.y, &mut self.a[r * d..(r + 1) * d]);
+            }
+        }
     }
 }
 

@@ -190,20 +190,30 @@ pub fn has_avx2_fma() -> bool {
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    match Avx2::detect() {
-        Some(t) => t.dot(a, b),
-        None => Scalar.dot(a, b),
+    struct Dot<'a>(&'a [f32], &'a [f32]);
+    impl WithSimd for Dot<'_> {
+        type Output = f32;
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, s: S) -> f32 {
+            s.dot(self.0, self.1)
+        }
     }
+    dispatch(Dot(a, b))
 }
 
 /// `y += alpha · x` with the best kernel (one dispatch per call).
 #[inline]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(x.len(), y.len());
-    match Avx2::detect() {
-        Some(t) => t.axpy(alpha, x, y),
-        None => Scalar.axpy(alpha, x, y),
+    struct Axpy<'a>(f32, &'a [f32], &'a mut [f32]);
+    impl WithSimd for Axpy<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, s: S) {
+            s.axpy(self.0, self.1, self.2)
+        }
     }
+    dispatch(Axpy(alpha, x, y))
 }
 
 /// `out = M · v` for a symmetric row-major `M` with the best kernel (one dispatch per call).
@@ -211,10 +221,15 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 pub fn symv(m: &[f32], v: &[f32], out: &mut [f32]) {
     debug_assert_eq!(m.len(), v.len() * v.len());
     debug_assert_eq!(out.len(), v.len());
-    match Avx2::detect() {
-        Some(t) => t.symv(m, v, out),
-        None => Scalar.symv(m, v, out),
+    struct Symv<'a>(&'a [f32], &'a [f32], &'a mut [f32]);
+    impl WithSimd for Symv<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, s: S) {
+            s.symv(self.0, self.1, self.2)
+        }
     }
+    dispatch(Symv(m, v, out))
 }
 
 /// The portable twin of [`dot`].

@@ -1,0 +1,22 @@
+-- wrk script: GET recommendations for random users of the demo shop (user-00000 ..
+-- user-09999), n=10, with the default model. Prints one JSON line. See docs/benchmarks.md.
+local users = tonumber(os.getenv("USERS") or "10000")
+
+init = function(args)
+  math.randomseed(7 + (tonumber(args[1] or "0") or 0))
+end
+
+request = function()
+  local path = string.format("/v1/users/user-%05d/recommendations?n=10", math.random(0, users - 1))
+  return wrk.format("GET", path)
+end
+
+done = function(summary, latency, requests)
+  local errors = summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout
+  io.write(string.format(
+    '{"bench":"http_recommend","requests":%d,"seconds":%.2f,"requests_per_sec":%.0f,"latency_ms":{"p50":%.2f,"p90":%.2f,"p99":%.2f,"max":%.2f},"errors":%d}\n',
+    summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
+    latency.max / 1000, errors))
+end
