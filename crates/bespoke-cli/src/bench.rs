@@ -48,6 +48,22 @@ enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Time from an event's acknowledgement to the changed recommendation, over HTTP, on a
+    /// trained demo shop.
+    Realtime {
+        /// Trials (one user and one event each).
+        #[arg(long, default_value_t = 300)]
+        trials: usize,
+        /// Users of the demo shop.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Items of the demo shop.
+        #[arg(long, default_value_t = 5_000)]
+        items: usize,
+        /// Events of the demo shop.
+        #[arg(long, default_value_t = 500_000)]
+        events: usize,
+    },
     /// Durable HTTP ingest rate over loopback.
     Ingest {
         /// Events to send in total.
@@ -71,6 +87,9 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             file,
             runs,
         } => bench_import(settings, *rows, *users, *items, file.clone(), *runs)?,
+        BenchWhat::Realtime { trials, users, items, events } => {
+            bench_realtime(settings, *trials, *users, *items, *events)?
+        }
         BenchWhat::Ingest {
             events,
             batch,
@@ -280,6 +299,122 @@ fn bench_ingest(
             "durable": "WAL, synchronous=FULL, acknowledged after commit",
             "peak_rss_mib": peak_rss_mib(),
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        }))
+    })
+}
+
+/// One HTTP/1.1 keep-alive connection for the benchmarks.
+struct Client {
+    addr: std::net::SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Self { addr, sender })
+    }
+
+    async fn call(&mut self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<serde_json::Value> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{method} {path}: {status} {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+fn item_keys(v: &serde_json::Value) -> Vec<String> {
+    v["items"].as_array().map_or_else(Vec::new, |a| {
+        a.iter().filter_map(|r| r["item"].as_str().map(str::to_owned)).collect()
+    })
+}
+
+fn bench_realtime(
+    settings: &Settings,
+    trials: usize,
+    users: usize,
+    items: usize,
+    events: usize,
+) -> anyhow::Result<serde_json::Value> {
+    if trials == 0 || users == 0 || items == 0 {
+        bail!("--trials, --users and --items must be at least 1");
+    }
+    let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut s = settings.clone();
+    s.store.data_dir = work.path().to_owned();
+    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
+    s.training.evaluate = false;
+    s.training.train_on_start = false;
+    s.training.interval_minutes = 0;
+    s.training.min_new_events = 0;
+    let store = bespoke_server::open_store(&s)?;
+    let shop = crate::demo::generate(42, users, items, events, 1_767_225_600_000);
+    crate::demo::load(&*store, shop)?;
+    let engine = std::sync::Arc::new(bespoke_server::Engine::open(store, std::sync::Arc::new(s))?);
+    engine.train(|_| {})?;
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let server = bespoke_server::start_with_engine(engine).await?;
+        let mut client = Client::connect(server.addr()).await?;
+        let mut rng = Rng::seed_from_u64(9);
+        let mut delays = Vec::with_capacity(trials);
+        let mut first_read_changed = 0;
+        let mut t = 0;
+        while delays.len() < trials {
+            t += 1;
+            let user = format!("user-{:05}", rng.below(users as u64));
+            let path = format!("/v1/users/{user}/recommendations?n=10");
+            let first = client.call("GET", &path, None).await?;
+            // Users without personalization consent get the same popular list whatever they do.
+            if first["personalized"] != true {
+                continue;
+            }
+            let before = item_keys(&first);
+            // Buying the top recommendation changes the list: a bought item is never recommended
+            // again, and the user's vector moves.
+            let item = before.first().cloned().unwrap_or_else(|| format!("sku-{:05}", rng.below(items as u64)));
+            let body = serde_json::to_vec(&json!({ "events": [
+                { "event_id": format!("rt-{t}"), "user": user, "item": item, "type": "purchase" }
+            ]}))?;
+            client.call("POST", "/v1/events", Some(body)).await?;
+            let acked = Instant::now();
+            let mut reads = 0;
+            loop {
+                reads += 1;
+                let after = item_keys(&client.call("GET", &path, None).await?);
+                if after != before {
+                    delays.push(acked.elapsed());
+                    first_read_changed += usize::from(reads == 1);
+                    break;
+                }
+                if acked.elapsed() > Duration::from_secs(5) {
+                    bail!("the recommendations of {user} did not change within 5 s of the event");
+                }
+            }
+        }
+        server.shutdown().await?;
+        delays.sort();
+        let pct = |p: f64| delays[((delays.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        Ok(json!({
+            "bench": "realtime",
+            "trials": trials,
+            "changed_on_first_read": first_read_changed,
+            "event_to_changed_recommendation_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+            "target_ms": 50,
+            "shop": { "users": users, "items": items, "events": events },
         }))
     })
 }
