@@ -1,13 +1,18 @@
--- wrk script: GET recommendations for random users of the demo shop (user-00000 ..
--- user-09999), n=10, with the default model. Prints one JSON line. See docs/benchmarks.md.
+-- wrk script: GET recommendations for random users, n=10, with the default model. Users are
+-- USER_FORMAT with a number below USERS: the demo shop's user-00000 .. user-09999 by default;
+-- USER_FORMAT=%d USERS=100000 for the anchors' synthetic sets. Prints one JSON line.
+-- See docs/benchmarks.md.
 local users = tonumber(os.getenv("USERS") or "10000")
+local format = os.getenv("USER_FORMAT") or "user-%05d"
+
 
 init = function(args)
   math.randomseed(7 + (tonumber(args[1] or "0") or 0))
 end
 
 request = function()
-  local path = string.format("/v1/users/user-%05d/recommendations?n=10", math.random(0, users - 1))
+  local user = string.format(format, math.random(0, users - 1))
+  local path = "/v1/users/" .. user .. "/recommendations?n=10"
   return wrk.format("GET", path)
 end
 

@@ -475,11 +475,15 @@ impl UserSolver {
             type Output = Vec<(u32, f32)>;
             #[inline(always)]
             fn with_simd<S: Simd>(self, s: S) -> Vec<(u32, f32)> {
-                self.history
-                    .iter()
-                    .filter(|h| h.2)
-                    .map(|&(i, c, _)| (i, c * s.dot(self.z, self.items.row(i as usize))))
-                    .collect()
+                // Plain loops, not iterator closures: a closure would not be compiled with
+                // the AVX2 features of `dispatch`, and the kernels would not inline into it.
+                let mut out = Vec::with_capacity(self.history.len());
+                for &(i, c, positive) in self.history {
+                    if positive {
+                        out.push((i, c * s.dot(self.z, self.items.row(i as usize))));
+                    }
+                }
+                out
             }
         }
         simd::dispatch(Parts {
@@ -523,8 +527,9 @@ pub fn score_all(x: &[f32], items: &Factors, scores: &mut Vec<f32>) {
         #[inline(always)]
         fn with_simd<S: Simd>(self, s: S) {
             self.scores.clear();
-            self.scores
-                .extend((0..self.items.rows()).map(|i| s.dot(self.x, self.items.row(i))));
+            for i in 0..self.items.rows() {
+                self.scores.push(s.dot(self.x, self.items.row(i)));
+            }
         }
     }
     simd::dispatch(Score { x, items, scores })

@@ -13,24 +13,7 @@ impl Cholesky {
     /// Factorises the row-major `n × n` matrix `a`.
     pub fn new(a: &[f64], n: usize) -> Option<Self> {
         assert_eq!(a.len(), n * n, "matrix size");
-        let mut l = vec![0f64; n * n];
-        for i in 0..n {
-            for j in 0..=i {
-                let mut s = a[i * n + j];
-                for k in 0..j {
-                    s -= l[i * n + k] * l[j * n + k];
-                }
-                if i == j {
-                    if s <= 0.0 || !s.is_finite() {
-                        return None;
-                    }
-                    l[i * n + i] = s.sqrt();
-                } else {
-                    l[i * n + j] = s / l[j * n + j];
-                }
-            }
-        }
-        Some(Self { n, l })
+        crate::simd::dispatch(Factorise { a, n })
     }
 
     /// Solves `A x = b` in place (`b` becomes `x`). Both substitutions read rows of `L`
@@ -42,6 +25,36 @@ impl Cholesky {
             n: self.n,
             b,
         });
+    }
+}
+
+struct Factorise<'a> {
+    a: &'a [f64],
+    n: usize,
+}
+
+impl crate::simd::WithSimd for Factorise<'_> {
+    type Output = Option<Cholesky>;
+
+    #[inline(always)]
+    fn with_simd<S: crate::simd::Simd>(self, _: S) -> Option<Cholesky> {
+        let (a, n) = (self.a, self.n);
+        let mut l = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                // L_ij = (A_ij − L[i, ..j] · L[j, ..j]) / L_jj: rows of L are contiguous.
+                let s = a[i * n + j] - dot64(&l[i * n..i * n + j], &l[j * n..j * n + j]);
+                if i == j {
+                    if s <= 0.0 || !s.is_finite() {
+                        return None;
+                    }
+                    l[i * n + i] = s.sqrt();
+                } else {
+                    l[i * n + j] = s / l[j * n + j];
+                }
+            }
+        }
+        Some(Cholesky { n, l })
     }
 }
 

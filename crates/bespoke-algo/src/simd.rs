@@ -146,7 +146,9 @@ impl Simd for Avx2 {
 }
 
 /// A computation written against [`Simd`]. Mark `with_simd` and what its hot loop calls
-/// `#[inline(always)]`, so that it is compiled inside [`dispatch`]'s AVX2 context.
+/// `#[inline(always)]`, so that it is compiled inside [`dispatch`]'s AVX2 context. Write the hot
+/// loop as a plain loop: a closure (`iter().map(|x| s.dot(..))`) is compiled on its own, without
+/// AVX2, and the kernels called from it are not inlined.
 pub trait WithSimd {
     /// What it returns.
     type Output;

@@ -87,9 +87,12 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             file,
             runs,
         } => bench_import(settings, *rows, *users, *items, file.clone(), *runs)?,
-        BenchWhat::Realtime { trials, users, items, events } => {
-            bench_realtime(settings, *trials, *users, *items, *events)?
-        }
+        BenchWhat::Realtime {
+            trials,
+            users,
+            items,
+            events,
+        } => bench_realtime(settings, *trials, *users, *items, *events)?,
         BenchWhat::Ingest {
             events,
             batch,
@@ -313,12 +316,18 @@ impl Client {
     async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         Ok(Self { addr, sender })
     }
 
-    async fn call(&mut self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<serde_json::Value> {
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<serde_json::Value> {
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -330,7 +339,10 @@ impl Client {
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("{method} {path}: {status} {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "{method} {path}: {status} {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
@@ -338,7 +350,9 @@ impl Client {
 
 fn item_keys(v: &serde_json::Value) -> Vec<String> {
     v["items"].as_array().map_or_else(Vec::new, |a| {
-        a.iter().filter_map(|r| r["item"].as_str().map(str::to_owned)).collect()
+        a.iter()
+            .filter_map(|r| r["item"].as_str().map(str::to_owned))
+            .collect()
     })
 }
 
