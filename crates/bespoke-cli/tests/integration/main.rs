@@ -88,8 +88,46 @@ fn movielens_100k_imports_exactly() {
     // User 196 rated movie 242 (the first line of u.data): it is never recommended back.
     assert!(items.iter().all(|r| r["item"] != "242"));
     let table = ok(&bespoke(dir.path(), &["recommend", "196", "-n", "3"]));
-    assert_eq!(table.lines().count(), 3, "{table}");
-    assert!(table.contains("popular"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.starts_with("model: popular") && table.contains("no trained model yet"),
+        "{table}"
+    );
+
+    // Train, and the same command answers from iALS with the user's own history as reasons.
+    let trained = json(&bespoke(dir.path(), &["train", "--json"]));
+    assert_eq!(
+        (trained["version"].as_u64(), trained["activated"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(trained["meta"]["data"]["events"], 100_000);
+    let als = trained["meta"]["metrics"]["als"]["ndcg@10"]
+        .as_f64()
+        .unwrap();
+    let pop = trained["meta"]["metrics"]["popular"]["ndcg@10"]
+        .as_f64()
+        .unwrap();
+    assert!(als > pop, "held-out iALS {als} vs popularity {pop}");
+    let recs = json(&bespoke(
+        dir.path(),
+        &["recommend", "196", "-n", "5", "--json"],
+    ));
+    assert_eq!(
+        (recs["model"].as_str(), recs["model_version"].as_u64()),
+        (Some("als"), Some(1))
+    );
+    let rated: std::collections::HashSet<String> = std::fs::read_to_string(&udata)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("196\t"))
+        .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+        .collect();
+    for r in recs["items"].as_array().unwrap() {
+        assert!(!rated.contains(r["item"].as_str().unwrap()));
+        for reason in r["reasons"].as_array().unwrap() {
+            assert!(rated.contains(reason["item"].as_str().unwrap()), "{reason}");
+        }
+    }
 }
 
 #[test]
