@@ -10,6 +10,10 @@
 //! top k, so the survivors are a superset of the exact answer; the second pass scores them with
 //! the same `f32` dot product as a full scan. The result equals a full scan, ties included (a
 //! property test checks it).
+//!
+//! Items are scanned in order of decreasing norm, which lets the scan stop early: by
+//! Cauchy–Schwarz no item scores above `‖x‖ ‖y_i‖`, so once that falls below the k-th best lower
+//! bound, no remaining (shorter) item can enter the top k.
 
 use crate::simd::{self, Simd, WithSimd};
 use crate::{Factors, Scored, TopK};
@@ -21,6 +25,10 @@ const SLACK: f32 = 1e-3;
 #[derive(Debug, Clone)]
 pub struct ItemScorer {
     items: Factors,
+    /// Item ids in scan order (decreasing norm, ties by id); the arrays below follow it.
+    order: Vec<u32>,
+    /// `‖y_i‖`, times a margin for rounding.
+    norm: Vec<f32>,
     /// Row-major `i8` codes, rows padded with zeros to `padded` (a multiple of 16).
     codes: Vec<i8>,
     padded: usize,
@@ -45,11 +53,21 @@ impl ItemScorer {
         let d = items.dim();
         let padded = d.div_ceil(16) * 16;
         let n = items.rows();
+        let norms: Vec<f32> = (0..n)
+            .map(|i| items.row(i).iter().map(|v| v * v).sum::<f32>().sqrt())
+            .collect();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by(|&a, &b| {
+            norms[b as usize]
+                .total_cmp(&norms[a as usize])
+                .then(a.cmp(&b))
+        });
         let mut codes = vec![0i8; n * padded];
         let mut scale = vec![0f32; n];
         let mut scaled_l1 = vec![0f32; n];
-        for i in 0..n {
-            let y = items.row(i);
+        let mut norm = vec![0f32; n];
+        for (pos, &id) in order.iter().enumerate() {
+            let y = items.row(id as usize);
             let max = y.iter().fold(0f32, |m, v| m.max(v.abs()));
             let s = if max > 0.0 { max / 127.0 } else { 0.0 };
             let mut l1 = 0f32;
@@ -59,14 +77,17 @@ impl ItemScorer {
                 } else {
                     0.0
                 };
-                codes[i * padded + k] = q as i8;
+                codes[pos * padded + k] = q as i8;
                 l1 += q.abs();
             }
-            scale[i] = s;
-            scaled_l1[i] = s * l1;
+            scale[pos] = s;
+            scaled_l1[pos] = s * l1;
+            norm[pos] = norms[id as usize] * (1.0 + SLACK);
         }
         Self {
             items,
+            order,
+            norm,
             codes,
             padded,
             scale,
@@ -101,6 +122,7 @@ impl ItemScorer {
             .extend(x.iter().map(|&v| (v / sx).round() as i16));
         scratch.query.resize(self.padded, 0);
         let l1x: f32 = x.iter().map(|v| v.abs()).sum();
+        let norm_x = x.iter().map(|v| v * v).sum::<f32>().sqrt() * (1.0 + SLACK);
         let lower = scratch.lower.get_or_insert_with(|| TopK::new(k));
         lower.reset(k);
         scratch.candidates.clear();
@@ -109,6 +131,7 @@ impl ItemScorer {
             query: &scratch.query,
             sx,
             half_l1x: l1x * 0.5,
+            norm_x,
             keep,
             lower,
             candidates: &mut scratch.candidates,
@@ -144,6 +167,7 @@ struct Screen<'a, F> {
     query: &'a [i16],
     sx: f32,
     half_l1x: f32,
+    norm_x: f32,
     keep: F,
     lower: &'a mut TopK,
     candidates: &'a mut Vec<(u32, f32)>,
@@ -160,6 +184,14 @@ impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
         let n = sc.scale.len();
         let mut i = 0;
         while i < n {
+            // Cauchy–Schwarz: nothing from here on (norms only decrease) can reach the top k.
+            if self
+                .lower
+                .threshold()
+                .is_some_and(|t| self.norm_x * sc.norm[i] < t)
+            {
+                break;
+            }
             let width = (n - i).min(8);
             let dots = if width == 8 {
                 s.dot8_i8_i16(&sc.codes[i * p..(i + 8) * p], self.query)
@@ -172,11 +204,19 @@ impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
                     }
                 })
             };
-            // Bounds for the block, over fixed-size arrays so that the compiler vectorises.
+            // Bounds for the block, over fixed-size arrays so that the compiler vectorises
+            // (and copies no slices through `memcpy`).
             let mut scale = [0f32; 8];
             let mut l1 = [0f32; 8];
-            scale[..width].copy_from_slice(&sc.scale[i..i + width]);
-            l1[..width].copy_from_slice(&sc.scaled_l1[i..i + width]);
+            if width == 8 {
+                scale = sc.scale[i..i + 8].try_into().expect("eight scales");
+                l1 = sc.scaled_l1[i..i + 8].try_into().expect("eight norms");
+            } else {
+                for r in 0..width {
+                    scale[r] = sc.scale[i + r];
+                    l1[r] = sc.scaled_l1[i + r];
+                }
+            }
             let mut upper = [0f32; 8];
             let mut lower = [0f32; 8];
             for r in 0..8 {
@@ -194,7 +234,7 @@ impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
             // Most blocks end here: nothing in them can reach the top k.
             if upper.iter().any(|&u| u >= t) {
                 for r in 0..width {
-                    let item = (i + r) as u32;
+                    let item = sc.order[i + r];
                     if self.lower.threshold().is_some_and(|t| upper[r] < t) || !(self.keep)(item) {
                         continue;
                     }

@@ -77,6 +77,7 @@ impl TopK {
     }
 
     /// The score a candidate must beat to enter, once `k` candidates are held.
+    #[inline]
     pub fn threshold(&self) -> Option<Score> {
         (self.heap.len() == self.k).then(|| self.heap.peek().map_or(Score::INFINITY, |w| w.0.score))
     }
