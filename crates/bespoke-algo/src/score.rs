@@ -212,10 +212,8 @@ impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
                 scale = sc.scale[i..i + 8].try_into().expect("eight scales");
                 l1 = sc.scaled_l1[i..i + 8].try_into().expect("eight norms");
             } else {
-                for r in 0..width {
-                    scale[r] = sc.scale[i + r];
-                    l1[r] = sc.scaled_l1[i + r];
-                }
+                scale[..width].copy_from_slice(&sc.scale[i..i + width]);
+                l1[..width].copy_from_slice(&sc.scaled_l1[i..i + width]);
             }
             let mut upper = [0f32; 8];
             let mut lower = [0f32; 8];

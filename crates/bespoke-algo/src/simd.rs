@@ -599,7 +599,7 @@ unsafe fn dot8_i8_i16_vnni(q: &[i8], x: &[i16]) -> [i32; 8] {
 #[inline(always)]
 unsafe fn gram_add_avx2(rows: &[f32], n: usize, g: &mut [f32]) {
     assert!(g.len() >= n * n, "gram: sizes");
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         // Uncommon dimensions take the portable path.
         return Scalar.gram_add(rows, n, g);
     }
