@@ -91,10 +91,10 @@ impl TopK {
         let cand = Scored { idx, score };
         if self.heap.len() < self.k {
             self.heap.push(Worst(cand));
-        } else if let Some(mut worst) = self.heap.peek_mut() {
-            if better(&cand, &worst.0) == Ordering::Greater {
-                *worst = Worst(cand);
-            }
+        } else if let Some(mut worst) = self.heap.peek_mut()
+            && better(&cand, &worst.0) == Ordering::Greater
+        {
+            *worst = Worst(cand);
         }
     }
 

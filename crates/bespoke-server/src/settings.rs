@@ -492,10 +492,10 @@ impl Settings {
                     "events.weights: type name {kind:?} must have 1 to 64 bytes"
                 ));
             }
-            if let WeightSpec::Fixed(w) = w {
-                if !w.is_finite() {
-                    return Err(format!("events.weights.{kind} must be a finite number"));
-                }
+            if let WeightSpec::Fixed(w) = w
+                && !w.is_finite()
+            {
+                return Err(format!("events.weights.{kind} must be a finite number"));
             }
         }
         Ok(())

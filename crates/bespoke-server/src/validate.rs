@@ -73,13 +73,13 @@ pub fn check_event(
             ),
         ));
     };
-    if let Some(v) = e.value {
-        if !v.is_finite() || v.abs() > 1e12 {
-            return Err(fail(
-                "value",
-                "value must be a finite number of magnitude at most 1e12".into(),
-            ));
-        }
+    if let Some(v) = e.value
+        && (!v.is_finite() || v.abs() > 1e12)
+    {
+        return Err(fail(
+            "value",
+            "value must be a finite number of magnitude at most 1e12".into(),
+        ));
     }
     if matches!(spec, WeightSpec::Value(_)) && e.value.is_none() {
         return Err(fail(

@@ -90,10 +90,9 @@ impl ModelDir {
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u64>().ok())
+                && entry.path().join(META).exists()
             {
-                if entry.path().join(META).exists() {
-                    out.push(v);
-                }
+                out.push(v);
             }
         }
         out.sort_unstable();

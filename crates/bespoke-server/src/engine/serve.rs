@@ -282,36 +282,36 @@ impl Engine {
         let mut out: Vec<Recommendation> = Vec::new();
         let mut taken: FxHashSet<u32> = FxHashSet::default();
         let servable = |j: ItemIdx| j != item && s.servable(j);
-        if let (Some(m), false) = (&model, choice == SimilarChoice::Cooccurrence) {
-            if let Some(mi) = m.model_item(item.0) {
-                let keep = |j: u32| m.store_item(j).is_some_and(|st| servable(ItemIdx(st)));
-                let (found, kind, phrase) = match choice {
-                    SimilarChoice::Als => (
-                        m.als.similar(mi, n, keep),
-                        "als",
-                        "liked by the same kind of users as",
-                    ),
-                    _ => (
-                        m.knn.neighbours(mi, n, keep),
-                        "knn",
-                        "often interacted with together with",
-                    ),
+        if let (Some(m), false) = (&model, choice == SimilarChoice::Cooccurrence)
+            && let Some(mi) = m.model_item(item.0)
+        {
+            let keep = |j: u32| m.store_item(j).is_some_and(|st| servable(ItemIdx(st)));
+            let (found, kind, phrase) = match choice {
+                SimilarChoice::Als => (
+                    m.als.similar(mi, n, keep),
+                    "als",
+                    "liked by the same kind of users as",
+                ),
+                _ => (
+                    m.knn.neighbours(mi, n, keep),
+                    "knn",
+                    "often interacted with together with",
+                ),
+            };
+            for Scored { idx, score } in found {
+                let Some(st) = m.store_item(idx) else {
+                    continue;
                 };
-                for Scored { idx, score } in found {
-                    let Some(st) = m.store_item(idx) else {
-                        continue;
-                    };
-                    taken.insert(st);
-                    out.push(Recommendation {
-                        item: s.item_key(ItemIdx(st)),
-                        score,
-                        reasons: vec![Reason {
-                            item: Some(item_key.to_owned()),
-                            weight: Some(score),
-                            ..Reason::new(kind, format!("{phrase} {item_key}"))
-                        }],
-                    });
-                }
+                taken.insert(st);
+                out.push(Recommendation {
+                    item: s.item_key(ItemIdx(st)),
+                    score,
+                    reasons: vec![Reason {
+                        item: Some(item_key.to_owned()),
+                        weight: Some(score),
+                        ..Reason::new(kind, format!("{phrase} {item_key}"))
+                    }],
+                });
             }
         }
         if out.len() < n {

@@ -86,10 +86,10 @@ impl AlsServing {
         revision: u64,
         history: &[(u32, f32)],
     ) -> Option<Arc<UserVector>> {
-        if let Some((rev, v)) = self.cache.lock().entries.get(&user) {
-            if *rev == revision {
-                return Some(v.clone());
-            }
+        if let Some((rev, v)) = self.cache.lock().entries.get(&user)
+            && *rev == revision
+        {
+            return Some(v.clone());
         }
         if history.is_empty() {
             return None;
