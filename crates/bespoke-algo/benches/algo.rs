@@ -107,3 +107,25 @@ fn als_top20_f64_scorer(bencher: Bencher, items: usize) {
     let mut scratch = bespoke_algo::ScoreScratch::default();
     bencher.bench_local(|| black_box(scorer.top_k(&x, 20, |_| true, &mut scratch)));
 }
+
+/// One iALS iteration (users then items) on 20k users × 5k items with 400k interactions,
+/// f = 64, 3 CG steps, on the current rayon pool.
+#[divan::bench(sample_count = 10)]
+fn als_iteration_users20k_items5k_nnz400k(bencher: Bencher) {
+    let mut rng = Rng::seed_from_u64(5);
+    let triples: Vec<(u32, u32, f32)> = (0..400_000)
+        .map(|_| {
+            (
+                rng.below(20_000) as u32,
+                (rng.f64().powi(2) * 5_000.0) as u32,
+                1.0 + rng.below(3) as f32,
+            )
+        })
+        .collect();
+    let weights = bespoke_algo::Csr::from_triples(20_000, 5_000, &triples, false);
+    let params = bespoke_algo::AlsParams {
+        iterations: 1,
+        ..Default::default()
+    };
+    bencher.bench_local(|| black_box(bespoke_algo::Als::fit(&weights, params, |_| {})));
+}

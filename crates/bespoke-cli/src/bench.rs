@@ -217,6 +217,10 @@ fn bench_ingest(
     s.store.data_dir = work.path().to_owned();
     s.server.bind = "127.0.0.1:0".parse().expect("valid address");
     s.limits.max_batch_events = s.limits.max_batch_events.max(batch);
+    // Ingestion alone: no background training competing for the two cores.
+    s.training.train_on_start = false;
+    s.training.interval_minutes = 0;
+    s.training.min_new_events = 0;
     // Pre-built bodies, so that the client measures the server, not its own JSON encoding.
     let mut rng = Rng::seed_from_u64(2);
     let kinds = ["view", "view", "view", "click", "add_to_cart", "purchase"];

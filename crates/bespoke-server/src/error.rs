@@ -98,6 +98,12 @@ impl From<bespoke_store::Error> for ApiError {
                 format!("event_id {event_id:?} was already used for a different event"),
             )
             .at(format!("events[{index}].event_id")),
+            E::ReservedEventId { index, .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("{e}; leave event_id out to get a server-issued one"),
+            )
+            .at(format!("events[{index}].event_id")),
             E::UnknownUser { index, key } => Self::new(
                 StatusCode::NOT_FOUND,
                 "unknown_user",

@@ -287,6 +287,9 @@ pub struct TrainingSettings {
     pub interval_minutes: u64,
     /// Retrain in the background after this many new events (0: never on a count).
     pub min_new_events: u64,
+    /// Never retrain in the background sooner than this many minutes after the last run, so
+    /// that a burst of events does not keep the machine training.
+    pub min_gap_minutes: u64,
     /// Train at start-up when no model exists yet and there are events.
     pub train_on_start: bool,
     /// Model versions kept on disk (the active one is always kept).
@@ -310,7 +313,8 @@ impl Default for TrainingSettings {
             threads: 0,
             evaluate: true,
             interval_minutes: 60,
-            min_new_events: 10_000,
+            min_new_events: 100_000,
+            min_gap_minutes: 5,
             train_on_start: true,
             keep_versions: 5,
             auto_activate: true,

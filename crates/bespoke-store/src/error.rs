@@ -15,6 +15,17 @@ pub enum Error {
         /// The reused id.
         event_id: String,
     },
+    /// A client sent an event id in the format of server-issued ids that is not one the server
+    /// issued.
+    #[error(
+        "event_id {event_id:?} has the format of server-issued ids but was not issued by this server"
+    )]
+    ReservedEventId {
+        /// Position of the offending event in its batch.
+        index: usize,
+        /// The id.
+        event_id: String,
+    },
     /// An event named a user that does not exist and the batch forbids creating users.
     #[error("unknown user {key:?}")]
     UnknownUser {
@@ -75,6 +86,7 @@ impl Error {
         matches!(
             self,
             Error::EventConflict { .. }
+                | Error::ReservedEventId { .. }
                 | Error::UnknownUser { .. }
                 | Error::UnknownItem { .. }
                 | Error::DimensionMismatch { .. }

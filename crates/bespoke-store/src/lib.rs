@@ -23,11 +23,11 @@
 #![warn(missing_docs)]
 
 mod error;
+mod event_id;
 mod fingerprint;
 mod model;
 mod models;
 mod sqlite;
-mod uuid7;
 
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use error::{Error, Result};
@@ -37,7 +37,6 @@ pub use model::{
 };
 pub use models::ModelRecord;
 pub use sqlite::{SqliteStore, StoreOptions};
-pub use uuid7::Uuid7Generator;
 
 /// Durable storage of users, items and events.
 ///

@@ -129,12 +129,16 @@ impl Engine {
     }
 
     /// Whether the background scheduler should train now: no model yet (with
-    /// `train_on_start`), enough new events, or the interval has passed since `last`.
+    /// `train_on_start`), enough new events, or the interval has passed since `last`; never
+    /// within `min_gap_minutes` of `last`.
     pub fn training_due(&self, last: Option<Instant>) -> bool {
         let t = &self.settings.training;
         let events = self.training.new_events.load(Ordering::Relaxed);
         if self.model.load().is_none() {
             return t.train_on_start && self.counts().events > 0 && last.is_none();
+        }
+        if last.is_some_and(|l| l.elapsed().as_secs() < t.min_gap_minutes * 60) {
+            return false;
         }
         (t.min_new_events > 0 && events >= t.min_new_events)
             || (t.interval_minutes > 0
