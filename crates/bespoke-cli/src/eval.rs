@@ -72,6 +72,25 @@ pub(crate) struct EvalArgs {
 }
 
 fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for_each_row(path, |r| rows.push(r))?;
+    Ok(rows)
+}
+
+/// Streams an interaction CSV into the compact form: dense ids in order of first appearance
+/// (`u32`), `f32` weights. Returns the id maps as well, to map the test file.
+struct Columns {
+    users: HashMap<i64, u32>,
+    items: HashMap<i64, u32>,
+    rows: Vec<u32>,
+    cols: Vec<u32>,
+    vals: Vec<f32>,
+    /// The one weight every row had so far (then `vals` stays empty).
+    uniform: Option<f32>,
+}
+
+/// Calls `f` with every row of a `user_id,item_id,weight,timestamp` CSV; returns the count.
+fn for_each_row(path: &Path, mut f: impl FnMut(Row)) -> anyhow::Result<usize> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .buffer_capacity(1 << 20)
@@ -92,77 +111,26 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
         col("weight")?,
         col("timestamp")?,
     );
-    let mut rows = Vec::new();
     let mut rec = csv::ByteRecord::new();
+    let mut n = 0;
     while reader.read_byte_record(&mut rec)? {
         let line = rec.position().map_or(0, |p| p.line());
         let field = |i: usize| -> anyhow::Result<&str> {
             std::str::from_utf8(rec.get(i).unwrap_or_default())
                 .with_context(|| format!("{}: line {line} is not UTF-8", path.display()))
         };
-        let parse_err = || {
+        let bad = || {
             format!(
                 "{}: line {line}: expected user_id,item_id,weight,timestamp numbers",
                 path.display()
             )
         };
-        rows.push(Row {
-            user: field(cu)?.parse().with_context(parse_err)?,
-            item: field(ci)?.parse().with_context(parse_err)?,
-            weight: field(cw)?.parse().with_context(parse_err)?,
-            timestamp: field(ct)?.parse().with_context(parse_err)?,
+        f(Row {
+            user: field(cu)?.parse().with_context(bad)?,
+            item: field(ci)?.parse().with_context(bad)?,
+            weight: field(cw)?.parse().with_context(bad)?,
+            timestamp: field(ct)?.parse().with_context(bad)?,
         });
-    }
-    Ok(rows)
-}
-
-/// Streams an interaction CSV into the compact form: dense ids in order of first appearance
-/// (`u32`), `f32` weights. Returns the id maps as well, to map the test file.
-struct Columns {
-    users: HashMap<i64, u32>,
-    items: HashMap<i64, u32>,
-    rows: Vec<u32>,
-    cols: Vec<u32>,
-    vals: Vec<f32>,
-    /// The one weight every row had so far (then `vals` stays empty).
-    uniform: Option<f32>,
-}
-
-fn for_each_row(path: &Path, mut f: impl FnMut(i64, i64, f32)) -> anyhow::Result<usize> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .buffer_capacity(1 << 20)
-        .from_path(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let header = reader.headers()?.clone();
-    let col = |name: &str| {
-        header.iter().position(|h| h == name).with_context(|| {
-            format!(
-                "{}: no column {name:?} (expected user_id,item_id,weight,timestamp)",
-                path.display()
-            )
-        })
-    };
-    let (cu, ci, cw) = (col("user_id")?, col("item_id")?, col("weight")?);
-    let mut rec = csv::ByteRecord::new();
-    let mut n = 0;
-    while reader.read_byte_record(&mut rec)? {
-        let line = rec.position().map_or(0, |p| p.line());
-        let parse = |i: usize| -> anyhow::Result<&str> {
-            std::str::from_utf8(rec.get(i).unwrap_or_default())
-                .with_context(|| format!("{}: line {line} is not UTF-8", path.display()))
-        };
-        let bad = || {
-            format!(
-                "{}: line {line}: expected user_id,item_id,weight numbers",
-                path.display()
-            )
-        };
-        f(
-            parse(cu)?.parse().with_context(bad)?,
-            parse(ci)?.parse().with_context(bad)?,
-            parse(cw)?.parse().with_context(bad)?,
-        );
         n += 1;
     }
     Ok(n)
@@ -179,25 +147,34 @@ fn load_split(train: &Path, test: &Path) -> anyhow::Result<Data> {
         vals: Vec::new(),
         uniform: None,
     };
-    let train_rows = for_each_row(train, |u, i, w| {
-        let next = c.users.len() as u32;
-        let u = *c.users.entry(u).or_insert(next);
-        let next = c.items.len() as u32;
-        let i = *c.items.entry(i).or_insert(next);
-        c.rows.push(u);
-        c.cols.push(i);
-        // Binary data (one weight for every row) keeps no weight column.
-        match c.uniform {
-            None if c.rows.len() == 1 => c.uniform = Some(w),
-            Some(u) if u.to_bits() == w.to_bits() => {}
-            Some(u) => {
-                c.vals = vec![u; c.rows.len() - 1];
-                c.vals.push(w);
-                c.uniform = None;
+    let train_rows = for_each_row(
+        train,
+        |Row {
+             user: u,
+             item: i,
+             weight,
+             ..
+         }| {
+            let w = weight as f32;
+            let next = c.users.len() as u32;
+            let u = *c.users.entry(u).or_insert(next);
+            let next = c.items.len() as u32;
+            let i = *c.items.entry(i).or_insert(next);
+            c.rows.push(u);
+            c.cols.push(i);
+            // Binary data (one weight for every row) keeps no weight column.
+            match c.uniform {
+                None if c.rows.len() == 1 => c.uniform = Some(w),
+                Some(u) if u.to_bits() == w.to_bits() => {}
+                Some(u) => {
+                    c.vals = vec![u; c.rows.len() - 1];
+                    c.vals.push(w);
+                    c.uniform = None;
+                }
+                None => c.vals.push(w),
             }
-            None => c.vals.push(w),
-        }
-    })?;
+        },
+    )?;
     let weights = match c.uniform {
         Some(w) => Csr::from_fn(
             c.users.len(),
@@ -221,11 +198,16 @@ fn load_split(train: &Path, test: &Path) -> anyhow::Result<Data> {
         std::mem::take(&mut c.vals),
     ));
     let mut by_user: std::collections::BTreeMap<u32, Vec<u32>> = std::collections::BTreeMap::new();
-    let test_rows = for_each_row(test, |u, i, _| {
-        if let (Some(&u), Some(&i)) = (c.users.get(&u), c.items.get(&i)) {
-            by_user.entry(u).or_default().push(i);
-        }
-    })?;
+    let test_rows = for_each_row(
+        test,
+        |Row {
+             user: u, item: i, ..
+         }| {
+            if let (Some(&u), Some(&i)) = (c.users.get(&u), c.items.get(&i)) {
+                by_user.entry(u).or_default().push(i);
+            }
+        },
+    )?;
     let mut test_pairs = 0;
     let eval = by_user
         .into_iter()

@@ -792,6 +792,43 @@ impl Store for SqliteStore {
     }
 }
 
+/// The two keyed tables events refer to.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Users,
+    Items,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::Items => "items",
+        }
+    }
+
+    fn select(self) -> &'static str {
+        match self {
+            Table::Users => "SELECT id FROM users WHERE key = ?1",
+            Table::Items => "SELECT id FROM items WHERE key = ?1",
+        }
+    }
+
+    /// Inserts a row with default fields; parameters: key, flag, now.
+    fn insert(self) -> &'static str {
+        match self {
+            Table::Users => {
+                "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at)
+                 VALUES (?1, '{}', ?2, ?3, ?3)"
+            }
+            Table::Items => {
+                "INSERT INTO items (key, categories, text, numeric, attributes, available, created_at, updated_at)
+                 VALUES (?1, '[]', '{}', '{}', '{}', ?2, ?3, ?3)"
+            }
+        }
+    }
+}
+
 /// The single writer: owns the write connection and memoises key → id lookups.
 struct Writer {
     conn: Connection,
@@ -928,56 +965,47 @@ impl Writer {
         key: &str,
         create: Option<(Consent, Millis)>,
     ) -> Result<Option<(u32, bool)>> {
-        if let Some(&id) = self.users.get(key) {
-            return Ok(Some((id, false)));
-        }
-        let found: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT id FROM users WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
-        let (id, created) = match (found, create) {
-            (Some(id), _) => (to_u32(id, "users")?, false),
-            (None, None) => return Ok(None),
-            (None, Some((consent, now))) => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at)
-                         VALUES (?1, '{}', ?2, ?3, ?3)",
-                    )?
-                    .execute(params![key, consent.personalization, now])?;
-                (to_u32(self.conn.last_insert_rowid(), "users")?, true)
-            }
-        };
-        self.users.insert(key.to_owned(), id);
-        self.touched_users.push(key.to_owned());
-        Ok(Some((id, created)))
+        let create = create.map(|(consent, now)| (consent.personalization, now));
+        self.resolve(Table::Users, key, create)
     }
 
     fn item_id(&mut self, key: &str, create: Option<Millis>) -> Result<Option<(u32, bool)>> {
-        if let Some(&id) = self.items.get(key) {
+        self.resolve(Table::Items, key, create.map(|now| (true, now)))
+    }
+
+    /// The id of `key` in `table` (from the memo or the database), creating the row when
+    /// `create` gives `(flag, now)`: the flag is the user's personalization consent or the item's
+    /// availability. Returns whether it was created.
+    fn resolve(
+        &mut self,
+        table: Table,
+        key: &str,
+        create: Option<(bool, Millis)>,
+    ) -> Result<Option<(u32, bool)>> {
+        let (memo, touched) = match table {
+            Table::Users => (&mut self.users, &mut self.touched_users),
+            Table::Items => (&mut self.items, &mut self.touched_items),
+        };
+        if let Some(&id) = memo.get(key) {
             return Ok(Some((id, false)));
         }
         let found: Option<i64> = self
             .conn
-            .prepare_cached("SELECT id FROM items WHERE key = ?1")?
+            .prepare_cached(table.select())?
             .query_row([key], |r| r.get(0))
             .optional()?;
         let (id, created) = match (found, create) {
-            (Some(id), _) => (to_u32(id, "items")?, false),
+            (Some(id), _) => (to_u32(id, table.name())?, false),
             (None, None) => return Ok(None),
-            (None, Some(now)) => {
+            (None, Some((flag, now))) => {
                 self.conn
-                    .prepare_cached(
-                        "INSERT INTO items (key, categories, text, numeric, attributes, available, created_at, updated_at)
-                         VALUES (?1, '[]', '{}', '{}', '{}', 1, ?2, ?2)",
-                    )?
-                    .execute(params![key, now])?;
-                (to_u32(self.conn.last_insert_rowid(), "items")?, true)
+                    .prepare_cached(table.insert())?
+                    .execute(params![key, flag, now])?;
+                (to_u32(self.conn.last_insert_rowid(), table.name())?, true)
             }
         };
-        self.items.insert(key.to_owned(), id);
-        self.touched_items.push(key.to_owned());
+        memo.insert(key.to_owned(), id);
+        touched.push(key.to_owned());
         Ok(Some((id, created)))
     }
 
