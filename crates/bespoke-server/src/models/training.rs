@@ -136,9 +136,13 @@ impl Snapshot {
             }
         }
         pairs.retain(|p| p.weight != 0.0);
+        // Only users and items with data take part: a row without data would still move every
+        // other row through the Gram matrix, so the model would depend on catalog entries and
+        // profiles that carry no behaviour (an erased user's leftovers, say).
+        let (user_keys, item_keys) = compact(&mut pairs, users, items);
         Ok(Self {
-            user_keys: users.into_iter().map(|(_, k)| k).collect(),
-            item_keys: items.into_iter().map(|(_, k)| k).collect(),
+            user_keys,
+            item_keys,
             pairs,
             watermark: seq,
             events,
@@ -206,6 +210,44 @@ impl Snapshot {
         test.retain(|(_, items)| !items.is_empty());
         (self.matrix(train.into_iter()), test)
     }
+}
+
+/// Renumbers users and items densely over those that appear in `pairs`, keeping key order;
+/// returns their keys.
+fn compact(
+    pairs: &mut [Pair],
+    users: Vec<(u32, String)>,
+    items: Vec<(u32, String)>,
+) -> (Vec<String>, Vec<String>) {
+    let mut user_used = vec![false; users.len()];
+    let mut item_used = vec![false; items.len()];
+    for p in pairs.iter() {
+        user_used[p.user as usize] = true;
+        item_used[p.item as usize] = true;
+    }
+    let renumber = |used: &[bool]| -> Vec<u32> {
+        let mut next = 0;
+        used.iter()
+            .map(|&u| {
+                let id = next;
+                next += u32::from(u);
+                id
+            })
+            .collect()
+    };
+    let (user_new, item_new) = (renumber(&user_used), renumber(&item_used));
+    for p in pairs.iter_mut() {
+        p.user = user_new[p.user as usize];
+        p.item = item_new[p.item as usize];
+    }
+    let keep = |rows: Vec<(u32, String)>, used: &[bool]| -> Vec<String> {
+        rows.into_iter()
+            .zip(used)
+            .filter(|(_, u)| **u)
+            .map(|((_, k), _)| k)
+            .collect()
+    };
+    (keep(users, &user_used), keep(items, &item_used))
 }
 
 /// Sorts `(store id, key)` by key and returns store id → dense index.
