@@ -290,10 +290,9 @@ pub(crate) fn generate(
             attributes,
             consent: ConsentUpdate {
                 personalization: Some(rng.f64() > 0.02),
+                training: None,
             },
-            default_consent: Consent {
-                personalization: true,
-            },
+            default_consent: Consent::ALL,
         });
     }
     // Each user's share of the events, exactly n_events in total.

@@ -16,7 +16,7 @@ use bespoke_server::Settings;
 use bespoke_server::engine::{Weights, now_ms};
 use bespoke_server::validate::{check_event, check_item, check_key};
 use bespoke_server::wire::{EventJson, ItemJson, UserJson};
-use bespoke_store::{Consent, ConsentUpdate, EventBatch, ItemUpsert, NewEvent, Store, UserUpsert};
+use bespoke_store::{ConsentUpdate, EventBatch, ItemUpsert, NewEvent, Store, UserUpsert};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -590,9 +590,7 @@ fn import_events(
         ..Summary::default()
     };
     let quiet = args.json;
-    let consent = Consent {
-        personalization: settings.consent.default_personalization,
-    };
+    let consent = settings.consent.defaults();
     // Only batches that can fail on a single line need a copy to retry without it.
     let may_reject = args.id_col.is_some()
         || format == Format::Jsonl
@@ -689,9 +687,7 @@ fn import_records(
     };
     let quiet = args.json;
     let max_key = settings.limits.max_key_bytes;
-    let default_consent = Consent {
-        personalization: settings.consent.default_personalization,
-    };
+    let default_consent = settings.consent.defaults();
     let mut users: Vec<(u64, UserUpsert)> = Vec::new();
     let mut items: Vec<(u64, ItemUpsert)> = Vec::new();
     let batch = args.batch.min(10_000);
@@ -759,6 +755,7 @@ fn import_records(
                             attributes: u.attributes,
                             consent: ConsentUpdate {
                                 personalization: Some(u.consent.personalization),
+                                training: Some(u.consent.training),
                             },
                             default_consent,
                         },

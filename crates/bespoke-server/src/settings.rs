@@ -166,12 +166,25 @@ impl Default for EventSettings {
 pub struct ConsentSettings {
     /// Whether a new user may get personalized results until they say otherwise.
     pub default_personalization: bool,
+    /// Whether a new user's events may train models until they say otherwise.
+    pub default_training: bool,
 }
 
 impl Default for ConsentSettings {
     fn default() -> Self {
         Self {
             default_personalization: true,
+            default_training: true,
+        }
+    }
+}
+
+impl ConsentSettings {
+    /// The consent a user gets when first seen.
+    pub fn defaults(&self) -> bespoke_store::Consent {
+        bespoke_store::Consent {
+            personalization: self.default_personalization,
+            training: self.default_training,
         }
     }
 }

@@ -22,6 +22,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod admin;
 mod error;
 mod event_id;
 mod fingerprint;
@@ -29,6 +30,7 @@ mod model;
 mod models;
 mod sqlite;
 
+pub use admin::{AuditEntry, KeyRecord, NewAudit};
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use error::{Error, Result};
 pub use model::{
@@ -130,4 +132,44 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes all but the newest `keep` versions, never the active one; returns those deleted.
     fn prune_models(&self, keep: usize) -> Result<Vec<u64>>;
+
+    /// Rewrites one file of a stored model version in place (atomically), e.g. to scrub an
+    /// erased user's row. [`Error::UnknownModel`] if the version does not exist.
+    fn rewrite_model_file(&self, version: u64, name: &str, bytes: &[u8]) -> Result<()>;
+
+    /// Stores a new API key record; the prefix must be unique.
+    fn insert_key(
+        &self,
+        prefix: &str,
+        name: &str,
+        scopes: &[String],
+        hash: [u8; 32],
+    ) -> Result<KeyRecord>;
+
+    /// Every API key record, revoked ones included, oldest first.
+    fn keys(&self) -> Result<Vec<KeyRecord>>;
+
+    /// Revokes the key with this prefix; `None` if there is none (revoking twice is a no-op that
+    /// returns the record).
+    fn revoke_key(&self, prefix: &str) -> Result<Option<KeyRecord>>;
+
+    /// Appends to the audit log.
+    fn audit(&self, entry: NewAudit) -> Result<()>;
+
+    /// A page of the audit log, newest first, before sequence number `before` when given.
+    fn audit_log(&self, before: Option<u64>, limit: usize) -> Result<Page<AuditEntry>>;
+
+    /// Creates or replaces an erasure receipt.
+    fn save_erasure(
+        &self,
+        id: &str,
+        requested_at: Millis,
+        receipt: &serde_json::Value,
+    ) -> Result<()>;
+
+    /// One erasure receipt.
+    fn erasure(&self, id: &str) -> Result<Option<serde_json::Value>>;
+
+    /// Every erasure receipt, oldest first.
+    fn erasures(&self) -> Result<Vec<(String, serde_json::Value)>>;
 }

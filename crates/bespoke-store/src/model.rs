@@ -12,6 +12,21 @@ use crate::{ItemIdx, Millis, UserIdx};
 pub struct Consent {
     /// Results may be personalized from the user's own behaviour.
     pub personalization: bool,
+    /// The user's events may shape shared models (trained models, popularity, related items).
+    #[serde(default = "yes")]
+    pub training: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Consent {
+    /// Everything allowed.
+    pub const ALL: Consent = Consent {
+        personalization: true,
+        training: true,
+    };
 }
 
 /// A partial change of consent flags; `None` keeps the current value.
@@ -19,6 +34,8 @@ pub struct Consent {
 pub struct ConsentUpdate {
     /// New value of [`Consent::personalization`].
     pub personalization: Option<bool>,
+    /// New value of [`Consent::training`].
+    pub training: Option<bool>,
 }
 
 /// A stored user.
@@ -152,9 +169,7 @@ impl EventBatch {
             events,
             create_users: true,
             create_items: true,
-            default_consent: Consent {
-                personalization: true,
-            },
+            default_consent: Consent::ALL,
             now: None,
         }
     }

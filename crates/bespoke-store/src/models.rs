@@ -166,6 +166,19 @@ impl ModelDir {
             .collect()
     }
 
+    pub(crate) fn rewrite(&self, version: u64, name: &str, bytes: &[u8]) -> Result<()> {
+        check_name(name)?;
+        let dir = self.root.join(version.to_string());
+        if !dir.join(META).exists() {
+            return Err(Error::UnknownModel(version));
+        }
+        let tmp = dir.join(format!(".{name}.tmp"));
+        write_synced(&tmp, bytes)?;
+        let target = dir.join(name);
+        fs::rename(&tmp, &target).map_err(io(&target))?;
+        sync_dir(&dir)
+    }
+
     pub(crate) fn read(&self, version: u64, name: &str) -> Result<Vec<u8>> {
         check_name(name)?;
         let dir = self.root.join(version.to_string());

@@ -28,14 +28,15 @@ use serde_json::{Map, Value};
 use crate::event_id::{self, format_uuid, parse_uuid};
 use crate::fingerprint::fingerprint;
 use crate::model::*;
-use crate::{Error, ItemIdx, Millis, Result, Store, UserIdx};
+use crate::{AuditEntry, Error, ItemIdx, KeyRecord, Millis, NewAudit, Result, Store, UserIdx};
 
 /// Name of the database file inside the data directory.
 const DB_FILE: &str = "bespoke.db";
 
 /// Schema migrations; entry `i` moves the schema from version `i` to `i + 1`
 /// (`PRAGMA user_version`). Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
@@ -82,7 +83,33 @@ CREATE TABLE events (
 );
 CREATE UNIQUE INDEX events_by_id ON events (event_id) WHERE event_id IS NOT NULL;
 CREATE INDEX events_by_user ON events (user_id, seq);
-"#];
+"#,
+    r#"
+ALTER TABLE users ADD COLUMN consent_training INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE api_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    prefix TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    detail TEXT
+);
+CREATE TABLE erasures (
+    id TEXT PRIMARY KEY,
+    requested_at INTEGER NOT NULL,
+    receipt TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 /// Settings of the SQLite backend.
 #[derive(Debug, Clone)]
@@ -114,7 +141,11 @@ enum Op {
     DeleteUser(String, Reply<Option<Deleted>>),
     PutItems(Vec<ItemUpsert>, Reply<Vec<Upserted<Item>>>),
     DeleteItem(String, Reply<Option<Deleted>>),
+    /// Any other write, run on the writer's connection inside the group transaction.
+    Exec(ExecFn, Reply<Box<dyn std::any::Any + Send>>),
 }
+
+type ExecFn = Box<dyn FnOnce(&Connection) -> Result<Box<dyn std::any::Any + Send>> + Send>;
 
 impl Op {
     /// This request, answered with `e` without running it.
@@ -125,6 +156,7 @@ impl Op {
             Op::DeleteUser(_, tx) => Done::DeleteUser(tx, Err(e)),
             Op::PutItems(_, tx) => Done::PutItems(tx, Err(e)),
             Op::DeleteItem(_, tx) => Done::DeleteItem(tx, Err(e)),
+            Op::Exec(_, tx) => Done::Exec(tx, Err(e)),
         }
     }
 
@@ -145,6 +177,10 @@ enum Done {
     DeleteUser(Reply<Option<Deleted>>, Result<Option<Deleted>>),
     PutItems(Reply<Vec<Upserted<Item>>>, Result<Vec<Upserted<Item>>>),
     DeleteItem(Reply<Option<Deleted>>, Result<Option<Deleted>>),
+    Exec(
+        Reply<Box<dyn std::any::Any + Send>>,
+        Result<Box<dyn std::any::Any + Send>>,
+    ),
 }
 
 fn settle<T>(reply: Reply<T>, result: Result<T>, commit: &Result<()>) {
@@ -164,6 +200,7 @@ impl Done {
             Done::DeleteUser(_, r) => r.is_ok(),
             Done::PutItems(_, r) => r.is_ok(),
             Done::DeleteItem(_, r) => r.is_ok(),
+            Done::Exec(_, r) => r.is_ok(),
         }
     }
 
@@ -174,6 +211,7 @@ impl Done {
             Done::DeleteUser(tx, r) => settle(tx, r, commit),
             Done::PutItems(tx, r) => settle(tx, r, commit),
             Done::DeleteItem(tx, r) => settle(tx, r, commit),
+            Done::Exec(tx, r) => settle(tx, r, commit),
         }
     }
 }
@@ -417,6 +455,22 @@ impl SqliteStore {
         rx.recv().map_err(|_| Error::Closed)?
     }
 
+    /// Runs a write on the writer's connection, in a group transaction like every other write.
+    fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let out = self.submit(|tx| {
+            Op::Exec(
+                Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)),
+                tx,
+            )
+        })?;
+        out.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| Error::Corrupt("a write returned an unexpected type".into()))
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = match self.readers.lock().pop() {
             Some(c) => c,
@@ -446,7 +500,8 @@ impl Drop for SqliteStore {
 
 fn read_user(conn: &Connection, key: &str) -> Result<Option<User>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, key, attributes, consent_personalization, created_at, updated_at FROM users WHERE key = ?1",
+        "SELECT id, key, attributes, consent_personalization, created_at, updated_at, consent_training
+         FROM users WHERE key = ?1",
     )?;
     let row = stmt
         .query_row([key], |r| {
@@ -457,21 +512,23 @@ fn read_user(conn: &Connection, key: &str) -> Result<Option<User>> {
                 r.get::<_, bool>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, bool>(6)?,
             ))
         })
         .optional()?;
     row.map(user_from_row).transpose()
 }
 
-type UserRow = (i64, String, String, bool, i64, i64);
+type UserRow = (i64, String, String, bool, i64, i64, bool);
 
-fn user_from_row((id, key, attrs, consent, created, updated): UserRow) -> Result<User> {
+fn user_from_row((id, key, attrs, consent, created, updated, training): UserRow) -> Result<User> {
     Ok(User {
         idx: UserIdx(to_u32(id, "users")?),
         key,
         attributes: parse_json(&attrs, "user attributes")?,
         consent: Consent {
             personalization: consent,
+            training,
         },
         created_at: created,
         updated_at: updated,
@@ -580,6 +637,171 @@ impl Store for SqliteStore {
 
     fn prune_models(&self, keep: usize) -> Result<Vec<u64>> {
         self.models.prune(keep)
+    }
+
+    fn rewrite_model_file(&self, version: u64, name: &str, bytes: &[u8]) -> Result<()> {
+        self.models.rewrite(version, name, bytes)
+    }
+
+    fn insert_key(
+        &self,
+        prefix: &str,
+        name: &str,
+        scopes: &[String],
+        hash: [u8; 32],
+    ) -> Result<KeyRecord> {
+        let (prefix, name, scopes) = (prefix.to_owned(), name.to_owned(), scopes.to_vec());
+        let now = now_ms();
+        self.exec(move |c| {
+            c.prepare_cached(
+                "INSERT INTO api_keys (prefix, name, scopes, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![prefix, name, json_text(&scopes), &hash[..], now])?;
+            Ok(KeyRecord {
+                id: c.last_insert_rowid() as u64,
+                prefix,
+                name,
+                scopes,
+                hash,
+                created_at: now,
+                revoked_at: None,
+            })
+        })
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, prefix, name, scopes, hash, created_at, revoked_at FROM api_keys ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(id, prefix, name, scopes, hash, created_at, revoked_at)| {
+                    Ok(KeyRecord {
+                        id: id as u64,
+                        prefix,
+                        name,
+                        scopes: parse_json(&scopes, "key scopes")?,
+                        hash: hash
+                            .try_into()
+                            .map_err(|_| Error::Corrupt("a key digest is not 32 bytes".into()))?,
+                        created_at,
+                        revoked_at,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn revoke_key(&self, prefix: &str) -> Result<Option<KeyRecord>> {
+        let p = prefix.to_owned();
+        let now = now_ms();
+        self.exec(move |c| {
+            c.prepare_cached(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE prefix = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![p, now])?;
+            Ok(())
+        })?;
+        Ok(self.keys()?.into_iter().find(|k| k.prefix == prefix))
+    }
+
+    fn audit(&self, entry: NewAudit) -> Result<()> {
+        let now = now_ms();
+        self.exec(move |c| {
+            c.prepare_cached(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                now,
+                entry.actor,
+                entry.action,
+                entry.target,
+                entry.detail.as_ref().map(json_text)
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn audit_log(&self, before: Option<u64>, limit: usize) -> Result<Page<AuditEntry>> {
+        self.read(|c| {
+            let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at, actor, action, target, detail FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![before, limit as i64 + 1])?;
+            let mut items = Vec::new();
+            let mut more = false;
+            while let Some(r) = rows.next()? {
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                let detail: Option<String> = r.get(5)?;
+                items.push(AuditEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: detail.map(|d| parse_json(&d, "audit detail")).transpose()?,
+                });
+            }
+            let next = if more { items.last().map(|e: &AuditEntry| e.seq) } else { None };
+            Ok(Page { items, next })
+        })
+    }
+
+    fn save_erasure(
+        &self,
+        id: &str,
+        requested_at: Millis,
+        receipt: &serde_json::Value,
+    ) -> Result<()> {
+        let (id, receipt) = (id.to_owned(), json_text(receipt));
+        self.exec(move |c| {
+            c.prepare_cached(
+                "INSERT INTO erasures (id, requested_at, receipt) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET receipt = excluded.receipt",
+            )?
+            .execute(params![id, requested_at, receipt])?;
+            Ok(())
+        })
+    }
+
+    fn erasure(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        self.read(|c| {
+            let text: Option<String> = c
+                .prepare_cached("SELECT receipt FROM erasures WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            text.map(|t| parse_json(&t, "erasure receipt")).transpose()
+        })
+    }
+
+    fn erasures(&self) -> Result<Vec<(String, serde_json::Value)>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, receipt FROM erasures ORDER BY requested_at, id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(id, t)| Ok((id, parse_json(&t, "erasure receipt")?)))
+                .collect()
+        })
     }
 
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
@@ -718,7 +940,7 @@ impl Store for SqliteStore {
     fn scan_users(&self, after: Option<UserIdx>, limit: usize) -> Result<Vec<User>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, key, attributes, consent_personalization, created_at, updated_at
+                "SELECT id, key, attributes, consent_personalization, created_at, updated_at, consent_training
                  FROM users WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let after = after.map_or(-1, |u| u.0 as i64);
@@ -731,6 +953,7 @@ impl Store for SqliteStore {
                         r.get(3)?,
                         r.get(4)?,
                         r.get(5)?,
+                        r.get(6)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<UserRow>>>()?;
@@ -814,16 +1037,16 @@ impl Table {
         }
     }
 
-    /// Inserts a row with default fields; parameters: key, flag, now.
+    /// Inserts a row with default fields; parameters: key, flag, second flag, now.
     fn insert(self) -> &'static str {
         match self {
             Table::Users => {
-                "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at)
-                 VALUES (?1, '{}', ?2, ?3, ?3)"
+                "INSERT INTO users (key, attributes, consent_personalization, consent_training, created_at, updated_at)
+                 VALUES (?1, '{}', ?2, ?3, ?4, ?4)"
             }
             Table::Items => {
                 "INSERT INTO items (key, categories, text, numeric, attributes, available, created_at, updated_at)
-                 VALUES (?1, '[]', '{}', '{}', '{}', ?2, ?3, ?3)"
+                 VALUES (?1, '[]', '{}', '{}', '{}', ?2 AND ?3, ?4, ?4)"
             }
         }
     }
@@ -943,6 +1166,7 @@ impl Writer {
                 Done::PutItems(tx, i.into_iter().map(|i| self.put_item(i)).collect())
             }
             Op::DeleteItem(k, tx) => Done::DeleteItem(tx, self.delete_item(&k)),
+            Op::Exec(f, tx) => Done::Exec(tx, f(&self.conn)),
         };
         if done.is_ok() {
             if let Err(e) = self.conn.execute_batch("RELEASE op") {
@@ -965,22 +1189,22 @@ impl Writer {
         key: &str,
         create: Option<(Consent, Millis)>,
     ) -> Result<Option<(u32, bool)>> {
-        let create = create.map(|(consent, now)| (consent.personalization, now));
+        let create = create.map(|(consent, now)| (consent.personalization, consent.training, now));
         self.resolve(Table::Users, key, create)
     }
 
     fn item_id(&mut self, key: &str, create: Option<Millis>) -> Result<Option<(u32, bool)>> {
-        self.resolve(Table::Items, key, create.map(|now| (true, now)))
+        self.resolve(Table::Items, key, create.map(|now| (true, true, now)))
     }
 
     /// The id of `key` in `table` (from the memo or the database), creating the row when
-    /// `create` gives `(flag, now)`: the flag is the user's personalization consent or the item's
-    /// availability. Returns whether it was created.
+    /// `create` gives `(flag, flag, now)`: a user's two consent flags, or an item's availability
+    /// (twice). Returns whether it was created.
     fn resolve(
         &mut self,
         table: Table,
         key: &str,
-        create: Option<(bool, Millis)>,
+        create: Option<(bool, bool, Millis)>,
     ) -> Result<Option<(u32, bool)>> {
         let (memo, touched) = match table {
             Table::Users => (&mut self.users, &mut self.touched_users),
@@ -997,10 +1221,10 @@ impl Writer {
         let (id, created) = match (found, create) {
             (Some(id), _) => (to_u32(id, table.name())?, false),
             (None, None) => return Ok(None),
-            (None, Some((flag, now))) => {
+            (None, Some((flag, flag2, now))) => {
                 self.conn
                     .prepare_cached(table.insert())?
-                    .execute(params![key, flag, now])?;
+                    .execute(params![key, flag, flag2, now])?;
                 (to_u32(self.conn.last_insert_rowid(), table.name())?, true)
             }
         };
@@ -1160,23 +1384,25 @@ impl Writer {
         let base = existing.as_ref().map_or(u.default_consent, |e| e.consent);
         let consent = Consent {
             personalization: u.consent.personalization.unwrap_or(base.personalization),
+            training: u.consent.training.unwrap_or(base.training),
         };
         let attrs = json_text(&u.attributes);
         match &existing {
             Some(e) => {
                 self.conn
                     .prepare_cached(
-                        "UPDATE users SET attributes = ?2, consent_personalization = ?3, updated_at = ?4 WHERE id = ?1",
+                        "UPDATE users SET attributes = ?2, consent_personalization = ?3, updated_at = ?4,
+                         consent_training = ?5 WHERE id = ?1",
                     )?
-                    .execute(params![e.idx.0, attrs, consent.personalization, now])?;
+                    .execute(params![e.idx.0, attrs, consent.personalization, now, consent.training])?;
             }
             None => {
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?4)",
+                        "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at,
+                         consent_training) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
                     )?
-                    .execute(params![u.key, attrs, consent.personalization, now])?;
+                    .execute(params![u.key, attrs, consent.personalization, now, consent.training])?;
             }
         }
         let record = read_user(&self.conn, &u.key)?
@@ -1458,6 +1684,7 @@ mod tests {
             consent: ConsentUpdate::default(),
             default_consent: Consent {
                 personalization: false,
+                training: true,
             },
         };
         let created = s.put_user(up.clone()).unwrap();
@@ -1467,6 +1694,7 @@ mod tests {
             .put_user(UserUpsert {
                 consent: ConsentUpdate {
                     personalization: Some(true),
+                    training: Some(false),
                 },
                 attributes: Map::new(),
                 ..up.clone()
@@ -1475,6 +1703,7 @@ mod tests {
         assert!(!updated.created);
         assert_eq!(updated.record.idx, created.record.idx);
         assert!(updated.record.consent.personalization);
+        assert!(!updated.record.consent.training);
         assert!(updated.record.attributes.is_empty());
         // Consent not mentioned keeps its value.
         let kept = s
@@ -1484,6 +1713,7 @@ mod tests {
             })
             .unwrap();
         assert!(kept.record.consent.personalization);
+        assert!(!kept.record.consent.training);
 
         s.append_events(EventBatch::new(vec![
             ev("x1", "ann", "i"),

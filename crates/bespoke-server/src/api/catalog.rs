@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use bespoke_store::{Consent, ConsentUpdate, UserUpsert};
+use bespoke_store::{ConsentUpdate, UserUpsert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -27,6 +27,7 @@ pub(crate) struct UserIn {
 #[serde(deny_unknown_fields)]
 struct ConsentIn {
     personalization: Option<bool>,
+    training: Option<bool>,
 }
 
 /// Answer of a deletion.
@@ -52,10 +53,9 @@ pub(crate) async fn put_user(
         attributes: body.attributes,
         consent: ConsentUpdate {
             personalization: body.consent.personalization,
+            training: body.consent.training,
         },
-        default_consent: Consent {
-            personalization: state.engine.settings().consent.default_personalization,
-        },
+        default_consent: state.engine.settings().consent.defaults(),
     };
     let engine = state.engine.clone();
     let out = blocking(move || engine.put_user(upsert).map_err(ApiError::from)).await?;

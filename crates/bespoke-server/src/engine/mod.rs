@@ -445,9 +445,7 @@ impl Engine {
             events,
             create_users: self.settings.events.create_missing_users,
             create_items: self.settings.events.create_missing_items,
-            default_consent: bespoke_store::Consent {
-                personalization: self.settings.consent.default_personalization,
-            },
+            default_consent: self.settings.consent.defaults(),
             now: None,
         };
         let appended = self.store.append_events(batch)?;
@@ -667,10 +665,9 @@ mod tests {
             attributes: Default::default(),
             consent: bespoke_store::ConsentUpdate {
                 personalization: Some(false),
+                training: None,
             },
-            default_consent: bespoke_store::Consent {
-                personalization: true,
-            },
+            default_consent: bespoke_store::Consent::ALL,
         })
         .unwrap();
         e.ingest(vec![NewEvent::new("quiet", "i", "view")]).unwrap();
