@@ -2,6 +2,9 @@
 -- USER_FORMAT with a number below USERS: the demo shop's user-00000 .. user-09999 by default;
 -- USER_FORMAT=%d USERS=100000 for the anchors' synthetic sets. Prints one JSON line.
 -- See docs/benchmarks.md.
+-- The API key comes from BESPOKE_KEY (`bespoke keys create`).
+local key = os.getenv("BESPOKE_KEY") or error("set BESPOKE_KEY to an API key")
+wrk.headers["Authorization"] = "Bearer " .. key
 local users = tonumber(os.getenv("USERS") or "10000")
 local format = os.getenv("USER_FORMAT") or "user-%05d"
 

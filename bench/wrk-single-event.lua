@@ -1,6 +1,9 @@
 -- wrk script: one event per POST /v1/events, each with a fresh event_id, so every request is a
 -- durable insert (not a replay). Usage (see docs/benchmarks.md):
 --   wrk -t2 -c32 -d20s -s bench/wrk-single-event.lua http://127.0.0.1:8080
+-- The API key comes from BESPOKE_KEY (`bespoke keys create`).
+local key = os.getenv("BESPOKE_KEY") or error("set BESPOKE_KEY to an API key")
+wrk.headers["Authorization"] = "Bearer " .. key
 local counter = 0
 local thread_id = 0
 
@@ -20,7 +23,7 @@ request = function()
   local body = string.format(
     '{"events":[{"event_id":"wrk-%d-%d","user":"u%d","item":"i%d","type":"view"}]}',
     tid or 0, counter, user, item)
-  return wrk.format("POST", "/v1/events", { ["Content-Type"] = "application/json" }, body)
+  return wrk.format("POST", "/v1/events", { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key }, body)
 end
 
 done = function(summary, latency, requests)

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bespoke_algo::Rng;
 use bespoke_server::Settings;
+use bespoke_server::auth::Scope;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -243,6 +244,13 @@ fn bench_ingest(
     runtime.block_on(async move {
         let server = bespoke_server::start(s).await?;
         let addr = server.addr();
+        // Requests carry a key, so the figures include authentication.
+        let engine = server.engine().clone();
+        let (key, _) = tokio::task::spawn_blocking(move || {
+            engine.create_key("bench", "bench", &[Scope::Write], None)
+        })
+        .await??;
+        let auth = Arc::new(format!("Bearer {key}"));
         let bodies = Arc::new(bodies);
         let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
@@ -250,6 +258,7 @@ fn bench_ingest(
         for _ in 0..connections {
             let bodies = bodies.clone();
             let next = next.clone();
+            let auth = auth.clone();
             tasks.push(tokio::spawn(async move {
                 let stream = tokio::net::TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
@@ -263,6 +272,7 @@ fn bench_ingest(
                     let Some(body) = bodies.get(i) else { break };
                     let req = hyper::Request::post("/v1/events")
                         .header("content-type", "application/json")
+                        .header("authorization", auth.as_str())
                         .header("host", addr.to_string())
                         .body(Full::new(body.clone()))?;
                     let t = Instant::now();
@@ -313,17 +323,22 @@ fn bench_ingest(
 /// One HTTP/1.1 keep-alive connection for the benchmarks.
 struct Client {
     addr: std::net::SocketAddr,
+    auth: String,
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+    async fn connect(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        Ok(Self { addr, sender })
+        Ok(Self {
+            addr,
+            auth: format!("Bearer {key}"),
+            sender,
+        })
     }
 
     async fn call(
@@ -336,6 +351,7 @@ impl Client {
             .method(method)
             .uri(path)
             .header("host", self.addr.to_string())
+            .header("authorization", &self.auth)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         self.sender.ready().await?;
@@ -383,10 +399,11 @@ fn bench_realtime(
     crate::demo::load(&*store, shop)?;
     let engine = std::sync::Arc::new(bespoke_server::Engine::open(store, std::sync::Arc::new(s))?);
     engine.train(|_| {})?;
+    let (key, _) = engine.create_key("bench", "bench", &[Scope::Read, Scope::Write], None)?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let server = bespoke_server::start_with_engine(engine).await?;
-        let mut client = Client::connect(server.addr()).await?;
+        let mut client = Client::connect(server.addr(), &key).await?;
         let mut rng = Rng::seed_from_u64(9);
         let mut delays = Vec::with_capacity(trials);
         let mut first_read_changed = 0;

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bespoke_algo::Rng;
+use bespoke_server::auth::Scope;
 use bespoke_server::engine::{PopularQuery, PopularSort};
 use bespoke_server::{Engine, Settings};
 use bespoke_store::{Consent, ConsentUpdate, EventBatch, ItemUpsert, NewEvent, Store, UserUpsert};
@@ -501,15 +502,19 @@ pub(crate) fn run(
         .get_item(&item)?
         .and_then(|i| i.categories.first().cloned())
         .unwrap_or_else(|| categories()[0].name.to_owned());
+    // A fresh admin key for each demo run, so that the curls below work as printed.
+    let (key, _) = engine.create_key("cli", "demo", &[Scope::Admin], None)?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let server = bespoke_server::start_with_engine(engine).await?;
         let base = format!("http://{}", server.addr());
         let cat = category.replace(' ', "%20").replace('\'', "%27");
-        println!("\nBespoke is serving the demo shop on {base}. Try:\n");
-        println!("  curl -s '{base}/v1/users/{sample_user}/recommendations?n=5'");
-        println!("  curl -s '{base}/v1/items/{item}/similar?n=5'");
-        println!("  curl -s '{base}/v1/popular?n=5&category={cat}&window=7d'");
+        println!("\nBespoke is serving the demo shop on {base}.");
+        println!("Demo API key (admin scope): {key}\nTry:\n");
+        let auth = format!("-H 'Authorization: Bearer {key}'");
+        println!("  curl -s {auth} '{base}/v1/users/{sample_user}/recommendations?n=5'");
+        println!("  curl -s {auth} '{base}/v1/items/{item}/similar?n=5'");
+        println!("  curl -s {auth} '{base}/v1/popular?n=5&category={cat}&window=7d'");
         println!("\nPress Ctrl-C to stop.");
         crate::serve_until_signal(server).await
     })

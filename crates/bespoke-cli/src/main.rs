@@ -1,5 +1,6 @@
 //! `bespoke`: the command-line entry point. Glue that brings the store, the engine and the HTTP
-//! server together: `serve`, `import`, `export`, `stats`, `recommend`, `demo`, `bench`.
+//! server together: `serve`, `import`, `export`, `stats`, `recommend`, `train`, `eval`, `demo`,
+//! `keys`, `bench`.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -8,6 +9,7 @@ mod eval;
 mod export;
 mod import;
 mod inspect;
+mod keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +59,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Evaluate models offline (implicit_bench.py's metrics and JSON keys).
     Eval(eval::EvalArgs),
+    /// Create, list and revoke API keys.
+    Keys(keys::KeysArgs),
     /// Benchmarks that print JSON.
     Bench(bench::BenchArgs),
 }
@@ -156,6 +160,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let server = bespoke_server::start(settings).await?;
                 eprintln!("bespoke listening on http://{}", server.addr());
+                let auth = server.engine().settings().auth.enabled;
+                let live_keys = server.engine().keys()?.iter().filter(|k| k.revoked_at.is_none()).count();
+                if auth && live_keys == 0 {
+                    eprintln!(
+                        "no API keys yet: every route but /healthz will answer 401. Create one with\n  bespoke keys create --name admin --scopes admin"
+                    );
+                }
                 serve_until_signal(server).await
             })
         }
@@ -167,5 +178,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(settings, &args, cli.data_dir.is_some()),
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&settings, &args),
+        Command::Keys(args) => keys::run(&settings, &args),
     }
 }

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod metrics;
@@ -55,6 +56,9 @@ pub enum ServerError {
     /// Serving failed.
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    /// The settings make no sense (e.g. auth off on a public address).
+    #[error("invalid settings: {0}")]
+    Config(String),
     /// A background task panicked.
     #[error("server task failed: {0}")]
     Task(String),
@@ -80,7 +84,7 @@ pub struct Server {
     engine: Arc<Engine>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
-    trainer: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -104,7 +108,9 @@ impl Server {
 
     /// Waits until the server stops (after [`Server::shutdown`] or a failure).
     pub async fn wait(self) -> Result<(), ServerError> {
-        self.trainer.abort();
+        for task in &self.background {
+            task.abort();
+        }
         self.task
             .await
             .map_err(|e| ServerError::Task(e.to_string()))?
@@ -158,6 +164,8 @@ pub async fn start(settings: Settings) -> Result<Server, ServerError> {
 
 /// Starts serving an existing engine on its configured address.
 pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerError> {
+    // Checked here too, as flags may have changed the settings after they were loaded.
+    engine.settings().validate().map_err(ServerError::Config)?;
     let addr = engine.settings().server.bind;
     let listener = TcpListener::bind(addr)
         .await
@@ -180,11 +188,30 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     });
     tracing::info!(%addr, "serving");
     let trainer = tokio::spawn(background_trainer(engine.clone()));
+    let keys = tokio::spawn(refresh_keys(engine.clone()));
     Ok(Server {
         addr,
         engine,
         stop: Some(stop),
         task,
-        trainer,
+        background: vec![trainer, keys],
     })
+}
+
+/// How often the key mirror is reloaded from the store.
+const KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reloads API keys, so that keys created or revoked by `bespoke keys` (another process) take
+/// effect on a running server within [`KEY_REFRESH`].
+async fn refresh_keys(engine: Arc<Engine>) {
+    let mut ticker = tokio::time::interval(KEY_REFRESH);
+    loop {
+        ticker.tick().await;
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.refresh_keys()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reloading API keys failed"),
+            Err(e) => tracing::error!(error = %e, "reloading API keys panicked"),
+        }
+    }
 }

@@ -5,6 +5,8 @@
 
 use serde_json::{Value, json};
 
+use crate::auth::Access;
+
 fn error_responses(codes: &[u16]) -> Value {
     let mut map = serde_json::Map::new();
     for code in codes {
@@ -14,9 +16,12 @@ fn error_responses(codes: &[u16]) -> Value {
             409 => {
                 "A conflict: an event_id reused for a different event, or a training run already in progress"
             }
+            401 => "Missing, invalid or revoked API key",
+            403 => "The key lacks the scope this route needs (x-scope)",
             413 => "Body larger than limits.max_body_bytes",
             415 => "Content-Type is not application/json",
             422 => "Valid JSON that cannot be applied (e.g. embedding dimension mismatch)",
+            429 => "The key is over its rate limit; see the Retry-After header",
             503 => "Shutting down",
             507 => "Storage full; nothing was stored",
             _ => "Error",
@@ -52,8 +57,37 @@ fn json_body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
 }
 
-/// The OpenAPI document.
+/// The OpenAPI document, with each operation's security and scope taken from
+/// [`crate::api::ROUTES`].
 pub fn document() -> Value {
+    let mut doc = paths();
+    for (method, path, access) in crate::api::ROUTES {
+        let Some(op) = doc["paths"][path]
+            .get_mut(method.to_lowercase())
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        match access {
+            Access::Public => {
+                op.insert("security".into(), json!([]));
+            }
+            Access::Needs(scope) => {
+                op.insert("x-scope".into(), json!(scope.as_str()));
+                let codes = [401, 403, 429];
+                if let (Some(r), Value::Object(e)) = (
+                    op.get_mut("responses").and_then(Value::as_object_mut),
+                    error_responses(&codes),
+                ) {
+                    r.extend(e);
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn paths() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -62,6 +96,7 @@ pub fn document() -> Value {
             "description": "Self-hosted personalization engine. Every result carries `reasons` that say why it was chosen.",
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" }
         },
+        "security": [{ "apiKey": [] }],
         "paths": {
             "/healthz": { "get": { "summary": "Liveness and counts", "operationId": "healthz",
                 "responses": { "200": ok("Serving", "Health") } } },
@@ -128,6 +163,18 @@ pub fn document() -> Value {
                 "summary": "Serve a stored model version", "operationId": "activateModel",
                 "parameters": [{ "name": "version", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 1 } }],
                 "responses": with_errors(json!({ "200": { "description": "Active", "content": { "application/json": { "schema": { "type": "object", "properties": { "active": { "type": "integer" } } } } } } }), &[400, 404]) } },
+            "/v1/keys": {
+                "post": { "summary": "Create an API key; the answer holds the key, shown this once", "operationId": "createKey",
+                    "requestBody": json_body("KeyIn"),
+                    "responses": with_errors(json!({ "201": ok("Created", "Key") }), &[400, 415]) },
+                "get": { "summary": "API keys (prefixes, names, scopes; never the keys)", "operationId": "listKeys",
+                    "responses": { "200": ok("Keys", "Keys") } } },
+            "/v1/keys/{key}": { "delete": { "summary": "Revoke an API key (by prefix); takes effect at once", "operationId": "revokeKey",
+                "parameters": [{ "name": "key", "in": "path", "required": true, "description": "The key's prefix, e.g. bsk_3f9a1c2e", "schema": { "type": "string" } }],
+                "responses": with_errors(json!({ "200": ok("Revoked", "Key") }), &[400, 404]) } },
+            "/v1/audit": { "get": { "summary": "The audit log, newest first: key changes, exports, erasures, consent changes, retrains", "operationId": "getAudit",
+                "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } }, { "name": "cursor", "in": "query", "schema": { "type": "string" } }],
+                "responses": with_errors(json!({ "200": ok("A page", "AuditPage") }), &[400]) } },
             "/v1/popular": { "get": {
                 "summary": "Popular items: all-time, within a window, or trending (time-decayed)",
                 "operationId": "getPopular",
@@ -137,12 +184,33 @@ pub fn document() -> Value {
                     { "name": "sort", "in": "query", "description": "`count` (default) or `trending`", "schema": { "type": "string", "enum": ["count", "trending"] } }],
                 "responses": with_errors(json!({ "200": ok("Popular items, best first", "Popular") }), &[400]) } }
         },
-        "components": { "schemas": {
+        "components": {
+          "securitySchemes": {
+            "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key (bsk_...) from `bespoke keys create` or POST /v1/keys; also accepted as X-Api-Key. Each operation's x-scope names the scope it needs (admin grants all)." }
+          },
+          "schemas": schemas()
+        }
+    })
+}
+
+fn schemas() -> Value {
+    json!({
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
                 "code": { "type": "string", "description": "Stable machine-readable code, e.g. invalid_field, invalid_json, not_found, event_conflict" },
                 "message": { "type": "string" },
                 "field": { "type": "string", "description": "JSON path, query parameter or header at fault" } } } } },
-            "Health": { "type": "object", "properties": { "status": { "type": "string" }, "users": { "type": "integer" }, "items": { "type": "integer" }, "events": { "type": "integer" } } },
+            "Health": { "type": "object", "properties": { "status": { "type": "string" } } },
+            "KeyIn": { "type": "object", "required": ["name", "scopes"], "additionalProperties": false, "properties": {
+                "name": { "type": "string", "description": "For people, 1 to 200 bytes" },
+                "scopes": { "type": "array", "items": { "type": "string", "enum": ["read", "write", "admin"] } },
+                "rate_per_second": { "type": "number", "minimum": 0, "description": "Requests per second; 0 = unlimited; default auth.rate_per_second" } } },
+            "Key": { "type": "object", "properties": { "prefix": { "type": "string" }, "name": { "type": "string" }, "scopes": { "type": "array", "items": { "type": "string" } },
+                "rate_per_second": { "type": ["number", "null"] }, "created_at": { "type": "string", "format": "date-time" }, "revoked_at": { "type": ["string", "null"], "format": "date-time" },
+                "key": { "type": "string", "description": "The key itself; only in the answer to its creation, never again" } } },
+            "Keys": { "type": "object", "properties": { "keys": { "type": "array", "items": { "$ref": "#/components/schemas/Key" } } } },
+            "AuditPage": { "type": "object", "properties": { "entries": { "type": "array", "items": { "type": "object", "properties": {
+                "seq": { "type": "integer" }, "at": { "type": "string", "format": "date-time" }, "actor": { "type": "string", "description": "Key prefix, cli, or anonymous" },
+                "action": { "type": "string" }, "target": { "type": ["string", "null"] }, "detail": {} } } }, "next_cursor": { "type": ["string", "null"] } } },
             "Event": { "type": "object", "required": ["user", "item", "type"], "additionalProperties": false, "properties": {
                 "event_id": { "type": "string", "description": "Idempotency key; a UUIDv7 is generated when absent" },
                 "user": { "type": "string" }, "item": { "type": "string" },
@@ -182,7 +250,6 @@ pub fn document() -> Value {
                 "models": { "type": "array", "items": { "type": "object", "properties": { "version": { "type": "integer" }, "active": { "type": "boolean" }, "bytes": { "type": "integer" }, "meta": { "type": "object" } } } } } },
             "TrainOutcome": { "type": "object", "properties": { "version": { "type": "integer" }, "activated": { "type": "boolean" }, "meta": { "type": "object" } } },
             "Popular": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } }
-        } }
     })
 }
 
@@ -205,7 +272,7 @@ mod tests {
         }
         let routes: BTreeSet<(String, String)> = crate::api::ROUTES
             .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
             .collect();
         assert_eq!(documented, routes);
     }

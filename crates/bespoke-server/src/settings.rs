@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// HTTP server.
     pub server: ServerSettings,
+    /// API keys and rate limits.
+    pub auth: AuthSettings,
     /// Storage.
     pub store: StoreSettings,
     /// Request limits.
@@ -47,6 +49,29 @@ impl Default for ServerSettings {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// API keys and rate limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Require an API key on every route but `/healthz`. May be off only when `server.bind` is
+    /// a loopback address (development).
+    pub enabled: bool,
+    /// Requests per second a key may make when the key sets no rate of its own; 0 = unlimited.
+    pub rate_per_second: f64,
+    /// Seconds of its rate a key may spend at once (bucket size = rate × this, at least 1).
+    pub burst_seconds: f64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate_per_second: 0.0,
+            burst_seconds: 2.0,
         }
     }
 }
@@ -475,6 +500,18 @@ impl Settings {
             if v == 0 {
                 return Err(format!("{key} must be at least 1"));
             }
+        }
+        if !self.auth.enabled && !self.server.bind.ip().is_loopback() {
+            return Err(format!(
+                "auth.enabled = false is allowed only with a loopback bind, not {}",
+                self.server.bind
+            ));
+        }
+        if !(self.auth.rate_per_second.is_finite() && self.auth.rate_per_second >= 0.0) {
+            return Err("auth.rate_per_second must be 0 (unlimited) or positive".into());
+        }
+        if !(self.auth.burst_seconds.is_finite() && self.auth.burst_seconds > 0.0) {
+            return Err("auth.burst_seconds must be positive".into());
         }
         if self.serving.default_n > self.limits.max_n {
             return Err("serving.default_n must not exceed limits.max_n".into());

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::Millis;
 
 /// An API key as stored: never the key itself, only its visible prefix and its digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyRecord {
     /// Internal id.
     pub id: u64,
@@ -18,10 +18,27 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     /// SHA-256 of the whole key.
     pub hash: [u8; 32],
+    /// Requests per second this key may make; the configured default when `None`.
+    pub rate_per_second: Option<f64>,
     /// Creation time.
     pub created_at: Millis,
     /// Revocation time, if revoked.
     pub revoked_at: Option<Millis>,
+}
+
+/// An API key to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewKey {
+    /// The visible, non-secret start of the key; unique.
+    pub prefix: String,
+    /// A name for people.
+    pub name: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// SHA-256 of the whole key.
+    pub hash: [u8; 32],
+    /// Requests per second this key may make; the configured default when `None`.
+    pub rate_per_second: Option<f64>,
 }
 
 /// An audit log entry to write.

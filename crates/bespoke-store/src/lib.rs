@@ -30,7 +30,7 @@ mod model;
 mod models;
 mod sqlite;
 
-pub use admin::{AuditEntry, KeyRecord, NewAudit};
+pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use error::{Error, Result};
 pub use model::{
@@ -137,14 +137,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// erased user's row. [`Error::UnknownModel`] if the version does not exist.
     fn rewrite_model_file(&self, version: u64, name: &str, bytes: &[u8]) -> Result<()>;
 
-    /// Stores a new API key record; the prefix must be unique.
-    fn insert_key(
-        &self,
-        prefix: &str,
-        name: &str,
-        scopes: &[String],
-        hash: [u8; 32],
-    ) -> Result<KeyRecord>;
+    /// Stores a new API key record; [`Error::InvalidInput`] if the prefix is taken.
+    fn insert_key(&self, key: NewKey) -> Result<KeyRecord>;
 
     /// Every API key record, revoked ones included, oldest first.
     fn keys(&self) -> Result<Vec<KeyRecord>>;

@@ -28,7 +28,9 @@ use serde_json::{Map, Value};
 use crate::event_id::{self, format_uuid, parse_uuid};
 use crate::fingerprint::fingerprint;
 use crate::model::*;
-use crate::{AuditEntry, Error, ItemIdx, KeyRecord, Millis, NewAudit, Result, Store, UserIdx};
+use crate::{
+    AuditEntry, Error, ItemIdx, KeyRecord, Millis, NewAudit, NewKey, Result, Store, UserIdx,
+};
 
 /// Name of the database file inside the data directory.
 const DB_FILE: &str = "bespoke.db";
@@ -92,6 +94,7 @@ CREATE TABLE api_keys (
     name TEXT NOT NULL,
     scopes TEXT NOT NULL,
     hash BLOB NOT NULL,
+    rate_per_second REAL,
     created_at INTEGER NOT NULL,
     revoked_at INTEGER
 );
@@ -643,26 +646,35 @@ impl Store for SqliteStore {
         self.models.rewrite(version, name, bytes)
     }
 
-    fn insert_key(
-        &self,
-        prefix: &str,
-        name: &str,
-        scopes: &[String],
-        hash: [u8; 32],
-    ) -> Result<KeyRecord> {
-        let (prefix, name, scopes) = (prefix.to_owned(), name.to_owned(), scopes.to_vec());
+    fn insert_key(&self, key: NewKey) -> Result<KeyRecord> {
         let now = now_ms();
         self.exec(move |c| {
-            c.prepare_cached(
-                "INSERT INTO api_keys (prefix, name, scopes, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![prefix, name, json_text(&scopes), &hash[..], now])?;
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO api_keys (prefix, name, scopes, hash, rate_per_second, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (prefix) DO NOTHING",
+                )?
+                .execute(params![
+                    key.prefix,
+                    key.name,
+                    json_text(&key.scopes),
+                    &key.hash[..],
+                    key.rate_per_second,
+                    now
+                ])?;
+            if inserted == 0 {
+                return Err(Error::InvalidInput(format!(
+                    "an API key with prefix {} exists",
+                    key.prefix
+                )));
+            }
             Ok(KeyRecord {
                 id: c.last_insert_rowid() as u64,
-                prefix,
-                name,
-                scopes,
-                hash,
+                prefix: key.prefix,
+                name: key.name,
+                scopes: key.scopes,
+                hash: key.hash,
+                rate_per_second: key.rate_per_second,
                 created_at: now,
                 revoked_at: None,
             })
@@ -672,7 +684,8 @@ impl Store for SqliteStore {
     fn keys(&self) -> Result<Vec<KeyRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, prefix, name, scopes, hash, created_at, revoked_at FROM api_keys ORDER BY id",
+                "SELECT id, prefix, name, scopes, hash, rate_per_second, created_at, revoked_at \
+                 FROM api_keys ORDER BY id",
             )?;
             let rows = stmt
                 .query_map([], |r| {
@@ -682,25 +695,29 @@ impl Store for SqliteStore {
                         r.get::<_, String>(2)?,
                         r.get::<_, String>(3)?,
                         r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, Option<f64>>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter()
-                .map(|(id, prefix, name, scopes, hash, created_at, revoked_at)| {
-                    Ok(KeyRecord {
-                        id: id as u64,
-                        prefix,
-                        name,
-                        scopes: parse_json(&scopes, "key scopes")?,
-                        hash: hash
-                            .try_into()
-                            .map_err(|_| Error::Corrupt("a key digest is not 32 bytes".into()))?,
-                        created_at,
-                        revoked_at,
-                    })
-                })
+                .map(
+                    |(id, prefix, name, scopes, hash, rate_per_second, created_at, revoked_at)| {
+                        Ok(KeyRecord {
+                            id: id as u64,
+                            prefix,
+                            name,
+                            scopes: parse_json(&scopes, "key scopes")?,
+                            hash: hash.try_into().map_err(|_| {
+                                Error::Corrupt("a key digest is not 32 bytes".into())
+                            })?,
+                            rate_per_second,
+                            created_at,
+                            revoked_at,
+                        })
+                    },
+                )
                 .collect()
         })
     }

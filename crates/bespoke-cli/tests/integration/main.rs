@@ -425,3 +425,44 @@ fn eval_on_movielens_matches_the_anchor_protocol_and_als_beats_popularity() {
         "iALS {a} no longer beats popularity {p} by 1.8x"
     );
 }
+
+#[test]
+fn keys_are_created_listed_and_revoked_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = json(&bespoke(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--name",
+            "backend",
+            "--scopes",
+            "read,write",
+            "--json",
+        ],
+    ));
+    let key = created["key"].as_str().unwrap();
+    let prefix = created["prefix"].as_str().unwrap();
+    assert!(key.starts_with(prefix) && key.len() > 64, "{created}");
+    assert_eq!(created["scopes"], serde_json::json!(["read", "write"]));
+    let listed = ok(&bespoke(dir.path(), &["keys", "list", "--json"]));
+    assert!(listed.contains(prefix));
+    assert!(
+        !listed.contains(&key[prefix.len()..]),
+        "the list leaks the key"
+    );
+    ok(&bespoke(dir.path(), &["keys", "revoke", prefix]));
+    let listed: Value =
+        serde_json::from_str(ok(&bespoke(dir.path(), &["keys", "list", "--json"])).trim()).unwrap();
+    assert!(listed["revoked_at"].is_string(), "{listed}");
+    // Mistakes name what is wrong.
+    let out = bespoke(
+        dir.path(),
+        &["keys", "create", "--name", "x", "--scopes", "root"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope \"root\""));
+    let out = bespoke(dir.path(), &["keys", "revoke", "bsk_00000000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no API key"));
+}

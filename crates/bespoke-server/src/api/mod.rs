@@ -3,6 +3,7 @@
 //! Handlers stay thin: they validate input, hand the work to the [`Engine`] on the blocking
 //! pool (store IO and scoring must not stall the async runtime), and shape the answer.
 
+mod admin;
 mod catalog;
 mod events;
 mod extract;
@@ -17,9 +18,10 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
 
+use crate::auth::{Access, AuthError, Caller, Scope};
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -33,27 +35,48 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// Every route as `(method, path template)`. The OpenAPI document must describe exactly these
-/// (a test checks it, and another calls each one on a running server).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-    ("POST", "/v1/events"),
-    ("GET", "/v1/users/{key}"),
-    ("PUT", "/v1/users/{key}"),
-    ("DELETE", "/v1/users/{key}"),
-    ("GET", "/v1/users/{key}/events"),
-    ("GET", "/v1/users/{key}/recommendations"),
-    ("GET", "/v1/items/{key}"),
-    ("PUT", "/v1/items/{key}"),
-    ("DELETE", "/v1/items/{key}"),
-    ("GET", "/v1/items/{key}/similar"),
-    ("GET", "/v1/popular"),
-    ("GET", "/v1/models"),
-    ("POST", "/v1/models/train"),
-    ("POST", "/v1/models/{version}/activate"),
+/// Every route as `(method, path template, who may call it)`. The OpenAPI document must
+/// describe exactly these (a test checks it, and another calls each one on a running server);
+/// the authorization middleware reads the access from here, so a route cannot exist without one.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Access::Public),
+    ("GET", "/metrics", Access::Needs(Scope::Admin)),
+    ("GET", "/openapi.json", Access::Needs(Scope::Read)),
+    ("POST", "/v1/events", Access::Needs(Scope::Write)),
+    ("GET", "/v1/users/{key}", Access::Needs(Scope::Write)),
+    ("PUT", "/v1/users/{key}", Access::Needs(Scope::Write)),
+    ("DELETE", "/v1/users/{key}", Access::Needs(Scope::Write)),
+    ("GET", "/v1/users/{key}/events", Access::Needs(Scope::Write)),
+    (
+        "GET",
+        "/v1/users/{key}/recommendations",
+        Access::Needs(Scope::Read),
+    ),
+    ("GET", "/v1/items/{key}", Access::Needs(Scope::Read)),
+    ("PUT", "/v1/items/{key}", Access::Needs(Scope::Write)),
+    ("DELETE", "/v1/items/{key}", Access::Needs(Scope::Write)),
+    ("GET", "/v1/items/{key}/similar", Access::Needs(Scope::Read)),
+    ("GET", "/v1/popular", Access::Needs(Scope::Read)),
+    ("GET", "/v1/models", Access::Needs(Scope::Admin)),
+    ("POST", "/v1/models/train", Access::Needs(Scope::Admin)),
+    (
+        "POST",
+        "/v1/models/{version}/activate",
+        Access::Needs(Scope::Admin),
+    ),
+    ("POST", "/v1/keys", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/keys", Access::Needs(Scope::Admin)),
+    ("DELETE", "/v1/keys/{key}", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/audit", Access::Needs(Scope::Admin)),
 ];
+
+/// The access rule of a route, `None` for a route not in [`ROUTES`].
+pub fn access(method: &str, path: &str) -> Option<Access> {
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|r| r.2)
+}
 
 /// The application router with its middleware.
 pub fn router(state: AppState) -> Router {
@@ -86,6 +109,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/train", post(models::train))
         .route("/v1/models/{version}/activate", post(models::activate))
+        .route("/v1/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/v1/keys/{key}", delete(admin::revoke_key))
+        .route("/v1/audit", get(admin::audit))
+        // Only matched routes reach `authorize`; unknown paths get a plain 404.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -107,6 +138,105 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not accept this method; see /openapi.json",
     )
+}
+
+/// The API key of a request: `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
+fn presented_key(req: &Request) -> Option<&str> {
+    let headers = req.headers();
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// Authenticates the key, checks the route's scope and the key's rate limit, and hands the
+/// [`Caller`] to the handler. Runs on matched routes only (see [`ROUTES`]).
+async fn authorize(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    // A route missing from the table is refused rather than served unprotected.
+    let needed = access(req.method().as_str(), &route).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route has no access rule",
+        )
+    })?;
+    let Access::Needs(scope) = needed else {
+        return Ok(next.run(req).await);
+    };
+    let engine = &state.engine;
+    let caller = if engine.settings().auth.enabled {
+        match engine.authenticate(presented_key(&req)) {
+            Ok(c) => c,
+            Err(e) => {
+                let had_header = req.headers().contains_key("authorization");
+                let mut resp = unauthorized(e, had_header).into_response();
+                resp.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+                return Ok(resp);
+            }
+        }
+    } else {
+        Caller::anonymous()
+    };
+    if !caller.scopes.grants(scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this route needs the {scope} scope; key {} has {}",
+                caller.prefix,
+                caller
+                    .scopes
+                    .list()
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if let Err(wait) = engine.rate_limit(&caller) {
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("key {} is over its rate limit; retry later", caller.prefix),
+        )
+        .into_response();
+        let secs = wait.ceil().max(1.0) as u64;
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+        return Ok(resp);
+    }
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+fn unauthorized(e: AuthError, had_header: bool) -> ApiError {
+    let message = match e {
+        AuthError::Missing if had_header => {
+            "the Authorization header must be `Bearer <key>`".to_owned()
+        }
+        AuthError::Missing => {
+            "this route needs an API key: `Authorization: Bearer <key>` (create one with `bespoke keys create`)"
+                .to_owned()
+        }
+        AuthError::Invalid => "the API key is not valid".to_owned(),
+        AuthError::Revoked => "the API key has been revoked".to_owned(),
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).at("Authorization")
 }
 
 /// Records metrics per route template, and logs each request at debug level without its

@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::models::ServingModel;
 use crate::settings::{ModelChoice, Settings, WeightSpec};
 
+mod admin;
 mod lifecycle;
 mod serve;
 
@@ -321,6 +322,8 @@ pub struct Engine {
     /// The model serving uses; swapped atomically, so a request sees one model throughout.
     model: ArcSwapOption<ServingModel>,
     training: lifecycle::TrainingState,
+    keyring: crate::auth::Keyring,
+    limiter: crate::auth::RateLimiter,
 }
 
 impl std::fmt::Debug for Engine {
@@ -405,7 +408,10 @@ impl Engine {
             admin: Mutex::new(()),
             model: ArcSwapOption::empty(),
             training: lifecycle::TrainingState::default(),
+            keyring: crate::auth::Keyring::default(),
+            limiter: crate::auth::RateLimiter::default(),
         };
+        engine.refresh_keys()?;
         engine.load_active_model();
         Ok(engine)
     }

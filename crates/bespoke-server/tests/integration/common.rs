@@ -1,11 +1,14 @@
+use bespoke_server::auth::Scope;
 use bespoke_server::{Server, Settings};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-/// A server on 127.0.0.1:<random port> over a temporary data directory.
+/// A server on 127.0.0.1:<random port> over a temporary data directory, with an admin key that
+/// `client` sends on every request.
 pub(crate) struct TestServer {
     pub(crate) base: String,
     pub(crate) client: Client,
+    pub(crate) admin_key: String,
     server: Option<Server>,
     pub(crate) dir: tempfile::TempDir,
 }
@@ -34,12 +37,30 @@ pub(crate) async fn start_in(
     let server = bespoke_server::start(settings)
         .await
         .expect("server starts");
+    let engine = server.engine().clone();
+    let (admin_key, _) = tokio::task::spawn_blocking(move || {
+        engine.create_key("test", "test admin", &[Scope::Admin], None)
+    })
+    .await
+    .unwrap()
+    .expect("admin key");
     TestServer {
         base: format!("http://{}", server.addr()),
-        client: Client::new(),
+        client: client_with_key(&admin_key),
+        admin_key,
         server: Some(server),
         dir,
     }
+}
+
+/// A client that sends `key` as a bearer token on every request.
+pub(crate) fn client_with_key(key: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    Client::builder().default_headers(headers).build().unwrap()
 }
 
 impl TestServer {
@@ -107,6 +128,25 @@ impl TestServer {
             .collect();
         let (status, body) = self.post("/v1/events", json!({ "events": events })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Users, items and events known to serving, read from `/metrics`.
+    pub(crate) async fn counts(&self) -> Value {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let text = text.as_str().expect("metrics text");
+        let gauge = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+                .parse()
+                .unwrap()
+        };
+        json!({
+            "users": gauge("bespoke_users"),
+            "items": gauge("bespoke_items"),
+            "events": gauge("bespoke_events"),
+        })
     }
 
     pub(crate) async fn stop(mut self) -> tempfile::TempDir {

@@ -1,0 +1,414 @@
+//! API keys, scopes and per-key rate limits.
+//!
+//! A key looks like `bsk_3f9a1c2e_<64 hex digits>`: the part before the second underscore is a
+//! random, non-secret prefix that names the key in listings and the audit log; the rest is 256
+//! random bits. The store keeps only the prefix and the SHA-256 of the whole key. A presented key
+//! is found by its prefix and accepted when the digests match, compared in constant time on
+//! fixed-length digests, so response times say nothing about how much of a guess was right.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Instant;
+
+use bespoke_store::{KeyRecord, NewKey};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Start of every key.
+const KEY_TAG: &str = "bsk_";
+/// Hex digits of the non-secret prefix (32 random bits: enough to tell keys apart).
+const PREFIX_HEX: usize = 8;
+/// Hex digits of the secret (256 random bits).
+const SECRET_HEX: usize = 64;
+/// Length of a whole key.
+const KEY_LEN: usize = KEY_TAG.len() + PREFIX_HEX + 1 + SECRET_HEX;
+
+/// What a key may do. `admin` includes the other two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Serving: recommendations, similar items, popular items, the catalog.
+    Read,
+    /// Behaviour and catalog: events, users, items.
+    Write,
+    /// Keys, audit log, exports, models, metrics.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, weakest first.
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Admin];
+
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Parses a scope name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a key (only `/healthz`, which says nothing but "up").
+    Public,
+    /// Keys holding this scope (or `admin`).
+    Needs(Scope),
+}
+
+/// A set of scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// Every scope.
+    pub const ALL: Scopes = Scopes(0b111);
+
+    /// The set holding these scopes.
+    pub fn of(scopes: &[Scope]) -> Self {
+        Self(scopes.iter().fold(0, |acc, s| acc | 1 << *s as u8))
+    }
+
+    /// Whether the set grants `scope` (`admin` grants everything).
+    pub fn grants(self, scope: Scope) -> bool {
+        self.0 & (1 << Scope::Admin as u8) != 0 || self.0 & (1 << scope as u8) != 0
+    }
+
+    /// The scopes in the set, weakest first.
+    pub fn list(self) -> Vec<Scope> {
+        Scope::ALL
+            .into_iter()
+            .filter(|s| self.0 & (1 << *s as u8) != 0)
+            .collect()
+    }
+}
+
+/// Parses a comma-separated scope list (`read,write`), refusing unknown and empty lists.
+pub fn parse_scopes(list: &[String]) -> Result<Vec<Scope>, String> {
+    let mut out = Vec::new();
+    for name in list.iter().flat_map(|s| s.split(',')).map(str::trim) {
+        let scope = Scope::parse(name).ok_or_else(|| {
+            format!("unknown scope {name:?}; the scopes are read, write and admin")
+        })?;
+        if !out.contains(&scope) {
+            out.push(scope);
+        }
+    }
+    if out.is_empty() {
+        return Err("a key needs at least one scope (read, write or admin)".into());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// SHA-256 of a whole key.
+pub fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new random key, and the record to store for it (which does not hold the key).
+pub fn new_key(
+    name: &str,
+    scopes: &[Scope],
+    rate_per_second: Option<f64>,
+) -> Result<(String, NewKey), getrandom::Error> {
+    let mut bytes = [0u8; PREFIX_HEX / 2 + SECRET_HEX / 2];
+    getrandom::fill(&mut bytes)?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let prefix = format!("{KEY_TAG}{}", hex(&bytes[..PREFIX_HEX / 2]));
+    let key = format!("{prefix}_{}", hex(&bytes[PREFIX_HEX / 2..]));
+    debug_assert_eq!(key.len(), KEY_LEN);
+    let record = NewKey {
+        prefix,
+        name: name.to_owned(),
+        scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        hash: digest(&key),
+        rate_per_second,
+    };
+    Ok((key, record))
+}
+
+/// The prefix of something shaped like a key, or `None`.
+fn prefix_of(key: &str) -> Option<&str> {
+    let b = key.as_bytes();
+    let well_formed = b.len() == KEY_LEN
+        && key.starts_with(KEY_TAG)
+        && b[KEY_TAG.len() + PREFIX_HEX] == b'_'
+        && b.iter().enumerate().all(|(i, c)| {
+            i < KEY_TAG.len() || i == KEY_TAG.len() + PREFIX_HEX || c.is_ascii_hexdigit()
+        });
+    well_formed.then(|| &key[..KEY_TAG.len() + PREFIX_HEX])
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    /// The key's prefix (`anonymous` when auth is off), for the audit log.
+    pub prefix: String,
+    /// What it may do.
+    pub scopes: Scopes,
+    /// Its rate limit in requests per second (0 = unlimited).
+    pub rate_per_second: f64,
+}
+
+impl Caller {
+    /// The caller when auth is switched off (loopback development only).
+    pub fn anonymous() -> Self {
+        Self {
+            prefix: "anonymous".into(),
+            scopes: Scopes::ALL,
+            rate_per_second: 0.0,
+        }
+    }
+}
+
+/// Why a key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No key in the request.
+    Missing,
+    /// Not a key this server issued (malformed, unknown or wrong secret).
+    Invalid,
+    /// A real key, revoked.
+    Revoked,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    hash: [u8; 32],
+    scopes: Scopes,
+    revoked: bool,
+    rate: Option<f64>,
+}
+
+/// The keys the server accepts, mirrored from the store (refreshed periodically, so keys created
+/// or revoked by the CLI on a running server take effect within a second).
+#[derive(Debug, Default)]
+pub struct Keyring {
+    keys: RwLock<HashMap<String, Entry>>,
+}
+
+impl Keyring {
+    /// Replaces the mirror with `records`.
+    pub fn replace(&self, records: &[KeyRecord]) {
+        let map = records
+            .iter()
+            .map(|r| {
+                let scopes: Vec<Scope> = r.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+                let entry = Entry {
+                    hash: r.hash,
+                    scopes: Scopes::of(&scopes),
+                    revoked: r.revoked_at.is_some(),
+                    rate: r.rate_per_second,
+                };
+                (r.prefix.clone(), entry)
+            })
+            .collect();
+        *self.keys.write() = map;
+    }
+
+    /// Adds or replaces one record.
+    pub fn upsert(&self, r: &KeyRecord) {
+        let scopes: Vec<Scope> = r.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+        self.keys.write().insert(
+            r.prefix.clone(),
+            Entry {
+                hash: r.hash,
+                scopes: Scopes::of(&scopes),
+                revoked: r.revoked_at.is_some(),
+                rate: r.rate_per_second,
+            },
+        );
+    }
+
+    /// Checks a presented key; `default_rate` applies to keys without their own.
+    pub fn verify(&self, presented: Option<&str>, default_rate: f64) -> Result<Caller, AuthError> {
+        let presented = presented.ok_or(AuthError::Missing)?;
+        let prefix = prefix_of(presented).ok_or(AuthError::Invalid)?;
+        let given = digest(presented);
+        let keys = self.keys.read();
+        let entry = keys.get(prefix).ok_or(AuthError::Invalid)?;
+        if !bool::from(entry.hash.ct_eq(&given)) {
+            return Err(AuthError::Invalid);
+        }
+        if entry.revoked {
+            return Err(AuthError::Revoked);
+        }
+        Ok(Caller {
+            prefix: prefix.to_owned(),
+            scopes: entry.scopes,
+            rate_per_second: entry.rate.unwrap_or(default_rate),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token buckets, one per key.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Takes one token from `key`'s bucket (size `rate × burst_seconds`, at least 1, refilled at
+    /// `rate` per second). `Err(seconds)` says how long until a token is available.
+    pub fn take(&self, key: &str, rate: f64, burst_seconds: f64, now: Instant) -> Result<(), f64> {
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let size = (rate * burst_seconds).max(1.0);
+        let mut buckets = self.buckets.lock();
+        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: size,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(size);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - b.tokens) / rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn record(prefix: &str, key: &str, scopes: &[&str], revoked: bool) -> KeyRecord {
+        KeyRecord {
+            id: 1,
+            prefix: prefix.into(),
+            name: "t".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            hash: digest(key),
+            rate_per_second: None,
+            created_at: 0,
+            revoked_at: revoked.then_some(1),
+        }
+    }
+
+    #[test]
+    fn new_keys_verify_and_tampered_ones_do_not() {
+        let (key, new) = new_key("ci", &[Scope::Read, Scope::Write], Some(5.0)).unwrap();
+        assert_eq!(key.len(), KEY_LEN);
+        assert!(key.starts_with(&new.prefix));
+        assert_eq!(new.hash, digest(&key));
+        let ring = Keyring::default();
+        let mut r = record(&new.prefix, &key, &["read", "write"], false);
+        r.rate_per_second = Some(5.0);
+        ring.replace(&[r]);
+        let caller = ring.verify(Some(&key), 0.0).unwrap();
+        assert_eq!(caller.prefix, new.prefix);
+        assert!(caller.scopes.grants(Scope::Write));
+        assert!(!caller.scopes.grants(Scope::Admin));
+        assert_eq!(caller.rate_per_second, 5.0);
+        // Change one secret digit: same prefix, wrong digest.
+        let mut tampered = key.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(ring.verify(Some(&tampered), 0.0), Err(AuthError::Invalid));
+        assert_eq!(ring.verify(None, 0.0), Err(AuthError::Missing));
+        assert_eq!(ring.verify(Some("bsk_"), 0.0), Err(AuthError::Invalid));
+        // Two keys never share a secret.
+        let (other, _) = new_key("ci", &[Scope::Read], None).unwrap();
+        assert_ne!(key, other);
+    }
+
+    #[test]
+    fn revoked_keys_are_refused() {
+        let (key, new) = new_key("x", &[Scope::Admin], None).unwrap();
+        let ring = Keyring::default();
+        ring.replace(&[record(&new.prefix, &key, &["admin"], true)]);
+        assert_eq!(ring.verify(Some(&key), 0.0), Err(AuthError::Revoked));
+    }
+
+    #[test]
+    fn admin_grants_everything_and_others_only_themselves() {
+        let admin = Scopes::of(&[Scope::Admin]);
+        let read = Scopes::of(&[Scope::Read]);
+        for s in Scope::ALL {
+            assert!(admin.grants(s));
+            assert_eq!(read.grants(s), s == Scope::Read);
+        }
+        assert_eq!(
+            parse_scopes(&["write, read".into(), "read".into()]).unwrap(),
+            vec![Scope::Read, Scope::Write]
+        );
+        assert!(parse_scopes(&["root".into()]).is_err());
+        assert!(parse_scopes(&[]).is_err());
+    }
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_the_rate() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        // 10/s with a 1 s burst: ten at once, the eleventh waits 0.1 s.
+        for _ in 0..10 {
+            assert!(limiter.take("k", 10.0, 1.0, t0).is_ok());
+        }
+        let wait = limiter.take("k", 10.0, 1.0, t0).unwrap_err();
+        assert!((wait - 0.1).abs() < 1e-9, "{wait}");
+        // Other keys have their own bucket.
+        assert!(limiter.take("other", 10.0, 1.0, t0).is_ok());
+        assert!(
+            limiter
+                .take("k", 10.0, 1.0, t0 + Duration::from_millis(100))
+                .is_ok()
+        );
+        assert!(limiter.take("k", 0.0, 1.0, t0).is_ok(), "0 = unlimited");
+    }
+
+    proptest! {
+        /// Over any request pattern, a bucket never grants more than size + rate × time.
+        #[test]
+        fn bucket_never_exceeds_its_budget(gaps in proptest::collection::vec(0u64..50, 1..300),
+                                           rate in 1.0f64..100.0, burst in 0.1f64..3.0) {
+            let limiter = RateLimiter::default();
+            let t0 = Instant::now();
+            let mut t = t0;
+            let mut granted = 0u64;
+            for g in gaps {
+                t += Duration::from_millis(g);
+                if limiter.take("k", rate, burst, t).is_ok() {
+                    granted += 1;
+                }
+            }
+            let budget = (rate * burst).max(1.0) + rate * (t - t0).as_secs_f64();
+            prop_assert!(granted as f64 <= budget + 1e-6, "{granted} > {budget}");
+        }
+
+        /// Whatever string is presented, verification answers and never panics.
+        #[test]
+        fn arbitrary_strings_are_refused_without_panic(s in "\\PC{0,100}") {
+            let ring = Keyring::default();
+            prop_assert!(ring.verify(Some(&s), 0.0).is_err());
+        }
+    }
+}

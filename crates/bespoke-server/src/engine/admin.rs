@@ -1,0 +1,95 @@
+//! Administration: API keys and the audit log.
+
+use bespoke_store::{AuditEntry, KeyRecord, NewAudit, Page};
+use serde_json::Value;
+
+use super::Engine;
+use crate::auth::{AuthError, Caller, Scope};
+
+impl Engine {
+    /// Reloads the key mirror from the store (keys created or revoked by another process).
+    pub fn refresh_keys(&self) -> bespoke_store::Result<()> {
+        let keys = self.store.keys()?;
+        self.keyring.replace(&keys);
+        Ok(())
+    }
+
+    /// Checks a presented key.
+    pub fn authenticate(&self, presented: Option<&str>) -> Result<Caller, AuthError> {
+        self.keyring
+            .verify(presented, self.settings.auth.rate_per_second)
+    }
+
+    /// Takes a token from the caller's rate bucket; `Err(seconds)` to wait.
+    pub fn rate_limit(&self, caller: &Caller) -> Result<(), f64> {
+        self.limiter.take(
+            &caller.prefix,
+            caller.rate_per_second,
+            self.settings.auth.burst_seconds,
+            std::time::Instant::now(),
+        )
+    }
+
+    /// Creates a key; returns the key itself (shown once, never stored) and its record.
+    pub fn create_key(
+        &self,
+        actor: &str,
+        name: &str,
+        scopes: &[Scope],
+        rate_per_second: Option<f64>,
+    ) -> bespoke_store::Result<(String, KeyRecord)> {
+        let (secret, new) = crate::auth::new_key(name, scopes, rate_per_second)
+            .map_err(|e| bespoke_store::Error::Backend(Box::new(e)))?;
+        let record = self.store.insert_key(new)?;
+        self.keyring.upsert(&record);
+        self.audit(
+            actor,
+            "key.create",
+            Some(&record.prefix),
+            Some(serde_json::json!({ "scopes": record.scopes, "name": record.name })),
+        );
+        Ok((secret, record))
+    }
+
+    /// Every key record.
+    pub fn keys(&self) -> bespoke_store::Result<Vec<KeyRecord>> {
+        self.store.keys()
+    }
+
+    /// Revokes a key; `None` if there is no key with this prefix.
+    pub fn revoke_key(
+        &self,
+        actor: &str,
+        prefix: &str,
+    ) -> bespoke_store::Result<Option<KeyRecord>> {
+        let record = self.store.revoke_key(prefix)?;
+        if let Some(r) = &record {
+            self.keyring.upsert(r);
+            self.audit(actor, "key.revoke", Some(prefix), None);
+        }
+        Ok(record)
+    }
+
+    /// Appends to the audit log. A failure is logged, not returned: the audited operation has
+    /// already happened and must not be reported as failed.
+    pub fn audit(&self, actor: &str, action: &str, target: Option<&str>, detail: Option<Value>) {
+        let entry = NewAudit {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            detail,
+        };
+        if let Err(e) = self.store.audit(entry) {
+            tracing::error!(target: "audit", error = %e, action, "could not write the audit log");
+        }
+    }
+
+    /// A page of the audit log, newest first.
+    pub fn audit_log(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> bespoke_store::Result<Page<AuditEntry>> {
+        self.store.audit_log(before, limit)
+    }
+}
