@@ -3,6 +3,10 @@
 //! Layout: `users[u]` is user `u`'s history, one [`Interaction`] per distinct item, sorted by
 //! item id so that "has the user seen this item" is a binary search; `item_users[i]` lists the
 //! users who interacted with item `i`, oldest first. Both are indexed by the store's dense ids.
+//!
+//! *Private* users (who did not consent to their events training models) keep their own history,
+//! which personalizes their own results, but take no part in anything shared: popularity,
+//! trending and co-occurrence never see them.
 
 use rustc_hash::FxHashMap;
 
@@ -37,6 +41,13 @@ pub struct Related {
 pub struct LiveIndex {
     users: Vec<Vec<Interaction>>,
     item_users: Vec<Vec<UserIdx>>,
+    /// Per item: how many of `item_users` are private.
+    private_users: Vec<u32>,
+    /// Per user: excluded from shared statistics.
+    private: Vec<bool>,
+    /// The popularity events of private users (`(item, weight, time)`), kept so that a user who
+    /// shares again is added back exactly, without a store read racing new events.
+    private_log: FxHashMap<u32, Vec<(ItemIdx, f32, Millis)>>,
     popularity: Popularity,
     events: u64,
 }
@@ -47,6 +58,9 @@ impl LiveIndex {
         Self {
             users: Vec::new(),
             item_users: Vec::new(),
+            private_users: Vec::new(),
+            private: Vec::new(),
+            private_log: FxHashMap::default(),
             popularity,
             events: 0,
         }
@@ -60,7 +74,9 @@ impl LiveIndex {
         }
         if self.item_users.len() <= i {
             self.item_users.resize_with(i + 1, Vec::new);
+            self.private_users.resize(i + 1, 0);
         }
+        let private = self.is_private(user);
         let history = &mut self.users[u];
         match history.binary_search_by_key(&item, |x| x.item) {
             Ok(pos) => {
@@ -80,10 +96,47 @@ impl LiveIndex {
                     },
                 );
                 self.item_users[i].push(user);
+                self.private_users[i] += private as u32;
             }
         }
-        self.popularity.add(user, item, weight, ts);
+        if private {
+            self.private_log
+                .entry(user.0)
+                .or_default()
+                .push((item, weight, ts));
+        } else {
+            self.popularity.add(user, item, weight, ts);
+        }
         self.events += 1;
+    }
+
+    /// Whether the user is kept out of shared statistics.
+    pub fn is_private(&self, user: UserIdx) -> bool {
+        self.private.get(user.0 as usize).copied().unwrap_or(false)
+    }
+
+    /// Makes a user private (out of popularity and co-occurrence) or shared again.
+    pub fn set_private(&mut self, user: UserIdx, private: bool) {
+        if self.is_private(user) == private {
+            return;
+        }
+        let u = user.0 as usize;
+        if self.private.len() <= u {
+            self.private.resize(u + 1, false);
+        }
+        self.private[u] = private;
+        for x in self.users.get(u).map_or(&[][..], Vec::as_slice) {
+            let c = &mut self.private_users[x.item.0 as usize];
+            *c = if private { *c + 1 } else { *c - 1 };
+        }
+        if private {
+            let log = self.popularity.take_user(user);
+            self.private_log.insert(user.0, log);
+        } else {
+            for (item, weight, ts) in self.private_log.remove(&user.0).unwrap_or_default() {
+                self.popularity.add(user, item, weight, ts);
+            }
+        }
     }
 
     /// The user's history sorted by item id; empty for unknown users.
@@ -121,13 +174,20 @@ impl LiveIndex {
             return 0;
         };
         let history = std::mem::take(history);
+        let private = self.private.get(user.0 as usize).copied().unwrap_or(false);
         let mut removed = 0u64;
         for x in &history {
             removed += x.count as u64;
-            if let Some(users) = self.item_users.get_mut(x.item.0 as usize) {
+            let i = x.item.0 as usize;
+            if let Some(users) = self.item_users.get_mut(i) {
                 users.retain(|&u| u != user);
+                self.private_users[i] -= private as u32;
             }
         }
+        if let Some(p) = self.private.get_mut(user.0 as usize) {
+            *p = false;
+        }
+        self.private_log.remove(&user.0);
         self.popularity.remove_user(user);
         self.events -= removed;
         removed
@@ -139,6 +199,7 @@ impl LiveIndex {
             return 0;
         };
         let users = std::mem::take(users);
+        self.private_users[item.0 as usize] = 0;
         let mut removed = 0u64;
         for u in users {
             let history = &mut self.users[u.0 as usize];
@@ -147,6 +208,9 @@ impl LiveIndex {
             }
         }
         self.popularity.remove_item(item);
+        for log in self.private_log.values_mut() {
+            log.retain(|e| e.0 != item);
+        }
         self.events -= removed;
         removed
     }
@@ -166,6 +230,9 @@ impl LiveIndex {
         let mut co: FxHashMap<u32, u32> = FxHashMap::default();
         let mut sampled = 0u32;
         for &u in &users[start..] {
+            if self.is_private(u) {
+                continue;
+            }
             let history = self.history(u);
             let positive = history
                 .binary_search_by_key(&item, |x| x.item)
@@ -186,7 +253,9 @@ impl LiveIndex {
             if !keep(ItemIdx(j)) {
                 continue;
             }
-            let nj = self.item_users(ItemIdx(j)).len().max(c as usize) as f32;
+            let shared =
+                self.item_users(ItemIdx(j)).len() - self.private_users[j as usize] as usize;
+            let nj = shared.max(c as usize) as f32;
             top.push(j, c as f32 / (sampled as f32 * nj).sqrt());
         }
         top.into_sorted()
@@ -283,6 +352,47 @@ mod tests {
                 let i = ItemIdx(i);
                 prop_assert_eq!(with.item_users(i), without.item_users(i));
                 prop_assert_eq!(with.related(i, 8, 100, |_| true), without.related(i, 8, 100, |_| true));
+            }
+        }
+
+        /// A private user (made private at any point) is invisible to popularity and
+        /// co-occurrence, but keeps their own history; made shared again, the index equals one
+        /// where they always were.
+        #[test]
+        fn private_users_take_no_part_in_shared_statistics(
+            events in proptest::collection::vec((0u32..5, 0u32..8, -2i32..6, 0i64..1000), 0..100),
+            private in 0u32..5,
+            at in 0usize..100,
+        ) {
+            let mut live = index();
+            let mut without = index();
+            let mut always = index();
+            for (k, &(u, i, w, ts)) in events.iter().enumerate() {
+                if k == at.min(events.len()) {
+                    live.set_private(UserIdx(private), true);
+                }
+                live.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                always.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                if u != private {
+                    without.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                }
+            }
+            live.set_private(UserIdx(private), true);
+            prop_assert!(live.is_private(UserIdx(private)));
+            prop_assert_eq!(live.history(UserIdx(private)), always.history(UserIdx(private)));
+            for i in 0..8 {
+                let i = ItemIdx(i);
+                prop_assert_eq!(live.popularity().count(i), without.popularity().count(i));
+                prop_assert!((live.popularity().total(i) - without.popularity().total(i)).abs() < 1e-6);
+                let related = live.related(i, 8, 100, |_| true);
+                prop_assert_eq!(&related, &without.related(i, 8, 100, |_| true));
+            }
+            live.set_private(UserIdx(private), false);
+            for i in 0..8 {
+                let i = ItemIdx(i);
+                prop_assert_eq!(live.popularity().count(i), always.popularity().count(i));
+                prop_assert!((live.popularity().total(i) - always.popularity().total(i)).abs() < 1e-6);
+                prop_assert_eq!(live.related(i, 8, 100, |_| true), always.related(i, 8, 100, |_| true));
             }
         }
 

@@ -90,7 +90,7 @@ impl Popularity {
             });
     }
 
-    fn remove_where(&mut self, mut pred: impl FnMut(&BucketEntry) -> bool) -> usize {
+    fn remove_where(&mut self, mut pred: impl FnMut(&BucketEntry) -> bool) -> Vec<BucketEntry> {
         let mut removed = Vec::new();
         self.buckets.retain(|_, entries| {
             entries.retain(|e| {
@@ -115,18 +115,27 @@ impl Popularity {
                 self.decayed[i] = 0.0;
             }
         }
-        removed.len()
+        removed
     }
 
     /// Forgets every event of `user`; returns how many were removed. Cost: one pass over all
     /// events, which is acceptable because erasure is rare and must be exact.
     pub fn remove_user(&mut self, user: UserIdx) -> usize {
+        self.remove_where(|e| e.user == user.0).len()
+    }
+
+    /// Forgets every event of `user` and returns them as `(item, weight, time)`, oldest
+    /// bucket first, so that they can be added back later.
+    pub fn take_user(&mut self, user: UserIdx) -> Vec<(ItemIdx, f32, Millis)> {
         self.remove_where(|e| e.user == user.0)
+            .into_iter()
+            .map(|e| (ItemIdx(e.item), e.weight, e.ts))
+            .collect()
     }
 
     /// Forgets every event on `item`.
     pub fn remove_item(&mut self, item: ItemIdx) -> usize {
-        self.remove_where(|e| e.item == item.0)
+        self.remove_where(|e| e.item == item.0).len()
     }
 
     /// Sum of positive weights on `item` over all time.

@@ -116,6 +116,13 @@ pub fn parse_scopes(list: &[String]) -> Result<Vec<Scope>, String> {
     Ok(out)
 }
 
+/// 32 random bytes from the operating system, for secrets.
+pub fn random_bytes() -> bespoke_store::Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| bespoke_store::Error::Backend(Box::new(e)))?;
+    Ok(b)
+}
+
 /// SHA-256 of a whole key.
 pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()

@@ -133,6 +133,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes all but the newest `keep` versions, never the active one; returns those deleted.
     fn prune_models(&self, keep: usize) -> Result<Vec<u64>>;
 
+    /// Deletes a stored model version that is not the active one.
+    fn delete_model(&self, version: u64) -> Result<()>;
+
     /// Rewrites one file of a stored model version in place (atomically), e.g. to scrub an
     /// erased user's row. [`Error::UnknownModel`] if the version does not exist.
     fn rewrite_model_file(&self, version: u64, name: &str, bytes: &[u8]) -> Result<()>;
@@ -146,6 +149,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Revokes the key with this prefix; `None` if there is none (revoking twice is a no-op that
     /// returns the record).
     fn revoke_key(&self, prefix: &str) -> Result<Option<KeyRecord>>;
+
+    /// The store's secret called `name`: `fresh` is kept and returned the first time, the kept
+    /// value every time after (for keyed hashes that must survive restarts).
+    fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]>;
 
     /// Appends to the audit log.
     fn audit(&self, entry: NewAudit) -> Result<()>;

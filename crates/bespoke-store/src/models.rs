@@ -223,12 +223,29 @@ impl ModelDir {
         let mut removed = Vec::new();
         for &v in &versions[..cut] {
             if Some(v) != active {
-                let dir = self.root.join(v.to_string());
-                fs::remove_dir_all(&dir).map_err(io(&dir))?;
+                self.delete(v)?;
                 removed.push(v);
             }
         }
         Ok(removed)
+    }
+
+    /// Deletes a version that is not active. The directory is first renamed out of the
+    /// version namespace, so a crash never leaves a half-deleted version that looks whole.
+    pub(crate) fn delete(&self, version: u64) -> Result<()> {
+        if self.active()? == Some(version) {
+            return Err(Error::InvalidInput(format!(
+                "model version {version} is active and cannot be deleted"
+            )));
+        }
+        let dir = self.root.join(version.to_string());
+        if !dir.join(META).exists() {
+            return Err(Error::UnknownModel(version));
+        }
+        let doomed = self.root.join(format!(".deleting-{version}"));
+        fs::rename(&dir, &doomed).map_err(io(&dir))?;
+        sync_dir(&self.root)?;
+        fs::remove_dir_all(&doomed).map_err(io(&doomed))
     }
 }
 

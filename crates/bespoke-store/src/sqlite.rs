@@ -111,6 +111,10 @@ CREATE TABLE erasures (
     requested_at INTEGER NOT NULL,
     receipt TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -642,6 +646,10 @@ impl Store for SqliteStore {
         self.models.prune(keep)
     }
 
+    fn delete_model(&self, version: u64) -> Result<()> {
+        self.models.delete(version)
+    }
+
     fn rewrite_model_file(&self, version: u64, name: &str, bytes: &[u8]) -> Result<()> {
         self.models.rewrite(version, name, bytes)
     }
@@ -733,6 +741,21 @@ impl Store for SqliteStore {
             Ok(())
         })?;
         Ok(self.keys()?.into_iter().find(|k| k.prefix == prefix))
+    }
+
+    fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]> {
+        let name = name.to_owned();
+        self.exec(move |c| {
+            c.prepare_cached(
+                "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![name, &fresh[..]])?;
+            let v: Vec<u8> = c
+                .prepare_cached("SELECT value FROM secrets WHERE name = ?1")?
+                .query_row([&name], |r| r.get(0))?;
+            v.try_into()
+                .map_err(|_| Error::Corrupt(format!("secret {name} is not 32 bytes")))
+        })
     }
 
     fn audit(&self, entry: NewAudit) -> Result<()> {

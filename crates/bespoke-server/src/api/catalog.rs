@@ -1,14 +1,15 @@
 //! Users and items: `PUT/GET/DELETE /v1/users/{key}` and `/v1/items/{key}`.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use bespoke_store::{ConsentUpdate, UserUpsert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::extract::{JsonBody, KeyPath};
+use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::validate::check_item;
 use crate::wire::{ItemJson, UserJson};
@@ -44,6 +45,7 @@ fn key_limit(state: &AppState) -> usize {
 
 pub(crate) async fn put_user(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     JsonBody(body): JsonBody<UserIn>,
 ) -> Result<(StatusCode, Json<UserJson>), ApiError> {
@@ -58,7 +60,13 @@ pub(crate) async fn put_user(
         default_consent: state.engine.settings().consent.defaults(),
     };
     let engine = state.engine.clone();
-    let out = blocking(move || engine.put_user(upsert).map_err(ApiError::from)).await?;
+    let out = blocking(move || {
+        engine
+            .put_users_by(&caller.prefix, vec![upsert])
+            .map(|mut v| v.remove(0))
+            .map_err(ApiError::from)
+    })
+    .await?;
     let status = if out.created {
         StatusCode::CREATED
     } else {
@@ -79,22 +87,45 @@ pub(crate) async fn get_user(
         .ok_or_else(|| ApiError::not_found("user", &key))
 }
 
+/// Erases a user: the answer is the erasure receipt (see `engine::erasure`), plus the key
+/// (which the stored receipt does not hold).
 pub(crate) async fn delete_user(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
-) -> Result<Json<DeletedOut>, ApiError> {
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
     validate_key("key", &key, key_limit(&state))?;
+    params.allow(&["retrain"])?;
+    let retrain = params.bool("retrain", false)?;
     let engine = state.engine.clone();
     let k = key.clone();
-    let deleted = blocking(move || engine.delete_user(&k).map_err(ApiError::from))
+    let receipt = blocking(move || {
+        engine
+            .erase_user(&caller.prefix, &k, retrain)
+            .map_err(ApiError::from)
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("user", &key))?;
+    tracing::info!(target: "serve::privacy", events = receipt.removed.events, erasure = %receipt.erasure_id, "erased a user");
+    let mut out = serde_json::to_value(&receipt).map_err(|e| ApiError::internal("receipt", &e))?;
+    out["key"] = Value::String(key);
+    out["deleted"] = Value::Bool(true);
+    out["events_deleted"] = receipt.removed.events.into();
+    Ok(Json(out))
+}
+
+/// `GET /v1/erasures/{id}`.
+pub(crate) async fn get_erasure(
+    State(state): State<AppState>,
+    KeyPath(id): KeyPath,
+) -> Result<Json<crate::engine::ErasureReceipt>, ApiError> {
+    let engine = state.engine.clone();
+    let i = id.clone();
+    blocking(move || engine.erasure(&i).map_err(ApiError::from))
         .await?
-        .ok_or_else(|| ApiError::not_found("user", &key))?;
-    tracing::info!(target: "serve::privacy", events = deleted.events, "deleted a user and their events");
-    Ok(Json(DeletedOut {
-        key,
-        deleted: true,
-        events_deleted: deleted.events,
-    }))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("erasure", &id))
 }
 
 pub(crate) async fn put_item(

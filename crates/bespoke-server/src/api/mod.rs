@@ -68,6 +68,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/keys", Access::Needs(Scope::Admin)),
     ("DELETE", "/v1/keys/{key}", Access::Needs(Scope::Admin)),
     ("GET", "/v1/audit", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/erasures/{key}", Access::Needs(Scope::Write)),
 ];
 
 /// The access rule of a route, `None` for a route not in [`ROUTES`].
@@ -112,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(admin::create_key).get(admin::list_keys))
         .route("/v1/keys/{key}", delete(admin::revoke_key))
         .route("/v1/audit", get(admin::audit))
+        .route("/v1/erasures/{key}", get(catalog::get_erasure))
         // Only matched routes reach `authorize`; unknown paths get a plain 404.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

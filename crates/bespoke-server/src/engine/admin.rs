@@ -70,6 +70,19 @@ impl Engine {
         Ok(record)
     }
 
+    /// How the audit log names a user: a keyed hash of their key (`user:<16 hex>`), so that the
+    /// log, which outlives erasures, holds no user key, while whoever knows a key can still
+    /// find its entries (`bespoke` computes the same reference).
+    pub fn user_ref(&self, key: &str) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.audit_secret)
+            .expect("HMAC takes keys of any length");
+        mac.update(key.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let hex: String = tag[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("user:{hex}")
+    }
+
     /// Appends to the audit log. A failure is logged, not returned: the audited operation has
     /// already happened and must not be reported as failed.
     pub fn audit(&self, actor: &str, action: &str, target: Option<&str>, detail: Option<Value>) {

@@ -62,7 +62,7 @@ pub struct TrainingStatus {
 /// Trainer state shared by the API, the CLI and the background scheduler.
 #[derive(Debug, Default)]
 pub(crate) struct TrainingState {
-    lock: Mutex<()>,
+    pub(super) lock: Mutex<()>,
     status: Mutex<TrainingStatus>,
     new_events: AtomicU64,
 }
@@ -125,6 +125,16 @@ impl Engine {
         self.store.activate_model(version)?;
         self.model.store(Some(Arc::new(model)));
         tracing::info!(target: "train::lifecycle", version, "activated model");
+        // Erasures from before this model's snapshot are now complete.
+        let snapshot_at = self
+            .store
+            .list_models()?
+            .into_iter()
+            .find(|m| m.version == version)
+            .and_then(|m| m.meta["data"]["snapshot_at_ms"].as_i64());
+        if let Some(at) = snapshot_at {
+            self.complete_erasures(version, at)?;
+        }
         Ok(())
     }
 
@@ -161,6 +171,7 @@ impl Engine {
             st.stage = Some("reading data".into());
         }
         let result = self.train_inner(&mut progress);
+        self.release_erasure_keys();
         let mut st = self.training.status.lock();
         st.running = false;
         st.stage = None;
@@ -208,6 +219,7 @@ impl Engine {
             })
         });
         let version = models::save(&*self.store, &snapshot, &trained)?;
+        self.scrub_new_version(version, snapshot.read_at)?;
         let activated = self.settings.training.auto_activate;
         if activated {
             self.activate(version)?;

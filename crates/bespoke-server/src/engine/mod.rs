@@ -29,9 +29,11 @@ use crate::models::ServingModel;
 use crate::settings::{ModelChoice, Settings, WeightSpec};
 
 mod admin;
+mod erasure;
 mod lifecycle;
 mod serve;
 
+pub use erasure::{CleanModel, ErasureReceipt, Removed};
 pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
 
 /// Chunk size when loading the event log at start-up.
@@ -324,6 +326,9 @@ pub struct Engine {
     training: lifecycle::TrainingState,
     keyring: crate::auth::Keyring,
     limiter: crate::auth::RateLimiter,
+    /// Key of the user references in the audit log (see [`Engine::user_ref`]).
+    audit_secret: [u8; 32],
+    erasures: Mutex<erasure::Erasures>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -367,6 +372,9 @@ impl Engine {
             for u in &users {
                 state.users.insert(&u.key, u.idx.0);
                 state.set_personalization(u.idx, u.consent.personalization);
+                if !u.consent.training {
+                    state.live.set_private(u.idx, true);
+                }
             }
         }
         let mut after = None;
@@ -400,6 +408,7 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded serving state"
         );
+        let audit_secret = store.secret("audit_user_ref", crate::auth::random_bytes()?)?;
         let engine = Self {
             store,
             settings,
@@ -410,8 +419,11 @@ impl Engine {
             training: lifecycle::TrainingState::default(),
             keyring: crate::auth::Keyring::default(),
             limiter: crate::auth::RateLimiter::default(),
+            audit_secret,
+            erasures: Mutex::default(),
         };
         engine.refresh_keys()?;
+        engine.load_pending_erasures()?;
         engine.load_active_model();
         Ok(engine)
     }
@@ -465,8 +477,11 @@ impl Engine {
                 && newer(s.users.get(&user), a.user.0)
             {
                 s.users.insert(&user, a.user.0);
-                let default = self.settings.consent.default_personalization;
-                s.set_personalization(a.user, default);
+                let default = self.settings.consent.defaults();
+                s.set_personalization(a.user, default.personalization);
+                if !default.training {
+                    s.live.set_private(a.user, true);
+                }
             }
             if a.created_item {
                 s.register_new_item(&item, a.item);
@@ -490,12 +505,60 @@ impl Engine {
         &self,
         upserts: Vec<UserUpsert>,
     ) -> bespoke_store::Result<Vec<Upserted<User>>> {
+        self.put_users_by("engine", upserts)
+    }
+
+    /// [`Engine::put_users`] on behalf of `actor` (a key prefix), who is named in the audit log
+    /// of consent changes. A change of consent takes effect on the next request: without
+    /// personalization the user gets popular items; without training their events leave
+    /// popularity, co-occurrence and the served model's user rows at once, and the next
+    /// trained model.
+    pub fn put_users_by(
+        &self,
+        actor: &str,
+        upserts: Vec<UserUpsert>,
+    ) -> bespoke_store::Result<Vec<Upserted<User>>> {
         let _admin = self.admin.lock();
         let out = self.store.put_users(upserts)?;
+        let mut changes = Vec::new();
         let mut s = self.state.write();
+        let model = self.model.load_full();
         for u in &out {
-            s.users.insert(&u.record.key, u.record.idx.0);
-            s.set_personalization(u.record.idx, u.record.consent.personalization);
+            let idx = u.record.idx;
+            let before = if u.created {
+                self.settings.consent.defaults()
+            } else {
+                bespoke_store::Consent {
+                    personalization: s
+                        .personalization
+                        .get(idx.0 as usize)
+                        .copied()
+                        .unwrap_or(true),
+                    training: !s.live.is_private(idx),
+                }
+            };
+            let after = u.record.consent;
+            s.users.insert(&u.record.key, idx.0);
+            s.set_personalization(idx, after.personalization);
+            s.live.set_private(idx, !after.training);
+            if before.training && !after.training {
+                if let Some(m) = &model {
+                    m.als.forget(idx.0);
+                }
+                s.bump_user(idx);
+            }
+            if before != after {
+                changes.push((u.record.key.clone(), before, after));
+            }
+        }
+        drop(s);
+        for (key, before, after) in changes {
+            self.audit(
+                actor,
+                "consent.change",
+                Some(&self.user_ref(&key)),
+                Some(serde_json::json!({ "before": before, "after": after })),
+            );
         }
         Ok(out)
     }

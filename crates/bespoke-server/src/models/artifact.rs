@@ -257,6 +257,36 @@ pub fn decode_knn(bytes: &[u8]) -> Result<ItemKnn, ArtifactError> {
     ))
 }
 
+/// Rewrites an iALS file with row `row` of `user_factors` set to zero, everything else
+/// (other tensors, metadata) unchanged.
+pub fn zero_user_row(bytes: &[u8], row: usize) -> Result<Vec<u8>, ArtifactError> {
+    const F: &str = ALS_FILE;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
+    let info = metadata(bytes, F)?;
+    let (ushape, udata) = tensor(&st, F, "user_factors", Dtype::F32)?;
+    let (ishape, idata) = tensor(&st, F, "item_factors", Dtype::F32)?;
+    let (rows, dim) = match ushape[..] {
+        [r, d] => (r, d),
+        _ => return Err(err(F, "user_factors is not a matrix")),
+    };
+    if row >= rows {
+        return Err(err(F, format!("user row {row} out of {rows}")));
+    }
+    let mut users = udata.to_vec();
+    users[row * dim * 4..(row + 1) * dim * 4].fill(0);
+    let tensors = [
+        (
+            "item_factors",
+            TensorView::new(Dtype::F32, ishape, idata).map_err(|e| err(F, e))?,
+        ),
+        (
+            "user_factors",
+            TensorView::new(Dtype::F32, ushape, &users).map_err(|e| err(F, e))?,
+        ),
+    ];
+    safetensors::serialize(tensors, &Some(info)).map_err(|e| err(F, e))
+}
+
 /// Encodes a list of keys (row order) as a JSON array.
 pub fn encode_keys(keys: &[String]) -> Vec<u8> {
     serde_json::to_vec(keys).expect("strings serialise")

@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub watermark: u64,
     /// Number of events read.
     pub events: u64,
+    /// When reading began (Unix ms): everything erased before this is not in the snapshot.
+    pub read_at: i64,
 }
 
 /// A stable 64-bit hash of a key (FNV-1a), mixed with the seed: the start of that row's factors.
@@ -73,6 +75,7 @@ pub fn key_seed(key: &str, seed: u64) -> u64 {
 impl Snapshot {
     /// Reads everything the store holds. Events of types no longer configured are skipped.
     pub fn read(store: &dyn Store, settings: &Settings) -> bespoke_store::Result<Self> {
+        let read_at = crate::engine::now_ms();
         let weights = Weights::new(settings);
         // Keys by store id, then dense indices in key order.
         let mut users: Vec<(u32, String)> = Vec::new();
@@ -81,7 +84,13 @@ impl Snapshot {
             let chunk = store.scan_users(after, CHUNK)?;
             let Some(last) = chunk.last() else { break };
             after = Some(last.idx);
-            users.extend(chunk.into_iter().map(|u| (u.idx.0, u.key)));
+            // Users who objected to training take no part: their events are skipped below.
+            users.extend(
+                chunk
+                    .into_iter()
+                    .filter(|u| u.consent.training)
+                    .map(|u| (u.idx.0, u.key)),
+            );
         }
         let mut items: Vec<(u32, String)> = Vec::new();
         let mut after = None;
@@ -146,6 +155,7 @@ impl Snapshot {
             pairs,
             watermark: seq,
             events,
+            read_at,
         })
     }
 
@@ -477,6 +487,7 @@ pub fn train(
         "created_at": crate::time::format_rfc3339(crate::engine::now_ms()),
         "data": {
             "watermark_seq": snapshot.watermark,
+            "snapshot_at_ms": snapshot.read_at,
             "events": snapshot.events,
             "users": snapshot.user_keys.len(),
             "items": snapshot.item_keys.len(),

@@ -6,5 +6,6 @@ mod common;
 mod events;
 mod models;
 mod ops;
+mod privacy;
 mod serving;
 mod users_items;

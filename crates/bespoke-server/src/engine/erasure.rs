@@ -1,0 +1,316 @@
+//! Erasure that reaches the model, with a receipt.
+//!
+//! Deleting a user removes their profile, events and everything serving derived from them at
+//! once (see [`Engine::delete_user`]). What trained models learned from them goes in three steps:
+//! 1. at once, every stored model version that has a row for the user gets that row zeroed and
+//!    its key blanked (`users.json`), so no file names them or holds their vector;
+//! 2. the next model trained from a snapshot read after the erasure cannot contain them (the
+//!    snapshot reads the store, which no longer holds them); when such a model becomes active,
+//!    the receipt records it, and the older versions that were trained with the user are deleted;
+//! 3. a training run already in progress when the erasure arrived read its snapshot earlier, so
+//!    the version it saves is scrubbed as in step 1 before it can be activated.
+//!
+//! The receipt is stored (`GET /v1/erasures/{id}`) and names the user only by
+//! [`Engine::user_ref`].
+
+use std::time::Duration;
+
+use bespoke_store::Millis;
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, TrainError};
+use crate::models::artifact::{self, ALS_FILE, USERS_FILE};
+
+/// An erasure receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasureReceipt {
+    /// Id of the receipt (`era_` and 24 hex digits).
+    pub erasure_id: String,
+    /// The user, as the audit log names them (a keyed hash of the key).
+    pub user_ref: String,
+    /// Key prefix of whoever asked.
+    pub requested_by: String,
+    /// When the user was removed from the store and from serving (RFC 3339).
+    pub requested_at: String,
+    /// `requested_at` in Unix milliseconds.
+    pub requested_at_ms: Millis,
+    /// What was removed at once.
+    pub removed: Removed,
+    /// Stored model versions that had been trained with the user's data.
+    pub models_containing_user: Vec<u64>,
+    /// Versions whose user row was zeroed and key blanked.
+    pub model_rows_scrubbed: Vec<u64>,
+    /// Versions deleted once a model without the user was active.
+    pub model_versions_deleted: Vec<u64>,
+    /// Whether a retraining was requested with the erasure.
+    pub retrain_requested: bool,
+    /// The first model trained without the user that became active.
+    pub first_model_without_user: Option<CleanModel>,
+    /// `complete` once no stored or served model was trained with the user's data;
+    /// `awaiting_retrain` before.
+    pub status: String,
+}
+
+/// What an erasure removed at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Removed {
+    /// The profile (attributes, consent).
+    pub profile: bool,
+    /// Number of events.
+    pub events: u64,
+    /// Derived serving state that was cleared.
+    pub serving_state: Vec<String>,
+}
+
+/// A model version trained without the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanModel {
+    /// The version.
+    pub version: u64,
+    /// When it became active (RFC 3339).
+    pub activated_at: String,
+}
+
+const COMPLETE: &str = "complete";
+const AWAITING: &str = "awaiting_retrain";
+
+/// An erasure whose receipt is not complete yet.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    id: String,
+    requested_at: Millis,
+    /// The user's store key, kept only while a training run that may hold them is in progress.
+    key: Option<String>,
+}
+
+/// Erasures awaiting a clean model.
+#[derive(Debug, Default)]
+pub(crate) struct Erasures {
+    pending: Vec<Pending>,
+}
+
+/// Why an erasure failed.
+pub(super) type EraseError = TrainError;
+
+impl Engine {
+    /// Loads incomplete receipts at start-up (no training is running, so no key is needed).
+    pub(super) fn load_pending_erasures(&self) -> bespoke_store::Result<()> {
+        let mut pending = Vec::new();
+        for (id, receipt) in self.store.erasures()? {
+            let r: ErasureReceipt = serde_json::from_value(receipt)
+                .map_err(|e| bespoke_store::Error::Corrupt(format!("erasure {id}: {e}")))?;
+            if r.status != COMPLETE {
+                pending.push(Pending {
+                    id,
+                    requested_at: r.requested_at_ms,
+                    key: None,
+                });
+            }
+        }
+        self.erasures.lock().pending = pending;
+        Ok(())
+    }
+
+    /// Erases a user (see the module docs) and returns the receipt; `None` if there is no such
+    /// user. With `retrain`, trains a model without them at once (waiting for a run in
+    /// progress) and returns the receipt with that model recorded.
+    pub fn erase_user(
+        &self,
+        actor: &str,
+        key: &str,
+        retrain: bool,
+    ) -> Result<Option<ErasureReceipt>, EraseError> {
+        let Some(deleted) = self.delete_user(key)? else {
+            return Ok(None);
+        };
+        let requested_at = super::now_ms();
+        let id = format!(
+            "era_{}",
+            crate::auth::random_bytes()?[..12]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let user_ref = self.user_ref(key);
+        let receipt = {
+            // Held while scrubbing, so that a training run saving a version right now either
+            // saved it before (and it is scrubbed here) or sees this erasure (and scrubs it).
+            let mut erasures = self.erasures.lock();
+            let mut containing = Vec::new();
+            for m in self.store.list_models()? {
+                if scrub(&*self.store, m.version, key)? {
+                    containing.push(m.version);
+                }
+            }
+            // A run in progress may have read the user before the deletion committed.
+            let in_flight = self.training.lock.is_locked();
+            let receipt = ErasureReceipt {
+                erasure_id: id.clone(),
+                user_ref: user_ref.clone(),
+                requested_by: actor.to_owned(),
+                requested_at: crate::time::format_rfc3339(requested_at),
+                requested_at_ms: requested_at,
+                removed: Removed {
+                    profile: true,
+                    events: deleted.events,
+                    serving_state: [
+                        "history",
+                        "popularity and trending",
+                        "co-occurrence",
+                        "cached user vectors",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                },
+                models_containing_user: containing.clone(),
+                model_rows_scrubbed: containing.clone(),
+                model_versions_deleted: Vec::new(),
+                retrain_requested: retrain,
+                first_model_without_user: None,
+                status: if containing.is_empty() && !in_flight {
+                    COMPLETE
+                } else {
+                    AWAITING
+                }
+                .to_owned(),
+            };
+            if receipt.status != COMPLETE {
+                erasures.pending.push(Pending {
+                    id: id.clone(),
+                    requested_at,
+                    key: in_flight.then(|| key.to_owned()),
+                });
+            }
+            self.save_receipt(&receipt)?;
+            receipt
+        };
+        self.audit(
+            actor,
+            "user.erase",
+            Some(&user_ref),
+            Some(serde_json::json!({ "erasure_id": id, "events": deleted.events, "retrain": retrain })),
+        );
+        if retrain && receipt.status != COMPLETE {
+            loop {
+                match self.train(|_| {}) {
+                    // A run that started before the erasure: wait for it, then train again.
+                    Err(TrainError::Busy) => std::thread::sleep(Duration::from_millis(50)),
+                    // Nothing left to train on: no model can hold anyone.
+                    Err(TrainError::NoData) => break,
+                    Err(e) => return Err(e),
+                    Ok(_) => break,
+                }
+            }
+            return Ok(self.erasure(&id)?);
+        }
+        Ok(Some(receipt))
+    }
+
+    /// A stored receipt.
+    pub fn erasure(&self, id: &str) -> bespoke_store::Result<Option<ErasureReceipt>> {
+        self.store
+            .erasure(id)?
+            .map(|v| {
+                serde_json::from_value(v)
+                    .map_err(|e| bespoke_store::Error::Corrupt(format!("erasure {id}: {e}")))
+            })
+            .transpose()
+    }
+
+    fn save_receipt(&self, r: &ErasureReceipt) -> bespoke_store::Result<()> {
+        let value = serde_json::to_value(r).expect("receipts serialise");
+        self.store
+            .save_erasure(&r.erasure_id, r.requested_at_ms, &value)
+    }
+
+    /// After a training run saved `version` from a snapshot read at `snapshot_at`: scrubs it of
+    /// users erased while the run was reading or training.
+    pub(super) fn scrub_new_version(
+        &self,
+        version: u64,
+        snapshot_at: Millis,
+    ) -> bespoke_store::Result<()> {
+        let erasures = self.erasures.lock();
+        for p in &erasures.pending {
+            let Some(key) = &p.key else { continue };
+            if p.requested_at >= snapshot_at
+                && scrub(&*self.store, version, key)?
+                && let Some(mut r) = self.erasure(&p.id)?
+            {
+                r.models_containing_user.push(version);
+                r.model_rows_scrubbed.push(version);
+                r.status = AWAITING.to_owned();
+                self.save_receipt(&r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After `version` (read at `snapshot_at`) became active: completes the receipts of users
+    /// erased before its snapshot, deleting the versions trained with them.
+    pub(super) fn complete_erasures(
+        &self,
+        version: u64,
+        snapshot_at: Millis,
+    ) -> bespoke_store::Result<()> {
+        let mut erasures = self.erasures.lock();
+        let now = crate::time::format_rfc3339(super::now_ms());
+        let mut still = Vec::new();
+        for p in std::mem::take(&mut erasures.pending) {
+            if p.requested_at >= snapshot_at {
+                still.push(p);
+                continue;
+            }
+            let Some(mut r) = self.erasure(&p.id)? else {
+                continue;
+            };
+            for &v in &r.models_containing_user {
+                if v != version && !r.model_versions_deleted.contains(&v) {
+                    match self.store.delete_model(v) {
+                        Ok(()) | Err(bespoke_store::Error::UnknownModel(_)) => {
+                            r.model_versions_deleted.push(v)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            r.first_model_without_user = Some(CleanModel {
+                version,
+                activated_at: now.clone(),
+            });
+            r.status = COMPLETE.to_owned();
+            self.save_receipt(&r)?;
+        }
+        erasures.pending = still;
+        Ok(())
+    }
+
+    /// Forgets the keys of pending erasures when a training run ends: runs go one at a time,
+    /// and every later run reads a snapshot without these users.
+    pub(super) fn release_erasure_keys(&self) {
+        for p in &mut self.erasures.lock().pending {
+            p.key = None;
+        }
+    }
+}
+
+/// Zeroes `key`'s user row in a stored version and blanks its key; whether the version had it.
+fn scrub(store: &dyn bespoke_store::Store, version: u64, key: &str) -> bespoke_store::Result<bool> {
+    let corrupt = |e: artifact::ArtifactError| bespoke_store::Error::Corrupt(e.to_string());
+    let mut users = match store.read_model_file(version, USERS_FILE) {
+        Ok(b) => artifact::decode_keys(&b, USERS_FILE).map_err(corrupt)?,
+        Err(bespoke_store::Error::UnknownModel(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let Some(row) = users.iter().position(|k| k == key) else {
+        return Ok(false);
+    };
+    let als = store.read_model_file(version, ALS_FILE)?;
+    let als = artifact::zero_user_row(&als, row).map_err(corrupt)?;
+    // The key first: if we stop between the two writes, what is left is a vector that nothing
+    // names, not a name.
+    users[row] = String::new();
+    store.rewrite_model_file(version, USERS_FILE, &artifact::encode_keys(&users))?;
+    store.rewrite_model_file(version, ALS_FILE, &als)?;
+    Ok(true)
+}

@@ -1,0 +1,309 @@
+//! Consent, erasure that reaches the model (bit-identical retraining), export.
+
+use std::path::Path;
+
+use reqwest::{Method, StatusCode};
+use safetensors::SafeTensors;
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, assert_error, keys, start_with};
+
+/// Training settings that make runs comparable: fixed threads, no background training.
+async fn server() -> TestServer {
+    start_with(|s| {
+        s.training.threads = 2;
+        s.training.iterations = 6;
+        s.training.factors = 8;
+    })
+    .await
+}
+
+/// 40 users with seeded events at fixed times on 30 items; `victim` adds events of their own,
+/// including on `solo`, an item nobody else touches.
+fn events(with_victim: bool) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut x: u64 = 11;
+    let mut t = 1_700_000_000_000i64;
+    let kinds = ["view", "click", "purchase", "rating"];
+    for u in 0..40u64 {
+        for _ in 0..10 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let item = (x >> 33) % 30;
+            let kind = kinds[((x >> 20) % 4) as usize];
+            t += 60_000;
+            let mut e = json!({ "user": format!("u{u:02}"), "item": format!("i{item:02}"), "type": kind,
+                                "timestamp": bespoke_server::time::format_rfc3339(t) });
+            if kind == "rating" {
+                e["value"] = json!(((x >> 40) % 5 + 1) as f64);
+            }
+            out.push(e);
+            if with_victim && u % 7 == 0 {
+                out.push(json!({ "user": "victim", "item": format!("i{:02}", (item + 3) % 30), "type": "purchase",
+                                 "timestamp": bespoke_server::time::format_rfc3339(t + 1) }));
+            }
+        }
+    }
+    if with_victim {
+        for k in 0..3 {
+            out.push(json!({ "user": "victim", "item": "solo", "type": "like",
+                             "timestamp": bespoke_server::time::format_rfc3339(t + 10 + k) }));
+        }
+    }
+    out
+}
+
+async fn load(srv: &TestServer, with_victim: bool) {
+    let (status, body) = srv
+        .post("/v1/events", json!({ "events": events(with_victim) }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    if with_victim {
+        let (status, body) = srv
+            .put(
+                "/v1/users/victim",
+                json!({ "attributes": { "city": "Lyon" } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+async fn train(srv: &TestServer) -> Value {
+    let (status, body) = srv
+        .request(Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn model_file(dir: &Path, version: u64, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join("models").join(version.to_string()).join(name))
+        .unwrap_or_else(|e| panic!("model {version}/{name}: {e}"))
+}
+
+/// Every tensor of a safetensors file: name, dtype, shape and raw bytes.
+fn tensors(bytes: &[u8]) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            (
+                name,
+                format!("{:?}", t.dtype()),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn user_row(dir: &Path, version: u64, key: &str) -> Option<usize> {
+    let users: Vec<String> =
+        serde_json::from_slice(&model_file(dir, version, "users.json")).unwrap();
+    users.iter().position(|k| k == key)
+}
+
+/// The acceptance test of erasure: after erasing a user and retraining, the model is
+/// bit-identical to one trained from a store that never held the user.
+#[tokio::test]
+async fn erasure_and_retraining_equal_never_having_held_the_user() {
+    let a = server().await;
+    load(&a, true).await;
+    let v1 = train(&a).await;
+    assert_eq!(v1["version"], 1);
+    assert!(user_row(a.dir.path(), 1, "victim").is_some());
+
+    let (status, receipt) = a.delete("/v1/users/victim?retrain=true").await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["key"], "victim");
+    assert_eq!(receipt["status"], "complete", "{receipt}");
+    assert_eq!(receipt["models_containing_user"], json!([1]));
+    assert_eq!(receipt["model_rows_scrubbed"], json!([1]));
+    assert_eq!(receipt["model_versions_deleted"], json!([1]));
+    assert_eq!(receipt["first_model_without_user"]["version"], 2);
+    assert_eq!(receipt["removed"]["profile"], true);
+    assert_eq!(receipt["removed"]["events"], 6 * 10 + 3);
+    let id = receipt["erasure_id"].as_str().unwrap();
+    let (status, stored) = a.get(&format!("/v1/erasures/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        stored["first_model_without_user"],
+        receipt["first_model_without_user"]
+    );
+    assert!(
+        stored.get("key").is_none(),
+        "the stored receipt must not hold the key"
+    );
+    assert!(!stored.to_string().contains("victim"));
+
+    let b = server().await;
+    load(&b, false).await;
+    let w1 = train(&b).await;
+    assert_eq!(w1["version"], 1);
+
+    let (da, db) = (a.dir.path(), b.dir.path());
+    for file in ["als.safetensors", "knn.safetensors"] {
+        let (ta, tb) = (
+            tensors(&model_file(da, 2, file)),
+            tensors(&model_file(db, 1, file)),
+        );
+        assert!(!ta.is_empty());
+        assert!(ta == tb, "{file} differs from the never-held model");
+    }
+    for file in ["users.json", "items.json"] {
+        assert_eq!(model_file(da, 2, file), model_file(db, 1, file), "{file}");
+    }
+    let (_, ma) = a.get("/v1/models").await;
+    let (_, mb) = b.get("/v1/models").await;
+    let (meta_a, meta_b) = (&ma["models"][0]["meta"], &mb["models"][0]["meta"]);
+    assert_eq!(meta_a["metrics"], meta_b["metrics"]);
+    assert_eq!(meta_a["data"]["users"], meta_b["data"]["users"]);
+    assert_eq!(meta_a["data"]["pairs"], meta_b["data"]["pairs"]);
+    // Version 1, trained with the user, is gone.
+    assert!(!da.join("models/1").exists());
+
+    // Serving forgot them at once too.
+    let (_, popular) = a.get("/v1/popular?n=100").await;
+    assert!(!keys(&popular).contains(&"solo".to_owned()));
+    assert_error(
+        &a.get("/v1/users/victim").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+}
+
+/// Without `retrain`, stored model rows are scrubbed at once and the receipt completes when
+/// the next model trained without the user becomes active.
+#[tokio::test]
+async fn erasure_scrubs_stored_models_at_once_and_completes_at_the_next_training() {
+    let a = server().await;
+    load(&a, true).await;
+    train(&a).await;
+    let row = user_row(a.dir.path(), 1, "victim").unwrap();
+    let (status, receipt) = a.delete("/v1/users/victim").await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["status"], "awaiting_retrain");
+    assert!(receipt["first_model_without_user"].is_null());
+    // The key is blanked and the row zeroed; other rows are untouched.
+    let users: Vec<String> =
+        serde_json::from_slice(&model_file(a.dir.path(), 1, "users.json")).unwrap();
+    assert_eq!(users[row], "");
+    assert!(!users.contains(&"victim".to_owned()));
+    let als = model_file(a.dir.path(), 1, "als.safetensors");
+    let st = SafeTensors::deserialize(&als).unwrap();
+    let u = st.tensor("user_factors").unwrap();
+    let dim = u.shape()[1];
+    let data = u.data();
+    assert!(
+        data[row * dim * 4..(row + 1) * dim * 4]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(data[..row * dim * 4].iter().any(|&b| b != 0));
+
+    train(&a).await;
+    let id = receipt["erasure_id"].as_str().unwrap();
+    let (_, done) = a.get(&format!("/v1/erasures/{id}")).await;
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(done["first_model_without_user"]["version"], 2);
+    assert_eq!(done["model_versions_deleted"], json!([1]));
+    assert!(user_row(a.dir.path(), 2, "victim").is_none());
+    assert_error(
+        &a.get("/v1/erasures/era_000000000000000000000000").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+
+    // The audit log names the erasure by reference, never by key.
+    let (_, audit) = a.get("/v1/audit").await;
+    let erase = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "user.erase")
+        .expect("erasure audited");
+    assert_eq!(erase["target"], done["user_ref"]);
+    assert!(!audit.to_string().contains("victim"));
+}
+
+/// A user who objects to training keeps personalized results from their own history, but their
+/// events shape nothing shared; consenting again brings them back at once.
+#[tokio::test]
+async fn training_objection_keeps_events_out_of_everything_shared() {
+    let srv = server().await;
+    load(&srv, false).await;
+    let (status, user) = srv
+        .put(
+            "/v1/users/objector",
+            json!({ "consent": { "training": false } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    assert_eq!(
+        user["consent"],
+        json!({ "personalization": true, "training": false })
+    );
+    // Heavy activity on an item nobody else touches, plus co-occurrence with i00.
+    let mut evs = vec![json!({ "user": "objector", "item": "i00", "type": "purchase" })];
+    for _ in 0..30 {
+        evs.push(json!({ "user": "objector", "item": "niche", "type": "purchase" }));
+    }
+    let (status, _) = srv.post("/v1/events", json!({ "events": evs })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, popular) = srv.get("/v1/popular?n=100").await;
+    assert!(!keys(&popular).contains(&"niche".to_owned()), "{popular}");
+    let (_, similar) = srv
+        .get("/v1/items/i00/similar?n=50&model=cooccurrence")
+        .await;
+    assert!(!keys(&similar).contains(&"niche".to_owned()), "{similar}");
+    // Their own history still personalizes their results (they allowed personalization).
+    let (_, recs) = srv.get("/v1/users/objector/recommendations").await;
+    assert!(
+        !keys(&recs).contains(&"niche".to_owned()),
+        "seen items are excluded"
+    );
+
+    let trained = train(&srv).await;
+    assert_eq!(
+        trained["meta"]["data"]["users"], 40,
+        "the objector is not trained on"
+    );
+    let items: Vec<String> =
+        serde_json::from_slice(&model_file(srv.dir.path(), 1, "items.json")).unwrap();
+    assert!(!items.contains(&"niche".to_owned()));
+    assert!(user_row(srv.dir.path(), 1, "objector").is_none());
+
+    // Consent again: the next request sees them in popularity.
+    let (status, _) = srv
+        .put(
+            "/v1/users/objector",
+            json!({ "consent": { "training": true } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, popular) = srv.get("/v1/popular?n=1").await;
+    assert_eq!(keys(&popular), ["niche"]);
+    let (_, similar) = srv
+        .get("/v1/items/i00/similar?n=50&model=cooccurrence")
+        .await;
+    assert!(keys(&similar).contains(&"niche".to_owned()), "{similar}");
+
+    let (_, audit) = srv.get("/v1/audit").await;
+    let changes: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "consent.change")
+        .collect();
+    assert_eq!(changes.len(), 2, "{audit}");
+    assert_eq!(changes[0]["detail"]["after"]["training"], true);
+    assert!(changes[0]["target"].as_str().unwrap().starts_with("user:"));
+    assert!(!audit.to_string().contains("objector"));
+}
