@@ -294,6 +294,7 @@ pub(crate) fn generate(
                 training: None,
             },
             default_consent: Consent::ALL,
+            restore_times: None,
         });
     }
     // Each user's share of the events, exactly n_events in total.

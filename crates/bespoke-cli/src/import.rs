@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use bespoke_server::Settings;
 use bespoke_server::engine::{Weights, now_ms};
 use bespoke_server::validate::{check_event, check_item, check_key};
-use bespoke_server::wire::{EventJson, ItemJson, UserJson};
+use bespoke_server::wire::{EventJson, ItemJson, USER_EXPORT_FORMAT, UserExport, UserJson};
 use bespoke_store::{ConsentUpdate, EventBatch, ItemUpsert, NewEvent, Store, UserUpsert};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,6 +45,8 @@ pub(crate) enum Kind {
     Users,
     /// Items (JSONL, as `bespoke export items` writes them).
     Items,
+    /// One user's export (`GET /v1/users/{key}/export`): profile, consent, times and events.
+    UserExport,
 }
 
 /// What to do with a bad line.
@@ -235,10 +237,23 @@ pub(crate) fn import(
         Some(f) => f,
         None => guess_format(&args.file)?,
     };
-    let (input, len) = open_input(&args.file)?;
+    let (mut input, len) = open_input(&args.file)?;
     let bar = progress(len, args.quiet || args.json);
     let started = Instant::now();
-    let mut summary = match args.kind {
+    let mut kind = args.kind;
+    // A user export is recognised without --kind by its format tag, which the export endpoint
+    // writes first.
+    let mut head = Vec::new();
+    if kind == Kind::Events && format == Format::Jsonl {
+        input.by_ref().take(256).read_to_end(&mut head)?;
+        let text = String::from_utf8_lossy(&head);
+        if text.trim_start().starts_with('{') && text.contains(USER_EXPORT_FORMAT) {
+            kind = Kind::UserExport;
+        }
+    }
+    let input: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(head).chain(input));
+    let mut summary = match kind {
+        Kind::UserExport => import_user_export(store, settings, input)?,
         Kind::Events => import_events(store, settings, args, format, input, &bar)?,
         Kind::Users | Kind::Items => {
             if format != Format::Jsonl {
@@ -250,6 +265,93 @@ pub(crate) fn import(
     bar.finish_and_clear();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.per_second = (summary.imported + summary.duplicates) as f64 / summary.seconds.max(1e-9);
+    Ok(summary)
+}
+
+/// Imports one user's export: the profile with its consent and times, then the events (with
+/// their ids, so a repeated import stores nothing twice). Any fault stops the import before the
+/// profile is written.
+fn import_user_export(
+    store: &dyn Store,
+    settings: &Settings,
+    mut input: Box<dyn Read + Send>,
+) -> anyhow::Result<Summary> {
+    let mut text = String::new();
+    input
+        .read_to_string(&mut text)
+        .context("reading the export")?;
+    let export: UserExport = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "not a user export: line {}, column {}: {e}",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if export.format != USER_EXPORT_FORMAT {
+        bail!(
+            "format: expected {USER_EXPORT_FORMAT:?}, got {:?}",
+            export.format
+        );
+    }
+    let max_key = settings.limits.max_key_bytes;
+    let key = export.user.key;
+    check_key("user.key", &key, max_key).map_err(|m| anyhow::anyhow!("user.key: {m}"))?;
+    let time = |field: &str, t: &Option<String>| -> anyhow::Result<Option<i64>> {
+        t.as_deref()
+            .map(|t| parse_time(t).map_err(|m| anyhow::anyhow!("user.{field}: {m}")))
+            .transpose()
+    };
+    let restore_times = match (
+        time("created_at", &export.user.created_at)?,
+        time("updated_at", &export.user.updated_at)?,
+    ) {
+        (Some(c), Some(u)) => Some((c, u)),
+        _ => None,
+    };
+    let weights = Weights::new(settings);
+    let now = now_ms();
+    let mut events = Vec::with_capacity(export.events.len());
+    for (i, e) in export.events.into_iter().enumerate() {
+        if e.user != key {
+            bail!("events[{i}].user: {:?} is not the exported user", e.user);
+        }
+        let e = e
+            .into_new_event()
+            .map_err(|m| anyhow::anyhow!("events[{i}]: {m}"))?;
+        check_event(settings, &weights, &e, now)
+            .map_err(|f| anyhow::anyhow!("events[{i}].{}: {}", f.field, f.message))?;
+        events.push(e);
+    }
+    let mut summary = Summary {
+        kind: "user export",
+        lines: 1 + events.len() as u64,
+        ..Summary::default()
+    };
+    let up = store.put_users(vec![UserUpsert {
+        key,
+        attributes: export.user.attributes,
+        consent: ConsentUpdate {
+            personalization: Some(export.user.consent.personalization),
+            training: Some(export.user.consent.training),
+        },
+        default_consent: settings.consent.defaults(),
+        restore_times,
+    }])?;
+    summary.users_created += up.iter().filter(|u| u.created).count() as u64;
+    for chunk in events.chunks(10_000) {
+        let out = store.append_events(EventBatch {
+            events: chunk.to_vec(),
+            create_users: true,
+            create_items: settings.events.create_missing_items,
+            default_consent: settings.consent.defaults(),
+            now: None,
+        })?;
+        for a in &out {
+            summary.duplicates += a.duplicate as u64;
+            summary.imported += !a.duplicate as u64;
+            summary.items_created += a.created_item as u64;
+        }
+    }
     Ok(summary)
 }
 
@@ -748,6 +850,18 @@ fn import_records(
                 .map_err(|e| format!("invalid JSON: {e}"))
                 .and_then(|u| {
                     check_key("key", &u.key, max_key)?;
+                    let time = |field: &str, t: &Option<String>| {
+                        t.as_deref()
+                            .map(|t| parse_time(t).map_err(|m| format!("{field}: {m}")))
+                            .transpose()
+                    };
+                    let restore_times = match (
+                        time("created_at", &u.created_at)?,
+                        time("updated_at", &u.updated_at)?,
+                    ) {
+                        (Some(c), Some(up)) => Some((c, up)),
+                        _ => None,
+                    };
                     users.push((
                         n,
                         UserUpsert {
@@ -758,6 +872,7 @@ fn import_records(
                                 training: Some(u.consent.training),
                             },
                             default_consent,
+                            restore_times,
                         },
                     ));
                     Ok(())

@@ -128,6 +128,10 @@ fn paths() -> Value {
                     { "name": "limit", "in": "query", "description": "Page size, 1 to limits.max_page_size; default 100", "schema": { "type": "integer", "minimum": 1 } },
                     { "name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": { "type": "string" } }],
                 "responses": with_errors(json!({ "200": ok("A page", "EventPage") }), &[400, 404]) } },
+            "/v1/users/{key}/export": { "get": {
+                "summary": "Everything held about a user: profile, consent, every event, and what was derived (history, user vector); `bespoke import` takes it back",
+                "operationId": "exportUser", "parameters": [key_param()],
+                "responses": with_errors(json!({ "200": ok("The export", "UserExport") }), &[400, 404]) } },
             "/v1/users/{key}/recommendations": { "get": {
                 "summary": "Recommendations for a user",
                 "description": "Unknown users and users without personalization consent get popular items; the reasons say so.",
@@ -213,6 +217,13 @@ fn schemas() -> Value {
             "Key": { "type": "object", "properties": { "prefix": { "type": "string" }, "name": { "type": "string" }, "scopes": { "type": "array", "items": { "type": "string" } },
                 "rate_per_second": { "type": ["number", "null"] }, "created_at": { "type": "string", "format": "date-time" }, "revoked_at": { "type": ["string", "null"], "format": "date-time" },
                 "key": { "type": "string", "description": "The key itself; only in the answer to its creation, never again" } } },
+            "UserExport": { "type": "object", "properties": {
+                "format": { "type": "string", "const": "bespoke.user-export.v1" }, "exported_at": { "type": "string", "format": "date-time" },
+                "user": { "$ref": "#/components/schemas/User" },
+                "events": { "type": "array", "items": { "$ref": "#/components/schemas/StoredEvent" } },
+                "derived": { "type": "object", "properties": { "history": { "type": "array", "items": { "type": "object" } },
+                    "personalization_applied": { "type": "boolean" }, "shared_statistics": { "type": "boolean" },
+                    "model_version": { "type": ["integer", "null"] }, "user_vector": { "type": ["array", "null"], "items": { "type": "number" } } } } } },
             "ErasureReceipt": { "type": "object", "properties": {
                 "erasure_id": { "type": "string" }, "user_ref": { "type": "string", "description": "Keyed hash of the user key, as in the audit log" },
                 "key": { "type": "string", "description": "Only in the DELETE answer; the stored receipt holds no key" },

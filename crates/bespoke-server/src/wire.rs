@@ -78,10 +78,10 @@ pub struct UserJson {
     pub attributes: Map<String, Value>,
     /// Consent flags.
     pub consent: Consent,
-    /// Creation time (informational; not imported).
+    /// Creation time (kept on import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
-    /// Last change (informational; not imported).
+    /// Last change (kept on import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
 }
@@ -165,4 +165,25 @@ impl From<Item> for ItemJson {
             updated_at: Some(format_rfc3339(i.updated_at)),
         }
     }
+}
+
+/// Format tag of [`UserExport`].
+pub const USER_EXPORT_FORMAT: &str = "bespoke.user-export.v1";
+
+/// Everything held about one user (`GET /v1/users/{key}/export`); `bespoke import` takes it
+/// back (profile, consent, times and events; `derived` is recomputed, not imported).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserExport {
+    /// [`USER_EXPORT_FORMAT`].
+    pub format: String,
+    /// When the export was made.
+    pub exported_at: String,
+    /// Profile and consent.
+    pub user: UserJson,
+    /// Every event, oldest first.
+    pub events: Vec<EventJson>,
+    /// What the engine derived from them: per-item history, consent as applied, and the user
+    /// vector of the served model.
+    pub derived: Value,
 }

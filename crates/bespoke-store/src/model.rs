@@ -66,6 +66,8 @@ pub struct UserUpsert {
     pub consent: ConsentUpdate,
     /// Consent of a newly created user before `consent` is applied.
     pub default_consent: Consent,
+    /// `(created_at, updated_at)` to keep instead of now: restoring an export.
+    pub restore_times: Option<(Millis, Millis)>,
 }
 
 /// A stored item.

@@ -1377,6 +1377,10 @@ impl Writer {
                         });
                         continue;
                     }
+                    // An id this store issued for an event since erased (an export imported
+                    // back): its sequence number is in the past and will never be issued again,
+                    // so it is safe to keep as a client id.
+                    None if (issued_seq as i64) < self.next_seq => {}
                     _ => {
                         return Err(Error::ReservedEventId {
                             index,
@@ -1418,7 +1422,8 @@ impl Writer {
     }
 
     fn put_user(&mut self, u: UserUpsert) -> Result<Upserted<User>> {
-        let now = now_ms();
+        let now = u.restore_times.map_or_else(now_ms, |t| t.1);
+        let created_at = u.restore_times.map_or(now, |t| t.0);
         let existing = read_user(&self.conn, &u.key)?;
         let created = existing.is_none();
         let base = existing.as_ref().map_or(u.default_consent, |e| e.consent);
@@ -1440,9 +1445,9 @@ impl Writer {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at,
-                         consent_training) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                         consent_training) VALUES (?1, ?2, ?3, ?4, ?6, ?5)",
                     )?
-                    .execute(params![u.key, attrs, consent.personalization, now, consent.training])?;
+                    .execute(params![u.key, attrs, consent.personalization, created_at, consent.training, now])?;
             }
         }
         let record = read_user(&self.conn, &u.key)?
@@ -1688,10 +1693,23 @@ mod tests {
         let forged = format_uuid(&event_id::issued(s.id_tag, 1_700_000_000_000, 999));
         let forged = NewEvent {
             event_id: Some(forged),
-            ..e
+            ..e.clone()
         };
         let err = s.append_events(EventBatch::new(vec![forged])).unwrap_err();
         assert!(matches!(err, Error::ReservedEventId { index: 0, .. }) && err.is_user_error());
+        assert_eq!(s.stats().unwrap().events, 1);
+        // An erased event imported back keeps its issued id, once.
+        s.delete_user(&e.user).unwrap().unwrap();
+        let restore = NewEvent {
+            event_id: Some(issued.clone()),
+            ..e.clone()
+        };
+        let back = s
+            .append_events(EventBatch::new(vec![restore.clone()]))
+            .unwrap();
+        assert!(!back[0].duplicate);
+        assert_eq!(back[0].event_id, issued);
+        assert!(s.append_events(EventBatch::new(vec![restore])).unwrap()[0].duplicate);
         assert_eq!(s.stats().unwrap().events, 1);
     }
 
@@ -1726,6 +1744,7 @@ mod tests {
                 personalization: false,
                 training: true,
             },
+            restore_times: None,
         };
         let created = s.put_user(up.clone()).unwrap();
         assert!(created.created);

@@ -466,3 +466,111 @@ fn keys_are_created_listed_and_revoked_from_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API key"));
 }
+
+/// A user's export, imported back with `bespoke import` after their erasure, exports the same
+/// again: profile, consent, times, events (with their ids) and what was derived from them.
+#[test]
+fn a_user_export_round_trips_through_import() {
+    use bespoke_server::engine::Engine;
+    use bespoke_store::{Consent, ConsentUpdate, NewEvent, UserUpsert};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = bespoke_server::Settings::default();
+    settings.store.data_dir = dir.path().to_owned();
+    settings.training.threads = 1;
+    settings.training.evaluate = false;
+    let settings = Arc::new(settings);
+    let open = || {
+        let store = bespoke_server::open_store(&settings).unwrap();
+        Engine::open(store, settings.clone()).unwrap()
+    };
+    let engine = open();
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("city".into(), serde_json::json!("Zürich"));
+    attributes.insert("tags".into(), serde_json::json!(["a", "b"]));
+    engine
+        .put_user(UserUpsert {
+            key: "ann".into(),
+            attributes,
+            consent: ConsentUpdate {
+                personalization: Some(true),
+                training: Some(false),
+            },
+            default_consent: Consent::ALL,
+            restore_times: None,
+        })
+        .unwrap();
+    let mut events = Vec::new();
+    for u in 0..20 {
+        for i in 0..6 {
+            let mut e = NewEvent::new(format!("u{u}"), format!("i{}", (u + i) % 12), "click");
+            e.timestamp = Some(1_700_000_000_000 + (u * 10 + i) as i64 * 1000);
+            events.push(e);
+        }
+    }
+    for (n, item) in ["i1", "i2", "i3", "i2"].iter().enumerate() {
+        let mut e = NewEvent::new("ann", *item, if n == 3 { "rating" } else { "purchase" });
+        e.timestamp = Some(1_700_100_000_000 + n as i64);
+        if n == 3 {
+            e.value = Some(4.5);
+        }
+        if n == 0 {
+            e.event_id = Some("client-id-1".into());
+        }
+        if n == 1 {
+            let mut ctx = serde_json::Map::new();
+            ctx.insert("device".into(), serde_json::json!("phone"));
+            e.context = Some(ctx);
+        }
+        events.push(e);
+    }
+    engine.ingest(events).unwrap();
+    engine.train(|_| {}).unwrap();
+    let first = engine.export_user("test", "ann").unwrap().unwrap();
+    assert_eq!(first.events.len(), 4);
+    assert!(first.derived["user_vector"].is_array(), "{}", first.derived);
+    let file = dir.path().join("ann.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&first).unwrap()).unwrap();
+    engine.erase_user("test", "ann", false).unwrap().unwrap();
+    assert!(engine.export_user("test", "ann").unwrap().is_none());
+    drop(engine);
+
+    let summary = json(&bespoke(
+        dir.path(),
+        &["import", file.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(summary["kind"], "user export", "{summary}");
+    assert_eq!(summary["imported"], 4);
+    assert_eq!(summary["users_created"], 1);
+    let again = json(&bespoke(
+        dir.path(),
+        &["import", file.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(
+        (again["imported"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(4))
+    );
+
+    let engine = open();
+    let second = engine.export_user("test", "ann").unwrap().unwrap();
+    assert_eq!(second.user, first.user);
+    assert_eq!(second.events, first.events);
+    assert_eq!(second.derived, first.derived);
+    assert_eq!(second.format, first.format);
+
+    // A broken export names what is wrong and imports nothing.
+    let mut bad = serde_json::to_value(&first).unwrap();
+    bad["events"][2]["user"] = serde_json::json!("bob");
+    std::fs::write(&file, bad.to_string()).unwrap();
+    let out = bespoke(
+        dir.path(),
+        &["import", file.to_str().unwrap(), "--kind", "user-export"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("events[2].user"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

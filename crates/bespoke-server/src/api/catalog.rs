@@ -58,6 +58,7 @@ pub(crate) async fn put_user(
             training: body.consent.training,
         },
         default_consent: state.engine.settings().consent.defaults(),
+        restore_times: None,
     };
     let engine = state.engine.clone();
     let out = blocking(move || {
@@ -113,6 +114,25 @@ pub(crate) async fn delete_user(
     out["deleted"] = Value::Bool(true);
     out["events_deleted"] = receipt.removed.events.into();
     Ok(Json(out))
+}
+
+/// `GET /v1/users/{key}/export`: everything held about the user.
+pub(crate) async fn export_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    KeyPath(key): KeyPath,
+) -> Result<Json<crate::wire::UserExport>, ApiError> {
+    validate_key("key", &key, key_limit(&state))?;
+    let engine = state.engine.clone();
+    let k = key.clone();
+    blocking(move || {
+        engine
+            .export_user(&caller.prefix, &k)
+            .map_err(ApiError::from)
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::not_found("user", &key))
 }
 
 /// `GET /v1/erasures/{id}`.

@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("PUT", "/v1/users/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/users/{key}", Access::Needs(Scope::Write)),
     ("GET", "/v1/users/{key}/events", Access::Needs(Scope::Write)),
+    ("GET", "/v1/users/{key}/export", Access::Needs(Scope::Admin)),
     (
         "GET",
         "/v1/users/{key}/recommendations",
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(catalog::delete_user),
         )
         .route("/v1/users/{key}/events", get(events::user_events))
+        .route("/v1/users/{key}/export", get(catalog::export_user))
         .route(
             "/v1/users/{key}/recommendations",
             get(serving::recommendations),

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::Engine;
 use crate::auth::{AuthError, Caller, Scope};
+use crate::wire::{EventJson, USER_EXPORT_FORMAT, UserExport, UserJson};
 
 impl Engine {
     /// Reloads the key mirror from the store (keys created or revoked by another process).
@@ -95,6 +96,32 @@ impl Engine {
         if let Err(e) = self.store.audit(entry) {
             tracing::error!(target: "audit", error = %e, action, "could not write the audit log");
         }
+    }
+
+    /// Everything held about a user (see [`UserExport`]); `None` for an unknown user. Audited.
+    pub fn export_user(&self, actor: &str, key: &str) -> bespoke_store::Result<Option<UserExport>> {
+        let Some(user) = self.store.get_user(key)? else {
+            return Ok(None);
+        };
+        let mut events = Vec::new();
+        let mut before = None;
+        while let Some(page) = self.store.user_events(key, before, 1000)? {
+            events.extend(page.items.into_iter().map(EventJson::from));
+            match page.next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        events.reverse();
+        let derived = self.derived(key).unwrap_or(Value::Null);
+        self.audit(actor, "user.export", Some(&self.user_ref(key)), None);
+        Ok(Some(UserExport {
+            format: USER_EXPORT_FORMAT.to_owned(),
+            exported_at: crate::time::format_rfc3339(super::now_ms()),
+            user: UserJson::from(user),
+            events,
+            derived,
+        }))
     }
 
     /// A page of the audit log, newest first.

@@ -737,6 +737,7 @@ mod tests {
                 training: None,
             },
             default_consent: bespoke_store::Consent::ALL,
+            restore_times: None,
         })
         .unwrap();
         e.ingest(vec![NewEvent::new("quiet", "i", "view")]).unwrap();

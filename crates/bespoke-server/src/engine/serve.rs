@@ -85,6 +85,42 @@ impl Engine {
             .collect()
     }
 
+    /// What serving derived from a user, for their data export: per-item history, consent as
+    /// applied, and (with personalization allowed and a model served) their user vector. `None`
+    /// for an unknown user.
+    pub fn derived(&self, user_key: &str) -> Option<serde_json::Value> {
+        let model = self.model.load_full();
+        let s = self.state.read();
+        let user = UserIdx(s.users.get(user_key)?);
+        let personal = s
+            .personalization
+            .get(user.0 as usize)
+            .copied()
+            .unwrap_or(true);
+        let history: Vec<serde_json::Value> = s
+            .live
+            .history(user)
+            .iter()
+            .map(|x| {
+                serde_json::json!({ "item": s.item_key(x.item), "weight": x.weight, "events": x.count,
+                                    "last_event_at": crate::time::format_rfc3339(x.last_ts) })
+            })
+            .collect();
+        let vector = model.as_ref().filter(|_| personal).and_then(|m| {
+            let h = Self::model_history(&s, m, user);
+            m.als
+                .user_vector(user.0, s.revision(user), &h)
+                .map(|v| (m.version, v.x.clone()))
+        });
+        Some(serde_json::json!({
+            "history": history,
+            "personalization_applied": personal,
+            "shared_statistics": !s.live.is_private(user),
+            "model_version": vector.as_ref().map(|v| v.0),
+            "user_vector": vector.map(|v| v.1),
+        }))
+    }
+
     /// Recommendations for a user (see the module docs for the model and fallback rules).
     pub fn recommend(&self, user_key: &str, q: &RecommendQuery) -> Recommendations {
         let model = self.model.load_full();

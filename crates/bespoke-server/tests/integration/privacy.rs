@@ -307,3 +307,68 @@ async fn training_objection_keeps_events_out_of_everything_shared() {
     assert!(changes[0]["target"].as_str().unwrap().starts_with("user:"));
     assert!(!audit.to_string().contains("objector"));
 }
+
+#[tokio::test]
+async fn export_returns_everything_held_about_a_user() {
+    let srv = server().await;
+    load(&srv, true).await;
+    train(&srv).await;
+    let (status, export) = srv.get("/v1/users/victim/export").await;
+    assert_eq!(status, StatusCode::OK, "{export}");
+    assert_eq!(export["format"], "bespoke.user-export.v1");
+    assert_eq!(export["user"]["key"], "victim");
+    assert_eq!(export["user"]["attributes"], json!({ "city": "Lyon" }));
+    assert_eq!(
+        export["user"]["consent"],
+        json!({ "personalization": true, "training": true })
+    );
+    let events = export["events"].as_array().unwrap();
+    assert_eq!(events.len(), 63);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["user"] == "victim" && e["event_id"].is_string())
+    );
+    let times: Vec<&str> = events
+        .iter()
+        .map(|e| e["timestamp"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+    let derived = &export["derived"];
+    assert!(
+        derived["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["item"] == "solo")
+    );
+    assert_eq!(derived["model_version"], 1);
+    assert_eq!(derived["user_vector"].as_array().unwrap().len(), 8);
+    // The format tag comes first, so `bespoke import` recognises the file.
+    let resp = srv
+        .client
+        .get(format!("{}/v1/users/victim/export", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .starts_with(r#"{"format":"bespoke.user-export.v1""#)
+    );
+    assert_error(
+        &srv.get("/v1/users/nobody/export").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    let (_, audit) = srv.get("/v1/audit").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "user.export")
+    );
+}
