@@ -193,6 +193,34 @@ impl LiveIndex {
         removed
     }
 
+    /// Forgets expired events: `expired` lists each one as `(user, item, weight)` (as applied),
+    /// all older than `cutoff`, which also drops them from popularity.
+    pub fn expire(&mut self, expired: &[(UserIdx, ItemIdx, f32)], cutoff: Millis) {
+        for &(user, item, weight) in expired {
+            let Some(history) = self.users.get_mut(user.0 as usize) else {
+                continue;
+            };
+            let Ok(pos) = history.binary_search_by_key(&item, |x| x.item) else {
+                continue;
+            };
+            let x = &mut history[pos];
+            x.weight -= weight;
+            x.count -= 1;
+            self.events -= 1;
+            if x.count == 0 {
+                history.remove(pos);
+                let i = item.0 as usize;
+                self.item_users[i].retain(|&u| u != user);
+                let private = self.private.get(user.0 as usize).copied().unwrap_or(false);
+                self.private_users[i] -= private as u32;
+            }
+        }
+        self.popularity.remove_before(cutoff);
+        for log in self.private_log.values_mut() {
+            log.retain(|e| e.2 >= cutoff);
+        }
+    }
+
     /// Forgets everything about `item`; returns the number of events removed.
     pub fn remove_item(&mut self, item: ItemIdx) -> u64 {
         let Some(users) = self.item_users.get_mut(item.0 as usize) else {
@@ -393,6 +421,46 @@ mod tests {
                 prop_assert_eq!(live.popularity().count(i), always.popularity().count(i));
                 prop_assert!((live.popularity().total(i) - always.popularity().total(i)).abs() < 1e-6);
                 prop_assert_eq!(live.related(i, 8, 100, |_| true), always.related(i, 8, 100, |_| true));
+            }
+        }
+
+        /// Expiring old events leaves the index a rebuild from the remaining events would give.
+        #[test]
+        fn expiry_equals_rebuild_from_what_remains(
+            events in proptest::collection::vec((0u32..5, 0u32..8, 1i32..6, 0i64..1000), 0..100),
+            cutoff in 0i64..1000,
+        ) {
+            let mut live = index();
+            let mut kept = index();
+            for &(u, i, w, ts) in &events {
+                live.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                if ts >= cutoff {
+                    kept.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                }
+            }
+            let expired: Vec<_> = events
+                .iter()
+                .filter(|e| e.3 < cutoff)
+                .map(|&(u, i, w, _)| (UserIdx(u), ItemIdx(i), w as f32))
+                .collect();
+            live.expire(&expired, cutoff);
+            prop_assert_eq!(live.events(), kept.events());
+            for u in 0..5 {
+                let (a, b) = (live.history(UserIdx(u)), kept.history(UserIdx(u)));
+                prop_assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(b) {
+                    prop_assert_eq!((x.item, x.count, x.last_ts), (y.item, y.count, y.last_ts));
+                    prop_assert!((x.weight - y.weight).abs() < 1e-4);
+                }
+            }
+            for i in 0..8 {
+                let i = ItemIdx(i);
+                let mut users = live.item_users(i).to_vec();
+                let mut want = kept.item_users(i).to_vec();
+                users.sort();
+                want.sort();
+                prop_assert_eq!(users, want);
+                prop_assert_eq!(live.popularity().count(i), kept.popularity().count(i));
             }
         }
 

@@ -133,6 +133,11 @@ impl Popularity {
             .collect()
     }
 
+    /// Forgets every event older than `cutoff` (retention); returns how many.
+    pub fn remove_before(&mut self, cutoff: Millis) -> usize {
+        self.remove_where(|e| e.ts < cutoff).len()
+    }
+
     /// Forgets every event on `item`.
     pub fn remove_item(&mut self, item: ItemIdx) -> usize {
         self.remove_where(|e| e.item == item.0).len()

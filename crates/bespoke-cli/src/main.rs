@@ -59,6 +59,17 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Evaluate models offline (implicit_bench.py's metrics and JSON keys).
     Eval(eval::EvalArgs),
+    /// Enforce retention: delete events older than privacy.max_event_age_days (or
+    /// --max-event-age-days) and what was derived from them. For a stopped server; a running
+    /// server does this itself every privacy.retention_interval_minutes.
+    Gc {
+        /// Override privacy.max_event_age_days.
+        #[arg(long)]
+        max_event_age_days: Option<f64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, list and revoke API keys.
     Keys(keys::KeysArgs),
     /// Benchmarks that print JSON.
@@ -179,5 +190,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
+        Command::Gc {
+            max_event_age_days,
+            json,
+        } => {
+            if let Some(days) = max_event_age_days {
+                settings.privacy.max_event_age_days = days;
+            }
+            settings.validate().map_err(|m| anyhow::anyhow!(m))?;
+            let days = settings.privacy.max_event_age_days;
+            let store = bespoke_server::open_store(&settings)?;
+            let engine = bespoke_server::Engine::open(store, std::sync::Arc::new(settings))?;
+            let expired = engine.apply_retention("cli")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "expired_events": expired, "max_event_age_days": days })
+                );
+            } else if days <= 0.0 {
+                eprintln!("privacy.max_event_age_days is 0 (keep forever): nothing expired");
+            } else {
+                eprintln!("expired {expired} events older than {days} days");
+            }
+            Ok(())
+        }
     }
 }

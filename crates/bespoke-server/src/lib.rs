@@ -189,13 +189,33 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     tracing::info!(%addr, "serving");
     let trainer = tokio::spawn(background_trainer(engine.clone()));
     let keys = tokio::spawn(refresh_keys(engine.clone()));
+    let mut background = vec![trainer, keys];
+    if engine.settings().privacy.max_event_age_days > 0.0 {
+        background.push(tokio::spawn(retention(engine.clone())));
+    }
     Ok(Server {
         addr,
         engine,
         stop: Some(stop),
         task,
-        background: vec![trainer, keys],
+        background,
     })
+}
+
+/// Enforces `privacy.max_event_age_days` at start-up and every `retention_interval_minutes`.
+async fn retention(engine: Arc<Engine>) {
+    let every = engine.settings().privacy.retention_interval_minutes.max(1);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(every * 60));
+    loop {
+        ticker.tick().await;
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.apply_retention("retention")).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(target: "serve::privacy", events = n, "expired old events"),
+            Ok(Err(e)) => tracing::warn!(target: "serve::privacy", error = %e, "retention failed"),
+            Err(e) => tracing::error!(target: "serve::privacy", error = %e, "retention panicked"),
+        }
+    }
 }
 
 /// How often the key mirror is reloaded from the store.

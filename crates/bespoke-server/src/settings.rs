@@ -26,6 +26,8 @@ pub struct Settings {
     pub events: EventSettings,
     /// Consent defaults.
     pub consent: ConsentSettings,
+    /// Retention and pseudonymization.
+    pub privacy: PrivacySettings,
     /// Serving behaviour.
     pub serving: ServingSettings,
     /// Model training.
@@ -73,6 +75,48 @@ impl Default for AuthSettings {
             rate_per_second: 0.0,
             burst_seconds: 2.0,
         }
+    }
+}
+
+/// Retention and pseudonymization.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// Events older than this many days are deleted, with what serving derived from them;
+    /// 0 keeps events forever.
+    pub max_event_age_days: f64,
+    /// How often the server enforces `max_event_age_days`, in minutes.
+    pub retention_interval_minutes: u64,
+    /// Store user keys only as HMAC-SHA256(`pseudonym_secret`, key): the store never holds a
+    /// raw user key, and the API keeps working with raw keys. Choose it when creating a store.
+    pub pseudonymize_user_keys: bool,
+    /// The HMAC key, at least 32 bytes; best set through `BESPOKE__PRIVACY__PSEUDONYM_SECRET`.
+    pub pseudonym_secret: Secret,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            max_event_age_days: 0.0,
+            retention_interval_minutes: 60,
+            pseudonymize_user_keys: false,
+            pseudonym_secret: Secret::default(),
+        }
+    }
+}
+
+/// A string that `Debug` does not print.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
     }
 }
 
@@ -506,6 +550,19 @@ impl Settings {
                 "auth.enabled = false is allowed only with a loopback bind, not {}",
                 self.server.bind
             ));
+        }
+        let p = &self.privacy;
+        if !(p.max_event_age_days.is_finite() && p.max_event_age_days >= 0.0) {
+            return Err("privacy.max_event_age_days must be 0 (keep forever) or positive".into());
+        }
+        if p.max_event_age_days > 0.0 && p.retention_interval_minutes == 0 {
+            return Err("privacy.retention_interval_minutes must be at least 1".into());
+        }
+        if p.pseudonymize_user_keys && p.pseudonym_secret.0.len() < 32 {
+            return Err(
+                "privacy.pseudonymize_user_keys needs privacy.pseudonym_secret of at least 32 bytes"
+                    .into(),
+            );
         }
         if !(self.auth.rate_per_second.is_finite() && self.auth.rate_per_second >= 0.0) {
             return Err("auth.rate_per_second must be 0 (unlimited) or positive".into());

@@ -88,7 +88,22 @@ pub fn check_event(
         ));
     }
     if let Some(ts) = e.timestamp {
-        let min = parse_rfc3339(&limits.min_event_time).expect("validated at start-up");
+        let mut min = parse_rfc3339(&limits.min_event_time).expect("validated at start-up");
+        let max_age = settings.privacy.max_event_age_days;
+        if max_age > 0.0 {
+            // An hour's margin, so that retention never expires an event still being applied.
+            let cutoff = now - (max_age * 86_400_000.0) as i64 + RETENTION_MARGIN_MS;
+            if ts < cutoff {
+                return Err(fail(
+                    "timestamp",
+                    format!(
+                        "timestamp {} is older than privacy.max_event_age_days ({max_age} days)",
+                        format_rfc3339(ts)
+                    ),
+                ));
+            }
+            min = min.max(cutoff);
+        }
         let max = now + limits.max_clock_skew_secs as i64 * 1000;
         if ts < min || ts > max {
             return Err(fail(
@@ -104,6 +119,9 @@ pub fn check_event(
     }
     Ok(())
 }
+
+/// How much younger than the retention cutoff a new event must be.
+pub const RETENTION_MARGIN_MS: i64 = 3_600_000;
 
 /// Most categories per item.
 pub const MAX_CATEGORIES: usize = 100;

@@ -150,6 +150,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// returns the record).
     fn revoke_key(&self, prefix: &str) -> Result<Option<KeyRecord>>;
 
+    /// Deletes up to `limit` events older than `before` (retention) and returns them, so that
+    /// derived state can forget them too. Call until it returns nothing.
+    fn delete_events_before(&self, before: Millis, limit: usize) -> Result<Vec<Interaction>>;
+
     /// The store's secret called `name`: `fresh` is kept and returned the first time, the kept
     /// value every time after (for keyed hashes that must survive restarts).
     fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]>;

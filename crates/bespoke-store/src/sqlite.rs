@@ -743,6 +743,30 @@ impl Store for SqliteStore {
         Ok(self.keys()?.into_iter().find(|k| k.prefix == prefix))
     }
 
+    fn delete_events_before(&self, before: Millis, limit: usize) -> Result<Vec<Interaction>> {
+        self.exec(move |c| {
+            // Old events sit mostly at the start of the log, so the scan for them stops early.
+            let mut stmt = c.prepare_cached(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < ?1 LIMIT ?2)
+                 RETURNING seq, user_id, item_id, kind, value, ts",
+            )?;
+            let mut rows = stmt.query(params![before, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(Interaction {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    user: UserIdx(to_u32(r.get(1)?, "users")?),
+                    item: ItemIdx(to_u32(r.get(2)?, "items")?),
+                    kind: r.get(3)?,
+                    value: r.get(4)?,
+                    timestamp: r.get(5)?,
+                });
+            }
+            out.sort_by_key(|i| i.seq);
+            Ok(out)
+        })
+    }
+
     fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]> {
         let name = name.to_owned();
         self.exec(move |c| {

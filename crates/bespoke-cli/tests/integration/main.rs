@@ -574,3 +574,42 @@ fn a_user_export_round_trips_through_import() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn gc_expires_events_past_the_retention_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let csv = dir.path().join("events.csv");
+    let mut text = String::from("user,item,type,time\n");
+    for u in 0..10 {
+        text += &format!("u{u},old,view,{}\n", now - 50 * 86_400);
+        text += &format!("u{u},new,view,{}\n", now - 86_400);
+    }
+    std::fs::write(&csv, text).unwrap();
+    ok(&bespoke(
+        dir.path(),
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--type-col",
+            "type",
+            "--time-col",
+            "time",
+        ],
+    ));
+    let out = json(&bespoke(dir.path(), &["gc", "--json"]));
+    assert_eq!(out["expired_events"], 0, "no limit configured: {out}");
+    let out = json(&bespoke(
+        dir.path(),
+        &["gc", "--max-event-age-days", "30", "--json"],
+    ));
+    assert_eq!(out["expired_events"], 10, "{out}");
+    let stats = json(&bespoke(dir.path(), &["stats", "--json"]));
+    assert_eq!(stats["events"], 10, "{stats}");
+    let out = bespoke(dir.path(), &["gc", "--max-event-age-days=-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_event_age_days"));
+}

@@ -5,6 +5,9 @@ use serde_json::Value;
 
 use super::Engine;
 use crate::auth::{AuthError, Caller, Scope};
+/// Events deleted per retention transaction.
+const RETENTION_BATCH: usize = 50_000;
+
 use crate::wire::{EventJson, USER_EXPORT_FORMAT, UserExport, UserJson};
 
 impl Engine {
@@ -122,6 +125,49 @@ impl Engine {
             events,
             derived,
         }))
+    }
+
+    /// Deletes events older than `privacy.max_event_age_days` from the store and from serving;
+    /// returns how many. The next trained model is the first without them.
+    pub fn apply_retention(&self, actor: &str) -> bespoke_store::Result<u64> {
+        let days = self.settings.privacy.max_event_age_days;
+        if days <= 0.0 {
+            return Ok(0);
+        }
+        let cutoff = super::now_ms() - (days * 86_400_000.0) as i64;
+        let mut total = 0u64;
+        loop {
+            let batch = self.store.delete_events_before(cutoff, RETENTION_BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            total += batch.len() as u64;
+            let mut s = self.state.write();
+            let expired: Vec<_> = batch
+                .iter()
+                .filter(|e| {
+                    !s.deleted_users.contains(&e.user.0) && !s.deleted_items.contains(&e.item.0)
+                })
+                // Events of types no longer configured were never applied.
+                .filter_map(|e| {
+                    let w = self.weights.weight(&e.kind, e.value)?;
+                    w.is_finite().then_some((e.user, e.item, w))
+                })
+                .collect();
+            s.live.expire(&expired, cutoff);
+            for &(u, _, _) in &expired {
+                s.bump_user(u);
+            }
+        }
+        if total > 0 {
+            self.audit(
+                actor,
+                "events.expire",
+                None,
+                Some(serde_json::json!({ "events": total, "before": crate::time::format_rfc3339(cutoff) })),
+            );
+        }
+        Ok(total)
     }
 
     /// A page of the audit log, newest first.

@@ -372,3 +372,56 @@ async fn export_returns_everything_held_about_a_user() {
             .any(|e| e["action"] == "user.export")
     );
 }
+
+/// Events past `privacy.max_event_age_days` leave the store and serving; new ones that old are
+/// refused.
+#[tokio::test]
+async fn retention_expires_old_events_everywhere() {
+    let srv = server().await;
+    let now = bespoke_server::engine::now_ms();
+    let day = 86_400_000i64;
+    let at = |t: i64| bespoke_server::time::format_rfc3339(t);
+    let mut evs = Vec::new();
+    for u in 0..5 {
+        evs.push(json!({ "user": format!("u{u}"), "item": "old", "type": "purchase", "timestamp": at(now - 40 * day) }));
+        evs.push(json!({ "user": format!("u{u}"), "item": "new", "type": "view", "timestamp": at(now - day) }));
+    }
+    let (status, _) = srv.post("/v1/events", json!({ "events": evs })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, popular) = srv.get("/v1/popular?n=2").await;
+    assert_eq!(keys(&popular), ["old", "new"]);
+    let dir = srv.stop().await;
+
+    let srv = crate::common::start_in(dir, |s| s.privacy.max_event_age_days = 30.0).await;
+    // The server enforces retention when it starts; wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while srv.counts().await["events"] != 5 {
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, popular) = srv.get("/v1/popular?n=5").await;
+    assert_eq!(keys(&popular), ["new"]);
+    let (_, events) = srv.get("/v1/users/u0/events").await;
+    assert_eq!(events["events"].as_array().unwrap().len(), 1);
+    let (_, audit) = srv.get("/v1/audit").await;
+    let expire = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "events.expire")
+        .expect("audited");
+    assert_eq!(expire["detail"]["events"], 5);
+    // An event already past the limit is refused, naming the field.
+    let got = srv
+        .post(
+            "/v1/events",
+            json!({ "events": [{ "user": "u0", "item": "x", "type": "view", "timestamp": at(now - 31 * day) }] }),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("events[0].timestamp"),
+    );
+}
