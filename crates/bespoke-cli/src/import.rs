@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bespoke_server::Settings;
 use bespoke_server::engine::{Weights, now_ms};
+use bespoke_server::privacy::{UserKeys, check_store};
 use bespoke_server::validate::{check_event, check_item, check_key};
 use bespoke_server::wire::{EventJson, ItemJson, USER_EXPORT_FORMAT, UserExport, UserJson};
 use bespoke_store::{ConsentUpdate, EventBatch, ItemUpsert, NewEvent, Store, UserUpsert};
@@ -233,6 +234,8 @@ pub(crate) fn import(
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    let user_keys = UserKeys::new(settings);
+    check_store(store, &user_keys)?;
     let format = match args.format {
         Some(f) => f,
         None => guess_format(&args.file)?,
@@ -309,6 +312,7 @@ fn import_user_export(
         _ => None,
     };
     let weights = Weights::new(settings);
+    let user_keys = UserKeys::new(settings);
     let now = now_ms();
     let mut events = Vec::with_capacity(export.events.len());
     for (i, e) in export.events.into_iter().enumerate() {
@@ -320,7 +324,10 @@ fn import_user_export(
             .map_err(|m| anyhow::anyhow!("events[{i}]: {m}"))?;
         check_event(settings, &weights, &e, now)
             .map_err(|f| anyhow::anyhow!("events[{i}].{}: {}", f.field, f.message))?;
-        events.push(e);
+        events.push(NewEvent {
+            user: user_keys.to_store(&e.user).into_owned(),
+            ..e
+        });
     }
     let mut summary = Summary {
         kind: "user export",
@@ -328,7 +335,7 @@ fn import_user_export(
         ..Summary::default()
     };
     let up = store.put_users(vec![UserUpsert {
-        key,
+        key: user_keys.to_store(&key).into_owned(),
         attributes: export.user.attributes,
         consent: ConsentUpdate {
             personalization: Some(export.user.consent.personalization),
@@ -555,6 +562,7 @@ fn parse_events(
     bar: &ProgressBar,
 ) -> anyhow::Result<(u64, Option<u64>)> {
     let weights = Weights::new(settings);
+    let user_keys = UserKeys::new(settings);
     let now = now_ms();
     let stop = args.on_error == OnError::Stop;
     let mut events = Vec::with_capacity(args.batch);
@@ -569,7 +577,10 @@ fn parse_events(
             Err(f) => Err(format!("{}: {}", f.field, f.message)),
         });
         match checked {
-            Ok(e) => {
+            Ok(mut e) => {
+                if user_keys.pseudonymized() {
+                    e.user = user_keys.to_store(&e.user).into_owned();
+                }
                 events.push(e);
                 lines.push(line);
                 true
@@ -779,6 +790,7 @@ fn import_records(
     bar: &ProgressBar,
 ) -> anyhow::Result<Summary> {
     let kind = args.kind;
+    let user_keys = UserKeys::new(settings);
     let mut summary = Summary {
         kind: if kind == Kind::Users {
             "users"
@@ -865,7 +877,7 @@ fn import_records(
                     users.push((
                         n,
                         UserUpsert {
-                            key: u.key,
+                            key: user_keys.to_store(&u.key).into_owned(),
                             attributes: u.attributes,
                             consent: ConsentUpdate {
                                 personalization: Some(u.consent.personalization),

@@ -23,6 +23,7 @@ pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod privacy;
 pub mod settings;
 pub mod time;
 pub mod validate;

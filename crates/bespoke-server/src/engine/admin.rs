@@ -103,12 +103,12 @@ impl Engine {
 
     /// Everything held about a user (see [`UserExport`]); `None` for an unknown user. Audited.
     pub fn export_user(&self, actor: &str, key: &str) -> bespoke_store::Result<Option<UserExport>> {
-        let Some(user) = self.store.get_user(key)? else {
+        let Some(user) = self.get_user(key)? else {
             return Ok(None);
         };
         let mut events = Vec::new();
         let mut before = None;
-        while let Some(page) = self.store.user_events(key, before, 1000)? {
+        while let Some(page) = self.user_events(key, before, 1000)? {
             events.extend(page.items.into_iter().map(EventJson::from));
             match page.next {
                 Some(n) => before = Some(n),

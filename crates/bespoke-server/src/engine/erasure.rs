@@ -137,8 +137,9 @@ impl Engine {
             // saved it before (and it is scrubbed here) or sees this erasure (and scrubs it).
             let mut erasures = self.erasures.lock();
             let mut containing = Vec::new();
+            let stored = self.user_keys.to_store(key).into_owned();
             for m in self.store.list_models()? {
-                if scrub(&*self.store, m.version, key)? {
+                if scrub(&*self.store, m.version, &stored)? {
                     containing.push(m.version);
                 }
             }
@@ -178,7 +179,7 @@ impl Engine {
                 erasures.pending.push(Pending {
                     id: id.clone(),
                     requested_at,
-                    key: in_flight.then(|| key.to_owned()),
+                    key: in_flight.then_some(stored),
                 });
             }
             self.save_receipt(&receipt)?;

@@ -329,6 +329,8 @@ pub struct Engine {
     /// Key of the user references in the audit log (see [`Engine::user_ref`]).
     audit_secret: [u8; 32],
     erasures: Mutex<erasure::Erasures>,
+    /// Raw user keys to store keys (pseudonymization).
+    user_keys: crate::privacy::UserKeys,
 }
 
 impl std::fmt::Debug for Engine {
@@ -409,6 +411,8 @@ impl Engine {
             "loaded serving state"
         );
         let audit_secret = store.secret("audit_user_ref", crate::auth::random_bytes()?)?;
+        let user_keys = crate::privacy::UserKeys::new(&settings);
+        crate::privacy::check_store(&*store, &user_keys)?;
         let engine = Self {
             store,
             settings,
@@ -421,6 +425,7 @@ impl Engine {
             limiter: crate::auth::RateLimiter::default(),
             audit_secret,
             erasures: Mutex::default(),
+            user_keys,
         };
         engine.refresh_keys()?;
         engine.load_pending_erasures()?;
@@ -454,7 +459,12 @@ impl Engine {
     }
 
     /// Stores a batch of (already validated) events and applies the new ones to serving.
-    pub fn ingest(&self, events: Vec<NewEvent>) -> bespoke_store::Result<Vec<Appended>> {
+    pub fn ingest(&self, mut events: Vec<NewEvent>) -> bespoke_store::Result<Vec<Appended>> {
+        if self.user_keys.pseudonymized() {
+            for e in &mut events {
+                e.user = self.user_keys.to_store(&e.user).into_owned();
+            }
+        }
         let kinds: Vec<(String, Option<f64>, String, String)> = events
             .iter()
             .map(|e| (e.kind.clone(), e.value, e.user.clone(), e.item.clone()))
@@ -518,8 +528,16 @@ impl Engine {
         actor: &str,
         upserts: Vec<UserUpsert>,
     ) -> bespoke_store::Result<Vec<Upserted<User>>> {
+        let raw: Vec<String> = upserts.iter().map(|u| u.key.clone()).collect();
+        let upserts = upserts
+            .into_iter()
+            .map(|u| UserUpsert {
+                key: self.user_keys.to_store(&u.key).into_owned(),
+                ..u
+            })
+            .collect();
         let _admin = self.admin.lock();
-        let out = self.store.put_users(upserts)?;
+        let mut out = self.store.put_users(upserts)?;
         let mut changes = Vec::new();
         let mut s = self.state.write();
         let model = self.model.load_full();
@@ -548,10 +566,21 @@ impl Engine {
                 s.bump_user(idx);
             }
             if before != after {
-                changes.push((u.record.key.clone(), before, after));
+                changes.push((idx, before, after));
             }
         }
         drop(s);
+        // Answer with the keys the caller knows.
+        for (u, key) in out.iter_mut().zip(raw) {
+            u.record.key = key;
+        }
+        let changes: Vec<_> = changes
+            .into_iter()
+            .filter_map(|(idx, b, a)| {
+                let key = &out.iter().find(|u| u.record.idx == idx)?.record.key;
+                Some((key.clone(), b, a))
+            })
+            .collect();
         for (key, before, after) in changes {
             self.audit(
                 actor,
@@ -570,6 +599,7 @@ impl Engine {
 
     /// Deletes a user, their events and everything serving derived from them.
     pub fn delete_user(&self, key: &str) -> bespoke_store::Result<Option<Deleted>> {
+        let key = &*self.user_keys.to_store(key);
         let _admin = self.admin.lock();
         let out = self.store.delete_user(key)?;
         if let Some(d) = out {
@@ -624,7 +654,11 @@ impl Engine {
 
     /// The stored user.
     pub fn get_user(&self, key: &str) -> bespoke_store::Result<Option<User>> {
-        self.store.get_user(key)
+        let mut user = self.store.get_user(&self.user_keys.to_store(key))?;
+        if let Some(u) = &mut user {
+            key.clone_into(&mut u.key);
+        }
+        Ok(user)
     }
 
     /// The stored item.
@@ -639,7 +673,15 @@ impl Engine {
         before: Option<u64>,
         limit: usize,
     ) -> bespoke_store::Result<Option<Page<Event>>> {
-        self.store.user_events(key, before, limit)
+        let mut page = self
+            .store
+            .user_events(&self.user_keys.to_store(key), before, limit)?;
+        if let Some(p) = &mut page {
+            for e in &mut p.items {
+                key.clone_into(&mut e.user);
+            }
+        }
+        Ok(page)
     }
 }
 

@@ -91,7 +91,7 @@ impl Engine {
     pub fn derived(&self, user_key: &str) -> Option<serde_json::Value> {
         let model = self.model.load_full();
         let s = self.state.read();
-        let user = UserIdx(s.users.get(user_key)?);
+        let user = UserIdx(s.users.get(&self.user_keys.to_store(user_key))?);
         let personal = s
             .personalization
             .get(user.0 as usize)
@@ -125,7 +125,7 @@ impl Engine {
     pub fn recommend(&self, user_key: &str, q: &RecommendQuery) -> Recommendations {
         let model = self.model.load_full();
         let s = self.state.read();
-        let user = s.users.get(user_key).map(UserIdx);
+        let user = s.users.get(&self.user_keys.to_store(user_key)).map(UserIdx);
         let personal =
             user.filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true));
         let filter = Filter {

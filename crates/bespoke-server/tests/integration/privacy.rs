@@ -425,3 +425,97 @@ async fn retention_expires_old_events_everywhere() {
         Some("events[0].timestamp"),
     );
 }
+
+/// With pseudonymized keys, the API takes and answers raw keys while no file under the data
+/// directory ever holds one; the store refuses to open with another secret.
+#[tokio::test]
+async fn pseudonymized_stores_never_hold_a_raw_user_key() {
+    const SECRET: &str = "a test secret that is long enough to key an HMAC";
+    let pseudonymize = |s: &mut bespoke_server::Settings| {
+        s.privacy.pseudonymize_user_keys = true;
+        s.privacy.pseudonym_secret = bespoke_server::settings::Secret(SECRET.into());
+        s.training.threads = 1;
+    };
+    let srv = start_with(pseudonymize).await;
+    let raw = ["alice@example.com", "bob@example.com", "carol@example.com"];
+    let (status, user) = srv
+        .put(
+            "/v1/users/alice@example.com",
+            json!({ "attributes": { "plan": "pro" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(user["key"], "alice@example.com");
+    let mut evs = Vec::new();
+    for (n, u) in raw.iter().enumerate() {
+        for i in 0..4 {
+            evs.push(json!({ "user": u, "item": format!("i{}", (n + i) % 5), "type": "purchase" }));
+        }
+    }
+    let (status, _) = srv.post("/v1/events", json!({ "events": evs })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, user) = srv.get("/v1/users/alice@example.com").await;
+    assert_eq!(
+        (user["key"].as_str(), user["attributes"]["plan"].as_str()),
+        (Some("alice@example.com"), Some("pro"))
+    );
+    let (_, events) = srv.get("/v1/users/bob@example.com/events").await;
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4);
+    assert!(events.iter().all(|e| e["user"] == "bob@example.com"));
+    train(&srv).await;
+    let (_, recs) = srv.get("/v1/users/alice@example.com/recommendations").await;
+    assert_eq!(recs["personalized"], true, "{recs}");
+    let (_, export) = srv.get("/v1/users/carol@example.com/export").await;
+    assert_eq!(export["user"]["key"], "carol@example.com");
+    assert!(
+        export["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["user"] == "carol@example.com")
+    );
+    let (status, receipt) = srv.delete("/v1/users/carol@example.com").await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["models_containing_user"], json!([1]));
+
+    let dir = srv.stop().await;
+    let mut files = Vec::new();
+    let mut stack = vec![dir.path().to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with("bespoke.db")));
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for key in raw {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{} holds {key}",
+                f.display()
+            );
+        }
+    }
+
+    // Another secret, or none, would split every user in two: refused.
+    let mut settings = bespoke_server::Settings::default();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.store.data_dir = dir.path().to_owned();
+    let err = bespoke_server::start(settings.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("pseudonym"), "{err}");
+    settings.privacy.pseudonymize_user_keys = true;
+    settings.privacy.pseudonym_secret =
+        bespoke_server::settings::Secret("another secret of at least thirty-two bytes".into());
+    let err = bespoke_server::start(settings).await.unwrap_err();
+    assert!(err.to_string().contains("pseudonym"), "{err}");
+    let srv = crate::common::start_in(dir, pseudonymize).await;
+    let (status, _) = srv.get("/v1/users/alice@example.com").await;
+    assert_eq!(status, StatusCode::OK);
+}
