@@ -141,7 +141,7 @@ pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()>
         indicatif::ProgressStyle::with_template("{msg:32} {bar:30} {pos}/{len} {elapsed}")
             .expect("valid template"),
     );
-    let outcome = engine.train(|p| match p {
+    let outcome = engine.train_by("cli", |p| match p {
         bespoke_server::models::Progress::Stage(stage) => {
             bar.set_length(0);
             bar.set_position(0);

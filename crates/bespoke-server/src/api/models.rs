@@ -1,12 +1,13 @@
 //! `GET /v1/models`, `POST /v1/models/train`, `POST /v1/models/{version}/activate`.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use super::extract::{KeyPath, Params};
 use super::{AppState, blocking};
+use crate::auth::Caller;
 use crate::engine::{TrainError, TrainingStatus};
 use crate::error::ApiError;
 use crate::models::LoadError;
@@ -51,20 +52,26 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 
 pub(crate) async fn train(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     params: Params,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     params.allow(&["wait"])?;
     let wait = params.bool("wait", false)?;
     let engine = state.engine.clone();
     if wait {
-        let outcome = blocking(move || engine.train(|_| {}).map_err(ApiError::from)).await?;
+        let outcome = blocking(move || {
+            engine
+                .train_by(&caller.prefix, |_| {})
+                .map_err(ApiError::from)
+        })
+        .await?;
         return Ok((StatusCode::OK, Json(json!(outcome))));
     }
     if engine.training_status().running {
         return Err(TrainError::Busy.into());
     }
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = engine.train(|_| {}) {
+        if let Err(e) = engine.train_by(&caller.prefix, |_| {}) {
             tracing::warn!(target: "train::lifecycle", error = %e, "training requested over the API failed");
         }
     });
@@ -73,6 +80,7 @@ pub(crate) async fn train(
 
 pub(crate) async fn activate(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     KeyPath(version): KeyPath,
 ) -> Result<Json<Value>, ApiError> {
     let version: u64 = version.parse().map_err(|_| {
@@ -82,6 +90,19 @@ pub(crate) async fn activate(
         )
     })?;
     let engine = state.engine.clone();
-    blocking(move || engine.activate(version).map_err(ApiError::from)).await?;
+    blocking(move || {
+        {
+            engine.activate(version)?;
+            engine.audit(
+                &caller.prefix,
+                "model.activate",
+                Some(&version.to_string()),
+                None,
+            );
+            Ok::<_, LoadError>(())
+        }
+        .map_err(ApiError::from)
+    })
+    .await?;
     Ok(Json(json!({ "active": version })))
 }

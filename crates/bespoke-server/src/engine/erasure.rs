@@ -193,7 +193,7 @@ impl Engine {
         );
         if retrain && receipt.status != COMPLETE {
             loop {
-                match self.train(|_| {}) {
+                match self.train_by(actor, |_| {}) {
                     // A run that started before the erasure: wait for it, then train again.
                     Err(TrainError::Busy) => std::thread::sleep(Duration::from_millis(50)),
                     // Nothing left to train on: no model can hold anyone.

@@ -160,6 +160,16 @@ impl Engine {
     /// versions and (with `training.auto_activate`) serves the new one. One run at a time.
     pub fn train(
         &self,
+        progress: impl FnMut(Progress<'_>) + Send,
+    ) -> Result<TrainOutcome, TrainError> {
+        self.train_by("trainer", progress)
+    }
+
+    /// [`Engine::train`] on behalf of `actor` (a key prefix, `cli`, `trainer`), who is named in
+    /// the audit log.
+    pub fn train_by(
+        &self,
+        actor: &str,
         mut progress: impl FnMut(Progress<'_>) + Send,
     ) -> Result<TrainOutcome, TrainError> {
         let _running = self.training.lock.try_lock().ok_or(TrainError::Busy)?;
@@ -183,6 +193,12 @@ impl Engine {
                 self.training
                     .new_events
                     .fetch_sub(new_before, Ordering::Relaxed);
+                self.audit(
+                    actor,
+                    "model.train",
+                    Some(&out.version.to_string()),
+                    Some(serde_json::json!({ "activated": out.activated, "events": out.meta["data"]["events"] })),
+                );
                 tracing::info!(
                     target: "train::lifecycle",
                     version = out.version,
