@@ -364,13 +364,14 @@ async fn export_returns_everything_held_about_a_user() {
         None,
     );
     let (_, audit) = srv.get("/v1/audit").await;
-    assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "user.export")
-    );
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(entries.iter().any(|e| e["action"] == "user.export"));
+    let train = entries
+        .iter()
+        .find(|e| e["action"] == "model.train")
+        .expect("retrain audited");
+    assert_eq!(train["actor"], srv.admin_key[..12]);
+    assert_eq!(train["target"], "1");
 }
 
 /// Events past `privacy.max_event_age_days` leave the store and serving; new ones that old are
