@@ -25,6 +25,7 @@ pub mod models;
 pub mod openapi;
 pub mod privacy;
 pub mod settings;
+pub mod strict;
 pub mod time;
 pub mod validate;
 pub mod wire;

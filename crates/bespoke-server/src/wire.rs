@@ -30,7 +30,11 @@ pub struct EventJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
     /// Optional context.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::strict::opt_object"
+    )]
     pub context: Option<Map<String, Value>>,
 }
 
@@ -74,7 +78,7 @@ pub struct UserJson {
     /// User key.
     pub key: String,
     /// Attributes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::strict::object")]
     pub attributes: Map<String, Value>,
     /// Consent flags.
     pub consent: Consent,
@@ -110,16 +114,16 @@ pub struct ItemJson {
     #[serde(default)]
     pub categories: Vec<String>,
     /// Free-text fields.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::strict::map")]
     pub text: BTreeMap<String, String>,
     /// Numeric fields.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::strict::map")]
     pub numeric: BTreeMap<String, f64>,
     /// Other attributes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::strict::object")]
     pub attributes: Map<String, Value>,
     /// Named embedding vectors.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::strict::map")]
     pub embeddings: BTreeMap<String, Vec<f32>>,
     /// Whether the item may be recommended.
     #[serde(default = "yes")]
@@ -185,5 +189,10 @@ pub struct UserExport {
     pub events: Vec<EventJson>,
     /// What the engine derived from them: per-item history, consent as applied, and the user
     /// vector of the served model.
+    #[serde(deserialize_with = "strict_value")]
     pub derived: Value,
+}
+
+fn strict_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    <crate::strict::StrictValue as Deserialize>::deserialize(d).map(|v| v.0)
 }

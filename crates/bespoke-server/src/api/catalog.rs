@@ -18,7 +18,7 @@ use crate::wire::{ItemJson, UserJson};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserIn {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::strict::object")]
     attributes: Map<String, Value>,
     #[serde(default)]
     consent: ConsentIn,

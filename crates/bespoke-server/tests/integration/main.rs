@@ -2,6 +2,7 @@
 //! and talks HTTP to it. One binary, split into topic modules, for link time.
 
 mod auth;
+mod bad_input;
 mod common;
 mod events;
 mod models;
