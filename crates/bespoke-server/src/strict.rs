@@ -164,7 +164,11 @@ mod tests {
 
     #[test]
     fn duplicates_are_refused_at_any_depth_with_their_path() {
-        assert!(parse(r#"{"attributes": {"a": 1, "b": {"c": [1, {"d": 2}]}}}"#).is_ok());
+        let ok =
+            parse(r#"{"attributes": {"a": 1, "b": {"c": [1, {"d": 2}]}}, "numeric": {"p": 1.5}}"#)
+                .unwrap();
+        assert_eq!(ok.attributes["b"]["c"][1]["d"], 2);
+        assert_eq!(ok.numeric["p"], 1.5);
         let e = parse(r#"{"attributes": {"a": 1, "a": 2}}"#).unwrap_err();
         assert!(e.contains("duplicate key \"a\""), "{e}");
         let e = parse(r#"{"attributes": {"x": [{"k": 1, "k": 1}]}}"#).unwrap_err();
