@@ -70,6 +70,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the store for corruption (PRAGMA integrity_check); exits non-zero on a problem.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, list and revoke API keys.
     Keys(keys::KeysArgs),
     /// Benchmarks that print JSON.
@@ -190,6 +196,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
+        Command::Check { json } => {
+            let store = bespoke_server::open_store(&settings)?;
+            let problems = store.integrity_check()?;
+            let stats = store.stats()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": problems.is_empty(), "problems": problems, "events": stats.events,
+                                        "users": stats.users, "items": stats.items })
+                );
+            } else if problems.is_empty() {
+                eprintln!(
+                    "ok: {} users, {} items, {} events",
+                    stats.users, stats.items, stats.events
+                );
+            } else {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+            }
+            if !problems.is_empty() {
+                anyhow::bail!("the store has {} integrity problems", problems.len());
+            }
+            Ok(())
+        }
         Command::Gc {
             max_event_age_days,
             json,

@@ -71,6 +71,7 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, bespoke_store::
     let options = StoreOptions {
         max_group_events: settings.store.max_group_events,
         cache_mib: settings.store.cache_mib,
+        max_size_mib: settings.store.max_size_mib,
         ..StoreOptions::default()
     };
     Ok(Arc::new(SqliteStore::open(

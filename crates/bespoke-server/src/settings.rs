@@ -130,6 +130,9 @@ pub struct StoreSettings {
     pub cache_mib: u32,
     /// Most events committed in one group transaction.
     pub max_group_events: usize,
+    /// Largest size of the database in MiB; 0 = no limit but the disk's. Writes past it are
+    /// answered 507 and store nothing, as on a full disk.
+    pub max_size_mib: u64,
 }
 
 impl Default for StoreSettings {
@@ -138,6 +141,7 @@ impl Default for StoreSettings {
             data_dir: PathBuf::from("./bespoke-data"),
             cache_mib: 64,
             max_group_events: 100_000,
+            max_size_mib: 0,
         }
     }
 }

@@ -150,6 +150,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// returns the record).
     fn revoke_key(&self, prefix: &str) -> Result<Option<KeyRecord>>;
 
+    /// Checks the storage for corruption (`PRAGMA integrity_check` on SQLite); the problems
+    /// found, none when healthy.
+    fn integrity_check(&self) -> Result<Vec<String>>;
+
     /// Deletes up to `limit` events older than `before` (retention) and returns them, so that
     /// derived state can forget them too. Call until it returns nothing.
     fn delete_events_before(&self, before: Millis, limit: usize) -> Result<Vec<Interaction>>;

@@ -127,6 +127,9 @@ pub struct StoreOptions {
     pub cache_mib: u32,
     /// Most idle read connections kept open.
     pub read_pool: usize,
+    /// Largest size of the database in MiB (0: no limit beyond the disk). Writes that would
+    /// pass it fail with [`Error::StorageFull`], as on a full disk, and store nothing.
+    pub max_size_mib: u64,
 }
 
 impl Default for StoreOptions {
@@ -135,6 +138,7 @@ impl Default for StoreOptions {
             max_group_events: 100_000,
             cache_mib: 64,
             read_pool: 8,
+            max_size_mib: 0,
         }
     }
 }
@@ -201,13 +205,17 @@ fn settle<T>(reply: Reply<T>, result: Result<T>, commit: &Result<()>) {
 
 impl Done {
     fn is_ok(&self) -> bool {
+        self.error().is_none()
+    }
+
+    fn error(&self) -> Option<&Error> {
         match self {
-            Done::Append(_, r) => r.is_ok(),
-            Done::PutUsers(_, r) => r.is_ok(),
-            Done::DeleteUser(_, r) => r.is_ok(),
-            Done::PutItems(_, r) => r.is_ok(),
-            Done::DeleteItem(_, r) => r.is_ok(),
-            Done::Exec(_, r) => r.is_ok(),
+            Done::Append(_, r) => r.as_ref().err(),
+            Done::PutUsers(_, r) => r.as_ref().err(),
+            Done::DeleteUser(_, r) => r.as_ref().err(),
+            Done::PutItems(_, r) => r.as_ref().err(),
+            Done::DeleteItem(_, r) => r.as_ref().err(),
+            Done::Exec(_, r) => r.as_ref().err(),
         }
     }
 
@@ -411,6 +419,11 @@ impl SqliteStore {
         }
         configure(&conn, options.cache_mib)?;
         migrate(&mut conn)?;
+        if options.max_size_mib > 0 {
+            let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = (options.max_size_mib * 1024 * 1024 / page as u64).max(1);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        }
         let id_tag = issued_id_tag(&conn)?;
         let writer = Writer::new(conn, id_tag)?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -741,6 +754,16 @@ impl Store for SqliteStore {
             Ok(())
         })?;
         Ok(self.keys()?.into_iter().find(|k| k.prefix == prefix))
+    }
+
+    fn integrity_check(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("PRAGMA integrity_check")?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().filter(|r| r != "ok").collect())
+        })
     }
 
     fn delete_events_before(&self, before: Millis, limit: usize) -> Result<Vec<Interaction>> {
@@ -1181,12 +1204,30 @@ impl Writer {
             return;
         }
         let mut done = Vec::with_capacity(ops.len());
+        // Some failures (a full disk, an I/O error) make SQLite roll the whole transaction back,
+        // not just the statement: then nothing of the group is kept, every request in it must
+        // hear so, and the rest must not run outside the group's transaction.
+        let mut lost: Option<Error> = None;
         for op in ops {
-            done.push(self.isolated(op));
+            if let Some(e) = &lost {
+                done.push(op.failed(repeat_error(e)));
+                continue;
+            }
+            let d = self.isolated(op);
+            if self.conn.is_autocommit() {
+                lost = Some(d.error().map_or_else(
+                    || Error::Backend("the transaction was rolled back".into()),
+                    repeat_error,
+                ));
+            }
+            done.push(d);
         }
-        let commit = self
-            .persist_seq()
-            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(Error::from));
+        let commit = match lost {
+            Some(e) => Err(e),
+            None => self
+                .persist_seq()
+                .and_then(|()| self.conn.execute_batch("COMMIT").map_err(Error::from)),
+        };
         if commit.is_err() {
             let _ = self.conn.execute_batch("ROLLBACK");
             // The memo may hold ids that were never committed.
@@ -2003,5 +2044,48 @@ mod tests {
             }
             prop_assert_eq!(s.stats().unwrap().events, model.len() as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod full_tests {
+    use super::*;
+
+    /// Past the size cap, a write fails as on a full disk and stores nothing; earlier writes stay.
+    #[test]
+    fn a_full_store_refuses_writes_and_keeps_committed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(
+            dir.path(),
+            StoreOptions {
+                max_size_mib: 2,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let mut stored = 0u64;
+        let err = loop {
+            let events = (0..100)
+                .map(|i| {
+                    let mut e = NewEvent::new(
+                        format!("user-{stored}-{i}-{}", "x".repeat(60)),
+                        format!("item-{i}"),
+                        "view",
+                    );
+                    let mut ctx = Map::new();
+                    ctx.insert("page".into(), Value::String("p".repeat(100)));
+                    e.context = Some(ctx);
+                    e
+                })
+                .collect();
+            match s.append_events(EventBatch::new(events)) {
+                Ok(out) => stored += out.len() as u64,
+                Err(e) => break e,
+            }
+            assert!(stored < 1_000_000, "never full");
+        };
+        assert!(matches!(err, Error::StorageFull), "{err:?}");
+        assert_eq!(s.stats().unwrap().events, stored);
+        assert!(s.integrity_check().unwrap().is_empty());
     }
 }

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod crash;
+
 fn bespoke(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bespoke"))
         .arg("--data-dir")

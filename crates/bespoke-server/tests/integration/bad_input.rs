@@ -406,3 +406,41 @@ async fn hostile_input_is_refused_clearly_and_loses_nothing() {
         "a refused batch stores none of its events"
     );
 }
+
+/// A full store (here: the size cap, which fails exactly like a full disk) answers 507, never
+/// acknowledges what it did not commit, and keeps everything it did.
+#[tokio::test]
+async fn a_full_store_answers_507_and_keeps_what_it_acknowledged() {
+    let srv = start_with(|s| s.store.max_size_mib = 2).await;
+    let mut acked = 0u64;
+    let mut full = None;
+    for batch in 0..500 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| {
+                json!({ "user": format!("user-{batch}-{i}-{}", "x".repeat(60)), "item": format!("item-{i}"),
+                        "type": "view", "context": { "page": "p".repeat(100) } })
+            })
+            .collect();
+        let (status, body) = srv.post("/v1/events", json!({ "events": events })).await;
+        match status {
+            StatusCode::OK => acked += 100,
+            StatusCode::INSUFFICIENT_STORAGE => {
+                full = Some(body);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let body = full.expect("the cap was never reached");
+    assert_eq!(body["error"]["code"], "storage_full", "{body}");
+    assert!(acked > 0);
+    // Reads still work, and exactly the acknowledged events are there.
+    assert_eq!(srv.counts().await["events"], acked);
+    let (status, _) = srv.get("/v1/popular").await;
+    assert_eq!(status, StatusCode::OK);
+    let dir = srv.stop().await;
+    let store = bespoke_store::SqliteStore::open(dir.path(), Default::default()).unwrap();
+    use bespoke_store::Store;
+    assert_eq!(store.stats().unwrap().events, acked);
+    assert_eq!(store.integrity_check().unwrap(), Vec::<String>::new());
+}
