@@ -17,7 +17,7 @@ use crate::wire::EventJson;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PostEvents {
-    events: Vec<EventJson>,
+    pub(super) events: Vec<EventJson>,
 }
 
 /// Answer of `POST /v1/events`: identical for a replay of the same batch.
@@ -28,7 +28,7 @@ pub(crate) struct PostEventsResponse {
 }
 
 /// Validates one event and converts it for the store. `at` is its JSON path prefix.
-fn validate_event(
+pub(super) fn validate_event(
     settings: &Settings,
     weights: &crate::engine::Weights,
     e: EventJson,
@@ -91,7 +91,7 @@ pub(crate) async fn post_events(
 /// A page of a user's events.
 #[derive(Debug, Serialize)]
 pub(crate) struct EventPage {
-    events: Vec<EventJson>,
+    pub(super) events: Vec<EventJson>,
     /// Pass as `cursor` to get the next (older) page; `null` on the last page.
     next_cursor: Option<String>,
 }

@@ -7,6 +7,8 @@ mod admin;
 mod catalog;
 mod events;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 mod models;
 mod ops;
 mod serving;
