@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod als;
+pub mod bandit;
 mod csr;
 pub mod eval;
 mod factors;
