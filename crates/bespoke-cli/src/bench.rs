@@ -65,6 +65,19 @@ enum BenchWhat {
         #[arg(long, default_value_t = 500_000)]
         events: usize,
     },
+    /// Contextual-bandit learner on a `bench/bandit_env.py` environment: average reward,
+    /// regret against the optimal policy, decisions per second (in process).
+    Bandit {
+        /// The environment file written by `bench/bandit_env.py`.
+        #[arg(long)]
+        env: PathBuf,
+        /// Learner configuration as JSON (a loop's `learner` object); defaults otherwise.
+        #[arg(long)]
+        learner: Option<String>,
+        /// Seed of the exploration draws.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Durable HTTP ingest rate over loopback.
     Ingest {
         /// Events to send in total.
@@ -99,6 +112,7 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             batch,
             connections,
         } => bench_ingest(settings, *events, *batch, *connections)?,
+        BenchWhat::Bandit { env, learner, seed } => bench_bandit(env, learner.as_deref(), *seed)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -452,4 +466,101 @@ fn bench_realtime(
             "shop": { "users": users, "items": items, "events": events },
         }))
     })
+}
+
+/// Runs the learner on a synthetic environment, round by round: decide, observe the pre-drawn
+/// reward of the chosen action, learn.
+fn bench_bandit(
+    env: &std::path::Path,
+    config: Option<&str>,
+    seed: u64,
+) -> anyhow::Result<serde_json::Value> {
+    use bespoke_algo::bandit::{Learner, LearnerConfig, PreparedAction, PreparedContext};
+    use bespoke_server::features::flatten;
+    use std::collections::HashMap;
+
+    let config: LearnerConfig = match config {
+        Some(c) => serde_json::from_str(c).context("--learner is not a learner configuration")?,
+        None => LearnerConfig::default(),
+    };
+    if let Err((field, message)) = config.validate() {
+        bail!("--learner: {field}: {message}");
+    }
+    let text =
+        std::fs::read_to_string(env).with_context(|| format!("reading {}", env.display()))?;
+    let mut lines = text.lines();
+    let head: serde_json::Value = serde_json::from_str(lines.next().context("empty file")?)?;
+    let mut pool = HashMap::new();
+    for a in head["pool"].as_array().context("line 1: no pool")? {
+        let id = a["id"]
+            .as_str()
+            .context("line 1: action without id")?
+            .to_owned();
+        let f = flatten("features", &a["features"])
+            .map_err(|e| anyhow::anyhow!("line 1: {}: {}", e.field, e.message))?;
+        pool.insert(id.clone(), PreparedAction::new(&id, &f));
+    }
+    struct Round {
+        context: PreparedContext,
+        actions: Vec<String>,
+        p: Vec<f64>,
+        u: Vec<f64>,
+    }
+    let mut rounds = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("line {}", n + 2))?;
+        let f = flatten("context", &v["context"])
+            .map_err(|e| anyhow::anyhow!("line {}: {}: {}", n + 2, e.field, e.message))?;
+        let nums = |k: &str| -> anyhow::Result<Vec<f64>> {
+            v[k].as_array()
+                .with_context(|| format!("line {}: no {k}", n + 2))?
+                .iter()
+                .map(|x| x.as_f64().with_context(|| format!("line {}: {k}", n + 2)))
+                .collect()
+        };
+        rounds.push(Round {
+            context: PreparedContext::new(&f),
+            actions: serde_json::from_value(v["actions"].clone())?,
+            p: nums("p")?,
+            u: nums("u")?,
+        });
+    }
+    let mut learner = Learner::new(config.clone());
+    let mut rng = Rng::seed_from_u64(seed);
+    let (mut reward, mut regret, mut optimal) = (0.0, 0.0, 0.0);
+    let start = Instant::now();
+    for r in &rounds {
+        let actions: Vec<PreparedAction> = r
+            .actions
+            .iter()
+            .map(|id| pool.get(id).cloned().context("unknown action id"))
+            .collect::<anyhow::Result<_>>()?;
+        let slate = learner.decide(
+            &r.context,
+            &actions,
+            &vec![true; actions.len()],
+            1,
+            &mut rng,
+        );
+        let k = slate.slots[0].action;
+        let got = if r.u[k] < r.p[k] { 1.0 } else { 0.0 };
+        let best = r.p.iter().cloned().fold(f64::MIN, f64::max);
+        reward += got;
+        regret += best - r.p[k];
+        optimal += best;
+        let x = learner.vector(&r.context, &actions[k]);
+        learner.learn(&x, got as f32);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = rounds.len().max(1) as f64;
+    Ok(json!({
+        "learner": "bespoke",
+        "config": config,
+        "rounds": rounds.len(),
+        "average_reward": reward / n,
+        "average_regret": regret / n,
+        "optimal_reward": optimal / n,
+        "decisions_per_second": n / secs,
+    }))
 }

@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod engine;
 pub mod error;
+pub mod features;
 pub mod metrics;
 pub mod models;
 pub mod openapi;

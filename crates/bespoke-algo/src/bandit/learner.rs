@@ -7,6 +7,9 @@
 //! example has or however large its importance weight `h`, which plain SGD does with hundreds of
 //! interaction terms.
 
+/// Bytes before the entries in [`LinearModel::to_bytes`].
+const HEADER: usize = 32;
+
 /// A linear model over `2^bits` hashed weights.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearModel {
@@ -19,6 +22,10 @@ pub struct LinearModel {
     /// precision used by Thompson sampling.
     precision: Vec<f32>,
     updates: u64,
+    /// Sum over learned examples of `‖x‖²`: the learning rate is divided by its mean, so that
+    /// one rate suits an example of 10 terms and one of 1,000 (Vowpal Wabbit's normalized
+    /// updates do the same with per-feature scales).
+    norm_sum: f64,
 }
 
 impl LinearModel {
@@ -32,6 +39,7 @@ impl LinearModel {
             grad_sq: vec![0.0; n],
             precision: vec![0.0; n],
             updates: 0,
+            norm_sum: 0.0,
         }
     }
 
@@ -87,6 +95,9 @@ impl LinearModel {
         });
         let x = &merged[..];
         self.updates += 1;
+        self.norm_sum += x.iter().map(|&(_, v)| (v * v) as f64).sum::<f64>();
+        let rate =
+            (self.learning_rate as f64 / (self.norm_sum / self.updates as f64).max(1e-12)) as f32;
         let err = self.predict(x) - target;
         for &(i, v) in x {
             let i = i as usize;
@@ -102,7 +113,7 @@ impl LinearModel {
         for &(i, v) in x {
             let gs = self.grad_sq[i as usize];
             if gs > 0.0 {
-                s += (self.learning_rate / gs.sqrt() * v * v) as f64;
+                s += (rate / gs.sqrt() * v * v) as f64;
             }
         }
         if s <= 0.0 {
@@ -113,7 +124,7 @@ impl LinearModel {
             let i = i as usize;
             let gs = self.grad_sq[i];
             if gs > 0.0 {
-                self.weights[i] -= err * fraction * self.learning_rate / gs.sqrt() * v;
+                self.weights[i] -= err * fraction * rate / gs.sqrt() * v;
             }
         }
     }
@@ -125,13 +136,14 @@ impl LinearModel {
                 self.weights[i] != 0.0 || self.grad_sq[i] != 0.0 || self.precision[i] != 0.0
             })
             .collect();
-        let mut out = Vec::with_capacity(24 + nonzero.len() * 16);
+        let mut out = Vec::with_capacity(HEADER + nonzero.len() * 16);
         out.extend_from_slice(b"BSKL");
-        out.push(1); // format version
+        out.push(2); // format version
         out.push(self.bits);
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.learning_rate.to_le_bytes());
         out.extend_from_slice(&self.updates.to_le_bytes());
+        out.extend_from_slice(&self.norm_sum.to_le_bytes());
         out.extend_from_slice(&(nonzero.len() as u32).to_le_bytes());
         for i in nonzero {
             out.extend_from_slice(&(i as u32).to_le_bytes());
@@ -144,7 +156,7 @@ impl LinearModel {
 
     /// Reads [`LinearModel::to_bytes`] back; `None` if the bytes are not such a model.
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        if b.len() < 24 || &b[..4] != b"BSKL" || b[4] != 1 || b[5] > 30 || b[5] == 0 {
+        if b.len() < HEADER || &b[..4] != b"BSKL" || b[4] != 2 || b[5] > 30 || b[5] == 0 {
             return None;
         }
         let bits = b[5];
@@ -152,14 +164,16 @@ impl LinearModel {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let learning_rate = f32_at(8);
         let updates = u64::from_le_bytes(b[12..20].try_into().unwrap());
-        let n = u32_at(20) as usize;
-        if b.len() != 24 + n * 16 {
+        let norm_sum = f64::from_le_bytes(b[20..28].try_into().unwrap());
+        let n = u32_at(28) as usize;
+        if b.len() != HEADER + n * 16 {
             return None;
         }
         let mut m = Self::new(bits, learning_rate);
         m.updates = updates;
+        m.norm_sum = norm_sum;
         for k in 0..n {
-            let o = 24 + k * 16;
+            let o = HEADER + k * 16;
             let i = u32_at(o) as usize;
             if i >= m.weights.len() {
                 return None;

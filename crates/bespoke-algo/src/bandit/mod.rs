@@ -40,7 +40,7 @@ impl Default for LearnerConfig {
     fn default() -> Self {
         Self {
             bits: 18,
-            learning_rate: 0.5,
+            learning_rate: 1.0,
             interactions: vec![["context".into(), "action".into()]],
             exploration: Exploration::default(),
         }

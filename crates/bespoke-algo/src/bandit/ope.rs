@@ -293,7 +293,7 @@ pub fn candidates(current: &LearnerConfig) -> Vec<(String, LearnerConfig)> {
             ..current.clone()
         },
     );
-    for lr in [0.1f32, 0.25, 1.0, 2.0] {
+    for lr in [0.25f32, 0.5, 2.0, 4.0] {
         add(
             format!("learning_rate={lr}"),
             LearnerConfig {
