@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod bandit;
 mod error;
 mod event_id;
 mod fingerprint;
@@ -31,6 +32,7 @@ mod models;
 mod sqlite;
 
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
+pub use bandit::{DecisionRecord, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord};
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use error::{Error, Result};
 pub use model::{
@@ -181,4 +183,70 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every erasure receipt, oldest first.
     fn erasures(&self) -> Result<Vec<(String, serde_json::Value)>>;
+
+    /// Creates or replaces a decision loop's configuration.
+    fn put_loop(&self, name: &str, config: &serde_json::Value) -> Result<LoopRecord>;
+
+    /// One decision loop.
+    fn get_loop(&self, name: &str) -> Result<Option<LoopRecord>>;
+
+    /// Every decision loop, by name.
+    fn loops(&self) -> Result<Vec<LoopRecord>>;
+
+    /// Logs a decision; `None` if a decision with this id exists (nothing is changed).
+    fn insert_decision(&self, decision: NewDecision) -> Result<Option<u64>>;
+
+    /// One decision with its rewards.
+    fn decision(&self, id: &str) -> Result<Option<DecisionRecord>>;
+
+    /// Marks a deferred decision active; false if it was active already or does not exist.
+    fn activate_decision(&self, id: &str) -> Result<bool>;
+
+    /// Records a reward for one slot of a decision.
+    fn insert_reward(&self, reward: NewReward) -> Result<RewardOutcome>;
+
+    /// Records rewards (the defaults of expired decisions) and marks the `settle` decisions'
+    /// windows closed, in one transaction.
+    fn insert_rewards(
+        &self,
+        rewards: Vec<NewReward>,
+        settle: Vec<String>,
+    ) -> Result<Vec<RewardOutcome>>;
+
+    /// Decisions whose window is still open and whose deadline is before `deadline_before`
+    /// (all open ones with `None`), earliest deadline first.
+    fn open_decisions(
+        &self,
+        deadline_before: Option<Millis>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>>;
+
+    /// A loop's rewards with sequence numbers above `after`, in order, each with its decision:
+    /// what a learner replays.
+    fn loop_rewards(
+        &self,
+        loop_name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(RewardRecord, DecisionRecord)>>;
+
+    /// The last `limit` activated decisions of a loop whose window has closed, oldest first,
+    /// with their rewards: what off-policy evaluation reads.
+    fn decision_log(&self, loop_name: &str, limit: usize) -> Result<Vec<DecisionRecord>>;
+
+    /// Saves a loop's learner as of reward sequence number `reward_seq`.
+    fn save_checkpoint(&self, loop_name: &str, reward_seq: u64, model: Vec<u8>) -> Result<()>;
+
+    /// A loop's last checkpoint: its reward sequence number and the learner's bytes.
+    fn checkpoint(&self, loop_name: &str) -> Result<Option<(u64, Vec<u8>)>>;
+
+    /// Forgets a loop's checkpoint (its model will be rebuilt from the log).
+    fn delete_checkpoint(&self, loop_name: &str) -> Result<()>;
+
+    /// Deletes every decision made for the stored user key `user` and its rewards; returns the
+    /// loops affected and the number of decisions.
+    fn delete_user_decisions(&self, user: &str) -> Result<(Vec<String>, u64)>;
+
+    /// Every decision made for the stored user key `user`, oldest first.
+    fn user_decisions(&self, user: &str) -> Result<Vec<DecisionRecord>>;
 }

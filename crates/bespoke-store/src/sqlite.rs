@@ -25,6 +25,9 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::{Map, Value};
 
+use crate::bandit::{
+    self, DecisionRecord, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
+};
 use crate::event_id::{self, format_uuid, parse_uuid};
 use crate::fingerprint::fingerprint;
 use crate::model::*;
@@ -116,6 +119,7 @@ CREATE TABLE secrets (
     value BLOB NOT NULL
 ) WITHOUT ROWID;
 "#,
+    crate::bandit::MIGRATION,
 ];
 
 /// Settings of the SQLite backend.
@@ -889,6 +893,95 @@ impl Store for SqliteStore {
                 .map(|(id, t)| Ok((id, parse_json(&t, "erasure receipt")?)))
                 .collect()
         })
+    }
+
+    fn put_loop(&self, name: &str, config: &serde_json::Value) -> Result<LoopRecord> {
+        let (name, config) = (name.to_owned(), config.clone());
+        self.exec(move |c| bandit::put_loop(c, &name, &config, now_ms()))
+    }
+
+    fn get_loop(&self, name: &str) -> Result<Option<LoopRecord>> {
+        self.read(|c| bandit::get_loop(c, name))
+    }
+
+    fn loops(&self) -> Result<Vec<LoopRecord>> {
+        self.read(bandit::loops)
+    }
+
+    fn insert_decision(&self, decision: NewDecision) -> Result<Option<u64>> {
+        self.exec(move |c| bandit::insert_decision(c, &decision))
+    }
+
+    fn decision(&self, id: &str) -> Result<Option<DecisionRecord>> {
+        self.read(|c| bandit::decision(c, id))
+    }
+
+    fn activate_decision(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.exec(move |c| bandit::activate(c, &id))
+    }
+
+    fn insert_reward(&self, reward: NewReward) -> Result<RewardOutcome> {
+        self.exec(move |c| bandit::insert_reward(c, &reward))
+    }
+
+    fn insert_rewards(
+        &self,
+        rewards: Vec<NewReward>,
+        settle: Vec<String>,
+    ) -> Result<Vec<RewardOutcome>> {
+        self.exec(move |c| {
+            let out = rewards
+                .iter()
+                .map(|r| bandit::insert_reward(c, r))
+                .collect::<Result<Vec<_>>>()?;
+            bandit::settle(c, &settle)?;
+            Ok(out)
+        })
+    }
+
+    fn open_decisions(
+        &self,
+        deadline_before: Option<Millis>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>> {
+        self.read(|c| bandit::open_decisions(c, deadline_before, limit))
+    }
+
+    fn loop_rewards(
+        &self,
+        loop_name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(RewardRecord, DecisionRecord)>> {
+        self.read(|c| bandit::loop_rewards(c, loop_name, after, limit))
+    }
+
+    fn decision_log(&self, loop_name: &str, limit: usize) -> Result<Vec<DecisionRecord>> {
+        self.read(|c| bandit::decision_log(c, loop_name, limit))
+    }
+
+    fn save_checkpoint(&self, loop_name: &str, reward_seq: u64, model: Vec<u8>) -> Result<()> {
+        let name = loop_name.to_owned();
+        self.exec(move |c| bandit::save_checkpoint(c, &name, reward_seq, &model, now_ms()))
+    }
+
+    fn checkpoint(&self, loop_name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        self.read(|c| bandit::checkpoint(c, loop_name))
+    }
+
+    fn delete_checkpoint(&self, loop_name: &str) -> Result<()> {
+        let name = loop_name.to_owned();
+        self.exec(move |c| bandit::delete_checkpoint(c, &name))
+    }
+
+    fn delete_user_decisions(&self, user: &str) -> Result<(Vec<String>, u64)> {
+        let user = user.to_owned();
+        self.exec(move |c| bandit::delete_user_decisions(c, &user))
+    }
+
+    fn user_decisions(&self, user: &str) -> Result<Vec<DecisionRecord>> {
+        self.read(|c| bandit::user_decisions(c, user))
     }
 
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {

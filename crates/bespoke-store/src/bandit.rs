@@ -1,0 +1,543 @@
+//! Records of decision loops: their configuration, every decision with what it was chosen
+//! from, every reward, and the learner checkpoints that make a restart lose no learning.
+//!
+//! The decision log is the source of truth: a loop's model can always be rebuilt by replaying
+//! its rewards in order, which is how a restart catches up after the last checkpoint and how an
+//! erased user's influence is removed from the model.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Error, Millis, Result};
+
+/// A decision loop as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopRecord {
+    /// Name (unique).
+    pub name: String,
+    /// Configuration, as JSON.
+    pub config: serde_json::Value,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last configuration change.
+    pub updated_at: Millis,
+}
+
+/// A decision to log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDecision {
+    /// The decision id (client-chosen or issued); unique across loops.
+    pub id: String,
+    /// Its loop.
+    pub loop_name: String,
+    /// The user it was made for, as stored (pseudonymised when configured).
+    pub user: Option<String>,
+    /// When it was made.
+    pub created_at: Millis,
+    /// End of its reward window.
+    pub deadline: Millis,
+    /// Whether it counts for learning already (false when activation was deferred).
+    pub activated: bool,
+    /// Context, actions, probabilities and the chosen slate, as JSON text.
+    pub payload: String,
+}
+
+/// A logged decision with its rewards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRecord {
+    /// Log sequence number.
+    pub seq: u64,
+    /// The decision id.
+    pub id: String,
+    /// Its loop.
+    pub loop_name: String,
+    /// The user, as stored.
+    pub user: Option<String>,
+    /// When it was made.
+    pub created_at: Millis,
+    /// End of its reward window.
+    pub deadline: Millis,
+    /// Whether it counts for learning.
+    pub activated: bool,
+    /// Whether its reward window is closed (every slot rewarded, or defaults applied).
+    pub settled: bool,
+    /// See [`NewDecision::payload`].
+    pub payload: String,
+    /// Its rewards, by slot.
+    pub rewards: Vec<RewardRecord>,
+}
+
+/// A reward to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReward {
+    /// The decision's id.
+    pub decision_id: String,
+    /// Slot rewarded (0 for the first).
+    pub slot: u32,
+    /// The reward.
+    pub value: f64,
+    /// When it arrived.
+    pub at: Millis,
+    /// Whether it is the loop's default, applied when the window closed without one.
+    pub is_default: bool,
+}
+
+/// A recorded reward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardRecord {
+    /// Reward sequence number: the order in which the model learned them.
+    pub seq: u64,
+    /// Slot rewarded.
+    pub slot: u32,
+    /// The reward.
+    pub value: f64,
+    /// When it arrived.
+    pub at: Millis,
+    /// Whether it is the loop's default.
+    pub is_default: bool,
+}
+
+/// What recording a reward did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewardOutcome {
+    /// Stored with this sequence number.
+    Recorded(u64),
+    /// The slot already had a reward; nothing changed.
+    Duplicate,
+    /// No decision with this id.
+    UnknownDecision,
+}
+
+pub(crate) const MIGRATION: &str = r#"
+CREATE TABLE bandit_loops (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE bandit_decisions (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    loop TEXT NOT NULL,
+    user TEXT,
+    created_at INTEGER NOT NULL,
+    deadline INTEGER NOT NULL,
+    activated INTEGER NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0,
+    payload TEXT NOT NULL
+);
+CREATE INDEX bandit_decisions_open ON bandit_decisions (deadline) WHERE settled = 0;
+CREATE INDEX bandit_decisions_by_loop ON bandit_decisions (loop, seq);
+CREATE INDEX bandit_decisions_by_user ON bandit_decisions (user) WHERE user IS NOT NULL;
+CREATE TABLE bandit_rewards (
+    seq INTEGER PRIMARY KEY,
+    decision_seq INTEGER NOT NULL,
+    loop TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    value REAL NOT NULL,
+    at INTEGER NOT NULL,
+    is_default INTEGER NOT NULL,
+    UNIQUE (decision_seq, slot)
+);
+CREATE INDEX bandit_rewards_by_loop ON bandit_rewards (loop, seq);
+CREATE TABLE bandit_checkpoints (
+    loop TEXT PRIMARY KEY,
+    reward_seq INTEGER NOT NULL,
+    model BLOB NOT NULL,
+    saved_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+fn parse_config(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("loop configuration: {e}")))
+}
+
+pub(crate) fn put_loop(
+    c: &Connection,
+    name: &str,
+    config: &serde_json::Value,
+    now: Millis,
+) -> Result<LoopRecord> {
+    c.prepare_cached(
+        "INSERT INTO bandit_loops (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+    )?
+    .execute(params![name, config.to_string(), now])?;
+    get_loop(c, name)?.ok_or_else(|| Error::Corrupt("loop vanished after upsert".into()))
+}
+
+pub(crate) fn get_loop(c: &Connection, name: &str) -> Result<Option<LoopRecord>> {
+    let row = c
+        .prepare_cached(
+            "SELECT name, config, created_at, updated_at FROM bandit_loops WHERE name = ?1",
+        )?
+        .query_row([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(name, config, created_at, updated_at)| {
+        Ok(LoopRecord {
+            name,
+            config: parse_config(&config)?,
+            created_at,
+            updated_at,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn loops(c: &Connection) -> Result<Vec<LoopRecord>> {
+    let names: Vec<String> = c
+        .prepare_cached("SELECT name FROM bandit_loops ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    names
+        .iter()
+        .filter_map(|n| get_loop(c, n).transpose())
+        .collect()
+}
+
+pub(crate) fn insert_decision(c: &Connection, d: &NewDecision) -> Result<Option<u64>> {
+    let n = c
+        .prepare_cached(
+            "INSERT INTO bandit_decisions (id, loop, user, created_at, deadline, activated, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            d.id,
+            d.loop_name,
+            d.user,
+            d.created_at,
+            d.deadline,
+            d.activated,
+            d.payload
+        ])?;
+    Ok((n == 1).then(|| c.last_insert_rowid() as u64))
+}
+
+const DECISION_COLUMNS: &str =
+    "seq, id, loop, user, created_at, deadline, activated, settled, payload";
+
+fn decision_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DecisionRecord> {
+    Ok(DecisionRecord {
+        seq: r.get::<_, i64>(0)? as u64,
+        id: r.get(1)?,
+        loop_name: r.get(2)?,
+        user: r.get(3)?,
+        created_at: r.get(4)?,
+        deadline: r.get(5)?,
+        activated: r.get(6)?,
+        settled: r.get(7)?,
+        payload: r.get(8)?,
+        rewards: Vec::new(),
+    })
+}
+
+fn with_rewards(c: &Connection, mut d: DecisionRecord) -> Result<DecisionRecord> {
+    d.rewards = c
+        .prepare_cached(
+            "SELECT seq, slot, value, at, is_default FROM bandit_rewards WHERE decision_seq = ?1 ORDER BY slot",
+        )?
+        .query_map([d.seq as i64], reward_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(d)
+}
+
+fn reward_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RewardRecord> {
+    Ok(RewardRecord {
+        seq: r.get::<_, i64>(0)? as u64,
+        slot: r.get(1)?,
+        value: r.get(2)?,
+        at: r.get(3)?,
+        is_default: r.get(4)?,
+    })
+}
+
+pub(crate) fn decision(c: &Connection, id: &str) -> Result<Option<DecisionRecord>> {
+    let d = c
+        .prepare_cached(&format!(
+            "SELECT {DECISION_COLUMNS} FROM bandit_decisions WHERE id = ?1"
+        ))?
+        .query_row([id], decision_row)
+        .optional()?;
+    d.map(|d| with_rewards(c, d)).transpose()
+}
+
+pub(crate) fn activate(c: &Connection, id: &str) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "UPDATE bandit_decisions SET activated = 1 WHERE id = ?1 AND activated = 0",
+    )?
+    .execute([id])?
+        == 1)
+}
+
+pub(crate) fn insert_reward(c: &Connection, r: &NewReward) -> Result<RewardOutcome> {
+    let d: Option<(i64, String)> = c
+        .prepare_cached("SELECT seq, loop FROM bandit_decisions WHERE id = ?1")?
+        .query_row([&r.decision_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((seq, loop_name)) = d else {
+        return Ok(RewardOutcome::UnknownDecision);
+    };
+    let n = c
+        .prepare_cached(
+            "INSERT INTO bandit_rewards (decision_seq, loop, slot, value, at, is_default)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (decision_seq, slot) DO NOTHING",
+        )?
+        .execute(params![seq, loop_name, r.slot, r.value, r.at, r.is_default])?;
+    Ok(if n == 1 {
+        RewardOutcome::Recorded(c.last_insert_rowid() as u64)
+    } else {
+        RewardOutcome::Duplicate
+    })
+}
+
+pub(crate) fn settle(c: &Connection, ids: &[String]) -> Result<()> {
+    let mut stmt = c.prepare_cached("UPDATE bandit_decisions SET settled = 1 WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute([id])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn open_decisions(
+    c: &Connection,
+    deadline_before: Option<Millis>,
+    limit: usize,
+) -> Result<Vec<DecisionRecord>> {
+    let rows: Vec<DecisionRecord> = c
+        .prepare_cached(&format!(
+            "SELECT {DECISION_COLUMNS} FROM bandit_decisions
+             WHERE settled = 0 AND deadline < ?1 ORDER BY deadline, seq LIMIT ?2"
+        ))?
+        .query_map(
+            params![deadline_before.unwrap_or(i64::MAX), limit as i64],
+            decision_row,
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.into_iter().map(|d| with_rewards(c, d)).collect()
+}
+
+pub(crate) fn loop_rewards(
+    c: &Connection,
+    loop_name: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(RewardRecord, DecisionRecord)>> {
+    let rows = c
+        .prepare_cached(&format!(
+            "SELECT r.seq, r.slot, r.value, r.at, r.is_default,
+                    {cols}
+             FROM bandit_rewards r JOIN bandit_decisions d ON d.seq = r.decision_seq
+             WHERE r.loop = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
+            cols = DECISION_COLUMNS
+                .split(", ")
+                .map(|c| format!("d.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?
+        .query_map(
+            params![loop_name, after.min(i64::MAX as u64) as i64, limit as i64],
+            |r| {
+                let reward = reward_row(r)?;
+                let d = DecisionRecord {
+                    seq: r.get::<_, i64>(5)? as u64,
+                    id: r.get(6)?,
+                    loop_name: r.get(7)?,
+                    user: r.get(8)?,
+                    created_at: r.get(9)?,
+                    deadline: r.get(10)?,
+                    activated: r.get(11)?,
+                    settled: r.get(12)?,
+                    payload: r.get(13)?,
+                    rewards: Vec::new(),
+                };
+                Ok((reward, d))
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+pub(crate) fn decision_log(
+    c: &Connection,
+    loop_name: &str,
+    limit: usize,
+) -> Result<Vec<DecisionRecord>> {
+    let mut rows: Vec<DecisionRecord> = c
+        .prepare_cached(&format!(
+            "SELECT {DECISION_COLUMNS} FROM bandit_decisions
+             WHERE loop = ?1 AND activated = 1 AND settled = 1 ORDER BY seq DESC LIMIT ?2"
+        ))?
+        .query_map(params![loop_name, limit as i64], decision_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.reverse();
+    rows.into_iter().map(|d| with_rewards(c, d)).collect()
+}
+
+pub(crate) fn save_checkpoint(
+    c: &Connection,
+    loop_name: &str,
+    reward_seq: u64,
+    model: &[u8],
+    now: Millis,
+) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO bandit_checkpoints (loop, reward_seq, model, saved_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (loop) DO UPDATE SET reward_seq = excluded.reward_seq, model = excluded.model,
+         saved_at = excluded.saved_at",
+    )?
+    .execute(params![loop_name, reward_seq as i64, model, now])?;
+    Ok(())
+}
+
+pub(crate) fn checkpoint(c: &Connection, loop_name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+    Ok(
+        c.prepare_cached("SELECT reward_seq, model FROM bandit_checkpoints WHERE loop = ?1")?
+            .query_row([loop_name], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?,
+    )
+}
+
+pub(crate) fn delete_checkpoint(c: &Connection, loop_name: &str) -> Result<()> {
+    c.prepare_cached("DELETE FROM bandit_checkpoints WHERE loop = ?1")?
+        .execute([loop_name])?;
+    Ok(())
+}
+
+/// Deletes every decision (and its rewards) made for `user`; returns the loops affected and
+/// the number of decisions removed.
+pub(crate) fn delete_user_decisions(c: &Connection, user: &str) -> Result<(Vec<String>, u64)> {
+    let mut loops: Vec<String> = c
+        .prepare_cached("SELECT DISTINCT loop FROM bandit_decisions WHERE user = ?1")?
+        .query_map([user], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    loops.sort();
+    c.prepare_cached(
+        "DELETE FROM bandit_rewards WHERE decision_seq IN (SELECT seq FROM bandit_decisions WHERE user = ?1)",
+    )?
+    .execute([user])?;
+    let n = c
+        .prepare_cached("DELETE FROM bandit_decisions WHERE user = ?1")?
+        .execute([user])?;
+    Ok((loops, n as u64))
+}
+
+/// Decisions of `user`, oldest first (for an export).
+pub(crate) fn user_decisions(c: &Connection, user: &str) -> Result<Vec<DecisionRecord>> {
+    let rows: Vec<DecisionRecord> = c
+        .prepare_cached(&format!(
+            "SELECT {DECISION_COLUMNS} FROM bandit_decisions WHERE user = ?1 ORDER BY seq"
+        ))?
+        .query_map([user], decision_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.into_iter().map(|d| with_rewards(c, d)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SqliteStore, Store, StoreOptions};
+
+    fn decision(id: &str, user: Option<&str>, deadline: Millis, activated: bool) -> NewDecision {
+        NewDecision {
+            id: id.into(),
+            loop_name: "home".into(),
+            user: user.map(Into::into),
+            created_at: 1,
+            deadline,
+            activated,
+            payload: format!("{{\"id\":\"{id}\"}}"),
+        }
+    }
+
+    fn reward(id: &str, slot: u32, value: f64) -> NewReward {
+        NewReward {
+            decision_id: id.into(),
+            slot,
+            value,
+            at: 5,
+            is_default: false,
+        }
+    }
+
+    #[test]
+    fn decisions_rewards_and_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let cfg = serde_json::json!({"slots": 3});
+        assert_eq!(s.put_loop("home", &cfg).unwrap().config, cfg);
+        assert_eq!(s.loops().unwrap().len(), 1);
+
+        assert!(
+            s.insert_decision(decision("d1", Some("u1"), 100, true))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            s.insert_decision(decision("d1", None, 100, true)).unwrap(),
+            None
+        );
+        s.insert_decision(decision("d2", Some("u2"), 50, false))
+            .unwrap();
+
+        let RewardOutcome::Recorded(r1) = s.insert_reward(reward("d1", 0, 1.0)).unwrap() else {
+            panic!("not recorded")
+        };
+        assert_eq!(
+            s.insert_reward(reward("d1", 0, 0.0)).unwrap(),
+            RewardOutcome::Duplicate
+        );
+        assert_eq!(
+            s.insert_reward(reward("nope", 0, 0.0)).unwrap(),
+            RewardOutcome::UnknownDecision
+        );
+        assert!(s.activate_decision("d2").unwrap());
+        assert!(!s.activate_decision("d2").unwrap());
+
+        // Expired and open: d2 (deadline 50) only.
+        let open = s.open_decisions(Some(60), 10).unwrap();
+        assert_eq!(
+            open.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["d2"]
+        );
+        let mut default = reward("d2", 0, 0.0);
+        default.is_default = true;
+        s.insert_rewards(vec![default], vec!["d2".into(), "d1".into()])
+            .unwrap();
+        assert!(s.open_decisions(None, 10).unwrap().is_empty());
+
+        let replay = s.loop_rewards("home", 0, 10).unwrap();
+        assert_eq!(replay.len(), 2);
+        assert_eq!(replay[0].0.seq, r1);
+        assert_eq!(replay[0].1.id, "d1");
+        assert!(replay[1].0.is_default);
+        assert_eq!(s.loop_rewards("home", r1, 10).unwrap().len(), 1);
+
+        let log = s.decision_log("home", 10).unwrap();
+        assert_eq!(
+            log.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["d1", "d2"]
+        );
+        assert_eq!(log[0].rewards[0].value, 1.0);
+
+        s.save_checkpoint("home", 7, vec![1, 2, 3]).unwrap();
+        assert_eq!(s.checkpoint("home").unwrap(), Some((7, vec![1, 2, 3])));
+        s.delete_checkpoint("home").unwrap();
+        assert_eq!(s.checkpoint("home").unwrap(), None);
+
+        assert_eq!(s.user_decisions("u1").unwrap().len(), 1);
+        assert_eq!(
+            s.delete_user_decisions("u1").unwrap(),
+            (vec!["home".to_owned()], 1)
+        );
+        assert!(s.decision("d1").unwrap().is_none());
+        assert_eq!(s.loop_rewards("home", 0, 10).unwrap().len(), 1);
+    }
+}
