@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod decisions;
 pub mod engine;
 pub mod error;
 pub mod features;
@@ -112,11 +113,18 @@ impl Server {
 
     /// Waits until the server stops (after [`Server::shutdown`] or a failure).
     pub async fn wait(self) -> Result<(), ServerError> {
+        let served = self.task.await;
         for task in &self.background {
             task.abort();
         }
-        self.task
-            .await
+        // Learners are rebuilt from the log anyway; a checkpoint only shortens the next start.
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.decisions().checkpoint_all()).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "checkpointing decision loops failed"),
+            Err(e) => tracing::warn!(error = %e, "checkpointing decision loops panicked"),
+            Ok(Ok(_)) => {}
+        }
+        served
             .map_err(|e| ServerError::Task(e.to_string()))?
             .map_err(ServerError::Serve)
     }
@@ -193,7 +201,8 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     tracing::info!(%addr, "serving");
     let trainer = tokio::spawn(background_trainer(engine.clone()));
     let keys = tokio::spawn(refresh_keys(engine.clone()));
-    let mut background = vec![trainer, keys];
+    let windows = tokio::spawn(decision_windows(engine.clone()));
+    let mut background = vec![trainer, keys, windows];
     if engine.settings().privacy.max_event_age_days > 0.0 {
         background.push(tokio::spawn(retention(engine.clone())));
     }
@@ -218,6 +227,40 @@ async fn retention(engine: Arc<Engine>) {
             Ok(Ok(n)) => tracing::info!(target: "serve::privacy", events = n, "expired old events"),
             Ok(Err(e)) => tracing::warn!(target: "serve::privacy", error = %e, "retention failed"),
             Err(e) => tracing::error!(target: "serve::privacy", error = %e, "retention panicked"),
+        }
+    }
+}
+
+/// Closes expired reward windows (default rewards) and checkpoints learners periodically.
+async fn decision_windows(engine: Arc<Engine>) {
+    let every = engine.settings().decisions.settle_interval_ms.max(10);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(every));
+    let mut ticks = 0u64;
+    loop {
+        ticker.tick().await;
+        ticks += 1;
+        let e = engine.clone();
+        let checkpoint = ticks.is_multiple_of(30);
+        let result = tokio::task::spawn_blocking(move || {
+            let d = e.decisions();
+            let n = d.settle_expired(engine::now_ms())?;
+            if checkpoint {
+                d.checkpoint_all()?;
+            }
+            Ok::<_, decisions::DecisionError>(n)
+        })
+        .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::debug!(target: "serve::decisions", settled = n, "closed reward windows")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target: "serve::decisions", error = %e, "closing reward windows failed")
+            }
+            Err(e) => {
+                tracing::error!(target: "serve::decisions", error = %e, "closing reward windows panicked")
+            }
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Settings {
     pub serving: ServingSettings,
     /// Model training.
     pub training: TrainingSettings,
+    /// Decision loops (contextual bandits).
+    pub decisions: DecisionSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -74,6 +76,32 @@ impl Default for AuthSettings {
             enabled: true,
             rate_per_second: 0.0,
             burst_seconds: 2.0,
+        }
+    }
+}
+
+/// Decision loops (contextual bandits).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionSettings {
+    /// A loop's learner is checkpointed to the store after this many rewards (and every
+    /// `settle_interval_ms * 30`, and at shutdown); a restart replays the rewards after it.
+    pub checkpoint_every: u64,
+    /// How often closed reward windows get their default rewards, in milliseconds.
+    pub settle_interval_ms: u64,
+    /// Most logged decisions an evaluation reads (the most recent ones).
+    pub evaluation_max_decisions: usize,
+    /// Loop that `/personalizer/v1.0/...` (Azure Personalizer's API) decides in.
+    pub personalizer_loop: String,
+}
+
+impl Default for DecisionSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1000,
+            settle_interval_ms: 1000,
+            evaluation_max_decisions: 50_000,
+            personalizer_loop: "personalizer".into(),
         }
     }
 }

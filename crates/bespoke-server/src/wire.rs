@@ -191,6 +191,20 @@ pub struct UserExport {
     /// vector of the served model.
     #[serde(deserialize_with = "strict_value")]
     pub derived: Value,
+    /// Decisions made for the user by decision loops, with their rewards, oldest first.
+    /// Informational: `bespoke import` does not restore them (a decision belongs to the model
+    /// that made it).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "strict_values"
+    )]
+    pub decisions: Vec<Value>,
+}
+
+fn strict_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+    <Vec<crate::strict::StrictValue> as Deserialize>::deserialize(d)
+        .map(|v| v.into_iter().map(|x| x.0).collect())
 }
 
 fn strict_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {

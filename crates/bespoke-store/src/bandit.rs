@@ -96,6 +96,23 @@ pub struct RewardRecord {
     pub is_default: bool,
 }
 
+/// Counts over a loop's log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoopLogStats {
+    /// Decisions logged.
+    pub decisions: u64,
+    /// Rewards logged, defaults included.
+    pub rewards: u64,
+    /// Default rewards.
+    pub default_rewards: u64,
+    /// Sum of the rewards.
+    pub reward_sum: f64,
+    /// Decisions made in apprentice mode.
+    pub apprentice_decisions: u64,
+    /// Of those, how many the learned policy agreed with.
+    pub apprentice_agreements: u64,
+}
+
 /// What recording a reward did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RewardOutcome {
@@ -427,6 +444,43 @@ pub(crate) fn delete_user_decisions(c: &Connection, user: &str) -> Result<(Vec<S
         .prepare_cached("DELETE FROM bandit_decisions WHERE user = ?1")?
         .execute([user])?;
     Ok((loops, n as u64))
+}
+
+pub(crate) fn loop_stats(c: &Connection, loop_name: &str) -> Result<LoopLogStats> {
+    let (decisions, apprentice_decisions, apprentice_agreements) = c
+        .prepare_cached(
+            "SELECT COUNT(*),
+                    COALESCE(SUM(json_extract(payload, '$.mode') = 'apprentice'), 0),
+                    COALESCE(SUM(json_extract(payload, '$.agree') = 1), 0)
+             FROM bandit_decisions WHERE loop = ?1",
+        )?
+        .query_row([loop_name], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+    let (rewards, default_rewards, reward_sum) = c
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(is_default), 0), COALESCE(SUM(value), 0.0)
+             FROM bandit_rewards WHERE loop = ?1",
+        )?
+        .query_row([loop_name], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })?;
+    Ok(LoopLogStats {
+        decisions: decisions as u64,
+        rewards: rewards as u64,
+        default_rewards: default_rewards as u64,
+        reward_sum,
+        apprentice_decisions: apprentice_decisions as u64,
+        apprentice_agreements: apprentice_agreements as u64,
+    })
 }
 
 /// Decisions of `user`, oldest first (for an export).

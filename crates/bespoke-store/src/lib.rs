@@ -32,7 +32,9 @@ mod models;
 mod sqlite;
 
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
-pub use bandit::{DecisionRecord, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord};
+pub use bandit::{
+    DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
+};
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use error::{Error, Result};
 pub use model::{
@@ -249,4 +251,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every decision made for the stored user key `user`, oldest first.
     fn user_decisions(&self, user: &str) -> Result<Vec<DecisionRecord>>;
+
+    /// Counts over a loop's log.
+    fn loop_stats(&self, loop_name: &str) -> Result<LoopLogStats>;
 }

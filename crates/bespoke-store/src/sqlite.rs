@@ -26,7 +26,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::{Map, Value};
 
 use crate::bandit::{
-    self, DecisionRecord, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
+    self, DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome,
+    RewardRecord,
 };
 use crate::event_id::{self, format_uuid, parse_uuid};
 use crate::fingerprint::fingerprint;
@@ -982,6 +983,10 @@ impl Store for SqliteStore {
 
     fn user_decisions(&self, user: &str) -> Result<Vec<DecisionRecord>> {
         self.read(|c| bandit::user_decisions(c, user))
+    }
+
+    fn loop_stats(&self, loop_name: &str) -> Result<LoopLogStats> {
+        self.read(|c| bandit::loop_stats(c, loop_name))
     }
 
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {

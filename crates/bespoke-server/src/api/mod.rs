@@ -5,12 +5,14 @@
 
 mod admin;
 mod catalog;
+mod decisions;
 mod events;
 mod extract;
 #[cfg(test)]
 mod fuzz;
 mod models;
 mod ops;
+mod personalizer;
 mod serving;
 
 use std::sync::Arc;
@@ -72,6 +74,49 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/keys/{key}", Access::Needs(Scope::Admin)),
     ("GET", "/v1/audit", Access::Needs(Scope::Admin)),
     ("GET", "/v1/erasures/{key}", Access::Needs(Scope::Write)),
+    ("GET", "/v1/loops", Access::Needs(Scope::Read)),
+    ("GET", "/v1/loops/{key}", Access::Needs(Scope::Read)),
+    ("PUT", "/v1/loops/{key}", Access::Needs(Scope::Admin)),
+    (
+        "POST",
+        "/v1/loops/{key}/decisions",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "GET",
+        "/v1/loops/{key}/evaluation",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "POST",
+        "/v1/loops/{key}/evaluation/apply",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "POST",
+        "/v1/decisions/{key}/reward",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/v1/decisions/{key}/activate",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/v1.0/rank",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/v1.0/events/{key}/reward",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/v1.0/events/{key}/activate",
+        Access::Needs(Scope::Write),
+    ),
 ];
 
 /// The access rule of a route, `None` for a route not in [`ROUTES`].
@@ -118,6 +163,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/{key}", delete(admin::revoke_key))
         .route("/v1/audit", get(admin::audit))
         .route("/v1/erasures/{key}", get(catalog::get_erasure))
+        .route("/v1/loops", get(decisions::list_loops))
+        .route(
+            "/v1/loops/{key}",
+            get(decisions::get_loop).put(decisions::put_loop),
+        )
+        .route("/v1/loops/{key}/decisions", post(decisions::decide))
+        .route("/v1/loops/{key}/evaluation", get(decisions::evaluation))
+        .route(
+            "/v1/loops/{key}/evaluation/apply",
+            post(decisions::apply_candidate),
+        )
+        .route("/v1/decisions/{key}/reward", post(decisions::reward))
+        .route("/v1/decisions/{key}/activate", post(decisions::activate))
+        .route("/personalizer/v1.0/rank", post(personalizer::rank))
+        .route(
+            "/personalizer/v1.0/events/{key}/reward",
+            post(personalizer::reward),
+        )
+        .route(
+            "/personalizer/v1.0/events/{key}/activate",
+            post(personalizer::activate),
+        )
         // Only matched routes reach `authorize`; unknown paths get a plain 404.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -146,7 +213,8 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The API key of a request: `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
+/// The API key of a request: `Authorization: Bearer <key>`, `X-Api-Key: <key>` or
+/// `Ocp-Apim-Subscription-Key: <key>`.
 fn presented_key(req: &Request) -> Option<&str> {
     let headers = req.headers();
     if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
@@ -154,7 +222,11 @@ fn presented_key(req: &Request) -> Option<&str> {
         let (scheme, token) = v.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    headers
+        .get("x-api-key")
+        // Azure Personalizer's clients send their key here.
+        .or_else(|| headers.get("ocp-apim-subscription-key"))
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Authenticates the key, checks the route's scope and the key's rate limit, and hands the

@@ -117,6 +117,24 @@ impl Engine {
         }
         events.reverse();
         let derived = self.derived(key).unwrap_or(Value::Null);
+        let stored = self.user_keys.to_store(key).into_owned();
+        let decisions = self
+            .store
+            .user_decisions(&stored)?
+            .into_iter()
+            .map(|d| {
+                serde_json::json!({
+                    "decision_id": d.id,
+                    "loop": d.loop_name,
+                    "created_at": crate::time::format_rfc3339(d.created_at),
+                    "decision": serde_json::from_str::<Value>(&d.payload).unwrap_or(Value::Null),
+                    "rewards": d.rewards.iter().map(|r| serde_json::json!({
+                        "slot": r.slot, "value": r.value, "default": r.is_default,
+                        "at": crate::time::format_rfc3339(r.at),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
         self.audit(actor, "user.export", Some(&self.user_ref(key)), None);
         Ok(Some(UserExport {
             format: USER_EXPORT_FORMAT.to_owned(),
@@ -124,6 +142,7 @@ impl Engine {
             user: UserJson::from(user),
             events,
             derived,
+            decisions,
         }))
     }
 

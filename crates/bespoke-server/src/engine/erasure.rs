@@ -60,6 +60,12 @@ pub struct Removed {
     pub events: u64,
     /// Derived serving state that was cleared.
     pub serving_state: Vec<String>,
+    /// Logged decisions of decision loops (with their rewards).
+    #[serde(default)]
+    pub decisions: u64,
+    /// Decision loops whose learner was rebuilt from its log without the user.
+    #[serde(default)]
+    pub decision_loops_rebuilt: Vec<String>,
 }
 
 /// A model version trained without the user.
@@ -120,9 +126,24 @@ impl Engine {
         key: &str,
         retrain: bool,
     ) -> Result<Option<ErasureReceipt>, EraseError> {
-        let Some(deleted) = self.delete_user(key)? else {
-            return Ok(None);
+        let stored_key = self.user_keys.to_store(key).into_owned();
+        let (decisions, loops_rebuilt) =
+            self.decisions
+                .erase_user(&stored_key)
+                .map_err(|e| match e {
+                    crate::decisions::DecisionError::Store(e) => TrainError::Store(e),
+                    other => TrainError::Store(bespoke_store::Error::Corrupt(other.to_string())),
+                })?;
+        let deleted = match self.delete_user(key)? {
+            Some(d) => d,
+            // Someone known only from decisions (decisions do not create users).
+            None if decisions > 0 => bespoke_store::Deleted {
+                idx: u32::MAX,
+                events: 0,
+            },
+            None => return Ok(None),
         };
+        let profile = deleted.idx != u32::MAX;
         let requested_at = super::now_ms();
         let id = format!(
             "era_{}",
@@ -152,8 +173,10 @@ impl Engine {
                 requested_at: crate::time::format_rfc3339(requested_at),
                 requested_at_ms: requested_at,
                 removed: Removed {
-                    profile: true,
+                    profile,
                     events: deleted.events,
+                    decisions,
+                    decision_loops_rebuilt: loops_rebuilt,
                     serving_state: [
                         "history",
                         "popularity and trending",

@@ -331,6 +331,8 @@ pub struct Engine {
     erasures: Mutex<erasure::Erasures>,
     /// Raw user keys to store keys (pseudonymization).
     user_keys: crate::privacy::UserKeys,
+    /// Decision loops (contextual bandits).
+    decisions: crate::decisions::Loops,
 }
 
 impl std::fmt::Debug for Engine {
@@ -413,6 +415,12 @@ impl Engine {
         let audit_secret = store.secret("audit_user_ref", crate::auth::random_bytes()?)?;
         let user_keys = crate::privacy::UserKeys::new(&settings);
         crate::privacy::check_store(&*store, &user_keys)?;
+        let decisions =
+            crate::decisions::Loops::open(store.clone(), settings.decisions.checkpoint_every)
+                .map_err(|e| match e {
+                    crate::decisions::DecisionError::Store(e) => e,
+                    other => bespoke_store::Error::Corrupt(other.to_string()),
+                })?;
         let engine = Self {
             store,
             settings,
@@ -426,6 +434,7 @@ impl Engine {
             audit_secret,
             erasures: Mutex::default(),
             user_keys,
+            decisions,
         };
         engine.refresh_keys()?;
         engine.load_pending_erasures()?;
@@ -446,6 +455,32 @@ impl Engine {
     /// The underlying store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The decision loops.
+    pub fn decisions(&self) -> &crate::decisions::Loops {
+        &self.decisions
+    }
+
+    /// A user's consent as it bears on a decision: the configured defaults for an unknown
+    /// user; and the key under which the store holds the user.
+    pub fn decision_user(&self, key: &str) -> (String, crate::decisions::DecisionConsent) {
+        let stored = self.user_keys.to_store(key).into_owned();
+        let s = self.state.read();
+        let consent = match s.users.get(&stored) {
+            Some(idx) => crate::decisions::DecisionConsent {
+                personalization: s.personalization.get(idx as usize).copied().unwrap_or(true),
+                training: !s.live.is_private(UserIdx(idx)),
+            },
+            None => {
+                let d = self.settings.consent.defaults();
+                crate::decisions::DecisionConsent {
+                    personalization: d.personalization,
+                    training: d.training,
+                }
+            }
+        };
+        (stored, consent)
     }
 
     /// Counts for monitoring.

@@ -1,0 +1,120 @@
+//! Azure AI Personalizer's REST surface (v1.0), mapped onto one decision loop
+//! (`decisions.personalizer_loop`), so that an application moves to Bespoke by changing only
+//! its endpoint and key. The key may come in `Ocp-Apim-Subscription-Key`, as Personalizer's
+//! clients send it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AppState;
+use super::decisions::{run_activate, run_decision, run_reward};
+use super::extract::{JsonBody, KeyPath};
+use crate::decisions::{ActionInput, DecisionInput};
+use crate::error::ApiError;
+use crate::strict::StrictValue;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RankableAction {
+    id: String,
+    #[serde(default)]
+    features: Option<StrictValue>,
+}
+
+/// Body of `POST /personalizer/v1.0/rank`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct RankRequest {
+    #[serde(default)]
+    context_features: Option<StrictValue>,
+    actions: Vec<RankableAction>,
+    #[serde(default)]
+    excluded_actions: Option<Vec<String>>,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    defer_activation: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RankedAction {
+    id: String,
+    probability: f64,
+}
+
+/// Answer of `POST /personalizer/v1.0/rank`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RankResponse {
+    ranking: Vec<RankedAction>,
+    event_id: String,
+    reward_action_id: String,
+}
+
+pub(crate) async fn rank(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RankRequest>,
+) -> Result<(StatusCode, Json<RankResponse>), ApiError> {
+    let loop_name = state.engine.settings().decisions.personalizer_loop.clone();
+    let input = DecisionInput {
+        id: body.event_id,
+        user: None,
+        context: body.context_features.map_or(Value::Null, |v| v.0),
+        actions: body
+            .actions
+            .into_iter()
+            .map(|a| ActionInput {
+                id: a.id,
+                features: a.features.map_or(Value::Null, |v| v.0),
+            })
+            .collect(),
+        slots: None,
+        baseline: None,
+        exclude: body.excluded_actions.unwrap_or_default(),
+        defer_activation: body.defer_activation.unwrap_or(false),
+    };
+    let out = run_decision(&state, loop_name, input).await?;
+    let reward_action_id = out.ranking[0].action.clone();
+    Ok((
+        StatusCode::CREATED,
+        Json(RankResponse {
+            ranking: out
+                .ranking
+                .into_iter()
+                .map(|r| RankedAction {
+                    id: r.action,
+                    probability: r.probability,
+                })
+                .collect(),
+            event_id: out.decision_id,
+            reward_action_id,
+        }),
+    ))
+}
+
+/// Body of `POST /personalizer/v1.0/events/{eventId}/reward`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RewardRequest {
+    value: f64,
+}
+
+pub(crate) async fn reward(
+    State(state): State<AppState>,
+    KeyPath(id): KeyPath,
+    JsonBody(body): JsonBody<RewardRequest>,
+) -> Result<StatusCode, ApiError> {
+    run_reward(&state, id, None, body.value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn activate(
+    State(state): State<AppState>,
+    KeyPath(id): KeyPath,
+) -> Result<StatusCode, ApiError> {
+    run_activate(&state, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,1018 @@
+//! Decision loops: contextual bandits that choose among actions under a context, learn from
+//! the rewards that follow, and keep a log complete enough to evaluate other policies offline.
+//!
+//! A *loop* is one decision surface (a home-page slot, a message tone) with its own
+//! configuration and learner. Each decision is logged with its context, its actions, the
+//! probabilities of the policy and the chosen slate before it is answered; each reward is
+//! logged before the learner learns from it. The learner is therefore a function of the log:
+//! a restart loads the last checkpoint and replays the rewards logged after it, a change of the
+//! learning parameters replays the whole log, and erasing a user replays the log without them.
+//!
+//! Learning order: rewards are learned in the order they are applied, which under concurrent
+//! requests may differ slightly from the order they were logged; a replay uses the logged order.
+//! Both learn from exactly the same rewards.
+
+mod config;
+mod payload;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bespoke_algo::Rng;
+use bespoke_algo::bandit::ope::{self, Logged};
+use bespoke_algo::bandit::{
+    Contribution, Learner, LearnerConfig, LinearModel, PreparedAction, PreparedContext, RawFeature,
+};
+use bespoke_store::{DecisionRecord, Millis, NewDecision, NewReward, RewardOutcome, Store};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use config::{LoopConfig, LoopMode};
+pub use payload::{StoredAction, StoredDecision, StoredSlot};
+
+use crate::features::flatten;
+
+/// Rewards replayed per store read.
+const REPLAY_CHUNK: usize = 10_000;
+/// Expired decisions settled per store read.
+const SETTLE_CHUNK: usize = 5_000;
+
+/// Why a decision-loop request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    /// The request is malformed; `field` names the offending part.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path of the offending value.
+        field: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// No such decision.
+    #[error("no decision {0:?}")]
+    UnknownDecision(String),
+    /// No such loop.
+    #[error("no loop {0:?}")]
+    UnknownLoop(String),
+    /// The decision id is taken.
+    #[error("decision id {0:?} is already used")]
+    DuplicateId(String),
+    /// The reward window has closed.
+    #[error("the reward window of decision {0:?} has closed")]
+    Expired(String),
+    /// The slot already has a reward.
+    #[error("slot {slot} of decision {id:?} already has a reward")]
+    AlreadyRewarded {
+        /// Decision id.
+        id: String,
+        /// Slot.
+        slot: u32,
+    },
+    /// The decision was deferred and has not been activated.
+    #[error("decision {0:?} has not been activated (it was made with defer_activation)")]
+    NotActivated(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] bespoke_store::Error),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> DecisionError {
+    DecisionError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// An action offered to a decision.
+#[derive(Debug, Clone)]
+pub struct ActionInput {
+    /// Action id, unique within the request.
+    pub id: String,
+    /// Its features (an object, or a list of objects).
+    pub features: Value,
+}
+
+/// A decision request.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionInput {
+    /// Decision id chosen by the caller (Personalizer's `eventId`); issued when `None`.
+    pub id: Option<String>,
+    /// The user, as the application names them (stored pseudonymised when configured).
+    pub user: Option<String>,
+    /// Context features.
+    pub context: Value,
+    /// The actions to choose among.
+    pub actions: Vec<ActionInput>,
+    /// Slate length; 1 when `None`.
+    pub slots: Option<usize>,
+    /// The caller's own choice (apprentice mode serves it; evaluation compares with it).
+    pub baseline: Option<String>,
+    /// Action ids not to choose.
+    pub exclude: Vec<String>,
+    /// Log now, learn only after `activate`.
+    pub defer_activation: bool,
+}
+
+/// The user's consent, as it bears on a decision.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionConsent {
+    /// Whether the context may shape the decision (false: only action features are used).
+    pub personalization: bool,
+    /// Whether the decision's rewards may be learned from.
+    pub training: bool,
+}
+
+/// One entry of a ranking.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ranked {
+    /// Action id.
+    pub action: String,
+    /// Probability with which it was chosen for its slot (for entries after the slate, and
+    /// excluded actions: its probability for the first slot).
+    pub probability: f64,
+    /// Served score: predicted reward plus exploration term.
+    pub score: f32,
+}
+
+/// Why an action got its score.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionExplanation {
+    /// Action id.
+    pub action: String,
+    /// Predicted reward.
+    pub predicted: f32,
+    /// Exploration term (Thompson sampling's draw; 0 for the other policies, whose exploration
+    /// is in the probabilities).
+    pub exploration: f32,
+    /// The largest feature contributions, and the rest summed; with `exploration` they add up
+    /// to the served score.
+    pub contributions: Vec<Contribution>,
+}
+
+/// What explains a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// `online` or `apprentice`.
+    pub mode: LoopMode,
+    /// The exploration policy.
+    pub policy: &'static str,
+    /// Rewards the learner has learned from.
+    pub model_updates: u64,
+    /// Whether the context was used (false without the user's personalization consent).
+    pub personalized: bool,
+    /// In apprentice mode: the action the learned policy would have chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned_choice: Option<String>,
+    /// Per action, in ranking order (at most the slate and the next ten).
+    pub actions: Vec<ActionExplanation>,
+}
+
+/// A decision made.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionOutput {
+    /// The id to reward.
+    pub decision_id: String,
+    /// The loop.
+    #[serde(rename = "loop")]
+    pub loop_name: String,
+    /// Every action, the slate first; excluded actions last, with probability 0.
+    pub ranking: Vec<Ranked>,
+    /// Number of slots in the slate (the first entries of `ranking`).
+    pub slots: usize,
+    /// Whether rewards count already (false until activated when deferred).
+    pub activated: bool,
+    /// When the reward window closes.
+    pub reward_deadline: String,
+    /// Why.
+    pub explanation: Explanation,
+}
+
+/// A reward recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct RewardAck {
+    /// Decision id.
+    pub decision_id: String,
+    /// Slot rewarded.
+    pub slot: u32,
+    /// The action of that slot.
+    pub action: String,
+    /// The reward.
+    pub value: f64,
+    /// Whether the learner learned from it (false without the user's training consent).
+    pub learned: bool,
+}
+
+/// A loop as reported by `GET /v1/loops/{loop}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopView {
+    /// Name.
+    pub name: String,
+    /// Configuration.
+    pub config: LoopConfig,
+    /// Rewards learned from.
+    pub model_updates: u64,
+    /// Last reward sequence number learned from.
+    pub learned_through: u64,
+    /// Counts from the log.
+    pub stats: LoopStats,
+}
+
+/// Counts from a loop's log.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoopStats {
+    /// Decisions logged.
+    pub decisions: u64,
+    /// Rewards logged (including defaults).
+    pub rewards: u64,
+    /// Default rewards applied at the end of a window.
+    pub default_rewards: u64,
+    /// Mean reward of the rewards logged.
+    pub mean_reward: Option<f64>,
+    /// Apprentice mode: decisions made in it, and how often the learned policy agreed with the
+    /// baseline.
+    pub apprentice: ApprenticeStats,
+}
+
+/// Agreement of the learned policy with the baseline in apprentice mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApprenticeStats {
+    /// Decisions made in apprentice mode.
+    pub decisions: u64,
+    /// Of those, how many the learned policy would have made the same way.
+    pub agreements: u64,
+    /// `agreements / decisions`.
+    pub agreement_rate: Option<f64>,
+}
+
+struct LoopState {
+    config: LoopConfig,
+    learner: Learner,
+    /// Largest reward sequence number learned from.
+    applied_seq: u64,
+    /// Rewards learned since the last checkpoint.
+    dirty: u64,
+}
+
+struct LoopHandle {
+    name: String,
+    state: RwLock<LoopState>,
+    /// Rewards logged (or being logged) but not yet learned from: a checkpoint is taken only
+    /// when none are, so that its sequence number covers exactly what it learned.
+    inflight: AtomicUsize,
+}
+
+/// All decision loops of a store.
+pub struct Loops {
+    store: Arc<dyn Store>,
+    loops: RwLock<HashMap<String, Arc<LoopHandle>>>,
+    create: Mutex<()>,
+    checkpoint_every: u64,
+    rng: Mutex<Rng>,
+}
+
+impl std::fmt::Debug for Loops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loops")
+            .field("loops", &self.loops.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn issue_id() -> Result<String, DecisionError> {
+    let b = crate::auth::random_bytes()
+        .map_err(|e| DecisionError::Store(bespoke_store::Error::Backend(Box::new(e))))?;
+    let h: String = b[..16].iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-4{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+fn policy_name(l: &LearnerConfig) -> &'static str {
+    use bespoke_algo::bandit::Exploration as E;
+    match l.exploration {
+        E::Greedy => "greedy",
+        E::EpsilonGreedy { .. } => "epsilon_greedy",
+        E::Softmax { .. } => "softmax",
+        E::SquareCb { .. } => "square_cb",
+        E::Thompson { .. } => "thompson",
+    }
+}
+
+/// Features of a stored decision, ready to learn from or evaluate.
+struct Featurized {
+    context_raw: Vec<RawFeature>,
+    context: PreparedContext,
+    actions_raw: Vec<Vec<RawFeature>>,
+    actions: Vec<PreparedAction>,
+}
+
+fn featurize(d: &StoredDecision) -> Result<Featurized, DecisionError> {
+    let context_raw = if d.personalized {
+        flatten("context", &d.context).map_err(|e| invalid(e.field, e.message))?
+    } else {
+        Vec::new()
+    };
+    let mut actions_raw = Vec::with_capacity(d.actions.len());
+    for (i, a) in d.actions.iter().enumerate() {
+        actions_raw.push(
+            flatten(&format!("actions[{i}].features"), &a.features)
+                .map_err(|e| invalid(e.field, e.message))?,
+        );
+    }
+    let context = PreparedContext::new(&context_raw);
+    let actions = d
+        .actions
+        .iter()
+        .zip(&actions_raw)
+        .map(|(a, f)| PreparedAction::new(&a.id, f))
+        .collect();
+    Ok(Featurized {
+        context_raw,
+        context,
+        actions_raw,
+        actions,
+    })
+}
+
+impl Loops {
+    /// Loads every loop: its configuration, its last checkpoint, and the rewards logged since.
+    pub fn open(store: Arc<dyn Store>, checkpoint_every: u64) -> Result<Self, DecisionError> {
+        let seed = u64::from_le_bytes(
+            crate::auth::random_bytes()
+                .map_err(|e| DecisionError::Store(bespoke_store::Error::Backend(Box::new(e))))?
+                [..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let loops = Self {
+            store,
+            loops: RwLock::new(HashMap::new()),
+            create: Mutex::new(()),
+            checkpoint_every: checkpoint_every.max(1),
+            rng: Mutex::new(Rng::seed_from_u64(seed)),
+        };
+        for record in loops.store.loops()? {
+            let config: LoopConfig =
+                serde_json::from_value(record.config.clone()).map_err(|e| {
+                    bespoke_store::Error::Corrupt(format!("loop {:?}: {e}", record.name))
+                })?;
+            let handle = loops.restore(&record.name, config)?;
+            loops.loops.write().insert(record.name, handle);
+        }
+        Ok(loops)
+    }
+
+    /// A loop's learner from its checkpoint (when it was saved under the same model
+    /// parameters) plus the rewards logged after it.
+    fn restore(&self, name: &str, config: LoopConfig) -> Result<Arc<LoopHandle>, DecisionError> {
+        let mut state = LoopState {
+            learner: Learner::new(config.learner.clone()),
+            config,
+            applied_seq: 0,
+            dirty: 0,
+        };
+        if let Some((seq, bytes)) = self.store.checkpoint(name)?
+            && let Some((saved, model)) = payload::read_checkpoint(&bytes)
+            && saved.same_model(&state.config.learner)
+            && let Some(l) = Learner::from_model(state.config.learner.clone(), model)
+        {
+            state.learner = l;
+            state.applied_seq = seq;
+        }
+        let replayed = self.replay(name, &mut state)?;
+        if replayed > 0 {
+            tracing::info!(
+                loop_name = name,
+                replayed,
+                "caught up from the decision log"
+            );
+        }
+        Ok(Arc::new(LoopHandle {
+            name: name.to_owned(),
+            state: RwLock::new(state),
+            inflight: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Learns every reward of the loop logged after `state.applied_seq`, in log order.
+    fn replay(&self, name: &str, state: &mut LoopState) -> Result<u64, DecisionError> {
+        let mut n = 0;
+        loop {
+            let chunk = self
+                .store
+                .loop_rewards(name, state.applied_seq, REPLAY_CHUNK)?;
+            let Some(last) = chunk.last() else { break };
+            let last_seq = last.0.seq;
+            for (reward, decision) in &chunk {
+                learn_one(&mut state.learner, decision, reward.slot, reward.value);
+                n += 1;
+            }
+            state.applied_seq = last_seq;
+            state.dirty += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
+    fn handle(&self, name: &str) -> Option<Arc<LoopHandle>> {
+        self.loops.read().get(name).cloned()
+    }
+
+    /// The loop, created with the default configuration if it does not exist.
+    fn handle_or_create(&self, name: &str) -> Result<Arc<LoopHandle>, DecisionError> {
+        if let Some(h) = self.handle(name) {
+            return Ok(h);
+        }
+        let _guard = self.create.lock();
+        if let Some(h) = self.handle(name) {
+            return Ok(h);
+        }
+        let config = LoopConfig::default();
+        self.store.put_loop(
+            name,
+            &serde_json::to_value(&config).expect("config serializes"),
+        )?;
+        let handle = Arc::new(LoopHandle {
+            name: name.to_owned(),
+            state: RwLock::new(LoopState {
+                learner: Learner::new(config.learner.clone()),
+                config,
+                applied_seq: 0,
+                dirty: 0,
+            }),
+            inflight: AtomicUsize::new(0),
+        });
+        self.loops.write().insert(name.to_owned(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Names of every loop.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.loops.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A loop's configuration, learner state and log counts.
+    pub fn view(&self, name: &str) -> Result<LoopView, DecisionError> {
+        let h = self
+            .handle(name)
+            .ok_or_else(|| DecisionError::UnknownLoop(name.to_owned()))?;
+        let (config, model_updates, learned_through) = {
+            let s = h.state.read();
+            (s.config.clone(), s.learner.model().updates(), s.applied_seq)
+        };
+        let stats = self.stats(name)?;
+        Ok(LoopView {
+            name: name.to_owned(),
+            config,
+            model_updates,
+            learned_through,
+            stats,
+        })
+    }
+
+    fn stats(&self, name: &str) -> Result<LoopStats, DecisionError> {
+        let log = self.store.loop_stats(name)?;
+        Ok(LoopStats {
+            decisions: log.decisions,
+            rewards: log.rewards,
+            default_rewards: log.default_rewards,
+            mean_reward: (log.rewards > 0).then(|| log.reward_sum / log.rewards as f64),
+            apprentice: ApprenticeStats {
+                decisions: log.apprentice_decisions,
+                agreements: log.apprentice_agreements,
+                agreement_rate: (log.apprentice_decisions > 0)
+                    .then(|| log.apprentice_agreements as f64 / log.apprentice_decisions as f64),
+            },
+        })
+    }
+
+    /// Creates or reconfigures a loop. A change of the learning parameters (bits, learning
+    /// rate, interactions) rebuilds the learner from the whole log under the new ones; a change
+    /// of exploration or of anything else applies to the next decision.
+    pub fn configure(&self, name: &str, config: LoopConfig) -> Result<LoopView, DecisionError> {
+        config.validate().map_err(|(f, m)| invalid(f, m))?;
+        let handle = self.handle_or_create(name)?;
+        {
+            let mut s = handle.state.write();
+            self.store.put_loop(
+                name,
+                &serde_json::to_value(&config).expect("config serializes"),
+            )?;
+            if s.config.learner.same_model(&config.learner) {
+                s.learner
+                    .set_exploration(config.learner.exploration.clone());
+                s.config = config;
+            } else {
+                s.learner = Learner::new(config.learner.clone());
+                s.config = config;
+                s.applied_seq = 0;
+                self.replay(name, &mut s)?;
+                self.save_checkpoint(&handle, &mut s)?;
+            }
+        }
+        self.view(name)
+    }
+
+    /// Chooses a ranking for `input` in loop `name` (created with defaults if new), logs it,
+    /// and answers once the log entry is committed.
+    pub fn decide(
+        &self,
+        name: &str,
+        input: DecisionInput,
+        stored_user: Option<String>,
+        consent: DecisionConsent,
+        now: Millis,
+    ) -> Result<DecisionOutput, DecisionError> {
+        let handle = self.handle_or_create(name)?;
+        let max_actions = handle.state.read().config.max_actions;
+        let (stored, eligible, baseline) = payload::validate(&input, max_actions)?;
+        let stored = StoredDecision {
+            personalized: consent.personalization,
+            learn: consent.training,
+            ..stored
+        };
+        let f = featurize(&stored)?;
+        let id = match input.id {
+            Some(id) => id,
+            None => issue_id()?,
+        };
+        let mut rng = Rng::seed_from_u64(self.rng.lock().next_u64());
+
+        let s = handle.state.read();
+        let config = s.config.clone();
+        let (predicted, uncertainty) = s.learner.score(&f.context, &f.actions);
+        let slots = input
+            .slots
+            .unwrap_or(1)
+            .min(eligible.iter().filter(|&&e| e).count());
+        let greedy = (0..predicted.len())
+            .filter(|&i| eligible[i])
+            .max_by(|&a, &b| predicted[a].total_cmp(&predicted[b]).then(b.cmp(&a)));
+        let (slate_slots, exploration, first_probs, agree) = match config.mode {
+            LoopMode::Online => {
+                let slate = s.learner.decide_scored(
+                    predicted.clone(),
+                    uncertainty,
+                    &eligible,
+                    slots,
+                    &mut rng,
+                );
+                let slots: Vec<StoredSlot> = slate
+                    .slots
+                    .iter()
+                    .map(|c| StoredSlot {
+                        action: c.action,
+                        probability: c.probability,
+                    })
+                    .collect();
+                (slots, slate.exploration, slate.probabilities, None)
+            }
+            LoopMode::Apprentice => {
+                // Serve the caller's choice (the first eligible action without a baseline),
+                // then the rest in the caller's order, all deterministically.
+                let first = baseline.or_else(|| eligible.iter().position(|&e| e));
+                let mut order: Vec<usize> = first.into_iter().collect();
+                order.extend((0..eligible.len()).filter(|&i| eligible[i] && Some(i) != first));
+                order.truncate(slots);
+                let mut probs = vec![0.0; eligible.len()];
+                if let Some(b) = first {
+                    probs[b] = 1.0;
+                }
+                let agree = first.map(|b| greedy == Some(b));
+                (
+                    order
+                        .into_iter()
+                        .map(|a| StoredSlot {
+                            action: a,
+                            probability: 1.0,
+                        })
+                        .collect(),
+                    vec![0.0; eligible.len()],
+                    probs,
+                    agree,
+                )
+            }
+        };
+        let model_updates = s.learner.model().updates();
+        // Ranking: the slate, then the other eligible actions by served score, then the excluded.
+        let served: Vec<f32> = predicted
+            .iter()
+            .zip(&exploration)
+            .map(|(p, e)| p + e)
+            .collect();
+        let in_slate: Vec<usize> = slate_slots.iter().map(|s| s.action).collect();
+        let mut rest: Vec<usize> = (0..eligible.len())
+            .filter(|i| eligible[*i] && !in_slate.contains(i))
+            .collect();
+        rest.sort_by(|&a, &b| served[b].total_cmp(&served[a]).then(a.cmp(&b)));
+        let excluded: Vec<usize> = (0..eligible.len()).filter(|&i| !eligible[i]).collect();
+        let mut ranking = Vec::with_capacity(eligible.len());
+        for slot in &slate_slots {
+            ranking.push(Ranked {
+                action: stored.actions[slot.action].id.clone(),
+                probability: slot.probability,
+                score: served[slot.action],
+            });
+        }
+        for &i in rest.iter().chain(&excluded) {
+            ranking.push(Ranked {
+                action: stored.actions[i].id.clone(),
+                probability: if eligible[i] { first_probs[i] } else { 0.0 },
+                score: served[i],
+            });
+        }
+        let explain_n = (slate_slots.len() + 10).min(ranking.len());
+        let order: Vec<usize> = in_slate
+            .iter()
+            .chain(&rest)
+            .chain(&excluded)
+            .copied()
+            .collect();
+        let actions_explained = order[..explain_n]
+            .iter()
+            .map(|&i| ActionExplanation {
+                action: stored.actions[i].id.clone(),
+                predicted: predicted[i],
+                exploration: exploration[i],
+                contributions: s.learner.explain(
+                    &f.context_raw,
+                    &f.context,
+                    &stored.actions[i].id,
+                    &f.actions_raw[i],
+                    &f.actions[i],
+                    config.explanation_terms,
+                ),
+            })
+            .collect();
+        drop(s);
+
+        let record = StoredDecision {
+            slots: slate_slots,
+            probabilities: first_probs,
+            predicted,
+            baseline,
+            mode: config.mode,
+            agree,
+            ..stored
+        };
+        let deadline = now + (config.reward_wait_seconds * 1000.0) as Millis;
+        let logged = self.store.insert_decision(NewDecision {
+            id: id.clone(),
+            loop_name: name.to_owned(),
+            user: stored_user,
+            created_at: now,
+            deadline,
+            activated: !input.defer_activation,
+            payload: serde_json::to_string(&record).expect("decision serializes"),
+        })?;
+        if logged.is_none() {
+            return Err(DecisionError::DuplicateId(id));
+        }
+        Ok(DecisionOutput {
+            decision_id: id,
+            loop_name: name.to_owned(),
+            slots: record.slots.len(),
+            ranking,
+            activated: !input.defer_activation,
+            reward_deadline: crate::time::format_rfc3339(deadline),
+            explanation: Explanation {
+                mode: config.mode,
+                policy: if config.mode == LoopMode::Apprentice {
+                    "baseline"
+                } else {
+                    policy_name(&config.learner)
+                },
+                model_updates,
+                personalized: record.personalized,
+                learned_choice: match config.mode {
+                    LoopMode::Apprentice => greedy.map(|g| record.actions[g].id.clone()),
+                    LoopMode::Online => None,
+                },
+                actions: actions_explained,
+            },
+        })
+    }
+
+    /// Activates a deferred decision: its rewards count from now on.
+    pub fn activate(&self, id: &str, now: Millis) -> Result<bool, DecisionError> {
+        let d = self
+            .store
+            .decision(id)?
+            .ok_or_else(|| DecisionError::UnknownDecision(id.to_owned()))?;
+        if d.activated {
+            return Ok(false);
+        }
+        if d.settled || now > d.deadline {
+            return Err(DecisionError::Expired(id.to_owned()));
+        }
+        Ok(self.store.activate_decision(id)?)
+    }
+
+    /// Records the reward of one slot of a decision and learns from it.
+    pub fn reward(
+        &self,
+        id: &str,
+        slot: Option<u32>,
+        value: f64,
+        now: Millis,
+    ) -> Result<RewardAck, DecisionError> {
+        if !value.is_finite() {
+            return Err(invalid("value", "must be a finite number"));
+        }
+        let d = self
+            .store
+            .decision(id)?
+            .ok_or_else(|| DecisionError::UnknownDecision(id.to_owned()))?;
+        let stored: StoredDecision = payload::parse(&d)?;
+        let slot = slot.unwrap_or(0);
+        let Some(chosen) = stored.slots.get(slot as usize) else {
+            return Err(invalid(
+                "slot",
+                format!(
+                    "decision {id:?} has {} slot(s); slots are numbered from 0",
+                    stored.slots.len()
+                ),
+            ));
+        };
+        if !d.activated {
+            return Err(DecisionError::NotActivated(id.to_owned()));
+        }
+        if d.settled || now > d.deadline {
+            return Err(DecisionError::Expired(id.to_owned()));
+        }
+        if d.rewards.iter().any(|r| r.slot == slot) {
+            return Err(DecisionError::AlreadyRewarded {
+                id: id.to_owned(),
+                slot,
+            });
+        }
+        let handle = self
+            .handle(&d.loop_name)
+            .ok_or_else(|| DecisionError::UnknownLoop(d.loop_name.clone()))?;
+        handle.inflight.fetch_add(1, Ordering::SeqCst);
+        let outcome = self.store.insert_reward(NewReward {
+            decision_id: id.to_owned(),
+            slot,
+            value,
+            at: now,
+            is_default: false,
+        });
+        let learned = match outcome {
+            Ok(RewardOutcome::Recorded(seq)) => {
+                self.learn(&handle, &d, slot, value, seq);
+                stored.learn
+            }
+            other => {
+                handle.inflight.fetch_sub(1, Ordering::SeqCst);
+                return match other? {
+                    RewardOutcome::Duplicate => Err(DecisionError::AlreadyRewarded {
+                        id: id.to_owned(),
+                        slot,
+                    }),
+                    _ => Err(DecisionError::UnknownDecision(id.to_owned())),
+                };
+            }
+        };
+        Ok(RewardAck {
+            decision_id: id.to_owned(),
+            slot,
+            action: stored.actions[chosen.action].id.clone(),
+            value,
+            learned,
+        })
+    }
+
+    /// Learns one logged reward (and releases its in-flight mark); checkpoints when due.
+    fn learn(&self, handle: &LoopHandle, d: &DecisionRecord, slot: u32, value: f64, seq: u64) {
+        let mut s = handle.state.write();
+        learn_one(&mut s.learner, d, slot, value);
+        s.applied_seq = s.applied_seq.max(seq);
+        s.dirty += 1;
+        handle.inflight.fetch_sub(1, Ordering::SeqCst);
+        if s.dirty >= self.checkpoint_every
+            && let Err(e) = self.save_checkpoint(handle, &mut s)
+        {
+            tracing::warn!(loop_name = handle.name, error = %e, "checkpoint failed");
+        }
+    }
+
+    /// Saves the learner if nothing is in flight (see [`LoopHandle::inflight`]).
+    fn save_checkpoint(
+        &self,
+        handle: &LoopHandle,
+        s: &mut LoopState,
+    ) -> Result<bool, DecisionError> {
+        if handle.inflight.load(Ordering::SeqCst) != 0 {
+            return Ok(false);
+        }
+        let bytes = payload::write_checkpoint(&s.config.learner, s.learner.model());
+        self.store
+            .save_checkpoint(&handle.name, s.applied_seq, bytes)?;
+        s.dirty = 0;
+        Ok(true)
+    }
+
+    /// Checkpoints every loop that learned since its last checkpoint.
+    pub fn checkpoint_all(&self) -> Result<usize, DecisionError> {
+        let handles: Vec<Arc<LoopHandle>> = self.loops.read().values().cloned().collect();
+        let mut n = 0;
+        for h in handles {
+            let mut s = h.state.write();
+            if s.dirty > 0 && self.save_checkpoint(&h, &mut s)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Closes the reward windows that ended before `now`: each activated decision gets its
+    /// loop's default reward for every slot without one, and is learned from. Returns the
+    /// number of decisions settled.
+    pub fn settle_expired(&self, now: Millis) -> Result<usize, DecisionError> {
+        let mut total = 0;
+        loop {
+            let open = self.store.open_decisions(Some(now), SETTLE_CHUNK)?;
+            if open.is_empty() {
+                break;
+            }
+            let mut rewards = Vec::new();
+            let mut owners = Vec::new();
+            for d in &open {
+                let Some(handle) = self.handle(&d.loop_name) else {
+                    continue;
+                };
+                if !d.activated {
+                    continue;
+                }
+                let Ok(stored) = payload::parse(d) else {
+                    continue;
+                };
+                let default = handle.state.read().config.default_reward;
+                for slot in 0..stored.slots.len() as u32 {
+                    if !d.rewards.iter().any(|r| r.slot == slot) {
+                        handle.inflight.fetch_add(1, Ordering::SeqCst);
+                        rewards.push(NewReward {
+                            decision_id: d.id.clone(),
+                            slot,
+                            value: default,
+                            at: now,
+                            is_default: true,
+                        });
+                        owners.push((handle.clone(), d, slot, default));
+                    }
+                }
+            }
+            let ids: Vec<String> = open.iter().map(|d| d.id.clone()).collect();
+            let n = open.len();
+            match self.store.insert_rewards(rewards, ids) {
+                Ok(outcomes) => {
+                    for ((handle, d, slot, value), outcome) in owners.into_iter().zip(outcomes) {
+                        match outcome {
+                            RewardOutcome::Recorded(seq) => {
+                                self.learn(&handle, d, slot, value, seq)
+                            }
+                            _ => {
+                                handle.inflight.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (handle, ..) in owners {
+                        handle.inflight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    return Err(e.into());
+                }
+            }
+            total += n;
+            if n < SETTLE_CHUNK {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Deletes every decision of the stored user key `user` and rebuilds the learners that
+    /// learned from them, replaying their logs without the user. Returns the decisions removed
+    /// and the loops rebuilt.
+    pub fn erase_user(&self, user: &str) -> Result<(u64, Vec<String>), DecisionError> {
+        let (loops, n) = self.store.delete_user_decisions(user)?;
+        for name in &loops {
+            if let Some(h) = self.handle(name) {
+                let mut s = h.state.write();
+                s.learner = Learner::new(s.config.learner.clone());
+                s.applied_seq = 0;
+                self.replay(name, &mut s)?;
+                self.store.delete_checkpoint(name)?;
+                self.save_checkpoint(&h, &mut s)?;
+            }
+        }
+        Ok((n, loops))
+    }
+
+    /// The learner's saved bytes (for tests and exports of the model).
+    pub fn model_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.handle(name)
+            .map(|h| h.state.read().learner.model().to_bytes())
+    }
+
+    /// Off-policy evaluation of a loop's last `limit` settled decisions: the online policy,
+    /// the baseline, uniform random and candidate configurations around the current one.
+    pub fn evaluate(
+        &self,
+        name: &str,
+        limit: usize,
+        extra: Vec<(String, LearnerConfig)>,
+    ) -> Result<ope::Report, DecisionError> {
+        let h = self
+            .handle(name)
+            .ok_or_else(|| DecisionError::UnknownLoop(name.to_owned()))?;
+        let current = h.state.read().config.learner.clone();
+        let log = self.store.decision_log(name, limit)?;
+        let logged = logged_decisions(&log);
+        let mut candidates = ope::candidates(&current);
+        for (n, c) in extra {
+            c.validate()
+                .map_err(|(f, m)| invalid(format!("candidates.{n}.{f}"), m))?;
+            candidates.push((n, c));
+        }
+        Ok(ope::report(&logged, &current, &candidates, 0x5eed))
+    }
+}
+
+/// Learns one reward of a logged decision (skipped if the user had withdrawn training consent
+/// or the log entry cannot be read).
+fn learn_one(learner: &mut Learner, d: &DecisionRecord, slot: u32, value: f64) {
+    let Ok(stored) = payload::parse(d) else {
+        tracing::warn!(decision = d.seq, "unreadable decision in the log; skipped");
+        return;
+    };
+    if !stored.learn {
+        return;
+    }
+    let Some(chosen) = stored.slots.get(slot as usize) else {
+        return;
+    };
+    let Ok(f) = featurize(&stored) else { return };
+    let x = learner.vector(&f.context, &f.actions[chosen.action]);
+    learner.learn(&x, value as f32);
+}
+
+/// Each slot of each logged decision as one evaluation sample: the actions still open at that
+/// slot, the one chosen, its probability and its reward.
+pub fn logged_decisions(log: &[DecisionRecord]) -> Vec<Logged> {
+    let mut out = Vec::new();
+    for d in log {
+        let Ok(stored) = payload::parse(d) else {
+            continue;
+        };
+        if !stored.learn || stored.mode == LoopMode::Apprentice && stored.baseline.is_none() {
+            continue;
+        }
+        let Ok(f) = featurize(&stored) else { continue };
+        let mut open: Vec<usize> = (0..stored.actions.len())
+            .filter(|i| !stored.excluded.contains(i))
+            .collect();
+        for (k, slot) in stored.slots.iter().enumerate() {
+            let Some(reward) = d.rewards.iter().find(|r| r.slot == k as u32) else {
+                break;
+            };
+            let Some(chosen) = open.iter().position(|&i| i == slot.action) else {
+                break;
+            };
+            out.push(Logged {
+                context: f.context_raw.clone(),
+                actions: open
+                    .iter()
+                    .map(|&i| (stored.actions[i].id.clone(), f.actions_raw[i].clone()))
+                    .collect(),
+                chosen,
+                probability: slot.probability,
+                reward: reward.value,
+                baseline: if k == 0 {
+                    stored
+                        .baseline
+                        .and_then(|b| open.iter().position(|&i| i == b))
+                } else {
+                    None
+                },
+            });
+            open.remove(chosen);
+        }
+    }
+    out
+}
+
+/// Re-exported for the CLI's `bespoke ope`.
+pub use bespoke_algo::bandit::ope::Report as EvaluationReport;
+
+/// The learner model type, for callers that inspect checkpoints.
+pub type Model = LinearModel;
