@@ -149,6 +149,11 @@ impl TestServer {
         })
     }
 
+    /// The engine behind the server (for time-dependent checks that must not sleep).
+    pub(crate) fn engine(&self) -> std::sync::Arc<bespoke_server::Engine> {
+        self.server.as_ref().expect("running").engine().clone()
+    }
+
     pub(crate) async fn stop(mut self) -> tempfile::TempDir {
         self.server
             .take()

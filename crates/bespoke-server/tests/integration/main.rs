@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod common;
+mod decisions;
 mod events;
 mod models;
 mod ops;
