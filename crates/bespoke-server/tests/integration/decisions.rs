@@ -603,3 +603,77 @@ async fn personalizer_routes_with_the_subscription_key_header() {
     let (_, view) = srv.get("/v1/loops/personalizer").await;
     assert_eq!(view["model_updates"], 1, "{view}");
 }
+
+/// A Python environment with Azure Personalizer's client library from PyPI, made once under
+/// the target directory. Fails (never skips) when Python or PyPI is unavailable.
+fn personalizer_python() -> std::path::PathBuf {
+    use std::process::Command;
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("personalizer-venv");
+    let python = venv.join("bin/python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", "import azure.cognitiveservices.personalizer, msrest"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is needed for the Personalizer client test");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let pip = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "azure-cognitiveservices-personalizer==0.1.1",
+                "msrest==0.7.1",
+            ])
+            .status()
+            .expect("pip runs");
+        assert!(
+            pip.success(),
+            "installing azure-cognitiveservices-personalizer from PyPI failed"
+        );
+        assert!(
+            ready(),
+            "the Personalizer client does not import after installing it"
+        );
+    }
+    python
+}
+
+#[tokio::test]
+async fn personalizer_python_client() {
+    let srv = start().await;
+    let python = tokio::task::spawn_blocking(personalizer_python)
+        .await
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/personalizer_client.py"
+    );
+    let (base, key) = (srv.base.clone(), srv.admin_key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("ENDPOINT", base)
+            .env("KEY", key)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("JSON summary");
+    assert_eq!(summary["ok"], true);
+    let (_, view) = srv.get("/v1/loops/personalizer").await;
+    assert_eq!(view["model_updates"], 2, "{view}");
+    assert_eq!(view["stats"]["decisions"], 2, "{view}");
+}
