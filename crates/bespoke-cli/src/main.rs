@@ -10,6 +10,8 @@ mod export;
 mod import;
 mod inspect;
 mod keys;
+mod obd;
+mod ope;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +80,9 @@ enum Command {
     },
     /// Create, list and revoke API keys.
     Keys(keys::KeysArgs),
+    /// Off-policy evaluation of a decision loop's logs (IPS, SNIPS, DR; candidates; feature
+    /// importance), or the Open Bandit Dataset experiment with --obd.
+    Ope(ope::OpeArgs),
     /// Benchmarks that print JSON.
     Bench(bench::BenchArgs),
 }
@@ -195,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(settings, &args, cli.data_dir.is_some()),
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&settings, &args),
+        Command::Ope(args) => ope::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
         Command::Check { json } => {
             let store = bespoke_server::open_store(&settings)?;

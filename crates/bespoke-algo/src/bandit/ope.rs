@@ -112,6 +112,10 @@ pub struct Estimates {
     pub snips: Estimate,
     /// Doubly robust.
     pub dr: Estimate,
+    /// Self-normalised doubly robust: the reward model's estimate plus the SNIPS correction,
+    /// `(1/n) Σ_t Σ_a π q̂ + Σ_t w_t (r_t − q̂_t) / Σ_t w_t`; steadier when a few weights are
+    /// huge.
+    pub sndr: Estimate,
     /// Kish's effective sample size of the importance weights, `(Σw)² / Σw²`.
     pub effective_sample_size: f64,
 }
@@ -157,11 +161,29 @@ pub fn estimate(samples: &[Sample]) -> Estimates {
     } else {
         0.0
     };
+    let (dm, dm_se) = mean_se(samples.iter().map(|s| s.q_target));
+    let (sndr, sndr_se) = if sw > 0.0 {
+        let corr = samples
+            .iter()
+            .map(|s| w(s) * (s.reward - s.q_chosen))
+            .sum::<f64>()
+            / sw;
+        let spread = samples
+            .iter()
+            .map(|s| (w(s) * (s.reward - s.q_chosen - corr)).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / sw;
+        (dm + corr, (dm_se * dm_se + spread * spread).sqrt())
+    } else {
+        (dm, dm_se)
+    };
     Estimates {
         decisions: samples.len(),
         ips: Estimate::new(ips, ips_se),
         snips: Estimate::new(snips, snips_se),
         dr: Estimate::new(dr, dr_se),
+        sndr: Estimate::new(sndr, sndr_se),
         effective_sample_size: if sw2 > 0.0 { sw * sw / sw2 } else { 0.0 },
     }
 }
@@ -176,8 +198,18 @@ pub fn reward_model(
     let mut learner = Learner::ignoring(config.clone(), ignore);
     let mut out = Vec::with_capacity(logs.len());
     let mut sq = 0.0;
+    // Predictions are kept within the rewards seen in the logs: a linear model can stray far
+    // outside them on actions it has hardly seen, and DR sums its predictions over all actions.
+    let lo = logs.iter().map(|l| l.reward).fold(f64::INFINITY, f64::min) as f32;
+    let hi = logs
+        .iter()
+        .map(|l| l.reward)
+        .fold(f64::NEG_INFINITY, f64::max) as f32;
     for log in logs {
-        let (q, _) = learner.score(&log.context, &log.actions);
+        let (mut q, _) = learner.score(&log.context, &log.actions);
+        for v in &mut q {
+            *v = v.clamp(lo, hi);
+        }
         let e = q[log.chosen] as f64 - log.reward;
         sq += e * e;
         let x = learner.vector(&log.context, &log.actions[log.chosen]);
@@ -486,8 +518,9 @@ mod tests {
         // w = 2, 0, 2; IPS = (2 + 0 + 2) / 3; SNIPS = 4 / 4.
         assert!((e.ips.value - 4.0 / 3.0).abs() < 1e-12);
         assert!((e.snips.value - 1.0).abs() < 1e-12);
-        // With q̂ = 0 DR equals IPS.
+        // With q̂ = 0 DR equals IPS, and self-normalised DR equals SNIPS.
         assert!((e.dr.value - e.ips.value).abs() < 1e-12);
+        assert!((e.sndr.value - e.snips.value).abs() < 1e-12);
         assert!((e.effective_sample_size - 2.0).abs() < 1e-12);
         assert!(e.ips.ci95[0] < e.ips.value && e.ips.value < e.ips.ci95[1]);
     }
@@ -530,6 +563,8 @@ mod tests {
         }
         let d = estimate(&dr).dr;
         assert!(d.ci95[0] < 0.1 && 0.1 < d.ci95[1], "{d:?}");
+        let sn = estimate(&dr).sndr;
+        assert!(sn.ci95[0] < 0.1 && 0.1 < sn.ci95[1], "{sn:?}");
         assert!(d.std_error < e.ips.std_error);
     }
 }

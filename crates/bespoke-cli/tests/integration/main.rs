@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod crash;
+mod ope;
 
 fn bespoke(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bespoke"))

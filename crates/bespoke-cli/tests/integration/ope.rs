@@ -1,0 +1,69 @@
+//! `bespoke ope`: the Open Bandit Dataset experiment, and the evaluation of a loop's logs.
+
+use crate::{bespoke, json, shared_data};
+
+/// Each logging policy's click rate estimated from the other policy's logs. The data are fixed
+/// and every step is deterministic, so the figures are exact; the tolerances are the errors
+/// measured on this 10,000-row sample, rounded up (the on-policy "truths" themselves have a
+/// standard error of about 15%: 46 to 69 clicks per log). See docs/benchmarks.md.
+#[test]
+fn open_bandit_dataset_cross_estimates() {
+    let dir = tempfile::tempdir().unwrap();
+    let obd = shared_data("obd");
+    let results = json(&bespoke(
+        dir.path(),
+        &["ope", "--obd", obd.to_str().unwrap(), "--json"],
+    ));
+    let rows = results.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let find = |campaign: &str, target: &str| {
+        rows.iter()
+            .find(|r| r["campaign"] == campaign && r["target"] == target)
+            .unwrap_or_else(|| panic!("{campaign}/{target} missing: {results}"))
+    };
+    let err = |r: &serde_json::Value, e: &str| r["relative_error"][e].as_f64().unwrap();
+    // On-policy click rates of the logs (the sample's own figures, see SOURCE.md).
+    assert_eq!(find("men", "bts")["true_value"], 0.0069);
+    assert_eq!(find("women", "random")["true_value"], 0.0046);
+
+    // Thompson sampling from uniform logs: every estimator within 35%; DR within 5% on men.
+    for c in ["men", "women"] {
+        let r = find(c, "bts");
+        for e in ["ips", "snips", "dr", "sndr"] {
+            assert!(err(r, e) < 0.35, "{c} bts {e}: {r}");
+        }
+        // Uniform logs give well-spread weights.
+        assert!(
+            r["estimates"]["effective_sample_size"].as_f64().unwrap() > 2000.0,
+            "{r}"
+        );
+    }
+    assert!(err(find("men", "bts"), "dr") < 0.05);
+    // Uniform random from Thompson-sampling logs: propensities down to 1e-6 make the weights
+    // heavy-tailed; SNIPS stays within 50%, and the effective sample size shows why the rest
+    // can be far off on women (a handful of rows carry the estimate).
+    for c in ["men", "women"] {
+        let r = find(c, "random");
+        assert!(err(r, "snips") < 0.5, "{c} random snips: {r}");
+        let ci = &r["estimates"]["snips"]["ci95"];
+        let truth = r["true_value"].as_f64().unwrap();
+        assert!(
+            ci[0].as_f64().unwrap() <= truth && truth <= ci[1].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    assert!(
+        find("women", "random")["estimates"]["effective_sample_size"]
+            .as_f64()
+            .unwrap()
+            < 10.0
+    );
+}
+
+#[test]
+fn ope_of_an_unknown_loop_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bespoke(dir.path(), &["ope", "--loop", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
