@@ -191,10 +191,9 @@ fn reward_model(rows: &[Row], items: &[ItemFeatures]) -> Vec<Vec<f32>> {
     out
 }
 
+/// `labels`: campaign, target policy, policy whose logs are used.
 fn cross(
-    campaign: &str,
-    target: &str,
-    logs_of: &str,
+    [campaign, target, logs_of]: [&str; 3],
     rows: &[Row],
     q: &[Vec<f32>],
     pi: impl Fn(usize, usize) -> f64,
@@ -241,7 +240,7 @@ pub(crate) fn run(dir: &Path) -> anyhow::Result<Vec<CrossEstimate>> {
         if random
             .iter()
             .chain(&bts)
-            .any(|r| r.item >= n || !(r.propensity > 0.0))
+            .any(|r| r.item >= n || r.propensity.is_nan() || r.propensity <= 0.0)
         {
             bail!("{campaign}: an item id outside item_context.csv or a non-positive propensity");
         }
@@ -259,9 +258,7 @@ pub(crate) fn run(dir: &Path) -> anyhow::Result<Vec<CrossEstimate>> {
         let q_random = reward_model(&random, &items);
         let q_bts = reward_model(&bts, &items);
         out.push(cross(
-            campaign,
-            "bts",
-            "random",
+            [campaign, "bts", "random"],
             &random,
             &q_random,
             pi_bts,
@@ -269,9 +266,7 @@ pub(crate) fn run(dir: &Path) -> anyhow::Result<Vec<CrossEstimate>> {
             ctr(&bts),
         ));
         out.push(cross(
-            campaign,
-            "random",
-            "bts",
+            [campaign, "random", "bts"],
             &bts,
             &q_bts,
             pi_random,
