@@ -78,6 +78,24 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Decisions per second over HTTP: an in-process server on a loopback port, `--connections`
+    /// keep-alive clients asking for decisions among `--actions` actions, each (context, action)
+    /// pair carrying `--features` features; every decision is logged durably before it is
+    /// answered.
+    Decisions {
+        /// Decisions in total.
+        #[arg(long, default_value_t = 50_000)]
+        decisions: usize,
+        /// Actions per decision.
+        #[arg(long, default_value_t = 10)]
+        actions: usize,
+        /// Features per (context, action) pair: 40% context, 60% action.
+        #[arg(long, default_value_t = 50)]
+        features: usize,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
     /// Durable HTTP ingest rate over loopback.
     Ingest {
         /// Events to send in total.
@@ -112,6 +130,12 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             batch,
             connections,
         } => bench_ingest(settings, *events, *batch, *connections)?,
+        BenchWhat::Decisions {
+            decisions,
+            actions,
+            features,
+            connections,
+        } => bench_decisions(settings, *decisions, *actions, *features, *connections)?,
         BenchWhat::Bandit { env, learner, seed } => bench_bandit(env, learner.as_deref(), *seed)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -328,6 +352,146 @@ fn bench_ingest(
             "request_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
             "target_events_per_sec": 50_000,
             "durable": "WAL, synchronous=FULL, acknowledged after commit",
+            "peak_rss_mib": peak_rss_mib(),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        }))
+    })
+}
+
+/// Decision throughput over HTTP (see [`BenchWhat::Decisions`]).
+fn bench_decisions(
+    settings: &Settings,
+    decisions: usize,
+    actions: usize,
+    features: usize,
+    connections: usize,
+) -> anyhow::Result<serde_json::Value> {
+    if decisions == 0 || actions == 0 || connections == 0 || features < 2 {
+        bail!("--decisions, --actions and --connections must be at least 1, --features at least 2");
+    }
+    let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut s = settings.clone();
+    s.store.data_dir = work.path().to_owned();
+    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
+    s.training.train_on_start = false;
+    s.training.interval_minutes = 0;
+    s.training.min_new_events = 0;
+    let context_features = features * 2 / 5;
+    let action_features = features - context_features;
+    // 1,000 distinct request bodies, reused in turn: the client measures the server.
+    let mut rng = Rng::seed_from_u64(3);
+    let bodies: Vec<Bytes> = (0..1000)
+        .map(|_| {
+            let mut context = serde_json::Map::new();
+            for f in 0..context_features {
+                let v = if f % 2 == 0 {
+                    json!(format!("v{}", rng.below(20)))
+                } else {
+                    json!((rng.f64() * 100.0).round() / 100.0)
+                };
+                context.insert(format!("c{f}"), v);
+            }
+            let acts: Vec<serde_json::Value> = (0..actions)
+                .map(|a| {
+                    let mut f = serde_json::Map::new();
+                    for k in 0..action_features {
+                        let v = if k % 2 == 0 {
+                            json!(format!("t{}", rng.below(10)))
+                        } else {
+                            json!((rng.f64() * 100.0).round() / 100.0)
+                        };
+                        f.insert(format!("a{k}"), v);
+                    }
+                    json!({ "id": format!("action-{a}"), "features": f })
+                })
+                .collect();
+            Bytes::from(
+                serde_json::to_vec(&json!({ "context": context, "actions": acts }))
+                    .expect("serialisable"),
+            )
+        })
+        .collect();
+    let body_bytes = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let server = bespoke_server::start(s).await?;
+        let addr = server.addr();
+        let engine = server.engine().clone();
+        let (key, _) = tokio::task::spawn_blocking(move || {
+            engine.create_key("bench", "bench", &[Scope::Write], None)
+        })
+        .await??;
+        let auth = Arc::new(format!("Bearer {key}"));
+        let bodies = Arc::new(bodies);
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let bodies = bodies.clone();
+            let next = next.clone();
+            let auth = auth.clone();
+            tasks.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await?;
+                tokio::spawn(conn);
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= decisions {
+                        break;
+                    }
+                    let req = hyper::Request::post("/v1/loops/bench/decisions")
+                        .header("content-type", "application/json")
+                        .header("authorization", auth.as_str())
+                        .header("host", addr.to_string())
+                        .body(Full::new(bodies[i % bodies.len()].clone()))?;
+                    let t = Instant::now();
+                    let resp = sender.send_request(req).await?;
+                    let status = resp.status();
+                    let body = resp.into_body().collect().await?.to_bytes();
+                    latencies.push(t.elapsed());
+                    if !status.is_success() {
+                        bail!(
+                            "the server answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        let mut latencies: Vec<Duration> = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.context("client task")??);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let engine = server.engine().clone();
+        let logged = tokio::task::spawn_blocking(move || engine.decisions().view("bench"))
+            .await??
+            .stats
+            .decisions;
+        server.shutdown().await?;
+        if logged != decisions as u64 {
+            bail!("made {decisions} decisions but {logged} were logged");
+        }
+        latencies.sort();
+        let pct =
+            |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        Ok(json!({
+            "bench": "decisions",
+            "decisions": decisions,
+            "actions": actions,
+            "features_per_pair": features,
+            "request_body_bytes": body_bytes,
+            "connections": connections,
+            "seconds": elapsed,
+            "decisions_per_sec": decisions as f64 / elapsed,
+            "request_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+            "target_decisions_per_sec": 5_000,
+            "durable": "each decision logged (WAL, synchronous=FULL) before it is answered",
             "peak_rss_mib": peak_rss_mib(),
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }))

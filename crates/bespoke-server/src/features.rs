@@ -30,7 +30,7 @@ pub fn flatten(path: &str, v: &Value) -> Result<Vec<RawFeature>, FeatureError> {
         Value::Null => {}
         Value::Object(map) => {
             for (k, v) in map {
-                walk(k, k, v, &format!("{path}.{k}"), 0, &mut out)?;
+                walk(k, k, v, &|| format!("{path}.{k}"), 0, &mut out)?;
             }
         }
         Value::Array(list) => {
@@ -42,7 +42,7 @@ pub fn flatten(path: &str, v: &Value) -> Result<Vec<RawFeature>, FeatureError> {
                     });
                 };
                 for (k, v) in map {
-                    walk(k, k, v, &format!("{path}[{i}].{k}"), 0, &mut out)?;
+                    walk(k, k, v, &|| format!("{path}[{i}].{k}"), 0, &mut out)?;
                 }
             }
         }
@@ -56,16 +56,18 @@ pub fn flatten(path: &str, v: &Value) -> Result<Vec<RawFeature>, FeatureError> {
     Ok(out)
 }
 
+/// Walks one value. `path` builds the value's JSON path, only when an error needs it: paths
+/// are most of the allocations otherwise.
 fn walk(
     ns: &str,
     name: &str,
     v: &Value,
-    path: &str,
+    path: &dyn Fn() -> String,
     depth: usize,
     out: &mut Vec<RawFeature>,
 ) -> Result<(), FeatureError> {
     let err = |m: &str| FeatureError {
-        field: path.to_owned(),
+        field: path(),
         message: m.to_owned(),
     };
     if depth > MAX_DEPTH {
@@ -80,7 +82,13 @@ fn walk(
     match v {
         Value::Null | Value::Bool(false) => {}
         Value::Bool(true) => out.push(RawFeature::new(ns, name, 1.0)),
-        Value::String(s) => out.push(RawFeature::new(ns, format!("{name}={s}"), 1.0)),
+        Value::String(s) => {
+            let mut n = String::with_capacity(name.len() + 1 + s.len());
+            n.push_str(name);
+            n.push('=');
+            n.push_str(s);
+            out.push(RawFeature::new(ns, n, 1.0));
+        }
         Value::Number(n) => {
             let x = n.as_f64().unwrap_or(f64::NAN) as f32;
             if !x.is_finite() {
@@ -92,7 +100,7 @@ fn walk(
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                let p = format!("{path}[{i}]");
+                let p = || format!("{}[{i}]", path());
                 match item {
                     Value::Number(_) => {
                         walk(ns, &format!("{name}[{i}]"), item, &p, depth + 1, out)?
@@ -107,7 +115,7 @@ fn walk(
                     ns,
                     &format!("{name}.{k}"),
                     v,
-                    &format!("{path}.{k}"),
+                    &|| format!("{}.{k}", path()),
                     depth + 1,
                     out,
                 )?;

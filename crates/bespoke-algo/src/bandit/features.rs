@@ -50,12 +50,27 @@ impl RawFeature {
 #[serde(transparent)]
 pub struct Selector(pub String);
 
-impl Selector {
-    fn matches(&self, f: &Prepared) -> bool {
-        match self.0.as_str() {
-            "context" => f.side == Side::Context,
-            "action" => f.side == Side::Action,
-            ns => f.namespace == ns,
+/// A selector resolved once: a side, or the hash of a namespace name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resolved {
+    Side(Side),
+    Namespace(u64),
+}
+
+impl Resolved {
+    fn new(s: &Selector) -> Self {
+        match s.0.as_str() {
+            "context" => Resolved::Side(Side::Context),
+            "action" => Resolved::Side(Side::Action),
+            ns => Resolved::Namespace(hash_namespace(ns)),
+        }
+    }
+
+    #[inline]
+    fn matches(self, f: &Prepared) -> bool {
+        match self {
+            Resolved::Side(side) => f.side == side,
+            Resolved::Namespace(h) => f.namespace == h,
         }
     }
 }
@@ -65,10 +80,11 @@ pub const BIAS_NAMESPACE: &str = "_bias";
 /// Namespace of the action-identity feature added to every action.
 pub const ACTION_ID_NAMESPACE: &str = "_action";
 
-/// A feature with its hash computed once.
-#[derive(Clone, Debug)]
+/// A feature with its hashes computed once (no allocation: scoring is allocation-free).
+#[derive(Clone, Copy, Debug)]
 pub struct Prepared {
-    namespace: String,
+    /// Hash of the namespace name alone (for interactions by namespace and for `ignore`).
+    namespace: u64,
     hash: u64,
     value: f32,
     side: Side,
@@ -79,15 +95,15 @@ impl Prepared {
     pub fn new(raw: &RawFeature, side: Side) -> Self {
         Self {
             hash: hash_feature(&raw.namespace, &raw.name),
-            namespace: raw.namespace.clone(),
+            namespace: hash_namespace(&raw.namespace),
             value: raw.value,
             side,
         }
     }
 
-    /// Namespace of the feature.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
+    /// Hash of the feature's namespace name.
+    pub fn namespace_hash(&self) -> u64 {
+        self.namespace
     }
 }
 
@@ -157,8 +173,8 @@ pub struct Term {
 #[derive(Clone, Debug)]
 pub struct Featurizer {
     mask: u64,
-    interactions: Vec<(Selector, Selector)>,
-    ignore: Vec<String>,
+    interactions: Vec<(Resolved, Resolved)>,
+    ignore: Vec<u64>,
 }
 
 impl Featurizer {
@@ -168,14 +184,19 @@ impl Featurizer {
             mask: (1u64 << bits) - 1,
             interactions: interactions
                 .iter()
-                .map(|[a, b]| (Selector(a.clone()), Selector(b.clone())))
+                .map(|[a, b]| {
+                    (
+                        Resolved::new(&Selector(a.clone())),
+                        Resolved::new(&Selector(b.clone())),
+                    )
+                })
                 .collect(),
-            ignore,
+            ignore: ignore.iter().map(|n| hash_namespace(n)).collect(),
         }
     }
 
     fn kept(&self, f: &Prepared) -> bool {
-        !self.ignore.contains(&f.namespace)
+        self.ignore.is_empty() || !self.ignore.contains(&f.namespace)
     }
 
     /// Calls `out` with every term of `(context, action)`, in a fixed order.
@@ -200,14 +221,27 @@ impl Featurizer {
                 });
             }
         }
-        for (l, r) in &self.interactions {
+        // A side selector matches a contiguous range (context first, then the action), so
+        // only namespace selectors need to look at every feature.
+        let range = |s: Resolved| match s {
+            Resolved::Side(Side::Context) => 0..c.len(),
+            Resolved::Side(Side::Action) => c.len()..n,
+            Resolved::Namespace(_) => 0..n,
+        };
+        for &(l, r) in &self.interactions {
             let same = l == r;
-            for i in 0..n {
+            for i in range(l) {
                 let fi = at(i);
                 if fi.value == 0.0 || !l.matches(fi) || !self.kept(fi) {
                     continue;
                 }
-                for j in if same { i + 1 } else { 0 }..n {
+                let rr = range(r);
+                for j in if same {
+                    (i + 1).max(rr.start)
+                } else {
+                    rr.start
+                }..rr.end
+                {
                     let fj = at(j);
                     if j == i || fj.value == 0.0 || !r.matches(fj) || !self.kept(fj) {
                         continue;
@@ -240,6 +274,11 @@ impl Featurizer {
         out.clear();
         self.for_each_term(context, action, |t| out.push((t.index, t.value)));
     }
+}
+
+/// Hash of a namespace name on its own.
+fn hash_namespace(namespace: &str) -> u64 {
+    hash_feature(namespace, "")
 }
 
 /// 64-bit hash of a namespaced feature name: FNV-1a over the bytes, then a strong finaliser.

@@ -305,7 +305,15 @@ impl Learner {
                 terms.push((t.left, t.right, c));
             }
         });
-        terms.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+        // Only the `top` largest need ordering.
+        let by_size = |a: &(u32, Option<u32>, f32), b: &(u32, Option<u32>, f32)| {
+            b.2.abs().total_cmp(&a.2.abs())
+        };
+        if top > 0 && terms.len() > top {
+            terms.select_nth_unstable_by(top - 1, by_size);
+        }
+        let k = top.min(terms.len());
+        terms[..k].sort_by(by_size);
         let mut out: Vec<Contribution> = terms
             .iter()
             .take(top)

@@ -526,14 +526,14 @@ impl Loops {
     pub fn decide(
         &self,
         name: &str,
-        input: DecisionInput,
+        mut input: DecisionInput,
         stored_user: Option<String>,
         consent: DecisionConsent,
         now: Millis,
     ) -> Result<DecisionOutput, DecisionError> {
         let handle = self.handle_or_create(name)?;
         let max_actions = handle.state.read().config.max_actions;
-        let (stored, eligible, baseline) = payload::validate(&input, max_actions)?;
+        let (stored, eligible, baseline) = payload::validate(&mut input, max_actions)?;
         let stored = StoredDecision {
             personalized: consent.personalization,
             learn: consent.training,

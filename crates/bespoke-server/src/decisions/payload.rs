@@ -81,7 +81,7 @@ fn check_id(field: &str, id: &str) -> Result<(), DecisionError> {
 /// Checks a request and turns it into a log entry (without the choice yet), the eligibility
 /// of each action and the baseline's index.
 pub(crate) fn validate(
-    input: &DecisionInput,
+    input: &mut DecisionInput,
     max_actions: usize,
 ) -> Result<(StoredDecision, Vec<bool>, Option<usize>), DecisionError> {
     if let Some(id) = &input.id {
@@ -155,13 +155,14 @@ pub(crate) fn validate(
     excluded.sort_unstable();
     Ok((
         StoredDecision {
-            context: input.context.clone(),
+            // Moved, not copied: feature values can be most of a request.
+            context: std::mem::take(&mut input.context),
             actions: input
                 .actions
-                .iter()
+                .iter_mut()
                 .map(|a| StoredAction {
-                    id: a.id.clone(),
-                    features: a.features.clone(),
+                    id: std::mem::take(&mut a.id),
+                    features: std::mem::take(&mut a.features),
                 })
                 .collect(),
             excluded,
