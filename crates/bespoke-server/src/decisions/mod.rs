@@ -745,14 +745,20 @@ impl Loops {
         if !d.activated {
             return Err(DecisionError::NotActivated(id.to_owned()));
         }
-        if d.settled || now > d.deadline {
+        if now > d.deadline {
             return Err(DecisionError::Expired(id.to_owned()));
         }
-        if d.rewards.iter().any(|r| r.slot == slot) {
-            return Err(DecisionError::AlreadyRewarded {
-                id: id.to_owned(),
-                slot,
-            });
+        match d.rewards.iter().find(|r| r.slot == slot) {
+            // The window closed and the slot got the loop's default.
+            Some(r) if r.is_default => return Err(DecisionError::Expired(id.to_owned())),
+            Some(_) => {
+                return Err(DecisionError::AlreadyRewarded {
+                    id: id.to_owned(),
+                    slot,
+                });
+            }
+            None if d.settled => return Err(DecisionError::Expired(id.to_owned())),
+            None => {}
         }
         let handle = self
             .handle(&d.loop_name)
@@ -768,6 +774,13 @@ impl Loops {
         let learned = match outcome {
             Ok(RewardOutcome::Recorded(seq)) => {
                 self.learn(&handle, &d, slot, value, seq);
+                // Every slot rewarded: the window can close now, and the decision counts in
+                // evaluations at once instead of at its deadline.
+                if d.rewards.len() + 1 >= stored.slots.len()
+                    && let Err(e) = self.store.insert_rewards(Vec::new(), vec![id.to_owned()])
+                {
+                    tracing::warn!(error = %e, "closing a fully rewarded decision failed");
+                }
                 stored.learn
             }
             other => {

@@ -271,7 +271,8 @@ async fn deferred_activation_windows_and_default_rewards() {
     })
     .await
     .unwrap();
-    assert_eq!(settled.0, 3);
+    // `id2` closed when it got its reward; `id` and `id3` close now.
+    assert_eq!(settled.0, 2);
     assert!(matches!(
         settled.1,
         Err(bespoke_server::decisions::DecisionError::Expired(_))
@@ -507,18 +508,21 @@ async fn evaluation_reports_every_policy_and_applies_a_candidate() {
     assert_eq!(s, StatusCode::OK, "{report}");
     assert_eq!(report["decisions"], 300);
     let policies = report["policies"].as_array().unwrap();
-    let value = |name: &str| {
+    let value = |name: &str, estimator: &str| {
         policies
             .iter()
             .find(|p| p["policy"] == name)
-            .unwrap_or_else(|| panic!("{name} missing: {report}"))["dr"]["value"]
+            .unwrap_or_else(|| panic!("{name} missing: {report}"))[estimator]["value"]
             .as_f64()
             .unwrap()
     };
-    // The baseline (always formal) earns about 0.5, uniform 0.5, the learner far more.
-    assert!((value("baseline") - 0.5).abs() < 0.15, "{report}");
-    assert!((value("uniform") - 0.5).abs() < 0.15, "{report}");
-    assert!(value("current_greedy") > 0.75, "{report}");
+    // The baseline (always formal) earns 0.5, uniform 0.5, the learner far more. IPS is
+    // unbiased; DR leans on a reward model that has seen few bad choices, so only the learned
+    // policy is checked with it.
+    assert!((value("baseline", "ips") - 0.5).abs() < 0.15, "{report}");
+    assert!((value("uniform", "ips") - 0.5).abs() < 0.15, "{report}");
+    assert!(value("current_greedy", "dr") > 0.75, "{report}");
+    assert!(value("online", "ips") > 0.75, "{report}");
     for p in policies {
         let dr = &p["dr"];
         assert!(dr["ci95"][0].as_f64().unwrap() <= dr["value"].as_f64().unwrap());
