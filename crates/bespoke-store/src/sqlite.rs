@@ -159,6 +159,9 @@ enum Op {
     DeleteItem(String, Reply<Option<Deleted>>),
     /// Any other write, run on the writer's connection inside the group transaction.
     Exec(ExecFn, Reply<Box<dyn std::any::Any + Send>>),
+    /// A write whose only change is one statement, atomic by itself: it needs no savepoint
+    /// (which would copy every page it touches to the statement journal first).
+    ExecSingle(ExecFn, Reply<Box<dyn std::any::Any + Send>>),
 }
 
 type ExecFn = Box<dyn FnOnce(&Connection) -> Result<Box<dyn std::any::Any + Send>> + Send>;
@@ -172,7 +175,7 @@ impl Op {
             Op::DeleteUser(_, tx) => Done::DeleteUser(tx, Err(e)),
             Op::PutItems(_, tx) => Done::PutItems(tx, Err(e)),
             Op::DeleteItem(_, tx) => Done::DeleteItem(tx, Err(e)),
-            Op::Exec(_, tx) => Done::Exec(tx, Err(e)),
+            Op::Exec(_, tx) | Op::ExecSingle(_, tx) => Done::Exec(tx, Err(e)),
         }
     }
 
@@ -487,6 +490,23 @@ impl SqliteStore {
     ) -> Result<T> {
         let out = self.submit(|tx| {
             Op::Exec(
+                Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)),
+                tx,
+            )
+        })?;
+        out.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| Error::Corrupt("a write returned an unexpected type".into()))
+    }
+
+    /// Like [`SqliteStore::exec`] for a write made of one statement (plus reads): atomic by
+    /// itself, so it runs without a savepoint.
+    fn exec_single<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let out = self.submit(|tx| {
+            Op::ExecSingle(
                 Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)),
                 tx,
             )
@@ -910,7 +930,7 @@ impl Store for SqliteStore {
     }
 
     fn insert_decision(&self, decision: NewDecision) -> Result<Option<u64>> {
-        self.exec(move |c| bandit::insert_decision(c, &decision))
+        self.exec_single(move |c| bandit::insert_decision(c, &decision))
     }
 
     fn decision(&self, id: &str) -> Result<Option<DecisionRecord>> {
@@ -923,7 +943,7 @@ impl Store for SqliteStore {
     }
 
     fn insert_reward(&self, reward: NewReward) -> Result<RewardOutcome> {
-        self.exec(move |c| bandit::insert_reward(c, &reward))
+        self.exec_single(move |c| bandit::insert_reward(c, &reward))
     }
 
     fn insert_rewards(
@@ -1354,9 +1374,16 @@ impl Writer {
 
     /// Runs one request inside a savepoint, rolling back just its changes if it fails.
     fn isolated(&mut self, op: Op) -> Done {
+        if let Op::ExecSingle(f, tx) = op {
+            return Done::Exec(tx, f(&self.conn));
+        }
         self.touched_users.clear();
         self.touched_items.clear();
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
+        if let Err(e) = self
+            .conn
+            .prepare_cached("SAVEPOINT op")
+            .and_then(|mut s| s.execute([]))
+        {
             return op.failed(Error::from(e));
         }
         let done = match op {
@@ -1370,9 +1397,14 @@ impl Writer {
             }
             Op::DeleteItem(k, tx) => Done::DeleteItem(tx, self.delete_item(&k)),
             Op::Exec(f, tx) => Done::Exec(tx, f(&self.conn)),
+            Op::ExecSingle(..) => unreachable!("handled above"),
         };
         if done.is_ok() {
-            if let Err(e) = self.conn.execute_batch("RELEASE op") {
+            if let Err(e) = self
+                .conn
+                .prepare_cached("RELEASE op")
+                .and_then(|mut s| s.execute([]))
+            {
                 tracing::error!(error = %e, "releasing a savepoint failed");
             }
         } else {
