@@ -85,6 +85,29 @@ pub(crate) struct DecisionIn {
     defer_activation: bool,
 }
 
+impl DecisionIn {
+    /// The engine's form of the request.
+    pub(crate) fn into_input(self) -> DecisionInput {
+        DecisionInput {
+            id: self.decision_id,
+            user: self.user,
+            context: self.context.map_or(Value::Null, |v| v.0),
+            actions: self
+                .actions
+                .into_iter()
+                .map(|a| ActionInput {
+                    id: a.id,
+                    features: a.features.map_or(Value::Null, |v| v.0),
+                })
+                .collect(),
+            slots: self.slots,
+            baseline: self.baseline,
+            exclude: self.exclude,
+            defer_activation: self.defer_activation,
+        }
+    }
+}
+
 /// Runs a decision on the blocking pool, with the user's consent applied.
 pub(crate) async fn run_decision(
     state: &AppState,
@@ -123,23 +146,7 @@ pub(crate) async fn decide(
     KeyPath(loop_name): KeyPath,
     JsonBody(body): JsonBody<DecisionIn>,
 ) -> Result<(StatusCode, Json<DecisionOutput>), ApiError> {
-    let input = DecisionInput {
-        id: body.decision_id,
-        user: body.user,
-        context: body.context.map_or(Value::Null, |v| v.0),
-        actions: body
-            .actions
-            .into_iter()
-            .map(|a| ActionInput {
-                id: a.id,
-                features: a.features.map_or(Value::Null, |v| v.0),
-            })
-            .collect(),
-        slots: body.slots,
-        baseline: body.baseline,
-        exclude: body.exclude,
-        defer_activation: body.defer_activation,
-    };
+    let input = body.into_input();
     let out = run_decision(&state, loop_name, input).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
