@@ -208,12 +208,31 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Keyring {
     keys: RwLock<HashMap<String, Entry>>,
+    /// Bumped by every [`Keyring::upsert`]: a refresh that read the store before an upsert
+    /// must not replace the mirror with its older list (the new key would vanish until the
+    /// next refresh).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Keyring {
-    /// Replaces the mirror with `records`.
-    pub fn replace(&self, records: &[KeyRecord]) {
-        let map = records
+    /// The current generation, to pass to [`Keyring::replace_if_unchanged`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Replaces the mirror with `records` read from the store, unless a key was upserted
+    /// since `generation` was taken (before the read); returns whether it replaced.
+    pub fn replace_if_unchanged(&self, records: &[KeyRecord], generation: u64) -> bool {
+        let mut keys = self.keys.write();
+        if self.generation() != generation {
+            return false;
+        }
+        *keys = Self::entries(records);
+        true
+    }
+
+    fn entries(records: &[KeyRecord]) -> HashMap<String, Entry> {
+        records
             .iter()
             .map(|r| {
                 let scopes: Vec<Scope> = r.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
@@ -225,14 +244,21 @@ impl Keyring {
                 };
                 (r.prefix.clone(), entry)
             })
-            .collect();
-        *self.keys.write() = map;
+            .collect()
+    }
+
+    /// Replaces the mirror with `records`.
+    pub fn replace(&self, records: &[KeyRecord]) {
+        *self.keys.write() = Self::entries(records);
     }
 
     /// Adds or replaces one record.
     pub fn upsert(&self, r: &KeyRecord) {
         let scopes: Vec<Scope> = r.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
-        self.keys.write().insert(
+        let mut keys = self.keys.write();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        keys.insert(
             r.prefix.clone(),
             Entry {
                 hash: r.hash,
@@ -417,5 +443,20 @@ mod tests {
             let ring = Keyring::default();
             prop_assert!(ring.verify(Some(&s), 0.0).is_err());
         }
+    }
+
+    /// A refresh that read the store before a key was created through the API must not drop
+    /// that key from the mirror.
+    #[test]
+    fn a_stale_refresh_keeps_keys_created_meanwhile() {
+        let ring = Keyring::default();
+        let (key, new) = new_key("ci", &[Scope::Read], None).unwrap();
+        let generation = ring.generation();
+        let stale: Vec<KeyRecord> = Vec::new(); // read before the key was stored
+        ring.upsert(&record(&new.prefix, &key, &["read"], false));
+        assert!(!ring.replace_if_unchanged(&stale, generation));
+        assert!(ring.verify(Some(&key), 10.0).is_ok());
+        assert!(ring.replace_if_unchanged(&stale, ring.generation()));
+        assert!(ring.verify(Some(&key), 10.0).is_err());
     }
 }

@@ -483,6 +483,24 @@ pub(crate) fn loop_stats(c: &Connection, loop_name: &str) -> Result<LoopLogStats
     })
 }
 
+/// Deletes up to `limit` closed decisions made before `before`, with their rewards; returns how
+/// many. Open decisions are kept until their window closes.
+pub(crate) fn delete_decisions_before(c: &Connection, before: Millis, limit: usize) -> Result<u64> {
+    // The same rows both times: deleting rewards does not change which decisions match.
+    const EXPIRED: &str = "SELECT seq FROM bandit_decisions
+        WHERE created_at < ?1 AND settled = 1 ORDER BY seq LIMIT ?2";
+    c.prepare_cached(&format!(
+        "DELETE FROM bandit_rewards WHERE decision_seq IN ({EXPIRED})"
+    ))?
+    .execute(params![before, limit as i64])?;
+    let n = c
+        .prepare_cached(&format!(
+            "DELETE FROM bandit_decisions WHERE seq IN ({EXPIRED})"
+        ))?
+        .execute(params![before, limit as i64])?;
+    Ok(n as u64)
+}
+
 /// Decisions of `user`, oldest first (for an export).
 pub(crate) fn user_decisions(c: &Connection, user: &str) -> Result<Vec<DecisionRecord>> {
     let rows: Vec<DecisionRecord> = c
@@ -586,6 +604,7 @@ mod tests {
         s.delete_checkpoint("home").unwrap();
         assert_eq!(s.checkpoint("home").unwrap(), None);
 
+        assert_eq!(s.delete_decisions_before(0, 100).unwrap(), 0);
         assert_eq!(s.user_decisions("u1").unwrap().len(), 1);
         assert_eq!(
             s.delete_user_decisions("u1").unwrap(),
@@ -593,5 +612,9 @@ mod tests {
         );
         assert!(s.decision("d1").unwrap().is_none());
         assert_eq!(s.loop_rewards("home", 0, 10).unwrap().len(), 1);
+        // d2 (created at 1, settled) goes with its reward.
+        assert_eq!(s.delete_decisions_before(2, 100).unwrap(), 1);
+        assert!(s.decision("d2").unwrap().is_none());
+        assert!(s.loop_rewards("home", 0, 10).unwrap().is_empty());
     }
 }

@@ -254,4 +254,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Counts over a loop's log.
     fn loop_stats(&self, loop_name: &str) -> Result<LoopLogStats>;
+
+    /// Deletes up to `limit` closed decisions made before `before` with their rewards
+    /// (retention); returns how many.
+    fn delete_decisions_before(&self, before: Millis, limit: usize) -> Result<u64>;
 }

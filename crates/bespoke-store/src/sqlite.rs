@@ -1009,6 +1009,10 @@ impl Store for SqliteStore {
         self.read(|c| bandit::loop_stats(c, loop_name))
     }
 
+    fn delete_decisions_before(&self, before: Millis, limit: usize) -> Result<u64> {
+        self.exec(move |c| bandit::delete_decisions_before(c, before, limit))
+    }
+
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
         if batch.events.is_empty() {
             return Ok(Vec::new());

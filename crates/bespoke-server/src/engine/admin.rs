@@ -13,8 +13,11 @@ use crate::wire::{EventJson, USER_EXPORT_FORMAT, UserExport, UserJson};
 impl Engine {
     /// Reloads the key mirror from the store (keys created or revoked by another process).
     pub fn refresh_keys(&self) -> bespoke_store::Result<()> {
+        // A key created or revoked through the API while the store is read is already in the
+        // mirror; a list read before it would drop it, so such a refresh waits for the next.
+        let generation = self.keyring.generation();
         let keys = self.store.keys()?;
-        self.keyring.replace(&keys);
+        self.keyring.replace_if_unchanged(&keys, generation);
         Ok(())
     }
 
@@ -177,6 +180,26 @@ impl Engine {
             for &(u, _, _) in &expired {
                 s.bump_user(u);
             }
+        }
+        // Decision logs age out with the same limit. Learners keep what they learned from
+        // them (as trained models keep what they learned from expired events until retrained).
+        let mut decisions = 0u64;
+        loop {
+            let n = self
+                .store
+                .delete_decisions_before(cutoff, RETENTION_BATCH)?;
+            decisions += n;
+            if n < RETENTION_BATCH as u64 {
+                break;
+            }
+        }
+        if decisions > 0 {
+            self.audit(
+                actor,
+                "decisions.expire",
+                None,
+                Some(serde_json::json!({ "decisions": decisions, "before": crate::time::format_rfc3339(cutoff) })),
+            );
         }
         if total > 0 {
             self.audit(

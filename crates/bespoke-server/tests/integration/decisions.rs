@@ -681,3 +681,47 @@ async fn personalizer_python_client() {
     assert_eq!(view["model_updates"], 2, "{view}");
     assert_eq!(view["stats"]["decisions"], 2, "{view}");
 }
+
+#[tokio::test]
+async fn retention_expires_old_decision_logs() {
+    let srv = crate::common::start_with(|s| s.privacy.max_event_age_days = 7.0).await;
+    let engine = srv.engine();
+    let (old, recent) = tokio::task::spawn_blocking(move || {
+        let d = engine.decisions();
+        let consent = bespoke_server::decisions::DecisionConsent {
+            personalization: true,
+            training: true,
+        };
+        let input = |id: &str| bespoke_server::decisions::DecisionInput {
+            id: Some(id.to_owned()),
+            actions: vec![bespoke_server::decisions::ActionInput {
+                id: "a".into(),
+                features: json!({"k": 1}),
+            }],
+            ..Default::default()
+        };
+        let now = bespoke_server::engine::now_ms();
+        let ten_days_ago = now - 10 * 86_400_000;
+        d.decide("ret", input("old"), None, consent, ten_days_ago)
+            .unwrap();
+        d.reward("old", None, 1.0, ten_days_ago + 1).unwrap();
+        d.decide("ret", input("recent"), None, consent, now)
+            .unwrap();
+        d.reward("recent", None, 1.0, now).unwrap();
+        let expired = engine.apply_retention("test").unwrap();
+        assert_eq!(expired, 0, "no events were stored");
+        (
+            engine.store().decision("old").unwrap(),
+            engine.store().decision("recent").unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        old.is_none(),
+        "a decision past privacy.max_event_age_days is deleted"
+    );
+    assert!(recent.is_some());
+    let (_, audit) = srv.get("/v1/audit").await;
+    assert!(audit.to_string().contains("decisions.expire"), "{audit}");
+}
