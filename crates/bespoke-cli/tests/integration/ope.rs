@@ -67,3 +67,76 @@ fn ope_of_an_unknown_loop_names_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+/// A loop's log written through the engine, then evaluated by the CLI from the store.
+#[test]
+fn ope_evaluates_a_loop_from_the_store() {
+    use bespoke_server::decisions::{ActionInput, DecisionConsent, DecisionInput, Loops};
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut settings = bespoke_server::Settings::default();
+        settings.store.data_dir = dir.path().to_owned();
+        let store = bespoke_server::open_store(&settings).unwrap();
+        let loops = Loops::open(store, 1000).unwrap();
+        let consent = DecisionConsent {
+            personalization: true,
+            training: true,
+        };
+        for i in 0..200 {
+            let device = if i % 2 == 0 { "mobile" } else { "desktop" };
+            let input = DecisionInput {
+                context: json!({ "device": device }),
+                actions: ["a", "b"]
+                    .iter()
+                    .map(|id| ActionInput {
+                        id: (*id).into(),
+                        features: json!({ "tone": id }),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let d = loops
+                .decide("cli", input, None, consent, 1_000 + i)
+                .unwrap();
+            let chosen = &d.ranking[0].action;
+            let good = (device == "mobile") == (chosen == "a");
+            loops
+                .reward(
+                    &d.decision_id,
+                    None,
+                    if good { 1.0 } else { 0.0 },
+                    1_000 + i,
+                )
+                .unwrap();
+        }
+    }
+    let report = json(&bespoke(dir.path(), &["ope", "--loop", "cli", "--json"]));
+    assert_eq!(report["decisions"], 200, "{report}");
+    let names: Vec<&str> = report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    for want in [
+        "online",
+        "uniform",
+        "current",
+        "current_greedy",
+        "interactions=none",
+    ] {
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+    assert_eq!(
+        report["feature_importance"][0]["namespace"], "device",
+        "{report}"
+    );
+    // The table form names the best candidate and how to apply it.
+    let table = crate::ok(&bespoke(dir.path(), &["ope", "--loop", "cli"]));
+    assert!(
+        table.contains("SNIPS") && table.contains("feature importance"),
+        "{table}"
+    );
+}
