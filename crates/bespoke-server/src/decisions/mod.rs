@@ -253,6 +253,9 @@ struct LoopState {
     applied_seq: u64,
     /// Rewards learned since the last checkpoint.
     dirty: u64,
+    /// Last reward sequence number covered by the latest replay of the log: a reward that was
+    /// committed before a rebuild but reaches `learn` after it is already in the learner.
+    replayed_through: u64,
 }
 
 struct LoopHandle {
@@ -377,6 +380,7 @@ impl Loops {
             config,
             applied_seq: 0,
             dirty: 0,
+            replayed_through: 0,
         };
         if let Some((seq, bytes)) = self.store.checkpoint(name)?
             && let Some((saved, model)) = payload::read_checkpoint(&bytes)
@@ -417,6 +421,7 @@ impl Loops {
             state.applied_seq = last_seq;
             state.dirty += chunk.len() as u64;
         }
+        state.replayed_through = state.applied_seq;
         Ok(n)
     }
 
@@ -445,6 +450,7 @@ impl Loops {
                 config,
                 applied_seq: 0,
                 dirty: 0,
+                replayed_through: 0,
             }),
             inflight: AtomicUsize::new(0),
         });
@@ -806,9 +812,13 @@ impl Loops {
     /// Learns one logged reward (and releases its in-flight mark); checkpoints when due.
     fn learn(&self, handle: &LoopHandle, d: &DecisionRecord, slot: u32, value: f64, seq: u64) {
         let mut s = handle.state.write();
-        learn_one(&mut s.learner, d, slot, value);
-        s.applied_seq = s.applied_seq.max(seq);
-        s.dirty += 1;
+        // A rebuild (reconfiguration, erasure) that ran after this reward was committed has
+        // learned it already.
+        if seq > s.replayed_through {
+            learn_one(&mut s.learner, d, slot, value);
+            s.applied_seq = s.applied_seq.max(seq);
+            s.dirty += 1;
+        }
         handle.inflight.fetch_sub(1, Ordering::SeqCst);
         if s.dirty >= self.checkpoint_every
             && let Err(e) = self.save_checkpoint(handle, &mut s)
