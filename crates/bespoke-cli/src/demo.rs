@@ -516,6 +516,10 @@ pub(crate) fn run(
         println!("  curl -s {auth} '{base}/v1/users/{sample_user}/recommendations?n=5'");
         println!("  curl -s {auth} '{base}/v1/items/{item}/similar?n=5'");
         println!("  curl -s {auth} '{base}/v1/popular?n=5&category={cat}&window=7d'");
+        println!(
+            "  curl -s {auth} -H 'Content-Type: application/json' '{base}/v1/loops/home-banner/decisions' \\\n      -d '{{\"context\": {{\"device\": \"mobile\"}}, \"actions\": [{{\"id\": \"sale\", \"features\": {{\"kind\": \"discount\"}}}}, {{\"id\": \"new-in\", \"features\": {{\"kind\": \"novelty\"}}}}]}}'"
+        );
+        println!("  BESPOKE_URL={base} BESPOKE_KEY={key} python3 examples/tone.py   # decisions: learning a message's tone");
         println!("\nPress Ctrl-C to stop.");
         crate::serve_until_signal(server).await
     })

@@ -283,15 +283,18 @@ impl std::fmt::Debug for Loops {
     }
 }
 
+/// A random (version 4) UUID for a decision.
 fn issue_id() -> Result<String, DecisionError> {
-    let b = crate::auth::random_bytes()
+    let mut b = crate::auth::random_bytes()
         .map_err(|e| DecisionError::Store(bespoke_store::Error::Backend(Box::new(e))))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b[..16].iter().map(|x| format!("{x:02x}")).collect();
     Ok(format!(
-        "{}-{}-4{}-{}-{}",
+        "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
-        &h[13..16],
+        &h[12..16],
         &h[16..20],
         &h[20..32]
     ))
@@ -1039,3 +1042,20 @@ pub use bespoke_algo::bandit::ope::Report as EvaluationReport;
 
 /// The learner model type, for callers that inspect checkpoints.
 pub type Model = LinearModel;
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn issued_ids_are_version_4_uuids() {
+        for _ in 0..100 {
+            let id = super::issue_id().unwrap();
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12]
+            );
+            assert!(parts[2].starts_with('4'), "{id}");
+            assert!("89ab".contains(&parts[3][..1]), "{id}");
+        }
+    }
+}
