@@ -557,7 +557,9 @@ impl Loops {
 
         let s = handle.state.read();
         let config = s.config.clone();
-        let (predicted, uncertainty) = s.learner.score(&f.context, &f.actions);
+        let (predicted, uncertainty, top_terms) =
+            s.learner
+                .score_with_terms(&f.context, &f.actions, config.explanation_terms);
         let slots = input
             .slots
             .unwrap_or(1)
@@ -651,13 +653,12 @@ impl Loops {
                 action: stored.actions[i].id.clone(),
                 predicted: predicted[i],
                 exploration: exploration[i],
-                contributions: s.learner.explain(
+                contributions: s.learner.label_terms(
                     &f.context_raw,
                     &f.context,
                     &stored.actions[i].id,
                     &f.actions_raw[i],
-                    &f.actions[i],
-                    config.explanation_terms,
+                    &top_terms[i],
                 ),
             })
             .collect();
