@@ -550,7 +550,7 @@ mod tests {
             let sum: f32 = parts.iter().map(|p| p.contribution).sum::<f32>() + slate.exploration[0];
             prop_assert!((sum - served).abs() <= 1e-4 * (1.0 + served.abs()), "{sum} vs {served}");
             // The one-pass form agrees: same prediction, same largest terms, same sum.
-            let (pred, _, tops) = l.score_with_terms(&c, &[a.clone()], top);
+            let (pred, _, tops) = l.score_with_terms(&c, std::slice::from_ref(&a), top);
             prop_assert!((pred[0] - slate.predicted[0]).abs() <= 1e-4 * (1.0 + pred[0].abs()));
             let fast = l.label_terms(&craw, &c, "x", &araw, &tops[0]);
             let fast_sum: f32 = fast.iter().map(|p| p.contribution).sum();
