@@ -107,6 +107,32 @@ fn loop_paths() -> Value {
     })
 }
 
+/// Azure Personalizer's multi-slot routes under `prefix`.
+fn multislot_paths(prefix: &str, tag: &str) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert(format!("{prefix}/multislot/rank"), json!({ "post": {
+        "summary": "Azure Personalizer multi-slot Rank: one action per slot; slot features join the context for that slot, each slot has its own excludedActions and baselineAction",
+        "operationId": format!("personalizerMultiSlotRank{tag}"),
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["actions", "slots"], "properties": {
+            "contextFeatures": { "type": "array", "items": { "type": "object" } },
+            "actions": { "type": "array", "items": { "type": "object" } },
+            "slots": { "type": "array", "items": { "type": "object", "required": ["id"], "properties": {
+                "id": { "type": "string" }, "features": { "type": "array", "items": { "type": "object" } },
+                "excludedActions": { "type": "array", "items": { "type": "string" } }, "baselineAction": { "type": "string" } } } },
+            "eventId": { "type": "string" }, "deferActivation": { "type": "boolean" } } } } } },
+        "responses": with_errors(json!({ "201": { "description": "slots [{id, rewardActionId}] and eventId" } }), &[400, 409, 413, 415, 507]) } }));
+    m.insert(format!("{prefix}/multislot/events/{{key}}/reward"), json!({ "post": {
+        "summary": "Azure Personalizer multi-slot Reward: {reward: [{slotId, value}]}",
+        "operationId": format!("personalizerMultiSlotReward{tag}"), "parameters": [decision_param()],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["reward"] } } } },
+        "responses": with_errors(json!({ "204": { "description": "Recorded" } }), &[400, 404, 409, 410, 413, 415, 507]) } }));
+    m.insert(format!("{prefix}/multislot/events/{{key}}/activate"), json!({ "post": {
+        "summary": "Azure Personalizer multi-slot Activate",
+        "operationId": format!("personalizerMultiSlotActivate{tag}"), "parameters": [decision_param()],
+        "responses": with_errors(json!({ "204": { "description": "Activated" } }), &[400, 404, 410, 507]) } }));
+    m
+}
+
 fn loop_param() -> Value {
     json!({ "name": "key", "in": "path", "required": true, "description": "Loop name, 1 to 128 bytes", "schema": { "type": "string" } })
 }
@@ -129,6 +155,38 @@ pub fn document() -> Value {
     let mut doc = paths();
     if let (Some(all), Value::Object(more)) = (doc["paths"].as_object_mut(), loop_paths()) {
         all.extend(more);
+    }
+    if let Some(all) = doc["paths"].as_object_mut() {
+        // Azure's newer clients put the API version in `?api-version=` instead of the path.
+        for (alias, of) in [
+            ("/personalizer/rank", "/personalizer/v1.0/rank"),
+            (
+                "/personalizer/events/{key}/reward",
+                "/personalizer/v1.0/events/{key}/reward",
+            ),
+            (
+                "/personalizer/events/{key}/activate",
+                "/personalizer/v1.0/events/{key}/activate",
+            ),
+        ] {
+            if let Some(mut op) = all.get(of).cloned() {
+                if let Some(id) = op["post"]["operationId"]
+                    .as_str()
+                    .map(|s| format!("{s}Unversioned"))
+                {
+                    op["post"]["operationId"] = json!(id);
+                }
+                all.insert(alias.to_owned(), op);
+            }
+        }
+        for prefix in ["/personalizer", "/personalizer/v1.1-preview.1"] {
+            let tag = if prefix.ends_with("preview.1") {
+                "V11"
+            } else {
+                ""
+            };
+            all.extend(multislot_paths(prefix, tag));
+        }
     }
     if let (Some(all), Value::Object(more)) =
         (doc["components"]["schemas"].as_object_mut(), loop_schemas())

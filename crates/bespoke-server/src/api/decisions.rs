@@ -64,6 +64,30 @@ pub(crate) struct ActionIn {
     features: Option<StrictValue>,
 }
 
+/// A named slot of `POST /v1/loops/{loop}/decisions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SlotIn {
+    id: String,
+    #[serde(default)]
+    features: Option<StrictValue>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    baseline: Option<String>,
+}
+
+impl SlotIn {
+    fn into_input(self) -> crate::decisions::SlotInput {
+        crate::decisions::SlotInput {
+            id: self.id,
+            features: self.features.map_or(Value::Null, |v| v.0),
+            exclude: self.exclude,
+            baseline: self.baseline,
+        }
+    }
+}
+
 /// Body of `POST /v1/loops/{loop}/decisions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +107,8 @@ pub(crate) struct DecisionIn {
     exclude: Vec<String>,
     #[serde(default)]
     defer_activation: bool,
+    #[serde(default)]
+    slot_specs: Vec<SlotIn>,
 }
 
 impl DecisionIn {
@@ -104,6 +130,11 @@ impl DecisionIn {
             baseline: self.baseline,
             exclude: self.exclude,
             defer_activation: self.defer_activation,
+            slot_specs: self
+                .slot_specs
+                .into_iter()
+                .map(SlotIn::into_input)
+                .collect(),
         }
     }
 }

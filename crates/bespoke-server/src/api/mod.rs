@@ -117,6 +117,48 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/personalizer/v1.0/events/{key}/activate",
         Access::Needs(Scope::Write),
     ),
+    // The 2022-09-01-preview form (version in `?api-version=`), as Azure's newer clients call it.
+    ("POST", "/personalizer/rank", Access::Needs(Scope::Write)),
+    (
+        "POST",
+        "/personalizer/events/{key}/reward",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/events/{key}/activate",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/multislot/rank",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/multislot/events/{key}/reward",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/multislot/events/{key}/activate",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/v1.1-preview.1/multislot/rank",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/v1.1-preview.1/multislot/events/{key}/reward",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "POST",
+        "/personalizer/v1.1-preview.1/multislot/events/{key}/activate",
+        Access::Needs(Scope::Write),
+    ),
 ];
 
 /// The access rule of a route, `None` for a route not in [`ROUTES`].
@@ -183,6 +225,39 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/personalizer/v1.0/events/{key}/activate",
+            post(personalizer::activate),
+        )
+        .route("/personalizer/rank", post(personalizer::rank))
+        .route(
+            "/personalizer/events/{key}/reward",
+            post(personalizer::reward),
+        )
+        .route(
+            "/personalizer/events/{key}/activate",
+            post(personalizer::activate),
+        )
+        .route(
+            "/personalizer/multislot/rank",
+            post(personalizer::multislot_rank),
+        )
+        .route(
+            "/personalizer/multislot/events/{key}/reward",
+            post(personalizer::multislot_reward),
+        )
+        .route(
+            "/personalizer/multislot/events/{key}/activate",
+            post(personalizer::activate),
+        )
+        .route(
+            "/personalizer/v1.1-preview.1/multislot/rank",
+            post(personalizer::multislot_rank),
+        )
+        .route(
+            "/personalizer/v1.1-preview.1/multislot/events/{key}/reward",
+            post(personalizer::multislot_reward),
+        )
+        .route(
+            "/personalizer/v1.1-preview.1/multislot/events/{key}/activate",
             post(personalizer::activate),
         )
         // Only matched routes reach `authorize`; unknown paths get a plain 404.

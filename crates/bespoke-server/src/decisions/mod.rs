@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use config::{LoopConfig, LoopMode};
-pub use payload::{StoredAction, StoredDecision, StoredSlot};
+pub use payload::{StoredAction, StoredDecision, StoredSlot, StoredSlotSpec};
 
 use crate::features::flatten;
 
@@ -94,6 +94,19 @@ pub struct ActionInput {
     pub features: Value,
 }
 
+/// A named slot with its own features, exclusions and baseline.
+#[derive(Debug, Clone, Default)]
+pub struct SlotInput {
+    /// Slot id, unique within the request.
+    pub id: String,
+    /// Slot features (an object, or a list of objects): they join the context for this slot.
+    pub features: Value,
+    /// Actions this slot may not take.
+    pub exclude: Vec<String>,
+    /// The caller's choice for this slot.
+    pub baseline: Option<String>,
+}
+
 /// A decision request.
 #[derive(Debug, Clone, Default)]
 pub struct DecisionInput {
@@ -113,6 +126,9 @@ pub struct DecisionInput {
     pub exclude: Vec<String>,
     /// Log now, learn only after `activate`.
     pub defer_activation: bool,
+    /// Named slots with their own features and exclusions; when given, they define the slate
+    /// (`slots` must then be their number or absent).
+    pub slot_specs: Vec<SlotInput>,
 }
 
 /// The user's consent, as it bears on a decision.
@@ -317,6 +333,18 @@ struct Featurized {
     context: PreparedContext,
     actions_raw: Vec<Vec<RawFeature>>,
     actions: Vec<PreparedAction>,
+    /// Per named slot: the context plus the slot's features.
+    slot_contexts: Vec<(Vec<RawFeature>, PreparedContext)>,
+}
+
+impl Featurized {
+    /// The context slot `k` is filled under.
+    fn slot_context(&self, k: usize) -> (&[RawFeature], &PreparedContext) {
+        match self.slot_contexts.get(k) {
+            Some((raw, prepared)) => (raw, prepared),
+            None => (&self.context_raw, &self.context),
+        }
+    }
 }
 
 fn featurize(d: &StoredDecision) -> Result<Featurized, DecisionError> {
@@ -339,11 +367,22 @@ fn featurize(d: &StoredDecision) -> Result<Featurized, DecisionError> {
         .zip(&actions_raw)
         .map(|(a, f)| PreparedAction::new(&a.id, f))
         .collect();
+    let mut slot_contexts = Vec::with_capacity(d.slot_specs.len());
+    for (k, spec) in d.slot_specs.iter().enumerate() {
+        let mut raw = context_raw.clone();
+        raw.extend(
+            flatten(&format!("slot_specs[{k}].features"), &spec.features)
+                .map_err(|e| invalid(e.field, e.message))?,
+        );
+        let prepared = PreparedContext::new(&raw);
+        slot_contexts.push((raw, prepared));
+    }
     Ok(Featurized {
         context_raw,
         context,
         actions_raw,
         actions,
+        slot_contexts,
     })
 }
 
@@ -612,6 +651,84 @@ impl Loops {
                 )
             }
         };
+        // Named slots: each is filled under its own context (the slot's features join it) and
+        // its own exclusions, among the actions not placed yet.
+        let (mut predicted, mut top_terms) = (predicted, top_terms);
+        let mut label_slot: Vec<Option<usize>> = vec![None; f.actions.len()];
+        let (slate_slots, exploration, first_probs, agree) = if stored.slot_specs.is_empty() {
+            (slate_slots, exploration, first_probs, agree)
+        } else {
+            let n = f.actions.len();
+            let mut taken = vec![false; n];
+            let mut out = Vec::new();
+            let mut exploration = vec![0.0f32; n];
+            let mut first_probs = vec![0.0; n];
+            let mut agree_all = true;
+            for (k, spec) in stored.slot_specs.iter().enumerate() {
+                let (_, ctx) = f.slot_context(k);
+                let (pred, unc, tops) =
+                    s.learner
+                        .score_with_terms(ctx, &f.actions, config.explanation_terms);
+                let open: Vec<usize> = (0..n)
+                    .filter(|&i| eligible[i] && !taken[i] && !spec.excluded.contains(&i))
+                    .collect();
+                let Some(&first_open) = open.first() else {
+                    break;
+                };
+                let mut probs = vec![0.0; n];
+                let (action, probability, explore) = match config.mode {
+                    LoopMode::Online => {
+                        let p: Vec<f32> = open.iter().map(|&i| pred[i]).collect();
+                        let u: Vec<f32> = if unc.is_empty() {
+                            Vec::new()
+                        } else {
+                            open.iter().map(|&i| unc[i]).collect()
+                        };
+                        let c = s.learner.config().exploration.choose(
+                            &p,
+                            &u,
+                            s.learner.model().updates(),
+                            &mut rng,
+                        );
+                        for (j, &i) in open.iter().enumerate() {
+                            probs[i] = c.probabilities[j];
+                        }
+                        (
+                            open[c.chosen],
+                            c.probabilities[c.chosen],
+                            c.exploration[c.chosen],
+                        )
+                    }
+                    LoopMode::Apprentice => {
+                        let b = spec
+                            .baseline
+                            .filter(|b| open.contains(b))
+                            .unwrap_or(first_open);
+                        let greedy_k = open
+                            .iter()
+                            .copied()
+                            .max_by(|&a, &b| pred[a].total_cmp(&pred[b]).then(b.cmp(&a)));
+                        agree_all &= greedy_k == Some(b);
+                        probs[b] = 1.0;
+                        (b, 1.0, 0.0)
+                    }
+                };
+                if k == 0 {
+                    first_probs = probs;
+                }
+                taken[action] = true;
+                exploration[action] = explore;
+                predicted[action] = pred[action];
+                top_terms[action] = tops[action].clone();
+                label_slot[action] = Some(k);
+                out.push(StoredSlot {
+                    action,
+                    probability,
+                });
+            }
+            let agree = (config.mode == LoopMode::Apprentice).then_some(agree_all);
+            (out, exploration, first_probs, agree)
+        };
         let model_updates = s.learner.model().updates();
         // Ranking: the slate, then the other eligible actions by served score, then the excluded.
         let served: Vec<f32> = predicted
@@ -654,8 +771,8 @@ impl Loops {
                 predicted: predicted[i],
                 exploration: exploration[i],
                 contributions: s.learner.label_terms(
-                    &f.context_raw,
-                    &f.context,
+                    label_slot[i].map_or(&f.context_raw[..], |k| f.slot_context(k).0),
+                    label_slot[i].map_or(&f.context, |k| f.slot_context(k).1),
                     &stored.actions[i].id,
                     &f.actions_raw[i],
                     &top_terms[i],
@@ -709,6 +826,19 @@ impl Loops {
                 actions: actions_explained,
             },
         })
+    }
+
+    /// The ids of a decision's named slots (Personalizer's multi-slot API), in slot order.
+    pub fn slot_ids(&self, id: &str) -> Result<Vec<String>, DecisionError> {
+        let d = self
+            .store
+            .decision(id)?
+            .ok_or_else(|| DecisionError::UnknownDecision(id.to_owned()))?;
+        Ok(payload::parse(&d)?
+            .slot_specs
+            .into_iter()
+            .map(|s| s.id)
+            .collect())
     }
 
     /// Activates a deferred decision: its rewards count from now on.
@@ -989,7 +1119,7 @@ fn learn_one(learner: &mut Learner, d: &DecisionRecord, slot: u32, value: f64) {
         return;
     };
     let Ok(f) = featurize(&stored) else { return };
-    let x = learner.vector(&f.context, &f.actions[chosen.action]);
+    let x = learner.vector(f.slot_context(slot as usize).1, &f.actions[chosen.action]);
     learner.learn(&x, value as f32);
 }
 
@@ -1015,22 +1145,31 @@ pub fn logged_decisions(log: &[DecisionRecord]) -> Vec<Logged> {
             let Some(chosen) = open.iter().position(|&i| i == slot.action) else {
                 break;
             };
+            // A named slot has exclusions of its own: its choice was among the rest.
+            let spec = stored.slot_specs.get(k);
+            let here: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|i| spec.is_none_or(|s| !s.excluded.contains(i)))
+                .collect();
+            let Some(chosen_here) = here.iter().position(|&i| i == slot.action) else {
+                break;
+            };
+            let baseline = match spec {
+                Some(s) => s.baseline,
+                None if k == 0 => stored.baseline,
+                None => None,
+            };
             out.push(Logged {
-                context: f.context_raw.clone(),
-                actions: open
+                context: f.slot_context(k).0.to_vec(),
+                actions: here
                     .iter()
                     .map(|&i| (stored.actions[i].id.clone(), f.actions_raw[i].clone()))
                     .collect(),
-                chosen,
+                chosen: chosen_here,
                 probability: slot.probability,
                 reward: reward.value,
-                baseline: if k == 0 {
-                    stored
-                        .baseline
-                        .and_then(|b| open.iter().position(|&i| i == b))
-                } else {
-                    None
-                },
+                baseline: baseline.and_then(|b| here.iter().position(|&i| i == b)),
             });
             open.remove(chosen);
         }

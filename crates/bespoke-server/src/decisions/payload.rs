@@ -29,6 +29,23 @@ pub struct StoredSlot {
     pub probability: f64,
 }
 
+/// A slot of a multi-slot decision with its own features and exclusions (Personalizer's
+/// multi-slot API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSlotSpec {
+    /// Slot id.
+    pub id: String,
+    /// Slot features as sent (they join the context when this slot is filled).
+    #[serde(default)]
+    pub features: Value,
+    /// Indexes of actions this slot may not take.
+    #[serde(default)]
+    pub excluded: Vec<usize>,
+    /// Index of the slot's baseline action.
+    #[serde(default)]
+    pub baseline: Option<usize>,
+}
+
 /// A decision's log entry: enough to learn from its rewards again and to evaluate any other
 /// policy on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +79,9 @@ pub struct StoredDecision {
     pub personalized: bool,
     /// Whether rewards may be learned from (the user's training consent).
     pub learn: bool,
+    /// Named slots with features and exclusions of their own (empty: plain slots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slot_specs: Vec<StoredSlotSpec>,
 }
 
 /// Reads a decision's log entry.
@@ -141,6 +161,70 @@ pub(crate) fn validate(
             Some(i)
         }
     };
+    let mut slot_specs = Vec::with_capacity(input.slot_specs.len());
+    let mut slot_ids = std::collections::HashSet::new();
+    for (k, spec) in input.slot_specs.iter_mut().enumerate() {
+        check_id(&format!("slot_specs[{k}].id"), &spec.id)?;
+        if !slot_ids.insert(spec.id.clone()) {
+            return Err(invalid(
+                format!("slot_specs[{k}].id"),
+                format!("slot id {:?} appears twice", spec.id),
+            ));
+        }
+        let mut excluded = Vec::new();
+        for (j, a) in spec.exclude.iter().enumerate() {
+            let Some(&i) = index.get(a.as_str()) else {
+                return Err(invalid(
+                    format!("slot_specs[{k}].exclude[{j}]"),
+                    format!("{a:?} is not one of the actions"),
+                ));
+            };
+            excluded.push(i);
+        }
+        let baseline = match &spec.baseline {
+            None => None,
+            Some(b) => match index.get(b.as_str()) {
+                Some(&i) if eligible[i] && !excluded.contains(&i) => Some(i),
+                Some(_) => {
+                    return Err(invalid(
+                        format!("slot_specs[{k}].baseline"),
+                        format!("{b:?} is excluded"),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        format!("slot_specs[{k}].baseline"),
+                        format!("{b:?} is not one of the actions"),
+                    ));
+                }
+            },
+        };
+        slot_specs.push(StoredSlotSpec {
+            id: spec.id.clone(),
+            features: std::mem::take(&mut spec.features),
+            excluded,
+            baseline,
+        });
+    }
+    if !slot_specs.is_empty() {
+        if slot_specs.len() > input.actions.len() {
+            return Err(invalid(
+                "slot_specs",
+                format!(
+                    "more slots ({}) than actions ({})",
+                    slot_specs.len(),
+                    input.actions.len()
+                ),
+            ));
+        }
+        if input.slots.is_some_and(|n| n != slot_specs.len()) {
+            return Err(invalid(
+                "slots",
+                "must equal the number of slot_specs, or be left out",
+            ));
+        }
+        input.slots = Some(slot_specs.len());
+    }
     if let Some(s) = input.slots
         && !(1..=input.actions.len()).contains(&s)
     {
@@ -174,6 +258,7 @@ pub(crate) fn validate(
             agree: None,
             personalized: true,
             learn: true,
+            slot_specs,
         },
         eligible,
         baseline,

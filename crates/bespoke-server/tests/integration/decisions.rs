@@ -616,7 +616,10 @@ fn personalizer_python() -> std::path::PathBuf {
     let python = venv.join("bin/python");
     let ready = || {
         Command::new(&python)
-            .args(["-c", "import azure.cognitiveservices.personalizer, msrest"])
+            .args([
+                "-c",
+                "import azure.cognitiveservices.personalizer, msrest, azure.ai.personalizer",
+            ])
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -633,12 +636,13 @@ fn personalizer_python() -> std::path::PathBuf {
                 "--quiet",
                 "azure-cognitiveservices-personalizer==0.1.1",
                 "msrest==0.7.1",
+                "azure-ai-personalizer==1.0.0b1",
             ])
             .status()
             .expect("pip runs");
         assert!(
             pip.success(),
-            "installing azure-cognitiveservices-personalizer from PyPI failed"
+            "installing Azure's Personalizer clients from PyPI failed"
         );
         assert!(
             ready(),
@@ -680,6 +684,38 @@ async fn personalizer_python_client() {
     let (_, view) = srv.get("/v1/loops/personalizer").await;
     assert_eq!(view["model_updates"], 2, "{view}");
     assert_eq!(view["stats"]["decisions"], 2, "{view}");
+
+    // Azure's newer client: the version in the query, and the multi-slot routes.
+    let python = tokio::task::spawn_blocking(personalizer_python)
+        .await
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/personalizer_multislot_client.py"
+    );
+    let (base, key) = (srv.base.clone(), srv.admin_key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("ENDPOINT", base)
+            .env("KEY", key)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "multi-slot client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("JSON summary");
+    assert_eq!(summary["ok"], true);
+    let (_, view) = srv.get("/v1/loops/personalizer").await;
+    // 2 before, then a single-slot reward, two slots of ms-1 and one slot of the deferred one.
+    assert_eq!(view["model_updates"], 6, "{view}");
+    assert_eq!(view["stats"]["decisions"], 5, "{view}");
 }
 
 #[tokio::test]
@@ -724,4 +760,75 @@ async fn retention_expires_old_decision_logs() {
     assert!(recent.is_some());
     let (_, audit) = srv.get("/v1/audit").await;
     assert!(audit.to_string().contains("decisions.expire"), "{audit}");
+}
+
+/// Named slots with features of their own: the same action can be right for one slot and wrong
+/// for another, and the loop learns which.
+#[tokio::test]
+async fn named_slots_learn_from_their_own_features() {
+    let srv = start().await;
+    let body = |id: Option<&str>| {
+        let mut b = json!({
+            "context": {"page": "home"},
+            "actions": [{"id": "a", "features": {"shape": "wide"}}, {"id": "b", "features": {"shape": "tall"}},
+                        {"id": "c", "features": {"shape": "square"}}],
+            "slot_specs": [
+                {"id": "banner", "features": {"size": "big"}, "exclude": ["c"]},
+                {"id": "sidebar", "features": {"size": "small"}}
+            ]
+        });
+        if let Some(id) = id {
+            b["decision_id"] = json!(id);
+        }
+        b
+    };
+    for i in 0..400 {
+        let (s, d) = srv.post("/v1/loops/slots/decisions", body(None)).await;
+        assert_eq!(s, StatusCode::CREATED, "{d}");
+        assert_eq!(d["slots"], 2);
+        assert_ne!(d["ranking"][0]["action"], "c", "the banner excludes c: {d}");
+        let id = d["decision_id"].as_str().unwrap();
+        // Wide things pay in the big slot, tall things in the small one.
+        for (slot, want) in [(0, "a"), (1, "b")] {
+            let got = d["ranking"][slot]["action"].as_str().unwrap();
+            let r = srv
+                .post(
+                    &format!("/v1/decisions/{id}/reward"),
+                    json!({"slot": slot, "value": if got == want { 1.0 } else { 0.0 }}),
+                )
+                .await;
+            assert_eq!(r.0, StatusCode::OK, "round {i}: {}", r.1);
+        }
+    }
+    let mut right = 0;
+    for k in 0..20 {
+        let (_, d) = srv
+            .post(
+                "/v1/loops/slots/decisions",
+                body(Some(&format!("check-{k}"))),
+            )
+            .await;
+        right += usize::from(d["ranking"][0]["action"] == "a" && d["ranking"][1]["action"] == "b");
+    }
+    assert!(right >= 17, "only {right} of 20 slates right");
+    for (bad, field) in [
+        (json!([{"id": "x"}, {"id": "x"}]), "slot_specs[1].id"),
+        (
+            json!([{"id": "x", "exclude": ["zzz"]}]),
+            "slot_specs[0].exclude[0]",
+        ),
+        (
+            json!([{"id": "x", "exclude": ["a"], "baseline": "a"}]),
+            "slot_specs[0].baseline",
+        ),
+    ] {
+        let mut b = body(None);
+        b["slot_specs"] = bad;
+        assert_error(
+            &srv.post("/v1/loops/slots/decisions", b).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some(field),
+        );
+    }
 }
