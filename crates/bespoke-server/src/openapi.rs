@@ -179,6 +179,18 @@ pub fn document() -> Value {
                 all.insert(alias.to_owned(), op);
             }
         }
+        all.insert("/v1/recommendations".to_owned(), json!({ "post": {
+            "summary": "Recommendations for an anonymous session from its recent items (folded into the model on the fly)",
+            "description": "items: oldest first, each a key or {item, weight}; with serving.session_half_life_items, older items count less. Session items are not recommended back unless include_seen. Unknown items are ignored; the reasons say when popular items fill in.",
+            "operationId": "recommendSession",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["items"], "additionalProperties": false, "properties": {
+                "items": { "type": "array", "items": { "oneOf": [ { "type": "string" }, { "type": "object", "required": ["item"], "properties": { "item": { "type": "string" }, "weight": { "type": "number" } } } ] } },
+                "n": { "type": "integer", "minimum": 1 },
+                "model": { "type": "string", "enum": ["als", "knn", "popular"] },
+                "categories": { "type": "array", "items": { "type": "string" } },
+                "exclude": { "type": "array", "items": { "type": "string" } },
+                "include_seen": { "type": "boolean", "default": false } } } } } },
+            "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400, 413, 415]) } }));
         for prefix in ["/personalizer", "/personalizer/v1.1-preview.1"] {
             let tag = if prefix.ends_with("preview.1") {
                 "V11"

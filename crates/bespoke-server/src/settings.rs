@@ -320,6 +320,11 @@ pub struct ServingSettings {
     pub default_similar_model: SimilarChoice,
     /// Users whose exact iALS vectors are kept between requests.
     pub user_cache: usize,
+    /// Sessions (`POST /v1/recommendations`): an item `k` places before the most recent one
+    /// counts `2^(-k / session_half_life_items)` as much; 0 weighs every item alike.
+    pub session_half_life_items: f64,
+    /// Most items one session request may carry.
+    pub max_session_items: usize,
 }
 
 /// A recommendation model to serve with.
@@ -356,6 +361,8 @@ impl Default for ServingSettings {
             default_model: ModelChoice::Als,
             default_similar_model: SimilarChoice::Knn,
             user_cache: 10_000,
+            session_half_life_items: 5.0,
+            max_session_items: 500,
         }
     }
 }

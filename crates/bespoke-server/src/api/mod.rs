@@ -62,6 +62,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/items/{key}", Access::Needs(Scope::Write)),
     ("GET", "/v1/items/{key}/similar", Access::Needs(Scope::Read)),
     ("GET", "/v1/popular", Access::Needs(Scope::Read)),
+    ("POST", "/v1/recommendations", Access::Needs(Scope::Read)),
     ("GET", "/v1/models", Access::Needs(Scope::Admin)),
     ("POST", "/v1/models/train", Access::Needs(Scope::Admin)),
     (
@@ -198,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/items/{key}/similar", get(serving::similar))
         .route("/v1/popular", get(serving::popular))
+        .route("/v1/recommendations", post(serving::session))
         .route("/v1/models", get(models::list))
         .route("/v1/models/train", post(models::train))
         .route("/v1/models/{version}/activate", post(models::activate))

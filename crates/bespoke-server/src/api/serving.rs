@@ -2,9 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::extract::{KeyPath, Params};
+use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, validate_key};
 use crate::engine::{PopularQuery, PopularSort, RecommendQuery, Recommendation};
 use crate::error::ApiError;
@@ -162,4 +162,120 @@ pub(crate) async fn popular(
     };
     let items = state.engine.popular(&q);
     Ok(Json(PopularOut { items }))
+}
+
+/// One item of a session: a key, or `{item, weight}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SessionItem {
+    Key(String),
+    Weighted {
+        item: String,
+        #[serde(default)]
+        weight: Option<f64>,
+    },
+}
+
+/// Body of `POST /v1/recommendations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionIn {
+    items: Vec<SessionItem>,
+    #[serde(default)]
+    n: Option<i64>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    categories: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    include_seen: bool,
+}
+
+/// Answer of `POST /v1/recommendations`.
+#[derive(Debug, Serialize)]
+pub(crate) struct SessionOut {
+    personalized: bool,
+    model: &'static str,
+    model_version: Option<u64>,
+    items: Vec<crate::engine::Recommendation>,
+}
+
+/// `POST /v1/recommendations`: recommendations for an anonymous session from its recent items.
+pub(crate) async fn session(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<SessionIn>,
+) -> Result<Json<SessionOut>, ApiError> {
+    let settings = state.engine.settings();
+    let limits = &settings.limits;
+    if body.items.len() > settings.serving.max_session_items {
+        return Err(ApiError::invalid(
+            "items",
+            format!(
+                "at most {} items (serving.max_session_items)",
+                settings.serving.max_session_items
+            ),
+        ));
+    }
+    let mut items = Vec::with_capacity(body.items.len());
+    for (i, it) in body.items.into_iter().enumerate() {
+        let (key, weight) = match it {
+            SessionItem::Key(k) => (k, 1.0),
+            SessionItem::Weighted { item, weight } => (item, weight.unwrap_or(1.0)),
+        };
+        validate_key(&format!("items[{i}]"), &key, limits.max_key_bytes)?;
+        if !(weight.is_finite() && weight.abs() <= 1e6) {
+            return Err(ApiError::invalid(
+                format!("items[{i}].weight"),
+                "must be a finite number of magnitude at most 1e6",
+            ));
+        }
+        items.push((key, weight as f32));
+    }
+    if body.exclude.len() > limits.max_exclude {
+        return Err(ApiError::invalid(
+            "exclude",
+            format!(
+                "at most {} excluded items (limits.max_exclude)",
+                limits.max_exclude
+            ),
+        ));
+    }
+    let n = match body.n {
+        None => settings.serving.default_n,
+        Some(n) if n >= 1 && (n as u64) <= limits.max_n as u64 => n as usize,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n must be between 1 and {} (limits.max_n)", limits.max_n),
+            ));
+        }
+    };
+    let model = match body.model.as_deref() {
+        None => None,
+        Some("als") => Some(ModelChoice::Als),
+        Some("knn") => Some(ModelChoice::Knn),
+        Some("popular") => Some(ModelChoice::Popular),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "model",
+                format!("model must be als, knn or popular, got {other:?}"),
+            ));
+        }
+    };
+    let q = RecommendQuery {
+        n,
+        categories: body.categories,
+        exclude: body.exclude,
+        include_seen: body.include_seen,
+        model,
+    };
+    let recs = state.engine.recommend_session(&items, &q);
+    Ok(Json(SessionOut {
+        personalized: recs.personalized,
+        model: recs.model,
+        model_version: recs.model_version,
+        items: recs.items,
+    }))
 }

@@ -208,6 +208,145 @@ impl Engine {
         }
     }
 
+    /// Recommendations for an anonymous session: `items` are the item keys the visitor
+    /// interacted with, oldest first, each with a weight. The history is folded into the model
+    /// on the fly (iALS: the exact vector of this history; item-kNN: its neighbours); with
+    /// `serving.session_half_life_items` > 0, an item `k` places before the last counts
+    /// `2^(-k / half_life)` as much. Session items are not recommended back unless
+    /// `include_seen`. Unknown items are ignored; a session with no known item gets popular
+    /// items, and the reasons say so.
+    pub fn recommend_session(
+        &self,
+        items: &[(String, f32)],
+        q: &RecommendQuery,
+    ) -> Recommendations {
+        let model = self.model.load_full();
+        let s = self.state.read();
+        let half_life = self.settings.serving.session_half_life_items;
+        let last = items.len().saturating_sub(1);
+        let mut seen: FxHashSet<u32> = FxHashSet::default();
+        let mut store_history: Vec<(u32, f32)> = Vec::new();
+        for (pos, (key, w)) in items.iter().enumerate() {
+            let Some(idx) = s.items.get(key) else {
+                continue;
+            };
+            let decay = if half_life > 0.0 {
+                (-((last - pos) as f64) / half_life).exp2() as f32
+            } else {
+                1.0
+            };
+            seen.insert(idx);
+            match store_history.iter_mut().find(|h| h.0 == idx) {
+                Some(h) => h.1 += w * decay,
+                None => store_history.push((idx, w * decay)),
+            }
+        }
+        let mut excluded: FxHashSet<u32> =
+            q.exclude.iter().filter_map(|k| s.items.get(k)).collect();
+        if !q.include_seen {
+            excluded.extend(seen.iter().copied());
+        }
+        let filter = Filter {
+            s: &s,
+            wanted: s.category_ids(&q.categories),
+            excluded,
+            unseen_for: None,
+        };
+        let choice = q.model.unwrap_or(self.settings.serving.default_model);
+        let mut fallback = None;
+        let mut items_out = Vec::new();
+        let mut used = "popular";
+        if store_history.is_empty() {
+            fallback = Some("no item of this session is known: showing popular items".to_owned());
+        } else if choice != ModelChoice::Popular {
+            match &model {
+                None => fallback = Some("no trained model yet: showing popular items".to_owned()),
+                Some(m) => {
+                    let mut history: Vec<(u32, f32)> = store_history
+                        .iter()
+                        .filter_map(|&(i, w)| m.model_item(i).map(|mi| (mi, w)))
+                        .collect();
+                    history.sort_unstable_by_key(|h| h.0);
+                    items_out = match choice {
+                        ModelChoice::Als => match m.als.session_vector(&history) {
+                            Some(v) => {
+                                let top = m.als.top_k(&v.x, q.n, |i| {
+                                    m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
+                                });
+                                top.into_iter()
+                                    .filter_map(|Scored { idx, score }| {
+                                        let item = ItemIdx(m.store_item(idx)?);
+                                        let parts = m.als.explain(&v, idx);
+                                        let mut reasons =
+                                            Self::contribution_reasons(&s, m, parts, "als", |k| {
+                                                format!("because of {k} in this session")
+                                            });
+                                        if reasons.is_empty() {
+                                            reasons.push(Reason::new(
+                                                "als",
+                                                "matches the taste this session shows (latent factors)",
+                                            ));
+                                        }
+                                        Some(Recommendation {
+                                            item: s.item_key(item),
+                                            score,
+                                            reasons,
+                                        })
+                                    })
+                                    .collect()
+                            }
+                            None => Vec::new(),
+                        },
+                        _ => self.recommend_knn(&s, m, &history, q.n, &filter),
+                    };
+                    if items_out.is_empty() {
+                        fallback = Some(format!(
+                            "the {} model knows none of this session's items yet: showing popular items",
+                            model_name(choice)
+                        ));
+                    } else {
+                        used = model_name(choice);
+                    }
+                }
+            }
+        }
+        if items_out.len() < q.n {
+            let taken: FxHashSet<String> = items_out
+                .iter()
+                .map(|r: &Recommendation| r.item.clone())
+                .collect();
+            let top_up = !items_out.is_empty();
+            let mut popular = self.popular_for(&s, q.n - items_out.len(), &filter, |i| {
+                !taken.contains(&s.item_key(i))
+            });
+            let floor = items_out.last().map(|r| r.score);
+            let max = popular
+                .first()
+                .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
+            for r in &mut popular {
+                if let Some(f) = floor {
+                    r.score = f - 1.0 + 0.999 * r.score / max;
+                }
+                if top_up {
+                    r.reasons
+                        .push(Reason::new("fallback", "topped up with popular items"));
+                } else if let Some(message) = &fallback {
+                    r.reasons.push(Reason::new("fallback", message.clone()));
+                }
+            }
+            items_out.extend(popular);
+        }
+        Recommendations {
+            items: items_out,
+            personalized: used != "popular",
+            model: used,
+            model_version: model
+                .as_ref()
+                .filter(|_| used != "popular")
+                .map(|m| m.version),
+        }
+    }
+
     fn recommend_als(
         &self,
         s: &State,

@@ -108,6 +108,15 @@ impl AlsServing {
         Some(v)
     }
 
+    /// The exact vector of an anonymous history (a session), not cached. `None` when the
+    /// history holds nothing the model knows.
+    pub fn session_vector(&self, history: &[(u32, f32)]) -> Option<UserVector> {
+        if history.is_empty() {
+            return None;
+        }
+        self.solver.solve(history)
+    }
+
     /// Drops a user's cached vector (erasure).
     pub fn forget(&self, user: u32) {
         self.cache.lock().entries.remove(&user);

@@ -288,3 +288,109 @@ async fn popular_counts_windows_and_trending() {
     assert_eq!(keys(&body), ["p1"]);
     assert_eq!(body["items"][0]["reasons"][0]["kind"], "trending");
 }
+
+/// Anonymous sessions: the recent items are folded into the trained model on the fly.
+#[tokio::test]
+async fn anonymous_sessions_get_recommendations_from_their_items() {
+    let srv = crate::common::start().await;
+    // Two tastes: users of the a-items and users of the b-items.
+    let mut events = Vec::new();
+    for u in 0..60 {
+        let group = if u % 2 == 0 { "a" } else { "b" };
+        for i in 0..10 {
+            if (u + i) % 3 != 0 {
+                events.push(
+                    json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}),
+                );
+            }
+        }
+    }
+    let (s, _) = srv.post("/v1/events", json!({ "events": events })).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, t) = srv
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert!(s.is_success(), "{t}");
+    for model in ["als", "knn"] {
+        let (s, body) = srv
+            .post(
+                "/v1/recommendations",
+                json!({"items": ["a1", {"item": "a2", "weight": 2}], "n": 5, "model": model}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(body["personalized"], true, "{body}");
+        assert_eq!(body["model"], model);
+        let keys: Vec<&str> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["item"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys.len(), 5, "{body}");
+        assert!(
+            !keys.contains(&"a1") && !keys.contains(&"a2"),
+            "session items come back: {keys:?}"
+        );
+        assert!(
+            keys.iter().filter(|k| k.starts_with('a')).count() >= 4,
+            "{model}: {keys:?}"
+        );
+        let reasons = body["items"][0]["reasons"].to_string();
+        assert!(reasons.contains("a1") || reasons.contains("a2"), "{body}");
+    }
+    // The same session the other way round recommends the other taste.
+    let (_, body) = srv
+        .post(
+            "/v1/recommendations",
+            json!({"items": ["b3", "b4"], "n": 3}),
+        )
+        .await;
+    assert!(
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["item"].as_str().unwrap().starts_with('b')),
+        "{body}"
+    );
+    // Nothing known: popular items, and the reasons say why.
+    let (_, body) = srv
+        .post("/v1/recommendations", json!({"items": ["nope"], "n": 3}))
+        .await;
+    assert_eq!(body["personalized"], false);
+    assert!(
+        body["items"][0]["reasons"]
+            .to_string()
+            .contains("no item of this session is known"),
+        "{body}"
+    );
+    // Bad input names the field.
+    for (bad, field) in [
+        (json!({"items": [""]}), "items[0]"),
+        (json!({"items": ["a1"], "n": 0}), "n"),
+        (json!({"items": ["a1"], "model": "magic"}), "model"),
+        (
+            json!({"items": [{"item": "a1", "weight": 1e300}]}),
+            "items[0].weight",
+        ),
+        (json!({"items": ["a1"], "user": "x"}), "user"),
+    ] {
+        let got = srv.post("/v1/recommendations", bad.clone()).await;
+        assert_eq!(got.0, StatusCode::BAD_REQUEST, "{bad}: {}", got.1);
+        assert!(
+            got.1["error"]["field"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(field),
+            "{bad}: {}",
+            got.1
+        );
+    }
+    let many: Vec<String> = (0..501).map(|i| format!("x{i}")).collect();
+    let got = srv
+        .post("/v1/recommendations", json!({ "items": many }))
+        .await;
+    assert_eq!(got.0, StatusCode::BAD_REQUEST);
+    assert_eq!(got.1["error"]["field"], "items");
+}
