@@ -325,6 +325,11 @@ pub struct ServingSettings {
     pub session_half_life_items: f64,
     /// Most items one session request may carry.
     pub max_session_items: usize,
+    /// Weight up a user's recent interactions for their recommendations: an item's weight is
+    /// multiplied by `1 + recent_boost · 2^(−age / recent_half_life_hours)`; 0 turns it off.
+    pub recent_boost: f64,
+    /// Half-life of the recency boost, in hours.
+    pub recent_half_life_hours: f64,
 }
 
 /// A recommendation model to serve with.
@@ -363,6 +368,8 @@ impl Default for ServingSettings {
             user_cache: 10_000,
             session_half_life_items: 5.0,
             max_session_items: 500,
+            recent_boost: 0.0,
+            recent_half_life_hours: 24.0,
         }
     }
 }
@@ -616,6 +623,25 @@ impl Settings {
             || self.serving.trending_half_life_hours <= 0.0
         {
             return Err("serving.trending_half_life_hours must be positive".into());
+        }
+        let sv = &self.serving;
+        if !(sv.session_half_life_items.is_finite() && sv.session_half_life_items >= 0.0) {
+            return Err("serving.session_half_life_items must be 0 (no decay) or positive".into());
+        }
+        if !(sv.recent_boost.is_finite() && sv.recent_boost >= 0.0) {
+            return Err("serving.recent_boost must be 0 (off) or positive".into());
+        }
+        if !(sv.recent_half_life_hours.is_finite() && sv.recent_half_life_hours > 0.0) {
+            return Err("serving.recent_half_life_hours must be positive".into());
+        }
+        if sv.max_session_items == 0 {
+            return Err("serving.max_session_items must be at least 1".into());
+        }
+        if self.decisions.checkpoint_every == 0 || self.decisions.evaluation_max_decisions == 0 {
+            return Err(
+                "decisions.checkpoint_every and decisions.evaluation_max_decisions must be at least 1"
+                    .into(),
+            );
         }
         let t = &self.training;
         if !(t.regularization.is_finite() && t.regularization > 0.0) {

@@ -50,12 +50,39 @@ fn model_name(choice: ModelChoice) -> &'static str {
 
 impl Engine {
     /// The user's history in model item ids: `(item, summed weight)`, only items the model knows.
-    fn model_history(s: &State, m: &ServingModel, user: UserIdx) -> Vec<(u32, f32)> {
+    /// With `serving.recent_boost` > 0, an item's positive weight is multiplied by
+    /// `1 + recent_boost · 2^(−age / recent_half_life_hours)`, `age` the time since the user's
+    /// latest event on it: what they did lately leads.
+    fn model_history(&self, s: &State, m: &ServingModel, user: UserIdx) -> Vec<(u32, f32)> {
+        let boost = self.settings.serving.recent_boost;
+        let half_life_ms = self.settings.serving.recent_half_life_hours * 3_600_000.0;
+        let now = now_ms();
         s.live
             .history(user)
             .iter()
-            .filter_map(|x| m.model_item(x.item.0).map(|i| (i, x.weight)))
+            .filter_map(|x| {
+                let mut w = x.weight;
+                if boost > 0.0 && w > 0.0 && half_life_ms > 0.0 {
+                    let age = (now - x.last_ts).max(0) as f64;
+                    w *= (1.0 + boost * (-age / half_life_ms).exp2()) as f32;
+                }
+                m.model_item(x.item.0).map(|i| (i, w))
+            })
             .collect()
+    }
+
+    /// The cache key of a user's vector: the history's revision, and with recency weighting
+    /// also a time bucket (a sixteenth of the half-life), since the weights change with time.
+    fn vector_revision(&self, s: &State, user: UserIdx) -> u64 {
+        let base = s.revision(user);
+        let serving = &self.settings.serving;
+        if serving.recent_boost > 0.0 && serving.recent_half_life_hours > 0.0 {
+            let bucket_ms = (serving.recent_half_life_hours * 3_600_000.0 / 16.0).max(1.0);
+            let bucket = (now_ms() as f64 / bucket_ms) as u64;
+            base ^ bucket.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        } else {
+            base
+        }
     }
 
     /// Explanation reasons from `(model item, contribution)` pairs: the largest positive ones.
@@ -107,9 +134,9 @@ impl Engine {
             })
             .collect();
         let vector = model.as_ref().filter(|_| personal).and_then(|m| {
-            let h = Self::model_history(&s, m, user);
+            let h = self.model_history(&s, m, user);
             m.als
-                .user_vector(user.0, s.revision(user), &h)
+                .user_vector(user.0, self.vector_revision(&s, user), &h)
                 .map(|v| (m.version, v.x.clone()))
         });
         Some(serde_json::json!({
@@ -148,7 +175,7 @@ impl Engine {
             match &model {
                 None => fallback = Some("no trained model yet: showing popular items".to_owned()),
                 Some(m) => {
-                    let history = Self::model_history(&s, m, u);
+                    let history = self.model_history(&s, m, u);
                     items = match choice {
                         ModelChoice::Als => self.recommend_als(&s, m, u, &history, q.n, &filter),
                         _ => self.recommend_knn(&s, m, &history, q.n, &filter),
@@ -356,7 +383,10 @@ impl Engine {
         n: usize,
         filter: &Filter<'_>,
     ) -> Vec<Recommendation> {
-        let Some(vector) = m.als.user_vector(user.0, s.revision(user), history) else {
+        let Some(vector) = m
+            .als
+            .user_vector(user.0, self.vector_revision(s, user), history)
+        else {
             return Vec::new();
         };
         let top = m.als.top_k(&vector.x, n, |i| {

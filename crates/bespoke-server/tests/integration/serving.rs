@@ -394,3 +394,51 @@ async fn anonymous_sessions_get_recommendations_from_their_items() {
     assert_eq!(got.0, StatusCode::BAD_REQUEST);
     assert_eq!(got.1["error"]["field"], "items");
 }
+
+/// With `serving.recent_boost`, what a user did lately outweighs what they did long ago.
+#[tokio::test]
+async fn recent_interactions_can_be_weighted_up() {
+    let month_ago = "2026-10-01T00:00:00Z";
+    let mut answers = Vec::new();
+    for boost in [0.0, 20.0] {
+        let srv = crate::common::start_with(|s| {
+            s.serving.recent_boost = boost;
+            s.serving.recent_half_life_hours = 24.0;
+        })
+        .await;
+        let mut events = Vec::new();
+        for u in 0..60 {
+            let group = if u % 2 == 0 { "a" } else { "b" };
+            for i in 0..10 {
+                if (u + i) % 3 != 0 {
+                    events.push(json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}));
+                }
+            }
+        }
+        // The user: many b-items a month ago, two a-items just now.
+        for i in 0..6 {
+            events.push(json!({"user": "me", "item": format!("b{i}"), "type": "view", "timestamp": month_ago}));
+        }
+        for i in 0..2 {
+            events.push(json!({"user": "me", "item": format!("a{i}"), "type": "view"}));
+        }
+        let (s, body) = srv.post("/v1/events", json!({ "events": events })).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (s, t) = srv
+            .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+            .await;
+        assert!(s.is_success(), "{t}");
+        let (_, body) = srv.get("/v1/users/me/recommendations?n=4&model=als").await;
+        let a_items = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["item"].as_str().unwrap().starts_with('a'))
+            .count();
+        let first_is_a = body["items"][0]["item"].as_str().unwrap().starts_with('a');
+        answers.push((a_items, first_is_a));
+    }
+    // Without the boost the month-old b-habit wins; with it, the recent a-items lead.
+    assert_eq!(answers[0], (0, false), "{answers:?}");
+    assert!(answers[1].1 && answers[1].0 >= 2, "{answers:?}");
+}
