@@ -26,6 +26,7 @@
 pub mod als;
 pub mod bandit;
 mod csr;
+mod ease;
 pub mod eval;
 mod factors;
 mod id_map;
@@ -40,6 +41,7 @@ mod topk;
 
 pub use als::{Als, AlsParams, IterationReport, UserSolver, UserVector};
 pub use csr::Csr;
+pub use ease::{Ease, EaseError};
 pub use factors::Factors;
 pub use id_map::IdMap;
 pub use knn::{ItemKnn, Similarity};

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bespoke_algo::eval::{K_MAX, MetricSums, Row, temporal_split};
 use bespoke_algo::{
-    Als, AlsParams, Csr, ItemKnn, ItemScorer, Rng, ScoreScratch, Scored, Similarity, TopK,
+    Als, AlsParams, Csr, Ease, ItemKnn, ItemScorer, Rng, ScoreScratch, Scored, Similarity, TopK,
 };
 use clap::Args;
 use rayon::prelude::*;
@@ -30,7 +30,7 @@ pub(crate) struct EvalArgs {
     /// How to split --data: `temporal:FRACTION` (split.py's per-user rule, 5 rows minimum).
     #[arg(long, default_value = "temporal:0.2")]
     split: String,
-    /// Models to evaluate, comma-separated: als, cosine (or knn), bm25, popular (or pop).
+    /// Models to evaluate, comma-separated: als, ease, cosine (or knn), bm25, popular (or pop).
     #[arg(long, value_delimiter = ',', default_value = "als")]
     models: Vec<String>,
     /// iALS factors.
@@ -51,6 +51,12 @@ pub(crate) struct EvalArgs {
     /// Neighbours per item for cosine and bm25.
     #[arg(long, default_value_t = 100)]
     knn_k: usize,
+    /// EASE's L2 weight λ.
+    #[arg(long, default_value_t = 100.0)]
+    ease_lambda: f64,
+    /// Most items EASE accepts (its matrix is dense: items² × 8 bytes while fitting).
+    #[arg(long, default_value_t = 20_000)]
+    ease_max_items: usize,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -294,6 +300,7 @@ fn build(train: &[Row], test: &[Row]) -> Data {
 /// A fitted model, as the evaluation sees it.
 enum Model {
     Als(Als, ItemScorer),
+    Ease(Ease),
     Knn(ItemKnn),
     Popular(Vec<f32>),
 }
@@ -310,6 +317,7 @@ impl Model {
     fn name(&self) -> &'static str {
         match self {
             Model::Als(..) => "als",
+            Model::Ease(_) => "ease",
             Model::Knn(k) if matches!(k.similarity(), Similarity::Cosine) => "cosine",
             Model::Knn(_) => "bm25",
             Model::Popular(_) => "pop",
@@ -322,6 +330,11 @@ impl Model {
         let keep = |i: u32| seen.binary_search(&i).is_err();
         match self {
             Model::Als(m, scorer) => scorer.top_k(m.user_factors().row(u), n, keep, &mut s.scoring),
+            Model::Ease(m) => {
+                let history: Vec<(u32, f32)> =
+                    seen.iter().copied().zip(w.iter().copied()).collect();
+                m.recommend(&history, n, keep, &mut s.scores, &mut s.top)
+            }
             Model::Knn(k) => {
                 let history: Vec<(u32, f32)> =
                     seen.iter().copied().zip(w.iter().copied()).collect();
@@ -358,6 +371,10 @@ fn fit(name: &str, a: &EvalArgs, weights: &Csr) -> anyhow::Result<(Model, Value)
             let scorer = ItemScorer::new(model.item_factors().clone());
             (Model::Als(model, scorer), p)
         }
+        "ease" => (
+            Model::Ease(Ease::fit(weights, a.ease_lambda, a.ease_max_items)?),
+            json!({"lambda": a.ease_lambda, "threads": a.threads}),
+        ),
         "cosine" | "knn" => (
             Model::Knn(ItemKnn::fit(weights, Similarity::Cosine, a.knn_k)),
             json!({"knn_k": a.knn_k, "threads": a.threads}),
@@ -379,7 +396,9 @@ fn fit(name: &str, a: &EvalArgs, weights: &Csr) -> anyhow::Result<(Model, Value)
             }
             (Model::Popular(counts), json!({"threads": a.threads}))
         }
-        other => bail!("unknown model {other:?}: use als, cosine (knn), bm25 or popular (pop)"),
+        other => {
+            bail!("unknown model {other:?}: use als, ease, cosine (knn), bm25 or popular (pop)")
+        }
     })
 }
 
