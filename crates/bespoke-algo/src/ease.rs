@@ -105,6 +105,16 @@ impl Ease {
         Ok(Self { n, b })
     }
 
+    /// A model from its weights (row-major, `n × n`); `None` if the length is not `n²`.
+    pub fn from_parts(n: usize, weights: Vec<f32>) -> Option<Self> {
+        (weights.len() == n * n).then_some(Self { n, b: weights })
+    }
+
+    /// The weights, row-major: row `i` is what item `i` in a history gives every item.
+    pub fn weights(&self) -> &[f32] {
+        &self.b
+    }
+
     /// Number of items.
     pub fn n_items(&self) -> usize {
         self.n

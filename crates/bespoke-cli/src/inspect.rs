@@ -52,8 +52,8 @@ pub(crate) struct RecommendArgs {
     /// Also return items the user already interacted with.
     #[arg(long)]
     include_seen: bool,
-    /// Model: als, knn or popular (default: serving.default_model).
-    #[arg(long, value_parser = ["als", "knn", "popular"])]
+    /// Model: als, knn, ease or popular (default: serving.default_model).
+    #[arg(long, value_parser = ["als", "knn", "ease", "popular"])]
     model: Option<String>,
     /// Print JSON (the API's shape) instead of a table.
     #[arg(long)]
@@ -78,6 +78,7 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
         model: args.model.as_deref().map(|m| match m {
             "als" => ModelChoice::Als,
             "knn" => ModelChoice::Knn,
+            "ease" => ModelChoice::Ease,
             _ => ModelChoice::Popular,
         }),
     };

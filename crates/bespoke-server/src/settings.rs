@@ -340,6 +340,8 @@ pub enum ModelChoice {
     Als,
     /// Item-based nearest neighbours.
     Knn,
+    /// EASE (trained only for catalogs of at most `training.ease_max_items` items).
+    Ease,
     /// Popularity.
     Popular,
 }
@@ -404,6 +406,11 @@ pub struct TrainingSettings {
     pub knn_k: usize,
     /// Item-kNN similarity.
     pub knn_similarity: KnnSimilarity,
+    /// EASE is trained too when the catalog has at most this many items (its weights are a
+    /// dense items² matrix); 0 never trains it.
+    pub ease_max_items: usize,
+    /// EASE's L2 weight λ.
+    pub ease_lambda: f64,
     /// Halve an event's weight per this many days of age before the newest event (0: no decay).
     pub half_life_days: f64,
     /// Worker threads (0: one per core).
@@ -436,6 +443,8 @@ impl Default for TrainingSettings {
             cg_steps: 3,
             seed: 42,
             knn_k: 100,
+            ease_max_items: 3000,
+            ease_lambda: 100.0,
             knn_similarity: KnnSimilarity::Bm25,
             half_life_days: 0.0,
             threads: 0,
@@ -652,6 +661,9 @@ impl Settings {
         }
         if !(t.half_life_days.is_finite() && t.half_life_days >= 0.0) {
             return Err("training.half_life_days must be zero or positive".into());
+        }
+        if !(t.ease_lambda.is_finite() && t.ease_lambda > 0.0) {
+            return Err("training.ease_lambda must be positive".into());
         }
         if t.factors > 1024 {
             return Err("training.factors must be at most 1024".into());

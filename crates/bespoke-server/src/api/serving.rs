@@ -78,11 +78,12 @@ pub(crate) async fn recommendations(
             None => None,
             Some("als") => Some(ModelChoice::Als),
             Some("knn") => Some(ModelChoice::Knn),
+            Some("ease") => Some(ModelChoice::Ease),
             Some("popular") => Some(ModelChoice::Popular),
             Some(other) => {
                 return Err(ApiError::invalid(
                     "model",
-                    format!("model must be als, knn or popular, got {other:?}"),
+                    format!("model must be als, knn, ease or popular, got {other:?}"),
                 ));
             }
         },
@@ -256,11 +257,12 @@ pub(crate) async fn session(
         None => None,
         Some("als") => Some(ModelChoice::Als),
         Some("knn") => Some(ModelChoice::Knn),
+        Some("ease") => Some(ModelChoice::Ease),
         Some("popular") => Some(ModelChoice::Popular),
         Some(other) => {
             return Err(ApiError::invalid(
                 "model",
-                format!("model must be als, knn or popular, got {other:?}"),
+                format!("model must be als, knn, ease or popular, got {other:?}"),
             ));
         }
     };

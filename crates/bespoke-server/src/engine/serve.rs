@@ -44,6 +44,7 @@ fn model_name(choice: ModelChoice) -> &'static str {
     match choice {
         ModelChoice::Als => "als",
         ModelChoice::Knn => "knn",
+        ModelChoice::Ease => "ease",
         ModelChoice::Popular => "popular",
     }
 }
@@ -178,9 +179,22 @@ impl Engine {
                     let history = self.model_history(&s, m, u);
                     items = match choice {
                         ModelChoice::Als => self.recommend_als(&s, m, u, &history, q.n, &filter),
+                        ModelChoice::Ease => self.recommend_ease(
+                            &s,
+                            m,
+                            &history,
+                            q.n,
+                            &filter,
+                            "you interacted with",
+                        ),
                         _ => self.recommend_knn(&s, m, &history, q.n, &filter),
                     };
-                    if items.is_empty() {
+                    if items.is_empty() && choice == ModelChoice::Ease && m.ease.is_none() {
+                        fallback = Some(
+                            "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items"
+                                .to_owned(),
+                        );
+                    } else if items.is_empty() {
                         fallback = Some(format!(
                             "the {} model knows none of this user's interactions yet: showing popular items",
                             model_name(choice)
@@ -324,6 +338,9 @@ impl Engine {
                             }
                             None => Vec::new(),
                         },
+                        ModelChoice::Ease => {
+                            self.recommend_ease(&s, m, &history, q.n, &filter, "this session has")
+                        }
                         _ => self.recommend_knn(&s, m, &history, q.n, &filter),
                     };
                     if items_out.is_empty() {
@@ -404,6 +421,50 @@ impl Engine {
                         "als",
                         "matches the taste your history shows (latent factors)",
                     ));
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                })
+            })
+            .collect()
+    }
+
+    /// EASE: the history's rows of the item–item weights, summed; the reasons are the history
+    /// items that contributed most. Empty when this model version has no EASE (catalog larger
+    /// than `training.ease_max_items`), and the caller falls back.
+    fn recommend_ease(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+        verb: &str,
+    ) -> Vec<Recommendation> {
+        let Some(ease) = &m.ease else {
+            return Vec::new();
+        };
+        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+        let mut scores = vec![0.0f32; ease.n_items()];
+        let mut top = bespoke_algo::TopK::new(n);
+        let top = ease.recommend(
+            &positive,
+            n,
+            |i| m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st))),
+            &mut scores,
+            &mut top,
+        );
+        top.into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let parts = ease.explain(&positive, idx);
+                let mut reasons = Self::contribution_reasons(s, m, parts, "ease", |k| {
+                    format!("because {verb} {k}")
+                });
+                if reasons.is_empty() {
+                    reasons.push(Reason::new("ease", "co-occurs with your history (EASE)"));
                 }
                 Some(Recommendation {
                     item: s.item_key(item),

@@ -11,13 +11,15 @@
 
 use std::collections::HashMap;
 
-use bespoke_algo::{Als, AlsParams, Csr, Factors, ItemKnn, Similarity};
+use bespoke_algo::{Als, AlsParams, Csr, Ease, Factors, ItemKnn, Similarity};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 /// File names inside a model version.
 pub const ALS_FILE: &str = "als.safetensors";
 /// See [`ALS_FILE`].
 pub const KNN_FILE: &str = "knn.safetensors";
+/// See [`ALS_FILE`]; present only when EASE was trained (small enough catalogs).
+pub const EASE_FILE: &str = "ease.safetensors";
 /// See [`ALS_FILE`].
 pub const USERS_FILE: &str = "users.json";
 /// See [`ALS_FILE`].
@@ -156,6 +158,38 @@ pub fn decode_als(bytes: &[u8]) -> Result<Als, ArtifactError> {
     let (users, items) = (matrix("user_factors")?, matrix("item_factors")?);
     Als::from_parts(params, users, items)
         .ok_or_else(|| err(F, "factor dimensions disagree with the metadata"))
+}
+
+/// Encodes an EASE model: its dense weights as one `items × items` tensor.
+pub fn encode_ease(model: &Ease, lambda: f64) -> Vec<u8> {
+    let n = model.n_items();
+    let wb = f32_bytes(model.weights());
+    let tensors = [(
+        "weights",
+        TensorView::new(Dtype::F32, vec![n, n], &wb).expect("sizes match"),
+    )];
+    let info = HashMap::from([
+        ("format".to_owned(), "bespoke.ease.v1".to_owned()),
+        ("lambda".to_owned(), lambda.to_string()),
+        ("items".to_owned(), n.to_string()),
+    ]);
+    safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
+}
+
+/// Decodes an EASE model written by [`encode_ease`].
+pub fn decode_ease(bytes: &[u8]) -> Result<Ease, ArtifactError> {
+    const F: &str = EASE_FILE;
+    let meta = metadata(bytes, F)?;
+    if meta.get("format").map(String::as_str) != Some("bespoke.ease.v1") {
+        return Err(err(F, "not a bespoke.ease.v1 file"));
+    }
+    let n: usize = meta
+        .get("items")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| err(F, "metadata items missing"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
+    let weights = read_f32(tensor(&st, F, "weights", Dtype::F32)?.1);
+    Ease::from_parts(n, weights).ok_or_else(|| err(F, "weights are not items × items"))
 }
 
 /// Encodes an item-kNN model.

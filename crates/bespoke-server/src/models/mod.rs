@@ -20,13 +20,21 @@ pub fn save(
     let knn = artifact::encode_knn(&trained.knn);
     let users = artifact::encode_keys(&snapshot.user_keys);
     let items = artifact::encode_keys(&snapshot.item_keys);
-    store.save_model(
-        &[
-            (artifact::ALS_FILE, &als),
-            (artifact::KNN_FILE, &knn),
-            (artifact::USERS_FILE, &users),
-            (artifact::ITEMS_FILE, &items),
-        ],
-        &trained.meta,
-    )
+    let lambda = trained.meta["params"]["ease"]["lambda"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let ease = trained
+        .ease
+        .as_ref()
+        .map(|e| artifact::encode_ease(e, lambda));
+    let mut files: Vec<(&str, &[u8])> = vec![
+        (artifact::ALS_FILE, &als),
+        (artifact::KNN_FILE, &knn),
+        (artifact::USERS_FILE, &users),
+        (artifact::ITEMS_FILE, &items),
+    ];
+    if let Some(e) = &ease {
+        files.push((artifact::EASE_FILE, e));
+    }
+    store.save_model(&files, &trained.meta)
 }

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
-use super::artifact::{self, ALS_FILE, ITEMS_FILE, KNN_FILE};
+use super::artifact::{self, ALS_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
 
 /// Marks a store item that the model does not know.
 const NONE: u32 = u32::MAX;
@@ -203,6 +203,8 @@ pub struct ServingModel {
     pub als: AlsServing,
     /// Item-kNN.
     pub knn: KnnServing,
+    /// EASE, when it was trained.
+    pub ease: Option<bespoke_algo::Ease>,
     item_keys: Vec<String>,
     store_to_model: Vec<u32>,
     model_to_store: Vec<u32>,
@@ -227,6 +229,23 @@ impl ServingModel {
         let knn = artifact::decode_knn(&store.read_model_file(version, KNN_FILE)?)?;
         let item_keys =
             artifact::decode_keys(&store.read_model_file(version, ITEMS_FILE)?, ITEMS_FILE)?;
+        // Trained only for small catalogs: the metadata says whether this version has it.
+        let ease = if meta["params"]["ease"].is_object() {
+            Some(artifact::decode_ease(
+                &store.read_model_file(version, EASE_FILE)?,
+            )?)
+        } else {
+            None
+        };
+        if ease
+            .as_ref()
+            .is_some_and(|e| e.n_items() != item_keys.len())
+        {
+            return Err(LoadError::Inconsistent {
+                version,
+                message: "EASE's size differs from the item keys".into(),
+            });
+        }
         let inconsistent = |message: String| LoadError::Inconsistent { version, message };
         if als.item_factors().rows() != item_keys.len() || knn.n_items() != item_keys.len() {
             return Err(inconsistent(format!(
@@ -241,6 +260,7 @@ impl ServingModel {
             meta,
             als: AlsServing::new(&als, cache_capacity),
             knn: KnnServing { model: knn },
+            ease,
             item_keys,
             store_to_model: Vec::new(),
             model_to_store: Vec::new(),

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bespoke_algo::eval::MetricSums;
 use bespoke_algo::{
-    Als, AlsParams, Csr, ItemKnn, ItemScorer, IterationReport, ScoreScratch, Similarity, TopK,
+    Als, AlsParams, Csr, Ease, ItemKnn, ItemScorer, IterationReport, ScoreScratch, Similarity, TopK,
 };
 use bespoke_store::Store;
 use rayon::prelude::*;
@@ -292,6 +292,8 @@ pub struct Trained {
     pub als: Als,
     /// Item-kNN.
     pub knn: ItemKnn,
+    /// EASE, when the catalog is small enough (`training.ease_max_items`).
+    pub ease: Option<Ease>,
     /// Metadata (`meta.json`).
     pub meta: Value,
 }
@@ -336,7 +338,7 @@ fn fit(
     t: &TrainingSettings,
     label: &str,
     progress: &mut dyn FnMut(Progress<'_>),
-) -> (Als, ItemKnn, f64, f64) {
+) -> (Als, ItemKnn, Option<Ease>, [f64; 3]) {
     let user_seeds: Vec<u64> = snapshot
         .user_keys
         .iter()
@@ -357,8 +359,22 @@ fn fit(
     });
     let als_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let knn = ItemKnn::fit(&positive(weights), similarity(t), t.knn_k);
-    (als, knn, als_s, started.elapsed().as_secs_f64())
+    let positives = positive(weights);
+    let knn = ItemKnn::fit(&positives, similarity(t), t.knn_k);
+    let knn_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let ease = if weights.n_cols() > 0 && weights.n_cols() <= t.ease_max_items {
+        progress(Progress::Stage("training EASE"));
+        Ease::fit(&positives, t.ease_lambda, t.ease_max_items).ok()
+    } else {
+        None
+    };
+    (
+        als,
+        knn,
+        ease,
+        [als_s, knn_s, started.elapsed().as_secs_f64()],
+    )
 }
 
 /// Metrics of the three models on a split.
@@ -371,7 +387,7 @@ fn evaluate(
     if test.is_empty() {
         return json!({ "note": "no user has enough positive interactions to hold some out" });
     }
-    let (als, knn, _, _) = fit(snapshot, &train, t, "evaluation", progress);
+    let (als, knn, ease, _) = fit(snapshot, &train, t, "evaluation", progress);
     progress(Progress::Stage("scoring held-out interactions"));
     let scorer = ItemScorer::new(als.item_factors().clone());
     let solver = als.user_solver();
@@ -390,6 +406,7 @@ fn evaluate(
             || {
                 (
                     [
+                        MetricSums::new(n_items),
                         MetricSums::new(n_items),
                         MetricSums::new(n_items),
                         MetricSums::new(n_items),
@@ -431,6 +448,14 @@ fn evaluate(
                 }
                 let ranking: Vec<u32> = top.drain_sorted().iter().map(|s| s.idx).collect();
                 sums[2].add(&ranking, items);
+                if let Some(e) = &ease {
+                    let ranking: Vec<u32> = e
+                        .recommend(&positive, 100, keep, &mut scores, &mut top)
+                        .iter()
+                        .map(|s| s.idx)
+                        .collect();
+                    sums[3].add(&ranking, items);
+                }
                 (sums, scratch, scores, touched, top)
             },
         )
@@ -438,6 +463,7 @@ fn evaluate(
         .reduce(
             || {
                 [
+                    MetricSums::new(n_items),
                     MetricSums::new(n_items),
                     MetricSums::new(n_items),
                     MetricSums::new(n_items),
@@ -456,13 +482,17 @@ fn evaluate(
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    json!({
+    let mut out = json!({
         "protocol": "latest 20% of positive pairs held out per user with >= 5; implicit_bench metrics",
         "eval_users": test.len(),
         "als": round(sums[0].means()),
         "knn": round(sums[1].means()),
         "popular": round(sums[2].means()),
-    })
+    });
+    if ease.is_some() {
+        out["ease"] = round(sums[3].means());
+    }
+    out
 }
 
 /// Trains on a snapshot: evaluation first if configured, then the final models on everything.
@@ -481,7 +511,7 @@ pub fn train(
     };
     progress(Progress::Stage("training on all data"));
     let weights = snapshot.weights();
-    let (als, knn, als_s, knn_s) = fit(snapshot, &weights, t, "final", progress);
+    let (als, knn, ease, [als_s, knn_s, ease_s]) = fit(snapshot, &weights, t, "final", progress);
     let meta = json!({
         "format": "bespoke.model.v1",
         "created_at": crate::time::format_rfc3339(crate::engine::now_ms()),
@@ -497,13 +527,19 @@ pub fn train(
             "als": { "factors": t.factors, "iterations": t.iterations, "regularization": t.regularization,
                      "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed },
             "knn": { "k": t.knn_k, "similarity": t.knn_similarity },
+            "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda })),
             "half_life_days": t.half_life_days,
             "event_weights": settings.events.weights,
         },
-        "training_seconds": { "als": als_s, "knn": knn_s, "total": started.elapsed().as_secs_f64() },
+        "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "total": started.elapsed().as_secs_f64() },
         "metrics": metrics,
     });
-    Trained { als, knn, meta }
+    Trained {
+        als,
+        knn,
+        ease,
+        meta,
+    }
 }
 
 #[cfg(test)]

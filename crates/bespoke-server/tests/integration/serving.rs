@@ -442,3 +442,50 @@ async fn recent_interactions_can_be_weighted_up() {
     assert_eq!(answers[0], (0, false), "{answers:?}");
     assert!(answers[1].1 && answers[1].0 >= 2, "{answers:?}");
 }
+
+/// EASE is trained for small catalogs and serves users and sessions with reasons.
+#[tokio::test]
+async fn ease_serves_users_and_sessions() {
+    let srv = crate::common::start().await;
+    let mut events = Vec::new();
+    for u in 0..60 {
+        let group = if u % 2 == 0 { "a" } else { "b" };
+        for i in 0..10 {
+            if (u + i) % 3 != 0 {
+                events.push(
+                    json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}),
+                );
+            }
+        }
+    }
+    srv.post("/v1/events", json!({ "events": events })).await;
+    let (s, t) = srv
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert!(s.is_success(), "{t}");
+    let (_, models) = srv.get("/v1/models").await;
+    assert!(models.to_string().contains("\"ease\""), "{models}");
+    let (s, body) = srv.get("/v1/users/u0/recommendations?n=3&model=ease").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["model"], "ease", "{body}");
+    assert_eq!(body["personalized"], true);
+    for r in body["items"].as_array().unwrap() {
+        assert!(r["item"].as_str().unwrap().starts_with('a'), "{body}");
+        assert_eq!(r["reasons"][0]["kind"], "ease", "{body}");
+    }
+    let (_, body) = srv
+        .post(
+            "/v1/recommendations",
+            json!({"items": ["b1", "b2"], "n": 3, "model": "ease"}),
+        )
+        .await;
+    assert_eq!(body["model"], "ease", "{body}");
+    assert!(
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["item"].as_str().unwrap().starts_with('b')),
+        "{body}"
+    );
+}
