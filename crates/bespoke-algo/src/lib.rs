@@ -25,6 +25,7 @@
 
 pub mod als;
 pub mod bandit;
+mod bpr;
 mod csr;
 mod ease;
 pub mod eval;
@@ -40,6 +41,7 @@ pub mod simd;
 mod topk;
 
 pub use als::{Als, AlsParams, IterationReport, UserSolver, UserVector};
+pub use bpr::{Bpr, BprParams};
 pub use csr::Csr;
 pub use ease::{Ease, EaseError};
 pub use factors::Factors;

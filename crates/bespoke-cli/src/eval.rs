@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bespoke_algo::eval::{K_MAX, MetricSums, Row, temporal_split};
 use bespoke_algo::{
-    Als, AlsParams, Csr, Ease, ItemKnn, ItemScorer, Rng, ScoreScratch, Scored, Similarity, TopK,
+    Als, AlsParams, Bpr, BprParams, Csr, Ease, ItemKnn, ItemScorer, Rng, ScoreScratch, Scored,
+    Similarity, TopK,
 };
 use clap::Args;
 use rayon::prelude::*;
@@ -30,7 +31,7 @@ pub(crate) struct EvalArgs {
     /// How to split --data: `temporal:FRACTION` (split.py's per-user rule, 5 rows minimum).
     #[arg(long, default_value = "temporal:0.2")]
     split: String,
-    /// Models to evaluate, comma-separated: als, ease, cosine (or knn), bm25, popular (or pop).
+    /// Models to evaluate, comma-separated: als, bpr, ease, cosine (or knn), bm25, popular (or pop).
     #[arg(long, value_delimiter = ',', default_value = "als")]
     models: Vec<String>,
     /// iALS factors.
@@ -51,6 +52,15 @@ pub(crate) struct EvalArgs {
     /// Neighbours per item for cosine and bm25.
     #[arg(long, default_value_t = 100)]
     knn_k: usize,
+    /// BPR's SGD learning rate (BPR also uses --factors and --seed).
+    #[arg(long, default_value_t = 0.01)]
+    bpr_learning_rate: f32,
+    /// BPR's L2 weight.
+    #[arg(long, default_value_t = 0.01)]
+    bpr_regularization: f32,
+    /// BPR's epochs.
+    #[arg(long, default_value_t = 100)]
+    bpr_iterations: usize,
     /// EASE's L2 weight λ.
     #[arg(long, default_value_t = 100.0)]
     ease_lambda: f64,
@@ -300,6 +310,7 @@ fn build(train: &[Row], test: &[Row]) -> Data {
 /// A fitted model, as the evaluation sees it.
 enum Model {
     Als(Als, ItemScorer),
+    Bpr(Bpr, ItemScorer),
     Ease(Ease),
     Knn(ItemKnn),
     Popular(Vec<f32>),
@@ -317,6 +328,7 @@ impl Model {
     fn name(&self) -> &'static str {
         match self {
             Model::Als(..) => "als",
+            Model::Bpr(..) => "bpr",
             Model::Ease(_) => "ease",
             Model::Knn(k) if matches!(k.similarity(), Similarity::Cosine) => "cosine",
             Model::Knn(_) => "bm25",
@@ -330,6 +342,9 @@ impl Model {
         let keep = |i: u32| seen.binary_search(&i).is_err();
         match self {
             Model::Als(m, scorer) => scorer.top_k(m.user_factors().row(u), n, keep, &mut s.scoring),
+            Model::Bpr(m, scorer) => {
+                scorer.top_k(&m.user_vector_with_bias(u), n, keep, &mut s.scoring)
+            }
             Model::Ease(m) => {
                 let history: Vec<(u32, f32)> =
                     seen.iter().copied().zip(w.iter().copied()).collect();
@@ -371,6 +386,23 @@ fn fit(name: &str, a: &EvalArgs, weights: &Csr) -> anyhow::Result<(Model, Value)
             let scorer = ItemScorer::new(model.item_factors().clone());
             (Model::Als(model, scorer), p)
         }
+        "bpr" => {
+            let params = BprParams {
+                factors: a.factors,
+                learning_rate: a.bpr_learning_rate,
+                regularization: a.bpr_regularization,
+                iterations: a.bpr_iterations,
+                seed: a.seed,
+            };
+            let model = Bpr::fit(weights, params);
+            let scorer = ItemScorer::new(model.item_factors_with_bias());
+            (
+                Model::Bpr(model, scorer),
+                json!({"factors": a.factors, "learning_rate": a.bpr_learning_rate,
+                    "regularization": a.bpr_regularization, "iterations": a.bpr_iterations,
+                    "seed": a.seed, "threads": 1}),
+            )
+        }
         "ease" => (
             Model::Ease(Ease::fit(weights, a.ease_lambda, a.ease_max_items)?),
             json!({"lambda": a.ease_lambda, "threads": a.threads}),
@@ -397,7 +429,9 @@ fn fit(name: &str, a: &EvalArgs, weights: &Csr) -> anyhow::Result<(Model, Value)
             (Model::Popular(counts), json!({"threads": a.threads}))
         }
         other => {
-            bail!("unknown model {other:?}: use als, ease, cosine (knn), bm25 or popular (pop)")
+            bail!(
+                "unknown model {other:?}: use als, bpr, ease, cosine (knn), bm25 or popular (pop)"
+            )
         }
     })
 }
