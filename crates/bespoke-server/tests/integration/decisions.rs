@@ -832,3 +832,49 @@ async fn named_slots_learn_from_their_own_features() {
         );
     }
 }
+
+/// Rewards arriving concurrently while checkpoints are taken: after a restart the learner has
+/// learned each reward exactly once (checkpoint + replay of what came after it).
+#[tokio::test]
+async fn concurrent_rewards_survive_checkpoints_and_a_restart_exactly_once() {
+    let srv = start_in(tempfile::tempdir().unwrap(), |s| {
+        s.decisions.checkpoint_every = 7
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..160 {
+        let (_, d) = srv.post("/v1/loops/conc/decisions", decision(3)).await;
+        ids.push(d["decision_id"].as_str().unwrap().to_owned());
+    }
+    let srv = std::sync::Arc::new(srv);
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(20) {
+        let srv = srv.clone();
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for (k, id) in chunk.iter().enumerate() {
+                let (s, body) = srv
+                    .post(
+                        &format!("/v1/decisions/{id}/reward"),
+                        json!({"value": (k % 2) as f64}),
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::OK, "{body}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, before) = srv.get("/v1/loops/conc").await;
+    assert_eq!(before["model_updates"], 160, "{before}");
+    let srv = std::sync::Arc::try_unwrap(srv)
+        .ok()
+        .expect("no other owner");
+    let dir = srv.stop().await;
+    let srv = start_in(dir, |_| {}).await;
+    let (_, after) = srv.get("/v1/loops/conc").await;
+    assert_eq!(after["model_updates"], 160, "{after}");
+    assert_eq!(after["stats"]["rewards"], 160);
+    assert_eq!(after["learned_through"], before["learned_through"]);
+}
