@@ -17,7 +17,7 @@ use clap::Args;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct EvalArgs {
     /// Training rows (`user_id,item_id,weight,timestamp`), as split.py writes them.
     #[arg(long, requires = "test", conflicts_with = "data")]
@@ -79,6 +79,9 @@ pub(crate) struct EvalArgs {
     /// Results per single-user call.
     #[arg(long, default_value_t = 20)]
     latency_n: usize,
+    /// `bespoke tune` only: configurations to train and validate (the search budget).
+    #[arg(long, default_value_t = 12)]
+    budget: usize,
     /// Print one JSON object per model (implicit_bench.py's keys) instead of a table.
     #[arg(long)]
     json: bool,
@@ -637,4 +640,127 @@ fn print_table(results: &[Value]) {
                 .unwrap_or(0.0),
         );
     }
+}
+
+/// One random configuration of `model` (seeded), applied to a copy of `base`.
+fn sample_config(model: &str, base: &EvalArgs, rng: &mut Rng) -> (EvalArgs, Value) {
+    let mut a = base.clone();
+    let log_uniform =
+        |rng: &mut Rng, lo: f64, hi: f64| (lo.ln() + rng.f64() * (hi / lo).ln()).exp();
+    let pick = |rng: &mut Rng, xs: &[usize]| xs[rng.below(xs.len() as u64) as usize];
+    let params = match model {
+        "als" => {
+            a.factors = pick(rng, &[32, 64, 128]);
+            a.regularization = log_uniform(rng, 0.01, 100.0) as f32;
+            a.alpha = [0.5f32, 1.0, 2.0, 5.0, 10.0][rng.below(5) as usize];
+            json!({"factors": a.factors, "regularization": a.regularization, "alpha": a.alpha, "iterations": a.iterations})
+        }
+        "ease" => {
+            a.ease_lambda = log_uniform(rng, 10.0, 3000.0);
+            json!({"lambda": a.ease_lambda})
+        }
+        "bpr" => {
+            a.factors = pick(rng, &[32, 64, 128]);
+            a.bpr_learning_rate = [0.01f32, 0.02, 0.05, 0.1][rng.below(4) as usize];
+            a.bpr_regularization = [0.001f32, 0.01, 0.05][rng.below(3) as usize];
+            json!({"factors": a.factors, "learning_rate": a.bpr_learning_rate, "regularization": a.bpr_regularization})
+        }
+        _ => {
+            a.knn_k = pick(rng, &[25, 50, 100, 200, 400]);
+            json!({"knn_k": a.knn_k})
+        }
+    };
+    (a, params)
+}
+
+/// `bespoke tune`: random search over the model types and their hyperparameters. Each of
+/// `--budget` configurations (model types in turn) is trained on the training data minus its
+/// latest 20% per user (split.py's rule) and scored on that held-out tail by NDCG@10; the best
+/// is retrained on all the training data and reported on the test data, with implicit_bench's
+/// keys plus the trials. The test data never influences the choice.
+pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.max(1))
+        .build_global()
+        .context("starting the worker threads")?;
+    if args.budget == 0 {
+        bail!("--budget must be at least 1");
+    }
+    let started = Instant::now();
+    let (train, test) = match (&args.train, &args.test, &args.data) {
+        (Some(train), Some(test), _) => (read_rows(train)?, read_rows(test)?),
+        (None, None, Some(data)) => {
+            let (train, test, _) = temporal_split(read_rows(data)?, 0.2, 5);
+            (train, test)
+        }
+        _ => bail!("give --train and --test, or --data"),
+    };
+    let load_s = started.elapsed().as_secs_f64();
+    let (fit_rows, valid_rows, _) = temporal_split(train.clone(), 0.2, 5);
+    let valid = build(&fit_rows, &valid_rows);
+    if valid.eval.is_empty() {
+        bail!("the training data has no user with 5 or more rows to validate on");
+    }
+    let mut rng = Rng::seed_from_u64(args.seed ^ 0x7075_6e65);
+    let bar = indicatif::ProgressBar::new(args.budget as u64).with_style(
+        indicatif::ProgressStyle::with_template("tuning {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut trials = Vec::with_capacity(args.budget);
+    let mut best: Option<(f64, String, EvalArgs)> = None;
+    for t in 0..args.budget {
+        let model = args.models[t % args.models.len()].trim().to_owned();
+        let (mut a, params) = sample_config(&model, args, &mut rng);
+        a.latency_users = 1;
+        let result = evaluate(&model, &a, &valid, 0.0, 0.0)?;
+        let ndcg = result["metrics"]["ndcg@10"].as_f64().unwrap_or(0.0);
+        bar.set_message(format!("{model} {ndcg:.4}"));
+        bar.inc(1);
+        trials.push(
+            json!({"model": model, "params": params, "validation_ndcg@10": ndcg,
+            "fit_s": result["fit_s"]}),
+        );
+        if best.as_ref().is_none_or(|b| ndcg > b.0) {
+            best = Some((ndcg, model, a));
+        }
+    }
+    bar.finish_and_clear();
+    let (best_ndcg, model, mut a) = best.expect("budget >= 1");
+    a.latency_users = args.latency_users;
+    let started = Instant::now();
+    let data = build(&train, &test);
+    let build_s = started.elapsed().as_secs_f64();
+    let mut result = evaluate(&model, &a, &data, load_s, build_s)?;
+    result["tuning"] = json!({
+        "budget": args.budget,
+        "search": "random",
+        "validation": "latest 20% of each training user's rows (5 or more), split.py's rule",
+        "best": {"model": model, "validation_ndcg@10": best_ndcg, "params": trials.iter()
+            .filter(|t| t["model"] == model.as_str() && t["validation_ndcg@10"] == json!(best_ndcg))
+            .map(|t| t["params"].clone()).next()},
+        "trials": trials,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!("{:<7} {:>14}  params", "model", "valid NDCG@10");
+        for t in result["tuning"]["trials"].as_array().into_iter().flatten() {
+            println!(
+                "{:<7} {:>14.5}  {}",
+                t["model"].as_str().unwrap_or(""),
+                t["validation_ndcg@10"].as_f64().unwrap_or(0.0),
+                t["params"]
+            );
+        }
+        println!("\nbest: {model} (validation NDCG@10 {best_ndcg:.5}), on the test data:");
+        print_table(std::slice::from_ref(&result));
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, format!("{result}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
 }

@@ -83,6 +83,9 @@ enum Command {
     },
     /// Create, list and revoke API keys.
     Keys(keys::KeysArgs),
+    /// Search model types and hyperparameters on a time-cut of the training data, then report
+    /// the best on the test data (random search, --budget configurations).
+    Tune(eval::EvalArgs),
     /// Off-policy evaluation of a decision loop's logs (IPS, SNIPS, DR; candidates; feature
     /// importance), or the Open Bandit Dataset experiment with --obd.
     Ope(ope::OpeArgs),
@@ -202,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => inspect::train(&settings, &args),
         Command::Demo(args) => demo::run(settings, &args, cli.data_dir.is_some()),
         Command::Eval(args) => eval::run(&args),
+        Command::Tune(args) => eval::tune(&args),
         Command::Bench(args) => bench::run(&settings, &args),
         Command::Ope(args) => ope::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
