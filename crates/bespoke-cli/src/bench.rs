@@ -288,57 +288,13 @@ fn bench_ingest(
             engine.create_key("bench", "bench", &[Scope::Write], None)
         })
         .await??;
-        let auth = Arc::new(format!("Bearer {key}"));
-        let bodies = Arc::new(bodies);
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let bodies = bodies.clone();
-            let next = next.clone();
-            let auth = auth.clone();
-            tasks.push(tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await?;
-                tokio::spawn(conn);
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(body) = bodies.get(i) else { break };
-                    let req = hyper::Request::post("/v1/events")
-                        .header("content-type", "application/json")
-                        .header("authorization", auth.as_str())
-                        .header("host", addr.to_string())
-                        .body(Full::new(body.clone()))?;
-                    let t = Instant::now();
-                    let resp = sender.send_request(req).await?;
-                    let status = resp.status();
-                    let body = resp.into_body().collect().await?.to_bytes();
-                    latencies.push(t.elapsed());
-                    if !status.is_success() {
-                        bail!(
-                            "the server answered {status}: {}",
-                            String::from_utf8_lossy(&body)
-                        );
-                    }
-                }
-                anyhow::Ok(latencies)
-            }));
-        }
-        let mut latencies: Vec<Duration> = Vec::new();
-        for t in tasks {
-            latencies.extend(t.await.context("client task")??);
-        }
-        let elapsed = started.elapsed().as_secs_f64();
+        let (latencies, elapsed) =
+            post_concurrently(addr, &key, "/v1/events", bodies, None, connections).await?;
         let stored = server.engine().counts().events;
         server.shutdown().await?;
         if stored != events as u64 {
             bail!("sent {events} events but {stored} were stored");
         }
-        latencies.sort();
         let pct =
             |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         Ok(json!({
@@ -421,53 +377,15 @@ fn bench_decisions(
             engine.create_key("bench", "bench", &[Scope::Write], None)
         })
         .await??;
-        let auth = Arc::new(format!("Bearer {key}"));
-        let bodies = Arc::new(bodies);
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let bodies = bodies.clone();
-            let next = next.clone();
-            let auth = auth.clone();
-            tasks.push(tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await?;
-                tokio::spawn(conn);
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= decisions {
-                        break;
-                    }
-                    let req = hyper::Request::post("/v1/loops/bench/decisions")
-                        .header("content-type", "application/json")
-                        .header("authorization", auth.as_str())
-                        .header("host", addr.to_string())
-                        .body(Full::new(bodies[i % bodies.len()].clone()))?;
-                    let t = Instant::now();
-                    let resp = sender.send_request(req).await?;
-                    let status = resp.status();
-                    let body = resp.into_body().collect().await?.to_bytes();
-                    latencies.push(t.elapsed());
-                    if !status.is_success() {
-                        bail!(
-                            "the server answered {status}: {}",
-                            String::from_utf8_lossy(&body)
-                        );
-                    }
-                }
-                anyhow::Ok(latencies)
-            }));
-        }
-        let mut latencies: Vec<Duration> = Vec::new();
-        for t in tasks {
-            latencies.extend(t.await.context("client task")??);
-        }
-        let elapsed = started.elapsed().as_secs_f64();
+        let (latencies, elapsed) = post_concurrently(
+            addr,
+            &key,
+            "/v1/loops/bench/decisions",
+            bodies,
+            Some(decisions),
+            connections,
+        )
+        .await?;
         let engine = server.engine().clone();
         let logged = tokio::task::spawn_blocking(move || engine.decisions().view("bench"))
             .await??
@@ -477,7 +395,6 @@ fn bench_decisions(
         if logged != decisions as u64 {
             bail!("made {decisions} decisions but {logged} were logged");
         }
-        latencies.sort();
         let pct =
             |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         Ok(json!({
@@ -496,6 +413,68 @@ fn bench_decisions(
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }))
     })
+}
+
+/// Posts `bodies` (in turn, `total` requests; each body once when `None`) over `connections`
+/// keep-alive connections; every answer must be a success. Returns the sorted latencies and
+/// the elapsed seconds.
+async fn post_concurrently(
+    addr: std::net::SocketAddr,
+    key: &str,
+    path: &'static str,
+    bodies: Vec<Bytes>,
+    total: Option<usize>,
+    connections: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let total = total.unwrap_or(bodies.len());
+    let auth = Arc::new(format!("Bearer {key}"));
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let bodies = bodies.clone();
+        let next = next.clone();
+        let auth = auth.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let req = hyper::Request::post(path)
+                    .header("content-type", "application/json")
+                    .header("authorization", auth.as_str())
+                    .header("host", addr.to_string())
+                    .body(Full::new(bodies[i % bodies.len()].clone()))?;
+                let t = Instant::now();
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                latencies.push(t.elapsed());
+                if !status.is_success() {
+                    bail!(
+                        "the server answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.context("client task")??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok((latencies, elapsed))
 }
 
 /// One HTTP/1.1 keep-alive connection for the benchmarks.

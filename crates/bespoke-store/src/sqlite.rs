@@ -488,15 +488,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let out = self.submit(|tx| {
-            Op::Exec(
-                Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)),
-                tx,
-            )
-        })?;
-        out.downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| Error::Corrupt("a write returned an unexpected type".into()))
+        self.run_exec(f, Op::Exec)
     }
 
     /// Like [`SqliteStore::exec`] for a write made of one statement (plus reads): atomic by
@@ -505,8 +497,16 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.run_exec(f, Op::ExecSingle)
+    }
+
+    fn run_exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        op: fn(ExecFn, Reply<Box<dyn std::any::Any + Send>>) -> Op,
+    ) -> Result<T> {
         let out = self.submit(|tx| {
-            Op::ExecSingle(
+            op(
                 Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)),
                 tx,
             )

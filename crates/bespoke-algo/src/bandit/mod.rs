@@ -396,53 +396,8 @@ impl Learner {
         action: &PreparedAction,
         top: usize,
     ) -> Vec<Contribution> {
-        let nc = context.features().len();
-        let label = |pos: u32| -> String {
-            let pos = pos as usize;
-            if pos == 0 {
-                "_bias".to_owned()
-            } else if pos < nc {
-                context_raw[pos - 1].label()
-            } else if pos == nc {
-                format!("{}:{}", features::ACTION_ID_NAMESPACE, action_id)
-            } else {
-                action_raw[pos - nc - 1].label()
-            }
-        };
-        let mut terms: Vec<(u32, Option<u32>, f32)> = Vec::new();
-        self.featurizer.for_each_term(context, action, |t| {
-            let c = self.model.weight(t.index) * t.value;
-            if c != 0.0 {
-                terms.push((t.left, t.right, c));
-            }
-        });
-        // Only the `top` largest need ordering.
-        let by_size = |a: &(u32, Option<u32>, f32), b: &(u32, Option<u32>, f32)| {
-            b.2.abs().total_cmp(&a.2.abs())
-        };
-        if top > 0 && terms.len() > top {
-            terms.select_nth_unstable_by(top - 1, by_size);
-        }
-        let k = top.min(terms.len());
-        terms[..k].sort_by(by_size);
-        let mut out: Vec<Contribution> = terms
-            .iter()
-            .take(top)
-            .map(|&(l, r, c)| Contribution {
-                feature: match r {
-                    Some(r) => format!("{} × {}", label(l), label(r)),
-                    None => label(l),
-                },
-                contribution: c,
-            })
-            .collect();
-        if terms.len() > top {
-            out.push(Contribution {
-                feature: "(other terms)".into(),
-                contribution: terms[top..].iter().map(|t| t.2).sum(),
-            });
-        }
-        out
+        let (_, _, terms) = self.score_with_terms(context, std::slice::from_ref(action), top);
+        self.label_terms(context_raw, context, action_id, action_raw, &terms[0])
     }
 }
 

@@ -25,6 +25,16 @@ pub(crate) struct RankableAction {
     features: Option<StrictValue>,
 }
 
+fn actions_input(actions: Vec<RankableAction>) -> Vec<ActionInput> {
+    actions
+        .into_iter()
+        .map(|a| ActionInput {
+            id: a.id,
+            features: a.features.map_or(Value::Null, |v| v.0),
+        })
+        .collect()
+}
+
 /// Body of `POST /personalizer/v1.0/rank`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -64,14 +74,7 @@ pub(crate) async fn rank(
         id: body.event_id,
         user: None,
         context: body.context_features.map_or(Value::Null, |v| v.0),
-        actions: body
-            .actions
-            .into_iter()
-            .map(|a| ActionInput {
-                id: a.id,
-                features: a.features.map_or(Value::Null, |v| v.0),
-            })
-            .collect(),
+        actions: actions_input(body.actions),
         slots: None,
         baseline: None,
         exclude: body.excluded_actions.unwrap_or_default(),
@@ -175,14 +178,7 @@ pub(crate) async fn multislot_rank(
         id: body.event_id,
         user: None,
         context: body.context_features.map_or(Value::Null, |v| v.0),
-        actions: body
-            .actions
-            .into_iter()
-            .map(|a| ActionInput {
-                id: a.id,
-                features: a.features.map_or(Value::Null, |v| v.0),
-            })
-            .collect(),
+        actions: actions_input(body.actions),
         slots: None,
         baseline: None,
         exclude: Vec::new(),

@@ -206,38 +206,7 @@ impl Engine {
             }
         }
         let personalized = personal.is_some() && used != "popular";
-        if items.len() < q.n {
-            let taken: FxHashSet<String> = items
-                .iter()
-                .map(|r: &Recommendation| r.item.clone())
-                .collect();
-            let top_up = !items.is_empty();
-            let mut popular = self.popular_for(&s, q.n - items.len(), &filter, |i| {
-                !taken.contains(&s.item_key(i))
-            });
-            // Below every model score, so that a top-up never outranks a model result.
-            let floor = items.last().map(|r| r.score);
-            let max = popular
-                .first()
-                .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
-            for r in &mut popular {
-                if let Some(f) = floor {
-                    r.score = f - 1.0 + 0.999 * r.score / max;
-                }
-                if top_up {
-                    r.reasons
-                        .push(Reason::new("fallback", "topped up with popular items"));
-                } else if let Some(message) = &fallback {
-                    r.reasons.push(Reason::new("fallback", message.clone()));
-                } else if !q.include_seen {
-                    r.reasons.push(Reason::new(
-                        "unseen",
-                        "you have not interacted with this item yet",
-                    ));
-                }
-            }
-            items.extend(popular);
-        }
+        self.top_up(&s, &filter, q.n, &mut items, fallback, !q.include_seen);
         Recommendations {
             items,
             personalized,
@@ -354,32 +323,7 @@ impl Engine {
                 }
             }
         }
-        if items_out.len() < q.n {
-            let taken: FxHashSet<String> = items_out
-                .iter()
-                .map(|r: &Recommendation| r.item.clone())
-                .collect();
-            let top_up = !items_out.is_empty();
-            let mut popular = self.popular_for(&s, q.n - items_out.len(), &filter, |i| {
-                !taken.contains(&s.item_key(i))
-            });
-            let floor = items_out.last().map(|r| r.score);
-            let max = popular
-                .first()
-                .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
-            for r in &mut popular {
-                if let Some(f) = floor {
-                    r.score = f - 1.0 + 0.999 * r.score / max;
-                }
-                if top_up {
-                    r.reasons
-                        .push(Reason::new("fallback", "topped up with popular items"));
-                } else if let Some(message) = &fallback {
-                    r.reasons.push(Reason::new("fallback", message.clone()));
-                }
-            }
-            items_out.extend(popular);
-        }
+        self.top_up(&s, &filter, q.n, &mut items_out, fallback, false);
         Recommendations {
             items: items_out,
             personalized: used != "popular",
@@ -501,6 +445,50 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Fills `items` up to `n` with popular items `filter` accepts, scored below every model
+    /// result, each with a reason: a top-up, the `fallback` message, or (with `unseen_reason`)
+    /// that the user has not seen it.
+    fn top_up(
+        &self,
+        s: &State,
+        filter: &Filter<'_>,
+        n: usize,
+        items: &mut Vec<Recommendation>,
+        fallback: Option<String>,
+        unseen_reason: bool,
+    ) {
+        if items.len() >= n {
+            return;
+        }
+        let taken: FxHashSet<String> = items.iter().map(|r| r.item.clone()).collect();
+        let top_up = !items.is_empty();
+        let mut popular = self.popular_for(s, n - items.len(), filter, |i| {
+            !taken.contains(&s.item_key(i))
+        });
+        // Below every model score, so that a top-up never outranks a model result.
+        let floor = items.last().map(|r| r.score);
+        let max = popular
+            .first()
+            .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
+        for r in &mut popular {
+            if let Some(f) = floor {
+                r.score = f - 1.0 + 0.999 * r.score / max;
+            }
+            if top_up {
+                r.reasons
+                    .push(Reason::new("fallback", "topped up with popular items"));
+            } else if let Some(message) = &fallback {
+                r.reasons.push(Reason::new("fallback", message.clone()));
+            } else if unseen_reason {
+                r.reasons.push(Reason::new(
+                    "unseen",
+                    "you have not interacted with this item yet",
+                ));
+            }
+        }
+        items.extend(popular);
     }
 
     /// The configured popularity ranking among items `filter` and `extra` accept.

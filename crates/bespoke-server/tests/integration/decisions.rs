@@ -652,16 +652,11 @@ fn personalizer_python() -> std::path::PathBuf {
     python
 }
 
-#[tokio::test]
-async fn personalizer_python_client() {
-    let srv = start().await;
+/// Runs one of the client scripts against the server; its JSON summary.
+async fn run_client(srv: &crate::common::TestServer, script: &'static str) -> Value {
     let python = tokio::task::spawn_blocking(personalizer_python)
         .await
         .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/personalizer_client.py"
-    );
     let (base, key) = (srv.base.clone(), srv.admin_key.clone());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
@@ -676,41 +671,37 @@ async fn personalizer_python_client() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "client failed: {stdout}\n{}",
+        "{script} failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: Value = serde_json::from_str(stdout.trim()).expect("JSON summary");
+    serde_json::from_str(stdout.trim()).expect("JSON summary")
+}
+
+#[tokio::test]
+async fn personalizer_python_client() {
+    let srv = start().await;
+    let summary = run_client(
+        &srv,
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/personalizer_client.py"
+        ),
+    )
+    .await;
     assert_eq!(summary["ok"], true);
     let (_, view) = srv.get("/v1/loops/personalizer").await;
     assert_eq!(view["model_updates"], 2, "{view}");
     assert_eq!(view["stats"]["decisions"], 2, "{view}");
 
     // Azure's newer client: the version in the query, and the multi-slot routes.
-    let python = tokio::task::spawn_blocking(personalizer_python)
-        .await
-        .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/personalizer_multislot_client.py"
-    );
-    let (base, key) = (srv.base.clone(), srv.admin_key.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .env("ENDPOINT", base)
-            .env("KEY", key)
-            .output()
-            .expect("python runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "multi-slot client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_str(stdout.trim()).expect("JSON summary");
+    let summary = run_client(
+        &srv,
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/personalizer_multislot_client.py"
+        ),
+    )
+    .await;
     assert_eq!(summary["ok"], true);
     let (_, view) = srv.get("/v1/loops/personalizer").await;
     // 2 before, then a single-slot reward, two slots of ms-1 and one slot of the deferred one.
