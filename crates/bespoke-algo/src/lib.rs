@@ -26,6 +26,7 @@
 pub mod als;
 pub mod bandit;
 mod bpr;
+pub mod content;
 mod csr;
 mod ease;
 pub mod eval;
@@ -42,6 +43,7 @@ mod topk;
 
 pub use als::{Als, AlsParams, IterationReport, UserSolver, UserVector};
 pub use bpr::{Bpr, BprParams};
+pub use content::{Bag, ContentVocab, Ridge, RidgeError, VocabParams};
 pub use csr::Csr;
 pub use ease::{Ease, EaseError};
 pub use factors::Factors;

@@ -21,76 +21,94 @@ use serde_json::{Value, json};
 pub(crate) struct EvalArgs {
     /// Training rows (`user_id,item_id,weight,timestamp`), as split.py writes them.
     #[arg(long, requires = "test", conflicts_with = "data")]
-    train: Option<PathBuf>,
+    pub(crate) train: Option<PathBuf>,
     /// Test rows, as split.py writes them.
     #[arg(long, requires = "train")]
-    test: Option<PathBuf>,
+    pub(crate) test: Option<PathBuf>,
     /// One interaction file to split here (see --split).
     #[arg(long)]
-    data: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
     /// How to split --data: `temporal:FRACTION` (split.py's per-user rule, 5 rows minimum).
     #[arg(long, default_value = "temporal:0.2")]
-    split: String,
+    pub(crate) split: String,
     /// Models to evaluate, comma-separated: als, bpr, ease, cosine (or knn), bm25, popular (or pop).
     #[arg(long, value_delimiter = ',', default_value = "als")]
-    models: Vec<String>,
+    pub(crate) models: Vec<String>,
     /// iALS factors.
     #[arg(long, default_value_t = 64)]
-    factors: usize,
+    pub(crate) factors: usize,
     /// iALS iterations.
     #[arg(long, default_value_t = 15)]
-    iterations: usize,
+    pub(crate) iterations: usize,
     /// iALS regularisation.
     #[arg(long, default_value_t = 0.05)]
-    regularization: f32,
+    pub(crate) regularization: f32,
     /// iALS confidence slope: c = 1 + alpha * weight.
     #[arg(long, default_value_t = 1.0)]
-    alpha: f32,
+    pub(crate) alpha: f32,
     /// iALS conjugate gradient steps.
     #[arg(long, default_value_t = 3)]
-    cg_steps: usize,
+    pub(crate) cg_steps: usize,
     /// Neighbours per item for cosine and bm25.
     #[arg(long, default_value_t = 100)]
-    knn_k: usize,
+    pub(crate) knn_k: usize,
     /// BPR's SGD learning rate (BPR also uses --factors and --seed).
     #[arg(long, default_value_t = 0.01)]
-    bpr_learning_rate: f32,
+    pub(crate) bpr_learning_rate: f32,
     /// BPR's L2 weight.
     #[arg(long, default_value_t = 0.01)]
-    bpr_regularization: f32,
+    pub(crate) bpr_regularization: f32,
     /// BPR's epochs.
     #[arg(long, default_value_t = 100)]
-    bpr_iterations: usize,
+    pub(crate) bpr_iterations: usize,
     /// EASE's L2 weight λ.
     #[arg(long, default_value_t = 100.0)]
-    ease_lambda: f64,
+    pub(crate) ease_lambda: f64,
     /// Most items EASE accepts (its matrix is dense: items² × 8 bytes while fitting).
     #[arg(long, default_value_t = 20_000)]
-    ease_max_items: usize,
+    pub(crate) ease_max_items: usize,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// Seed of the iALS initialisation and of the latency sample.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Users sampled for the single-user latency.
     #[arg(long, default_value_t = 1000)]
-    latency_users: usize,
+    pub(crate) latency_users: usize,
     /// Results per single-user call.
     #[arg(long, default_value_t = 20)]
-    latency_n: usize,
+    pub(crate) latency_n: usize,
+    /// Item content for the cold-item evaluation: a JSONL file of items (`bespoke export
+    /// items`' format, keys equal to the data's item ids) or MovieLens' `u.item`.
+    #[arg(long)]
+    pub(crate) items: Option<PathBuf>,
+    /// Format of --items.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub(crate) items_format: crate::cold::ItemsFormat,
+    /// Cold-item evaluation: hold out this share of items entirely (all their rows go to
+    /// test) and rank only them for each user, with the hybrid content model, popularity
+    /// predicted from content, and random. Needs --data and --items.
+    #[arg(long)]
+    pub(crate) cold_items: Option<f64>,
+    /// The hybrid model's ridge weight λ (content → item factors).
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) content_lambda: f64,
+    /// Most sparse content features (categories, words, attributes) the hybrid model keeps.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) content_max_features: usize,
     /// `bespoke tune` only: configurations to train and validate (the search budget).
     #[arg(long, default_value_t = 12)]
-    budget: usize,
+    pub(crate) budget: usize,
     /// Print one JSON object per model (implicit_bench.py's keys) instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Also write the JSON (one object per line) to this file.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
 }
 
-fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for_each_row(path, |r| rows.push(r))?;
     Ok(rows)
@@ -439,7 +457,7 @@ fn fit(name: &str, a: &EvalArgs, weights: &Csr) -> anyhow::Result<(Model, Value)
     })
 }
 
-fn round5(v: f64) -> f64 {
+pub(crate) fn round5(v: f64) -> f64 {
     (v * 1e5).round() / 1e5
 }
 
@@ -557,6 +575,9 @@ pub(crate) fn run(args: &EvalArgs) -> anyhow::Result<()> {
         .num_threads(args.threads.max(1))
         .build_global()
         .context("starting the worker threads")?;
+    if args.cold_items.is_some() {
+        return crate::cold::run(args);
+    }
     let started = Instant::now();
     if let (Some(train), Some(test)) = (&args.train, &args.test) {
         let data = load_split(train, test)?;

@@ -2,6 +2,7 @@
 //! ([`training`]) and how they serve ([`serving`]).
 
 pub mod artifact;
+pub mod content;
 pub mod serving;
 pub mod training;
 
