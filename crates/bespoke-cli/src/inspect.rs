@@ -81,6 +81,7 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
             "ease" => ModelChoice::Ease,
             _ => ModelChoice::Popular,
         }),
+        context: None,
     };
     let recs = engine.recommend(&args.user, &q);
     if args.json {

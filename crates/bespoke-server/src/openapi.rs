@@ -181,9 +181,10 @@ pub fn document() -> Value {
         }
         all.insert("/v1/recommendations".to_owned(), json!({ "post": {
             "summary": "Recommendations for an anonymous session from its recent items (folded into the model on the fly)",
-            "description": "items: oldest first, each a key or {item, weight}; with serving.session_half_life_items, older items count less. Session items are not recommended back unless include_seen. Unknown items are ignored; the reasons say when popular items fill in.",
+            "description": "items: oldest first, each a key or {item, weight}; with serving.session_half_life_items, older items count less. Session items are not recommended back unless include_seen. Unknown items are ignored. Without a known item, the context (if any) places the visitor through the content model; otherwise popular items fill in, and the reasons say so.",
             "operationId": "recommendSession",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["items"], "additionalProperties": false, "properties": {
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": {
+                "context": { "type": "object", "description": "Attributes of the visitor or the request (country, device, ...), named like user attributes: when no session item is known, the content model places the visitor by them" },
                 "items": { "type": "array", "items": { "oneOf": [ { "type": "string" }, { "type": "object", "required": ["item"], "properties": { "item": { "type": "string" }, "weight": { "type": "number" } } } ] } },
                 "n": { "type": "integer", "minimum": 1 },
                 "model": { "type": "string", "enum": ["als", "knn", "ease", "popular"] },
@@ -447,14 +448,15 @@ fn schemas() -> Value {
             "Item": { "allOf": [ { "$ref": "#/components/schemas/ItemIn" }, { "type": "object", "properties": { "key": { "type": "string" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } } ] },
             "Deleted": { "type": "object", "properties": { "key": { "type": "string" }, "deleted": { "type": "boolean" }, "events_deleted": { "type": "integer" } } },
             "Reason": { "type": "object", "required": ["kind", "message"], "properties": {
-                "kind": { "type": "string", "description": "als, knn, popular, trending, unseen, co_occurrence, fallback" },
+                "kind": { "type": "string", "description": "als, knn, ease, content (a new item placed by its content), profile (a user without history placed by their attributes or the request context), popular, trending, unseen, co_occurrence, fallback" },
                 "message": { "type": "string" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" },
-                "weight": { "type": "number", "description": "The history item's contribution to the score (als, knn) or a similarity" } } },
+                "feature": { "type": "string", "description": "The content feature behind a content or profile reason: category:<c>, word:<w>, attr:<name>=<value>, numeric:<name>~<bucket>, embedding:<name>" },
+                "weight": { "type": "number", "description": "The history item's (or feature's) contribution to the score, or a similarity" } } },
             "Recommendation": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
                 "item": { "type": "string" }, "score": { "type": "number", "description": "Higher is better; comparable within one response" },
                 "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } } } },
             "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
-                "model": { "type": "string", "enum": ["als", "knn", "ease", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
+                "model": { "type": "string", "enum": ["als", "knn", "ease", "content", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
             "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
             "Models": { "type": "object", "properties": { "active": { "type": ["integer", "null"] }, "training": { "type": "object" },
                 "models": { "type": "array", "items": { "type": "object", "properties": { "version": { "type": "integer" }, "active": { "type": "boolean" }, "bytes": { "type": "integer" }, "meta": { "type": "object" } } } } } },

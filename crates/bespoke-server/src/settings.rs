@@ -411,6 +411,13 @@ pub struct TrainingSettings {
     pub ease_max_items: usize,
     /// EASE's L2 weight λ.
     pub ease_lambda: f64,
+    /// Train the hybrid content model (item content and user attributes mapped into the iALS
+    /// factor space), which serves items without events and users without history.
+    pub content: bool,
+    /// The content model's ridge weight λ.
+    pub content_lambda: f64,
+    /// Most sparse content features (categories, words, attribute values) kept per side.
+    pub content_max_features: usize,
     /// Halve an event's weight per this many days of age before the newest event (0: no decay).
     pub half_life_days: f64,
     /// Worker threads (0: one per core).
@@ -446,6 +453,9 @@ impl Default for TrainingSettings {
             ease_max_items: 3000,
             ease_lambda: 100.0,
             knn_similarity: KnnSimilarity::Bm25,
+            content: true,
+            content_lambda: 10.0,
+            content_max_features: 5000,
             half_life_days: 0.0,
             threads: 0,
             evaluate: true,
@@ -661,6 +671,12 @@ impl Settings {
         }
         if !(t.half_life_days.is_finite() && t.half_life_days >= 0.0) {
             return Err("training.half_life_days must be zero or positive".into());
+        }
+        if !(t.content_lambda.is_finite() && t.content_lambda > 0.0) {
+            return Err("training.content_lambda must be positive".into());
+        }
+        if t.content_max_features > 50_000 {
+            return Err("training.content_max_features must be at most 50000 (the content model holds a dense features² matrix while fitting)".into());
         }
         if !(t.ease_lambda.is_finite() && t.ease_lambda > 0.0) {
             return Err("training.ease_lambda must be positive".into());

@@ -87,6 +87,7 @@ pub(crate) async fn recommendations(
                 ));
             }
         },
+        context: None,
     };
     // Scoring is bounded CPU work of tens of microseconds with no IO: it runs on the runtime
     // worker, which costs less than a hand-off to the blocking pool and back.
@@ -181,7 +182,10 @@ pub(crate) enum SessionItem {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionIn {
+    #[serde(default)]
     items: Vec<SessionItem>,
+    #[serde(default, deserialize_with = "crate::strict::opt_object")]
+    context: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     n: Option<i64>,
     #[serde(default)]
@@ -272,6 +276,7 @@ pub(crate) async fn session(
         exclude: body.exclude,
         include_seen: body.include_seen,
         model,
+        context: body.context,
     };
     let recs = state.engine.recommend_session(&items, &q);
     Ok(Json(SessionOut {

@@ -55,6 +55,10 @@ pub struct Reason {
     /// A count behind the reason (events, users).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The content feature behind a `content` or `profile` reason (`category:…`, `word:…`,
+    /// `attr:<name>=<value>`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
     /// How much this reason added to the score (a history item's contribution), or a
     /// similarity.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +74,7 @@ impl Reason {
             category: None,
             item: None,
             count: None,
+            feature: None,
             weight: None,
         }
     }
@@ -99,6 +104,9 @@ pub struct RecommendQuery {
     pub include_seen: bool,
     /// The model to use; the configured default when `None`.
     pub model: Option<ModelChoice>,
+    /// Attributes of the request (device, country, ...), named like user attributes: for a
+    /// user without history they place the user through the content model, with theirs.
+    pub context: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// How `popular` ranks.
@@ -663,6 +671,26 @@ impl Engine {
         for i in &out {
             s.set_item(&i.record);
         }
+        // A new item (or new content of one the model has no factors for) is placed by its
+        // content at once: recommendable before the next training.
+        if let Some(m) = self.model.load_full()
+            && let Some(content) = &m.content
+        {
+            for Upserted { record: i, .. } in &out {
+                if m.model_item(i.idx.0).is_none() {
+                    content.set_cold(
+                        i.idx.0,
+                        &crate::models::content::item_bag(
+                            &i.categories,
+                            &i.text,
+                            &i.numeric,
+                            &i.attributes,
+                            &i.embeddings,
+                        ),
+                    );
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -683,6 +711,14 @@ impl Engine {
             }
             s.live.remove_item(ItemIdx(d.idx));
             s.catalog_epoch += 1;
+            if let Some(c) = self
+                .model
+                .load_full()
+                .as_ref()
+                .and_then(|m| m.content.as_ref())
+            {
+                c.remove_cold(d.idx);
+            }
         }
         Ok(out)
     }

@@ -172,14 +172,22 @@ impl Engine {
         };
         let mut items = Vec::new();
         let mut used = "popular";
-        if let (Some(u), false) = (personal, choice == ModelChoice::Popular) {
+        // Personal answers need consent; an unknown user may still be placed by the context.
+        let allowed = personal.is_some() || (user.is_none() && q.context.is_some());
+        if allowed && choice != ModelChoice::Popular {
             match &model {
                 None => fallback = Some("no trained model yet: showing popular items".to_owned()),
                 Some(m) => {
-                    let history = self.model_history(&s, m, u);
-                    items = match choice {
-                        ModelChoice::Als => self.recommend_als(&s, m, u, &history, q.n, &filter),
-                        ModelChoice::Ease => self.recommend_ease(
+                    let history = match personal {
+                        Some(u) => self.model_history(&s, m, u),
+                        None => Vec::new(),
+                    };
+                    items = match (personal, choice) {
+                        (None, _) => Vec::new(),
+                        (Some(u), ModelChoice::Als) => {
+                            self.recommend_als(&s, m, u, &history, q.n, &filter)
+                        }
+                        (Some(_), ModelChoice::Ease) => self.recommend_ease(
                             &s,
                             m,
                             &history,
@@ -187,25 +195,42 @@ impl Engine {
                             &filter,
                             "you interacted with",
                         ),
-                        _ => self.recommend_knn(&s, m, &history, q.n, &filter),
+                        (Some(_), _) => self.recommend_knn(&s, m, &history, q.n, &filter),
                     };
-                    if items.is_empty() && choice == ModelChoice::Ease && m.ease.is_none() {
-                        fallback = Some(
-                            "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items"
-                                .to_owned(),
-                        );
-                    } else if items.is_empty() {
-                        fallback = Some(format!(
-                            "the {} model knows none of this user's interactions yet: showing popular items",
-                            model_name(choice)
-                        ));
-                    } else {
+                    if !items.is_empty() {
                         used = model_name(choice);
+                    } else if history.is_empty() {
+                        // No history the model knows: the user's attributes and the request
+                        // context place them through the content model.
+                        let mut profile = match personal {
+                            Some(_) => self
+                                .get_user(user_key)
+                                .ok()
+                                .flatten()
+                                .map(|u| u.attributes)
+                                .unwrap_or_default(),
+                            None => serde_json::Map::new(),
+                        };
+                        profile.extend(q.context.clone().unwrap_or_default());
+                        items = Self::recommend_profile(&s, m, &profile, q.n, &filter);
+                        if !items.is_empty() {
+                            used = "content";
+                        }
+                    }
+                    if items.is_empty() && personal.is_some() {
+                        fallback = Some(if choice == ModelChoice::Ease && m.ease.is_none() {
+                            "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items".to_owned()
+                        } else {
+                            format!(
+                                "the {} model knows none of this user's interactions yet: showing popular items",
+                                model_name(choice)
+                            )
+                        });
                     }
                 }
             }
         }
-        let personalized = personal.is_some() && used != "popular";
+        let personalized = used != "popular";
         self.top_up(&s, &filter, q.n, &mut items, fallback, !q.include_seen);
         Recommendations {
             items,
@@ -266,7 +291,27 @@ impl Engine {
         let mut fallback = None;
         let mut items_out = Vec::new();
         let mut used = "popular";
-        if store_history.is_empty() {
+        let profile = q.context.as_ref().filter(|c| !c.is_empty());
+        if let (true, Some(profile), false) = (
+            store_history.is_empty(),
+            profile,
+            choice == ModelChoice::Popular,
+        ) {
+            match &model {
+                None => fallback = Some("no trained model yet: showing popular items".to_owned()),
+                Some(m) => {
+                    items_out = Self::recommend_profile(&s, m, profile, q.n, &filter);
+                    if items_out.is_empty() {
+                        fallback = Some(
+                            "no item of this session is known and the content model knows nothing of its context: showing popular items"
+                                .to_owned(),
+                        );
+                    } else {
+                        used = "content";
+                    }
+                }
+            }
+        } else if store_history.is_empty() {
             fallback = Some("no item of this session is known: showing popular items".to_owned());
         } else if choice != ModelChoice::Popular {
             match &model {
@@ -283,7 +328,8 @@ impl Engine {
                                 let top = m.als.top_k(&v.x, q.n, |i| {
                                     m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
                                 });
-                                top.into_iter()
+                                let warm = top
+                                    .into_iter()
                                     .filter_map(|Scored { idx, score }| {
                                         let item = ItemIdx(m.store_item(idx)?);
                                         let parts = m.als.explain(&v, idx);
@@ -303,7 +349,16 @@ impl Engine {
                                             reasons,
                                         })
                                     })
-                                    .collect()
+                                    .collect();
+                                Self::with_cold_items(
+                                    &s,
+                                    m,
+                                    &v.x,
+                                    warm,
+                                    q.n,
+                                    &filter,
+                                    "this session's",
+                                )
                             }
                             None => Vec::new(),
                         },
@@ -353,7 +408,8 @@ impl Engine {
         let top = m.als.top_k(&vector.x, n, |i| {
             m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
         });
-        top.into_iter()
+        let warm = top
+            .into_iter()
             .filter_map(|Scored { idx, score }| {
                 let item = ItemIdx(m.store_item(idx)?);
                 let parts = m.als.explain(&vector, idx);
@@ -372,7 +428,112 @@ impl Engine {
                     reasons,
                 })
             })
-            .collect()
+            .collect();
+        Self::with_cold_items(s, m, &vector.x, warm, n, filter, "your")
+    }
+
+    /// Adds the items the model has no factors for, placed by their content (the hybrid
+    /// model), to `warm` results for the vector `x`; keeps the best `n`. Their reasons name
+    /// the content features that match.
+    fn with_cold_items(
+        s: &State,
+        m: &ServingModel,
+        x: &[f32],
+        mut out: Vec<Recommendation>,
+        n: usize,
+        filter: &Filter<'_>,
+        whose: &str,
+    ) -> Vec<Recommendation> {
+        let Some(content) = &m.content else {
+            return out;
+        };
+        let mut top = bespoke_algo::TopK::new(n);
+        for (item, score) in content.score_cold(x, |st| filter.keep(ItemIdx(st))) {
+            top.push(item, score);
+        }
+        for Scored { idx, score } in top.into_sorted() {
+            let mut reasons: Vec<Reason> = content
+                .explain_cold(idx, x, EXPLAIN_TOP)
+                .into_iter()
+                .map(|(feature, w)| Reason {
+                    weight: Some(w),
+                    feature: Some(feature.clone()),
+                    ..Reason::new(
+                        "content",
+                        format!(
+                            "new item, no interactions yet: its {feature} matches {whose} taste"
+                        ),
+                    )
+                })
+                .collect();
+            if reasons.is_empty() {
+                reasons.push(Reason::new(
+                    "content",
+                    "new item, no interactions yet: placed by its content",
+                ));
+            }
+            out.push(Recommendation {
+                item: s.item_key(ItemIdx(idx)),
+                score,
+                reasons,
+            });
+        }
+        out.sort_by(|a, b| b.score.total_cmp(&a.score));
+        out.truncate(n);
+        out
+    }
+
+    /// A user without history (or a visitor) placed in the iALS space by their attributes and
+    /// the request context through the content model. Empty when there is no user side or the
+    /// profile holds no feature it knows.
+    fn recommend_profile(
+        s: &State,
+        m: &ServingModel,
+        profile: &serde_json::Map<String, serde_json::Value>,
+        n: usize,
+        filter: &Filter<'_>,
+    ) -> Vec<Recommendation> {
+        let Some(side) = m.content.as_ref().and_then(|c| c.model.users.as_ref()) else {
+            return Vec::new();
+        };
+        let (x, v) = side.project(&crate::models::content::attribute_bag(profile));
+        // The bias alone is the average user: not personal, popularity serves that better.
+        if x.len() <= 1 {
+            return Vec::new();
+        }
+        let top = m.als.top_k(&v, n, |i| {
+            m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
+        });
+        let warm = top
+            .into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let mut reasons: Vec<Reason> = side
+                    .top_features(&x, m.als.item_vector(idx), EXPLAIN_TOP)
+                    .into_iter()
+                    .map(|(feature, w)| Reason {
+                        weight: Some(w),
+                        feature: Some(feature.clone()),
+                        ..Reason::new(
+                            "profile",
+                            format!("popular with users whose profile has {feature}"),
+                        )
+                    })
+                    .collect();
+                if reasons.is_empty() {
+                    reasons.push(Reason::new(
+                        "profile",
+                        "matches users with a similar profile",
+                    ));
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                })
+            })
+            .collect();
+        Self::with_cold_items(s, m, &v, warm, n, filter, "this profile's")
     }
 
     /// EASE: the history's rows of the item–item weights, summed; the reasons are the history

@@ -5,11 +5,283 @@
 //! `word:<token>` (any text field), `attr:<name>=<value>` (string, boolean, small integer or a
 //! list of those: tags), `numeric:<name>~<log2 bucket>`, and embeddings by name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use bespoke_algo::Bag;
 use bespoke_algo::content::tokenize;
-use serde_json::{Map, Value};
+use bespoke_algo::{Bag, ContentVocab, Factors, Ridge, VocabParams};
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::{Map, Value, json};
+
+use super::artifact::ArtifactError;
+
+/// File name of the content model inside a model version.
+pub const CONTENT_FILE: &str = "content.safetensors";
+
+/// One side of the content model: how content is encoded and where it maps to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Side {
+    /// Feature vocabulary and weighting.
+    pub vocab: ContentVocab,
+    /// Encoded content → factors.
+    pub ridge: Ridge,
+}
+
+impl Side {
+    /// Fits a side: the vocabulary on `all` bags, the map on `rows` (bags of the factor rows,
+    /// in row order). `None` when the bags hold no feature worth learning from.
+    fn fit(
+        all: &[&Bag],
+        rows: &[&Bag],
+        factors: &Factors,
+        lambda: f64,
+        max_features: usize,
+    ) -> Option<Self> {
+        let owned: Vec<Bag> = all.iter().map(|b| (*b).clone()).collect();
+        let vocab = ContentVocab::fit(
+            &owned,
+            VocabParams {
+                max_features,
+                ..VocabParams::default()
+            },
+        );
+        if vocab.dim() <= 1 || rows.is_empty() {
+            return None;
+        }
+        let x: Vec<Vec<(u32, f32)>> = rows.iter().map(|b| vocab.encode(b)).collect();
+        match Ridge::fit(&x, factors.as_slice(), vocab.dim(), factors.dim(), lambda) {
+            Ok(ridge) => Some(Self { vocab, ridge }),
+            Err(e) => {
+                tracing::warn!(target: "train::content", error = %e, "content model not trained");
+                None
+            }
+        }
+    }
+
+    /// The factors of a bag and its encoding.
+    pub fn project(&self, bag: &Bag) -> (Vec<(u32, f32)>, Vec<f32>) {
+        let x = self.vocab.encode(bag);
+        let y = self.ridge.predict(&x);
+        (x, y)
+    }
+
+    /// The features of `x` that raise its score against `target` most, strongest first, with
+    /// their shares (the bias left out: it is the same for everyone).
+    pub fn top_features(&self, x: &[(u32, f32)], target: &[f32], n: usize) -> Vec<(String, f32)> {
+        let bias = self.vocab.dim() as u32 - 1;
+        let mut parts: Vec<(u32, f32)> = self
+            .ridge
+            .contributions(x, target)
+            .into_iter()
+            .filter(|p| p.0 != bias && p.1 > 0.0)
+            .collect();
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut out: Vec<(String, f32)> = Vec::new();
+        for (j, w) in parts {
+            let name = self.vocab.feature_name(j);
+            // An embedding spans many dimensions: one entry with their sum.
+            if let Some(o) = out.iter_mut().find(|o| o.0 == name) {
+                o.1 += w;
+            } else if out.len() < n {
+                out.push((name, w));
+            }
+        }
+        out
+    }
+}
+
+/// The hybrid content model of one training run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContentModel {
+    /// Item content → iALS item factors.
+    pub items: Option<Side>,
+    /// User attributes → iALS user factors.
+    pub users: Option<Side>,
+}
+
+impl ContentModel {
+    /// Fits both sides. `catalog` is the content of every stored item (the vocabulary),
+    /// `item_rows` / `user_rows` the content of the factor rows in row order.
+    pub fn fit(
+        catalog: &[&Bag],
+        item_rows: &[&Bag],
+        item_factors: &Factors,
+        user_rows: &[&Bag],
+        user_factors: &Factors,
+        lambda: f64,
+        max_features: usize,
+    ) -> Self {
+        Self {
+            items: Side::fit(catalog, item_rows, item_factors, lambda, max_features),
+            users: Side::fit(user_rows, user_rows, user_factors, lambda, max_features),
+        }
+    }
+
+    /// What `meta.json` says about it.
+    pub fn describe(&self, lambda: f64) -> Value {
+        let side = |s: &Option<Side>| {
+            s.as_ref().map(|s| {
+                json!({"sparse_features": s.vocab.names().len(),
+                       "embeddings": s.vocab.dense().iter().map(|d| json!({"name": d.0, "dim": d.1})).collect::<Vec<_>>()})
+            })
+        };
+        json!({"lambda": lambda, "items": side(&self.items), "users": side(&self.users)})
+    }
+
+    /// `content.safetensors`: per side `<side>_weights` (`F32`, features × factors) and
+    /// `<side>_idf` (`F32`), the feature names and embedding blocks in the metadata (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut info = HashMap::from([("format".to_owned(), "bespoke.content.v1".to_owned())]);
+        for (name, side) in [("items", &self.items), ("users", &self.users)] {
+            let Some(s) = side else { continue };
+            let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            buffers.push((
+                format!("{name}_weights"),
+                vec![s.ridge.d_in(), s.ridge.d_out()],
+                bytes(s.ridge.weights()),
+            ));
+            buffers.push((
+                format!("{name}_idf"),
+                vec![s.vocab.idf().len()],
+                bytes(s.vocab.idf()),
+            ));
+            info.insert(
+                format!("{name}_features"),
+                json!(s.vocab.names()).to_string(),
+            );
+            info.insert(format!("{name}_dense"), json!(s.vocab.dense()).to_string());
+        }
+        let tensors: Vec<(String, TensorView<'_>)> = buffers
+            .iter()
+            .map(|(n, shape, b)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), b).expect("sizes match"),
+                )
+            })
+            .collect();
+        safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
+    }
+
+    /// Decodes [`Self::encode`]'s output.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ArtifactError> {
+        const F: &str = CONTENT_FILE;
+        let bad = |m: String| ArtifactError {
+            file: F,
+            message: m,
+        };
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let info = meta.metadata().clone().unwrap_or_default();
+        if info.get("format").map(String::as_str) != Some("bespoke.content.v1") {
+            return Err(bad("not a bespoke.content.v1 file".into()));
+        }
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>), ArtifactError> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+            if t.dtype() != Dtype::F32 {
+                return Err(bad(format!("tensor {name} is not F32")));
+            }
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            Ok((t.shape().to_vec(), v))
+        };
+        let mut out = Self::default();
+        for (name, side) in [("items", &mut out.items), ("users", &mut out.users)] {
+            let Some(names) = info.get(&format!("{name}_features")) else {
+                continue;
+            };
+            let names: Vec<String> =
+                serde_json::from_str(names).map_err(|e| bad(format!("{name}_features: {e}")))?;
+            let dense: Vec<(String, u32)> = serde_json::from_str(
+                info.get(&format!("{name}_dense"))
+                    .map_or("[]", String::as_str),
+            )
+            .map_err(|e| bad(format!("{name}_dense: {e}")))?;
+            let (_, idf) = read(&format!("{name}_idf"))?;
+            let (shape, w) = read(&format!("{name}_weights"))?;
+            let vocab = ContentVocab::from_parts(names, idf, dense)
+                .ok_or_else(|| bad(format!("{name}: names and idf differ in length")))?;
+            let ridge = match shape.as_slice() {
+                [d_in, d_out] if *d_in == vocab.dim() => Ridge::from_parts(*d_in, *d_out, w),
+                _ => None,
+            }
+            .ok_or_else(|| bad(format!("{name}_weights do not match the vocabulary")))?;
+            *side = Some(Side { vocab, ridge });
+        }
+        Ok(out)
+    }
+}
+
+/// An item the served model has no factors for, placed by its content.
+#[derive(Debug, Clone)]
+pub struct ColdItem {
+    /// Its encoded content.
+    pub x: Vec<(u32, f32)>,
+    /// Its predicted factors.
+    pub y: Vec<f32>,
+}
+
+/// The content model while serving, with the items it places (by store id).
+#[derive(Debug, Default)]
+pub struct ContentServing {
+    /// The model.
+    pub model: ContentModel,
+    cold: RwLock<FxHashMap<u32, ColdItem>>,
+}
+
+impl ContentServing {
+    /// Serving state for `model`, with no cold item yet.
+    pub fn new(model: ContentModel) -> Self {
+        Self {
+            model,
+            cold: RwLock::new(FxHashMap::default()),
+        }
+    }
+
+    /// Places (or re-places) store item `item` by its content; no-op without an item side.
+    pub fn set_cold(&self, item: u32, bag: &Bag) {
+        if let Some(side) = &self.model.items {
+            let (x, y) = side.project(bag);
+            self.cold.write().insert(item, ColdItem { x, y });
+        }
+    }
+
+    /// Forgets a cold item (deleted).
+    pub fn remove_cold(&self, item: u32) {
+        self.cold.write().remove(&item);
+    }
+
+    /// Number of cold items placed.
+    pub fn cold_items(&self) -> usize {
+        self.cold.read().len()
+    }
+
+    /// Scores every cold item `keep` accepts against `x`: `(store item, score)`.
+    pub fn score_cold(&self, x: &[f32], mut keep: impl FnMut(u32) -> bool) -> Vec<(u32, f32)> {
+        self.cold
+            .read()
+            .iter()
+            .filter(|(i, _)| keep(**i))
+            .map(|(&i, c)| (i, c.y.iter().zip(x).map(|(a, b)| a * b).sum()))
+            .collect()
+    }
+
+    /// The content features that place cold item `item` near `x`, strongest first.
+    pub fn explain_cold(&self, item: u32, x: &[f32], n: usize) -> Vec<(String, f32)> {
+        let (Some(side), Some(c)) = (&self.model.items, self.cold.read().get(&item).cloned())
+        else {
+            return Vec::new();
+        };
+        side.top_features(&c.x, x, n)
+    }
+}
 
 /// The content of an item.
 pub fn item_bag(

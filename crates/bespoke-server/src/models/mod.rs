@@ -37,5 +37,9 @@ pub fn save(
     if let Some(e) = &ease {
         files.push((artifact::EASE_FILE, e));
     }
+    let content = trained.content.as_ref().map(|c| c.encode());
+    if let Some(c) = &content {
+        files.push((content::CONTENT_FILE, c));
+    }
     store.save_model(&files, &trained.meta)
 }

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use super::artifact::{self, ALS_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
+use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
 
 /// Marks a store item that the model does not know.
 const NONE: u32 = u32::MAX;
@@ -146,6 +147,11 @@ impl AlsServing {
         })
     }
 
+    /// The factors of model item `item`.
+    pub fn item_vector(&self, item: u32) -> &[f32] {
+        self.scorer.items().row(item as usize)
+    }
+
     /// History items' contributions to the score of `item` (Hu–Koren–Volinsky).
     pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
         self.solver.explain(user, item)
@@ -205,6 +211,8 @@ pub struct ServingModel {
     pub knn: KnnServing,
     /// EASE, when it was trained.
     pub ease: Option<bespoke_algo::Ease>,
+    /// The hybrid content model and the items without events it places.
+    pub content: Option<ContentServing>,
     item_keys: Vec<String>,
     store_to_model: Vec<u32>,
     model_to_store: Vec<u32>,
@@ -246,6 +254,21 @@ impl ServingModel {
                 message: "EASE's size differs from the item keys".into(),
             });
         }
+        let content = if meta["params"]["content"].is_object() {
+            Some(ContentServing::new(ContentModel::decode(
+                &store.read_model_file(version, CONTENT_FILE)?,
+            )?))
+        } else {
+            None
+        };
+        if let Some(side) = content.as_ref().and_then(|c| c.model.items.as_ref())
+            && side.ridge.d_out() != als.item_factors().dim()
+        {
+            return Err(LoadError::Inconsistent {
+                version,
+                message: "the content model's factors differ from iALS's".into(),
+            });
+        }
         let inconsistent = |message: String| LoadError::Inconsistent { version, message };
         if als.item_factors().rows() != item_keys.len() || knn.n_items() != item_keys.len() {
             return Err(inconsistent(format!(
@@ -261,12 +284,42 @@ impl ServingModel {
             als: AlsServing::new(&als, cache_capacity),
             knn: KnnServing { model: knn },
             ease,
+            content,
             item_keys,
             store_to_model: Vec::new(),
             model_to_store: Vec::new(),
         };
         model.remap(&mut item_id);
+        model.place_cold_items(store)?;
         Ok(model)
+    }
+
+    /// Places every stored item the model has no factors for by its content.
+    fn place_cold_items(&self, store: &dyn Store) -> Result<(), LoadError> {
+        let Some(content) = self.content.as_ref().filter(|c| c.model.items.is_some()) else {
+            return Ok(());
+        };
+        let mut after = None;
+        loop {
+            let chunk = store.scan_items(after, 10_000)?;
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.idx);
+            for i in chunk {
+                if self.model_item(i.idx.0).is_none() {
+                    content.set_cold(
+                        i.idx.0,
+                        &item_bag(
+                            &i.categories,
+                            &i.text,
+                            &i.numeric,
+                            &i.attributes,
+                            &i.embeddings,
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Rebuilds the mapping between model rows and store ids.

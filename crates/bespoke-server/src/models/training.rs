@@ -16,12 +16,14 @@ use std::time::Instant;
 
 use bespoke_algo::eval::MetricSums;
 use bespoke_algo::{
-    Als, AlsParams, Csr, Ease, ItemKnn, ItemScorer, IterationReport, ScoreScratch, Similarity, TopK,
+    Als, AlsParams, Bag, Csr, Ease, ItemKnn, ItemScorer, IterationReport, ScoreScratch, Similarity,
+    TopK,
 };
 use bespoke_store::Store;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
+use super::content::{ContentModel, attribute_bag, item_bag};
 use crate::engine::Weights;
 use crate::settings::{KnnSimilarity, Settings, TrainingSettings};
 
@@ -60,6 +62,10 @@ pub struct Snapshot {
     pub events: u64,
     /// When reading began (Unix ms): everything erased before this is not in the snapshot.
     pub read_at: i64,
+    /// Content of every stored item that has some, by key (sorted): the hybrid model's input.
+    pub catalog: Vec<(String, Bag)>,
+    /// Attributes of each user of `user_keys`, in index order (empty when none).
+    pub user_content: Vec<Bag>,
 }
 
 /// A stable 64-bit hash of a key (FNV-1a), mixed with the seed: the start of that row's factors.
@@ -79,27 +85,42 @@ impl Snapshot {
         let weights = Weights::new(settings);
         // Keys by store id, then dense indices in key order.
         let mut users: Vec<(u32, String)> = Vec::new();
+        let mut user_bags: rustc_hash::FxHashMap<String, Bag> = Default::default();
         let mut after = None;
         loop {
             let chunk = store.scan_users(after, CHUNK)?;
             let Some(last) = chunk.last() else { break };
             after = Some(last.idx);
             // Users who objected to training take no part: their events are skipped below.
-            users.extend(
-                chunk
-                    .into_iter()
-                    .filter(|u| u.consent.training)
-                    .map(|u| (u.idx.0, u.key)),
-            );
+            for u in chunk.into_iter().filter(|u| u.consent.training) {
+                if !u.attributes.is_empty() {
+                    user_bags.insert(u.key.clone(), attribute_bag(&u.attributes));
+                }
+                users.push((u.idx.0, u.key));
+            }
         }
         let mut items: Vec<(u32, String)> = Vec::new();
+        let mut catalog: Vec<(String, Bag)> = Vec::new();
         let mut after = None;
         loop {
             let chunk = store.scan_items(after, CHUNK)?;
             let Some(last) = chunk.last() else { break };
             after = Some(last.idx);
-            items.extend(chunk.into_iter().map(|i| (i.idx.0, i.key)));
+            for i in chunk {
+                let bag = item_bag(
+                    &i.categories,
+                    &i.text,
+                    &i.numeric,
+                    &i.attributes,
+                    &i.embeddings,
+                );
+                if !(bag.sparse.is_empty() && bag.dense.is_empty()) {
+                    catalog.push((i.key.clone(), bag));
+                }
+                items.push((i.idx.0, i.key));
+            }
         }
+        catalog.sort_by(|a, b| a.0.cmp(&b.0));
         let user_dense = dense(&mut users);
         let item_dense = dense(&mut items);
         let mut raw: Vec<(u32, u32, f32, i64)> = Vec::new();
@@ -149,6 +170,10 @@ impl Snapshot {
         // other row through the Gram matrix, so the model would depend on catalog entries and
         // profiles that carry no behaviour (an erased user's leftovers, say).
         let (user_keys, item_keys) = compact(&mut pairs, users, items);
+        let user_content = user_keys
+            .iter()
+            .map(|k| user_bags.remove(k).unwrap_or_default())
+            .collect();
         Ok(Self {
             user_keys,
             item_keys,
@@ -156,6 +181,8 @@ impl Snapshot {
             watermark: seq,
             events,
             read_at,
+            catalog,
+            user_content,
         })
     }
 
@@ -294,6 +321,8 @@ pub struct Trained {
     pub knn: ItemKnn,
     /// EASE, when the catalog is small enough (`training.ease_max_items`).
     pub ease: Option<Ease>,
+    /// The hybrid content model, when configured and the data has content.
+    pub content: Option<ContentModel>,
     /// Metadata (`meta.json`).
     pub meta: Value,
 }
@@ -512,6 +541,15 @@ pub fn train(
     progress(Progress::Stage("training on all data"));
     let weights = snapshot.weights();
     let (als, knn, ease, [als_s, knn_s, ease_s]) = fit(snapshot, &weights, t, "final", progress);
+    let started_content = Instant::now();
+    let content = t
+        .content
+        .then(|| {
+            progress(Progress::Stage("training the content model"));
+            fit_content(snapshot, &als, t)
+        })
+        .filter(|c| c.items.is_some() || c.users.is_some());
+    let content_s = started_content.elapsed().as_secs_f64();
     let meta = json!({
         "format": "bespoke.model.v1",
         "created_at": crate::time::format_rfc3339(crate::engine::now_ms()),
@@ -528,18 +566,47 @@ pub fn train(
                      "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed },
             "knn": { "k": t.knn_k, "similarity": t.knn_similarity },
             "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda })),
+            "content": content.as_ref().map(|c| c.describe(t.content_lambda)),
             "half_life_days": t.half_life_days,
             "event_weights": settings.events.weights,
         },
-        "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "total": started.elapsed().as_secs_f64() },
+        "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "content": content_s, "total": started.elapsed().as_secs_f64() },
         "metrics": metrics,
     });
     Trained {
         als,
         knn,
         ease,
+        content,
         meta,
     }
+}
+
+/// The hybrid model: the vocabulary of items from the whole catalog (items without events
+/// included, so their words count), the maps learned on the rows iALS has factors for.
+fn fit_content(snapshot: &Snapshot, als: &Als, t: &TrainingSettings) -> ContentModel {
+    let empty = Bag::default();
+    let catalog: Vec<&Bag> = snapshot.catalog.iter().map(|(_, b)| b).collect();
+    let item_rows: Vec<&Bag> = snapshot
+        .item_keys
+        .iter()
+        .map(|k| {
+            snapshot
+                .catalog
+                .binary_search_by(|(c, _)| c.as_str().cmp(k))
+                .map_or(&empty, |at| &snapshot.catalog[at].1)
+        })
+        .collect();
+    let user_rows: Vec<&Bag> = snapshot.user_content.iter().collect();
+    ContentModel::fit(
+        &catalog,
+        &item_rows,
+        als.item_factors(),
+        &user_rows,
+        als.user_factors(),
+        t.content_lambda,
+        t.content_max_features,
+    )
 }
 
 #[cfg(test)]

@@ -489,3 +489,130 @@ async fn ease_serves_users_and_sessions() {
         "{body}"
     );
 }
+
+/// The hybrid content model: an item added after training is recommended at once from its
+/// content, a user without history from their attributes, a visitor from the request context;
+/// the reasons name the features.
+#[tokio::test]
+async fn content_model_serves_new_items_and_new_users() {
+    let srv = crate::common::start().await;
+    let genre = |g: &str| if g == "a" { "jazz" } else { "metal" };
+    for g in ["a", "b"] {
+        for i in 0..10 {
+            let (s, t) = srv
+                .put(
+                    &format!("/v1/items/{g}{i}"),
+                    json!({"categories": [genre(g)], "text": {"title": format!("{} album {i}", genre(g))}}),
+                )
+                .await;
+            assert!(s.is_success(), "{t}");
+        }
+    }
+    let mut events = Vec::new();
+    for u in 0..60 {
+        let group = if u % 2 == 0 { "a" } else { "b" };
+        let country = if u % 2 == 0 { "fr" } else { "de" };
+        let (s, t) = srv
+            .put(
+                &format!("/v1/users/u{u}"),
+                json!({"attributes": {"country": country}}),
+            )
+            .await;
+        assert!(s.is_success(), "{t}");
+        for i in 0..10 {
+            if (u + i) % 3 != 0 {
+                events.push(
+                    json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}),
+                );
+            }
+        }
+    }
+    srv.post("/v1/events", json!({ "events": events })).await;
+    let (s, t) = srv
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert!(s.is_success(), "{t}");
+    let (_, models) = srv.get("/v1/models").await;
+    let meta = &models["models"][0]["meta"];
+    assert!(meta["params"]["content"]["items"].is_object(), "{models}");
+    assert!(meta["params"]["content"]["users"].is_object(), "{models}");
+
+    // New items after training: no events, no retraining.
+    for (key, g) in [("a-new", "a"), ("b-new", "b")] {
+        let (s, t) = srv
+            .put(
+                &format!("/v1/items/{key}"),
+                json!({"categories": [genre(g)], "text": {"title": format!("{} album deluxe", genre(g))}}),
+            )
+            .await;
+        assert!(s.is_success(), "{t}");
+    }
+    let (s, body) = srv.get("/v1/users/u0/recommendations?n=15&model=als").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let items = body["items"].as_array().unwrap();
+    let pos = |key: &str| items.iter().position(|r| r["item"] == key);
+    let a_new = pos("a-new").unwrap_or_else(|| panic!("a-new missing: {body}"));
+    assert!(pos("b-new").is_none_or(|b| b > a_new), "{body}");
+    let reasons = &items[a_new]["reasons"];
+    assert_eq!(reasons[0]["kind"], "content", "{body}");
+    let features: Vec<&str> = reasons
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["feature"].as_str())
+        .collect();
+    assert!(
+        features
+            .iter()
+            .any(|f| *f == "category:jazz" || *f == "word:jazz"),
+        "{body}"
+    );
+    // Deleted, it is gone from the answers.
+    srv.delete("/v1/items/a-new").await;
+    let (_, body) = srv.get("/v1/users/u0/recommendations?n=15&model=als").await;
+    assert!(!body.to_string().contains("a-new"), "{body}");
+
+    // A user with attributes and no history.
+    let (s, t) = srv
+        .put("/v1/users/newbie", json!({"attributes": {"country": "fr"}}))
+        .await;
+    assert!(s.is_success(), "{t}");
+    let (_, body) = srv.get("/v1/users/newbie/recommendations?n=3").await;
+    assert_eq!(body["model"], "content", "{body}");
+    assert_eq!(body["personalized"], true, "{body}");
+    for r in body["items"].as_array().unwrap() {
+        assert!(r["item"].as_str().unwrap().starts_with('a'), "{body}");
+        assert_eq!(r["reasons"][0]["kind"], "profile", "{body}");
+        assert_eq!(r["reasons"][0]["feature"], "attr:country=fr", "{body}");
+    }
+    // A visitor, from the request context alone.
+    let (s, body) = srv
+        .post(
+            "/v1/recommendations",
+            json!({"context": {"country": "de"}, "n": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["model"], "content", "{body}");
+    for r in body["items"].as_array().unwrap() {
+        assert!(r["item"].as_str().unwrap().starts_with('b'), "{body}");
+    }
+    // A context the model never saw is not personal: popular items, and the reasons say so.
+    let (_, body) = srv
+        .post(
+            "/v1/recommendations",
+            json!({"context": {"country": "jp"}, "n": 3}),
+        )
+        .await;
+    assert_eq!(body["model"], "popular", "{body}");
+    assert!(
+        body.to_string().contains("content model knows nothing"),
+        "{body}"
+    );
+    // Bad context: a 400 naming the field.
+    let (s, body) = srv
+        .post("/v1/recommendations", json!({"context": [1, 2]}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("context"), "{body}");
+}
