@@ -450,6 +450,56 @@ fn eval_on_movielens_matches_the_anchor_protocol_and_als_beats_popularity() {
     assert!(b > 0.10 && b > 1.3 * p, "BPR NDCG@10 {b}");
 }
 
+/// Cold items on ML-100K: 10% of the movies held out entirely, ranked for each user by the
+/// hybrid model (genres and title words → iALS factors) against popularity predicted from the
+/// same content and random. Three seeds (different held-out sets), because one set of ~145
+/// movies is noisy: measured 0.2214 / 0.2940 / 0.2482 (hybrid), 0.2406 / 0.2166 / 0.1704
+/// (content popularity), 0.0540 / 0.0609 / 0.0648 (random).
+#[test]
+fn cold_items_are_ranked_from_their_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = movielens_csv(dir.path());
+    let items = shared_data("ml-100k/u.item");
+    let (mut hybrid, mut popular, mut random) = (0.0, 0.0, 0.0);
+    for seed in ["0", "1", "2"] {
+        let r = json(&bespoke(
+            dir.path(),
+            &[
+                "eval",
+                "--data",
+                csv.to_str().unwrap(),
+                "--items",
+                items.to_str().unwrap(),
+                "--items-format",
+                "movielens",
+                "--cold-items",
+                "0.1",
+                "--factors",
+                "128",
+                "--regularization",
+                "10",
+                "--seed",
+                seed,
+                "--json",
+            ],
+        ));
+        assert_eq!(r["data"]["items"], 1447, "{r}");
+        assert_eq!(r["data"]["cold_items"], 145, "{r}");
+        assert_eq!(r["data"]["items_without_content"], 0, "{r}");
+        let m = &r["metrics"];
+        hybrid += m["hybrid"]["ndcg@10"].as_f64().unwrap() / 3.0;
+        popular += m["popular_from_content"]["ndcg@10"].as_f64().unwrap() / 3.0;
+        random += m["random"]["ndcg@10"].as_f64().unwrap() / 3.0;
+    }
+    // Measured means: hybrid 0.2545, content popularity 0.2092, random 0.0599.
+    assert!(hybrid > 0.23, "hybrid NDCG@10 {hybrid}");
+    assert!(
+        hybrid > 1.1 * popular,
+        "hybrid {hybrid} vs popularity {popular}"
+    );
+    assert!(hybrid > 3.0 * random, "hybrid {hybrid} vs random {random}");
+}
+
 #[test]
 fn keys_are_created_listed_and_revoked_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
