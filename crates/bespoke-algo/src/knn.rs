@@ -29,6 +29,16 @@ pub enum Similarity {
         /// Length normalisation (`implicit`'s default 0.75).
         b: f32,
     },
+    /// RP3beta (Paudel et al., "Updatable, accurate, diverse, and scalable recommendations
+    /// for interactive applications", 2016): the three-step random walk item → user → item,
+    /// transition probabilities raised to `alpha`, the arrival item's probability divided by
+    /// its popularity to the power `beta`.
+    Rp3Beta {
+        /// Exponent of the transition probabilities.
+        alpha: f32,
+        /// Popularity penalty.
+        beta: f32,
+    },
 }
 
 /// Items per parallel work unit.
@@ -43,10 +53,48 @@ pub struct ItemKnn {
     neighbours: Csr,
 }
 
+/// The item × user matrix `L` and the user × item matrix `R` with `sim(i, j) = (L R)_ij`.
+fn factors_of_similarity(weights: &Csr, similarity: Similarity) -> (Csr, Csr) {
+    if let Similarity::Rp3Beta { alpha, beta } = similarity {
+        let iu = weights.transpose();
+        let row_sums = |m: &Csr| -> Vec<f32> {
+            (0..m.n_rows())
+                .map(|r| m.row(r).1.iter().map(|v| v.abs()).sum())
+                .collect()
+        };
+        let (item_deg, user_deg) = (row_sums(&iu), row_sums(weights));
+        // Item → user and user → item transition probabilities, to the power alpha.
+        let left = iu.map_entries(|i, _, v| {
+            if item_deg[i] > 0.0 {
+                (v.abs() / item_deg[i]).powf(alpha)
+            } else {
+                0.0
+            }
+        });
+        let popularity: Vec<f32> = (0..iu.n_rows()).map(|i| iu.row(i).0.len() as f32).collect();
+        let right = weights.map_entries(|u, j, v| {
+            let p = if user_deg[u] > 0.0 {
+                (v.abs() / user_deg[u]).powf(alpha)
+            } else {
+                0.0
+            };
+            let pop = popularity[j as usize];
+            if pop > 0.0 { p / pop.powf(beta) } else { 0.0 }
+        });
+        return (left, right);
+    }
+    let iu = weighted_item_user(weights, similarity);
+    let ui = iu.transpose();
+    (iu, ui)
+}
+
 /// The weighted item × user matrix whose row dot products are the similarities.
 fn weighted_item_user(weights: &Csr, similarity: Similarity) -> Csr {
     let iu = weights.transpose();
     match similarity {
+        Similarity::Rp3Beta { .. } => {
+            unreachable!("RP3beta is not symmetric: see factors_of_similarity")
+        }
         Similarity::Cosine => {
             let norms: Vec<f32> = (0..iu.n_rows())
                 .map(|i| iu.row(i).1.iter().map(|v| v * v).sum::<f32>().sqrt())
@@ -83,8 +131,7 @@ impl ItemKnn {
     /// Fits neighbourhoods of size `k` from a user × item weight matrix. Runs on the current
     /// rayon pool; the result does not depend on the number of threads.
     pub fn fit(weights: &Csr, similarity: Similarity, k: usize) -> Self {
-        let iu = weighted_item_user(weights, similarity);
-        let ui = iu.transpose();
+        let (iu, ui) = factors_of_similarity(weights, similarity);
         let n_items = iu.n_rows();
         let rows: Vec<Vec<Scored>> = (0..n_items)
             .into_par_iter()

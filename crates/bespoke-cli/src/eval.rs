@@ -8,13 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use bespoke_algo::eval::{K_MAX, MetricSums, Row, temporal_split};
-use bespoke_algo::{
-    Als, AlsParams, Bpr, BprParams, Csr, Ease, ItemKnn, ItemScorer, Rng, ScoreScratch, Scored,
-    Similarity, TopK,
-};
+use bespoke_algo::eval::{K_MAX, Row, temporal_split};
+use bespoke_algo::tune::{self, BLEND_CANDIDATES, Blend, Config, Fitted, Scratch, SearchParams};
+use bespoke_algo::{Csr, Recency, Rng, Scored};
 use clap::Args;
-use rayon::prelude::*;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Args)]
@@ -31,7 +28,8 @@ pub(crate) struct EvalArgs {
     /// How to split --data: `temporal:FRACTION` (split.py's per-user rule, 5 rows minimum).
     #[arg(long, default_value = "temporal:0.2")]
     pub(crate) split: String,
-    /// Models to evaluate, comma-separated: als, bpr, ease, cosine (or knn), bm25, popular (or pop).
+    /// Models to evaluate, comma-separated: als, bpr, ease, cosine (or knn), bm25, popular (or
+    /// pop), or a blend of two such as `als+ease` (see --blend-weight).
     #[arg(long, value_delimiter = ',', default_value = "als")]
     pub(crate) models: Vec<String>,
     /// iALS factors.
@@ -52,6 +50,12 @@ pub(crate) struct EvalArgs {
     /// Neighbours per item for cosine and bm25.
     #[arg(long, default_value_t = 100)]
     pub(crate) knn_k: usize,
+    /// RP3beta's exponent of the transition probabilities (rp3 also uses --knn-k).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) rp3_alpha: f32,
+    /// RP3beta's popularity penalty.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) rp3_beta: f32,
     /// BPR's SGD learning rate (BPR also uses --factors and --seed).
     #[arg(long, default_value_t = 0.01)]
     pub(crate) bpr_learning_rate: f32,
@@ -67,6 +71,20 @@ pub(crate) struct EvalArgs {
     /// Most items EASE accepts (its matrix is dense: items² × 8 bytes while fitting).
     #[arg(long, default_value_t = 20_000)]
     pub(crate) ease_max_items: usize,
+    /// Weight a user's latest interactions up: an interaction followed by `age` later ones of
+    /// the same user counts `floor + (1 - floor) * 2^(-age / half_life)`; 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) recency_half_life: f32,
+    /// The weight the oldest interactions keep under --recency-half-life.
+    #[arg(long, default_value_t = 0.25)]
+    pub(crate) recency_floor: f32,
+    /// `bespoke tune` only: do not search the recency weighting (keep --recency-*).
+    #[arg(long)]
+    pub(crate) no_recency_search: bool,
+    /// Weight of the first model of a blend (`a+b`); the second gets the rest. Each model's
+    /// scores are divided by the user's top score before they are summed.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) blend_weight: f32,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
@@ -106,6 +124,19 @@ pub(crate) struct EvalArgs {
     /// Also write the JSON (one object per line) to this file.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    fn recency(&self) -> Recency {
+        if self.recency_half_life > 0.0 {
+            Recency {
+                half_life: self.recency_half_life,
+                floor: self.recency_floor,
+            }
+        } else {
+            Recency::OFF
+        }
+    }
 }
 
 pub(crate) fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
@@ -263,6 +294,7 @@ fn load_split(train: &Path, test: &Path) -> anyhow::Result<Data> {
         train_rows,
         test_rows,
         test_pairs,
+        log: Vec::new(),
     })
 }
 
@@ -277,6 +309,41 @@ struct Data {
     train_rows: usize,
     test_rows: usize,
     test_pairs: usize,
+    /// Every training row `(user, item, weight, time)`, kept to re-weight by recency (empty on
+    /// the streaming `--train/--test` path, which runs without recency).
+    log: Vec<(u32, u32, f32, i64)>,
+}
+
+impl Data {
+    /// The training matrix with `recency` applied (the plain one when it is off).
+    fn matrix(&self, recency: Recency) -> std::borrow::Cow<'_, Csr> {
+        if !recency.is_on() || self.log.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.weights);
+        }
+        let mut by_user: Vec<Vec<usize>> = vec![Vec::new(); self.n_users];
+        for (k, r) in self.log.iter().enumerate() {
+            by_user[r.0 as usize].push(k);
+        }
+        let mut factor = vec![1.0f32; self.log.len()];
+        for rows in &by_user {
+            let times: Vec<i64> = rows.iter().map(|&k| self.log[k].3).collect();
+            for (&k, f) in rows.iter().zip(recency.factors(&times)) {
+                factor[k] = f;
+            }
+        }
+        let triples: Vec<(u32, u32, f32)> = self
+            .log
+            .iter()
+            .zip(&factor)
+            .map(|(r, f)| (r.0, r.1, r.2 * f))
+            .collect();
+        std::borrow::Cow::Owned(Csr::from_triples(
+            self.n_users,
+            self.n_items,
+            &triples,
+            false,
+        ))
+    }
 }
 
 fn build(train: &[Row], test: &[Row]) -> Data {
@@ -325,130 +392,130 @@ fn build(train: &[Row], test: &[Row]) -> Data {
         train_rows: train.len(),
         test_rows: test.len(),
         test_pairs,
+        log: train
+            .iter()
+            .map(|r| (uidx[&r.user], iidx[&r.item], r.weight as f32, r.timestamp))
+            .collect(),
     }
 }
 
-/// A fitted model, as the evaluation sees it.
-enum Model {
-    Als(Als, ItemScorer),
-    Bpr(Bpr, ItemScorer),
-    Ease(Ease),
-    Knn(ItemKnn),
-    Popular(Vec<f32>),
+/// What `eval` trains: one model, or a blend of two (from `tune`), each with the recency
+/// weighting of its training data.
+#[derive(Debug, Clone)]
+enum Choice {
+    Single(Config, Recency),
+    Blend((Config, Recency), (Config, Recency), Blend),
 }
 
-/// Per-worker scratch for recommending.
-struct Scratch {
-    scoring: ScoreScratch,
-    scores: Vec<f32>,
-    touched: Vec<u32>,
-    top: TopK,
+/// The anchors' name of a model type.
+fn anchor_name(kind: &str) -> &str {
+    if kind == "popular" { "pop" } else { kind }
 }
 
-impl Model {
-    fn name(&self) -> &'static str {
+fn config_json(c: &Config, r: Recency) -> Value {
+    let mut v = serde_json::to_value(c).expect("plain data");
+    if r.is_on() {
+        v["recency"] = serde_json::to_value(r).expect("plain data");
+    }
+    v
+}
+
+impl Choice {
+    fn name(&self) -> String {
         match self {
-            Model::Als(..) => "als",
-            Model::Bpr(..) => "bpr",
-            Model::Ease(_) => "ease",
-            Model::Knn(k) if matches!(k.similarity(), Similarity::Cosine) => "cosine",
-            Model::Knn(_) => "bm25",
-            Model::Popular(_) => "pop",
+            Choice::Single(c, _) => anchor_name(c.kind()).to_owned(),
+            Choice::Blend((a, _), (b, _), _) => format!("blend:{}+{}", a.kind(), b.kind()),
         }
     }
 
-    /// Top `n` for user `u` of the training matrix, excluding its training items.
+    fn params(&self, a: &EvalArgs) -> Value {
+        let mut p = match self {
+            Choice::Single(c, r) => config_json(c, *r),
+            Choice::Blend((x, rx), (y, ry), blend) => {
+                json!({"models": [config_json(x, *rx), config_json(y, *ry)],
+                "weight": (blend.weight as f64 * 100.0).round() / 100.0})
+            }
+        };
+        p["threads"] = json!(a.threads);
+        p["seed"] = json!(a.seed);
+        p
+    }
+}
+
+/// A trained [`Choice`]: one or two models, each with its training matrix when recency
+/// re-weighted it, and the blend of two.
+struct Trained {
+    parts: Vec<(Fitted, Option<Csr>)>,
+    blend: Option<Blend>,
+}
+
+impl Trained {
+    fn fit(choice: &Choice, a: &EvalArgs, data: &Data) -> anyhow::Result<Self> {
+        let fit = |c: &Config, r: Recency| -> anyhow::Result<(Fitted, Option<Csr>)> {
+            let m = data.matrix(r);
+            let f = Fitted::fit(c, &m, a.seed, a.ease_max_items).map_err(|e| anyhow::anyhow!(e))?;
+            Ok((
+                f,
+                match m {
+                    std::borrow::Cow::Owned(m) => Some(m),
+                    std::borrow::Cow::Borrowed(_) => None,
+                },
+            ))
+        };
+        Ok(match choice {
+            Choice::Single(c, r) => Trained {
+                parts: vec![fit(c, *r)?],
+                blend: None,
+            },
+            Choice::Blend((x, rx), (y, ry), b) => Trained {
+                parts: vec![fit(x, *rx)?, fit(y, *ry)?],
+                blend: Some(*b),
+            },
+        })
+    }
+
     fn recommend(&self, weights: &Csr, u: usize, n: usize, s: &mut Scratch) -> Vec<Scored> {
-        let (seen, w) = weights.row(u);
-        let keep = |i: u32| seen.binary_search(&i).is_err();
-        match self {
-            Model::Als(m, scorer) => scorer.top_k(m.user_factors().row(u), n, keep, &mut s.scoring),
-            Model::Bpr(m, scorer) => {
-                scorer.top_k(&m.user_vector_with_bias(u), n, keep, &mut s.scoring)
+        let run = |(f, m): &(Fitted, Option<Csr>), n: usize, s: &mut Scratch| {
+            f.recommend(m.as_ref().unwrap_or(weights), u, n, s)
+        };
+        match (&self.parts[..], self.blend) {
+            ([x, y], Some(b)) => {
+                let lx = run(x, BLEND_CANDIDATES, s);
+                let ly = run(y, BLEND_CANDIDATES, s);
+                b.combine(&lx, &ly, n)
             }
-            Model::Ease(m) => {
-                let history: Vec<(u32, f32)> =
-                    seen.iter().copied().zip(w.iter().copied()).collect();
-                m.recommend(&history, n, keep, &mut s.scores, &mut s.top)
-            }
-            Model::Knn(k) => {
-                let history: Vec<(u32, f32)> =
-                    seen.iter().copied().zip(w.iter().copied()).collect();
-                k.recommend(&history, n, keep, &mut s.scores, &mut s.touched, &mut s.top)
-            }
-            Model::Popular(counts) => {
-                s.top.reset(n);
-                for (i, &c) in counts.iter().enumerate() {
-                    if keep(i as u32) {
-                        s.top.push(i as u32, c);
-                    }
-                }
-                s.top.drain_sorted()
-            }
+            (parts, _) => run(&parts[0], n, s),
         }
     }
 }
 
-fn fit(name: &str, a: &EvalArgs, weights: &Csr) -> anyhow::Result<(Model, Value)> {
+/// The configuration `eval` trains for model type `name` from the command line.
+fn config(name: &str, a: &EvalArgs) -> anyhow::Result<Config> {
     Ok(match name {
-        "als" => {
-            let params = AlsParams {
-                factors: a.factors,
-                iterations: a.iterations,
-                regularization: a.regularization,
-                alpha: a.alpha,
-                cg_steps: a.cg_steps,
-                seed: a.seed,
-                compute_loss: false,
-            };
-            let p = json!({"factors": a.factors, "iterations": a.iterations, "regularization": a.regularization,
-                "alpha": a.alpha, "cg_steps": a.cg_steps, "threads": a.threads, "seed": a.seed});
-            let model = Als::fit(weights, params, |_| {});
-            let scorer = ItemScorer::new(model.item_factors().clone());
-            (Model::Als(model, scorer), p)
-        }
-        "bpr" => {
-            let params = BprParams {
-                factors: a.factors,
-                learning_rate: a.bpr_learning_rate,
-                regularization: a.bpr_regularization,
-                iterations: a.bpr_iterations,
-                seed: a.seed,
-            };
-            let model = Bpr::fit(weights, params);
-            let scorer = ItemScorer::new(model.item_factors_with_bias());
-            (
-                Model::Bpr(model, scorer),
-                json!({"factors": a.factors, "learning_rate": a.bpr_learning_rate,
-                    "regularization": a.bpr_regularization, "iterations": a.bpr_iterations,
-                    "seed": a.seed, "threads": 1}),
-            )
-        }
-        "ease" => (
-            Model::Ease(Ease::fit(weights, a.ease_lambda, a.ease_max_items)?),
-            json!({"lambda": a.ease_lambda, "threads": a.threads}),
-        ),
-        "cosine" | "knn" => (
-            Model::Knn(ItemKnn::fit(weights, Similarity::Cosine, a.knn_k)),
-            json!({"knn_k": a.knn_k, "threads": a.threads}),
-        ),
-        "bm25" => (
-            Model::Knn(ItemKnn::fit(
-                weights,
-                Similarity::Bm25 { k1: 1.2, b: 0.75 },
-                a.knn_k,
-            )),
-            json!({"knn_k": a.knn_k, "k1": 1.2, "b": 0.75, "threads": a.threads}),
-        ),
-        "pop" | "popular" => {
-            let mut counts = vec![0f32; weights.n_cols()];
-            for u in 0..weights.n_rows() {
-                for &i in weights.row(u).0 {
-                    counts[i as usize] += 1.0;
-                }
-            }
-            (Model::Popular(counts), json!({"threads": a.threads}))
-        }
+        "als" => Config::Als {
+            factors: a.factors,
+            regularization: a.regularization,
+            alpha: a.alpha,
+            iterations: a.iterations,
+            cg_steps: a.cg_steps,
+        },
+        "bpr" => Config::Bpr {
+            factors: a.factors,
+            learning_rate: a.bpr_learning_rate,
+            regularization: a.bpr_regularization,
+            iterations: a.bpr_iterations,
+        },
+        "ease" => Config::Ease {
+            lambda: a.ease_lambda,
+        },
+        "cosine" | "knn" => Config::Cosine { k: a.knn_k },
+        "bm25" => Config::Bm25 { k: a.knn_k },
+        "rp3" => Config::Rp3 {
+            k: a.knn_k,
+            alpha: a.rp3_alpha,
+            beta: a.rp3_beta,
+        },
+        "pop" | "popular" => Config::Popular,
         other => {
             bail!(
                 "unknown model {other:?}: use als, bpr, ease, cosine (knn), bm25 or popular (pop)"
@@ -462,47 +529,20 @@ pub(crate) fn round5(v: f64) -> f64 {
 }
 
 fn evaluate(
-    name: &str,
+    choice: &Choice,
     a: &EvalArgs,
     data: &Data,
     load_s: f64,
     build_s: f64,
 ) -> anyhow::Result<Value> {
     let started = Instant::now();
-    let (model, params) = fit(name, a, &data.weights)?;
+    let model = Trained::fit(choice, a, data)?;
     let fit_s = started.elapsed().as_secs_f64();
 
-    let scratch = || Scratch {
-        scoring: ScoreScratch::default(),
-        scores: vec![0.0; data.n_items],
-        touched: Vec::new(),
-        top: TopK::new(K_MAX),
-    };
     let started = Instant::now();
-    let sums = data
-        .eval
-        .par_iter()
-        .with_min_len(64)
-        .fold(
-            || (MetricSums::new(data.n_items), scratch()),
-            |(mut sums, mut s), (u, test)| {
-                let ranking: Vec<u32> = model
-                    .recommend(&data.weights, *u as usize, K_MAX, &mut s)
-                    .iter()
-                    .map(|x| x.idx)
-                    .collect();
-                sums.add(&ranking, test);
-                (sums, s)
-            },
-        )
-        .map(|(sums, _)| sums)
-        .reduce(
-            || MetricSums::new(data.n_items),
-            |mut a, b| {
-                a.merge(&b);
-                a
-            },
-        );
+    let sums = tune::evaluate(data.n_items, &data.eval, |u, s| {
+        model.recommend(&data.weights, u, K_MAX, s)
+    });
     let batch_s = started.elapsed().as_secs_f64();
 
     // Single-user latency: users drawn uniformly (seeded) from the evaluated users, 50 warm-up
@@ -511,7 +551,7 @@ fn evaluate(
     let sample: Vec<usize> = (0..a.latency_users.max(1))
         .map(|_| data.eval[rng.below(data.eval.len() as u64) as usize].0 as usize)
         .collect();
-    let mut s = scratch();
+    let mut s = Scratch::new(data.n_items);
     for &u in sample.iter().take(50) {
         std::hint::black_box(model.recommend(&data.weights, u, a.latency_n, &mut s));
     }
@@ -535,8 +575,8 @@ fn evaluate(
     let mut out = json!({
         "library": "bespoke",
         "bespoke_version": env!("CARGO_PKG_VERSION"),
-        "model": model.name(),
-        "params": params,
+        "model": choice.name(),
+        "params": choice.params(a),
         "data": {
             "train": a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()),
             "test": a.test.as_ref().map(|p| p.display().to_string()),
@@ -555,9 +595,9 @@ fn evaluate(
         "peak_rss_mb": crate::bench::peak_rss_mib().map(round1),
         "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    if let Model::Als(..) = model {
+    if let Choice::Single(Config::Als { iterations, .. }, _) = choice {
         out["fit_s_per_iteration"] =
-            json!((fit_s / a.iterations.max(1) as f64 * 1e4).round() / 1e4);
+            json!((fit_s / (*iterations).max(1) as f64 * 1e4).round() / 1e4);
     }
     Ok(out)
 }
@@ -579,13 +619,14 @@ pub(crate) fn run(args: &EvalArgs) -> anyhow::Result<()> {
         return crate::cold::run(args);
     }
     let started = Instant::now();
-    if let (Some(train), Some(test)) = (&args.train, &args.test) {
+    if let (Some(train), Some(test), false) = (&args.train, &args.test, args.recency().is_on()) {
         let data = load_split(train, test)?;
         // Loading and building are one streaming pass here.
         let load_s = started.elapsed().as_secs_f64();
         return evaluate_all(args, &data, load_s, 0.0);
     }
     let (train, test) = match (&args.train, &args.test, &args.data) {
+        (Some(train), Some(test), _) => (read_rows(train)?, read_rows(test)?),
         (None, None, Some(data)) => {
             let frac: f64 = args
                 .split
@@ -617,7 +658,19 @@ fn evaluate_all(args: &EvalArgs, data: &Data, load_s: f64, build_s: f64) -> anyh
     }
     let mut lines = Vec::new();
     for name in &args.models {
-        let result = evaluate(name.trim(), args, data, load_s, build_s)?;
+        let name = name.trim();
+        let recency = args.recency();
+        let choice = match name.split_once('+') {
+            Some((x, y)) => Choice::Blend(
+                (config(x, args)?, recency),
+                (config(y, args)?, recency),
+                Blend {
+                    weight: args.blend_weight,
+                },
+            ),
+            None => Choice::Single(config(name, args)?, recency),
+        };
+        let result = evaluate(&choice, args, data, load_s, build_s)?;
         if args.json {
             println!("{result}");
         }
@@ -663,42 +716,14 @@ fn print_table(results: &[Value]) {
     }
 }
 
-/// One random configuration of `model` (seeded), applied to a copy of `base`.
-fn sample_config(model: &str, base: &EvalArgs, rng: &mut Rng) -> (EvalArgs, Value) {
-    let mut a = base.clone();
-    let log_uniform =
-        |rng: &mut Rng, lo: f64, hi: f64| (lo.ln() + rng.f64() * (hi / lo).ln()).exp();
-    let pick = |rng: &mut Rng, xs: &[usize]| xs[rng.below(xs.len() as u64) as usize];
-    let params = match model {
-        "als" => {
-            a.factors = pick(rng, &[32, 64, 128]);
-            a.regularization = log_uniform(rng, 0.01, 100.0) as f32;
-            a.alpha = [0.5f32, 1.0, 2.0, 5.0, 10.0][rng.below(5) as usize];
-            json!({"factors": a.factors, "regularization": a.regularization, "alpha": a.alpha, "iterations": a.iterations})
-        }
-        "ease" => {
-            a.ease_lambda = log_uniform(rng, 10.0, 3000.0);
-            json!({"lambda": a.ease_lambda})
-        }
-        "bpr" => {
-            a.factors = pick(rng, &[32, 64, 128]);
-            a.bpr_learning_rate = [0.01f32, 0.02, 0.05, 0.1][rng.below(4) as usize];
-            a.bpr_regularization = [0.001f32, 0.01, 0.05][rng.below(3) as usize];
-            json!({"factors": a.factors, "learning_rate": a.bpr_learning_rate, "regularization": a.bpr_regularization})
-        }
-        _ => {
-            a.knn_k = pick(rng, &[25, 50, 100, 200, 400]);
-            json!({"knn_k": a.knn_k})
-        }
-    };
-    (a, params)
-}
-
-/// `bespoke tune`: random search over the model types and their hyperparameters. Each of
-/// `--budget` configurations (model types in turn) is trained on the training data minus its
-/// latest 20% per user (split.py's rule) and scored on that held-out tail by NDCG@10; the best
-/// is retrained on all the training data and reported on the test data, with implicit_bench's
-/// keys plus the trials. The test data never influences the choice.
+/// `bespoke tune`: random search with successive halving over the model types and their
+/// hyperparameters (`bespoke_algo::tune::search`). Each of `--budget` configurations (model
+/// types in turn) is trained on the training data minus its latest 20% per user (split.py's
+/// rule) and scored on that held-out tail by NDCG@10, iterative models first with a quarter of
+/// their iterations, the best third then in full. The best configurations of the two best model
+/// types are blended when that scores higher on validation. The choice is retrained on all the
+/// training data and reported on the test data, with implicit_bench's keys plus the trials. The
+/// test data never influences the choice.
 pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads.max(1))
@@ -722,7 +747,15 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     if valid.eval.is_empty() {
         bail!("the training data has no user with 5 or more rows to validate on");
     }
-    let mut rng = Rng::seed_from_u64(args.seed ^ 0x7075_6e65);
+    let params = SearchParams {
+        budget: args.budget,
+        kinds: args.models.iter().map(|m| m.trim().to_owned()).collect(),
+        iterations: args.iterations,
+        rungs: vec![0.25, 1.0],
+        eta: 3,
+        seed: args.seed,
+        recency: !args.no_recency_search,
+    };
     let bar = indicatif::ProgressBar::new(args.budget as u64).with_style(
         indicatif::ProgressStyle::with_template("tuning {bar:30} {pos}/{len} {msg}")
             .expect("valid template"),
@@ -730,53 +763,135 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut trials = Vec::with_capacity(args.budget);
-    let mut best: Option<(f64, String, EvalArgs)> = None;
-    for t in 0..args.budget {
-        let model = args.models[t % args.models.len()].trim().to_owned();
-        let (mut a, params) = sample_config(&model, args, &mut rng);
-        a.latency_users = 1;
-        let result = evaluate(&model, &a, &valid, 0.0, 0.0)?;
-        let ndcg = result["metrics"]["ndcg@10"].as_f64().unwrap_or(0.0);
-        bar.set_message(format!("{model} {ndcg:.4}"));
+    let mut fit_times = Vec::new();
+    let fixed = args.recency();
+    let validate = |c: &Config, r: Recency| -> Result<f64, String> {
+        let m = valid.matrix(r);
+        let fitted = Fitted::fit(c, &m, args.seed, args.ease_max_items)?;
+        let sums = tune::evaluate(valid.n_items, &valid.eval, |u, s| {
+            fitted.recommend(&m, u, K_MAX, s)
+        });
+        Ok(sums.means()["ndcg@10"])
+    };
+    let trials = tune::search(&params, |c, r| {
+        let r = if params.recency { r } else { fixed };
+        let t = Instant::now();
+        let ndcg = validate(c, r)?;
+        fit_times.push(t.elapsed().as_secs_f64());
+        if bar.position() >= bar.length().unwrap_or(0) {
+            bar.inc_length(1);
+        }
+        bar.set_message(format!("{} {ndcg:.4}", c.kind()));
         bar.inc(1);
-        trials.push(
-            json!({"model": model, "params": params, "validation_ndcg@10": ndcg,
-            "fit_s": result["fit_s"]}),
-        );
-        if best.as_ref().is_none_or(|b| ndcg > b.0) {
-            best = Some((ndcg, model, a));
+        Ok(ndcg)
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let best = tune::best(&trials, &params).expect("budget >= 1").clone();
+    // Blending: the best full configuration of each of the two best model types.
+    let by_kind = tune::best_per_kind(&trials, &params);
+    let recency_of = |t: &tune::Trial| if params.recency { t.recency } else { fixed };
+    let mut choice = Choice::Single(best.config.clone(), recency_of(&best));
+    let mut blend_report = Value::Null;
+    // Every pair of the three best model types; the best pair on validation is kept when it
+    // beats the best single model.
+    let top: Vec<&tune::Trial> = by_kind.iter().copied().take(3).collect();
+    let mut best_blend: Option<(f64, Value, Choice)> = None;
+    for (i, first) in top.iter().enumerate() {
+        for second in &top[i + 1..] {
+            bar.set_message(format!(
+                "blending {} and {}",
+                first.config.kind(),
+                second.config.kind()
+            ));
+            let (mx, my) = (
+                valid.matrix(recency_of(first)),
+                valid.matrix(recency_of(second)),
+            );
+            let fit = |c: &Config, m: &Csr| {
+                Fitted::fit(c, m, args.seed, args.ease_max_items).map_err(|e| anyhow::anyhow!(e))
+            };
+            let (x, y) = (fit(&first.config, &mx)?, fit(&second.config, &my)?);
+            let (blend, ndcg) = Blend::fit((&x, &mx), (&y, &my), &valid.eval);
+            let report = json!({"models": [first.config.kind(), second.config.kind()],
+                "weight": (blend.weight as f64 * 100.0).round() / 100.0, "validation_ndcg@10": ndcg});
+            if best_blend.as_ref().is_none_or(|b| ndcg > b.0) {
+                let c = Choice::Blend(
+                    (first.config.clone(), recency_of(first)),
+                    (second.config.clone(), recency_of(second)),
+                    blend,
+                );
+                best_blend = Some((ndcg, report, c));
+            }
+        }
+    }
+    if let Some((ndcg, mut report, c)) = best_blend {
+        let used = ndcg > best.ndcg;
+        report["used"] = json!(used);
+        blend_report = report;
+        if used {
+            choice = c;
         }
     }
     bar.finish_and_clear();
-    let (best_ndcg, model, mut a) = best.expect("budget >= 1");
+    let mut a = args.clone();
     a.latency_users = args.latency_users;
     let started = Instant::now();
     let data = build(&train, &test);
     let build_s = started.elapsed().as_secs_f64();
-    let mut result = evaluate(&model, &a, &data, load_s, build_s)?;
+    let mut result = evaluate(&choice, &a, &data, load_s, build_s)?;
+    let trial_json: Vec<Value> = trials
+        .iter()
+        .zip(&fit_times)
+        .map(|(t, s)| {
+            json!({"model": anchor_name(t.config.kind()), "candidate": t.candidate, "rung": t.rung,
+                   "params": config_json(&t.config, recency_of(t)), "validation_ndcg@10": t.ndcg, "fit_s": round3(*s)})
+        })
+        .collect();
     result["tuning"] = json!({
         "budget": args.budget,
-        "search": "random",
+        "search": "random search with successive halving: iterative models first at 1/4 of their iterations, the best third in full (eta 3)",
         "validation": "latest 20% of each training user's rows (5 or more), split.py's rule",
-        "best": {"model": model, "validation_ndcg@10": best_ndcg, "params": trials.iter()
-            .filter(|t| t["model"] == model.as_str() && t["validation_ndcg@10"] == json!(best_ndcg))
-            .map(|t| t["params"].clone()).next()},
-        "trials": trials,
+        "best": {"model": anchor_name(best.config.kind()), "validation_ndcg@10": best.ndcg, "params": config_json(&best.config, recency_of(&best))},
+        "blend": blend_report,
+        "trials": trial_json,
     });
     if args.json {
         println!("{result}");
     } else {
-        println!("{:<7} {:>14}  params", "model", "valid NDCG@10");
+        println!(
+            "{:<7} {:>4} {:>14}  params",
+            "model", "rung", "valid NDCG@10"
+        );
         for t in result["tuning"]["trials"].as_array().into_iter().flatten() {
             println!(
-                "{:<7} {:>14.5}  {}",
+                "{:<7} {:>4} {:>14.5}  {}",
                 t["model"].as_str().unwrap_or(""),
+                t["rung"],
                 t["validation_ndcg@10"].as_f64().unwrap_or(0.0),
                 t["params"]
             );
         }
-        println!("\nbest: {model} (validation NDCG@10 {best_ndcg:.5}), on the test data:");
+        if !blend_report.is_null() {
+            println!(
+                "blend {}: weight {} validation NDCG@10 {:.5}{}",
+                blend_report["models"],
+                blend_report["weight"],
+                blend_report["validation_ndcg@10"].as_f64().unwrap_or(0.0),
+                if blend_report["used"] == true {
+                    " (chosen)"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!(
+            "\nchosen: {} (validation NDCG@10 {:.5}), on the test data:",
+            choice.name(),
+            blend_report["validation_ndcg@10"]
+                .as_f64()
+                .filter(|_| blend_report["used"] == true)
+                .unwrap_or(best.ndcg)
+        );
         print_table(std::slice::from_ref(&result));
     }
     if let Some(out) = &args.out {

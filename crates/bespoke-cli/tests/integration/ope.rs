@@ -141,12 +141,17 @@ fn ope_evaluates_a_loop_from_the_store() {
     );
 }
 
-/// `bespoke tune` on ML-100K: the budget's trials are all validated on a time-cut of the
-/// training data; the best by validation NDCG@10 is reported on the test data.
+/// `bespoke tune` on ML-100K, on the anchors' split: every candidate is validated on a
+/// time-cut of the training data (successive halving: iterative models first with a quarter
+/// of their iterations), the choice (best single model or blend) is reported on the test data,
+/// and it guards the quality target. Measured (docs/benchmarks.md): budget 16, seeds 0/1/2 give
+/// test NDCG@10 0.1492 / 0.1526 / 0.1491; the anchors tuned the same way (bench/anchor_tune.py,
+/// budget 16 per model) give at best 0.1395 (implicit iALS, seed 0).
 #[test]
-fn tune_searches_on_a_time_cut_of_train_and_reports_on_test() {
+fn tune_searches_on_a_time_cut_of_train_and_beats_the_tuned_anchors() {
     let dir = tempfile::tempdir().unwrap();
     let csv = crate::movielens_csv(dir.path());
+    // --data splits with split.py's rule (the eval test checks the counts row for row).
     let out = json(&bespoke(
         dir.path(),
         &[
@@ -154,28 +159,51 @@ fn tune_searches_on_a_time_cut_of_train_and_reports_on_test() {
             "--data",
             csv.to_str().unwrap(),
             "--models",
-            "ease,bm25,als",
+            "als,ease,bm25,cosine,rp3,bpr",
             "--budget",
-            "6",
+            "16",
+            "--seed",
+            "1",
             "--latency-users",
             "20",
             "--json",
         ],
     ));
-    let trials = out["tuning"]["trials"].as_array().unwrap();
-    assert_eq!(trials.len(), 6, "{out}");
-    let best = trials
+    assert_eq!(out["data"]["train_rows"], 44_679);
+    let tuning = &out["tuning"];
+    let trials = tuning["trials"].as_array().unwrap();
+    let candidates: std::collections::BTreeSet<u64> = trials
         .iter()
+        .map(|t| t["candidate"].as_u64().unwrap())
+        .collect();
+    assert_eq!(candidates.len(), 16, "{tuning}");
+    // ALS and BPR candidates start at a quarter of their iterations; only the best third of
+    // each go on to full training.
+    let promoted = trials.iter().filter(|t| t["rung"] == 1).count();
+    assert!((2..=4).contains(&promoted), "{tuning}");
+    let full_best = trials
+        .iter()
+        .filter(|t| t["rung"] == 1 || !["als", "bpr"].contains(&t["model"].as_str().unwrap()))
         .map(|t| t["validation_ndcg@10"].as_f64().unwrap())
         .fold(f64::MIN, f64::max);
     assert_eq!(
-        out["tuning"]["best"]["validation_ndcg@10"]
-            .as_f64()
-            .unwrap(),
-        best
+        tuning["best"]["validation_ndcg@10"].as_f64().unwrap(),
+        full_best
     );
-    assert_eq!(out["model"], out["tuning"]["best"]["model"]);
-    // Popularity on this split is 0.0740; every tuned family is far above it.
-    assert!(out["metrics"]["ndcg@10"].as_f64().unwrap() > 0.12, "{out}");
-    assert_eq!(out["data"]["train_rows"], 44_679);
+    if tuning["blend"]["used"] == true {
+        assert!(
+            out["model"].as_str().unwrap().starts_with("blend:"),
+            "{out}"
+        );
+        assert!(tuning["blend"]["validation_ndcg@10"].as_f64().unwrap() > full_best);
+    } else {
+        assert_eq!(out["model"], tuning["best"]["model"]);
+    }
+    // Measured 0.1526 with this seed. The best tuned anchor measured 0.1395: the guard keeps
+    // at least 1.05x of it, with room for floating-point drift.
+    let ndcg = out["metrics"]["ndcg@10"].as_f64().unwrap();
+    assert!(
+        ndcg >= 0.1465,
+        "tuned NDCG@10 {ndcg} fell below 1.05x the tuned anchors (0.1395)"
+    );
 }

@@ -223,6 +223,8 @@ pub fn encode_knn(model: &ItemKnn) -> Vec<u8> {
     let (similarity, k1, b) = match model.similarity() {
         Similarity::Cosine => ("cosine", 0.0, 0.0),
         Similarity::Bm25 { k1, b } => ("bm25", k1, b),
+        // The two parameters travel in the same slots, named by the similarity.
+        Similarity::Rp3Beta { alpha, beta } => ("rp3beta", alpha, beta),
     };
     let info = HashMap::from([
         ("format".to_owned(), "bespoke.knn.v1".to_owned()),
@@ -257,6 +259,10 @@ pub fn decode_knn(bytes: &[u8]) -> Result<ItemKnn, ArtifactError> {
         "bm25" => Similarity::Bm25 {
             k1: num("k1")? as f32,
             b: num("b")? as f32,
+        },
+        "rp3beta" => Similarity::Rp3Beta {
+            alpha: num("k1")? as f32,
+            beta: num("b")? as f32,
         },
         other => return Err(err(F, format!("unknown similarity {other:?}"))),
     };
