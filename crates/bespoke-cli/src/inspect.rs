@@ -52,7 +52,7 @@ pub(crate) struct RecommendArgs {
     /// Also return items the user already interacted with.
     #[arg(long)]
     include_seen: bool,
-    /// Model: als, knn, ease or popular (default: serving.default_model).
+    /// Model: auto, als, knn, ease or popular (default: serving.default_model).
     #[arg(long, value_parser = ["als", "knn", "ease", "popular"])]
     model: Option<String>,
     /// Print JSON (the API's shape) instead of a table.
@@ -76,6 +76,7 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
         exclude: args.exclude.clone(),
         include_seen: args.include_seen,
         model: args.model.as_deref().map(|m| match m {
+            "auto" => ModelChoice::Auto,
             "als" => ModelChoice::Als,
             "knn" => ModelChoice::Knn,
             "ease" => ModelChoice::Ease,
@@ -122,6 +123,13 @@ pub(crate) struct TrainArgs {
     /// Skip the held-out evaluation (faster; no offline metrics in the model's metadata).
     #[arg(long)]
     no_evaluate: bool,
+    /// Tune model types and hyperparameters first (as `POST /v1/models/tune`); the new version
+    /// records the result and later trainings reuse it.
+    #[arg(long)]
+    tune: bool,
+    /// Configurations to try with --tune (default: training.tune_budget).
+    #[arg(long, requires = "tune")]
+    budget: Option<usize>,
     /// Print the new model's metadata as JSON.
     #[arg(long)]
     json: bool,
@@ -143,7 +151,11 @@ pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()>
         indicatif::ProgressStyle::with_template("{msg:32} {bar:30} {pos}/{len} {elapsed}")
             .expect("valid template"),
     );
-    let outcome = engine.train_by("cli", |p| match p {
+    let budget = args.budget.unwrap_or(settings.training.tune_budget);
+    if args.tune && !(1..=1000).contains(&budget) {
+        anyhow::bail!("--budget must be between 1 and 1000");
+    }
+    let progress = |p: bespoke_server::models::Progress<'_>| match p {
         bespoke_server::models::Progress::Stage(stage) => {
             bar.set_length(0);
             bar.set_position(0);
@@ -158,7 +170,12 @@ pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()>
                 .unwrap_or_default();
             bar.set_message(format!("iALS ({fit}){loss}"));
         }
-    })?;
+    };
+    let outcome = if args.tune {
+        engine.tune_by("cli", budget, progress)?
+    } else {
+        engine.train_by("cli", progress)?
+    };
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -187,8 +204,20 @@ pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()>
             "  {:<8} {:>9} {:>9} {:>9}",
             "model", "recall@20", "ndcg@10", "ndcg@100"
         );
-        for name in ["als", "knn", "popular"] {
+        if let Some(t) = meta["tuning"].as_object() {
+            println!(
+                "tuned ({} configurations, {}): serving {} (validation NDCG@10 {:.4})",
+                t["budget"],
+                t["tuned_at"].as_str().unwrap_or(""),
+                meta["serve"],
+                t["validation_ndcg"].as_f64().unwrap_or(0.0)
+            );
+        }
+        for name in ["auto", "als", "knn", "ease", "popular"] {
             let x = &m[name];
+            if !x.is_object() {
+                continue;
+            }
             println!(
                 "  {:<8} {:>9.4} {:>9.4} {:>9.4}",
                 name,

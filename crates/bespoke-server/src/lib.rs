@@ -136,15 +136,31 @@ const TRAINER_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 /// Retrains in the background when [`Engine::training_due`] says so.
 async fn background_trainer(engine: Arc<Engine>) {
     let mut last: Option<std::time::Instant> = None;
+    let mut last_tune: Option<std::time::Instant> = None;
     let mut ticker = tokio::time::interval(TRAINER_TICK);
     loop {
         ticker.tick().await;
-        if engine.training_status().running || !engine.training_due(last) {
+        if engine.training_status().running {
+            continue;
+        }
+        let tune = engine.tuning_due(last_tune);
+        if !tune && !engine.training_due(last) {
             continue;
         }
         let e = engine.clone();
-        let result = tokio::task::spawn_blocking(move || e.train(|_| {})).await;
+        let budget = engine.settings().training.tune_budget;
+        let result = tokio::task::spawn_blocking(move || {
+            if tune {
+                e.tune_by("trainer", budget, |_| {})
+            } else {
+                e.train(|_| {})
+            }
+        })
+        .await;
         last = Some(std::time::Instant::now());
+        if tune {
+            last_tune = last;
+        }
         match result {
             Ok(Ok(out)) => {
                 tracing::info!(target: "train::lifecycle", version = out.version, "background training finished")

@@ -312,8 +312,8 @@ pub struct ServingSettings {
     pub recommend_popularity: PopularityMode,
     /// Most recent users of an item sampled to find related items.
     pub related_max_users: usize,
-    /// Model used by `GET /v1/users/{key}/recommendations` without `?model=`: `als`, `knn` or
-    /// `popular`.
+    /// Model used by `GET /v1/users/{key}/recommendations` without `?model=`: `auto` (what
+    /// tuning chose; iALS until then), `als`, `knn`, `ease` or `popular`.
     pub default_model: ModelChoice,
     /// Model used by `GET /v1/items/{key}/similar` without `?model=`: `knn`, `als` or
     /// `cooccurrence`.
@@ -336,6 +336,9 @@ pub struct ServingSettings {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelChoice {
+    /// What the last tuning chose (`POST /v1/models/tune`): a model or a blend of two; iALS
+    /// when never tuned.
+    Auto,
     /// Implicit ALS.
     Als,
     /// Item-based nearest neighbours.
@@ -365,7 +368,7 @@ impl Default for ServingSettings {
             trending_half_life_hours: 24.0,
             recommend_popularity: PopularityMode::AllTime,
             related_max_users: 2000,
-            default_model: ModelChoice::Als,
+            default_model: ModelChoice::Auto,
             default_similar_model: SimilarChoice::Knn,
             user_cache: 10_000,
             session_half_life_items: 5.0,
@@ -425,6 +428,11 @@ pub struct TrainingSettings {
     /// Hold out each user's latest 20 % to report offline metrics with every model (costs a
     /// second training run on 80 % of the data).
     pub evaluate: bool,
+    /// Tune model types and hyperparameters in the background this often, in hours (0:
+    /// only on request: `POST /v1/models/tune` or `bespoke train --tune`).
+    pub tune_interval_hours: f64,
+    /// Configurations one tuning run trains and validates.
+    pub tune_budget: usize,
     /// Retrain in the background this often, in minutes (0: never on a timer).
     pub interval_minutes: u64,
     /// Retrain in the background after this many new events (0: never on a count).
@@ -459,6 +467,8 @@ impl Default for TrainingSettings {
             half_life_days: 0.0,
             threads: 0,
             evaluate: true,
+            tune_interval_hours: 0.0,
+            tune_budget: 16,
             interval_minutes: 60,
             min_new_events: 100_000,
             min_gap_minutes: 5,
@@ -671,6 +681,12 @@ impl Settings {
         }
         if !(t.half_life_days.is_finite() && t.half_life_days >= 0.0) {
             return Err("training.half_life_days must be zero or positive".into());
+        }
+        if !(t.tune_interval_hours.is_finite() && t.tune_interval_hours >= 0.0) {
+            return Err("training.tune_interval_hours must be 0 or more".into());
+        }
+        if !(1..=1000).contains(&t.tune_budget) {
+            return Err("training.tune_budget must be between 1 and 1000".into());
         }
         if !(t.content_lambda.is_finite() && t.content_lambda > 0.0) {
             return Err("training.content_lambda must be positive".into());

@@ -146,7 +146,7 @@ fn ope_evaluates_a_loop_from_the_store() {
 /// of their iterations), the choice (best single model or blend) is reported on the test data,
 /// and it guards the quality target. Measured (docs/benchmarks.md): budget 16, seeds 0/1/2 give
 /// test NDCG@10 0.1492 / 0.1526 / 0.1491; the anchors tuned the same way (bench/anchor_tune.py,
-/// budget 16 per model) give at best 0.1395 (implicit iALS, seed 0).
+/// budget 16 per model) give at best 0.1395 / 0.1403 / 0.1418 (implicit iALS each time).
 #[test]
 fn tune_searches_on_a_time_cut_of_train_and_beats_the_tuned_anchors() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,11 +199,11 @@ fn tune_searches_on_a_time_cut_of_train_and_beats_the_tuned_anchors() {
     } else {
         assert_eq!(out["model"], tuning["best"]["model"]);
     }
-    // Measured 0.1526 with this seed. The best tuned anchor measured 0.1395: the guard keeps
-    // at least 1.05x of it, with room for floating-point drift.
+    // Measured 0.1526 with this seed; the best tuned anchor with the same seed measured
+    // 0.1403 (implicit iALS). The guard keeps 1.05x of it: 0.1473.
     let ndcg = out["metrics"]["ndcg@10"].as_f64().unwrap();
     assert!(
-        ndcg >= 0.1465,
-        "tuned NDCG@10 {ndcg} fell below 1.05x the tuned anchors (0.1395)"
+        ndcg >= 0.1473,
+        "tuned NDCG@10 {ndcg} fell below 1.05x the tuned anchors (0.1403)"
     );
 }

@@ -65,6 +65,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/recommendations", Access::Needs(Scope::Read)),
     ("GET", "/v1/models", Access::Needs(Scope::Admin)),
     ("POST", "/v1/models/train", Access::Needs(Scope::Admin)),
+    ("POST", "/v1/models/tune", Access::Needs(Scope::Admin)),
     (
         "POST",
         "/v1/models/{version}/activate",
@@ -202,6 +203,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/recommendations", post(serving::session))
         .route("/v1/models", get(models::list))
         .route("/v1/models/train", post(models::train))
+        .route("/v1/models/tune", post(models::tune))
         .route("/v1/models/{version}/activate", post(models::activate))
         .route("/v1/keys", post(admin::create_key).get(admin::list_keys))
         .route("/v1/keys/{key}", delete(admin::revoke_key))

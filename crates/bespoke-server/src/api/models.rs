@@ -21,7 +21,7 @@ impl From<TrainError> for ApiError {
             TrainError::NoData => ApiError::new(StatusCode::CONFLICT, "no_data", e.to_string()),
             TrainError::Store(e) => e.into(),
             TrainError::Load(e) => e.into(),
-            TrainError::Threads(_) => ApiError::internal("training", &e),
+            TrainError::Threads(_) | TrainError::Tune(_) => ApiError::internal("training", &e),
         }
     }
 }
@@ -105,4 +105,39 @@ pub(crate) async fn activate(
     })
     .await?;
     Ok(Json(json!({ "active": version })))
+}
+
+/// `POST /v1/models/tune?budget=N&wait=true`: tunes model types and hyperparameters on the
+/// stored data, then trains with the result (see `models::tuning`).
+pub(crate) async fn tune(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    params: Params,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    params.allow(&["wait", "budget"])?;
+    let wait = params.bool("wait", false)?;
+    let default = state.engine.settings().training.tune_budget;
+    let budget = params.int("budget", default, 1, 1000)?;
+    let engine = state.engine.clone();
+    if wait {
+        let outcome = blocking(move || {
+            engine
+                .tune_by(&caller.prefix, budget, |_| {})
+                .map_err(ApiError::from)
+        })
+        .await?;
+        return Ok((StatusCode::OK, Json(json!(outcome))));
+    }
+    if engine.training_status().running {
+        return Err(TrainError::Busy.into());
+    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = engine.tune_by(&caller.prefix, budget, |_| {}) {
+            tracing::warn!(target: "train::lifecycle", error = %e, "tuning requested over the API failed");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "started", "budget": budget })),
+    ))
 }

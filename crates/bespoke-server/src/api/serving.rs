@@ -76,6 +76,7 @@ pub(crate) async fn recommendations(
         include_seen: params.bool("include_seen", false)?,
         model: match params.get("model") {
             None => None,
+            Some("auto") => Some(ModelChoice::Auto),
             Some("als") => Some(ModelChoice::Als),
             Some("knn") => Some(ModelChoice::Knn),
             Some("ease") => Some(ModelChoice::Ease),
@@ -83,7 +84,7 @@ pub(crate) async fn recommendations(
             Some(other) => {
                 return Err(ApiError::invalid(
                     "model",
-                    format!("model must be als, knn, ease or popular, got {other:?}"),
+                    format!("model must be auto, als, knn, ease or popular, got {other:?}"),
                 ));
             }
         },
@@ -259,6 +260,7 @@ pub(crate) async fn session(
     };
     let model = match body.model.as_deref() {
         None => None,
+        Some("auto") => Some(ModelChoice::Auto),
         Some("als") => Some(ModelChoice::Als),
         Some("knn") => Some(ModelChoice::Knn),
         Some("ease") => Some(ModelChoice::Ease),
@@ -266,7 +268,7 @@ pub(crate) async fn session(
         Some(other) => {
             return Err(ApiError::invalid(
                 "model",
-                format!("model must be als, knn, ease or popular, got {other:?}"),
+                format!("model must be auto, als, knn, ease or popular, got {other:?}"),
             ));
         }
     };

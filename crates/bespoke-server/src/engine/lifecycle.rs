@@ -31,6 +31,9 @@ pub enum TrainError {
     /// The worker threads could not start.
     #[error("starting training threads: {0}")]
     Threads(String),
+    /// Tuning failed.
+    #[error("tuning: {0}")]
+    Tune(String),
 }
 
 /// The result of a training run.
@@ -170,6 +173,43 @@ impl Engine {
     pub fn train_by(
         &self,
         actor: &str,
+        progress: impl FnMut(Progress<'_>) + Send,
+    ) -> Result<TrainOutcome, TrainError> {
+        self.train_with(actor, None, progress)
+    }
+
+    /// Tunes model types and hyperparameters (`budget` configurations, see
+    /// [`crate::models::tuning`]) on everything stored, then trains with the result, which the
+    /// new version records and later trainings reuse.
+    pub fn tune_by(
+        &self,
+        actor: &str,
+        budget: usize,
+        progress: impl FnMut(Progress<'_>) + Send,
+    ) -> Result<TrainOutcome, TrainError> {
+        self.train_with(actor, Some(budget), progress)
+    }
+
+    /// Whether the scheduler should tune now (`training.tune_interval_hours`): a model is
+    /// served and it was never tuned, or the last tuning here was at least the interval ago.
+    pub fn tuning_due(&self, last: Option<Instant>) -> bool {
+        let hours = self.settings.training.tune_interval_hours;
+        let Some(model) = self.model.load_full().filter(|_| hours > 0.0) else {
+            return false;
+        };
+        match last {
+            Some(l) => l.elapsed().as_secs_f64() >= hours * 3600.0,
+            None => model
+                .meta
+                .get("tuning")
+                .is_none_or(serde_json::Value::is_null),
+        }
+    }
+
+    fn train_with(
+        &self,
+        actor: &str,
+        tune: Option<usize>,
         mut progress: impl FnMut(Progress<'_>) + Send,
     ) -> Result<TrainOutcome, TrainError> {
         let _running = self.training.lock.try_lock().ok_or(TrainError::Busy)?;
@@ -180,7 +220,7 @@ impl Engine {
             st.running = true;
             st.stage = Some("reading data".into());
         }
-        let result = self.train_inner(&mut progress);
+        let result = self.train_inner(tune, &mut progress);
         self.release_erasure_keys();
         let mut st = self.training.status.lock();
         st.running = false;
@@ -195,9 +235,10 @@ impl Engine {
                     .fetch_sub(new_before, Ordering::Relaxed);
                 self.audit(
                     actor,
-                    "model.train",
+                    if tune.is_some() { "model.tune" } else { "model.train" },
                     Some(&out.version.to_string()),
-                    Some(serde_json::json!({ "activated": out.activated, "events": out.meta["data"]["events"] })),
+                    Some(serde_json::json!({ "activated": out.activated, "events": out.meta["data"]["events"],
+                                             "serve": out.meta["serve"] })),
                 );
                 tracing::info!(
                     target: "train::lifecycle",
@@ -214,6 +255,7 @@ impl Engine {
 
     fn train_inner(
         &self,
+        tune: Option<usize>,
         progress: &mut (dyn FnMut(Progress<'_>) + Send),
     ) -> Result<TrainOutcome, TrainError> {
         let snapshot = Snapshot::read(&*self.store, &self.settings)?;
@@ -226,13 +268,26 @@ impl Engine {
             .build()
             .map_err(|e| TrainError::Threads(e.to_string()))?;
         let status = &self.training.status;
+        let mut report = |p: Progress<'_>| {
+            if let Progress::Stage(stage) = p {
+                status.lock().stage = Some(stage.to_owned());
+            }
+            progress(p)
+        };
+        // A fresh tuning, else the one the served version recorded (it persists that way).
+        let previous = self
+            .model
+            .load_full()
+            .and_then(|m| models::tuning::Tuned::from_meta(&m.meta));
+        let tuned = match tune {
+            Some(budget) => pool
+                .install(|| models::tuning::tune(&snapshot, &self.settings, budget, &mut report))
+                .map_err(TrainError::Tune)?
+                .or(previous),
+            None => previous,
+        };
         let trained = pool.install(|| {
-            models::training::train(&snapshot, &self.settings, &mut |p| {
-                if let Progress::Stage(stage) = p {
-                    status.lock().stage = Some(stage.to_owned());
-                }
-                progress(p)
-            })
+            models::training::train(&snapshot, &self.settings, tuned.as_ref(), &mut report)
         });
         let version = models::save(&*self.store, &snapshot, &trained)?;
         self.scrub_new_version(version, snapshot.read_at)?;

@@ -16,7 +16,9 @@ use super::{
     State, now_ms,
 };
 use crate::models::ServingModel;
+use crate::models::tuning::Serve;
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
+use bespoke_algo::tune::{BLEND_CANDIDATES, Blend};
 
 /// History items named in the reasons of one result.
 const EXPLAIN_TOP: usize = 3;
@@ -42,6 +44,7 @@ impl Filter<'_> {
 
 fn model_name(choice: ModelChoice) -> &'static str {
     match choice {
+        ModelChoice::Auto => "blend",
         ModelChoice::Als => "als",
         ModelChoice::Knn => "knn",
         ModelChoice::Ease => "ease",
@@ -54,20 +57,150 @@ impl Engine {
     /// With `serving.recent_boost` > 0, an item's positive weight is multiplied by
     /// `1 + recent_boost · 2^(−age / recent_half_life_hours)`, `age` the time since the user's
     /// latest event on it: what they did lately leads.
-    fn model_history(&self, s: &State, m: &ServingModel, user: UserIdx) -> Vec<(u32, f32)> {
+    ///
+    /// The recency weighting model `name` was trained with (from tuning) applies as in
+    /// training: by position among the user's interactions, latest first.
+    fn model_history(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        user: UserIdx,
+        name: &str,
+    ) -> Vec<(u32, f32)> {
         let boost = self.settings.serving.recent_boost;
         let half_life_ms = self.settings.serving.recent_half_life_hours * 3_600_000.0;
         let now = now_ms();
-        s.live
-            .history(user)
+        let history = s.live.history(user);
+        let recency = m.recency_of(name);
+        let position = if recency.is_on() {
+            let times: Vec<i64> = history.iter().map(|x| x.last_ts).collect();
+            recency.factors(&times)
+        } else {
+            Vec::new()
+        };
+        history
             .iter()
-            .filter_map(|x| {
-                let mut w = x.weight;
+            .enumerate()
+            .filter_map(|(k, x)| {
+                let mut w = x.weight * position.get(k).copied().unwrap_or(1.0);
                 if boost > 0.0 && w > 0.0 && half_life_ms > 0.0 {
                     let age = (now - x.last_ts).max(0) as f64;
                     w *= (1.0 + boost * (-age / half_life_ms).exp2()) as f32;
                 }
                 m.model_item(x.item.0).map(|i| (i, w))
+            })
+            .collect()
+    }
+
+    /// The model a request asked for, with `auto` resolved to what tuning chose (`Auto` stays
+    /// only for a blend).
+    fn resolve(&self, asked: Option<ModelChoice>, m: Option<&ServingModel>) -> ModelChoice {
+        match asked.unwrap_or(self.settings.serving.default_model) {
+            ModelChoice::Auto => match m.map(|m| &m.serve) {
+                Some(Serve::Blend { .. }) => ModelChoice::Auto,
+                Some(Serve::Single(name))
+                    if name == "ease" && m.is_some_and(|m| m.ease.is_some()) =>
+                {
+                    ModelChoice::Ease
+                }
+                Some(Serve::Single(name)) if name == "knn" => ModelChoice::Knn,
+                _ => ModelChoice::Als,
+            },
+            other => other,
+        }
+    }
+
+    /// The blend tuning chose: each model's top candidates for the user, scores divided by
+    /// the user's top score per model and summed with the tuned weights; the reasons come from
+    /// both models.
+    fn recommend_blend(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        user: UserIdx,
+        n: usize,
+        filter: &Filter<'_>,
+    ) -> Vec<Recommendation> {
+        let Serve::Blend { models, weight } = &m.serve else {
+            return Vec::new();
+        };
+        let keep = |i: u32| m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)));
+        let mut lists: Vec<Vec<Scored>> = Vec::with_capacity(2);
+        let mut histories: Vec<Vec<(u32, f32)>> = Vec::with_capacity(2);
+        let mut vector = None;
+        for name in models {
+            let history = self.model_history(s, m, user, name);
+            let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+            let list = match name.as_str() {
+                "ease" => match &m.ease {
+                    Some(e) => {
+                        let mut scores = vec![0.0f32; e.n_items()];
+                        let mut top = bespoke_algo::TopK::new(BLEND_CANDIDATES);
+                        e.recommend(&positive, BLEND_CANDIDATES, keep, &mut scores, &mut top)
+                    }
+                    None => Vec::new(),
+                },
+                "knn" => m.knn.recommend(&positive, BLEND_CANDIDATES, keep),
+                _ => match m
+                    .als
+                    .user_vector(user.0, self.vector_revision(s, user), &history)
+                {
+                    Some(v) => {
+                        let l = m.als.top_k(&v.x, BLEND_CANDIDATES, keep);
+                        vector = Some(v);
+                        l
+                    }
+                    None => Vec::new(),
+                },
+            };
+            lists.push(list);
+            histories.push(positive);
+        }
+        let combined = Blend { weight: *weight }.combine(&lists[0], &lists[1], n);
+        combined
+            .into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let mut reasons = Vec::new();
+                for (name, history) in models.iter().zip(&histories) {
+                    let (parts, kind) = match name.as_str() {
+                        "ease" => (
+                            m.ease
+                                .as_ref()
+                                .map(|e| e.explain(history, idx))
+                                .unwrap_or_default(),
+                            "ease",
+                        ),
+                        "knn" => (m.knn.explain(history, idx), "knn"),
+                        _ => (
+                            vector
+                                .as_ref()
+                                .map(|v| m.als.explain(v, idx))
+                                .unwrap_or_default(),
+                            "als",
+                        ),
+                    };
+                    for r in Self::contribution_reasons(s, m, parts, kind, |k| {
+                        format!("because you interacted with {k}")
+                    }) {
+                        if reasons.len() < EXPLAIN_TOP
+                            && !reasons.iter().any(|x: &Reason| x.item == r.item)
+                        {
+                            reasons.push(r);
+                        }
+                    }
+                }
+                if reasons.is_empty() {
+                    reasons.push(Reason::new(
+                        "blend",
+                        format!("ranked by a blend of {} and {}", models[0], models[1]),
+                    ));
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                })
             })
             .collect()
     }
@@ -135,7 +268,7 @@ impl Engine {
             })
             .collect();
         let vector = model.as_ref().filter(|_| personal).and_then(|m| {
-            let h = self.model_history(&s, m, user);
+            let h = self.model_history(&s, m, user, "als");
             m.als
                 .user_vector(user.0, self.vector_revision(&s, user), &h)
                 .map(|v| (m.version, v.x.clone()))
@@ -162,7 +295,7 @@ impl Engine {
             excluded: q.exclude.iter().filter_map(|k| s.items.get(k)).collect(),
             unseen_for: if q.include_seen { None } else { personal },
         };
-        let choice = q.model.unwrap_or(self.settings.serving.default_model);
+        let choice = self.resolve(q.model, model.as_deref());
         let mut fallback = match (user, personal) {
             (None, _) => Some("unknown user: showing popular items".to_owned()),
             (Some(_), None) => {
@@ -178,12 +311,20 @@ impl Engine {
             match &model {
                 None => fallback = Some("no trained model yet: showing popular items".to_owned()),
                 Some(m) => {
+                    let name = match choice {
+                        ModelChoice::Ease => "ease",
+                        ModelChoice::Knn => "knn",
+                        _ => "als",
+                    };
                     let history = match personal {
-                        Some(u) => self.model_history(&s, m, u),
+                        Some(u) => self.model_history(&s, m, u, name),
                         None => Vec::new(),
                     };
                     items = match (personal, choice) {
                         (None, _) => Vec::new(),
+                        (Some(u), ModelChoice::Auto) => {
+                            self.recommend_blend(&s, m, u, q.n, &filter)
+                        }
                         (Some(u), ModelChoice::Als) => {
                             self.recommend_als(&s, m, u, &history, q.n, &filter)
                         }
@@ -287,7 +428,15 @@ impl Engine {
             excluded,
             unseen_for: None,
         };
-        let choice = q.model.unwrap_or(self.settings.serving.default_model);
+        // A blend needs a user's history per model; sessions use the first of its models.
+        let choice = match self.resolve(q.model, model.as_deref()) {
+            ModelChoice::Auto => match model.as_deref().map(|m| &m.serve) {
+                Some(Serve::Blend { models, .. }) if models[0] == "ease" => ModelChoice::Ease,
+                Some(Serve::Blend { models, .. }) if models[0] == "knn" => ModelChoice::Knn,
+                _ => ModelChoice::Als,
+            },
+            other => other,
+        };
         let mut fallback = None;
         let mut items_out = Vec::new();
         let mut used = "popular";

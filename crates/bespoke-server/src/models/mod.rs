@@ -5,6 +5,7 @@ pub mod artifact;
 pub mod content;
 pub mod serving;
 pub mod training;
+pub mod tuning;
 
 use bespoke_store::Store;
 

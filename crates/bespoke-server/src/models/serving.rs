@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use super::artifact::{self, ALS_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
 use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
+use super::tuning::Serve;
+use bespoke_algo::Recency;
 
 /// Marks a store item that the model does not know.
 const NONE: u32 = u32::MAX;
@@ -213,6 +215,11 @@ pub struct ServingModel {
     pub ease: Option<bespoke_algo::Ease>,
     /// The hybrid content model and the items without events it places.
     pub content: Option<ContentServing>,
+    /// What `model=auto` serves (from tuning; iALS otherwise).
+    pub serve: Serve,
+    /// The recency weighting each model was trained with (`als`, `knn`, `ease`), applied to a
+    /// user's history when serving too.
+    pub recency: [Recency; 3],
     item_keys: Vec<String>,
     store_to_model: Vec<u32>,
     model_to_store: Vec<u32>,
@@ -278,8 +285,17 @@ impl ServingModel {
                 knn.n_items()
             )));
         }
+        let serve: Serve = serde_json::from_value(meta["serve"].clone())
+            .unwrap_or_else(|_| Serve::Single("als".into()));
+        let recency_of = |name: &str| {
+            serde_json::from_value::<Recency>(meta["params"][name]["recency"].clone())
+                .unwrap_or(Recency::OFF)
+        };
+        let recency = [recency_of("als"), recency_of("knn"), recency_of("ease")];
         let mut model = Self {
             version,
+            serve,
+            recency,
             meta,
             als: AlsServing::new(&als, cache_capacity),
             knn: KnnServing { model: knn },
@@ -358,6 +374,15 @@ impl ServingModel {
             .get(model_item as usize)
             .copied()
             .filter(|&s| s != NONE)
+    }
+
+    /// The recency weighting of model `name` (`als`, `knn`, `ease`).
+    pub fn recency_of(&self, name: &str) -> Recency {
+        match name {
+            "knn" => self.recency[1],
+            "ease" => self.recency[2],
+            _ => self.recency[0],
+        }
     }
 
     /// Number of items the model knows.

@@ -16,16 +16,18 @@ use std::time::Instant;
 
 use bespoke_algo::eval::MetricSums;
 use bespoke_algo::{
-    Als, AlsParams, Bag, Csr, Ease, ItemKnn, ItemScorer, IterationReport, ScoreScratch, Similarity,
-    TopK,
+    Als, AlsParams, Bag, Csr, Ease, ItemKnn, ItemScorer, IterationReport, Recency, ScoreScratch,
+    Similarity, TopK,
 };
 use bespoke_store::Store;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::content::{ContentModel, attribute_bag, item_bag};
+use super::tuning::{Serve, Tuned};
 use crate::engine::Weights;
 use crate::settings::{KnnSimilarity, Settings, TrainingSettings};
+use bespoke_algo::tune::Blend;
 
 /// Interactions read per store round trip.
 const CHUNK: usize = 100_000;
@@ -186,21 +188,52 @@ impl Snapshot {
         })
     }
 
-    /// The signed weight matrix (users × items) of some pairs.
-    fn matrix(&self, pairs: impl Iterator<Item = Pair>) -> Csr {
-        let triples: Vec<(u32, u32, f32)> = pairs.map(|p| (p.user, p.item, p.weight)).collect();
+    /// The weight matrix (users × items) of `pairs` (sorted by user), each weight multiplied
+    /// by its recency factor (a pair's position among its user's pairs by last event time);
+    /// with `positive_only`, pairs of negative weight are left out.
+    pub fn matrix_of(&self, pairs: &[Pair], recency: Recency, positive_only: bool) -> Csr {
+        let mut triples: Vec<(u32, u32, f32)> = Vec::with_capacity(pairs.len());
+        let mut start = 0;
+        while start < pairs.len() {
+            let user = pairs[start].user;
+            let end = start + pairs[start..].iter().take_while(|p| p.user == user).count();
+            let group = &pairs[start..end];
+            let factors = if recency.is_on() {
+                let times: Vec<i64> = group.iter().map(|p| p.last_ts).collect();
+                recency.factors(&times)
+            } else {
+                vec![1.0; group.len()]
+            };
+            for (p, f) in group.iter().zip(factors) {
+                if !positive_only || p.weight > 0.0 {
+                    triples.push((p.user, p.item, p.weight * f));
+                }
+            }
+            start = end;
+        }
         Csr::from_triples(self.user_keys.len(), self.item_keys.len(), &triples, false)
     }
 
-    /// The weight matrix of all pairs.
+    /// The positive weight matrix of `pairs` under `recency` (what tuning trains on).
+    pub fn positive_matrix(&self, pairs: &[Pair], recency: Recency) -> Csr {
+        self.matrix_of(pairs, recency, true)
+    }
+
+    /// The signed weight matrix of all pairs.
     pub fn weights(&self) -> Csr {
-        self.matrix(self.pairs.iter().copied())
+        self.matrix_of(&self.pairs, Recency::OFF, false)
     }
 
     /// The split used for offline metrics: each user with at least five positive pairs holds
     /// out the latest 20 % of them (by last event time, ties by item), as long as their items
     /// remain in training; returns the training matrix and `(user, sorted test items)`.
     pub fn split(&self) -> (Csr, Vec<(u32, Vec<u32>)>) {
+        let (train, test) = self.split_pairs();
+        (self.matrix_of(&train, Recency::OFF, false), test)
+    }
+
+    /// [`Self::split`], with the training pairs (sorted by user and item) instead of a matrix.
+    pub fn split_pairs(&self) -> (Vec<Pair>, Vec<(u32, Vec<u32>)>) {
         let mut train = Vec::with_capacity(self.pairs.len());
         let mut test: Vec<(u32, Vec<u32>)> = Vec::new();
         let mut start = 0;
@@ -245,7 +278,7 @@ impl Snapshot {
             items.sort_unstable();
         }
         test.retain(|(_, items)| !items.is_empty());
-        (self.matrix(train.into_iter()), test)
+        (train, test)
     }
 }
 
@@ -346,24 +379,27 @@ fn similarity(t: &TrainingSettings) -> Similarity {
     }
 }
 
-fn positive(weights: &Csr) -> Csr {
-    let mut t = Vec::with_capacity(weights.nnz());
-    for u in 0..weights.n_rows() {
-        let (items, w) = weights.row(u);
-        t.extend(
-            items
-                .iter()
-                .zip(w)
-                .filter(|(_, w)| **w > 0.0)
-                .map(|(&i, &w)| (u as u32, i, w)),
-        );
+/// The training matrices of one run: iALS's (signed), item-kNN's and EASE's (positive only),
+/// each with its model's recency weighting.
+struct Matrices {
+    als: Csr,
+    knn: Csr,
+    ease: Csr,
+}
+
+impl Matrices {
+    fn new(snapshot: &Snapshot, pairs: &[Pair], recency: &[Recency; 3]) -> Self {
+        Self {
+            als: snapshot.matrix_of(pairs, recency[0], false),
+            knn: snapshot.matrix_of(pairs, recency[1], true),
+            ease: snapshot.matrix_of(pairs, recency[2], true),
+        }
     }
-    Csr::from_triples(weights.n_rows(), weights.n_cols(), &t, false)
 }
 
 fn fit(
     snapshot: &Snapshot,
-    weights: &Csr,
+    m: &Matrices,
     t: &TrainingSettings,
     label: &str,
     progress: &mut dyn FnMut(Progress<'_>),
@@ -379,7 +415,7 @@ fn fit(
         .map(|k| key_seed(k, t.seed ^ 1))
         .collect();
     let started = Instant::now();
-    let als = Als::fit_seeded(weights, als_params(t), &user_seeds, &item_seeds, |report| {
+    let als = Als::fit_seeded(&m.als, als_params(t), &user_seeds, &item_seeds, |report| {
         progress(Progress::Iteration {
             fit: label,
             report,
@@ -388,13 +424,13 @@ fn fit(
     });
     let als_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let positives = positive(weights);
-    let knn = ItemKnn::fit(&positives, similarity(t), t.knn_k);
+    let knn = ItemKnn::fit(&m.knn, similarity(t), t.knn_k);
     let knn_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let ease = if weights.n_cols() > 0 && weights.n_cols() <= t.ease_max_items {
+    let n_items = m.ease.n_cols();
+    let ease = if n_items > 0 && n_items <= t.ease_max_items {
         progress(Progress::Stage("training EASE"));
-        Ease::fit(&positives, t.ease_lambda, t.ease_max_items).ok()
+        Ease::fit(&m.ease, t.ease_lambda, t.ease_max_items).ok()
     } else {
         None
     };
@@ -406,105 +442,114 @@ fn fit(
     )
 }
 
-/// Metrics of the three models on a split.
+/// Candidates each model ranks per held-out user (a blend needs more than the 100 scored).
+const EVAL_CANDIDATES: usize = bespoke_algo::tune::BLEND_CANDIDATES;
+
+/// Metrics of every model, and of what `model=auto` serves, on a split.
 fn evaluate(
     snapshot: &Snapshot,
     t: &TrainingSettings,
+    recency: &[Recency; 3],
+    serve: Option<&Serve>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Value {
-    let (train, test) = snapshot.split();
+    let (train_pairs, test) = snapshot.split_pairs();
     if test.is_empty() {
         return json!({ "note": "no user has enough positive interactions to hold some out" });
     }
-    let (als, knn, ease, _) = fit(snapshot, &train, t, "evaluation", progress);
+    let m = Matrices::new(snapshot, &train_pairs, recency);
+    let (als, knn, ease, _) = fit(snapshot, &m, t, "evaluation", progress);
     progress(Progress::Stage("scoring held-out interactions"));
     let scorer = ItemScorer::new(als.item_factors().clone());
     let solver = als.user_solver();
-    let n_items = train.n_cols();
+    let n_items = m.knn.n_cols();
     let mut popularity = vec![0f32; n_items];
-    for u in 0..train.n_rows() {
-        for (&i, &w) in train.row(u).0.iter().zip(train.row(u).1) {
-            if w > 0.0 {
-                popularity[i as usize] += 1.0;
-            }
+    for u in 0..m.knn.n_rows() {
+        for &i in m.knn.row(u).0 {
+            popularity[i as usize] += 1.0;
         }
     }
+    const MODELS: usize = 5;
+    let new_sums = || -> [MetricSums; MODELS] { std::array::from_fn(|_| MetricSums::new(n_items)) };
     let sums = test
         .par_iter()
         .fold(
             || {
                 (
-                    [
-                        MetricSums::new(n_items),
-                        MetricSums::new(n_items),
-                        MetricSums::new(n_items),
-                        MetricSums::new(n_items),
-                    ],
+                    new_sums(),
                     ScoreScratch::default(),
                     vec![0f32; n_items],
                     Vec::new(),
-                    TopK::new(100),
+                    TopK::new(EVAL_CANDIDATES),
                 )
             },
             |(mut sums, mut scratch, mut scores, mut touched, mut top), (u, items)| {
-                let (seen, w) = train.row(*u as usize);
-                let keep = |i: u32| seen.binary_search(&i).is_err();
-                let history: Vec<(u32, f32)> =
-                    seen.iter().copied().zip(w.iter().copied()).collect();
+                let u = *u as usize;
+                let (seen, _) = m.knn.row(u);
+                let all_seen = m.als.row(u).0;
+                let keep = |i: u32| all_seen.binary_search(&i).is_err();
+                let row = |c: &Csr| -> Vec<(u32, f32)> {
+                    let (is, ws) = c.row(u);
+                    is.iter().copied().zip(ws.iter().copied()).collect()
+                };
                 // iALS serves exact fold-in vectors, so it is evaluated with them too.
-                let ranking: Vec<u32> = match solver.solve(&history) {
-                    Some(v) => scorer
-                        .top_k(&v.x, 100, keep, &mut scratch)
-                        .iter()
-                        .map(|s| s.idx)
-                        .collect(),
+                let als_list = match solver.solve(&row(&m.als)) {
+                    Some(v) => scorer.top_k(&v.x, EVAL_CANDIDATES, keep, &mut scratch),
                     None => Vec::new(),
                 };
-                sums[0].add(&ranking, items);
-                let positive: Vec<(u32, f32)> =
-                    history.iter().copied().filter(|h| h.1 > 0.0).collect();
-                let ranking: Vec<u32> = knn
-                    .recommend(&positive, 100, keep, &mut scores, &mut touched, &mut top)
-                    .iter()
-                    .map(|s| s.idx)
-                    .collect();
-                sums[1].add(&ranking, items);
+                let knn_list = knn.recommend(
+                    &row(&m.knn),
+                    EVAL_CANDIDATES,
+                    keep,
+                    &mut scores,
+                    &mut touched,
+                    &mut top,
+                );
                 top.reset(100);
                 for (i, &c) in popularity.iter().enumerate() {
-                    if keep(i as u32) {
+                    if seen.binary_search(&(i as u32)).is_err() && keep(i as u32) {
                         top.push(i as u32, c);
                     }
                 }
-                let ranking: Vec<u32> = top.drain_sorted().iter().map(|s| s.idx).collect();
-                sums[2].add(&ranking, items);
-                if let Some(e) = &ease {
-                    let ranking: Vec<u32> = e
-                        .recommend(&positive, 100, keep, &mut scores, &mut top)
-                        .iter()
-                        .map(|s| s.idx)
-                        .collect();
-                    sums[3].add(&ranking, items);
+                let pop_list = top.drain_sorted();
+                let ease_list = match &ease {
+                    Some(e) => {
+                        e.recommend(&row(&m.ease), EVAL_CANDIDATES, keep, &mut scores, &mut top)
+                    }
+                    None => Vec::new(),
+                };
+                let ids = |l: &[bespoke_algo::Scored]| -> Vec<u32> {
+                    l.iter().take(100).map(|s| s.idx).collect()
+                };
+                sums[0].add(&ids(&als_list), items);
+                sums[1].add(&ids(&knn_list), items);
+                sums[2].add(&ids(&pop_list), items);
+                if ease.is_some() {
+                    sums[3].add(&ids(&ease_list), items);
                 }
+                let list = |name: &str| match name {
+                    "ease" => &ease_list,
+                    "knn" => &knn_list,
+                    _ => &als_list,
+                };
+                let auto = match serve {
+                    Some(Serve::Blend { models, weight }) => {
+                        Blend { weight: *weight }.combine(list(&models[0]), list(&models[1]), 100)
+                    }
+                    Some(Serve::Single(name)) => list(name).clone(),
+                    None => als_list.clone(),
+                };
+                sums[4].add(&ids(&auto), items);
                 (sums, scratch, scores, touched, top)
             },
         )
         .map(|(sums, ..)| sums)
-        .reduce(
-            || {
-                [
-                    MetricSums::new(n_items),
-                    MetricSums::new(n_items),
-                    MetricSums::new(n_items),
-                    MetricSums::new(n_items),
-                ]
-            },
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    x.merge(y);
-                }
-                a
-            },
-        );
+        .reduce(new_sums, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(&b) {
+                x.merge(y);
+            }
+            a
+        });
     let round = |m: BTreeMap<&'static str, f64>| -> Value {
         m.into_iter()
             .map(|(k, v)| (k.to_owned(), json!((v * 1e5).round() / 1e5)))
@@ -517,6 +562,7 @@ fn evaluate(
         "als": round(sums[0].means()),
         "knn": round(sums[1].means()),
         "popular": round(sums[2].means()),
+        "auto": round(sums[4].means()),
     });
     if ease.is_some() {
         out["ease"] = round(sums[3].means());
@@ -525,22 +571,27 @@ fn evaluate(
 }
 
 /// Trains on a snapshot: evaluation first if configured, then the final models on everything.
+/// `tuned` (from a tuning run, or the active version's metadata) overrides the configured
+/// hyperparameters and sets each model's recency weighting.
 pub fn train(
     snapshot: &Snapshot,
     settings: &Settings,
+    tuned: Option<&Tuned>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Trained {
-    let t = &settings.training;
+    let (effective, recency) = super::tuning::apply(settings, tuned);
+    let t = &effective.training;
+    let serve = tuned.map(|x| &x.serve);
     let started = Instant::now();
     let metrics = if t.evaluate {
         progress(Progress::Stage("evaluating on a held-out tail"));
-        evaluate(snapshot, t, progress)
+        evaluate(snapshot, t, &recency, serve, progress)
     } else {
         Value::Null
     };
     progress(Progress::Stage("training on all data"));
-    let weights = snapshot.weights();
-    let (als, knn, ease, [als_s, knn_s, ease_s]) = fit(snapshot, &weights, t, "final", progress);
+    let m = Matrices::new(snapshot, &snapshot.pairs, &recency);
+    let (als, knn, ease, [als_s, knn_s, ease_s]) = fit(snapshot, &m, t, "final", progress);
     let started_content = Instant::now();
     let content = t
         .content
@@ -550,6 +601,7 @@ pub fn train(
         })
         .filter(|c| c.items.is_some() || c.users.is_some());
     let content_s = started_content.elapsed().as_secs_f64();
+    let on = |r: Recency| r.is_on().then_some(r);
     let meta = json!({
         "format": "bespoke.model.v1",
         "created_at": crate::time::format_rfc3339(crate::engine::now_ms()),
@@ -559,17 +611,19 @@ pub fn train(
             "events": snapshot.events,
             "users": snapshot.user_keys.len(),
             "items": snapshot.item_keys.len(),
-            "pairs": weights.nnz(),
+            "pairs": m.als.nnz(),
         },
         "params": {
             "als": { "factors": t.factors, "iterations": t.iterations, "regularization": t.regularization,
-                     "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed },
-            "knn": { "k": t.knn_k, "similarity": t.knn_similarity },
-            "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda })),
+                     "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed, "recency": on(recency[0]) },
+            "knn": { "k": t.knn_k, "similarity": t.knn_similarity, "recency": on(recency[1]) },
+            "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda, "recency": on(recency[2]) })),
             "content": content.as_ref().map(|c| c.describe(t.content_lambda)),
             "half_life_days": t.half_life_days,
             "event_weights": settings.events.weights,
         },
+        "serve": serve.cloned().unwrap_or(Serve::Single("als".into())),
+        "tuning": tuned,
         "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "content": content_s, "total": started.elapsed().as_secs_f64() },
         "metrics": metrics,
     });

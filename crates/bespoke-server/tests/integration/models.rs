@@ -267,3 +267,74 @@ async fn the_server_trains_in_the_background_once_data_arrives() {
     let (_, body) = srv.get("/v1/users/u1/recommendations?n=3").await;
     assert_eq!(body["model"], "als");
 }
+
+/// Tuning from the server: the search runs on the stored data, the new version records the
+/// result, `model=auto` serves what it chose, and later trainings reuse it.
+#[tokio::test]
+async fn tuning_records_its_choice_serves_it_and_later_trainings_reuse_it() {
+    let srv = start().await;
+    clustered(&srv).await;
+    let bad = srv
+        .request(
+            reqwest::Method::POST,
+            "/v1/models/tune?wait=true&budget=0",
+            None,
+        )
+        .await;
+    assert_error(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("budget"),
+    );
+    let (status, tuned) = srv
+        .request(
+            reqwest::Method::POST,
+            "/v1/models/tune?wait=true&budget=6",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tuned}");
+    let meta = &tuned["meta"];
+    let tuning = &meta["tuning"];
+    assert_eq!(tuning["budget"], 6, "{tuning}");
+    let candidates: BTreeSet<u64> = tuning["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["candidate"].as_u64().unwrap())
+        .collect();
+    assert_eq!(candidates.len(), 6, "{tuning}");
+    assert_eq!(meta["serve"], tuning["serve"], "{meta}");
+    assert!(meta["metrics"]["auto"]["ndcg@10"].is_number(), "{meta}");
+    // The tuned iALS hyperparameters are the ones trained.
+    if let Some(als) = tuning["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m[0] == "als")
+    {
+        assert_eq!(
+            meta["params"]["als"]["factors"], als[1]["config"]["factors"],
+            "{meta}"
+        );
+    }
+    // The default model is auto: what tuning chose.
+    let (status, recs) = srv.get("/v1/users/u0/recommendations?n=5").await;
+    assert_eq!(status, StatusCode::OK, "{recs}");
+    let expected = match &meta["serve"] {
+        Value::Object(o) if o.contains_key("blend") => "blend".to_owned(),
+        Value::Object(o) => o["single"].as_str().unwrap().to_owned(),
+        other => panic!("serve {other}"),
+    };
+    assert_eq!(recs["model"], expected.as_str(), "{recs}");
+    assert_eq!(recs["personalized"], true);
+    assert!(in_cluster(&recs, 'a') >= 4, "{recs}");
+    for r in recs["items"].as_array().unwrap() {
+        assert!(!r["reasons"].as_array().unwrap().is_empty(), "{recs}");
+    }
+    // A plain training keeps the tuning (read back from the served version).
+    let again = train(&srv).await;
+    assert_eq!(again["meta"]["tuning"], *tuning);
+    assert_eq!(again["meta"]["params"]["als"], meta["params"]["als"]);
+}
