@@ -295,34 +295,40 @@ impl Ridge {
                 holders[j as usize].push((r as u32, x));
             }
         }
-        let columns: Vec<(Vec<f64>, Vec<f64>)> = holders
-            .par_iter()
-            .map(|held| {
-                let mut col = vec![0.0f64; d_in];
-                let mut b = vec![0.0f64; d_out];
-                for &(r, xi) in held {
-                    for &(j, xj) in &rows[r as usize] {
-                        col[j as usize] += xi as f64 * xj as f64;
-                    }
-                    let y = &targets[r as usize * d_out..(r as usize + 1) * d_out];
-                    for (o, &yk) in b.iter_mut().zip(y) {
-                        *o += xi as f64 * yk as f64;
-                    }
+        let column = |held: &Vec<(u32, f32)>| {
+            let mut col = vec![0.0f64; d_in];
+            let mut b = vec![0.0f64; d_out];
+            for &(r, xi) in held {
+                for &(j, xj) in &rows[r as usize] {
+                    col[j as usize] += xi as f64 * xj as f64;
                 }
-                (col, b)
-            })
-            .collect();
-        drop(holders);
+                let y = &targets[r as usize * d_out..(r as usize + 1) * d_out];
+                for (o, &yk) in b.iter_mut().zip(y) {
+                    *o += xi as f64 * yk as f64;
+                }
+            }
+            (col, b)
+        };
+        // A block of columns at a time, so only one d_in × d_in matrix is ever held.
+        const BLOCK: usize = 256;
         let mut g = Mat::<f64>::zeros(d_in, d_in);
         let mut b = Mat::<f64>::zeros(d_in, d_out);
-        for (i, (col, bi)) in columns.into_iter().enumerate() {
-            for (j, v) in col.into_iter().enumerate() {
-                g[(j, i)] = v;
-            }
-            for (k, v) in bi.into_iter().enumerate() {
-                b[(i, k)] = v;
+        for start in (0..d_in).step_by(BLOCK) {
+            let columns: Vec<(Vec<f64>, Vec<f64>)> = holders[start..(start + BLOCK).min(d_in)]
+                .par_iter()
+                .map(column)
+                .collect();
+            for (k, (col, bi)) in columns.into_iter().enumerate() {
+                let i = start + k;
+                for (j, v) in col.into_iter().enumerate() {
+                    g[(j, i)] = v;
+                }
+                for (o, v) in bi.into_iter().enumerate() {
+                    b[(i, o)] = v;
+                }
             }
         }
+        drop(holders);
         for i in 0..d_in {
             g[(i, i)] += lambda;
         }

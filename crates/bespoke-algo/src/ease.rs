@@ -70,30 +70,39 @@ impl Ease {
         // G = XᵀX: each item's column of G from the users who have it (the transpose's rows).
         let xt = x.transpose();
         let mut g = Mat::<f64>::zeros(n, n);
-        let cols: Vec<Vec<f64>> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let mut col = vec![0.0f64; n];
-                let (users, wu) = xt.row(i);
-                for (&u, &wi) in users.iter().zip(wu) {
-                    let (items, w) = x.row(u as usize);
-                    for (&j, &wj) in items.iter().zip(w) {
-                        col[j as usize] += wi as f64 * wj as f64;
+        // Columns are computed in parallel a block at a time and copied in, so only one
+        // n × n matrix is ever held (plus a block).
+        const BLOCK: usize = 256;
+        for start in (0..n).step_by(BLOCK) {
+            let cols: Vec<Vec<f64>> = (start..(start + BLOCK).min(n))
+                .into_par_iter()
+                .map(|i| {
+                    let mut col = vec![0.0f64; n];
+                    let (users, wu) = xt.row(i);
+                    for (&u, &wi) in users.iter().zip(wu) {
+                        let (items, w) = x.row(u as usize);
+                        for (&j, &wj) in items.iter().zip(w) {
+                            col[j as usize] += wi as f64 * wj as f64;
+                        }
                     }
+                    col
+                })
+                .collect();
+            for (k, col) in cols.into_iter().enumerate() {
+                let i = start + k;
+                for (j, v) in col.into_iter().enumerate() {
+                    g[(j, i)] = v;
                 }
-                col
-            })
-            .collect();
-        for (i, col) in cols.into_iter().enumerate() {
-            for (j, v) in col.into_iter().enumerate() {
-                g[(j, i)] = v;
+                g[(i, i)] += lambda;
             }
-            g[(i, i)] += lambda;
         }
         let llt = g
             .llt(faer::Side::Lower)
             .map_err(|_| EaseError::NotPositiveDefinite)?;
+        // The factor holds what is needed: free the Gram matrix before the inverse is made.
+        drop(g);
         let p = llt.inverse();
+        drop(llt);
         let mut b = vec![0.0f32; n * n];
         b.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
             for (j, out) in row.iter_mut().enumerate() {

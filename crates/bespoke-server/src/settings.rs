@@ -387,6 +387,8 @@ pub enum KnnSimilarity {
     Cosine,
     /// BM25-weighted dot products (`K1 = 1.2`, `B = 0.75`).
     Bm25,
+    /// RP3beta random-walk similarity (`training.rp3_alpha`, `training.rp3_beta`).
+    Rp3,
 }
 
 /// Model training: hyperparameters, schedule, versions.
@@ -409,6 +411,11 @@ pub struct TrainingSettings {
     pub knn_k: usize,
     /// Item-kNN similarity.
     pub knn_similarity: KnnSimilarity,
+    /// RP3beta (`knn_similarity = "rp3"`): exponent of the transition probabilities.
+    pub rp3_alpha: f32,
+    /// RP3beta: popularity penalty (the arrival item's probability divided by its
+    /// popularity to this power).
+    pub rp3_beta: f32,
     /// EASE is trained too when the catalog has at most this many items (its weights are a
     /// dense items² matrix); 0 never trains it.
     pub ease_max_items: usize,
@@ -458,6 +465,8 @@ impl Default for TrainingSettings {
             cg_steps: 3,
             seed: 42,
             knn_k: 100,
+            rp3_alpha: 1.0,
+            rp3_beta: 0.5,
             ease_max_items: 3000,
             ease_lambda: 100.0,
             knn_similarity: KnnSimilarity::Bm25,
@@ -687,6 +696,15 @@ impl Settings {
         }
         if !(1..=1000).contains(&t.tune_budget) {
             return Err("training.tune_budget must be between 1 and 1000".into());
+        }
+        if !(t.rp3_alpha.is_finite()
+            && t.rp3_alpha > 0.0
+            && t.rp3_beta.is_finite()
+            && t.rp3_beta >= 0.0)
+        {
+            return Err(
+                "training.rp3_alpha must be positive and training.rp3_beta 0 or more".into(),
+            );
         }
         if !(t.content_lambda.is_finite() && t.content_lambda > 0.0) {
             return Err("training.content_lambda must be positive".into());

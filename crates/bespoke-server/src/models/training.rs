@@ -376,6 +376,10 @@ fn similarity(t: &TrainingSettings) -> Similarity {
     match t.knn_similarity {
         KnnSimilarity::Cosine => Similarity::Cosine,
         KnnSimilarity::Bm25 => Similarity::Bm25 { k1: 1.2, b: 0.75 },
+        KnnSimilarity::Rp3 => Similarity::Rp3Beta {
+            alpha: t.rp3_alpha,
+            beta: t.rp3_beta,
+        },
     }
 }
 
@@ -616,7 +620,8 @@ pub fn train(
         "params": {
             "als": { "factors": t.factors, "iterations": t.iterations, "regularization": t.regularization,
                      "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed, "recency": on(recency[0]) },
-            "knn": { "k": t.knn_k, "similarity": t.knn_similarity, "recency": on(recency[1]) },
+            "knn": { "k": t.knn_k, "similarity": t.knn_similarity, "recency": on(recency[1]),
+                     "rp3": (t.knn_similarity == KnnSimilarity::Rp3).then(|| json!({"alpha": t.rp3_alpha, "beta": t.rp3_beta})) },
             "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda, "recency": on(recency[2]) })),
             "content": content.as_ref().map(|c| c.describe(t.content_lambda)),
             "half_life_days": t.half_life_days,

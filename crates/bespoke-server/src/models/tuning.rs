@@ -1,5 +1,6 @@
 //! Tuning from the server (`POST /v1/models/tune`, `training.tune_interval_hours`): the same
-//! search as `bespoke tune` (`bespoke_algo::tune`: random search with successive halving, the
+//! search as `bespoke tune` over the served model types (iALS, EASE, cosine / BM25 / RP3beta
+//! item-kNN) (`bespoke_algo::tune`: random search with successive halving, the
 //! recency weighting searched with the models, blends of the best model types), run on the
 //! store's own data, validated on the latest 20% of each user's positive pairs.
 //!
@@ -76,7 +77,7 @@ fn served_kind(c: &Config) -> Option<&'static str> {
     match c {
         Config::Als { .. } => Some("als"),
         Config::Ease { .. } => Some("ease"),
-        Config::Cosine { .. } | Config::Bm25 { .. } => Some("knn"),
+        Config::Cosine { .. } | Config::Bm25 { .. } | Config::Rp3 { .. } => Some("knn"),
         _ => None,
     }
 }
@@ -94,7 +95,7 @@ pub fn tune(
     if valid.is_empty() {
         return Ok(None);
     }
-    let mut kinds = vec!["als".to_owned(), "bm25".to_owned(), "cosine".to_owned()];
+    let mut kinds: Vec<String> = ["als", "bm25", "cosine", "rp3"].map(str::to_owned).to_vec();
     if snapshot.item_keys.len() <= t.ease_max_items {
         kinds.insert(1, "ease".to_owned());
     }
@@ -220,6 +221,10 @@ pub fn apply(settings: &Settings, tuned: Option<&Tuned>) -> (Settings, [Recency;
         match m.config {
             Config::Cosine { k } => (t.knn_similarity, t.knn_k) = (KnnSimilarity::Cosine, k),
             Config::Bm25 { k } => (t.knn_similarity, t.knn_k) = (KnnSimilarity::Bm25, k),
+            Config::Rp3 { k, alpha, beta } => {
+                (t.knn_similarity, t.knn_k) = (KnnSimilarity::Rp3, k);
+                (t.rp3_alpha, t.rp3_beta) = (alpha, beta);
+            }
             _ => {}
         }
         recency[1] = m.recency;

@@ -338,3 +338,29 @@ async fn tuning_records_its_choice_serves_it_and_later_trainings_reuse_it() {
     assert_eq!(again["meta"]["tuning"], *tuning);
     assert_eq!(again["meta"]["params"]["als"], meta["params"]["als"]);
 }
+
+/// RP3beta item-kNN is trained, saved, loaded back and served like the other similarities.
+#[tokio::test]
+async fn rp3beta_neighbours_are_served() {
+    let srv = start_with(|s| {
+        s.training.knn_similarity = bespoke_server::settings::KnnSimilarity::Rp3;
+        s.training.rp3_beta = 0.3;
+    })
+    .await;
+    clustered(&srv).await;
+    let out = train(&srv).await;
+    assert_eq!(out["meta"]["params"]["knn"]["similarity"], "rp3", "{out}");
+    assert!(
+        (out["meta"]["params"]["knn"]["rp3"]["beta"]
+            .as_f64()
+            .unwrap()
+            - 0.3)
+            .abs()
+            < 1e-6
+    );
+    let (status, recs) = srv.get("/v1/users/u1/recommendations?n=5&model=knn").await;
+    assert_eq!(status, StatusCode::OK, "{recs}");
+    assert_eq!(recs["model"], "knn", "{recs}");
+    assert!(in_cluster(&recs, 'b') >= 4, "{recs}");
+    assert_eq!(recs["items"][0]["reasons"][0]["kind"], "knn", "{recs}");
+}
