@@ -52,7 +52,7 @@ pub(crate) struct RecommendArgs {
     /// Also return items the user already interacted with.
     #[arg(long)]
     include_seen: bool,
-    /// Model: auto, als, knn, ease or popular (default: serving.default_model).
+    /// Model: auto, als, knn, ease, bpr or popular (default: serving.default_model).
     #[arg(long, value_parser = ["als", "knn", "ease", "popular"])]
     model: Option<String>,
     /// Print JSON (the API's shape) instead of a table.
@@ -80,6 +80,7 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
             "als" => ModelChoice::Als,
             "knn" => ModelChoice::Knn,
             "ease" => ModelChoice::Ease,
+            "bpr" => ModelChoice::Bpr,
             _ => ModelChoice::Popular,
         }),
         context: None,

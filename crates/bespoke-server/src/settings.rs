@@ -330,6 +330,8 @@ pub struct ServingSettings {
     pub recent_boost: f64,
     /// Half-life of the recency boost, in hours.
     pub recent_half_life_hours: f64,
+    /// BPR (`model=bpr`): SGD passes over a user's history when folding it in.
+    pub bpr_fold_in_epochs: usize,
 }
 
 /// A recommendation model to serve with.
@@ -345,6 +347,8 @@ pub enum ModelChoice {
     Knn,
     /// EASE (trained only for catalogs of at most `training.ease_max_items` items).
     Ease,
+    /// BPR (trained only with `training.bpr`).
+    Bpr,
     /// Popularity.
     Popular,
 }
@@ -375,6 +379,7 @@ impl Default for ServingSettings {
             max_session_items: 500,
             recent_boost: 0.0,
             recent_half_life_hours: 24.0,
+            bpr_fold_in_epochs: 20,
         }
     }
 }
@@ -411,6 +416,16 @@ pub struct TrainingSettings {
     pub knn_k: usize,
     /// Item-kNN similarity.
     pub knn_similarity: KnnSimilarity,
+    /// Also train BPR (served as `model=bpr`). Off by default: its SGD runs on one thread.
+    pub bpr: bool,
+    /// BPR factors.
+    pub bpr_factors: usize,
+    /// BPR's SGD step.
+    pub bpr_learning_rate: f32,
+    /// BPR's L2 weight.
+    pub bpr_regularization: f32,
+    /// BPR's epochs.
+    pub bpr_iterations: usize,
     /// RP3beta (`knn_similarity = "rp3"`): exponent of the transition probabilities.
     pub rp3_alpha: f32,
     /// RP3beta: popularity penalty (the arrival item's probability divided by its
@@ -465,6 +480,11 @@ impl Default for TrainingSettings {
             cg_steps: 3,
             seed: 42,
             knn_k: 100,
+            bpr: false,
+            bpr_factors: 64,
+            bpr_learning_rate: 0.05,
+            bpr_regularization: 0.01,
+            bpr_iterations: 100,
             rp3_alpha: 1.0,
             rp3_beta: 0.5,
             ease_max_items: 3000,
@@ -696,6 +716,17 @@ impl Settings {
         }
         if !(1..=1000).contains(&t.tune_budget) {
             return Err("training.tune_budget must be between 1 and 1000".into());
+        }
+        if t.bpr
+            && !(t.bpr_factors >= 1
+                && t.bpr_factors <= 1024
+                && t.bpr_learning_rate.is_finite()
+                && t.bpr_learning_rate > 0.0
+                && t.bpr_regularization.is_finite()
+                && t.bpr_regularization >= 0.0
+                && t.bpr_iterations >= 1)
+        {
+            return Err("training.bpr_*: factors 1 to 1024, a positive learning rate, a regularization of 0 or more and at least 1 iteration".into());
         }
         if !(t.rp3_alpha.is_finite()
             && t.rp3_alpha > 0.0

@@ -51,6 +51,25 @@ fn categories(state: &AppState, params: &Params) -> Result<Vec<String>, ApiError
     Ok(cats)
 }
 
+/// The `model` of a recommendation request.
+fn model_param(name: Option<&str>) -> Result<Option<ModelChoice>, ApiError> {
+    Ok(match name {
+        None => None,
+        Some("auto") => Some(ModelChoice::Auto),
+        Some("als") => Some(ModelChoice::Als),
+        Some("knn") => Some(ModelChoice::Knn),
+        Some("ease") => Some(ModelChoice::Ease),
+        Some("bpr") => Some(ModelChoice::Bpr),
+        Some("popular") => Some(ModelChoice::Popular),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "model",
+                format!("model must be auto, als, knn, ease, bpr or popular, got {other:?}"),
+            ));
+        }
+    })
+}
+
 pub(crate) async fn recommendations(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -74,20 +93,7 @@ pub(crate) async fn recommendations(
         categories: categories(&state, &params)?,
         exclude,
         include_seen: params.bool("include_seen", false)?,
-        model: match params.get("model") {
-            None => None,
-            Some("auto") => Some(ModelChoice::Auto),
-            Some("als") => Some(ModelChoice::Als),
-            Some("knn") => Some(ModelChoice::Knn),
-            Some("ease") => Some(ModelChoice::Ease),
-            Some("popular") => Some(ModelChoice::Popular),
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "model",
-                    format!("model must be auto, als, knn, ease or popular, got {other:?}"),
-                ));
-            }
-        },
+        model: model_param(params.get("model"))?,
         context: None,
     };
     // Scoring is bounded CPU work of tens of microseconds with no IO: it runs on the runtime
@@ -258,20 +264,7 @@ pub(crate) async fn session(
             ));
         }
     };
-    let model = match body.model.as_deref() {
-        None => None,
-        Some("auto") => Some(ModelChoice::Auto),
-        Some("als") => Some(ModelChoice::Als),
-        Some("knn") => Some(ModelChoice::Knn),
-        Some("ease") => Some(ModelChoice::Ease),
-        Some("popular") => Some(ModelChoice::Popular),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "model",
-                format!("model must be auto, als, knn, ease or popular, got {other:?}"),
-            ));
-        }
-    };
+    let model = model_param(body.model.as_deref())?;
     let q = RecommendQuery {
         n,
         categories: body.categories,

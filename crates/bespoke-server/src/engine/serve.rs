@@ -48,6 +48,7 @@ fn model_name(choice: ModelChoice) -> &'static str {
         ModelChoice::Als => "als",
         ModelChoice::Knn => "knn",
         ModelChoice::Ease => "ease",
+        ModelChoice::Bpr => "bpr",
         ModelChoice::Popular => "popular",
     }
 }
@@ -313,7 +314,8 @@ impl Engine {
                 Some(m) => {
                     let name = match choice {
                         ModelChoice::Ease => "ease",
-                        ModelChoice::Knn => "knn",
+                        // BPR is trained on item-kNN's matrix, with its recency.
+                        ModelChoice::Knn | ModelChoice::Bpr => "knn",
                         _ => "als",
                     };
                     let history = match personal {
@@ -336,6 +338,9 @@ impl Engine {
                             &filter,
                             "you interacted with",
                         ),
+                        (Some(_), ModelChoice::Bpr) => {
+                            self.recommend_bpr(&s, m, &history, q.n, &filter, "you interacted with")
+                        }
                         (Some(_), _) => self.recommend_knn(&s, m, &history, q.n, &filter),
                     };
                     if !items.is_empty() {
@@ -361,6 +366,9 @@ impl Engine {
                     if items.is_empty() && personal.is_some() {
                         fallback = Some(if choice == ModelChoice::Ease && m.ease.is_none() {
                             "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items".to_owned()
+                        } else if choice == ModelChoice::Bpr && m.bpr.is_none() {
+                            "BPR is not trained (training.bpr is off): showing popular items"
+                                .to_owned()
                         } else {
                             format!(
                                 "the {} model knows none of this user's interactions yet: showing popular items",
@@ -513,6 +521,9 @@ impl Engine {
                         },
                         ModelChoice::Ease => {
                             self.recommend_ease(&s, m, &history, q.n, &filter, "this session has")
+                        }
+                        ModelChoice::Bpr => {
+                            self.recommend_bpr(&s, m, &history, q.n, &filter, "this session has")
                         }
                         _ => self.recommend_knn(&s, m, &history, q.n, &filter),
                     };
@@ -719,6 +730,47 @@ impl Engine {
                 });
                 if reasons.is_empty() {
                     reasons.push(Reason::new("ease", "co-occurs with your history (EASE)"));
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                })
+            })
+            .collect()
+    }
+
+    /// BPR: the history folded in by BPR's own user step; the reasons are the history items
+    /// whose factors are closest to the result's.
+    fn recommend_bpr(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+        verb: &str,
+    ) -> Vec<Recommendation> {
+        let Some(bpr) = &m.bpr else {
+            return Vec::new();
+        };
+        let mut positive: Vec<u32> = history.iter().filter(|h| h.1 > 0.0).map(|h| h.0).collect();
+        positive.sort_unstable();
+        let top = bpr.recommend(
+            &positive,
+            self.settings.serving.bpr_fold_in_epochs,
+            n,
+            |i| m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st))),
+        );
+        top.into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let parts = bpr.explain(&positive, idx);
+                let mut reasons = Self::contribution_reasons(s, m, parts, "bpr", |k| {
+                    format!("close in BPR's factors to {k}, which {verb}")
+                });
+                if reasons.is_empty() {
+                    reasons.push(Reason::new("bpr", "ranked high for this history by BPR"));
                 }
                 Some(Recommendation {
                     item: s.item_key(item),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use bespoke_algo::{Als, AlsParams, Csr, Ease, Factors, ItemKnn, Similarity};
+use bespoke_algo::{Als, AlsParams, Bpr, Csr, Ease, Factors, ItemKnn, Similarity};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 /// File names inside a model version.
@@ -20,6 +20,8 @@ pub const ALS_FILE: &str = "als.safetensors";
 pub const KNN_FILE: &str = "knn.safetensors";
 /// See [`ALS_FILE`]; present only when EASE was trained (small enough catalogs).
 pub const EASE_FILE: &str = "ease.safetensors";
+/// See [`ALS_FILE`]; present only when BPR was trained (`training.bpr`).
+pub const BPR_FILE: &str = "bpr.safetensors";
 /// See [`ALS_FILE`].
 pub const USERS_FILE: &str = "users.json";
 /// See [`ALS_FILE`].
@@ -190,6 +192,53 @@ pub fn decode_ease(bytes: &[u8]) -> Result<Ease, ArtifactError> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
     let weights = read_f32(tensor(&st, F, "weights", Dtype::F32)?.1);
     Ease::from_parts(n, weights).ok_or_else(|| err(F, "weights are not items × items"))
+}
+
+/// Encodes a BPR model: `user_factors`, `item_factors` (`F32`, rows × f) and `item_bias`.
+pub fn encode_bpr(model: &Bpr) -> Vec<u8> {
+    let (u, i) = (model.user_factors(), model.item_factors());
+    let (ub, ib, bb) = (
+        f32_bytes(u.as_slice()),
+        f32_bytes(i.as_slice()),
+        f32_bytes(model.item_bias()),
+    );
+    let tensors = [
+        (
+            "item_bias",
+            TensorView::new(Dtype::F32, vec![i.rows()], &bb).expect("sizes match"),
+        ),
+        (
+            "item_factors",
+            TensorView::new(Dtype::F32, vec![i.rows(), i.dim()], &ib).expect("sizes match"),
+        ),
+        (
+            "user_factors",
+            TensorView::new(Dtype::F32, vec![u.rows(), u.dim()], &ub).expect("sizes match"),
+        ),
+    ];
+    let info = HashMap::from([("format".to_owned(), "bespoke.bpr.v1".to_owned())]);
+    safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
+}
+
+/// Decodes a BPR model written by [`encode_bpr`].
+pub fn decode_bpr(bytes: &[u8]) -> Result<Bpr, ArtifactError> {
+    const F: &str = BPR_FILE;
+    let meta = metadata(bytes, F)?;
+    if meta.get("format").map(String::as_str) != Some("bespoke.bpr.v1") {
+        return Err(err(F, "not a bespoke.bpr.v1 file"));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
+    let matrix = |name: &str| -> Result<Factors, ArtifactError> {
+        let (shape, data) = tensor(&st, F, name, Dtype::F32)?;
+        match shape.as_slice() {
+            [rows, dim] => Factors::from_vec(*rows, *dim, read_f32(data))
+                .ok_or_else(|| err(F, format!("{name}: data disagrees with its shape"))),
+            _ => Err(err(F, format!("{name} is not a matrix"))),
+        }
+    };
+    let bias = read_f32(tensor(&st, F, "item_bias", Dtype::F32)?.1);
+    Bpr::from_parts(matrix("user_factors")?, matrix("item_factors")?, bias)
+        .ok_or_else(|| err(F, "factor and bias shapes disagree"))
 }
 
 /// Encodes an item-kNN model.

@@ -38,6 +38,10 @@ pub fn save(
     if let Some(e) = &ease {
         files.push((artifact::EASE_FILE, e));
     }
+    let bpr = trained.bpr.as_ref().map(artifact::encode_bpr);
+    if let Some(b) = &bpr {
+        files.push((artifact::BPR_FILE, b));
+    }
     let content = trained.content.as_ref().map(|c| c.encode());
     if let Some(c) = &content {
         files.push((content::CONTENT_FILE, c));

@@ -11,10 +11,10 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
-use super::artifact::{self, ALS_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
+use super::artifact::{self, ALS_FILE, BPR_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
 use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
 use super::tuning::Serve;
-use bespoke_algo::Recency;
+use bespoke_algo::{BprParams, Recency};
 
 /// Marks a store item that the model does not know.
 const NONE: u32 = u32::MAX;
@@ -160,6 +160,55 @@ impl AlsServing {
     }
 }
 
+/// BPR, ready to serve: a user's vector is folded in from their current history by BPR's own
+/// user step (items fixed), so it follows every event without retraining.
+#[derive(Debug)]
+pub struct BprServing {
+    model: bespoke_algo::Bpr,
+    scorer: ItemScorer,
+    params: BprParams,
+}
+
+impl BprServing {
+    /// Top `n` model items for a history (sorted model item ids) among those `keep` accepts,
+    /// with the folded-in vector; empty for an empty history.
+    pub fn recommend(
+        &self,
+        history: &[u32],
+        epochs: usize,
+        n: usize,
+        keep: impl FnMut(u32) -> bool,
+    ) -> Vec<Scored> {
+        let p = BprParams {
+            iterations: epochs.max(1),
+            ..self.params
+        };
+        let Some(v) = self.model.fold_in(history, &p) else {
+            return Vec::new();
+        };
+        SCRATCH.with(|s| self.scorer.top_k(&v, n, keep, &mut s.borrow_mut().0))
+    }
+
+    /// The history items whose BPR factors are closest (dot product) to item `j`'s: why it
+    /// was ranked (BPR has no exact per-item decomposition of a score).
+    pub fn explain(&self, history: &[u32], j: u32) -> Vec<(u32, f32)> {
+        let items = self.model.item_factors();
+        let qj = items.row(j as usize);
+        history
+            .iter()
+            .map(|&h| {
+                let d: f32 = items
+                    .row(h as usize)
+                    .iter()
+                    .zip(qj)
+                    .map(|(a, b)| a * b)
+                    .sum();
+                (h, d)
+            })
+            .collect()
+    }
+}
+
 /// Item-kNN, ready to serve.
 #[derive(Debug)]
 pub struct KnnServing {
@@ -215,6 +264,8 @@ pub struct ServingModel {
     pub ease: Option<bespoke_algo::Ease>,
     /// The hybrid content model and the items without events it places.
     pub content: Option<ContentServing>,
+    /// BPR, when it was trained.
+    pub bpr: Option<BprServing>,
     /// What `model=auto` serves (from tuning; iALS otherwise).
     pub serve: Serve,
     /// The recency weighting each model was trained with (`als`, `knn`, `ease`), applied to a
@@ -285,6 +336,29 @@ impl ServingModel {
                 knn.n_items()
             )));
         }
+        let bpr = if meta["params"]["bpr"].is_object() {
+            let model = artifact::decode_bpr(&store.read_model_file(version, BPR_FILE)?)?;
+            if model.item_factors().rows() != item_keys.len() {
+                return Err(LoadError::Inconsistent {
+                    version,
+                    message: "BPR's items differ from the item keys".into(),
+                });
+            }
+            let p = &meta["params"]["bpr"];
+            Some(BprServing {
+                scorer: ItemScorer::new(model.item_factors_with_bias()),
+                params: BprParams {
+                    factors: model.item_factors().dim(),
+                    learning_rate: p["learning_rate"].as_f64().unwrap_or(0.05) as f32,
+                    regularization: p["regularization"].as_f64().unwrap_or(0.01) as f32,
+                    iterations: 0,
+                    seed: p["seed"].as_u64().unwrap_or(0),
+                },
+                model,
+            })
+        } else {
+            None
+        };
         let serve: Serve = serde_json::from_value(meta["serve"].clone())
             .unwrap_or_else(|_| Serve::Single("als".into()));
         let recency_of = |name: &str| {
@@ -301,6 +375,7 @@ impl ServingModel {
             knn: KnnServing { model: knn },
             ease,
             content,
+            bpr,
             item_keys,
             store_to_model: Vec::new(),
             model_to_store: Vec::new(),

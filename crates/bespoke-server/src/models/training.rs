@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use bespoke_algo::eval::MetricSums;
 use bespoke_algo::{
-    Als, AlsParams, Bag, Csr, Ease, ItemKnn, ItemScorer, IterationReport, Recency, ScoreScratch,
-    Similarity, TopK,
+    Als, AlsParams, Bag, Bpr, BprParams, Csr, Ease, ItemKnn, ItemScorer, IterationReport, Recency,
+    ScoreScratch, Similarity, TopK,
 };
 use bespoke_store::Store;
 use rayon::prelude::*;
@@ -356,6 +356,8 @@ pub struct Trained {
     pub ease: Option<Ease>,
     /// The hybrid content model, when configured and the data has content.
     pub content: Option<ContentModel>,
+    /// BPR, with `training.bpr`.
+    pub bpr: Option<Bpr>,
     /// Metadata (`meta.json`).
     pub meta: Value,
 }
@@ -605,6 +607,12 @@ pub fn train(
         })
         .filter(|c| c.items.is_some() || c.users.is_some());
     let content_s = started_content.elapsed().as_secs_f64();
+    let started_bpr = Instant::now();
+    let bpr = t.bpr.then(|| {
+        progress(Progress::Stage("training BPR"));
+        Bpr::fit(&m.knn, bpr_params(t))
+    });
+    let bpr_s = started_bpr.elapsed().as_secs_f64();
     let on = |r: Recency| r.is_on().then_some(r);
     let meta = json!({
         "format": "bespoke.model.v1",
@@ -624,12 +632,15 @@ pub fn train(
                      "rp3": (t.knn_similarity == KnnSimilarity::Rp3).then(|| json!({"alpha": t.rp3_alpha, "beta": t.rp3_beta})) },
             "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda, "recency": on(recency[2]) })),
             "content": content.as_ref().map(|c| c.describe(t.content_lambda)),
+            "bpr": bpr.as_ref().map(|_| json!({"factors": t.bpr_factors, "learning_rate": t.bpr_learning_rate,
+                "regularization": t.bpr_regularization, "iterations": t.bpr_iterations, "seed": t.seed,
+                "recency": on(recency[1])})),
             "half_life_days": t.half_life_days,
             "event_weights": settings.events.weights,
         },
         "serve": serve.cloned().unwrap_or(Serve::Single("als".into())),
         "tuning": tuned,
-        "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "content": content_s, "total": started.elapsed().as_secs_f64() },
+        "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "content": content_s, "bpr": bpr_s, "total": started.elapsed().as_secs_f64() },
         "metrics": metrics,
     });
     Trained {
@@ -637,7 +648,19 @@ pub fn train(
         knn,
         ease,
         content,
+        bpr,
         meta,
+    }
+}
+
+/// BPR's hyperparameters from the settings (trained on item-kNN's positive matrix).
+pub fn bpr_params(t: &TrainingSettings) -> BprParams {
+    BprParams {
+        factors: t.bpr_factors,
+        learning_rate: t.bpr_learning_rate,
+        regularization: t.bpr_regularization,
+        iterations: t.bpr_iterations,
+        seed: t.seed,
     }
 }
 

@@ -364,3 +364,47 @@ async fn rp3beta_neighbours_are_served() {
     assert!(in_cluster(&recs, 'b') >= 4, "{recs}");
     assert_eq!(recs["items"][0]["reasons"][0]["kind"], "knn", "{recs}");
 }
+
+/// BPR, with `training.bpr`: saved, loaded back and served with a fold-in of the current
+/// history, for users and sessions; without it, `model=bpr` falls back and says why.
+#[tokio::test]
+async fn bpr_is_served_when_trained() {
+    let off = start().await;
+    clustered(&off).await;
+    train(&off).await;
+    let (_, recs) = off.get("/v1/users/u0/recommendations?n=3&model=bpr").await;
+    assert_eq!(recs["model"], "popular", "{recs}");
+    assert!(recs.to_string().contains("training.bpr"), "{recs}");
+
+    let srv = start_with(|s| {
+        s.training.bpr = true;
+        s.training.bpr_factors = 16;
+    })
+    .await;
+    clustered(&srv).await;
+    let out = train(&srv).await;
+    assert_eq!(out["meta"]["params"]["bpr"]["factors"], 16, "{out}");
+    let (status, recs) = srv.get("/v1/users/u0/recommendations?n=5&model=bpr").await;
+    assert_eq!(status, StatusCode::OK, "{recs}");
+    assert_eq!(recs["model"], "bpr", "{recs}");
+    assert!(in_cluster(&recs, 'a') >= 4, "{recs}");
+    assert_eq!(recs["items"][0]["reasons"][0]["kind"], "bpr", "{recs}");
+    // An event changes the next answer without retraining: the history is folded in per
+    // request, so the new item is not recommended back.
+    let top = keys(&recs)[0].clone();
+    srv.post(
+        "/v1/events",
+        json!({ "events": [{ "user": "u0", "item": top, "type": "purchase" }] }),
+    )
+    .await;
+    let (_, after) = srv.get("/v1/users/u0/recommendations?n=5&model=bpr").await;
+    assert!(!keys(&after).contains(&top), "{after}");
+    let (_, session) = srv
+        .post(
+            "/v1/recommendations",
+            json!({ "items": ["b1", "b2", "b3"], "n": 5, "model": "bpr" }),
+        )
+        .await;
+    assert_eq!(session["model"], "bpr", "{session}");
+    assert!(in_cluster(&session, 'b') >= 4, "{session}");
+}
