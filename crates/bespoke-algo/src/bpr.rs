@@ -4,8 +4,9 @@
 //!
 //! The update for a triple with `x = p_u·(q_i − q_j) + b_i − b_j` and `g = σ(−x)` is
 //! `p_u += η(g(q_i − q_j) − λp_u)`, `q_i += η(g p_u − λq_i)`, `q_j += η(−g p_u − λq_j)`,
-//! `b_i += η(g − λb_i)`, `b_j += η(−g − λb_j)`, as in `implicit`'s BPR. Training is sequential
-//! and seeded, so a fit depends on the data and the seed only.
+//! `b_i += η(g − λb_i)`, `b_j += η(−g − λb_j)`, as in `implicit`'s BPR. Training runs blocks of
+//! users in parallel with item updates merged in a fixed order after each round (see
+//! [`Bpr::fit_parallel`]), so a fit depends on the data and the seed only, not on the threads.
 
 use crate::{Csr, Factors, Rng};
 
@@ -45,14 +46,33 @@ pub struct Bpr {
     bias: Vec<f32>,
 }
 
+/// One block's item updates of a round: `(item, bias delta)` and, `f` per entry, the factor
+/// deltas.
+type ItemUpdates = (Vec<(u32, f32)>, Vec<f32>);
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
 impl Bpr {
-    /// Fits on the users × items matrix `x` (entries with a positive value are positives).
+    /// Fits on the users × items matrix `x` (entries with a positive value are positives), in
+    /// parallel with [`Self::fit_parallel`]'s fixed layout (16 user blocks, rounds of 1,024
+    /// triples per block), so that the model does not depend on the thread count.
     pub fn fit(x: &Csr, p: BprParams) -> Self {
+        Self::fit_parallel(x, p, 16, 1024)
+    }
+
+    /// Fits BPR in parallel and deterministically: users are cut into `blocks` contiguous
+    /// ranges, each sampling its own triples (negatives from the whole catalog) with its own
+    /// seeded generator. Blocks run at once in rounds of `batch` triples each: a block updates
+    /// its users at once and collects its item updates, which are applied after the round in
+    /// block order (so items are at most one round stale). The model depends on the data, the
+    /// seed, `blocks` and `batch` only — not on the number of threads.
+    pub fn fit_parallel(x: &Csr, p: BprParams, blocks: usize, batch: usize) -> Self {
+        use rayon::prelude::*;
         let (nu, ni, f) = (x.n_rows(), x.n_cols(), p.factors.max(1));
+        let blocks = blocks.clamp(1, nu.max(1));
+        let batch = batch.max(1);
         let mut rng = Rng::seed_from_u64(p.seed);
         let scale = 1.0 / (f as f64).sqrt();
         let init = |rng: &mut Rng, n: usize| {
@@ -64,56 +84,101 @@ impl Bpr {
         let mut users = init(&mut rng, nu);
         let mut items = init(&mut rng, ni);
         let mut bias = vec![0.0f32; ni];
-        let pairs: Vec<(u32, u32)> = (0..nu)
-            .flat_map(|u| {
-                let (cols, vals) = x.row(u);
-                cols.iter()
-                    .zip(vals)
-                    .filter(|(_, v)| **v > 0.0)
-                    .map(move |(&i, _)| (u as u32, i))
-                    .collect::<Vec<_>>()
+        if ni < 2 {
+            return Self { users, items, bias };
+        }
+        let bound = |k: usize| k * nu / blocks;
+        let pairs: Vec<Vec<(u32, u32)>> = (0..blocks)
+            .map(|b| {
+                (bound(b)..bound(b + 1))
+                    .flat_map(|u| {
+                        let (cols, vals) = x.row(u);
+                        cols.iter()
+                            .zip(vals)
+                            .filter(|(_, v)| **v > 0.0)
+                            .map(move |(&i, _)| (u as u32, i))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
             })
             .collect();
-        if pairs.is_empty() || ni < 2 {
+        let longest = pairs.iter().map(Vec::len).max().unwrap_or(0);
+        if longest == 0 {
             return Self { users, items, bias };
         }
         let (lr, reg) = (p.learning_rate, p.regularization);
-        let mut pu = vec![0.0f32; f];
+        let mut rngs: Vec<Rng> = (0..blocks)
+            .map(|b| {
+                Rng::seed_from_u64(p.seed ^ (b as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            })
+            .collect();
         for _ in 0..p.iterations {
-            for _ in 0..pairs.len() {
-                let (u, i) = pairs[rng.below(pairs.len() as u64) as usize];
-                let seen = x.row(u as usize).0;
-                if seen.len() >= ni {
-                    continue;
+            // Each block samples as many triples per epoch as it has positives.
+            for round in 0..longest.div_ceil(batch) {
+                let mut user_parts: Vec<&mut [f32]> = Vec::with_capacity(blocks);
+                let mut rest = users.as_mut_slice();
+                for b in 0..blocks {
+                    let (head, tail) = rest.split_at_mut((bound(b + 1) - bound(b)) * f);
+                    user_parts.push(head);
+                    rest = tail;
                 }
-                let j = loop {
-                    let j = rng.below(ni as u64) as u32;
-                    if seen.binary_search(&j).is_err() {
-                        break j;
+                let (items_now, bias_now) = (&items, &bias);
+                // Per block: (item, bias delta) and the factor deltas, f per entry.
+                let updates: Vec<ItemUpdates> = user_parts
+                    .into_par_iter()
+                    .zip(rngs.par_iter_mut())
+                    .enumerate()
+                    .map(|(b, (up, rng))| {
+                        let cell = &pairs[b];
+                        let start = round * batch;
+                        let n = cell.len().saturating_sub(start).min(batch);
+                        let mut touched: Vec<(u32, f32)> = Vec::with_capacity(2 * n);
+                        let mut deltas: Vec<f32> = Vec::with_capacity(2 * n * f);
+                        let mut pu = vec![0.0f32; f];
+                        for _ in 0..n {
+                            let (u, i) = cell[rng.below(cell.len() as u64) as usize];
+                            let seen = x.row(u as usize).0;
+                            if seen.len() >= ni {
+                                continue;
+                            }
+                            let j = loop {
+                                let j = rng.below(ni as u64) as u32;
+                                if seen.binary_search(&j).is_err() {
+                                    break j;
+                                }
+                            };
+                            let ul = u as usize - bound(b);
+                            pu.copy_from_slice(&up[ul * f..(ul + 1) * f]);
+                            let (qi, qj) = (items_now.row(i as usize), items_now.row(j as usize));
+                            let (bi, bj) = (bias_now[i as usize], bias_now[j as usize]);
+                            let mut xuij = bi - bj;
+                            for k in 0..f {
+                                xuij += pu[k] * (qi[k] - qj[k]);
+                            }
+                            let g = sigmoid(-xuij);
+                            for k in 0..f {
+                                up[ul * f + k] += lr * (g * (qi[k] - qj[k]) - reg * pu[k]);
+                            }
+                            touched.push((i, lr * (g - reg * bi)));
+                            deltas.extend((0..f).map(|k| lr * (g * pu[k] - reg * qi[k])));
+                            touched.push((j, lr * (-g - reg * bj)));
+                            deltas.extend((0..f).map(|k| lr * (-g * pu[k] - reg * qj[k])));
+                        }
+                        (touched, deltas)
+                    })
+                    .collect();
+                for (touched, deltas) in updates {
+                    for (k, (item, db)) in touched.into_iter().enumerate() {
+                        bias[item as usize] += db;
+                        for (q, d) in items
+                            .row_mut(item as usize)
+                            .iter_mut()
+                            .zip(&deltas[k * f..(k + 1) * f])
+                        {
+                            *q += d;
+                        }
                     }
-                };
-                let (u, i, j) = (u as usize, i as usize, j as usize);
-                pu.copy_from_slice(users.row(u));
-                let (qi, qj) = (items.row(i).to_vec(), items.row(j).to_vec());
-                let mut xuij = bias[i] - bias[j];
-                for k in 0..f {
-                    xuij += pu[k] * (qi[k] - qj[k]);
                 }
-                let g = sigmoid(-xuij);
-                let ur = users.row_mut(u);
-                for k in 0..f {
-                    ur[k] += lr * (g * (qi[k] - qj[k]) - reg * pu[k]);
-                }
-                let ir = items.row_mut(i);
-                for k in 0..f {
-                    ir[k] += lr * (g * pu[k] - reg * qi[k]);
-                }
-                let jr = items.row_mut(j);
-                for k in 0..f {
-                    jr[k] += lr * (-g * pu[k] - reg * qj[k]);
-                }
-                bias[i] += lr * (g - reg * bias[i]);
-                bias[j] += lr * (-g - reg * bias[j]);
             }
         }
         Self { users, items, bias }
@@ -215,6 +280,33 @@ impl Bpr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_thread_count_does_not_change_the_model() {
+        let mut t = Vec::new();
+        for u in 0..300u32 {
+            for k in 0..5 {
+                t.push((u, (u * 7 + k * 13) % 50, 1.0));
+            }
+        }
+        let x = Csr::from_triples(300, 50, &t, false);
+        let p = BprParams {
+            factors: 8,
+            iterations: 5,
+            ..BprParams::default()
+        };
+        let fit = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| Bpr::fit_parallel(&x, p, 4, 64))
+        };
+        let (a, b) = (fit(1), fit(3));
+        assert_eq!(a.item_factors().as_slice(), b.item_factors().as_slice());
+        assert_eq!(a.user_factors().as_slice(), b.user_factors().as_slice());
+        assert_eq!(a.item_bias(), b.item_bias());
+    }
 
     #[test]
     fn fold_in_places_a_history_with_its_cluster() {
