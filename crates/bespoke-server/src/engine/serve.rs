@@ -930,6 +930,34 @@ impl Engine {
                 });
             }
         }
+        // An item the model has no factors for yet: its content places it among the items
+        // with factors, and its neighbours there are related by content.
+        if let (Some(m), true) = (
+            &model,
+            out.is_empty() && choice != SimilarChoice::Cooccurrence,
+        ) && m.model_item(item.0).is_none()
+            && let Some(y) = m.content.as_ref().and_then(|c| c.cold_factors(item.0))
+        {
+            let keep = |j: u32| m.store_item(j).is_some_and(|st| servable(ItemIdx(st)));
+            for Scored { idx, score } in m.als.similar_to(&y, n, keep) {
+                let Some(st) = m.store_item(idx) else {
+                    continue;
+                };
+                taken.insert(st);
+                out.push(Recommendation {
+                    item: s.item_key(ItemIdx(st)),
+                    score,
+                    reasons: vec![Reason {
+                        item: Some(item_key.to_owned()),
+                        weight: Some(score),
+                        ..Reason::new(
+                            "content",
+                            format!("{item_key} is new: placed by its content next to this item"),
+                        )
+                    }],
+                });
+            }
+        }
         if out.len() < n {
             let related = s.live.related(
                 item,

@@ -273,6 +273,11 @@ impl ContentServing {
             .collect()
     }
 
+    /// The predicted factors of cold item `item`.
+    pub fn cold_factors(&self, item: u32) -> Option<Vec<f32>> {
+        self.cold.read().get(&item).map(|c| c.y.clone())
+    }
+
     /// The content features that place cold item `item` near `x`, strongest first.
     pub fn explain_cold(&self, item: u32, x: &[f32], n: usize) -> Vec<(String, f32)> {
         let (Some(side), Some(c)) = (&self.model.items, self.cold.read().get(&item).cloned())

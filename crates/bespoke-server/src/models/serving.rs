@@ -154,6 +154,17 @@ impl AlsServing {
         self.scorer.items().row(item as usize)
     }
 
+    /// Top `n` items by cosine of their factors with the vector `y` (a cold item's predicted
+    /// factors).
+    pub fn similar_to(&self, y: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        let norm = y.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm == 0.0 {
+            return Vec::new();
+        }
+        let q: Vec<f32> = y.iter().map(|v| v / norm).collect();
+        SCRATCH.with(|s| self.normalized.top_k(&q, n, keep, &mut s.borrow_mut().0))
+    }
+
     /// History items' contributions to the score of `item` (Hu–Koren–Volinsky).
     pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
         self.solver.explain(user, item)

@@ -567,6 +567,13 @@ async fn content_model_serves_new_items_and_new_users() {
             .any(|f| *f == "category:jazz" || *f == "word:jazz"),
         "{body}"
     );
+    // Its related items, by content, before any event.
+    let (s, similar) = srv.get("/v1/items/a-new/similar?n=3").await;
+    assert_eq!(s, StatusCode::OK, "{similar}");
+    for r in similar["items"].as_array().unwrap() {
+        assert!(r["item"].as_str().unwrap().starts_with('a'), "{similar}");
+        assert_eq!(r["reasons"][0]["kind"], "content", "{similar}");
+    }
     // Deleted, it is gone from the answers.
     srv.delete("/v1/items/a-new").await;
     let (_, body) = srv.get("/v1/users/u0/recommendations?n=15&model=als").await;
