@@ -502,7 +502,8 @@ async fn content_model_serves_new_items_and_new_users() {
             let (s, t) = srv
                 .put(
                     &format!("/v1/items/{g}{i}"),
-                    json!({"categories": [genre(g)], "text": {"title": format!("{} album {i}", genre(g))}}),
+                    json!({"categories": [genre(g)], "text": {"title": format!("{} album {i}", genre(g))},
+                           "embeddings": {"clip": if g == "a" { [1.0, 0.1 * i as f64] } else { [0.1 * i as f64, 1.0] }}}),
                 )
                 .await;
             assert!(s.is_success(), "{t}");
@@ -547,12 +548,28 @@ async fn content_model_serves_new_items_and_new_users() {
             .await;
         assert!(s.is_success(), "{t}");
     }
-    let (s, body) = srv.get("/v1/users/u0/recommendations?n=15&model=als").await;
+    // And two with an embedding only (an image or text vector computed elsewhere).
+    for (key, v) in [("a-emb", [0.9, 0.2]), ("b-emb", [0.2, 0.9])] {
+        let (s, t) = srv
+            .put(
+                &format!("/v1/items/{key}"),
+                json!({"embeddings": {"clip": v}}),
+            )
+            .await;
+        assert!(s.is_success(), "{t}");
+    }
+    let (s, body) = srv.get("/v1/users/u0/recommendations?n=20&model=als").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let items = body["items"].as_array().unwrap();
     let pos = |key: &str| items.iter().position(|r| r["item"] == key);
     let a_new = pos("a-new").unwrap_or_else(|| panic!("a-new missing: {body}"));
     assert!(pos("b-new").is_none_or(|b| b > a_new), "{body}");
+    let a_emb = pos("a-emb").unwrap_or_else(|| panic!("a-emb missing: {body}"));
+    assert!(pos("b-emb").is_none_or(|b| b > a_emb), "{body}");
+    assert_eq!(
+        items[a_emb]["reasons"][0]["feature"], "embedding:clip",
+        "{body}"
+    );
     let reasons = &items[a_new]["reasons"];
     assert_eq!(reasons[0]["kind"], "content", "{body}");
     let features: Vec<&str> = reasons
@@ -576,7 +593,7 @@ async fn content_model_serves_new_items_and_new_users() {
     }
     // Deleted, it is gone from the answers.
     srv.delete("/v1/items/a-new").await;
-    let (_, body) = srv.get("/v1/users/u0/recommendations?n=15&model=als").await;
+    let (_, body) = srv.get("/v1/users/u0/recommendations?n=20&model=als").await;
     assert!(!body.to_string().contains("a-new"), "{body}");
 
     // A user with attributes and no history.
