@@ -124,9 +124,12 @@ impl Engine {
     /// Serves `version` from now on (and records it as active). Requests in flight finish on
     /// the model they started with.
     pub fn activate(&self, version: u64) -> Result<(), LoadError> {
-        let model = self.load_model(version)?;
+        let model = Arc::new(self.load_model(version)?);
         self.store.activate_model(version)?;
-        self.model.store(Some(Arc::new(model)));
+        self.model.store(Some(model.clone()));
+        // Items written while the model loaded were placed on the previous one: place the
+        // catalog's new items again, now that writes reach this model.
+        model.place_cold_items(&*self.store)?;
         tracing::info!(target: "train::lifecycle", version, "activated model");
         // Erasures from before this model's snapshot are now complete.
         let snapshot_at = self

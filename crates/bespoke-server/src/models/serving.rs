@@ -397,7 +397,7 @@ impl ServingModel {
     }
 
     /// Places every stored item the model has no factors for by its content.
-    fn place_cold_items(&self, store: &dyn Store) -> Result<(), LoadError> {
+    pub(crate) fn place_cold_items(&self, store: &dyn Store) -> Result<(), LoadError> {
         let Some(content) = self.content.as_ref().filter(|c| c.model.items.is_some()) else {
             return Ok(());
         };
