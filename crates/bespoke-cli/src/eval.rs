@@ -115,7 +115,9 @@ pub(crate) struct EvalArgs {
     /// Most sparse content features (categories, words, attributes) the hybrid model keeps.
     #[arg(long, default_value_t = 5000)]
     pub(crate) content_max_features: usize,
-    /// `bespoke tune` only: configurations to train and validate (the search budget).
+    /// `bespoke tune` only: configurations sampled and validated (the search budget); iterative
+    /// models start with a quarter of their iterations and the best third of each type is
+    /// trained again in full.
     #[arg(long, default_value_t = 12)]
     pub(crate) budget: usize,
     /// Print one JSON object per model (implicit_bench.py's keys) instead of a table.

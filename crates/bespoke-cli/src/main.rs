@@ -84,8 +84,9 @@ enum Command {
     },
     /// Create, list and revoke API keys.
     Keys(keys::KeysArgs),
-    /// Search model types and hyperparameters on a time-cut of the training data, then report
-    /// the best on the test data (random search, --budget configurations).
+    /// Search model types, hyperparameters and recency on a time-cut of the training data
+    /// (random search with successive halving, --budget configurations, blends of the best
+    /// types), then report the choice on the test data.
     Tune(eval::EvalArgs),
     /// Off-policy evaluation of a decision loop's logs (IPS, SNIPS, DR; candidates; feature
     /// importance), or the Open Bandit Dataset experiment with --obd.
