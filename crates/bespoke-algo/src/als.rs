@@ -420,6 +420,17 @@ impl UserSolver {
     /// `(item, summed weight)`; items outside the factor matrix and zero weights are ignored.
     /// `None` only if the system is numerically singular (it cannot be with `λ > 0`).
     pub fn solve(&self, history: &[(u32, f32)]) -> Option<UserVector> {
+        self.solve_with(history, &[])
+    }
+
+    /// [`Self::solve`] with `extra` interactions on items outside the factor matrix, given by
+    /// their factors (items placed by their content): they shape the vector like any history
+    /// item but are not part of its explanations.
+    pub fn solve_with(
+        &self,
+        history: &[(u32, f32)],
+        extra: &[(Vec<f32>, f32)],
+    ) -> Option<UserVector> {
         let d = self.items.dim();
         let mut a = self.gram_reg.clone();
         let mut b = vec![0f64; d];
@@ -442,6 +453,22 @@ impl UserSolver {
                 }
             }
             kept.push((i, c, p));
+        }
+        for (y, w) in extra {
+            if *w == 0.0 || !w.is_finite() || y.len() != d {
+                continue;
+            }
+            let c = 1.0 + self.alpha * w.abs();
+            simd::dispatch(RankOne {
+                a: &mut a,
+                y,
+                scale: c - 1.0,
+            });
+            if *w > 0.0 {
+                for (bk, &yk) in b.iter_mut().zip(y) {
+                    *bk += c as f64 * yk as f64;
+                }
+            }
         }
         let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
         let chol = Cholesky::new(&a64, d)?;
@@ -644,6 +671,26 @@ mod tests {
         assert_eq!(a, b);
         let c = Als::fit(&m, AlsParams { seed: 8, ..p }, |_| {});
         assert_ne!(a, c);
+    }
+
+    /// An item passed by its factors counts exactly as the same item in the history, but is
+    /// left out of the explanations.
+    #[test]
+    fn extra_items_by_factors_count_like_history_items() {
+        let m = clustered(60, 20, 4);
+        let model = Als::fit(&m, params(), |_| {});
+        let solver = model.user_solver();
+        let full = solver.solve(&[(1, 2.0), (3, 1.0), (5, 3.0)]).unwrap();
+        let y5 = model.item_factors().row(5).to_vec();
+        let split = solver
+            .solve_with(&[(1, 2.0), (3, 1.0)], &[(y5, 3.0)])
+            .unwrap();
+        for (a, b) in full.x.iter().zip(&split.x) {
+            assert!((a - b).abs() < 1e-4, "{:?} vs {:?}", full.x, split.x);
+        }
+        let parts = solver.explain(&split, 7);
+        assert!(parts.iter().all(|p| p.0 != 5));
+        assert!(solver.solve_with(&[], &[]).is_some());
     }
 
     /// CG with many steps converges to the exact solution the fold-in computes.

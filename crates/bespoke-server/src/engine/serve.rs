@@ -479,8 +479,14 @@ impl Engine {
                         .filter_map(|&(i, w)| m.model_item(i).map(|mi| (mi, w)))
                         .collect();
                     history.sort_unstable_by_key(|h| h.0);
+                    // New items of the session (no model rows) count through their content.
+                    let extra: Vec<(Vec<f32>, f32)> = store_history
+                        .iter()
+                        .filter(|(i, _)| m.model_item(*i).is_none())
+                        .filter_map(|&(i, w)| Some((m.content.as_ref()?.cold_factors(i)?, w)))
+                        .collect();
                     items_out = match choice {
-                        ModelChoice::Als => match m.als.session_vector(&history) {
+                        ModelChoice::Als => match m.als.session_vector(&history, &extra) {
                             Some(v) => {
                                 let top = m.als.top_k(&v.x, q.n, |i| {
                                     m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
@@ -494,7 +500,12 @@ impl Engine {
                                             Self::contribution_reasons(&s, m, parts, "als", |k| {
                                                 format!("because of {k} in this session")
                                             });
-                                        if reasons.is_empty() {
+                                        if reasons.is_empty() && !extra.is_empty() {
+                                            reasons.push(Reason::new(
+                                                "content",
+                                                "matches the new items of this session (placed by their content)",
+                                            ));
+                                        } else if reasons.is_empty() {
                                             reasons.push(Reason::new(
                                                 "als",
                                                 "matches the taste this session shows (latent factors)",

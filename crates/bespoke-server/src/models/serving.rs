@@ -111,13 +111,18 @@ impl AlsServing {
         Some(v)
     }
 
-    /// The exact vector of an anonymous history (a session), not cached. `None` when the
-    /// history holds nothing the model knows.
-    pub fn session_vector(&self, history: &[(u32, f32)]) -> Option<UserVector> {
-        if history.is_empty() {
+    /// The exact vector of an anonymous history (a session), not cached; `extra` are session
+    /// items the model has no rows for, by their content-predicted factors. `None` when the
+    /// history holds nothing the model can use.
+    pub fn session_vector(
+        &self,
+        history: &[(u32, f32)],
+        extra: &[(Vec<f32>, f32)],
+    ) -> Option<UserVector> {
+        if history.is_empty() && extra.is_empty() {
             return None;
         }
-        self.solver.solve(history)
+        self.solver.solve_with(history, extra)
     }
 
     /// Drops a user's cached vector (erasure).

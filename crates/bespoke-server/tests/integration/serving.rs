@@ -591,6 +591,19 @@ async fn content_model_serves_new_items_and_new_users() {
         assert!(r["item"].as_str().unwrap().starts_with('a'), "{similar}");
         assert_eq!(r["reasons"][0]["kind"], "content", "{similar}");
     }
+    // A session of new items only: folded in through their content.
+    let (s, session) = srv
+        .post(
+            "/v1/recommendations",
+            json!({"items": ["a-new", "a-emb"], "n": 3, "model": "als"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{session}");
+    assert_eq!(session["model"], "als", "{session}");
+    for r in session["items"].as_array().unwrap() {
+        assert!(r["item"].as_str().unwrap().starts_with('a'), "{session}");
+        assert_eq!(r["reasons"][0]["kind"], "content", "{session}");
+    }
     // Deleted, it is gone from the answers.
     srv.delete("/v1/items/a-new").await;
     let (_, body) = srv.get("/v1/users/u0/recommendations?n=20&model=als").await;
