@@ -81,10 +81,12 @@ pub struct ContentVocab {
 impl ContentVocab {
     /// Fits a vocabulary on `bags`. Embeddings are kept by name with the dimension they first
     /// appear with; vectors of another dimension are ignored when encoding.
-    pub fn fit(bags: &[Bag], params: VocabParams) -> Self {
+    pub fn fit<'a>(bags: impl IntoIterator<Item = &'a Bag>, params: VocabParams) -> Self {
         let mut df: FxHashMap<&str, u32> = FxHashMap::default();
         let mut dense: Vec<(String, u32)> = Vec::new();
+        let mut count = 0usize;
         for bag in bags {
+            count += 1;
             let mut names: Vec<&str> = bag.sparse.iter().map(|(n, _)| n.as_str()).collect();
             names.sort_unstable();
             names.dedup();
@@ -106,7 +108,7 @@ impl ContentVocab {
         kept.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         kept.truncate(params.max_features);
         kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let n = bags.len().max(1) as f32;
+        let n = count.max(1) as f32;
         let idf = kept
             .iter()
             .map(|&(_, c)| (1.0 + n / c as f32).ln())

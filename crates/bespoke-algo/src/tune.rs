@@ -573,6 +573,32 @@ impl Blend {
     }
 }
 
+/// The best blend of two of `members` (every pair tried) on the validation data `valid`:
+/// `(i, j, blend, NDCG@10)`, the first of equals kept. `matrix` gives the training matrix under
+/// a recency weighting, `fit` trains a configuration on it, `on_pair` hears of each pair as it
+/// starts. `None` with fewer than two members.
+pub fn best_blend<M: std::ops::Deref<Target = Csr>>(
+    members: &[(&Config, Recency)],
+    matrix: impl Fn(Recency) -> M,
+    fit: impl Fn(&Config, &Csr) -> Result<Fitted, String>,
+    valid: &[(u32, Vec<u32>)],
+    mut on_pair: impl FnMut(&Config, &Config),
+) -> Result<Option<(usize, usize, Blend, f64)>, String> {
+    let mut best: Option<(usize, usize, Blend, f64)> = None;
+    for (i, &(a, ra)) in members.iter().enumerate() {
+        for (j, &(b, rb)) in members.iter().enumerate().skip(i + 1) {
+            on_pair(a, b);
+            let (ma, mb) = (matrix(ra), matrix(rb));
+            let (fa, fb) = (fit(a, &ma)?, fit(b, &mb)?);
+            let (blend, ndcg) = Blend::fit((&fa, &ma), (&fb, &mb), valid);
+            if best.as_ref().is_none_or(|x| ndcg > x.3) {
+                best = Some((i, j, blend, ndcg));
+            }
+        }
+    }
+    Ok(best)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,13 +15,14 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bespoke_algo::eval::{K_MAX, MetricSums};
-use bespoke_algo::{Als, AlsParams, Bag, ContentVocab, Csr, Ridge, Rng, TopK, VocabParams};
+use bespoke_algo::tune::Fitted;
+use bespoke_algo::{Bag, ContentVocab, Csr, Ridge, Rng, TopK, VocabParams};
 use bespoke_server::models::content::item_bag;
 use bespoke_server::wire::ItemJson;
 use clap::ValueEnum;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::eval::{EvalArgs, read_rows, round5};
+use crate::eval::{EvalArgs, config, dense_ids, metrics_json, read_rows};
 
 /// Formats of the item content file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,14 +133,6 @@ fn shuffle(v: &mut [u32], rng: &mut Rng) {
     }
 }
 
-fn metrics(sums: &MetricSums) -> Value {
-    sums.means()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), json!(round5(v))))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
 pub(crate) fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let frac = a.cold_items.unwrap_or(0.1);
     if !(frac > 0.0 && frac < 1.0) {
@@ -151,41 +144,17 @@ pub(crate) fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let rows = read_rows(data)?;
     let content = read_items(items_path, a.items_format)?;
-    let mut all_items: Vec<i64> = rows.iter().map(|r| r.item).collect();
-    all_items.sort_unstable();
-    all_items.dedup();
+    let (all_items, _) = dense_ids(rows.iter().map(|r| r.item));
     let mut order: Vec<u32> = (0..all_items.len() as u32).collect();
     shuffle(&mut order, &mut Rng::seed_from_u64(a.seed ^ 0x636f_6c64));
     let n_cold = ((all_items.len() as f64 * frac).round() as usize).clamp(1, all_items.len() - 1);
-    let mut cold_ids: Vec<i64> = order[..n_cold]
-        .iter()
-        .map(|&k| all_items[k as usize])
-        .collect();
-    cold_ids.sort_unstable();
-    let cold_index: HashMap<i64, u32> = cold_ids
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| (i, k as u32))
-        .collect();
+
+    let (cold_ids, cold_index) = dense_ids(order[..n_cold].iter().map(|&k| all_items[k as usize]));
     let (train, test): (Vec<_>, Vec<_>) = rows
         .into_iter()
         .partition(|r| !cold_index.contains_key(&r.item));
-    let mut users: Vec<i64> = train.iter().map(|r| r.user).collect();
-    users.sort_unstable();
-    users.dedup();
-    let mut warm_ids: Vec<i64> = train.iter().map(|r| r.item).collect();
-    warm_ids.sort_unstable();
-    warm_ids.dedup();
-    let uidx: HashMap<i64, u32> = users
-        .iter()
-        .enumerate()
-        .map(|(k, &u)| (u, k as u32))
-        .collect();
-    let widx: HashMap<i64, u32> = warm_ids
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| (i, k as u32))
-        .collect();
+    let (users, uidx) = dense_ids(train.iter().map(|r| r.user));
+    let (warm_ids, widx) = dense_ids(train.iter().map(|r| r.item));
     let triples: Vec<(u32, u32, f32)> = train
         .iter()
         .map(|r| (uidx[&r.user], widx[&r.item], r.weight as f32))
@@ -213,19 +182,11 @@ pub(crate) fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let load_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let als = Als::fit(
-        &weights,
-        AlsParams {
-            factors: a.factors,
-            iterations: a.iterations,
-            regularization: a.regularization,
-            alpha: a.alpha,
-            cg_steps: a.cg_steps,
-            seed: a.seed,
-            compute_loss: false,
-        },
-        |_| {},
-    );
+    let Fitted::Als(als, _) = Fitted::fit(&config("als", a)?, &weights, a.seed, a.ease_max_items)
+        .map_err(|e| anyhow::anyhow!(e))?
+    else {
+        unreachable!("an iALS configuration fits iALS");
+    };
     let als_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -316,10 +277,10 @@ pub(crate) fn run(a: &EvalArgs) -> anyhow::Result<()> {
         "load_s": (load_s * 1e3).round() / 1e3,
         "fit_s": {"als": (als_s * 1e3).round() / 1e3, "content": (content_s * 1e3).round() / 1e3},
         "metrics": {
-            "hybrid": metrics(&hybrid),
-            "popular_from_content": metrics(&popular),
-            "random": metrics(&random),
-            "popular_true_counts": metrics(&oracle),
+            "hybrid": metrics_json(&hybrid),
+            "popular_from_content": metrics_json(&popular),
+            "random": metrics_json(&random),
+            "popular_true_counts": metrics_json(&oracle),
         },
     });
     if a.json {

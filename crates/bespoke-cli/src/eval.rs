@@ -348,23 +348,31 @@ impl Data {
     }
 }
 
+/// Dense ids as `np.unique` gives them: the sorted distinct values, and value → index.
+pub(crate) fn dense_ids(values: impl Iterator<Item = i64>) -> (Vec<i64>, HashMap<i64, u32>) {
+    let mut sorted: Vec<i64> = values.collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let index = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, i as u32))
+        .collect();
+    (sorted, index)
+}
+
+/// The anchors' metrics of `sums`, rounded to five decimals, as a JSON object.
+pub(crate) fn metrics_json(sums: &bespoke_algo::eval::MetricSums) -> Value {
+    sums.means()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), json!(round5(v))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn build(train: &[Row], test: &[Row]) -> Data {
-    let mut users: Vec<i64> = train.iter().map(|r| r.user).collect();
-    users.sort_unstable();
-    users.dedup();
-    let mut items: Vec<i64> = train.iter().map(|r| r.item).collect();
-    items.sort_unstable();
-    items.dedup();
-    let uidx: HashMap<i64, u32> = users
-        .iter()
-        .enumerate()
-        .map(|(i, &u)| (u, i as u32))
-        .collect();
-    let iidx: HashMap<i64, u32> = items
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (x, i as u32))
-        .collect();
+    let (users, uidx) = dense_ids(train.iter().map(|r| r.user));
+    let (items, iidx) = dense_ids(train.iter().map(|r| r.item));
     let triples: Vec<(u32, u32, f32)> = train
         .iter()
         .map(|r| (uidx[&r.user], iidx[&r.item], r.weight as f32))
@@ -492,7 +500,7 @@ impl Trained {
 }
 
 /// The configuration `eval` trains for model type `name` from the command line.
-fn config(name: &str, a: &EvalArgs) -> anyhow::Result<Config> {
+pub(crate) fn config(name: &str, a: &EvalArgs) -> anyhow::Result<Config> {
     Ok(match name {
         "als" => Config::Als {
             factors: a.factors,
@@ -569,11 +577,7 @@ fn evaluate(
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     let mean = lat.iter().sum::<f64>() / lat.len() as f64;
 
-    let metrics: serde_json::Map<String, Value> = sums
-        .means()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), json!(round5(v))))
-        .collect();
+    let metrics = metrics_json(&sums);
     let mut out = json!({
         "library": "bespoke",
         "bespoke_version": env!("CARGO_PKG_VERSION"),
@@ -797,41 +801,27 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     // Every pair of the three best model types; the best pair on validation is kept when it
     // beats the best single model.
     let top: Vec<&tune::Trial> = by_kind.iter().copied().take(3).collect();
-    let mut best_blend: Option<(f64, Value, Choice)> = None;
-    for (i, first) in top.iter().enumerate() {
-        for second in &top[i + 1..] {
-            bar.set_message(format!(
-                "blending {} and {}",
-                first.config.kind(),
-                second.config.kind()
-            ));
-            let (mx, my) = (
-                valid.matrix(recency_of(first)),
-                valid.matrix(recency_of(second)),
-            );
-            let fit = |c: &Config, m: &Csr| {
-                Fitted::fit(c, m, args.seed, args.ease_max_items).map_err(|e| anyhow::anyhow!(e))
-            };
-            let (x, y) = (fit(&first.config, &mx)?, fit(&second.config, &my)?);
-            let (blend, ndcg) = Blend::fit((&x, &mx), (&y, &my), &valid.eval);
-            let report = json!({"models": [first.config.kind(), second.config.kind()],
-                "weight": (blend.weight as f64 * 100.0).round() / 100.0, "validation_ndcg@10": ndcg});
-            if best_blend.as_ref().is_none_or(|b| ndcg > b.0) {
-                let c = Choice::Blend(
-                    (first.config.clone(), recency_of(first)),
-                    (second.config.clone(), recency_of(second)),
-                    blend,
-                );
-                best_blend = Some((ndcg, report, c));
-            }
-        }
-    }
-    if let Some((ndcg, mut report, c)) = best_blend {
+    let members: Vec<(&Config, Recency)> = top.iter().map(|t| (&t.config, recency_of(t))).collect();
+    let blended = tune::best_blend(
+        &members,
+        |r| valid.matrix(r),
+        |c, m| Fitted::fit(c, m, args.seed, args.ease_max_items),
+        &valid.eval,
+        |x, y| bar.set_message(format!("blending {} and {}", x.kind(), y.kind())),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some((i, j, blend, ndcg)) = blended {
+        let (first, second) = (top[i], top[j]);
         let used = ndcg > best.ndcg;
-        report["used"] = json!(used);
-        blend_report = report;
+        blend_report = json!({"models": [first.config.kind(), second.config.kind()],
+            "weight": (blend.weight as f64 * 100.0).round() / 100.0, "validation_ndcg@10": ndcg,
+            "used": used});
         if used {
-            choice = c;
+            choice = Choice::Blend(
+                (first.config.clone(), recency_of(first)),
+                (second.config.clone(), recency_of(second)),
+                blend,
+            );
         }
     }
     bar.finish_and_clear();

@@ -56,26 +56,39 @@ pub(crate) async fn train(
     params: Params,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     params.allow(&["wait"])?;
-    let wait = params.bool("wait", false)?;
+    run(state, caller, params.bool("wait", false)?, None).await
+}
+
+/// Trains (with `budget`: tunes first) on behalf of `caller`: with `wait`, answers with the
+/// outcome; otherwise 202 at once and the run goes on in the background.
+async fn run(
+    state: AppState,
+    caller: Caller,
+    wait: bool,
+    budget: Option<usize>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let engine = state.engine.clone();
+    let job = move |engine: &crate::Engine| match budget {
+        Some(b) => engine.tune_by(&caller.prefix, b, |_| {}),
+        None => engine.train_by(&caller.prefix, |_| {}),
+    };
     if wait {
-        let outcome = blocking(move || {
-            engine
-                .train_by(&caller.prefix, |_| {})
-                .map_err(ApiError::from)
-        })
-        .await?;
+        let outcome = blocking(move || job(&engine).map_err(ApiError::from)).await?;
         return Ok((StatusCode::OK, Json(json!(outcome))));
     }
     if engine.training_status().running {
         return Err(TrainError::Busy.into());
     }
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = engine.train_by(&caller.prefix, |_| {}) {
-            tracing::warn!(target: "train::lifecycle", error = %e, "training requested over the API failed");
+        if let Err(e) = job(&engine) {
+            tracing::warn!(target: "train::lifecycle", error = %e, tune = budget.is_some(), "training requested over the API failed");
         }
     });
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "started" }))))
+    let mut started = json!({ "status": "started" });
+    if let Some(b) = budget {
+        started["budget"] = json!(b);
+    }
+    Ok((StatusCode::ACCEPTED, Json(started)))
 }
 
 pub(crate) async fn activate(
@@ -118,26 +131,5 @@ pub(crate) async fn tune(
     let wait = params.bool("wait", false)?;
     let default = state.engine.settings().training.tune_budget;
     let budget = params.int("budget", default, 1, 1000)?;
-    let engine = state.engine.clone();
-    if wait {
-        let outcome = blocking(move || {
-            engine
-                .tune_by(&caller.prefix, budget, |_| {})
-                .map_err(ApiError::from)
-        })
-        .await?;
-        return Ok((StatusCode::OK, Json(json!(outcome))));
-    }
-    if engine.training_status().running {
-        return Err(TrainError::Busy.into());
-    }
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = engine.tune_by(&caller.prefix, budget, |_| {}) {
-            tracing::warn!(target: "train::lifecycle", error = %e, "tuning requested over the API failed");
-        }
-    });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "status": "started", "budget": budget })),
-    ))
+    run(state, caller, wait, Some(budget)).await
 }

@@ -32,6 +32,11 @@ struct Filter<'a> {
 }
 
 impl Filter<'_> {
+    /// [`Self::keep`] for a row of model `m`: false for rows whose item no longer exists.
+    fn keep_model(&self, m: &ServingModel, i: u32) -> bool {
+        m.store_item(i).is_some_and(|st| self.keep(ItemIdx(st)))
+    }
+
     fn keep(&self, item: ItemIdx) -> bool {
         self.s.servable(item)
             && !self.excluded.contains(&item.0)
@@ -245,6 +250,60 @@ impl Engine {
             })
             .take(EXPLAIN_TOP)
             .collect()
+    }
+
+    /// Model results as recommendations, each explained by `explain` (history items and their
+    /// contributions, named by `message`) or, when none contributed, by `fallback`.
+    fn explained(
+        s: &State,
+        m: &ServingModel,
+        top: Vec<Scored>,
+        kind: &'static str,
+        message: impl Fn(&str) -> String,
+        fallback: Option<Reason>,
+        mut explain: impl FnMut(u32) -> Vec<(u32, f32)>,
+    ) -> Vec<Recommendation> {
+        top.into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let mut reasons = Self::contribution_reasons(s, m, explain(idx), kind, &message);
+                if reasons.is_empty()
+                    && let Some(f) = &fallback
+                {
+                    reasons.push(f.clone());
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                })
+            })
+            .collect()
+    }
+
+    /// Reasons from content features and their shares (`category:…`, `attr:…`), or `fallback`
+    /// when none raised the score.
+    fn feature_reasons(
+        features: Vec<(String, f32)>,
+        kind: &'static str,
+        message: impl Fn(&str) -> String,
+        fallback: &str,
+    ) -> Vec<Reason> {
+        let mut reasons: Vec<Reason> = features
+            .into_iter()
+            .map(|(feature, w)| {
+                let message = message(&feature);
+                Reason {
+                    weight: Some(w),
+                    feature: Some(feature),
+                    ..Reason::new(kind, message)
+                }
+            })
+            .collect();
+        if reasons.is_empty() {
+            reasons.push(Reason::new(kind, fallback));
+        }
+        reasons
     }
 
     /// What serving derived from a user, for their data export: per-item history, consent as
@@ -488,36 +547,28 @@ impl Engine {
                     items_out = match choice {
                         ModelChoice::Als => match m.als.session_vector(&history, &extra) {
                             Some(v) => {
-                                let top = m.als.top_k(&v.x, q.n, |i| {
-                                    m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
-                                });
-                                let warm = top
-                                    .into_iter()
-                                    .filter_map(|Scored { idx, score }| {
-                                        let item = ItemIdx(m.store_item(idx)?);
-                                        let parts = m.als.explain(&v, idx);
-                                        let mut reasons =
-                                            Self::contribution_reasons(&s, m, parts, "als", |k| {
-                                                format!("because of {k} in this session")
-                                            });
-                                        if reasons.is_empty() && !extra.is_empty() {
-                                            reasons.push(Reason::new(
-                                                "content",
-                                                "matches the new items of this session (placed by their content)",
-                                            ));
-                                        } else if reasons.is_empty() {
-                                            reasons.push(Reason::new(
-                                                "als",
-                                                "matches the taste this session shows (latent factors)",
-                                            ));
-                                        }
-                                        Some(Recommendation {
-                                            item: s.item_key(item),
-                                            score,
-                                            reasons,
-                                        })
-                                    })
-                                    .collect();
+                                let top = m.als.top_k(&v.x, q.n, |i| filter.keep_model(m, i));
+                                // A session of new items only has no history item to name.
+                                let fallback = if extra.is_empty() {
+                                    Reason::new(
+                                        "als",
+                                        "matches the taste this session shows (latent factors)",
+                                    )
+                                } else {
+                                    Reason::new(
+                                        "content",
+                                        "matches the new items of this session (placed by their content)",
+                                    )
+                                };
+                                let warm = Self::explained(
+                                    &s,
+                                    m,
+                                    top,
+                                    "als",
+                                    |k| format!("because of {k} in this session"),
+                                    Some(fallback),
+                                    |idx| m.als.explain(&v, idx),
+                                );
                                 Self::with_cold_items(
                                     &s,
                                     m,
@@ -576,30 +627,19 @@ impl Engine {
         else {
             return Vec::new();
         };
-        let top = m.als.top_k(&vector.x, n, |i| {
-            m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
-        });
-        let warm = top
-            .into_iter()
-            .filter_map(|Scored { idx, score }| {
-                let item = ItemIdx(m.store_item(idx)?);
-                let parts = m.als.explain(&vector, idx);
-                let mut reasons = Self::contribution_reasons(s, m, parts, "als", |k| {
-                    format!("because you interacted with {k}")
-                });
-                if reasons.is_empty() {
-                    reasons.push(Reason::new(
-                        "als",
-                        "matches the taste your history shows (latent factors)",
-                    ));
-                }
-                Some(Recommendation {
-                    item: s.item_key(item),
-                    score,
-                    reasons,
-                })
-            })
-            .collect();
+        let top = m.als.top_k(&vector.x, n, |i| filter.keep_model(m, i));
+        let warm = Self::explained(
+            s,
+            m,
+            top,
+            "als",
+            |k| format!("because you interacted with {k}"),
+            Some(Reason::new(
+                "als",
+                "matches the taste your history shows (latent factors)",
+            )),
+            |idx| m.als.explain(&vector, idx),
+        );
         Self::with_cold_items(s, m, &vector.x, warm, n, filter, "your")
     }
 
@@ -618,31 +658,24 @@ impl Engine {
         let Some(content) = &m.content else {
             return out;
         };
+        let cold = content.score_cold(x, |st| filter.keep(ItemIdx(st)));
+        // Most requests find no new item: the model's results stand as they are.
+        if cold.is_empty() {
+            return out;
+        }
         let mut top = bespoke_algo::TopK::new(n);
-        for (item, score) in content.score_cold(x, |st| filter.keep(ItemIdx(st))) {
+        for (item, score) in cold {
             top.push(item, score);
         }
         for Scored { idx, score } in top.into_sorted() {
-            let mut reasons: Vec<Reason> = content
-                .explain_cold(idx, x, EXPLAIN_TOP)
-                .into_iter()
-                .map(|(feature, w)| Reason {
-                    weight: Some(w),
-                    feature: Some(feature.clone()),
-                    ..Reason::new(
-                        "content",
-                        format!(
-                            "new item, no interactions yet: its {feature} matches {whose} taste"
-                        ),
-                    )
-                })
-                .collect();
-            if reasons.is_empty() {
-                reasons.push(Reason::new(
-                    "content",
-                    "new item, no interactions yet: placed by its content",
-                ));
-            }
+            let reasons = Self::feature_reasons(
+                content.explain_cold(idx, x, EXPLAIN_TOP),
+                "content",
+                |feature| {
+                    format!("new item, no interactions yet: its {feature} matches {whose} taste")
+                },
+                "new item, no interactions yet: placed by its content",
+            );
             out.push(Recommendation {
                 item: s.item_key(ItemIdx(idx)),
                 score,
@@ -672,31 +705,17 @@ impl Engine {
         if x.len() <= 1 {
             return Vec::new();
         }
-        let top = m.als.top_k(&v, n, |i| {
-            m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
-        });
+        let top = m.als.top_k(&v, n, |i| filter.keep_model(m, i));
         let warm = top
             .into_iter()
             .filter_map(|Scored { idx, score }| {
                 let item = ItemIdx(m.store_item(idx)?);
-                let mut reasons: Vec<Reason> = side
-                    .top_features(&x, m.als.item_vector(idx), EXPLAIN_TOP)
-                    .into_iter()
-                    .map(|(feature, w)| Reason {
-                        weight: Some(w),
-                        feature: Some(feature.clone()),
-                        ..Reason::new(
-                            "profile",
-                            format!("popular with users whose profile has {feature}"),
-                        )
-                    })
-                    .collect();
-                if reasons.is_empty() {
-                    reasons.push(Reason::new(
-                        "profile",
-                        "matches users with a similar profile",
-                    ));
-                }
+                let reasons = Self::feature_reasons(
+                    side.top_features(&x, m.als.item_vector(idx), EXPLAIN_TOP),
+                    "profile",
+                    |feature| format!("popular with users whose profile has {feature}"),
+                    "matches users with a similar profile",
+                );
                 Some(Recommendation {
                     item: s.item_key(item),
                     score,
@@ -728,27 +747,19 @@ impl Engine {
         let top = ease.recommend(
             &positive,
             n,
-            |i| m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st))),
+            |i| filter.keep_model(m, i),
             &mut scores,
             &mut top,
         );
-        top.into_iter()
-            .filter_map(|Scored { idx, score }| {
-                let item = ItemIdx(m.store_item(idx)?);
-                let parts = ease.explain(&positive, idx);
-                let mut reasons = Self::contribution_reasons(s, m, parts, "ease", |k| {
-                    format!("because {verb} {k}")
-                });
-                if reasons.is_empty() {
-                    reasons.push(Reason::new("ease", "co-occurs with your history (EASE)"));
-                }
-                Some(Recommendation {
-                    item: s.item_key(item),
-                    score,
-                    reasons,
-                })
-            })
-            .collect()
+        Self::explained(
+            s,
+            m,
+            top,
+            "ease",
+            |k| format!("because {verb} {k}"),
+            Some(Reason::new("ease", "co-occurs with your history (EASE)")),
+            |idx| ease.explain(&positive, idx),
+        )
     }
 
     /// BPR: the history folded in by BPR's own user step; the reasons are the history items
@@ -771,25 +782,17 @@ impl Engine {
             &positive,
             self.settings.serving.bpr_fold_in_epochs,
             n,
-            |i| m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st))),
+            |i| filter.keep_model(m, i),
         );
-        top.into_iter()
-            .filter_map(|Scored { idx, score }| {
-                let item = ItemIdx(m.store_item(idx)?);
-                let parts = bpr.explain(&positive, idx);
-                let mut reasons = Self::contribution_reasons(s, m, parts, "bpr", |k| {
-                    format!("close in BPR's factors to {k}, which {verb}")
-                });
-                if reasons.is_empty() {
-                    reasons.push(Reason::new("bpr", "ranked high for this history by BPR"));
-                }
-                Some(Recommendation {
-                    item: s.item_key(item),
-                    score,
-                    reasons,
-                })
-            })
-            .collect()
+        Self::explained(
+            s,
+            m,
+            top,
+            "bpr",
+            |k| format!("close in BPR's factors to {k}, which {verb}"),
+            Some(Reason::new("bpr", "ranked high for this history by BPR")),
+            |idx| bpr.explain(&positive, idx),
+        )
     }
 
     fn recommend_knn(
@@ -801,23 +804,16 @@ impl Engine {
         filter: &Filter<'_>,
     ) -> Vec<Recommendation> {
         let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
-        let top = m.knn.recommend(&positive, n, |i| {
-            m.store_item(i).is_some_and(|st| filter.keep(ItemIdx(st)))
-        });
-        top.into_iter()
-            .filter_map(|Scored { idx, score }| {
-                let item = ItemIdx(m.store_item(idx)?);
-                let parts = m.knn.explain(&positive, idx);
-                let reasons = Self::contribution_reasons(s, m, parts, "knn", |k| {
-                    format!("similar to {k}, which you interacted with")
-                });
-                Some(Recommendation {
-                    item: s.item_key(item),
-                    score,
-                    reasons,
-                })
-            })
-            .collect()
+        let top = m.knn.recommend(&positive, n, |i| filter.keep_model(m, i));
+        Self::explained(
+            s,
+            m,
+            top,
+            "knn",
+            |k| format!("similar to {k}, which you interacted with"),
+            None,
+            |idx| m.knn.explain(&positive, idx),
+        )
     }
 
     /// Fills `items` up to `n` with popular items `filter` accepts, scored below every model

@@ -38,9 +38,8 @@ impl Side {
         lambda: f64,
         max_features: usize,
     ) -> Option<Self> {
-        let owned: Vec<Bag> = all.iter().map(|b| (*b).clone()).collect();
         let vocab = ContentVocab::fit(
-            &owned,
+            all.iter().copied(),
             VocabParams {
                 max_features,
                 ..VocabParams::default()

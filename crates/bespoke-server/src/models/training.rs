@@ -224,15 +224,10 @@ impl Snapshot {
         self.matrix_of(&self.pairs, Recency::OFF, false)
     }
 
-    /// The split used for offline metrics: each user with at least five positive pairs holds
-    /// out the latest 20 % of them (by last event time, ties by item), as long as their items
-    /// remain in training; returns the training matrix and `(user, sorted test items)`.
-    pub fn split(&self) -> (Csr, Vec<(u32, Vec<u32>)>) {
-        let (train, test) = self.split_pairs();
-        (self.matrix_of(&train, Recency::OFF, false), test)
-    }
-
-    /// [`Self::split`], with the training pairs (sorted by user and item) instead of a matrix.
+    /// The split used for offline metrics and tuning: each user with at least five positive
+    /// pairs holds out the latest 20 % of them (by last event time, ties by item), as long as
+    /// their items remain in training; returns the training pairs (sorted by user and item)
+    /// and `(user, sorted test items)`.
     pub fn split_pairs(&self) -> (Vec<Pair>, Vec<(u32, Vec<u32>)>) {
         let mut train = Vec::with_capacity(self.pairs.len());
         let mut test: Vec<(u32, Vec<u32>)> = Vec::new();

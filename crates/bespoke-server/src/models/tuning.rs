@@ -9,7 +9,7 @@
 //! survives restarts and is used until the next tuning. `model=auto` (the default
 //! `serving.default_model`) serves what tuning chose.
 
-use bespoke_algo::tune::{self, Blend, Config, Fitted, SearchParams};
+use bespoke_algo::tune::{self, Config, Fitted, SearchParams};
 use bespoke_algo::{Csr, Recency};
 use serde::{Deserialize, Serialize};
 
@@ -154,24 +154,29 @@ pub fn tune(
     let mut serve = Serve::Single(served_kind(&best.config).unwrap_or("als").to_owned());
     let mut validation_ndcg = best.ndcg;
     // Blends of the best served types, pair by pair; kept when one beats the best single model.
-    for i in 0..models.len() {
-        for j in i + 1..models.len() {
-            let (a, b) = (&models[i], &models[j]);
+    let members: Vec<(&Config, Recency)> =
+        models.iter().map(|m| (&m.1.config, m.1.recency)).collect();
+    let blended = tune::best_blend(
+        &members,
+        |r| std::borrow::Cow::<Csr>::Owned(matrix(r)),
+        fit,
+        &valid,
+        |a, b| {
             progress(Progress::Stage(&format!(
                 "tuning: blending {} and {}",
-                a.0, b.0
-            )));
-            let (ma, mb) = (matrix(a.1.recency), matrix(b.1.recency));
-            let (fa, fb) = (fit(&a.1.config, &ma)?, fit(&b.1.config, &mb)?);
-            let (blend, ndcg) = Blend::fit((&fa, &ma), (&fb, &mb), &valid);
-            if ndcg > validation_ndcg {
-                validation_ndcg = ndcg;
-                serve = Serve::Blend {
-                    models: [a.0.clone(), b.0.clone()],
-                    weight: blend.weight,
-                };
-            }
-        }
+                a.kind(),
+                b.kind()
+            )))
+        },
+    )?;
+    if let Some((i, j, blend, ndcg)) = blended
+        && ndcg > validation_ndcg
+    {
+        validation_ndcg = ndcg;
+        serve = Serve::Blend {
+            models: [models[i].0.clone(), models[j].0.clone()],
+            weight: blend.weight,
+        };
     }
     let trials = trials
         .iter()
