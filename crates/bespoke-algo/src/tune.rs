@@ -75,6 +75,15 @@ fn three() -> usize {
     3
 }
 
+/// The value of `xs` whose equal share of `[0, 1)` holds `x`.
+fn one_of<T: Copy>(x: f64, xs: &[T]) -> T {
+    xs[((x * xs.len() as f64) as usize).min(xs.len() - 1)]
+}
+
+/// Dimensions of the unit cube [`Config::from_unit`] reads (the model's hyperparameters), before
+/// the two of [`recency_from_unit`].
+pub const CONFIG_DIMS: usize = 3;
+
 /// Model type names [`Config::sample`] knows.
 pub const KINDS: &[&str] = &["als", "ease", "cosine", "bm25", "rp3", "bpr", "popular"];
 
@@ -95,35 +104,44 @@ impl Config {
     /// A random configuration of model type `kind` (one of [`KINDS`]); `None` for an unknown
     /// type. `iterations` is the full iteration budget of the iterative models.
     pub fn sample(kind: &str, iterations: usize, rng: &mut Rng) -> Option<Self> {
-        let log_uniform =
-            |rng: &mut Rng, lo: f64, hi: f64| (lo.ln() + rng.f64() * (hi / lo).ln()).exp();
-        let pick = |rng: &mut Rng, xs: &[usize]| xs[rng.below(xs.len() as u64) as usize];
+        Self::from_unit(kind, iterations, &mut |_| rng.f64())
+    }
+
+    /// The configuration of type `kind` at a point of the unit cube: `u(d)` in `[0, 1)` is its
+    /// coordinate on dimension `d` (at most [`CONFIG_DIMS`]), mapped to the search space of
+    /// each hyperparameter (log-uniform ranges, or one of a list of values).
+    pub fn from_unit(
+        kind: &str,
+        iterations: usize,
+        u: &mut dyn FnMut(usize) -> f64,
+    ) -> Option<Self> {
+        let log_uniform = |x: f64, lo: f64, hi: f64| (lo.ln() + x * (hi / lo).ln()).exp();
         Some(match kind {
             "als" => Config::Als {
-                factors: pick(rng, &[32, 64, 128]),
-                regularization: log_uniform(rng, 0.01, 100.0) as f32,
-                alpha: [0.5f32, 1.0, 2.0, 5.0, 10.0][rng.below(5) as usize],
+                factors: one_of(u(0), &[32, 64, 128]),
+                regularization: log_uniform(u(1), 0.01, 100.0) as f32,
+                alpha: one_of(u(2), &[0.5f32, 1.0, 2.0, 5.0, 10.0]),
                 iterations,
                 cg_steps: 3,
             },
             "ease" => Config::Ease {
-                lambda: log_uniform(rng, 10.0, 3000.0),
+                lambda: log_uniform(u(0), 10.0, 3000.0),
             },
             "cosine" | "knn" => Config::Cosine {
-                k: pick(rng, &[25, 50, 100, 200, 400]),
+                k: one_of(u(0), &[25, 50, 100, 200, 400]),
             },
             "bm25" => Config::Bm25 {
-                k: pick(rng, &[25, 50, 100, 200, 400]),
+                k: one_of(u(0), &[25, 50, 100, 200, 400]),
             },
             "rp3" => Config::Rp3 {
-                k: pick(rng, &[25, 50, 100, 200, 400]),
-                alpha: (0.3 + rng.f64() * 1.2) as f32,
-                beta: (rng.f64() * 0.8) as f32,
+                k: one_of(u(0), &[25, 50, 100, 200, 400]),
+                alpha: (0.3 + u(1) * 1.2) as f32,
+                beta: (u(2) * 0.8) as f32,
             },
             "bpr" => Config::Bpr {
-                factors: pick(rng, &[32, 64, 128]),
-                learning_rate: [0.01f32, 0.02, 0.05, 0.1][rng.below(4) as usize],
-                regularization: [0.001f32, 0.01, 0.05][rng.below(3) as usize],
+                factors: one_of(u(0), &[32, 64, 128]),
+                learning_rate: one_of(u(1), &[0.01f32, 0.02, 0.05, 0.1]),
+                regularization: one_of(u(2), &[0.001f32, 0.01, 0.05]),
                 iterations: iterations.max(1) * 100 / 15,
             },
             "popular" | "pop" => Config::Popular,
@@ -360,17 +378,53 @@ pub struct SearchParams {
     pub seed: u64,
     /// Also search the recency weighting of the data (see [`Recency`]).
     pub recency: bool,
+    /// Share of the budget drawn near the best configurations found so far, after the rest
+    /// has been spread over the whole space (0: all spread).
+    pub local_share: f64,
 }
+
+/// The default [`SearchParams::local_share`].
+pub const LOCAL_SHARE: f64 = 0.5;
+
+/// Standard deviation of a local draw's step on each axis of the unit cube: a fifth of the
+/// axis, so a five-valued hyperparameter moves off its value about two times in three.
+const LOCAL_STEP: f64 = 0.2;
 
 /// A random recency weighting: off in one draw of six, else a half-life of 3 to 50 events.
 pub fn sample_recency(rng: &mut Rng) -> Recency {
-    let half_life = [0.0f32, 3.0, 5.0, 10.0, 20.0, 50.0][rng.below(6) as usize];
-    let floor = [0.1f32, 0.25, 0.5][rng.below(3) as usize];
+    recency_from_unit(rng.f64(), rng.f64())
+}
+
+/// The recency weighting at a point `(a, b)` of the unit square: the half-life (off, 3, 5, 10,
+/// 20 or 50 events) from `a`, the floor (0.1, 0.25 or 0.5) from `b`.
+pub fn recency_from_unit(a: f64, b: f64) -> Recency {
+    let half_life = one_of(a, &[0.0f32, 3.0, 5.0, 10.0, 20.0, 50.0]);
     if half_life == 0.0 {
         Recency::OFF
     } else {
-        Recency { half_life, floor }
+        Recency {
+            half_life,
+            floor: one_of(b, &[0.1f32, 0.25, 0.5]),
+        }
     }
+}
+
+/// `n` points of a Latin hypercube in `dims` dimensions: on every dimension, each of the `n`
+/// equal strata of `[0, 1)` holds exactly one point. With a few draws per model type this
+/// spreads them over every hyperparameter's range (each factor count, each decade of λ)
+/// where independent draws often bunch up (Bergstra and Bengio 2012, §5; McKay et al. 1979).
+pub fn latin_hypercube(n: usize, dims: usize, rng: &mut Rng) -> Vec<Vec<f64>> {
+    let mut points = vec![vec![0.0; dims]; n];
+    for d in 0..dims {
+        let mut strata: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            strata.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for (point, stratum) in points.iter_mut().zip(strata) {
+            point[d] = (stratum as f64 + rng.f64()) / n as f64;
+        }
+    }
+    points
 }
 
 impl Default for SearchParams {
@@ -383,16 +437,20 @@ impl Default for SearchParams {
             eta: 3,
             seed: 0,
             recency: false,
+            local_share: 0.0,
         }
     }
 }
 
 /// Random search with successive halving: `budget` configurations are sampled (model types
-/// in turn); iterative ones are first trained with a fraction of their iterations, and only
-/// the best `1/eta` of all candidates go on to the next, more expensive rung. Non-iterative
-/// models (EASE, kNN, popularity) are exact at any rung and trained once. `run` trains and
-/// scores one configuration (validation NDCG@10). Returns every trial; the best full-fidelity
-/// trial is the choice.
+/// in turn, see [`latin_hypercube`]); iterative ones are first trained with a fraction of their
+/// iterations, and only the best `1/eta` of each type go on to the next, more expensive rung.
+/// Non-iterative models (EASE, kNN, popularity) are exact at any rung and trained once. With a
+/// `local_share`, that share of the budget is drawn last, one at a time, each near the best
+/// configuration so far of a leading model type (those within 5 % of the best score take
+/// turns). `run` trains and
+/// scores one configuration (validation NDCG@10). Returns every trial; the best
+/// full-fidelity trial is the choice.
 pub fn search(
     params: &SearchParams,
     mut run: impl FnMut(&Config, Recency) -> Result<f64, String>,
@@ -401,67 +459,150 @@ pub fn search(
         return Err("the search needs a budget of at least 1 and one model type".into());
     }
     let mut rng = Rng::seed_from_u64(params.seed ^ 0x7475_6e65);
-    let mut candidates = Vec::with_capacity(params.budget);
-    for t in 0..params.budget {
-        let kind = &params.kinds[t % params.kinds.len()];
-        let config = Config::sample(kind, params.iterations, &mut rng)
+    let kinds = &params.kinds;
+    let local = ((params.budget as f64 * params.local_share.clamp(0.0, 1.0)) as usize)
+        .min(params.budget.saturating_sub(kinds.len()));
+    let spread = params.budget - local;
+    let dims = CONFIG_DIMS + 2;
+    let draw = |kind: &str, point: &[f64]| {
+        let u = &mut |d: usize| point[d];
+        let config = Config::from_unit(kind, params.iterations, u)
             .ok_or_else(|| format!("unknown model type {kind:?}: use one of {KINDS:?}"))?;
         let recency = if params.recency && config != Config::Popular {
-            sample_recency(&mut rng)
+            recency_from_unit(u(CONFIG_DIMS), u(CONFIG_DIMS + 1))
         } else {
             Recency::OFF
         };
-        candidates.push((config, recency));
-    }
-    let mut trials: Vec<Trial> = Vec::new();
-    // (candidate, latest score)
-    let mut alive: Vec<(usize, f64)> = (0..candidates.len()).map(|c| (c, f64::NAN)).collect();
+        Ok::<_, String>((config, recency))
+    };
     let last = params.rungs.len().saturating_sub(1);
-    for (rung, &fidelity) in params.rungs.iter().enumerate() {
-        for (c, score) in &mut alive {
-            let (config, recency) = &candidates[*c];
-            // Exact models keep the score of their one training.
-            if !score.is_nan() && !config.is_iterative() {
-                continue;
+    let first = |c: &Config| match params.rungs.first() {
+        Some(&f) if last > 0 => c.at_fidelity(f),
+        _ => c.clone(),
+    };
+    let mut trials: Vec<Trial> = Vec::new();
+    // (configuration, recency, its point of the unit cube, rung-0 score)
+    let mut candidates: Vec<(Config, Recency, Vec<f64>, f64)> = Vec::new();
+    let mut try_candidate = |(config, recency): (Config, Recency),
+                             point: Vec<f64>,
+                             candidates: &mut Vec<(Config, Recency, Vec<f64>, f64)>|
+     -> Result<(), String> {
+        let trained = first(&config);
+        let ndcg = run(&trained, recency)?;
+        trials.push(Trial {
+            config: trained,
+            recency,
+            candidate: candidates.len(),
+            rung: 0,
+            ndcg,
+        });
+        candidates.push((config, recency, point, ndcg));
+        Ok(())
+    };
+    let known = |c: &(Config, Recency), candidates: &[(Config, Recency, Vec<f64>, f64)]| {
+        candidates.iter().any(|k| k.0 == c.0 && k.1 == c.1)
+    };
+
+    // Spread: model types take turns; the draws of one type are a Latin hypercube over its
+    // hyperparameters and the recency weighting.
+    let mut points: Vec<std::vec::IntoIter<Vec<f64>>> = (0..kinds.len())
+        .map(|k| latin_hypercube((spread + kinds.len() - 1 - k) / kinds.len(), dims, &mut rng))
+        .map(Vec::into_iter)
+        .collect();
+    for t in 0..spread {
+        let kind = &kinds[t % kinds.len()];
+        let mut point = points[t % kinds.len()].next().expect("a point per draw");
+        let mut candidate = draw(kind, &point)?;
+        // A small discrete space (kNN's five K values) runs out: a repeat would spend budget
+        // on a result already known, so draw afresh a few times.
+        for _ in 0..32 {
+            if !known(&candidate, &candidates) {
+                break;
             }
+            point = (0..dims).map(|_| rng.f64()).collect();
+            candidate = draw(kind, &point)?;
+        }
+        try_candidate(candidate, point, &mut candidates)?;
+    }
+
+    // Local: near the best point of a leading type, one step of a Gaussian walk on the cube.
+    for j in 0..local {
+        let mut leaders: Vec<usize> = Vec::new();
+        for (c, cand) in candidates.iter().enumerate() {
+            match leaders
+                .iter_mut()
+                .find(|l| candidates[**l].0.kind() == cand.0.kind())
+            {
+                Some(l) if cand.3 > candidates[*l].3 => *l = c,
+                Some(_) => {}
+                None => leaders.push(c),
+            }
+        }
+        leaders.sort_by(|a, b| candidates[*b].3.total_cmp(&candidates[*a].3));
+        // Types within 5 % of the best score share the draws; a type far behind gets none.
+        let top = candidates[leaders[0]].3;
+        leaders.retain(|l| candidates[*l].3 >= 0.95 * top);
+        let center = leaders[j % leaders.len()];
+        let kind = candidates[center].0.kind();
+        let mut point = Vec::new();
+        let mut candidate = (candidates[center].0.clone(), candidates[center].1);
+        for _ in 0..32 {
+            point = candidates[center]
+                .2
+                .iter()
+                .map(|&x| {
+                    let y = (x + LOCAL_STEP * rng.normal()).rem_euclid(2.0);
+                    // Reflected at the faces of the cube.
+                    (if y > 1.0 { 2.0 - y } else { y }).min(1.0 - f64::EPSILON)
+                })
+                .collect();
+            candidate = draw(kind, &point)?;
+            if !known(&candidate, &candidates) {
+                break;
+            }
+        }
+        try_candidate(candidate, point, &mut candidates)?;
+    }
+
+    // Successive halving within each model type: a model trained with a quarter of its
+    // iterations is compared with its own kind, not with exact models.
+    let mut alive: Vec<(usize, f64)> = candidates.iter().map(|c| c.3).enumerate().collect();
+    for (rung, &fidelity) in params.rungs.iter().enumerate().skip(1) {
+        let mut next = Vec::with_capacity(alive.len());
+        for kind in KINDS {
+            let mut group: Vec<(usize, f64)> = alive
+                .iter()
+                .copied()
+                .filter(|(c, _)| candidates[*c].0.kind() == *kind)
+                .collect();
+            group.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let iterative = group
+                .first()
+                .is_some_and(|g| candidates[g.0].0.is_iterative());
+            let keep = if iterative {
+                group.len().div_ceil(params.eta.max(1))
+            } else {
+                0
+            };
+            next.extend(group.into_iter().take(keep));
+        }
+        next.sort_by_key(|a| a.0);
+        alive = next;
+        for (c, score) in &mut alive {
+            let (config, recency) = (&candidates[*c].0, candidates[*c].1);
             let config = if rung == last {
                 config.clone()
             } else {
                 config.at_fidelity(fidelity)
             };
-            let ndcg = run(&config, *recency)?;
-            *score = ndcg;
+            *score = run(&config, recency)?;
             trials.push(Trial {
                 config,
-                recency: *recency,
+                recency,
                 candidate: *c,
                 rung,
-                ndcg,
+                ndcg: *score,
             });
-        }
-        if rung < last {
-            // Halving within each model type: a model trained with a quarter of its iterations
-            // is compared with its own kind, not with exact models.
-            let mut next = Vec::with_capacity(alive.len());
-            for kind in KINDS {
-                let mut group: Vec<(usize, f64)> = alive
-                    .iter()
-                    .copied()
-                    .filter(|(c, _)| candidates[*c].0.kind() == *kind)
-                    .collect();
-                group.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                let keep = if candidates
-                    .get(group.first().map_or(0, |g| g.0))
-                    .is_some_and(|c| c.0.is_iterative())
-                {
-                    group.len().div_ceil(params.eta.max(1))
-                } else {
-                    group.len()
-                };
-                next.extend(group.into_iter().take(keep));
-            }
-            next.sort_by_key(|a| a.0);
-            alive = next;
         }
     }
     Ok(trials)
@@ -649,6 +790,87 @@ mod tests {
         let b = best(&trials, &params).unwrap();
         assert!(trials.iter().all(|t| t.ndcg <= b.ndcg));
         assert_eq!(calls.len(), trials.len());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_latin_hypercube_puts_one_point_in_each_stratum(n in 1usize..40, seed in 0u64..1000) {
+            let points = latin_hypercube(n, 5, &mut Rng::seed_from_u64(seed));
+            proptest::prop_assert_eq!(points.len(), n);
+            for d in 0..5 {
+                let mut strata: Vec<usize> =
+                    points.iter().map(|p| (p[d] * n as f64) as usize).collect();
+                strata.sort_unstable();
+                proptest::prop_assert_eq!(strata, (0..n).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn spread_draws_cover_each_factor_count_and_never_repeat_a_configuration() {
+        let params = SearchParams {
+            budget: 12,
+            kinds: vec!["als".into(), "cosine".into()],
+            recency: false,
+            ..SearchParams::default()
+        };
+        let trials = search(&params, |_, _| Ok(0.1)).unwrap();
+        let rung0: Vec<&Trial> = trials.iter().filter(|t| t.rung == 0).collect();
+        assert_eq!(rung0.len(), 12);
+        // Six iALS draws over three factor counts: two each.
+        for f in [32, 64, 128] {
+            let n = rung0
+                .iter()
+                .filter(|t| matches!(t.config, Config::Als { factors, .. } if factors == f))
+                .count();
+            assert_eq!(n, 2, "factors {f}");
+        }
+        // Six cosine draws over five K values: every value (the sixth is bound to repeat one).
+        let mut ks: Vec<usize> = rung0
+            .iter()
+            .filter_map(|t| match t.config {
+                Config::Cosine { k } => Some(k),
+                _ => None,
+            })
+            .collect();
+        ks.sort_unstable();
+        ks.dedup();
+        assert_eq!(ks, [25, 50, 100, 200, 400]);
+    }
+
+    #[test]
+    fn local_draws_go_near_the_leading_types_best_configuration() {
+        let params = SearchParams {
+            budget: 20,
+            kinds: vec!["als".into(), "ease".into(), "bm25".into(), "cosine".into()],
+            local_share: 0.5,
+            ..SearchParams::default()
+        };
+        // iALS is best near λ = 1, EASE near λ = 100; the kNN models are poor.
+        let score = |c: &Config| match c {
+            Config::Als { regularization, .. } => 0.3 - 0.02 * (*regularization as f64).ln().abs(),
+            Config::Ease { lambda } => 0.25 - 0.02 * (lambda / 100.0).ln().abs(),
+            _ => 0.05,
+        };
+        let trials = search(&params, |c, _| Ok(score(c))).unwrap();
+        let rung0: Vec<&Trial> = trials.iter().filter(|t| t.rung == 0).collect();
+        assert_eq!(rung0.len(), 20);
+        let local = &rung0[10..];
+        assert!(
+            local
+                .iter()
+                .all(|t| matches!(t.config.kind(), "als" | "ease"))
+        );
+        assert!(local.iter().any(|t| t.config.kind() == "als"));
+        assert!(local.iter().any(|t| t.config.kind() == "ease"));
+        // The walk improves on the spread phase's best iALS.
+        let best_of = |ts: &[&Trial]| {
+            ts.iter()
+                .filter(|t| t.config.kind() == "als")
+                .map(|t| t.ndcg)
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        assert!(best_of(local) >= best_of(&rung0[..10]));
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub(crate) struct EvalArgs {
     /// `bespoke tune` only: do not search the recency weighting (keep --recency-*).
     #[arg(long)]
     pub(crate) no_recency_search: bool,
+    /// `bespoke tune` only: share of --budget drawn near the best configurations found so far
+    /// (the rest is spread over the whole search space first).
+    #[arg(long, default_value_t = tune::LOCAL_SHARE)]
+    pub(crate) local_share: f64,
     /// Weight of the first model of a blend (`a+b`); the second gets the rest. Each model's
     /// scores are divided by the user's top score before they are summed.
     #[arg(long, default_value_t = 0.5)]
@@ -761,6 +765,7 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
         eta: 3,
         seed: args.seed,
         recency: !args.no_recency_search,
+        local_share: args.local_share,
     };
     let bar = indicatif::ProgressBar::new(args.budget as u64).with_style(
         indicatif::ProgressStyle::with_template("tuning {bar:30} {pos}/{len} {msg}")

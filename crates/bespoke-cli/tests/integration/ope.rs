@@ -144,66 +144,82 @@ fn ope_evaluates_a_loop_from_the_store() {
 /// `bespoke tune` on ML-100K, on the anchors' split: every candidate is validated on a
 /// time-cut of the training data (successive halving: iterative models first with a quarter
 /// of their iterations), the choice (best single model or blend) is reported on the test data,
-/// and it guards the quality target. Measured (docs/benchmarks.md): budget 16, seeds 0/1/2 give
-/// test NDCG@10 0.1492 / 0.1526 / 0.1491; the anchors tuned the same way (bench/anchor_tune.py,
-/// budget 16 per model) give at best 0.1395 / 0.1403 / 0.1418 (implicit iALS each time).
+/// and it guards the quality target over eight search seeds. Measured (docs/benchmarks.md):
+/// budget 16, seeds 0–7 give test NDCG@10 0.1531 / 0.1451 / 0.1517 / 0.1450 / 0.1453 / 0.1572
+/// / 0.1486 / 0.1534 (mean 0.1499); the anchors tuned the same way (bench/anchor_tune.py,
+/// budget 16 per model, implicit iALS / BPR / cosine / BM25 and cornac EASE) give at best the
+/// `ANCHORS` below (mean 0.1384): 1.08x on average, 1.03x to 1.17x seed by seed.
 #[test]
 fn tune_searches_on_a_time_cut_of_train_and_beats_the_tuned_anchors() {
+    const ANCHORS: [f64; 8] = [
+        0.13949, 0.14026, 0.14177, 0.14095, 0.13778, 0.13409, 0.13504, 0.13788,
+    ];
     let dir = tempfile::tempdir().unwrap();
     let csv = crate::movielens_csv(dir.path());
-    // --data splits with split.py's rule (the eval test checks the counts row for row).
-    let out = json(&bespoke(
-        dir.path(),
-        &[
-            "tune",
-            "--data",
-            csv.to_str().unwrap(),
-            "--models",
-            "als,ease,bm25,cosine,rp3,bpr",
-            "--budget",
-            "16",
-            "--seed",
-            "1",
-            "--latency-users",
-            "20",
-            "--json",
-        ],
-    ));
-    assert_eq!(out["data"]["train_rows"], 44_679);
-    let tuning = &out["tuning"];
-    let trials = tuning["trials"].as_array().unwrap();
-    let candidates: std::collections::BTreeSet<u64> = trials
-        .iter()
-        .map(|t| t["candidate"].as_u64().unwrap())
-        .collect();
-    assert_eq!(candidates.len(), 16, "{tuning}");
-    // ALS and BPR candidates start at a quarter of their iterations; only the best third of
-    // each go on to full training.
-    let promoted = trials.iter().filter(|t| t["rung"] == 1).count();
-    assert!((2..=4).contains(&promoted), "{tuning}");
-    let full_best = trials
-        .iter()
-        .filter(|t| t["rung"] == 1 || !["als", "bpr"].contains(&t["model"].as_str().unwrap()))
-        .map(|t| t["validation_ndcg@10"].as_f64().unwrap())
-        .fold(f64::MIN, f64::max);
-    assert_eq!(
-        tuning["best"]["validation_ndcg@10"].as_f64().unwrap(),
-        full_best
-    );
-    if tuning["blend"]["used"] == true {
-        assert!(
-            out["model"].as_str().unwrap().starts_with("blend:"),
-            "{out}"
+    let mut ndcgs = Vec::new();
+    for (seed, anchor) in ANCHORS.into_iter().enumerate() {
+        // --data splits with split.py's rule (the eval test checks the counts row for row).
+        let out = json(&bespoke(
+            dir.path(),
+            &[
+                "tune",
+                "--data",
+                csv.to_str().unwrap(),
+                "--models",
+                "als,ease,bm25,cosine,rp3,bpr",
+                "--budget",
+                "16",
+                "--seed",
+                &seed.to_string(),
+                "--latency-users",
+                "20",
+                "--json",
+            ],
+        ));
+        assert_eq!(out["data"]["train_rows"], 44_679);
+        let tuning = &out["tuning"];
+        let trials = tuning["trials"].as_array().unwrap();
+        let rung0: Vec<&str> = trials
+            .iter()
+            .filter(|t| t["rung"] == 0)
+            .map(|t| t["model"].as_str().unwrap())
+            .collect();
+        assert_eq!(rung0.len(), 16, "{tuning}");
+        // ALS and BPR candidates start at a quarter of their iterations; only the best third of
+        // each go on to full training.
+        let third = |kind: &str| rung0.iter().filter(|m| **m == kind).count().div_ceil(3);
+        let promoted = trials.iter().filter(|t| t["rung"] == 1).count();
+        assert_eq!(promoted, third("als") + third("bpr"), "{tuning}");
+        let full_best = trials
+            .iter()
+            .filter(|t| t["rung"] == 1 || !["als", "bpr"].contains(&t["model"].as_str().unwrap()))
+            .map(|t| t["validation_ndcg@10"].as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert_eq!(
+            tuning["best"]["validation_ndcg@10"].as_f64().unwrap(),
+            full_best
         );
-        assert!(tuning["blend"]["validation_ndcg@10"].as_f64().unwrap() > full_best);
-    } else {
-        assert_eq!(out["model"], tuning["best"]["model"]);
+        if tuning["blend"]["used"] == true {
+            assert!(
+                out["model"].as_str().unwrap().starts_with("blend:"),
+                "{out}"
+            );
+            assert!(tuning["blend"]["validation_ndcg@10"].as_f64().unwrap() > full_best);
+        } else {
+            assert_eq!(out["model"], tuning["best"]["model"]);
+        }
+        let ndcg = out["metrics"]["ndcg@10"].as_f64().unwrap();
+        // Never below the best anchor of the same seed (measured: 1.03x at worst)...
+        assert!(
+            ndcg >= anchor,
+            "seed {seed}: tuned NDCG@10 {ndcg} below the tuned anchors' {anchor}"
+        );
+        ndcgs.push(ndcg);
     }
-    // Measured 0.1526 with this seed; the best tuned anchor with the same seed measured
-    // 0.1403 (implicit iALS). The guard keeps 1.05x of it: 0.1473.
-    let ndcg = out["metrics"]["ndcg@10"].as_f64().unwrap();
+    // ... and 1.05x of them on average (measured 1.08x).
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
     assert!(
-        ndcg >= 0.1473,
-        "tuned NDCG@10 {ndcg} fell below 1.05x the tuned anchors (0.1403)"
+        mean(&ndcgs) >= 1.05 * mean(&ANCHORS),
+        "mean tuned NDCG@10 {ndcgs:?} below 1.05x the tuned anchors' {ANCHORS:?}"
     );
 }

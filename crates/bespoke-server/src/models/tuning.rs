@@ -107,6 +107,7 @@ pub fn tune(
         eta: 3,
         seed: t.seed,
         recency: true,
+        local_share: bespoke_algo::tune::LOCAL_SHARE,
     };
     let matrix = |r: Recency| snapshot.positive_matrix(&train, r);
     let fit = |c: &Config, m: &Csr| Fitted::fit(c, m, t.seed, t.ease_max_items);
