@@ -460,6 +460,14 @@ fn evaluate(
     }
     let m = Matrices::new(snapshot, &train_pairs, recency);
     let (als, knn, ease, _) = fit(snapshot, &m, t, "evaluation", progress);
+    // BPR is scored with the user factors it learned (serving folds a history in with BPR's
+    // own user step, which approximates them).
+    let bpr = t.bpr.then(|| {
+        progress(Progress::Stage("training BPR"));
+        let model = Bpr::fit(&m.knn, bpr_params(t));
+        let scorer = ItemScorer::new(model.item_factors_with_bias());
+        (model, scorer)
+    });
     progress(Progress::Stage("scoring held-out interactions"));
     let scorer = ItemScorer::new(als.item_factors().clone());
     let solver = als.user_solver();
@@ -470,7 +478,7 @@ fn evaluate(
             popularity[i as usize] += 1.0;
         }
     }
-    const MODELS: usize = 5;
+    const MODELS: usize = 6;
     let new_sums = || -> [MetricSums; MODELS] { std::array::from_fn(|_| MetricSums::new(n_items)) };
     let sums = test
         .par_iter()
@@ -528,6 +536,10 @@ fn evaluate(
                 if ease.is_some() {
                     sums[3].add(&ids(&ease_list), items);
                 }
+                if let Some((model, scorer)) = &bpr {
+                    let v = model.user_vector_with_bias(u);
+                    sums[5].add(&ids(&scorer.top_k(&v, 100, keep, &mut scratch)), items);
+                }
                 let list = |name: &str| match name {
                     "ease" => &ease_list,
                     "knn" => &knn_list,
@@ -567,6 +579,9 @@ fn evaluate(
     });
     if ease.is_some() {
         out["ease"] = round(sums[3].means());
+    }
+    if bpr.is_some() {
+        out["bpr"] = round(sums[5].means());
     }
     out
 }

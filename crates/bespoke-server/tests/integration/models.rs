@@ -384,6 +384,13 @@ async fn bpr_is_served_when_trained() {
     clustered(&srv).await;
     let out = train(&srv).await;
     assert_eq!(out["meta"]["params"]["bpr"]["factors"], 16, "{out}");
+    // Held out like every other model: the clusters make the next items easy to guess.
+    let held_out = &out["meta"]["metrics"];
+    let bpr_ndcg = held_out["bpr"]["ndcg@10"].as_f64().unwrap();
+    assert!(
+        bpr_ndcg > held_out["popular"]["ndcg@10"].as_f64().unwrap(),
+        "{held_out}"
+    );
     let (status, recs) = srv.get("/v1/users/u0/recommendations?n=5&model=bpr").await;
     assert_eq!(status, StatusCode::OK, "{recs}");
     assert_eq!(recs["model"], "bpr", "{recs}");
