@@ -4,8 +4,10 @@
 
 * Validation: split.py's rule applied to train.csv (each user's latest 20%, users with
   >= 5 rows), the test file never seen while choosing.
-* Search: `--budget` configurations drawn at random (numpy, seeded) from the same spaces as
-  `bespoke tune` (bespoke-algo/src/tune.rs, Config::sample):
+* Search: `--budget` configurations drawn independently at random (numpy, seeded) from the
+  same spaces as `bespoke tune` (bespoke-algo/src/tune.rs, Config::from_unit; Bespoke draws
+  them as a Latin hypercube per model type and then near the best so far, see
+  docs/benchmarks.md):
     als    factors {32, 64, 128}, regularization log-uniform [0.01, 100],
            alpha {0.5, 1, 2, 5, 10}, 15 iterations, CG 3
     bpr    factors {32, 64, 128}, learning rate {0.01, 0.02, 0.05, 0.1},
