@@ -20,6 +20,9 @@ use crate::models::tuning::Serve;
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
 use bespoke_algo::tune::{BLEND_CANDIDATES, Blend};
 
+/// [`Engine::recommend`] found a user with no history and must read their stored attributes.
+struct NeedsAttributes;
+
 /// History items named in the reasons of one result.
 const EXPLAIN_TOP: usize = 3;
 
@@ -344,6 +347,33 @@ impl Engine {
 
     /// Recommendations for a user (see the module docs for the model and fallback rules).
     pub fn recommend(&self, user_key: &str, q: &RecommendQuery) -> Recommendations {
+        // A user without history is placed by their stored attributes: read only then, and not
+        // while holding the state lock (a store read may be a network round trip).
+        let mut attributes = None;
+        loop {
+            match self.recommend_with(user_key, q, attributes.as_ref()) {
+                Ok(out) => return out,
+                Err(NeedsAttributes) => {
+                    attributes = Some(
+                        self.get_user(user_key)
+                            .ok()
+                            .flatten()
+                            .map(|u| u.attributes)
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`Engine::recommend`] with the user's stored attributes if already read; asks for them
+    /// (never when given) when the user turns out to need them.
+    fn recommend_with(
+        &self,
+        user_key: &str,
+        q: &RecommendQuery,
+        attributes: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Recommendations, NeedsAttributes> {
         let model = self.model.load_full();
         let s = self.state.read();
         let user = s.users.get(&self.user_keys.to_store(user_key)).map(UserIdx);
@@ -407,14 +437,10 @@ impl Engine {
                     } else if history.is_empty() {
                         // No history the model knows: the user's attributes and the request
                         // context place them through the content model.
-                        let mut profile = match personal {
-                            Some(_) => self
-                                .get_user(user_key)
-                                .ok()
-                                .flatten()
-                                .map(|u| u.attributes)
-                                .unwrap_or_default(),
-                            None => serde_json::Map::new(),
+                        let mut profile = match (personal, attributes) {
+                            (Some(_), Some(a)) => a.clone(),
+                            (Some(_), None) => return Err(NeedsAttributes),
+                            (None, _) => serde_json::Map::new(),
                         };
                         profile.extend(q.context.clone().unwrap_or_default());
                         items = Self::recommend_profile(&s, m, &profile, q.n, &filter);
@@ -440,7 +466,7 @@ impl Engine {
         }
         let personalized = used != "popular";
         self.top_up(&s, &filter, q.n, &mut items, fallback, !q.include_seen);
-        Recommendations {
+        Ok(Recommendations {
             items,
             personalized,
             model: used,
@@ -448,7 +474,7 @@ impl Engine {
                 .as_ref()
                 .filter(|_| used != "popular")
                 .map(|m| m.version),
-        }
+        })
     }
 
     /// Recommendations for an anonymous session: `items` are the item keys the visitor
