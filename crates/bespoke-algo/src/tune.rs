@@ -846,10 +846,11 @@ mod tests {
             local_share: 0.5,
             ..SearchParams::default()
         };
-        // iALS is best near λ = 1, EASE near λ = 100; the kNN models are poor.
+        // iALS is best near λ = 1, EASE near λ = 100, both within 5 % of each other over their
+        // spread draws; the kNN models are far behind and get no local draws.
         let score = |c: &Config| match c {
-            Config::Als { regularization, .. } => 0.3 - 0.02 * (*regularization as f64).ln().abs(),
-            Config::Ease { lambda } => 0.25 - 0.02 * (lambda / 100.0).ln().abs(),
+            Config::Als { regularization, .. } => 0.3 - 0.005 * (*regularization as f64).ln().abs(),
+            Config::Ease { lambda } => 0.295 - 0.002 * (lambda / 100.0).ln().abs(),
             _ => 0.05,
         };
         let trials = search(&params, |c, _| Ok(score(c))).unwrap();
