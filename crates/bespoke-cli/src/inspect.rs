@@ -8,6 +8,7 @@ use bespoke_server::settings::ModelChoice;
 use bespoke_server::time::format_rfc3339;
 use bespoke_server::{Engine, Settings};
 use clap::Args;
+use serde_json::Value;
 
 pub(crate) fn stats(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let store = bespoke_server::open_store(settings)
@@ -200,25 +201,31 @@ pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()>
         .as_object()
         .filter(|m| m.contains_key("als"))
     {
-        println!("held-out metrics ({} users):", m["eval_users"]);
+        if let Some(t) = meta["tuning"].as_object() {
+            println!(
+                "tuned ({} configurations, {}): serving {} (validation NDCG@10 {:.4})",
+                t.get("budget").unwrap_or(&Value::Null),
+                t.get("tuned_at").and_then(Value::as_str).unwrap_or(""),
+                meta["serve"],
+                t.get("validation_ndcg")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+            );
+        }
+        println!(
+            "held-out metrics ({} users):",
+            m.get("eval_users").unwrap_or(&Value::Null)
+        );
         println!(
             "  {:<8} {:>9} {:>9} {:>9}",
             "model", "recall@20", "ndcg@10", "ndcg@100"
         );
-        if let Some(t) = meta["tuning"].as_object() {
-            println!(
-                "tuned ({} configurations, {}): serving {} (validation NDCG@10 {:.4})",
-                t["budget"],
-                t["tuned_at"].as_str().unwrap_or(""),
-                meta["serve"],
-                t["validation_ndcg"].as_f64().unwrap_or(0.0)
-            );
-        }
-        for name in ["auto", "als", "knn", "ease", "popular"] {
-            let x = &m[name];
-            if !x.is_object() {
+        // Only the models this training produced (EASE stops at training.ease_max_items, BPR
+        // needs training.bpr).
+        for name in ["auto", "als", "knn", "ease", "bpr", "popular"] {
+            let Some(x) = m.get(name).filter(|x| x.is_object()) else {
                 continue;
-            }
+            };
             println!(
                 "  {:<8} {:>9.4} {:>9.4} {:>9.4}",
                 name,

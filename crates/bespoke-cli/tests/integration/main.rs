@@ -131,6 +131,27 @@ fn movielens_100k_imports_exactly() {
             assert!(rated.contains(reason["item"].as_str().unwrap()), "{reason}");
         }
     }
+
+    // The table form, for a catalog too large for EASE: a row per model trained, none for EASE.
+    let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("train")
+        .env("BESPOKE__LOG__LEVEL", "warn")
+        .env("BESPOKE__TRAINING__EASE_MAX_ITEMS", "1000")
+        .env_remove("BESPOKE_CONFIG")
+        .output()
+        .expect("bespoke runs");
+    let table = ok(&out);
+    assert!(table.contains("trained model version 2"), "{table}");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for model in ["auto", "als", "knn", "popular"] {
+        assert!(rows.contains(&model), "{model} missing:\n{table}");
+    }
+    assert!(!rows.contains(&"ease"), "{table}");
 }
 
 #[test]
