@@ -757,6 +757,20 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     if valid.eval.is_empty() {
         bail!("the training data has no user with 5 or more rows to validate on");
     }
+    // Refused now rather than when an EASE draw comes up, minutes into the search. The final
+    // fit on all of train sees the most items.
+    let n_items = train
+        .iter()
+        .map(|r| r.item)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if args.models.iter().any(|m| m.trim() == "ease") && n_items > args.ease_max_items {
+        bail!(
+            "EASE's matrix is items × items: this catalog has {n_items} items, above \
+             --ease-max-items {}; leave ease out of --models or raise --ease-max-items",
+            args.ease_max_items
+        );
+    }
     let params = SearchParams {
         budget: args.budget,
         kinds: args.models.iter().map(|m| m.trim().to_owned()).collect(),

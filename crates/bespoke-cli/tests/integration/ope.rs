@@ -223,3 +223,35 @@ fn tune_searches_on_a_time_cut_of_train_and_beats_the_tuned_anchors() {
         "mean tuned NDCG@10 {ndcgs:?} below 1.05x the tuned anchors' {ANCHORS:?}"
     );
 }
+
+/// A search that includes EASE on a catalog above --ease-max-items is refused before any
+/// training, with the numbers and the way out.
+#[test]
+fn tune_refuses_ease_above_its_item_limit_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = crate::movielens_csv(dir.path());
+    let out = bespoke(
+        dir.path(),
+        &[
+            "tune",
+            "--data",
+            csv.to_str().unwrap(),
+            "--models",
+            "als,ease",
+            "--ease-max-items",
+            "100",
+            "--budget",
+            "4",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("above --ease-max-items 100") && err.contains("leave ease out of --models"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("tuning "),
+        "it trained before refusing: {err}"
+    );
+}
