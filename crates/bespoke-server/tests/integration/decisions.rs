@@ -712,6 +712,13 @@ async fn personalizer_python_client() {
 #[tokio::test]
 async fn retention_expires_old_decision_logs() {
     let srv = crate::common::start_with(|s| s.privacy.max_event_age_days = 7.0).await;
+    // A reward window of 20 days keeps the old decision's deadline in the future, so the
+    // background settler (which gives overdue decisions the default reward) leaves it to the
+    // reward below; retention goes by the decision's age.
+    let (status, _) = srv
+        .put("/v1/loops/ret", json!({"reward_wait_seconds": 20 * 86_400}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let engine = srv.engine();
     let (old, recent) = tokio::task::spawn_blocking(move || {
         let d = engine.decisions();
