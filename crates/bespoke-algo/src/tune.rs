@@ -1,5 +1,5 @@
 //! Model selection: every model type behind one interface ([`Fitted`]), a seeded search
-//! space ([`Config::sample`]), successive halving over iteration budgets ([`search`]), and
+//! space ([`Config::from_unit`]), successive halving over iteration budgets ([`search`]), and
 //! score blending of two models ([`Blend`]).
 //!
 //! Selection is by NDCG@10 on a validation split the caller cuts from training data only.
@@ -84,7 +84,7 @@ fn one_of<T: Copy>(x: f64, xs: &[T]) -> T {
 /// the two of [`recency_from_unit`].
 pub const CONFIG_DIMS: usize = 3;
 
-/// Model type names [`Config::sample`] knows.
+/// Model type names [`Config::from_unit`] knows.
 pub const KINDS: &[&str] = &["als", "ease", "cosine", "bm25", "rp3", "bpr", "popular"];
 
 impl Config {
@@ -101,15 +101,11 @@ impl Config {
         }
     }
 
-    /// A random configuration of model type `kind` (one of [`KINDS`]); `None` for an unknown
-    /// type. `iterations` is the full iteration budget of the iterative models.
-    pub fn sample(kind: &str, iterations: usize, rng: &mut Rng) -> Option<Self> {
-        Self::from_unit(kind, iterations, &mut |_| rng.f64())
-    }
-
-    /// The configuration of type `kind` at a point of the unit cube: `u(d)` in `[0, 1)` is its
-    /// coordinate on dimension `d` (at most [`CONFIG_DIMS`]), mapped to the search space of
-    /// each hyperparameter (log-uniform ranges, or one of a list of values).
+    /// The configuration of type `kind` (one of [`KINDS`]; `None` for an unknown type) at a
+    /// point of the unit cube: `u(d)` in `[0, 1)` is its coordinate on dimension `d` (at most
+    /// [`CONFIG_DIMS`]), mapped to the search space of each hyperparameter (log-uniform ranges,
+    /// or one of a list of values). `iterations` is the full iteration budget of the iterative
+    /// models.
     pub fn from_unit(
         kind: &str,
         iterations: usize,
@@ -390,11 +386,6 @@ pub const LOCAL_SHARE: f64 = 0.5;
 /// axis, so a five-valued hyperparameter moves off its value about two times in three.
 const LOCAL_STEP: f64 = 0.2;
 
-/// A random recency weighting: off in one draw of six, else a half-life of 3 to 50 events.
-pub fn sample_recency(rng: &mut Rng) -> Recency {
-    recency_from_unit(rng.f64(), rng.f64())
-}
-
 /// The recency weighting at a point `(a, b)` of the unit square: the half-life (off, 3, 5, 10,
 /// 20 or 50 events) from `a`, the floor (0.1, 0.25 or 0.5) from `b`.
 pub fn recency_from_unit(a: f64, b: f64) -> Recency {
@@ -442,6 +433,15 @@ impl Default for SearchParams {
     }
 }
 
+/// A configuration the search drew, with the point of the unit cube it came from and its score
+/// at the first rung.
+struct Candidate {
+    config: Config,
+    recency: Recency,
+    point: Vec<f64>,
+    ndcg: f64,
+}
+
 /// Random search with successive halving: `budget` configurations are sampled (model types
 /// in turn, see [`latin_hypercube`]); iterative ones are first trained with a fraction of their
 /// iterations, and only the best `1/eta` of each type go on to the next, more expensive rung.
@@ -481,12 +481,27 @@ pub fn search(
         _ => c.clone(),
     };
     let mut trials: Vec<Trial> = Vec::new();
-    // (configuration, recency, its point of the unit cube, rung-0 score)
-    let mut candidates: Vec<(Config, Recency, Vec<f64>, f64)> = Vec::new();
-    let mut try_candidate = |(config, recency): (Config, Recency),
-                             point: Vec<f64>,
-                             candidates: &mut Vec<(Config, Recency, Vec<f64>, f64)>|
+    let mut candidates: Vec<Candidate> = Vec::new();
+    // Draws `kind` at `point`, then at points from `next` while the draw repeats a candidate
+    // (a small discrete space such as kNN's five K values runs out, and a repeat would spend
+    // budget on a known result), and trains the draw at the first rung.
+    let mut add = |kind: &str,
+                   mut point: Vec<f64>,
+                   next: &mut dyn FnMut() -> Vec<f64>,
+                   candidates: &mut Vec<Candidate>|
      -> Result<(), String> {
+        let mut drawn = draw(kind, &point)?;
+        for _ in 0..32 {
+            if !candidates
+                .iter()
+                .any(|c| c.config == drawn.0 && c.recency == drawn.1)
+            {
+                break;
+            }
+            point = next();
+            drawn = draw(kind, &point)?;
+        }
+        let (config, recency) = drawn;
         let trained = first(&config);
         let ndcg = run(&trained, recency)?;
         trials.push(Trial {
@@ -496,33 +511,30 @@ pub fn search(
             rung: 0,
             ndcg,
         });
-        candidates.push((config, recency, point, ndcg));
+        candidates.push(Candidate {
+            config,
+            recency,
+            point,
+            ndcg,
+        });
         Ok(())
-    };
-    let known = |c: &(Config, Recency), candidates: &[(Config, Recency, Vec<f64>, f64)]| {
-        candidates.iter().any(|k| k.0 == c.0 && k.1 == c.1)
     };
 
     // Spread: model types take turns; the draws of one type are a Latin hypercube over its
-    // hyperparameters and the recency weighting.
+    // hyperparameters and the recency weighting (a repeat is drawn afresh, uniformly).
     let mut points: Vec<std::vec::IntoIter<Vec<f64>>> = (0..kinds.len())
         .map(|k| latin_hypercube((spread + kinds.len() - 1 - k) / kinds.len(), dims, &mut rng))
         .map(Vec::into_iter)
         .collect();
     for t in 0..spread {
-        let kind = &kinds[t % kinds.len()];
-        let mut point = points[t % kinds.len()].next().expect("a point per draw");
-        let mut candidate = draw(kind, &point)?;
-        // A small discrete space (kNN's five K values) runs out: a repeat would spend budget
-        // on a result already known, so draw afresh a few times.
-        for _ in 0..32 {
-            if !known(&candidate, &candidates) {
-                break;
-            }
-            point = (0..dims).map(|_| rng.f64()).collect();
-            candidate = draw(kind, &point)?;
-        }
-        try_candidate(candidate, point, &mut candidates)?;
+        let point = points[t % kinds.len()].next().expect("a point per draw");
+        let mut uniform = || (0..dims).map(|_| rng.f64()).collect();
+        add(
+            &kinds[t % kinds.len()],
+            point,
+            &mut uniform,
+            &mut candidates,
+        )?;
     }
 
     // Local: near the best point of a leading type, one step of a Gaussian walk on the cube.
@@ -531,54 +543,47 @@ pub fn search(
         for (c, cand) in candidates.iter().enumerate() {
             match leaders
                 .iter_mut()
-                .find(|l| candidates[**l].0.kind() == cand.0.kind())
+                .find(|l| candidates[**l].config.kind() == cand.config.kind())
             {
-                Some(l) if cand.3 > candidates[*l].3 => *l = c,
+                Some(l) if cand.ndcg > candidates[*l].ndcg => *l = c,
                 Some(_) => {}
                 None => leaders.push(c),
             }
         }
-        leaders.sort_by(|a, b| candidates[*b].3.total_cmp(&candidates[*a].3));
+        leaders.sort_by(|a, b| candidates[*b].ndcg.total_cmp(&candidates[*a].ndcg));
         // Types within 5 % of the best score share the draws; a type far behind gets none.
-        let top = candidates[leaders[0]].3;
-        leaders.retain(|l| candidates[*l].3 >= 0.95 * top);
-        let center = leaders[j % leaders.len()];
-        let kind = candidates[center].0.kind();
-        let mut point = Vec::new();
-        let mut candidate = (candidates[center].0.clone(), candidates[center].1);
-        for _ in 0..32 {
-            point = candidates[center]
-                .2
-                .iter()
+        let top = candidates[leaders[0]].ndcg;
+        leaders.retain(|l| candidates[*l].ndcg >= 0.95 * top);
+        let center = &candidates[leaders[j % leaders.len()]];
+        let (kind, from) = (center.config.kind(), center.point.clone());
+        let mut step = || {
+            from.iter()
                 .map(|&x| {
                     let y = (x + LOCAL_STEP * rng.normal()).rem_euclid(2.0);
                     // Reflected at the faces of the cube.
                     (if y > 1.0 { 2.0 - y } else { y }).min(1.0 - f64::EPSILON)
                 })
-                .collect();
-            candidate = draw(kind, &point)?;
-            if !known(&candidate, &candidates) {
-                break;
-            }
-        }
-        try_candidate(candidate, point, &mut candidates)?;
+                .collect()
+        };
+        let point = step();
+        add(kind, point, &mut step, &mut candidates)?;
     }
 
     // Successive halving within each model type: a model trained with a quarter of its
     // iterations is compared with its own kind, not with exact models.
-    let mut alive: Vec<(usize, f64)> = candidates.iter().map(|c| c.3).enumerate().collect();
+    let mut alive: Vec<(usize, f64)> = candidates.iter().map(|c| c.ndcg).enumerate().collect();
     for (rung, &fidelity) in params.rungs.iter().enumerate().skip(1) {
         let mut next = Vec::with_capacity(alive.len());
         for kind in KINDS {
             let mut group: Vec<(usize, f64)> = alive
                 .iter()
                 .copied()
-                .filter(|(c, _)| candidates[*c].0.kind() == *kind)
+                .filter(|(c, _)| candidates[*c].config.kind() == *kind)
                 .collect();
             group.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let iterative = group
                 .first()
-                .is_some_and(|g| candidates[g.0].0.is_iterative());
+                .is_some_and(|g| candidates[g.0].config.is_iterative());
             let keep = if iterative {
                 group.len().div_ceil(params.eta.max(1))
             } else {
@@ -589,7 +594,7 @@ pub fn search(
         next.sort_by_key(|a| a.0);
         alive = next;
         for (c, score) in &mut alive {
-            let (config, recency) = (&candidates[*c].0, candidates[*c].1);
+            let (config, recency) = (&candidates[*c].config, candidates[*c].recency);
             let config = if rung == last {
                 config.clone()
             } else {
@@ -716,8 +721,8 @@ impl Blend {
 
 /// The best blend of two of `members` (every pair tried) on the validation data `valid`:
 /// `(i, j, blend, NDCG@10)`, the first of equals kept. `matrix` gives the training matrix under
-/// a recency weighting, `fit` trains a configuration on it, `on_pair` hears of each pair as it
-/// starts. `None` with fewer than two members.
+/// a recency weighting, `fit` trains a configuration on it, `on_pair` hears of each pair before
+/// its blend weight is fitted (the members are trained first, once each). `None` with fewer than two members.
 pub fn best_blend<M: std::ops::Deref<Target = Csr>>(
     members: &[(&Config, Recency)],
     matrix: impl Fn(Recency) -> M,
@@ -725,13 +730,20 @@ pub fn best_blend<M: std::ops::Deref<Target = Csr>>(
     valid: &[(u32, Vec<u32>)],
     mut on_pair: impl FnMut(&Config, &Config),
 ) -> Result<Option<(usize, usize, Blend, f64)>, String> {
+    // Each member is trained once, whatever the number of pairs it is in.
+    let fitted: Vec<(M, Fitted)> = members
+        .iter()
+        .map(|&(c, r)| {
+            let m = matrix(r);
+            let f = fit(c, &m)?;
+            Ok((m, f))
+        })
+        .collect::<Result<_, String>>()?;
     let mut best: Option<(usize, usize, Blend, f64)> = None;
-    for (i, &(a, ra)) in members.iter().enumerate() {
-        for (j, &(b, rb)) in members.iter().enumerate().skip(i + 1) {
-            on_pair(a, b);
-            let (ma, mb) = (matrix(ra), matrix(rb));
-            let (fa, fb) = (fit(a, &ma)?, fit(b, &mb)?);
-            let (blend, ndcg) = Blend::fit((&fa, &ma), (&fb, &mb), valid);
+    for (i, (ma, fa)) in fitted.iter().enumerate() {
+        for (j, (mb, fb)) in fitted.iter().enumerate().skip(i + 1) {
+            on_pair(members[i].0, members[j].0);
+            let (blend, ndcg) = Blend::fit((fa, ma), (fb, mb), valid);
             if best.as_ref().is_none_or(|x| ndcg > x.3) {
                 best = Some((i, j, blend, ndcg));
             }

@@ -844,12 +844,10 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    let mut a = args.clone();
-    a.latency_users = args.latency_users;
     let started = Instant::now();
     let data = build(&train, &test);
     let build_s = started.elapsed().as_secs_f64();
-    let mut result = evaluate(&choice, &a, &data, load_s, build_s)?;
+    let mut result = evaluate(&choice, args, &data, load_s, build_s)?;
     let trial_json: Vec<Value> = trials
         .iter()
         .zip(&fit_times)

@@ -85,8 +85,8 @@ enum Command {
     /// Create, list and revoke API keys.
     Keys(keys::KeysArgs),
     /// Search model types, hyperparameters and recency on a time-cut of the training data
-    /// (random search with successive halving, --budget configurations, blends of the best
-    /// types), then report the choice on the test data.
+    /// (--budget configurations: spread over the space, then near the best so far; successive
+    /// halving; blends of the best types), then report the choice on the test data.
     Tune(eval::EvalArgs),
     /// Off-policy evaluation of a decision loop's logs (IPS, SNIPS, DR; candidates; feature
     /// importance), or the Open Bandit Dataset experiment with --obd.

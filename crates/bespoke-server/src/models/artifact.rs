@@ -149,17 +149,26 @@ pub fn decode_als(bytes: &[u8]) -> Result<Als, ArtifactError> {
         compute_loss: false,
     };
     let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
-    let matrix = |name: &str| -> Result<Factors, ArtifactError> {
-        let (shape, data) = tensor(&st, F, name, Dtype::F32)?;
-        let [rows, dim] = shape[..] else {
-            return Err(err(F, format!("tensor {name} is not two-dimensional")));
-        };
-        Factors::from_vec(rows, dim, read_f32(data))
-            .ok_or_else(|| err(F, format!("tensor {name}: size mismatch")))
-    };
-    let (users, items) = (matrix("user_factors")?, matrix("item_factors")?);
+    let (users, items) = (
+        read_factors(&st, F, "user_factors")?,
+        read_factors(&st, F, "item_factors")?,
+    );
     Als::from_parts(params, users, items)
         .ok_or_else(|| err(F, "factor dimensions disagree with the metadata"))
+}
+
+/// The `F32` matrix `name` of file `file` as factors (rows × dimension).
+fn read_factors(
+    st: &SafeTensors,
+    file: &'static str,
+    name: &str,
+) -> Result<Factors, ArtifactError> {
+    let (shape, data) = tensor(st, file, name, Dtype::F32)?;
+    let [rows, dim] = shape[..] else {
+        return Err(err(file, format!("tensor {name} is not two-dimensional")));
+    };
+    Factors::from_vec(rows, dim, read_f32(data))
+        .ok_or_else(|| err(file, format!("tensor {name}: size mismatch")))
 }
 
 /// Encodes an EASE model: its dense weights as one `items × items` tensor.
@@ -228,17 +237,13 @@ pub fn decode_bpr(bytes: &[u8]) -> Result<Bpr, ArtifactError> {
         return Err(err(F, "not a bespoke.bpr.v1 file"));
     }
     let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
-    let matrix = |name: &str| -> Result<Factors, ArtifactError> {
-        let (shape, data) = tensor(&st, F, name, Dtype::F32)?;
-        match shape.as_slice() {
-            [rows, dim] => Factors::from_vec(*rows, *dim, read_f32(data))
-                .ok_or_else(|| err(F, format!("{name}: data disagrees with its shape"))),
-            _ => Err(err(F, format!("{name} is not a matrix"))),
-        }
-    };
     let bias = read_f32(tensor(&st, F, "item_bias", Dtype::F32)?.1);
-    Bpr::from_parts(matrix("user_factors")?, matrix("item_factors")?, bias)
-        .ok_or_else(|| err(F, "factor and bias shapes disagree"))
+    Bpr::from_parts(
+        read_factors(&st, F, "user_factors")?,
+        read_factors(&st, F, "item_factors")?,
+        bias,
+    )
+    .ok_or_else(|| err(F, "factor and bias shapes disagree"))
 }
 
 /// Encodes an item-kNN model.

@@ -212,15 +212,7 @@ impl BprServing {
         let qj = items.row(j as usize);
         history
             .iter()
-            .map(|&h| {
-                let d: f32 = items
-                    .row(h as usize)
-                    .iter()
-                    .zip(qj)
-                    .map(|(a, b)| a * b)
-                    .sum();
-                (h, d)
-            })
+            .map(|&h| (h, bespoke_algo::simd::dot(items.row(h as usize), qj)))
             .collect()
     }
 }

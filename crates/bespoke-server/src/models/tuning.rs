@@ -1,7 +1,8 @@
 //! Tuning from the server (`POST /v1/models/tune`, `training.tune_interval_hours`): the same
 //! search as `bespoke tune` over the served model types (iALS, EASE, cosine / BM25 / RP3beta
-//! item-kNN) (`bespoke_algo::tune`: random search with successive halving, the
-//! recency weighting searched with the models, blends of the best model types), run on the
+//! item-kNN) (`bespoke_algo::tune`: Latin-hypercube draws per type, then draws near the
+//! leading types' best, successive halving, the recency weighting searched with the models,
+//! blends of the best model types), run on the
 //! store's own data, validated on the latest 20% of each user's positive pairs.
 //!
 //! The result is recorded in the metadata of the model version trained with it (`tuning`), and
