@@ -54,7 +54,7 @@ pub(crate) struct RecommendArgs {
     #[arg(long)]
     include_seen: bool,
     /// Model: auto, als, knn, ease, bpr or popular (default: serving.default_model).
-    #[arg(long, value_parser = ["als", "knn", "ease", "popular"])]
+    #[arg(long, value_parser = ModelChoice::NAMES)]
     model: Option<String>,
     /// Print JSON (the API's shape) instead of a table.
     #[arg(long)]
@@ -76,14 +76,7 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
         categories: args.category.clone(),
         exclude: args.exclude.clone(),
         include_seen: args.include_seen,
-        model: args.model.as_deref().map(|m| match m {
-            "auto" => ModelChoice::Auto,
-            "als" => ModelChoice::Als,
-            "knn" => ModelChoice::Knn,
-            "ease" => ModelChoice::Ease,
-            "bpr" => ModelChoice::Bpr,
-            _ => ModelChoice::Popular,
-        }),
+        model: args.model.as_deref().and_then(ModelChoice::from_name),
         context: None,
     };
     let recs = engine.recommend(&args.user, &q);

@@ -353,6 +353,24 @@ pub enum ModelChoice {
     Popular,
 }
 
+impl ModelChoice {
+    /// The names requests and the CLI use, as in the configuration.
+    pub const NAMES: [&str; 6] = ["auto", "als", "knn", "ease", "bpr", "popular"];
+
+    /// The model called `name` (one of [`Self::NAMES`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "auto" => Self::Auto,
+            "als" => Self::Als,
+            "knn" => Self::Knn,
+            "ease" => Self::Ease,
+            "bpr" => Self::Bpr,
+            "popular" => Self::Popular,
+            _ => return None,
+        })
+    }
+}
+
 /// A related-items model.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -132,6 +132,22 @@ fn movielens_100k_imports_exactly() {
         }
     }
 
+    // Every model the API knows is accepted by name: `auto` serves iALS until a tuning ran,
+    // `bpr` says it is not trained (training.bpr is off) and falls back to popular.
+    let auto = json(&bespoke(
+        dir.path(),
+        &["recommend", "196", "-n", "3", "--model", "auto", "--json"],
+    ));
+    assert_eq!(auto["model"], "als", "{auto}");
+    let bpr = ok(&bespoke(
+        dir.path(),
+        &["recommend", "196", "-n", "3", "--model", "bpr"],
+    ));
+    assert!(
+        bpr.starts_with("model: popular") && bpr.contains("training.bpr"),
+        "{bpr}"
+    );
+
     // The table form, for a catalog too large for EASE: a row per model trained, none for EASE.
     let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
         .arg("--data-dir")

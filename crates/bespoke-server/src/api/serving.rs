@@ -53,20 +53,14 @@ fn categories(state: &AppState, params: &Params) -> Result<Vec<String>, ApiError
 
 /// The `model` of a recommendation request.
 fn model_param(name: Option<&str>) -> Result<Option<ModelChoice>, ApiError> {
-    Ok(match name {
-        None => None,
-        Some("auto") => Some(ModelChoice::Auto),
-        Some("als") => Some(ModelChoice::Als),
-        Some("knn") => Some(ModelChoice::Knn),
-        Some("ease") => Some(ModelChoice::Ease),
-        Some("bpr") => Some(ModelChoice::Bpr),
-        Some("popular") => Some(ModelChoice::Popular),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "model",
-                format!("model must be auto, als, knn, ease, bpr or popular, got {other:?}"),
-            ));
-        }
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    ModelChoice::from_name(name).map(Some).ok_or_else(|| {
+        ApiError::invalid(
+            "model",
+            format!("model must be auto, als, knn, ease, bpr or popular, got {name:?}"),
+        )
     })
 }
 
