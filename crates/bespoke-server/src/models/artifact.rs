@@ -106,14 +106,8 @@ pub fn encode_als(model: &Als) -> Vec<u8> {
     let (u, i) = (model.user_factors(), model.item_factors());
     let (ub, ib) = (f32_bytes(u.as_slice()), f32_bytes(i.as_slice()));
     let tensors = [
-        (
-            "item_factors",
-            TensorView::new(Dtype::F32, vec![i.rows(), i.dim()], &ib).expect("sizes match"),
-        ),
-        (
-            "user_factors",
-            TensorView::new(Dtype::F32, vec![u.rows(), u.dim()], &ub).expect("sizes match"),
-        ),
+        ("item_factors", f32_view(vec![i.rows(), i.dim()], &ib)),
+        ("user_factors", f32_view(vec![u.rows(), u.dim()], &ub)),
     ];
     let info = HashMap::from([
         ("format".to_owned(), "bespoke.als.v1".to_owned()),
@@ -157,6 +151,11 @@ pub fn decode_als(bytes: &[u8]) -> Result<Als, ArtifactError> {
         .ok_or_else(|| err(F, "factor dimensions disagree with the metadata"))
 }
 
+/// A view of `bytes` (from [`f32_bytes`]) as an `F32` tensor of `shape`.
+fn f32_view(shape: Vec<usize>, bytes: &[u8]) -> TensorView<'_> {
+    TensorView::new(Dtype::F32, shape, bytes).expect("the bytes of that many f32 values")
+}
+
 /// The `F32` matrix `name` of file `file` as factors (rows × dimension).
 fn read_factors(
     st: &SafeTensors,
@@ -175,10 +174,7 @@ fn read_factors(
 pub fn encode_ease(model: &Ease, lambda: f64) -> Vec<u8> {
     let n = model.n_items();
     let wb = f32_bytes(model.weights());
-    let tensors = [(
-        "weights",
-        TensorView::new(Dtype::F32, vec![n, n], &wb).expect("sizes match"),
-    )];
+    let tensors = [("weights", f32_view(vec![n, n], &wb))];
     let info = HashMap::from([
         ("format".to_owned(), "bespoke.ease.v1".to_owned()),
         ("lambda".to_owned(), lambda.to_string()),
@@ -212,18 +208,9 @@ pub fn encode_bpr(model: &Bpr) -> Vec<u8> {
         f32_bytes(model.item_bias()),
     );
     let tensors = [
-        (
-            "item_bias",
-            TensorView::new(Dtype::F32, vec![i.rows()], &bb).expect("sizes match"),
-        ),
-        (
-            "item_factors",
-            TensorView::new(Dtype::F32, vec![i.rows(), i.dim()], &ib).expect("sizes match"),
-        ),
-        (
-            "user_factors",
-            TensorView::new(Dtype::F32, vec![u.rows(), u.dim()], &ub).expect("sizes match"),
-        ),
+        ("item_bias", f32_view(vec![i.rows()], &bb)),
+        ("item_factors", f32_view(vec![i.rows(), i.dim()], &ib)),
+        ("user_factors", f32_view(vec![u.rows(), u.dim()], &ub)),
     ];
     let info = HashMap::from([("format".to_owned(), "bespoke.bpr.v1".to_owned())]);
     safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
@@ -261,10 +248,7 @@ pub fn encode_knn(model: &ItemKnn) -> Vec<u8> {
     }
     let (pb, ib, db) = (u64_bytes(&indptr), u32_bytes(&indices), f32_bytes(&data));
     let tensors = [
-        (
-            "data",
-            TensorView::new(Dtype::F32, vec![data.len()], &db).expect("sizes match"),
-        ),
+        ("data", f32_view(vec![data.len()], &db)),
         (
             "indices",
             TensorView::new(Dtype::U32, vec![indices.len()], &ib).expect("sizes match"),
