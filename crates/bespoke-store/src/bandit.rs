@@ -118,8 +118,12 @@ pub struct LoopLogStats {
 pub enum RewardOutcome {
     /// Stored with this sequence number.
     Recorded(u64),
-    /// The slot already had a reward; nothing changed.
-    Duplicate,
+    /// The slot already had a reward (the loop's default when `default`, given when its
+    /// window closed); nothing changed.
+    Duplicate {
+        /// Whether the reward already there is the default one.
+        default: bool,
+    },
     /// No decision with this id.
     UnknownDecision,
 }
@@ -306,11 +310,15 @@ pub(crate) fn insert_reward(c: &Connection, r: &NewReward) -> Result<RewardOutco
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (decision_seq, slot) DO NOTHING",
         )?
         .execute(params![seq, loop_name, r.slot, r.value, r.at, r.is_default])?;
-    Ok(if n == 1 {
-        RewardOutcome::Recorded(c.last_insert_rowid() as u64)
-    } else {
-        RewardOutcome::Duplicate
-    })
+    if n == 1 {
+        return Ok(RewardOutcome::Recorded(c.last_insert_rowid() as u64));
+    }
+    let default = c
+        .prepare_cached(
+            "SELECT is_default FROM bandit_rewards WHERE decision_seq = ?1 AND slot = ?2",
+        )?
+        .query_row(params![seq, r.slot], |row| row.get(0))?;
+    Ok(RewardOutcome::Duplicate { default })
 }
 
 pub(crate) fn settle(c: &Connection, ids: &[String]) -> Result<()> {
@@ -564,7 +572,20 @@ mod tests {
         };
         assert_eq!(
             s.insert_reward(reward("d1", 0, 0.0)).unwrap(),
-            RewardOutcome::Duplicate
+            RewardOutcome::Duplicate { default: false }
+        );
+        // A reward after the window closed finds the default there and says so.
+        let default = NewReward {
+            is_default: true,
+            ..reward("d2", 0, 0.0)
+        };
+        assert!(matches!(
+            s.insert_reward(default).unwrap(),
+            RewardOutcome::Recorded(_)
+        ));
+        assert_eq!(
+            s.insert_reward(reward("d2", 0, 1.0)).unwrap(),
+            RewardOutcome::Duplicate { default: true }
         );
         assert_eq!(
             s.insert_reward(reward("nope", 0, 0.0)).unwrap(),

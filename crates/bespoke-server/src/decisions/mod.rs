@@ -926,19 +926,17 @@ impl Loops {
             other => {
                 handle.inflight.fetch_sub(1, Ordering::SeqCst);
                 return match other? {
-                    // The settler may have closed the window since `d` was read: its default
-                    // reward makes this an expired decision, not a second reward.
-                    RewardOutcome::Duplicate
-                        if self.store.decision(id)?.is_some_and(|d| {
-                            d.rewards.iter().any(|r| r.slot == slot && r.is_default)
-                        }) =>
-                    {
+                    // The settler closed the window since `d` was read: its default reward
+                    // makes this an expired decision, not a second reward.
+                    RewardOutcome::Duplicate { default: true } => {
                         Err(DecisionError::Expired(id.to_owned()))
                     }
-                    RewardOutcome::Duplicate => Err(DecisionError::AlreadyRewarded {
-                        id: id.to_owned(),
-                        slot,
-                    }),
+                    RewardOutcome::Duplicate { default: false } => {
+                        Err(DecisionError::AlreadyRewarded {
+                            id: id.to_owned(),
+                            slot,
+                        })
+                    }
                     _ => Err(DecisionError::UnknownDecision(id.to_owned())),
                 };
             }
