@@ -27,6 +27,8 @@ pub struct ModelRecord {
     pub active: bool,
     /// Total size of its files in bytes.
     pub bytes: u64,
+    /// Names of its files (`meta.json` aside), sorted: what erasure must go through.
+    pub files: Vec<String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -152,15 +154,23 @@ impl ModelDir {
                 let text = fs::read(&meta_path).map_err(io(&meta_path))?;
                 let meta = serde_json::from_slice(&text)
                     .map_err(|e| Error::Corrupt(format!("{}: {e}", meta_path.display())))?;
-                let mut bytes = 0;
+                let (mut bytes, mut files) = (0, Vec::new());
                 for entry in fs::read_dir(&dir).map_err(io(&dir))? {
-                    bytes += entry.map_err(io(&dir))?.metadata().map_err(io(&dir))?.len();
+                    let entry = entry.map_err(io(&dir))?;
+                    bytes += entry.metadata().map_err(io(&dir))?.len();
+                    // Temporary files of an interrupted rewrite start with a dot.
+                    match entry.file_name().into_string() {
+                        Ok(name) if name != META && !name.starts_with('.') => files.push(name),
+                        _ => {}
+                    }
                 }
+                files.sort_unstable();
                 Ok(ModelRecord {
                     version,
                     meta,
                     active: active == Some(version),
                     bytes,
+                    files,
                 })
             })
             .collect()
@@ -270,6 +280,7 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert!(list[0].active && !list[1].active);
         assert_eq!(list[1].meta["n"], 2);
+        assert_eq!(list[1].files, ["a.bin"]);
         assert!(m.save(&[("../x", b"")], &json!({})).is_err());
         assert!(m.save(&[("meta.json", b"")], &json!({})).is_err());
         // Pruning keeps the newest and the active version.

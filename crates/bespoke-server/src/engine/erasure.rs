@@ -2,8 +2,9 @@
 //!
 //! Deleting a user removes their profile, events and everything serving derived from them at
 //! once (see [`Engine::delete_user`]). What trained models learned from them goes in three steps:
-//! 1. at once, every stored model version that has a row for the user gets that row zeroed and
-//!    its key blanked (`users.json`), so no file names them or holds their vector;
+//! 1. at once, every stored model version that has a row for the user gets its key blanked
+//!    (`users.json`) and that row zeroed in every tensor that a file of the version declares as
+//!    user rows (see [`crate::models::artifact`]), so no file names them or holds their vector;
 //! 2. the next model trained from a snapshot read after the erasure cannot contain them (the
 //!    snapshot reads the store, which no longer holds them); when such a model becomes active,
 //!    the receipt records it, and the older versions that were trained with the user are deleted;
@@ -19,7 +20,7 @@ use bespoke_store::Millis;
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, TrainError};
-use crate::models::artifact::{self, ALS_FILE, USERS_FILE};
+use crate::models::artifact::{self, ITEMS_FILE, USERS_FILE};
 
 /// An erasure receipt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +161,7 @@ impl Engine {
             let mut containing = Vec::new();
             let stored = self.user_keys.to_store(key).into_owned();
             for m in self.store.list_models()? {
-                if scrub(&*self.store, m.version, &stored)? {
+                if scrub(&*self.store, &m, &stored)? {
                     containing.push(m.version);
                 }
             }
@@ -255,10 +256,21 @@ impl Engine {
         snapshot_at: Millis,
     ) -> bespoke_store::Result<()> {
         let erasures = self.erasures.lock();
+        if erasures.pending.iter().all(|p| p.key.is_none()) {
+            return Ok(());
+        }
+        let Some(record) = self
+            .store
+            .list_models()?
+            .into_iter()
+            .find(|m| m.version == version)
+        else {
+            return Ok(());
+        };
         for p in &erasures.pending {
             let Some(key) = &p.key else { continue };
             if p.requested_at >= snapshot_at
-                && scrub(&*self.store, version, key)?
+                && scrub(&*self.store, &record, key)?
                 && let Some(mut r) = self.erasure(&p.id)?
             {
                 r.models_containing_user.push(version);
@@ -318,9 +330,15 @@ impl Engine {
     }
 }
 
-/// Zeroes `key`'s user row in a stored version and blanks its key; whether the version had it.
-fn scrub(store: &dyn bespoke_store::Store, version: u64, key: &str) -> bespoke_store::Result<bool> {
+/// Blanks `key` in a stored version's `users.json` and zeroes its row in every tensor that
+/// any file of the version declares as user rows; whether the version had the user.
+fn scrub(
+    store: &dyn bespoke_store::Store,
+    record: &bespoke_store::ModelRecord,
+    key: &str,
+) -> bespoke_store::Result<bool> {
     let corrupt = |e: artifact::ArtifactError| bespoke_store::Error::Corrupt(e.to_string());
+    let version = record.version;
     let mut users = match store.read_model_file(version, USERS_FILE) {
         Ok(b) => artifact::decode_keys(&b, USERS_FILE).map_err(corrupt)?,
         Err(bespoke_store::Error::UnknownModel(_)) => return Ok(false),
@@ -329,12 +347,29 @@ fn scrub(store: &dyn bespoke_store::Store, version: u64, key: &str) -> bespoke_s
     let Some(row) = users.iter().position(|k| k == key) else {
         return Ok(false);
     };
-    let als = store.read_model_file(version, ALS_FILE)?;
-    let als = artifact::zero_user_row(&als, row).map_err(corrupt)?;
-    // The key first: if we stop between the two writes, what is left is a vector that nothing
+    // Every rewrite is computed before any is written, so a malformed file leaves the version
+    // as it was rather than half scrubbed.
+    let mut rewrites = Vec::new();
+    for name in &record.files {
+        if name == USERS_FILE || name == ITEMS_FILE {
+            continue;
+        }
+        if !name.ends_with(".safetensors") {
+            return Err(bespoke_store::Error::Corrupt(format!(
+                "model version {version}: {name} is neither a key list nor a safetensors file, so its user rows cannot be erased"
+            )));
+        }
+        let bytes = store.read_model_file(version, name)?;
+        if let Some(scrubbed) = artifact::zero_user_rows(&bytes, name, row).map_err(corrupt)? {
+            rewrites.push((name, scrubbed));
+        }
+    }
+    // The key first: if we stop between the writes, what is left are vectors that nothing
     // names, not a name.
     users[row] = String::new();
     store.rewrite_model_file(version, USERS_FILE, &artifact::encode_keys(&users))?;
-    store.rewrite_model_file(version, ALS_FILE, &als)?;
+    for (name, bytes) in rewrites {
+        store.rewrite_model_file(version, name, &bytes)?;
+    }
     Ok(true)
 }

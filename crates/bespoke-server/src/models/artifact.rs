@@ -7,7 +7,10 @@
 //! - `meta.json` (written by the store): hyperparameters, data watermark, timings, metrics.
 //!
 //! Each safetensors header's `__metadata__` repeats the essentials (`format`, parameters) so that
-//! a file is self-describing on its own.
+//! a file is self-describing on its own, and declares under [`USER_ROWS`] which of its tensors
+//! have one row per entry of `users.json`. Erasure zeroes exactly those rows
+//! ([`zero_user_rows`]), and [`check_user_rows`] refuses to save a file that does not declare
+//! them, so a model cannot be added without its user rows being covered.
 
 use std::collections::HashMap;
 
@@ -26,6 +29,10 @@ pub const BPR_FILE: &str = "bpr.safetensors";
 pub const USERS_FILE: &str = "users.json";
 /// See [`ALS_FILE`].
 pub const ITEMS_FILE: &str = "items.json";
+
+/// Metadata key of a safetensors file listing (comma-separated) the tensors whose rows are
+/// users, in `users.json` order; empty when the file holds nothing per user.
+pub const USER_ROWS: &str = "user_rows";
 
 /// A model file that cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +118,7 @@ pub fn encode_als(model: &Als) -> Vec<u8> {
     ];
     let info = HashMap::from([
         ("format".to_owned(), "bespoke.als.v1".to_owned()),
+        (USER_ROWS.to_owned(), "user_factors".to_owned()),
         ("factors".to_owned(), p.factors.to_string()),
         ("iterations".to_owned(), p.iterations.to_string()),
         ("regularization".to_owned(), p.regularization.to_string()),
@@ -177,6 +185,7 @@ pub fn encode_ease(model: &Ease, lambda: f64) -> Vec<u8> {
     let tensors = [("weights", f32_view(vec![n, n], &wb))];
     let info = HashMap::from([
         ("format".to_owned(), "bespoke.ease.v1".to_owned()),
+        (USER_ROWS.to_owned(), String::new()),
         ("lambda".to_owned(), lambda.to_string()),
         ("items".to_owned(), n.to_string()),
     ]);
@@ -212,7 +221,10 @@ pub fn encode_bpr(model: &Bpr) -> Vec<u8> {
         ("item_factors", f32_view(vec![i.rows(), i.dim()], &ib)),
         ("user_factors", f32_view(vec![u.rows(), u.dim()], &ub)),
     ];
-    let info = HashMap::from([("format".to_owned(), "bespoke.bpr.v1".to_owned())]);
+    let info = HashMap::from([
+        ("format".to_owned(), "bespoke.bpr.v1".to_owned()),
+        (USER_ROWS.to_owned(), "user_factors".to_owned()),
+    ]);
     safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
 }
 
@@ -266,6 +278,7 @@ pub fn encode_knn(model: &ItemKnn) -> Vec<u8> {
     };
     let info = HashMap::from([
         ("format".to_owned(), "bespoke.knn.v1".to_owned()),
+        (USER_ROWS.to_owned(), String::new()),
         ("similarity".to_owned(), similarity.to_owned()),
         ("k".to_owned(), model.k().to_string()),
         ("k1".to_owned(), k1.to_string()),
@@ -335,34 +348,127 @@ pub fn decode_knn(bytes: &[u8]) -> Result<ItemKnn, ArtifactError> {
     ))
 }
 
-/// Rewrites an iALS file with row `row` of `user_factors` set to zero, everything else
-/// (other tensors, metadata) unchanged.
-pub fn zero_user_row(bytes: &[u8], row: usize) -> Result<Vec<u8>, ArtifactError> {
-    const F: &str = ALS_FILE;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
-    let info = metadata(bytes, F)?;
-    let (ushape, udata) = tensor(&st, F, "user_factors", Dtype::F32)?;
-    let (ishape, idata) = tensor(&st, F, "item_factors", Dtype::F32)?;
-    let (rows, dim) = match ushape[..] {
-        [r, d] => (r, d),
-        _ => return Err(err(F, "user_factors is not a matrix")),
-    };
-    if row >= rows {
-        return Err(err(F, format!("user row {row} out of {rows}")));
+/// The tensors of a safetensors file `name` whose rows are users, as its metadata declares.
+/// Versions written before files declared them fall back to what those formats held.
+fn declared_user_rows(
+    meta: &HashMap<String, String>,
+    name: &str,
+) -> Result<Vec<String>, ArtifactError> {
+    let file = static_name(name);
+    match meta.get(USER_ROWS) {
+        Some(list) => Ok(list
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        None => match meta.get("format").map(String::as_str) {
+            Some("bespoke.als.v1" | "bespoke.bpr.v1") => Ok(vec!["user_factors".to_owned()]),
+            Some("bespoke.knn.v1" | "bespoke.ease.v1" | "bespoke.content.v1") => Ok(Vec::new()),
+            _ => Err(err(file, format!("does not declare its {USER_ROWS}"))),
+        },
     }
-    let mut users = udata.to_vec();
-    users[row * dim * 4..(row + 1) * dim * 4].fill(0);
-    let tensors = [
-        (
-            "item_factors",
-            TensorView::new(Dtype::F32, ishape, idata).map_err(|e| err(F, e))?,
-        ),
-        (
-            "user_factors",
-            TensorView::new(Dtype::F32, ushape, &users).map_err(|e| err(F, e))?,
-        ),
-    ];
-    safetensors::serialize(tensors, &Some(info)).map_err(|e| err(F, e))
+}
+
+/// A `'static` name for error messages about a file known only at run time.
+fn static_name(name: &str) -> &'static str {
+    [
+        ALS_FILE,
+        KNN_FILE,
+        EASE_FILE,
+        BPR_FILE,
+        USERS_FILE,
+        ITEMS_FILE,
+        super::content::CONTENT_FILE,
+    ]
+    .into_iter()
+    .find(|f| *f == name)
+    .unwrap_or("(model file)")
+}
+
+/// Checks, before a version is saved, that every file is a key list or a safetensors file that
+/// declares its user rows, each declared tensor having exactly `users` rows.
+pub fn check_user_rows(files: &[(&str, &[u8])], users: usize) -> Result<(), ArtifactError> {
+    for (name, bytes) in files {
+        if *name == USERS_FILE || *name == ITEMS_FILE {
+            continue;
+        }
+        let file = static_name(name);
+        if !name.ends_with(".safetensors") {
+            return Err(err(
+                file,
+                format!("{name}: only safetensors files and key lists can be erased from"),
+            ));
+        }
+        let meta = metadata(bytes, file)?;
+        if !meta.contains_key(USER_ROWS) {
+            return Err(err(
+                file,
+                format!("{name} does not declare its {USER_ROWS}"),
+            ));
+        }
+        let st = SafeTensors::deserialize(bytes).map_err(|e| err(file, e))?;
+        for t in declared_user_rows(&meta, name)? {
+            let view = st
+                .tensor(&t)
+                .map_err(|e| err(file, format!("declared user tensor {t}: {e}")))?;
+            if view.shape().first() != Some(&users) {
+                return Err(err(
+                    file,
+                    format!(
+                        "{name}: tensor {t} has shape {:?}, not one row per user ({users})",
+                        view.shape()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the safetensors file `name` with row `row` of every tensor it declares as user
+/// rows set to zero, everything else (other tensors, metadata) unchanged; `None` when it
+/// declares none (nothing to rewrite).
+pub fn zero_user_rows(
+    bytes: &[u8],
+    name: &str,
+    row: usize,
+) -> Result<Option<Vec<u8>>, ArtifactError> {
+    let file = static_name(name);
+    let info = metadata(bytes, file)?;
+    let declared = declared_user_rows(&info, name)?;
+    if declared.is_empty() {
+        return Ok(None);
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(file, e))?;
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (t, view) in st.tensors() {
+        let mut data = view.data().to_vec();
+        if declared.contains(&t) {
+            let rows = view.shape().first().copied().unwrap_or(0);
+            if row >= rows {
+                return Err(err(file, format!("{t}: user row {row} out of {rows}")));
+            }
+            let width = data.len() / rows;
+            data[row * width..(row + 1) * width].fill(0);
+        }
+        owned.push((t, view.dtype(), view.shape().to_vec(), data));
+    }
+    for t in &declared {
+        if !owned.iter().any(|(n, ..)| n == t) {
+            return Err(err(file, format!("declared user tensor {t} is missing")));
+        }
+    }
+    let views = owned
+        .iter()
+        .map(|(n, dtype, shape, data)| {
+            TensorView::new(*dtype, shape.clone(), data)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| err(file, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, &Some(info))
+        .map(Some)
+        .map_err(|e| err(file, e))
 }
 
 /// Encodes a list of keys (row order) as a JSON array.
@@ -445,5 +551,39 @@ mod tests {
         assert!(decode_knn(&bytes[..bytes.len() - 3]).is_err());
         assert!(decode_als(&bytes).is_err(), "a kNN file is not an ALS file");
         assert!(decode_keys(b"[1,2]", USERS_FILE).is_err());
+    }
+
+    #[test]
+    fn user_rows_are_declared_checked_and_zeroed() {
+        let model = als();
+        let bytes = encode_als(&model);
+        let knn = encode_knn(&ItemKnn::fit(
+            &Csr::from_triples(7, 11, &[(0, 1, 1.0), (1, 1, 1.0)], false),
+            Similarity::Cosine,
+            2,
+        ));
+        let files: [(&str, &[u8]); 2] = [(ALS_FILE, &bytes), (KNN_FILE, &knn)];
+        check_user_rows(&files, 7).unwrap();
+        // The declared tensor must have one row per user.
+        assert!(check_user_rows(&files, 8).is_err());
+        // A file that says nothing about its user rows cannot be saved.
+        let bare = safetensors::serialize(
+            [("w", f32_view(vec![1], &f32_bytes(&[1.0])))],
+            &Some(HashMap::from([("format".to_owned(), "x".to_owned())])),
+        )
+        .unwrap();
+        let e = check_user_rows(&[("new.safetensors", &bare)], 7).unwrap_err();
+        assert!(e.to_string().contains(USER_ROWS), "{e}");
+        assert!(check_user_rows(&[("notes.txt", b"hi")], 7).is_err());
+
+        let scrubbed = decode_als(&zero_user_rows(&bytes, ALS_FILE, 3).unwrap().unwrap()).unwrap();
+        assert!(scrubbed.user_factors().row(3).iter().all(|&x| x == 0.0));
+        for r in (0..7).filter(|&r| r != 3) {
+            assert_eq!(scrubbed.user_factors().row(r), model.user_factors().row(r));
+        }
+        assert_eq!(scrubbed.item_factors(), model.item_factors());
+        assert!(zero_user_rows(&bytes, ALS_FILE, 7).is_err());
+        // Nothing per user: nothing to rewrite.
+        assert!(zero_user_rows(&knn, KNN_FILE, 0).unwrap().is_none());
     }
 }

@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Map, Value, json};
 
-use super::artifact::ArtifactError;
+use super::artifact::{self, ArtifactError};
 
 /// File name of the content model inside a model version.
 pub const CONTENT_FILE: &str = "content.safetensors";
@@ -132,7 +132,11 @@ impl ContentModel {
     /// `<side>_idf` (`F32`), the feature names and embedding blocks in the metadata (JSON).
     pub fn encode(&self) -> Vec<u8> {
         let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let mut info = HashMap::from([("format".to_owned(), "bespoke.content.v1".to_owned())]);
+        // Both sides are maps from features to factors, learned from everyone: no user rows.
+        let mut info = HashMap::from([
+            ("format".to_owned(), "bespoke.content.v1".to_owned()),
+            (artifact::USER_ROWS.to_owned(), String::new()),
+        ]);
         for (name, side) in [("items", &self.items), ("users", &self.users)] {
             let Some(s) = side else { continue };
             let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();

@@ -46,5 +46,8 @@ pub fn save(
     if let Some(c) = &content {
         files.push((content::CONTENT_FILE, c));
     }
+    // A file that does not say which of its rows are users could not be erased from.
+    artifact::check_user_rows(&files, snapshot.user_keys.len())
+        .map_err(|e| bespoke_store::Error::Corrupt(e.to_string()))?;
     store.save_model(&files, &trained.meta)
 }
