@@ -79,10 +79,20 @@ impl Engine {
         let boost = self.settings.serving.recent_boost;
         let half_life_ms = self.settings.serving.recent_half_life_hours * 3_600_000.0;
         let now = now_ms();
-        let history = s.live.history(user);
+        // In the model's row order (item keys), as training reads a user's pairs, not in store
+        // id order: sums and recency ties then go the same way as in training, and two stores
+        // holding the same data answer the same to the last bit. Items the model has no row for
+        // (newer than it) come last; they still count as later interactions for recency.
+        let mut history: Vec<(u32, &bespoke_algo::Interaction)> = s
+            .live
+            .history(user)
+            .iter()
+            .map(|x| (m.model_item(x.item.0).unwrap_or(u32::MAX), x))
+            .collect();
+        history.sort_by_key(|(i, x)| (*i, x.item.0));
         let recency = m.recency_of(name);
         let position = if recency.is_on() {
-            let times: Vec<i64> = history.iter().map(|x| x.last_ts).collect();
+            let times: Vec<i64> = history.iter().map(|(_, x)| x.last_ts).collect();
             recency.factors(&times)
         } else {
             Vec::new()
@@ -90,13 +100,14 @@ impl Engine {
         history
             .iter()
             .enumerate()
-            .filter_map(|(k, x)| {
+            .filter(|(_, (i, _))| *i != u32::MAX)
+            .map(|(k, &(i, x))| {
                 let mut w = x.weight * position.get(k).copied().unwrap_or(1.0);
                 if boost > 0.0 && w > 0.0 && half_life_ms > 0.0 {
                     let age = (now - x.last_ts).max(0) as f64;
                     w *= (1.0 + boost * (-age / half_life_ms).exp2()) as f32;
                 }
-                m.model_item(x.item.0).map(|i| (i, w))
+                (i, w)
             })
             .collect()
     }

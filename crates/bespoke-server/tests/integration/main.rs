@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod common;
 mod decisions;
+mod erasure;
 mod events;
 mod models;
 mod ops;
