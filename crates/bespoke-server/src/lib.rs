@@ -207,13 +207,12 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     };
     let app = api::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(serve(
+        listener,
+        app,
+        engine.settings().server.clone(),
+        stopped,
+    ));
     tracing::info!(%addr, "serving");
     let trainer = tokio::spawn(background_trainer(engine.clone()));
     let keys = tokio::spawn(refresh_keys(engine.clone()));
@@ -229,6 +228,71 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
         task,
         background,
     })
+}
+
+/// Accepts connections until `stop` fires (or its sender is dropped), then lets in-flight
+/// requests finish for up to `shutdown_grace_secs`.
+///
+/// A loop of our own rather than `axum::serve`, which does not expose hyper's connection
+/// settings: the request-head timeout needs `http1::Builder::header_read_timeout` with a timer.
+/// At most `max_connections` are served at once: a permit is taken before `accept`, so further
+/// clients wait in the kernel's listen backlog (and are served in turn) instead of being
+/// accepted only to be refused.
+async fn serve(
+    mut listener: TcpListener,
+    app: axum::Router,
+    settings: settings::ServerSettings,
+    mut stop: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use std::time::Duration;
+
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper restarts this timer whenever it waits for a request head, so it also closes idle
+    // keep-alive connections; it closes without an answer (hyper writes no 408 for it).
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(settings.header_timeout_secs));
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        // axum's `Listener` retries failed accepts (e.g. out of file descriptors) after a pause.
+        let (stream, _peer) = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                // Timeouts and clients that go away land here; nothing to act on.
+                tracing::debug!(target: "serve::http", error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = open,
+            grace_secs = settings.shutdown_grace_secs,
+            "requests still running after the shutdown grace period; not waiting for them"
+        );
+    }
+    Ok(())
 }
 
 /// Enforces `privacy.max_event_age_days` at start-up and every `retention_interval_minutes`.

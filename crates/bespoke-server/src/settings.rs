@@ -46,6 +46,20 @@ pub struct ServerSettings {
     pub bind: SocketAddr,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Seconds a connection has to send a complete request head (request line and headers),
+    /// counted from when it opened or its previous response was sent; so this is also how long
+    /// an idle keep-alive connection stays open. Past it the connection is closed.
+    pub header_timeout_secs: u64,
+    /// Longest pause, in seconds, while receiving a request body; past it the request is
+    /// answered 408 and nothing of it is stored.
+    pub body_timeout_secs: u64,
+    /// Seconds a request may take from its head to its response (body included), answered 408
+    /// past it. Training, tuning, erasure with retraining and decision-loop replays and
+    /// evaluations are exempt (`api::UNBOUNDED_ROUTES`).
+    pub request_timeout_secs: u64,
+    /// Most connections served at once; further ones wait in the listen backlog until one
+    /// closes. Keep it below the open-file limit (`ulimit -n`).
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -53,6 +67,10 @@ impl Default for ServerSettings {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_secs: 10,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            request_timeout_secs: 30,
+            max_connections: 1024,
         }
     }
 }
@@ -577,6 +595,13 @@ pub enum SettingsError {
     },
 }
 
+/// Longest timeout the `server.*_timeout_secs` settings accept: a day is already far past any
+/// sensible value, and the bound keeps `Instant + Duration` from overflowing.
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+
+/// Most connections `server.max_connections` accepts, far above any open-file limit.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
 /// Prefix of environment variables that override settings.
 pub const ENV_PREFIX: &str = "BESPOKE__";
 
@@ -650,6 +675,29 @@ impl Settings {
 
     /// Checks values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), String> {
+        let srv = &self.server;
+        let positive_secs = [
+            ("server.header_timeout_secs", srv.header_timeout_secs),
+            ("server.body_timeout_secs", srv.body_timeout_secs),
+            ("server.request_timeout_secs", srv.request_timeout_secs),
+        ];
+        for (key, v) in positive_secs {
+            // A zero timeout would cut off every client; "no timeout" is not offered, as it is
+            // what lets slow clients hold connections.
+            if v == 0 {
+                return Err(format!("{key} must be at least 1 (seconds)"));
+            }
+            if v > MAX_TIMEOUT_SECS {
+                return Err(format!(
+                    "{key} must be at most {MAX_TIMEOUT_SECS} (seconds, one day)"
+                ));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&srv.max_connections) {
+            return Err(format!(
+                "server.max_connections must be between 1 and {MAX_CONNECTIONS}"
+            ));
+        }
         let positive = [
             ("limits.max_body_bytes", self.limits.max_body_bytes),
             ("limits.max_batch_events", self.limits.max_batch_events),
@@ -865,6 +913,50 @@ mod tests {
         std::fs::write(&file, "[serving]\nrecommend_popularity = \"sideways\"\n").unwrap();
         let err = Settings::load(Some(&file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_and_connection_limits_are_refused_by_name() {
+        for key in [
+            "HEADER_TIMEOUT_SECS",
+            "BODY_TIMEOUT_SECS",
+            "REQUEST_TIMEOUT_SECS",
+            "MAX_CONNECTIONS",
+        ] {
+            let var = format!("BESPOKE__SERVER__{key}");
+            let err = Settings::load(None, env(&[(&var, "0")])).unwrap_err();
+            let named = format!("server.{}", key.to_ascii_lowercase());
+            assert!(err.to_string().contains(&named), "{err}");
+        }
+        let err = Settings::load(
+            None,
+            env(&[("BESPOKE__SERVER__BODY_TIMEOUT_SECS", "86401")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("server.body_timeout_secs"),
+            "{err}"
+        );
+        // Negative values are refused by the type, naming the variable.
+        let err = Settings::load(None, env(&[("BESPOKE__SERVER__HEADER_TIMEOUT_SECS", "-1")]))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("BESPOKE__SERVER__HEADER_TIMEOUT_SECS"),
+            "{err}"
+        );
+        let s = Settings::load(
+            None,
+            env(&[
+                ("BESPOKE__SERVER__HEADER_TIMEOUT_SECS", "3"),
+                ("BESPOKE__SERVER__MAX_CONNECTIONS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.server.header_timeout_secs, s.server.max_connections),
+            (3, 7)
+        );
     }
 
     #[test]

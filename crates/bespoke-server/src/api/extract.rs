@@ -39,12 +39,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     "payload_too_large",
                     "the request body exceeds limits.max_body_bytes",
                 )
+            } else if is_body_timeout(&e) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body stalled for longer than server.body_timeout_secs; nothing of it was stored",
+                )
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
             }
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Whether reading the body failed because it stalled: axum reports every body error as one
+/// rejection (400), with tower-http's [`TimeoutError`](tower_http::timeout::TimeoutError) a few
+/// boxes down its `source` chain.
+fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Parses JSON, naming the path of the first offending value.
@@ -222,5 +242,49 @@ impl Params {
                 format!("{name} must be true or false, got {other:?}"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use hyper::body::Frame;
+    use tower_http::timeout::TimeoutBody;
+
+    use super::*;
+
+    /// A body whose client sent nothing more.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_408_not_400() {
+        let body = TimeoutBody::new(Duration::from_millis(10), Stalled);
+        let req = Request::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::new(body))
+            .unwrap();
+        let err = JsonBody::<serde_json::Value>::from_request(req, &())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::REQUEST_TIMEOUT, "body_timeout")
+        );
     }
 }

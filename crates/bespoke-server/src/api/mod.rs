@@ -16,7 +16,7 @@ mod personalizer;
 mod serving;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -24,6 +24,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::auth::{Access, AuthError, Caller, Scope};
 use crate::engine::Engine;
@@ -163,6 +164,28 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
 ];
 
+/// Routes that may legitimately run past `server.request_timeout_secs`, as
+/// `(method, path template)`: training and tuning (`?wait=true`), erasure (`?retrain=true`),
+/// and decision-loop changes and evaluations, which replay a loop's whole log. All of them need
+/// the admin scope except erasure, which has no body; `authorize` runs before a body is read, so
+/// only an admin key can send these a slow body (still cut by `server.body_timeout_secs`).
+pub const UNBOUNDED_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/models/train"),
+    ("POST", "/v1/models/tune"),
+    ("DELETE", "/v1/users/{key}"),
+    ("PUT", "/v1/loops/{key}"),
+    ("GET", "/v1/loops/{key}/evaluation"),
+    ("POST", "/v1/loops/{key}/evaluation/apply"),
+];
+
+/// Whether a route gets the whole-request deadline (`server.request_timeout_secs`): every
+/// route but [`UNBOUNDED_ROUTES`].
+pub fn has_deadline(method: &str, path: &str) -> bool {
+    !UNBOUNDED_ROUTES
+        .iter()
+        .any(|(m, p)| *m == method && *p == path)
+}
+
 /// The access rule of a route, `None` for a route not in [`ROUTES`].
 pub fn access(method: &str, path: &str) -> Option<Access> {
     ROUTES
@@ -173,8 +196,9 @@ pub fn access(method: &str, path: &str) -> Option<Access> {
 
 /// The application router with its middleware.
 pub fn router(state: AppState) -> Router {
-    let limits = &state.engine.settings().limits;
-    let body_limit = limits.max_body_bytes;
+    let settings = state.engine.settings();
+    let body_limit = settings.limits.max_body_bytes;
+    let body_timeout = Duration::from_secs(settings.server.body_timeout_secs);
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
@@ -269,9 +293,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             authorize,
         ))
+        // Outside `authorize`, so that the deadline covers it and the body.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline,
+        ))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        // A stalled body fails `JsonBody` with tower-http's `TimeoutError`, answered 408.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -290,6 +321,30 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not accept this method; see /openapi.json",
     )
+}
+
+/// Answers 408 `request_timeout` when a request with a deadline (see [`has_deadline`]) is not
+/// answered within `server.request_timeout_secs`. The handler's future is dropped then, but work
+/// it handed to the blocking pool runs to its end: a write may still be stored, which is why
+/// event writes carry `event_id`s for retries.
+async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    if !has_deadline(req.method().as_str(), route.unwrap_or_default()) {
+        return next.run(req).await;
+    }
+    let secs = state.engine.settings().server.request_timeout_secs;
+    match tokio::time::timeout(Duration::from_secs(secs), next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request was not answered within server.request_timeout_secs ({secs} s)"),
+        )
+        .into_response(),
+    }
 }
 
 /// The API key of a request: `Authorization: Bearer <key>`, `X-Api-Key: <key>` or
@@ -427,4 +482,37 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// Checks a key, naming `field` in the error.
 pub(crate) fn validate_key(field: &str, key: &str, max_bytes: usize) -> Result<(), ApiError> {
     crate::validate::check_key(field, key, max_bytes).map_err(|m| ApiError::invalid(field, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_long_admin_routes_escape_the_request_deadline() {
+        for (method, path) in UNBOUNDED_ROUTES {
+            assert!(
+                access(method, path).is_some(),
+                "{method} {path} is exempt from the deadline but not in ROUTES"
+            );
+            assert!(!has_deadline(method, path));
+        }
+        // Same paths, other methods, keep their deadline.
+        assert!(has_deadline("GET", "/v1/users/{key}"));
+        assert!(has_deadline("GET", "/v1/loops/{key}"));
+        for path in [
+            "/v1/events",
+            "/v1/recommendations",
+            "/personalizer/v1.0/rank",
+        ] {
+            assert!(has_deadline("POST", path));
+        }
+        assert_eq!(
+            ROUTES
+                .iter()
+                .filter(|(m, p, _)| !has_deadline(m, p))
+                .count(),
+            UNBOUNDED_ROUTES.len()
+        );
+    }
 }

@@ -11,4 +11,5 @@ mod models;
 mod ops;
 mod privacy;
 mod serving;
+mod timeouts;
 mod users_items;
