@@ -608,48 +608,30 @@ async fn personalizer_routes_with_the_subscription_key_header() {
     assert_eq!(view["model_updates"], 1, "{view}");
 }
 
-/// A Python environment with Azure Personalizer's client library from PyPI, made once under
-/// the target directory. Fails (never skips) when Python or PyPI is unavailable.
+/// The Python environment with Azure Personalizer's client libraries that `.ci/setup` makes
+/// from the pinned `.ci/requirements-test.txt` (tests install nothing themselves). Fails, naming
+/// the command, when it is missing.
 fn personalizer_python() -> std::path::PathBuf {
-    use std::process::Command;
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("personalizer-venv");
-    let python = venv.join("bin/python");
-    let ready = || {
-        Command::new(&python)
-            .args([
-                "-c",
-                "import azure.cognitiveservices.personalizer, msrest, azure.ai.personalizer",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready() {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for the Personalizer client test");
-        assert!(made.success(), "python3 -m venv {} failed", venv.display());
-        let pip = Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "azure-cognitiveservices-personalizer==0.1.1",
-                "msrest==0.7.1",
-                "azure-ai-personalizer==1.0.0b1",
-            ])
-            .status()
-            .expect("pip runs");
-        assert!(
-            pip.success(),
-            "installing Azure's Personalizer clients from PyPI failed"
-        );
-        assert!(
-            ready(),
-            "the Personalizer client does not import after installing it"
-        );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join("target/test-venv/bin/python");
+    let imports = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import azure.cognitiveservices.personalizer, msrest, azure.ai.personalizer",
+        ])
+        .output();
+    match imports {
+        Ok(out) if out.status.success() => python,
+        Ok(out) => panic!(
+            "{} lacks Azure's Personalizer clients ({}): run `bash .ci/setup` first",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "no test Python at {} ({e}): run `bash .ci/setup` first (it installs .ci/requirements-test.txt)",
+            python.display()
+        ),
     }
-    python
 }
 
 /// Runs one of the client scripts against the server; its JSON summary.
