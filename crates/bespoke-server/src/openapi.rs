@@ -18,6 +18,9 @@ fn error_responses(codes: &[u16]) -> Value {
             }
             401 => "Missing, invalid or revoked API key",
             403 => "The key lacks the scope this route needs (x-scope)",
+            408 => {
+                "The body stalled longer than server.body_timeout_secs, or (routes with a deadline) the request was not answered within server.request_timeout_secs"
+            }
             413 => "Body larger than limits.max_body_bytes",
             415 => "Content-Type is not application/json",
             422 => "Valid JSON that cannot be applied (e.g. embedding dimension mismatch)",
@@ -227,6 +230,13 @@ pub fn document() -> Value {
                     r.extend(e);
                 }
             }
+        }
+        // Any route can time out while its body arrives, or run past the request deadline.
+        if let (Some(r), Value::Object(e)) = (
+            op.get_mut("responses").and_then(Value::as_object_mut),
+            error_responses(&[408]),
+        ) {
+            r.extend(e);
         }
     }
     doc
@@ -494,6 +504,18 @@ mod tests {
             .map(|(m, p, _)| (m.to_string(), p.to_string()))
             .collect();
         assert_eq!(documented, routes);
+    }
+
+    #[test]
+    fn every_route_documents_its_timeout() {
+        let doc = document();
+        for (method, path, _) in crate::api::ROUTES {
+            let op = &doc["paths"][path][method.to_lowercase()];
+            assert!(
+                op["responses"]["408"]["description"].is_string(),
+                "{method} {path} does not document 408"
+            );
+        }
     }
 
     #[test]
