@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use safetensors::SafeTensors;
 use serde_json::{Value, json};
 
 use crate::common::{TestServer, start_with};
+use crate::privacy::train;
 
 /// MovieLens 100K's heaviest user (737 ratings).
 const HEAVIEST: &str = "405";
@@ -144,14 +145,6 @@ async fn load(srv: &TestServer, ml: &MovieLens, without: Option<&str>) {
         let (status, out) = srv.put(&format!("/v1/users/{key}"), body.clone()).await;
         assert!(status.is_success(), "user {key}: {out}");
     }
-}
-
-async fn train(srv: &TestServer) -> Value {
-    let (status, body) = srv
-        .request(Method::POST, "/v1/models/train?wait=true", None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
 }
 
 fn version_dir(srv: &TestServer, version: u64) -> PathBuf {

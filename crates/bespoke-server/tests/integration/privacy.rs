@@ -70,7 +70,8 @@ async fn load(srv: &TestServer, with_victim: bool) {
     }
 }
 
-async fn train(srv: &TestServer) -> Value {
+/// Trains a version now and returns the answer.
+pub(crate) async fn train(srv: &TestServer) -> Value {
     let (status, body) = srv
         .request(Method::POST, "/v1/models/train?wait=true", None)
         .await;
