@@ -54,9 +54,21 @@ pub struct Ease {
     b: Vec<f32>,
 }
 
-impl Ease {
-    /// Fits EASE on the users × items matrix `x` with L2 weight `lambda`.
-    pub fn fit(x: &Csr, lambda: f64, max_items: usize) -> Result<Self, EaseError> {
+/// The Gram matrix `XᵀX` of a users × items matrix, kept sparse (column by column), so that
+/// EASE can be fitted at several λ from one computation ([`Ease::from_gram`]): tuning tries a
+/// handful of λ on the same data.
+#[derive(Debug, Clone)]
+pub struct Gram {
+    n: usize,
+    /// Column `i` is `idx[ptr[i]..ptr[i + 1]]` with values `val[..]` (rows increasing).
+    ptr: Vec<usize>,
+    idx: Vec<u32>,
+    val: Vec<f64>,
+}
+
+impl Gram {
+    /// `XᵀX`, refused above `max_items` items (EASE's dense matrix would not fit).
+    pub fn new(x: &Csr, max_items: usize) -> Result<Self, EaseError> {
         let n = x.n_cols();
         if n > max_items {
             return Err(EaseError::TooManyItems {
@@ -64,17 +76,18 @@ impl Ease {
                 max: max_items,
             });
         }
-        if !(lambda.is_finite() && lambda > 0.0) {
-            return Err(EaseError::BadLambda);
-        }
-        // G = XᵀX: each item's column of G from the users who have it (the transpose's rows).
+        // Each item's column from the users who have it (the transpose's rows), in parallel a
+        // block at a time, compressed as it comes: only a block of dense columns is ever held.
         let xt = x.transpose();
-        let mut g = Mat::<f64>::zeros(n, n);
-        // Columns are computed in parallel a block at a time and copied in, so only one
-        // n × n matrix is ever held (plus a block).
+        let mut g = Self {
+            n,
+            ptr: vec![0],
+            idx: Vec::new(),
+            val: Vec::new(),
+        };
         const BLOCK: usize = 256;
         for start in (0..n).step_by(BLOCK) {
-            let cols: Vec<Vec<f64>> = (start..(start + BLOCK).min(n))
+            let cols: Vec<Vec<(u32, f64)>> = (start..(start + BLOCK).min(n))
                 .into_par_iter()
                 .map(|i| {
                     let mut col = vec![0.0f64; n];
@@ -85,16 +98,62 @@ impl Ease {
                             col[j as usize] += wi as f64 * wj as f64;
                         }
                     }
-                    col
+                    col.into_iter()
+                        .enumerate()
+                        .filter(|(_, v)| *v != 0.0)
+                        .map(|(j, v)| (j as u32, v))
+                        .collect()
                 })
                 .collect();
-            for (k, col) in cols.into_iter().enumerate() {
-                let i = start + k;
-                for (j, v) in col.into_iter().enumerate() {
-                    g[(j, i)] = v;
-                }
-                g[(i, i)] += lambda;
+            for col in cols {
+                g.idx.extend(col.iter().map(|c| c.0));
+                g.val.extend(col.iter().map(|c| c.1));
+                g.ptr.push(g.idx.len());
             }
+        }
+        Ok(g)
+    }
+
+    /// Items (the matrix is `n × n`).
+    pub fn n_items(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.ptr.len() * 8 + self.idx.len() * 4 + self.val.len() * 8
+    }
+}
+
+impl Ease {
+    /// Fits EASE on the users × items matrix `x` with L2 weight `lambda`.
+    pub fn fit(x: &Csr, lambda: f64, max_items: usize) -> Result<Self, EaseError> {
+        if !(lambda.is_finite() && lambda > 0.0) {
+            return Err(EaseError::BadLambda);
+        }
+        Self::from_gram(&Gram::new(x, max_items)?, lambda)
+    }
+
+    /// Peak bytes [`Ease::from_gram`] allocates for `n_items` items (beyond the Gram matrix):
+    /// the dense regularised Gram matrix and its Cholesky factor, or the factor and the
+    /// inverse (8 bytes an entry each), whichever pair is alive.
+    pub fn fit_bytes(n_items: usize) -> u64 {
+        16 * (n_items as u64).pow(2)
+    }
+
+    /// Fits EASE with L2 weight `lambda` from a Gram matrix computed once.
+    pub fn from_gram(gram: &Gram, lambda: f64) -> Result<Self, EaseError> {
+        if !(lambda.is_finite() && lambda > 0.0) {
+            return Err(EaseError::BadLambda);
+        }
+        let n = gram.n;
+        let mut g = Mat::<f64>::zeros(n, n);
+        for i in 0..n {
+            let span = gram.ptr[i]..gram.ptr[i + 1];
+            for (&j, &v) in gram.idx[span.clone()].iter().zip(&gram.val[span]) {
+                g[(j as usize, i)] = v;
+            }
+            g[(i, i)] += lambda;
         }
         let llt = g
             .llt(faer::Side::Lower)
@@ -246,6 +305,21 @@ mod tests {
         assert!(scores.iter().all(|&s| s == 0.0));
         let parts = m.explain(&[(0, 1.0), (3, 1.0)], 1);
         assert_eq!(parts[0].0, 0);
+    }
+
+    #[test]
+    fn one_gram_serves_every_lambda() {
+        let x = matrix(
+            &[&[0, 1], &[1, 2], &[0, 1, 2], &[2, 3], &[0, 3], &[1, 3]],
+            4,
+        );
+        let gram = Gram::new(&x, 100).unwrap();
+        for lambda in [0.1, 1.0, 30.0] {
+            let fresh = Ease::fit(&x, lambda, 100).unwrap();
+            let reused = Ease::from_gram(&gram, lambda).unwrap();
+            assert_eq!(fresh.weights(), reused.weights(), "lambda {lambda}");
+        }
+        assert_eq!(Ease::fit_bytes(1000), 16_000_000);
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use als::{Als, AlsParams, IterationReport, UserSolver, UserVector};
 pub use bpr::{Bpr, BprParams};
 pub use content::{Bag, ContentVocab, Ridge, RidgeError, VocabParams};
 pub use csr::Csr;
-pub use ease::{Ease, EaseError};
+pub use ease::{Ease, EaseError, Gram};
 pub use factors::Factors;
 pub use id_map::IdMap;
 pub use knn::{ItemKnn, Similarity};

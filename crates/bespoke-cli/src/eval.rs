@@ -28,9 +28,11 @@ pub(crate) struct EvalArgs {
     /// How to split --data: `temporal:FRACTION` (split.py's per-user rule, 5 rows minimum).
     #[arg(long, default_value = "temporal:0.2")]
     pub(crate) split: String,
-    /// Models to evaluate, comma-separated: als, bpr, ease, cosine (or knn), bm25, popular (or
-    /// pop), or a blend of two such as `als+ease` (see --blend-weight).
-    #[arg(long, value_delimiter = ',', default_value = "als")]
+    /// Models, comma-separated: als, bpr, ease, cosine (or knn), bm25, rp3, popular (or pop),
+    /// or for `eval` a blend of two such as `als+ease` (see --blend-weight). Default: `eval`
+    /// evaluates als; `tune` searches every family that fits (als, ease, bm25, cosine, rp3,
+    /// bpr; EASE only within --memory-budget-gb).
+    #[arg(long, value_delimiter = ',')]
     pub(crate) models: Vec<String>,
     /// iALS factors.
     #[arg(long, default_value_t = 64)]
@@ -71,6 +73,10 @@ pub(crate) struct EvalArgs {
     /// Most items EASE accepts (its matrix is dense: items² × 8 bytes while fitting).
     #[arg(long, default_value_t = 20_000)]
     pub(crate) ease_max_items: usize,
+    /// `bespoke tune` only: memory EASE's dense matrices may take, in GB (two items × items
+    /// matrices of f64 while fitting); without --models, EASE is left out of the search above it.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) memory_budget_gb: f64,
     /// Weight a user's latest interactions up: an interaction followed by `age` later ones of
     /// the same user counts `floor + (1 - floor) * 2^(-age / half_life)`; 0 turns it off.
     #[arg(long, default_value_t = 0.0)]
@@ -122,7 +128,7 @@ pub(crate) struct EvalArgs {
     /// `bespoke tune` only: configurations sampled and validated (the search budget); iterative
     /// models start with a quarter of their iterations and the best third of each type is
     /// trained again in full.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = tune::DEFAULT_BUDGET)]
     pub(crate) budget: usize,
     /// Print one JSON object per model (implicit_bench.py's keys) instead of a table.
     #[arg(long)]
@@ -667,7 +673,18 @@ fn evaluate_all(args: &EvalArgs, data: &Data, load_s: f64, build_s: f64) -> anyh
         bail!("no test rows of users and items known from training: nothing to evaluate");
     }
     let mut lines = Vec::new();
-    for name in &args.models {
+    let models = if args.models.is_empty() {
+        // iALS alone is the cheap default; say so, and how to see the rest.
+        eprintln!(
+            "evaluated als (the default); evaluate others with --models \
+             als,ease,bm25,cosine,rp3,bpr,popular, or search them all with `bespoke tune`"
+        );
+        vec!["als".to_owned()]
+    } else {
+        eprintln!("evaluated {}", args.models.join(", "));
+        args.models.clone()
+    };
+    for name in &models {
         let name = name.trim();
         let recency = args.recency();
         let choice = match name.split_once('+') {
@@ -726,6 +743,53 @@ fn print_table(results: &[Value]) {
     }
 }
 
+/// The model families `tune` searches, with those left out and why (JSON: `model`, `reason`).
+/// Named --models are checked (EASE must fit its item limit and the memory budget); without
+/// them every family of [`tune::FAMILIES`] that fits is searched.
+fn families(args: &EvalArgs, n_items: usize) -> anyhow::Result<(Vec<String>, Vec<Value>)> {
+    if !(args.memory_budget_gb.is_finite() && args.memory_budget_gb > 0.0) {
+        bail!("--memory-budget-gb must be a positive number");
+    }
+    let ease_bytes = bespoke_algo::Ease::fit_bytes(n_items);
+    let budget_bytes = args.memory_budget_gb * 1e9;
+    let gb = |b: f64| (b / 1e8).round() / 10.0;
+    let ease_unfit = if n_items > args.ease_max_items {
+        Some(format!(
+            "its matrix is items × items: {n_items} items, above --ease-max-items {}",
+            args.ease_max_items
+        ))
+    } else if ease_bytes as f64 > budget_bytes {
+        Some(format!(
+            "its dense items × items matrices need {} GB for {n_items} items, above \
+             --memory-budget-gb {}",
+            gb(ease_bytes as f64),
+            args.memory_budget_gb
+        ))
+    } else {
+        None
+    };
+    if args.models.is_empty() {
+        let mut kinds = Vec::new();
+        let mut skipped = Vec::new();
+        for kind in tune::FAMILIES {
+            match (&ease_unfit, *kind) {
+                (Some(why), "ease") => skipped.push(json!({"model": "ease", "reason": why})),
+                _ => kinds.push((*kind).to_owned()),
+            }
+        }
+        return Ok((kinds, skipped));
+    }
+    let kinds: Vec<String> = args.models.iter().map(|m| m.trim().to_owned()).collect();
+    // Refused now rather than when an EASE draw comes up, minutes into the search.
+    if let (Some(why), true) = (&ease_unfit, kinds.iter().any(|k| k == "ease")) {
+        bail!(
+            "EASE cannot be searched: {why}; leave ease out of --models or raise the limit \
+             (--ease-max-items, --memory-budget-gb)"
+        );
+    }
+    Ok((kinds, Vec::new()))
+}
+
 /// `bespoke tune`: random search with successive halving over the model types and their
 /// hyperparameters (`bespoke_algo::tune::search`). Each of `--budget` configurations (model
 /// types in turn) is trained on the training data minus its latest 20% per user (split.py's
@@ -743,6 +807,7 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
         bail!("--budget must be at least 1");
     }
     let started = Instant::now();
+    let began = started;
     let (train, test) = match (&args.train, &args.test, &args.data) {
         (Some(train), Some(test), _) => (read_rows(train)?, read_rows(test)?),
         (None, None, Some(data)) => {
@@ -764,22 +829,28 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
         .map(|r| r.item)
         .collect::<std::collections::HashSet<_>>()
         .len();
-    if args.models.iter().any(|m| m.trim() == "ease") && n_items > args.ease_max_items {
-        bail!(
-            "EASE's matrix is items × items: this catalog has {n_items} items, above \
-             --ease-max-items {}; leave ease out of --models or raise --ease-max-items",
-            args.ease_max_items
+    let (kinds, skipped) = families(args, n_items)?;
+    if !args.json {
+        let skipped: String = skipped
+            .iter()
+            .map(|s| format!("; skipped {}: {}", s["model"], s["reason"]))
+            .collect();
+        eprintln!(
+            "searching {} ({} configurations){skipped}",
+            kinds.join(", "),
+            args.budget
         );
     }
     let params = SearchParams {
         budget: args.budget,
-        kinds: args.models.iter().map(|m| m.trim().to_owned()).collect(),
+        kinds: kinds.clone(),
         iterations: args.iterations,
         rungs: vec![0.25, 1.0],
         eta: 3,
         seed: args.seed,
         recency: !args.no_recency_search,
         local_share: args.local_share,
+        max_share: tune::MAX_SHARE,
     };
     let bar = indicatif::ProgressBar::new(args.budget as u64).with_style(
         indicatif::ProgressStyle::with_template("tuning {bar:30} {pos}/{len} {msg}")
@@ -790,9 +861,10 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let mut fit_times = Vec::new();
     let fixed = args.recency();
+    let fitter = tune::Fitter::new(args.seed, args.ease_max_items);
     let validate = |c: &Config, r: Recency| -> Result<f64, String> {
         let m = valid.matrix(r);
-        let fitted = Fitted::fit(c, &m, args.seed, args.ease_max_items)?;
+        let fitted = fitter.fit(c, &m, r)?;
         let sums = tune::evaluate(valid.n_items, &valid.eval, |u, s| {
             fitted.recommend(&m, u, K_MAX, s)
         });
@@ -824,7 +896,7 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     let blended = tune::best_blend(
         &members,
         |r| valid.matrix(r),
-        |c, m| Fitted::fit(c, m, args.seed, args.ease_max_items),
+        |c, r, m| fitter.fit(c, m, r),
         &valid.eval,
         |x, y| bar.set_message(format!("blending {} and {}", x.kind(), y.kind())),
     )
@@ -858,6 +930,10 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
         .collect();
     result["tuning"] = json!({
         "budget": args.budget,
+        "families": kinds,
+        "skipped": skipped,
+        "seconds": round3(began.elapsed().as_secs_f64()),
+        "peak_rss_mib": crate::bench::peak_rss_mib(),
         "search": "random search with successive halving: iterative models first at 1/4 of their iterations, the best third in full (eta 3)",
         "validation": "latest 20% of each training user's rows (5 or more), split.py's rule",
         "best": {"model": anchor_name(best.config.kind()), "validation_ndcg@10": best.ndcg, "params": config_json(&best.config, recency_of(&best))},

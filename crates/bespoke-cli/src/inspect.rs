@@ -130,6 +130,76 @@ pub(crate) struct TrainArgs {
     json: bool,
 }
 
+/// What a trained version serves by default (`model=auto`), with each model's
+/// hyperparameters and why they are these: a tuning result, or the configured `[training]`
+/// settings when none exists.
+fn served_summary(meta: &Value) -> String {
+    let models: Vec<&str> = match &meta["serve"] {
+        Value::String(m) => vec![m.as_str()],
+        Value::Object(o) => match (o.get("single"), o.get("blend")) {
+            (Some(Value::String(m)), _) => vec![m.as_str()],
+            (_, Some(b)) => b["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    // Hyperparameters are f32 in training: print them as such (0.05, not 0.0500000007).
+    let show = |v: &Value| match v {
+        Value::Number(n) if n.is_f64() => format!("{}", n.as_f64().unwrap_or(0.0) as f32),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let what = match (&meta["serve"]["blend"], models.as_slice()) {
+        (Value::Object(b), [a, c]) => format!(
+            "a blend of {a} and {c} (weight {} on {a})",
+            b.get("weight").and_then(Value::as_f64).unwrap_or(0.0) as f32
+        ),
+        (_, [m]) => (*m).to_owned(),
+        _ => meta["serve"].to_string(),
+    };
+    let mut out = format!("serving {what} by default (model=auto)\n");
+    for m in &models {
+        let params: Vec<String> = meta["params"][*m]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                Value::Object(o) => {
+                    let inner: Vec<String> = o
+                        .iter()
+                        .map(|(k2, v2)| format!("{k2} {}", show(v2)))
+                        .collect();
+                    format!("{k} ({})", inner.join(", "))
+                }
+                v => format!("{k} {}", show(v)),
+            })
+            .collect();
+        out.push_str(&format!("  {m}: {}\n", params.join(", ")));
+    }
+    let why = match meta["tuning"].as_object() {
+        Some(t) => format!(
+            "  why: chosen by the tuning of {} ({} configurations, validation NDCG@10 {:.4}); \
+             every training reuses it until the next tuning\n",
+            t.get("tuned_at").and_then(Value::as_str).unwrap_or("?"),
+            t.get("budget").unwrap_or(&Value::Null),
+            t.get("validation_ndcg")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
+        ),
+        None => "  why: no tuning result yet, so the [training] settings (defaults unless \
+                 configured); `bespoke train --tune` searches every served model family\n"
+            .to_owned(),
+    };
+    out.push_str(&why);
+    out
+}
+
 pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
     let mut settings = settings.clone();
     settings.training.auto_activate &= !args.no_activate;
@@ -190,21 +260,11 @@ pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()>
             ""
         }
     );
+    print!("{}", served_summary(meta));
     if let Some(m) = meta["metrics"]
         .as_object()
         .filter(|m| m.contains_key("als"))
     {
-        if let Some(t) = meta["tuning"].as_object() {
-            println!(
-                "tuned ({} configurations, {}): serving {} (validation NDCG@10 {:.4})",
-                t.get("budget").unwrap_or(&Value::Null),
-                t.get("tuned_at").and_then(Value::as_str).unwrap_or(""),
-                meta["serve"],
-                t.get("validation_ndcg")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0)
-            );
-        }
         println!(
             "held-out metrics ({} users):",
             m.get("eval_users").unwrap_or(&Value::Null)

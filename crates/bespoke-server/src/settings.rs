@@ -487,8 +487,9 @@ pub struct TrainingSettings {
     /// Hold out each user's latest 20 % to report offline metrics with every model (costs a
     /// second training run on 80 % of the data).
     pub evaluate: bool,
-    /// Tune model types and hyperparameters in the background this often, in hours (0:
-    /// only on request: `POST /v1/models/tune` or `bespoke train --tune`).
+    /// Tune model types and hyperparameters in the background this often, in hours, and once
+    /// as soon as a model that was never tuned is served (0: only on request: `POST
+    /// /v1/models/tune` or `bespoke train --tune`).
     pub tune_interval_hours: f64,
     /// Configurations one tuning run trains and validates.
     pub tune_budget: usize,
@@ -533,8 +534,8 @@ impl Default for TrainingSettings {
             half_life_days: 0.0,
             threads: 0,
             evaluate: true,
-            tune_interval_hours: 0.0,
-            tune_budget: 16,
+            tune_interval_hours: 24.0,
+            tune_budget: bespoke_algo::tune::DEFAULT_BUDGET,
             interval_minutes: 60,
             min_new_events: 100_000,
             min_gap_minutes: 5,

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 mod crash;
 mod ope;
+mod tune;
 
 fn bespoke(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bespoke"))
@@ -168,6 +169,20 @@ fn movielens_100k_imports_exactly() {
         assert!(rows.contains(&model), "{model} missing:\n{table}");
     }
     assert!(!rows.contains(&"ease"), "{table}");
+    // It says what it serves, with which hyperparameters, and why: no tuning yet...
+    assert!(
+        table.contains("serving als by default (model=auto)")
+            && table.contains("als: alpha 1, cg_steps 3, factors 64, iterations 15")
+            && table.contains("why: no tuning result yet"),
+        "{table}"
+    );
+    // ... and, once tuned, what the tuning chose.
+    let tuned = ok(&bespoke(dir.path(), &["train", "--tune", "--budget", "4"]));
+    assert!(tuned.contains("why: chosen by the tuning of"), "{tuned}");
+    assert!(
+        tuned.contains("(4 configurations, validation NDCG@10"),
+        "{tuned}"
+    );
 }
 
 #[test]

@@ -194,18 +194,24 @@ impl Engine {
     }
 
     /// Whether the scheduler should tune now (`training.tune_interval_hours`): a model is
-    /// served and it was never tuned, or the last tuning here was at least the interval ago.
+    /// served and it was never tuned, or its tuning (here, or recorded in the served version
+    /// before a restart) is at least the interval old.
     pub fn tuning_due(&self, last: Option<Instant>) -> bool {
         let hours = self.settings.training.tune_interval_hours;
         let Some(model) = self.model.load_full().filter(|_| hours > 0.0) else {
             return false;
         };
+        let interval_ms = hours * 3_600_000.0;
         match last {
-            Some(l) => l.elapsed().as_secs_f64() >= hours * 3600.0,
-            None => model
-                .meta
-                .get("tuning")
-                .is_none_or(serde_json::Value::is_null),
+            Some(l) => l.elapsed().as_secs_f64() * 1000.0 >= interval_ms,
+            None => match model.meta.get("tuning").filter(|t| !t.is_null()) {
+                None => true,
+                Some(t) => t
+                    .get("tuned_at")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|at| crate::time::parse_rfc3339(at).ok())
+                    .is_none_or(|at| (crate::engine::now_ms() - at) as f64 >= interval_ms),
+            },
         }
     }
 

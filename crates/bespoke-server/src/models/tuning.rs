@@ -10,7 +10,7 @@
 //! survives restarts and is used until the next tuning. `model=auto` (the default
 //! `serving.default_model`) serves what tuning chose.
 
-use bespoke_algo::tune::{self, Config, Fitted, SearchParams};
+use bespoke_algo::tune::{self, Config, SearchParams};
 use bespoke_algo::{Csr, Recency};
 use serde::{Deserialize, Serialize};
 
@@ -108,15 +108,17 @@ pub fn tune(
         eta: 3,
         seed: t.seed,
         recency: true,
-        local_share: bespoke_algo::tune::LOCAL_SHARE,
+        local_share: tune::LOCAL_SHARE,
+        max_share: tune::MAX_SHARE,
     };
     let matrix = |r: Recency| snapshot.positive_matrix(&train, r);
-    let fit = |c: &Config, m: &Csr| Fitted::fit(c, m, t.seed, t.ease_max_items);
+    let fitter = tune::Fitter::new(t.seed, t.ease_max_items);
+    let fit = |c: &Config, r: Recency, m: &Csr| fitter.fit(c, m, r);
     let validate = |c: &Config, r: Recency| -> Result<f64, String> {
         let m = matrix(r);
         // One configuration that cannot be fitted (EASE's system not positive definite, say)
         // scores nothing rather than stopping the search.
-        let f = match fit(c, &m) {
+        let f = match fit(c, r, &m) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(target: "train::tuning", model = c.kind(), error = %e, "trial failed");

@@ -32,6 +32,7 @@ pub(crate) async fn start_in(
     // No background training unless a test asks for it: results must not change under it.
     settings.training.train_on_start = false;
     settings.training.interval_minutes = 0;
+    settings.training.tune_interval_hours = 0.0;
     settings.training.min_new_events = 0;
     configure(&mut settings);
     let server = bespoke_server::start(settings)

@@ -268,6 +268,55 @@ async fn the_server_trains_in_the_background_once_data_arrives() {
     assert_eq!(body["model"], "als");
 }
 
+/// By default the server tunes by itself: once a model that was never tuned is served, the
+/// scheduler runs the search and the next version serves what it chose.
+#[tokio::test]
+async fn an_untuned_model_is_tuned_in_the_background_by_default() {
+    assert!(
+        bespoke_server::Settings::default()
+            .training
+            .tune_interval_hours
+            > 0.0
+    );
+    let srv = start_with(|s| {
+        s.training.train_on_start = true;
+        s.training.evaluate = false;
+        s.training.tune_interval_hours = bespoke_server::Settings::default()
+            .training
+            .tune_interval_hours;
+        s.training.tune_budget = 4;
+    })
+    .await;
+    clustered(&srv).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let tuning = loop {
+        let (_, models) = srv.get("/v1/models").await;
+        let active = models["active"].as_u64();
+        let meta = models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["version"].as_u64() == active && active.is_some())
+            .map(|m| m["meta"].clone());
+        if let Some(t) = meta.map(|m| m["tuning"].clone()).filter(|t| !t.is_null()) {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background tuning within 120 s: {models}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(tuning["budget"], 4, "{tuning}");
+    let (_, recs) = srv.get("/v1/users/u1/recommendations?n=3").await;
+    let served = match &tuning["serve"] {
+        Value::Object(o) if o.contains_key("blend") => "blend".to_owned(),
+        Value::Object(o) => o["single"].as_str().unwrap().to_owned(),
+        other => panic!("serve {other}"),
+    };
+    assert_eq!(recs["model"], served.as_str(), "{recs}");
+}
+
 /// Tuning from the server: the search runs on the stored data, the new version records the
 /// result, `model=auto` serves what it chose, and later trainings reuse it.
 #[tokio::test]
