@@ -25,15 +25,19 @@ const SECRET_HEX: usize = 64;
 /// Length of a whole key.
 const KEY_LEN: usize = KEY_TAG.len() + PREFIX_HEX + 1 + SECRET_HEX;
 
-/// What a key may do. `admin` includes the other two.
+/// What a key may do. Each scope includes the weaker ones: `write` includes `read`, and `admin`
+/// includes both (see [`Scopes::grants`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// Serving: recommendations, similar items, popular items, the catalog.
+    /// Serving, safe to ship to browsers: recommendations, similar items, popular items, an
+    /// item of the catalog, the OpenAPI document. Nothing about a named user but their
+    /// recommendations, nothing about configuration.
     Read,
-    /// Behaviour and catalog: events, users, items.
+    /// The operator's backend: events, users and their data, the catalog, erasure receipts,
+    /// decisions and rewards, and the decision loops' configuration and statistics.
     Write,
-    /// Keys, audit log, exports, models, metrics.
+    /// Keys, audit log, exports, models, decision-loop changes and evaluations, metrics.
     Admin,
 }
 
@@ -67,7 +71,7 @@ impl fmt::Display for Scope {
 pub enum Access {
     /// Anyone, without a key (only `/healthz`, which says nothing but "up").
     Public,
-    /// Keys holding this scope (or `admin`).
+    /// Keys holding this scope or a stronger one.
     Needs(Scope),
 }
 
@@ -84,9 +88,15 @@ impl Scopes {
         Self(scopes.iter().fold(0, |acc, s| acc | 1 << *s as u8))
     }
 
-    /// Whether the set grants `scope` (`admin` grants everything).
+    /// Whether the set grants `scope`: it holds `scope` or a stronger one (`write` grants
+    /// `read`, `admin` grants everything). A write key is the operator's backend, which may
+    /// already read users' data; refusing it the catalog and serving routes would only make
+    /// backends hold a second key.
     pub fn grants(self, scope: Scope) -> bool {
-        self.0 & (1 << Scope::Admin as u8) != 0 || self.0 & (1 << scope as u8) != 0
+        Scope::ALL
+            .into_iter()
+            .filter(|s| *s >= scope)
+            .any(|s| self.0 & (1 << s as u8) != 0)
     }
 
     /// The scopes in the set, weakest first.
@@ -383,13 +393,16 @@ mod tests {
     }
 
     #[test]
-    fn admin_grants_everything_and_others_only_themselves() {
+    fn each_scope_grants_itself_and_the_weaker_ones() {
         let admin = Scopes::of(&[Scope::Admin]);
+        let write = Scopes::of(&[Scope::Write]);
         let read = Scopes::of(&[Scope::Read]);
         for s in Scope::ALL {
             assert!(admin.grants(s));
+            assert_eq!(write.grants(s), s != Scope::Admin);
             assert_eq!(read.grants(s), s == Scope::Read);
         }
+        assert!(!Scopes::default().grants(Scope::Read));
         assert_eq!(
             parse_scopes(&["write, read".into(), "read".into()]).unwrap(),
             vec![Scope::Read, Scope::Write]

@@ -358,7 +358,7 @@ fn paths() -> Value {
         },
         "components": {
           "securitySchemes": {
-            "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key (bsk_...) from `bespoke keys create` or POST /v1/keys; also accepted as X-Api-Key. Each operation's x-scope names the scope it needs (admin grants all)." }
+            "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key (bsk_...) from `bespoke keys create` or POST /v1/keys; also accepted as X-Api-Key. Each operation's x-scope names the scope it needs; a scope includes the weaker ones (write grants read, admin grants all). HEAD is served wherever GET is, under the same scope." }
           },
           "schemas": schemas()
         }
