@@ -91,6 +91,12 @@ pub struct AuthSettings {
     pub rate_per_second: f64,
     /// Seconds of its rate a key may spend at once (bucket size = rate × this, at least 1).
     pub burst_seconds: f64,
+    /// Failed authentications (401s) a source address may have per minute on average; past
+    /// them and `failed_burst`, its requests are answered 429 whatever key they carry, until
+    /// its budget refills. 0 = off. Behind a reverse proxy the source is the proxy.
+    pub failed_per_minute: f64,
+    /// Failed authentications a source may have at once before `failed_per_minute` applies.
+    pub failed_burst: u32,
 }
 
 impl Default for AuthSettings {
@@ -99,6 +105,8 @@ impl Default for AuthSettings {
             enabled: true,
             rate_per_second: 0.0,
             burst_seconds: 2.0,
+            failed_per_minute: 60.0,
+            failed_burst: 30,
         }
     }
 }
@@ -787,6 +795,15 @@ impl Settings {
         if !(self.auth.burst_seconds.is_finite() && self.auth.burst_seconds > 0.0) {
             return Err("auth.burst_seconds must be positive".into());
         }
+        let failed = self.auth.failed_per_minute;
+        if !(failed.is_finite() && (failed == 0.0 || (1e-6..=1e6).contains(&failed))) {
+            return Err(
+                "auth.failed_per_minute must be 0 (off) or from 0.000001 to 1000000".into(),
+            );
+        }
+        if self.auth.failed_burst == 0 {
+            return Err("auth.failed_burst must be at least 1".into());
+        }
         for origin in &self.server.cors_allowed_origins {
             check_origin(origin)
                 .map_err(|why| format!("server.cors_allowed_origins: {origin:?} {why}"))?;
@@ -1010,7 +1027,7 @@ mod tests {
     }
 
     #[test]
-    fn cors_origins_are_checked_by_name() {
+    fn cors_origins_and_failed_auth_limits_are_checked_by_name() {
         for good in [
             "https://shop.example.com",
             "http://localhost:3000",
@@ -1038,14 +1055,25 @@ mod tests {
             let err = s.validate().unwrap_err();
             assert!(err.contains("server.cors_allowed_origins"), "{bad}: {err}");
         }
+        for (rate, burst) in [(-1.0, 5), (f64::NAN, 5), (1e7, 5), (60.0, 0)] {
+            let mut s = Settings::default();
+            s.auth.failed_per_minute = rate;
+            s.auth.failed_burst = burst;
+            let err = s.validate().unwrap_err();
+            assert!(err.contains("auth.failed_"), "{rate} {burst}: {err}");
+        }
         let s = Settings::load(
             None,
-            env(&[(
-                "BESPOKE__SERVER__CORS_ALLOWED_ORIGINS",
-                r#"["https://a.example"]"#,
-            )]),
+            env(&[
+                ("BESPOKE__AUTH__FAILED_PER_MINUTE", "0"),
+                (
+                    "BESPOKE__SERVER__CORS_ALLOWED_ORIGINS",
+                    r#"["https://a.example"]"#,
+                ),
+            ]),
         )
         .unwrap();
+        assert_eq!(s.auth.failed_per_minute, 0.0);
         assert_eq!(s.server.cors_allowed_origins, ["https://a.example"]);
     }
 

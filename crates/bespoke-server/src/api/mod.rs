@@ -15,11 +15,12 @@ mod ops;
 mod personalizer;
 mod serving;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -28,10 +29,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::auth::{Access, AuthError, Caller, Scope};
+use crate::auth::{Access, AuthError, Caller, FailedAuthThrottle, Scope};
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{AuthFailure, Metrics};
 
 /// Shared state of all handlers.
 #[derive(Debug, Clone)]
@@ -40,6 +41,21 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-source throttling of failed authentications.
+    pub throttle: Arc<FailedAuthThrottle>,
+}
+
+impl AppState {
+    /// The state for `engine`, with fresh metrics and a throttle configured from its settings.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let auth = &engine.settings().auth;
+        let throttle = FailedAuthThrottle::new(auth.failed_per_minute, auth.failed_burst);
+        Self {
+            engine,
+            metrics: Arc::new(Metrics::default()),
+            throttle: Arc::new(throttle),
+        }
+    }
 }
 
 /// Every route as `(method, path template, who may call it)`. The OpenAPI document must
@@ -459,9 +475,31 @@ async fn authorize(
     };
     let engine = &state.engine;
     let caller = if engine.settings().auth.enabled {
+        // Without a peer (a router driven in-process), every request shares one budget.
+        let source = crate::auth::source_of(
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        );
+        if let Err(wait) = state.throttle.check(source) {
+            state.metrics.record_auth_throttled();
+            return Ok(throttled(wait));
+        }
         match engine.authenticate(presented_key(&req)) {
             Ok(c) => c,
             Err(e) => {
+                state.metrics.record_auth_failure(match e {
+                    AuthError::Missing => AuthFailure::Missing,
+                    AuthError::Invalid => AuthFailure::Invalid,
+                    AuthError::Revoked => AuthFailure::Revoked,
+                });
+                if let Err(wait) = state.throttle.fail(source) {
+                    state.metrics.record_auth_throttled();
+                    // The address is personal data: logged at debug level only.
+                    tracing::warn!(target: "serve::auth", "a source address failed authentication too often; throttled");
+                    tracing::debug!(target: "serve::auth", %source, wait_secs = wait.as_secs_f64(), "throttled source");
+                    return Ok(throttled(wait));
+                }
                 let had_header = req.headers().contains_key("authorization");
                 let mut resp = unauthorized(e, had_header).into_response();
                 resp.headers_mut().insert(
@@ -505,6 +543,21 @@ async fn authorize(
     }
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
+}
+
+/// 429 `auth_throttled` with `Retry-After` (whole seconds, at least 1).
+fn throttled(wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "auth_throttled",
+        format!(
+            "too many failed authentications from this address; retry in {secs} s (see auth.failed_per_minute)"
+        ),
+    )
+    .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    resp
 }
 
 fn unauthorized(e: AuthError, had_header: bool) -> ApiError {

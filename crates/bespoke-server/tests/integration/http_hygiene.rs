@@ -1,4 +1,7 @@
-//! Issue 23, findings 7 and 8: what a read key may see, HEAD, CORS and response headers.
+//! Issue 23, findings 7, 8 and 10: what a read key may see, HEAD, CORS, response headers, and
+//! per-source throttling of failed authentication.
+
+use std::net::IpAddr;
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -11,6 +14,23 @@ async fn create_key(srv: &TestServer, scope: &str) -> String {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["key"].as_str().unwrap().to_owned()
+}
+
+/// A client that connects from `source` (any 127.0.0.0/8 address reaches a loopback server on
+/// Linux) and sends `key`, if any.
+fn client_from(source: &str, key: Option<&str>) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+    }
+    Client::builder()
+        .local_address(source.parse::<IpAddr>().unwrap())
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 async fn status_of(client: &Client, method: Method, url: String) -> (StatusCode, Value) {
@@ -251,4 +271,86 @@ async fn issue_23_cors_allows_exactly_the_configured_origins() {
             "https://shop.example.com"
         );
     }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// Finding 10: a source that fails authentication past its budget gets 429 with Retry-After,
+/// for any key, while other sources keep working; failures and refusals are counted.
+#[tokio::test]
+async fn issue_23_failed_authentication_is_throttled_per_source() {
+    // Three failures at once, then one per 1,000 minutes: nothing refills during the test.
+    let srv = start_with(|s| {
+        s.auth.failed_per_minute = 0.001;
+        s.auth.failed_burst = 3;
+    })
+    .await;
+    let read = create_key(&srv, "read").await;
+    let wrong = format!("bsk_00000000_{}", "0".repeat(64));
+    let url = format!("{}/v1/popular", srv.base);
+    let attacker = client_from("127.0.0.1", Some(&wrong));
+    for _ in 0..3 {
+        let got = status_of(&attacker, Method::GET, url.clone()).await;
+        assert_error(
+            &got,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("Authorization"),
+        );
+    }
+    let resp = attacker.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "auth_throttled", "{body}");
+    // The throttled source is refused whatever it sends, a valid key and no key included.
+    for key in [Some(read.as_str()), None] {
+        let got = status_of(&client_from("127.0.0.1", key), Method::GET, url.clone()).await;
+        assert_error(&got, StatusCode::TOO_MANY_REQUESTS, "auth_throttled", None);
+    }
+    // /healthz needs no key, so it is not throttled.
+    let (status, _) = status_of(&attacker, Method::GET, format!("{}/healthz", srv.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Another source: valid keys work, and its own failures get 401 from its own budget.
+    let (status, body) = status_of(
+        &client_from("127.0.0.2", Some(&read)),
+        Method::GET,
+        url.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got = status_of(
+        &client_from("127.0.0.2", Some(&wrong)),
+        Method::GET,
+        url.clone(),
+    )
+    .await;
+    assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized", None);
+
+    let admin = client_from("127.0.0.3", Some(&srv.admin_key));
+    let (status, text) = status_of(&admin, Method::GET, format!("{}/metrics", srv.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    // 127.0.0.1: three 401s and the failure that went over; 127.0.0.2: one.
+    assert_eq!(
+        metric(text, "bespoke_auth_failures_total{reason=\"invalid\"}"),
+        5
+    );
+    // The failure that went over, then the valid key and the missing key.
+    assert_eq!(metric(text, "bespoke_auth_throttled_total"), 3);
+    assert_eq!(
+        metric(text, "bespoke_auth_failures_total{reason=\"missing\"}"),
+        0
+    );
 }
