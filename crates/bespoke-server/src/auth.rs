@@ -5,12 +5,21 @@
 //! random bits. The store keeps only the prefix and the SHA-256 of the whole key. A presented key
 //! is found by its prefix and accepted when the digests match, compared in constant time on
 //! fixed-length digests, so response times say nothing about how much of a guess was right.
+//!
+//! Failed authentications are throttled per source address ([`FailedAuthThrottle`]): a source
+//! that fails too often is refused, whatever key it sends, until its budget refills.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::Instant;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
 
 use bespoke_store::{KeyRecord, NewKey};
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter as Gcra};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -25,15 +34,19 @@ const SECRET_HEX: usize = 64;
 /// Length of a whole key.
 const KEY_LEN: usize = KEY_TAG.len() + PREFIX_HEX + 1 + SECRET_HEX;
 
-/// What a key may do. `admin` includes the other two.
+/// What a key may do. Each scope includes the weaker ones: `write` includes `read`, and `admin`
+/// includes both (see [`Scopes::grants`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// Serving: recommendations, similar items, popular items, the catalog.
+    /// Serving, safe to ship to browsers: recommendations, similar items, popular items, an
+    /// item of the catalog, the OpenAPI document. Nothing about a named user but their
+    /// recommendations, nothing about configuration.
     Read,
-    /// Behaviour and catalog: events, users, items.
+    /// The operator's backend: events, users and their data, the catalog, erasure receipts,
+    /// decisions and rewards, and the decision loops' configuration and statistics.
     Write,
-    /// Keys, audit log, exports, models, metrics.
+    /// Keys, audit log, exports, models, decision-loop changes and evaluations, metrics.
     Admin,
 }
 
@@ -67,7 +80,7 @@ impl fmt::Display for Scope {
 pub enum Access {
     /// Anyone, without a key (only `/healthz`, which says nothing but "up").
     Public,
-    /// Keys holding this scope (or `admin`).
+    /// Keys holding this scope or a stronger one.
     Needs(Scope),
 }
 
@@ -84,9 +97,15 @@ impl Scopes {
         Self(scopes.iter().fold(0, |acc, s| acc | 1 << *s as u8))
     }
 
-    /// Whether the set grants `scope` (`admin` grants everything).
+    /// Whether the set grants `scope`: it holds `scope` or a stronger one (`write` grants
+    /// `read`, `admin` grants everything). A write key is the operator's backend, which may
+    /// already read users' data; refusing it the catalog and serving routes would only make
+    /// backends hold a second key.
     pub fn grants(self, scope: Scope) -> bool {
-        self.0 & (1 << Scope::Admin as u8) != 0 || self.0 & (1 << scope as u8) != 0
+        Scope::ALL
+            .into_iter()
+            .filter(|s| *s >= scope)
+            .any(|s| self.0 & (1 << s as u8) != 0)
     }
 
     /// The scopes in the set, weakest first.
@@ -327,6 +346,131 @@ impl RateLimiter {
     }
 }
 
+/// The source a failure is charged to: the peer's IPv4 address, or its IPv6 /64 (one host or
+/// site usually holds a whole /64, so counting single IPv6 addresses would not limit anyone).
+/// Behind a reverse proxy the peer is the proxy.
+pub fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// The keyed limiter behind [`FailedAuthThrottle`], one GCRA state per source.
+type SourceLimiter<C> =
+    Gcra<IpAddr, HashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Per-source throttling of failed authentications (`auth.failed_per_minute`,
+/// `auth.failed_burst`), with a keyed GCRA limiter from `governor`.
+///
+/// Every 401 charges its source one cell. The failure that finds no cell left is answered 429,
+/// and from then on the source is refused (429, with the wait in `Retry-After`) on every route
+/// that needs a key, before its key is even looked at, until a cell is free again: a throttled
+/// source can neither guess nor use keys, and other sources are not affected.
+///
+/// Memory: the limiter holds one small entry per source that failed recently, and the list of
+/// throttled sources one per source refused right now; [`FailedAuthThrottle::prune`] (run every
+/// [`THROTTLE_PRUNE_EVERY`]) drops the sources whose budget is full again and the
+/// throttles that ended.
+pub struct FailedAuthThrottle<C: Clock = DefaultClock> {
+    /// `None` when throttling is off (`auth.failed_per_minute = 0`).
+    limiter: Option<SourceLimiter<C>>,
+    /// Sources refused until the given instant.
+    throttled: Mutex<HashMap<IpAddr, C::Instant>>,
+    clock: C,
+}
+
+impl<C: Clock> fmt::Debug for FailedAuthThrottle<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailedAuthThrottle")
+            .field("on", &self.limiter.is_some())
+            .field("throttled", &self.throttled.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FailedAuthThrottle {
+    /// A throttle allowing `burst` failures at once and `per_minute` on average (0 = off).
+    pub fn new(per_minute: f64, burst: u32) -> Self {
+        Self::with_clock(per_minute, burst, DefaultClock::default())
+    }
+}
+
+/// How often the server calls [`FailedAuthThrottle::prune`].
+pub const THROTTLE_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl<C: Clock + Clone> FailedAuthThrottle<C> {
+    /// As [`FailedAuthThrottle::new`], with the clock to use (a fake one in tests).
+    pub fn with_clock(per_minute: f64, burst: u32, clock: C) -> Self {
+        let quota = (per_minute > 0.0)
+            .then(|| Quota::with_period(Duration::from_secs_f64(60.0 / per_minute)))
+            .flatten()
+            .map(|q| q.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)));
+        Self {
+            limiter: quota.map(|q| Gcra::hashmap_with_clock(q, clock.clone())),
+            throttled: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+
+    /// `Err(wait)` while `source` is throttled.
+    pub fn check(&self, source: IpAddr) -> Result<(), Duration> {
+        if self.limiter.is_none() {
+            return Ok(());
+        }
+        let mut throttled = self.throttled.lock();
+        let Some(until) = throttled.get(&source).copied() else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        if until > now {
+            return Err(until.duration_since(now).into());
+        }
+        throttled.remove(&source);
+        Ok(())
+    }
+
+    /// Charges a failed authentication to `source`; `Err(wait)` when it was one too many, and
+    /// the source is throttled for `wait`.
+    pub fn fail(&self, source: IpAddr) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        match limiter.check_key(&source) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let until = not_until.earliest_possible();
+                self.throttled.lock().insert(source, until);
+                Err(not_until.wait_time_from(self.clock.now()))
+            }
+        }
+    }
+
+    /// Forgets sources whose budget is full again and throttles that have ended, so that
+    /// memory follows the sources failing now, not every source ever seen.
+    pub fn prune(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        let now = self.clock.now();
+        let mut throttled = self.throttled.lock();
+        throttled.retain(|_, until| *until > now);
+        throttled.shrink_to_fit();
+    }
+
+    /// Sources remembered: (with failures in their budget, throttled now).
+    pub fn tracked(&self) -> (usize, usize) {
+        (
+            self.limiter.as_ref().map_or(0, |l| l.len()),
+            self.throttled.lock().len(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,13 +527,16 @@ mod tests {
     }
 
     #[test]
-    fn admin_grants_everything_and_others_only_themselves() {
+    fn each_scope_grants_itself_and_the_weaker_ones() {
         let admin = Scopes::of(&[Scope::Admin]);
+        let write = Scopes::of(&[Scope::Write]);
         let read = Scopes::of(&[Scope::Read]);
         for s in Scope::ALL {
             assert!(admin.grants(s));
+            assert_eq!(write.grants(s), s != Scope::Admin);
             assert_eq!(read.grants(s), s == Scope::Read);
         }
+        assert!(!Scopes::default().grants(Scope::Read));
         assert_eq!(
             parse_scopes(&["write, read".into(), "read".into()]).unwrap(),
             vec![Scope::Read, Scope::Write]
@@ -443,6 +590,53 @@ mod tests {
             let ring = Keyring::default();
             prop_assert!(ring.verify(Some(&s), 0.0).is_err());
         }
+    }
+
+    #[test]
+    fn a_source_is_throttled_after_its_burst_until_its_budget_refills() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        // Three at once, then one a minute.
+        let t = FailedAuthThrottle::with_clock(1.0, 3, clock.clone());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.check(a).is_ok());
+            assert!(t.fail(a).is_ok());
+        }
+        let wait = t.fail(a).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(60), "one cell a minute");
+        assert_eq!(t.check(a).unwrap_err(), Duration::from_secs(60));
+        // Another source is not affected.
+        assert!(t.check(b).is_ok());
+        assert!(t.fail(b).is_ok());
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(t.check(a).unwrap_err(), Duration::from_secs(1));
+        clock.advance(Duration::from_secs(1));
+        assert!(t.check(a).is_ok());
+        // One more failure is allowed, the next one throttles again.
+        assert!(t.fail(a).is_ok());
+        assert!(t.fail(a).is_err());
+        assert_eq!(t.tracked(), (2, 1));
+        // Once every budget is full again, pruning forgets everything.
+        clock.advance(Duration::from_secs(3600));
+        t.prune();
+        assert_eq!(t.tracked(), (0, 0));
+    }
+
+    #[test]
+    fn throttling_can_be_off_and_ipv6_counts_per_64() {
+        let off = FailedAuthThrottle::new(0.0, 1);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..100 {
+            assert!(off.fail(a).is_ok());
+        }
+        assert!(off.check(a).is_ok());
+        assert_eq!(
+            source_of("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(source_of("::ffff:192.0.2.1".parse().unwrap()), a);
+        assert_eq!(source_of(a), a);
     }
 
     /// A refresh that read the store before a key was created through the API must not drop

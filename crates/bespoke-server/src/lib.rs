@@ -201,10 +201,8 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     let addr = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
-    let state = api::AppState {
-        engine: engine.clone(),
-        metrics: Arc::new(metrics::Metrics::default()),
-    };
+    let state = api::AppState::new(engine.clone());
+    let throttle = state.throttle.clone();
     let app = api::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(
@@ -217,7 +215,14 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     let trainer = tokio::spawn(background_trainer(engine.clone()));
     let keys = tokio::spawn(refresh_keys(engine.clone()));
     let windows = tokio::spawn(decision_windows(engine.clone()));
-    let mut background = vec![trainer, keys, windows];
+    let prune = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(auth::THROTTLE_PRUNE_EVERY);
+        loop {
+            ticker.tick().await;
+            throttle.prune();
+        }
+    });
+    let mut background = vec![trainer, keys, windows, prune];
     if engine.settings().privacy.max_event_age_days > 0.0 {
         background.push(tokio::spawn(retention(engine.clone())));
     }
@@ -249,6 +254,7 @@ async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
 
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper restarts this timer whenever it waits for a request head, so it also closes idle
@@ -264,12 +270,20 @@ async fn serve(
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         // axum's `Listener` retries failed accepts (e.g. out of file descriptors) after a pause.
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             _ = &mut stop => break,
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The peer address, for per-source throttling of failed authentications (behind a
+        // reverse proxy, the proxy's address).
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -29,6 +29,33 @@ pub struct Metrics {
     routes: RwLock<HashMap<(String, String), RouteStats>>,
     events_stored: AtomicU64,
     events_duplicate: AtomicU64,
+    /// Failed authentications by reason: missing key, invalid key, revoked key.
+    auth_failed: [AtomicU64; 3],
+    /// Requests refused because their source failed authentication too often.
+    auth_throttled: AtomicU64,
+}
+
+/// Why an authentication failed, as the `reason` label of `bespoke_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No key, or an `Authorization` header that is not `Bearer <key>`.
+    Missing,
+    /// Not a key this server issued.
+    Invalid,
+    /// A revoked key.
+    Revoked,
+}
+
+impl AuthFailure {
+    const ALL: [AuthFailure; 3] = [Self::Missing, Self::Invalid, Self::Revoked];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Invalid => "invalid",
+            Self::Revoked => "revoked",
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +112,16 @@ impl Metrics {
             .fetch_add(duplicates, Ordering::Relaxed);
     }
 
+    /// Counts a failed authentication (answered 401 or, past the source's budget, 429).
+    pub fn record_auth_failure(&self, reason: AuthFailure) {
+        self.auth_failed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request refused 429 because its source failed authentication too often.
+    pub fn record_auth_throttled(&self) {
+        self.auth_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The exposition text.
     pub fn render(&self, counts: EngineCounts) -> String {
         let mut out = String::with_capacity(4096);
@@ -136,6 +173,18 @@ impl Metrics {
                 "bespoke_http_request_duration_seconds_count{{{labels}}} {count}"
             );
         }
+        out.push_str(
+            "# HELP bespoke_auth_failures_total Failed authentications (wrong, revoked or missing key) by reason.\n\
+             # TYPE bespoke_auth_failures_total counter\n",
+        );
+        for reason in AuthFailure::ALL {
+            let _ = writeln!(
+                out,
+                "bespoke_auth_failures_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.auth_failed[reason as usize].load(Ordering::Relaxed)
+            );
+        }
         let counters = [
             (
                 "bespoke_events_stored_total",
@@ -146,6 +195,11 @@ impl Metrics {
                 "bespoke_events_duplicate_total",
                 "Replayed events recognised by event_id and not stored again.",
                 self.events_duplicate.load(Ordering::Relaxed),
+            ),
+            (
+                "bespoke_auth_throttled_total",
+                "Requests refused (429) because their source address failed authentication too often.",
+                self.auth_throttled.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in counters {
@@ -181,6 +235,9 @@ mod tests {
         m.record("GET", "/v1/popular", 200, Duration::from_millis(3));
         m.record("GET", "/v1/popular", 400, Duration::from_secs(9));
         m.record_events(5, 2);
+        m.record_auth_failure(AuthFailure::Invalid);
+        m.record_auth_failure(AuthFailure::Invalid);
+        m.record_auth_throttled();
         let text = m.render(EngineCounts {
             users: 1,
             items: 2,
@@ -197,5 +254,8 @@ mod tests {
         assert!(text.contains("bespoke_events_stored_total 5\n"));
         assert!(text.contains("bespoke_events_duplicate_total 2\n"));
         assert!(text.contains("bespoke_items 2\n"));
+        assert!(text.contains("bespoke_auth_failures_total{reason=\"invalid\"} 2\n"));
+        assert!(text.contains("bespoke_auth_failures_total{reason=\"revoked\"} 0\n"));
+        assert!(text.contains("bespoke_auth_throttled_total 1\n"));
     }
 }

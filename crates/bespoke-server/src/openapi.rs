@@ -24,7 +24,9 @@ fn error_responses(codes: &[u16]) -> Value {
             413 => "Body larger than limits.max_body_bytes",
             415 => "Content-Type is not application/json",
             422 => "Valid JSON that cannot be applied (e.g. embedding dimension mismatch)",
-            429 => "The key is over its rate limit; see the Retry-After header",
+            429 => {
+                "The key is over its rate limit (rate_limited), or the caller's address failed authentication too often (auth_throttled); see the Retry-After header"
+            }
             410 => "The decision's reward window has closed",
             503 => "Shutting down",
             507 => "Storage full; nothing was stored",
@@ -358,7 +360,7 @@ fn paths() -> Value {
         },
         "components": {
           "securitySchemes": {
-            "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key (bsk_...) from `bespoke keys create` or POST /v1/keys; also accepted as X-Api-Key. Each operation's x-scope names the scope it needs (admin grants all)." }
+            "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key (bsk_...) from `bespoke keys create` or POST /v1/keys; also accepted as X-Api-Key. Each operation's x-scope names the scope it needs; a scope includes the weaker ones (write grants read, admin grants all). HEAD is served wherever GET is, under the same scope." }
           },
           "schemas": schemas()
         }

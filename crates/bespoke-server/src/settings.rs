@@ -60,6 +60,10 @@ pub struct ServerSettings {
     /// Most connections served at once; further ones wait in the listen backlog until one
     /// closes. Keep it below the open-file limit (`ulimit -n`).
     pub max_connections: usize,
+    /// Web origins (`https://shop.example.com`) whose pages may call the API from a browser
+    /// (CORS). Empty: no CORS headers at all, so browsers refuse cross-origin calls. Exact
+    /// origins only: a scheme, a host and an optional port; no `*`, no path.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -71,6 +75,7 @@ impl Default for ServerSettings {
             body_timeout_secs: 30,
             request_timeout_secs: 30,
             max_connections: 1024,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -86,6 +91,12 @@ pub struct AuthSettings {
     pub rate_per_second: f64,
     /// Seconds of its rate a key may spend at once (bucket size = rate × this, at least 1).
     pub burst_seconds: f64,
+    /// Failed authentications (401s) a source address may have per minute on average; past
+    /// them and `failed_burst`, its requests are answered 429 whatever key they carry, until
+    /// its budget refills. 0 = off. Behind a reverse proxy the source is the proxy.
+    pub failed_per_minute: f64,
+    /// Failed authentications a source may have at once before `failed_per_minute` applies.
+    pub failed_burst: u32,
 }
 
 impl Default for AuthSettings {
@@ -94,8 +105,50 @@ impl Default for AuthSettings {
             enabled: true,
             rate_per_second: 0.0,
             burst_seconds: 2.0,
+            failed_per_minute: 60.0,
+            failed_burst: 30,
         }
     }
+}
+
+/// Checks a CORS origin: `scheme://host[:port]` in lowercase, as browsers send it in `Origin`
+/// (matching is exact, so anything else would never match).
+fn check_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("must start with https:// or http://")?;
+    let (host_ok, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or("has an unclosed [")?;
+        (
+            addr.parse::<std::net::Ipv6Addr>().is_ok(),
+            after
+                .strip_prefix(':')
+                .or((!after.is_empty()).then_some(after)),
+        )
+    } else {
+        let (host, port) = match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        };
+        let ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+        (ok, port)
+    };
+    if !host_ok {
+        return Err(
+            "must be scheme://host[:port] in lowercase, without a path, `*` or other characters"
+                .into(),
+        );
+    }
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return Err("has a port that is not a number from 0 to 65535".into());
+    }
+    Ok(())
 }
 
 /// Decision loops (contextual bandits).
@@ -742,6 +795,19 @@ impl Settings {
         if !(self.auth.burst_seconds.is_finite() && self.auth.burst_seconds > 0.0) {
             return Err("auth.burst_seconds must be positive".into());
         }
+        let failed = self.auth.failed_per_minute;
+        if !(failed.is_finite() && (failed == 0.0 || (1e-6..=1e6).contains(&failed))) {
+            return Err(
+                "auth.failed_per_minute must be 0 (off) or from 0.000001 to 1000000".into(),
+            );
+        }
+        if self.auth.failed_burst == 0 {
+            return Err("auth.failed_burst must be at least 1".into());
+        }
+        for origin in &self.server.cors_allowed_origins {
+            check_origin(origin)
+                .map_err(|why| format!("server.cors_allowed_origins: {origin:?} {why}"))?;
+        }
         if self.serving.default_n > self.limits.max_n {
             return Err("serving.default_n must not exceed limits.max_n".into());
         }
@@ -958,6 +1024,57 @@ mod tests {
             (s.server.header_timeout_secs, s.server.max_connections),
             (3, 7)
         );
+    }
+
+    #[test]
+    fn cors_origins_and_failed_auth_limits_are_checked_by_name() {
+        for good in [
+            "https://shop.example.com",
+            "http://localhost:3000",
+            "https://[::1]:8443",
+            "http://[::1]",
+        ] {
+            let mut s = Settings::default();
+            s.server.cors_allowed_origins = vec![good.into()];
+            assert_eq!(s.validate(), Ok(()), "{good}");
+        }
+        for bad in [
+            "*",
+            "shop.example.com",
+            "https://shop.example.com/",
+            "https://shop.example.com/path",
+            "https://",
+            "https://shop.example.com:99999",
+            "https://a b",
+            "https://Shop.example.com",
+            "https://[::1",
+            "https://[::1]x",
+        ] {
+            let mut s = Settings::default();
+            s.server.cors_allowed_origins = vec![bad.into()];
+            let err = s.validate().unwrap_err();
+            assert!(err.contains("server.cors_allowed_origins"), "{bad}: {err}");
+        }
+        for (rate, burst) in [(-1.0, 5), (f64::NAN, 5), (1e7, 5), (60.0, 0)] {
+            let mut s = Settings::default();
+            s.auth.failed_per_minute = rate;
+            s.auth.failed_burst = burst;
+            let err = s.validate().unwrap_err();
+            assert!(err.contains("auth.failed_"), "{rate} {burst}: {err}");
+        }
+        let s = Settings::load(
+            None,
+            env(&[
+                ("BESPOKE__AUTH__FAILED_PER_MINUTE", "0"),
+                (
+                    "BESPOKE__SERVER__CORS_ALLOWED_ORIGINS",
+                    r#"["https://a.example"]"#,
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.failed_per_minute, 0.0);
+        assert_eq!(s.server.cors_allowed_origins, ["https://a.example"]);
     }
 
     #[test]

@@ -15,21 +15,24 @@ mod ops;
 mod personalizer;
 mod serving;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::auth::{Access, AuthError, Caller, Scope};
+use crate::auth::{Access, AuthError, Caller, FailedAuthThrottle, Scope};
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{AuthFailure, Metrics};
 
 /// Shared state of all handlers.
 #[derive(Debug, Clone)]
@@ -38,11 +41,35 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-source throttling of failed authentications.
+    pub throttle: Arc<FailedAuthThrottle>,
+}
+
+impl AppState {
+    /// The state for `engine`, with fresh metrics and a throttle configured from its settings.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let auth = &engine.settings().auth;
+        let throttle = FailedAuthThrottle::new(auth.failed_per_minute, auth.failed_burst);
+        Self {
+            engine,
+            metrics: Arc::new(Metrics::default()),
+            throttle: Arc::new(throttle),
+        }
+    }
 }
 
 /// Every route as `(method, path template, who may call it)`. The OpenAPI document must
 /// describe exactly these (a test checks it, and another calls each one on a running server);
 /// the authorization middleware reads the access from here, so a route cannot exist without one.
+/// `HEAD` is served wherever `GET` is, under `GET`'s rule. README's scope table lists exactly
+/// these (`tests::readme_scope_table_matches_routes`).
+///
+/// The `read` scope is what front-ends ship to browsers, so assume it leaks: it serves
+/// recommendations, similar and popular items, single catalog items and this document, and
+/// nothing else. The decision loops' configuration and statistics (`GET /v1/loops...`) need
+/// `write`: the backend that asks for decisions and sends rewards needs to see the loops it
+/// works in, while their actions, policies and reward figures are business data a visitor has
+/// no use for.
 pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Access::Public),
     ("GET", "/metrics", Access::Needs(Scope::Admin)),
@@ -77,8 +104,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/keys/{key}", Access::Needs(Scope::Admin)),
     ("GET", "/v1/audit", Access::Needs(Scope::Admin)),
     ("GET", "/v1/erasures/{key}", Access::Needs(Scope::Write)),
-    ("GET", "/v1/loops", Access::Needs(Scope::Read)),
-    ("GET", "/v1/loops/{key}", Access::Needs(Scope::Read)),
+    ("GET", "/v1/loops", Access::Needs(Scope::Write)),
+    ("GET", "/v1/loops/{key}", Access::Needs(Scope::Write)),
     ("PUT", "/v1/loops/{key}", Access::Needs(Scope::Admin)),
     (
         "POST",
@@ -178,20 +205,61 @@ pub const UNBOUNDED_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/loops/{key}/evaluation/apply"),
 ];
 
+/// `HEAD` is answered by the `GET` handler (axum drops the body), so it follows `GET`'s rules.
+fn as_table_method(method: &str) -> &str {
+    if method == "HEAD" { "GET" } else { method }
+}
+
 /// Whether a route gets the whole-request deadline (`server.request_timeout_secs`): every
 /// route but [`UNBOUNDED_ROUTES`].
 pub fn has_deadline(method: &str, path: &str) -> bool {
+    let method = as_table_method(method);
     !UNBOUNDED_ROUTES
         .iter()
         .any(|(m, p)| *m == method && *p == path)
 }
 
-/// The access rule of a route, `None` for a route not in [`ROUTES`].
+/// The access rule of a route, `None` for a route not in [`ROUTES`]. `HEAD` has the rule of
+/// `GET` on the same path.
 pub fn access(method: &str, path: &str) -> Option<Access> {
+    let method = as_table_method(method);
     ROUTES
         .iter()
         .find(|(m, p, _)| *m == method && *p == path)
         .map(|r| r.2)
+}
+
+/// The CORS layer for `server.cors_allowed_origins`, `None` when the list is empty (no CORS
+/// headers at all). Preflight requests are answered by the layer itself, before `authorize`,
+/// so they need no key; the requests they clear still do. No credentials mode: keys travel
+/// in headers, never in cookies.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).expect("origins are checked by Settings::validate"))
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("ocp-apim-subscription-key"),
+            ])
+            .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// The application router with its middleware.
@@ -199,7 +267,8 @@ pub fn router(state: AppState) -> Router {
     let settings = state.engine.settings();
     let body_limit = settings.limits.max_body_bytes;
     let body_timeout = Duration::from_secs(settings.server.body_timeout_secs);
-    Router::new()
+    let cors = cors(&settings.server.cors_allowed_origins);
+    let router = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
@@ -302,8 +371,26 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         // A stalled body fails `JsonBody` with tower-http's `TimeoutError`, answered 408.
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout));
+    // Inside `track`, so that preflight answers are counted too.
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        // Outermost, so that every answer carries them, errors and preflights included. Every
+        // answer but `/healthz` is behind a key and many carry secrets or personal data (new
+        // keys, exports, a user's data and events, recommendations, erasure receipts), so none
+        // may be kept by a browser or shared cache; a route that wants caching sets its own.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(state)
 }
 
@@ -388,9 +475,31 @@ async fn authorize(
     };
     let engine = &state.engine;
     let caller = if engine.settings().auth.enabled {
+        // Without a peer (a router driven in-process), every request shares one budget.
+        let source = crate::auth::source_of(
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        );
+        if let Err(wait) = state.throttle.check(source) {
+            state.metrics.record_auth_throttled();
+            return Ok(throttled(wait));
+        }
         match engine.authenticate(presented_key(&req)) {
             Ok(c) => c,
             Err(e) => {
+                state.metrics.record_auth_failure(match e {
+                    AuthError::Missing => AuthFailure::Missing,
+                    AuthError::Invalid => AuthFailure::Invalid,
+                    AuthError::Revoked => AuthFailure::Revoked,
+                });
+                if let Err(wait) = state.throttle.fail(source) {
+                    state.metrics.record_auth_throttled();
+                    // The address is personal data: logged at debug level only.
+                    tracing::warn!(target: "serve::auth", "a source address failed authentication too often; throttled");
+                    tracing::debug!(target: "serve::auth", %source, wait_secs = wait.as_secs_f64(), "throttled source");
+                    return Ok(throttled(wait));
+                }
                 let had_header = req.headers().contains_key("authorization");
                 let mut resp = unauthorized(e, had_header).into_response();
                 resp.headers_mut().insert(
@@ -434,6 +543,21 @@ async fn authorize(
     }
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
+}
+
+/// 429 `auth_throttled` with `Retry-After` (whole seconds, at least 1).
+fn throttled(wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "auth_throttled",
+        format!(
+            "too many failed authentications from this address; retry in {secs} s (see auth.failed_per_minute)"
+        ),
+    )
+    .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    resp
 }
 
 fn unauthorized(e: AuthError, had_header: bool) -> ApiError {
@@ -486,7 +610,77 @@ pub(crate) fn validate_key(field: &str, key: &str, max_bytes: usize) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// README's scope table lists, for each access rule, exactly the routes [`ROUTES`] gives
+    /// it, so the documentation cannot drift from the code (finding 7 of issue 23: it did).
+    #[test]
+    fn readme_scope_table_matches_routes() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+        )
+        .expect("README.md");
+        let start = readme
+            .find("| scope | routes |")
+            .expect("README has a `| scope | routes |` table");
+        let mut documented = BTreeSet::new();
+        for line in readme[start..].lines().skip(2) {
+            let Some(row) = line.strip_prefix('|') else {
+                break;
+            };
+            let (scope, routes) = row.split_once('|').expect("two columns");
+            let name = scope.split('`').nth(1).expect("scope name in backticks");
+            let rule = match name {
+                "public" => Access::Public,
+                other => Access::Needs(Scope::parse(other).expect("a scope name")),
+            };
+            // Routes are `METHOD /path` in backticks; other backticked words are not routes.
+            for quoted in routes.split('`').skip(1).step_by(2) {
+                for method in ["GET", "POST", "PUT", "DELETE"] {
+                    if let Some(path) = quoted
+                        .strip_prefix(method)
+                        .and_then(|p| p.strip_prefix(' '))
+                    {
+                        let fresh = documented.insert((
+                            method.to_owned(),
+                            path.to_owned(),
+                            format!("{rule:?}"),
+                        ));
+                        assert!(fresh, "README lists {method} {path} twice");
+                    }
+                }
+            }
+        }
+        let routes: BTreeSet<(String, String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, a)| (m.to_string(), p.to_string(), format!("{a:?}")))
+            .collect();
+        let missing: Vec<_> = routes.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&routes).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "README's scope table differs from api::ROUTES\nnot in README (or under another scope): {missing:?}\nnot in ROUTES: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn head_follows_get() {
+        for (method, path, rule) in ROUTES {
+            if *method == "GET" {
+                assert_eq!(access("HEAD", path), Some(*rule));
+                assert_eq!(has_deadline("HEAD", path), has_deadline("GET", path));
+            } else if access("GET", path).is_none() {
+                assert_eq!(access("HEAD", path), None, "{path} has no GET");
+            }
+        }
+        // The read key is for browsers: it sees no loop configuration.
+        assert_eq!(
+            access("GET", "/v1/loops"),
+            Some(Access::Needs(Scope::Write))
+        );
+    }
 
     #[test]
     fn only_long_admin_routes_escape_the_request_deadline() {

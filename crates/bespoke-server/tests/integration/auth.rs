@@ -41,11 +41,14 @@ async fn call(client: &Client, base: &str, method: &str, path: &str) -> (StatusC
     )
 }
 
-/// The route table × {no key, malformed key, unknown key, revoked key, read, write, admin}:
-/// 401 without a valid key, 403 without the scope, and neither with it.
+/// The route table × {no key, malformed key, unknown key, tampered key, revoked key, read,
+/// write, admin}: 401 without a valid key, 403 without the scope (a scope includes the weaker
+/// ones), and neither with it. Every `GET` route is also called with `HEAD`, which must get the
+/// same answer (issue 23: it got 403 everywhere).
 #[tokio::test]
 async fn every_route_is_authorized_for_exactly_its_scopes() {
-    let srv = start().await;
+    // Every bad credential below comes from 127.0.0.1: raise its failed-authentication budget.
+    let srv = start_with(|s| s.auth.failed_burst = 100_000).await;
     let (read, _) = create_key(&srv, &["read"], None).await;
     let (write, _) = create_key(&srv, &["write"], None).await;
     let (admin, _) = create_key(&srv, &["admin"], None).await;
@@ -72,6 +75,7 @@ async fn every_route_is_authorized_for_exactly_its_scopes() {
         (Scope::Admin, client_with_key(&admin)),
     ];
     let mut checked = 0;
+    let mut heads = 0;
     for (method, path, access) in bespoke_server::api::ROUTES {
         for (what, client) in &bad {
             let (status, body, challenge) = call(client, &srv.base, method, path).await;
@@ -86,13 +90,18 @@ async fn every_route_is_authorized_for_exactly_its_scopes() {
                 assert_eq!(body["error"]["code"], "unauthorized");
                 assert!(challenge, "401 without WWW-Authenticate on {method} {path}");
             }
+            if *method == "GET" {
+                let (head, _, head_challenge) = call(client, &srv.base, "HEAD", path).await;
+                assert_eq!(head, status, "{what} HEAD {path}");
+                assert_eq!(head_challenge, challenge, "{what} HEAD {path}");
+            }
             checked += 1;
         }
         for (scope, client) in &good {
             let (status, body, _) = call(client, &srv.base, method, path).await;
             let allowed = match access {
                 Access::Public => true,
-                Access::Needs(needed) => *scope == Scope::Admin || scope == needed,
+                Access::Needs(needed) => scope >= needed,
             };
             if allowed {
                 assert!(
@@ -102,10 +111,25 @@ async fn every_route_is_authorized_for_exactly_its_scopes() {
             } else {
                 assert_error(&(status, body), StatusCode::FORBIDDEN, "forbidden", None);
             }
+            if *method == "GET" {
+                let (head, head_body, _) = call(client, &srv.base, "HEAD", path).await;
+                assert_eq!(head, status, "{scope} HEAD {path}");
+                assert_eq!(
+                    head_body,
+                    Value::String(String::new()),
+                    "HEAD {path} has a body"
+                );
+                heads += 1;
+            }
             checked += 1;
         }
     }
     assert_eq!(checked, bespoke_server::api::ROUTES.len() * 8);
+    let gets = bespoke_server::api::ROUTES
+        .iter()
+        .filter(|(m, _, _)| *m == "GET")
+        .count();
+    assert_eq!(heads, gets * 3);
 }
 
 #[tokio::test]
@@ -212,7 +236,8 @@ async fn bad_key_requests_are_refused_with_the_field() {
 
 #[tokio::test]
 async fn keys_created_by_another_process_work_within_a_second() {
-    let srv = start().await;
+    // The polling below fails authentication until the key arrives: not a throttling test.
+    let srv = start_with(|s| s.auth.failed_per_minute = 0.0).await;
     // What `bespoke keys create` does: write the store directly, not through this server.
     let (key, record) = bespoke_server::auth::new_key("cli", &[Scope::Read], None).unwrap();
     let store = bespoke_store::SqliteStore::open(srv.dir.path(), Default::default()).unwrap();

@@ -7,6 +7,7 @@ mod common;
 mod decisions;
 mod erasure;
 mod events;
+mod http_hygiene;
 mod models;
 mod ops;
 mod privacy;
