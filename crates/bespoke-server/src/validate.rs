@@ -223,6 +223,20 @@ mod tests {
         assert!(check_key("user", &"é".repeat(129), 256).is_err());
     }
 
+    /// Issue 23: events stored before `events.value_range` existed (a rating of 1e12) weigh at
+    /// most `events.max_weight` wherever weights are read.
+    #[test]
+    fn issue_23_stored_weights_are_clipped_to_max_weight() {
+        let weights = Weights::new(&Settings::default());
+        assert_eq!(weights.weight("rating", Some(1e12)), Some(10.0));
+        assert_eq!(weights.weight("rating", Some(-1e300)), Some(-10.0));
+        assert_eq!(weights.weight("rating", Some(f64::INFINITY)), Some(10.0));
+        assert_eq!(weights.weight("rating", Some(f64::NAN)), None);
+        assert_eq!(weights.weight("rating", Some(4.5)), Some(4.5));
+        assert_eq!(weights.weight("purchase", Some(1e12)), Some(8.0));
+        assert_eq!(weights.weight("nope", None), None);
+    }
+
     #[test]
     fn events_are_checked_field_by_field() {
         let settings = Settings::default();
