@@ -14,7 +14,7 @@ fn error_responses(codes: &[u16]) -> Value {
             400 => "Invalid input; `error.field` names the offending value",
             404 => "Not found",
             409 => {
-                "A conflict: an event_id reused for a different event, a training run already in progress, a decision id reused, a slot already rewarded or a decision not activated"
+                "A conflict: an event_id reused for a different event, a training run already in progress, a decision id reused, a slot already rewarded, a decision not activated, or a limit on server state reached (too_many_loops, too_many_categories)"
             }
             401 => "Missing, invalid or revoked API key",
             403 => "The key lacks the scope this route needs (x-scope)",
@@ -66,12 +66,12 @@ fn loop_paths() -> Value {
                     "responses": with_errors(json!({ "200": ok("The loop", "Loop") }), &[400, 404]) },
                 "put": { "summary": "Create or reconfigure a loop; a change of bits, learning_rate or interactions rebuilds the learner from the whole log", "operationId": "putLoop",
                     "requestBody": json_body("LoopConfig"),
-                    "responses": with_errors(json!({ "200": ok("The loop", "Loop") }), &[400, 413, 415, 507]) } },
+                    "responses": with_errors(json!({ "200": ok("The loop", "Loop") }), &[400, 409, 413, 415, 507]) } },
             "/v1/loops/{key}/decisions": { "post": {
                 "summary": "Choose a ranking (a slate of `slots` actions) under a context, with probabilities and an explanation",
-                "description": "The loop is created with the default configuration if it does not exist. The decision is logged before the answer; reward it within the loop's reward_wait_seconds.",
+                "description": "The loop is created with the default configuration if it does not exist (audited as loop.create; 409 too_many_loops past decisions.max_loops; 404 unknown_loop when decisions.auto_create_loops is off). The decision is logged before the answer; reward it within the loop's reward_wait_seconds.",
                 "operationId": "decide", "parameters": [loop_param()], "requestBody": json_body("DecisionIn"),
-                "responses": with_errors(json!({ "201": ok("The decision", "Decision") }), &[400, 409, 413, 415, 507]) } },
+                "responses": with_errors(json!({ "201": ok("The decision", "Decision") }), &[400, 404, 409, 413, 415, 507]) } },
             "/v1/loops/{key}/evaluation": { "get": {
                 "summary": "Off-policy evaluation of the loop's logs: IPS, SNIPS and DR with 95% intervals for the online policy, uniform random, the baseline and candidate configurations; drop-one feature importance",
                 "operationId": "evaluateLoop",
@@ -305,7 +305,7 @@ fn paths() -> Value {
                     "responses": with_errors(json!({ "200": ok("The item", "Item") }), &[400, 404]) },
                 "put": { "summary": "Create or replace an item", "operationId": "putItem",
                     "requestBody": json_body("ItemIn"),
-                    "responses": with_errors(json!({ "200": ok("Updated", "Item"), "201": ok("Created", "Item") }), &[400, 413, 415, 422, 507]) },
+                    "responses": with_errors(json!({ "200": ok("Updated", "Item"), "201": ok("Created", "Item") }), &[400, 409, 413, 415, 422, 507]) },
                 "delete": { "summary": "Delete an item and all events on it", "operationId": "deleteItem",
                     "responses": with_errors(json!({ "200": ok("Deleted", "Deleted") }), &[400, 404, 507]) } },
             "/v1/items/{key}/similar": { "get": {
@@ -378,7 +378,8 @@ fn loop_schemas() -> Value {
                     "exploration": { "type": "object", "required": ["policy"], "description": "{policy: greedy} | {policy: epsilon_greedy, epsilon} | {policy: softmax, lambda} | {policy: square_cb, gamma_scale, gamma_exponent} | {policy: thompson, scale, draws}", "properties": { "policy": { "type": "string", "enum": ["greedy", "epsilon_greedy", "softmax", "square_cb", "thompson"] } } } } },
                 "mode": { "type": "string", "enum": ["online", "apprentice"], "default": "online" },
                 "reward_wait_seconds": { "type": "number", "default": 600 },
-                "default_reward": { "type": "number", "default": 0 },
+                "default_reward": { "type": "number", "default": 0, "description": "Within reward_range" },
+                "reward_range": { "type": "array", "items": { "type": "number" }, "minItems": 2, "maxItems": 2, "default": [-1, 1], "description": "[low, high] of accepted rewards, each within ±1e6; a reward outside is a 400 naming value" },
                 "max_actions": { "type": "integer", "default": 1000 },
                 "explanation_terms": { "type": "integer", "default": 5 } } },
             "Loop": { "type": "object", "properties": { "name": { "type": "string" }, "config": { "$ref": "#/components/schemas/LoopConfig" },

@@ -164,6 +164,16 @@ pub struct DecisionSettings {
     pub evaluation_max_decisions: usize,
     /// Loop that `/personalizer/v1.0/...` (Azure Personalizer's API) decides in.
     pub personalizer_loop: String,
+    /// Most decision loops, not counting `personalizer_loop`. Creating one more (by a decision
+    /// or by `PUT /v1/loops/{loop}`) is refused with 409 `too_many_loops`. A loop holds its
+    /// configuration and, once it has learned from a reward, a learner of `12 · 2^bits` bytes
+    /// (3 MiB at the default 18 bits), so this bounds what loops can take.
+    pub max_loops: usize,
+    /// Whether a decision naming an unknown loop creates it with the default configuration
+    /// (audited as `loop.create`). When false, only an admin's `PUT /v1/loops/{loop}` creates
+    /// loops and such a decision gets 404 `unknown_loop`; `personalizer_loop` is always created
+    /// on first use.
+    pub auto_create_loops: bool,
 }
 
 impl Default for DecisionSettings {
@@ -173,6 +183,8 @@ impl Default for DecisionSettings {
             settle_interval_ms: 1000,
             evaluation_max_decisions: 50_000,
             personalizer_loop: "personalizer".into(),
+            max_loops: 100,
+            auto_create_loops: true,
         }
     }
 }
@@ -265,6 +277,10 @@ pub struct Limits {
     pub max_clock_skew_secs: u64,
     /// Most items in an `exclude` list.
     pub max_exclude: usize,
+    /// Most distinct item categories the server keeps in memory. An item write that would add
+    /// categories past it is refused with 409 `too_many_categories` (a restart forgets the
+    /// categories no item has any more).
+    pub max_categories: usize,
 }
 
 impl Default for Limits {
@@ -278,6 +294,7 @@ impl Default for Limits {
             min_event_time: "1990-01-01T00:00:00Z".into(),
             max_clock_skew_secs: 24 * 3600,
             max_exclude: 1000,
+            max_categories: 100_000,
         }
     }
 }
@@ -310,6 +327,15 @@ pub struct EventSettings {
     pub create_missing_items: bool,
     /// Accepted event types and their weights. Types not listed are refused.
     pub weights: BTreeMap<String, WeightSpec>,
+    /// `[low, high]`: the values accepted for event types whose weight is their value
+    /// (`"value"`, such as ratings). Put your rating scale here (`[1, 5]`, `[0.5, 5]`); a value
+    /// outside is refused with 400. Both ends lie within `±max_weight`.
+    pub value_range: [f64; 2],
+    /// Largest magnitude of one event's weight in popularity, trending, histories and
+    /// training. Fixed weights and `value_range` must lie within it; events stored before
+    /// these limits (or imported under wider ones) are clipped to it, so that no single event
+    /// can dominate.
+    pub max_weight: f64,
 }
 
 impl Default for EventSettings {
@@ -328,6 +354,8 @@ impl Default for EventSettings {
                 ("dislike".into(), fixed(-4.0)),
                 ("skip".into(), fixed(-1.0)),
             ]),
+            value_range: [-10.0, 10.0],
+            max_weight: 10.0,
         }
     }
 }
@@ -889,6 +917,25 @@ impl Settings {
                     .into(),
             );
         }
+        let ev = &self.events;
+        if !(ev.max_weight.is_finite() && ev.max_weight > 0.0 && ev.max_weight <= 1e6) {
+            return Err("events.max_weight must be positive and at most 1e6".into());
+        }
+        let [lo, hi] = ev.value_range;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi && lo.abs().max(hi.abs()) <= ev.max_weight)
+        {
+            return Err(format!(
+                "events.value_range must be [low, high] with low < high, both within ±events.max_weight ({})",
+                ev.max_weight
+            ));
+        }
+        let d = &self.decisions;
+        if d.max_loops == 0 || d.max_loops > 100_000 {
+            return Err("decisions.max_loops must be between 1 and 100000".into());
+        }
+        if self.limits.max_categories == 0 {
+            return Err("limits.max_categories must be at least 1".into());
+        }
         for (kind, w) in &self.events.weights {
             if kind.is_empty() || kind.len() > 64 {
                 return Err(format!(
@@ -896,9 +943,12 @@ impl Settings {
                 ));
             }
             if let WeightSpec::Fixed(w) = w
-                && !w.is_finite()
+                && !(w.is_finite() && w.abs() <= ev.max_weight)
             {
-                return Err(format!("events.weights.{kind} must be a finite number"));
+                return Err(format!(
+                    "events.weights.{kind} must be a finite number within ±events.max_weight ({})",
+                    ev.max_weight
+                ));
             }
         }
         Ok(())
@@ -1075,6 +1125,40 @@ mod tests {
         .unwrap();
         assert_eq!(s.auth.failed_per_minute, 0.0);
         assert_eq!(s.server.cors_allowed_origins, ["https://a.example"]);
+    }
+
+    #[test]
+    fn abuse_limits_are_validated_by_name() {
+        for (var, value, named) in [
+            ("BESPOKE__DECISIONS__MAX_LOOPS", "0", "decisions.max_loops"),
+            ("BESPOKE__EVENTS__MAX_WEIGHT", "0", "events.max_weight"),
+            ("BESPOKE__EVENTS__MAX_WEIGHT", "1e300", "events.max_weight"),
+            (
+                "BESPOKE__EVENTS__VALUE_RANGE",
+                "[5, 1]",
+                "events.value_range",
+            ),
+            (
+                "BESPOKE__EVENTS__VALUE_RANGE",
+                "[0, 1e12]",
+                "events.value_range",
+            ),
+            (
+                "BESPOKE__EVENTS__WEIGHTS__SHARE",
+                "50.0",
+                "events.weights.share",
+            ),
+            (
+                "BESPOKE__LIMITS__MAX_CATEGORIES",
+                "0",
+                "limits.max_categories",
+            ),
+        ] {
+            let err = Settings::load(None, env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(named), "{var}={value}: {err}");
+        }
+        let s = Settings::load(None, env(&[("BESPOKE__EVENTS__VALUE_RANGE", "[1, 5]")])).unwrap();
+        assert_eq!(s.events.value_range, [1.0, 5.0]);
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub fn check_key(what: &str, key: &str, max_bytes: usize) -> Result<(), String> 
 
 /// Checks an event against the configured limits and event types; `now` bounds timestamps from
 /// above (plus `limits.max_clock_skew_secs`).
+///
+/// Values: an event type whose weight is its value (`"value"`, such as ratings) takes values
+/// within `events.value_range`; for the other types the value is optional, is not a weight, and
+/// only has to be finite and of magnitude at most 1e12.
 pub fn check_event(
     settings: &Settings,
     weights: &Weights,
@@ -81,11 +85,23 @@ pub fn check_event(
             "value must be a finite number of magnitude at most 1e12".into(),
         ));
     }
-    if matches!(spec, WeightSpec::Value(_)) && e.value.is_none() {
-        return Err(fail(
-            "value",
-            format!("events of type {:?} need a value (their weight)", e.kind),
-        ));
+    if matches!(spec, WeightSpec::Value(_)) {
+        let Some(v) = e.value else {
+            return Err(fail(
+                "value",
+                format!("events of type {:?} need a value (their weight)", e.kind),
+            ));
+        };
+        let [lo, hi] = settings.events.value_range;
+        if !(lo..=hi).contains(&v) {
+            return Err(fail(
+                "value",
+                format!(
+                    "a {:?} event's value must be within {lo} .. {hi} (events.value_range), got {v}",
+                    e.kind
+                ),
+            ));
+        }
     }
     if let Some(ts) = e.timestamp {
         let mut min = parse_rfc3339(&limits.min_event_time).expect("validated at start-up");
@@ -207,6 +223,20 @@ mod tests {
         assert!(check_key("user", &"é".repeat(129), 256).is_err());
     }
 
+    /// Issue 23: events stored before `events.value_range` existed (a rating of 1e12) weigh at
+    /// most `events.max_weight` wherever weights are read.
+    #[test]
+    fn issue_23_stored_weights_are_clipped_to_max_weight() {
+        let weights = Weights::new(&Settings::default());
+        assert_eq!(weights.weight("rating", Some(1e12)), Some(10.0));
+        assert_eq!(weights.weight("rating", Some(-1e300)), Some(-10.0));
+        assert_eq!(weights.weight("rating", Some(f64::INFINITY)), Some(10.0));
+        assert_eq!(weights.weight("rating", Some(f64::NAN)), None);
+        assert_eq!(weights.weight("rating", Some(4.5)), Some(4.5));
+        assert_eq!(weights.weight("purchase", Some(1e12)), Some(8.0));
+        assert_eq!(weights.weight("nope", None), None);
+    }
+
     #[test]
     fn events_are_checked_field_by_field() {
         let settings = Settings::default();
@@ -236,6 +266,26 @@ mod tests {
             }),
             "value"
         );
+        // Issue 23: one rating of 1e12 put its item first in popularity for everyone.
+        for v in [1e12, 10.5, -11.0, 1e300] {
+            assert_eq!(
+                field(NewEvent {
+                    kind: "rating".into(),
+                    value: Some(v),
+                    ..ok.clone()
+                }),
+                "value",
+                "{v}"
+            );
+        }
+        for v in [-10.0, 1.0, 5.0, 10.0] {
+            let e = NewEvent {
+                kind: "rating".into(),
+                value: Some(v),
+                ..ok.clone()
+            };
+            assert_eq!(check_event(&settings, &weights, &e, now), Ok(()), "{v}");
+        }
         assert_eq!(
             field(NewEvent {
                 timestamp: Some(0),

@@ -11,10 +11,17 @@
 const HEADER: usize = 32;
 
 /// A linear model over `2^bits` hashed weights.
+///
+/// Memory: three `f32` tables of `2^bits` entries, `12 · 2^bits` bytes (3 MiB at the default
+/// 18 bits, 192 MiB at the largest, 24). They are allocated by the first [`LinearModel::learn`]:
+/// a model that has learned nothing predicts 0 everywhere and holds no table, so a loop that
+/// only decides costs next to nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearModel {
     bits: u8,
     learning_rate: f32,
+    /// Empty until the first update (see the type's documentation), then `2^bits` entries, as
+    /// are `grad_sq` and `precision`.
     weights: Vec<f32>,
     /// Sum of squared gradients per weight (AdaGrad).
     grad_sq: Vec<f32>,
@@ -29,18 +36,33 @@ pub struct LinearModel {
 }
 
 impl LinearModel {
-    /// A zero model with `2^bits` weights.
+    /// A zero model with `2^bits` weights (allocated on the first update).
     pub fn new(bits: u8, learning_rate: f32) -> Self {
-        let n = 1usize << bits;
         Self {
             bits,
             learning_rate,
-            weights: vec![0.0; n],
-            grad_sq: vec![0.0; n],
-            precision: vec![0.0; n],
+            weights: Vec::new(),
+            grad_sq: Vec::new(),
+            precision: Vec::new(),
             updates: 0,
             norm_sum: 0.0,
         }
+    }
+
+    /// Allocates the tables if they are not yet.
+    fn allocate(&mut self) {
+        if self.weights.is_empty() {
+            let n = 1usize << self.bits;
+            self.weights = vec![0.0; n];
+            self.grad_sq = vec![0.0; n];
+            self.precision = vec![0.0; n];
+        }
+    }
+
+    /// Bytes held by the weight tables: 0 before the first update, `12 · 2^bits` after.
+    pub fn heap_bytes(&self) -> usize {
+        (self.weights.capacity() + self.grad_sq.capacity() + self.precision.capacity())
+            * std::mem::size_of::<f32>()
     }
 
     /// Number of hash bits.
@@ -55,12 +77,15 @@ impl LinearModel {
 
     /// Weight at `index`.
     pub fn weight(&self, index: u32) -> f32 {
-        self.weights[index as usize]
+        self.weights.get(index as usize).copied().unwrap_or(0.0)
     }
 
     /// Predicted reward of a sparse example.
     #[inline]
     pub fn predict(&self, x: &[(u32, f32)]) -> f32 {
+        if self.weights.is_empty() {
+            return 0.0;
+        }
         let mut s = 0.0f32;
         for &(i, v) in x {
             s += self.weights[i as usize] * v;
@@ -73,14 +98,25 @@ impl LinearModel {
     pub fn uncertainty(&self, x: &[(u32, f32)]) -> f32 {
         let mut s = 0.0f32;
         for &(i, v) in x {
-            s += v * v / (1.0 + self.precision[i as usize]);
+            let p = self.precision.get(i as usize).copied().unwrap_or(0.0);
+            s += v * v / (1.0 + p);
         }
         s
     }
 
     /// Learns that `x` earned `target`, with importance weight `importance` (1 for an
     /// ordinary example).
+    ///
+    /// An example whose update would not be finite (a non-finite target, value or importance,
+    /// or an error so large that a squared gradient overflows `f32`) is skipped whole: the model
+    /// never holds a NaN or an infinity, which would otherwise stay in it for good (every later
+    /// prediction through that weight would be NaN). Callers bound targets to a sensible range
+    /// first; this is the last line of defence.
     pub fn learn(&mut self, x: &[(u32, f32)], target: f32, importance: f32) {
+        if !(target.is_finite() && importance.is_finite()) || x.iter().any(|&(_, v)| !v.is_finite())
+        {
+            return;
+        }
         // Terms that share an index (a repeated feature, a hash collision) are one weight: merge
         // them, or the step below would count that weight twice and could overshoot.
         let mut merged: Vec<(u32, f32)> = x.to_vec();
@@ -94,11 +130,25 @@ impl LinearModel {
             }
         });
         let x = &merged[..];
+        self.allocate();
+        let err = self.predict(x) - target;
+        // Check every accumulator before changing any, so that a skipped example leaves no
+        // trace.
+        let norm = x.iter().map(|&(_, v)| (v * v) as f64).sum::<f64>();
+        let finite = err.is_finite()
+            && (self.norm_sum + norm).is_finite()
+            && x.iter().all(|&(i, v)| {
+                let g = err * v;
+                (self.precision[i as usize] + v * v).is_finite()
+                    && (self.grad_sq[i as usize] + g * g).is_finite()
+            });
+        if !finite {
+            return;
+        }
         self.updates += 1;
-        self.norm_sum += x.iter().map(|&(_, v)| (v * v) as f64).sum::<f64>();
+        self.norm_sum += norm;
         let rate =
             (self.learning_rate as f64 / (self.norm_sum / self.updates as f64).max(1e-12)) as f32;
-        let err = self.predict(x) - target;
         for &(i, v) in x {
             let i = i as usize;
             self.precision[i] += v * v;
@@ -124,7 +174,12 @@ impl LinearModel {
             let i = i as usize;
             let gs = self.grad_sq[i];
             if gs > 0.0 {
-                self.weights[i] -= err * fraction * rate / gs.sqrt() * v;
+                let w = self.weights[i] - err * fraction * rate / gs.sqrt() * v;
+                // The step never overshoots the target, so this holds but for rounding at the
+                // edge of `f32`; a weight that would not be finite keeps its value.
+                if w.is_finite() {
+                    self.weights[i] = w;
+                }
             }
         }
     }
@@ -170,6 +225,7 @@ impl LinearModel {
             return None;
         }
         let mut m = Self::new(bits, learning_rate);
+        m.allocate();
         m.updates = updates;
         m.norm_sum = norm_sum;
         for k in 0..n {
@@ -232,6 +288,56 @@ mod tests {
             m.learn(&xs, t, 2.0);
             prop_assert_eq!(LinearModel::from_bytes(&m.to_bytes()), Some(m));
         }
+    }
+
+    /// Issue 23: rewards of ±1e308 turned the state into NaN/inf and the model predicted 0 for
+    /// ever after. Such an example is now skipped whole, and learning goes on.
+    #[test]
+    fn issue_23_an_update_never_leaves_non_finite_state() {
+        let x = [(1, 1.0), (7, 0.5), (9, -2.0)];
+        let mut m = LinearModel::new(8, 1.0);
+        m.learn(&x, 0.5, 1.0);
+        let before = m.clone();
+        for target in [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e30,
+            -1e30,
+            f32::MAX,
+        ] {
+            m.learn(&x, target, 1.0);
+            assert_eq!(m, before, "target {target} changed the model");
+        }
+        m.learn(&x, 0.5, f32::NAN);
+        m.learn(&[(1, f32::INFINITY)], 0.5, 1.0);
+        assert_eq!(m, before);
+        for _ in 0..50 {
+            m.learn(&x, 1.0, 1.0);
+        }
+        assert!((m.predict(&x) - 1.0).abs() < 0.05, "{}", m.predict(&x));
+        assert!(
+            m.weights
+                .iter()
+                .chain(&m.grad_sq)
+                .chain(&m.precision)
+                .all(|v| v.is_finite())
+        );
+    }
+
+    #[test]
+    fn tables_are_allocated_by_the_first_update() {
+        let mut m = LinearModel::new(18, 1.0);
+        assert_eq!(m.heap_bytes(), 0);
+        assert_eq!(m.predict(&[(3, 1.0)]), 0.0);
+        assert_eq!(m.uncertainty(&[(3, 2.0)]), 4.0);
+        assert_eq!(m.weight(3), 0.0);
+        assert_eq!(
+            LinearModel::from_bytes(&m.to_bytes()).map(|b| b.updates()),
+            Some(0)
+        );
+        m.learn(&[(3, 1.0)], 1.0, 1.0);
+        assert_eq!(m.heap_bytes(), 12 << 18);
     }
 
     #[test]

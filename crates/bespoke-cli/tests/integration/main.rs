@@ -185,6 +185,29 @@ fn movielens_100k_imports_exactly() {
     );
 }
 
+/// Issue 23, finding 5: the importer holds ratings to `events.value_range`, as the API does, and
+/// names the line of one that is out of range.
+#[test]
+fn issue_23_an_out_of_range_rating_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("events.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"user\":\"ann\",\"item\":\"a\",\"type\":\"rating\",\"value\":4}\n\
+         {\"user\":\"mallory\",\"item\":\"b\",\"type\":\"rating\",\"value\":1e12}\n",
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let out = bespoke(&store, &["import", jsonl.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("events.value_range"),
+        "{err}"
+    );
+    assert_eq!(json(&bespoke(&store, &["stats", "--json"]))["events"], 1);
+}
+
 #[test]
 fn generic_csv_mapping_and_bad_lines() {
     let dir = tempfile::tempdir().unwrap();

@@ -164,7 +164,22 @@ pub(crate) async fn put_item(
     let upsert = body.into_upsert(key);
     check_item(&upsert, max_key).map_err(|f| ApiError::invalid(f.field, f.message))?;
     let engine = state.engine.clone();
-    let out = blocking(move || engine.put_item(upsert).map_err(ApiError::from)).await?;
+    let out = blocking(move || {
+        let max = engine.settings().limits.max_categories;
+        let known = engine.categories_after(&upsert.categories);
+        if known > max {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_categories",
+                format!(
+                    "this item would bring the distinct categories to {known}; the limit (limits.max_categories) is {max}"
+                ),
+            )
+            .at("categories"));
+        }
+        engine.put_item(upsert).map_err(ApiError::from)
+    })
+    .await?;
     let status = if out.created {
         StatusCode::CREATED
     } else {

@@ -28,8 +28,11 @@ impl From<DecisionError> for ApiError {
             DecisionError::UnknownDecision(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_decision", message).at("decision_id")
             }
-            DecisionError::UnknownLoop(_) => {
+            DecisionError::UnknownLoop(_) | DecisionError::NoImplicitLoop(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_loop", message).at("loop")
+            }
+            DecisionError::TooManyLoops { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_loops", message).at("loop")
             }
             DecisionError::DuplicateId(_) => {
                 ApiError::new(StatusCode::CONFLICT, "duplicate_decision", message).at("decision_id")
@@ -139,9 +142,11 @@ impl DecisionIn {
     }
 }
 
-/// Runs a decision on the blocking pool, with the user's consent applied.
+/// Runs a decision on the blocking pool, with the user's consent applied. A loop the decision
+/// creates is audited as `loop.create` by `caller`.
 pub(crate) async fn run_decision(
     state: &AppState,
+    caller: &Caller,
     loop_name: String,
     input: DecisionInput,
 ) -> Result<DecisionOutput, ApiError> {
@@ -150,7 +155,17 @@ pub(crate) async fn run_decision(
         super::validate_key("user", u, state.engine.settings().limits.max_key_bytes)?;
     }
     let engine = state.engine.clone();
+    let actor = caller.prefix.clone();
     blocking(move || {
+        if engine.decisions().create_implicit(&loop_name)? {
+            tracing::info!(loop_name, actor, "decision loop created by a decision");
+            engine.audit(
+                &actor,
+                "loop.create",
+                Some(&loop_name),
+                Some(json!({ "implicit": true })),
+            );
+        }
         let (stored_user, consent) = match &input.user {
             Some(u) => {
                 let (k, c) = engine.decision_user(u);
@@ -174,11 +189,12 @@ pub(crate) async fn run_decision(
 
 pub(crate) async fn decide(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     KeyPath(loop_name): KeyPath,
     JsonBody(body): JsonBody<DecisionIn>,
 ) -> Result<(StatusCode, Json<DecisionOutput>), ApiError> {
     let input = body.into_input();
-    let out = run_decision(&state, loop_name, input).await?;
+    let out = run_decision(&state, &caller, loop_name, input).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 

@@ -4,15 +4,16 @@
 //! its endpoint and key. The key may come in `Ocp-Apim-Subscription-Key`, as Personalizer's
 //! clients send it.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AppState;
 use super::decisions::{run_activate, run_decision, run_reward};
 use super::extract::{JsonBody, KeyPath};
+use crate::auth::Caller;
 use crate::decisions::{ActionInput, DecisionInput};
 use crate::error::ApiError;
 use crate::strict::StrictValue;
@@ -67,6 +68,7 @@ pub(crate) struct RankResponse {
 
 pub(crate) async fn rank(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<RankRequest>,
 ) -> Result<(StatusCode, Json<RankResponse>), ApiError> {
     let loop_name = state.engine.settings().decisions.personalizer_loop.clone();
@@ -81,7 +83,7 @@ pub(crate) async fn rank(
         defer_activation: body.defer_activation.unwrap_or(false),
         slot_specs: Vec::new(),
     };
-    let out = run_decision(&state, loop_name, input).await?;
+    let out = run_decision(&state, &caller, loop_name, input).await?;
     let reward_action_id = out.ranking[0].action.clone();
     Ok((
         StatusCode::CREATED,
@@ -167,6 +169,7 @@ pub(crate) struct MultiSlotRankResponse {
 
 pub(crate) async fn multislot_rank(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<MultiSlotRankRequest>,
 ) -> Result<(StatusCode, Json<MultiSlotRankResponse>), ApiError> {
     if body.slots.is_empty() {
@@ -194,7 +197,7 @@ pub(crate) async fn multislot_rank(
             })
             .collect(),
     };
-    let out = run_decision(&state, loop_name, input).await?;
+    let out = run_decision(&state, &caller, loop_name, input).await?;
     let slots = slot_ids
         .into_iter()
         .enumerate()
@@ -244,7 +247,15 @@ pub(crate) async fn multislot_reward(
                 format!("event {id:?} has no slot {:?}", r.slot_id),
             ));
         };
-        run_reward(&state, id.clone(), Some(slot as u32), r.value).await?;
+        run_reward(&state, id.clone(), Some(slot as u32), r.value)
+            .await
+            .map_err(|mut e| {
+                // A reward outside the loop's range: name it in this body's terms.
+                if e.field.as_deref() == Some("value") {
+                    e.field = Some(format!("reward[{i}].value"));
+                }
+                e
+            })?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,6 +3,10 @@
 use bespoke_algo::bandit::LearnerConfig;
 use serde::{Deserialize, Serialize};
 
+/// Largest magnitude of either end of a loop's `reward_range`: far above any useful reward, and
+/// small enough that the learner's squared errors stay well inside `f32`.
+pub const MAX_REWARD: f64 = 1e6;
+
 /// Whether a loop serves its learned policy or the caller's baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -24,8 +28,13 @@ pub struct LoopConfig {
     pub mode: LoopMode,
     /// Seconds a decision waits for its reward; then it gets `default_reward`.
     pub reward_wait_seconds: f64,
-    /// Reward of a decision whose window closed without one.
+    /// Reward of a decision whose window closed without one; within `reward_range`.
     pub default_reward: f64,
+    /// Lowest and highest reward accepted, `[-1, 1]` by default as in Azure Personalizer
+    /// (typically 0 to 1, -1 for a bad outcome). A reward outside is refused (400); the
+    /// learner also clips what it learns to this range, so rewards logged under a wider range
+    /// cannot dominate it. Each end is within ±1e6.
+    pub reward_range: [f64; 2],
     /// Most actions one decision may offer.
     pub max_actions: usize,
     /// Feature contributions listed per action in an explanation.
@@ -39,6 +48,7 @@ impl Default for LoopConfig {
             mode: LoopMode::Online,
             reward_wait_seconds: 600.0,
             default_reward: 0.0,
+            reward_range: [-1.0, 1.0],
             max_actions: 1000,
             explanation_terms: 5,
         }
@@ -46,6 +56,30 @@ impl Default for LoopConfig {
 }
 
 impl LoopConfig {
+    /// Checks a reward against [`LoopConfig::reward_range`]; the message says the range.
+    pub fn check_reward(&self, value: f64) -> Result<(), String> {
+        let [lo, hi] = self.reward_range;
+        if value.is_finite() && (lo..=hi).contains(&value) {
+            Ok(())
+        } else {
+            Err(format!(
+                "must be a finite number within the loop's reward_range [{lo}, {hi}]"
+            ))
+        }
+    }
+
+    /// `value` clipped to [`LoopConfig::reward_range`]: what the learner learns. Rewards are
+    /// checked before they are logged, so this only matters for logs written under a wider
+    /// range (or before ranges existed).
+    pub fn clip_reward(&self, value: f64) -> f64 {
+        let [lo, hi] = self.reward_range;
+        if value.is_nan() {
+            self.default_reward
+        } else {
+            value.clamp(lo, hi)
+        }
+    }
+
     /// Checks every value; the error names the field.
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.learner
@@ -59,8 +93,18 @@ impl LoopConfig {
                 "must be between 0.001 and 2592000 (30 days)".into(),
             ));
         }
-        if !self.default_reward.is_finite() {
-            return Err(("default_reward".into(), "must be a finite number".into()));
+        let [lo, hi] = self.reward_range;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi && lo >= -MAX_REWARD && hi <= MAX_REWARD) {
+            return Err((
+                "reward_range".into(),
+                "must be [low, high] with low < high, both finite and within ±1e6".into(),
+            ));
+        }
+        if !(self.default_reward.is_finite() && (lo..=hi).contains(&self.default_reward)) {
+            return Err((
+                "default_reward".into(),
+                format!("must be a finite number within reward_range [{lo}, {hi}]"),
+            ));
         }
         if !(1..=10_000).contains(&self.max_actions) {
             return Err(("max_actions".into(), "must be between 1 and 10000".into()));
@@ -69,5 +113,48 @@ impl LoopConfig {
             return Err(("explanation_terms".into(), "must be at most 100".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewards_are_checked_and_clipped_to_the_range() {
+        let c = LoopConfig::default();
+        assert_eq!(c.reward_range, [-1.0, 1.0]);
+        for ok in [-1.0, 0.0, 0.5, 1.0] {
+            assert!(c.check_reward(ok).is_ok(), "{ok}");
+        }
+        for bad in [1e308, -1e308, 1e300, 1.0000001, f64::NAN, f64::INFINITY] {
+            assert!(c.check_reward(bad).is_err(), "{bad}");
+        }
+        assert_eq!(c.clip_reward(1e308), 1.0);
+        assert_eq!(c.clip_reward(-1e308), -1.0);
+        assert_eq!(c.clip_reward(f64::NAN), 0.0);
+    }
+
+    #[test]
+    fn ranges_are_validated_by_field() {
+        let field = |c: LoopConfig| c.validate().unwrap_err().0;
+        for range in [[1.0, 1.0], [2.0, 1.0], [f64::NEG_INFINITY, 1.0], [0.0, 1e7]] {
+            let c = LoopConfig {
+                reward_range: range,
+                ..LoopConfig::default()
+            };
+            assert_eq!(field(c), "reward_range", "{range:?}");
+        }
+        let c = LoopConfig {
+            default_reward: 2.0,
+            ..LoopConfig::default()
+        };
+        assert_eq!(field(c), "default_reward");
+        let c = LoopConfig {
+            reward_range: [0.0, 100.0],
+            default_reward: 2.0,
+            ..LoopConfig::default()
+        };
+        assert!(c.validate().is_ok());
     }
 }

@@ -29,7 +29,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde_json::Value;
 
-pub use config::{LoopConfig, LoopMode};
+pub use config::{LoopConfig, LoopMode, MAX_REWARD};
 pub use payload::{StoredAction, StoredDecision, StoredSlot, StoredSlotSpec};
 
 use crate::features::flatten;
@@ -56,6 +56,19 @@ pub enum DecisionError {
     /// No such loop.
     #[error("no loop {0:?}")]
     UnknownLoop(String),
+    /// No such loop, and decisions do not create loops (`decisions.auto_create_loops`).
+    #[error(
+        "no loop {0:?}; an admin key creates it with PUT /v1/loops/{0} (decisions.auto_create_loops is off)"
+    )]
+    NoImplicitLoop(String),
+    /// Creating the loop would pass `decisions.max_loops`.
+    #[error("loop {name:?} would be one loop too many: the limit (decisions.max_loops) is {max}")]
+    TooManyLoops {
+        /// The loop that was to be created.
+        name: String,
+        /// The limit.
+        max: usize,
+    },
     /// The decision id is taken.
     #[error("decision id {0:?} is already used")]
     DuplicateId(String),
@@ -282,11 +295,50 @@ struct LoopHandle {
     inflight: AtomicUsize,
 }
 
+/// Who may create loops, and how many there may be (from `[decisions]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopLimits {
+    /// Most loops, not counting `reserved`; creating one more is refused.
+    pub max_loops: usize,
+    /// Whether a decision naming an unknown loop creates it (otherwise only `PUT` does).
+    pub auto_create: bool,
+    /// The loop of the Personalizer-compatible routes: always created when first used, and not
+    /// counted against `max_loops`, so that a flood of other loops cannot break those routes.
+    pub reserved: String,
+}
+
+impl LoopLimits {
+    /// The limits `[decisions]` configures.
+    pub fn from_settings(d: &crate::settings::DecisionSettings) -> Self {
+        Self {
+            max_loops: d.max_loops,
+            auto_create: d.auto_create_loops,
+            reserved: d.personalizer_loop.clone(),
+        }
+    }
+}
+
+impl Default for LoopLimits {
+    fn default() -> Self {
+        Self::from_settings(&crate::settings::DecisionSettings::default())
+    }
+}
+
+/// How a loop comes to be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Creation {
+    /// By a decision naming it (`write` scope): only if `auto_create` allows.
+    Implicit,
+    /// By `PUT /v1/loops/{loop}` (`admin` scope).
+    Explicit,
+}
+
 /// All decision loops of a store.
 pub struct Loops {
     store: Arc<dyn Store>,
     loops: RwLock<HashMap<String, Arc<LoopHandle>>>,
     create: Mutex<()>,
+    limits: LoopLimits,
     checkpoint_every: u64,
     rng: Mutex<Rng>,
 }
@@ -400,6 +452,7 @@ impl Loops {
             store,
             loops: RwLock::new(HashMap::new()),
             create: Mutex::new(()),
+            limits: LoopLimits::default(),
             checkpoint_every: checkpoint_every.max(1),
             rng: Mutex::new(Rng::seed_from_u64(seed)),
         };
@@ -412,6 +465,13 @@ impl Loops {
             loops.loops.write().insert(record.name, handle);
         }
         Ok(loops)
+    }
+
+    /// The same loops under `limits` (which only govern creating loops: loops already in the
+    /// store are all loaded, even past `max_loops`).
+    pub fn with_limits(mut self, limits: LoopLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// A loop's learner from its checkpoint (when it was saved under the same model
@@ -457,7 +517,8 @@ impl Loops {
             let Some(last) = chunk.last() else { break };
             let last_seq = last.0.seq;
             for (reward, decision) in &chunk {
-                learn_one(&mut state.learner, decision, reward.slot, reward.value);
+                let value = state.config.clip_reward(reward.value);
+                learn_one(&mut state.learner, decision, reward.slot, value);
                 n += 1;
             }
             state.applied_seq = last_seq;
@@ -471,14 +532,33 @@ impl Loops {
         self.loops.read().get(name).cloned()
     }
 
-    /// The loop, created with the default configuration if it does not exist.
-    fn handle_or_create(&self, name: &str) -> Result<Arc<LoopHandle>, DecisionError> {
+    /// The loop, created with the default configuration if it does not exist and `how` may
+    /// create it; and whether it was created.
+    fn handle_or_create(
+        &self,
+        name: &str,
+        how: Creation,
+    ) -> Result<(Arc<LoopHandle>, bool), DecisionError> {
         if let Some(h) = self.handle(name) {
-            return Ok(h);
+            return Ok((h, false));
         }
         let _guard = self.create.lock();
         if let Some(h) = self.handle(name) {
-            return Ok(h);
+            return Ok((h, false));
+        }
+        let reserved = name == self.limits.reserved;
+        if how == Creation::Implicit && !self.limits.auto_create && !reserved {
+            return Err(DecisionError::NoImplicitLoop(name.to_owned()));
+        }
+        let counted = {
+            let loops = self.loops.read();
+            loops.len() - usize::from(loops.contains_key(&self.limits.reserved))
+        };
+        if !reserved && counted >= self.limits.max_loops {
+            return Err(DecisionError::TooManyLoops {
+                name: name.to_owned(),
+                max: self.limits.max_loops,
+            });
         }
         let config = LoopConfig::default();
         self.store.put_loop(
@@ -497,7 +577,14 @@ impl Loops {
             inflight: AtomicUsize::new(0),
         });
         self.loops.write().insert(name.to_owned(), handle.clone());
-        Ok(handle)
+        Ok((handle, true))
+    }
+
+    /// Creates loop `name` with the default configuration, as a decision naming it does, if
+    /// it does not exist yet and `decisions.auto_create_loops` and `decisions.max_loops` allow;
+    /// returns whether it was created (so that the caller can audit the creation).
+    pub fn create_implicit(&self, name: &str) -> Result<bool, DecisionError> {
+        Ok(self.handle_or_create(name, Creation::Implicit)?.1)
     }
 
     /// Names of every loop.
@@ -547,7 +634,7 @@ impl Loops {
     /// of exploration or of anything else applies to the next decision.
     pub fn configure(&self, name: &str, config: LoopConfig) -> Result<LoopView, DecisionError> {
         config.validate().map_err(|(f, m)| invalid(f, m))?;
-        let handle = self.handle_or_create(name)?;
+        let (handle, _) = self.handle_or_create(name, Creation::Explicit)?;
         {
             let mut s = handle.state.write();
             self.store.put_loop(
@@ -579,7 +666,7 @@ impl Loops {
         consent: DecisionConsent,
         now: Millis,
     ) -> Result<DecisionOutput, DecisionError> {
-        let handle = self.handle_or_create(name)?;
+        let (handle, _) = self.handle_or_create(name, Creation::Implicit)?;
         let max_actions = handle.state.read().config.max_actions;
         let (stored, eligible, baseline) = payload::validate(&mut input, max_actions)?;
         let stored = StoredDecision {
@@ -903,6 +990,12 @@ impl Loops {
         let handle = self
             .handle(&d.loop_name)
             .ok_or_else(|| DecisionError::UnknownLoop(d.loop_name.clone()))?;
+        handle
+            .state
+            .read()
+            .config
+            .check_reward(value)
+            .map_err(|m| invalid("value", m))?;
         handle.inflight.fetch_add(1, Ordering::SeqCst);
         let outcome = self.store.insert_reward(NewReward {
             decision_id: id.to_owned(),
@@ -956,6 +1049,7 @@ impl Loops {
         // A rebuild (reconfiguration, erasure) that ran after this reward was committed has
         // learned it already.
         if seq > s.replayed_through {
+            let value = s.config.clip_reward(value);
             learn_one(&mut s.learner, d, slot, value);
             s.applied_seq = s.applied_seq.max(seq);
             s.dirty += 1;

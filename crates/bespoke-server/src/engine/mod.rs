@@ -152,31 +152,43 @@ struct ItemMeta {
 
 /// Event-type weights, resolved once from the settings.
 #[derive(Debug, Clone)]
-pub struct Weights(std::collections::HashMap<String, WeightSpec>);
+pub struct Weights {
+    specs: std::collections::HashMap<String, WeightSpec>,
+    /// `events.max_weight`: no single event weighs more than this, either way.
+    max_weight: f32,
+}
 
 impl Weights {
     /// The weights configured in `settings`.
     pub fn new(settings: &Settings) -> Self {
-        Self(settings.events.weights.clone().into_iter().collect())
+        Self {
+            specs: settings.events.weights.clone().into_iter().collect(),
+            max_weight: settings.events.max_weight as f32,
+        }
     }
 
     /// The weight of an event, or `None` for an unknown type or a value-weighted type without
-    /// a value.
+    /// a value (or with a NaN one). The weight is clipped to `±events.max_weight`: new events
+    /// are validated within it already, but events stored earlier (or imported under wider
+    /// limits) may not be, and one of them must not dominate popularity or training. Every
+    /// consumer (serving state, retention, training) goes through here, so what is removed is
+    /// always what was added.
     pub fn weight(&self, kind: &str, value: Option<f64>) -> Option<f32> {
-        match self.0.get(kind)? {
-            WeightSpec::Fixed(w) => Some(*w as f32),
-            WeightSpec::Value(_) => value.map(|v| v as f32),
-        }
+        let w = match self.specs.get(kind)? {
+            WeightSpec::Fixed(w) => *w as f32,
+            WeightSpec::Value(_) => value.filter(|v| !v.is_nan())? as f32,
+        };
+        Some(w.clamp(-self.max_weight, self.max_weight))
     }
 
     /// Whether the type exists, and whether it needs a value.
     pub fn spec(&self, kind: &str) -> Option<&WeightSpec> {
-        self.0.get(kind)
+        self.specs.get(kind)
     }
 
     /// The configured type names, sorted.
     pub fn kinds(&self) -> Vec<&str> {
-        let mut k: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        let mut k: Vec<&str> = self.specs.keys().map(String::as_str).collect();
         k.sort_unstable();
         k
     }
@@ -425,6 +437,11 @@ impl Engine {
         crate::privacy::check_store(&*store, &user_keys)?;
         let decisions =
             crate::decisions::Loops::open(store.clone(), settings.decisions.checkpoint_every)
+                .map(|loops| {
+                    loops.with_limits(crate::decisions::LoopLimits::from_settings(
+                        &settings.decisions,
+                    ))
+                })
                 .map_err(|e| match e {
                     crate::decisions::DecisionError::Store(e) => e,
                     other => bespoke_store::Error::Corrupt(other.to_string()),
@@ -692,6 +709,21 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// How many distinct categories the serving state would know once `categories` are added:
+    /// the in-memory category map only grows until a restart, so `PUT /v1/items` checks this
+    /// against `limits.max_categories` first (concurrent writes can pass it by at most their
+    /// own categories, 100 each).
+    pub fn categories_after(&self, categories: &[String]) -> usize {
+        let s = self.state.read();
+        let mut new: Vec<&String> = categories
+            .iter()
+            .filter(|c| s.categories.get(c).is_none())
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        s.categories.len() + new.len()
     }
 
     /// Creates or replaces one item.

@@ -355,7 +355,7 @@ async fn configuration_changes_rebuild_from_the_log() {
         let id = d["decision_id"].as_str().unwrap();
         srv.post(
             &format!("/v1/decisions/{id}/reward"),
-            json!({"value": (i % 3) as f64}),
+            json!({"value": (i % 3) as f64 / 2.0}),
         )
         .await;
     }
