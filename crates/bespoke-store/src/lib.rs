@@ -29,6 +29,7 @@ mod event_id;
 mod fingerprint;
 mod model;
 mod models;
+mod owner_only;
 mod sqlite;
 
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};

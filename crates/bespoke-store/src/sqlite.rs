@@ -405,11 +405,24 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, applies pending schema migrations and
     /// starts the writer thread.
     pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+        crate::owner_only::create_dir_all(data_dir).map_err(|source| Error::Io {
             path: data_dir.to_owned(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
+        // Created owner-only here, as SQLite would create it with the umask's mode; its WAL and
+        // shared-memory files take the database file's mode.
+        crate::owner_only::touch(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        for (wide, mode) in crate::owner_only::wider_than_owner(data_dir, DB_FILE) {
+            tracing::warn!(
+                path = %wide.display(),
+                mode = format!("{mode:o}"),
+                "readable by others than the owner; the data directory holds personal data (chmod go-rwx)"
+            );
+        }
         let mut conn = Connection::open(&path)?;
         // 16 KiB pages: fewer B-tree levels and page lookups per insert. Measured with
         // `bespoke bench`: import 262k -> 328k rows/s, HTTP ingest 69k -> 102k events/s

@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real server on a loopback port over a fresh data directory
 //! and talks HTTP to it. One binary, split into topic modules, for link time.
 
+mod at_rest;
 mod auth;
 mod bad_input;
 mod common;
