@@ -167,6 +167,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// value every time after (for keyed hashes that must survive restarts).
     fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]>;
 
+    /// Makes everything deleted so far unrecoverable from the store's files, for erasure: no
+    /// deleted row may linger in free space or in a journal. On SQLite, deleted content is
+    /// overwritten with zeros as it is deleted (`secure_delete`), and this copies the WAL into
+    /// the database and truncates it (`wal_checkpoint(TRUNCATE)`), which the older versions of
+    /// changed pages would otherwise keep. Blocks until done; if it stays busy (long readers),
+    /// it fails, and the store keeps retrying in the background until it succeeds.
+    fn purge_deleted(&self) -> Result<()>;
+
     /// Appends to the audit log.
     fn audit(&self, entry: NewAudit) -> Result<()>;
 

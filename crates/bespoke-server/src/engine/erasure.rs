@@ -13,6 +13,10 @@
 //!
 //! The receipt is stored (`GET /v1/erasures/{id}`) and names the user only by
 //! [`Engine::user_ref`].
+//!
+//! On disk, the store overwrites deleted rows as it deletes them and the erasure then empties
+//! the WAL ([`bespoke_store::Store::purge_deleted`]); the model files are rewritten whole (by
+//! rename), so no file in the data directory keeps the user's key or attributes.
 
 use std::time::Duration;
 
@@ -215,6 +219,12 @@ impl Engine {
             Some(&user_ref),
             Some(serde_json::json!({ "erasure_id": id, "events": deleted.events, "retrain": retrain })),
         );
+        // The deleted rows are overwritten already (`secure_delete`); this empties the WAL,
+        // which still holds their older page images. The erasure itself is done: a purge that
+        // stays busy is retried by the store in the background, and is not an error here.
+        if let Err(e) = self.store.purge_deleted() {
+            tracing::warn!(target: "serve::privacy", error = %e, erasure = %id, "could not purge deleted rows from the store's files yet");
+        }
         if retrain && receipt.status != COMPLETE {
             loop {
                 match self.train_by(actor, |_| {}) {

@@ -1,4 +1,5 @@
-//! Issue 23 (trust III), what the data directory holds at rest: owner-only files (finding 9).
+//! Issue 23 (trust III), what the data directory holds at rest: no trace of an erased user in
+//! any file (finding 2), owner-only files (9).
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,21 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The files under `dir` whose raw bytes contain one of `needles`, with the needle.
+fn traces(dir: &Path, needles: &[&[u8]]) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    for file in files_under(dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in needles {
+            if bytes.windows(needle.len()).any(|w| w == *needle) {
+                found.push((file.clone(), String::from_utf8_lossy(needle).into_owned()));
+            }
+        }
+    }
+    found
+}
+
+const ERIN: &str = "erin-ERASE-5555";
 const NICK: &str = "erin-NICK-5555";
 
 /// Settings of these tests: a data directory that does not exist yet (so the server creates
@@ -75,6 +91,51 @@ async fn train(srv: &TestServer) -> Value {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
+}
+
+/// Finding 2: after an erasure (with and without retraining), no file of the data directory
+/// (database, WAL, shared memory, every model file) holds the user's key or attributes, nor
+/// after shutdown.
+#[tokio::test]
+async fn issue_23_an_erased_user_leaves_no_bytes_in_any_file() {
+    for retrain in [false, true] {
+        let srv = start_with(settings).await;
+        let data = srv.dir.path().join("data");
+        load(&srv, ERIN).await;
+        train(&srv).await;
+        let needles: [&[u8]; 2] = [ERIN.as_bytes(), NICK.as_bytes()];
+        // The scan finds them while they are held.
+        let before = traces(&data, &needles);
+        assert!(
+            before.iter().any(|(_, n)| n == ERIN) && before.iter().any(|(_, n)| n == NICK),
+            "{before:?}"
+        );
+        let (status, receipt) = srv
+            .delete(&format!("/v1/users/{ERIN}?retrain={retrain}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{receipt}");
+        let expected = if retrain {
+            "complete"
+        } else {
+            "awaiting_retrain"
+        };
+        assert_eq!(receipt["status"], expected, "{receipt}");
+        assert_eq!(
+            traces(&data, &needles),
+            vec![],
+            "retrain={retrain}: files: {:?}",
+            files_under(&data)
+        );
+        // The others are still there, and so is the store's content.
+        assert!(!traces(&data, &[b"u07"]).is_empty());
+        let dir = srv.stop().await;
+        let data = dir.path().join("data");
+        assert_eq!(
+            traces(&data, &needles),
+            vec![],
+            "retrain={retrain}, after shutdown"
+        );
+    }
 }
 
 #[cfg(unix)]
