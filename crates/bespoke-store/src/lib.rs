@@ -167,6 +167,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// value every time after (for keyed hashes that must survive restarts).
     fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]>;
 
+    /// The store's secret called `name` if it holds one (never creates it).
+    fn stored_secret(&self, name: &str) -> Result<Option<[u8; 32]>>;
+
+    /// Deletes the store's secret called `name` and makes it unrecoverable from the files (see
+    /// [`Store::purge_deleted`]); whether there was one.
+    fn delete_secret(&self, name: &str) -> Result<bool>;
+
     /// Makes everything deleted so far unrecoverable from the store's files, for erasure: no
     /// deleted row may linger in free space or in a journal. On SQLite, deleted content is
     /// overwritten with zeros as it is deleted (`secure_delete`), and this copies the WAL into

@@ -914,6 +914,31 @@ impl Store for SqliteStore {
         })
     }
 
+    fn stored_secret(&self, name: &str) -> Result<Option<[u8; 32]>> {
+        self.read(|c| {
+            let v: Option<Vec<u8>> = c
+                .prepare_cached("SELECT value FROM secrets WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            v.map(|v| {
+                v.try_into()
+                    .map_err(|_| Error::Corrupt(format!("secret {name} is not 32 bytes")))
+            })
+            .transpose()
+        })
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<bool> {
+        let owned = name.to_owned();
+        let deleted = self.exec_single(move |c| {
+            Ok(c.prepare_cached("DELETE FROM secrets WHERE name = ?1")?
+                .execute([owned])?
+                > 0)
+        })?;
+        self.purge_deleted()?;
+        Ok(deleted)
+    }
+
     fn purge_deleted(&self) -> Result<()> {
         match self.checkpointer.lock().as_ref() {
             Some(c) => c.truncate(),

@@ -335,7 +335,7 @@ pub struct Engine {
     keyring: crate::auth::Keyring,
     limiter: crate::auth::RateLimiter,
     /// Key of the user references in the audit log (see [`Engine::user_ref`]).
-    audit_secret: [u8; 32],
+    audit_secret: Vec<u8>,
     erasures: Mutex<erasure::Erasures>,
     /// Raw user keys to store keys (pseudonymization).
     user_keys: crate::privacy::UserKeys,
@@ -420,7 +420,7 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded serving state"
         );
-        let audit_secret = store.secret("audit_user_ref", crate::auth::random_bytes()?)?;
+        let audit_secret = crate::privacy::audit_key(&settings, &*store)?;
         let user_keys = crate::privacy::UserKeys::new(&settings);
         crate::privacy::check_store(&*store, &user_keys)?;
         let decisions =

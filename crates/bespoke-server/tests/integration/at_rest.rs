@@ -1,9 +1,11 @@
 //! Issue 23 (trust III), what the data directory holds at rest: no trace of an erased user in
-//! any file (finding 2), owner-only files (9).
+//! any file (finding 2), the audit key outside the database (3), owner-only files (9).
 
 use std::path::{Path, PathBuf};
 
 use bespoke_server::Settings;
+use bespoke_store::{SqliteStore, Store, StoreOptions};
+use hmac::Mac;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -181,5 +183,124 @@ async fn issue_23_files_at_rest_are_owner_only() {
         .map(|p| (p.clone(), format!("{:o}", mode(p))))
         .collect();
     assert_eq!(wide, vec![], "paths that are not owner-only");
+    srv.stop().await;
+}
+
+/// The reference the audit log gives `key` under the HMAC key `secret`.
+fn user_ref(secret: &[u8], key: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(key.as_bytes());
+    let tag = mac.finalize().into_bytes();
+    let hex: String = tag[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("user:{hex}")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn erase(srv: &TestServer, key: &str) -> Value {
+    let (status, body) = srv
+        .put(&format!("/v1/users/{key}"), json!({ "attributes": {} }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, receipt) = srv.delete(&format!("/v1/users/{key}")).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    receipt
+}
+
+/// Finding 3: the audit key is never in the database. A store that kept it there (before this
+/// change) has it moved to the key file once, so that earlier references stay valid, and
+/// deleted from the database's bytes; a fresh store gets a key file beside (not inside) the
+/// data directory; `privacy.audit_secret` is used as configured.
+#[tokio::test]
+async fn issue_23_the_audit_key_is_kept_out_of_the_database() {
+    // An existing store with its key in the database, as earlier versions made it.
+    let old_key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key_file = keys_dir.path().join("audit.key");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = SqliteStore::open(&data, StoreOptions::default()).unwrap();
+        assert_eq!(store.secret("audit_user_ref", old_key).unwrap(), old_key);
+        store.close();
+    }
+    assert!(
+        !traces(&data, &[&old_key]).is_empty(),
+        "the old key is on disk"
+    );
+    let file = key_file.clone();
+    let srv = crate::common::start_in(dir, move |s| {
+        settings(s);
+        s.privacy.audit_secret = Default::default();
+        s.privacy.audit_secret_file = file;
+    })
+    .await;
+    let receipt = erase(&srv, "alice").await;
+    assert_eq!(
+        receipt["user_ref"],
+        user_ref(&old_key, "alice"),
+        "{receipt}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap().trim(),
+        hex(&old_key)
+    );
+    #[cfg(unix)]
+    assert_eq!(mode(&key_file), 0o600);
+    assert_eq!(traces(&data, &[&old_key]), vec![]);
+    let dir = srv.stop().await;
+    assert_eq!(traces(&data, &[&old_key]), vec![], "after shutdown");
+    {
+        let store = SqliteStore::open(&data, StoreOptions::default()).unwrap();
+        assert_eq!(store.stored_secret("audit_user_ref").unwrap(), None);
+        store.close();
+    }
+    // A restart reads the same key back.
+    let file = key_file.clone();
+    let srv = crate::common::start_in(dir, move |s| {
+        settings(s);
+        s.privacy.audit_secret = Default::default();
+        s.privacy.audit_secret_file = file;
+    })
+    .await;
+    assert_eq!(
+        erase(&srv, "bob").await["user_ref"],
+        user_ref(&old_key, "bob")
+    );
+    srv.stop().await;
+
+    // A fresh store with nothing configured: a random key in `<data_dir>.audit-key`.
+    let srv = start_with(|s| {
+        settings(s);
+        s.privacy.audit_secret = Default::default();
+    })
+    .await;
+    let beside = srv.dir.path().join("data.audit-key");
+    let text = std::fs::read_to_string(&beside).expect("key file beside the data directory");
+    let key: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&text.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(
+        erase(&srv, "carol").await["user_ref"],
+        user_ref(&key, "carol")
+    );
+    let data = srv.dir.path().join("data");
+    assert_eq!(traces(&data, &[&key]), vec![]);
+    srv.stop().await;
+
+    // A configured secret is the key, and no file is made.
+    let secret = "a configured audit secret of 32+ bytes, from the environment";
+    let srv = start_with(|s| {
+        settings(s);
+        s.privacy.audit_secret = bespoke_server::settings::Secret(secret.into());
+    })
+    .await;
+    assert_eq!(
+        erase(&srv, "dave").await["user_ref"],
+        user_ref(secret.as_bytes(), "dave")
+    );
+    assert!(!srv.dir.path().join("data.audit-key").exists());
     srv.stop().await;
 }
