@@ -1,15 +1,17 @@
 //! Issue 23 (trust III), what the data directory holds at rest: no trace of an erased user in
-//! any file (finding 2), the audit key outside the database (3), owner-only files (9).
+//! any file (finding 2), the audit key outside the database (3), erasures with `retrain=true`
+//! sharing one training (6), owner-only files (9).
 
 use std::path::{Path, PathBuf};
 
 use bespoke_server::Settings;
+use bespoke_server::auth::Scope;
 use bespoke_store::{SqliteStore, Store, StoreOptions};
 use hmac::Mac;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, start_with};
+use crate::common::{TestServer, client_with_key, start_with};
 
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -302,5 +304,110 @@ async fn issue_23_the_audit_key_is_kept_out_of_the_database() {
         user_ref(secret.as_bytes(), "dave")
     );
     assert!(!srv.dir.path().join("data.audit-key").exists());
+    srv.stop().await;
+}
+
+/// Finding 6: erasures with `retrain=true` sent with a `write` key while a training run is in
+/// progress coalesce: together they cause one more run, not one each, and every receipt is
+/// complete once it answers (no model trained with any of them is served or stored).
+#[tokio::test]
+async fn issue_23_erasures_with_retrain_share_one_training() {
+    let srv = start_with(settings).await;
+    let victims = ["v-one", "v-two", "v-three", "v-four"];
+    for v in victims {
+        load(&srv, v).await;
+    }
+    train(&srv).await;
+    let engine = srv.engine();
+    let (write_key, _) = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || {
+            engine.create_key("test", "backend", &[Scope::Write], None)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    let trainings = |audit: &Value| {
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "model.train")
+            .count()
+    };
+    let (_, audit) = srv.get("/v1/audit?limit=1000").await;
+    let trained_before = trainings(&audit);
+
+    // A run in progress that read its snapshot before the erasures: it holds all of them until
+    // the test lets it go on.
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let running = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut first = true;
+            engine.train(move |_| {
+                if std::mem::take(&mut first) {
+                    started_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                }
+            })
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+
+    let writer = client_with_key(&write_key);
+    let erasures: Vec<_> = victims
+        .iter()
+        .map(|v| {
+            let req = writer
+                .delete(format!("{}/v1/users/{v}?retrain=true", srv.base))
+                .send();
+            tokio::spawn(async move {
+                let resp = req.await.unwrap();
+                (resp.status(), resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    // Every user is deleted (the erasures are now waiting for a training) before the run in
+    // progress may end.
+    loop {
+        let (_, audit) = srv.get("/v1/audit?limit=1000").await;
+        let erased = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "user.erase")
+            .count();
+        if erased == victims.len() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    go_tx.send(()).unwrap();
+    running.await.unwrap().expect("the run in progress trains");
+
+    let mut versions = Vec::new();
+    for e in erasures {
+        let (status, receipt) = e.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{receipt}");
+        assert_eq!(receipt["status"], "complete", "{receipt}");
+        versions.push(receipt["first_model_without_user"]["version"].clone());
+    }
+    // One model without any of them completed every receipt.
+    assert!(versions.windows(2).all(|w| w[0] == w[1]), "{versions:?}");
+    let (_, audit) = srv.get("/v1/audit?limit=1000").await;
+    assert_eq!(
+        trainings(&audit) - trained_before,
+        2,
+        "the run in progress and one run for all the erasures: {audit}"
+    );
+    // No stored version names any of them.
+    let data = srv.dir.path().join("data");
+    let needles: Vec<&[u8]> = victims.iter().map(|v| v.as_bytes()).collect();
+    assert_eq!(traces(&data, &needles), vec![]);
     srv.stop().await;
 }
