@@ -634,6 +634,14 @@ impl Settings {
                 message: e.message().to_owned(),
             })?;
             merge(&mut merged, table);
+            // Checked before the variables, which would otherwise be named for the file's
+            // mistakes (a secret set in the environment is the usual case).
+            Settings::deserialize(toml::Value::Table(merged.clone())).map_err(|e| {
+                SettingsError::Invalid {
+                    origin: path.display().to_string(),
+                    message: e.message().to_owned(),
+                }
+            })?;
         }
         let mut env_vars: Vec<(String, String)> = env
             .into_iter()
@@ -929,6 +937,13 @@ mod tests {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[serving]\nrecommend_popularity = \"sideways\"\n").unwrap();
         let err = Settings::load(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+        // Also with a variable set (the audit secret, say): the file is named, not the variable.
+        let secret = [(
+            "BESPOKE__PRIVACY__AUDIT_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )];
+        let err = Settings::load(Some(&file), env(&secret)).unwrap_err();
         assert!(err.to_string().contains("bad.toml"), "{err}");
     }
 

@@ -395,11 +395,6 @@ fn demo_loads_a_deterministic_shop() {
 fn configuration_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
-        // Else the audit key file is made beside the temporary data directory, and left behind.
-        .env(
-            "BESPOKE__PRIVACY__AUDIT_SECRET",
-            "CLI tests' audit key, 32 bytes or more",
-        )
         .args(["--data-dir", dir.path().to_str().unwrap(), "stats"])
         .env("BESPOKE__LIMITS__MAX_N", "lots")
         .output()
@@ -410,11 +405,6 @@ fn configuration_errors_name_the_key() {
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[serving]\ndefault_n = 5\nfoo = 1\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
-        // Else the audit key file is made beside the temporary data directory, and left behind.
-        .env(
-            "BESPOKE__PRIVACY__AUDIT_SECRET",
-            "CLI tests' audit key, 32 bytes or more",
-        )
         .args(["--config", config.to_str().unwrap(), "stats"])
         .output()
         .unwrap();
