@@ -253,7 +253,8 @@ fn bench_ingest(
     }
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let mut s = settings.clone();
-    s.store.data_dir = work.path().to_owned();
+    // A subdirectory, so that the audit key file (beside the data directory) is removed too.
+    s.store.data_dir = work.path().join("store");
     s.server.bind = "127.0.0.1:0".parse().expect("valid address");
     s.limits.max_batch_events = s.limits.max_batch_events.max(batch);
     // Ingestion alone: no background training competing for the two cores.
@@ -327,7 +328,8 @@ fn bench_decisions(
     }
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let mut s = settings.clone();
-    s.store.data_dir = work.path().to_owned();
+    // A subdirectory, so that the audit key file (beside the data directory) is removed too.
+    s.store.data_dir = work.path().join("store");
     s.server.bind = "127.0.0.1:0".parse().expect("valid address");
     s.training.train_on_start = false;
     s.training.interval_minutes = 0;
@@ -545,7 +547,8 @@ fn bench_realtime(
     }
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let mut s = settings.clone();
-    s.store.data_dir = work.path().to_owned();
+    // A subdirectory, so that the audit key file (beside the data directory) is removed too.
+    s.store.data_dir = work.path().join("store");
     s.server.bind = "127.0.0.1:0".parse().expect("valid address");
     s.training.evaluate = false;
     s.training.train_on_start = false;

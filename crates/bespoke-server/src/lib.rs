@@ -179,6 +179,8 @@ impl Server {}
 
 /// Opens the store, loads the serving state and starts serving on `settings.server.bind`.
 pub async fn start(settings: Settings) -> Result<Server, ServerError> {
+    // Before the store is opened, so that bad settings create no file (data directory, key file).
+    settings.validate().map_err(ServerError::Config)?;
     let settings = Arc::new(settings);
     let s = settings.clone();
     let engine = tokio::task::spawn_blocking(move || -> Result<Engine, ServerError> {

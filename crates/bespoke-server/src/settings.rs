@@ -203,6 +203,14 @@ pub struct PrivacySettings {
     pub pseudonymize_user_keys: bool,
     /// The HMAC key, at least 32 bytes; best set through `BESPOKE__PRIVACY__PSEUDONYM_SECRET`.
     pub pseudonym_secret: Secret,
+    /// Key of the user references in the audit log and erasure receipts (HMAC-SHA256), at least
+    /// 32 bytes; best set through `BESPOKE__PRIVACY__AUDIT_SECRET`. Kept out of the database so
+    /// that a copy of the database cannot confirm a guessed user key. Empty: the key file below.
+    pub audit_secret: Secret,
+    /// File holding that key (64 hex digits) when `audit_secret` is empty; created owner-only
+    /// (0600) with a random key on first start. Empty: `<data_dir>.audit-key`, beside the data
+    /// directory and outside it, so that a backup of the directory does not hold the key.
+    pub audit_secret_file: PathBuf,
 }
 
 impl Default for PrivacySettings {
@@ -212,6 +220,8 @@ impl Default for PrivacySettings {
             retention_interval_minutes: 60,
             pseudonymize_user_keys: false,
             pseudonym_secret: Secret::default(),
+            audit_secret: Secret::default(),
+            audit_secret_file: PathBuf::new(),
         }
     }
 }
@@ -705,6 +715,14 @@ impl Settings {
                 message: e.message().to_owned(),
             })?;
             merge(&mut merged, table);
+            // Checked before the variables, which would otherwise be named for the file's
+            // mistakes (a secret set in the environment is the usual case).
+            Settings::deserialize(toml::Value::Table(merged.clone())).map_err(|e| {
+                SettingsError::Invalid {
+                    origin: path.display().to_string(),
+                    message: e.message().to_owned(),
+                }
+            })?;
         }
         let mut env_vars: Vec<(String, String)> = env
             .into_iter()
@@ -816,6 +834,12 @@ impl Settings {
                 "privacy.pseudonymize_user_keys needs privacy.pseudonym_secret of at least 32 bytes"
                     .into(),
             );
+        }
+        if !p.audit_secret.0.is_empty() && p.audit_secret.0.len() < 32 {
+            return Err("privacy.audit_secret must have at least 32 bytes (or be empty)".into());
+        }
+        if !p.audit_secret.0.is_empty() && !p.audit_secret_file.as_os_str().is_empty() {
+            return Err("set privacy.audit_secret or privacy.audit_secret_file, not both".into());
         }
         if !(self.auth.rate_per_second.is_finite() && self.auth.rate_per_second >= 0.0) {
             return Err("auth.rate_per_second must be 0 (unlimited) or positive".into());
@@ -1029,6 +1053,13 @@ mod tests {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[serving]\nrecommend_popularity = \"sideways\"\n").unwrap();
         let err = Settings::load(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+        // Also with a variable set (the audit secret, say): the file is named, not the variable.
+        let secret = [(
+            "BESPOKE__PRIVACY__AUDIT_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )];
+        let err = Settings::load(Some(&file), env(&secret)).unwrap_err();
         assert!(err.to_string().contains("bad.toml"), "{err}");
     }
 

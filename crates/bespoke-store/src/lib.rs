@@ -29,6 +29,7 @@ mod event_id;
 mod fingerprint;
 mod model;
 mod models;
+mod owner_only;
 mod sqlite;
 
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
@@ -165,6 +166,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The store's secret called `name`: `fresh` is kept and returned the first time, the kept
     /// value every time after (for keyed hashes that must survive restarts).
     fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]>;
+
+    /// The store's secret called `name` if it holds one (never creates it).
+    fn stored_secret(&self, name: &str) -> Result<Option<[u8; 32]>>;
+
+    /// Deletes the store's secret called `name` and makes it unrecoverable from the files (see
+    /// [`Store::purge_deleted`]); whether there was one.
+    fn delete_secret(&self, name: &str) -> Result<bool>;
+
+    /// Makes everything deleted so far unrecoverable from the store's files, for erasure: no
+    /// deleted row may linger in free space or in a journal. On SQLite, deleted content is
+    /// overwritten with zeros as it is deleted (`secure_delete`), and this copies the WAL into
+    /// the database and truncates it (`wal_checkpoint(TRUNCATE)`), which the older versions of
+    /// changed pages would otherwise keep. Blocks until done; if it stays busy (long readers),
+    /// it fails, and the store keeps retrying in the background until it succeeds.
+    fn purge_deleted(&self) -> Result<()>;
 
     /// Appends to the audit log.
     fn audit(&self, entry: NewAudit) -> Result<()>;

@@ -4,6 +4,9 @@
 //! A version appears whole or not at all: its files are written and synced in a temporary
 //! directory that is then renamed into place, and `ACTIVE` is replaced by rename as well. Version
 //! numbers only grow; two writers racing for the same number retry with the next.
+//!
+//! Directories are created 0700 and files 0600 (see [`crate::owner_only`]): factors and key
+//! lists are personal data.
 
 use std::fs;
 use std::io::Write;
@@ -39,7 +42,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).map_err(io(path))?;
+    let mut f = crate::owner_only::create_options()
+        .open(path)
+        .map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
@@ -105,7 +110,7 @@ impl ModelDir {
         for (name, _) in files {
             check_name(name)?;
         }
-        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        crate::owner_only::create_dir_all(&self.root).map_err(io(&self.root))?;
         let tmp = self.root.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
@@ -113,7 +118,7 @@ impl ModelDir {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
-        fs::create_dir(&tmp).map_err(io(&tmp))?;
+        crate::owner_only::create_dir(&tmp).map_err(io(&tmp))?;
         let written = (|| -> Result<()> {
             for (name, bytes) in files {
                 write_synced(&tmp.join(name), bytes)?;

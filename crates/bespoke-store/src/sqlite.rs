@@ -289,11 +289,16 @@ fn blob_to_vector(b: &[u8]) -> Result<Vec<f32>> {
 /// checkpoints made imports 5 % faster but took single-event ingest's p99 from 6 to 20 ms; with
 /// no automatic checkpoint at all the WAL grew without bound.) The WAL is cut back to 64 MiB when
 /// it restarts.
+///
+/// `secure_delete` overwrites deleted content with zeros (in the page and in freed pages), so
+/// that an erased user's rows do not linger in the file's free space; the WAL keeps the older
+/// page images until [`Store::purge_deleted`] truncates it.
 fn configure(conn: &Connection, cache_mib: u32) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(&format!(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -{};
-         PRAGMA wal_autocheckpoint = 1000; PRAGMA journal_size_limit = 67108864;",
+         PRAGMA wal_autocheckpoint = 1000; PRAGMA journal_size_limit = 67108864;
+         PRAGMA secure_delete = ON;",
         cache_mib as u64 * 1024
     ))?;
     Ok(())
@@ -306,30 +311,88 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// writer (`PASSIVE` checkpoints never block it), so that the writer's own automatic checkpoints
 /// find little left to copy. Committed data is durable in the WAL already; checkpoints only keep
 /// it short.
+///
+/// It also runs the `TRUNCATE` checkpoints of [`Store::purge_deleted`]: only one checkpoint can
+/// run at a time, so running them on this thread keeps them from failing on its own `PASSIVE`
+/// ones. A purge that stays busy (the writer's automatic checkpoint holds the checkpoint lock,
+/// or readers hold old snapshots) is retried on every tick until it succeeds.
 #[derive(Debug)]
 struct Checkpointer {
-    stop: Sender<()>,
+    requests: Sender<CheckpointRequest>,
     thread: JoinHandle<()>,
+}
+
+enum CheckpointRequest {
+    /// Copy the whole WAL into the database and truncate it; answer whether that was done.
+    Truncate(Sender<Result<()>>),
+    Stop,
+}
+
+/// How many times a purge retries a busy `TRUNCATE` checkpoint before it answers (and leaves
+/// the retries to the ticks), and how long it waits between two tries.
+const TRUNCATE_TRIES: u32 = 200;
+const TRUNCATE_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// One `TRUNCATE` checkpoint: whether the whole WAL was copied and the file truncated.
+fn truncate_wal(conn: &Connection) -> Result<bool> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    Ok(busy == 0)
 }
 
 impl Checkpointer {
     fn start(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let (requests, received) = crossbeam_channel::unbounded::<CheckpointRequest>();
         let thread = std::thread::Builder::new()
             .name("bespoke-store-checkpoint".into())
             .spawn(move || {
+                // A purge that could not finish yet.
+                let mut purge_pending = false;
                 loop {
-                    match stopped.recv_timeout(CHECKPOINT_EVERY) {
+                    match received.recv_timeout(CHECKPOINT_EVERY) {
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                            let done = if purge_pending {
+                                truncate_wal(&conn).inspect(|&ok| purge_pending = !ok)
+                            } else {
+                                conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                                    .map(|_| true)
+                                    .map_err(Error::from)
+                            };
+                            if let Err(e) = done {
                                 tracing::warn!(error = %e, "WAL checkpoint failed");
                             }
                         }
-                        // Stopping: one last checkpoint so that the WAL is short for the next start.
-                        _ => {
-                            let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+                        Ok(CheckpointRequest::Truncate(reply)) => {
+                            let mut outcome = Ok(false);
+                            for _ in 0..TRUNCATE_TRIES {
+                                outcome = truncate_wal(&conn);
+                                if !matches!(outcome, Ok(false)) {
+                                    break;
+                                }
+                                std::thread::sleep(TRUNCATE_RETRY);
+                            }
+                            purge_pending = !matches!(outcome, Ok(true));
+                            let _ = reply.send(outcome.and_then(|done| {
+                                if done {
+                                    Ok(())
+                                } else {
+                                    Err(Error::Backend(
+                                        "the WAL could not be truncated yet (busy); retrying in the background"
+                                            .into(),
+                                    ))
+                                }
+                            }));
+                        }
+                        // Stopping: one last checkpoint so that the WAL is short for the next
+                        // start (and empty if a purge is still pending).
+                        Ok(CheckpointRequest::Stop) | Err(_) => {
+                            let _ = if purge_pending {
+                                truncate_wal(&conn).map(|_| ())
+                            } else {
+                                conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                                    .map_err(Error::from)
+                            };
                             return;
                         }
                     }
@@ -339,11 +402,19 @@ impl Checkpointer {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Self { stop, thread })
+        Ok(Self { requests, thread })
+    }
+
+    fn truncate(&self) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(CheckpointRequest::Truncate(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
     }
 
     fn stop(self) {
-        let _ = self.stop.send(());
+        let _ = self.requests.send(CheckpointRequest::Stop);
         let _ = self.thread.join();
     }
 }
@@ -405,11 +476,24 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, applies pending schema migrations and
     /// starts the writer thread.
     pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+        crate::owner_only::create_dir_all(data_dir).map_err(|source| Error::Io {
             path: data_dir.to_owned(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
+        // Created owner-only here, as SQLite would create it with the umask's mode; its WAL and
+        // shared-memory files take the database file's mode.
+        crate::owner_only::touch(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        for (wide, mode) in crate::owner_only::wider_than_owner(data_dir, DB_FILE) {
+            tracing::warn!(
+                path = %wide.display(),
+                mode = format!("{mode:o}"),
+                "readable by others than the owner; the data directory holds personal data (chmod go-rwx)"
+            );
+        }
         let mut conn = Connection::open(&path)?;
         // 16 KiB pages: fewer B-tree levels and page lookups per insert. Measured with
         // `bespoke bench`: import 262k -> 328k rows/s, HTTP ingest 69k -> 102k events/s
@@ -828,6 +912,38 @@ impl Store for SqliteStore {
             v.try_into()
                 .map_err(|_| Error::Corrupt(format!("secret {name} is not 32 bytes")))
         })
+    }
+
+    fn stored_secret(&self, name: &str) -> Result<Option<[u8; 32]>> {
+        self.read(|c| {
+            let v: Option<Vec<u8>> = c
+                .prepare_cached("SELECT value FROM secrets WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            v.map(|v| {
+                v.try_into()
+                    .map_err(|_| Error::Corrupt(format!("secret {name} is not 32 bytes")))
+            })
+            .transpose()
+        })
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<bool> {
+        let owned = name.to_owned();
+        let deleted = self.exec_single(move |c| {
+            Ok(c.prepare_cached("DELETE FROM secrets WHERE name = ?1")?
+                .execute([owned])?
+                > 0)
+        })?;
+        self.purge_deleted()?;
+        Ok(deleted)
+    }
+
+    fn purge_deleted(&self) -> Result<()> {
+        match self.checkpointer.lock().as_ref() {
+            Some(c) => c.truncate(),
+            None => Err(Error::Closed),
+        }
     }
 
     fn audit(&self, entry: NewAudit) -> Result<()> {

@@ -26,6 +26,11 @@ fn free_port() -> u16 {
 
 fn spawn_server(dir: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        // Else the audit key file is made beside the temporary data directory, and left behind.
+        .env(
+            "BESPOKE__PRIVACY__AUDIT_SECRET",
+            "CLI tests' audit key, 32 bytes or more",
+        )
         .arg("--data-dir")
         .arg(dir)
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])

@@ -12,6 +12,11 @@ mod tune;
 
 fn bespoke(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        // Else the audit key file is made beside the temporary data directory, and left behind.
+        .env(
+            "BESPOKE__PRIVACY__AUDIT_SECRET",
+            "CLI tests' audit key, 32 bytes or more",
+        )
         .arg("--data-dir")
         .arg(data)
         .args(args)
@@ -151,6 +156,11 @@ fn movielens_100k_imports_exactly() {
 
     // The table form, for a catalog too large for EASE: a row per model trained, none for EASE.
     let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        // Else the audit key file is made beside the temporary data directory, and left behind.
+        .env(
+            "BESPOKE__PRIVACY__AUDIT_SECRET",
+            "CLI tests' audit key, 32 bytes or more",
+        )
         .arg("--data-dir")
         .arg(dir.path())
         .arg("train")
@@ -627,6 +637,8 @@ fn a_user_export_round_trips_through_import() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = bespoke_server::Settings::default();
     settings.store.data_dir = dir.path().to_owned();
+    settings.privacy.audit_secret =
+        bespoke_server::settings::Secret("CLI tests' audit key, 32 bytes or more".into());
     settings.training.threads = 1;
     settings.training.evaluate = false;
     let settings = Arc::new(settings);

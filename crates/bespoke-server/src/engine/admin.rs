@@ -79,7 +79,8 @@ impl Engine {
 
     /// How the audit log names a user: a keyed hash of their key (`user:<16 hex>`), so that the
     /// log, which outlives erasures, holds no user key, while whoever knows a key can still
-    /// find its entries (`bespoke` computes the same reference).
+    /// find its entries (`bespoke` computes the same reference). The key is kept out of the
+    /// database (see [`crate::privacy::audit_key`]).
     pub fn user_ref(&self, key: &str) -> String {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.audit_secret)

@@ -13,8 +13,12 @@
 //!
 //! The receipt is stored (`GET /v1/erasures/{id}`) and names the user only by
 //! [`Engine::user_ref`].
-
-use std::time::Duration;
+//!
+//! On disk, the store overwrites deleted rows as it deletes them and the erasure then empties
+//! the WAL ([`bespoke_store::Store::purge_deleted`]); the model files are rewritten whole (by
+//! rename), so no file in the data directory keeps the user's key or attributes.
+//!
+//! With `retrain=true`, erasures share training runs: see [`Engine::retrain_after`].
 
 use bespoke_store::Millis;
 use serde::{Deserialize, Serialize};
@@ -144,6 +148,9 @@ impl Engine {
             },
             None => return Ok(None),
         };
+        // Runs numbered above this one start after the deletion, so their snapshots cannot
+        // hold the user.
+        let runs_before = self.training.runs_started();
         let profile = deleted.idx != u32::MAX;
         let requested_at = super::now_ms();
         let id = format!(
@@ -215,20 +222,46 @@ impl Engine {
             Some(&user_ref),
             Some(serde_json::json!({ "erasure_id": id, "events": deleted.events, "retrain": retrain })),
         );
+        // The deleted rows are overwritten already (`secure_delete`); this empties the WAL,
+        // which still holds their older page images. The erasure itself is done: a purge that
+        // stays busy is retried by the store in the background, and is not an error here.
+        if let Err(e) = self.store.purge_deleted() {
+            tracing::warn!(target: "serve::privacy", error = %e, erasure = %id, "could not purge deleted rows from the store's files yet");
+        }
         if retrain && receipt.status != COMPLETE {
-            loop {
-                match self.train_by(actor, |_| {}) {
-                    // A run that started before the erasure: wait for it, then train again.
-                    Err(TrainError::Busy) => std::thread::sleep(Duration::from_millis(50)),
-                    // Nothing left to train on: no model can hold anyone.
-                    Err(TrainError::NoData) => break,
-                    Err(e) => return Err(e),
-                    Ok(_) => break,
-                }
-            }
+            self.retrain_after(actor, runs_before, &id)?;
             return Ok(self.erasure(&id)?);
         }
         Ok(Some(receipt))
+    }
+
+    /// `retrain=true`: makes sure a run that started after the erasure (numbered above
+    /// `runs_before`) saves a version, starting one only if none is in progress or queued.
+    ///
+    /// Erasures coalesce: while a run is in progress, every erasure waits for it; when it ends,
+    /// the erasures it covers are done, and of the others, the first to ask starts the one
+    /// queued run, which covers them all, since each of them was erased before it started. So
+    /// a burst of erasures costs at most one run after the one in progress, and a `write` key
+    /// never runs two trainings at once. Whether the receipt is then `complete` is decided
+    /// as for any run (the new model must be active, see [`Engine::activate`]).
+    fn retrain_after(&self, actor: &str, runs_before: u64, id: &str) -> Result<(), EraseError> {
+        loop {
+            if self.erasure(id)?.is_some_and(|r| r.status == COMPLETE) {
+                return Ok(());
+            }
+            match self.train_after(actor, runs_before) {
+                Ok(_) | Err(TrainError::NoData) => return Ok(()),
+                Err(TrainError::Busy) => {
+                    if self.training.wait_for_run_after(runs_before) {
+                        return Ok(());
+                    }
+                    // The run in progress started before the erasure (or is only starting):
+                    // ask again once it ended.
+                    std::thread::yield_now();
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A stored receipt.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bespoke_store::ModelRecord;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -68,11 +68,42 @@ pub(crate) struct TrainingState {
     pub(super) lock: Mutex<()>,
     status: Mutex<TrainingStatus>,
     new_events: AtomicU64,
+    /// Runs started and ended, so that a caller can wait for a run that started after a given
+    /// point instead of starting one of its own (erasures with `retrain=true` coalesce).
+    runs: Mutex<Runs>,
+    run_ended: Condvar,
+}
+
+/// Training runs, numbered from 1 in the order they start.
+#[derive(Debug, Default, Clone, Copy)]
+struct Runs {
+    /// Number of the last run started.
+    started: u64,
+    /// Whether a run is in progress.
+    running: bool,
+    /// Number of the last run that ended with a saved version (0: none).
+    last_saved: u64,
 }
 
 impl TrainingState {
     pub(crate) fn count_events(&self, n: u64) {
         self.new_events.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Number of the last run started: a run with a greater number starts later, so it reads a
+    /// snapshot of the store taken after this call.
+    pub(super) fn runs_started(&self) -> u64 {
+        self.runs.lock().started
+    }
+
+    /// Waits until no run is in progress or a run numbered above `after` saved a version;
+    /// whether one did.
+    pub(super) fn wait_for_run_after(&self, after: u64) -> bool {
+        let mut runs = self.runs.lock();
+        while runs.running && runs.last_saved <= after {
+            self.run_ended.wait(&mut runs);
+        }
+        runs.last_saved > after
     }
 }
 
@@ -178,7 +209,8 @@ impl Engine {
         actor: &str,
         progress: impl FnMut(Progress<'_>) + Send,
     ) -> Result<TrainOutcome, TrainError> {
-        self.train_with(actor, None, progress)
+        self.train_with(actor, None, None, progress)
+            .map(|run| run.expect("an unconditional run always trains"))
     }
 
     /// Tunes model types and hyperparameters (`budget` configurations, see
@@ -190,7 +222,8 @@ impl Engine {
         budget: usize,
         progress: impl FnMut(Progress<'_>) + Send,
     ) -> Result<TrainOutcome, TrainError> {
-        self.train_with(actor, Some(budget), progress)
+        self.train_with(actor, Some(budget), None, progress)
+            .map(|run| run.expect("an unconditional run always trains"))
     }
 
     /// Whether the scheduler should tune now (`training.tune_interval_hours`): a model is
@@ -215,13 +248,36 @@ impl Engine {
         }
     }
 
+    /// Trains for an erasure with `retrain=true` that came after run number `after` started:
+    /// `None` when a later run has saved a version already, which covers it (see
+    /// [`Engine::retrain_after`]).
+    pub(super) fn train_after(
+        &self,
+        actor: &str,
+        after: u64,
+    ) -> Result<Option<TrainOutcome>, TrainError> {
+        self.train_with(actor, None, Some(after), |_| {})
+    }
+
     fn train_with(
         &self,
         actor: &str,
         tune: Option<usize>,
+        unless_saved_after: Option<u64>,
         mut progress: impl FnMut(Progress<'_>) + Send,
-    ) -> Result<TrainOutcome, TrainError> {
+    ) -> Result<Option<TrainOutcome>, TrainError> {
         let _running = self.training.lock.try_lock().ok_or(TrainError::Busy)?;
+        let number = {
+            let mut runs = self.training.runs.lock();
+            // Checked under the training lock: a run records what it saved before it releases
+            // the lock, so no run can end unseen between this check and our start.
+            if unless_saved_after.is_some_and(|after| runs.last_saved > after) {
+                return Ok(None);
+            }
+            runs.started += 1;
+            runs.running = true;
+            runs.started
+        };
         let started = Instant::now();
         let new_before = self.training.new_events.load(Ordering::Relaxed);
         {
@@ -231,6 +287,14 @@ impl Engine {
         }
         let result = self.train_inner(tune, &mut progress);
         self.release_erasure_keys();
+        {
+            let mut runs = self.training.runs.lock();
+            runs.running = false;
+            if result.is_ok() {
+                runs.last_saved = number;
+            }
+        }
+        self.training.run_ended.notify_all();
         let mut st = self.training.status.lock();
         st.running = false;
         st.stage = None;
@@ -259,7 +323,7 @@ impl Engine {
             }
             Err(e) => st.last_error = Some(e.to_string()),
         }
-        result
+        result.map(Some)
     }
 
     fn train_inner(

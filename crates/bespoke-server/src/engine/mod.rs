@@ -347,7 +347,7 @@ pub struct Engine {
     keyring: crate::auth::Keyring,
     limiter: crate::auth::RateLimiter,
     /// Key of the user references in the audit log (see [`Engine::user_ref`]).
-    audit_secret: [u8; 32],
+    audit_secret: Vec<u8>,
     erasures: Mutex<erasure::Erasures>,
     /// Raw user keys to store keys (pseudonymization).
     user_keys: crate::privacy::UserKeys,
@@ -432,9 +432,10 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded serving state"
         );
-        let audit_secret = store.secret("audit_user_ref", crate::auth::random_bytes()?)?;
         let user_keys = crate::privacy::UserKeys::new(&settings);
         crate::privacy::check_store(&*store, &user_keys)?;
+        // After the checks that may refuse the store, so that a refused start creates no file.
+        let audit_secret = crate::privacy::audit_key(&settings, &*store)?;
         let decisions =
             crate::decisions::Loops::open(store.clone(), settings.decisions.checkpoint_every)
                 .map(|loops| {
@@ -796,7 +797,11 @@ mod tests {
     fn engine(dir: &std::path::Path) -> Engine {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(dir, StoreOptions::default()).unwrap());
-        Engine::open(store, Arc::new(Settings::default())).unwrap()
+        let mut settings = Settings::default();
+        settings.store.data_dir = dir.to_owned();
+        settings.privacy.audit_secret =
+            crate::settings::Secret("unit tests' audit key, 32 bytes or more".into());
+        Engine::open(store, Arc::new(settings)).unwrap()
     }
 
     /// A user's key and history as `(item key, weight, count)`.

@@ -34,6 +34,10 @@ pub(crate) async fn start_in(
     settings.training.interval_minutes = 0;
     settings.training.tune_interval_hours = 0.0;
     settings.training.min_new_events = 0;
+    // A configured audit key: by default the server would create a key file beside the data
+    // directory, outside the temporary directory that the test removes.
+    settings.privacy.audit_secret =
+        bespoke_server::settings::Secret("integration tests' audit key, 32+ bytes".into());
     configure(&mut settings);
     let server = bespoke_server::start(settings)
         .await

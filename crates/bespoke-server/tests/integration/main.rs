@@ -2,6 +2,7 @@
 //! and talks HTTP to it. One binary, split into topic modules, for link time.
 
 mod abuse_limits;
+mod at_rest;
 mod auth;
 mod bad_input;
 mod common;
