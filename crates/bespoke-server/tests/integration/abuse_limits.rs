@@ -27,28 +27,28 @@ async fn send(client: &reqwest::Client, url: String, body: Value) -> (StatusCode
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A two-action decision in loop `name`, sent with `client`'s key.
+async fn decide(srv: &TestServer, client: &reqwest::Client, name: &str) -> (StatusCode, Value) {
+    let decision = json!({"actions": [{"id": "a"}, {"id": "b"}]});
+    send(
+        client,
+        format!("{}/v1/loops/{name}/decisions", srv.base),
+        decision,
+    )
+    .await
+}
+
 /// Finding 1: `POST /v1/loops/flood-$i/decisions` created a loop per request (≈ 3.3 MB each),
 /// unbounded and unaudited.
 #[tokio::test]
 async fn issue_23_decisions_cannot_create_loops_without_bound_or_audit() {
     let srv = start_with(|s| s.decisions.max_loops = 5).await;
     let (client, prefix) = write_key(&srv).await;
-    let decision = json!({"actions": [{"id": "a"}, {"id": "b"}]});
     for i in 0..5 {
-        let (status, body) = send(
-            &client,
-            format!("{}/v1/loops/flood-{i}/decisions", srv.base),
-            decision.clone(),
-        )
-        .await;
+        let (status, body) = decide(&srv, &client, &format!("flood-{i}")).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let (status, body) = send(
-        &client,
-        format!("{}/v1/loops/flood-5/decisions", srv.base),
-        decision.clone(),
-    )
-    .await;
+    let (status, body) = decide(&srv, &client, "flood-5").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "too_many_loops");
     assert_eq!(body["error"]["field"], "loop");
@@ -59,12 +59,7 @@ async fn issue_23_decisions_cannot_create_loops_without_bound_or_audit() {
         "too_many_loops",
         Some("loop"),
     );
-    let (status, body) = send(
-        &client,
-        format!("{}/v1/loops/flood-0/decisions", srv.base),
-        decision.clone(),
-    )
-    .await;
+    let (status, body) = decide(&srv, &client, "flood-0").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     // The Personalizer-compatible loop is reserved: it is not counted and still works.
     let (status, body) = send(
@@ -113,13 +108,7 @@ async fn issue_23_decisions_cannot_create_loops_without_bound_or_audit() {
 async fn issue_23_loops_can_be_explicit_only() {
     let srv = start_with(|s| s.decisions.auto_create_loops = false).await;
     let (client, _) = write_key(&srv).await;
-    let decision = json!({"actions": [{"id": "a"}, {"id": "b"}]});
-    let (status, body) = send(
-        &client,
-        format!("{}/v1/loops/banner/decisions", srv.base),
-        decision.clone(),
-    )
-    .await;
+    let (status, body) = decide(&srv, &client, "banner").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"]["code"], "unknown_loop");
     let (_, loops) = srv.get("/v1/loops").await;
@@ -127,12 +116,7 @@ async fn issue_23_loops_can_be_explicit_only() {
     // An admin creates it; then decisions work. Personalizer's loop needs no creation.
     let (status, body) = srv.put("/v1/loops/banner", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = send(
-        &client,
-        format!("{}/v1/loops/banner/decisions", srv.base),
-        decision,
-    )
-    .await;
+    let (status, body) = decide(&srv, &client, "banner").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = send(
         &client,
