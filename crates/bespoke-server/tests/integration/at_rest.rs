@@ -211,6 +211,16 @@ async fn erase(srv: &TestServer, key: &str) -> Value {
     receipt
 }
 
+/// Starts a server on `dir` whose audit key comes from `key_file` only.
+async fn start_with_key_file(dir: tempfile::TempDir, key_file: PathBuf) -> TestServer {
+    crate::common::start_in(dir, move |s| {
+        settings(s);
+        s.privacy.audit_secret = Default::default();
+        s.privacy.audit_secret_file = key_file;
+    })
+    .await
+}
+
 /// Finding 3: the audit key is never in the database. A store that kept it there (before this
 /// change) has it moved to the key file once, so that earlier references stay valid, and
 /// deleted from the database's bytes; a fresh store gets a key file beside (not inside) the
@@ -232,13 +242,7 @@ async fn issue_23_the_audit_key_is_kept_out_of_the_database() {
         !traces(&data, &[&old_key]).is_empty(),
         "the old key is on disk"
     );
-    let file = key_file.clone();
-    let srv = crate::common::start_in(dir, move |s| {
-        settings(s);
-        s.privacy.audit_secret = Default::default();
-        s.privacy.audit_secret_file = file;
-    })
-    .await;
+    let srv = start_with_key_file(dir, key_file.clone()).await;
     let receipt = erase(&srv, "alice").await;
     assert_eq!(
         receipt["user_ref"],
@@ -260,13 +264,7 @@ async fn issue_23_the_audit_key_is_kept_out_of_the_database() {
         store.close();
     }
     // A restart reads the same key back.
-    let file = key_file.clone();
-    let srv = crate::common::start_in(dir, move |s| {
-        settings(s);
-        s.privacy.audit_secret = Default::default();
-        s.privacy.audit_secret_file = file;
-    })
-    .await;
+    let srv = start_with_key_file(dir, key_file.clone()).await;
     assert_eq!(
         erase(&srv, "bob").await["user_ref"],
         user_ref(&old_key, "bob")
