@@ -884,14 +884,16 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     })
     .map_err(|e| anyhow::anyhow!(e))?;
     let best = tune::best(&trials, &params).expect("budget >= 1").clone();
-    // Blending: the best full configuration of each of the two best model types.
+    // Blending: the best full configuration of each model type, two at a time.
     let by_kind = tune::best_per_kind(&trials, &params);
     let recency_of = |t: &tune::Trial| if params.recency { t.recency } else { fixed };
     let mut choice = Choice::Single(best.config.clone(), recency_of(&best));
     let mut blend_report = Value::Null;
-    // Every pair of the three best model types; the best pair on validation is kept when it
-    // beats the best single model.
-    let top: Vec<&tune::Trial> = by_kind.iter().copied().take(3).collect();
+    // Every pair of model types (the best configuration of each); the best pair on validation
+    // is kept when it beats the best single model. Not only the best three: the best partner
+    // of the leader is often a type that is weak alone (RP3beta beside iALS on the synthetic
+    // 2M set, docs/benchmarks.md).
+    let top: Vec<&tune::Trial> = by_kind.to_vec();
     let members: Vec<(&Config, Recency)> = top.iter().map(|t| (&t.config, recency_of(t))).collect();
     let blended = tune::best_blend(
         &members,
