@@ -33,7 +33,7 @@ pub enum TrainError {
     Threads(String),
     /// Tuning failed.
     #[error("tuning: {0}")]
-    Tune(String),
+    Tune(#[from] bespoke_algo::tune::TuneError),
 }
 
 /// The result of a training run.

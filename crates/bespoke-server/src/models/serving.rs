@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::artifact::{self, ALS_FILE, BPR_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
 use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
-use super::tuning::Serve;
-use bespoke_algo::{BprParams, Recency};
+use super::tuning::{Recencies, Serve};
+use bespoke_algo::{BprParams, ModelKind, Recency};
 
 /// Marks a store item that the model does not know.
 const NONE: u32 = u32::MAX;
@@ -276,9 +276,9 @@ pub struct ServingModel {
     pub bpr: Option<BprServing>,
     /// What `model=auto` serves (from tuning; iALS otherwise).
     pub serve: Serve,
-    /// The recency weighting each model was trained with (`als`, `knn`, `ease`), applied to a
-    /// user's history when serving too.
-    pub recency: [Recency; 3],
+    /// The recency weighting each model was trained with, applied to a user's history when
+    /// serving too.
+    pub recency: Recencies,
     item_keys: Vec<String>,
     store_to_model: Vec<u32>,
     model_to_store: Vec<u32>,
@@ -367,13 +367,15 @@ impl ServingModel {
         } else {
             None
         };
-        let serve: Serve = serde_json::from_value(meta["serve"].clone())
-            .unwrap_or_else(|_| Serve::Single("als".into()));
-        let recency_of = |name: &str| {
-            serde_json::from_value::<Recency>(meta["params"][name]["recency"].clone())
-                .unwrap_or(Recency::OFF)
-        };
-        let recency = [recency_of("als"), recency_of("knn"), recency_of("ease")];
+        let serve: Serve = serde_json::from_value(meta["serve"].clone()).unwrap_or_default();
+        let mut recency = Recencies::default();
+        for kind in [ModelKind::Als, ModelKind::Knn, ModelKind::Ease] {
+            if let Ok(r) =
+                serde_json::from_value::<Recency>(meta["params"][kind.name()]["recency"].clone())
+            {
+                recency.set(kind, r);
+            }
+        }
         let mut model = Self {
             version,
             serve,
@@ -459,13 +461,14 @@ impl ServingModel {
             .filter(|&s| s != NONE)
     }
 
-    /// The recency weighting of model `name` (`als`, `knn`, `ease`).
+    /// The recency weighting of model `name` (`als`, `knn` and its variants, `ease`; iALS's
+    /// for any other name, as serving has always read it).
     pub fn recency_of(&self, name: &str) -> Recency {
-        match name {
-            "knn" => self.recency[1],
-            "ease" => self.recency[2],
-            _ => self.recency[0],
-        }
+        let kind = match name.parse::<ModelKind>().map(ModelKind::family) {
+            Ok(k @ (ModelKind::Knn | ModelKind::Ease)) => k,
+            _ => ModelKind::Als,
+        };
+        self.recency.get(kind)
     }
 
     /// Number of items the model knows.

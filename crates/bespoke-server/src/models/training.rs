@@ -16,17 +16,17 @@ use std::time::Instant;
 
 use bespoke_algo::eval::MetricSums;
 use bespoke_algo::{
-    Als, AlsParams, Bag, Bpr, BprParams, Csr, Ease, ItemKnn, ItemScorer, IterationReport, Recency,
-    ScoreScratch, Similarity, TopK,
+    Als, AlsParams, Bag, Bpr, BprParams, Csr, Ease, ItemKnn, ItemScorer, IterationReport,
+    KnnSimilarity, ModelKind, Recency, ScoreScratch, TopK,
 };
 use bespoke_store::Store;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::content::{ContentModel, attribute_bag, item_bag};
-use super::tuning::{Serve, Tuned};
+use super::tuning::{Recencies, Serve, Tuned};
 use crate::engine::Weights;
-use crate::settings::{KnnSimilarity, Settings, TrainingSettings};
+use crate::settings::{Settings, TrainingSettings};
 use bespoke_algo::tune::Blend;
 
 /// Interactions read per store round trip.
@@ -359,24 +359,8 @@ pub struct Trained {
 
 fn als_params(t: &TrainingSettings) -> AlsParams {
     AlsParams {
-        factors: t.factors,
-        iterations: t.iterations,
-        regularization: t.regularization,
-        alpha: t.alpha,
-        cg_steps: t.cg_steps,
-        seed: t.seed,
         compute_loss: true,
-    }
-}
-
-fn similarity(t: &TrainingSettings) -> Similarity {
-    match t.knn_similarity {
-        KnnSimilarity::Cosine => Similarity::Cosine,
-        KnnSimilarity::Bm25 => Similarity::Bm25 { k1: 1.2, b: 0.75 },
-        KnnSimilarity::Rp3 => Similarity::Rp3Beta {
-            alpha: t.rp3_alpha,
-            beta: t.rp3_beta,
-        },
+        ..t.als_params()
     }
 }
 
@@ -389,11 +373,11 @@ struct Matrices {
 }
 
 impl Matrices {
-    fn new(snapshot: &Snapshot, pairs: &[Pair], recency: &[Recency; 3]) -> Self {
+    fn new(snapshot: &Snapshot, pairs: &[Pair], recency: &Recencies) -> Self {
         Self {
-            als: snapshot.matrix_of(pairs, recency[0], false),
-            knn: snapshot.matrix_of(pairs, recency[1], true),
-            ease: snapshot.matrix_of(pairs, recency[2], true),
+            als: snapshot.matrix_of(pairs, recency.get(ModelKind::Als), false),
+            knn: snapshot.matrix_of(pairs, recency.get(ModelKind::Knn), true),
+            ease: snapshot.matrix_of(pairs, recency.get(ModelKind::Ease), true),
         }
     }
 }
@@ -425,7 +409,8 @@ fn fit(
     });
     let als_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let knn = ItemKnn::fit(&m.knn, similarity(t), t.knn_k);
+    let knn_params = t.knn_params();
+    let knn = ItemKnn::fit(&m.knn, knn_params.similarity(), knn_params.k);
     let knn_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let n_items = m.ease.n_cols();
@@ -450,7 +435,7 @@ const EVAL_CANDIDATES: usize = bespoke_algo::tune::BLEND_CANDIDATES;
 fn evaluate(
     snapshot: &Snapshot,
     t: &TrainingSettings,
-    recency: &[Recency; 3],
+    recency: &Recencies,
     serve: Option<&Serve>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Value {
@@ -540,16 +525,16 @@ fn evaluate(
                     let v = model.user_vector_with_bias(u);
                     sums[5].add(&ids(&scorer.top_k(&v, 100, keep, &mut scratch)), items);
                 }
-                let list = |name: &str| match name {
-                    "ease" => &ease_list,
-                    "knn" => &knn_list,
+                let list = |kind: ModelKind| match kind {
+                    ModelKind::Ease => &ease_list,
+                    ModelKind::Knn => &knn_list,
                     _ => &als_list,
                 };
                 let auto = match serve {
                     Some(Serve::Blend { models, weight }) => {
-                        Blend { weight: *weight }.combine(list(&models[0]), list(&models[1]), 100)
+                        Blend { weight: *weight }.combine(list(models[0]), list(models[1]), 100)
                     }
-                    Some(Serve::Single(name)) => list(name).clone(),
+                    Some(Serve::Single(kind)) => list(*kind).clone(),
                     None => als_list.clone(),
                 };
                 sums[4].add(&ids(&auto), items);
@@ -623,7 +608,6 @@ pub fn train(
         Bpr::fit(&m.knn, bpr_params(t))
     });
     let bpr_s = started_bpr.elapsed().as_secs_f64();
-    let on = |r: Recency| r.is_on().then_some(r);
     let meta = json!({
         "format": "bespoke.model.v1",
         "created_at": crate::time::format_rfc3339(crate::engine::now_ms()),
@@ -637,18 +621,18 @@ pub fn train(
         },
         "params": {
             "als": { "factors": t.factors, "iterations": t.iterations, "regularization": t.regularization,
-                     "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed, "recency": on(recency[0]) },
-            "knn": { "k": t.knn_k, "similarity": t.knn_similarity, "recency": on(recency[1]),
+                     "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed, "recency": recency.recorded(ModelKind::Als) },
+            "knn": { "k": t.knn_k, "similarity": t.knn_similarity, "recency": recency.recorded(ModelKind::Knn),
                      "rp3": (t.knn_similarity == KnnSimilarity::Rp3).then(|| json!({"alpha": t.rp3_alpha, "beta": t.rp3_beta})) },
-            "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda, "recency": on(recency[2]) })),
+            "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda, "recency": recency.recorded(ModelKind::Ease) })),
             "content": content.as_ref().map(|c| c.describe(t.content_lambda)),
             "bpr": bpr.as_ref().map(|_| json!({"factors": t.bpr_factors, "learning_rate": t.bpr_learning_rate,
                 "regularization": t.bpr_regularization, "iterations": t.bpr_iterations, "seed": t.seed,
-                "recency": on(recency[1])})),
+                "recency": recency.recorded(ModelKind::Knn)})),
             "half_life_days": t.half_life_days,
             "event_weights": settings.events.weights,
         },
-        "serve": serve.cloned().unwrap_or(Serve::Single("als".into())),
+        "serve": serve.cloned().unwrap_or_default(),
         "tuning": tuned,
         "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "content": content_s, "bpr": bpr_s, "total": started.elapsed().as_secs_f64() },
         "metrics": metrics,
@@ -665,13 +649,7 @@ pub fn train(
 
 /// BPR's hyperparameters from the settings (trained on item-kNN's positive matrix).
 pub fn bpr_params(t: &TrainingSettings) -> BprParams {
-    BprParams {
-        factors: t.bpr_factors,
-        learning_rate: t.bpr_learning_rate,
-        regularization: t.bpr_regularization,
-        iterations: t.bpr_iterations,
-        seed: t.seed,
-    }
+    t.bpr_params()
 }
 
 /// The hybrid model: the vocabulary of items from the whole catalog (items without events
