@@ -3,12 +3,14 @@
 
 pub mod artifact;
 pub mod content;
+pub mod meta;
 pub mod serving;
 pub mod training;
 pub mod tuning;
 
 use bespoke_store::Store;
 
+pub use meta::{META_VERSION, ModelMeta};
 pub use serving::{LoadError, ServingModel};
 pub use training::{Progress, Snapshot, Trained};
 
@@ -22,9 +24,12 @@ pub fn save(
     let knn = artifact::encode_knn(&trained.knn);
     let users = artifact::encode_keys(&snapshot.user_keys);
     let items = artifact::encode_keys(&snapshot.item_keys);
-    let lambda = trained.meta["params"]["ease"]["lambda"]
-        .as_f64()
-        .unwrap_or(0.0);
+    let lambda = trained
+        .meta
+        .params
+        .ease
+        .as_ref()
+        .map_or(0.0, |e| e.params.lambda);
     let ease = trained
         .ease
         .as_ref()
@@ -49,5 +54,5 @@ pub fn save(
     // A file that does not say which of its rows are users could not be erased from.
     artifact::check_user_rows(&files, snapshot.user_keys.len())
         .map_err(|e| bespoke_store::Error::Corrupt(e.to_string()))?;
-    store.save_model(&files, &trained.meta)
+    store.save_model(&files, &trained.meta.to_value())
 }

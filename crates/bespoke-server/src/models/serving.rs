@@ -9,10 +9,10 @@ use bespoke_algo::{
 use bespoke_store::Store;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use serde_json::Value;
 
 use super::artifact::{self, ALS_FILE, BPR_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
 use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
+use super::meta::{MetaError, ModelMeta};
 use super::tuning::{Recencies, Serve};
 use bespoke_algo::{BprParams, ModelKind, Recency};
 
@@ -28,6 +28,14 @@ pub enum LoadError {
     /// A file is malformed.
     #[error(transparent)]
     Artifact(#[from] artifact::ArtifactError),
+    /// `meta.json` is malformed or newer than this build.
+    #[error("model version {version}: {source}")]
+    Meta {
+        /// The version.
+        version: u64,
+        /// What is wrong.
+        source: MetaError,
+    },
     /// The files disagree with each other.
     #[error("model version {version}: {message}")]
     Inconsistent {
@@ -263,7 +271,7 @@ pub struct ServingModel {
     /// Its version.
     pub version: u64,
     /// Its metadata.
-    pub meta: Value,
+    pub meta: ModelMeta,
     /// iALS.
     pub als: AlsServing,
     /// Item-kNN.
@@ -299,12 +307,14 @@ impl ServingModel {
             .find(|m| m.version == version)
             .ok_or(bespoke_store::Error::UnknownModel(version))?
             .meta;
+        let meta =
+            ModelMeta::from_value(meta).map_err(|source| LoadError::Meta { version, source })?;
         let als = artifact::decode_als(&store.read_model_file(version, ALS_FILE)?)?;
         let knn = artifact::decode_knn(&store.read_model_file(version, KNN_FILE)?)?;
         let item_keys =
             artifact::decode_keys(&store.read_model_file(version, ITEMS_FILE)?, ITEMS_FILE)?;
         // Trained only for small catalogs: the metadata says whether this version has it.
-        let ease = if meta["params"]["ease"].is_object() {
+        let ease = if meta.params.has(ModelKind::Ease) {
             Some(artifact::decode_ease(
                 &store.read_model_file(version, EASE_FILE)?,
             )?)
@@ -320,7 +330,7 @@ impl ServingModel {
                 message: "EASE's size differs from the item keys".into(),
             });
         }
-        let content = if meta["params"]["content"].is_object() {
+        let content = if meta.params.has(ModelKind::Content) {
             Some(ContentServing::new(ContentModel::decode(
                 &store.read_model_file(version, CONTENT_FILE)?,
             )?))
@@ -344,7 +354,7 @@ impl ServingModel {
                 knn.n_items()
             )));
         }
-        let bpr = if meta["params"]["bpr"].is_object() {
+        let bpr = if let Some(trained) = &meta.params.bpr {
             let model = artifact::decode_bpr(&store.read_model_file(version, BPR_FILE)?)?;
             if model.item_factors().rows() != item_keys.len() {
                 return Err(LoadError::Inconsistent {
@@ -352,30 +362,21 @@ impl ServingModel {
                     message: "BPR's items differ from the item keys".into(),
                 });
             }
-            let p = &meta["params"]["bpr"];
             Some(BprServing {
                 scorer: ItemScorer::new(model.item_factors_with_bias()),
+                // The factor count is the file's; the epochs are serving's own.
                 params: BprParams {
                     factors: model.item_factors().dim(),
-                    learning_rate: p["learning_rate"].as_f64().unwrap_or(0.05) as f32,
-                    regularization: p["regularization"].as_f64().unwrap_or(0.01) as f32,
                     iterations: 0,
-                    seed: p["seed"].as_u64().unwrap_or(0),
+                    ..trained.params
                 },
                 model,
             })
         } else {
             None
         };
-        let serve: Serve = serde_json::from_value(meta["serve"].clone()).unwrap_or_default();
-        let mut recency = Recencies::default();
-        for kind in [ModelKind::Als, ModelKind::Knn, ModelKind::Ease] {
-            if let Ok(r) =
-                serde_json::from_value::<Recency>(meta["params"][kind.name()]["recency"].clone())
-            {
-                recency.set(kind, r);
-            }
-        }
+        let serve: Serve = meta.serve.clone();
+        let recency = meta.params.recencies();
         let mut model = Self {
             version,
             serve,

@@ -17,13 +17,14 @@ use std::time::Instant;
 use bespoke_algo::eval::MetricSums;
 use bespoke_algo::{
     Als, AlsParams, Bag, Bpr, BprParams, Csr, Ease, ItemKnn, ItemScorer, IterationReport,
-    KnnSimilarity, ModelKind, Recency, ScoreScratch, TopK,
+    ModelKind, Recency, ScoreScratch, TopK,
 };
 use bespoke_store::Store;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::content::{ContentModel, attribute_bag, item_bag};
+use super::meta::{self, DataMeta, KindParams, KnnMeta, ModelMeta, ParamsMeta};
 use super::tuning::{Recencies, Serve, Tuned};
 use crate::engine::Weights;
 use crate::settings::{Settings, TrainingSettings};
@@ -354,7 +355,7 @@ pub struct Trained {
     /// BPR, with `training.bpr`.
     pub bpr: Option<Bpr>,
     /// Metadata (`meta.json`).
-    pub meta: Value,
+    pub meta: ModelMeta,
 }
 
 fn als_params(t: &TrainingSettings) -> AlsParams {
@@ -608,35 +609,49 @@ pub fn train(
         Bpr::fit(&m.knn, bpr_params(t))
     });
     let bpr_s = started_bpr.elapsed().as_secs_f64();
-    let meta = json!({
-        "format": "bespoke.model.v1",
-        "created_at": crate::time::format_rfc3339(crate::engine::now_ms()),
-        "data": {
-            "watermark_seq": snapshot.watermark,
-            "snapshot_at_ms": snapshot.read_at,
-            "events": snapshot.events,
-            "users": snapshot.user_keys.len(),
-            "items": snapshot.item_keys.len(),
-            "pairs": m.als.nnz(),
+    let meta = ModelMeta {
+        meta_version: meta::META_VERSION,
+        format: meta::FORMAT.to_owned(),
+        created_at: crate::time::format_rfc3339(crate::engine::now_ms()),
+        data: DataMeta {
+            watermark_seq: snapshot.watermark,
+            snapshot_at_ms: snapshot.read_at,
+            events: snapshot.events,
+            users: snapshot.user_keys.len(),
+            items: snapshot.item_keys.len(),
+            pairs: m.als.nnz(),
         },
-        "params": {
-            "als": { "factors": t.factors, "iterations": t.iterations, "regularization": t.regularization,
-                     "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed, "recency": recency.recorded(ModelKind::Als) },
-            "knn": { "k": t.knn_k, "similarity": t.knn_similarity, "recency": recency.recorded(ModelKind::Knn),
-                     "rp3": (t.knn_similarity == KnnSimilarity::Rp3).then(|| json!({"alpha": t.rp3_alpha, "beta": t.rp3_beta})) },
-            "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda, "recency": recency.recorded(ModelKind::Ease) })),
-            "content": content.as_ref().map(|c| c.describe(t.content_lambda)),
-            "bpr": bpr.as_ref().map(|_| json!({"factors": t.bpr_factors, "learning_rate": t.bpr_learning_rate,
-                "regularization": t.bpr_regularization, "iterations": t.bpr_iterations, "seed": t.seed,
-                "recency": recency.recorded(ModelKind::Knn)})),
-            "half_life_days": t.half_life_days,
-            "event_weights": settings.events.weights,
+        params: ParamsMeta {
+            als: Some(KindParams::new(t.als_params(), ModelKind::Als, &recency)),
+            knn: Some(KnnMeta::new(&t.knn_params(), &recency)),
+            ease: ease
+                .as_ref()
+                .map(|_| KindParams::new(t.ease_params(), ModelKind::Ease, &recency)),
+            content: content
+                .as_ref()
+                .map(|c| c.describe(t.content_params().lambda)),
+            // BPR is trained on item-kNN's matrix, so under its weighting.
+            bpr: bpr
+                .as_ref()
+                .map(|_| KindParams::new(t.bpr_params(), ModelKind::Knn, &recency)),
+            half_life_days: t.half_life_days,
+            event_weights: settings.events.weights.clone(),
         },
-        "serve": serve.cloned().unwrap_or_default(),
-        "tuning": tuned,
-        "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "content": content_s, "bpr": bpr_s, "total": started.elapsed().as_secs_f64() },
-        "metrics": metrics,
-    });
+        serve: serve.cloned().unwrap_or_default(),
+        tuning: tuned.cloned(),
+        training_seconds: [
+            (ModelKind::Als.name(), als_s),
+            (ModelKind::Knn.name(), knn_s),
+            (ModelKind::Ease.name(), ease_s),
+            (ModelKind::Content.name(), content_s),
+            (ModelKind::Bpr.name(), bpr_s),
+            ("total", started.elapsed().as_secs_f64()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        metrics,
+    };
     Trained {
         als,
         knn,

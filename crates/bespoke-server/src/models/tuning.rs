@@ -99,9 +99,9 @@ impl Tuned {
         self.models.iter().find(|m| m.0 == kind).map(|m| &m.1)
     }
 
-    /// Reads the `tuning` section of a model version's metadata.
-    pub fn from_meta(meta: &serde_json::Value) -> Option<Self> {
-        serde_json::from_value(meta.get("tuning")?.clone()).ok()
+    /// The tuning a model version was trained with, from its metadata.
+    pub fn from_meta(meta: &super::ModelMeta) -> Option<Self> {
+        meta.tuning.clone()
     }
 }
 
