@@ -192,8 +192,8 @@ pub fn encode_ease(model: &Ease, lambda: f64) -> Vec<u8> {
     safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
 }
 
-/// Decodes an EASE model written by [`encode_ease`].
-pub fn decode_ease(bytes: &[u8]) -> Result<Ease, ArtifactError> {
+/// Decodes an EASE model written by [`encode_ease`], with its λ.
+pub fn decode_ease(bytes: &[u8]) -> Result<(Ease, f64), ArtifactError> {
     const F: &str = EASE_FILE;
     let meta = metadata(bytes, F)?;
     if meta.get("format").map(String::as_str) != Some("bespoke.ease.v1") {
@@ -205,7 +205,14 @@ pub fn decode_ease(bytes: &[u8]) -> Result<Ease, ArtifactError> {
         .ok_or_else(|| err(F, "metadata items missing"))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
     let weights = read_f32(tensor(&st, F, "weights", Dtype::F32)?.1);
-    Ease::from_parts(n, weights).ok_or_else(|| err(F, "weights are not items × items"))
+    // Files always carry it; its absence would only make a re-encoded file say NaN.
+    let lambda = meta
+        .get("lambda")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ease::from_parts(n, weights)
+        .map(|e| (e, lambda))
+        .ok_or_else(|| err(F, "weights are not items × items"))
 }
 
 /// Encodes a BPR model: `user_factors`, `item_factors` (`F32`, rows × f) and `item_bias`.

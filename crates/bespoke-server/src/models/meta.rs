@@ -7,7 +7,8 @@
 //!
 //! Versions: `meta_version` 1 is every file written before the field existed (it is absent);
 //! [`ModelMeta::from_value`] migrates older layouts on read, and refuses a version newer than
-//! this build. Version 2 has version 1's layout plus the field: the layout is also an API
+//! this build. Version 2 has version 1's layout plus the field and `models`, the kinds the
+//! version holds (version 1 said so by which `params` were objects). The layout is also an API
 //! (`GET /v1/models`, `bespoke train --json`), so it changes only with a version and a
 //! migration here.
 
@@ -56,6 +57,9 @@ pub struct ModelMeta {
     /// The data it was trained on.
     #[serde(default)]
     pub data: DataMeta,
+    /// The kinds it holds, each with its files (see `models::model::REGISTRY`).
+    #[serde(default)]
+    pub models: Vec<ModelKind>,
     /// The models trained and their hyperparameters.
     #[serde(default)]
     pub params: ParamsMeta,
@@ -181,21 +185,13 @@ pub struct ParamsMeta {
     pub half_life_days: f64,
     /// `[events.weights]` of the run.
     pub event_weights: BTreeMap<String, WeightSpec>,
+    /// The parameters of kinds added after these fields, by kind name: a new model records
+    /// itself here without a field of its own.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 impl ParamsMeta {
-    /// Whether the version holds a trained `kind` (by family; popularity is never stored).
-    pub fn has(&self, kind: ModelKind) -> bool {
-        match kind.family() {
-            ModelKind::Als => self.als.is_some(),
-            ModelKind::Knn => self.knn.is_some(),
-            ModelKind::Ease => self.ease.is_some(),
-            ModelKind::Bpr => self.bpr.is_some(),
-            ModelKind::Content => self.content.is_some(),
-            _ => false,
-        }
-    }
-
     /// The recency weighting each family was trained with.
     pub fn recencies(&self) -> Recencies {
         let mut r = Recencies::default();
@@ -235,11 +231,25 @@ impl ModelMeta {
     }
 }
 
-/// Version 1 → 2: the layout is the same; what version 1 left out takes the defaults the
-/// `#[serde(default)]`s give (a missing `serve` is iALS, which versions before tuning served).
+/// Version 1 → 2: `models` lists the kinds whose `params` are objects (iALS and item-kNN
+/// always were); what else version 1 left out takes the defaults the `#[serde(default)]`s
+/// give (a missing `serve` is iALS, which versions before tuning served).
 fn migrate_v1(value: &mut Value) {
+    let params = &value["params"];
+    let models: Vec<Value> = [
+        ModelKind::Als,
+        ModelKind::Knn,
+        ModelKind::Ease,
+        ModelKind::Bpr,
+        ModelKind::Content,
+    ]
+    .into_iter()
+    .filter(|k| params[k.name()].is_object())
+    .map(|k| k.name().into())
+    .collect();
     if let Some(o) = value.as_object_mut() {
         o.insert("meta_version".into(), 2.into());
+        o.insert("models".into(), models.into());
     }
 }
 
@@ -278,6 +288,15 @@ mod tests {
         let m = ModelMeta::from_value(serde_json::from_str(V1).unwrap()).unwrap();
         assert_eq!(m.meta_version, META_VERSION);
         assert_eq!(m.data.users, 40);
+        assert_eq!(
+            m.models,
+            [
+                ModelKind::Als,
+                ModelKind::Knn,
+                ModelKind::Ease,
+                ModelKind::Bpr
+            ]
+        );
         let als = m.params.als.as_ref().unwrap();
         assert_eq!((als.params.factors, als.params.seed), (8, 42));
         assert_eq!(als.recency.map(|r| r.half_life), Some(5.0));

@@ -1,6 +1,7 @@
 //! A trained model loaded for serving: iALS with exact per-user fold-in and explanations,
 //! item-kNN, and the mapping between model rows and the store's item ids.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bespoke_algo::{
@@ -10,9 +11,10 @@ use bespoke_store::Store;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use super::artifact::{self, ALS_FILE, BPR_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
+use super::artifact::{self, ITEMS_FILE};
 use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
 use super::meta::{MetaError, ModelMeta};
+use super::model::{REGISTRY, Scorer};
 use super::tuning::{Recencies, Serve};
 use bespoke_algo::{BprParams, ModelKind, Recency};
 
@@ -69,7 +71,7 @@ thread_local! {
 }
 
 impl AlsServing {
-    fn new(model: &Als, cache_capacity: usize) -> Self {
+    pub(crate) fn new(model: &Als, cache_capacity: usize) -> Self {
         let items = model.item_factors().clone();
         let d = items.dim();
         let mut unit = Vec::with_capacity(items.as_slice().len());
@@ -162,6 +164,11 @@ impl AlsServing {
         })
     }
 
+    /// The factor dimension.
+    pub fn dim(&self) -> usize {
+        self.scorer.items().dim()
+    }
+
     /// The factors of model item `item`.
     pub fn item_vector(&self, item: u32) -> &[f32] {
         self.scorer.items().row(item as usize)
@@ -188,9 +195,10 @@ impl AlsServing {
 /// user step (items fixed), so it follows every event without retraining.
 #[derive(Debug)]
 pub struct BprServing {
-    model: bespoke_algo::Bpr,
-    scorer: ItemScorer,
-    params: BprParams,
+    pub(crate) model: bespoke_algo::Bpr,
+    /// Item factors with the bias as a last column.
+    pub(crate) scorer: ItemScorer,
+    pub(crate) params: BprParams,
 }
 
 impl BprServing {
@@ -228,7 +236,7 @@ impl BprServing {
 /// Item-kNN, ready to serve.
 #[derive(Debug)]
 pub struct KnnServing {
-    model: ItemKnn,
+    pub(crate) model: ItemKnn,
 }
 
 impl KnnServing {
@@ -272,16 +280,18 @@ pub struct ServingModel {
     pub version: u64,
     /// Its metadata.
     pub meta: ModelMeta,
-    /// iALS.
-    pub als: AlsServing,
-    /// Item-kNN.
-    pub knn: KnnServing,
-    /// EASE, when it was trained.
-    pub ease: Option<bespoke_algo::Ease>,
+    /// Every model of the version, by kind, as [`REGISTRY`] loaded them.
+    pub models: BTreeMap<ModelKind, Arc<dyn Scorer>>,
+    /// iALS (a typed view of `models`, for the serving code written against it).
+    pub als: Arc<AlsServing>,
+    /// Item-kNN (a typed view of `models`).
+    pub knn: Arc<KnnServing>,
+    /// EASE, when it was trained (a typed view of `models`).
+    pub ease: Option<Arc<bespoke_algo::Ease>>,
     /// The hybrid content model and the items without events it places.
     pub content: Option<ContentServing>,
-    /// BPR, when it was trained.
-    pub bpr: Option<BprServing>,
+    /// BPR, when it was trained (a typed view of `models`).
+    pub bpr: Option<Arc<BprServing>>,
     /// What `model=auto` serves (from tuning; iALS otherwise).
     pub serve: Serve,
     /// The recency weighting each model was trained with, applied to a user's history when
@@ -309,28 +319,39 @@ impl ServingModel {
             .meta;
         let meta =
             ModelMeta::from_value(meta).map_err(|source| LoadError::Meta { version, source })?;
-        let als = artifact::decode_als(&store.read_model_file(version, ALS_FILE)?)?;
-        let knn = artifact::decode_knn(&store.read_model_file(version, KNN_FILE)?)?;
         let item_keys =
             artifact::decode_keys(&store.read_model_file(version, ITEMS_FILE)?, ITEMS_FILE)?;
-        // Trained only for small catalogs: the metadata says whether this version has it.
-        let ease = if meta.params.has(ModelKind::Ease) {
-            Some(artifact::decode_ease(
-                &store.read_model_file(version, EASE_FILE)?,
-            )?)
-        } else {
-            None
-        };
-        if ease
-            .as_ref()
-            .is_some_and(|e| e.n_items() != item_keys.len())
-        {
-            return Err(LoadError::Inconsistent {
-                version,
-                message: "EASE's size differs from the item keys".into(),
-            });
+        let inconsistent = |message: String| LoadError::Inconsistent { version, message };
+        let mut models: BTreeMap<ModelKind, Arc<dyn Scorer>> = BTreeMap::new();
+        for family in REGISTRY {
+            let kind = family.kind();
+            // The metadata says which models this version holds (EASE and BPR are optional).
+            if !meta.models.contains(&kind) {
+                continue;
+            }
+            let files = (family.files().iter())
+                .map(|f| store.read_model_file(version, f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let artifact = family.decode(&files)?;
+            if artifact.n_items() != item_keys.len() {
+                return Err(inconsistent(format!(
+                    "{} item keys, {} {kind} items",
+                    item_keys.len(),
+                    artifact.n_items()
+                )));
+            }
+            models.insert(kind, artifact.into_scorer(&meta, cache_capacity));
         }
-        let content = if meta.params.has(ModelKind::Content) {
+        let view = |kind: ModelKind| models.get(&kind).map(|m| m.clone().into_any());
+        let als = view(ModelKind::Als)
+            .and_then(|m| m.downcast::<AlsServing>().ok())
+            .ok_or_else(|| inconsistent("no iALS model".into()))?;
+        let knn = view(ModelKind::Knn)
+            .and_then(|m| m.downcast::<KnnServing>().ok())
+            .ok_or_else(|| inconsistent("no item-kNN model".into()))?;
+        let ease = view(ModelKind::Ease).and_then(|m| m.downcast::<bespoke_algo::Ease>().ok());
+        let bpr = view(ModelKind::Bpr).and_then(|m| m.downcast::<BprServing>().ok());
+        let content = if meta.models.contains(&ModelKind::Content) {
             Some(ContentServing::new(ContentModel::decode(
                 &store.read_model_file(version, CONTENT_FILE)?,
             )?))
@@ -338,43 +359,12 @@ impl ServingModel {
             None
         };
         if let Some(side) = content.as_ref().and_then(|c| c.model.items.as_ref())
-            && side.ridge.d_out() != als.item_factors().dim()
+            && side.ridge.d_out() != als.dim()
         {
-            return Err(LoadError::Inconsistent {
-                version,
-                message: "the content model's factors differ from iALS's".into(),
-            });
+            return Err(inconsistent(
+                "the content model's factors differ from iALS's".into(),
+            ));
         }
-        let inconsistent = |message: String| LoadError::Inconsistent { version, message };
-        if als.item_factors().rows() != item_keys.len() || knn.n_items() != item_keys.len() {
-            return Err(inconsistent(format!(
-                "{} item keys, {} iALS item rows, {} kNN items",
-                item_keys.len(),
-                als.item_factors().rows(),
-                knn.n_items()
-            )));
-        }
-        let bpr = if let Some(trained) = &meta.params.bpr {
-            let model = artifact::decode_bpr(&store.read_model_file(version, BPR_FILE)?)?;
-            if model.item_factors().rows() != item_keys.len() {
-                return Err(LoadError::Inconsistent {
-                    version,
-                    message: "BPR's items differ from the item keys".into(),
-                });
-            }
-            Some(BprServing {
-                scorer: ItemScorer::new(model.item_factors_with_bias()),
-                // The factor count is the file's; the epochs are serving's own.
-                params: BprParams {
-                    factors: model.item_factors().dim(),
-                    iterations: 0,
-                    ..trained.params
-                },
-                model,
-            })
-        } else {
-            None
-        };
         let serve: Serve = meta.serve.clone();
         let recency = meta.params.recencies();
         let mut model = Self {
@@ -382,8 +372,9 @@ impl ServingModel {
             serve,
             recency,
             meta,
-            als: AlsServing::new(&als, cache_capacity),
-            knn: KnnServing { model: knn },
+            models,
+            als,
+            knn,
             ease,
             content,
             bpr,
