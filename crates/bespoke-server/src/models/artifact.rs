@@ -376,20 +376,14 @@ fn declared_user_rows(
     }
 }
 
-/// A `'static` name for error messages about a file known only at run time.
+/// A `'static` name for error messages about a file known only at run time: the registered
+/// models' files and the ones every version has.
 fn static_name(name: &str) -> &'static str {
-    [
-        ALS_FILE,
-        KNN_FILE,
-        EASE_FILE,
-        BPR_FILE,
-        USERS_FILE,
-        ITEMS_FILE,
-        super::content::CONTENT_FILE,
-    ]
-    .into_iter()
-    .find(|f| *f == name)
-    .unwrap_or("(model file)")
+    (super::model::REGISTRY.iter())
+        .flat_map(|f| f.files().iter().copied())
+        .chain([USERS_FILE, ITEMS_FILE, super::content::CONTENT_FILE])
+        .find(|f| *f == name)
+        .unwrap_or("(model file)")
 }
 
 /// Checks, before a version is saved, that every file is a key list or a safetensors file that

@@ -454,6 +454,9 @@ struct EvalMatrices<'a> {
     ease: &'a Csr,
 }
 
+/// The name evaluation reports what `model=auto` serves under.
+const AUTO: &str = "auto";
+
 /// Candidates each model ranks per held-out user (a blend needs more than the 100 scored).
 const EVAL_CANDIDATES: usize = bespoke_algo::tune::BLEND_CANDIDATES;
 
@@ -502,8 +505,21 @@ fn evaluate(
             popularity[i as usize] += 1.0;
         }
     }
-    const MODELS: usize = 6;
-    let new_sums = || -> [MetricSums; MODELS] { std::array::from_fn(|_| MetricSums::new(n_items)) };
+    // Metrics by the name each is reported under: the models evaluated and `auto`.
+    let mut names = vec![
+        ModelKind::Als.name(),
+        ModelKind::Knn.name(),
+        ModelKind::Popular.name(),
+    ];
+    names.extend(ease.map(|_| ModelKind::Ease.name()));
+    names.extend(bpr.as_ref().map(|_| ModelKind::Bpr.name()));
+    names.push(AUTO);
+    let new_sums = || -> BTreeMap<&'static str, MetricSums> {
+        names
+            .iter()
+            .map(|&n| (n, MetricSums::new(n_items)))
+            .collect()
+    };
     let sums = test
         .par_iter()
         .fold(
@@ -554,15 +570,21 @@ fn evaluate(
                 let ids = |l: &[bespoke_algo::Scored]| -> Vec<u32> {
                     l.iter().take(100).map(|s| s.idx).collect()
                 };
-                sums[0].add(&ids(&als_list), items);
-                sums[1].add(&ids(&knn_list), items);
-                sums[2].add(&ids(&pop_list), items);
-                if ease.is_some() {
-                    sums[3].add(&ids(&ease_list), items);
-                }
+                let mut add = |name: &str, list: &[bespoke_algo::Scored]| {
+                    if let Some(s) = sums.get_mut(name) {
+                        s.add(&ids(list), items);
+                    }
+                };
+                add(ModelKind::Als.name(), &als_list);
+                add(ModelKind::Knn.name(), &knn_list);
+                add(ModelKind::Popular.name(), &pop_list);
+                add(ModelKind::Ease.name(), &ease_list);
                 if let Some((model, scorer)) = &bpr {
                     let v = model.user_vector_with_bias(u);
-                    sums[5].add(&ids(&scorer.top_k(&v, 100, keep, &mut scratch)), items);
+                    add(
+                        ModelKind::Bpr.name(),
+                        &scorer.top_k(&v, 100, keep, &mut scratch),
+                    );
                 }
                 let list = |kind: ModelKind| match kind {
                     ModelKind::Ease => &ease_list,
@@ -576,13 +598,13 @@ fn evaluate(
                     Some(Serve::Single(kind)) => list(*kind).clone(),
                     None => als_list.clone(),
                 };
-                sums[4].add(&ids(&auto), items);
+                add(AUTO, &auto);
                 (sums, scratch, scores, touched, top)
             },
         )
         .map(|(sums, ..)| sums)
         .reduce(new_sums, |mut a, b| {
-            for (x, y) in a.iter_mut().zip(&b) {
+            for (x, y) in a.values_mut().zip(b.values()) {
                 x.merge(y);
             }
             a
@@ -596,16 +618,9 @@ fn evaluate(
     let mut out = json!({
         "protocol": "latest 20% of positive pairs held out per user with >= 5; implicit_bench metrics",
         "eval_users": test.len(),
-        "als": round(sums[0].means()),
-        "knn": round(sums[1].means()),
-        "popular": round(sums[2].means()),
-        "auto": round(sums[4].means()),
     });
-    if ease.is_some() {
-        out["ease"] = round(sums[3].means());
-    }
-    if bpr.is_some() {
-        out["bpr"] = round(sums[5].means());
+    for (name, s) in sums {
+        out[name] = round(s.means());
     }
     out
 }
