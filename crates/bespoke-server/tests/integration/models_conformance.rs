@@ -3,6 +3,7 @@
 //! user's row from its files, and explain each score with contributions that sum to it.
 //! A new model gets all of this by its registry line.
 
+use bespoke_algo::ModelKind;
 use bespoke_server::Settings;
 use bespoke_server::models::artifact;
 use bespoke_server::models::model::{REGISTRY, Scorer};
@@ -217,11 +218,18 @@ fn every_registered_model_round_trips_erases_and_explains() {
         .collect();
     let old = store.save_model(&refs, &v1).unwrap();
     let old = load(&store, old, &s);
-    assert_eq!(old.meta.models, served.meta.models);
-    for (kind, scorer) in &served.models {
+    // Version 1 listed its models by their params: the four of its time (content is off).
+    let era = [
+        ModelKind::Als,
+        ModelKind::Knn,
+        ModelKind::Ease,
+        ModelKind::Bpr,
+    ];
+    assert_eq!(old.meta.models, era);
+    for kind in &era {
         assert_eq!(
             score_table(old.models[kind].as_ref(), &histories),
-            score_table(scorer.as_ref(), &histories),
+            score_table(served.models[kind].as_ref(), &histories),
             "{kind}"
         );
     }
