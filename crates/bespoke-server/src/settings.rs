@@ -1123,6 +1123,42 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn model_defaults_come_from_the_params_structs() {
+        let t = TrainingSettings::default();
+        assert_eq!(
+            t.als_params(),
+            AlsParams {
+                seed: t.seed,
+                ..AlsParams::default()
+            }
+        );
+        assert_eq!(t.knn_params(), KnnParams::default());
+        assert_eq!(t.ease_params(), EaseParams::default());
+        assert_eq!(
+            t.bpr_params(),
+            BprParams {
+                seed: t.seed,
+                ..BprParams::default()
+            }
+        );
+        assert_eq!(t.content_params(), ContentParams::default());
+        // The rate the benchmarks measured (issue 14: it had drifted to 0.01 in places).
+        assert_eq!(t.bpr_learning_rate, 0.05);
+    }
+
+    #[test]
+    fn model_choices_keep_their_names() {
+        for name in ModelChoice::NAMES {
+            let c = ModelChoice::from_name(name).unwrap();
+            assert_eq!(c.kind().map_or("auto", ModelKind::name), name);
+        }
+        // Kinds that are not served on their own are no choice.
+        for name in ["cosine", "content", "pop", "svd"] {
+            assert_eq!(ModelChoice::from_name(name), None, "{name}");
+        }
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()

@@ -453,6 +453,17 @@ impl ServingModel {
             .filter(|&s| s != NONE)
     }
 
+    /// The scorer of `kind` (of its family for the kNN variants), when this version has it:
+    /// what new serving code should use instead of the typed fields.
+    pub fn scorer(&self, kind: ModelKind) -> Option<&dyn Scorer> {
+        self.models.get(&kind.family()).map(|s| s.as_ref())
+    }
+
+    /// The recency weighting `kind` was trained with, to apply to a history it scores.
+    pub fn recency(&self, kind: ModelKind) -> Recency {
+        self.recency.get(kind)
+    }
+
     /// The recency weighting of model `name` (`als`, `knn` and its variants, `ease`; iALS's
     /// for any other name, as serving has always read it).
     pub fn recency_of(&self, name: &str) -> Recency {

@@ -266,3 +266,41 @@ pub fn apply(settings: &Settings, tuned: Option<&Tuned>) -> (Settings, Recencies
     }
     (s, recency)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recencies_are_kept_per_family_and_recorded_only_when_on() {
+        let mut r = Recencies::default();
+        let on = Recency {
+            half_life: 5.0,
+            floor: 0.25,
+        };
+        r.set(ModelKind::Bm25, on);
+        // A kNN variant sets and reads the family's weighting.
+        assert_eq!(r.get(ModelKind::Knn), on);
+        assert_eq!(r.get(ModelKind::Rp3), on);
+        assert_eq!(r.recorded(ModelKind::Knn), Some(on));
+        assert_eq!(r.get(ModelKind::Als), Recency::OFF);
+        assert_eq!(r.recorded(ModelKind::Als), None);
+    }
+
+    #[test]
+    fn serve_keeps_its_json() {
+        let blend = Serve::Blend {
+            models: [ModelKind::Als, ModelKind::Ease],
+            weight: 0.5,
+        };
+        let json = serde_json::to_value(&blend).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"blend": {"models": ["als", "ease"], "weight": 0.5}})
+        );
+        assert_eq!(
+            serde_json::to_value(Serve::default()).unwrap(),
+            serde_json::json!({"single": "als"})
+        );
+    }
+}
