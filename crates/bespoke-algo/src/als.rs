@@ -27,8 +27,9 @@ const PREFETCH: usize = 12;
 /// Residual below which a row counts as solved (`implicit`'s threshold).
 const CG_EPS: f32 = 1e-20;
 
-/// Hyperparameters of [`Als::fit`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Hyperparameters of [`Als::fit`]; `Default` is the one place their defaults are written.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AlsParams {
     /// Factor dimension `f`.
     pub factors: usize,
@@ -42,7 +43,9 @@ pub struct AlsParams {
     pub cg_steps: usize,
     /// Seed of the initial factors (uniform in `[0, 0.01)`).
     pub seed: u64,
-    /// Compute the training loss after each iteration (about 25 % more time).
+    /// Compute the training loss after each iteration (about 25 % more time); a run-time
+    /// choice, not a hyperparameter, so it is never saved.
+    #[serde(skip)]
     pub compute_loss: bool,
 }
 

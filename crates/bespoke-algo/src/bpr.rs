@@ -10,12 +10,14 @@
 
 use crate::{Csr, Factors, Rng};
 
-/// BPR hyperparameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// BPR hyperparameters; `Default` is the one place their defaults are written.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BprParams {
     /// Latent dimensions.
     pub factors: usize,
-    /// SGD step η.
+    /// SGD step η (default 0.05: the rate the benchmarks in docs/benchmarks.md measured and
+    /// the server has always trained with; `implicit`'s 0.01 needs more epochs).
     pub learning_rate: f32,
     /// L2 weight λ.
     pub regularization: f32,
@@ -29,7 +31,7 @@ impl Default for BprParams {
     fn default() -> Self {
         Self {
             factors: 64,
-            learning_rate: 0.01,
+            learning_rate: 0.05,
             regularization: 0.01,
             iterations: 100,
             seed: 0,

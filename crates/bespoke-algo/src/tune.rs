@@ -12,9 +12,29 @@ use crate::eval::MetricSums;
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    Als, AlsParams, Bpr, BprParams, Csr, Ease, Gram, ItemKnn, ItemScorer, Recency, Rng,
-    ScoreScratch, Scored, Similarity, TopK,
+    Als, AlsParams, Bpr, BprParams, Csr, Ease, EaseError, EaseParams, Gram, ItemKnn, ItemScorer,
+    KnnParams, KnnSimilarity, ModelKind, Recency, Rng, ScoreScratch, Scored, TopK,
 };
+
+/// Why a model could not be fitted or a search could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// EASE could not be fitted (too many items, or its system is not positive definite).
+    #[error("EASE: {0}")]
+    Ease(#[from] EaseError),
+    /// A thread computing a shared Gram matrix panicked, so the cache cannot be trusted.
+    #[error("a Gram computation panicked")]
+    GramPoisoned,
+    /// The search refused its parameters or a trial failed ([`search`]'s own message).
+    #[error("{0}")]
+    Search(String),
+    /// No trial trained its configuration in full, so there is nothing to choose.
+    #[error("no trial finished")]
+    NoTrial,
+}
+
+/// The result of this module's fallible functions.
+pub type Result<T, E = TuneError> = std::result::Result<T, E>;
 
 /// A model type and its hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +51,7 @@ pub enum Config {
         /// Iterations.
         iterations: usize,
         /// Conjugate gradient steps per half-iteration.
-        #[serde(default = "three")]
+        #[serde(default = "default_cg_steps")]
         cg_steps: usize,
     },
     /// EASE.
@@ -73,8 +93,9 @@ pub enum Config {
     Popular,
 }
 
-fn three() -> usize {
-    3
+/// Tuning results saved before `cg_steps` was searched used iALS's default.
+fn default_cg_steps() -> usize {
+    AlsParams::default().cg_steps
 }
 
 /// The value of `xs` whose equal share of `[0, 1)` holds `x`.
@@ -86,26 +107,177 @@ fn one_of<T: Copy>(x: f64, xs: &[T]) -> T {
 /// the two of [`recency_from_unit`].
 pub const CONFIG_DIMS: usize = 3;
 
-/// Model type names [`Config::from_unit`] knows.
-pub const KINDS: &[&str] = &["als", "ease", "cosine", "bm25", "rp3", "bpr", "popular"];
+/// Model type names [`Config::from_unit`] knows (the kinds a configuration can have).
+pub const KINDS: &[&str] = &[
+    ModelKind::Als.name(),
+    ModelKind::Ease.name(),
+    ModelKind::Cosine.name(),
+    ModelKind::Bm25.name(),
+    ModelKind::Rp3.name(),
+    ModelKind::Bpr.name(),
+    ModelKind::Popular.name(),
+];
 
 /// The model families a search covers when the caller names none: every type that learns
 /// (popularity is a baseline, not a candidate). Callers leave out EASE where its dense matrix
 /// would not fit their memory budget (see [`Ease::fit_bytes`]).
-pub const FAMILIES: &[&str] = &["als", "ease", "bm25", "cosine", "rp3", "bpr"];
+pub const FAMILIES: &[&str] = &[
+    ModelKind::Als.name(),
+    ModelKind::Ease.name(),
+    ModelKind::Bm25.name(),
+    ModelKind::Cosine.name(),
+    ModelKind::Rp3.name(),
+    ModelKind::Bpr.name(),
+];
 
 impl Config {
-    /// The model type's name.
+    /// The model type's name (that of [`Config::model_kind`]).
     pub fn kind(&self) -> &'static str {
+        self.model_kind().name()
+    }
+
+    /// The model type.
+    pub fn model_kind(&self) -> ModelKind {
         match self {
-            Config::Als { .. } => "als",
-            Config::Ease { .. } => "ease",
-            Config::Cosine { .. } => "cosine",
-            Config::Bm25 { .. } => "bm25",
-            Config::Rp3 { .. } => "rp3",
-            Config::Bpr { .. } => "bpr",
-            Config::Popular => "popular",
+            Config::Als { .. } => ModelKind::Als,
+            Config::Ease { .. } => ModelKind::Ease,
+            Config::Cosine { .. } => ModelKind::Cosine,
+            Config::Bm25 { .. } => ModelKind::Bm25,
+            Config::Rp3 { .. } => ModelKind::Rp3,
+            Config::Bpr { .. } => ModelKind::Bpr,
+            Config::Popular => ModelKind::Popular,
         }
+    }
+
+    /// The configuration of `kind` with its model's default hyperparameters (`knn` is its
+    /// default similarity); `None` for a kind that is not fitted from interactions alone
+    /// (`content`).
+    pub fn default_of(kind: ModelKind) -> Option<Self> {
+        let knn = KnnParams::default();
+        Some(match kind {
+            ModelKind::Als => Self::als(&AlsParams::default()),
+            ModelKind::Ease => Self::ease(&EaseParams::default()),
+            ModelKind::Knn => Self::knn(&knn),
+            ModelKind::Cosine | ModelKind::Bm25 | ModelKind::Rp3 => Self::knn(&KnnParams {
+                similarity: kind.knn_similarity()?,
+                ..knn
+            }),
+            ModelKind::Bpr => Self::bpr(&BprParams::default()),
+            ModelKind::Popular => Config::Popular,
+            ModelKind::Content => return None,
+        })
+    }
+
+    /// The configuration of iALS with `p`.
+    pub fn als(p: &AlsParams) -> Self {
+        Config::Als {
+            factors: p.factors,
+            regularization: p.regularization,
+            alpha: p.alpha,
+            iterations: p.iterations,
+            cg_steps: p.cg_steps,
+        }
+    }
+
+    /// The configuration of BPR with `p`.
+    pub fn bpr(p: &BprParams) -> Self {
+        Config::Bpr {
+            factors: p.factors,
+            learning_rate: p.learning_rate,
+            regularization: p.regularization,
+            iterations: p.iterations,
+        }
+    }
+
+    /// The configuration of EASE with `p`.
+    pub fn ease(p: &EaseParams) -> Self {
+        Config::Ease { lambda: p.lambda }
+    }
+
+    /// The configuration of item-kNN with `p` (the variant of its similarity).
+    pub fn knn(p: &KnnParams) -> Self {
+        match p.similarity {
+            KnnSimilarity::Cosine => Config::Cosine { k: p.k },
+            KnnSimilarity::Bm25 => Config::Bm25 { k: p.k },
+            KnnSimilarity::Rp3 => Config::Rp3 {
+                k: p.k,
+                alpha: p.rp3_alpha,
+                beta: p.rp3_beta,
+            },
+        }
+    }
+
+    /// iALS's parameters: `base` (the seed and what is not searched) with this configuration's;
+    /// `None` for other types.
+    pub fn als_params(&self, base: AlsParams) -> Option<AlsParams> {
+        match *self {
+            Config::Als {
+                factors,
+                regularization,
+                alpha,
+                iterations,
+                cg_steps,
+            } => Some(AlsParams {
+                factors,
+                regularization,
+                alpha,
+                iterations,
+                cg_steps,
+                ..base
+            }),
+            _ => None,
+        }
+    }
+
+    /// BPR's parameters: `base` (the seed) with this configuration's; `None` for other types.
+    pub fn bpr_params(&self, base: BprParams) -> Option<BprParams> {
+        match *self {
+            Config::Bpr {
+                factors,
+                learning_rate,
+                regularization,
+                iterations,
+            } => Some(BprParams {
+                factors,
+                learning_rate,
+                regularization,
+                iterations,
+                ..base
+            }),
+            _ => None,
+        }
+    }
+
+    /// EASE's parameters; `None` for other types.
+    pub fn ease_params(&self) -> Option<EaseParams> {
+        match *self {
+            Config::Ease { lambda } => Some(EaseParams { lambda }),
+            _ => None,
+        }
+    }
+
+    /// Item-kNN's parameters: `base` (RP3beta's exponents for the other similarities) with
+    /// this configuration's; `None` for other types.
+    pub fn knn_params(&self, base: KnnParams) -> Option<KnnParams> {
+        Some(match *self {
+            Config::Cosine { k } => KnnParams {
+                k,
+                similarity: KnnSimilarity::Cosine,
+                ..base
+            },
+            Config::Bm25 { k } => KnnParams {
+                k,
+                similarity: KnnSimilarity::Bm25,
+                ..base
+            },
+            Config::Rp3 { k, alpha, beta } => KnnParams {
+                k,
+                similarity: KnnSimilarity::Rp3,
+                rp3_alpha: alpha,
+                rp3_beta: beta,
+            },
+            _ => return None,
+        })
     }
 
     /// The configuration of type `kind` (one of [`KINDS`]; `None` for an unknown type) at a
@@ -119,36 +291,38 @@ impl Config {
         u: &mut dyn FnMut(usize) -> f64,
     ) -> Option<Self> {
         let log_uniform = |x: f64, lo: f64, hi: f64| (lo.ln() + x * (hi / lo).ln()).exp();
+        let kind: ModelKind = kind.parse().ok()?;
         Some(match kind {
-            "als" => Config::Als {
+            ModelKind::Als => Config::Als {
                 factors: one_of(u(0), &[32, 64, 128]),
                 regularization: log_uniform(u(1), 0.01, 100.0) as f32,
                 alpha: one_of(u(2), &[0.5f32, 1.0, 2.0, 5.0, 10.0]),
                 iterations,
-                cg_steps: 3,
+                cg_steps: AlsParams::default().cg_steps,
             },
-            "ease" => Config::Ease {
+            ModelKind::Ease => Config::Ease {
                 lambda: log_uniform(u(0), 10.0, 3000.0),
             },
-            "cosine" | "knn" => Config::Cosine {
+            // `knn` alone names no similarity: cosine, as the CLI has always read it.
+            ModelKind::Cosine | ModelKind::Knn => Config::Cosine {
                 k: one_of(u(0), &[25, 50, 100, 200, 400]),
             },
-            "bm25" => Config::Bm25 {
+            ModelKind::Bm25 => Config::Bm25 {
                 k: one_of(u(0), &[25, 50, 100, 200, 400]),
             },
-            "rp3" => Config::Rp3 {
+            ModelKind::Rp3 => Config::Rp3 {
                 k: one_of(u(0), &[25, 50, 100, 200, 400]),
                 alpha: (0.3 + u(1) * 1.2) as f32,
                 beta: (u(2) * 0.8) as f32,
             },
-            "bpr" => Config::Bpr {
+            ModelKind::Bpr => Config::Bpr {
                 factors: one_of(u(0), &[32, 64, 128]),
                 learning_rate: one_of(u(1), &[0.01f32, 0.02, 0.05, 0.1]),
                 regularization: one_of(u(2), &[0.001f32, 0.01, 0.05]),
                 iterations: iterations.max(1) * 100 / 15,
             },
-            "popular" | "pop" => Config::Popular,
-            _ => return None,
+            ModelKind::Popular => Config::Popular,
+            ModelKind::Content => return None,
         })
     }
 
@@ -210,12 +384,7 @@ impl Scratch {
 impl Fitted {
     /// Fits `config` on the users × items `weights` (`seed` for the random starts; `max_items`
     /// bounds EASE's dense matrix).
-    pub fn fit(
-        config: &Config,
-        weights: &Csr,
-        seed: u64,
-        max_items: usize,
-    ) -> Result<Self, String> {
+    pub fn fit(config: &Config, weights: &Csr, seed: u64, max_items: usize) -> Result<Self> {
         Self::fit_with(config, weights, seed, max_items, None)
     }
 
@@ -226,68 +395,31 @@ impl Fitted {
         seed: u64,
         max_items: usize,
         gram: Option<&Gram>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
+        if let Some(p) = config.als_params(AlsParams {
+            seed,
+            ..AlsParams::default()
+        }) {
+            let m = Als::fit(weights, p, |_| {});
+            let scorer = ItemScorer::new(m.item_factors().clone());
+            return Ok(Fitted::Als(m, scorer));
+        }
+        if let Some(p) = config.bpr_params(BprParams {
+            seed,
+            ..BprParams::default()
+        }) {
+            let m = Bpr::fit(weights, p);
+            let scorer = ItemScorer::new(m.item_factors_with_bias());
+            return Ok(Fitted::Bpr(m, scorer));
+        }
+        if let Some(p) = config.knn_params(KnnParams::default()) {
+            return Ok(Fitted::Knn(ItemKnn::fit(weights, p.similarity(), p.k)));
+        }
         Ok(match *config {
-            Config::Als {
-                factors,
-                regularization,
-                alpha,
-                iterations,
-                cg_steps,
-            } => {
-                let m = Als::fit(
-                    weights,
-                    AlsParams {
-                        factors,
-                        iterations,
-                        regularization,
-                        alpha,
-                        cg_steps,
-                        seed,
-                        compute_loss: false,
-                    },
-                    |_| {},
-                );
-                let scorer = ItemScorer::new(m.item_factors().clone());
-                Fitted::Als(m, scorer)
-            }
-            Config::Bpr {
-                factors,
-                learning_rate,
-                regularization,
-                iterations,
-            } => {
-                let m = Bpr::fit(
-                    weights,
-                    BprParams {
-                        factors,
-                        learning_rate,
-                        regularization,
-                        iterations,
-                        seed,
-                    },
-                );
-                let scorer = ItemScorer::new(m.item_factors_with_bias());
-                Fitted::Bpr(m, scorer)
-            }
-            Config::Ease { lambda } => Fitted::Ease(
-                match gram {
-                    Some(g) => Ease::from_gram(g, lambda),
-                    None => Ease::fit(weights, lambda, max_items),
-                }
-                .map_err(|e| e.to_string())?,
-            ),
-            Config::Cosine { k } => Fitted::Knn(ItemKnn::fit(weights, Similarity::Cosine, k)),
-            Config::Bm25 { k } => Fitted::Knn(ItemKnn::fit(
-                weights,
-                Similarity::Bm25 { k1: 1.2, b: 0.75 },
-                k,
-            )),
-            Config::Rp3 { k, alpha, beta } => Fitted::Knn(ItemKnn::fit(
-                weights,
-                Similarity::Rp3Beta { alpha, beta },
-                k,
-            )),
+            Config::Ease { lambda } => Fitted::Ease(match gram {
+                Some(g) => Ease::from_gram(g, lambda),
+                None => Ease::fit(weights, lambda, max_items),
+            }?),
             Config::Popular => {
                 let mut counts = vec![0f32; weights.n_cols()];
                 for u in 0..weights.n_rows() {
@@ -297,6 +429,11 @@ impl Fitted {
                 }
                 Fitted::Popular(counts)
             }
+            Config::Als { .. }
+            | Config::Bpr { .. }
+            | Config::Cosine { .. }
+            | Config::Bm25 { .. }
+            | Config::Rp3 { .. } => unreachable!("fitted above"),
         })
     }
 
@@ -361,7 +498,7 @@ impl Fitter {
 
     /// Fits `config` on `weights`, the training matrix under `recency` (the cache key: one
     /// fitter serves one data set).
-    pub fn fit(&self, config: &Config, weights: &Csr, recency: Recency) -> Result<Fitted, String> {
+    pub fn fit(&self, config: &Config, weights: &Csr, recency: Recency) -> Result<Fitted> {
         let gram = match config {
             Config::Ease { .. } => Some(self.gram(weights, recency)?),
             _ => None,
@@ -374,18 +511,15 @@ impl Fitter {
         self.grams.lock().map_or(0, |g| g.len())
     }
 
-    fn gram(&self, weights: &Csr, recency: Recency) -> Result<Arc<Gram>, String> {
-        let mut grams = self
-            .grams
-            .lock()
-            .map_err(|_| "a Gram computation panicked")?;
+    fn gram(&self, weights: &Csr, recency: Recency) -> Result<Arc<Gram>> {
+        let mut grams = self.grams.lock().map_err(|_| TuneError::GramPoisoned)?;
         if let Some(at) = grams.iter().position(|g| g.0 == recency) {
             let hit = grams.remove(at);
             let gram = hit.1.clone();
             grams.push(hit);
             return Ok(gram);
         }
-        let gram = Arc::new(Gram::new(weights, self.max_items).map_err(|e| e.to_string())?);
+        let gram = Arc::new(Gram::new(weights, self.max_items)?);
         if grams.len() >= GRAMS_KEPT {
             grams.remove(0);
         }
@@ -859,10 +993,10 @@ impl Blend {
 pub fn best_blend<M: std::ops::Deref<Target = Csr>>(
     members: &[(&Config, Recency)],
     matrix: impl Fn(Recency) -> M,
-    fit: impl Fn(&Config, Recency, &Csr) -> Result<Fitted, String>,
+    fit: impl Fn(&Config, Recency, &Csr) -> Result<Fitted>,
     valid: &[(u32, Vec<u32>)],
     mut on_pair: impl FnMut(&Config, &Config),
-) -> Result<Option<(usize, usize, Blend, f64)>, String> {
+) -> Result<Option<(usize, usize, Blend, f64)>> {
     // Each member is trained once, whatever the number of pairs it is in.
     let fitted: Vec<(M, Fitted)> = members
         .iter()
@@ -871,7 +1005,7 @@ pub fn best_blend<M: std::ops::Deref<Target = Csr>>(
             let f = fit(c, r, &m)?;
             Ok((m, f))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_>>()?;
     let mut best: Option<(usize, usize, Blend, f64)> = None;
     for (i, (ma, fa)) in fitted.iter().enumerate() {
         for (j, (mb, fb)) in fitted.iter().enumerate().skip(i + 1) {

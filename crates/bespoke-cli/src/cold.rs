@@ -182,8 +182,13 @@ pub(crate) fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let load_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let Fitted::Als(als, _) = Fitted::fit(&config("als", a)?, &weights, a.seed, a.ease_max_items)
-        .map_err(|e| anyhow::anyhow!(e))?
+    let Fitted::Als(als, _) = Fitted::fit(
+        &config(bespoke_algo::ModelKind::Als.name(), a)?,
+        &weights,
+        a.seed,
+        a.ease_max_items,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?
     else {
         unreachable!("an iALS configuration fits iALS");
     };

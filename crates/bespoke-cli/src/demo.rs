@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use bespoke_algo::Rng;
+use bespoke_algo::{ModelKind, Rng};
 use bespoke_server::auth::Scope;
 use bespoke_server::engine::{PopularQuery, PopularSort};
 use bespoke_server::{Engine, Settings};
@@ -550,9 +550,9 @@ fn train(engine: &Engine) -> anyhow::Result<()> {
         outcome.meta["training_seconds"]["total"]
             .as_f64()
             .unwrap_or(0.0),
-        m["als"]["ndcg@10"],
-        m["knn"]["ndcg@10"],
-        m["popular"]["ndcg@10"]
+        m[ModelKind::Als.name()]["ndcg@10"],
+        m[ModelKind::Knn.name()]["ndcg@10"],
+        m[ModelKind::Popular.name()]["ndcg@10"]
     );
     Ok(())
 }

@@ -10,7 +10,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bespoke_algo::eval::{K_MAX, Row, temporal_split};
 use bespoke_algo::tune::{self, BLEND_CANDIDATES, Blend, Config, Fitted, Scratch, SearchParams};
-use bespoke_algo::{Csr, Recency, Rng, Scored};
+use bespoke_algo::{
+    AlsParams, BprParams, ContentParams, Csr, EaseParams, KnnParams, KnnSimilarity, ModelKind,
+    Recency, Rng, Scored,
+};
 use clap::Args;
 use serde_json::{Value, json};
 
@@ -35,40 +38,40 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     pub(crate) models: Vec<String>,
     /// iALS factors.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = AlsParams::default().factors)]
     pub(crate) factors: usize,
     /// iALS iterations.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = AlsParams::default().iterations)]
     pub(crate) iterations: usize,
     /// iALS regularisation.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = AlsParams::default().regularization)]
     pub(crate) regularization: f32,
     /// iALS confidence slope: c = 1 + alpha * weight.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = AlsParams::default().alpha)]
     pub(crate) alpha: f32,
     /// iALS conjugate gradient steps.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = AlsParams::default().cg_steps)]
     pub(crate) cg_steps: usize,
     /// Neighbours per item for cosine and bm25.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = KnnParams::default().k)]
     pub(crate) knn_k: usize,
     /// RP3beta's exponent of the transition probabilities (rp3 also uses --knn-k).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = KnnParams::default().rp3_alpha)]
     pub(crate) rp3_alpha: f32,
     /// RP3beta's popularity penalty.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = KnnParams::default().rp3_beta)]
     pub(crate) rp3_beta: f32,
     /// BPR's SGD learning rate (BPR also uses --factors and --seed).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = BprParams::default().learning_rate)]
     pub(crate) bpr_learning_rate: f32,
     /// BPR's L2 weight.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = BprParams::default().regularization)]
     pub(crate) bpr_regularization: f32,
     /// BPR's epochs.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = BprParams::default().iterations)]
     pub(crate) bpr_iterations: usize,
     /// EASE's L2 weight λ.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = EaseParams::default().lambda)]
     pub(crate) ease_lambda: f64,
     /// Most items EASE accepts (its matrix is dense: items² × 8 bytes while fitting).
     #[arg(long, default_value_t = 20_000)]
@@ -120,10 +123,10 @@ pub(crate) struct EvalArgs {
     #[arg(long)]
     pub(crate) cold_items: Option<f64>,
     /// The hybrid model's ridge weight λ (content → item factors).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = ContentParams::default().lambda)]
     pub(crate) content_lambda: f64,
     /// Most sparse content features (categories, words, attributes) the hybrid model keeps.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = ContentParams::default().max_features)]
     pub(crate) content_max_features: usize,
     /// `bespoke tune` only: configurations sampled and validated (the search budget); iterative
     /// models start with a quarter of their iterations and the best third of each type is
@@ -429,7 +432,11 @@ enum Choice {
 
 /// The anchors' name of a model type.
 fn anchor_name(kind: &str) -> &str {
-    if kind == "popular" { "pop" } else { kind }
+    if ModelKind::Popular == kind {
+        "pop"
+    } else {
+        kind
+    }
 }
 
 fn config_json(c: &Config, r: Recency) -> Value {
@@ -511,35 +518,41 @@ impl Trained {
 
 /// The configuration `eval` trains for model type `name` from the command line.
 pub(crate) fn config(name: &str, a: &EvalArgs) -> anyhow::Result<Config> {
-    Ok(match name {
-        "als" => Config::Als {
+    let kind: ModelKind = name.parse()?;
+    let knn = |similarity: KnnSimilarity| {
+        Config::knn(&KnnParams {
+            k: a.knn_k,
+            similarity,
+            rp3_alpha: a.rp3_alpha,
+            rp3_beta: a.rp3_beta,
+        })
+    };
+    Ok(match kind {
+        ModelKind::Als => Config::als(&AlsParams {
             factors: a.factors,
             regularization: a.regularization,
             alpha: a.alpha,
             iterations: a.iterations,
             cg_steps: a.cg_steps,
-        },
-        "bpr" => Config::Bpr {
+            ..AlsParams::default()
+        }),
+        ModelKind::Bpr => Config::bpr(&BprParams {
             factors: a.factors,
             learning_rate: a.bpr_learning_rate,
             regularization: a.bpr_regularization,
             iterations: a.bpr_iterations,
-        },
-        "ease" => Config::Ease {
+            ..BprParams::default()
+        }),
+        ModelKind::Ease => Config::ease(&EaseParams {
             lambda: a.ease_lambda,
-        },
-        "cosine" | "knn" => Config::Cosine { k: a.knn_k },
-        "bm25" => Config::Bm25 { k: a.knn_k },
-        "rp3" => Config::Rp3 {
-            k: a.knn_k,
-            alpha: a.rp3_alpha,
-            beta: a.rp3_beta,
-        },
-        "pop" | "popular" => Config::Popular,
-        other => {
-            bail!(
-                "unknown model {other:?}: use als, bpr, ease, cosine (knn), bm25 or popular (pop)"
-            )
+        }),
+        // `knn` alone has always meant cosine here.
+        ModelKind::Knn | ModelKind::Cosine => knn(KnnSimilarity::Cosine),
+        ModelKind::Bm25 => knn(KnnSimilarity::Bm25),
+        ModelKind::Rp3 => knn(KnnSimilarity::Rp3),
+        ModelKind::Popular => Config::Popular,
+        ModelKind::Content => {
+            bail!("the content model is evaluated with --cold-items, not --models")
         }
     })
 }
@@ -679,7 +692,7 @@ fn evaluate_all(args: &EvalArgs, data: &Data, load_s: f64, build_s: f64) -> anyh
             "evaluated als (the default); evaluate others with --models \
              als,ease,bm25,cosine,rp3,bpr,popular, or search them all with `bespoke tune`"
         );
-        vec!["als".to_owned()]
+        vec![ModelKind::Als.to_string()]
     } else {
         eprintln!("evaluated {}", args.models.join(", "));
         args.models.clone()
@@ -772,8 +785,10 @@ fn families(args: &EvalArgs, n_items: usize) -> anyhow::Result<(Vec<String>, Vec
         let mut kinds = Vec::new();
         let mut skipped = Vec::new();
         for kind in tune::FAMILIES {
-            match (&ease_unfit, *kind) {
-                (Some(why), "ease") => skipped.push(json!({"model": "ease", "reason": why})),
+            match &ease_unfit {
+                Some(why) if ModelKind::Ease == *kind => {
+                    skipped.push(json!({"model": ModelKind::Ease, "reason": why}))
+                }
                 _ => kinds.push((*kind).to_owned()),
             }
         }
@@ -781,7 +796,8 @@ fn families(args: &EvalArgs, n_items: usize) -> anyhow::Result<(Vec<String>, Vec
     }
     let kinds: Vec<String> = args.models.iter().map(|m| m.trim().to_owned()).collect();
     // Refused now rather than when an EASE draw comes up, minutes into the search.
-    if let (Some(why), true) = (&ease_unfit, kinds.iter().any(|k| k == "ease")) {
+    let ease = kinds.iter().any(|k| ModelKind::Ease == k.as_str());
+    if let (Some(why), true) = (&ease_unfit, ease) {
         bail!(
             "EASE cannot be searched: {why}; leave ease out of --models or raise the limit \
              (--ease-max-items, --memory-budget-gb)"
@@ -864,7 +880,7 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     let fitter = tune::Fitter::new(args.seed, args.ease_max_items);
     let validate = |c: &Config, r: Recency| -> Result<f64, String> {
         let m = valid.matrix(r);
-        let fitted = fitter.fit(c, &m, r)?;
+        let fitted = fitter.fit(c, &m, r).map_err(|e| e.to_string())?;
         let sums = tune::evaluate(valid.n_items, &valid.eval, |u, s| {
             fitted.recommend(&m, u, K_MAX, s)
         });

@@ -275,7 +275,7 @@ pub(crate) fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()>
         );
         // Only the models this training produced (EASE stops at training.ease_max_items, BPR
         // needs training.bpr).
-        for name in ["auto", "als", "knn", "ease", "bpr", "popular"] {
+        for name in ModelChoice::NAMES {
             let Some(x) = m.get(name).filter(|x| x.is_object()) else {
                 continue;
             };

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use bespoke_algo::{AlsParams, BprParams, ContentParams, EaseParams, KnnParams, ModelKind};
 use serde::{Deserialize, Serialize};
 
 /// All settings.
@@ -464,18 +465,48 @@ pub enum ModelChoice {
 
 impl ModelChoice {
     /// The names requests and the CLI use, as in the configuration.
-    pub const NAMES: [&str; 6] = ["auto", "als", "knn", "ease", "bpr", "popular"];
+    pub const NAMES: [&str; 6] = [
+        "auto",
+        ModelKind::Als.name(),
+        ModelKind::Knn.name(),
+        ModelKind::Ease.name(),
+        ModelKind::Bpr.name(),
+        ModelKind::Popular.name(),
+    ];
 
     /// The model called `name` (one of [`Self::NAMES`]).
     pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "auto" => Self::Auto,
-            "als" => Self::Als,
-            "knn" => Self::Knn,
-            "ease" => Self::Ease,
-            "bpr" => Self::Bpr,
-            "popular" => Self::Popular,
-            _ => return None,
+        if name == "auto" {
+            return Some(Self::Auto);
+        }
+        // `pop` is the CLI's short name for popularity, not a serving choice.
+        Self::of_kind(name.parse().ok().filter(|_| name != "pop")?)
+    }
+
+    /// The choice that serves `kind` (`None` for kinds not served on their own: the kNN
+    /// similarity variants and the content model).
+    pub fn of_kind(kind: ModelKind) -> Option<Self> {
+        Some(match kind {
+            ModelKind::Als => Self::Als,
+            ModelKind::Knn => Self::Knn,
+            ModelKind::Ease => Self::Ease,
+            ModelKind::Bpr => Self::Bpr,
+            ModelKind::Popular => Self::Popular,
+            ModelKind::Cosine | ModelKind::Bm25 | ModelKind::Rp3 | ModelKind::Content => {
+                return None;
+            }
+        })
+    }
+
+    /// The model kind this choice serves (`None` for `auto`, which tuning resolves).
+    pub fn kind(self) -> Option<ModelKind> {
+        Some(match self {
+            Self::Auto => return None,
+            Self::Als => ModelKind::Als,
+            Self::Knn => ModelKind::Knn,
+            Self::Ease => ModelKind::Ease,
+            Self::Bpr => ModelKind::Bpr,
+            Self::Popular => ModelKind::Popular,
         })
     }
 }
@@ -511,17 +542,9 @@ impl Default for ServingSettings {
     }
 }
 
-/// Which similarity item-kNN uses.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum KnnSimilarity {
-    /// Cosine of the item columns.
-    Cosine,
-    /// BM25-weighted dot products (`K1 = 1.2`, `B = 0.75`).
-    Bm25,
-    /// RP3beta random-walk similarity (`training.rp3_alpha`, `training.rp3_beta`).
-    Rp3,
-}
+/// Which similarity item-kNN uses (declared with its other hyperparameters in
+/// `bespoke-algo`).
+pub use bespoke_algo::KnnSimilarity;
 
 /// Model training: hyperparameters, schedule, versions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -600,28 +623,37 @@ pub struct TrainingSettings {
 }
 
 impl Default for TrainingSettings {
+    /// Every model's hyperparameters default to its parameter struct's `Default` in
+    /// `bespoke-algo` (declared there once); the rest are the server's own.
     fn default() -> Self {
+        let (als, knn, ease, bpr, content) = (
+            AlsParams::default(),
+            KnnParams::default(),
+            EaseParams::default(),
+            BprParams::default(),
+            ContentParams::default(),
+        );
         Self {
-            factors: 64,
-            iterations: 15,
-            regularization: 0.05,
-            alpha: 1.0,
-            cg_steps: 3,
+            factors: als.factors,
+            iterations: als.iterations,
+            regularization: als.regularization,
+            alpha: als.alpha,
+            cg_steps: als.cg_steps,
             seed: 42,
-            knn_k: 100,
+            knn_k: knn.k,
             bpr: false,
-            bpr_factors: 64,
-            bpr_learning_rate: 0.05,
-            bpr_regularization: 0.01,
-            bpr_iterations: 100,
-            rp3_alpha: 1.0,
-            rp3_beta: 0.5,
+            bpr_factors: bpr.factors,
+            bpr_learning_rate: bpr.learning_rate,
+            bpr_regularization: bpr.regularization,
+            bpr_iterations: bpr.iterations,
+            rp3_alpha: knn.rp3_alpha,
+            rp3_beta: knn.rp3_beta,
             ease_max_items: 3000,
-            ease_lambda: 100.0,
-            knn_similarity: KnnSimilarity::Bm25,
+            ease_lambda: ease.lambda,
+            knn_similarity: knn.similarity,
             content: true,
-            content_lambda: 10.0,
-            content_max_features: 5000,
+            content_lambda: content.lambda,
+            content_max_features: content.max_features,
             half_life_days: 0.0,
             threads: 0,
             evaluate: true,
@@ -633,6 +665,94 @@ impl Default for TrainingSettings {
             train_on_start: true,
             keep_versions: 5,
             auto_activate: true,
+        }
+    }
+}
+
+impl TrainingSettings {
+    // The keys stay flat (`factors`, `bpr_factors`, `rp3_alpha`...) so that existing settings
+    // files keep working; these views are what training, tuning and `meta.json` use.
+
+    /// iALS's hyperparameters (`factors`, `iterations`, `regularization`, `alpha`,
+    /// `cg_steps`, `seed`).
+    pub fn als_params(&self) -> AlsParams {
+        AlsParams {
+            factors: self.factors,
+            iterations: self.iterations,
+            regularization: self.regularization,
+            alpha: self.alpha,
+            cg_steps: self.cg_steps,
+            seed: self.seed,
+            compute_loss: false,
+        }
+    }
+
+    /// Sets iALS's hyperparameters (the seed is training-wide and stays).
+    pub fn set_als_params(&mut self, p: &AlsParams) {
+        (
+            self.factors,
+            self.iterations,
+            self.regularization,
+            self.alpha,
+            self.cg_steps,
+        ) = (
+            p.factors,
+            p.iterations,
+            p.regularization,
+            p.alpha,
+            p.cg_steps,
+        );
+    }
+
+    /// Item-kNN's hyperparameters (`knn_k`, `knn_similarity`, `rp3_alpha`, `rp3_beta`).
+    pub fn knn_params(&self) -> KnnParams {
+        KnnParams {
+            k: self.knn_k,
+            similarity: self.knn_similarity,
+            rp3_alpha: self.rp3_alpha,
+            rp3_beta: self.rp3_beta,
+        }
+    }
+
+    /// Sets item-kNN's hyperparameters.
+    pub fn set_knn_params(&mut self, p: &KnnParams) {
+        (
+            self.knn_k,
+            self.knn_similarity,
+            self.rp3_alpha,
+            self.rp3_beta,
+        ) = (p.k, p.similarity, p.rp3_alpha, p.rp3_beta);
+    }
+
+    /// EASE's hyperparameters (`ease_lambda`).
+    pub fn ease_params(&self) -> EaseParams {
+        EaseParams {
+            lambda: self.ease_lambda,
+        }
+    }
+
+    /// Sets EASE's hyperparameters.
+    pub fn set_ease_params(&mut self, p: &EaseParams) {
+        self.ease_lambda = p.lambda;
+    }
+
+    /// BPR's hyperparameters (`bpr_factors`, `bpr_learning_rate`, `bpr_regularization`,
+    /// `bpr_iterations`, `seed`).
+    pub fn bpr_params(&self) -> BprParams {
+        BprParams {
+            factors: self.bpr_factors,
+            learning_rate: self.bpr_learning_rate,
+            regularization: self.bpr_regularization,
+            iterations: self.bpr_iterations,
+            seed: self.seed,
+        }
+    }
+
+    /// The content model's hyperparameters (`content_lambda`, `content_max_features`).
+    pub fn content_params(&self) -> ContentParams {
+        ContentParams {
+            lambda: self.content_lambda,
+            max_features: self.content_max_features,
         }
     }
 }
@@ -1002,6 +1122,42 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_defaults_come_from_the_params_structs() {
+        let t = TrainingSettings::default();
+        assert_eq!(
+            t.als_params(),
+            AlsParams {
+                seed: t.seed,
+                ..AlsParams::default()
+            }
+        );
+        assert_eq!(t.knn_params(), KnnParams::default());
+        assert_eq!(t.ease_params(), EaseParams::default());
+        assert_eq!(
+            t.bpr_params(),
+            BprParams {
+                seed: t.seed,
+                ..BprParams::default()
+            }
+        );
+        assert_eq!(t.content_params(), ContentParams::default());
+        // The rate the benchmarks measured (issue 14: it had drifted to 0.01 in places).
+        assert_eq!(t.bpr_learning_rate, 0.05);
+    }
+
+    #[test]
+    fn model_choices_keep_their_names() {
+        for name in ModelChoice::NAMES {
+            let c = ModelChoice::from_name(name).unwrap();
+            assert_eq!(c.kind().map_or("auto", ModelKind::name), name);
+        }
+        // Kinds that are not served on their own are no choice.
+        for name in ["cosine", "content", "pop", "svd"] {
+            assert_eq!(ModelChoice::from_name(name), None, "{name}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

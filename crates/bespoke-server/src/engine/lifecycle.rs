@@ -33,7 +33,7 @@ pub enum TrainError {
     Threads(String),
     /// Tuning failed.
     #[error("tuning: {0}")]
-    Tune(String),
+    Tune(#[from] bespoke_algo::tune::TuneError),
 }
 
 /// The result of a training run.
@@ -237,12 +237,10 @@ impl Engine {
         let interval_ms = hours * 3_600_000.0;
         match last {
             Some(l) => l.elapsed().as_secs_f64() * 1000.0 >= interval_ms,
-            None => match model.meta.get("tuning").filter(|t| !t.is_null()) {
+            None => match &model.meta.tuning {
                 None => true,
-                Some(t) => t
-                    .get("tuned_at")
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(|at| crate::time::parse_rfc3339(at).ok())
+                Some(t) => crate::time::parse_rfc3339(&t.tuned_at)
+                    .ok()
                     .is_none_or(|at| (crate::engine::now_ms() - at) as f64 >= interval_ms),
             },
         }
@@ -377,7 +375,7 @@ impl Engine {
         Ok(TrainOutcome {
             version,
             activated,
-            meta: trained.meta,
+            meta: trained.meta.to_value(),
         })
     }
 }

@@ -149,7 +149,7 @@ impl Engine {
         let mut histories: Vec<Vec<(u32, f32)>> = Vec::with_capacity(2);
         let mut vector = None;
         for name in models {
-            let history = self.model_history(s, m, user, name);
+            let history = self.model_history(s, m, user, name.as_str());
             let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
             let list = match name.as_str() {
                 "ease" => match &m.ease {

@@ -107,6 +107,41 @@ fn metadata(bytes: &[u8], file: &'static str) -> Result<HashMap<String, String>,
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
+/// Encodes `F32` tensors `(name, shape, values)` as a safetensors file of `format`, declaring
+/// `user_rows` (the tensors with one row per user, in `users.json` order) and any further
+/// metadata: the building block of a new model's file.
+pub fn encode_f32(
+    format: &str,
+    user_rows: &[&str],
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    info: &[(&str, String)],
+) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| f32_bytes(t.2)).collect();
+    let views = (tensors.iter().zip(&bytes)).map(|(t, b)| (t.0, f32_view(t.1.clone(), b)));
+    let mut meta = HashMap::from([
+        ("format".to_owned(), format.to_owned()),
+        (USER_ROWS.to_owned(), user_rows.join(",")),
+    ]);
+    meta.extend(info.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    safetensors::serialize(views, &Some(meta)).expect("valid tensors serialise")
+}
+
+/// The `F32` tensor `name` of `file`, written by [`encode_f32`] with `format`: its shape and
+/// values.
+pub fn decode_f32(
+    bytes: &[u8],
+    file: &'static str,
+    format: &str,
+    name: &str,
+) -> Result<(Vec<usize>, Vec<f32>), ArtifactError> {
+    if metadata(bytes, file)?.get("format").map(String::as_str) != Some(format) {
+        return Err(err(file, format!("not a {format} file")));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(file, e))?;
+    let (shape, data) = tensor(&st, file, name, Dtype::F32)?;
+    Ok((shape, read_f32(data)))
+}
+
 /// Encodes an iALS model.
 pub fn encode_als(model: &Als) -> Vec<u8> {
     let p = model.params();
@@ -192,8 +227,8 @@ pub fn encode_ease(model: &Ease, lambda: f64) -> Vec<u8> {
     safetensors::serialize(tensors, &Some(info)).expect("valid tensors serialise")
 }
 
-/// Decodes an EASE model written by [`encode_ease`].
-pub fn decode_ease(bytes: &[u8]) -> Result<Ease, ArtifactError> {
+/// Decodes an EASE model written by [`encode_ease`], with its λ.
+pub fn decode_ease(bytes: &[u8]) -> Result<(Ease, f64), ArtifactError> {
     const F: &str = EASE_FILE;
     let meta = metadata(bytes, F)?;
     if meta.get("format").map(String::as_str) != Some("bespoke.ease.v1") {
@@ -205,7 +240,14 @@ pub fn decode_ease(bytes: &[u8]) -> Result<Ease, ArtifactError> {
         .ok_or_else(|| err(F, "metadata items missing"))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| err(F, e))?;
     let weights = read_f32(tensor(&st, F, "weights", Dtype::F32)?.1);
-    Ease::from_parts(n, weights).ok_or_else(|| err(F, "weights are not items × items"))
+    // Files always carry it; its absence would only make a re-encoded file say NaN.
+    let lambda = meta
+        .get("lambda")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ease::from_parts(n, weights)
+        .map(|e| (e, lambda))
+        .ok_or_else(|| err(F, "weights are not items × items"))
 }
 
 /// Encodes a BPR model: `user_factors`, `item_factors` (`F32`, rows × f) and `item_bias`.
@@ -369,20 +411,14 @@ fn declared_user_rows(
     }
 }
 
-/// A `'static` name for error messages about a file known only at run time.
+/// A `'static` name for error messages about a file known only at run time: the registered
+/// models' files and the ones every version has.
 fn static_name(name: &str) -> &'static str {
-    [
-        ALS_FILE,
-        KNN_FILE,
-        EASE_FILE,
-        BPR_FILE,
-        USERS_FILE,
-        ITEMS_FILE,
-        super::content::CONTENT_FILE,
-    ]
-    .into_iter()
-    .find(|f| *f == name)
-    .unwrap_or("(model file)")
+    (super::model::REGISTRY.iter())
+        .flat_map(|f| f.files().iter().copied())
+        .chain([USERS_FILE, ITEMS_FILE, super::content::CONTENT_FILE])
+        .find(|f| *f == name)
+        .unwrap_or("(model file)")
 }
 
 /// Checks, before a version is saved, that every file is a key list or a safetensors file that
@@ -537,6 +573,29 @@ mod tests {
         let (_, shape, data, _) = raw_tensor(&bytes, "user_factors");
         assert_eq!(shape, vec![7, 5]);
         assert_eq!(read_f32(&data), model.user_factors().as_slice());
+    }
+
+    #[test]
+    fn f32_files_round_trip_and_declare_their_user_rows() {
+        let (u, i) = ([1.0f32, 2.0, 3.0, 4.0], [5.0f32, 6.0]);
+        let bytes = encode_f32(
+            "bespoke.test.v1",
+            &["users"],
+            &[("users", vec![2, 2], &u), ("items", vec![2], &i)],
+            &[("lambda", "3".to_owned())],
+        );
+        let f = "test.safetensors";
+        assert_eq!(
+            decode_f32(&bytes, f, "bespoke.test.v1", "users").unwrap(),
+            (vec![2, 2], u.to_vec())
+        );
+        assert!(decode_f32(&bytes, f, "bespoke.other.v1", "users").is_err());
+        check_user_rows(&[(f, &bytes)], 2).unwrap();
+        let zeroed = zero_user_rows(&bytes, f, 1).unwrap().unwrap();
+        let (_, users) = decode_f32(&zeroed, f, "bespoke.test.v1", "users").unwrap();
+        assert_eq!(users, [1.0, 2.0, 0.0, 0.0]);
+        let (_, items) = decode_f32(&zeroed, f, "bespoke.test.v1", "items").unwrap();
+        assert_eq!(items, i);
     }
 
     #[test]

@@ -1,14 +1,21 @@
 //! Trained models: their files ([`artifact`]), how they are trained from the store
 //! ([`training`]) and how they serve ([`serving`]).
 
+pub mod als;
 pub mod artifact;
+pub mod bpr;
 pub mod content;
+pub mod ease;
+pub mod knn;
+pub mod meta;
+pub mod model;
 pub mod serving;
 pub mod training;
 pub mod tuning;
 
 use bespoke_store::Store;
 
+pub use meta::{META_VERSION, ModelMeta};
 pub use serving::{LoadError, ServingModel};
 pub use training::{Progress, Snapshot, Trained};
 
@@ -18,36 +25,19 @@ pub fn save(
     snapshot: &Snapshot,
     trained: &Trained,
 ) -> bespoke_store::Result<u64> {
-    let als = artifact::encode_als(&trained.als);
-    let knn = artifact::encode_knn(&trained.knn);
     let users = artifact::encode_keys(&snapshot.user_keys);
     let items = artifact::encode_keys(&snapshot.item_keys);
-    let lambda = trained.meta["params"]["ease"]["lambda"]
-        .as_f64()
-        .unwrap_or(0.0);
-    let ease = trained
-        .ease
-        .as_ref()
-        .map(|e| artifact::encode_ease(e, lambda));
-    let mut files: Vec<(&str, &[u8])> = vec![
-        (artifact::ALS_FILE, &als),
-        (artifact::KNN_FILE, &knn),
-        (artifact::USERS_FILE, &users),
-        (artifact::ITEMS_FILE, &items),
-    ];
-    if let Some(e) = &ease {
-        files.push((artifact::EASE_FILE, e));
+    let mut owned: Vec<(&str, Vec<u8>)> =
+        vec![(artifact::USERS_FILE, users), (artifact::ITEMS_FILE, items)];
+    for model in trained.models.values() {
+        owned.extend(model.encode());
     }
-    let bpr = trained.bpr.as_ref().map(artifact::encode_bpr);
-    if let Some(b) = &bpr {
-        files.push((artifact::BPR_FILE, b));
+    if let Some(c) = &trained.content {
+        owned.push((content::CONTENT_FILE, c.encode()));
     }
-    let content = trained.content.as_ref().map(|c| c.encode());
-    if let Some(c) = &content {
-        files.push((content::CONTENT_FILE, c));
-    }
+    let files: Vec<(&str, &[u8])> = owned.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     // A file that does not say which of its rows are users could not be erased from.
     artifact::check_user_rows(&files, snapshot.user_keys.len())
         .map_err(|e| bespoke_store::Error::Corrupt(e.to_string()))?;
-    store.save_model(&files, &trained.meta)
+    store.save_model(&files, &trained.meta.to_value())
 }

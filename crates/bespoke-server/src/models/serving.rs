@@ -1,6 +1,7 @@
 //! A trained model loaded for serving: iALS with exact per-user fold-in and explanations,
 //! item-kNN, and the mapping between model rows and the store's item ids.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bespoke_algo::{
@@ -9,12 +10,13 @@ use bespoke_algo::{
 use bespoke_store::Store;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use serde_json::Value;
 
-use super::artifact::{self, ALS_FILE, BPR_FILE, EASE_FILE, ITEMS_FILE, KNN_FILE};
+use super::artifact::{self, ITEMS_FILE};
 use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
-use super::tuning::Serve;
-use bespoke_algo::{BprParams, Recency};
+use super::meta::{MetaError, ModelMeta};
+use super::model::{REGISTRY, Scorer};
+use super::tuning::{Recencies, Serve};
+use bespoke_algo::{BprParams, ModelKind, Recency};
 
 /// Marks a store item that the model does not know.
 const NONE: u32 = u32::MAX;
@@ -28,6 +30,14 @@ pub enum LoadError {
     /// A file is malformed.
     #[error(transparent)]
     Artifact(#[from] artifact::ArtifactError),
+    /// `meta.json` is malformed or newer than this build.
+    #[error("model version {version}: {source}")]
+    Meta {
+        /// The version.
+        version: u64,
+        /// What is wrong.
+        source: MetaError,
+    },
     /// The files disagree with each other.
     #[error("model version {version}: {message}")]
     Inconsistent {
@@ -61,7 +71,7 @@ thread_local! {
 }
 
 impl AlsServing {
-    fn new(model: &Als, cache_capacity: usize) -> Self {
+    pub(crate) fn new(model: &Als, cache_capacity: usize) -> Self {
         let items = model.item_factors().clone();
         let d = items.dim();
         let mut unit = Vec::with_capacity(items.as_slice().len());
@@ -154,6 +164,11 @@ impl AlsServing {
         })
     }
 
+    /// The factor dimension.
+    pub fn dim(&self) -> usize {
+        self.scorer.items().dim()
+    }
+
     /// The factors of model item `item`.
     pub fn item_vector(&self, item: u32) -> &[f32] {
         self.scorer.items().row(item as usize)
@@ -180,9 +195,10 @@ impl AlsServing {
 /// user step (items fixed), so it follows every event without retraining.
 #[derive(Debug)]
 pub struct BprServing {
-    model: bespoke_algo::Bpr,
-    scorer: ItemScorer,
-    params: BprParams,
+    pub(crate) model: bespoke_algo::Bpr,
+    /// Item factors with the bias as a last column.
+    pub(crate) scorer: ItemScorer,
+    pub(crate) params: BprParams,
 }
 
 impl BprServing {
@@ -220,7 +236,7 @@ impl BprServing {
 /// Item-kNN, ready to serve.
 #[derive(Debug)]
 pub struct KnnServing {
-    model: ItemKnn,
+    pub(crate) model: ItemKnn,
 }
 
 impl KnnServing {
@@ -263,22 +279,24 @@ pub struct ServingModel {
     /// Its version.
     pub version: u64,
     /// Its metadata.
-    pub meta: Value,
-    /// iALS.
-    pub als: AlsServing,
-    /// Item-kNN.
-    pub knn: KnnServing,
-    /// EASE, when it was trained.
-    pub ease: Option<bespoke_algo::Ease>,
+    pub meta: ModelMeta,
+    /// Every model of the version, by kind, as [`REGISTRY`] loaded them.
+    pub models: BTreeMap<ModelKind, Arc<dyn Scorer>>,
+    /// iALS (a typed view of `models`, for the serving code written against it).
+    pub als: Arc<AlsServing>,
+    /// Item-kNN (a typed view of `models`).
+    pub knn: Arc<KnnServing>,
+    /// EASE, when it was trained (a typed view of `models`).
+    pub ease: Option<Arc<bespoke_algo::Ease>>,
     /// The hybrid content model and the items without events it places.
     pub content: Option<ContentServing>,
-    /// BPR, when it was trained.
-    pub bpr: Option<BprServing>,
+    /// BPR, when it was trained (a typed view of `models`).
+    pub bpr: Option<Arc<BprServing>>,
     /// What `model=auto` serves (from tuning; iALS otherwise).
     pub serve: Serve,
-    /// The recency weighting each model was trained with (`als`, `knn`, `ease`), applied to a
-    /// user's history when serving too.
-    pub recency: [Recency; 3],
+    /// The recency weighting each model was trained with, applied to a user's history when
+    /// serving too.
+    pub recency: Recencies,
     item_keys: Vec<String>,
     store_to_model: Vec<u32>,
     model_to_store: Vec<u32>,
@@ -299,28 +317,41 @@ impl ServingModel {
             .find(|m| m.version == version)
             .ok_or(bespoke_store::Error::UnknownModel(version))?
             .meta;
-        let als = artifact::decode_als(&store.read_model_file(version, ALS_FILE)?)?;
-        let knn = artifact::decode_knn(&store.read_model_file(version, KNN_FILE)?)?;
+        let meta =
+            ModelMeta::from_value(meta).map_err(|source| LoadError::Meta { version, source })?;
         let item_keys =
             artifact::decode_keys(&store.read_model_file(version, ITEMS_FILE)?, ITEMS_FILE)?;
-        // Trained only for small catalogs: the metadata says whether this version has it.
-        let ease = if meta["params"]["ease"].is_object() {
-            Some(artifact::decode_ease(
-                &store.read_model_file(version, EASE_FILE)?,
-            )?)
-        } else {
-            None
-        };
-        if ease
-            .as_ref()
-            .is_some_and(|e| e.n_items() != item_keys.len())
-        {
-            return Err(LoadError::Inconsistent {
-                version,
-                message: "EASE's size differs from the item keys".into(),
-            });
+        let inconsistent = |message: String| LoadError::Inconsistent { version, message };
+        let mut models: BTreeMap<ModelKind, Arc<dyn Scorer>> = BTreeMap::new();
+        for family in REGISTRY {
+            let kind = family.kind();
+            // The metadata says which models this version holds (EASE and BPR are optional).
+            if !meta.models.contains(&kind) {
+                continue;
+            }
+            let files = (family.files().iter())
+                .map(|f| store.read_model_file(version, f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let artifact = family.decode(&files)?;
+            if artifact.n_items() != item_keys.len() {
+                return Err(inconsistent(format!(
+                    "{} item keys, {} {kind} items",
+                    item_keys.len(),
+                    artifact.n_items()
+                )));
+            }
+            models.insert(kind, artifact.into_scorer(&meta, cache_capacity));
         }
-        let content = if meta["params"]["content"].is_object() {
+        let view = |kind: ModelKind| models.get(&kind).map(|m| m.clone().into_any());
+        let als = view(ModelKind::Als)
+            .and_then(|m| m.downcast::<AlsServing>().ok())
+            .ok_or_else(|| inconsistent("no iALS model".into()))?;
+        let knn = view(ModelKind::Knn)
+            .and_then(|m| m.downcast::<KnnServing>().ok())
+            .ok_or_else(|| inconsistent("no item-kNN model".into()))?;
+        let ease = view(ModelKind::Ease).and_then(|m| m.downcast::<bespoke_algo::Ease>().ok());
+        let bpr = view(ModelKind::Bpr).and_then(|m| m.downcast::<BprServing>().ok());
+        let content = if meta.models.contains(&ModelKind::Content) {
             Some(ContentServing::new(ContentModel::decode(
                 &store.read_model_file(version, CONTENT_FILE)?,
             )?))
@@ -328,59 +359,22 @@ impl ServingModel {
             None
         };
         if let Some(side) = content.as_ref().and_then(|c| c.model.items.as_ref())
-            && side.ridge.d_out() != als.item_factors().dim()
+            && side.ridge.d_out() != als.dim()
         {
-            return Err(LoadError::Inconsistent {
-                version,
-                message: "the content model's factors differ from iALS's".into(),
-            });
+            return Err(inconsistent(
+                "the content model's factors differ from iALS's".into(),
+            ));
         }
-        let inconsistent = |message: String| LoadError::Inconsistent { version, message };
-        if als.item_factors().rows() != item_keys.len() || knn.n_items() != item_keys.len() {
-            return Err(inconsistent(format!(
-                "{} item keys, {} iALS item rows, {} kNN items",
-                item_keys.len(),
-                als.item_factors().rows(),
-                knn.n_items()
-            )));
-        }
-        let bpr = if meta["params"]["bpr"].is_object() {
-            let model = artifact::decode_bpr(&store.read_model_file(version, BPR_FILE)?)?;
-            if model.item_factors().rows() != item_keys.len() {
-                return Err(LoadError::Inconsistent {
-                    version,
-                    message: "BPR's items differ from the item keys".into(),
-                });
-            }
-            let p = &meta["params"]["bpr"];
-            Some(BprServing {
-                scorer: ItemScorer::new(model.item_factors_with_bias()),
-                params: BprParams {
-                    factors: model.item_factors().dim(),
-                    learning_rate: p["learning_rate"].as_f64().unwrap_or(0.05) as f32,
-                    regularization: p["regularization"].as_f64().unwrap_or(0.01) as f32,
-                    iterations: 0,
-                    seed: p["seed"].as_u64().unwrap_or(0),
-                },
-                model,
-            })
-        } else {
-            None
-        };
-        let serve: Serve = serde_json::from_value(meta["serve"].clone())
-            .unwrap_or_else(|_| Serve::Single("als".into()));
-        let recency_of = |name: &str| {
-            serde_json::from_value::<Recency>(meta["params"][name]["recency"].clone())
-                .unwrap_or(Recency::OFF)
-        };
-        let recency = [recency_of("als"), recency_of("knn"), recency_of("ease")];
+        let serve: Serve = meta.serve.clone();
+        let recency = meta.params.recencies();
         let mut model = Self {
             version,
             serve,
             recency,
             meta,
-            als: AlsServing::new(&als, cache_capacity),
-            knn: KnnServing { model: knn },
+            models,
+            als,
+            knn,
             ease,
             content,
             bpr,
@@ -459,13 +453,25 @@ impl ServingModel {
             .filter(|&s| s != NONE)
     }
 
-    /// The recency weighting of model `name` (`als`, `knn`, `ease`).
+    /// The scorer of `kind` (of its family for the kNN variants), when this version has it:
+    /// what new serving code should use instead of the typed fields.
+    pub fn scorer(&self, kind: ModelKind) -> Option<&dyn Scorer> {
+        self.models.get(&kind.family()).map(|s| s.as_ref())
+    }
+
+    /// The recency weighting `kind` was trained with, to apply to a history it scores.
+    pub fn recency(&self, kind: ModelKind) -> Recency {
+        self.recency.get(kind)
+    }
+
+    /// The recency weighting of model `name` (`als`, `knn` and its variants, `ease`; iALS's
+    /// for any other name, as serving has always read it).
     pub fn recency_of(&self, name: &str) -> Recency {
-        match name {
-            "knn" => self.recency[1],
-            "ease" => self.recency[2],
-            _ => self.recency[0],
-        }
+        let kind = match name.parse::<ModelKind>().map(ModelKind::family) {
+            Ok(k @ (ModelKind::Knn | ModelKind::Ease)) => k,
+            _ => ModelKind::Als,
+        };
+        self.recency.get(kind)
     }
 
     /// Number of items the model knows.

@@ -16,17 +16,20 @@ use std::time::Instant;
 
 use bespoke_algo::eval::MetricSums;
 use bespoke_algo::{
-    Als, AlsParams, Bag, Bpr, BprParams, Csr, Ease, ItemKnn, ItemScorer, IterationReport, Recency,
-    ScoreScratch, Similarity, TopK,
+    Als, Bag, Bpr, BprParams, Csr, ItemKnn, ItemScorer, IterationReport, ModelKind, Recency,
+    ScoreScratch, TopK,
 };
 use bespoke_store::Store;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::content::{ContentModel, attribute_bag, item_bag};
-use super::tuning::{Serve, Tuned};
+use super::ease::EaseArtifact;
+use super::meta::{self, DataMeta, ModelMeta, ParamsMeta};
+use super::model::{Artifact, FitContext, ModelFamily, REGISTRY};
+use super::tuning::{Recencies, Serve, Tuned};
 use crate::engine::Weights;
-use crate::settings::{KnnSimilarity, Settings, TrainingSettings};
+use crate::settings::{Settings, TrainingSettings};
 use bespoke_algo::tune::Blend;
 
 /// Interactions read per store round trip.
@@ -341,107 +344,118 @@ pub enum Progress<'a> {
 }
 
 /// The models of one training run and their metadata.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Trained {
-    /// iALS.
-    pub als: Als,
-    /// Item-kNN.
-    pub knn: ItemKnn,
-    /// EASE, when the catalog is small enough (`training.ease_max_items`).
-    pub ease: Option<Ease>,
+    /// Every model trained, by kind (see [`REGISTRY`]); iALS and item-kNN always are.
+    pub models: BTreeMap<ModelKind, Box<dyn Artifact>>,
     /// The hybrid content model, when configured and the data has content.
     pub content: Option<ContentModel>,
-    /// BPR, with `training.bpr`.
-    pub bpr: Option<Bpr>,
     /// Metadata (`meta.json`).
-    pub meta: Value,
+    pub meta: ModelMeta,
 }
 
-fn als_params(t: &TrainingSettings) -> AlsParams {
-    AlsParams {
-        factors: t.factors,
-        iterations: t.iterations,
-        regularization: t.regularization,
-        alpha: t.alpha,
-        cg_steps: t.cg_steps,
-        seed: t.seed,
-        compute_loss: true,
+impl Trained {
+    /// The trained model of `kind` as its concrete type.
+    pub fn model<T: 'static>(&self, kind: ModelKind) -> Option<&T> {
+        downcast(&self.models, kind)
     }
 }
 
-fn similarity(t: &TrainingSettings) -> Similarity {
-    match t.knn_similarity {
-        KnnSimilarity::Cosine => Similarity::Cosine,
-        KnnSimilarity::Bm25 => Similarity::Bm25 { k1: 1.2, b: 0.75 },
-        KnnSimilarity::Rp3 => Similarity::Rp3Beta {
-            alpha: t.rp3_alpha,
-            beta: t.rp3_beta,
-        },
-    }
+fn downcast<T: 'static>(
+    models: &BTreeMap<ModelKind, Box<dyn Artifact>>,
+    kind: ModelKind,
+) -> Option<&T> {
+    models.get(&kind)?.as_any().downcast_ref()
 }
 
-/// The training matrices of one run: iALS's (signed), item-kNN's and EASE's (positive only),
-/// each with its model's recency weighting.
-struct Matrices {
-    als: Csr,
-    knn: Csr,
-    ease: Csr,
+/// The training matrices of one set of pairs, each built once per recency weighting and
+/// sign (iALS keeps negative pairs, the others train on positive ones).
+struct Matrices<'a> {
+    snapshot: &'a Snapshot,
+    pairs: &'a [Pair],
+    built: Vec<(Recency, bool, Csr)>,
 }
 
-impl Matrices {
-    fn new(snapshot: &Snapshot, pairs: &[Pair], recency: &[Recency; 3]) -> Self {
+impl<'a> Matrices<'a> {
+    fn new(snapshot: &'a Snapshot, pairs: &'a [Pair]) -> Self {
         Self {
-            als: snapshot.matrix_of(pairs, recency[0], false),
-            knn: snapshot.matrix_of(pairs, recency[1], true),
-            ease: snapshot.matrix_of(pairs, recency[2], true),
+            snapshot,
+            pairs,
+            built: Vec::new(),
         }
     }
+
+    /// Builds the matrix under `recency`, signed or positive only, unless built already.
+    fn ensure(&mut self, recency: Recency, signed: bool) {
+        if self.find(recency, signed).is_none() {
+            let m = self.snapshot.matrix_of(self.pairs, recency, !signed);
+            self.built.push((recency, signed, m));
+        }
+    }
+
+    fn find(&self, recency: Recency, signed: bool) -> Option<&Csr> {
+        (self.built.iter())
+            .find(|b| b.0 == recency && b.1 == signed)
+            .map(|b| &b.2)
+    }
+
+    /// The matrix `family` trains on.
+    fn of(&mut self, family: &dyn ModelFamily, recency: &Recencies) -> &Csr {
+        let (r, signed) = (recency.get(family.matrix_of()), family.signed());
+        self.ensure(r, signed);
+        self.find(r, signed).expect("built above")
+    }
 }
 
+/// Fits every family of [`REGISTRY`] this run trains; with the seconds each took.
 fn fit(
     snapshot: &Snapshot,
-    m: &Matrices,
+    m: &mut Matrices<'_>,
     t: &TrainingSettings,
+    recency: &Recencies,
     label: &str,
     progress: &mut dyn FnMut(Progress<'_>),
-) -> (Als, ItemKnn, Option<Ease>, [f64; 3]) {
-    let user_seeds: Vec<u64> = snapshot
-        .user_keys
-        .iter()
-        .map(|k| key_seed(k, t.seed))
-        .collect();
-    let item_seeds: Vec<u64> = snapshot
-        .item_keys
-        .iter()
-        .map(|k| key_seed(k, t.seed ^ 1))
-        .collect();
-    let started = Instant::now();
-    let als = Als::fit_seeded(&m.als, als_params(t), &user_seeds, &item_seeds, |report| {
-        progress(Progress::Iteration {
-            fit: label,
-            report,
-            total: t.iterations,
-        })
-    });
-    let als_s = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let knn = ItemKnn::fit(&m.knn, similarity(t), t.knn_k);
-    let knn_s = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let n_items = m.ease.n_cols();
-    let ease = if n_items > 0 && n_items <= t.ease_max_items {
-        progress(Progress::Stage("training EASE"));
-        Ease::fit(&m.ease, t.ease_lambda, t.ease_max_items).ok()
-    } else {
-        None
-    };
-    (
-        als,
-        knn,
-        ease,
-        [als_s, knn_s, started.elapsed().as_secs_f64()],
-    )
+) -> (
+    BTreeMap<ModelKind, Box<dyn Artifact>>,
+    BTreeMap<ModelKind, f64>,
+) {
+    let mut models = BTreeMap::new();
+    let mut seconds = BTreeMap::new();
+    for family in REGISTRY {
+        let kind = family.kind();
+        if !family.trains(t, snapshot.item_keys.len()) {
+            continue;
+        }
+        let x = m.of(*family, recency);
+        let started = Instant::now();
+        let mut ctx = FitContext {
+            snapshot,
+            settings: t,
+            label,
+            progress: &mut *progress,
+        };
+        match family.fit(x, &mut ctx) {
+            Ok(a) => {
+                models.insert(kind, a);
+            }
+            // A model that cannot be fitted on this data (EASE's system not positive
+            // definite, say) is left out of the version; serving falls back without it.
+            Err(e) => tracing::warn!(target: "train::models", error = %e, "model not trained"),
+        }
+        seconds.insert(kind, started.elapsed().as_secs_f64());
+    }
+    (models, seconds)
 }
+
+/// The matrices evaluation reads histories from.
+struct EvalMatrices<'a> {
+    als: &'a Csr,
+    knn: &'a Csr,
+    ease: &'a Csr,
+}
+
+/// The name evaluation reports what `model=auto` serves under.
+const AUTO: &str = "auto";
 
 /// Candidates each model ranks per held-out user (a blend needs more than the 100 scored).
 const EVAL_CANDIDATES: usize = bespoke_algo::tune::BLEND_CANDIDATES;
@@ -450,7 +464,7 @@ const EVAL_CANDIDATES: usize = bespoke_algo::tune::BLEND_CANDIDATES;
 fn evaluate(
     snapshot: &Snapshot,
     t: &TrainingSettings,
-    recency: &[Recency; 3],
+    recency: &Recencies,
     serve: Option<&Serve>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Value {
@@ -458,16 +472,29 @@ fn evaluate(
     if test.is_empty() {
         return json!({ "note": "no user has enough positive interactions to hold some out" });
     }
-    let m = Matrices::new(snapshot, &train_pairs, recency);
-    let (als, knn, ease, _) = fit(snapshot, &m, t, "evaluation", progress);
+    let mut matrices = Matrices::new(snapshot, &train_pairs);
+    let (models, _) = fit(snapshot, &mut matrices, t, recency, "evaluation", progress);
+    let als: &Als = downcast(&models, ModelKind::Als).expect("iALS always trains");
+    let knn: &ItemKnn = downcast(&models, ModelKind::Knn).expect("item-kNN always trains");
+    let ease = downcast::<EaseArtifact>(&models, ModelKind::Ease).map(|e| &e.model);
     // BPR is scored with the user factors it learned (serving folds a history in with BPR's
     // own user step, which approximates them).
-    let bpr = t.bpr.then(|| {
-        progress(Progress::Stage("training BPR"));
-        let model = Bpr::fit(&m.knn, bpr_params(t));
-        let scorer = ItemScorer::new(model.item_factors_with_bias());
-        (model, scorer)
-    });
+    let bpr = downcast::<Bpr>(&models, ModelKind::Bpr)
+        .map(|model| (model, ItemScorer::new(model.item_factors_with_bias())));
+    // The matrices each model was trained on, for the users' histories.
+    let (ra, rk, re) = (
+        recency.get(ModelKind::Als),
+        recency.get(ModelKind::Knn),
+        recency.get(ModelKind::Ease),
+    );
+    matrices.ensure(ra, true);
+    matrices.ensure(rk, false);
+    matrices.ensure(re, false);
+    let m = EvalMatrices {
+        als: matrices.find(ra, true).expect("built above"),
+        knn: matrices.find(rk, false).expect("built above"),
+        ease: matrices.find(re, false).expect("built above"),
+    };
     progress(Progress::Stage("scoring held-out interactions"));
     let scorer = ItemScorer::new(als.item_factors().clone());
     let solver = als.user_solver();
@@ -478,8 +505,21 @@ fn evaluate(
             popularity[i as usize] += 1.0;
         }
     }
-    const MODELS: usize = 6;
-    let new_sums = || -> [MetricSums; MODELS] { std::array::from_fn(|_| MetricSums::new(n_items)) };
+    // Metrics by the name each is reported under: the models evaluated and `auto`.
+    let mut names = vec![
+        ModelKind::Als.name(),
+        ModelKind::Knn.name(),
+        ModelKind::Popular.name(),
+    ];
+    names.extend(ease.map(|_| ModelKind::Ease.name()));
+    names.extend(bpr.as_ref().map(|_| ModelKind::Bpr.name()));
+    names.push(AUTO);
+    let new_sums = || -> BTreeMap<&'static str, MetricSums> {
+        names
+            .iter()
+            .map(|&n| (n, MetricSums::new(n_items)))
+            .collect()
+    };
     let sums = test
         .par_iter()
         .fold(
@@ -502,12 +542,12 @@ fn evaluate(
                     is.iter().copied().zip(ws.iter().copied()).collect()
                 };
                 // iALS serves exact fold-in vectors, so it is evaluated with them too.
-                let als_list = match solver.solve(&row(&m.als)) {
+                let als_list = match solver.solve(&row(m.als)) {
                     Some(v) => scorer.top_k(&v.x, EVAL_CANDIDATES, keep, &mut scratch),
                     None => Vec::new(),
                 };
                 let knn_list = knn.recommend(
-                    &row(&m.knn),
+                    &row(m.knn),
                     EVAL_CANDIDATES,
                     keep,
                     &mut scores,
@@ -521,44 +561,50 @@ fn evaluate(
                     }
                 }
                 let pop_list = top.drain_sorted();
-                let ease_list = match &ease {
+                let ease_list = match ease {
                     Some(e) => {
-                        e.recommend(&row(&m.ease), EVAL_CANDIDATES, keep, &mut scores, &mut top)
+                        e.recommend(&row(m.ease), EVAL_CANDIDATES, keep, &mut scores, &mut top)
                     }
                     None => Vec::new(),
                 };
                 let ids = |l: &[bespoke_algo::Scored]| -> Vec<u32> {
                     l.iter().take(100).map(|s| s.idx).collect()
                 };
-                sums[0].add(&ids(&als_list), items);
-                sums[1].add(&ids(&knn_list), items);
-                sums[2].add(&ids(&pop_list), items);
-                if ease.is_some() {
-                    sums[3].add(&ids(&ease_list), items);
-                }
+                let mut add = |name: &str, list: &[bespoke_algo::Scored]| {
+                    if let Some(s) = sums.get_mut(name) {
+                        s.add(&ids(list), items);
+                    }
+                };
+                add(ModelKind::Als.name(), &als_list);
+                add(ModelKind::Knn.name(), &knn_list);
+                add(ModelKind::Popular.name(), &pop_list);
+                add(ModelKind::Ease.name(), &ease_list);
                 if let Some((model, scorer)) = &bpr {
                     let v = model.user_vector_with_bias(u);
-                    sums[5].add(&ids(&scorer.top_k(&v, 100, keep, &mut scratch)), items);
+                    add(
+                        ModelKind::Bpr.name(),
+                        &scorer.top_k(&v, 100, keep, &mut scratch),
+                    );
                 }
-                let list = |name: &str| match name {
-                    "ease" => &ease_list,
-                    "knn" => &knn_list,
+                let list = |kind: ModelKind| match kind {
+                    ModelKind::Ease => &ease_list,
+                    ModelKind::Knn => &knn_list,
                     _ => &als_list,
                 };
                 let auto = match serve {
                     Some(Serve::Blend { models, weight }) => {
-                        Blend { weight: *weight }.combine(list(&models[0]), list(&models[1]), 100)
+                        Blend { weight: *weight }.combine(list(models[0]), list(models[1]), 100)
                     }
-                    Some(Serve::Single(name)) => list(name).clone(),
+                    Some(Serve::Single(kind)) => list(*kind).clone(),
                     None => als_list.clone(),
                 };
-                sums[4].add(&ids(&auto), items);
+                add(AUTO, &auto);
                 (sums, scratch, scores, touched, top)
             },
         )
         .map(|(sums, ..)| sums)
         .reduce(new_sums, |mut a, b| {
-            for (x, y) in a.iter_mut().zip(&b) {
+            for (x, y) in a.values_mut().zip(b.values()) {
                 x.merge(y);
             }
             a
@@ -572,16 +618,9 @@ fn evaluate(
     let mut out = json!({
         "protocol": "latest 20% of positive pairs held out per user with >= 5; implicit_bench metrics",
         "eval_users": test.len(),
-        "als": round(sums[0].means()),
-        "knn": round(sums[1].means()),
-        "popular": round(sums[2].means()),
-        "auto": round(sums[4].means()),
     });
-    if ease.is_some() {
-        out["ease"] = round(sums[3].means());
-    }
-    if bpr.is_some() {
-        out["bpr"] = round(sums[5].means());
+    for (name, s) in sums {
+        out[name] = round(s.means());
     }
     out
 }
@@ -606,72 +645,74 @@ pub fn train(
         Value::Null
     };
     progress(Progress::Stage("training on all data"));
-    let m = Matrices::new(snapshot, &snapshot.pairs, &recency);
-    let (als, knn, ease, [als_s, knn_s, ease_s]) = fit(snapshot, &m, t, "final", progress);
+    let mut matrices = Matrices::new(snapshot, &snapshot.pairs);
+    let (models, seconds) = fit(snapshot, &mut matrices, t, &recency, "final", progress);
+    let als: &Als = downcast(&models, ModelKind::Als).expect("iALS always trains");
     let started_content = Instant::now();
     let content = t
         .content
         .then(|| {
             progress(Progress::Stage("training the content model"));
-            fit_content(snapshot, &als, t)
+            fit_content(snapshot, als, t)
         })
         .filter(|c| c.items.is_some() || c.users.is_some());
     let content_s = started_content.elapsed().as_secs_f64();
-    let started_bpr = Instant::now();
-    let bpr = t.bpr.then(|| {
-        progress(Progress::Stage("training BPR"));
-        Bpr::fit(&m.knn, bpr_params(t))
-    });
-    let bpr_s = started_bpr.elapsed().as_secs_f64();
-    let on = |r: Recency| r.is_on().then_some(r);
-    let meta = json!({
-        "format": "bespoke.model.v1",
-        "created_at": crate::time::format_rfc3339(crate::engine::now_ms()),
-        "data": {
-            "watermark_seq": snapshot.watermark,
-            "snapshot_at_ms": snapshot.read_at,
-            "events": snapshot.events,
-            "users": snapshot.user_keys.len(),
-            "items": snapshot.item_keys.len(),
-            "pairs": m.als.nnz(),
+    let mut params = ParamsMeta {
+        content: content
+            .as_ref()
+            .map(|c| c.describe(t.content_params().lambda)),
+        half_life_days: t.half_life_days,
+        event_weights: settings.events.weights.clone(),
+        ..ParamsMeta::default()
+    };
+    let mut kinds: Vec<ModelKind> = models.keys().copied().collect();
+    for family in REGISTRY.iter().filter(|f| models.contains_key(&f.kind())) {
+        family.record(t, &recency, &mut params);
+    }
+    if content.is_some() {
+        kinds.push(ModelKind::Content);
+    }
+    // Every family has a time, 0 when it was not trained, as versions always had.
+    let mut training_seconds: BTreeMap<String, f64> = (REGISTRY.iter())
+        .map(|f| {
+            (
+                f.kind().to_string(),
+                seconds.get(&f.kind()).copied().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    training_seconds.insert(ModelKind::Content.to_string(), content_s);
+    training_seconds.insert("total".to_owned(), started.elapsed().as_secs_f64());
+    let meta = ModelMeta {
+        meta_version: meta::META_VERSION,
+        format: meta::FORMAT.to_owned(),
+        created_at: crate::time::format_rfc3339(crate::engine::now_ms()),
+        data: DataMeta {
+            watermark_seq: snapshot.watermark,
+            snapshot_at_ms: snapshot.read_at,
+            events: snapshot.events,
+            users: snapshot.user_keys.len(),
+            items: snapshot.item_keys.len(),
+            // iALS's matrix holds every pair.
+            pairs: (matrices.find(recency.get(ModelKind::Als), true)).map_or(0, Csr::nnz),
         },
-        "params": {
-            "als": { "factors": t.factors, "iterations": t.iterations, "regularization": t.regularization,
-                     "alpha": t.alpha, "cg_steps": t.cg_steps, "seed": t.seed, "recency": on(recency[0]) },
-            "knn": { "k": t.knn_k, "similarity": t.knn_similarity, "recency": on(recency[1]),
-                     "rp3": (t.knn_similarity == KnnSimilarity::Rp3).then(|| json!({"alpha": t.rp3_alpha, "beta": t.rp3_beta})) },
-            "ease": ease.as_ref().map(|_| json!({ "lambda": t.ease_lambda, "recency": on(recency[2]) })),
-            "content": content.as_ref().map(|c| c.describe(t.content_lambda)),
-            "bpr": bpr.as_ref().map(|_| json!({"factors": t.bpr_factors, "learning_rate": t.bpr_learning_rate,
-                "regularization": t.bpr_regularization, "iterations": t.bpr_iterations, "seed": t.seed,
-                "recency": on(recency[1])})),
-            "half_life_days": t.half_life_days,
-            "event_weights": settings.events.weights,
-        },
-        "serve": serve.cloned().unwrap_or(Serve::Single("als".into())),
-        "tuning": tuned,
-        "training_seconds": { "als": als_s, "knn": knn_s, "ease": ease_s, "content": content_s, "bpr": bpr_s, "total": started.elapsed().as_secs_f64() },
-        "metrics": metrics,
-    });
+        models: kinds,
+        params,
+        serve: serve.cloned().unwrap_or_default(),
+        tuning: tuned.cloned(),
+        training_seconds,
+        metrics,
+    };
     Trained {
-        als,
-        knn,
-        ease,
+        models,
         content,
-        bpr,
         meta,
     }
 }
 
 /// BPR's hyperparameters from the settings (trained on item-kNN's positive matrix).
 pub fn bpr_params(t: &TrainingSettings) -> BprParams {
-    BprParams {
-        factors: t.bpr_factors,
-        learning_rate: t.bpr_learning_rate,
-        regularization: t.bpr_regularization,
-        iterations: t.bpr_iterations,
-        seed: t.seed,
-    }
+    t.bpr_params()
 }
 
 /// The hybrid model: the vocabulary of items from the whole catalog (items without events

@@ -10,27 +10,58 @@
 //! survives restarts and is used until the next tuning. `model=auto` (the default
 //! `serving.default_model`) serves what tuning chose.
 
-use bespoke_algo::tune::{self, Config, SearchParams};
-use bespoke_algo::{Csr, Recency};
+use std::collections::BTreeMap;
+
+use bespoke_algo::tune::{self, Config, SearchParams, TuneError};
+use bespoke_algo::{Csr, ModelKind, Recency};
 use serde::{Deserialize, Serialize};
 
 use super::training::{Progress, Snapshot};
-use crate::settings::{KnnSimilarity, Settings};
+use crate::settings::Settings;
 
 /// What tuning chose to serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Serve {
     /// One model: `als`, `ease` or `knn`.
-    Single(String),
+    Single(ModelKind),
     /// Two models' scores, each divided by the user's top score, weighted `weight` and
     /// `1 - weight`.
     Blend {
         /// The two models (`als`, `ease`, `knn`).
-        models: [String; 2],
+        models: [ModelKind; 2],
         /// Weight of the first.
         weight: f32,
     },
+}
+
+impl Default for Serve {
+    /// iALS, what every version served before tuning existed.
+    fn default() -> Self {
+        Serve::Single(ModelKind::Als)
+    }
+}
+
+/// The recency weighting each model family was trained with (and that serving applies to a
+/// user's history); a family without an entry is unweighted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recencies(BTreeMap<ModelKind, Recency>);
+
+impl Recencies {
+    /// The weighting of `kind`'s family ([`Recency::OFF`] when none was set).
+    pub fn get(&self, kind: ModelKind) -> Recency {
+        self.0.get(&kind.family()).copied().unwrap_or(Recency::OFF)
+    }
+
+    /// Sets the weighting of `kind`'s family.
+    pub fn set(&mut self, kind: ModelKind, recency: Recency) {
+        self.0.insert(kind.family(), recency);
+    }
+
+    /// The weighting of `kind`, or `None` when it is off (how `meta.json` records it).
+    pub fn recorded(&self, kind: ModelKind) -> Option<Recency> {
+        Some(self.get(kind)).filter(|r| r.is_on())
+    }
 }
 
 /// A tuned model: its configuration and the recency weighting of its training data.
@@ -51,8 +82,9 @@ pub struct Tuned {
     pub budget: usize,
     /// When it ran (RFC 3339).
     pub tuned_at: String,
-    /// The best configuration of each servable model type: `als`, `ease`, `knn`.
-    pub models: Vec<(String, TunedModel)>,
+    /// The best configuration of each servable model type: `als`, `ease`, `knn` (pairs, as
+    /// `meta.json` has always held them).
+    pub models: Vec<(ModelKind, TunedModel)>,
     /// What `model=auto` serves.
     pub serve: Serve,
     /// Validation NDCG@10 of `serve`.
@@ -63,25 +95,24 @@ pub struct Tuned {
 
 impl Tuned {
     /// The tuned entry of a served model type (`als`, `ease`, `knn`).
-    pub fn model(&self, name: &str) -> Option<&TunedModel> {
-        self.models.iter().find(|m| m.0 == name).map(|m| &m.1)
+    pub fn model(&self, kind: ModelKind) -> Option<&TunedModel> {
+        self.models.iter().find(|m| m.0 == kind).map(|m| &m.1)
     }
 
-    /// Reads the `tuning` section of a model version's metadata.
-    pub fn from_meta(meta: &serde_json::Value) -> Option<Self> {
-        serde_json::from_value(meta.get("tuning")?.clone()).ok()
+    /// The tuning a model version was trained with, from its metadata.
+    pub fn from_meta(meta: &super::ModelMeta) -> Option<Self> {
+        meta.tuning.clone()
     }
 }
 
-/// The served model type a configuration belongs to.
-fn served_kind(c: &Config) -> Option<&'static str> {
-    match c {
-        Config::Als { .. } => Some("als"),
-        Config::Ease { .. } => Some("ease"),
-        Config::Cosine { .. } | Config::Bm25 { .. } | Config::Rp3 { .. } => Some("knn"),
-        _ => None,
-    }
+/// The served model family a configuration belongs to (`None` for those the server does not
+/// serve from tuning: BPR and popularity).
+fn served_kind(c: &Config) -> Option<ModelKind> {
+    Some(c.model_kind().family()).filter(|k| SERVED.contains(k))
 }
+
+/// The families tuning chooses among for `model=auto`.
+const SERVED: [ModelKind; 3] = [ModelKind::Als, ModelKind::Ease, ModelKind::Knn];
 
 /// Runs the search on `snapshot` (budget `budget`) and returns what it chose; `None` when no
 /// user has enough positive pairs to validate on.
@@ -90,16 +121,22 @@ pub fn tune(
     settings: &Settings,
     budget: usize,
     progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<Option<Tuned>, String> {
+) -> Result<Option<Tuned>, TuneError> {
     let t = &settings.training;
     let (train, valid) = snapshot.split_pairs();
     if valid.is_empty() {
         return Ok(None);
     }
-    let mut kinds: Vec<String> = ["als", "bm25", "cosine", "rp3"].map(str::to_owned).to_vec();
+    let mut kinds = vec![
+        ModelKind::Als,
+        ModelKind::Bm25,
+        ModelKind::Cosine,
+        ModelKind::Rp3,
+    ];
     if snapshot.item_keys.len() <= t.ease_max_items {
-        kinds.insert(1, "ease".to_owned());
+        kinds.insert(1, ModelKind::Ease);
     }
+    let kinds = kinds.iter().map(ModelKind::to_string).collect();
     let params = SearchParams {
         budget: budget.max(1),
         kinds,
@@ -136,17 +173,18 @@ pub fn tune(
             c.kind()
         )));
         validate(c, r)
-    })?;
-    let best = tune::best(&trials, &params).ok_or("no trial finished")?;
+    })
+    .map_err(TuneError::Search)?;
+    let best = tune::best(&trials, &params).ok_or(TuneError::NoTrial)?;
     // The best configuration of each servable type (the better of the two kNN similarities).
-    let mut models: Vec<(String, TunedModel)> = Vec::new();
+    let mut models: Vec<(ModelKind, TunedModel)> = Vec::new();
     for t in tune::best_per_kind(&trials, &params) {
         let Some(kind) = served_kind(&t.config) else {
             continue;
         };
         if models.iter().all(|m| m.0 != kind) {
             models.push((
-                kind.to_owned(),
+                kind,
                 TunedModel {
                     config: t.config.clone(),
                     recency: t.recency,
@@ -155,7 +193,7 @@ pub fn tune(
             ));
         }
     }
-    let mut serve = Serve::Single(served_kind(&best.config).unwrap_or("als").to_owned());
+    let mut serve = served_kind(&best.config).map_or_else(Serve::default, Serve::Single);
     let mut validation_ndcg = best.ndcg;
     // Blends of the best served types, pair by pair; kept when one beats the best single model.
     let members: Vec<(&Config, Recency)> =
@@ -178,7 +216,7 @@ pub fn tune(
     {
         validation_ndcg = ndcg;
         serve = Serve::Blend {
-            models: [models[i].0.clone(), models[j].0.clone()],
+            models: [models[i].0, models[j].0],
             weight: blend.weight,
         };
     }
@@ -200,49 +238,69 @@ pub fn tune(
 }
 
 /// The training settings with the tuned hyperparameters applied, and the recency of each
-/// model (`als`, `knn`, `ease`).
-pub fn apply(settings: &Settings, tuned: Option<&Tuned>) -> (Settings, [Recency; 3]) {
+/// model family.
+pub fn apply(settings: &Settings, tuned: Option<&Tuned>) -> (Settings, Recencies) {
     let mut s = settings.clone();
-    let mut recency = [Recency::OFF; 3];
+    let mut recency = Recencies::default();
     let Some(tuned) = tuned else {
         return (s, recency);
     };
     let t = &mut s.training;
-    if let Some(m) = tuned.model("als")
-        && let Config::Als {
-            factors,
-            regularization,
-            alpha,
-            iterations,
-            cg_steps,
-        } = m.config
-    {
-        (
-            t.factors,
-            t.regularization,
-            t.alpha,
-            t.iterations,
-            t.cg_steps,
-        ) = (factors, regularization, alpha, iterations, cg_steps);
-        recency[0] = m.recency;
-    }
-    if let Some(m) = tuned.model("knn") {
-        match m.config {
-            Config::Cosine { k } => (t.knn_similarity, t.knn_k) = (KnnSimilarity::Cosine, k),
-            Config::Bm25 { k } => (t.knn_similarity, t.knn_k) = (KnnSimilarity::Bm25, k),
-            Config::Rp3 { k, alpha, beta } => {
-                (t.knn_similarity, t.knn_k) = (KnnSimilarity::Rp3, k);
-                (t.rp3_alpha, t.rp3_beta) = (alpha, beta);
-            }
-            _ => {}
+    for kind in SERVED {
+        let Some(m) = tuned.model(kind) else { continue };
+        let applied = if let Some(p) = m.config.als_params(t.als_params()) {
+            t.set_als_params(&p);
+            true
+        } else if let Some(p) = m.config.knn_params(t.knn_params()) {
+            t.set_knn_params(&p);
+            true
+        } else if let Some(p) = m.config.ease_params() {
+            t.set_ease_params(&p);
+            true
+        } else {
+            false
+        };
+        if applied {
+            recency.set(kind, m.recency);
         }
-        recency[1] = m.recency;
-    }
-    if let Some(m) = tuned.model("ease")
-        && let Config::Ease { lambda } = m.config
-    {
-        t.ease_lambda = lambda;
-        recency[2] = m.recency;
     }
     (s, recency)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recencies_are_kept_per_family_and_recorded_only_when_on() {
+        let mut r = Recencies::default();
+        let on = Recency {
+            half_life: 5.0,
+            floor: 0.25,
+        };
+        r.set(ModelKind::Bm25, on);
+        // A kNN variant sets and reads the family's weighting.
+        assert_eq!(r.get(ModelKind::Knn), on);
+        assert_eq!(r.get(ModelKind::Rp3), on);
+        assert_eq!(r.recorded(ModelKind::Knn), Some(on));
+        assert_eq!(r.get(ModelKind::Als), Recency::OFF);
+        assert_eq!(r.recorded(ModelKind::Als), None);
+    }
+
+    #[test]
+    fn serve_keeps_its_json() {
+        let blend = Serve::Blend {
+            models: [ModelKind::Als, ModelKind::Ease],
+            weight: 0.5,
+        };
+        let json = serde_json::to_value(&blend).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"blend": {"models": ["als", "ease"], "weight": 0.5}})
+        );
+        assert_eq!(
+            serde_json::to_value(Serve::default()).unwrap(),
+            serde_json::json!({"single": "als"})
+        );
+    }
 }

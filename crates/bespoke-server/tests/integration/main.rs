@@ -11,6 +11,7 @@ mod erasure;
 mod events;
 mod http_hygiene;
 mod models;
+mod models_conformance;
 mod ops;
 mod privacy;
 mod serving;
