@@ -40,7 +40,7 @@ pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use decision::{
     DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
 };
-pub use error::{Error, Result};
+pub use error::{DecisionStoreError, Error, Result};
 pub use model::{
     Appended, Consent, ConsentUpdate, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert,
     NewEvent, Page, StoreStats, Upserted, User, UserUpsert,

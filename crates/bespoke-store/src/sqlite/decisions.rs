@@ -5,8 +5,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, now_ms};
 use crate::{
-    DecisionRecord, Error, LoopLogStats, LoopRecord, Millis, NewDecision, NewReward, Result,
-    RewardOutcome, RewardRecord,
+    DecisionRecord, DecisionStoreError, LoopLogStats, LoopRecord, Millis, NewDecision, NewReward,
+    Result, RewardOutcome, RewardRecord,
 };
 
 pub(super) const MIGRATION: &str = r#"
@@ -49,8 +49,14 @@ CREATE TABLE bandit_checkpoints (
 ) WITHOUT ROWID;
 "#;
 
-fn parse_config(text: &str) -> Result<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("loop configuration: {e}")))
+fn parse_config(name: &str, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|source| {
+        DecisionStoreError::LoopConfig {
+            name: name.to_owned(),
+            source,
+        }
+        .into()
+    })
 }
 
 fn put_loop(
@@ -64,7 +70,7 @@ fn put_loop(
          ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
     )?
     .execute(params![name, config.to_string(), now])?;
-    get_loop(c, name)?.ok_or_else(|| Error::Corrupt("loop vanished after upsert".into()))
+    get_loop(c, name)?.ok_or_else(|| DecisionStoreError::LoopVanished(name.to_owned()).into())
 }
 
 fn get_loop(c: &Connection, name: &str) -> Result<Option<LoopRecord>> {
@@ -82,9 +88,10 @@ fn get_loop(c: &Connection, name: &str) -> Result<Option<LoopRecord>> {
         })
         .optional()?;
     row.map(|(name, config, created_at, updated_at)| {
+        let config = parse_config(&name, &config)?;
         Ok(LoopRecord {
             name,
-            config: parse_config(&config)?,
+            config,
             created_at,
             updated_at,
         })
@@ -500,7 +507,7 @@ impl crate::DecisionStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::prelude::*;
-    use crate::{SqliteStore, StoreOptions};
+    use crate::{Error, SqliteStore, StoreOptions};
 
     fn decision(id: &str, user: Option<&str>, deadline: Millis, activated: bool) -> NewDecision {
         NewDecision {
@@ -614,5 +621,30 @@ mod tests {
         assert_eq!(s.delete_decisions_before(2, 100).unwrap(), 1);
         assert!(s.decision("d2").unwrap().is_none());
         assert!(s.loop_rewards("home", 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_loop_configuration_is_a_typed_decision_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
+        s.put_loop("home", &serde_json::json!({"slots": 1}))
+            .unwrap();
+        // Damage the stored row behind the store's back, as a bad disk or a bad edit would.
+        let raw = Connection::open(s.path()).unwrap();
+        raw.execute(
+            "UPDATE bandit_loops SET config = 'not json' WHERE name = 'home'",
+            [],
+        )
+        .unwrap();
+        match s.get_loop("home") {
+            Err(Error::Decision(DecisionStoreError::LoopConfig { name, .. })) => {
+                assert_eq!(name, "home")
+            }
+            other => panic!("expected a LoopConfig error, got {other:?}"),
+        }
+        assert!(matches!(
+            s.loops(),
+            Err(Error::Decision(DecisionStoreError::LoopConfig { .. }))
+        ));
     }
 }
