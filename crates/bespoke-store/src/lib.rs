@@ -26,6 +26,8 @@
 #![warn(missing_docs)]
 
 mod admin;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod decision;
 mod error;
 mod event_id;
