@@ -1,3 +1,5 @@
+//! [`crate::AccessStore`] on SQLite: the `api_keys`, `audit` and `secrets` tables.
+
 use super::*;
 use crate::PrivacyStore;
 

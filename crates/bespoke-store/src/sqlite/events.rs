@@ -1,4 +1,41 @@
+//! [`crate::EventStore`] on SQLite: reads and retention of the `events` table (appends go
+//! through the writer thread, in `writer.rs`).
+
 use super::*;
+
+/// An event id as stored: a blob for canonical UUIDs, text otherwise.
+pub(super) fn event_id_value(id: &str) -> rusqlite::types::Value {
+    match parse_uuid(id) {
+        Some(b) => rusqlite::types::Value::Blob(b.to_vec()),
+        None => rusqlite::types::Value::Text(id.to_owned()),
+    }
+}
+
+/// The public id of an event row: the stored client id, or the server-issued one recomputed
+/// from the row's time and sequence number.
+pub(super) fn read_event_id(
+    r: &rusqlite::Row<'_>,
+    col: usize,
+    tag: u64,
+    ts: i64,
+    seq: u64,
+) -> Result<String> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(col)? {
+        ValueRef::Null => Ok(format_uuid(&event_id::issued(tag, ts, seq))),
+        ValueRef::Text(t) => String::from_utf8(t.to_vec())
+            .map_err(|_| Error::Corrupt("event id is not UTF-8".into())),
+        ValueRef::Blob(b) => b
+            .try_into()
+            .map(|b: [u8; 16]| format_uuid(&b))
+            .map_err(|_| Error::Corrupt("event id blob is not 16 bytes".into())),
+        _ => Err(Error::Corrupt("event id has an unexpected type".into())),
+    }
+}
+
+pub(super) fn event_context(text: Option<String>) -> Result<Option<Map<String, Value>>> {
+    text.map(|t| parse_json(&t, "event context")).transpose()
+}
 
 impl crate::EventStore for SqliteStore {
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {

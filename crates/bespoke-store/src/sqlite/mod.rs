@@ -621,122 +621,6 @@ impl Drop for SqliteStore {
     }
 }
 
-fn read_user(conn: &Connection, key: &str) -> Result<Option<User>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, key, attributes, consent_personalization, created_at, updated_at, consent_training
-         FROM users WHERE key = ?1",
-    )?;
-    let row = stmt
-        .query_row([key], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, bool>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, bool>(6)?,
-            ))
-        })
-        .optional()?;
-    row.map(user_from_row).transpose()
-}
-
-type UserRow = (i64, String, String, bool, i64, i64, bool);
-
-fn user_from_row((id, key, attrs, consent, created, updated, training): UserRow) -> Result<User> {
-    Ok(User {
-        idx: UserIdx(to_u32(id, "users")?),
-        key,
-        attributes: parse_json(&attrs, "user attributes")?,
-        consent: Consent {
-            personalization: consent,
-            training,
-        },
-        created_at: created,
-        updated_at: updated,
-    })
-}
-
-type ItemRow = (i64, String, String, String, String, String, bool, i64, i64);
-
-const ITEM_COLUMNS: &str =
-    "id, key, categories, text, numeric, attributes, available, created_at, updated_at";
-
-fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
-}
-
-fn item_from_row(conn: &Connection, row: ItemRow) -> Result<Item> {
-    let (id, key, cats, text, numeric, attrs, available, created, updated) = row;
-    let mut embeddings = BTreeMap::new();
-    let mut stmt =
-        conn.prepare_cached("SELECT name, vector FROM item_embeddings WHERE item_id = ?1")?;
-    let mut rows = stmt.query([id])?;
-    while let Some(r) = rows.next()? {
-        let name: String = r.get(0)?;
-        let blob: Vec<u8> = r.get(1)?;
-        embeddings.insert(name, blob_to_vector(&blob)?);
-    }
-    Ok(Item {
-        idx: ItemIdx(to_u32(id, "items")?),
-        key,
-        categories: parse_json(&cats, "item categories")?,
-        text: parse_json(&text, "item text")?,
-        numeric: parse_json(&numeric, "item numeric fields")?,
-        attributes: parse_json(&attrs, "item attributes")?,
-        embeddings,
-        available,
-        created_at: created,
-        updated_at: updated,
-    })
-}
-
-fn read_item(conn: &Connection, key: &str) -> Result<Option<Item>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE key = ?1"))?;
-    let row = stmt.query_row([key], item_row).optional()?;
-    row.map(|row| item_from_row(conn, row)).transpose()
-}
-
-/// An event id as stored: a blob for canonical UUIDs, text otherwise.
-fn event_id_value(id: &str) -> rusqlite::types::Value {
-    match parse_uuid(id) {
-        Some(b) => rusqlite::types::Value::Blob(b.to_vec()),
-        None => rusqlite::types::Value::Text(id.to_owned()),
-    }
-}
-
-/// The public id of an event row: the stored client id, or the server-issued one recomputed
-/// from the row's time and sequence number.
-fn read_event_id(r: &rusqlite::Row<'_>, col: usize, tag: u64, ts: i64, seq: u64) -> Result<String> {
-    use rusqlite::types::ValueRef;
-    match r.get_ref(col)? {
-        ValueRef::Null => Ok(format_uuid(&event_id::issued(tag, ts, seq))),
-        ValueRef::Text(t) => String::from_utf8(t.to_vec())
-            .map_err(|_| Error::Corrupt("event id is not UTF-8".into())),
-        ValueRef::Blob(b) => b
-            .try_into()
-            .map(|b: [u8; 16]| format_uuid(&b))
-            .map_err(|_| Error::Corrupt("event id blob is not 16 bytes".into())),
-        _ => Err(Error::Corrupt("event id has an unexpected type".into())),
-    }
-}
-
-fn event_context(text: Option<String>) -> Result<Option<Map<String, Value>>> {
-    text.map(|t| parse_json(&t, "event context")).transpose()
-}
-
 mod access;
 mod catalog;
 mod decisions;
@@ -745,6 +629,8 @@ mod models;
 mod privacy;
 mod writer;
 
+use catalog::{read_item, read_user};
+use events::event_id_value;
 use writer::Writer;
 
 #[cfg(test)]

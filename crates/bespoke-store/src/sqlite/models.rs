@@ -1,3 +1,6 @@
+//! [`crate::ModelStore`] on SQLite: model files live in the data directory beside the
+//! database ([`crate::models`]), not in it, so this delegates.
+
 use super::*;
 
 impl crate::ModelStore for SqliteStore {

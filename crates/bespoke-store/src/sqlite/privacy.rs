@@ -1,3 +1,6 @@
+//! [`crate::PrivacyStore`] on SQLite: the `erasures` table, WAL truncation and
+//! `PRAGMA integrity_check`.
+
 use super::*;
 
 impl crate::PrivacyStore for SqliteStore {
