@@ -286,7 +286,7 @@ fn blob_to_vector(b: &[u8]) -> Result<Vec<f32>> {
 ///
 /// `secure_delete` overwrites deleted content with zeros (in the page and in freed pages), so
 /// that an erased user's rows do not linger in the file's free space; the WAL keeps the older
-/// page images until [`Store::purge_deleted`] truncates it.
+/// page images until [`crate::PrivacyStore::purge_deleted`] truncates it.
 fn configure(conn: &Connection, cache_mib: u32) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(&format!(
@@ -306,7 +306,7 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// find little left to copy. Committed data is durable in the WAL already; checkpoints only keep
 /// it short.
 ///
-/// It also runs the `TRUNCATE` checkpoints of [`Store::purge_deleted`]: only one checkpoint can
+/// It also runs the `TRUNCATE` checkpoints of [`crate::PrivacyStore::purge_deleted`]: only one checkpoint can
 /// run at a time, so running them on this thread keeps them from failing on its own `PASSIVE`
 /// ones. A purge that stays busy (the writer's automatic checkpoint holds the checkpoint lock,
 /// or readers hold old snapshots) is retried on every tick until it succeeds.
