@@ -37,6 +37,7 @@ macro_rules! __store_behaviours {
             $($args)*;
             events_replay_is_idempotent_and_conflicts_are_refused,
             events_batch_returns_ids_in_order,
+            events_concurrent_appends_all_commit_and_replays_stay_single,
             events_unknown_user_or_item_is_refused_when_creation_is_off,
             events_scan_interactions_pages_see_every_row_once,
             events_scan_events_and_user_events_page_newest_first,
@@ -252,6 +253,80 @@ pub fn events_batch_returns_ids_in_order<S: Store + ?Sized>(store: &S) {
         store.append_events(EventBatch::new(vec![])).unwrap(),
         vec![]
     );
+}
+
+/// Appends from several threads at once all commit, with distinct sequence numbers, and an
+/// event id sent by every thread at the same time is stored once (every thread gets the same
+/// sequence number back): idempotency holds under races, not only one request at a time.
+pub fn events_concurrent_appends_all_commit_and_replays_stay_single<S: Store + ?Sized>(store: &S) {
+    const THREADS: usize = 4;
+    const BATCHES: usize = 10;
+    const PER_BATCH: usize = 5;
+    let results: Vec<(Vec<u64>, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut seqs = Vec::new();
+                    let mut shared = None;
+                    for b in 0..BATCHES {
+                        let mut events: Vec<NewEvent> = (0..PER_BATCH)
+                            .map(|i| {
+                                ev(
+                                    &format!("t{t}b{b}i{i}"),
+                                    &format!("u{t}"),
+                                    &format!("i{i}"),
+                                    1,
+                                )
+                            })
+                            .collect();
+                        if b == BATCHES / 2 {
+                            events.push(ev("shared", "everyone", "i0", 1));
+                        }
+                        let out = append(store, events);
+                        seqs.extend(out.iter().take(PER_BATCH).map(|a| a.seq));
+                        if let Some(last) = out.get(PER_BATCH) {
+                            shared = Some(last.seq);
+                        }
+                    }
+                    (seqs, shared.expect("the shared event was sent"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("appender"))
+            .collect()
+    });
+    let shared: Vec<u64> = results.iter().map(|r| r.1).collect();
+    assert!(shared.iter().all(|&s| s == shared[0]), "{shared:?}");
+    for (seqs, _) in &results {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "a thread's appends are in order"
+        );
+    }
+    let mut all: Vec<u64> = results.into_iter().flat_map(|r| r.0).collect();
+    all.push(shared[0]);
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        THREADS * BATCHES * PER_BATCH + 1,
+        "distinct sequence numbers"
+    );
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.events as usize, all.len());
+    assert_eq!(
+        (stats.users, stats.items),
+        (THREADS as u64 + 1, PER_BATCH as u64)
+    );
+    let scanned: Vec<u64> = store
+        .scan_interactions(0, 10_000)
+        .unwrap()
+        .iter()
+        .map(|i| i.seq)
+        .collect();
+    assert_eq!(scanned, all);
 }
 
 /// With creation off, an unknown user or item fails the batch with its index.
