@@ -998,6 +998,7 @@ mod tests {
     /// duplicate or bad, and stores exactly what it says it imported.
     mod fuzz {
         use super::*;
+        use bespoke_store::EventStore;
         use proptest::prelude::*;
         use std::sync::OnceLock;
 

@@ -2,7 +2,8 @@
 //! Run with `cargo bench -p bespoke-store`. `bespoke bench import|ingest` measures the whole
 //! pipelines; these isolate the store.
 
-use bespoke_store::{EventBatch, NewEvent, SqliteStore, Store, StoreOptions};
+use bespoke_store::prelude::*;
+use bespoke_store::{EventBatch, NewEvent, SqliteStore, StoreOptions};
 use divan::{Bencher, black_box};
 
 fn main() {

@@ -72,6 +72,9 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A decision loop's stored records cannot be read back (see [`DecisionStoreError`]).
+    #[error(transparent)]
+    Decision(#[from] DecisionStoreError),
     /// Stored data does not have the expected form: a bug or corruption.
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -105,4 +108,31 @@ impl From<rusqlite::Error> for Error {
         }
         Error::Backend(Box::new(e))
     }
+}
+
+/// What can go wrong with a decision loop's stored records: they are written by the decision
+/// code as JSON, and these say which record could not be read back, with the parser's error, so
+/// that an operator can find it (instead of a generic corrupt-data message).
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionStoreError {
+    /// A loop's stored configuration is not valid JSON, or not a configuration the decision code
+    /// understands.
+    #[error("decision loop {name:?}: its stored configuration cannot be read: {source}")]
+    LoopConfig {
+        /// The loop.
+        name: String,
+        /// Why it cannot be read.
+        source: serde_json::Error,
+    },
+    /// A logged decision's payload (context, actions, probabilities) cannot be read.
+    #[error("decision with log sequence number {seq}: its stored payload cannot be read: {source}")]
+    Payload {
+        /// The decision's log sequence number.
+        seq: u64,
+        /// Why it cannot be read.
+        source: serde_json::Error,
+    },
+    /// A loop was not there right after it was written in the same transaction.
+    #[error("decision loop {0:?} was not found right after it was written")]
+    LoopVanished(String),
 }

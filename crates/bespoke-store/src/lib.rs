@@ -1,17 +1,20 @@
 //! # Brief overview
 //!
 //! `bespoke-store` keeps Bespoke's durable state: users, items (with their embedding vectors) and
-//! the event log. Callers talk to the [`Store`] trait only; [`SqliteStore`] is the embedded
-//! backend, one SQLite file in a data directory. Nothing backend-specific (no SQLite type) appears
-//! in the trait, its data types or [`Error`], so a PostgreSQL backend can implement the same trait
-//! without changing any caller.
+//! the event log. Callers talk to traits only: one per capability ([`EventStore`],
+//! [`CatalogStore`], [`ModelStore`], [`AccessStore`], [`PrivacyStore`], [`DecisionStore`]) and
+//! [`Store`], their union. [`SqliteStore`] is the embedded backend, one SQLite file in a data
+//! directory, with one module per capability under `sqlite/`. Nothing backend-specific (no SQLite
+//! type) appears in the traits, their data types or [`Error`], so a PostgreSQL backend can
+//! implement the same traits without changing any caller.
 //!
 //! Writes go through one writer thread that commits whatever requests arrived while the previous
 //! transaction was committing, as one transaction (group commit). A call returns only after its
 //! transaction has committed, so an acknowledged write is durable.
 //!
 //! ```
-//! use bespoke_store::{EventBatch, NewEvent, SqliteStore, Store, StoreOptions};
+//! use bespoke_store::prelude::*;
+//! use bespoke_store::{EventBatch, NewEvent, SqliteStore, StoreOptions};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
@@ -23,7 +26,9 @@
 #![warn(missing_docs)]
 
 mod admin;
-mod bandit;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod decision;
 mod error;
 mod event_id;
 mod fingerprint;
@@ -33,11 +38,11 @@ mod owner_only;
 mod sqlite;
 
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
-pub use bandit::{
+pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
+pub use decision::{
     DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
 };
-pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
-pub use error::{Error, Result};
+pub use error::{DecisionStoreError, Error, Result};
 pub use model::{
     Appended, Consent, ConsentUpdate, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert,
     NewEvent, Page, StoreStats, Upserted, User, UserUpsert,
@@ -45,12 +50,37 @@ pub use model::{
 pub use models::ModelRecord;
 pub use sqlite::{SqliteStore, StoreOptions};
 
-/// Durable storage of users, items and events.
+/// Every store trait, for `use bespoke_store::prelude::*`: a capability trait's methods can be
+/// called on a concrete backend (or through a generic bound) only with that trait in scope.
+pub mod prelude {
+    pub use crate::{
+        AccessStore, CatalogStore, DecisionStore, EventStore, ModelStore, PrivacyStore, Store,
+    };
+}
+
+/// Durable storage of users, items and events: every capability trait at once.
 ///
 /// Every method blocks until its work is done (and, for writes, committed); async callers run them
 /// on a blocking thread pool. Keys are the external ids clients send; the store assigns each user
 /// and item a dense internal id ([`UserIdx`], [`ItemIdx`]) that never changes and is never reused.
-pub trait Store: Send + Sync + std::fmt::Debug {
+///
+/// Implemented for every type that implements all capability traits; a backend implements those,
+/// and code that needs one capability only can take that trait instead.
+pub trait Store:
+    EventStore + CatalogStore + ModelStore + AccessStore + PrivacyStore + DecisionStore
+{
+}
+
+impl<T> Store for T where
+    T: EventStore + CatalogStore + ModelStore + AccessStore + PrivacyStore + DecisionStore + ?Sized
+{
+}
+
+/// The event log: appending events (idempotent by event id), reading them back by user or in
+/// sequence order, counting them, and deleting old ones for retention.
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait EventStore: Send + Sync + std::fmt::Debug {
     /// Appends a batch of events atomically: either every event is stored (or recognised as a
     /// duplicate of an identical earlier event with the same `event_id`) or none is.
     ///
@@ -58,41 +88,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`Error::EventConflict`] when an `event_id` was already used for a different payload, and
     /// with [`Error::UnknownUser`] / [`Error::UnknownItem`] when the batch forbids creating them.
     fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>>;
-
-    /// Creates or replaces users' attributes in one transaction (all or none); consent flags not
-    /// given keep their value (or the given default for a new user).
-    fn put_users(&self, users: Vec<UserUpsert>) -> Result<Vec<Upserted<User>>>;
-
-    /// Creates or replaces one user; see [`Store::put_users`].
-    fn put_user(&self, user: UserUpsert) -> Result<Upserted<User>> {
-        self.put_users(vec![user])?
-            .pop()
-            .ok_or_else(|| Error::Corrupt("an upsert returned nothing".into()))
-    }
-
-    /// The user with this key.
-    fn get_user(&self, key: &str) -> Result<Option<User>>;
-
-    /// Deletes the user and all their events. `None` when there was no such user.
-    fn delete_user(&self, key: &str) -> Result<Option<Deleted>>;
-
-    /// Creates or replaces items in one transaction (all or none). Each embedding name has one
-    /// dimension, fixed by the first vector stored under it; a vector of another length fails with
-    /// [`Error::DimensionMismatch`].
-    fn put_items(&self, items: Vec<ItemUpsert>) -> Result<Vec<Upserted<Item>>>;
-
-    /// Creates or replaces one item; see [`Store::put_items`].
-    fn put_item(&self, item: ItemUpsert) -> Result<Upserted<Item>> {
-        self.put_items(vec![item])?
-            .pop()
-            .ok_or_else(|| Error::Corrupt("an upsert returned nothing".into()))
-    }
-
-    /// The item with this key, with its embeddings.
-    fn get_item(&self, key: &str) -> Result<Option<Item>>;
-
-    /// Deletes the item and all events on it. `None` when there was no such item.
-    fn delete_item(&self, key: &str) -> Result<Option<Deleted>>;
 
     /// A page of the user's events, newest first, strictly before `before` (a sequence number)
     /// when given. `None` when there is no such user.
@@ -110,15 +105,66 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Up to `limit` whole events with sequence number greater than `after`, in sequence order.
     fn scan_events(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
 
+    /// Counts and sizes.
+    fn stats(&self) -> Result<StoreStats>;
+
+    /// Deletes up to `limit` events older than `before` (retention) and returns them, so that
+    /// derived state can forget them too. Call until it returns nothing.
+    fn delete_events_before(&self, before: Millis, limit: usize) -> Result<Vec<Interaction>>;
+}
+
+/// Users and items: upserts, lookups by key, deletion (with the events that refer to them) and
+/// scans in internal-id order.
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait CatalogStore: Send + Sync + std::fmt::Debug {
+    /// Creates or replaces users' attributes in one transaction (all or none); consent flags not
+    /// given keep their value (or the given default for a new user).
+    fn put_users(&self, users: Vec<UserUpsert>) -> Result<Vec<Upserted<User>>>;
+
+    /// Creates or replaces one user; see [`CatalogStore::put_users`].
+    fn put_user(&self, user: UserUpsert) -> Result<Upserted<User>> {
+        self.put_users(vec![user])?
+            .pop()
+            .ok_or_else(|| Error::Corrupt("an upsert returned nothing".into()))
+    }
+
+    /// The user with this key.
+    fn get_user(&self, key: &str) -> Result<Option<User>>;
+
+    /// Deletes the user and all their events. `None` when there was no such user.
+    fn delete_user(&self, key: &str) -> Result<Option<Deleted>>;
+
+    /// Creates or replaces items in one transaction (all or none). Each embedding name has one
+    /// dimension, fixed by the first vector stored under it; a vector of another length fails with
+    /// [`Error::DimensionMismatch`].
+    fn put_items(&self, items: Vec<ItemUpsert>) -> Result<Vec<Upserted<Item>>>;
+
+    /// Creates or replaces one item; see [`CatalogStore::put_items`].
+    fn put_item(&self, item: ItemUpsert) -> Result<Upserted<Item>> {
+        self.put_items(vec![item])?
+            .pop()
+            .ok_or_else(|| Error::Corrupt("an upsert returned nothing".into()))
+    }
+
+    /// The item with this key, with its embeddings.
+    fn get_item(&self, key: &str) -> Result<Option<Item>>;
+
+    /// Deletes the item and all events on it. `None` when there was no such item.
+    fn delete_item(&self, key: &str) -> Result<Option<Deleted>>;
+
     /// Up to `limit` users with id greater than `after` (`None`: from the first), in id order.
     fn scan_users(&self, after: Option<UserIdx>, limit: usize) -> Result<Vec<User>>;
 
     /// Up to `limit` items with id greater than `after` (`None`: from the first), in id order.
     fn scan_items(&self, after: Option<ItemIdx>, limit: usize) -> Result<Vec<Item>>;
+}
 
-    /// Counts and sizes.
-    fn stats(&self) -> Result<StoreStats>;
-
+/// Trained model versions: named files plus metadata, the active version, pruning and in-place
+/// rewrites (to scrub an erased user's rows).
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait ModelStore: Send + Sync + std::fmt::Debug {
     /// Saves a new model version made of named files (names of ASCII letters, digits, `.`, `_`
     /// and `-`) and its metadata, atomically; returns its version number.
     fn save_model(&self, files: &[(&str, &[u8])], meta: &serde_json::Value) -> Result<u64>;
@@ -144,7 +190,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Rewrites one file of a stored model version in place (atomically), e.g. to scrub an
     /// erased user's row. [`Error::UnknownModel`] if the version does not exist.
     fn rewrite_model_file(&self, version: u64, name: &str, bytes: &[u8]) -> Result<()>;
+}
 
+/// Who may do what and what they did: API key records, the audit log, and the store's named
+/// secrets (the keys of keyed hashes that must survive restarts).
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait AccessStore: Send + Sync + std::fmt::Debug {
     /// Stores a new API key record; [`Error::InvalidInput`] if the prefix is taken.
     fn insert_key(&self, key: NewKey) -> Result<KeyRecord>;
 
@@ -155,13 +207,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// returns the record).
     fn revoke_key(&self, prefix: &str) -> Result<Option<KeyRecord>>;
 
-    /// Checks the storage for corruption (`PRAGMA integrity_check` on SQLite); the problems
-    /// found, none when healthy.
-    fn integrity_check(&self) -> Result<Vec<String>>;
+    /// Appends to the audit log.
+    fn audit(&self, entry: NewAudit) -> Result<()>;
 
-    /// Deletes up to `limit` events older than `before` (retention) and returns them, so that
-    /// derived state can forget them too. Call until it returns nothing.
-    fn delete_events_before(&self, before: Millis, limit: usize) -> Result<Vec<Interaction>>;
+    /// A page of the audit log, newest first, before sequence number `before` when given.
+    fn audit_log(&self, before: Option<u64>, limit: usize) -> Result<Page<AuditEntry>>;
 
     /// The store's secret called `name`: `fresh` is kept and returned the first time, the kept
     /// value every time after (for keyed hashes that must survive restarts).
@@ -171,23 +221,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn stored_secret(&self, name: &str) -> Result<Option<[u8; 32]>>;
 
     /// Deletes the store's secret called `name` and makes it unrecoverable from the files (see
-    /// [`Store::purge_deleted`]); whether there was one.
+    /// [`PrivacyStore::purge_deleted`]); whether there was one.
     fn delete_secret(&self, name: &str) -> Result<bool>;
+}
 
-    /// Makes everything deleted so far unrecoverable from the store's files, for erasure: no
-    /// deleted row may linger in free space or in a journal. On SQLite, deleted content is
-    /// overwritten with zeros as it is deleted (`secure_delete`), and this copies the WAL into
-    /// the database and truncates it (`wal_checkpoint(TRUNCATE)`), which the older versions of
-    /// changed pages would otherwise keep. Blocks until done; if it stays busy (long readers),
-    /// it fails, and the store keeps retrying in the background until it succeeds.
-    fn purge_deleted(&self) -> Result<()>;
-
-    /// Appends to the audit log.
-    fn audit(&self, entry: NewAudit) -> Result<()>;
-
-    /// A page of the audit log, newest first, before sequence number `before` when given.
-    fn audit_log(&self, before: Option<u64>, limit: usize) -> Result<Page<AuditEntry>>;
-
+/// What the storage itself guarantees about deleted data: erasure receipts, making deletions
+/// unrecoverable from the files, and checking the files for corruption.
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait PrivacyStore: Send + Sync + std::fmt::Debug {
     /// Creates or replaces an erasure receipt.
     fn save_erasure(
         &self,
@@ -202,6 +244,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every erasure receipt, oldest first.
     fn erasures(&self) -> Result<Vec<(String, serde_json::Value)>>;
 
+    /// Makes everything deleted so far unrecoverable from the store's files, for erasure: no
+    /// deleted row may linger in free space or in a journal. On SQLite, deleted content is
+    /// overwritten with zeros as it is deleted (`secure_delete`), and this copies the WAL into
+    /// the database and truncates it (`wal_checkpoint(TRUNCATE)`), which the older versions of
+    /// changed pages would otherwise keep. Blocks until done; if it stays busy (long readers),
+    /// it fails, and the store keeps retrying in the background until it succeeds.
+    fn purge_deleted(&self) -> Result<()>;
+
+    /// Checks the storage for corruption (`PRAGMA integrity_check` on SQLite); the problems
+    /// found, none when healthy.
+    fn integrity_check(&self) -> Result<Vec<String>>;
+}
+
+/// Decision loops: their configuration, the decision and reward log, learner checkpoints, and
+/// per-user deletion, export and retention of decisions.
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait DecisionStore: Send + Sync + std::fmt::Debug {
     /// Creates or replaces a decision loop's configuration.
     fn put_loop(&self, name: &str, config: &serde_json::Value) -> Result<LoopRecord>;
 

@@ -458,8 +458,11 @@ impl Loops {
         };
         for record in loops.store.loops()? {
             let config: LoopConfig =
-                serde_json::from_value(record.config.clone()).map_err(|e| {
-                    bespoke_store::Error::Corrupt(format!("loop {:?}: {e}", record.name))
+                serde_json::from_value(record.config.clone()).map_err(|source| {
+                    bespoke_store::Error::from(bespoke_store::DecisionStoreError::LoopConfig {
+                        name: record.name.clone(),
+                        source,
+                    })
                 })?;
             let handle = loops.restore(&record.name, config)?;
             loops.loops.write().insert(record.name, handle);

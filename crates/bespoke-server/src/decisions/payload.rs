@@ -86,11 +86,10 @@ pub struct StoredDecision {
 
 /// Reads a decision's log entry.
 pub(crate) fn parse(d: &DecisionRecord) -> Result<StoredDecision, DecisionError> {
-    serde_json::from_str(&d.payload).map_err(|e| {
-        DecisionError::Store(bespoke_store::Error::Corrupt(format!(
-            "decision {}: {e}",
-            d.seq
-        )))
+    serde_json::from_str(&d.payload).map_err(|source| {
+        DecisionError::Store(
+            bespoke_store::DecisionStoreError::Payload { seq: d.seq, source }.into(),
+        )
     })
 }
 

@@ -15,7 +15,7 @@
 //! [`Engine::user_ref`].
 //!
 //! On disk, the store overwrites deleted rows as it deletes them and the erasure then empties
-//! the WAL ([`bespoke_store::Store::purge_deleted`]); the model files are rewritten whole (by
+//! the WAL ([`bespoke_store::PrivacyStore::purge_deleted`]); the model files are rewritten whole (by
 //! rename), so no file in the data directory keeps the user's key or attributes.
 //!
 //! With `retrain=true`, erasures share training runs: see [`Engine::retrain_after`].

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bespoke_server::Settings;
 use bespoke_server::auth::Scope;
-use bespoke_store::{SqliteStore, Store, StoreOptions};
+use bespoke_store::{AccessStore, SqliteStore, StoreOptions};
 use hmac::Mac;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

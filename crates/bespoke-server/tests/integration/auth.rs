@@ -241,7 +241,7 @@ async fn keys_created_by_another_process_work_within_a_second() {
     // What `bespoke keys create` does: write the store directly, not through this server.
     let (key, record) = bespoke_server::auth::new_key("cli", &[Scope::Read], None).unwrap();
     let store = bespoke_store::SqliteStore::open(srv.dir.path(), Default::default()).unwrap();
-    use bespoke_store::Store;
+    use bespoke_store::AccessStore;
     store.insert_key(record).unwrap();
     let client = client_with_key(&key);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -440,7 +440,7 @@ async fn a_full_store_answers_507_and_keeps_what_it_acknowledged() {
     assert_eq!(status, StatusCode::OK);
     let dir = srv.stop().await;
     let store = bespoke_store::SqliteStore::open(dir.path(), Default::default()).unwrap();
-    use bespoke_store::Store;
+    use bespoke_store::{EventStore, PrivacyStore};
     assert_eq!(store.stats().unwrap().events, acked);
     assert_eq!(store.integrity_check().unwrap(), Vec::<String>::new());
 }

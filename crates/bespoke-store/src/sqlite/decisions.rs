@@ -1,134 +1,15 @@
-//! Records of decision loops: their configuration, every decision with what it was chosen
-//! from, every reward, and the learner checkpoints that make a restart lose no learning.
-//!
-//! The decision log is the source of truth: a loop's model can always be rebuilt by replaying
-//! its rewards in order, which is how a restart catches up after the last checkpoint and how an
-//! erased user's influence is removed from the model.
+//! Decision loops on SQLite: the `bandit_*` tables. The functions take the connection they run
+//! on and stay private to the backend; callers see only [`crate::DecisionStore`].
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Error, Millis, Result};
+use super::{SqliteStore, now_ms};
+use crate::{
+    DecisionRecord, DecisionStoreError, LoopLogStats, LoopRecord, Millis, NewDecision, NewReward,
+    Result, RewardOutcome, RewardRecord,
+};
 
-/// A decision loop as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoopRecord {
-    /// Name (unique).
-    pub name: String,
-    /// Configuration, as JSON.
-    pub config: serde_json::Value,
-    /// Creation time.
-    pub created_at: Millis,
-    /// Last configuration change.
-    pub updated_at: Millis,
-}
-
-/// A decision to log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewDecision {
-    /// The decision id (client-chosen or issued); unique across loops.
-    pub id: String,
-    /// Its loop.
-    pub loop_name: String,
-    /// The user it was made for, as stored (pseudonymised when configured).
-    pub user: Option<String>,
-    /// When it was made.
-    pub created_at: Millis,
-    /// End of its reward window.
-    pub deadline: Millis,
-    /// Whether it counts for learning already (false when activation was deferred).
-    pub activated: bool,
-    /// Context, actions, probabilities and the chosen slate, as JSON text.
-    pub payload: String,
-}
-
-/// A logged decision with its rewards.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecisionRecord {
-    /// Log sequence number.
-    pub seq: u64,
-    /// The decision id.
-    pub id: String,
-    /// Its loop.
-    pub loop_name: String,
-    /// The user, as stored.
-    pub user: Option<String>,
-    /// When it was made.
-    pub created_at: Millis,
-    /// End of its reward window.
-    pub deadline: Millis,
-    /// Whether it counts for learning.
-    pub activated: bool,
-    /// Whether its reward window is closed (every slot rewarded, or defaults applied).
-    pub settled: bool,
-    /// See [`NewDecision::payload`].
-    pub payload: String,
-    /// Its rewards, by slot.
-    pub rewards: Vec<RewardRecord>,
-}
-
-/// A reward to record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewReward {
-    /// The decision's id.
-    pub decision_id: String,
-    /// Slot rewarded (0 for the first).
-    pub slot: u32,
-    /// The reward.
-    pub value: f64,
-    /// When it arrived.
-    pub at: Millis,
-    /// Whether it is the loop's default, applied when the window closed without one.
-    pub is_default: bool,
-}
-
-/// A recorded reward.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RewardRecord {
-    /// Reward sequence number: the order in which the model learned them.
-    pub seq: u64,
-    /// Slot rewarded.
-    pub slot: u32,
-    /// The reward.
-    pub value: f64,
-    /// When it arrived.
-    pub at: Millis,
-    /// Whether it is the loop's default.
-    pub is_default: bool,
-}
-
-/// Counts over a loop's log.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LoopLogStats {
-    /// Decisions logged.
-    pub decisions: u64,
-    /// Rewards logged, defaults included.
-    pub rewards: u64,
-    /// Default rewards.
-    pub default_rewards: u64,
-    /// Sum of the rewards.
-    pub reward_sum: f64,
-    /// Decisions made in apprentice mode.
-    pub apprentice_decisions: u64,
-    /// Of those, how many the learned policy agreed with.
-    pub apprentice_agreements: u64,
-}
-
-/// What recording a reward did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RewardOutcome {
-    /// Stored with this sequence number.
-    Recorded(u64),
-    /// The slot already had a reward (the loop's default when `default`, given when its
-    /// window closed); nothing changed.
-    Duplicate {
-        /// Whether the reward already there is the default one.
-        default: bool,
-    },
-    /// No decision with this id.
-    UnknownDecision,
-}
-
-pub(crate) const MIGRATION: &str = r#"
+pub(super) const MIGRATION: &str = r#"
 CREATE TABLE bandit_loops (
     name TEXT PRIMARY KEY,
     config TEXT NOT NULL,
@@ -168,11 +49,17 @@ CREATE TABLE bandit_checkpoints (
 ) WITHOUT ROWID;
 "#;
 
-fn parse_config(text: &str) -> Result<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("loop configuration: {e}")))
+fn parse_config(name: &str, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|source| {
+        DecisionStoreError::LoopConfig {
+            name: name.to_owned(),
+            source,
+        }
+        .into()
+    })
 }
 
-pub(crate) fn put_loop(
+fn put_loop(
     c: &Connection,
     name: &str,
     config: &serde_json::Value,
@@ -183,10 +70,10 @@ pub(crate) fn put_loop(
          ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
     )?
     .execute(params![name, config.to_string(), now])?;
-    get_loop(c, name)?.ok_or_else(|| Error::Corrupt("loop vanished after upsert".into()))
+    get_loop(c, name)?.ok_or_else(|| DecisionStoreError::LoopVanished(name.to_owned()).into())
 }
 
-pub(crate) fn get_loop(c: &Connection, name: &str) -> Result<Option<LoopRecord>> {
+fn get_loop(c: &Connection, name: &str) -> Result<Option<LoopRecord>> {
     let row = c
         .prepare_cached(
             "SELECT name, config, created_at, updated_at FROM bandit_loops WHERE name = ?1",
@@ -201,9 +88,10 @@ pub(crate) fn get_loop(c: &Connection, name: &str) -> Result<Option<LoopRecord>>
         })
         .optional()?;
     row.map(|(name, config, created_at, updated_at)| {
+        let config = parse_config(&name, &config)?;
         Ok(LoopRecord {
             name,
-            config: parse_config(&config)?,
+            config,
             created_at,
             updated_at,
         })
@@ -211,7 +99,7 @@ pub(crate) fn get_loop(c: &Connection, name: &str) -> Result<Option<LoopRecord>>
     .transpose()
 }
 
-pub(crate) fn loops(c: &Connection) -> Result<Vec<LoopRecord>> {
+fn loops(c: &Connection) -> Result<Vec<LoopRecord>> {
     let names: Vec<String> = c
         .prepare_cached("SELECT name FROM bandit_loops ORDER BY name")?
         .query_map([], |r| r.get(0))?
@@ -222,7 +110,7 @@ pub(crate) fn loops(c: &Connection) -> Result<Vec<LoopRecord>> {
         .collect()
 }
 
-pub(crate) fn insert_decision(c: &Connection, d: &NewDecision) -> Result<Option<u64>> {
+fn insert_decision(c: &Connection, d: &NewDecision) -> Result<Option<u64>> {
     let n = c
         .prepare_cached(
             "INSERT INTO bandit_decisions (id, loop, user, created_at, deadline, activated, payload)
@@ -278,7 +166,7 @@ fn reward_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RewardRecord> {
     })
 }
 
-pub(crate) fn decision(c: &Connection, id: &str) -> Result<Option<DecisionRecord>> {
+fn decision(c: &Connection, id: &str) -> Result<Option<DecisionRecord>> {
     let d = c
         .prepare_cached(&format!(
             "SELECT {DECISION_COLUMNS} FROM bandit_decisions WHERE id = ?1"
@@ -288,7 +176,7 @@ pub(crate) fn decision(c: &Connection, id: &str) -> Result<Option<DecisionRecord
     d.map(|d| with_rewards(c, d)).transpose()
 }
 
-pub(crate) fn activate(c: &Connection, id: &str) -> Result<bool> {
+fn activate(c: &Connection, id: &str) -> Result<bool> {
     Ok(c.prepare_cached(
         "UPDATE bandit_decisions SET activated = 1 WHERE id = ?1 AND activated = 0",
     )?
@@ -296,7 +184,7 @@ pub(crate) fn activate(c: &Connection, id: &str) -> Result<bool> {
         == 1)
 }
 
-pub(crate) fn insert_reward(c: &Connection, r: &NewReward) -> Result<RewardOutcome> {
+fn insert_reward(c: &Connection, r: &NewReward) -> Result<RewardOutcome> {
     let d: Option<(i64, String)> = c
         .prepare_cached("SELECT seq, loop FROM bandit_decisions WHERE id = ?1")?
         .query_row([&r.decision_id], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -321,7 +209,7 @@ pub(crate) fn insert_reward(c: &Connection, r: &NewReward) -> Result<RewardOutco
     Ok(RewardOutcome::Duplicate { default })
 }
 
-pub(crate) fn settle(c: &Connection, ids: &[String]) -> Result<()> {
+fn settle_windows(c: &Connection, ids: &[String]) -> Result<()> {
     let mut stmt = c.prepare_cached("UPDATE bandit_decisions SET settled = 1 WHERE id = ?1")?;
     for id in ids {
         stmt.execute([id])?;
@@ -329,7 +217,7 @@ pub(crate) fn settle(c: &Connection, ids: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn open_decisions(
+fn open_decisions(
     c: &Connection,
     deadline_before: Option<Millis>,
     limit: usize,
@@ -347,7 +235,7 @@ pub(crate) fn open_decisions(
     rows.into_iter().map(|d| with_rewards(c, d)).collect()
 }
 
-pub(crate) fn loop_rewards(
+fn loop_rewards(
     c: &Connection,
     loop_name: &str,
     after: u64,
@@ -388,11 +276,7 @@ pub(crate) fn loop_rewards(
     Ok(rows)
 }
 
-pub(crate) fn decision_log(
-    c: &Connection,
-    loop_name: &str,
-    limit: usize,
-) -> Result<Vec<DecisionRecord>> {
+fn decision_log(c: &Connection, loop_name: &str, limit: usize) -> Result<Vec<DecisionRecord>> {
     let mut rows: Vec<DecisionRecord> = c
         .prepare_cached(&format!(
             "SELECT {DECISION_COLUMNS} FROM bandit_decisions
@@ -404,7 +288,7 @@ pub(crate) fn decision_log(
     rows.into_iter().map(|d| with_rewards(c, d)).collect()
 }
 
-pub(crate) fn save_checkpoint(
+fn save_checkpoint(
     c: &Connection,
     loop_name: &str,
     reward_seq: u64,
@@ -420,7 +304,7 @@ pub(crate) fn save_checkpoint(
     Ok(())
 }
 
-pub(crate) fn checkpoint(c: &Connection, loop_name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+fn checkpoint(c: &Connection, loop_name: &str) -> Result<Option<(u64, Vec<u8>)>> {
     Ok(
         c.prepare_cached("SELECT reward_seq, model FROM bandit_checkpoints WHERE loop = ?1")?
             .query_row([loop_name], |r| {
@@ -430,7 +314,7 @@ pub(crate) fn checkpoint(c: &Connection, loop_name: &str) -> Result<Option<(u64,
     )
 }
 
-pub(crate) fn delete_checkpoint(c: &Connection, loop_name: &str) -> Result<()> {
+fn delete_checkpoint(c: &Connection, loop_name: &str) -> Result<()> {
     c.prepare_cached("DELETE FROM bandit_checkpoints WHERE loop = ?1")?
         .execute([loop_name])?;
     Ok(())
@@ -438,7 +322,7 @@ pub(crate) fn delete_checkpoint(c: &Connection, loop_name: &str) -> Result<()> {
 
 /// Deletes every decision (and its rewards) made for `user`; returns the loops affected and
 /// the number of decisions removed.
-pub(crate) fn delete_user_decisions(c: &Connection, user: &str) -> Result<(Vec<String>, u64)> {
+fn delete_user_decisions(c: &Connection, user: &str) -> Result<(Vec<String>, u64)> {
     let mut loops: Vec<String> = c
         .prepare_cached("SELECT DISTINCT loop FROM bandit_decisions WHERE user = ?1")?
         .query_map([user], |r| r.get(0))?
@@ -454,7 +338,7 @@ pub(crate) fn delete_user_decisions(c: &Connection, user: &str) -> Result<(Vec<S
     Ok((loops, n as u64))
 }
 
-pub(crate) fn loop_stats(c: &Connection, loop_name: &str) -> Result<LoopLogStats> {
+fn loop_stats(c: &Connection, loop_name: &str) -> Result<LoopLogStats> {
     let (decisions, apprentice_decisions, apprentice_agreements) = c
         .prepare_cached(
             "SELECT COUNT(*),
@@ -493,7 +377,7 @@ pub(crate) fn loop_stats(c: &Connection, loop_name: &str) -> Result<LoopLogStats
 
 /// Deletes up to `limit` closed decisions made before `before`, with their rewards; returns how
 /// many. Open decisions are kept until their window closes.
-pub(crate) fn delete_decisions_before(c: &Connection, before: Millis, limit: usize) -> Result<u64> {
+fn delete_decisions_before(c: &Connection, before: Millis, limit: usize) -> Result<u64> {
     // The same rows both times: deleting rewards does not change which decisions match.
     const EXPIRED: &str = "SELECT seq FROM bandit_decisions
         WHERE created_at < ?1 AND settled = 1 ORDER BY seq LIMIT ?2";
@@ -510,7 +394,7 @@ pub(crate) fn delete_decisions_before(c: &Connection, before: Millis, limit: usi
 }
 
 /// Decisions of `user`, oldest first (for an export).
-pub(crate) fn user_decisions(c: &Connection, user: &str) -> Result<Vec<DecisionRecord>> {
+fn user_decisions(c: &Connection, user: &str) -> Result<Vec<DecisionRecord>> {
     let rows: Vec<DecisionRecord> = c
         .prepare_cached(&format!(
             "SELECT {DECISION_COLUMNS} FROM bandit_decisions WHERE user = ?1 ORDER BY seq"
@@ -520,122 +404,133 @@ pub(crate) fn user_decisions(c: &Connection, user: &str) -> Result<Vec<DecisionR
     rows.into_iter().map(|d| with_rewards(c, d)).collect()
 }
 
+impl crate::DecisionStore for SqliteStore {
+    fn put_loop(&self, name: &str, config: &serde_json::Value) -> Result<LoopRecord> {
+        let (name, config) = (name.to_owned(), config.clone());
+        self.exec(move |c| put_loop(c, &name, &config, now_ms()))
+    }
+
+    fn get_loop(&self, name: &str) -> Result<Option<LoopRecord>> {
+        self.read(|c| get_loop(c, name))
+    }
+
+    fn loops(&self) -> Result<Vec<LoopRecord>> {
+        self.read(loops)
+    }
+
+    fn insert_decision(&self, decision: NewDecision) -> Result<Option<u64>> {
+        self.exec_single(move |c| insert_decision(c, &decision))
+    }
+
+    fn decision(&self, id: &str) -> Result<Option<DecisionRecord>> {
+        self.read(|c| decision(c, id))
+    }
+
+    fn activate_decision(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.exec(move |c| activate(c, &id))
+    }
+
+    fn insert_reward(&self, reward: NewReward) -> Result<RewardOutcome> {
+        self.exec_single(move |c| insert_reward(c, &reward))
+    }
+
+    fn insert_rewards(
+        &self,
+        rewards: Vec<NewReward>,
+        settle: Vec<String>,
+    ) -> Result<Vec<RewardOutcome>> {
+        self.exec(move |c| {
+            let out = rewards
+                .iter()
+                .map(|r| insert_reward(c, r))
+                .collect::<Result<Vec<_>>>()?;
+            settle_windows(c, &settle)?;
+            Ok(out)
+        })
+    }
+
+    fn open_decisions(
+        &self,
+        deadline_before: Option<Millis>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>> {
+        self.read(|c| open_decisions(c, deadline_before, limit))
+    }
+
+    fn loop_rewards(
+        &self,
+        loop_name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(RewardRecord, DecisionRecord)>> {
+        self.read(|c| loop_rewards(c, loop_name, after, limit))
+    }
+
+    fn decision_log(&self, loop_name: &str, limit: usize) -> Result<Vec<DecisionRecord>> {
+        self.read(|c| decision_log(c, loop_name, limit))
+    }
+
+    fn save_checkpoint(&self, loop_name: &str, reward_seq: u64, model: Vec<u8>) -> Result<()> {
+        let name = loop_name.to_owned();
+        self.exec(move |c| save_checkpoint(c, &name, reward_seq, &model, now_ms()))
+    }
+
+    fn checkpoint(&self, loop_name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        self.read(|c| checkpoint(c, loop_name))
+    }
+
+    fn delete_checkpoint(&self, loop_name: &str) -> Result<()> {
+        let name = loop_name.to_owned();
+        self.exec(move |c| delete_checkpoint(c, &name))
+    }
+
+    fn delete_user_decisions(&self, user: &str) -> Result<(Vec<String>, u64)> {
+        let user = user.to_owned();
+        self.exec(move |c| delete_user_decisions(c, &user))
+    }
+
+    fn user_decisions(&self, user: &str) -> Result<Vec<DecisionRecord>> {
+        self.read(|c| user_decisions(c, user))
+    }
+
+    fn loop_stats(&self, loop_name: &str) -> Result<LoopLogStats> {
+        self.read(|c| loop_stats(c, loop_name))
+    }
+
+    fn delete_decisions_before(&self, before: Millis, limit: usize) -> Result<u64> {
+        self.exec(move |c| delete_decisions_before(c, before, limit))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SqliteStore, Store, StoreOptions};
-
-    fn decision(id: &str, user: Option<&str>, deadline: Millis, activated: bool) -> NewDecision {
-        NewDecision {
-            id: id.into(),
-            loop_name: "home".into(),
-            user: user.map(Into::into),
-            created_at: 1,
-            deadline,
-            activated,
-            payload: format!("{{\"id\":\"{id}\"}}"),
-        }
-    }
-
-    fn reward(id: &str, slot: u32, value: f64) -> NewReward {
-        NewReward {
-            decision_id: id.into(),
-            slot,
-            value,
-            at: 5,
-            is_default: false,
-        }
-    }
+    use crate::prelude::*;
+    use crate::{Error, SqliteStore, StoreOptions};
 
     #[test]
-    fn decisions_rewards_and_checkpoints() {
+    fn an_unreadable_loop_configuration_is_a_typed_decision_error() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
-        let cfg = serde_json::json!({"slots": 3});
-        assert_eq!(s.put_loop("home", &cfg).unwrap().config, cfg);
-        assert_eq!(s.loops().unwrap().len(), 1);
-
-        assert!(
-            s.insert_decision(decision("d1", Some("u1"), 100, true))
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(
-            s.insert_decision(decision("d1", None, 100, true)).unwrap(),
-            None
-        );
-        s.insert_decision(decision("d2", Some("u2"), 50, false))
+        s.put_loop("home", &serde_json::json!({"slots": 1}))
             .unwrap();
-
-        let RewardOutcome::Recorded(r1) = s.insert_reward(reward("d1", 0, 1.0)).unwrap() else {
-            panic!("not recorded")
-        };
-        assert_eq!(
-            s.insert_reward(reward("d1", 0, 0.0)).unwrap(),
-            RewardOutcome::Duplicate { default: false }
-        );
-        // A reward after the window closed finds the default there and says so.
-        let default = NewReward {
-            is_default: true,
-            ..reward("d2", 0, 0.0)
-        };
+        // Damage the stored row behind the store's back, as a bad disk or a bad edit would.
+        let raw = Connection::open(s.path()).unwrap();
+        raw.execute(
+            "UPDATE bandit_loops SET config = 'not json' WHERE name = 'home'",
+            [],
+        )
+        .unwrap();
+        match s.get_loop("home") {
+            Err(Error::Decision(DecisionStoreError::LoopConfig { name, .. })) => {
+                assert_eq!(name, "home")
+            }
+            other => panic!("expected a LoopConfig error, got {other:?}"),
+        }
         assert!(matches!(
-            s.insert_reward(default).unwrap(),
-            RewardOutcome::Recorded(_)
+            s.loops(),
+            Err(Error::Decision(DecisionStoreError::LoopConfig { .. }))
         ));
-        assert_eq!(
-            s.insert_reward(reward("d2", 0, 1.0)).unwrap(),
-            RewardOutcome::Duplicate { default: true }
-        );
-        assert_eq!(
-            s.insert_reward(reward("nope", 0, 0.0)).unwrap(),
-            RewardOutcome::UnknownDecision
-        );
-        assert!(s.activate_decision("d2").unwrap());
-        assert!(!s.activate_decision("d2").unwrap());
-
-        // Expired and open: d2 (deadline 50) only.
-        let open = s.open_decisions(Some(60), 10).unwrap();
-        assert_eq!(
-            open.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
-            ["d2"]
-        );
-        let mut default = reward("d2", 0, 0.0);
-        default.is_default = true;
-        s.insert_rewards(vec![default], vec!["d2".into(), "d1".into()])
-            .unwrap();
-        assert!(s.open_decisions(None, 10).unwrap().is_empty());
-
-        let replay = s.loop_rewards("home", 0, 10).unwrap();
-        assert_eq!(replay.len(), 2);
-        assert_eq!(replay[0].0.seq, r1);
-        assert_eq!(replay[0].1.id, "d1");
-        assert!(replay[1].0.is_default);
-        assert_eq!(s.loop_rewards("home", r1, 10).unwrap().len(), 1);
-
-        let log = s.decision_log("home", 10).unwrap();
-        assert_eq!(
-            log.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
-            ["d1", "d2"]
-        );
-        assert_eq!(log[0].rewards[0].value, 1.0);
-
-        s.save_checkpoint("home", 7, vec![1, 2, 3]).unwrap();
-        assert_eq!(s.checkpoint("home").unwrap(), Some((7, vec![1, 2, 3])));
-        s.delete_checkpoint("home").unwrap();
-        assert_eq!(s.checkpoint("home").unwrap(), None);
-
-        assert_eq!(s.delete_decisions_before(0, 100).unwrap(), 0);
-        assert_eq!(s.user_decisions("u1").unwrap().len(), 1);
-        assert_eq!(
-            s.delete_user_decisions("u1").unwrap(),
-            (vec!["home".to_owned()], 1)
-        );
-        assert!(s.decision("d1").unwrap().is_none());
-        assert_eq!(s.loop_rewards("home", 0, 10).unwrap().len(), 1);
-        // d2 (created at 1, settled) goes with its reward.
-        assert_eq!(s.delete_decisions_before(2, 100).unwrap(), 1);
-        assert!(s.decision("d2").unwrap().is_none());
-        assert!(s.loop_rewards("home", 0, 10).unwrap().is_empty());
     }
 }
