@@ -9,7 +9,8 @@ use bespoke_server::models::artifact;
 use bespoke_server::models::model::{REGISTRY, Scorer};
 use bespoke_server::models::training::{Pair, Snapshot, train};
 use bespoke_server::models::{self, ServingModel};
-use bespoke_store::{SqliteStore, Store, StoreOptions};
+use bespoke_store::prelude::*;
+use bespoke_store::{SqliteStore, StoreOptions};
 
 const USERS: u32 = 48;
 const ITEMS: u32 = 30;
