@@ -25,9 +25,12 @@ pub enum TuneError {
     /// A thread computing a shared Gram matrix panicked, so the cache cannot be trusted.
     #[error("a Gram computation panicked")]
     GramPoisoned,
-    /// The search refused its parameters or a trial failed ([`search`]'s own message).
-    #[error("{0}")]
-    Search(String),
+    /// [`search`] was given no budget or no model type.
+    #[error("the search needs a budget of at least 1 and one model type")]
+    EmptySearch,
+    /// [`search`] was asked for a model type it does not know.
+    #[error("unknown model type {0:?}: use one of {KINDS:?}")]
+    UnknownKind(String),
     /// No trial trained its configuration in full, so there is nothing to choose.
     #[error("no trial finished")]
     NoTrial,
@@ -687,12 +690,12 @@ fn relative_cost(kind: &str) -> usize {
 /// `relative_cost`) draws no more, and when no type under its cap is within 5 % of the best,
 /// every type under its cap takes turns in score order. `run` trains and scores one configuration (validation NDCG@10).
 /// Returns every trial; the best full-fidelity trial is the choice.
-pub fn search(
+pub fn search<E: From<TuneError>>(
     params: &SearchParams,
-    mut run: impl FnMut(&Config, Recency) -> Result<f64, String>,
-) -> Result<Vec<Trial>, String> {
+    mut run: impl FnMut(&Config, Recency) -> Result<f64, E>,
+) -> Result<Vec<Trial>, E> {
     if params.budget == 0 || params.kinds.is_empty() {
-        return Err("the search needs a budget of at least 1 and one model type".into());
+        return Err(TuneError::EmptySearch.into());
     }
     let mut rng = Rng::seed_from_u64(params.seed ^ 0x7475_6e65);
     let kinds = &params.kinds;
@@ -703,13 +706,13 @@ pub fn search(
     let draw = |kind: &str, point: &[f64]| {
         let u = &mut |d: usize| point[d];
         let config = Config::from_unit(kind, params.iterations, u)
-            .ok_or_else(|| format!("unknown model type {kind:?}: use one of {KINDS:?}"))?;
+            .ok_or_else(|| TuneError::UnknownKind(kind.to_owned()))?;
         let recency = if params.recency && config != Config::Popular {
             recency_from_unit(u(CONFIG_DIMS), u(CONFIG_DIMS + 1))
         } else {
             Recency::OFF
         };
-        Ok::<_, String>((config, recency))
+        Ok::<_, E>((config, recency))
     };
     let last = params.rungs.len().saturating_sub(1);
     let first = |c: &Config| match params.rungs.first() {
@@ -725,7 +728,7 @@ pub fn search(
                    mut point: Vec<f64>,
                    next: &mut dyn FnMut() -> Vec<f64>,
                    candidates: &mut Vec<Candidate>|
-     -> Result<(), String> {
+     -> Result<(), E> {
         let mut drawn = draw(kind, &point)?;
         for _ in 0..32 {
             if !candidates
@@ -1031,7 +1034,7 @@ mod tests {
             ..SearchParams::default()
         };
         let mut calls = Vec::new();
-        let trials = search(&params, |c, _| {
+        let trials = search::<TuneError>(&params, |c, _| {
             calls.push(c.clone());
             // A made-up score that favours few iterations' worth of regularization.
             Ok(match c {
@@ -1093,7 +1096,7 @@ mod tests {
             recency: false,
             ..SearchParams::default()
         };
-        let trials = search(&params, |_, _| Ok(0.1)).unwrap();
+        let trials = search::<TuneError>(&params, |_, _| Ok(0.1)).unwrap();
         let rung0: Vec<&Trial> = trials.iter().filter(|t| t.rung == 0).collect();
         assert_eq!(rung0.len(), 12);
         // Six iALS draws over three factor counts: two each.
@@ -1132,7 +1135,7 @@ mod tests {
             Config::Ease { lambda } => 0.295 - 0.002 * (lambda / 100.0).ln().abs(),
             _ => 0.05,
         };
-        let trials = search(&params, |c, _| Ok(score(c))).unwrap();
+        let trials = search::<TuneError>(&params, |c, _| Ok(score(c))).unwrap();
         let rung0: Vec<&Trial> = trials.iter().filter(|t| t.rung == 0).collect();
         assert_eq!(rung0.len(), 20);
         let local = &rung0[10..];
@@ -1168,7 +1171,7 @@ mod tests {
             Config::Als { regularization, .. } => 0.2 + 0.001 * *regularization as f64,
             _ => 0.05,
         };
-        let trials = search(&params, |c, _| Ok(score(c))).unwrap();
+        let trials = search::<TuneError>(&params, |c, _| Ok(score(c))).unwrap();
         let rung0: Vec<&Trial> = trials.iter().filter(|t| t.rung == 0).collect();
         assert_eq!(rung0.len(), 18);
         let count = |k: &str| rung0.iter().filter(|t| t.config.kind() == k).count();
@@ -1186,7 +1189,7 @@ mod tests {
             18 - 6 - 2
         );
         // Without the cap EASE takes every local draw.
-        let uncapped = search(
+        let uncapped = search::<TuneError>(
             &SearchParams {
                 max_share: 1.0,
                 ..params.clone()
@@ -1236,12 +1239,20 @@ mod tests {
             kinds: vec!["nope".into()],
             ..SearchParams::default()
         };
-        assert!(search(&p, |_, _| Ok(0.0)).unwrap_err().contains("nope"));
+        let err = search::<TuneError>(&p, |_, _| Ok(0.0)).unwrap_err();
+        assert!(
+            matches!(&err, TuneError::UnknownKind(k) if k == "nope"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nope"));
         let p = SearchParams {
             budget: 0,
             ..SearchParams::default()
         };
-        assert!(search(&p, |_, _| Ok(0.0)).is_err());
+        assert!(matches!(
+            search::<TuneError>(&p, |_, _| Ok(0.0)),
+            Err(TuneError::EmptySearch)
+        ));
     }
 
     #[test]

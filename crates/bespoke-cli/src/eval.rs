@@ -878,15 +878,15 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
     let mut fit_times = Vec::new();
     let fixed = args.recency();
     let fitter = tune::Fitter::new(args.seed, args.ease_max_items);
-    let validate = |c: &Config, r: Recency| -> Result<f64, String> {
+    let validate = |c: &Config, r: Recency| -> anyhow::Result<f64> {
         let m = valid.matrix(r);
-        let fitted = fitter.fit(c, &m, r).map_err(|e| e.to_string())?;
+        let fitted = fitter.fit(c, &m, r)?;
         let sums = tune::evaluate(valid.n_items, &valid.eval, |u, s| {
             fitted.recommend(&m, u, K_MAX, s)
         });
         Ok(sums.means()["ndcg@10"])
     };
-    let trials = tune::search(&params, |c, r| {
+    let trials = tune::search::<anyhow::Error>(&params, |c, r| {
         let r = if params.recency { r } else { fixed };
         let t = Instant::now();
         let ndcg = validate(c, r)?;
@@ -897,8 +897,7 @@ pub(crate) fn tune(args: &EvalArgs) -> anyhow::Result<()> {
         bar.set_message(format!("{} {ndcg:.4}", c.kind()));
         bar.inc(1);
         Ok(ndcg)
-    })
-    .map_err(|e| anyhow::anyhow!(e))?;
+    })?;
     let best = tune::best(&trials, &params).expect("budget >= 1").clone();
     // Blending: the best full configuration of each model type, two at a time.
     let by_kind = tune::best_per_kind(&trials, &params);

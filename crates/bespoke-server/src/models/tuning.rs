@@ -151,7 +151,7 @@ pub fn tune(
     let matrix = |r: Recency| snapshot.positive_matrix(&train, r);
     let fitter = tune::Fitter::new(t.seed, t.ease_max_items);
     let fit = |c: &Config, r: Recency, m: &Csr| fitter.fit(c, m, r);
-    let validate = |c: &Config, r: Recency| -> Result<f64, String> {
+    let validate = |c: &Config, r: Recency| -> Result<f64, TuneError> {
         let m = matrix(r);
         // One configuration that cannot be fitted (EASE's system not positive definite, say)
         // scores nothing rather than stopping the search.
@@ -173,8 +173,7 @@ pub fn tune(
             c.kind()
         )));
         validate(c, r)
-    })
-    .map_err(TuneError::Search)?;
+    })?;
     let best = tune::best(&trials, &params).ok_or(TuneError::NoTrial)?;
     // The best configuration of each servable type (the better of the two kNN similarities).
     let mut models: Vec<(ModelKind, TunedModel)> = Vec::new();
