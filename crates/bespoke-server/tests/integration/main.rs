@@ -13,6 +13,7 @@ mod http_hygiene;
 mod models;
 mod ops;
 mod privacy;
+mod ranking;
 mod serving;
 mod timeouts;
 mod users_items;
