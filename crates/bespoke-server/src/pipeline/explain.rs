@@ -147,13 +147,13 @@ pub enum Reason {
         /// The rule's name.
         rule: String,
     },
-    /// The item was chosen to explore, not because it scored best.
+    /// Exploration moved the item's score (a decision's Thompson-sampling draw).
     #[serde(rename = "exploration")]
     Exploration {
         /// A sentence for people.
         message: String,
-        /// The probability the policy gave it.
-        probability: f32,
+        /// The exploration term's part of the score.
+        weight: f32,
     },
     /// Nothing is known of the item: no events, no content to place it by.
     #[serde(rename = "cold_start")]
