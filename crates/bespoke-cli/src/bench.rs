@@ -65,6 +65,26 @@ enum BenchWhat {
         #[arg(long, default_value_t = 500_000)]
         events: usize,
     },
+    /// Latency over HTTP on a trained demo shop, one keep-alive connection: ranking
+    /// `--candidates` supplied items (`POST /v1/users/{key}/rank`) and, for comparison,
+    /// recommendations (`GET /v1/users/{key}/recommendations?n=20`), for rotating users.
+    Rank {
+        /// Requests of each kind.
+        #[arg(long, default_value_t = 2_000)]
+        requests: usize,
+        /// Candidates per rank request.
+        #[arg(long, default_value_t = 200)]
+        candidates: usize,
+        /// Users of the demo shop.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Items of the demo shop.
+        #[arg(long, default_value_t = 5_000)]
+        items: usize,
+        /// Events of the demo shop.
+        #[arg(long, default_value_t = 500_000)]
+        events: usize,
+    },
     /// Contextual-bandit learner on a `bench/bandit_env.py` environment: average reward,
     /// regret against the optimal policy, decisions per second (in process).
     Bandit {
@@ -125,6 +145,13 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             items,
             events,
         } => bench_realtime(settings, *trials, *users, *items, *events)?,
+        BenchWhat::Rank {
+            requests,
+            candidates,
+            users,
+            items,
+            events,
+        } => bench_rank(settings, *requests, *candidates, *users, *items, *events)?,
         BenchWhat::Ingest {
             events,
             batch,
@@ -609,6 +636,81 @@ fn bench_realtime(
             "changed_on_first_read": first_read_changed,
             "event_to_changed_recommendation_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
             "target_ms": 50,
+            "shop": { "users": users, "items": items, "events": events },
+        }))
+    })
+}
+
+fn bench_rank(
+    settings: &Settings,
+    requests: usize,
+    candidates: usize,
+    users: usize,
+    items: usize,
+    events: usize,
+) -> anyhow::Result<serde_json::Value> {
+    if requests == 0 || users == 0 || items == 0 || !(1..=1000).contains(&candidates) {
+        bail!("--requests, --users and --items must be at least 1, --candidates 1 to 1000");
+    }
+    let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut s = settings.clone();
+    // A subdirectory, so that the audit key file (beside the data directory) is removed too.
+    s.store.data_dir = work.path().join("store");
+    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
+    s.training.evaluate = false;
+    s.training.train_on_start = false;
+    s.training.interval_minutes = 0;
+    s.training.min_new_events = 0;
+    s.training.tune_interval_hours = 0.0;
+    let store = bespoke_server::open_store(&s)?;
+    let shop = crate::demo::generate(42, users, items, events, 1_767_225_600_000);
+    crate::demo::load(&*store, shop)?;
+    let engine = std::sync::Arc::new(bespoke_server::Engine::open(store, std::sync::Arc::new(s))?);
+    engine.train(|_| {})?;
+    let (key, _) = engine.create_key("bench", "bench", &[Scope::Read], None)?;
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let server = bespoke_server::start_with_engine(engine).await?;
+        let mut client = Client::connect(server.addr(), &key).await?;
+        let mut rng = Rng::seed_from_u64(11);
+        let mut rank_ms = Vec::with_capacity(requests);
+        let mut recs_ms = Vec::with_capacity(requests);
+        // A warm-up pass, not measured: caches and connections settle.
+        for round in 0..requests + requests / 10 {
+            let user = format!("user-{:05}", rng.below(users as u64));
+            let mut picked = std::collections::BTreeSet::new();
+            while picked.len() < candidates.min(items) {
+                picked.insert(format!("sku-{:05}", rng.below(items as u64)));
+            }
+            let body = serde_json::to_vec(&json!({ "items": picked }))?;
+            let started = Instant::now();
+            let out = client.call("POST", &format!("/v1/users/{user}/rank"), Some(body)).await?;
+            let took = started.elapsed().as_secs_f64() * 1e3;
+            if item_keys(&out).len() != picked.len() {
+                bail!("the rank route did not return every candidate");
+            }
+            let started = Instant::now();
+            client
+                .call("GET", &format!("/v1/users/{user}/recommendations?n=20"), None)
+                .await?;
+            let took_recs = started.elapsed().as_secs_f64() * 1e3;
+            if round >= requests / 10 {
+                rank_ms.push(took);
+                recs_ms.push(took_recs);
+            }
+        }
+        server.shutdown().await?;
+        let pct = |xs: &mut Vec<f64>, p: f64| {
+            xs.sort_by(f64::total_cmp);
+            xs[((xs.len() - 1) as f64 * p) as usize]
+        };
+        Ok(json!({
+            "bench": "rank",
+            "requests": requests,
+            "candidates": candidates,
+            "rank_ms": { "p50": pct(&mut rank_ms, 0.5), "p99": pct(&mut rank_ms, 0.99), "max": pct(&mut rank_ms, 1.0) },
+            "recommendations_n20_ms": { "p50": pct(&mut recs_ms, 0.5), "p99": pct(&mut recs_ms, 0.99), "max": pct(&mut recs_ms, 1.0) },
+            "target_rank_p99_ms": 2,
             "shop": { "users": users, "items": items, "events": events },
         }))
     })

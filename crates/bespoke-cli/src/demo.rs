@@ -489,7 +489,7 @@ pub(crate) fn run(
     );
     eprintln!("\n{sample_user} ({}), for example:", sample.model);
     for r in &sample.items {
-        let why = r.reasons.first().map_or("", |x| x.message.as_str());
+        let why = r.reasons.first().map_or("", |x| x.message());
         eprintln!("  {:<10} {:>8.3}  {why}", r.item, r.score);
     }
     let top = engine.popular(&PopularQuery {

@@ -77,7 +77,7 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
         exclude: args.exclude.clone(),
         include_seen: args.include_seen,
         model: args.model.as_deref().and_then(ModelChoice::from_name),
-        context: None,
+        ..RecommendQuery::default()
     };
     let recs = engine.recommend(&args.user, &q);
     if args.json {
@@ -95,7 +95,7 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
         None => println!("model: {}", recs.model),
     }
     for (rank, r) in recs.items.iter().enumerate() {
-        let why: Vec<&str> = r.reasons.iter().map(|x| x.message.as_str()).collect();
+        let why: Vec<&str> = r.reasons.iter().map(|x| x.message()).collect();
         println!(
             "{:>3}. {:<24} {:>10.3}  {}",
             rank + 1,

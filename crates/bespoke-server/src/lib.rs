@@ -25,6 +25,7 @@ pub mod features;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod pipeline;
 pub mod privacy;
 pub mod settings;
 pub mod strict;

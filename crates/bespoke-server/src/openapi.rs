@@ -55,6 +55,26 @@ fn key_param() -> Value {
     json!({ "name": "key", "in": "path", "required": true, "description": "External key: 1 to limits.max_key_bytes bytes of UTF-8, no control or invisible characters", "schema": { "type": "string" } })
 }
 
+/// `POST /v1/users/{key}/rank`.
+fn rank_path() -> Value {
+    json!({ "post": {
+        "summary": "Rank supplied candidates for a user: every item back, best first, with scores and reasons",
+        "description": "Up to 1,000 item keys, each once. Items are scored by one model (model, default serving.default_model; a tuned blend ranks by its first model, as sessions do) from the user's history; a user never seen, or one without history, is ranked by `history` (a session, oldest first), else by their attributes and `context` through the content model. Items the model has no row for are scored by the content model when the catalog has their content (items without events); the rest come last, in the order given, with `\"unknown\": true`, `score: null` and a `cold_start` reason. Without consent to personalization, without a trained model or with model=popular, items are ranked by popularity. The same pipeline as recommendations: `explain=full` and `diversity` work here too.",
+        "operationId": "rankItems",
+        "parameters": [key_param()],
+        "requestBody": { "required": true, "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/RankIn" },
+            "example": { "items": ["sku-1", "sku-2", "sku-3", "sku-new"], "history": ["sku-9"], "context": { "device": "mobile" }, "explain": "full" } } } },
+        "responses": with_errors(json!({ "200": { "description": "Every supplied item, best first", "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Ranked" },
+            "example": { "user": "u1", "personalized": true, "model": "als", "model_version": 3, "items": [
+                { "item": "sku-2", "score": 0.82, "reasons": [{ "kind": "als", "message": "because of sku-9 in this history", "item": "sku-9", "weight": 0.8 }],
+                  "contributions": [{ "term": "history_item", "item": "sku-9", "value": 0.8 }, { "term": "history_item", "item": "sku-4", "value": 0.02 }] },
+                { "item": "sku-1", "score": 0.31, "reasons": [{ "kind": "als", "message": "because of sku-9 in this history", "item": "sku-9", "weight": 0.31 }],
+                  "contributions": [{ "term": "history_item", "item": "sku-9", "value": 0.31 }] },
+                { "item": "sku-new", "score": null, "unknown": true, "reasons": [{ "kind": "cold_start", "message": "not in the catalog: ranked last" }] } ] } } } } }), &[400, 413, 415]) } })
+}
+
 /// Paths of the decision loops and the Personalizer-compatible routes.
 fn loop_paths() -> Value {
     json!({
@@ -150,6 +170,22 @@ fn n_param() -> Value {
     json!({ "name": "n", "in": "query", "description": "Number of results, 1 to limits.max_n (1000 by default); default serving.default_n", "schema": { "type": "integer", "minimum": 1 } })
 }
 
+fn explain_param() -> Value {
+    json!({ "name": "explain", "in": "query", "description": "`reasons` (default) or `full`: each result also carries `contributions`, the terms of its score, which sum to it (see the Contribution schema for each model's terms)", "schema": { "type": "string", "enum": ["reasons", "full"] } })
+}
+
+fn diversity_param() -> Value {
+    json!({ "name": "diversity", "in": "query", "description": "λ of the diversity re-ranker, 0 to 1 (maximal marginal relevance over the candidates: (1 − λ)·relevance − λ·similarity to the items above, similarity the cosine of iALS item factors, else shared categories). 0 (default) leaves the ranking as scored; scores never change, and an item moved down gets a `diversity` reason", "schema": { "type": "number", "minimum": 0, "maximum": 1, "default": 0 } })
+}
+
+fn category_param() -> Value {
+    json!({ "name": "category", "in": "query", "description": "Only items in any of these categories (comma-separated or repeated)", "schema": { "type": "string" } })
+}
+
+fn exclude_param() -> Value {
+    json!({ "name": "exclude", "in": "query", "description": "Item keys never to return (comma-separated or repeated), at most limits.max_exclude", "schema": { "type": "string" } })
+}
+
 fn json_body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
 }
@@ -195,8 +231,11 @@ pub fn document() -> Value {
                 "model": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] },
                 "categories": { "type": "array", "items": { "type": "string" } },
                 "exclude": { "type": "array", "items": { "type": "string" } },
-                "include_seen": { "type": "boolean", "default": false } } } } } },
+                "include_seen": { "type": "boolean", "default": false },
+                "explain": { "type": "string", "enum": ["reasons", "full"], "default": "reasons" },
+                "diversity": { "type": "number", "minimum": 0, "maximum": 1, "default": 0 } } } } } },
             "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400, 413, 415]) } }));
+        all.insert("/v1/users/{key}/rank".to_owned(), rank_path());
         for prefix in ["/personalizer", "/personalizer/v1.1-preview.1"] {
             let tag = if prefix.ends_with("preview.1") {
                 "V11"
@@ -206,10 +245,12 @@ pub fn document() -> Value {
             all.extend(multislot_paths(prefix, tag));
         }
     }
-    if let (Some(all), Value::Object(more)) =
-        (doc["components"]["schemas"].as_object_mut(), loop_schemas())
-    {
-        all.extend(more);
+    for more in [loop_schemas(), pipeline_schemas()] {
+        if let (Some(all), Value::Object(more)) =
+            (doc["components"]["schemas"].as_object_mut(), more)
+        {
+            all.extend(more);
+        }
     }
     for (method, path, access) in crate::api::ROUTES {
         let Some(op) = doc["paths"][path]
@@ -295,9 +336,9 @@ fn paths() -> Value {
                 "operationId": "getRecommendations",
                 "parameters": [key_param(), n_param(),
                     { "name": "model", "in": "query", "description": "auto (what the last tuning chose: a model or a blend), als, knn, ease (catalogs up to training.ease_max_items), bpr (with training.bpr) or popular; default serving.default_model", "schema": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] } },
-                    { "name": "category", "in": "query", "description": "Only items in any of these categories (comma-separated or repeated)", "schema": { "type": "string" } },
-                    { "name": "exclude", "in": "query", "description": "Item keys never to return (comma-separated or repeated)", "schema": { "type": "string" } },
-                    { "name": "include_seen", "in": "query", "description": "Also return items the user interacted with", "schema": { "type": "boolean", "default": false } }],
+                    category_param(), exclude_param(),
+                    { "name": "include_seen", "in": "query", "description": "Also return items the user interacted with", "schema": { "type": "boolean", "default": false } },
+                    explain_param(), diversity_param()],
                 "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400]) } },
             "/v1/items/{key}": {
                 "parameters": [key_param()],
@@ -312,7 +353,8 @@ fn paths() -> Value {
                 "summary": "Items related to an item (co-occurrence; popular items of its category when there is too little data)",
                 "operationId": "getSimilar",
                 "parameters": [key_param(), n_param(),
-                    { "name": "model", "in": "query", "description": "knn (item neighbours), als (cosine of item factors) or cooccurrence; default serving.default_similar_model", "schema": { "type": "string", "enum": ["knn", "als", "cooccurrence"] } }],
+                    { "name": "model", "in": "query", "description": "knn (item neighbours), als (cosine of item factors) or cooccurrence; default serving.default_similar_model", "schema": { "type": "string", "enum": ["knn", "als", "cooccurrence"] } },
+                    category_param(), exclude_param(), explain_param(), diversity_param()],
                 "responses": with_errors(json!({ "200": ok("Related items, best first", "Similar") }), &[400, 404]) } },
             "/v1/models": { "get": {
                 "summary": "Model versions, the active one, their metrics, and the trainer's status", "operationId": "listModels",
@@ -355,7 +397,8 @@ fn paths() -> Value {
                 "parameters": [n_param(),
                     { "name": "category", "in": "query", "description": "Only items in any of these categories", "schema": { "type": "string" } },
                     { "name": "window", "in": "query", "description": "Count only events of the last 90s, 30m, 24h, 7d, 2w…; `all` (default) for all time", "schema": { "type": "string" } },
-                    { "name": "sort", "in": "query", "description": "`count` (default) or `trending`", "schema": { "type": "string", "enum": ["count", "trending"] } }],
+                    { "name": "sort", "in": "query", "description": "`count` (default) or `trending`", "schema": { "type": "string", "enum": ["count", "trending"] } },
+                    exclude_param(), explain_param(), diversity_param()],
                 "responses": with_errors(json!({ "200": ok("Popular items, best first", "Popular") }), &[400]) } }
         },
         "components": {
@@ -364,6 +407,39 @@ fn paths() -> Value {
           },
           "schemas": schemas()
         }
+    })
+}
+
+/// Schemas of the ranking pipeline: reasons, contributions, the rank route.
+fn pipeline_schemas() -> Value {
+    json!({
+            "Reason": { "type": "object", "required": ["kind", "message"],
+                "description": "Why an item is where it is, tagged by kind; the same schema on every ranking route and in decisions. Kinds and their fields: als, knn, ease, bpr (a history item behind that model's score: item, weight = its contribution; without item, the history as a whole); blend (two models' blend, no history item named); content (content and attribute match: a new item placed by its content, feature, weight; or an item placed next to a new one, item, weight = similarity); profile (a user without history placed by their attributes or the context: feature, weight); popular, trending (category, count); co_occurrence (item, count of users); unseen; context (a decision's context feature: feature, weight = its contribution); exploration (a decision's exploration term: weight); rule (a business rule: rule); cold_start (nothing scores the item: rank route); diversity (moved down by the diversity re-ranker: item it resembles, similarity); fallback (what was asked could not be answered; item for similar items)",
+                "discriminator": { "propertyName": "kind" },
+                "properties": {
+                "kind": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "profile", "popular", "trending", "co_occurrence", "unseen", "context", "rule", "exploration", "cold_start", "diversity", "fallback"] },
+                "message": { "type": "string", "description": "For people" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" },
+                "feature": { "type": "string", "description": "The content feature behind a content or profile reason: category:<c>, word:<w>, attr:<name>=<value>, numeric:<name>~<bucket>, embedding:<name>; a decision's feature for context" },
+                "weight": { "type": "number", "description": "The history item's (or feature's) contribution to the score, or a similarity" },
+                "similarity": { "type": "number" }, "rule": { "type": "string" } } },
+            "Contribution": { "type": "object", "required": ["term", "value"],
+                "description": "One term of a score (explain=full); an item's terms sum to its score (within float rounding, 1e-5 relative). iALS: history_item (Hu–Koren–Volinsky c_ui·y_jᵀ W y_i, one per positive history item, W = (YᵀC^uY + λI)⁻¹), plus session_content for a session's items placed by their content. item-kNN: neighbour (w_i·sim(i, j) per history item with j among its neighbours). EASE: item_weight (w_i·B_ij). BPR: factor (v_k·q_jk, with factor = k) and item_bias. Blend: each model's terms prefixed with its name (als.history_item) and scaled by its weight over that model's top score. Content model (new items, users by profile): feature (per feature, an embedding's dimensions summed) including bias. Popularity, similar items, co-occurrence: popularity, similarity or co_occurrence, the score itself. A top-up below model results: popularity (scaled) and offset.",
+                "properties": { "term": { "type": "string" }, "item": { "type": "string" }, "feature": { "type": "string" }, "factor": { "type": "integer" }, "value": { "type": "number" } } },
+            "RankIn": { "type": "object", "required": ["items"], "additionalProperties": false, "properties": {
+                "items": { "type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": true, "items": { "type": "string" }, "description": "Candidate item keys, each once" },
+                "context": { "type": "object", "description": "Attributes of the request, named like user attributes: place a user without history through the content model" },
+                "history": { "type": "array", "description": "A session's items, oldest first (a key or {item, weight}); ranks a user never seen or one without history. At most serving.max_session_items", "items": { "oneOf": [ { "type": "string" }, { "type": "object", "required": ["item"], "properties": { "item": { "type": "string" }, "weight": { "type": "number" } } } ] } },
+                "model": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] },
+                "explain": { "type": "string", "enum": ["reasons", "full"], "default": "reasons" },
+                "diversity": { "type": "number", "minimum": 0, "maximum": 1, "default": 0 } } },
+            "RankedItem": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
+                "item": { "type": "string" }, "score": { "type": ["number", "null"], "description": "Higher is better; null for an unknown item" },
+                "unknown": { "type": "boolean", "description": "Present (true) when nothing scores the item: not in the catalog, or no events and no content" },
+                "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } },
+                "contributions": { "type": "array", "items": { "$ref": "#/components/schemas/Contribution" } } } },
+            "Ranked": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
+                "model": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "content", "popular"] }, "model_version": { "type": "integer" },
+                "items": { "type": "array", "items": { "$ref": "#/components/schemas/RankedItem" } } } }
     })
 }
 
@@ -398,7 +474,7 @@ fn loop_schemas() -> Value {
             "Decision": { "type": "object", "properties": {
                 "decision_id": { "type": "string" }, "loop": { "type": "string" }, "slots": { "type": "integer" }, "activated": { "type": "boolean" }, "reward_deadline": { "type": "string" },
                 "ranking": { "type": "array", "items": { "type": "object", "properties": { "action": { "type": "string" }, "probability": { "type": "number" }, "score": { "type": "number" } } } },
-                "explanation": { "type": "object", "description": "mode, policy, model_updates, personalized, learned_choice (apprentice), actions [{action, predicted, exploration, contributions [{feature, contribution}]}]: contributions + exploration = score" } } },
+                "explanation": { "type": "object", "description": "mode, policy, model_updates, personalized, learned_choice (apprentice), actions [{action, predicted, exploration, contributions [{feature, contribution}], reasons [Reason: context, exploration]}]: contributions + exploration = score" } } },
             "RewardAck": { "type": "object", "properties": { "decision_id": { "type": "string" }, "slot": { "type": "integer" }, "action": { "type": "string" }, "value": { "type": "number" }, "learned": { "type": "boolean" } } },
             "Evaluation": { "type": "object", "description": "decisions, observed_reward, policies [{policy, config?, decisions, ips, snips, dr ({value, std_error, ci95}), effective_sample_size}], best, significant, feature_importance [{namespace, loss_increase, relative}], reward_model_mse" }
     })
@@ -467,14 +543,10 @@ fn schemas() -> Value {
                 "available": { "type": "boolean", "default": true } } },
             "Item": { "allOf": [ { "$ref": "#/components/schemas/ItemIn" }, { "type": "object", "properties": { "key": { "type": "string" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } } ] },
             "Deleted": { "type": "object", "properties": { "key": { "type": "string" }, "deleted": { "type": "boolean" }, "events_deleted": { "type": "integer" } } },
-            "Reason": { "type": "object", "required": ["kind", "message"], "properties": {
-                "kind": { "type": "string", "description": "als, knn, ease, content (a new item placed by its content), profile (a user without history placed by their attributes or the request context), popular, trending, unseen, co_occurrence, fallback" },
-                "message": { "type": "string" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" },
-                "feature": { "type": "string", "description": "The content feature behind a content or profile reason: category:<c>, word:<w>, attr:<name>=<value>, numeric:<name>~<bucket>, embedding:<name>" },
-                "weight": { "type": "number", "description": "The history item's (or feature's) contribution to the score, or a similarity" } } },
             "Recommendation": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
                 "item": { "type": "string" }, "score": { "type": "number", "description": "Higher is better; comparable within one response" },
-                "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } } } },
+                "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } },
+                "contributions": { "type": "array", "description": "With explain=full: the terms of the score, summing to it", "items": { "$ref": "#/components/schemas/Contribution" } } } },
             "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
                 "model": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
             "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },

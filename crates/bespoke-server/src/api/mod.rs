@@ -85,6 +85,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/users/{key}/recommendations",
         Access::Needs(Scope::Read),
     ),
+    ("POST", "/v1/users/{key}/rank", Access::Needs(Scope::Read)),
     ("GET", "/v1/items/{key}", Access::Needs(Scope::Read)),
     ("PUT", "/v1/items/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/items/{key}", Access::Needs(Scope::Write)),
@@ -285,6 +286,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/users/{key}/recommendations",
             get(serving::recommendations),
         )
+        .route("/v1/users/{key}/rank", post(serving::rank))
         .route(
             "/v1/items/{key}",
             put(catalog::put_item)

@@ -1,14 +1,21 @@
-//! Recommendations, similar items and popular items.
+//! Recommendations, similar items, popular items and the ranking of supplied candidates: each
+//! parses into one [`RankRequest`] and runs the ranking pipeline.
+//!
+//! Ranking is bounded CPU work of tens of microseconds with no IO, so it runs on the runtime
+//! worker, which costs less than a hand-off to the blocking pool and back. The one store read a
+//! ranking may need (a history-less user's attributes) goes to the blocking pool.
 
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, KeyPath, Params};
-use super::{AppState, validate_key};
-use crate::engine::{PopularQuery, PopularSort, RecommendQuery, Recommendation};
+use super::{AppState, blocking, validate_key};
+use crate::engine::{PopularSort, Recommendation, Recommendations};
 use crate::error::ApiError;
-use crate::settings::{ModelChoice, SimilarChoice};
+use crate::pipeline::request::{CommonIn, Form, explain_param, model_param};
+use crate::pipeline::{NeedsAttributes, RankRequest, Ranked, RankedItem, Source};
+use crate::settings::SimilarChoice;
 use crate::time::parse_duration;
 
 /// Answer of `GET /v1/users/{key}/recommendations`.
@@ -38,30 +45,87 @@ pub(crate) struct PopularOut {
     items: Vec<Recommendation>,
 }
 
-fn n_param(state: &AppState, params: &Params) -> Result<usize, ApiError> {
-    let s = state.engine.settings();
-    params.int("n", s.serving.default_n, 1, s.limits.max_n)
-}
-
-fn categories(state: &AppState, params: &Params) -> Result<Vec<String>, ApiError> {
-    let cats = params.list("category");
-    for c in &cats {
-        validate_key("category", c, state.engine.settings().limits.max_key_bytes)?;
-    }
-    Ok(cats)
-}
-
-/// The `model` of a recommendation request.
-fn model_param(name: Option<&str>) -> Result<Option<ModelChoice>, ApiError> {
-    let Some(name) = name else {
-        return Ok(None);
+/// The shared fields of a ranking GET, checked against what the route `allowed`. `model` is a
+/// recommendation model where `models` (similar items read their own).
+fn query_request(
+    state: &AppState,
+    params: &Params,
+    allowed: &[&str],
+    models: bool,
+) -> Result<RankRequest, ApiError> {
+    params.allow(allowed)?;
+    let settings = state.engine.settings();
+    let max_n = settings.limits.max_n;
+    let n = match params.get("n") {
+        None => None,
+        Some(raw) => Some(raw.trim().parse::<i128>().map_err(|_| {
+            ApiError::invalid(
+                "n",
+                format!("n must be an integer from 1 to {max_n}, got {raw:?}"),
+            )
+        })?),
     };
-    ModelChoice::from_name(name).map(Some).ok_or_else(|| {
-        ApiError::invalid(
-            "model",
-            format!("model must be auto, als, knn, ease, bpr or popular, got {name:?}"),
-        )
-    })
+    let diversity = match params.get("diversity") {
+        None => None,
+        Some(raw) => Some(raw.trim().parse::<f64>().map_err(|_| {
+            ApiError::invalid(
+                "diversity",
+                format!("diversity must be a number from 0 to 1, got {raw:?}"),
+            )
+        })?),
+    };
+    CommonIn {
+        // Out of i64's range is out of range all the same.
+        n: n.map(|n| n.clamp(i64::MIN as i128, i64::MAX as i128) as i64),
+        model: params.get("model").filter(|_| models).map(str::to_owned),
+        categories: params.list("category"),
+        exclude: params.list("exclude"),
+        include_seen: params.bool("include_seen", false)?,
+        explain: params.get("explain").map(str::to_owned),
+        diversity,
+    }
+    .validate(Form::Query, settings, None)
+}
+
+/// Runs the pipeline for a user, reading their stored attributes on the blocking pool when a
+/// user without history needs them.
+async fn rank_user(
+    state: &AppState,
+    key: &str,
+    req: RankRequest,
+) -> Result<Recommendations, ApiError> {
+    let source = Source::User {
+        key,
+        attributes: None,
+    };
+    match state.engine.rank(source, &req) {
+        Ok(out) => Ok(out.unwrap_or_else(empty)),
+        Err(NeedsAttributes) => {
+            let engine = state.engine.clone();
+            let key = key.to_owned();
+            blocking(move || {
+                let attributes = engine.user_attributes(&key);
+                let source = Source::User {
+                    key: &key,
+                    attributes: Some(&attributes),
+                };
+                engine
+                    .rank(source, &req)
+                    .map(|out| out.unwrap_or_else(empty))
+                    .map_err(|_| ApiError::internal("ranking", &"attributes were asked for twice"))
+            })
+            .await
+        }
+    }
+}
+
+fn empty() -> Recommendations {
+    Recommendations {
+        items: Vec::new(),
+        personalized: false,
+        model: "popular",
+        model_version: None,
+    }
 }
 
 pub(crate) async fn recommendations(
@@ -69,30 +133,22 @@ pub(crate) async fn recommendations(
     KeyPath(key): KeyPath,
     params: Params,
 ) -> Result<Json<RecommendationsOut>, ApiError> {
-    let limits = &state.engine.settings().limits;
-    validate_key("key", &key, limits.max_key_bytes)?;
-    params.allow(&["n", "category", "exclude", "include_seen", "model"])?;
-    let exclude = params.list("exclude");
-    if exclude.len() > limits.max_exclude {
-        return Err(ApiError::invalid(
+    validate_key("key", &key, state.engine.settings().limits.max_key_bytes)?;
+    let req = query_request(
+        &state,
+        &params,
+        &[
+            "n",
+            "category",
             "exclude",
-            format!(
-                "at most {} excluded items (limits.max_exclude)",
-                limits.max_exclude
-            ),
-        ));
-    }
-    let q = RecommendQuery {
-        n: n_param(&state, &params)?,
-        categories: categories(&state, &params)?,
-        exclude,
-        include_seen: params.bool("include_seen", false)?,
-        model: model_param(params.get("model"))?,
-        context: None,
-    };
-    // Scoring is bounded CPU work of tens of microseconds with no IO: it runs on the runtime
-    // worker, which costs less than a hand-off to the blocking pool and back.
-    let recs = state.engine.recommend(&key, &q);
+            "include_seen",
+            "model",
+            "explain",
+            "diversity",
+        ],
+        true,
+    )?;
+    let recs = rank_user(&state, &key, req).await?;
     Ok(Json(RecommendationsOut {
         user: key,
         personalized: recs.personalized,
@@ -108,8 +164,12 @@ pub(crate) async fn similar(
     params: Params,
 ) -> Result<Json<SimilarOut>, ApiError> {
     validate_key("key", &key, state.engine.settings().limits.max_key_bytes)?;
-    params.allow(&["n", "model"])?;
-    let n = n_param(&state, &params)?;
+    let req = query_request(
+        &state,
+        &params,
+        &["n", "model", "category", "exclude", "explain", "diversity"],
+        false,
+    )?;
     let choice = match params.get("model") {
         None => None,
         Some("knn") => Some(SimilarChoice::Knn),
@@ -122,10 +182,17 @@ pub(crate) async fn similar(
             ));
         }
     };
+    let source = Source::Similar {
+        item: &key,
+        model: choice,
+    };
     let items = state
         .engine
-        .similar(&key, n, choice)
-        .ok_or_else(|| ApiError::not_found("item", &key))?;
+        .rank(source, &req)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ApiError::not_found("item", &key))?
+        .items;
     Ok(Json(SimilarOut { item: key, items }))
 }
 
@@ -133,7 +200,20 @@ pub(crate) async fn popular(
     State(state): State<AppState>,
     params: Params,
 ) -> Result<Json<PopularOut>, ApiError> {
-    params.allow(&["n", "category", "window", "sort"])?;
+    let req = query_request(
+        &state,
+        &params,
+        &[
+            "n",
+            "category",
+            "window",
+            "sort",
+            "exclude",
+            "explain",
+            "diversity",
+        ],
+        false,
+    )?;
     let window = match params.get("window") {
         None | Some("all") => None,
         Some(w) => Some(
@@ -157,17 +237,17 @@ pub(crate) async fn popular(
             "window applies to sort=count; trending already weighs recent events more",
         ));
     }
-    let q = PopularQuery {
-        n: n_param(&state, &params)?,
-        categories: categories(&state, &params)?,
-        window,
-        sort,
-    };
-    let items = state.engine.popular(&q);
+    let items = state
+        .engine
+        .rank(Source::Popular { sort, window }, &req)
+        .ok()
+        .flatten()
+        .map(|r| r.items)
+        .unwrap_or_default();
     Ok(Json(PopularOut { items }))
 }
 
-/// One item of a session: a key, or `{item, weight}`.
+/// One item of a session or a history: a key, or `{item, weight}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum SessionItem {
@@ -177,6 +257,42 @@ pub(crate) enum SessionItem {
         #[serde(default)]
         weight: Option<f64>,
     },
+}
+
+/// Checks a session's or a history's items (`field`: `items` or `history`) and their weights.
+fn session_items(
+    state: &AppState,
+    field: &str,
+    items: Vec<SessionItem>,
+) -> Result<Vec<(String, f32)>, ApiError> {
+    let settings = state.engine.settings();
+    let max = settings.serving.max_session_items;
+    if items.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {max} items (serving.max_session_items)"),
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, it) in items.into_iter().enumerate() {
+        let (key, weight) = match it {
+            SessionItem::Key(k) => (k, 1.0),
+            SessionItem::Weighted { item, weight } => (item, weight.unwrap_or(1.0)),
+        };
+        validate_key(
+            &format!("{field}[{i}]"),
+            &key,
+            settings.limits.max_key_bytes,
+        )?;
+        if !(weight.is_finite() && weight.abs() <= 1e6) {
+            return Err(ApiError::invalid(
+                format!("{field}[{i}].weight"),
+                "must be a finite number of magnitude at most 1e6",
+            ));
+        }
+        out.push((key, weight as f32));
+    }
+    Ok(out)
 }
 
 /// Body of `POST /v1/recommendations`.
@@ -197,6 +313,10 @@ pub(crate) struct SessionIn {
     exclude: Vec<String>,
     #[serde(default)]
     include_seen: bool,
+    #[serde(default)]
+    explain: Option<String>,
+    #[serde(default)]
+    diversity: Option<f64>,
 }
 
 /// Answer of `POST /v1/recommendations`.
@@ -205,7 +325,7 @@ pub(crate) struct SessionOut {
     personalized: bool,
     model: &'static str,
     model_version: Option<u64>,
-    items: Vec<crate::engine::Recommendation>,
+    items: Vec<Recommendation>,
 }
 
 /// `POST /v1/recommendations`: recommendations for an anonymous session from its recent items.
@@ -213,65 +333,128 @@ pub(crate) async fn session(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<SessionIn>,
 ) -> Result<Json<SessionOut>, ApiError> {
-    let settings = state.engine.settings();
-    let limits = &settings.limits;
-    if body.items.len() > settings.serving.max_session_items {
-        return Err(ApiError::invalid(
-            "items",
-            format!(
-                "at most {} items (serving.max_session_items)",
-                settings.serving.max_session_items
-            ),
-        ));
-    }
-    let mut items = Vec::with_capacity(body.items.len());
-    for (i, it) in body.items.into_iter().enumerate() {
-        let (key, weight) = match it {
-            SessionItem::Key(k) => (k, 1.0),
-            SessionItem::Weighted { item, weight } => (item, weight.unwrap_or(1.0)),
-        };
-        validate_key(&format!("items[{i}]"), &key, limits.max_key_bytes)?;
-        if !(weight.is_finite() && weight.abs() <= 1e6) {
-            return Err(ApiError::invalid(
-                format!("items[{i}].weight"),
-                "must be a finite number of magnitude at most 1e6",
-            ));
-        }
-        items.push((key, weight as f32));
-    }
-    if body.exclude.len() > limits.max_exclude {
-        return Err(ApiError::invalid(
-            "exclude",
-            format!(
-                "at most {} excluded items (limits.max_exclude)",
-                limits.max_exclude
-            ),
-        ));
-    }
-    let n = match body.n {
-        None => settings.serving.default_n,
-        Some(n) if n >= 1 && (n as u64) <= limits.max_n as u64 => n as usize,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "n",
-                format!("n must be between 1 and {} (limits.max_n)", limits.max_n),
-            ));
-        }
-    };
-    let model = model_param(body.model.as_deref())?;
-    let q = RecommendQuery {
-        n,
+    let items = session_items(&state, "items", body.items)?;
+    let req = CommonIn {
+        n: body.n,
+        model: body.model,
         categories: body.categories,
         exclude: body.exclude,
         include_seen: body.include_seen,
-        model,
-        context: body.context,
-    };
-    let recs = state.engine.recommend_session(&items, &q);
+        explain: body.explain,
+        diversity: body.diversity,
+    }
+    .validate(Form::Body, state.engine.settings(), body.context)?;
+    let recs = state
+        .engine
+        .rank(Source::Session(&items), &req)
+        .ok()
+        .flatten()
+        .unwrap_or_else(empty);
     Ok(Json(SessionOut {
         personalized: recs.personalized,
         model: recs.model,
         model_version: recs.model_version,
         items: recs.items,
+    }))
+}
+
+/// Most candidates one rank request may carry.
+pub(crate) const MAX_RANK_ITEMS: usize = 1000;
+
+/// Body of `POST /v1/users/{key}/rank`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RankIn {
+    items: Vec<String>,
+    #[serde(default, deserialize_with = "crate::strict::opt_object")]
+    context: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    history: Vec<SessionItem>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    explain: Option<String>,
+    #[serde(default)]
+    diversity: Option<f64>,
+}
+
+/// Answer of `POST /v1/users/{key}/rank`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RankOut {
+    user: String,
+    personalized: bool,
+    model: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: Option<u64>,
+    items: Vec<RankedItem>,
+}
+
+/// `POST /v1/users/{key}/rank`: the supplied items ordered for the user, with scores and
+/// reasons.
+pub(crate) async fn rank(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    JsonBody(body): JsonBody<RankIn>,
+) -> Result<Json<RankOut>, ApiError> {
+    let settings = state.engine.settings();
+    let max_key = settings.limits.max_key_bytes;
+    validate_key("key", &key, max_key)?;
+    if body.items.is_empty() || body.items.len() > MAX_RANK_ITEMS {
+        return Err(ApiError::invalid(
+            "items",
+            format!(
+                "items must hold 1 to {MAX_RANK_ITEMS} item keys, got {}",
+                body.items.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashMap::with_capacity(body.items.len());
+    for (i, item) in body.items.iter().enumerate() {
+        validate_key(&format!("items[{i}]"), item, max_key)?;
+        if let Some(first) = seen.insert(item.as_str(), i) {
+            return Err(ApiError::invalid(
+                format!("items[{i}]"),
+                format!("{item:?} is listed twice (also items[{first}])"),
+            ));
+        }
+    }
+    let history = session_items(&state, "history", body.history)?;
+    let req = RankRequest {
+        n: body.items.len(),
+        model: model_param(body.model.as_deref())?,
+        explain: explain_param(body.explain.as_deref())?,
+        diversity: crate::pipeline::request::diversity_param(body.diversity)?,
+        context: body.context,
+        ..RankRequest::default()
+    };
+    let ranked = match state
+        .engine
+        .rank_supplied(&key, &body.items, &history, &req, None)
+    {
+        Ok(r) => r,
+        Err(NeedsAttributes) => {
+            let engine = state.engine.clone();
+            let key = key.clone();
+            blocking(move || {
+                let attributes = engine.user_attributes(&key);
+                engine
+                    .rank_supplied(&key, &body.items, &history, &req, Some(&attributes))
+                    .map_err(|_| ApiError::internal("ranking", &"attributes were asked for twice"))
+            })
+            .await?
+        }
+    };
+    let Ranked {
+        items,
+        personalized,
+        model,
+        model_version,
+    } = ranked;
+    Ok(Json(RankOut {
+        user: key,
+        personalized,
+        model,
+        model_version,
+        items,
     }))
 }

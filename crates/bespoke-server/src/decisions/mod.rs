@@ -178,6 +178,42 @@ pub struct ActionExplanation {
     /// The largest feature contributions, and the rest summed; with `exploration` they add up
     /// to the served score.
     pub contributions: Vec<Contribution>,
+    /// The same in the reason schema of every ranking route: the context features that
+    /// raised the score most (`context`), and `exploration` when it moved the score.
+    pub reasons: Vec<crate::pipeline::Reason>,
+}
+
+/// Reasons of one action: its three largest positive feature contributions (not the summed
+/// remainder), then exploration when it changed the score.
+fn action_reasons(
+    contributions: &[Contribution],
+    exploration: f32,
+) -> Vec<crate::pipeline::Reason> {
+    use crate::pipeline::Reason;
+    let mut out: Vec<Reason> = contributions
+        .iter()
+        .filter(|c| c.contribution > 0.0 && c.feature != "(other terms)")
+        .take(3)
+        .map(|c| Reason::Context {
+            message: format!("{} raised its predicted reward", c.feature),
+            feature: c.feature.clone(),
+            weight: c.contribution,
+        })
+        .collect();
+    if exploration != 0.0 {
+        out.push(Reason::Exploration {
+            message: "the exploration policy's draw moved its score".into(),
+            weight: exploration,
+        });
+    }
+    if out.is_empty() {
+        out.push(Reason::Context {
+            message: "no feature raised its predicted reward".into(),
+            feature: "(none)".into(),
+            weight: 0.0,
+        });
+    }
+    out
 }
 
 /// What explains a decision.
@@ -856,17 +892,21 @@ impl Loops {
             .collect();
         let actions_explained = order[..explain_n]
             .iter()
-            .map(|&i| ActionExplanation {
-                action: stored.actions[i].id.clone(),
-                predicted: predicted[i],
-                exploration: exploration[i],
-                contributions: s.learner.label_terms(
+            .map(|&i| {
+                let contributions = s.learner.label_terms(
                     label_slot[i].map_or(&f.context_raw[..], |k| f.slot_context(k).0),
                     label_slot[i].map_or(&f.context, |k| f.slot_context(k).1),
                     &stored.actions[i].id,
                     &f.actions_raw[i],
                     &top_terms[i],
-                ),
+                );
+                ActionExplanation {
+                    action: stored.actions[i].id.clone(),
+                    predicted: predicted[i],
+                    exploration: exploration[i],
+                    reasons: action_reasons(&contributions, exploration[i]),
+                    contributions,
+                }
             })
             .collect();
         drop(s);

@@ -26,7 +26,7 @@ use rustc_hash::FxHashSet;
 use serde::Serialize;
 
 use crate::models::ServingModel;
-use crate::settings::{ModelChoice, Settings, WeightSpec};
+use crate::settings::{Settings, WeightSpec};
 
 mod admin;
 mod erasure;
@@ -39,46 +39,7 @@ pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
 /// Chunk size when loading the event log at start-up.
 const LOAD_CHUNK: usize = 100_000;
 
-/// Why an item was recommended. Every result carries at least one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Reason {
-    /// Machine-readable kind: `popular`, `trending`, `co_occurrence`, `fallback`.
-    pub kind: &'static str,
-    /// A sentence for people.
-    pub message: String,
-    /// The category the reason refers to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
-    /// The other item the reason refers to (e.g. the item this one co-occurs with).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub item: Option<String>,
-    /// A count behind the reason (events, users).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    /// The content feature behind a `content` or `profile` reason (`category:…`, `word:…`,
-    /// `attr:<name>=<value>`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feature: Option<String>,
-    /// How much this reason added to the score (a history item's contribution), or a
-    /// similarity.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight: Option<f32>,
-}
-
-impl Reason {
-    /// A reason with only a kind and a message.
-    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            category: None,
-            item: None,
-            count: None,
-            feature: None,
-            weight: None,
-        }
-    }
-}
+pub use crate::pipeline::{Contribution, Reason};
 
 /// One result: an item, its score (higher is better) and why it was chosen.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -89,25 +50,13 @@ pub struct Recommendation {
     pub score: f32,
     /// Why it was chosen.
     pub reasons: Vec<Reason>,
+    /// The terms of its score (`explain=full`), summing to it; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contributions: Vec<Contribution>,
 }
 
-/// Filters of a recommendation request.
-#[derive(Debug, Clone, Default)]
-pub struct RecommendQuery {
-    /// How many results.
-    pub n: usize,
-    /// Keep only items in any of these categories (all items when empty).
-    pub categories: Vec<String>,
-    /// Item keys never to return.
-    pub exclude: Vec<String>,
-    /// Also return items the user already interacted with.
-    pub include_seen: bool,
-    /// The model to use; the configured default when `None`.
-    pub model: Option<ModelChoice>,
-    /// Attributes of the request (device, country, ...), named like user attributes: for a
-    /// user without history they place the user through the content model, with theirs.
-    pub context: Option<serde_json::Map<String, serde_json::Value>>,
-}
+/// Filters of a recommendation request: the pipeline's request.
+pub type RecommendQuery = crate::pipeline::RankRequest;
 
 /// How `popular` ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +94,8 @@ pub struct Recommendations {
 }
 
 #[derive(Debug, Clone, Default)]
-struct ItemMeta {
-    categories: Vec<u32>,
+pub(crate) struct ItemMeta {
+    pub(crate) categories: Vec<u32>,
     available: bool,
 }
 
@@ -202,20 +151,21 @@ fn newer(current: Option<u32>, created: u32) -> bool {
     current.is_none_or(|c| c < created)
 }
 
-struct State {
+/// The in-memory serving state; the pipeline reads it under the engine's read lock.
+pub(crate) struct State {
     /// Bumped whenever an item deletion changes histories, so that every cached user vector
     /// computed before it is stale.
     catalog_epoch: u64,
     /// Per user: bumped whenever the user's history changes.
     user_rev: Vec<u32>,
-    users: IdMap,
-    items: IdMap,
+    pub(crate) users: IdMap,
+    pub(crate) items: IdMap,
     deleted_users: FxHashSet<u32>,
     deleted_items: FxHashSet<u32>,
-    personalization: Vec<bool>,
+    pub(crate) personalization: Vec<bool>,
     item_meta: Vec<ItemMeta>,
-    categories: IdMap,
-    live: LiveIndex,
+    pub(crate) categories: IdMap,
+    pub(crate) live: LiveIndex,
 }
 
 impl State {
@@ -228,7 +178,7 @@ impl State {
     }
 
     /// The revision of a user's history: equal revisions mean equal histories.
-    fn revision(&self, user: UserIdx) -> u64 {
+    pub(crate) fn revision(&self, user: UserIdx) -> u64 {
         (self.catalog_epoch << 32) | self.user_rev.get(user.0 as usize).copied().unwrap_or(0) as u64
     }
 
@@ -272,11 +222,11 @@ impl State {
         self.items.insert(key, idx.0);
     }
 
-    fn meta(&self, item: ItemIdx) -> Option<&ItemMeta> {
+    pub(crate) fn meta(&self, item: ItemIdx) -> Option<&ItemMeta> {
         self.item_meta.get(item.0 as usize)
     }
 
-    fn category_ids(&self, names: &[String]) -> Vec<u32> {
+    pub(crate) fn category_ids(&self, names: &[String]) -> Vec<u32> {
         // Unknown categories match nothing, so they are kept as an impossible id.
         names
             .iter()
@@ -284,14 +234,14 @@ impl State {
             .collect()
     }
 
-    fn in_categories(&self, item: ItemIdx, wanted: &[u32]) -> bool {
+    pub(crate) fn in_categories(&self, item: ItemIdx, wanted: &[u32]) -> bool {
         wanted.is_empty()
             || self
                 .meta(item)
                 .is_some_and(|m| m.categories.iter().any(|c| wanted.contains(c)))
     }
 
-    fn servable(&self, item: ItemIdx) -> bool {
+    pub(crate) fn servable(&self, item: ItemIdx) -> bool {
         self.items.key(item.0).is_some() && self.meta(item).is_some_and(|m| m.available)
     }
 
@@ -300,25 +250,26 @@ impl State {
         self.categories.key(c).map(str::to_owned)
     }
 
-    fn item_key(&self, item: ItemIdx) -> String {
+    pub(crate) fn item_key(&self, item: ItemIdx) -> String {
         self.items.key(item.0).unwrap_or_default().to_owned()
     }
 
-    fn popular_reason(&self, item: ItemIdx, kind: &'static str, count: u64) -> Reason {
+    pub(crate) fn popular_reason(&self, item: ItemIdx, trending: bool, count: u64) -> Reason {
         let category = self.first_category(item);
-        let adjective = if kind == "trending" {
-            "trending"
-        } else {
-            "popular"
-        };
+        let adjective = if trending { "trending" } else { "popular" };
         let message = match &category {
             Some(c) => format!("{adjective} in {c}"),
             None => format!("{adjective} overall"),
         };
-        Reason {
+        let p = crate::pipeline::explain::Popularity {
+            message,
             category,
             count: Some(count),
-            ..Reason::new(kind, message)
+        };
+        if trending {
+            Reason::Trending(p)
+        } else {
+            Reason::Popular(p)
         }
     }
 }
@@ -337,12 +288,12 @@ pub struct EngineCounts {
 /// The store and the serving state built from it.
 pub struct Engine {
     store: Arc<dyn Store>,
-    settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
     weights: Weights,
-    state: RwLock<State>,
+    pub(crate) state: RwLock<State>,
     admin: Mutex<()>,
     /// The model serving uses; swapped atomically, so a request sees one model throughout.
-    model: ArcSwapOption<ServingModel>,
+    pub(crate) model: ArcSwapOption<ServingModel>,
     training: lifecycle::TrainingState,
     keyring: crate::auth::Keyring,
     limiter: crate::auth::RateLimiter,
@@ -350,7 +301,7 @@ pub struct Engine {
     audit_secret: Vec<u8>,
     erasures: Mutex<erasure::Erasures>,
     /// Raw user keys to store keys (pseudonymization).
-    user_keys: crate::privacy::UserKeys,
+    pub(crate) user_keys: crate::privacy::UserKeys,
     /// Decision loops (contextual bandits).
     decisions: crate::decisions::Loops,
 }
@@ -900,7 +851,7 @@ mod tests {
             e.recommend("someone-else", &q)
                 .items
                 .iter()
-                .all(|r| r.reasons.iter().any(|x| x.kind == "fallback"))
+                .all(|r| r.reasons.iter().any(|x| x.kind() == "fallback"))
         );
     }
 }

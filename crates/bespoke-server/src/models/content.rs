@@ -88,6 +88,21 @@ impl Side {
         }
         out
     }
+
+    /// Every feature's part of the score of `x` against `target`, the bias included, an
+    /// embedding's dimensions summed under its name: the parts sum to the score
+    /// (`explain=full`).
+    pub fn all_features(&self, x: &[(u32, f32)], target: &[f32]) -> Vec<(String, f32)> {
+        let mut out: Vec<(String, f32)> = Vec::new();
+        for (j, w) in self.ridge.contributions(x, target) {
+            let name = self.vocab.feature_name(j);
+            match out.iter_mut().find(|o| o.0 == name) {
+                Some(o) => o.1 += w,
+                None => out.push((name, w)),
+            }
+        }
+        out
+    }
 }
 
 /// The hybrid content model of one training run.
@@ -288,6 +303,16 @@ impl ContentServing {
             return Vec::new();
         };
         side.top_features(&c.x, x, n)
+    }
+
+    /// Every content feature's part of cold item `item`'s score against `x`, summing to it
+    /// (see [`Side::all_features`]).
+    pub fn cold_terms(&self, item: u32, x: &[f32]) -> Vec<(String, f32)> {
+        let (Some(side), Some(c)) = (&self.model.items, self.cold.read().get(&item).cloned())
+        else {
+            return Vec::new();
+        };
+        side.all_features(&c.x, x)
     }
 }
 

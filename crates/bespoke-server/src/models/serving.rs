@@ -221,6 +221,21 @@ impl BprServing {
         SCRATCH.with(|s| self.scorer.top_k(&v, n, keep, &mut s.borrow_mut().0))
     }
 
+    /// The folded-in vector of a history (sorted model item ids), with the 1 for the item bias
+    /// appended: what [`Self::recommend`] scores with, for per-factor explanations.
+    pub fn fold_in(&self, history: &[u32], epochs: usize) -> Option<Vec<f32>> {
+        let p = BprParams {
+            iterations: epochs.max(1),
+            ..self.params
+        };
+        self.model.fold_in(history, &p)
+    }
+
+    /// Model item `j`'s factors with its bias as the last value.
+    pub fn item_row(&self, j: u32) -> &[f32] {
+        self.scorer.items().row(j as usize)
+    }
+
     /// The history items whose BPR factors are closest (dot product) to item `j`'s: why it
     /// was ranked (BPR has no exact per-item decomposition of a score).
     pub fn explain(&self, history: &[u32], j: u32) -> Vec<(u32, f32)> {

@@ -210,6 +210,16 @@ async fn slates_exclusions_and_explanations() {
             "{e}: {sum} vs {score}"
         );
         nonzero += e["contributions"].as_array().unwrap().len();
+        // The reason schema of the ranking routes: context features, then exploration.
+        let reasons = e["reasons"].as_array().expect("reasons");
+        assert!(!reasons.is_empty(), "{e}");
+        for r in reasons {
+            assert!(
+                ["context", "exploration"].contains(&r["kind"].as_str().unwrap()),
+                "{r}"
+            );
+            assert!(r["message"].is_string(), "{r}");
+        }
     }
     assert!(nonzero > 0, "{d}");
     assert!(

@@ -14,6 +14,7 @@ mod models;
 mod models_conformance;
 mod ops;
 mod privacy;
+mod ranking;
 mod serving;
 mod timeouts;
 mod users_items;

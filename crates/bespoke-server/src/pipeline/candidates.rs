@@ -1,0 +1,1276 @@
+//! The candidate sources, each scoring what it retrieves: model retrieval for a user or a
+//! session (one model or the tuned blend), the content model for users without history,
+//! similar items, popular or trending items, and a caller-supplied list (see `supplied.rs`).
+//!
+//! Sources retrieve through the request's [`Filter`] (inside the exact top-k scan, so a
+//! filtered item never takes a place) and explain what they return: reasons always, every
+//! term of the score with `explain=full`.
+
+use bespoke_algo::tune::{BLEND_CANDIDATES, Blend};
+use bespoke_algo::{ItemIdx, Scored, UserIdx};
+use bespoke_store::Millis;
+use rustc_hash::FxHashSet;
+
+use super::explain::{Contribution, Feature, History, scaled};
+use super::{Filter, RankRequest, Reason};
+use crate::engine::{Engine, PopularSort, Recommendation, Recommendations, State, now_ms};
+use crate::models::ServingModel;
+use crate::models::tuning::Serve;
+use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
+
+/// A history item the model has no row for: its content-predicted factors and its weight.
+pub(crate) type ColdHistory = (Vec<f32>, f32);
+
+/// History items named in the reasons of one result.
+const EXPLAIN_TOP: usize = 3;
+
+/// A user without history must be placed by their stored attributes, which live in the store:
+/// the caller reads them off the async runtime and asks again with them.
+#[derive(Debug)]
+pub struct NeedsAttributes;
+
+pub(crate) fn model_name(choice: ModelChoice) -> &'static str {
+    match choice {
+        ModelChoice::Auto => "blend",
+        ModelChoice::Als => "als",
+        ModelChoice::Knn => "knn",
+        ModelChoice::Ease => "ease",
+        ModelChoice::Bpr => "bpr",
+        ModelChoice::Popular => "popular",
+    }
+}
+
+/// The reason kind of a model's history reasons.
+pub(crate) fn history_reason(name: &str) -> fn(History) -> Reason {
+    match name {
+        "knn" => Reason::Knn,
+        "ease" => Reason::Ease,
+        "bpr" => Reason::Bpr,
+        _ => Reason::Als,
+    }
+}
+
+/// The term name of a model's per-history-item contributions.
+pub(crate) fn history_term(name: &str) -> &'static str {
+    match name {
+        "knn" => "neighbour",
+        "ease" => "item_weight",
+        _ => "history_item",
+    }
+}
+
+/// Which candidates a model source scored with, for the explanation of each.
+pub(crate) struct Scoring<'a> {
+    /// Reason kind.
+    pub(crate) make: fn(History) -> Reason,
+    /// Term name of the contributions.
+    pub(crate) term: &'static str,
+    /// The message of a reason naming a history item.
+    pub(crate) message: &'a dyn Fn(&str) -> String,
+    /// The reason when no history item contributed.
+    pub(crate) fallback: Option<Reason>,
+    /// Every contributions to a model row's score.
+    pub(crate) explain: &'a dyn Fn(u32) -> Vec<(u32, f32)>,
+    /// Contributions that are not history items (BPR's factors), when the model has them.
+    pub(crate) terms: Option<&'a dyn Fn(u32) -> Vec<Contribution>>,
+}
+
+impl Engine {
+    /// The user's history in model item ids: `(item, summed weight)`, only items the model knows.
+    /// With `serving.recent_boost` > 0, an item's positive weight is multiplied by
+    /// `1 + recent_boost · 2^(−age / recent_half_life_hours)`, `age` the time since the user's
+    /// latest event on it: what they did lately leads.
+    ///
+    /// The recency weighting model `name` was trained with (from tuning) applies as in
+    /// training: by position among the user's interactions, latest first.
+    pub(crate) fn model_history(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        user: UserIdx,
+        name: &str,
+    ) -> Vec<(u32, f32)> {
+        let boost = self.settings.serving.recent_boost;
+        let half_life_ms = self.settings.serving.recent_half_life_hours * 3_600_000.0;
+        let now = now_ms();
+        // In the model's row order (item keys), as training reads a user's pairs, not in store
+        // id order: sums and recency ties then go the same way as in training, and two stores
+        // holding the same data answer the same to the last bit. Items the model has no row for
+        // (newer than it) come last; they still count as later interactions for recency.
+        let mut history: Vec<(u32, &bespoke_algo::Interaction)> = s
+            .live
+            .history(user)
+            .iter()
+            .map(|x| (m.model_item(x.item.0).unwrap_or(u32::MAX), x))
+            .collect();
+        history.sort_by_key(|(i, x)| (*i, x.item.0));
+        let recency = m.recency_of(name);
+        let position = if recency.is_on() {
+            let times: Vec<i64> = history.iter().map(|(_, x)| x.last_ts).collect();
+            recency.factors(&times)
+        } else {
+            Vec::new()
+        };
+        history
+            .iter()
+            .enumerate()
+            .filter(|(_, (i, _))| *i != u32::MAX)
+            .map(|(k, &(i, x))| {
+                let mut w = x.weight * position.get(k).copied().unwrap_or(1.0);
+                if boost > 0.0 && w > 0.0 && half_life_ms > 0.0 {
+                    let age = (now - x.last_ts).max(0) as f64;
+                    w *= (1.0 + boost * (-age / half_life_ms).exp2()) as f32;
+                }
+                (i, w)
+            })
+            .collect()
+    }
+
+    /// The model a request asked for, with `auto` resolved to what tuning chose (`Auto` stays
+    /// only for a blend).
+    pub(crate) fn resolve(
+        &self,
+        asked: Option<ModelChoice>,
+        m: Option<&ServingModel>,
+    ) -> ModelChoice {
+        match asked.unwrap_or(self.settings.serving.default_model) {
+            ModelChoice::Auto => match m.map(|m| &m.serve) {
+                Some(Serve::Blend { .. }) => ModelChoice::Auto,
+                Some(Serve::Single(name))
+                    if name == "ease" && m.is_some_and(|m| m.ease.is_some()) =>
+                {
+                    ModelChoice::Ease
+                }
+                Some(Serve::Single(name)) if name == "knn" => ModelChoice::Knn,
+                _ => ModelChoice::Als,
+            },
+            other => other,
+        }
+    }
+
+    /// [`Self::resolve`] for an anonymous history: a blend needs a user's history per model, so
+    /// sessions use the first of its models.
+    pub(crate) fn resolve_session(
+        &self,
+        asked: Option<ModelChoice>,
+        m: Option<&ServingModel>,
+    ) -> ModelChoice {
+        match self.resolve(asked, m) {
+            ModelChoice::Auto => match m.map(|m| &m.serve) {
+                Some(Serve::Blend { models, .. }) if models[0] == "ease" => ModelChoice::Ease,
+                Some(Serve::Blend { models, .. }) if models[0] == "knn" => ModelChoice::Knn,
+                _ => ModelChoice::Als,
+            },
+            other => other,
+        }
+    }
+
+    /// The blend tuning chose: each model's top candidates for the user, scores divided by
+    /// the user's top score per model and summed with the tuned weights; the reasons come from
+    /// both models.
+    fn recommend_blend(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        user: UserIdx,
+        n: usize,
+        filter: &Filter<'_>,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        let Serve::Blend { models, weight } = &m.serve else {
+            return Vec::new();
+        };
+        let keep = |i: u32| filter.keep_model(m, i);
+        let mut lists: Vec<Vec<Scored>> = Vec::with_capacity(2);
+        let mut histories: Vec<Vec<(u32, f32)>> = Vec::with_capacity(2);
+        let mut vector = None;
+        for name in models {
+            let history = self.model_history(s, m, user, name);
+            let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+            let list = match name.as_str() {
+                "ease" => match &m.ease {
+                    Some(e) => {
+                        let mut scores = vec![0.0f32; e.n_items()];
+                        let mut top = bespoke_algo::TopK::new(BLEND_CANDIDATES);
+                        e.recommend(&positive, BLEND_CANDIDATES, keep, &mut scores, &mut top)
+                    }
+                    None => Vec::new(),
+                },
+                "knn" => m.knn.recommend(&positive, BLEND_CANDIDATES, keep),
+                _ => match m
+                    .als
+                    .user_vector(user.0, self.vector_revision(s, user), &history)
+                {
+                    Some(v) => {
+                        let l = m.als.top_k(&v.x, BLEND_CANDIDATES, keep);
+                        vector = Some(v);
+                        l
+                    }
+                    None => Vec::new(),
+                },
+            };
+            lists.push(list);
+            histories.push(positive);
+        }
+        let blend = Blend { weight: *weight };
+        let combined = blend.combine(&lists[0], &lists[1], n);
+        // The scales `combine` divided by: each list's top score.
+        let scale = |l: &[Scored]| {
+            l.first()
+                .map_or(1.0, |s| s.score.abs().max(f32::MIN_POSITIVE))
+        };
+        let by = [
+            *weight / scale(&lists[0]),
+            (1.0 - *weight) / scale(&lists[1]),
+        ];
+        let parts_of = |name: &str, history: &[(u32, f32)], idx: u32| match name {
+            "ease" => m
+                .ease
+                .as_ref()
+                .map(|e| e.explain(history, idx))
+                .unwrap_or_default(),
+            "knn" => m.knn.explain(history, idx),
+            _ => vector
+                .as_ref()
+                .map(|v| m.als.explain(v, idx))
+                .unwrap_or_default(),
+        };
+        combined
+            .into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let mut reasons: Vec<Reason> = Vec::new();
+                let mut contributions = Vec::new();
+                for (k, (name, history)) in models.iter().zip(&histories).enumerate() {
+                    let parts = parts_of(name, history, idx);
+                    // A model adds to the blend only for the items in its own top list.
+                    if full && lists[k].iter().any(|x| x.idx == idx) {
+                        let terms = Self::item_terms(s, m, &parts, history_term(name));
+                        contributions.extend(scaled(terms, name, by[k]));
+                    }
+                    for r in Self::contribution_reasons(s, m, parts, history_reason(name), |k| {
+                        format!("because you interacted with {k}")
+                    }) {
+                        if reasons.len() < EXPLAIN_TOP
+                            && !reasons.iter().any(|x| x.item() == r.item())
+                        {
+                            reasons.push(r);
+                        }
+                    }
+                }
+                if reasons.is_empty() {
+                    reasons.push(Reason::Blend {
+                        message: format!("ranked by a blend of {} and {}", models[0], models[1]),
+                    });
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                    contributions,
+                })
+            })
+            .collect()
+    }
+
+    /// The cache key of a user's vector: the history's revision, and with recency weighting
+    /// also a time bucket (a sixteenth of the half-life), since the weights change with time.
+    pub(crate) fn vector_revision(&self, s: &State, user: UserIdx) -> u64 {
+        let base = s.revision(user);
+        let serving = &self.settings.serving;
+        if serving.recent_boost > 0.0 && serving.recent_half_life_hours > 0.0 {
+            let bucket_ms = (serving.recent_half_life_hours * 3_600_000.0 / 16.0).max(1.0);
+            let bucket = (now_ms() as f64 / bucket_ms) as u64;
+            base ^ bucket.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        } else {
+            base
+        }
+    }
+
+    /// Explanation reasons from `(model item, contribution)` pairs: the largest positive ones.
+    pub(crate) fn contribution_reasons(
+        s: &State,
+        m: &ServingModel,
+        mut parts: Vec<(u32, f32)>,
+        make: fn(History) -> Reason,
+        message: impl Fn(&str) -> String,
+    ) -> Vec<Reason> {
+        parts.retain(|p| p.1 > 0.0);
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        parts
+            .into_iter()
+            .filter_map(|(i, w)| {
+                let key = s.item_key(ItemIdx(m.store_item(i)?));
+                Some(make(History {
+                    message: message(&key),
+                    item: Some(key),
+                    weight: Some(w),
+                }))
+            })
+            .take(EXPLAIN_TOP)
+            .collect()
+    }
+
+    /// `(model item, contribution)` pairs as terms named `term`, every one (the deleted
+    /// items' too: they still count in the score).
+    pub(crate) fn item_terms(
+        s: &State,
+        m: &ServingModel,
+        parts: &[(u32, f32)],
+        term: &str,
+    ) -> Vec<Contribution> {
+        parts
+            .iter()
+            .map(|&(i, w)| match m.store_item(i) {
+                Some(st) => Contribution::of_item(term, s.item_key(ItemIdx(st)), w),
+                None => Contribution::new(term, w),
+            })
+            .collect()
+    }
+
+    /// Model results as recommendations, each explained by `scoring` (history items and their
+    /// contributions) or, when none contributed, by its fallback reason.
+    pub(crate) fn explained(
+        s: &State,
+        m: &ServingModel,
+        top: Vec<Scored>,
+        scoring: &Scoring<'_>,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        top.into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let parts = (scoring.explain)(idx);
+                let contributions = match (full, scoring.terms) {
+                    (false, _) => Vec::new(),
+                    (true, Some(terms)) => terms(idx),
+                    (true, None) => Self::item_terms(s, m, &parts, scoring.term),
+                };
+                let mut reasons =
+                    Self::contribution_reasons(s, m, parts, scoring.make, scoring.message);
+                if reasons.is_empty()
+                    && let Some(f) = &scoring.fallback
+                {
+                    reasons.push(f.clone());
+                }
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                    contributions,
+                })
+            })
+            .collect()
+    }
+
+    /// Reasons from content features and their shares (`category:…`, `attr:…`), or `fallback`
+    /// when none raised the score.
+    fn feature_reasons(
+        features: Vec<(String, f32)>,
+        make: fn(Feature) -> Reason,
+        message: impl Fn(&str) -> String,
+        fallback: &str,
+    ) -> Vec<Reason> {
+        let mut reasons: Vec<Reason> = features
+            .into_iter()
+            .map(|(feature, w)| {
+                make(Feature {
+                    message: message(&feature),
+                    item: None,
+                    feature: Some(feature),
+                    weight: Some(w),
+                })
+            })
+            .collect();
+        if reasons.is_empty() {
+            reasons.push(make(Reason::feature(fallback)));
+        }
+        reasons
+    }
+
+    /// Candidates for a user: their model (or the blend), the content model when the model
+    /// knows none of their history, popular items otherwise, topped up with popular items.
+    pub(crate) fn user_candidates(
+        &self,
+        s: &State,
+        model: Option<&ServingModel>,
+        user_key: &str,
+        q: &RankRequest,
+        n: usize,
+        attributes: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Recommendations, NeedsAttributes> {
+        let full = q.explain.full();
+        let user = s.users.get(&self.user_keys.to_store(user_key)).map(UserIdx);
+        let personal =
+            user.filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true));
+        let filter = Filter::new(s, q, if q.include_seen { None } else { personal });
+        let choice = self.resolve(q.model, model);
+        let mut fallback = match (user, personal) {
+            (None, _) => Some("unknown user: showing popular items".to_owned()),
+            (Some(_), None) => {
+                Some("personalization is off for this user: showing popular items".to_owned())
+            }
+            (Some(_), Some(_)) => None,
+        };
+        let mut items = Vec::new();
+        let mut used = "popular";
+        // Personal answers need consent; an unknown user may still be placed by the context.
+        let allowed = personal.is_some() || (user.is_none() && q.context.is_some());
+        if allowed && choice != ModelChoice::Popular {
+            match model {
+                None => fallback = Some("no trained model yet: showing popular items".to_owned()),
+                Some(m) => {
+                    let name = match choice {
+                        ModelChoice::Ease => "ease",
+                        // BPR is trained on item-kNN's matrix, with its recency.
+                        ModelChoice::Knn | ModelChoice::Bpr => "knn",
+                        _ => "als",
+                    };
+                    let history = match personal {
+                        Some(u) => self.model_history(s, m, u, name),
+                        None => Vec::new(),
+                    };
+                    let verb = "you interacted with";
+                    items = match (personal, choice) {
+                        (None, _) => Vec::new(),
+                        (Some(u), ModelChoice::Auto) => {
+                            self.recommend_blend(s, m, u, n, &filter, full)
+                        }
+                        (Some(u), ModelChoice::Als) => {
+                            self.recommend_als(s, m, u, &history, n, &filter, full)
+                        }
+                        (Some(_), ModelChoice::Ease) => {
+                            self.recommend_ease(s, m, &history, n, &filter, verb, full)
+                        }
+                        (Some(_), ModelChoice::Bpr) => {
+                            self.recommend_bpr(s, m, &history, n, &filter, verb, full)
+                        }
+                        (Some(_), _) => self.recommend_knn(s, m, &history, n, &filter, full),
+                    };
+                    if !items.is_empty() {
+                        used = model_name(choice);
+                    } else if history.is_empty() {
+                        // No history the model knows: the user's attributes and the request
+                        // context place them through the content model.
+                        let mut profile = match (personal, attributes) {
+                            (Some(_), Some(a)) => a.clone(),
+                            (Some(_), None) => return Err(NeedsAttributes),
+                            (None, _) => serde_json::Map::new(),
+                        };
+                        profile.extend(q.context.clone().unwrap_or_default());
+                        items = Self::recommend_profile(s, m, &profile, n, &filter, full);
+                        if !items.is_empty() {
+                            used = "content";
+                        }
+                    }
+                    if items.is_empty() && personal.is_some() {
+                        fallback = Some(if choice == ModelChoice::Ease && m.ease.is_none() {
+                            "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items".to_owned()
+                        } else if choice == ModelChoice::Bpr && m.bpr.is_none() {
+                            "BPR is not trained (training.bpr is off): showing popular items"
+                                .to_owned()
+                        } else {
+                            format!(
+                                "the {} model knows none of this user's interactions yet: showing popular items",
+                                model_name(choice)
+                            )
+                        });
+                    }
+                }
+            }
+        }
+        let personalized = used != "popular";
+        self.top_up(s, &filter, n, &mut items, fallback, !q.include_seen, full);
+        Ok(Recommendations {
+            items,
+            personalized,
+            model: used,
+            model_version: model.filter(|_| used != "popular").map(|m| m.version),
+        })
+    }
+
+    /// A session's items as a history of store items, summed per item and decayed by position
+    /// (`serving.session_half_life_items`); unknown items are dropped.
+    pub(crate) fn session_history(&self, s: &State, items: &[(String, f32)]) -> Vec<(u32, f32)> {
+        let half_life = self.settings.serving.session_half_life_items;
+        let last = items.len().saturating_sub(1);
+        let mut store_history: Vec<(u32, f32)> = Vec::new();
+        for (pos, (key, w)) in items.iter().enumerate() {
+            let Some(idx) = s.items.get(key) else {
+                continue;
+            };
+            let decay = if half_life > 0.0 {
+                (-((last - pos) as f64) / half_life).exp2() as f32
+            } else {
+                1.0
+            };
+            match store_history.iter_mut().find(|h| h.0 == idx) {
+                Some(h) => h.1 += w * decay,
+                None => store_history.push((idx, w * decay)),
+            }
+        }
+        store_history
+    }
+
+    /// A store history in model rows (sorted), and the items the model has no row for, by
+    /// their content-predicted factors.
+    pub(crate) fn split_history(
+        m: &ServingModel,
+        store_history: &[(u32, f32)],
+    ) -> (Vec<(u32, f32)>, Vec<ColdHistory>) {
+        let mut history: Vec<(u32, f32)> = store_history
+            .iter()
+            .filter_map(|&(i, w)| m.model_item(i).map(|mi| (mi, w)))
+            .collect();
+        history.sort_unstable_by_key(|h| h.0);
+        let extra: Vec<(Vec<f32>, f32)> = store_history
+            .iter()
+            .filter(|(i, _)| m.model_item(*i).is_none())
+            .filter_map(|&(i, w)| Some((m.content.as_ref()?.cold_factors(i)?, w)))
+            .collect();
+        (history, extra)
+    }
+
+    /// Candidates for an anonymous session (see [`Engine::recommend_session`]).
+    pub(crate) fn session_candidates(
+        &self,
+        s: &State,
+        model: Option<&ServingModel>,
+        items: &[(String, f32)],
+        q: &RankRequest,
+        n: usize,
+    ) -> Recommendations {
+        let full = q.explain.full();
+        let store_history = self.session_history(s, items);
+        let mut filter = Filter::new(s, q, None);
+        if !q.include_seen {
+            filter.exclude(store_history.iter().map(|h| h.0));
+        }
+        let choice = self.resolve_session(q.model, model);
+        let mut fallback = None;
+        let mut items_out = Vec::new();
+        let mut used = "popular";
+        let profile = q.context.as_ref().filter(|c| !c.is_empty());
+        if let (true, Some(profile), false) = (
+            store_history.is_empty(),
+            profile,
+            choice == ModelChoice::Popular,
+        ) {
+            match model {
+                None => fallback = Some("no trained model yet: showing popular items".to_owned()),
+                Some(m) => {
+                    items_out = Self::recommend_profile(s, m, profile, n, &filter, full);
+                    if items_out.is_empty() {
+                        fallback = Some(
+                            "no item of this session is known and the content model knows nothing of its context: showing popular items"
+                                .to_owned(),
+                        );
+                    } else {
+                        used = "content";
+                    }
+                }
+            }
+        } else if store_history.is_empty() {
+            fallback = Some("no item of this session is known: showing popular items".to_owned());
+        } else if choice != ModelChoice::Popular {
+            match model {
+                None => fallback = Some("no trained model yet: showing popular items".to_owned()),
+                Some(m) => {
+                    let (history, extra) = Self::split_history(m, &store_history);
+                    let verb = "this session has";
+                    items_out = match choice {
+                        ModelChoice::Als => match m.als.session_vector(&history, &extra) {
+                            Some(v) => {
+                                let top = m.als.top_k(&v.x, n, |i| filter.keep_model(m, i));
+                                // A session of new items only has no history item to name.
+                                let fallback = if extra.is_empty() {
+                                    Reason::Als(Reason::history(
+                                        "matches the taste this session shows (latent factors)",
+                                    ))
+                                } else {
+                                    Reason::Content(Reason::feature(
+                                        "matches the new items of this session (placed by their content)",
+                                    ))
+                                };
+                                let explain = |idx| m.als.explain(&v, idx);
+                                // The session's new items shape the vector too: their part is
+                                // what the history items leave of the score.
+                                let terms = |idx: u32| {
+                                    let mut t = Self::item_terms(
+                                        s,
+                                        m,
+                                        &m.als.explain(&v, idx),
+                                        "history_item",
+                                    );
+                                    if !extra.is_empty() {
+                                        let score =
+                                            bespoke_algo::simd::dot(&v.x, m.als.item_vector(idx));
+                                        let sum: f32 = t.iter().map(|c| c.value).sum();
+                                        t.push(Contribution::new("session_content", score - sum));
+                                    }
+                                    t
+                                };
+                                let warm = Self::explained(
+                                    s,
+                                    m,
+                                    top,
+                                    &Scoring {
+                                        make: Reason::Als,
+                                        term: "history_item",
+                                        message: &|k| format!("because of {k} in this session"),
+                                        fallback: Some(fallback),
+                                        explain: &explain,
+                                        terms: Some(&terms),
+                                    },
+                                    full,
+                                );
+                                Self::with_cold_items(
+                                    s,
+                                    m,
+                                    &v.x,
+                                    warm,
+                                    n,
+                                    &filter,
+                                    "this session's",
+                                    full,
+                                )
+                            }
+                            None => Vec::new(),
+                        },
+                        ModelChoice::Ease => {
+                            self.recommend_ease(s, m, &history, n, &filter, verb, full)
+                        }
+                        ModelChoice::Bpr => {
+                            self.recommend_bpr(s, m, &history, n, &filter, verb, full)
+                        }
+                        _ => self.recommend_knn(s, m, &history, n, &filter, full),
+                    };
+                    if items_out.is_empty() {
+                        fallback = Some(format!(
+                            "the {} model knows none of this session's items yet: showing popular items",
+                            model_name(choice)
+                        ));
+                    } else {
+                        used = model_name(choice);
+                    }
+                }
+            }
+        }
+        self.top_up(s, &filter, n, &mut items_out, fallback, false, full);
+        Recommendations {
+            items: items_out,
+            personalized: used != "popular",
+            model: used,
+            model_version: model.filter(|_| used != "popular").map(|m| m.version),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recommend_als(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        user: UserIdx,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        let Some(vector) = m
+            .als
+            .user_vector(user.0, self.vector_revision(s, user), history)
+        else {
+            return Vec::new();
+        };
+        let top = m.als.top_k(&vector.x, n, |i| filter.keep_model(m, i));
+        let explain = |idx| m.als.explain(&vector, idx);
+        let warm = Self::explained(
+            s,
+            m,
+            top,
+            &Scoring {
+                make: Reason::Als,
+                term: "history_item",
+                message: &|k| format!("because you interacted with {k}"),
+                fallback: Some(Reason::Als(Reason::history(
+                    "matches the taste your history shows (latent factors)",
+                ))),
+                explain: &explain,
+                terms: None,
+            },
+            full,
+        );
+        Self::with_cold_items(s, m, &vector.x, warm, n, filter, "your", full)
+    }
+
+    /// Adds the items the model has no factors for, placed by their content (the hybrid
+    /// model), to `warm` results for the vector `x`; keeps the best `n`. Their reasons name
+    /// the content features that match.
+    #[allow(clippy::too_many_arguments)]
+    fn with_cold_items(
+        s: &State,
+        m: &ServingModel,
+        x: &[f32],
+        mut out: Vec<Recommendation>,
+        n: usize,
+        filter: &Filter<'_>,
+        whose: &str,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        let Some(content) = &m.content else {
+            return out;
+        };
+        let cold = content.score_cold(x, |st| filter.keep(ItemIdx(st)));
+        // Most requests find no new item: the model's results stand as they are.
+        if cold.is_empty() {
+            return out;
+        }
+        let mut top = bespoke_algo::TopK::new(n);
+        for (item, score) in cold {
+            top.push(item, score);
+        }
+        for Scored { idx, score } in top.into_sorted() {
+            out.push(Self::cold_item(s, content, idx, score, x, whose, full));
+        }
+        out.sort_by(|a, b| b.score.total_cmp(&a.score));
+        out.truncate(n);
+        out
+    }
+
+    /// A new item (store id `idx`) placed by its content, scored `score` against `x`.
+    pub(crate) fn cold_item(
+        s: &State,
+        content: &crate::models::content::ContentServing,
+        idx: u32,
+        score: f32,
+        x: &[f32],
+        whose: &str,
+        full: bool,
+    ) -> Recommendation {
+        let reasons = Self::feature_reasons(
+            content.explain_cold(idx, x, EXPLAIN_TOP),
+            Reason::Content,
+            |feature| format!("new item, no interactions yet: its {feature} matches {whose} taste"),
+            "new item, no interactions yet: placed by its content",
+        );
+        let contributions = if full {
+            content
+                .cold_terms(idx, x)
+                .into_iter()
+                .map(|(f, w)| Contribution::of_feature("feature", f, w))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Recommendation {
+            item: s.item_key(ItemIdx(idx)),
+            score,
+            reasons,
+            contributions,
+        }
+    }
+
+    /// A user without history (or a visitor) placed in the iALS space by their attributes and
+    /// the request context through the content model. Empty when there is no user side or the
+    /// profile holds no feature it knows.
+    fn recommend_profile(
+        s: &State,
+        m: &ServingModel,
+        profile: &serde_json::Map<String, serde_json::Value>,
+        n: usize,
+        filter: &Filter<'_>,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        let Some(side) = m.content.as_ref().and_then(|c| c.model.users.as_ref()) else {
+            return Vec::new();
+        };
+        let (x, v) = side.project(&crate::models::content::attribute_bag(profile));
+        // The bias alone is the average user: not personal, popularity serves that better.
+        if x.len() <= 1 {
+            return Vec::new();
+        }
+        let top = m.als.top_k(&v, n, |i| filter.keep_model(m, i));
+        let warm = top
+            .into_iter()
+            .filter_map(|Scored { idx, score }| {
+                let item = ItemIdx(m.store_item(idx)?);
+                let y = m.als.item_vector(idx);
+                let reasons = Self::feature_reasons(
+                    side.top_features(&x, y, EXPLAIN_TOP),
+                    Reason::Profile,
+                    |feature| format!("popular with users whose profile has {feature}"),
+                    "matches users with a similar profile",
+                );
+                let contributions = if full {
+                    side.all_features(&x, y)
+                        .into_iter()
+                        .map(|(f, w)| Contribution::of_feature("feature", f, w))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Some(Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons,
+                    contributions,
+                })
+            })
+            .collect();
+        Self::with_cold_items(s, m, &v, warm, n, filter, "this profile's", full)
+    }
+
+    /// EASE: the history's rows of the item–item weights, summed; the reasons are the history
+    /// items that contributed most. Empty when this model version has no EASE (catalog larger
+    /// than `training.ease_max_items`), and the caller falls back.
+    #[allow(clippy::too_many_arguments)]
+    fn recommend_ease(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+        verb: &str,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        let Some(ease) = &m.ease else {
+            return Vec::new();
+        };
+        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+        let mut scores = vec![0.0f32; ease.n_items()];
+        let mut top = bespoke_algo::TopK::new(n);
+        let top = ease.recommend(
+            &positive,
+            n,
+            |i| filter.keep_model(m, i),
+            &mut scores,
+            &mut top,
+        );
+        let explain = |idx| ease.explain(&positive, idx);
+        Self::explained(
+            s,
+            m,
+            top,
+            &Scoring {
+                make: Reason::Ease,
+                term: "item_weight",
+                message: &|k| format!("because {verb} {k}"),
+                fallback: Some(Reason::Ease(Reason::history(
+                    "co-occurs with your history (EASE)",
+                ))),
+                explain: &explain,
+                terms: None,
+            },
+            full,
+        )
+    }
+
+    /// BPR: the history folded in by BPR's own user step; the reasons are the history items
+    /// whose factors are closest to the result's; the terms are the factors and the item bias.
+    #[allow(clippy::too_many_arguments)]
+    fn recommend_bpr(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+        verb: &str,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        let Some(bpr) = &m.bpr else {
+            return Vec::new();
+        };
+        let mut positive: Vec<u32> = history.iter().filter(|h| h.1 > 0.0).map(|h| h.0).collect();
+        positive.sort_unstable();
+        let epochs = self.settings.serving.bpr_fold_in_epochs;
+        let top = bpr.recommend(&positive, epochs, n, |i| filter.keep_model(m, i));
+        // Folded in again only for full explanations: the same seed gives the same vector.
+        let vector = if full {
+            bpr.fold_in(&positive, epochs)
+        } else {
+            None
+        };
+        let explain = |idx| bpr.explain(&positive, idx);
+        let terms = |idx: u32| bpr_terms(vector.as_deref(), bpr.item_row(idx));
+        Self::explained(
+            s,
+            m,
+            top,
+            &Scoring {
+                make: Reason::Bpr,
+                term: "factor",
+                message: &|k| format!("close in BPR's factors to {k}, which {verb}"),
+                fallback: Some(Reason::Bpr(Reason::history(
+                    "ranked high for this history by BPR",
+                ))),
+                explain: &explain,
+                terms: Some(&terms),
+            },
+            full,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recommend_knn(
+        &self,
+        s: &State,
+        m: &ServingModel,
+        history: &[(u32, f32)],
+        n: usize,
+        filter: &Filter<'_>,
+        full: bool,
+    ) -> Vec<Recommendation> {
+        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+        let top = m.knn.recommend(&positive, n, |i| filter.keep_model(m, i));
+        let explain = |idx| m.knn.explain(&positive, idx);
+        Self::explained(
+            s,
+            m,
+            top,
+            &Scoring {
+                make: Reason::Knn,
+                term: "neighbour",
+                message: &|k| format!("similar to {k}, which you interacted with"),
+                fallback: None,
+                explain: &explain,
+                terms: None,
+            },
+            full,
+        )
+    }
+
+    /// Fills `items` up to `n` with popular items `filter` accepts, scored below every model
+    /// result, each with a reason: a top-up, the `fallback` message, or (with `unseen_reason`)
+    /// that the user has not seen it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn top_up(
+        &self,
+        s: &State,
+        filter: &Filter<'_>,
+        n: usize,
+        items: &mut Vec<Recommendation>,
+        fallback: Option<String>,
+        unseen_reason: bool,
+        full: bool,
+    ) {
+        if items.len() >= n {
+            return;
+        }
+        let taken: FxHashSet<String> = items.iter().map(|r| r.item.clone()).collect();
+        let top_up = !items.is_empty();
+        let mut popular = self.popular_for(s, n - items.len(), filter, full, |i| {
+            !taken.contains(&s.item_key(i))
+        });
+        // Below every model score, so that a top-up never outranks a model result.
+        let floor = items.last().map(|r| r.score);
+        let max = popular
+            .first()
+            .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
+        for r in &mut popular {
+            if let Some(f) = floor {
+                let part = 0.999 * r.score / max;
+                r.score = f - 1.0 + part;
+                if full {
+                    r.contributions = vec![
+                        Contribution::new("popularity", part),
+                        Contribution::new("offset", r.score - part),
+                    ];
+                }
+            }
+            if top_up {
+                r.reasons
+                    .push(Reason::fallback("topped up with popular items"));
+            } else if let Some(message) = &fallback {
+                r.reasons.push(Reason::fallback(message.clone()));
+            } else if unseen_reason {
+                r.reasons.push(Reason::Unseen {
+                    message: "you have not interacted with this item yet".into(),
+                });
+            }
+        }
+        items.extend(popular);
+    }
+
+    /// The configured popularity ranking among items `filter` and `extra` accept.
+    fn popular_for(
+        &self,
+        s: &State,
+        n: usize,
+        filter: &Filter<'_>,
+        full: bool,
+        mut extra: impl FnMut(ItemIdx) -> bool,
+    ) -> Vec<Recommendation> {
+        let mode = self.settings.serving.recommend_popularity;
+        let pop = s.live.popularity();
+        let keep = |i: ItemIdx| filter.keep(i) && extra(i);
+        let (scored, trending) = match mode {
+            PopularityMode::AllTime => (pop.top_all_time(n, keep), false),
+            PopularityMode::Trending => (pop.top_trending(n, now_ms(), keep), true),
+        };
+        scored
+            .into_iter()
+            .map(|Scored { idx, score }| {
+                let item = ItemIdx(idx);
+                Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons: vec![s.popular_reason(item, trending, pop.count(item) as u64)],
+                    contributions: popularity_terms(full, score),
+                }
+            })
+            .collect()
+    }
+
+    /// Items related to `item_key`: from the requested model (item-kNN neighbours, cosine of
+    /// iALS factors, or live co-occurrence), topped up with co-occurrence and then with popular
+    /// items of its category when there are too few (a cold item has none). `None` when the item
+    /// does not exist.
+    pub(crate) fn similar_candidates(
+        &self,
+        s: &State,
+        model: Option<&ServingModel>,
+        item_key: &str,
+        choice: Option<SimilarChoice>,
+        q: &RankRequest,
+        n: usize,
+    ) -> Option<Vec<Recommendation>> {
+        let full = q.explain.full();
+        let item = ItemIdx(s.items.get(item_key)?);
+        let choice = choice.unwrap_or(self.settings.serving.default_similar_model);
+        let mut filter = Filter::new(s, q, None);
+        filter.exclude([item.0]);
+        let mut out: Vec<Recommendation> = Vec::new();
+        let mut taken: FxHashSet<u32> = FxHashSet::default();
+        let similarity = |score: f32| {
+            popularity_terms(full, score)
+                .into_iter()
+                .map(|c| Contribution {
+                    term: "similarity".into(),
+                    ..c
+                })
+                .collect::<Vec<_>>()
+        };
+        if let (Some(m), false) = (model, choice == SimilarChoice::Cooccurrence)
+            && let Some(mi) = m.model_item(item.0)
+        {
+            let keep = |j: u32| filter.keep_model(m, j);
+            let (found, make, phrase): (_, fn(History) -> Reason, _) = match choice {
+                SimilarChoice::Als => (
+                    m.als.similar(mi, n, keep),
+                    Reason::Als,
+                    "liked by the same kind of users as",
+                ),
+                _ => (
+                    m.knn.neighbours(mi, n, keep),
+                    Reason::Knn,
+                    "often interacted with together with",
+                ),
+            };
+            for Scored { idx, score } in found {
+                let Some(st) = m.store_item(idx) else {
+                    continue;
+                };
+                taken.insert(st);
+                out.push(Recommendation {
+                    item: s.item_key(ItemIdx(st)),
+                    score,
+                    reasons: vec![make(History {
+                        message: format!("{phrase} {item_key}"),
+                        item: Some(item_key.to_owned()),
+                        weight: Some(score),
+                    })],
+                    contributions: similarity(score),
+                });
+            }
+        }
+        // An item the model has no factors for yet: its content places it among the items
+        // with factors, and its neighbours there are related by content.
+        if let (Some(m), true) = (
+            model,
+            out.is_empty() && choice != SimilarChoice::Cooccurrence,
+        ) && m.model_item(item.0).is_none()
+            && let Some(y) = m.content.as_ref().and_then(|c| c.cold_factors(item.0))
+        {
+            let keep = |j: u32| filter.keep_model(m, j);
+            for Scored { idx, score } in m.als.similar_to(&y, n, keep) {
+                let Some(st) = m.store_item(idx) else {
+                    continue;
+                };
+                taken.insert(st);
+                out.push(Recommendation {
+                    item: s.item_key(ItemIdx(st)),
+                    score,
+                    reasons: vec![Reason::Content(Feature {
+                        message: format!(
+                            "{item_key} is new: placed by its content next to this item"
+                        ),
+                        item: Some(item_key.to_owned()),
+                        feature: None,
+                        weight: Some(score),
+                    })],
+                    contributions: similarity(score),
+                });
+            }
+        }
+        if out.len() < n {
+            let related = s.live.related(
+                item,
+                n - out.len(),
+                self.settings.serving.related_max_users,
+                |j| filter.keep(j) && !taken.contains(&j.0),
+            );
+            let ceiling = out.last().map(|r| r.score * 0.5);
+            let max = related
+                .first()
+                .map_or(1.0, |r| r.score.max(f32::MIN_POSITIVE));
+            for r in related {
+                taken.insert(r.item.0);
+                let mut reasons = vec![Reason::CoOccurrence {
+                    message: format!(
+                        "{} {} who interacted with {item_key} also interacted with this",
+                        r.co_users,
+                        if r.co_users == 1 { "user" } else { "users" }
+                    ),
+                    item: item_key.to_owned(),
+                    count: r.co_users as u64,
+                }];
+                if choice != SimilarChoice::Cooccurrence {
+                    reasons.push(Reason::fallback(
+                        "the model does not know this item well enough yet",
+                    ));
+                }
+                let score = ceiling.map_or(r.score, |c| c * r.score / max);
+                out.push(Recommendation {
+                    item: s.item_key(r.item),
+                    score,
+                    reasons,
+                    contributions: popularity_terms(full, score)
+                        .into_iter()
+                        .map(|c| Contribution {
+                            term: "co_occurrence".into(),
+                            ..c
+                        })
+                        .collect(),
+                });
+            }
+        }
+        if out.len() < n {
+            let cats = s
+                .meta(item)
+                .map(|m| m.categories.clone())
+                .unwrap_or_default();
+            let message = if out.is_empty() {
+                "no co-occurrence data for this item yet: popular items of its category"
+            } else {
+                "too little co-occurrence data: topped up with popular items of its category"
+            };
+            let fill = s.live.popularity().top_all_time(n - out.len(), |j| {
+                filter.keep(j) && !taken.contains(&j.0) && s.in_categories(j, &cats)
+            });
+            // Scaled below the weakest match, so real matches always rank first.
+            let ceiling = out.last().map_or(1.0, |r| r.score * 0.5);
+            let max_pop = fill.first().map_or(1.0, |f| f.score.max(f32::MIN_POSITIVE));
+            for f in fill {
+                let i = ItemIdx(f.idx);
+                let score = ceiling * f.score / max_pop;
+                out.push(Recommendation {
+                    item: s.item_key(i),
+                    score,
+                    reasons: vec![
+                        s.popular_reason(i, false, s.live.popularity().count(i) as u64),
+                        Reason::Fallback {
+                            message: message.to_owned(),
+                            item: Some(item_key.to_owned()),
+                        },
+                    ],
+                    contributions: popularity_terms(full, score),
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The most popular items, all-time, within a window (`window` ms), or trending.
+    pub(crate) fn popular_candidates(
+        &self,
+        s: &State,
+        sort: PopularSort,
+        window: Option<Millis>,
+        q: &RankRequest,
+        n: usize,
+    ) -> Vec<Recommendation> {
+        let full = q.explain.full();
+        let filter = Filter::new(s, q, None);
+        let keep = |i: ItemIdx| filter.keep(i);
+        let pop = s.live.popularity();
+        let now = now_ms();
+        let scored = match (sort, window) {
+            (PopularSort::Trending, _) => pop.top_trending(n, now, keep),
+            (PopularSort::Count, Some(w)) => pop.top_since(n, now - w, keep),
+            (PopularSort::Count, None) => pop.top_all_time(n, keep),
+        };
+        scored
+            .into_iter()
+            .map(|Scored { idx, score }| {
+                let item = ItemIdx(idx);
+                let mut reason =
+                    s.popular_reason(item, sort == PopularSort::Trending, pop.count(item) as u64);
+                if let (PopularSort::Count, Some(w), Reason::Popular(p)) =
+                    (sort, window, &mut reason)
+                {
+                    p.message
+                        .push_str(&format!(" in the last {}", describe_window(w)));
+                    p.count = None;
+                }
+                Recommendation {
+                    item: s.item_key(item),
+                    score,
+                    reasons: vec![reason],
+                    contributions: popularity_terms(full, score),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A score that is one quantity (a popularity, a similarity) as its only term.
+pub(crate) fn popularity_terms(full: bool, score: f32) -> Vec<Contribution> {
+    if full {
+        vec![Contribution::new("popularity", score)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// BPR's score `v·q_j + b_j` as one term per factor and the item bias.
+pub(crate) fn bpr_terms(vector: Option<&[f32]>, row: &[f32]) -> Vec<Contribution> {
+    let Some(v) = vector else {
+        return Vec::new();
+    };
+    let f = row.len().saturating_sub(1);
+    let mut out: Vec<Contribution> = (0..f)
+        .map(|k| Contribution {
+            factor: Some(k as u32),
+            ..Contribution::new("factor", v[k] * row[k])
+        })
+        .collect();
+    out.push(Contribution::new("item_bias", v[f] * row[f]));
+    out
+}
+
+fn describe_window(ms: Millis) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    for (unit, name) in UNITS {
+        if ms % unit == 0 {
+            return format!("{}{name}", ms / unit);
+        }
+    }
+    format!("{ms}ms")
+}

@@ -1,0 +1,49 @@
+//! The filter stage: which candidates a request allows. Sources ask it while they retrieve
+//! (retrieve-then-filter inside the top-k scan), so a filtered item never takes a place.
+
+use bespoke_algo::{ItemIdx, UserIdx};
+use rustc_hash::FxHashSet;
+
+use super::RankRequest;
+use crate::engine::State;
+use crate::models::ServingModel;
+
+/// What a request allows: availability, categories, exclusions and (optionally) unseen items.
+pub(crate) struct Filter<'a> {
+    s: &'a State,
+    wanted: Vec<u32>,
+    excluded: FxHashSet<u32>,
+    unseen_for: Option<UserIdx>,
+}
+
+impl<'a> Filter<'a> {
+    /// The filter of `req`; `unseen_for` drops what that user has seen.
+    pub(crate) fn new(s: &'a State, req: &RankRequest, unseen_for: Option<UserIdx>) -> Self {
+        Self {
+            s,
+            wanted: s.category_ids(&req.categories),
+            excluded: req.exclude.iter().filter_map(|k| s.items.get(k)).collect(),
+            unseen_for,
+        }
+    }
+
+    /// Also drops these store items (a session's own items, the item similar items are for).
+    pub(crate) fn exclude(&mut self, items: impl IntoIterator<Item = u32>) {
+        self.excluded.extend(items);
+    }
+
+    /// [`Self::keep`] for a row of model `m`: false for rows whose item no longer exists.
+    pub(crate) fn keep_model(&self, m: &ServingModel, i: u32) -> bool {
+        m.store_item(i).is_some_and(|st| self.keep(ItemIdx(st)))
+    }
+
+    /// Whether the request allows the item.
+    pub(crate) fn keep(&self, item: ItemIdx) -> bool {
+        self.s.servable(item)
+            && !self.excluded.contains(&item.0)
+            && self.s.in_categories(item, &self.wanted)
+            && self
+                .unseen_for
+                .is_none_or(|u| !self.s.live.has_seen(u, item))
+    }
+}
