@@ -185,7 +185,7 @@ impl Engine {
         let mut histories: Vec<Vec<(u32, f32)>> = Vec::with_capacity(2);
         let mut vector = None;
         for name in models {
-            let history = self.model_history(s, m, user, name);
+            let history = self.model_history(s, m, user, name.as_str());
             let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
             let list = match name.as_str() {
                 "ease" => match &m.ease {
@@ -241,7 +241,8 @@ impl Engine {
                 let item = ItemIdx(m.store_item(idx)?);
                 let mut reasons: Vec<Reason> = Vec::new();
                 let mut contributions = Vec::new();
-                for (k, (name, history)) in models.iter().zip(&histories).enumerate() {
+                for (k, (kind, history)) in models.iter().zip(&histories).enumerate() {
+                    let name = kind.as_str();
                     let parts = parts_of(name, history, idx);
                     // A model adds to the blend only for the items in its own top list.
                     if full && lists[k].iter().any(|x| x.idx == idx) {
