@@ -15,7 +15,7 @@ SEEDS=${SEEDS:-0}
 ANCHOR_BUDGET=${ANCHOR_BUDGET:-16}
 # Explicit flag sets, separated by ';': the best of them (mean over seeds) is the bar.
 EXPLICIT=${EXPLICIT:---budget 60;--models als,ease --budget 30;--models bm25,cosine,rp3 --budget 30}
-ANCHOR_MODELS=${ANCHOR_MODELS:-als bpr cosine bm25}
+ANCHOR_MODELS=${ANCHOR_MODELS-als bpr cosine bm25}   # empty: no anchors (the 2M set)
 for name in ${DATASETS:-ml100k}; do
   D=$W/data/split_$name
   mkdir -p "$OUT/$name"
