@@ -562,6 +562,39 @@ fn item_keys(v: &serde_json::Value) -> Vec<String> {
     })
 }
 
+/// The demo shop in a temporary store, trained, with an API key of `scopes`: what the HTTP
+/// benchmarks serve. Background training and tuning are off, so nothing competes with the
+/// measured requests. The directory lives as long as the returned guard.
+fn trained_shop(
+    settings: &Settings,
+    users: usize,
+    items: usize,
+    events: usize,
+    scopes: &[Scope],
+) -> anyhow::Result<(
+    tempfile::TempDir,
+    std::sync::Arc<bespoke_server::Engine>,
+    String,
+)> {
+    let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut s = settings.clone();
+    // A subdirectory, so that the audit key file (beside the data directory) is removed too.
+    s.store.data_dir = work.path().join("store");
+    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
+    s.training.evaluate = false;
+    s.training.train_on_start = false;
+    s.training.interval_minutes = 0;
+    s.training.min_new_events = 0;
+    s.training.tune_interval_hours = 0.0;
+    let store = bespoke_server::open_store(&s)?;
+    let shop = crate::demo::generate(42, users, items, events, 1_767_225_600_000);
+    crate::demo::load(&*store, shop)?;
+    let engine = std::sync::Arc::new(bespoke_server::Engine::open(store, std::sync::Arc::new(s))?);
+    engine.train(|_| {})?;
+    let (key, _) = engine.create_key("bench", "bench", scopes, None)?;
+    Ok((work, engine, key))
+}
+
 fn bench_realtime(
     settings: &Settings,
     trials: usize,
@@ -572,21 +605,8 @@ fn bench_realtime(
     if trials == 0 || users == 0 || items == 0 {
         bail!("--trials, --users and --items must be at least 1");
     }
-    let work = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut s = settings.clone();
-    // A subdirectory, so that the audit key file (beside the data directory) is removed too.
-    s.store.data_dir = work.path().join("store");
-    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
-    s.training.evaluate = false;
-    s.training.train_on_start = false;
-    s.training.interval_minutes = 0;
-    s.training.min_new_events = 0;
-    let store = bespoke_server::open_store(&s)?;
-    let shop = crate::demo::generate(42, users, items, events, 1_767_225_600_000);
-    crate::demo::load(&*store, shop)?;
-    let engine = std::sync::Arc::new(bespoke_server::Engine::open(store, std::sync::Arc::new(s))?);
-    engine.train(|_| {})?;
-    let (key, _) = engine.create_key("bench", "bench", &[Scope::Read, Scope::Write], None)?;
+    let (_work, engine, key) =
+        trained_shop(settings, users, items, events, &[Scope::Read, Scope::Write])?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let server = bespoke_server::start_with_engine(engine).await?;
@@ -652,22 +672,7 @@ fn bench_rank(
     if requests == 0 || users == 0 || items == 0 || !(1..=1000).contains(&candidates) {
         bail!("--requests, --users and --items must be at least 1, --candidates 1 to 1000");
     }
-    let work = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut s = settings.clone();
-    // A subdirectory, so that the audit key file (beside the data directory) is removed too.
-    s.store.data_dir = work.path().join("store");
-    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
-    s.training.evaluate = false;
-    s.training.train_on_start = false;
-    s.training.interval_minutes = 0;
-    s.training.min_new_events = 0;
-    s.training.tune_interval_hours = 0.0;
-    let store = bespoke_server::open_store(&s)?;
-    let shop = crate::demo::generate(42, users, items, events, 1_767_225_600_000);
-    crate::demo::load(&*store, shop)?;
-    let engine = std::sync::Arc::new(bespoke_server::Engine::open(store, std::sync::Arc::new(s))?);
-    engine.train(|_| {})?;
-    let (key, _) = engine.create_key("bench", "bench", &[Scope::Read], None)?;
+    let (_work, engine, key) = trained_shop(settings, users, items, events, &[Scope::Read])?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let server = bespoke_server::start_with_engine(engine).await?;
