@@ -37,10 +37,7 @@ async fn trained() -> TestServer {
     }
     let (s, t) = srv.post("/v1/events", json!({ "events": events })).await;
     assert_eq!(s, StatusCode::OK, "{t}");
-    let (s, t) = srv
-        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
-        .await;
-    assert!(s.is_success(), "{t}");
+    crate::privacy::train(&srv).await;
     srv
 }
 
@@ -300,10 +297,7 @@ async fn history_less_users_are_placed_by_attributes_off_the_runtime() {
         }
     }
     srv.post("/v1/events", json!({ "events": events })).await;
-    let (s, t) = srv
-        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
-        .await;
-    assert!(s.is_success(), "{t}");
+    crate::privacy::train(&srv).await;
     for k in 0..16 {
         srv.put(
             &format!("/v1/users/new{k}"),
