@@ -313,7 +313,9 @@ fn bench_ingest(
         // Requests carry a key, so the figures include authentication.
         let engine = server.engine().clone();
         let (key, _) = tokio::task::spawn_blocking(move || {
-            engine.create_key("bench", "bench", &[Scope::Write], None)
+            engine
+                .access()
+                .create_key("bench", "bench", &[Scope::Write], None)
         })
         .await??;
         let (latencies, elapsed) =
@@ -403,7 +405,9 @@ fn bench_decisions(
         let addr = server.addr();
         let engine = server.engine().clone();
         let (key, _) = tokio::task::spawn_blocking(move || {
-            engine.create_key("bench", "bench", &[Scope::Write], None)
+            engine
+                .access()
+                .create_key("bench", "bench", &[Scope::Write], None)
         })
         .await??;
         let (latencies, elapsed) = post_concurrently(
@@ -591,7 +595,7 @@ fn trained_shop(
     crate::demo::load(&*store, shop)?;
     let engine = std::sync::Arc::new(bespoke_server::Engine::open(store, std::sync::Arc::new(s))?);
     engine.train(|_| {})?;
-    let (key, _) = engine.create_key("bench", "bench", scopes, None)?;
+    let (key, _) = engine.access().create_key("bench", "bench", scopes, None)?;
     Ok((work, engine, key))
 }
 

@@ -504,7 +504,9 @@ pub(crate) fn run(
         .and_then(|i| i.categories.first().cloned())
         .unwrap_or_else(|| categories()[0].name.to_owned());
     // A fresh admin key for each demo run, so that the curls below work as printed.
-    let (key, _) = engine.create_key("cli", "demo", &[Scope::Admin], None)?;
+    let (key, _) = engine
+        .access()
+        .create_key("cli", "demo", &[Scope::Admin], None)?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let server = bespoke_server::start_with_engine(engine).await?;

@@ -28,9 +28,11 @@ pub mod openapi;
 pub mod pipeline;
 pub mod privacy;
 pub mod settings;
+pub mod state;
 pub mod strict;
 pub mod time;
 pub mod validate;
+pub mod weights;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -50,6 +52,9 @@ pub enum ServerError {
     /// Opening the store failed.
     #[error("opening the store: {0}")]
     Store(#[from] bespoke_store::Error),
+    /// The engine could not start on the store (e.g. its decision loops could not be restored).
+    #[error("{0}")]
+    Engine(#[from] engine::OpenError),
     /// The listen address could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -340,7 +345,7 @@ async fn decision_windows(engine: Arc<Engine>) {
         let checkpoint = ticks.is_multiple_of(30);
         let result = tokio::task::spawn_blocking(move || {
             let d = e.decisions();
-            let n = d.settle_expired(engine::now_ms())?;
+            let n = d.settle_expired(time::now_ms())?;
             if checkpoint {
                 d.checkpoint_all()?;
             }
@@ -372,7 +377,7 @@ async fn refresh_keys(engine: Arc<Engine>) {
     loop {
         ticker.tick().await;
         let e = engine.clone();
-        match tokio::task::spawn_blocking(move || e.refresh_keys()).await {
+        match tokio::task::spawn_blocking(move || e.access().refresh_keys()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "reloading API keys failed"),
             Err(e) => tracing::error!(error = %e, "reloading API keys panicked"),

@@ -155,6 +155,13 @@ pub fn parse_duration(s: &str) -> Result<Millis, String> {
     }
 }
 
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

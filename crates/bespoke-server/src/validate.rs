@@ -3,9 +3,9 @@
 
 use bespoke_store::{ItemUpsert, Millis, NewEvent};
 
-use crate::engine::Weights;
 use crate::settings::{Settings, WeightSpec};
 use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::weights::Weights;
 
 /// A rule broken by one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +195,15 @@ pub fn check_item(item: &ItemUpsert, max_key: usize) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+/// Checks a key, naming `field` in the error.
+pub(crate) fn validate_key(
+    field: &str,
+    key: &str,
+    max_bytes: usize,
+) -> Result<(), crate::error::ApiError> {
+    check_key(field, key, max_bytes).map_err(|m| crate::error::ApiError::invalid(field, m))
 }
 
 #[cfg(test)]

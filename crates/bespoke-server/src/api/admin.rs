@@ -66,6 +66,7 @@ pub(crate) async fn create_key(
     let engine = state.engine.clone();
     let (secret, record) = blocking(move || {
         engine
+            .access()
             .create_key(&caller.prefix, &body.name, &scopes, body.rate_per_second)
             .map_err(ApiError::from)
     })
@@ -77,7 +78,7 @@ pub(crate) async fn create_key(
 
 pub(crate) async fn list_keys(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let engine = state.engine.clone();
-    let keys = blocking(move || engine.keys().map_err(ApiError::from)).await?;
+    let keys = blocking(move || engine.access().keys().map_err(ApiError::from)).await?;
     Ok(Json(
         json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() }),
     ))
@@ -92,6 +93,7 @@ pub(crate) async fn revoke_key(
     let p = prefix.clone();
     let record = blocking(move || {
         engine
+            .access()
             .revoke_key(&caller.prefix, &p)
             .map_err(ApiError::from)
     })
@@ -119,7 +121,13 @@ pub(crate) async fn audit(
         })?),
     };
     let engine = state.engine.clone();
-    let page = blocking(move || engine.audit_log(before, limit).map_err(ApiError::from)).await?;
+    let page = blocking(move || {
+        engine
+            .access()
+            .audit_log(before, limit)
+            .map_err(ApiError::from)
+    })
+    .await?;
     let entries: Vec<Value> = page
         .items
         .iter()

@@ -13,9 +13,9 @@ use crate::auth::Caller;
 use crate::decisions::{
     ActionInput, DecisionError, DecisionInput, DecisionOutput, LoopConfig, LoopView, RewardAck,
 };
-use crate::engine::now_ms;
 use crate::error::ApiError;
 use crate::strict::StrictValue;
+use crate::time::now_ms;
 
 /// Longest loop name, in bytes.
 const MAX_LOOP_BYTES: usize = 128;
@@ -159,7 +159,7 @@ pub(crate) async fn run_decision(
     blocking(move || {
         if engine.decisions().create_implicit(&loop_name)? {
             tracing::info!(loop_name, actor, "decision loop created by a decision");
-            engine.audit(
+            engine.access().audit(
                 &actor,
                 "loop.create",
                 Some(&loop_name),
@@ -293,7 +293,9 @@ pub(crate) async fn put_loop(
                 .decisions()
                 .configure(&name, config)
                 .map_err(ApiError::from)?;
-            engine.audit(&caller.prefix, "loop.configure", Some(&name), detail);
+            engine
+                .access()
+                .audit(&caller.prefix, "loop.configure", Some(&name), detail);
             Ok(view)
         })
         .await?,
@@ -372,7 +374,7 @@ pub(crate) async fn apply_candidate(
             config.learner = learner.clone();
             let detail = json!({ "candidate": body.candidate, "learner": learner });
             let view = d.configure(&name, config).map_err(ApiError::from)?;
-            engine.audit(
+            engine.access().audit(
                 &caller.prefix,
                 "loop.apply_candidate",
                 Some(&name),

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
-use crate::engine::now_ms;
 use crate::error::ApiError;
 use crate::settings::Settings;
+use crate::time::now_ms;
 use crate::validate::check_event;
 use crate::wire::EventJson;
 
@@ -30,7 +30,7 @@ pub(crate) struct PostEventsResponse {
 /// Validates one event and converts it for the store. `at` is its JSON path prefix.
 pub(super) fn validate_event(
     settings: &Settings,
-    weights: &crate::engine::Weights,
+    weights: &crate::weights::Weights,
     e: EventJson,
     at: &str,
     now: i64,

@@ -12,14 +12,14 @@ use super::catalog::UserIn;
 use super::decisions::DecisionIn;
 use super::events::{PostEvents, validate_event};
 use super::extract::parse_json;
-use crate::engine::Weights;
 use crate::settings::Settings;
+use crate::weights::Weights;
 use crate::wire::ItemJson;
 
 fn check_events(bytes: &[u8]) -> Result<usize, String> {
     let settings = Settings::default();
     let weights = Weights::new(&settings);
-    let now = crate::engine::now_ms();
+    let now = crate::time::now_ms();
     let body: PostEvents = match parse_json(bytes) {
         Ok(b) => b,
         Err(e) => {

@@ -33,6 +33,7 @@ use crate::auth::{Access, AuthError, Caller, FailedAuthThrottle, Scope};
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::metrics::{AuthFailure, Metrics};
+pub(crate) use crate::validate::validate_key;
 
 /// Shared state of all handlers.
 #[derive(Debug, Clone)]
@@ -487,7 +488,7 @@ async fn authorize(
             state.metrics.record_auth_throttled();
             return Ok(throttled(wait));
         }
-        match engine.authenticate(presented_key(&req)) {
+        match engine.access().authenticate(presented_key(&req)) {
             Ok(c) => c,
             Err(e) => {
                 state.metrics.record_auth_failure(match e {
@@ -531,7 +532,7 @@ async fn authorize(
             ),
         ));
     }
-    if let Err(wait) = engine.rate_limit(&caller) {
+    if let Err(wait) = engine.access().rate_limit(&caller) {
         let mut resp = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -603,11 +604,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal("blocking task", &e))?
-}
-
-/// Checks a key, naming `field` in the error.
-pub(crate) fn validate_key(field: &str, key: &str, max_bytes: usize) -> Result<(), ApiError> {
-    crate::validate::check_key(field, key, max_bytes).map_err(|m| ApiError::invalid(field, m))
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ pub(crate) async fn activate(
     blocking(move || {
         {
             engine.activate(version)?;
-            engine.audit(
+            engine.access().audit(
                 &caller.prefix,
                 "model.activate",
                 Some(&version.to_string()),

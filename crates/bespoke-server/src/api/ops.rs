@@ -24,5 +24,5 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 }
 
 pub(crate) async fn openapi() -> Result<Json<Value>, ApiError> {
-    Ok(Json(crate::openapi::document()))
+    Ok(Json(crate::openapi::document(super::ROUTES)))
 }

@@ -98,7 +98,7 @@ async fn rank_user(
         key,
         attributes: None,
     };
-    match state.engine.rank(source, &req) {
+    match state.engine.serving().rank(source, &req) {
         Ok(out) => Ok(out.unwrap_or_else(empty)),
         Err(NeedsAttributes) => {
             let engine = state.engine.clone();
@@ -110,6 +110,7 @@ async fn rank_user(
                     attributes: Some(&attributes),
                 };
                 engine
+                    .serving()
                     .rank(source, &req)
                     .map(|out| out.unwrap_or_else(empty))
                     .map_err(|_| ApiError::internal("ranking", &"attributes were asked for twice"))
@@ -188,6 +189,7 @@ pub(crate) async fn similar(
     };
     let items = state
         .engine
+        .serving()
         .rank(source, &req)
         .ok()
         .flatten()
@@ -239,6 +241,7 @@ pub(crate) async fn popular(
     }
     let items = state
         .engine
+        .serving()
         .rank(Source::Popular { sort, window }, &req)
         .ok()
         .flatten()
@@ -346,6 +349,7 @@ pub(crate) async fn session(
     .validate(Form::Body, state.engine.settings(), body.context)?;
     let recs = state
         .engine
+        .serving()
         .rank(Source::Session(&items), &req)
         .ok()
         .flatten()
@@ -429,6 +433,7 @@ pub(crate) async fn rank(
     };
     let ranked = match state
         .engine
+        .serving()
         .rank_supplied(&key, &body.items, &history, &req, None)
     {
         Ok(r) => r,
@@ -438,6 +443,7 @@ pub(crate) async fn rank(
             blocking(move || {
                 let attributes = engine.user_attributes(&key);
                 engine
+                    .serving()
                     .rank_supplied(&key, &body.items, &history, &req, Some(&attributes))
                     .map_err(|_| ApiError::internal("ranking", &"attributes were asked for twice"))
             })

@@ -131,7 +131,7 @@ impl Engine {
         key: &str,
         retrain: bool,
     ) -> Result<Option<ErasureReceipt>, EraseError> {
-        let stored_key = self.user_keys.to_store(key).into_owned();
+        let stored_key = self.serving.user_keys.to_store(key).into_owned();
         let (decisions, loops_rebuilt) =
             self.decisions
                 .erase_user(&stored_key)
@@ -160,13 +160,13 @@ impl Engine {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         );
-        let user_ref = self.user_ref(key);
+        let user_ref = self.access.user_ref(key);
         let receipt = {
             // Held while scrubbing, so that a training run saving a version right now either
             // saved it before (and it is scrubbed here) or sees this erasure (and scrubs it).
             let mut erasures = self.erasures.lock();
             let mut containing = Vec::new();
-            let stored = self.user_keys.to_store(key).into_owned();
+            let stored = self.serving.user_keys.to_store(key).into_owned();
             for m in self.store.list_models()? {
                 if scrub(&*self.store, &m, &stored)? {
                     containing.push(m.version);
@@ -216,7 +216,7 @@ impl Engine {
             self.save_receipt(&receipt)?;
             receipt
         };
-        self.audit(
+        self.access.audit(
             actor,
             "user.erase",
             Some(&user_ref),

@@ -115,7 +115,7 @@ impl Engine {
             Ok(Some(v)) => match self.load_model(v) {
                 Ok(m) => {
                     tracing::info!(version = v, "serving model");
-                    self.model.store(Some(Arc::new(m)));
+                    self.serving.model.store(Some(Arc::new(m)));
                 }
                 Err(e) => {
                     tracing::error!(version = v, error = %e, "could not load the active model")
@@ -129,7 +129,7 @@ impl Engine {
     fn load_model(&self, version: u64) -> Result<ServingModel, LoadError> {
         // Reading the files happens outside the state lock; only the key mapping needs it.
         let store = self.store.clone();
-        let s = self.state.read();
+        let s = self.serving.state.read();
         ServingModel::load(&*store, version, self.settings.serving.user_cache, |key| {
             s.items.get(key)
         })
@@ -137,7 +137,7 @@ impl Engine {
 
     /// The model being served.
     pub fn model(&self) -> Option<Arc<ServingModel>> {
-        self.model.load_full()
+        self.serving.model.load_full()
     }
 
     /// Every stored model version.
@@ -157,7 +157,7 @@ impl Engine {
     pub fn activate(&self, version: u64) -> Result<(), LoadError> {
         let model = Arc::new(self.load_model(version)?);
         self.store.activate_model(version)?;
-        self.model.store(Some(model.clone()));
+        self.serving.model.store(Some(model.clone()));
         // Items written while the model loaded were placed on the previous one: place the
         // catalog's new items again, now that writes reach this model.
         model.place_cold_items(&*self.store)?;
@@ -181,7 +181,7 @@ impl Engine {
     pub fn training_due(&self, last: Option<Instant>) -> bool {
         let t = &self.settings.training;
         let events = self.training.new_events.load(Ordering::Relaxed);
-        if self.model.load().is_none() {
+        if self.serving.model.load().is_none() {
             return t.train_on_start && self.counts().events > 0 && last.is_none();
         }
         if last.is_some_and(|l| l.elapsed().as_secs() < t.min_gap_minutes * 60) {
@@ -231,7 +231,7 @@ impl Engine {
     /// before a restart) is at least the interval old.
     pub fn tuning_due(&self, last: Option<Instant>) -> bool {
         let hours = self.settings.training.tune_interval_hours;
-        let Some(model) = self.model.load_full().filter(|_| hours > 0.0) else {
+        let Some(model) = self.serving.model.load_full().filter(|_| hours > 0.0) else {
             return false;
         };
         let interval_ms = hours * 3_600_000.0;
@@ -241,7 +241,7 @@ impl Engine {
                 None => true,
                 Some(t) => crate::time::parse_rfc3339(&t.tuned_at)
                     .ok()
-                    .is_none_or(|at| (crate::engine::now_ms() - at) as f64 >= interval_ms),
+                    .is_none_or(|at| (crate::time::now_ms() - at) as f64 >= interval_ms),
             },
         }
     }
@@ -304,7 +304,7 @@ impl Engine {
                 self.training
                     .new_events
                     .fetch_sub(new_before, Ordering::Relaxed);
-                self.audit(
+                self.access.audit(
                     actor,
                     if tune.is_some() { "model.tune" } else { "model.train" },
                     Some(&out.version.to_string()),
@@ -347,6 +347,7 @@ impl Engine {
         };
         // A fresh tuning, else the one the served version recorded (it persists that way).
         let previous = self
+            .serving
             .model
             .load_full()
             .and_then(|m| models::tuning::Tuned::from_meta(&m.meta));

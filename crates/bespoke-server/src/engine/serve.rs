@@ -21,9 +21,9 @@ impl Engine {
     /// applied, and (with personalization allowed and a model served) their user vector. `None`
     /// for an unknown user.
     pub fn derived(&self, user_key: &str) -> Option<serde_json::Value> {
-        let model = self.model.load_full();
-        let s = self.state.read();
-        let user = UserIdx(s.users.get(&self.user_keys.to_store(user_key))?);
+        let model = self.serving.model.load_full();
+        let s = self.serving.state.read();
+        let user = UserIdx(s.users.get(&self.serving.user_keys.to_store(user_key))?);
         let personal = s
             .personalization
             .get(user.0 as usize)
@@ -39,9 +39,9 @@ impl Engine {
             })
             .collect();
         let vector = model.as_ref().filter(|_| personal).and_then(|m| {
-            let h = self.model_history(&s, m, user, "als");
+            let h = self.serving.model_history(&s, m, user, "als");
             m.als
-                .user_vector(user.0, self.vector_revision(&s, user), &h)
+                .user_vector(user.0, self.serving.vector_revision(&s, user), &h)
                 .map(|v| (m.version, v.x.clone()))
         });
         Some(serde_json::json!({
@@ -69,11 +69,14 @@ impl Engine {
             key: user_key,
             attributes,
         };
-        let out = match self.rank(source(None), q) {
+        let out = match self.serving.rank(source(None), q) {
             Ok(out) => out,
             Err(NeedsAttributes) => {
                 let attributes = self.user_attributes(user_key);
-                self.rank(source(Some(&attributes)), q).ok().flatten()
+                self.serving
+                    .rank(source(Some(&attributes)), q)
+                    .ok()
+                    .flatten()
             }
         };
         out.unwrap_or_else(|| Recommendations {
@@ -96,7 +99,8 @@ impl Engine {
         items: &[(String, f32)],
         q: &RecommendQuery,
     ) -> Recommendations {
-        self.rank(Source::Session(items), q)
+        self.serving
+            .rank(Source::Session(items), q)
             .ok()
             .flatten()
             .unwrap_or_else(|| Recommendations {
@@ -125,7 +129,7 @@ impl Engine {
             item: item_key,
             model: choice,
         };
-        Some(self.rank(source, &req).ok()??.items)
+        Some(self.serving.rank(source, &req).ok()??.items)
     }
 
     /// The most popular items, all-time, within a window, or trending.
@@ -139,7 +143,8 @@ impl Engine {
             sort: q.sort,
             window: q.window,
         };
-        self.rank(source, &req)
+        self.serving
+            .rank(source, &req)
             .ok()
             .flatten()
             .map(|r| r.items)

@@ -28,8 +28,8 @@ use super::ease::EaseArtifact;
 use super::meta::{self, DataMeta, ModelMeta, ParamsMeta};
 use super::model::{Artifact, FitContext, ModelFamily, REGISTRY};
 use super::tuning::{Recencies, Serve, Tuned};
-use crate::engine::Weights;
 use crate::settings::{Settings, TrainingSettings};
+use crate::weights::Weights;
 use bespoke_algo::tune::Blend;
 
 /// Interactions read per store round trip.
@@ -86,7 +86,7 @@ pub fn key_seed(key: &str, seed: u64) -> u64 {
 impl Snapshot {
     /// Reads everything the store holds. Events of types no longer configured are skipped.
     pub fn read(store: &dyn Store, settings: &Settings) -> bespoke_store::Result<Self> {
-        let read_at = crate::engine::now_ms();
+        let read_at = crate::time::now_ms();
         let weights = Weights::new(settings);
         // Keys by store id, then dense indices in key order.
         let mut users: Vec<(u32, String)> = Vec::new();
@@ -686,7 +686,7 @@ pub fn train(
     let meta = ModelMeta {
         meta_version: meta::META_VERSION,
         format: meta::FORMAT.to_owned(),
-        created_at: crate::time::format_rfc3339(crate::engine::now_ms()),
+        created_at: crate::time::format_rfc3339(crate::time::now_ms()),
         data: DataMeta {
             watermark_seq: snapshot.watermark,
             snapshot_at_ms: snapshot.read_at,

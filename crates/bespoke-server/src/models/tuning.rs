@@ -228,7 +228,7 @@ pub fn tune(
         .collect();
     Ok(Some(Tuned {
         budget: params.budget,
-        tuned_at: crate::time::format_rfc3339(crate::engine::now_ms()),
+        tuned_at: crate::time::format_rfc3339(crate::time::now_ms()),
         models,
         serve,
         validation_ndcg,

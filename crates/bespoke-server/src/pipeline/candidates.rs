@@ -13,10 +13,12 @@ use rustc_hash::FxHashSet;
 
 use super::explain::{Contribution, Feature, History, scaled};
 use super::{Filter, RankRequest, Reason};
-use crate::engine::{Engine, PopularSort, Recommendation, Recommendations, State, now_ms};
+use super::{PopularSort, Recommendation, Recommendations};
 use crate::models::ServingModel;
 use crate::models::tuning::Serve;
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
+use crate::state::{Serving, State};
+use crate::time::now_ms;
 
 /// A history item the model has no row for: its content-predicted factors and its weight.
 pub(crate) type ColdHistory = (Vec<f32>, f32);
@@ -75,7 +77,7 @@ pub(crate) struct Scoring<'a> {
     pub(crate) terms: Option<&'a dyn Fn(u32) -> Vec<Contribution>>,
 }
 
-impl Engine {
+impl Serving {
     /// The user's history in model item ids: `(item, summed weight)`, only items the model knows.
     /// With `serving.recent_boost` > 0, an item's positive weight is multiplied by
     /// `1 + recent_boost · 2^(−age / recent_half_life_hours)`, `age` the time since the user's
@@ -532,7 +534,7 @@ impl Engine {
         (history, extra)
     }
 
-    /// Candidates for an anonymous session (see [`Engine::recommend_session`]).
+    /// Candidates for an anonymous session (see `Engine::recommend_session`).
     pub(crate) fn session_candidates(
         &self,
         s: &State,

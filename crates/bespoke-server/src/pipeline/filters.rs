@@ -5,8 +5,8 @@ use bespoke_algo::{ItemIdx, UserIdx};
 use rustc_hash::FxHashSet;
 
 use super::RankRequest;
-use crate::engine::State;
 use crate::models::ServingModel;
+use crate::state::State;
 
 /// What a request allows: availability, categories, exclusions and (optionally) unseen items.
 pub(crate) struct Filter<'a> {

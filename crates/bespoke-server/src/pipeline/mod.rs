@@ -11,7 +11,7 @@
 //!
 //! Recommendations ([`Source::User`]), anonymous sessions ([`Source::Session`]), similar items
 //! ([`Source::Similar`]), popular items ([`Source::Popular`]) and the ranking of supplied
-//! candidates ([`Engine::rank_supplied`]) differ only in their source, so every filter and
+//! candidates ([`Serving::rank_supplied`]) differ only in their source, so every filter and
 //! re-ranker works on all of them.
 //!
 //! Every stage reads in-memory state only: a source that needs stored data (a history-less
@@ -25,7 +25,9 @@ pub mod request;
 mod rerank;
 mod supplied;
 
+use bespoke_algo::ItemIdx;
 use bespoke_store::Millis;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use candidates::NeedsAttributes;
@@ -35,8 +37,60 @@ pub use supplied::{Ranked, RankedItem};
 
 pub(crate) use filters::Filter;
 
-use crate::engine::{Engine, PopularSort, Recommendations};
 use crate::settings::SimilarChoice;
+use crate::state::{Serving, State};
+
+/// One result: an item, its score (higher is better) and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    /// Item key.
+    pub item: String,
+    /// Score; comparable only within one response.
+    pub score: f32,
+    /// Why it was chosen.
+    pub reasons: Vec<Reason>,
+    /// The terms of its score (`explain=full`), summing to it; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contributions: Vec<Contribution>,
+}
+
+/// Filters of a recommendation request: the pipeline's request.
+pub type RecommendQuery = RankRequest;
+
+/// How `popular` ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PopularSort {
+    /// Total weight (within the window, if any).
+    Count,
+    /// Time-decayed weight.
+    Trending,
+}
+
+/// Filters of a popularity request.
+#[derive(Debug, Clone)]
+pub struct PopularQuery {
+    /// How many results.
+    pub n: usize,
+    /// Keep only items in any of these categories.
+    pub categories: Vec<String>,
+    /// Count only events newer than this many milliseconds (with `Count`).
+    pub window: Option<Millis>,
+    /// Ranking.
+    pub sort: PopularSort,
+}
+
+/// Recommendations for one user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendations {
+    /// The results, best first.
+    pub items: Vec<Recommendation>,
+    /// Whether the user's own history shaped the results.
+    pub personalized: bool,
+    /// The model that ranked them: `als`, `knn` or `popular`.
+    pub model: &'static str,
+    /// The version of the trained model used, if any.
+    pub model_version: Option<u64>,
+}
 
 /// Where a ranking's candidates come from.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +120,7 @@ pub enum Source<'a> {
     },
 }
 
-impl Engine {
+impl Serving {
     /// Runs the pipeline for `source`. `Ok(None)` when the source's subject does not exist
     /// (similar items of an unknown item).
     pub fn rank(
@@ -107,11 +161,33 @@ impl Engine {
 }
 
 /// Items ranked without anyone's history (similar, popular).
-fn unpersonalized(items: Vec<crate::engine::Recommendation>) -> Recommendations {
+fn unpersonalized(items: Vec<Recommendation>) -> Recommendations {
     Recommendations {
         items,
         personalized: false,
         model: "popular",
         model_version: None,
+    }
+}
+
+impl State {
+    /// The reason of an item ranked by popularity: "popular in <its first category>".
+    pub(crate) fn popular_reason(&self, item: ItemIdx, trending: bool, count: u64) -> Reason {
+        let category = self.first_category(item);
+        let adjective = if trending { "trending" } else { "popular" };
+        let message = match &category {
+            Some(c) => format!("{adjective} in {c}"),
+            None => format!("{adjective} overall"),
+        };
+        let p = explain::Popularity {
+            message,
+            category,
+            count: Some(count),
+        };
+        if trending {
+            Reason::Trending(p)
+        } else {
+            Reason::Popular(p)
+        }
     }
 }

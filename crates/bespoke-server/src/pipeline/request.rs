@@ -82,7 +82,7 @@ impl CommonIn {
                 Form::Query => "category".to_owned(),
                 Form::Body => format!("categories[{i}]"),
             };
-            crate::api::validate_key(&field, c, limits.max_key_bytes)?;
+            crate::validate::validate_key(&field, c, limits.max_key_bytes)?;
         }
         if self.exclude.len() > limits.max_exclude {
             return Err(ApiError::invalid(

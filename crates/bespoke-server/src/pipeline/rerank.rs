@@ -7,9 +7,10 @@
 
 use bespoke_algo::ItemIdx;
 
+use super::Recommendation;
 use super::{RankRequest, Reason};
-use crate::engine::{Recommendation, State};
 use crate::models::ServingModel;
+use crate::state::State;
 
 /// What re-rankers may read: the serving state and the model, if any.
 pub(crate) struct Context<'a> {

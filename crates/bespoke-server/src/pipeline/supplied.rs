@@ -7,12 +7,13 @@ use bespoke_algo::{ItemIdx, UserIdx};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::Recommendation;
 use super::candidates::{bpr_terms, history_reason, history_term, model_name, popularity_terms};
 use super::explain::{Contribution, Feature};
 use super::{NeedsAttributes, RankRequest, Reason, rerank};
-use crate::engine::{Engine, Recommendation, State};
 use crate::models::ServingModel;
 use crate::settings::ModelChoice;
+use crate::state::{Serving, State};
 
 /// One supplied item, ranked.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,7 +57,7 @@ enum Scorer {
     Bpr(Vec<f32>, Vec<u32>),
 }
 
-impl Engine {
+impl Serving {
     /// Ranks `candidates` for the user `user_key`. A user never seen (or one without history)
     /// is ranked by `history` (item keys and weights, oldest first, as a session). `Err` when a
     /// known user without history must be placed by their stored `attributes`.

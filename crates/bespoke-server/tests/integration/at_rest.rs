@@ -320,7 +320,9 @@ async fn issue_23_erasures_with_retrain_share_one_training() {
     let (write_key, _) = {
         let engine = engine.clone();
         tokio::task::spawn_blocking(move || {
-            engine.create_key("test", "backend", &[Scope::Write], None)
+            engine
+                .access()
+                .create_key("test", "backend", &[Scope::Write], None)
         })
         .await
         .unwrap()

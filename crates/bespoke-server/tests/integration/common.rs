@@ -44,7 +44,9 @@ pub(crate) async fn start_in(
         .expect("server starts");
     let engine = server.engine().clone();
     let (admin_key, _) = tokio::task::spawn_blocking(move || {
-        engine.create_key("test", "test admin", &[Scope::Admin], None)
+        engine
+            .access()
+            .create_key("test", "test admin", &[Scope::Admin], None)
     })
     .await
     .unwrap()

@@ -12,6 +12,7 @@ mod events;
 mod http_hygiene;
 mod models;
 mod models_conformance;
+mod module_graph;
 mod ops;
 mod privacy;
 mod ranking;
