@@ -607,7 +607,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Checks a key, naming `field` in the error.
 pub(crate) fn validate_key(field: &str, key: &str, max_bytes: usize) -> Result<(), ApiError> {
-    crate::validate::check_key(field, key, max_bytes).map_err(|m| ApiError::invalid(field, m))
+    crate::validate::check_key(field, key, max_bytes)
+        .map_err(|k| ApiError::invalid(field, k.to_string()))
 }
 
 #[cfg(test)]
