@@ -1425,6 +1425,54 @@ mod tests {
         assert_eq!(s.server.cors_allowed_origins, ["https://a.example"]);
     }
 
+    /// Issue 14: checks that used to name two keys in one message name the one at fault.
+    #[test]
+    fn each_refused_value_names_its_own_key() {
+        let refused = |change: Change| {
+            let mut s = Settings::default();
+            change(&mut s);
+            s.validate().unwrap_err()
+        };
+        type Change = fn(&mut Settings);
+        let cases: [(Change, &str); 6] = [
+            (
+                |s| {
+                    s.training.bpr = true;
+                    s.training.bpr_iterations = 0;
+                },
+                "training.bpr_iterations",
+            ),
+            (
+                |s| {
+                    s.training.bpr = true;
+                    s.training.bpr_learning_rate = f32::NAN;
+                },
+                "training.bpr_learning_rate",
+            ),
+            (|s| s.training.rp3_beta = -1.0, "training.rp3_beta"),
+            (
+                |s| s.decisions.evaluation_max_decisions = 0,
+                "decisions.evaluation_max_decisions",
+            ),
+            (
+                |s| s.decisions.checkpoint_every = 0,
+                "decisions.checkpoint_every",
+            ),
+            (
+                |s| s.limits.min_event_time = "1990-01-01".into(),
+                "limits.min_event_time",
+            ),
+        ];
+        for (change, key) in cases {
+            let err = refused(change);
+            assert_eq!(err.key, key, "{err}");
+            assert_eq!(err.to_string(), format!("{key} {}", err.reason));
+        }
+        // The time's own problem is said too.
+        let err = refused(|s| s.limits.min_event_time = "1990-01-01".into());
+        assert!(err.reason.contains("position 11"), "{err}");
+    }
+
     #[test]
     fn abuse_limits_are_validated_by_name() {
         for (var, value, named) in [
