@@ -15,8 +15,11 @@ use anyhow::{Context, bail};
 use bespoke_server::Settings;
 use bespoke_server::engine::{Weights, now_ms};
 use bespoke_server::privacy::{UserKeys, check_store};
-use bespoke_server::validate::{check_event, check_item, check_key};
-use bespoke_server::wire::{EventJson, ItemJson, USER_EXPORT_FORMAT, UserExport, UserJson};
+use bespoke_server::time::TimeError;
+use bespoke_server::validate::{FieldError, KeyError, check_event, check_item, check_key};
+use bespoke_server::wire::{
+    EventJson, ItemJson, TimestampError, USER_EXPORT_FORMAT, UserExport, UserJson,
+};
 use bespoke_store::{ConsentUpdate, EventBatch, ItemUpsert, NewEvent, Store, UserUpsert};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -298,7 +301,7 @@ fn import_user_export(
     }
     let max_key = settings.limits.max_key_bytes;
     let key = export.user.key;
-    check_key("user.key", &key, max_key).map_err(|m| anyhow::anyhow!("user.key: {m}"))?;
+    check_key("user.key", &key, max_key)?;
     let time = |field: &str, t: &Option<String>| -> anyhow::Result<Option<i64>> {
         t.as_deref()
             .map(|t| parse_time(t).map_err(|m| anyhow::anyhow!("user.{field}: {m}")))
@@ -367,10 +370,85 @@ fn import_user_export(
 struct Mapping {
     user: usize,
     item: usize,
-    kind: Result<usize, String>,
+    kind: KindSource,
     value: Option<usize>,
     time: Option<usize>,
     id: Option<usize>,
+}
+
+/// Where the event type comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KindSource {
+    /// A column (0-based).
+    Column(usize),
+    /// One type for every line (`--type`, or the format's `rating`).
+    Constant(String),
+}
+
+/// Why a line is refused; printed after `line N: `, so it names the field but not the line.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    /// The bytes are not UTF-8.
+    #[error("the line is not valid UTF-8")]
+    NotUtf8,
+    /// A JSONL line that is not the expected JSON object.
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    /// A CSV line the reader cannot split (such as an unclosed quote).
+    #[error("unreadable line: {0}")]
+    Unreadable(csv::Error),
+    /// The line has fewer columns than a mapped one.
+    #[error("{what}: the line has {columns} columns, expected at least {needed}")]
+    MissingColumn {
+        /// The field mapped to the missing column.
+        what: &'static str,
+        /// Columns on the line.
+        columns: usize,
+        /// Columns needed.
+        needed: usize,
+    },
+    /// A value column that is not a number.
+    #[error("value: {0:?} is not a number")]
+    Value(String),
+    /// A CSV time column that is no time.
+    #[error(transparent)]
+    Time(#[from] BadTime),
+    /// A time field of a JSONL user (`created_at`, `updated_at`) that is no time.
+    #[error("{field}: {error}")]
+    UserTime {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        error: BadTime,
+    },
+    /// A JSONL event's `timestamp` that is not RFC 3339.
+    #[error(transparent)]
+    Timestamp(#[from] TimestampError),
+    /// A bad user key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// An event or item that breaks a rule of the API.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// A JSONL item without its key.
+    #[error("key: missing")]
+    MissingKey,
+}
+
+/// A time that [`parse_time`] refuses; the message quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadTime {
+    /// Digits and dots that make no number (`1.2.3`).
+    #[error("time {0:?} is not a number")]
+    NotANumber(String),
+    /// Not a number, and not RFC 3339 either.
+    #[error("time {text:?} {why}")]
+    NotRfc3339 {
+        /// The time as written.
+        text: String,
+        /// What is wrong with it as RFC 3339.
+        why: TimeError,
+    },
 }
 
 fn find_column(
@@ -411,7 +489,7 @@ fn mapping(
         return Ok(Mapping {
             user: 0,
             item: 1,
-            kind: Err("rating".into()),
+            kind: KindSource::Constant("rating".into()),
             value: Some(2),
             time: Some(3),
             id: None,
@@ -453,13 +531,13 @@ fn mapping(
             "type",
         )?,
     ) {
-        (Some(t), None) => Err(t.clone()),
-        (None, Some(c)) => Ok(c),
+        (Some(t), None) => KindSource::Constant(t.clone()),
+        (None, Some(c)) => KindSource::Column(c),
         (Some(_), Some(_)) if args.type_col.is_some() => {
             bail!("give either --type or --type-col, not both")
         }
-        (Some(t), Some(_)) => Err(t.clone()),
-        (None, None) if format == Format::RatingsCsv => Err("rating".into()),
+        (Some(t), Some(_)) => KindSource::Constant(t.clone()),
+        (None, None) if format == Format::RatingsCsv => KindSource::Constant("rating".into()),
         (None, None) => bail!(
             "no event type: name a column with --type-col or give one type for all lines with --type"
         ),
@@ -476,12 +554,10 @@ fn mapping(
 
 /// Parses a time: Unix seconds (also fractional), Unix milliseconds (13 digits and more) or
 /// RFC 3339.
-pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(s: &str) -> Result<i64, BadTime> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        let v: f64 = s
-            .parse()
-            .map_err(|_| format!("time {s:?} is not a number"))?;
+        let v: f64 = s.parse().map_err(|_| BadTime::NotANumber(s.to_owned()))?;
         // 1e11 seconds is the year 5138; anything larger is milliseconds.
         return Ok(if v >= 1e11 {
             v as i64
@@ -489,23 +565,28 @@ pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
             (v * 1000.0).round() as i64
         });
     }
-    bespoke_server::time::parse_rfc3339(s).map_err(|why| format!("time {s:?} {why}"))
-}
-
-fn field<'r>(rec: &'r csv::StringRecord, i: usize, what: &str) -> Result<&'r str, String> {
-    rec.get(i).ok_or_else(|| {
-        format!(
-            "{what}: the line has {} columns, expected at least {}",
-            rec.len(),
-            i + 1
-        )
+    bespoke_server::time::parse_rfc3339(s).map_err(|why| BadTime::NotRfc3339 {
+        text: s.to_owned(),
+        why,
     })
 }
 
-fn event_from_record(rec: &csv::StringRecord, m: &Mapping) -> Result<NewEvent, String> {
+fn field<'r>(
+    rec: &'r csv::StringRecord,
+    i: usize,
+    what: &'static str,
+) -> Result<&'r str, RecordError> {
+    rec.get(i).ok_or(RecordError::MissingColumn {
+        what,
+        columns: rec.len(),
+        needed: i + 1,
+    })
+}
+
+fn event_from_record(rec: &csv::StringRecord, m: &Mapping) -> Result<NewEvent, RecordError> {
     let kind = match &m.kind {
-        Ok(c) => field(rec, *c, "type")?.to_owned(),
-        Err(constant) => constant.clone(),
+        KindSource::Column(c) => field(rec, *c, "type")?.to_owned(),
+        KindSource::Constant(constant) => constant.clone(),
     };
     let value = match m.value {
         Some(c) => {
@@ -515,7 +596,7 @@ fn event_from_record(rec: &csv::StringRecord, m: &Mapping) -> Result<NewEvent, S
             } else {
                 Some(
                     raw.parse::<f64>()
-                        .map_err(|_| format!("value: {raw:?} is not a number"))?,
+                        .map_err(|_| RecordError::Value(raw.to_owned()))?,
                 )
             }
         }
@@ -547,7 +628,7 @@ enum Msg {
     },
     Bad {
         line: u64,
-        message: String,
+        error: RecordError,
     },
 }
 
@@ -568,13 +649,13 @@ fn parse_events(
     let mut events = Vec::with_capacity(args.batch);
     let mut lines = Vec::with_capacity(args.batch);
     let handle = |line: u64,
-                  parsed: Result<NewEvent, String>,
+                  parsed: Result<NewEvent, RecordError>,
                   events: &mut Vec<NewEvent>,
                   lines: &mut Vec<u64>|
      -> bool {
-        let checked = parsed.and_then(|e| match check_event(settings, &weights, &e, now) {
-            Ok(()) => Ok(e),
-            Err(f) => Err(format!("{}: {}", f.field, f.message)),
+        let checked = parsed.and_then(|e| {
+            check_event(settings, &weights, &e, now)?;
+            Ok(e)
         });
         match checked {
             Ok(mut e) => {
@@ -585,14 +666,14 @@ fn parse_events(
                 lines.push(line);
                 true
             }
-            Err(message) => {
+            Err(error) => {
                 if stop && !events.is_empty() {
                     let _ = tx.send(Msg::Batch {
                         events: std::mem::take(events),
                         lines: std::mem::take(lines),
                     });
                 }
-                let _ = tx.send(Msg::Bad { line, message });
+                let _ = tx.send(Msg::Bad { line, error });
                 !stop
             }
         }
@@ -618,12 +699,11 @@ fn parse_events(
             }
             count += 1;
             let parsed = text
-                .map_err(|_| "the line is not valid UTF-8".to_owned())
+                .map_err(|_| RecordError::NotUtf8)
                 .and_then(|line| {
-                    serde_json::from_str::<EventJson>(&line)
-                        .map_err(|e| format!("invalid JSON: {e}"))
+                    serde_json::from_str::<EventJson>(&line).map_err(RecordError::Json)
                 })
-                .and_then(EventJson::into_new_event);
+                .and_then(|e| Ok(e.into_new_event()?));
             if !handle(n, parsed, &mut events, &mut lines) {
                 stopped = Some(n);
                 break;
@@ -658,12 +738,7 @@ fn parse_events(
                 Err(e) => {
                     let n = e.position().map_or(count + 1, |p| p.line());
                     count += 1;
-                    if !handle(
-                        n,
-                        Err(format!("unreadable line: {e}")),
-                        &mut events,
-                        &mut lines,
-                    ) {
+                    if !handle(n, Err(RecordError::Unreadable(e)), &mut events, &mut lines) {
                         stopped = Some(n);
                         break;
                     }
@@ -719,7 +794,7 @@ fn import_events(
         let parser = scope.spawn(|| parse_events(input, format, args, settings, tx, bar));
         for msg in rx {
             match msg {
-                Msg::Bad { line, message } => summary.bad(line, message, quiet),
+                Msg::Bad { line, error } => summary.bad(line, error.to_string(), quiet),
                 Msg::Batch {
                     mut events,
                     mut lines,
@@ -863,7 +938,7 @@ fn import_records(
             Ok(l) => l,
             Err(_) => {
                 summary.lines += 1;
-                summary.bad(n, "the line is not valid UTF-8".into(), quiet);
+                summary.bad(n, RecordError::NotUtf8.to_string(), quiet);
                 if args.on_error == OnError::Stop {
                     summary.stopped_at_line = Some(n);
                     break;
@@ -874,12 +949,15 @@ fn import_records(
         summary.lines += 1;
         let parsed = match kind {
             Kind::Users => serde_json::from_str::<UserJson>(&line)
-                .map_err(|e| format!("invalid JSON: {e}"))
+                .map_err(RecordError::Json)
                 .and_then(|u| {
                     check_key("key", &u.key, max_key)?;
-                    let time = |field: &str, t: &Option<String>| {
+                    let time = |field: &'static str, t: &Option<String>| {
                         t.as_deref()
-                            .map(|t| parse_time(t).map_err(|m| format!("{field}: {m}")))
+                            .map(|t| {
+                                parse_time(t)
+                                    .map_err(|error| RecordError::UserTime { field, error })
+                            })
                             .transpose()
                     };
                     let restore_times = match (
@@ -905,18 +983,17 @@ fn import_records(
                     Ok(())
                 }),
             _ => serde_json::from_str::<ItemJson>(&line)
-                .map_err(|e| format!("invalid JSON: {e}"))
+                .map_err(RecordError::Json)
                 .and_then(|mut it| {
-                    let key = it.key.take().ok_or("key: missing")?;
+                    let key = it.key.take().ok_or(RecordError::MissingKey)?;
                     let upsert = it.into_upsert(key);
-                    check_item(&upsert, max_key)
-                        .map_err(|f| format!("{}: {}", f.field, f.message))?;
+                    check_item(&upsert, max_key)?;
                     items.push((n, upsert));
                     Ok(())
                 }),
         };
-        if let Err(message) = parsed {
-            summary.bad(n, message, quiet);
+        if let Err(error) = parsed {
+            summary.bad(n, error.to_string(), quiet);
             if args.on_error == OnError::Stop {
                 flush(&mut users, &mut items, &mut summary)?;
                 summary.stopped_at_line = Some(n);
@@ -949,6 +1026,62 @@ mod tests {
         assert!(parse_time("").is_err());
     }
 
+    /// Issue 14: a refused time says which time and what is wrong with it.
+    #[test]
+    fn bad_times_say_what_is_wrong() {
+        assert_eq!(
+            parse_time("1.2.3"),
+            Err(BadTime::NotANumber("1.2.3".into()))
+        );
+        assert_eq!(
+            parse_time("2024-01-01T00:00:00").unwrap_err().to_string(),
+            "time \"2024-01-01T00:00:00\" has no time zone: end it with Z or an offset such as +02:00"
+        );
+        assert_eq!(
+            parse_time(" 2024-01-32T00:00:00Z").unwrap_err().to_string(),
+            "time \"2024-01-32T00:00:00Z\" is not a valid calendar date (2024-01-32 does not exist)"
+        );
+    }
+
+    /// A CSV line's error names the field (the caller adds the line number).
+    #[test]
+    fn record_errors_name_the_field() {
+        let m = Mapping {
+            user: 0,
+            item: 1,
+            kind: KindSource::Column(4),
+            value: Some(2),
+            time: Some(3),
+            id: None,
+        };
+        let error = |fields: &[&str]| {
+            event_from_record(&csv::StringRecord::from(fields.to_vec()), &m)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error(&["u", "i", "1", "5"]),
+            "type: the line has 4 columns, expected at least 5"
+        );
+        assert_eq!(
+            error(&["u", "i", "x", "5", "view"]),
+            "value: \"x\" is not a number"
+        );
+        assert_eq!(
+            error(&["u", "i", "1", "soon", "view"]),
+            "time \"soon\" has a non-digit in the year at position 1"
+        );
+        let e = event_from_record(
+            &csv::StringRecord::from(vec!["u", "i", "", "5", "view"]),
+            &m,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.kind.as_str(), e.value, e.timestamp),
+            ("view", None, Some(5000))
+        );
+    }
+
     #[test]
     fn header_aliases_and_explicit_columns() {
         let args = ImportArgs {
@@ -974,7 +1107,7 @@ mod tests {
             (m.user, m.item, m.value, m.time, m.id),
             (0, 1, Some(2), Some(3), None)
         );
-        assert_eq!(m.kind, Err("view".to_owned()));
+        assert_eq!(m.kind, KindSource::Constant("view".into()));
         let no_type = ImportArgs {
             event_type: None,
             ..args

@@ -243,7 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(days) = max_event_age_days {
                 settings.privacy.max_event_age_days = days;
             }
-            settings.validate().map_err(|m| anyhow::anyhow!(m))?;
+            settings.validate()?;
             let days = settings.privacy.max_event_age_days;
             let store = bespoke_server::open_store(&settings)?;
             let engine = bespoke_server::Engine::open(store, std::sync::Arc::new(settings))?;

@@ -117,19 +117,28 @@ impl Scopes {
     }
 }
 
+/// A scope list that [`parse_scopes`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    /// A name that is not a scope (such as `root`, or an empty one between two commas).
+    #[error("unknown scope {0:?}; the scopes are read, write and admin")]
+    Unknown(String),
+    /// No scope at all: a key that may do nothing is a mistake.
+    #[error("a key needs at least one scope (read, write or admin)")]
+    Empty,
+}
+
 /// Parses a comma-separated scope list (`read,write`), refusing unknown and empty lists.
-pub fn parse_scopes(list: &[String]) -> Result<Vec<Scope>, String> {
+pub fn parse_scopes(list: &[String]) -> Result<Vec<Scope>, ScopeError> {
     let mut out = Vec::new();
     for name in list.iter().flat_map(|s| s.split(',')).map(str::trim) {
-        let scope = Scope::parse(name).ok_or_else(|| {
-            format!("unknown scope {name:?}; the scopes are read, write and admin")
-        })?;
+        let scope = Scope::parse(name).ok_or_else(|| ScopeError::Unknown(name.to_owned()))?;
         if !out.contains(&scope) {
             out.push(scope);
         }
     }
     if out.is_empty() {
-        return Err("a key needs at least one scope (read, write or admin)".into());
+        return Err(ScopeError::Empty);
     }
     out.sort();
     Ok(out)
@@ -541,8 +550,15 @@ mod tests {
             parse_scopes(&["write, read".into(), "read".into()]).unwrap(),
             vec![Scope::Read, Scope::Write]
         );
-        assert!(parse_scopes(&["root".into()]).is_err());
-        assert!(parse_scopes(&[]).is_err());
+        assert_eq!(
+            parse_scopes(&["read,root".into()]),
+            Err(ScopeError::Unknown("root".into()))
+        );
+        assert_eq!(
+            parse_scopes(&["read,".into()]),
+            Err(ScopeError::Unknown(String::new()))
+        );
+        assert_eq!(parse_scopes(&[]), Err(ScopeError::Empty));
     }
 
     #[test]

@@ -66,9 +66,10 @@ pub enum ServerError {
     /// Serving failed.
     #[error("serving: {0}")]
     Serve(std::io::Error),
-    /// The settings make no sense (e.g. auth off on a public address).
+    /// The settings make no sense (e.g. auth off on a public address). Not a `source`: the
+    /// message already holds it.
     #[error("invalid settings: {0}")]
-    Config(String),
+    Config(settings::InvalidSetting),
     /// A background task panicked.
     #[error("server task failed: {0}")]
     Task(String),

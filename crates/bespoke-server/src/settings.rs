@@ -112,15 +112,32 @@ impl Default for AuthSettings {
     }
 }
 
+/// Why a CORS origin can never match; the message continues a subject (`..., which has ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum OriginError {
+    /// Neither `https://` nor `http://`.
+    #[error("must start with https:// or http://")]
+    Scheme,
+    /// `[` of an IPv6 address without `]`.
+    #[error("has an unclosed [")]
+    UnclosedBracket,
+    /// A path, `*`, upper case or another character outside a host name.
+    #[error("must be scheme://host[:port] in lowercase, without a path, `*` or other characters")]
+    Host,
+    /// The port is not a number from 0 to 65535.
+    #[error("has a port that is not a number from 0 to 65535")]
+    Port,
+}
+
 /// Checks a CORS origin: `scheme://host[:port]` in lowercase, as browsers send it in `Origin`
 /// (matching is exact, so anything else would never match).
-fn check_origin(origin: &str) -> Result<(), String> {
+fn check_origin(origin: &str) -> Result<(), OriginError> {
     let rest = origin
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"))
-        .ok_or("must start with https:// or http://")?;
+        .ok_or(OriginError::Scheme)?;
     let (host_ok, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']').ok_or("has an unclosed [")?;
+        let (addr, after) = v6.split_once(']').ok_or(OriginError::UnclosedBracket)?;
         (
             addr.parse::<std::net::Ipv6Addr>().is_ok(),
             after
@@ -139,15 +156,12 @@ fn check_origin(origin: &str) -> Result<(), String> {
         (ok, port)
     };
     if !host_ok {
-        return Err(
-            "must be scheme://host[:port] in lowercase, without a path, `*` or other characters"
-                .into(),
-        );
+        return Err(OriginError::Host);
     }
     if let Some(p) = port
         && p.parse::<u16>().is_err()
     {
-        return Err("has a port that is not a number from 0 to 65535".into());
+        return Err(OriginError::Port);
     }
     Ok(())
 }
@@ -805,6 +819,26 @@ pub enum SettingsError {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// A value parses but makes no sense ([`Settings::validate`]).
+    #[error("{origin}: {error}")]
+    Setting {
+        /// The file, or `settings` when there is none.
+        origin: String,
+        /// The key and what is wrong with it. Not a `source`: the message already holds it,
+        /// and the CLI prints sources too.
+        error: InvalidSetting,
+    },
+}
+
+/// A setting whose value parses but makes no sense ([`Settings::validate`]). The message is the
+/// key followed by the reason (`limits.max_n must be at least 1`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {reason}")]
+pub struct InvalidSetting {
+    /// The key at fault, as written in the config file (`limits.max_n`, `events.weights.share`).
+    pub key: String,
+    /// What is wrong, continuing the key (`must be at least 1`).
+    pub reason: String,
 }
 
 /// Longest timeout the `server.*_timeout_secs` settings accept: a day is already far past any
@@ -889,12 +923,12 @@ impl Settings {
         })?;
         settings
             .validate()
-            .map_err(|message| SettingsError::Invalid { origin, message })?;
+            .map_err(|error| SettingsError::Setting { origin, error })?;
         Ok(settings)
     }
 
     /// Checks values that parse but make no sense, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let srv = &self.server;
         let positive_secs = [
             ("server.header_timeout_secs", srv.header_timeout_secs),
@@ -905,17 +939,19 @@ impl Settings {
             // A zero timeout would cut off every client; "no timeout" is not offered, as it is
             // what lets slow clients hold connections.
             if v == 0 {
-                return Err(format!("{key} must be at least 1 (seconds)"));
+                return Err(invalid(key, "must be at least 1 (seconds)"));
             }
             if v > MAX_TIMEOUT_SECS {
-                return Err(format!(
-                    "{key} must be at most {MAX_TIMEOUT_SECS} (seconds, one day)"
+                return Err(invalid(
+                    key,
+                    format!("must be at most {MAX_TIMEOUT_SECS} (seconds, one day)"),
                 ));
             }
         }
         if !(1..=MAX_CONNECTIONS).contains(&srv.max_connections) {
-            return Err(format!(
-                "server.max_connections must be between 1 and {MAX_CONNECTIONS}"
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
             ));
         }
         let positive = [
@@ -933,169 +969,243 @@ impl Settings {
         ];
         for (key, v) in positive {
             if v == 0 {
-                return Err(format!("{key} must be at least 1"));
+                return Err(invalid(key, "must be at least 1"));
             }
         }
         if !self.auth.enabled && !self.server.bind.ip().is_loopback() {
-            return Err(format!(
-                "auth.enabled = false is allowed only with a loopback bind, not {}",
-                self.server.bind
+            return Err(invalid(
+                "auth.enabled",
+                format!(
+                    "= false is allowed only with a loopback bind, not {}",
+                    self.server.bind
+                ),
             ));
         }
         let p = &self.privacy;
         if !(p.max_event_age_days.is_finite() && p.max_event_age_days >= 0.0) {
-            return Err("privacy.max_event_age_days must be 0 (keep forever) or positive".into());
+            return Err(invalid(
+                "privacy.max_event_age_days",
+                "must be 0 (keep forever) or positive",
+            ));
         }
         if p.max_event_age_days > 0.0 && p.retention_interval_minutes == 0 {
-            return Err("privacy.retention_interval_minutes must be at least 1".into());
+            return Err(invalid(
+                "privacy.retention_interval_minutes",
+                "must be at least 1",
+            ));
         }
         if p.pseudonymize_user_keys && p.pseudonym_secret.0.len() < 32 {
-            return Err(
-                "privacy.pseudonymize_user_keys needs privacy.pseudonym_secret of at least 32 bytes"
-                    .into(),
-            );
+            return Err(invalid(
+                "privacy.pseudonymize_user_keys",
+                "needs privacy.pseudonym_secret of at least 32 bytes",
+            ));
         }
         if !p.audit_secret.0.is_empty() && p.audit_secret.0.len() < 32 {
-            return Err("privacy.audit_secret must have at least 32 bytes (or be empty)".into());
+            return Err(invalid(
+                "privacy.audit_secret",
+                "must have at least 32 bytes (or be empty)",
+            ));
         }
         if !p.audit_secret.0.is_empty() && !p.audit_secret_file.as_os_str().is_empty() {
-            return Err("set privacy.audit_secret or privacy.audit_secret_file, not both".into());
+            return Err(invalid(
+                "privacy.audit_secret",
+                "and privacy.audit_secret_file are both set: set one, not both",
+            ));
         }
         if !(self.auth.rate_per_second.is_finite() && self.auth.rate_per_second >= 0.0) {
-            return Err("auth.rate_per_second must be 0 (unlimited) or positive".into());
+            return Err(invalid(
+                "auth.rate_per_second",
+                "must be 0 (unlimited) or positive",
+            ));
         }
         if !(self.auth.burst_seconds.is_finite() && self.auth.burst_seconds > 0.0) {
-            return Err("auth.burst_seconds must be positive".into());
+            return Err(invalid("auth.burst_seconds", "must be positive"));
         }
         let failed = self.auth.failed_per_minute;
         if !(failed.is_finite() && (failed == 0.0 || (1e-6..=1e6).contains(&failed))) {
-            return Err(
-                "auth.failed_per_minute must be 0 (off) or from 0.000001 to 1000000".into(),
-            );
+            return Err(invalid(
+                "auth.failed_per_minute",
+                "must be 0 (off) or from 0.000001 to 1000000",
+            ));
         }
         if self.auth.failed_burst == 0 {
-            return Err("auth.failed_burst must be at least 1".into());
+            return Err(invalid("auth.failed_burst", "must be at least 1"));
         }
         for origin in &self.server.cors_allowed_origins {
-            check_origin(origin)
-                .map_err(|why| format!("server.cors_allowed_origins: {origin:?} {why}"))?;
+            check_origin(origin).map_err(|why| {
+                invalid(
+                    "server.cors_allowed_origins",
+                    format!("has {origin:?}, which {why}"),
+                )
+            })?;
         }
         if self.serving.default_n > self.limits.max_n {
-            return Err("serving.default_n must not exceed limits.max_n".into());
+            return Err(invalid("serving.default_n", "must not exceed limits.max_n"));
         }
         if !self.serving.trending_half_life_hours.is_finite()
             || self.serving.trending_half_life_hours <= 0.0
         {
-            return Err("serving.trending_half_life_hours must be positive".into());
+            return Err(invalid(
+                "serving.trending_half_life_hours",
+                "must be positive",
+            ));
         }
         let sv = &self.serving;
         if !(sv.session_half_life_items.is_finite() && sv.session_half_life_items >= 0.0) {
-            return Err("serving.session_half_life_items must be 0 (no decay) or positive".into());
+            return Err(invalid(
+                "serving.session_half_life_items",
+                "must be 0 (no decay) or positive",
+            ));
         }
         if !(sv.recent_boost.is_finite() && sv.recent_boost >= 0.0) {
-            return Err("serving.recent_boost must be 0 (off) or positive".into());
+            return Err(invalid(
+                "serving.recent_boost",
+                "must be 0 (off) or positive",
+            ));
         }
         if !(sv.recent_half_life_hours.is_finite() && sv.recent_half_life_hours > 0.0) {
-            return Err("serving.recent_half_life_hours must be positive".into());
+            return Err(invalid(
+                "serving.recent_half_life_hours",
+                "must be positive",
+            ));
         }
         if sv.max_session_items == 0 {
-            return Err("serving.max_session_items must be at least 1".into());
+            return Err(invalid("serving.max_session_items", "must be at least 1"));
         }
-        if self.decisions.checkpoint_every == 0 || self.decisions.evaluation_max_decisions == 0 {
-            return Err(
-                "decisions.checkpoint_every and decisions.evaluation_max_decisions must be at least 1"
-                    .into(),
-            );
+        let d = &self.decisions;
+        if d.checkpoint_every == 0 {
+            return Err(invalid("decisions.checkpoint_every", "must be at least 1"));
+        }
+        if d.evaluation_max_decisions == 0 {
+            return Err(invalid(
+                "decisions.evaluation_max_decisions",
+                "must be at least 1",
+            ));
         }
         let t = &self.training;
         if !(t.regularization.is_finite() && t.regularization > 0.0) {
-            return Err("training.regularization must be positive".into());
+            return Err(invalid("training.regularization", "must be positive"));
         }
         if !(t.alpha.is_finite() && t.alpha >= 0.0) {
-            return Err("training.alpha must be zero or positive".into());
+            return Err(invalid("training.alpha", "must be zero or positive"));
         }
         if !(t.half_life_days.is_finite() && t.half_life_days >= 0.0) {
-            return Err("training.half_life_days must be zero or positive".into());
+            return Err(invalid(
+                "training.half_life_days",
+                "must be zero or positive",
+            ));
         }
         if !(t.tune_interval_hours.is_finite() && t.tune_interval_hours >= 0.0) {
-            return Err("training.tune_interval_hours must be 0 or more".into());
+            return Err(invalid("training.tune_interval_hours", "must be 0 or more"));
         }
         if !(1..=1000).contains(&t.tune_budget) {
-            return Err("training.tune_budget must be between 1 and 1000".into());
+            return Err(invalid(
+                "training.tune_budget",
+                "must be between 1 and 1000",
+            ));
         }
-        if t.bpr
-            && !(t.bpr_factors >= 1
-                && t.bpr_factors <= 1024
-                && t.bpr_learning_rate.is_finite()
-                && t.bpr_learning_rate > 0.0
-                && t.bpr_regularization.is_finite()
-                && t.bpr_regularization >= 0.0
-                && t.bpr_iterations >= 1)
-        {
-            return Err("training.bpr_*: factors 1 to 1024, a positive learning rate, a regularization of 0 or more and at least 1 iteration".into());
+        // The BPR settings matter only when BPR is trained, so they are checked only then.
+        if t.bpr {
+            if !(1..=1024).contains(&t.bpr_factors) {
+                return Err(invalid(
+                    "training.bpr_factors",
+                    "must be between 1 and 1024",
+                ));
+            }
+            if !(t.bpr_learning_rate.is_finite() && t.bpr_learning_rate > 0.0) {
+                return Err(invalid("training.bpr_learning_rate", "must be positive"));
+            }
+            if !(t.bpr_regularization.is_finite() && t.bpr_regularization >= 0.0) {
+                return Err(invalid("training.bpr_regularization", "must be 0 or more"));
+            }
+            if t.bpr_iterations == 0 {
+                return Err(invalid("training.bpr_iterations", "must be at least 1"));
+            }
         }
-        if !(t.rp3_alpha.is_finite()
-            && t.rp3_alpha > 0.0
-            && t.rp3_beta.is_finite()
-            && t.rp3_beta >= 0.0)
-        {
-            return Err(
-                "training.rp3_alpha must be positive and training.rp3_beta 0 or more".into(),
-            );
+        if !(t.rp3_alpha.is_finite() && t.rp3_alpha > 0.0) {
+            return Err(invalid("training.rp3_alpha", "must be positive"));
+        }
+        if !(t.rp3_beta.is_finite() && t.rp3_beta >= 0.0) {
+            return Err(invalid("training.rp3_beta", "must be 0 or more"));
         }
         if !(t.content_lambda.is_finite() && t.content_lambda > 0.0) {
-            return Err("training.content_lambda must be positive".into());
+            return Err(invalid("training.content_lambda", "must be positive"));
         }
         if t.content_max_features > 50_000 {
-            return Err("training.content_max_features must be at most 50000 (the content model holds a dense features² matrix while fitting)".into());
+            return Err(invalid(
+                "training.content_max_features",
+                "must be at most 50000 (the content model holds a dense features² matrix while fitting)",
+            ));
         }
         if !(t.ease_lambda.is_finite() && t.ease_lambda > 0.0) {
-            return Err("training.ease_lambda must be positive".into());
+            return Err(invalid("training.ease_lambda", "must be positive"));
         }
         if t.factors > 1024 {
-            return Err("training.factors must be at most 1024".into());
+            return Err(invalid("training.factors", "must be at most 1024"));
         }
-        if crate::time::parse_rfc3339(&self.limits.min_event_time).is_err() {
-            return Err(
-                "limits.min_event_time must be an RFC 3339 time such as 1990-01-01T00:00:00Z"
-                    .into(),
-            );
+        let min_time = &self.limits.min_event_time;
+        if let Err(why) = crate::time::parse_rfc3339(min_time) {
+            return Err(invalid(
+                "limits.min_event_time",
+                format!(
+                    "must be an RFC 3339 time such as 1990-01-01T00:00:00Z; {min_time:?} {why}"
+                ),
+            ));
         }
         let ev = &self.events;
         if !(ev.max_weight.is_finite() && ev.max_weight > 0.0 && ev.max_weight <= 1e6) {
-            return Err("events.max_weight must be positive and at most 1e6".into());
+            return Err(invalid(
+                "events.max_weight",
+                "must be positive and at most 1e6",
+            ));
         }
         let [lo, hi] = ev.value_range;
         if !(lo.is_finite() && hi.is_finite() && lo < hi && lo.abs().max(hi.abs()) <= ev.max_weight)
         {
-            return Err(format!(
-                "events.value_range must be [low, high] with low < high, both within ±events.max_weight ({})",
-                ev.max_weight
+            return Err(invalid(
+                "events.value_range",
+                format!(
+                    "must be [low, high] with low < high, both within ±events.max_weight ({})",
+                    ev.max_weight
+                ),
             ));
         }
-        let d = &self.decisions;
         if d.max_loops == 0 || d.max_loops > 100_000 {
-            return Err("decisions.max_loops must be between 1 and 100000".into());
+            return Err(invalid(
+                "decisions.max_loops",
+                "must be between 1 and 100000",
+            ));
         }
         if self.limits.max_categories == 0 {
-            return Err("limits.max_categories must be at least 1".into());
+            return Err(invalid("limits.max_categories", "must be at least 1"));
         }
         for (kind, w) in &self.events.weights {
             if kind.is_empty() || kind.len() > 64 {
-                return Err(format!(
-                    "events.weights: type name {kind:?} must have 1 to 64 bytes"
+                return Err(invalid(
+                    "events.weights",
+                    format!("has the type name {kind:?}; a type name has 1 to 64 bytes"),
                 ));
             }
             if let WeightSpec::Fixed(w) = w
                 && !(w.is_finite() && w.abs() <= ev.max_weight)
             {
-                return Err(format!(
-                    "events.weights.{kind} must be a finite number within ±events.max_weight ({})",
-                    ev.max_weight
+                return Err(invalid(
+                    format!("events.weights.{kind}"),
+                    format!(
+                        "must be a finite number within ±events.max_weight ({})",
+                        ev.max_weight
+                    ),
                 ));
             }
         }
         Ok(())
+    }
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> InvalidSetting {
+    InvalidSetting {
+        key: key.into(),
+        reason: reason.into(),
     }
 }
 
@@ -1290,14 +1400,15 @@ mod tests {
             let mut s = Settings::default();
             s.server.cors_allowed_origins = vec![bad.into()];
             let err = s.validate().unwrap_err();
-            assert!(err.contains("server.cors_allowed_origins"), "{bad}: {err}");
+            assert_eq!(err.key, "server.cors_allowed_origins", "{bad}: {err}");
+            assert!(err.to_string().contains(bad), "{bad}: {err}");
         }
         for (rate, burst) in [(-1.0, 5), (f64::NAN, 5), (1e7, 5), (60.0, 0)] {
             let mut s = Settings::default();
             s.auth.failed_per_minute = rate;
             s.auth.failed_burst = burst;
             let err = s.validate().unwrap_err();
-            assert!(err.contains("auth.failed_"), "{rate} {burst}: {err}");
+            assert!(err.key.starts_with("auth.failed_"), "{rate} {burst}: {err}");
         }
         let s = Settings::load(
             None,
@@ -1312,6 +1423,54 @@ mod tests {
         .unwrap();
         assert_eq!(s.auth.failed_per_minute, 0.0);
         assert_eq!(s.server.cors_allowed_origins, ["https://a.example"]);
+    }
+
+    /// Issue 14: checks that used to name two keys in one message name the one at fault.
+    #[test]
+    fn each_refused_value_names_its_own_key() {
+        let refused = |change: Change| {
+            let mut s = Settings::default();
+            change(&mut s);
+            s.validate().unwrap_err()
+        };
+        type Change = fn(&mut Settings);
+        let cases: [(Change, &str); 6] = [
+            (
+                |s| {
+                    s.training.bpr = true;
+                    s.training.bpr_iterations = 0;
+                },
+                "training.bpr_iterations",
+            ),
+            (
+                |s| {
+                    s.training.bpr = true;
+                    s.training.bpr_learning_rate = f32::NAN;
+                },
+                "training.bpr_learning_rate",
+            ),
+            (|s| s.training.rp3_beta = -1.0, "training.rp3_beta"),
+            (
+                |s| s.decisions.evaluation_max_decisions = 0,
+                "decisions.evaluation_max_decisions",
+            ),
+            (
+                |s| s.decisions.checkpoint_every = 0,
+                "decisions.checkpoint_every",
+            ),
+            (
+                |s| s.limits.min_event_time = "1990-01-01".into(),
+                "limits.min_event_time",
+            ),
+        ];
+        for (change, key) in cases {
+            let err = refused(change);
+            assert_eq!(err.key, key, "{err}");
+            assert_eq!(err.to_string(), format!("{key} {}", err.reason));
+        }
+        // The time's own problem is said too.
+        let err = refused(|s| s.limits.min_event_time = "1990-01-01".into());
+        assert!(err.reason.contains("position 11"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use crate::time::{format_rfc3339, parse_rfc3339};
 use crate::weights::Weights;
 
 /// A rule broken by one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
 pub struct FieldError {
     /// The field (`user`, `timestamp`, `embeddings.text[3]`, ...).
     pub field: String,
@@ -24,25 +25,54 @@ fn is_deceptive(c: char) -> bool {
         | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
+/// A key that breaks the rules of [`check_key`]; the message starts with what the key is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {problem}")]
+pub struct KeyError {
+    /// What the key is, as the caller named it (`user`, `categories[2]`, `loop`, ...).
+    pub what: String,
+    /// What is wrong with it.
+    pub problem: KeyProblem,
+}
+
+/// What is wrong with a key; the message continues the key's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    /// The key is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// The key has more bytes than allowed.
+    #[error("is {len} bytes long; the limit (limits.max_key_bytes) is {max}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The key holds a control character, or an invisible one that makes keys look alike.
+    #[error("contains the control or invisible character U+{:04X}", *.0 as u32)]
+    Character(char),
+}
+
 /// Checks a user, item, event or category key: 1 to `max_bytes` bytes, no control or invisible
 /// characters. The message starts with `what`.
-pub fn check_key(what: &str, key: &str, max_bytes: usize) -> Result<(), String> {
-    if key.is_empty() {
-        return Err(format!("{what} must not be empty"));
-    }
-    if key.len() > max_bytes {
-        return Err(format!(
-            "{what} is {} bytes long; the limit (limits.max_key_bytes) is {max_bytes}",
-            key.len()
-        ));
-    }
-    if let Some(c) = key.chars().find(|&c| c.is_control() || is_deceptive(c)) {
-        return Err(format!(
-            "{what} contains the control or invisible character U+{:04X}",
-            c as u32
-        ));
-    }
-    Ok(())
+pub fn check_key(what: &str, key: &str, max_bytes: usize) -> Result<(), KeyError> {
+    let problem = if key.is_empty() {
+        KeyProblem::Empty
+    } else if key.len() > max_bytes {
+        KeyProblem::TooLong {
+            len: key.len(),
+            max: max_bytes,
+        }
+    } else if let Some(c) = key.chars().find(|&c| c.is_control() || is_deceptive(c)) {
+        KeyProblem::Character(c)
+    } else {
+        return Ok(());
+    };
+    Err(KeyError {
+        what: what.to_owned(),
+        problem,
+    })
 }
 
 /// Checks an event against the configured limits and event types; `now` bounds timestamps from
@@ -62,10 +92,11 @@ pub fn check_event(
         field: field.to_owned(),
         message,
     };
-    check_key("user", &e.user, limits.max_key_bytes).map_err(|m| fail("user", m))?;
-    check_key("item", &e.item, limits.max_key_bytes).map_err(|m| fail("item", m))?;
+    check_key("user", &e.user, limits.max_key_bytes).map_err(|k| fail("user", k.to_string()))?;
+    check_key("item", &e.item, limits.max_key_bytes).map_err(|k| fail("item", k.to_string()))?;
     if let Some(id) = &e.event_id {
-        check_key("event_id", id, limits.max_key_bytes).map_err(|m| fail("event_id", m))?;
+        check_key("event_id", id, limits.max_key_bytes)
+            .map_err(|k| fail("event_id", k.to_string()))?;
     }
     let Some(spec) = weights.spec(&e.kind) else {
         return Err(fail(
@@ -147,7 +178,7 @@ pub const MAX_EMBEDDING_DIM: usize = 4096;
 /// Checks an item's key, categories, field names, numbers and embeddings.
 pub fn check_item(item: &ItemUpsert, max_key: usize) -> Result<(), FieldError> {
     let fail = |field: String, message: String| FieldError { field, message };
-    check_key("key", &item.key, max_key).map_err(|m| fail("key".into(), m))?;
+    check_key("key", &item.key, max_key).map_err(|k| fail("key".into(), k.to_string()))?;
     if item.categories.len() > MAX_CATEGORIES {
         return Err(fail(
             "categories".into(),
@@ -156,7 +187,7 @@ pub fn check_item(item: &ItemUpsert, max_key: usize) -> Result<(), FieldError> {
     }
     for (i, c) in item.categories.iter().enumerate() {
         let field = format!("categories[{i}]");
-        check_key(&field, c, max_key).map_err(|m| fail(field.clone(), m))?;
+        check_key(&field, c, max_key).map_err(|k| fail(field.clone(), k.to_string()))?;
     }
     let names = [
         ("text", item.text.keys().collect::<Vec<_>>()),
@@ -165,7 +196,8 @@ pub fn check_item(item: &ItemUpsert, max_key: usize) -> Result<(), FieldError> {
     ];
     for (section, keys) in names {
         for name in keys {
-            check_key("a field name", name, max_key).map_err(|m| fail(section.into(), m))?;
+            check_key("a field name", name, max_key)
+                .map_err(|k| fail(section.into(), k.to_string()))?;
         }
     }
     for (name, v) in &item.numeric {
@@ -203,7 +235,8 @@ pub(crate) fn validate_key(
     key: &str,
     max_bytes: usize,
 ) -> Result<(), crate::error::ApiError> {
-    check_key(field, key, max_bytes).map_err(|m| crate::error::ApiError::invalid(field, m))
+    check_key(field, key, max_bytes)
+        .map_err(|k| crate::error::ApiError::invalid(field, k.to_string()))
 }
 
 #[cfg(test)]
@@ -223,11 +256,28 @@ mod tests {
             "\u{FEFF}bom",
         ] {
             assert!(
-                check_key("user", bad, 256).unwrap_err().starts_with("user"),
+                check_key("user", bad, 256)
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with("user"),
                 "{bad:?}"
             );
         }
-        assert!(check_key("user", &"x".repeat(257), 256).is_err());
+        assert_eq!(
+            check_key("categories[2]", "rtl\u{202E}mark", 256),
+            Err(KeyError {
+                what: "categories[2]".into(),
+                problem: KeyProblem::Character('\u{202E}'),
+            })
+        );
+        assert_eq!(
+            check_key("user", "a\u{200B}", 256).unwrap_err().to_string(),
+            "user contains the control or invisible character U+200B"
+        );
+        assert_eq!(
+            check_key("user", &"x".repeat(257), 256).map_err(|k| k.problem),
+            Err(KeyProblem::TooLong { len: 257, max: 256 })
+        );
         assert!(check_key("user", &"é".repeat(128), 256).is_ok());
         assert!(check_key("user", &"é".repeat(129), 256).is_err());
     }

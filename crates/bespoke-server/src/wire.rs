@@ -7,7 +7,12 @@ use bespoke_store::{Consent, Event, Item, ItemUpsert, NewEvent, User};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::time::{TimeError, format_rfc3339, parse_rfc3339};
+
+/// An event's `timestamp` that is not an RFC 3339 time; the message starts with `timestamp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timestamp {0}")]
+pub struct TimestampError(pub TimeError);
 
 /// An event: the body items of `POST /v1/events`, the lines of an events JSONL file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,11 +44,11 @@ pub struct EventJson {
 }
 
 impl EventJson {
-    /// Converts for the store; the error is about the timestamp.
-    pub fn into_new_event(self) -> Result<NewEvent, String> {
+    /// Converts for the store; only the timestamp can be wrong.
+    pub fn into_new_event(self) -> Result<NewEvent, TimestampError> {
         let timestamp = match &self.timestamp {
             None => None,
-            Some(t) => Some(parse_rfc3339(t).map_err(|why| format!("timestamp {why}"))?),
+            Some(t) => Some(parse_rfc3339(t).map_err(TimestampError)?),
         };
         Ok(NewEvent {
             event_id: self.event_id,

@@ -54,7 +54,8 @@ pub(crate) async fn create_key(
             "name must not hold control characters",
         ));
     }
-    let scopes = parse_scopes(&body.scopes).map_err(|m| ApiError::invalid("scopes", m))?;
+    let scopes =
+        parse_scopes(&body.scopes).map_err(|e| ApiError::invalid("scopes", e.to_string()))?;
     if let Some(r) = body.rate_per_second
         && !(r.is_finite() && r >= 0.0)
     {

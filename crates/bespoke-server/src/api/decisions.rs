@@ -55,7 +55,7 @@ impl From<DecisionError> for ApiError {
 
 pub(crate) fn check_loop(name: &str) -> Result<(), ApiError> {
     crate::validate::check_key("loop", name, MAX_LOOP_BYTES)
-        .map_err(|m| ApiError::invalid("loop", m))
+        .map_err(|k| ApiError::invalid("loop", k.to_string()))
 }
 
 /// An action of `POST /v1/loops/{loop}/decisions`.

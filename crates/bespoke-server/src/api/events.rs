@@ -37,7 +37,7 @@ pub(super) fn validate_event(
 ) -> Result<NewEvent, ApiError> {
     let event = e
         .into_new_event()
-        .map_err(|why| ApiError::invalid(format!("{at}.timestamp"), why))?;
+        .map_err(|e| ApiError::invalid(format!("{at}.timestamp"), e.to_string()))?;
     check_event(settings, weights, &event, now)
         .map_err(|f| ApiError::invalid(format!("{at}.{}", f.field), f.message))?;
     Ok(event)

@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 /// small enough that the learner's squared errors stay well inside `f32`.
 pub const MAX_REWARD: f64 = 1e6;
 
+/// A reward outside its loop's [`LoopConfig::reward_range`] (or not finite). The message
+/// continues the field's name (`value must be ...`).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("must be a finite number within the loop's reward_range [{}, {}], got {value:?}", .range[0], .range[1])]
+pub struct RewardOutOfRange {
+    /// The refused reward.
+    pub value: f64,
+    /// The loop's `reward_range` when it was refused.
+    pub range: [f64; 2],
+}
+
 /// Whether a loop serves its learned policy or the caller's baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,14 +68,15 @@ impl Default for LoopConfig {
 
 impl LoopConfig {
     /// Checks a reward against [`LoopConfig::reward_range`]; the message says the range.
-    pub fn check_reward(&self, value: f64) -> Result<(), String> {
+    pub fn check_reward(&self, value: f64) -> Result<(), RewardOutOfRange> {
         let [lo, hi] = self.reward_range;
         if value.is_finite() && (lo..=hi).contains(&value) {
             Ok(())
         } else {
-            Err(format!(
-                "must be a finite number within the loop's reward_range [{lo}, {hi}]"
-            ))
+            Err(RewardOutOfRange {
+                value,
+                range: self.reward_range,
+            })
         }
     }
 
@@ -127,9 +139,21 @@ mod tests {
         for ok in [-1.0, 0.0, 0.5, 1.0] {
             assert!(c.check_reward(ok).is_ok(), "{ok}");
         }
-        for bad in [1e308, -1e308, 1e300, 1.0000001, f64::NAN, f64::INFINITY] {
-            assert!(c.check_reward(bad).is_err(), "{bad}");
+        for bad in [1e308, -1e308, 1e300, 1.0000001, f64::INFINITY] {
+            assert_eq!(
+                c.check_reward(bad),
+                Err(RewardOutOfRange {
+                    value: bad,
+                    range: [-1.0, 1.0]
+                }),
+                "{bad}"
+            );
         }
+        let nan = c.check_reward(f64::NAN).unwrap_err();
+        assert_eq!(
+            nan.to_string(),
+            "must be a finite number within the loop's reward_range [-1, 1], got NaN"
+        );
         assert_eq!(c.clip_reward(1e308), 1.0);
         assert_eq!(c.clip_reward(-1e308), -1.0);
         assert_eq!(c.clip_reward(f64::NAN), 0.0);

@@ -1038,7 +1038,7 @@ impl Loops {
             .read()
             .config
             .check_reward(value)
-            .map_err(|m| invalid("value", m))?;
+            .map_err(|e| invalid("value", e.to_string()))?;
         handle.inflight.fetch_add(1, Ordering::SeqCst);
         let outcome = self.store.insert_reward(NewReward {
             decision_id: id.to_owned(),

@@ -94,7 +94,7 @@ pub(crate) fn parse(d: &DecisionRecord) -> Result<StoredDecision, DecisionError>
 }
 
 fn check_id(field: &str, id: &str) -> Result<(), DecisionError> {
-    crate::validate::check_key(field, id, MAX_ID_BYTES).map_err(|m| invalid(field, m))
+    crate::validate::check_key(field, id, MAX_ID_BYTES).map_err(|k| invalid(field, k.to_string()))
 }
 
 /// Checks a request and turns it into a log entry (without the choice yet), the eligibility
