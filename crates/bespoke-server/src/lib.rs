@@ -46,22 +46,23 @@ use tokio::task::JoinHandle;
 pub use engine::Engine;
 pub use settings::Settings;
 
-/// Why the server could not start or stop cleanly.
+/// Why the server could not start or stop cleanly. No variant declares a `source`: each
+/// message holds its cause already, and the CLI prints the chain of sources too.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Opening the store failed.
     #[error("opening the store: {0}")]
-    Store(#[from] bespoke_store::Error),
+    Store(bespoke_store::Error),
     /// The engine could not start on the store (e.g. its decision loops could not be restored).
     #[error("{0}")]
-    Engine(#[from] engine::OpenError),
+    Engine(engine::OpenError),
     /// The listen address could not be bound.
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Serving failed.
     #[error("serving: {0}")]
@@ -73,6 +74,18 @@ pub enum ServerError {
     /// A background task panicked.
     #[error("server task failed: {0}")]
     Task(String),
+}
+
+impl From<bespoke_store::Error> for ServerError {
+    fn from(e: bespoke_store::Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<engine::OpenError> for ServerError {
+    fn from(e: engine::OpenError) -> Self {
+        Self::Engine(e)
+    }
 }
 
 /// Opens the configured store.
@@ -206,10 +219,10 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     let addr = engine.settings().server.bind;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, source })?;
+        .map_err(|error| ServerError::Bind { addr, error })?;
     let addr = listener
         .local_addr()
-        .map_err(|source| ServerError::Bind { addr, source })?;
+        .map_err(|error| ServerError::Bind { addr, error })?;
     let state = api::AppState::new(engine.clone());
     let throttle = state.throttle.clone();
     let app = api::router(state);

@@ -804,12 +804,12 @@ impl Default for LogSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// The config file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why. Not a `source`: the message holds it, and the CLI prints sources too.
+        error: std::io::Error,
     },
     /// The config file is not valid TOML or has a bad key or value.
     #[error("{origin}: {message}")]
@@ -860,9 +860,9 @@ impl Settings {
         let mut merged =
             toml::Table::try_from(Settings::default()).expect("defaults serialise to TOML");
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| SettingsError::Read {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
             let table: toml::Table = toml::from_str(&text).map_err(|e| SettingsError::Invalid {
                 origin: path.display().to_string(),

@@ -434,6 +434,17 @@ fn configuration_errors_name_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("foo"), "{err}");
+    // The cause is said once: errors hold it in their message and declare no `source`, which
+    // the CLI's error chain would print a second time.
+    let missing = dir.path().join("missing.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
+        .args(["--config", missing.to_str().unwrap(), "stats"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.toml"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
 
 /// `movielens.py`: a rating of 4 or more is one positive interaction of weight 1.
