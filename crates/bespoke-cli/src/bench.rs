@@ -740,8 +740,8 @@ fn bench_bandit(
         Some(c) => serde_json::from_str(c).context("--learner is not a learner configuration")?,
         None => LearnerConfig::default(),
     };
-    if let Err((field, message)) = config.validate() {
-        bail!("--learner: {field}: {message}");
+    if let Err(e) = config.validate() {
+        bail!("--learner: {e}");
     }
     let text =
         std::fs::read_to_string(env).with_context(|| format!("reading {}", env.display()))?;

@@ -20,6 +20,34 @@ pub use features::{Featurizer, PreparedAction, PreparedContext, RawFeature};
 pub use learner::LinearModel;
 pub use policy::{Choice, Exploration, sample};
 
+/// A configuration value out of its range: which field, and what it must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidParam {
+    /// Path of the field, e.g. `exploration.epsilon`.
+    pub field: String,
+    /// What it must be.
+    pub message: String,
+}
+
+impl InvalidParam {
+    /// `field` is wrong: it `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, its field nested under `parent`.
+    pub fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field),
+            ..self
+        }
+    }
+}
+
 use crate::Rng;
 
 /// How a loop learns and explores.
@@ -49,30 +77,30 @@ impl Default for LearnerConfig {
 
 impl LearnerConfig {
     /// Checks every parameter; the error names the field.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), InvalidParam> {
         if !(8..=24).contains(&self.bits) {
-            return Err(("bits".into(), "must be between 8 and 24".into()));
+            return Err(InvalidParam::new("bits", "must be between 8 and 24"));
         }
         if !(self.learning_rate.is_finite()
             && self.learning_rate > 0.0
             && self.learning_rate <= 10.0)
         {
-            return Err(("learning_rate".into(), "must be > 0 and <= 10".into()));
+            return Err(InvalidParam::new("learning_rate", "must be > 0 and <= 10"));
         }
         if self.interactions.len() > 16 {
-            return Err(("interactions".into(), "at most 16 pairs".into()));
+            return Err(InvalidParam::new("interactions", "at most 16 pairs"));
         }
         for (i, pair) in self.interactions.iter().enumerate() {
             if pair.iter().any(|s| s.is_empty() || s.len() > 128) {
-                return Err((
+                return Err(InvalidParam::new(
                     format!("interactions[{i}]"),
-                    "each side is \"context\", \"action\" or a namespace of 1 to 128 bytes".into(),
+                    "each side is \"context\", \"action\" or a namespace of 1 to 128 bytes",
                 ));
             }
         }
         self.exploration
             .validate()
-            .map_err(|(f, m)| (format!("exploration.{f}"), m))
+            .map_err(|e| e.within("exploration"))
     }
 
     /// Whether `other` learns the same model from the same data (only the exploration

@@ -53,8 +53,8 @@ impl Default for Exploration {
 
 impl Exploration {
     /// Checks the parameters; the error names the field.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let bad = |f: &'static str, m: &str| Err((f, m.to_owned()));
+    pub fn validate(&self) -> Result<(), super::InvalidParam> {
+        let bad = |f: &str, m: &str| Err(super::InvalidParam::new(f, m));
         match *self {
             Exploration::Greedy => Ok(()),
             Exploration::EpsilonGreedy { epsilon } if !(0.0..=1.0).contains(&epsilon) => {
@@ -325,7 +325,7 @@ mod tests {
             Exploration::EpsilonGreedy { epsilon: 1.5 }
                 .validate()
                 .unwrap_err()
-                .0,
+                .field,
             "epsilon"
         );
         assert!(Exploration::default().validate().is_ok());

@@ -1,6 +1,6 @@
 //! A loop's configuration (`GET/PUT /v1/loops/{loop}`).
 
-use bespoke_algo::bandit::LearnerConfig;
+use bespoke_algo::bandit::{InvalidParam, LearnerConfig};
 use serde::{Deserialize, Serialize};
 
 /// Largest magnitude of either end of a loop's `reward_range`: far above any useful reward, and
@@ -93,36 +93,40 @@ impl LoopConfig {
     }
 
     /// Checks every value; the error names the field.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        self.learner
-            .validate()
-            .map_err(|(f, m)| (format!("learner.{f}"), m))?;
+    pub fn validate(&self) -> Result<(), InvalidParam> {
+        self.learner.validate().map_err(|e| e.within("learner"))?;
         if !(self.reward_wait_seconds.is_finite()
             && (0.001..=30.0 * 86_400.0).contains(&self.reward_wait_seconds))
         {
-            return Err((
-                "reward_wait_seconds".into(),
-                "must be between 0.001 and 2592000 (30 days)".into(),
+            return Err(InvalidParam::new(
+                "reward_wait_seconds",
+                "must be between 0.001 and 2592000 (30 days)",
             ));
         }
         let [lo, hi] = self.reward_range;
         if !(lo.is_finite() && hi.is_finite() && lo < hi && lo >= -MAX_REWARD && hi <= MAX_REWARD) {
-            return Err((
-                "reward_range".into(),
-                "must be [low, high] with low < high, both finite and within ±1e6".into(),
+            return Err(InvalidParam::new(
+                "reward_range",
+                "must be [low, high] with low < high, both finite and within ±1e6",
             ));
         }
         if !(self.default_reward.is_finite() && (lo..=hi).contains(&self.default_reward)) {
-            return Err((
-                "default_reward".into(),
+            return Err(InvalidParam::new(
+                "default_reward",
                 format!("must be a finite number within reward_range [{lo}, {hi}]"),
             ));
         }
         if !(1..=10_000).contains(&self.max_actions) {
-            return Err(("max_actions".into(), "must be between 1 and 10000".into()));
+            return Err(InvalidParam::new(
+                "max_actions",
+                "must be between 1 and 10000",
+            ));
         }
         if self.explanation_terms > 100 {
-            return Err(("explanation_terms".into(), "must be at most 100".into()));
+            return Err(InvalidParam::new(
+                "explanation_terms",
+                "must be at most 100",
+            ));
         }
         Ok(())
     }
@@ -161,7 +165,7 @@ mod tests {
 
     #[test]
     fn ranges_are_validated_by_field() {
-        let field = |c: LoopConfig| c.validate().unwrap_err().0;
+        let field = |c: LoopConfig| c.validate().unwrap_err().field;
         for range in [[1.0, 1.0], [2.0, 1.0], [f64::NEG_INFINITY, 1.0], [0.0, 1e7]] {
             let c = LoopConfig {
                 reward_range: range,

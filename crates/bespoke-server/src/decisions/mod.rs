@@ -672,7 +672,7 @@ impl Loops {
     /// rate, interactions) rebuilds the learner from the whole log under the new ones; a change
     /// of exploration or of anything else applies to the next decision.
     pub fn configure(&self, name: &str, config: LoopConfig) -> Result<LoopView, DecisionError> {
-        config.validate().map_err(|(f, m)| invalid(f, m))?;
+        config.validate().map_err(|e| invalid(e.field, e.message))?;
         let (handle, _) = self.handle_or_create(name, Creation::Explicit)?;
         {
             let mut s = handle.state.write();
@@ -1242,7 +1242,7 @@ impl Loops {
         let mut candidates = ope::candidates(&current);
         for (n, c) in extra {
             c.validate()
-                .map_err(|(f, m)| invalid(format!("candidates.{n}.{f}"), m))?;
+                .map_err(|e| invalid(format!("candidates.{n}.{}", e.field), e.message))?;
             candidates.push((n, c));
         }
         Ok(ope::report(&logged, &current, &candidates, 0x5eed))
