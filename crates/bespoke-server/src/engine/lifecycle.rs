@@ -350,7 +350,7 @@ impl Engine {
             .serving
             .model
             .load_full()
-            .and_then(|m| models::tuning::Tuned::from_meta(&m.meta));
+            .and_then(|m| models::meta::Tuned::from_meta(&m.meta));
         let tuned = match tune {
             Some(budget) => pool
                 .install(|| models::tuning::tune(&snapshot, &self.settings, budget, &mut report))

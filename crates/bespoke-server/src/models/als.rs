@@ -7,11 +7,11 @@ use std::sync::Arc;
 use bespoke_algo::{Als, AlsParams, Csr, ModelKind, Scored};
 
 use super::artifact::{self, ALS_FILE, ArtifactError};
+use super::meta::Recencies;
 use super::meta::{KindParams, ModelMeta, ParamsMeta};
 use super::model::{self, Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer};
-use super::serving::AlsServing;
-use super::training::{Progress, key_seed};
-use super::tuning::Recencies;
+use super::snapshot::{Progress, key_seed};
+use super::views::AlsServing;
 use crate::settings::TrainingSettings;
 
 /// iALS.

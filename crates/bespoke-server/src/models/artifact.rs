@@ -39,14 +39,14 @@ pub const USER_ROWS: &str = "user_rows";
 #[error("model file {file}: {message}")]
 pub struct ArtifactError {
     /// The file.
-    pub file: &'static str,
+    pub file: String,
     /// What is wrong.
     pub message: String,
 }
 
-fn err(file: &'static str, message: impl std::fmt::Display) -> ArtifactError {
+fn err(file: &str, message: impl std::fmt::Display) -> ArtifactError {
     ArtifactError {
-        file,
+        file: file.to_owned(),
         message: message.to_string(),
     }
 }
@@ -102,7 +102,7 @@ fn read_u64(b: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-fn metadata(bytes: &[u8], file: &'static str) -> Result<HashMap<String, String>, ArtifactError> {
+fn metadata(bytes: &[u8], file: &str) -> Result<HashMap<String, String>, ArtifactError> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| err(file, e))?;
     Ok(meta.metadata().clone().unwrap_or_default())
 }
@@ -396,7 +396,7 @@ fn declared_user_rows(
     meta: &HashMap<String, String>,
     name: &str,
 ) -> Result<Vec<String>, ArtifactError> {
-    let file = static_name(name);
+    let file = name;
     match meta.get(USER_ROWS) {
         Some(list) => Ok(list
             .split(',')
@@ -411,16 +411,6 @@ fn declared_user_rows(
     }
 }
 
-/// A `'static` name for error messages about a file known only at run time: the registered
-/// models' files and the ones every version has.
-fn static_name(name: &str) -> &'static str {
-    (super::model::REGISTRY.iter())
-        .flat_map(|f| f.files().iter().copied())
-        .chain([USERS_FILE, ITEMS_FILE, super::content::CONTENT_FILE])
-        .find(|f| *f == name)
-        .unwrap_or("(model file)")
-}
-
 /// Checks, before a version is saved, that every file is a key list or a safetensors file that
 /// declares its user rows, each declared tensor having exactly `users` rows.
 pub fn check_user_rows(files: &[(&str, &[u8])], users: usize) -> Result<(), ArtifactError> {
@@ -428,7 +418,7 @@ pub fn check_user_rows(files: &[(&str, &[u8])], users: usize) -> Result<(), Arti
         if *name == USERS_FILE || *name == ITEMS_FILE {
             continue;
         }
-        let file = static_name(name);
+        let file = name;
         if !name.ends_with(".safetensors") {
             return Err(err(
                 file,
@@ -469,7 +459,7 @@ pub fn zero_user_rows(
     name: &str,
     row: usize,
 ) -> Result<Option<Vec<u8>>, ArtifactError> {
-    let file = static_name(name);
+    let file = name;
     let info = metadata(bytes, file)?;
     let declared = declared_user_rows(&info, name)?;
     if declared.is_empty() {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use bespoke_algo::{Bpr, BprParams, Csr, ItemScorer, ModelKind, Scored};
 
 use super::artifact::{self, ArtifactError, BPR_FILE};
+use super::meta::Recencies;
 use super::meta::{KindParams, ModelMeta, ParamsMeta};
 use super::model::{Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer, Term};
-use super::serving::BprServing;
-use super::training::Progress;
-use super::tuning::Recencies;
+use super::snapshot::Progress;
+use super::views::BprServing;
 use crate::settings::{ServingSettings, TrainingSettings};
 
 /// BPR.

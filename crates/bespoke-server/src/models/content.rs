@@ -187,7 +187,7 @@ impl ContentModel {
     pub fn decode(bytes: &[u8]) -> Result<Self, ArtifactError> {
         const F: &str = CONTENT_FILE;
         let bad = |m: String| ArtifactError {
-            file: F,
+            file: F.to_owned(),
             message: m,
         };
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;

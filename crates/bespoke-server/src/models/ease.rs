@@ -7,10 +7,10 @@ use std::sync::Arc;
 use bespoke_algo::{Csr, Ease, ModelKind, Scored};
 
 use super::artifact::{self, ArtifactError, EASE_FILE};
+use super::meta::Recencies;
 use super::meta::{KindParams, ModelMeta, ParamsMeta};
 use super::model::{self, Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer};
-use super::training::Progress;
-use super::tuning::Recencies;
+use super::snapshot::Progress;
 use crate::settings::TrainingSettings;
 
 /// EASE.

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use bespoke_algo::{Csr, ItemKnn, ModelKind, Scored};
 
 use super::artifact::{self, ArtifactError, KNN_FILE};
+use super::meta::Recencies;
 use super::meta::{KnnMeta, ModelMeta, ParamsMeta};
 use super::model::{self, Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer};
-use super::serving::KnnServing;
-use super::tuning::Recencies;
+use super::views::KnnServing;
 use crate::settings::TrainingSettings;
 
 /// Item-kNN.

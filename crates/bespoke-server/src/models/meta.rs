@@ -1,7 +1,7 @@
 //! `meta.json`, typed: what a model version was trained on and with.
 //!
 //! [`ModelMeta`] is written by [`super::save`] and read by [`super::ServingModel::load`] and
-//! [`super::tuning::Tuned::from_meta`]. Its JSON keeps the shape versions have always had
+//! [`Tuned::from_meta`]. Its JSON keeps the shape versions have always had
 //! (`data`, `params.<kind>`, `serve`, `tuning`, `training_seconds`, `metrics`), so tools that
 //! read it (`bespoke inspect`, `GET /v1/models`) see the same keys.
 //!
@@ -14,13 +14,13 @@
 
 use std::collections::BTreeMap;
 
+use bespoke_algo::tune::Config;
 use bespoke_algo::{
     AlsParams, BprParams, EaseParams, KnnParams, KnnSimilarity, ModelKind, Recency,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::tuning::{Recencies, Serve, Tuned};
 use crate::settings::WeightSpec;
 
 /// The `meta_version` this build writes.
@@ -57,7 +57,7 @@ pub struct ModelMeta {
     /// The data it was trained on.
     #[serde(default)]
     pub data: DataMeta,
-    /// The kinds it holds, each with its files (see `models::model::REGISTRY`).
+    /// The kinds it holds, each with its files (see `models::REGISTRY`).
     #[serde(default)]
     pub models: Vec<ModelKind>,
     /// The models trained and their hyperparameters.
@@ -250,6 +250,92 @@ fn migrate_v1(value: &mut Value) {
     if let Some(o) = value.as_object_mut() {
         o.insert("meta_version".into(), 2.into());
         o.insert("models".into(), models.into());
+    }
+}
+
+/// What tuning chose to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Serve {
+    /// One model: `als`, `ease` or `knn`.
+    Single(ModelKind),
+    /// Two models' scores, each divided by the user's top score, weighted `weight` and
+    /// `1 - weight`.
+    Blend {
+        /// The two models (`als`, `ease`, `knn`).
+        models: [ModelKind; 2],
+        /// Weight of the first.
+        weight: f32,
+    },
+}
+
+impl Default for Serve {
+    /// iALS, what every version served before tuning existed.
+    fn default() -> Self {
+        Serve::Single(ModelKind::Als)
+    }
+}
+
+/// The recency weighting each model family was trained with (and that serving applies to a
+/// user's history); a family without an entry is unweighted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recencies(BTreeMap<ModelKind, Recency>);
+
+impl Recencies {
+    /// The weighting of `kind`'s family ([`Recency::OFF`] when none was set).
+    pub fn get(&self, kind: ModelKind) -> Recency {
+        self.0.get(&kind.family()).copied().unwrap_or(Recency::OFF)
+    }
+
+    /// Sets the weighting of `kind`'s family.
+    pub fn set(&mut self, kind: ModelKind, recency: Recency) {
+        self.0.insert(kind.family(), recency);
+    }
+
+    /// The weighting of `kind`, or `None` when it is off (how `meta.json` records it).
+    pub fn recorded(&self, kind: ModelKind) -> Option<Recency> {
+        Some(self.get(kind)).filter(|r| r.is_on())
+    }
+}
+
+/// A tuned model: its configuration and the recency weighting of its training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedModel {
+    /// Hyperparameters.
+    pub config: Config,
+    /// Recency weighting.
+    pub recency: Recency,
+    /// Its validation NDCG@10.
+    pub validation_ndcg: f64,
+}
+
+/// The result of a tuning run, as `meta.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tuned {
+    /// Configurations sampled.
+    pub budget: usize,
+    /// When it ran (RFC 3339).
+    pub tuned_at: String,
+    /// The best configuration of each servable model type: `als`, `ease`, `knn` (pairs, as
+    /// `meta.json` has always held them).
+    pub models: Vec<(ModelKind, TunedModel)>,
+    /// What `model=auto` serves.
+    pub serve: Serve,
+    /// Validation NDCG@10 of `serve`.
+    pub validation_ndcg: f64,
+    /// Every trial: model, rung, parameters, validation NDCG@10.
+    pub trials: Vec<serde_json::Value>,
+}
+
+impl Tuned {
+    /// The tuned entry of a served model type (`als`, `ease`, `knn`).
+    pub fn model(&self, kind: ModelKind) -> Option<&TunedModel> {
+        self.models.iter().find(|m| m.0 == kind).map(|m| &m.1)
+    }
+
+    /// The tuning a model version was trained with, from its metadata.
+    pub fn from_meta(meta: &ModelMeta) -> Option<Self> {
+        meta.tuning.clone()
     }
 }
 

@@ -9,15 +9,20 @@ pub mod ease;
 pub mod knn;
 pub mod meta;
 pub mod model;
+pub mod registry;
 pub mod serving;
+pub mod snapshot;
 pub mod training;
 pub mod tuning;
+pub mod views;
 
 use bespoke_store::Store;
 
 pub use meta::{META_VERSION, ModelMeta};
+pub use registry::{REGISTRY, family};
 pub use serving::{LoadError, ServingModel};
-pub use training::{Progress, Snapshot, Trained};
+pub use snapshot::{Progress, Snapshot};
+pub use training::Trained;
 
 /// Saves a training run as a new model version; returns the version.
 pub fn save(

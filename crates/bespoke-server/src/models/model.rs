@@ -21,24 +21,10 @@ use std::sync::Arc;
 use bespoke_algo::{Csr, ModelKind, Scored};
 
 use super::artifact::ArtifactError;
+use super::meta::Recencies;
 use super::meta::{ModelMeta, ParamsMeta};
-use super::training::{Progress, Snapshot};
-use super::tuning::Recencies;
+use super::snapshot::{Progress, Snapshot};
 use crate::settings::TrainingSettings;
-
-/// Every model family, one line each: training fits them in this order and loading reads
-/// them back.
-pub static REGISTRY: &[&dyn ModelFamily] = &[
-    &super::als::Family,
-    &super::knn::Family,
-    &super::ease::Family,
-    &super::bpr::Family,
-];
-
-/// The family of `kind` (of its family for the kNN variants).
-pub fn family(kind: ModelKind) -> Option<&'static dyn ModelFamily> {
-    REGISTRY.iter().copied().find(|f| f.kind() == kind.family())
-}
 
 /// What a family is fitted with besides its matrix.
 pub struct FitContext<'a> {

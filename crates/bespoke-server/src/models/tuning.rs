@@ -10,100 +10,12 @@
 //! survives restarts and is used until the next tuning. `model=auto` (the default
 //! `serving.default_model`) serves what tuning chose.
 
-use std::collections::BTreeMap;
-
 use bespoke_algo::tune::{self, Config, SearchParams, TuneError};
 use bespoke_algo::{Csr, ModelKind, Recency};
-use serde::{Deserialize, Serialize};
 
-use super::training::{Progress, Snapshot};
+use super::meta::{Recencies, Serve, Tuned, TunedModel};
+use super::snapshot::{Progress, Snapshot};
 use crate::settings::Settings;
-
-/// What tuning chose to serve.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Serve {
-    /// One model: `als`, `ease` or `knn`.
-    Single(ModelKind),
-    /// Two models' scores, each divided by the user's top score, weighted `weight` and
-    /// `1 - weight`.
-    Blend {
-        /// The two models (`als`, `ease`, `knn`).
-        models: [ModelKind; 2],
-        /// Weight of the first.
-        weight: f32,
-    },
-}
-
-impl Default for Serve {
-    /// iALS, what every version served before tuning existed.
-    fn default() -> Self {
-        Serve::Single(ModelKind::Als)
-    }
-}
-
-/// The recency weighting each model family was trained with (and that serving applies to a
-/// user's history); a family without an entry is unweighted.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Recencies(BTreeMap<ModelKind, Recency>);
-
-impl Recencies {
-    /// The weighting of `kind`'s family ([`Recency::OFF`] when none was set).
-    pub fn get(&self, kind: ModelKind) -> Recency {
-        self.0.get(&kind.family()).copied().unwrap_or(Recency::OFF)
-    }
-
-    /// Sets the weighting of `kind`'s family.
-    pub fn set(&mut self, kind: ModelKind, recency: Recency) {
-        self.0.insert(kind.family(), recency);
-    }
-
-    /// The weighting of `kind`, or `None` when it is off (how `meta.json` records it).
-    pub fn recorded(&self, kind: ModelKind) -> Option<Recency> {
-        Some(self.get(kind)).filter(|r| r.is_on())
-    }
-}
-
-/// A tuned model: its configuration and the recency weighting of its training data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TunedModel {
-    /// Hyperparameters.
-    pub config: Config,
-    /// Recency weighting.
-    pub recency: Recency,
-    /// Its validation NDCG@10.
-    pub validation_ndcg: f64,
-}
-
-/// The result of a tuning run, as `meta.json` records it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Tuned {
-    /// Configurations sampled.
-    pub budget: usize,
-    /// When it ran (RFC 3339).
-    pub tuned_at: String,
-    /// The best configuration of each servable model type: `als`, `ease`, `knn` (pairs, as
-    /// `meta.json` has always held them).
-    pub models: Vec<(ModelKind, TunedModel)>,
-    /// What `model=auto` serves.
-    pub serve: Serve,
-    /// Validation NDCG@10 of `serve`.
-    pub validation_ndcg: f64,
-    /// Every trial: model, rung, parameters, validation NDCG@10.
-    pub trials: Vec<serde_json::Value>,
-}
-
-impl Tuned {
-    /// The tuned entry of a served model type (`als`, `ease`, `knn`).
-    pub fn model(&self, kind: ModelKind) -> Option<&TunedModel> {
-        self.models.iter().find(|m| m.0 == kind).map(|m| &m.1)
-    }
-
-    /// The tuning a model version was trained with, from its metadata.
-    pub fn from_meta(meta: &super::ModelMeta) -> Option<Self> {
-        meta.tuning.clone()
-    }
-}
 
 /// The served model family a configuration belongs to (`None` for those the server does not
 /// serve from tuning: BPR and popularity).

@@ -15,7 +15,7 @@ use super::explain::{Contribution, Feature, History, scaled};
 use super::{Filter, RankRequest, Reason};
 use super::{PopularSort, Recommendation, Recommendations};
 use crate::models::ServingModel;
-use crate::models::tuning::Serve;
+use crate::models::meta::Serve;
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
 use crate::state::{Serving, State};
 use crate::time::now_ms;

@@ -1,13 +1,15 @@
-//! Model conformance: every family of `models::model::REGISTRY` is trained on a small
+//! Model conformance: every family of `models::REGISTRY` is trained on a small
 //! synthetic data set and must round-trip through the store with identical scores, erase a
 //! user's row from its files, and explain each score with contributions that sum to it.
 //! A new model gets all of this by its registry line.
 
 use bespoke_algo::ModelKind;
 use bespoke_server::Settings;
+use bespoke_server::models::REGISTRY;
 use bespoke_server::models::artifact;
-use bespoke_server::models::model::{REGISTRY, Scorer};
-use bespoke_server::models::training::{Pair, Snapshot, train};
+use bespoke_server::models::model::Scorer;
+use bespoke_server::models::snapshot::{Pair, Snapshot};
+use bespoke_server::models::training::train;
 use bespoke_server::models::{self, ServingModel};
 use bespoke_store::prelude::*;
 use bespoke_store::{SqliteStore, StoreOptions};

@@ -1,0 +1,252 @@
+//! What each model family serves from once loaded: iALS with its exact per-user fold-in and
+//! user-vector cache, BPR with its own fold-in, item-kNN's neighbour lists. The family files
+//! build them and [`super::ServingModel`] keeps them as typed views.
+
+use std::sync::Arc;
+
+use bespoke_algo::{
+    Als, BprParams, Factors, ItemKnn, ItemScorer, ScoreScratch, Scored, TopK, UserSolver,
+    UserVector,
+};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+
+/// Exact user vectors, keyed by store user id and valid for one history revision.
+#[derive(Debug, Default)]
+struct UserCache {
+    entries: FxHashMap<u32, (u64, Arc<UserVector>)>,
+}
+
+/// iALS, ready to serve.
+#[derive(Debug)]
+pub struct AlsServing {
+    solver: UserSolver,
+    scorer: ItemScorer,
+    /// Item factors scaled to unit length, for item-to-item similarity.
+    normalized: ItemScorer,
+    cache: Mutex<UserCache>,
+    cache_capacity: usize,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(ScoreScratch, TopK, Vec<f32>, Vec<u32>)> =
+        std::cell::RefCell::new((ScoreScratch::default(), TopK::new(10), Vec::new(), Vec::new()));
+}
+
+impl AlsServing {
+    pub(crate) fn new(model: &Als, cache_capacity: usize) -> Self {
+        let items = model.item_factors().clone();
+        let d = items.dim();
+        let mut unit = Vec::with_capacity(items.as_slice().len());
+        for i in 0..items.rows() {
+            let y = items.row(i);
+            let norm = y.iter().map(|v| v * v).sum::<f32>().sqrt();
+            unit.extend(y.iter().map(|v| if norm > 0.0 { v / norm } else { 0.0 }));
+        }
+        Self {
+            solver: model.user_solver(),
+            scorer: ItemScorer::new(items.clone()),
+            normalized: ItemScorer::new(
+                Factors::from_vec(items.rows(), d, unit).expect("same shape"),
+            ),
+            cache: Mutex::new(UserCache::default()),
+            cache_capacity,
+        }
+    }
+
+    /// The exact vector of a user with this history (model item ids and summed weights), from
+    /// the cache when `revision` matches. `None` when the history holds nothing the model knows.
+    pub fn user_vector(
+        &self,
+        user: u32,
+        revision: u64,
+        history: &[(u32, f32)],
+    ) -> Option<Arc<UserVector>> {
+        if let Some((rev, v)) = self.cache.lock().entries.get(&user)
+            && *rev == revision
+        {
+            return Some(v.clone());
+        }
+        if history.is_empty() {
+            return None;
+        }
+        let v = Arc::new(self.solver.solve(history)?);
+        let mut cache = self.cache.lock();
+        if cache.entries.len() >= self.cache_capacity {
+            // Any entry will do: the cache is a shortcut, not a record.
+            if let Some(&k) = cache.entries.keys().next() {
+                cache.entries.remove(&k);
+            }
+        }
+        if self.cache_capacity > 0 {
+            cache.entries.insert(user, (revision, v.clone()));
+        }
+        Some(v)
+    }
+
+    /// The exact vector of an anonymous history (a session), not cached; `extra` are session
+    /// items the model has no rows for, by their content-predicted factors. `None` when the
+    /// history holds nothing the model can use.
+    pub fn session_vector(
+        &self,
+        history: &[(u32, f32)],
+        extra: &[(Vec<f32>, f32)],
+    ) -> Option<UserVector> {
+        if history.is_empty() && extra.is_empty() {
+            return None;
+        }
+        self.solver.solve_with(history, extra)
+    }
+
+    /// Drops a user's cached vector (erasure).
+    pub fn forget(&self, user: u32) {
+        self.cache.lock().entries.remove(&user);
+    }
+
+    /// Number of cached user vectors.
+    pub fn cached_users(&self) -> usize {
+        self.cache.lock().entries.len()
+    }
+
+    /// Top `n` model items for a user vector among those `keep` accepts.
+    pub fn top_k(&self, x: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        SCRATCH.with(|s| self.scorer.top_k(x, n, keep, &mut s.borrow_mut().0))
+    }
+
+    /// Top `n` items by cosine of item factors with model item `item` (itself excluded).
+    pub fn similar(&self, item: u32, n: usize, mut keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        let Some(q) = (item as usize)
+            .lt(&self.normalized.len())
+            .then(|| self.normalized.items().row(item as usize).to_vec())
+        else {
+            return Vec::new();
+        };
+        SCRATCH.with(|s| {
+            self.normalized
+                .top_k(&q, n, |j| j != item && keep(j), &mut s.borrow_mut().0)
+        })
+    }
+
+    /// The factor dimension.
+    pub fn dim(&self) -> usize {
+        self.scorer.items().dim()
+    }
+
+    /// The factors of model item `item`.
+    pub fn item_vector(&self, item: u32) -> &[f32] {
+        self.scorer.items().row(item as usize)
+    }
+
+    /// Top `n` items by cosine of their factors with the vector `y` (a cold item's predicted
+    /// factors).
+    pub fn similar_to(&self, y: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        let norm = y.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm == 0.0 {
+            return Vec::new();
+        }
+        let q: Vec<f32> = y.iter().map(|v| v / norm).collect();
+        SCRATCH.with(|s| self.normalized.top_k(&q, n, keep, &mut s.borrow_mut().0))
+    }
+
+    /// History items' contributions to the score of `item` (Hu–Koren–Volinsky).
+    pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
+        self.solver.explain(user, item)
+    }
+}
+
+/// BPR, ready to serve: a user's vector is folded in from their current history by BPR's own
+/// user step (items fixed), so it follows every event without retraining.
+#[derive(Debug)]
+pub struct BprServing {
+    pub(crate) model: bespoke_algo::Bpr,
+    /// Item factors with the bias as a last column.
+    pub(crate) scorer: ItemScorer,
+    pub(crate) params: BprParams,
+}
+
+impl BprServing {
+    /// Top `n` model items for a history (sorted model item ids) among those `keep` accepts,
+    /// with the folded-in vector; empty for an empty history.
+    pub fn recommend(
+        &self,
+        history: &[u32],
+        epochs: usize,
+        n: usize,
+        keep: impl FnMut(u32) -> bool,
+    ) -> Vec<Scored> {
+        let p = BprParams {
+            iterations: epochs.max(1),
+            ..self.params
+        };
+        let Some(v) = self.model.fold_in(history, &p) else {
+            return Vec::new();
+        };
+        SCRATCH.with(|s| self.scorer.top_k(&v, n, keep, &mut s.borrow_mut().0))
+    }
+
+    /// The folded-in vector of a history (sorted model item ids), with the 1 for the item bias
+    /// appended: what [`Self::recommend`] scores with, for per-factor explanations.
+    pub fn fold_in(&self, history: &[u32], epochs: usize) -> Option<Vec<f32>> {
+        let p = BprParams {
+            iterations: epochs.max(1),
+            ..self.params
+        };
+        self.model.fold_in(history, &p)
+    }
+
+    /// Model item `j`'s factors with its bias as the last value.
+    pub fn item_row(&self, j: u32) -> &[f32] {
+        self.scorer.items().row(j as usize)
+    }
+
+    /// The history items whose BPR factors are closest (dot product) to item `j`'s: why it
+    /// was ranked (BPR has no exact per-item decomposition of a score).
+    pub fn explain(&self, history: &[u32], j: u32) -> Vec<(u32, f32)> {
+        let items = self.model.item_factors();
+        let qj = items.row(j as usize);
+        history
+            .iter()
+            .map(|&h| (h, bespoke_algo::simd::dot(items.row(h as usize), qj)))
+            .collect()
+    }
+}
+
+/// Item-kNN, ready to serve.
+#[derive(Debug)]
+pub struct KnnServing {
+    pub(crate) model: ItemKnn,
+}
+
+impl KnnServing {
+    /// Top `n` items for a history of `(model item, weight)` among those `keep` accepts.
+    pub fn recommend(
+        &self,
+        history: &[(u32, f32)],
+        n: usize,
+        keep: impl FnMut(u32) -> bool,
+    ) -> Vec<Scored> {
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            s.2.resize(self.model.n_items(), 0.0);
+            self.model
+                .recommend(history, n, keep, &mut s.2, &mut s.3, &mut s.1)
+        })
+    }
+
+    /// The contributions of history items to item `j`.
+    pub fn explain(&self, history: &[(u32, f32)], j: u32) -> Vec<(u32, f32)> {
+        self.model.explain(history, j)
+    }
+
+    /// The stored neighbours of item `i`, best first, among those `keep` accepts.
+    pub fn neighbours(&self, i: u32, n: usize, mut keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        let (js, sims) = self.model.neighbours().row(i as usize);
+        let mut top = TopK::new(n);
+        for (&j, &s) in js.iter().zip(sims) {
+            if j != i && keep(j) {
+                top.push(j, s);
+            }
+        }
+        top.into_sorted()
+    }
+}
