@@ -97,6 +97,74 @@ fn graph() -> Graph {
     graph
 }
 
+/// The names a piece of code reaches through `prefix` (`super::` or `crate::models::`), the
+/// first segment of each path, grouped imports included.
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(prefix) {
+        rest = &rest[at + prefix.len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if start && (c.is_ascii_alphabetic() || c == '_') => {
+                        out.insert(ident(&group[i..]).to_owned());
+                        start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.insert(ident(rest).to_owned());
+        }
+    }
+    out
+}
+
+/// For each module with files of its own (`models/`, `engine/`, ...), the graph of imports
+/// between its files (`super::sibling` or `crate::module::sibling`; the parent's own items
+/// are not a sibling).
+fn sibling_graphs() -> BTreeMap<String, Graph> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let parent = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let children: BTreeSet<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .filter(|n| n != "mod")
+            .collect();
+        let mut graph = Graph::new();
+        for child in &children {
+            let source = std::fs::read_to_string(dir.join(format!("{child}.rs"))).unwrap();
+            let code = code(&source);
+            let mut names = names_after(&code, "super::");
+            names.extend(names_after(&code, &format!("crate::{parent}::")));
+            graph.insert(
+                child.clone(),
+                names
+                    .into_iter()
+                    .filter(|n| children.contains(n) && n != child)
+                    .collect(),
+            );
+        }
+        out.insert(parent, graph);
+    }
+    out
+}
+
 /// A circle in `graph`, if there is one, as the modules along it.
 fn circle(graph: &Graph) -> Option<Vec<String>> {
     fn visit(
@@ -154,6 +222,38 @@ fn modules_import_each_other_in_one_direction() {
         panic!(
             "the modules import each other in a circle: {}",
             c.join(" → ")
+        );
+    }
+}
+
+#[test]
+fn files_within_a_module_import_each_other_in_one_direction() {
+    let graphs = sibling_graphs();
+    for module in ["models", "engine", "pipeline", "decisions", "api"] {
+        let graph = &graphs[module];
+        assert!(
+            graph.len() >= 2,
+            "found too few files in {module}: {graph:?}"
+        );
+        if let Some(c) = circle(graph) {
+            panic!(
+                "{module}/ files import each other in a circle: {}",
+                c.join(" → ")
+            );
+        }
+    }
+    // The registry is the one file that names every family.
+    let models = &graphs["models"];
+    for family in ["als", "knn", "ease", "bpr"] {
+        assert!(
+            models["registry"].contains(family),
+            "{:?}",
+            models["registry"]
+        );
+        assert!(
+            !models[family].contains("registry"),
+            "{family}: {:?}",
+            models[family]
         );
     }
 }
