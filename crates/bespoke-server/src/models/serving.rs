@@ -189,6 +189,11 @@ impl AlsServing {
     pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
         self.solver.explain(user, item)
     }
+
+    /// [`Self::explain`] for many items, in one blocked solve (one entry per item, in order).
+    pub fn explain_many(&self, user: &UserVector, items: &[u32]) -> Vec<Vec<(u32, f32)>> {
+        self.solver.explain_many(user, items)
+    }
 }
 
 /// BPR, ready to serve: a user's vector is folded in from their current history by BPR's own

@@ -99,9 +99,23 @@ impl Engine {
                                 Scorer::Profile(..) => "content",
                                 _ => model_name(choice),
                             };
+                            // iALS explains every candidate in one blocked solve rather
+                            // than one triangular solve each (the bulk of the route's time).
+                            let mut batch = match &scorer {
+                                Scorer::Als(v, _) => {
+                                    let rows: Vec<u32> =
+                                        ids.iter().filter_map(|id| m.model_item((*id)?)).collect();
+                                    m.als.explain_many(v, &rows).into_iter()
+                                }
+                                _ => Vec::new().into_iter(),
+                            };
                             let items = ids
                                 .iter()
-                                .map(|id| Self::score_supplied(&s, m, &scorer, (*id)?, full))
+                                .map(|id| {
+                                    let idx = (*id)?;
+                                    let parts = m.model_item(idx).and_then(|_| batch.next());
+                                    Self::score_supplied(&s, m, &scorer, idx, parts, full)
+                                })
                                 .collect();
                             scored = Some((items, used));
                         }
@@ -248,11 +262,13 @@ impl Engine {
     }
 
     /// One supplied item (store id `idx`) scored by `scorer`; `None` when it cannot be.
+    /// `parts` are its iALS contributions when they were computed with the others'.
     fn score_supplied(
         s: &State,
         m: &ServingModel,
         scorer: &Scorer,
         idx: u32,
+        parts: Option<Vec<(u32, f32)>>,
         full: bool,
     ) -> Option<Recommendation> {
         let Some(mi) = m.model_item(idx) else {
@@ -284,7 +300,7 @@ impl Engine {
         match scorer {
             Scorer::Als(v, has_extra) => {
                 let score = bespoke_algo::simd::dot(&v.x, m.als.item_vector(mi));
-                let parts = m.als.explain(v, mi);
+                let parts = parts.unwrap_or_else(|| m.als.explain(v, mi));
                 let mut terms = if full {
                     Self::item_terms(s, m, &parts, "history_item")
                 } else {
