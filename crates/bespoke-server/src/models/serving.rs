@@ -236,6 +236,12 @@ impl BprServing {
         self.model.fold_in(history, &p)
     }
 
+    /// Top `n` model items for a folded-in vector (see [`Self::fold_in`]) among those `keep`
+    /// accepts.
+    pub fn top_k(&self, v: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        SCRATCH.with(|s| self.scorer.top_k(v, n, keep, &mut s.borrow_mut().0))
+    }
+
     /// Model item `j`'s factors with its bias as the last value.
     pub fn item_row(&self, j: u32) -> &[f32] {
         self.scorer.items().row(j as usize)

@@ -7,7 +7,7 @@
 //! term of the score with `explain=full`.
 
 use bespoke_algo::tune::{BLEND_CANDIDATES, Blend};
-use bespoke_algo::{ItemIdx, Scored, UserIdx};
+use bespoke_algo::{ItemIdx, ModelKind, Scored, UserIdx};
 use bespoke_store::Millis;
 use rustc_hash::FxHashSet;
 
@@ -15,6 +15,8 @@ use super::explain::{Contribution, Feature, History, scaled};
 use super::{Filter, RankRequest, Reason};
 use crate::engine::{Engine, PopularSort, Recommendation, Recommendations, State, now_ms};
 use crate::models::ServingModel;
+use crate::models::bpr::BprPrepared;
+use crate::models::model::{self as scorer, Explanation, Prepared, Scorer, Term};
 use crate::models::tuning::Serve;
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
 
@@ -50,29 +52,22 @@ pub(crate) fn history_reason(name: &str) -> fn(History) -> Reason {
     }
 }
 
-/// The term name of a model's per-history-item contributions.
-pub(crate) fn history_term(name: &str) -> &'static str {
-    match name {
-        "knn" => "neighbour",
-        "ease" => "item_weight",
-        _ => "history_item",
-    }
-}
-
-/// Which candidates a model source scored with, for the explanation of each.
+/// How a model source explains what it scored: the model explains (through
+/// [`Scorer::explain_prepared`]), the source words the reasons.
 pub(crate) struct Scoring<'a> {
+    /// The model that scored.
+    pub(crate) scorer: &'a dyn Scorer,
+    /// The history as that model prepared it.
+    pub(crate) prepared: &'a Prepared,
     /// Reason kind.
     pub(crate) make: fn(History) -> Reason,
-    /// Term name of the contributions.
-    pub(crate) term: &'static str,
     /// The message of a reason naming a history item.
     pub(crate) message: &'a dyn Fn(&str) -> String,
     /// The reason when no history item contributed.
     pub(crate) fallback: Option<Reason>,
-    /// Every contributions to a model row's score.
-    pub(crate) explain: &'a dyn Fn(u32) -> Vec<(u32, f32)>,
-    /// Contributions that are not history items (BPR's factors), when the model has them.
-    pub(crate) terms: Option<&'a dyn Fn(u32) -> Vec<Contribution>>,
+    /// The term of what the model's terms leave of the score (a session's new items, which
+    /// shape iALS's vector but are not history rows), when there is such a part.
+    pub(crate) residual: Option<&'static str>,
 }
 
 impl Engine {
@@ -182,11 +177,11 @@ impl Engine {
         };
         let keep = |i: u32| filter.keep_model(m, i);
         let mut lists: Vec<Vec<Scored>> = Vec::with_capacity(2);
-        let mut histories: Vec<Vec<(u32, f32)>> = Vec::with_capacity(2);
-        let mut vector = None;
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(2);
         for name in models {
             let history = self.model_history(s, m, user, name.as_str());
             let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+            let mut vector = None;
             let list = match name.as_str() {
                 "ease" => match &m.ease {
                     Some(e) => {
@@ -210,7 +205,13 @@ impl Engine {
                 },
             };
             lists.push(list);
-            histories.push(positive);
+            // The explanations come from the model; iALS's from the cached vector it scored with.
+            prepared.push(match vector {
+                Some(v) => Some(Prepared::shared(v)),
+                None => m
+                    .scorer(*name)
+                    .and_then(|sc| sc.prepare(&positive, &self.settings.serving)),
+            });
         }
         let blend = Blend { weight: *weight };
         let combined = blend.combine(&lists[0], &lists[1], n);
@@ -223,17 +224,12 @@ impl Engine {
             *weight / scale(&lists[0]),
             (1.0 - *weight) / scale(&lists[1]),
         ];
-        let parts_of = |name: &str, history: &[(u32, f32)], idx: u32| match name {
-            "ease" => m
-                .ease
-                .as_ref()
-                .map(|e| e.explain(history, idx))
-                .unwrap_or_default(),
-            "knn" => m.knn.explain(history, idx),
-            _ => vector
-                .as_ref()
-                .map(|v| m.als.explain(v, idx))
-                .unwrap_or_default(),
+        let explain = |k: usize, idx: u32| {
+            let (Some(sc), Some(p)) = (m.scorer(models[k]), &prepared[k]) else {
+                return None;
+            };
+            let e = sc.explain_prepared(p, &[idx], full).pop()?;
+            Some((sc, e))
         };
         combined
             .into_iter()
@@ -241,17 +237,21 @@ impl Engine {
                 let item = ItemIdx(m.store_item(idx)?);
                 let mut reasons: Vec<Reason> = Vec::new();
                 let mut contributions = Vec::new();
-                for (k, (kind, history)) in models.iter().zip(&histories).enumerate() {
+                for (k, kind) in models.iter().enumerate() {
                     let name = kind.as_str();
-                    let parts = parts_of(name, history, idx);
+                    let Some((sc, e)) = explain(k, idx) else {
+                        continue;
+                    };
                     // A model adds to the blend only for the items in its own top list.
                     if full && lists[k].iter().any(|x| x.idx == idx) {
-                        let terms = Self::item_terms(s, m, &parts, history_term(name));
+                        let terms = Self::model_terms(s, m, sc, e.terms);
                         contributions.extend(scaled(terms, name, by[k]));
                     }
-                    for r in Self::contribution_reasons(s, m, parts, history_reason(name), |k| {
-                        format!("because you interacted with {k}")
-                    }) {
+                    for r in
+                        Self::contribution_reasons(s, m, e.because, history_reason(name), |k| {
+                            format!("because you interacted with {k}")
+                        })
+                    {
                         if reasons.len() < EXPLAIN_TOP
                             && !reasons.iter().any(|x| x.item() == r.item())
                         {
@@ -312,19 +312,28 @@ impl Engine {
             .collect()
     }
 
-    /// `(model item, contribution)` pairs as terms named `term`, every one (the deleted
-    /// items' too: they still count in the score).
-    pub(crate) fn item_terms(
+    /// A model's terms as a response's: history items by key (the deleted items' too, by
+    /// the model's term name only: they still count in the score), BPR's factors by number.
+    pub(crate) fn model_terms(
         s: &State,
         m: &ServingModel,
-        parts: &[(u32, f32)],
-        term: &str,
+        sc: &dyn Scorer,
+        terms: Vec<scorer::Contribution>,
     ) -> Vec<Contribution> {
-        parts
-            .iter()
-            .map(|&(i, w)| match m.store_item(i) {
-                Some(st) => Contribution::of_item(term, s.item_key(ItemIdx(st)), w),
-                None => Contribution::new(term, w),
+        terms
+            .into_iter()
+            .map(|c| match c.term {
+                Term::Item(i) => match m.store_item(i) {
+                    Some(st) => {
+                        Contribution::of_item(sc.item_term(), s.item_key(ItemIdx(st)), c.value)
+                    }
+                    None => Contribution::new(sc.item_term(), c.value),
+                },
+                Term::Bias => Contribution::new("item_bias", c.value),
+                Term::Factor(k) => Contribution {
+                    factor: Some(k),
+                    ..Contribution::new("factor", c.value)
+                },
             })
             .collect()
     }
@@ -338,17 +347,26 @@ impl Engine {
         scoring: &Scoring<'_>,
         full: bool,
     ) -> Vec<Recommendation> {
+        let rows: Vec<u32> = top.iter().map(|x| x.idx).collect();
+        let explanations = scoring
+            .scorer
+            .explain_prepared(scoring.prepared, &rows, full);
         top.into_iter()
-            .filter_map(|Scored { idx, score }| {
+            .zip(explanations)
+            .filter_map(|(Scored { idx, score }, e)| {
                 let item = ItemIdx(m.store_item(idx)?);
-                let parts = (scoring.explain)(idx);
-                let contributions = match (full, scoring.terms) {
-                    (false, _) => Vec::new(),
-                    (true, Some(terms)) => terms(idx),
-                    (true, None) => Self::item_terms(s, m, &parts, scoring.term),
+                let Explanation { because, terms } = e;
+                let mut contributions = if full {
+                    Self::model_terms(s, m, scoring.scorer, terms)
+                } else {
+                    Vec::new()
                 };
+                if let (true, Some(term)) = (full, scoring.residual) {
+                    let sum: f32 = contributions.iter().map(|c| c.value).sum();
+                    contributions.push(Contribution::new(term, score - sum));
+                }
                 let mut reasons =
-                    Self::contribution_reasons(s, m, parts, scoring.make, scoring.message);
+                    Self::contribution_reasons(s, m, because, scoring.make, scoring.message);
                 if reasons.is_empty()
                     && let Some(f) = &scoring.fallback
                 {
@@ -580,8 +598,13 @@ impl Engine {
                     let (history, extra) = Self::split_history(m, &store_history);
                     let verb = "this session has";
                     items_out = match choice {
-                        ModelChoice::Als => match m.als.session_vector(&history, &extra) {
-                            Some(v) => {
+                        ModelChoice::Als => match (
+                            m.als.session_vector(&history, &extra),
+                            m.scorer(ModelKind::Als),
+                        ) {
+                            (Some(v), Some(sc)) => {
+                                let v = std::sync::Arc::new(v);
+                                let prepared = Prepared::shared(v.clone());
                                 let top = m.als.top_k(&v.x, n, |i| filter.keep_model(m, i));
                                 // A session of new items only has no history item to name.
                                 let fallback = if extra.is_empty() {
@@ -593,35 +616,19 @@ impl Engine {
                                         "matches the new items of this session (placed by their content)",
                                     ))
                                 };
-                                let explain = |idx| m.als.explain(&v, idx);
-                                // The session's new items shape the vector too: their part is
-                                // what the history items leave of the score.
-                                let terms = |idx: u32| {
-                                    let mut t = Self::item_terms(
-                                        s,
-                                        m,
-                                        &m.als.explain(&v, idx),
-                                        "history_item",
-                                    );
-                                    if !extra.is_empty() {
-                                        let score =
-                                            bespoke_algo::simd::dot(&v.x, m.als.item_vector(idx));
-                                        let sum: f32 = t.iter().map(|c| c.value).sum();
-                                        t.push(Contribution::new("session_content", score - sum));
-                                    }
-                                    t
-                                };
                                 let warm = Self::explained(
                                     s,
                                     m,
                                     top,
                                     &Scoring {
+                                        scorer: sc,
+                                        prepared: &prepared,
                                         make: Reason::Als,
-                                        term: "history_item",
                                         message: &|k| format!("because of {k} in this session"),
                                         fallback: Some(fallback),
-                                        explain: &explain,
-                                        terms: Some(&terms),
+                                        // The session's new items shape the vector too: their
+                                        // part is what the history items leave of the score.
+                                        residual: (!extra.is_empty()).then_some("session_content"),
                                     },
                                     full,
                                 );
@@ -636,7 +643,7 @@ impl Engine {
                                     full,
                                 )
                             }
-                            None => Vec::new(),
+                            _ => Vec::new(),
                         },
                         ModelChoice::Ease => {
                             self.recommend_ease(s, m, &history, n, &filter, verb, full)
@@ -683,21 +690,24 @@ impl Engine {
         else {
             return Vec::new();
         };
+        let Some(sc) = m.scorer(ModelKind::Als) else {
+            return Vec::new();
+        };
         let top = m.als.top_k(&vector.x, n, |i| filter.keep_model(m, i));
-        let explain = |idx| m.als.explain(&vector, idx);
+        let prepared = Prepared::shared(vector.clone());
         let warm = Self::explained(
             s,
             m,
             top,
             &Scoring {
+                scorer: sc,
+                prepared: &prepared,
                 make: Reason::Als,
-                term: "history_item",
                 message: &|k| format!("because you interacted with {k}"),
                 fallback: Some(Reason::Als(Reason::history(
                     "matches the taste your history shows (latent factors)",
                 ))),
-                explain: &explain,
-                terms: None,
+                residual: None,
             },
             full,
         );
@@ -835,7 +845,7 @@ impl Engine {
         verb: &str,
         full: bool,
     ) -> Vec<Recommendation> {
-        let Some(ease) = &m.ease else {
+        let (Some(ease), Some(sc)) = (&m.ease, m.scorer(ModelKind::Ease)) else {
             return Vec::new();
         };
         let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
@@ -848,20 +858,22 @@ impl Engine {
             &mut scores,
             &mut top,
         );
-        let explain = |idx| ease.explain(&positive, idx);
+        let Some(prepared) = sc.prepare(&positive, &self.settings.serving) else {
+            return Vec::new();
+        };
         Self::explained(
             s,
             m,
             top,
             &Scoring {
+                scorer: sc,
+                prepared: &prepared,
                 make: Reason::Ease,
-                term: "item_weight",
                 message: &|k| format!("because {verb} {k}"),
                 fallback: Some(Reason::Ease(Reason::history(
                     "co-occurs with your history (EASE)",
                 ))),
-                explain: &explain,
-                terms: None,
+                residual: None,
             },
             full,
         )
@@ -880,34 +892,30 @@ impl Engine {
         verb: &str,
         full: bool,
     ) -> Vec<Recommendation> {
-        let Some(bpr) = &m.bpr else {
+        let (Some(bpr), Some(sc)) = (&m.bpr, m.scorer(ModelKind::Bpr)) else {
             return Vec::new();
         };
-        let mut positive: Vec<u32> = history.iter().filter(|h| h.1 > 0.0).map(|h| h.0).collect();
-        positive.sort_unstable();
-        let epochs = self.settings.serving.bpr_fold_in_epochs;
-        let top = bpr.recommend(&positive, epochs, n, |i| filter.keep_model(m, i));
-        // Folded in again only for full explanations: the same seed gives the same vector.
-        let vector = if full {
-            bpr.fold_in(&positive, epochs)
-        } else {
-            None
+        // Folded in once: the vector ranks and explains.
+        let Some(prepared) = sc.prepare(history, &self.settings.serving) else {
+            return Vec::new();
         };
-        let explain = |idx| bpr.explain(&positive, idx);
-        let terms = |idx: u32| bpr_terms(vector.as_deref(), bpr.item_row(idx));
+        let Some(v) = prepared.get::<BprPrepared>() else {
+            return Vec::new();
+        };
+        let top = bpr.top_k(&v.vector, n, |i| filter.keep_model(m, i));
         Self::explained(
             s,
             m,
             top,
             &Scoring {
+                scorer: sc,
+                prepared: &prepared,
                 make: Reason::Bpr,
-                term: "factor",
                 message: &|k| format!("close in BPR's factors to {k}, which {verb}"),
                 fallback: Some(Reason::Bpr(Reason::history(
                     "ranked high for this history by BPR",
                 ))),
-                explain: &explain,
-                terms: Some(&terms),
+                residual: None,
             },
             full,
         )
@@ -923,20 +931,25 @@ impl Engine {
         filter: &Filter<'_>,
         full: bool,
     ) -> Vec<Recommendation> {
+        let Some(sc) = m.scorer(ModelKind::Knn) else {
+            return Vec::new();
+        };
         let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
+        let Some(prepared) = sc.prepare(&positive, &self.settings.serving) else {
+            return Vec::new();
+        };
         let top = m.knn.recommend(&positive, n, |i| filter.keep_model(m, i));
-        let explain = |idx| m.knn.explain(&positive, idx);
         Self::explained(
             s,
             m,
             top,
             &Scoring {
+                scorer: sc,
+                prepared: &prepared,
                 make: Reason::Knn,
-                term: "neighbour",
                 message: &|k| format!("similar to {k}, which you interacted with"),
                 fallback: None,
-                explain: &explain,
-                terms: None,
+                residual: None,
             },
             full,
         )
@@ -1243,22 +1256,6 @@ pub(crate) fn popularity_terms(full: bool, score: f32) -> Vec<Contribution> {
     } else {
         Vec::new()
     }
-}
-
-/// BPR's score `v·q_j + b_j` as one term per factor and the item bias.
-pub(crate) fn bpr_terms(vector: Option<&[f32]>, row: &[f32]) -> Vec<Contribution> {
-    let Some(v) = vector else {
-        return Vec::new();
-    };
-    let f = row.len().saturating_sub(1);
-    let mut out: Vec<Contribution> = (0..f)
-        .map(|k| Contribution {
-            factor: Some(k as u32),
-            ..Contribution::new("factor", v[k] * row[k])
-        })
-        .collect();
-    out.push(Contribution::new("item_bias", v[f] * row[f]));
-    out
 }
 
 fn describe_window(ms: Millis) -> String {
