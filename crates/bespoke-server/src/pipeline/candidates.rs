@@ -34,12 +34,17 @@ pub struct NeedsAttributes;
 pub(crate) fn model_name(choice: ModelChoice) -> &'static str {
     match choice {
         ModelChoice::Auto => "blend",
-        ModelChoice::Als => "als",
-        ModelChoice::Knn => "knn",
-        ModelChoice::Ease => "ease",
-        ModelChoice::Bpr => "bpr",
-        ModelChoice::Popular => "popular",
+        other => other.name(),
     }
+}
+
+/// The name of the model whose training matrix, and recency weighting, `choice` reads a
+/// history with: its family's (BPR trains on item-kNN's), iALS's for a blend.
+pub(crate) fn history_model(choice: ModelChoice) -> &'static str {
+    (choice.kind())
+        .and_then(crate::models::model::family)
+        .map_or(ModelKind::Als, |f| f.matrix_of())
+        .name()
 }
 
 /// The reason kind of a model's history reasons.
@@ -131,13 +136,11 @@ impl Engine {
         match asked.unwrap_or(self.settings.serving.default_model) {
             ModelChoice::Auto => match m.map(|m| &m.serve) {
                 Some(Serve::Blend { .. }) => ModelChoice::Auto,
-                Some(Serve::Single(name))
-                    if name == "ease" && m.is_some_and(|m| m.ease.is_some()) =>
-                {
-                    ModelChoice::Ease
+                // What tuning chose, when this version has it.
+                Some(Serve::Single(kind)) if m.is_some_and(|m| m.scorer(*kind).is_some()) => {
+                    ModelChoice::of_kind(kind.family()).unwrap_or(ModelChoice::ALS)
                 }
-                Some(Serve::Single(name)) if name == "knn" => ModelChoice::Knn,
-                _ => ModelChoice::Als,
+                _ => ModelChoice::ALS,
             },
             other => other,
         }
@@ -152,9 +155,10 @@ impl Engine {
     ) -> ModelChoice {
         match self.resolve(asked, m) {
             ModelChoice::Auto => match m.map(|m| &m.serve) {
-                Some(Serve::Blend { models, .. }) if models[0] == "ease" => ModelChoice::Ease,
-                Some(Serve::Blend { models, .. }) if models[0] == "knn" => ModelChoice::Knn,
-                _ => ModelChoice::Als,
+                Some(Serve::Blend { models, .. }) => {
+                    ModelChoice::of_kind(models[0].family()).unwrap_or(ModelChoice::ALS)
+                }
+                _ => ModelChoice::ALS,
             },
             other => other,
         }
@@ -453,12 +457,8 @@ impl Engine {
             match model {
                 None => fallback = Some("no trained model yet: showing popular items".to_owned()),
                 Some(m) => {
-                    let name = match choice {
-                        ModelChoice::Ease => "ease",
-                        // BPR is trained on item-kNN's matrix, with its recency.
-                        ModelChoice::Knn | ModelChoice::Bpr => "knn",
-                        _ => "als",
-                    };
+                    // BPR is trained on item-kNN's matrix, with its recency.
+                    let name = history_model(choice);
                     let history = match personal {
                         Some(u) => self.model_history(s, m, u, name),
                         None => Vec::new(),
@@ -469,13 +469,13 @@ impl Engine {
                         (Some(u), ModelChoice::Auto) => {
                             self.recommend_blend(s, m, u, n, &filter, full)
                         }
-                        (Some(u), ModelChoice::Als) => {
+                        (Some(u), ModelChoice::Model(ModelKind::Als)) => {
                             self.recommend_als(s, m, u, &history, n, &filter, full)
                         }
-                        (Some(_), ModelChoice::Ease) => {
+                        (Some(_), ModelChoice::Model(ModelKind::Ease)) => {
                             self.recommend_ease(s, m, &history, n, &filter, verb, full)
                         }
-                        (Some(_), ModelChoice::Bpr) => {
+                        (Some(_), ModelChoice::Model(ModelKind::Bpr)) => {
                             self.recommend_bpr(s, m, &history, n, &filter, verb, full)
                         }
                         (Some(_), _) => self.recommend_knn(s, m, &history, n, &filter, full),
@@ -497,17 +497,21 @@ impl Engine {
                         }
                     }
                     if items.is_empty() && personal.is_some() {
-                        fallback = Some(if choice == ModelChoice::Ease && m.ease.is_none() {
-                            "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items".to_owned()
-                        } else if choice == ModelChoice::Bpr && m.bpr.is_none() {
-                            "BPR is not trained (training.bpr is off): showing popular items"
-                                .to_owned()
-                        } else {
-                            format!(
-                                "the {} model knows none of this user's interactions yet: showing popular items",
-                                model_name(choice)
-                            )
-                        });
+                        fallback = Some(
+                            if choice == ModelChoice::Model(ModelKind::Ease) && m.ease.is_none() {
+                                "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items".to_owned()
+                            } else if choice == ModelChoice::Model(ModelKind::Bpr)
+                                && m.bpr.is_none()
+                            {
+                                "BPR is not trained (training.bpr is off): showing popular items"
+                                    .to_owned()
+                            } else {
+                                format!(
+                                    "the {} model knows none of this user's interactions yet: showing popular items",
+                                    model_name(choice)
+                                )
+                            },
+                        );
                     }
                 }
             }
@@ -612,7 +616,7 @@ impl Engine {
                     let (history, extra) = Self::split_history(m, &store_history);
                     let verb = "this session has";
                     items_out = match choice {
-                        ModelChoice::Als => match (
+                        ModelChoice::Model(ModelKind::Als) => match (
                             m.als.session_vector(&history, &extra),
                             m.scorer(ModelKind::Als),
                         ) {
@@ -659,10 +663,10 @@ impl Engine {
                             }
                             _ => Vec::new(),
                         },
-                        ModelChoice::Ease => {
+                        ModelChoice::Model(ModelKind::Ease) => {
                             self.recommend_ease(s, m, &history, n, &filter, verb, full)
                         }
-                        ModelChoice::Bpr => {
+                        ModelChoice::Model(ModelKind::Bpr) => {
                             self.recommend_bpr(s, m, &history, n, &filter, verb, full)
                         }
                         _ => self.recommend_knn(s, m, &history, n, &filter, full),

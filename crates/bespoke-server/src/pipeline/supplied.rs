@@ -7,7 +7,7 @@ use bespoke_algo::{ItemIdx, ModelKind, UserIdx, UserVector};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::candidates::{history_reason, model_name, popularity_terms};
+use super::candidates::{history_model, history_reason, model_name, popularity_terms};
 use super::explain::{Contribution, Feature};
 use super::{NeedsAttributes, RankRequest, Reason, rerank};
 use crate::engine::{Engine, Recommendation, State};
@@ -195,11 +195,7 @@ impl Engine {
         choice: ModelChoice,
         attributes: Option<&Map<String, Value>>,
     ) -> Result<Option<Scorer>, NeedsAttributes> {
-        let name = match choice {
-            ModelChoice::Ease => "ease",
-            ModelChoice::Knn | ModelChoice::Bpr => "knn",
-            _ => "als",
-        };
+        let name = history_model(choice);
         let own = personal.filter(|u| !s.live.history(*u).is_empty());
         let (rows, extra) = match own {
             Some(u) => (self.model_history(s, m, u, name), Vec::new()),
