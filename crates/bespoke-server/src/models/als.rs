@@ -139,6 +139,16 @@ impl Scorer for AlsServing {
         }
     }
 
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let v = prepared.get::<UserVector>()?;
+        Some(AlsServing::top_k(self, &v.x, n, keep))
+    }
+
     /// All items in one blocked solve against the user's factor.
     fn explain_prepared(
         &self,

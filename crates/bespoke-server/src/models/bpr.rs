@@ -177,6 +177,16 @@ impl Scorer for BprServing {
         }
     }
 
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let p = prepared.get::<BprPrepared>()?;
+        Some(BprServing::top_k(self, &p.vector, n, keep))
+    }
+
     /// The terms by factor; the reasons name the history items closest to the item in BPR's
     /// factors (its score has no split by history item).
     fn explain_prepared(

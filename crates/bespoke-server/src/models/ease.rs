@@ -136,6 +136,18 @@ impl Scorer for Ease {
             .collect()
     }
 
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let history = prepared.get::<Vec<(u32, f32)>>()?;
+        let mut scores = vec![0.0f32; self.n_items()];
+        let mut top = bespoke_algo::TopK::new(n);
+        Some(self.recommend(history, n, keep, &mut scores, &mut top))
+    }
+
     fn item_term(&self) -> &'static str {
         "item_weight"
     }

@@ -120,6 +120,16 @@ impl Scorer for KnnServing {
             .collect()
     }
 
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let history = prepared.get::<Vec<(u32, f32)>>()?;
+        Some(self.recommend(history, n, keep))
+    }
+
     fn item_term(&self) -> &'static str {
         "neighbour"
     }

@@ -201,6 +201,18 @@ pub trait Scorer: Any + Send + Sync + Debug {
             .collect()
     }
 
+    /// The `n` best items for a prepared history among those `keep` accepts, best first;
+    /// `None` when the model does not retrieve (it then only scores given candidates).
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let _ = (prepared, n, keep);
+        None
+    }
+
     /// What a [`Term::Item`] of this model is called in a response's contributions.
     fn item_term(&self) -> &'static str {
         "history_item"

@@ -15,7 +15,6 @@ use super::explain::{Contribution, Feature, History, scaled};
 use super::{Filter, RankRequest, Reason};
 use crate::engine::{Engine, PopularSort, Recommendation, Recommendations, State, now_ms};
 use crate::models::ServingModel;
-use crate::models::bpr::BprPrepared;
 use crate::models::model::{self as scorer, Explanation, Prepared, Scorer, Term};
 use crate::models::tuning::Serve;
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
@@ -185,37 +184,24 @@ impl Engine {
         for name in models {
             let history = self.model_history(s, m, user, name.as_str());
             let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
-            let mut vector = None;
-            let list = match name.as_str() {
-                "ease" => match &m.ease {
-                    Some(e) => {
-                        let mut scores = vec![0.0f32; e.n_items()];
-                        let mut top = bespoke_algo::TopK::new(BLEND_CANDIDATES);
-                        e.recommend(&positive, BLEND_CANDIDATES, keep, &mut scores, &mut top)
-                    }
-                    None => Vec::new(),
-                },
-                "knn" => m.knn.recommend(&positive, BLEND_CANDIDATES, keep),
-                _ => match m
+            // iALS from the user's cached vector; the others prepare their own.
+            let p = match (*name, m.scorer(*name)) {
+                (ModelKind::Als, Some(_)) => m
                     .als
                     .user_vector(user.0, self.vector_revision(s, user), &history)
-                {
-                    Some(v) => {
-                        let l = m.als.top_k(&v.x, BLEND_CANDIDATES, keep);
-                        vector = Some(v);
-                        l
-                    }
-                    None => Vec::new(),
-                },
+                    .map(Prepared::shared),
+                (_, Some(sc)) => sc.prepare(&positive, &self.settings.serving),
+                (_, None) => None,
+            };
+            let list = match (m.scorer(*name), &p) {
+                (Some(sc), Some(p)) => {
+                    (sc.top_k(p, BLEND_CANDIDATES, &mut |i| keep(i))).unwrap_or_default()
+                }
+                _ => Vec::new(),
             };
             lists.push(list);
-            // The explanations come from the model; iALS's from the cached vector it scored with.
-            prepared.push(match vector {
-                Some(v) => Some(Prepared::shared(v)),
-                None => m
-                    .scorer(*name)
-                    .and_then(|sc| sc.prepare(&positive, &self.settings.serving)),
-            });
+            // The explanations come from the model, from what it ranked with.
+            prepared.push(p);
         }
         let blend = Blend { weight: *weight };
         let combined = blend.combine(&lists[0], &lists[1], n);
@@ -472,13 +458,10 @@ impl Engine {
                         (Some(u), ModelChoice::Model(ModelKind::Als)) => {
                             self.recommend_als(s, m, u, &history, n, &filter, full)
                         }
-                        (Some(_), ModelChoice::Model(ModelKind::Ease)) => {
-                            self.recommend_ease(s, m, &history, n, &filter, verb, full)
+                        (Some(_), ModelChoice::Model(kind)) => {
+                            self.recommend_model(s, m, kind, &history, n, &filter, verb, full)
                         }
-                        (Some(_), ModelChoice::Model(ModelKind::Bpr)) => {
-                            self.recommend_bpr(s, m, &history, n, &filter, verb, full)
-                        }
-                        (Some(_), _) => self.recommend_knn(s, m, &history, n, &filter, full),
+                        (Some(_), ModelChoice::Popular) => Vec::new(),
                     };
                     if !items.is_empty() {
                         used = model_name(choice);
@@ -663,13 +646,10 @@ impl Engine {
                             }
                             _ => Vec::new(),
                         },
-                        ModelChoice::Model(ModelKind::Ease) => {
-                            self.recommend_ease(s, m, &history, n, &filter, verb, full)
+                        ModelChoice::Model(kind) => {
+                            self.recommend_model(s, m, kind, &history, n, &filter, verb, full)
                         }
-                        ModelChoice::Model(ModelKind::Bpr) => {
-                            self.recommend_bpr(s, m, &history, n, &filter, verb, full)
-                        }
-                        _ => self.recommend_knn(s, m, &history, n, &filter, full),
+                        _ => Vec::new(),
                     };
                     if items_out.is_empty() {
                         fallback = Some(format!(
@@ -849,78 +829,44 @@ impl Engine {
         Self::with_cold_items(s, m, &v, warm, n, filter, "this profile's", full)
     }
 
-    /// EASE: the history's rows of the item–item weights, summed; the reasons are the history
-    /// items that contributed most. Empty when this model version has no EASE (catalog larger
-    /// than `training.ease_max_items`), and the caller falls back.
+    /// A model that retrieves by itself ([`Scorer::top_k`]: item-kNN, EASE, BPR) over the
+    /// history it prepared; the reasons are the history items behind each result (BPR's
+    /// closest in its factors). Empty when this version lacks the model (EASE over
+    /// `training.ease_max_items`, BPR without `training.bpr`) or it knows none of the
+    /// history, and the caller falls back.
     #[allow(clippy::too_many_arguments)]
-    fn recommend_ease(
+    fn recommend_model(
         &self,
         s: &State,
         m: &ServingModel,
+        kind: ModelKind,
         history: &[(u32, f32)],
         n: usize,
         filter: &Filter<'_>,
         verb: &str,
         full: bool,
     ) -> Vec<Recommendation> {
-        let (Some(ease), Some(sc)) = (&m.ease, m.scorer(ModelKind::Ease)) else {
+        let Some(sc) = m.scorer(kind) else {
             return Vec::new();
         };
-        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
-        let mut scores = vec![0.0f32; ease.n_items()];
-        let mut top = bespoke_algo::TopK::new(n);
-        let top = ease.recommend(
-            &positive,
-            n,
-            |i| filter.keep_model(m, i),
-            &mut scores,
-            &mut top,
-        );
-        let Some(prepared) = sc.prepare(&positive, &self.settings.serving) else {
-            return Vec::new();
-        };
-        Self::explained(
-            s,
-            m,
-            top,
-            &Scoring {
-                scorer: sc,
-                prepared: &prepared,
-                make: Reason::Ease,
-                message: &|k| format!("because {verb} {k}"),
-                fallback: Some(Reason::Ease(Reason::history(
-                    "co-occurs with your history (EASE)",
-                ))),
-                residual: None,
-            },
-            full,
-        )
-    }
-
-    /// BPR: the history folded in by BPR's own user step; the reasons are the history items
-    /// whose factors are closest to the result's; the terms are the factors and the item bias.
-    #[allow(clippy::too_many_arguments)]
-    fn recommend_bpr(
-        &self,
-        s: &State,
-        m: &ServingModel,
-        history: &[(u32, f32)],
-        n: usize,
-        filter: &Filter<'_>,
-        verb: &str,
-        full: bool,
-    ) -> Vec<Recommendation> {
-        let (Some(bpr), Some(sc)) = (&m.bpr, m.scorer(ModelKind::Bpr)) else {
-            return Vec::new();
-        };
-        // Folded in once: the vector ranks and explains.
         let Some(prepared) = sc.prepare(history, &self.settings.serving) else {
             return Vec::new();
         };
-        let Some(v) = prepared.get::<BprPrepared>() else {
+        let Some(top) = sc.top_k(&prepared, n, &mut |i| filter.keep_model(m, i)) else {
             return Vec::new();
         };
-        let top = bpr.top_k(&v.vector, n, |i| filter.keep_model(m, i));
+        // The words are the route's; the reason kind is the model's.
+        let message: Box<dyn Fn(&str) -> String> = match kind {
+            ModelKind::Ease => Box::new(|k| format!("because {verb} {k}")),
+            ModelKind::Bpr => Box::new(|k| format!("close in BPR's factors to {k}, which {verb}")),
+            _ => Box::new(|k| format!("similar to {k}, which you interacted with")),
+        };
+        let fallback = match kind {
+            ModelKind::Ease => Some("co-occurs with your history (EASE)"),
+            ModelKind::Bpr => Some("ranked high for this history by BPR"),
+            _ => None,
+        };
+        let make = history_reason(kind.name());
         Self::explained(
             s,
             m,
@@ -928,45 +874,9 @@ impl Engine {
             &Scoring {
                 scorer: sc,
                 prepared: &prepared,
-                make: Reason::Bpr,
-                message: &|k| format!("close in BPR's factors to {k}, which {verb}"),
-                fallback: Some(Reason::Bpr(Reason::history(
-                    "ranked high for this history by BPR",
-                ))),
-                residual: None,
-            },
-            full,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn recommend_knn(
-        &self,
-        s: &State,
-        m: &ServingModel,
-        history: &[(u32, f32)],
-        n: usize,
-        filter: &Filter<'_>,
-        full: bool,
-    ) -> Vec<Recommendation> {
-        let Some(sc) = m.scorer(ModelKind::Knn) else {
-            return Vec::new();
-        };
-        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
-        let Some(prepared) = sc.prepare(&positive, &self.settings.serving) else {
-            return Vec::new();
-        };
-        let top = m.knn.recommend(&positive, n, |i| filter.keep_model(m, i));
-        Self::explained(
-            s,
-            m,
-            top,
-            &Scoring {
-                scorer: sc,
-                prepared: &prepared,
-                make: Reason::Knn,
-                message: &|k| format!("similar to {k}, which you interacted with"),
-                fallback: None,
+                make,
+                message: &message,
+                fallback: fallback.map(|f| make(Reason::history(f))),
                 residual: None,
             },
             full,
