@@ -157,6 +157,8 @@ fn every_registered_model_round_trips_erases_and_explains() {
         // the history itself does, and names the history items behind each score.
         let serving = bespoke_server::settings::ServingSettings::default();
         let all: Vec<u32> = (0..ITEMS).collect();
+        // (retrieving models, items retrieved): a model that retrieves finds something.
+        let mut retrieved = (0, 0);
         for h in histories.iter().step_by(5) {
             let Some(p) = loaded.prepare(h, &serving) else {
                 assert!(
@@ -186,6 +188,23 @@ fn every_registered_model_round_trips_erases_and_explains() {
                     "{kind}: item {item} is explained by items outside the history"
                 );
             }
+            // Retrieval, where the model retrieves: best first, among the items kept, scored as
+            // score_prepared scores them.
+            if let Some(top) = loaded.top_k(&p, 5, &mut |i| i % 2 == 0) {
+                retrieved = (retrieved.0 + 1, retrieved.1 + top.len());
+                assert!(top.len() <= 5, "{kind}");
+                assert!(top.windows(2).all(|w| w[0].score >= w[1].score), "{kind}");
+                for x in &top {
+                    assert_eq!(x.idx % 2, 0, "{kind}: item {} was not kept", x.idx);
+                    let want = prepared[x.idx as usize];
+                    assert!(
+                        (x.score - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{kind}: item {} retrieved at {}, scored {want}",
+                        x.idx,
+                        x.score
+                    );
+                }
+            }
             let plain = loaded.explain_prepared(&p, &all, false);
             assert!(plain.iter().all(|e| e.terms.is_empty()), "{kind}");
             assert_eq!(
@@ -194,6 +213,10 @@ fn every_registered_model_round_trips_erases_and_explains() {
                 "{kind}: asking for terms changes the reasons"
             );
         }
+        assert!(
+            retrieved.0 == 0 || retrieved.1 > 0,
+            "{kind}: retrieves nothing"
+        );
 
         // Similar items, where the model has them: best first, never the item itself.
         if let Some(similar) = loaded.similar(3, 5) {
