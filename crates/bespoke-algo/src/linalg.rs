@@ -28,6 +28,76 @@ impl Cholesky {
     }
 }
 
+impl Cholesky {
+    /// Solves `A X = B` in place for `m` right-hand sides at once: `b` is the row-major
+    /// `n × m` matrix `B` (one column per right-hand side) and becomes `X`. Same arithmetic as
+    /// `m` calls of [`Self::solve`], but each step updates a whole row of `m` values, so the
+    /// inner loop is a long contiguous `y −= a·x` that vectorises, and `L` is read once rather
+    /// than `m` times.
+    pub fn solve_many(&self, b: &mut [f64], m: usize) {
+        assert_eq!(b.len(), self.n * m, "right-hand sides size");
+        if m == 0 {
+            return;
+        }
+        crate::simd::dispatch(SolveMany {
+            l: &self.l,
+            n: self.n,
+            m,
+            b,
+        });
+    }
+}
+
+struct SolveMany<'a> {
+    l: &'a [f64],
+    n: usize,
+    m: usize,
+    b: &'a mut [f64],
+}
+
+impl crate::simd::WithSimd for SolveMany<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: crate::simd::Simd>(self, _: S) {
+        let (l, n, m, b) = (self.l, self.n, self.m, self.b);
+        // Plain loops, not iterator closures: a closure would not be compiled with the AVX2
+        // features of `dispatch`.
+        // L Y = B: Y_i = (B_i − Σ_{k<i} L_ik Y_k) / L_ii, row by row.
+        for i in 0..n {
+            let (done, rest) = b.split_at_mut(i * m);
+            let row = &mut rest[..m];
+            for k in 0..i {
+                let a = l[i * n + k];
+                let src = &done[k * m..(k + 1) * m];
+                for (r, &v) in row.iter_mut().zip(src) {
+                    *r -= a * v;
+                }
+            }
+            let inv = 1.0 / l[i * n + i];
+            for r in row.iter_mut() {
+                *r *= inv;
+            }
+        }
+        // Lᵀ X = Y, from the last row up: X_i = Y_i / L_ii, then Y_k −= L_ik X_i for k < i.
+        for i in (0..n).rev() {
+            let (head, tail) = b.split_at_mut(i * m);
+            let row = &mut tail[..m];
+            let inv = 1.0 / l[i * n + i];
+            for r in row.iter_mut() {
+                *r *= inv;
+            }
+            for k in 0..i {
+                let a = l[i * n + k];
+                let dst = &mut head[k * m..(k + 1) * m];
+                for (d, &v) in dst.iter_mut().zip(row.iter()) {
+                    *d -= a * v;
+                }
+            }
+        }
+    }
+}
+
 struct Factorise<'a> {
     a: &'a [f64],
     n: usize,
@@ -129,6 +199,33 @@ mod tests {
                 prop_assert!((x - t).abs() < 1e-9);
             }
         }
+    }
+
+    /// Many right-hand sides at once give what one solve per column gives.
+    #[test]
+    fn solves_many_right_hand_sides_like_one_at_a_time() {
+        let (n, m) = (7, 5);
+        let mut rng = crate::Rng::seed_from_u64(3);
+        let b: Vec<f64> = (0..n * n).map(|_| rng.f64() - 0.5).collect();
+        let mut a = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] = (0..n).map(|k| b[i * n + k] * b[j * n + k]).sum::<f64>()
+                    + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        let chol = Cholesky::new(&a, n).unwrap();
+        let rhs: Vec<f64> = (0..n * m).map(|_| rng.f64() * 2.0 - 1.0).collect();
+        let mut many = rhs.clone();
+        chol.solve_many(&mut many, m);
+        for c in 0..m {
+            let mut one: Vec<f64> = (0..n).map(|r| rhs[r * m + c]).collect();
+            chol.solve(&mut one);
+            for r in 0..n {
+                assert!((one[r] - many[r * m + c]).abs() < 1e-12, "{r},{c}");
+            }
+        }
+        chol.solve_many(&mut [], 0);
     }
 
     #[test]

@@ -458,23 +458,19 @@ pub struct ServingSettings {
     pub bpr_fold_in_epochs: usize,
 }
 
-/// A recommendation model to serve with.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+/// A recommendation model to serve with: `auto`, `popular`, or a model kind served on its
+/// own (a family of the model registry: `als`, `knn`, `ease`, `bpr`). Its JSON and TOML are
+/// the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelChoice {
     /// What the last tuning chose (`POST /v1/models/tune`): a model or a blend of two; iALS
     /// when never tuned.
     Auto,
-    /// Implicit ALS.
-    Als,
-    /// Item-based nearest neighbours.
-    Knn,
-    /// EASE (trained only for catalogs of at most `training.ease_max_items` items).
-    Ease,
-    /// BPR (trained only with `training.bpr`).
-    Bpr,
     /// Popularity.
     Popular,
+    /// One trained model (EASE is trained only for catalogs of at most
+    /// `training.ease_max_items` items, BPR only with `training.bpr`).
+    Model(ModelKind),
 }
 
 impl ModelChoice {
@@ -488,6 +484,9 @@ impl ModelChoice {
         ModelKind::Popular.name(),
     ];
 
+    /// iALS, what serving falls back to.
+    pub const ALS: Self = Self::Model(ModelKind::Als);
+
     /// The model called `name` (one of [`Self::NAMES`]).
     pub fn from_name(name: &str) -> Option<Self> {
         if name == "auto" {
@@ -498,30 +497,46 @@ impl ModelChoice {
     }
 
     /// The choice that serves `kind` (`None` for kinds not served on their own: the kNN
-    /// similarity variants and the content model).
+    /// similarity variants and the content model). Exhaustive, so that a new kind is placed.
     pub fn of_kind(kind: ModelKind) -> Option<Self> {
-        Some(match kind {
-            ModelKind::Als => Self::Als,
-            ModelKind::Knn => Self::Knn,
-            ModelKind::Ease => Self::Ease,
-            ModelKind::Bpr => Self::Bpr,
-            ModelKind::Popular => Self::Popular,
-            ModelKind::Cosine | ModelKind::Bm25 | ModelKind::Rp3 | ModelKind::Content => {
-                return None;
+        match kind {
+            ModelKind::Popular => Some(Self::Popular),
+            ModelKind::Als | ModelKind::Knn | ModelKind::Ease | ModelKind::Bpr => {
+                Some(Self::Model(kind))
             }
-        })
+            ModelKind::Cosine | ModelKind::Bm25 | ModelKind::Rp3 | ModelKind::Content => None,
+        }
+    }
+
+    /// Its name (one of [`Self::NAMES`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Popular => ModelKind::Popular.name(),
+            Self::Model(k) => k.name(),
+        }
     }
 
     /// The model kind this choice serves (`None` for `auto`, which tuning resolves).
     pub fn kind(self) -> Option<ModelKind> {
-        Some(match self {
-            Self::Auto => return None,
-            Self::Als => ModelKind::Als,
-            Self::Knn => ModelKind::Knn,
-            Self::Ease => ModelKind::Ease,
-            Self::Bpr => ModelKind::Bpr,
-            Self::Popular => ModelKind::Popular,
-        })
+        match self {
+            Self::Auto => None,
+            Self::Popular => Some(ModelKind::Popular),
+            Self::Model(k) => Some(k),
+        }
+    }
+}
+
+impl Serialize for ModelChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::from_name(&name).ok_or_else(|| serde::de::Error::unknown_variant(&name, &Self::NAMES))
     }
 }
 
@@ -1267,6 +1282,16 @@ mod tests {
         for name in ["cosine", "content", "pop", "svd"] {
             assert_eq!(ModelChoice::from_name(name), None, "{name}");
         }
+        // The configuration and JSON spell them by name.
+        for name in ModelChoice::NAMES {
+            let c = ModelChoice::from_name(name).unwrap();
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(name));
+            assert_eq!(
+                serde_json::from_value::<ModelChoice>(name.into()).unwrap(),
+                c
+            );
+        }
+        assert!(serde_json::from_value::<ModelChoice>("cosine".into()).is_err());
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -4,15 +4,17 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use bespoke_algo::{Als, AlsParams, Csr, ModelKind, Scored};
+use bespoke_algo::{Als, AlsParams, Csr, ModelKind, Scored, UserVector};
 
 use super::artifact::{self, ALS_FILE, ArtifactError};
 use super::meta::Recencies;
 use super::meta::{KindParams, ModelMeta, ParamsMeta};
-use super::model::{self, Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer};
+use super::model::{
+    self, Artifact, Contribution, Explanation, FitContext, FitError, ModelFamily, Prepared, Scorer,
+};
 use super::snapshot::{Progress, key_seed};
 use super::views::AlsServing;
-use crate::settings::TrainingSettings;
+use crate::settings::{ServingSettings, TrainingSettings};
 
 /// iALS.
 #[derive(Debug)]
@@ -119,6 +121,46 @@ impl Scorer for AlsServing {
         match self.session_vector(history, &[]) {
             Some(v) => model::item_terms(AlsServing::explain(self, &v, item)),
             None => Vec::new(),
+        }
+    }
+
+    /// The solved [`UserVector`] (serving passes a cached one, or a session's with its new
+    /// items, as [`Prepared::shared`]).
+    fn prepare(&self, history: &[(u32, f32)], _: &ServingSettings) -> Option<Prepared> {
+        self.session_vector(history, &[]).map(Prepared::new)
+    }
+
+    fn score_prepared(&self, prepared: &Prepared, items: &[u32]) -> Vec<f32> {
+        match prepared.get::<UserVector>() {
+            Some(v) => (items.iter())
+                .map(|&c| bespoke_algo::simd::dot(&v.x, self.item_vector(c)))
+                .collect(),
+            None => vec![0.0; items.len()],
+        }
+    }
+
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let v = prepared.get::<UserVector>()?;
+        Some(AlsServing::top_k(self, &v.x, n, keep))
+    }
+
+    /// All items in one blocked solve against the user's factor.
+    fn explain_prepared(
+        &self,
+        prepared: &Prepared,
+        items: &[u32],
+        terms: bool,
+    ) -> Vec<Explanation> {
+        match prepared.get::<UserVector>() {
+            Some(v) => (self.explain_many(v, items).into_iter())
+                .map(|parts| Explanation::from_items(parts, terms))
+                .collect(),
+            None => vec![Explanation::default(); items.len()],
         }
     }
 

@@ -9,7 +9,9 @@ use bespoke_algo::{Bpr, BprParams, Csr, ItemScorer, ModelKind, Scored};
 use super::artifact::{self, ArtifactError, BPR_FILE};
 use super::meta::Recencies;
 use super::meta::{KindParams, ModelMeta, ParamsMeta};
-use super::model::{Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer, Term};
+use super::model::{
+    Artifact, Contribution, Explanation, FitContext, FitError, ModelFamily, Prepared, Scorer, Term,
+};
 use super::snapshot::Progress;
 use super::views::BprServing;
 use crate::settings::{ServingSettings, TrainingSettings};
@@ -92,18 +94,47 @@ impl Artifact for Bpr {
 }
 
 impl BprServing {
-    /// The folded-in vector of a history (bias slot included), with serving's default epochs.
-    fn vector(&self, history: &[(u32, f32)]) -> Option<Vec<f32>> {
-        let items: Vec<u32> = (history.iter())
+    /// The folded-in vector of a history (bias slot included) with `epochs` of the user step,
+    /// and the sorted positive history it was folded in from.
+    fn fold(&self, history: &[(u32, f32)], epochs: usize) -> Option<BprPrepared> {
+        let mut items: Vec<u32> = (history.iter())
             .filter(|h| h.1 > 0.0)
             .map(|h| h.0)
             .collect();
-        let p = BprParams {
-            iterations: ServingSettings::default().bpr_fold_in_epochs,
-            ..self.params
-        };
-        self.model.fold_in(&items, &p)
+        items.sort_unstable();
+        let vector = self.fold_in(&items, epochs)?;
+        Some(BprPrepared {
+            vector,
+            history: items,
+        })
     }
+
+    /// `v·q_item + b_item` split by latent factor, the bias last.
+    fn terms(&self, vector: &[f32], item: u32) -> Vec<Contribution> {
+        let row = self.scorer.items().row(item as usize);
+        let f = row.len() - 1;
+        let mut out: Vec<Contribution> = (0..f)
+            .map(|k| Contribution {
+                term: Term::Factor(k as u32),
+                value: vector[k] * row[k],
+            })
+            .collect();
+        out.push(Contribution {
+            term: Term::Bias,
+            value: vector[f] * row[f],
+        });
+        out
+    }
+}
+
+/// A history as BPR prepares it: the folded-in vector (the 1 of the bias slot last) and the
+/// sorted positive history.
+#[derive(Debug, Clone)]
+pub struct BprPrepared {
+    /// The user's vector.
+    pub vector: Vec<f32>,
+    /// The positive history items, sorted.
+    pub history: Vec<u32>,
 }
 
 impl Scorer for BprServing {
@@ -112,10 +143,8 @@ impl Scorer for BprServing {
     }
 
     fn score(&self, history: &[(u32, f32)], candidates: &[u32]) -> Vec<f32> {
-        match self.vector(history) {
-            Some(v) => (candidates.iter())
-                .map(|&c| bespoke_algo::simd::dot(&v, self.scorer.items().row(c as usize)))
-                .collect(),
+        match self.prepare(history, &ServingSettings::default()) {
+            Some(p) => self.score_prepared(&p, candidates),
             None => vec![0.0; candidates.len()],
         }
     }
@@ -125,23 +154,60 @@ impl Scorer for BprServing {
     }
 
     /// Not by history item: the fold-in is SGD, not linear in the history, so a score splits
-    /// only into the user's factors as a whole and the item's bias.
+    /// only by latent factor (the user's times the item's) and the item's bias.
     fn explain(&self, history: &[(u32, f32)], item: u32) -> Vec<Contribution> {
-        let Some(v) = self.vector(history) else {
-            return Vec::new();
+        match self.fold(history, ServingSettings::default().bpr_fold_in_epochs) {
+            Some(p) => self.terms(&p.vector, item),
+            None => Vec::new(),
+        }
+    }
+
+    /// The folded-in vector, with `serving.bpr_fold_in_epochs` of the user step.
+    fn prepare(&self, history: &[(u32, f32)], serving: &ServingSettings) -> Option<Prepared> {
+        self.fold(history, serving.bpr_fold_in_epochs)
+            .map(Prepared::new)
+    }
+
+    fn score_prepared(&self, prepared: &Prepared, items: &[u32]) -> Vec<f32> {
+        match prepared.get::<BprPrepared>() {
+            Some(p) => (items.iter())
+                .map(|&c| bespoke_algo::simd::dot(&p.vector, self.scorer.items().row(c as usize)))
+                .collect(),
+            None => vec![0.0; items.len()],
+        }
+    }
+
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let p = prepared.get::<BprPrepared>()?;
+        Some(BprServing::top_k(self, &p.vector, n, keep))
+    }
+
+    /// The terms by factor; the reasons name the history items closest to the item in BPR's
+    /// factors (its score has no split by history item).
+    fn explain_prepared(
+        &self,
+        prepared: &Prepared,
+        items: &[u32],
+        terms: bool,
+    ) -> Vec<Explanation> {
+        let Some(p) = prepared.get::<BprPrepared>() else {
+            return vec![Explanation::default(); items.len()];
         };
-        let row = self.scorer.items().row(item as usize);
-        let f = row.len() - 1;
-        vec![
-            Contribution {
-                term: Term::Latent,
-                value: bespoke_algo::simd::dot(&v[..f], &row[..f]),
-            },
-            Contribution {
-                term: Term::Bias,
-                value: row[f],
-            },
-        ]
+        (items.iter())
+            .map(|&c| Explanation {
+                because: BprServing::explain(self, &p.history, c),
+                terms: if terms {
+                    self.terms(&p.vector, c)
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect()
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {

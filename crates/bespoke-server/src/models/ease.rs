@@ -9,9 +9,11 @@ use bespoke_algo::{Csr, Ease, ModelKind, Scored};
 use super::artifact::{self, ArtifactError, EASE_FILE};
 use super::meta::Recencies;
 use super::meta::{KindParams, ModelMeta, ParamsMeta};
-use super::model::{self, Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer};
+use super::model::{
+    self, Artifact, Contribution, Explanation, FitContext, FitError, ModelFamily, Prepared, Scorer,
+};
 use super::snapshot::Progress;
-use crate::settings::TrainingSettings;
+use crate::settings::{ServingSettings, TrainingSettings};
 
 /// EASE.
 #[derive(Debug)]
@@ -107,6 +109,47 @@ impl Scorer for Ease {
     /// Exact: a score is the sum of `w_i · B_i,item` over the history.
     fn explain(&self, history: &[(u32, f32)], item: u32) -> Vec<Contribution> {
         model::item_terms(Ease::explain(self, &model::positive(history), item))
+    }
+
+    /// The positive history.
+    fn prepare(&self, history: &[(u32, f32)], _: &ServingSettings) -> Option<Prepared> {
+        let positive = model::positive(history);
+        (!positive.is_empty()).then(|| Prepared::new(positive))
+    }
+
+    fn score_prepared(&self, prepared: &Prepared, items: &[u32]) -> Vec<f32> {
+        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
+        (items.iter())
+            .map(|&c| history.iter().map(|&(i, w)| w * self.weight(i, c)).sum())
+            .collect()
+    }
+
+    fn explain_prepared(
+        &self,
+        prepared: &Prepared,
+        items: &[u32],
+        terms: bool,
+    ) -> Vec<Explanation> {
+        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
+        (items.iter())
+            .map(|&c| Explanation::from_items(Ease::explain(self, history, c), terms))
+            .collect()
+    }
+
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let history = prepared.get::<Vec<(u32, f32)>>()?;
+        let mut scores = vec![0.0f32; self.n_items()];
+        let mut top = bespoke_algo::TopK::new(n);
+        Some(self.recommend(history, n, keep, &mut scores, &mut top))
+    }
+
+    fn item_term(&self) -> &'static str {
+        "item_weight"
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {

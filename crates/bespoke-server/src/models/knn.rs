@@ -9,9 +9,11 @@ use bespoke_algo::{Csr, ItemKnn, ModelKind, Scored};
 use super::artifact::{self, ArtifactError, KNN_FILE};
 use super::meta::Recencies;
 use super::meta::{KnnMeta, ModelMeta, ParamsMeta};
-use super::model::{self, Artifact, Contribution, FitContext, FitError, ModelFamily, Scorer};
+use super::model::{
+    self, Artifact, Contribution, Explanation, FitContext, FitError, ModelFamily, Prepared, Scorer,
+};
 use super::views::KnnServing;
-use crate::settings::TrainingSettings;
+use crate::settings::{ServingSettings, TrainingSettings};
 
 /// Item-kNN.
 #[derive(Debug)]
@@ -91,6 +93,45 @@ impl Scorer for KnnServing {
     /// Exact: a score is the sum of `w_i · sim(i, item)` over the history.
     fn explain(&self, history: &[(u32, f32)], item: u32) -> Vec<Contribution> {
         model::item_terms(self.model.explain(&model::positive(history), item))
+    }
+
+    /// The positive history.
+    fn prepare(&self, history: &[(u32, f32)], _: &ServingSettings) -> Option<Prepared> {
+        let positive = model::positive(history);
+        (!positive.is_empty()).then(|| Prepared::new(positive))
+    }
+
+    fn score_prepared(&self, prepared: &Prepared, items: &[u32]) -> Vec<f32> {
+        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
+        (items.iter())
+            .map(|&c| self.model.explain(history, c).iter().map(|p| p.1).sum())
+            .collect()
+    }
+
+    fn explain_prepared(
+        &self,
+        prepared: &Prepared,
+        items: &[u32],
+        terms: bool,
+    ) -> Vec<Explanation> {
+        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
+        (items.iter())
+            .map(|&c| Explanation::from_items(self.model.explain(history, c), terms))
+            .collect()
+    }
+
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let history = prepared.get::<Vec<(u32, f32)>>()?;
+        Some(self.recommend(history, n, keep))
+    }
+
+    fn item_term(&self) -> &'static str {
+        "neighbour"
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {

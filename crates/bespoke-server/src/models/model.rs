@@ -24,7 +24,7 @@ use super::artifact::ArtifactError;
 use super::meta::Recencies;
 use super::meta::{ModelMeta, ParamsMeta};
 use super::snapshot::{Progress, Snapshot};
-use crate::settings::TrainingSettings;
+use crate::settings::{ServingSettings, TrainingSettings};
 
 /// What a family is fitted with besides its matrix.
 pub struct FitContext<'a> {
@@ -119,9 +119,9 @@ pub enum Term {
     Item(u32),
     /// The item's own bias (popularity, for BPR).
     Bias,
-    /// The user's latent factors as a whole, when the model cannot split them by history
-    /// item (BPR's fold-in is not linear in the history).
-    Latent,
+    /// One latent factor of the user's vector times the item's, when the model cannot split
+    /// a score by history item (BPR's fold-in is not linear in the history).
+    Factor(u32),
 }
 
 /// One term of an explanation and what it adds to the score.
@@ -153,8 +153,126 @@ pub trait Scorer: Any + Send + Sync + Debug {
     /// rounding).
     fn explain(&self, history: &[(u32, f32)], item: u32) -> Vec<Contribution>;
 
+    /// What the model derives from `history` once to score and explain many items (iALS: the
+    /// solved vector and its factor; BPR: the folded-in vector); `None` when the history holds
+    /// nothing the model can use. By default the history itself.
+    fn prepare(&self, history: &[(u32, f32)], serving: &ServingSettings) -> Option<Prepared> {
+        let _ = serving;
+        (!history.is_empty()).then(|| Prepared::new(history.to_vec()))
+    }
+
+    /// The scores of `items` for a prepared history (what [`Scorer::score`] gives for it).
+    fn score_prepared(&self, prepared: &Prepared, items: &[u32]) -> Vec<f32> {
+        match prepared.get::<Vec<(u32, f32)>>() {
+            Some(history) => self.score(history, items),
+            None => vec![0.0; items.len()],
+        }
+    }
+
+    /// The explanation of each of `items` for a prepared history, in order: the history items
+    /// behind its score and, with `terms`, the contributions that sum to it. Many items at
+    /// once, so that a model can share work between them (iALS solves once for all).
+    fn explain_prepared(
+        &self,
+        prepared: &Prepared,
+        items: &[u32],
+        terms: bool,
+    ) -> Vec<Explanation> {
+        let history = prepared.get::<Vec<(u32, f32)>>();
+        (items.iter())
+            .map(|&item| {
+                let parts = history.map_or_else(Vec::new, |h| self.explain(h, item));
+                Explanation::from_terms(parts, terms)
+            })
+            .collect()
+    }
+
+    /// The `n` best items for a prepared history among those `keep` accepts, best first;
+    /// `None` when the model does not retrieve (it then only scores given candidates).
+    fn top_k(
+        &self,
+        prepared: &Prepared,
+        n: usize,
+        keep: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Vec<Scored>> {
+        let _ = (prepared, n, keep);
+        None
+    }
+
+    /// What a [`Term::Item`] of this model is called in a response's contributions.
+    fn item_term(&self) -> &'static str {
+        "history_item"
+    }
+
     /// For the typed views [`super::ServingModel`] keeps for today's serving code.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// A history as one model prepared it (see [`Scorer::prepare`]): shared, so that a cached
+/// per-user state (iALS's vector) is not copied.
+#[derive(Clone)]
+pub struct Prepared(Arc<dyn Any + Send + Sync>);
+
+impl Prepared {
+    /// Wraps a model's prepared state.
+    pub fn new<T: Any + Send + Sync>(state: T) -> Self {
+        Self(Arc::new(state))
+    }
+
+    /// Wraps a state that is already shared (a cached user vector).
+    pub fn shared<T: Any + Send + Sync>(state: Arc<T>) -> Self {
+        Self(state)
+    }
+
+    /// The state, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared")
+    }
+}
+
+/// Why one item scored what it did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Explanation {
+    /// The history items behind the score, with their weight: what reasons name (the
+    /// largest positive ones). Their contributions for most models; for BPR, whose score does
+    /// not split by history item, the history items closest to the item in its factors.
+    pub because: Vec<(u32, f32)>,
+    /// The contributions that sum to the score; empty unless they were asked for.
+    pub terms: Vec<Contribution>,
+}
+
+impl Explanation {
+    /// An explanation from a score's contributions: its history items are what reasons name.
+    pub fn from_terms(parts: Vec<Contribution>, terms: bool) -> Self {
+        let because = (parts.iter())
+            .filter_map(|c| match c.term {
+                Term::Item(i) => Some((i, c.value)),
+                _ => None,
+            })
+            .collect();
+        Self {
+            because,
+            terms: if terms { parts } else { Vec::new() },
+        }
+    }
+
+    /// An explanation from `(history item, contribution)` pairs.
+    pub fn from_items(parts: Vec<(u32, f32)>, terms: bool) -> Self {
+        Self {
+            terms: if terms {
+                item_terms(parts.clone())
+            } else {
+                Vec::new()
+            },
+            because: parts,
+        }
+    }
 }
 
 /// Contributions of history items.

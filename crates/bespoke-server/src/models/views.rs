@@ -152,6 +152,11 @@ impl AlsServing {
     pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
         self.solver.explain(user, item)
     }
+
+    /// [`Self::explain`] for many items, in one blocked solve (one entry per item, in order).
+    pub fn explain_many(&self, user: &UserVector, items: &[u32]) -> Vec<Vec<(u32, f32)>> {
+        self.solver.explain_many(user, items)
+    }
 }
 
 /// BPR, ready to serve: a user's vector is folded in from their current history by BPR's own
@@ -192,6 +197,12 @@ impl BprServing {
             ..self.params
         };
         self.model.fold_in(history, &p)
+    }
+
+    /// Top `n` model items for a folded-in vector (see [`Self::fold_in`]) among those `keep`
+    /// accepts.
+    pub fn top_k(&self, v: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+        SCRATCH.with(|s| self.scorer.top_k(v, n, keep, &mut s.borrow_mut().0))
     }
 
     /// Model item `j`'s factors with its bias as the last value.

@@ -7,7 +7,7 @@
 //! term of the score with `explain=full`.
 
 use bespoke_algo::tune::{BLEND_CANDIDATES, Blend};
-use bespoke_algo::{ItemIdx, Scored, UserIdx};
+use bespoke_algo::{ItemIdx, ModelKind, Scored, UserIdx};
 use bespoke_store::Millis;
 use rustc_hash::FxHashSet;
 
@@ -16,6 +16,7 @@ use super::{Filter, RankRequest, Reason};
 use super::{PopularSort, Recommendation, Recommendations};
 use crate::models::ServingModel;
 use crate::models::meta::Serve;
+use crate::models::model::{self as scorer, Explanation, Prepared, Scorer, Term};
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
 use crate::state::{Serving, State};
 use crate::time::now_ms;
@@ -34,12 +35,17 @@ pub struct NeedsAttributes;
 pub(crate) fn model_name(choice: ModelChoice) -> &'static str {
     match choice {
         ModelChoice::Auto => "blend",
-        ModelChoice::Als => "als",
-        ModelChoice::Knn => "knn",
-        ModelChoice::Ease => "ease",
-        ModelChoice::Bpr => "bpr",
-        ModelChoice::Popular => "popular",
+        other => other.name(),
     }
+}
+
+/// The name of the model whose training matrix, and recency weighting, `choice` reads a
+/// history with: its family's (BPR trains on item-kNN's), iALS's for a blend.
+pub(crate) fn history_model(choice: ModelChoice) -> &'static str {
+    (choice.kind())
+        .and_then(crate::models::family)
+        .map_or(ModelKind::Als, |f| f.matrix_of())
+        .name()
 }
 
 /// The reason kind of a model's history reasons.
@@ -52,29 +58,22 @@ pub(crate) fn history_reason(name: &str) -> fn(History) -> Reason {
     }
 }
 
-/// The term name of a model's per-history-item contributions.
-pub(crate) fn history_term(name: &str) -> &'static str {
-    match name {
-        "knn" => "neighbour",
-        "ease" => "item_weight",
-        _ => "history_item",
-    }
-}
-
-/// Which candidates a model source scored with, for the explanation of each.
+/// How a model source explains what it scored: the model explains (through
+/// [`Scorer::explain_prepared`]), the source words the reasons.
 pub(crate) struct Scoring<'a> {
+    /// The model that scored.
+    pub(crate) scorer: &'a dyn Scorer,
+    /// The history as that model prepared it.
+    pub(crate) prepared: &'a Prepared,
     /// Reason kind.
     pub(crate) make: fn(History) -> Reason,
-    /// Term name of the contributions.
-    pub(crate) term: &'static str,
     /// The message of a reason naming a history item.
     pub(crate) message: &'a dyn Fn(&str) -> String,
     /// The reason when no history item contributed.
     pub(crate) fallback: Option<Reason>,
-    /// Every contributions to a model row's score.
-    pub(crate) explain: &'a dyn Fn(u32) -> Vec<(u32, f32)>,
-    /// Contributions that are not history items (BPR's factors), when the model has them.
-    pub(crate) terms: Option<&'a dyn Fn(u32) -> Vec<Contribution>>,
+    /// The term of what the model's terms leave of the score (a session's new items, which
+    /// shape iALS's vector but are not history rows), when there is such a part.
+    pub(crate) residual: Option<&'static str>,
 }
 
 impl Serving {
@@ -138,13 +137,11 @@ impl Serving {
         match asked.unwrap_or(self.settings.serving.default_model) {
             ModelChoice::Auto => match m.map(|m| &m.serve) {
                 Some(Serve::Blend { .. }) => ModelChoice::Auto,
-                Some(Serve::Single(name))
-                    if name == "ease" && m.is_some_and(|m| m.ease.is_some()) =>
-                {
-                    ModelChoice::Ease
+                // What tuning chose, when this version has it.
+                Some(Serve::Single(kind)) if m.is_some_and(|m| m.scorer(*kind).is_some()) => {
+                    ModelChoice::of_kind(kind.family()).unwrap_or(ModelChoice::ALS)
                 }
-                Some(Serve::Single(name)) if name == "knn" => ModelChoice::Knn,
-                _ => ModelChoice::Als,
+                _ => ModelChoice::ALS,
             },
             other => other,
         }
@@ -159,9 +156,10 @@ impl Serving {
     ) -> ModelChoice {
         match self.resolve(asked, m) {
             ModelChoice::Auto => match m.map(|m| &m.serve) {
-                Some(Serve::Blend { models, .. }) if models[0] == "ease" => ModelChoice::Ease,
-                Some(Serve::Blend { models, .. }) if models[0] == "knn" => ModelChoice::Knn,
-                _ => ModelChoice::Als,
+                Some(Serve::Blend { models, .. }) => {
+                    ModelChoice::of_kind(models[0].family()).unwrap_or(ModelChoice::ALS)
+                }
+                _ => ModelChoice::ALS,
             },
             other => other,
         }
@@ -184,35 +182,28 @@ impl Serving {
         };
         let keep = |i: u32| filter.keep_model(m, i);
         let mut lists: Vec<Vec<Scored>> = Vec::with_capacity(2);
-        let mut histories: Vec<Vec<(u32, f32)>> = Vec::with_capacity(2);
-        let mut vector = None;
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(2);
         for name in models {
             let history = self.model_history(s, m, user, name.as_str());
             let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
-            let list = match name.as_str() {
-                "ease" => match &m.ease {
-                    Some(e) => {
-                        let mut scores = vec![0.0f32; e.n_items()];
-                        let mut top = bespoke_algo::TopK::new(BLEND_CANDIDATES);
-                        e.recommend(&positive, BLEND_CANDIDATES, keep, &mut scores, &mut top)
-                    }
-                    None => Vec::new(),
-                },
-                "knn" => m.knn.recommend(&positive, BLEND_CANDIDATES, keep),
-                _ => match m
+            // iALS from the user's cached vector; the others prepare their own.
+            let p = match (*name, m.scorer(*name)) {
+                (ModelKind::Als, Some(_)) => m
                     .als
                     .user_vector(user.0, self.vector_revision(s, user), &history)
-                {
-                    Some(v) => {
-                        let l = m.als.top_k(&v.x, BLEND_CANDIDATES, keep);
-                        vector = Some(v);
-                        l
-                    }
-                    None => Vec::new(),
-                },
+                    .map(Prepared::shared),
+                (_, Some(sc)) => sc.prepare(&positive, &self.settings.serving),
+                (_, None) => None,
+            };
+            let list = match (m.scorer(*name), &p) {
+                (Some(sc), Some(p)) => {
+                    (sc.top_k(p, BLEND_CANDIDATES, &mut |i| keep(i))).unwrap_or_default()
+                }
+                _ => Vec::new(),
             };
             lists.push(list);
-            histories.push(positive);
+            // The explanations come from the model, from what it ranked with.
+            prepared.push(p);
         }
         let blend = Blend { weight: *weight };
         let combined = blend.combine(&lists[0], &lists[1], n);
@@ -225,17 +216,12 @@ impl Serving {
             *weight / scale(&lists[0]),
             (1.0 - *weight) / scale(&lists[1]),
         ];
-        let parts_of = |name: &str, history: &[(u32, f32)], idx: u32| match name {
-            "ease" => m
-                .ease
-                .as_ref()
-                .map(|e| e.explain(history, idx))
-                .unwrap_or_default(),
-            "knn" => m.knn.explain(history, idx),
-            _ => vector
-                .as_ref()
-                .map(|v| m.als.explain(v, idx))
-                .unwrap_or_default(),
+        let explain = |k: usize, idx: u32| {
+            let (Some(sc), Some(p)) = (m.scorer(models[k]), &prepared[k]) else {
+                return None;
+            };
+            let e = sc.explain_prepared(p, &[idx], full).pop()?;
+            Some((sc, e))
         };
         combined
             .into_iter()
@@ -243,17 +229,21 @@ impl Serving {
                 let item = ItemIdx(m.store_item(idx)?);
                 let mut reasons: Vec<Reason> = Vec::new();
                 let mut contributions = Vec::new();
-                for (k, (kind, history)) in models.iter().zip(&histories).enumerate() {
+                for (k, kind) in models.iter().enumerate() {
                     let name = kind.as_str();
-                    let parts = parts_of(name, history, idx);
+                    let Some((sc, e)) = explain(k, idx) else {
+                        continue;
+                    };
                     // A model adds to the blend only for the items in its own top list.
                     if full && lists[k].iter().any(|x| x.idx == idx) {
-                        let terms = Self::item_terms(s, m, &parts, history_term(name));
+                        let terms = Self::model_terms(s, m, sc, e.terms);
                         contributions.extend(scaled(terms, name, by[k]));
                     }
-                    for r in Self::contribution_reasons(s, m, parts, history_reason(name), |k| {
-                        format!("because you interacted with {k}")
-                    }) {
+                    for r in
+                        Self::contribution_reasons(s, m, e.because, history_reason(name), |k| {
+                            format!("because you interacted with {k}")
+                        })
+                    {
                         if reasons.len() < EXPLAIN_TOP
                             && !reasons.iter().any(|x| x.item() == r.item())
                         {
@@ -299,7 +289,21 @@ impl Serving {
         message: impl Fn(&str) -> String,
     ) -> Vec<Reason> {
         parts.retain(|p| p.1 > 0.0);
-        parts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // Only the first few are named: partition them out instead of sorting every part
+        // (the rank route explains hundreds of items), unless a deleted item is among them.
+        if parts.len() > EXPLAIN_TOP {
+            parts.select_nth_unstable_by(EXPLAIN_TOP - 1, order);
+            parts[..EXPLAIN_TOP].sort_by(order);
+            if parts[..EXPLAIN_TOP]
+                .iter()
+                .any(|p| m.store_item(p.0).is_none())
+            {
+                parts.sort_by(order);
+            }
+        } else {
+            parts.sort_by(order);
+        }
         parts
             .into_iter()
             .filter_map(|(i, w)| {
@@ -314,19 +318,28 @@ impl Serving {
             .collect()
     }
 
-    /// `(model item, contribution)` pairs as terms named `term`, every one (the deleted
-    /// items' too: they still count in the score).
-    pub(crate) fn item_terms(
+    /// A model's terms as a response's: history items by key (the deleted items' too, by
+    /// the model's term name only: they still count in the score), BPR's factors by number.
+    pub(crate) fn model_terms(
         s: &State,
         m: &ServingModel,
-        parts: &[(u32, f32)],
-        term: &str,
+        sc: &dyn Scorer,
+        terms: Vec<scorer::Contribution>,
     ) -> Vec<Contribution> {
-        parts
-            .iter()
-            .map(|&(i, w)| match m.store_item(i) {
-                Some(st) => Contribution::of_item(term, s.item_key(ItemIdx(st)), w),
-                None => Contribution::new(term, w),
+        terms
+            .into_iter()
+            .map(|c| match c.term {
+                Term::Item(i) => match m.store_item(i) {
+                    Some(st) => {
+                        Contribution::of_item(sc.item_term(), s.item_key(ItemIdx(st)), c.value)
+                    }
+                    None => Contribution::new(sc.item_term(), c.value),
+                },
+                Term::Bias => Contribution::new("item_bias", c.value),
+                Term::Factor(k) => Contribution {
+                    factor: Some(k),
+                    ..Contribution::new("factor", c.value)
+                },
             })
             .collect()
     }
@@ -340,17 +353,26 @@ impl Serving {
         scoring: &Scoring<'_>,
         full: bool,
     ) -> Vec<Recommendation> {
+        let rows: Vec<u32> = top.iter().map(|x| x.idx).collect();
+        let explanations = scoring
+            .scorer
+            .explain_prepared(scoring.prepared, &rows, full);
         top.into_iter()
-            .filter_map(|Scored { idx, score }| {
+            .zip(explanations)
+            .filter_map(|(Scored { idx, score }, e)| {
                 let item = ItemIdx(m.store_item(idx)?);
-                let parts = (scoring.explain)(idx);
-                let contributions = match (full, scoring.terms) {
-                    (false, _) => Vec::new(),
-                    (true, Some(terms)) => terms(idx),
-                    (true, None) => Self::item_terms(s, m, &parts, scoring.term),
+                let Explanation { because, terms } = e;
+                let mut contributions = if full {
+                    Self::model_terms(s, m, scoring.scorer, terms)
+                } else {
+                    Vec::new()
                 };
+                if let (true, Some(term)) = (full, scoring.residual) {
+                    let sum: f32 = contributions.iter().map(|c| c.value).sum();
+                    contributions.push(Contribution::new(term, score - sum));
+                }
                 let mut reasons =
-                    Self::contribution_reasons(s, m, parts, scoring.make, scoring.message);
+                    Self::contribution_reasons(s, m, because, scoring.make, scoring.message);
                 if reasons.is_empty()
                     && let Some(f) = &scoring.fallback
                 {
@@ -423,12 +445,8 @@ impl Serving {
             match model {
                 None => fallback = Some("no trained model yet: showing popular items".to_owned()),
                 Some(m) => {
-                    let name = match choice {
-                        ModelChoice::Ease => "ease",
-                        // BPR is trained on item-kNN's matrix, with its recency.
-                        ModelChoice::Knn | ModelChoice::Bpr => "knn",
-                        _ => "als",
-                    };
+                    // BPR is trained on item-kNN's matrix, with its recency.
+                    let name = history_model(choice);
                     let history = match personal {
                         Some(u) => self.model_history(s, m, u, name),
                         None => Vec::new(),
@@ -439,16 +457,13 @@ impl Serving {
                         (Some(u), ModelChoice::Auto) => {
                             self.recommend_blend(s, m, u, n, &filter, full)
                         }
-                        (Some(u), ModelChoice::Als) => {
+                        (Some(u), ModelChoice::Model(ModelKind::Als)) => {
                             self.recommend_als(s, m, u, &history, n, &filter, full)
                         }
-                        (Some(_), ModelChoice::Ease) => {
-                            self.recommend_ease(s, m, &history, n, &filter, verb, full)
+                        (Some(_), ModelChoice::Model(kind)) => {
+                            self.recommend_model(s, m, kind, &history, n, &filter, verb, full)
                         }
-                        (Some(_), ModelChoice::Bpr) => {
-                            self.recommend_bpr(s, m, &history, n, &filter, verb, full)
-                        }
-                        (Some(_), _) => self.recommend_knn(s, m, &history, n, &filter, full),
+                        (Some(_), ModelChoice::Popular) => Vec::new(),
                     };
                     if !items.is_empty() {
                         used = model_name(choice);
@@ -467,17 +482,21 @@ impl Serving {
                         }
                     }
                     if items.is_empty() && personal.is_some() {
-                        fallback = Some(if choice == ModelChoice::Ease && m.ease.is_none() {
-                            "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items".to_owned()
-                        } else if choice == ModelChoice::Bpr && m.bpr.is_none() {
-                            "BPR is not trained (training.bpr is off): showing popular items"
-                                .to_owned()
-                        } else {
-                            format!(
-                                "the {} model knows none of this user's interactions yet: showing popular items",
-                                model_name(choice)
-                            )
-                        });
+                        fallback = Some(
+                            if choice == ModelChoice::Model(ModelKind::Ease) && m.ease.is_none() {
+                                "EASE is not trained for this catalog (more items than training.ease_max_items): showing popular items".to_owned()
+                            } else if choice == ModelChoice::Model(ModelKind::Bpr)
+                                && m.bpr.is_none()
+                            {
+                                "BPR is not trained (training.bpr is off): showing popular items"
+                                    .to_owned()
+                            } else {
+                                format!(
+                                    "the {} model knows none of this user's interactions yet: showing popular items",
+                                    model_name(choice)
+                                )
+                            },
+                        );
                     }
                 }
             }
@@ -582,8 +601,13 @@ impl Serving {
                     let (history, extra) = Self::split_history(m, &store_history);
                     let verb = "this session has";
                     items_out = match choice {
-                        ModelChoice::Als => match m.als.session_vector(&history, &extra) {
-                            Some(v) => {
+                        ModelChoice::Model(ModelKind::Als) => match (
+                            m.als.session_vector(&history, &extra),
+                            m.scorer(ModelKind::Als),
+                        ) {
+                            (Some(v), Some(sc)) => {
+                                let v = std::sync::Arc::new(v);
+                                let prepared = Prepared::shared(v.clone());
                                 let top = m.als.top_k(&v.x, n, |i| filter.keep_model(m, i));
                                 // A session of new items only has no history item to name.
                                 let fallback = if extra.is_empty() {
@@ -595,35 +619,19 @@ impl Serving {
                                         "matches the new items of this session (placed by their content)",
                                     ))
                                 };
-                                let explain = |idx| m.als.explain(&v, idx);
-                                // The session's new items shape the vector too: their part is
-                                // what the history items leave of the score.
-                                let terms = |idx: u32| {
-                                    let mut t = Self::item_terms(
-                                        s,
-                                        m,
-                                        &m.als.explain(&v, idx),
-                                        "history_item",
-                                    );
-                                    if !extra.is_empty() {
-                                        let score =
-                                            bespoke_algo::simd::dot(&v.x, m.als.item_vector(idx));
-                                        let sum: f32 = t.iter().map(|c| c.value).sum();
-                                        t.push(Contribution::new("session_content", score - sum));
-                                    }
-                                    t
-                                };
                                 let warm = Self::explained(
                                     s,
                                     m,
                                     top,
                                     &Scoring {
+                                        scorer: sc,
+                                        prepared: &prepared,
                                         make: Reason::Als,
-                                        term: "history_item",
                                         message: &|k| format!("because of {k} in this session"),
                                         fallback: Some(fallback),
-                                        explain: &explain,
-                                        terms: Some(&terms),
+                                        // The session's new items shape the vector too: their
+                                        // part is what the history items leave of the score.
+                                        residual: (!extra.is_empty()).then_some("session_content"),
                                     },
                                     full,
                                 );
@@ -638,15 +646,12 @@ impl Serving {
                                     full,
                                 )
                             }
-                            None => Vec::new(),
+                            _ => Vec::new(),
                         },
-                        ModelChoice::Ease => {
-                            self.recommend_ease(s, m, &history, n, &filter, verb, full)
+                        ModelChoice::Model(kind) => {
+                            self.recommend_model(s, m, kind, &history, n, &filter, verb, full)
                         }
-                        ModelChoice::Bpr => {
-                            self.recommend_bpr(s, m, &history, n, &filter, verb, full)
-                        }
-                        _ => self.recommend_knn(s, m, &history, n, &filter, full),
+                        _ => Vec::new(),
                     };
                     if items_out.is_empty() {
                         fallback = Some(format!(
@@ -685,21 +690,24 @@ impl Serving {
         else {
             return Vec::new();
         };
+        let Some(sc) = m.scorer(ModelKind::Als) else {
+            return Vec::new();
+        };
         let top = m.als.top_k(&vector.x, n, |i| filter.keep_model(m, i));
-        let explain = |idx| m.als.explain(&vector, idx);
+        let prepared = Prepared::shared(vector.clone());
         let warm = Self::explained(
             s,
             m,
             top,
             &Scoring {
+                scorer: sc,
+                prepared: &prepared,
                 make: Reason::Als,
-                term: "history_item",
                 message: &|k| format!("because you interacted with {k}"),
                 fallback: Some(Reason::Als(Reason::history(
                     "matches the taste your history shows (latent factors)",
                 ))),
-                explain: &explain,
-                terms: None,
+                residual: None,
             },
             full,
         );
@@ -823,122 +831,55 @@ impl Serving {
         Self::with_cold_items(s, m, &v, warm, n, filter, "this profile's", full)
     }
 
-    /// EASE: the history's rows of the item–item weights, summed; the reasons are the history
-    /// items that contributed most. Empty when this model version has no EASE (catalog larger
-    /// than `training.ease_max_items`), and the caller falls back.
+    /// A model that retrieves by itself ([`Scorer::top_k`]: item-kNN, EASE, BPR) over the
+    /// history it prepared; the reasons are the history items behind each result (BPR's
+    /// closest in its factors). Empty when this version lacks the model (EASE over
+    /// `training.ease_max_items`, BPR without `training.bpr`) or it knows none of the
+    /// history, and the caller falls back.
     #[allow(clippy::too_many_arguments)]
-    fn recommend_ease(
+    fn recommend_model(
         &self,
         s: &State,
         m: &ServingModel,
+        kind: ModelKind,
         history: &[(u32, f32)],
         n: usize,
         filter: &Filter<'_>,
         verb: &str,
         full: bool,
     ) -> Vec<Recommendation> {
-        let Some(ease) = &m.ease else {
+        let Some(sc) = m.scorer(kind) else {
             return Vec::new();
         };
-        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
-        let mut scores = vec![0.0f32; ease.n_items()];
-        let mut top = bespoke_algo::TopK::new(n);
-        let top = ease.recommend(
-            &positive,
-            n,
-            |i| filter.keep_model(m, i),
-            &mut scores,
-            &mut top,
-        );
-        let explain = |idx| ease.explain(&positive, idx);
-        Self::explained(
-            s,
-            m,
-            top,
-            &Scoring {
-                make: Reason::Ease,
-                term: "item_weight",
-                message: &|k| format!("because {verb} {k}"),
-                fallback: Some(Reason::Ease(Reason::history(
-                    "co-occurs with your history (EASE)",
-                ))),
-                explain: &explain,
-                terms: None,
-            },
-            full,
-        )
-    }
-
-    /// BPR: the history folded in by BPR's own user step; the reasons are the history items
-    /// whose factors are closest to the result's; the terms are the factors and the item bias.
-    #[allow(clippy::too_many_arguments)]
-    fn recommend_bpr(
-        &self,
-        s: &State,
-        m: &ServingModel,
-        history: &[(u32, f32)],
-        n: usize,
-        filter: &Filter<'_>,
-        verb: &str,
-        full: bool,
-    ) -> Vec<Recommendation> {
-        let Some(bpr) = &m.bpr else {
+        let Some(prepared) = sc.prepare(history, &self.settings.serving) else {
             return Vec::new();
         };
-        let mut positive: Vec<u32> = history.iter().filter(|h| h.1 > 0.0).map(|h| h.0).collect();
-        positive.sort_unstable();
-        let epochs = self.settings.serving.bpr_fold_in_epochs;
-        let top = bpr.recommend(&positive, epochs, n, |i| filter.keep_model(m, i));
-        // Folded in again only for full explanations: the same seed gives the same vector.
-        let vector = if full {
-            bpr.fold_in(&positive, epochs)
-        } else {
-            None
+        let Some(top) = sc.top_k(&prepared, n, &mut |i| filter.keep_model(m, i)) else {
+            return Vec::new();
         };
-        let explain = |idx| bpr.explain(&positive, idx);
-        let terms = |idx: u32| bpr_terms(vector.as_deref(), bpr.item_row(idx));
+        // The words are the route's; the reason kind is the model's.
+        let message: Box<dyn Fn(&str) -> String> = match kind {
+            ModelKind::Ease => Box::new(|k| format!("because {verb} {k}")),
+            ModelKind::Bpr => Box::new(|k| format!("close in BPR's factors to {k}, which {verb}")),
+            _ => Box::new(|k| format!("similar to {k}, which you interacted with")),
+        };
+        let fallback = match kind {
+            ModelKind::Ease => Some("co-occurs with your history (EASE)"),
+            ModelKind::Bpr => Some("ranked high for this history by BPR"),
+            _ => None,
+        };
+        let make = history_reason(kind.name());
         Self::explained(
             s,
             m,
             top,
             &Scoring {
-                make: Reason::Bpr,
-                term: "factor",
-                message: &|k| format!("close in BPR's factors to {k}, which {verb}"),
-                fallback: Some(Reason::Bpr(Reason::history(
-                    "ranked high for this history by BPR",
-                ))),
-                explain: &explain,
-                terms: Some(&terms),
-            },
-            full,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn recommend_knn(
-        &self,
-        s: &State,
-        m: &ServingModel,
-        history: &[(u32, f32)],
-        n: usize,
-        filter: &Filter<'_>,
-        full: bool,
-    ) -> Vec<Recommendation> {
-        let positive: Vec<(u32, f32)> = history.iter().copied().filter(|h| h.1 > 0.0).collect();
-        let top = m.knn.recommend(&positive, n, |i| filter.keep_model(m, i));
-        let explain = |idx| m.knn.explain(&positive, idx);
-        Self::explained(
-            s,
-            m,
-            top,
-            &Scoring {
-                make: Reason::Knn,
-                term: "neighbour",
-                message: &|k| format!("similar to {k}, which you interacted with"),
-                fallback: None,
-                explain: &explain,
-                terms: None,
+                scorer: sc,
+                prepared: &prepared,
+                make,
+                message: &message,
+                fallback: fallback.map(|f| make(Reason::history(f))),
+                residual: None,
             },
             full,
         )
@@ -1245,22 +1186,6 @@ pub(crate) fn popularity_terms(full: bool, score: f32) -> Vec<Contribution> {
     } else {
         Vec::new()
     }
-}
-
-/// BPR's score `v·q_j + b_j` as one term per factor and the item bias.
-pub(crate) fn bpr_terms(vector: Option<&[f32]>, row: &[f32]) -> Vec<Contribution> {
-    let Some(v) = vector else {
-        return Vec::new();
-    };
-    let f = row.len().saturating_sub(1);
-    let mut out: Vec<Contribution> = (0..f)
-        .map(|k| Contribution {
-            factor: Some(k as u32),
-            ..Contribution::new("factor", v[k] * row[k])
-        })
-        .collect();
-    out.push(Contribution::new("item_bias", v[f] * row[f]));
-    out
 }
 
 fn describe_window(ms: Millis) -> String {

@@ -3,15 +3,16 @@
 //! best first. Items the model has no row for are scored by the content model when the catalog
 //! has their content; the rest come last, flagged `unknown`.
 
-use bespoke_algo::{ItemIdx, UserIdx};
+use bespoke_algo::{ItemIdx, ModelKind, UserIdx, UserVector};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::Recommendation;
-use super::candidates::{bpr_terms, history_reason, history_term, model_name, popularity_terms};
+use super::candidates::{history_model, history_reason, model_name, popularity_terms};
 use super::explain::{Contribution, Feature};
 use super::{NeedsAttributes, RankRequest, Reason, rerank};
 use crate::models::ServingModel;
+use crate::models::model::Prepared;
 use crate::settings::ModelChoice;
 use crate::state::{Serving, State};
 
@@ -47,14 +48,11 @@ pub struct Ranked {
 
 /// How the candidates were scored, before falling back to popularity.
 enum Scorer {
-    /// A vector in iALS's space: a user's or a session's, or a profile placed by content.
-    Als(std::sync::Arc<bespoke_algo::UserVector>, bool),
+    /// A model over the history it prepared (iALS: a user's or a session's vector, the flag
+    /// set when the session's new items, placed by content, shaped it).
+    Model(ModelKind, Prepared, bool),
     /// A profile projected by the content model into iALS's space.
     Profile(Vec<(u32, f32)>, Vec<f32>),
-    /// Item-kNN or EASE over a positive history.
-    Items(&'static str, Vec<(u32, f32)>),
-    /// BPR's folded-in vector and the sorted positive history.
-    Bpr(Vec<f32>, Vec<u32>),
 }
 
 impl Serving {
@@ -100,10 +98,7 @@ impl Serving {
                                 Scorer::Profile(..) => "content",
                                 _ => model_name(choice),
                             };
-                            let items = ids
-                                .iter()
-                                .map(|id| Self::score_supplied(&s, m, &scorer, (*id)?, full))
-                                .collect();
+                            let items = Self::score_supplied(&s, m, &scorer, &ids, full);
                             scored = Some((items, used));
                         }
                         None => {
@@ -201,35 +196,26 @@ impl Serving {
         choice: ModelChoice,
         attributes: Option<&Map<String, Value>>,
     ) -> Result<Option<Scorer>, NeedsAttributes> {
-        let name = match choice {
-            ModelChoice::Ease => "ease",
-            ModelChoice::Knn | ModelChoice::Bpr => "knn",
-            _ => "als",
-        };
+        let name = history_model(choice);
         let own = personal.filter(|u| !s.live.history(*u).is_empty());
         let (rows, extra) = match own {
             Some(u) => (self.model_history(s, m, u, name), Vec::new()),
             None => Self::split_history(m, &self.session_history(s, history)),
         };
-        let positive: Vec<(u32, f32)> = rows.iter().copied().filter(|h| h.1 > 0.0).collect();
-        let scorer = match choice {
+        let scorer = match choice.kind() {
             _ if rows.is_empty() && extra.is_empty() => None,
-            ModelChoice::Knn => Some(Scorer::Items("knn", positive)),
-            ModelChoice::Ease if m.ease.is_some() => Some(Scorer::Items("ease", positive)),
-            ModelChoice::Ease => None,
-            ModelChoice::Bpr => m.bpr.as_ref().and_then(|b| {
-                let mut p: Vec<u32> = positive.iter().map(|h| h.0).collect();
-                p.sort_unstable();
-                let v = b.fold_in(&p, self.settings.serving.bpr_fold_in_epochs)?;
-                Some(Scorer::Bpr(v, p))
-            }),
-            _ => {
+            // iALS: the user's cached vector, or the session's with its new items.
+            None | Some(ModelKind::Als) => {
                 let v = match own {
                     Some(u) => m.als.user_vector(u.0, self.vector_revision(s, u), &rows),
                     None => m.als.session_vector(&rows, &extra).map(std::sync::Arc::new),
                 };
-                v.map(|v| Scorer::Als(v, !extra.is_empty()))
+                v.map(|v| Scorer::Model(ModelKind::Als, Prepared::shared(v), !extra.is_empty()))
             }
+            Some(kind) => m
+                .scorer(kind)
+                .and_then(|sc| sc.prepare(&rows, &self.settings.serving))
+                .map(|p| Scorer::Model(kind, p, false)),
         };
         if scorer.is_some() || !(rows.is_empty() && extra.is_empty()) {
             return Ok(scorer);
@@ -248,135 +234,136 @@ impl Serving {
         Ok((x.len() > 1).then_some(Scorer::Profile(x, v)))
     }
 
-    /// One supplied item (store id `idx`) scored by `scorer`; `None` when it cannot be.
+    /// The supplied items (store ids, `None` for keys not in the catalog) scored and explained
+    /// by `scorer`, in order; `None` for an item that cannot be scored. The model scores and
+    /// explains all its rows at once (iALS in one blocked solve).
     fn score_supplied(
         s: &State,
         m: &ServingModel,
         scorer: &Scorer,
-        idx: u32,
+        ids: &[Option<u32>],
         full: bool,
-    ) -> Option<Recommendation> {
-        let Some(mi) = m.model_item(idx) else {
-            // No row: placed by its content in iALS's space, when it has content.
-            let content = m.content.as_ref()?;
-            let x: &[f32] = match scorer {
-                Scorer::Als(v, _) => &v.x,
-                Scorer::Profile(_, v) => v,
-                _ => return None,
-            };
-            let y = content.cold_factors(idx)?;
-            let score = bespoke_algo::simd::dot(x, &y);
-            return Some(Self::cold_item(s, content, idx, score, x, "this", full));
-        };
-        let one = |score: f32, reasons: Vec<Reason>, contributions: Vec<Contribution>| {
-            Some(Recommendation {
-                item: s.item_key(ItemIdx(idx)),
-                score,
-                reasons,
-                contributions,
-            })
-        };
-        let with_fallback = |mut reasons: Vec<Reason>, fallback: Reason| {
-            if reasons.is_empty() {
-                reasons.push(fallback);
+    ) -> Vec<Option<Recommendation>> {
+        let (kind, prepared, has_extra) = match scorer {
+            Scorer::Profile(x, v) => {
+                return (ids.iter())
+                    .map(|id| Self::score_profile(s, m, x, v, (*id)?, full))
+                    .collect();
             }
-            reasons
+            Scorer::Model(kind, prepared, has_extra) => (*kind, prepared, *has_extra),
         };
-        match scorer {
-            Scorer::Als(v, has_extra) => {
-                let score = bespoke_algo::simd::dot(&v.x, m.als.item_vector(mi));
-                let parts = m.als.explain(v, mi);
+        let Some(sc) = m.scorer(kind) else {
+            return ids.iter().map(|_| None).collect();
+        };
+        let rows: Vec<u32> = ids.iter().filter_map(|id| m.model_item((*id)?)).collect();
+        let scores = sc.score_prepared(prepared, &rows);
+        let mut warm = scores
+            .into_iter()
+            .zip(sc.explain_prepared(prepared, &rows, full));
+        // Items without a row are placed by their content in iALS's space.
+        let x = prepared.get::<UserVector>().map(|v| &v.x[..]);
+        let name = kind.name();
+        let (message, fallback): (fn(&str) -> String, &str) = match kind {
+            ModelKind::Als => (
+                |k| format!("because of {k} in this history"),
+                "matches the taste this history shows (latent factors)",
+            ),
+            ModelKind::Bpr => (
+                |k| format!("close in BPR's factors to {k}, in this history"),
+                "ranked for this history by BPR",
+            ),
+            _ => (
+                |k| format!("related to {k} in this history"),
+                "no item of this history is related to it",
+            ),
+        };
+        (ids.iter())
+            .map(|id| {
+                let idx = (*id)?;
+                if m.model_item(idx).is_none() {
+                    let content = m.content.as_ref()?;
+                    let x = x?;
+                    let y = content.cold_factors(idx)?;
+                    let score = bespoke_algo::simd::dot(x, &y);
+                    return Some(Self::cold_item(s, content, idx, score, x, "this", full));
+                }
+                let (score, e) = warm.next()?;
                 let mut terms = if full {
-                    Self::item_terms(s, m, &parts, "history_item")
+                    Self::model_terms(s, m, sc, e.terms)
                 } else {
                     Vec::new()
                 };
-                if full && *has_extra {
+                // The session's new items shape the vector too: their part is what the history
+                // items leave of the score.
+                if full && has_extra {
                     let sum: f32 = terms.iter().map(|c| c.value).sum();
                     terms.push(Contribution::new("session_content", score - sum));
                 }
-                let reasons = Self::contribution_reasons(s, m, parts, Reason::Als, |k| {
-                    format!("because of {k} in this history")
-                });
-                let reasons = with_fallback(
+                let make = history_reason(name);
+                let mut reasons = Self::contribution_reasons(s, m, e.because, make, message);
+                if reasons.is_empty() {
+                    reasons.push(make(Reason::history(fallback)));
+                }
+                Some(Recommendation {
+                    item: s.item_key(ItemIdx(idx)),
+                    score,
                     reasons,
-                    Reason::Als(Reason::history(
-                        "matches the taste this history shows (latent factors)",
-                    )),
-                );
-                one(score, reasons, terms)
-            }
-            Scorer::Profile(x, v) => {
-                let side = m.content.as_ref()?.model.users.as_ref()?;
-                let y = m.als.item_vector(mi);
-                let score = bespoke_algo::simd::dot(v, y);
-                let reasons = side
-                    .top_features(x, y, 3)
-                    .into_iter()
-                    .map(|(feature, w)| {
-                        Reason::Profile(Feature {
-                            message: format!("popular with users whose profile has {feature}"),
-                            item: None,
-                            feature: Some(feature),
-                            weight: Some(w),
-                        })
-                    })
-                    .collect();
-                let reasons = with_fallback(
-                    reasons,
-                    Reason::Profile(Reason::feature("matches users with a similar profile")),
-                );
-                let terms = if full {
-                    side.all_features(x, y)
-                        .into_iter()
-                        .map(|(f, w)| Contribution::of_feature("feature", f, w))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                one(score, reasons, terms)
-            }
-            Scorer::Items(name, positive) => {
-                let parts = match *name {
-                    "ease" => m.ease.as_ref()?.explain(positive, mi),
-                    _ => m.knn.explain(positive, mi),
-                };
-                let score: f32 = parts.iter().map(|p| p.1).sum();
-                let terms = if full {
-                    Self::item_terms(s, m, &parts, history_term(name))
-                } else {
-                    Vec::new()
-                };
-                let reasons = Self::contribution_reasons(s, m, parts, history_reason(name), |k| {
-                    format!("related to {k} in this history")
-                });
-                let reasons = with_fallback(
-                    reasons,
-                    history_reason(name)(Reason::history(
-                        "no item of this history is related to it",
-                    )),
-                );
-                one(score, reasons, terms)
-            }
-            Scorer::Bpr(v, positive) => {
-                let bpr = m.bpr.as_ref()?;
-                let row = bpr.item_row(mi);
-                let score = bespoke_algo::simd::dot(v, row);
-                let scoring_terms = if full {
-                    bpr_terms(Some(v), row)
-                } else {
-                    Vec::new()
-                };
-                let reasons =
-                    Self::contribution_reasons(s, m, bpr.explain(positive, mi), Reason::Bpr, |k| {
-                        format!("close in BPR's factors to {k}, in this history")
-                    });
-                let reasons = with_fallback(
-                    reasons,
-                    Reason::Bpr(Reason::history("ranked for this history by BPR")),
-                );
-                one(score, reasons, scoring_terms)
-            }
+                    contributions: terms,
+                })
+            })
+            .collect()
+    }
+
+    /// One supplied item (store id `idx`) scored for a profile placed by the content model;
+    /// `None` when it cannot be.
+    fn score_profile(
+        s: &State,
+        m: &ServingModel,
+        x: &[(u32, f32)],
+        v: &[f32],
+        idx: u32,
+        full: bool,
+    ) -> Option<Recommendation> {
+        let content = m.content.as_ref()?;
+        let Some(mi) = m.model_item(idx) else {
+            // No row: placed by its content in iALS's space, when it has content.
+            let y = content.cold_factors(idx)?;
+            let score = bespoke_algo::simd::dot(v, &y);
+            return Some(Self::cold_item(s, content, idx, score, v, "this", full));
+        };
+        let side = content.model.users.as_ref()?;
+        let y = m.als.item_vector(mi);
+        let score = bespoke_algo::simd::dot(v, y);
+        let mut reasons: Vec<Reason> = side
+            .top_features(x, y, 3)
+            .into_iter()
+            .map(|(feature, w)| {
+                Reason::Profile(Feature {
+                    message: format!("popular with users whose profile has {feature}"),
+                    item: None,
+                    feature: Some(feature),
+                    weight: Some(w),
+                })
+            })
+            .collect();
+        if reasons.is_empty() {
+            reasons.push(Reason::Profile(Reason::feature(
+                "matches users with a similar profile",
+            )));
         }
+        let contributions = if full {
+            side.all_features(x, y)
+                .into_iter()
+                .map(|(f, w)| Contribution::of_feature("feature", f, w))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Recommendation {
+            item: s.item_key(ItemIdx(idx)),
+            score,
+            reasons,
+            contributions,
+        })
     }
 }

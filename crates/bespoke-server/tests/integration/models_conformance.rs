@@ -155,6 +155,70 @@ fn every_registered_model_round_trips_erases_and_explains() {
                 );
             }
         }
+        // A prepared history (what serving explains many items with) scores and explains as
+        // the history itself does, and names the history items behind each score.
+        let serving = bespoke_server::settings::ServingSettings::default();
+        let all: Vec<u32> = (0..ITEMS).collect();
+        // (retrieving models, items retrieved): a model that retrieves finds something.
+        let mut retrieved = (0, 0);
+        for h in histories.iter().step_by(5) {
+            let Some(p) = loaded.prepare(h, &serving) else {
+                assert!(
+                    loaded.score(h, &all).iter().all(|&x| x == 0.0),
+                    "{kind}: nothing prepared, yet scores"
+                );
+                continue;
+            };
+            let scores = loaded.score(h, &all);
+            let prepared = loaded.score_prepared(&p, &all);
+            let explained = loaded.explain_prepared(&p, &all, true);
+            assert_eq!(explained.len(), all.len(), "{kind}");
+            for ((item, (&a, &b)), e) in
+                all.iter().zip(scores.iter().zip(&prepared)).zip(&explained)
+            {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                    "{kind}: item {item} scores {a}, prepared {b}"
+                );
+                let sum: f32 = e.terms.iter().map(|c| c.value).sum();
+                assert!(
+                    (b - sum).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{kind}: item {item} scores {b}, its prepared terms sum to {sum}"
+                );
+                assert!(
+                    e.because.iter().all(|x| h.iter().any(|y| y.0 == x.0)),
+                    "{kind}: item {item} is explained by items outside the history"
+                );
+            }
+            // Retrieval, where the model retrieves: best first, among the items kept, scored as
+            // score_prepared scores them.
+            if let Some(top) = loaded.top_k(&p, 5, &mut |i| i % 2 == 0) {
+                retrieved = (retrieved.0 + 1, retrieved.1 + top.len());
+                assert!(top.len() <= 5, "{kind}");
+                assert!(top.windows(2).all(|w| w[0].score >= w[1].score), "{kind}");
+                for x in &top {
+                    assert_eq!(x.idx % 2, 0, "{kind}: item {} was not kept", x.idx);
+                    let want = prepared[x.idx as usize];
+                    assert!(
+                        (x.score - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{kind}: item {} retrieved at {}, scored {want}",
+                        x.idx,
+                        x.score
+                    );
+                }
+            }
+            let plain = loaded.explain_prepared(&p, &all, false);
+            assert!(plain.iter().all(|e| e.terms.is_empty()), "{kind}");
+            assert_eq!(
+                plain.iter().map(|e| &e.because).collect::<Vec<_>>(),
+                explained.iter().map(|e| &e.because).collect::<Vec<_>>(),
+                "{kind}: asking for terms changes the reasons"
+            );
+        }
+        assert!(
+            retrieved.0 == 0 || retrieved.1 > 0,
+            "{kind}: retrieves nothing"
+        );
 
         // Similar items, where the model has them: best first, never the item itself.
         if let Some(similar) = loaded.similar(3, 5) {

@@ -134,6 +134,99 @@ async fn full_explanations_sum_to_the_score_for_every_model() {
     );
 }
 
+/// The active version saved again as a new version whose metadata serves `serve` (what
+/// tuning would record), and activated: a blend without depending on what a search picks.
+async fn serve_as(srv: &TestServer, serve: Value) -> u64 {
+    let engine = srv.engine();
+    tokio::task::spawn_blocking(move || {
+        let store = engine.store();
+        let active = store.active_model().unwrap().expect("a trained version");
+        let record = (store.list_models().unwrap().into_iter())
+            .find(|m| m.version == active)
+            .unwrap();
+        let files: Vec<(String, Vec<u8>)> = (record.files.iter())
+            .map(|n| (n.clone(), store.read_model_file(active, n).unwrap()))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = (files.iter())
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        let mut meta = record.meta;
+        meta["serve"] = serve;
+        let version = store.save_model(&refs, &meta).unwrap();
+        engine.activate(version).unwrap();
+        version
+    })
+    .await
+    .unwrap()
+}
+
+/// With a tuned blend served, `explain=full` gives each recommendation the terms of both
+/// models (prefixed with the model, scaled by its blend weight) summing to the blended score;
+/// the rank route, which ranks by the blend's first model, sums to its scores too.
+#[tokio::test]
+async fn full_explanations_of_a_blend_sum_to_the_score() {
+    let srv = trained().await;
+    for (first, second) in [("als", "ease"), ("knn", "als")] {
+        let version = serve_as(
+            &srv,
+            json!({"blend": {"models": [first, second], "weight": 0.7}}),
+        )
+        .await;
+        let (s, body) = srv
+            .get("/v1/users/u0/recommendations?n=8&model=auto&explain=full")
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(body["model"], "blend", "{body}");
+        assert_eq!(body["model_version"], version, "{body}");
+        let what = format!("blend of {first} and {second}");
+        assert_terms_sum(&body, &what);
+        let terms: Vec<String> = (body["items"].as_array().unwrap().iter())
+            .flat_map(|r| r["contributions"].as_array().cloned().unwrap_or_default())
+            .map(|t| t["term"].as_str().unwrap().to_owned())
+            .collect();
+        for model in [first, second] {
+            assert!(
+                terms.iter().any(|t| t.starts_with(&format!("{model}."))),
+                "{what}: no {model} term: {body}"
+            );
+        }
+        // Every term of a model result is one of the blended models' (popular top-ups aside).
+        for r in body["items"].as_array().unwrap() {
+            if r["reasons"].to_string().contains("topped up") {
+                continue;
+            }
+            for t in r["contributions"].as_array().unwrap() {
+                let term = t["term"].as_str().unwrap();
+                assert!(
+                    term.starts_with(&format!("{first}."))
+                        || term.starts_with(&format!("{second}.")),
+                    "{what}: {term} in {r}"
+                );
+            }
+        }
+        let (_, plain) = srv.get("/v1/users/u0/recommendations?n=8&model=auto").await;
+        assert_eq!(
+            keys(&plain),
+            keys(&body),
+            "{what}: explain changes nothing else"
+        );
+        // The rank route, for a user and for a visitor's history: the blend's first model.
+        for (user, extra) in [("u0", json!(null)), ("visitor", json!(["a1", "a2"]))] {
+            let mut req = json!({"items": ["a3", "b3", "a5", "b7", "a9"], "explain": "full"});
+            if !extra.is_null() {
+                req["history"] = extra;
+            }
+            let (s, body) = srv.post(&format!("/v1/users/{user}/rank"), req).await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            assert_eq!(body["model"], first, "{what}: {body}");
+            assert_terms_sum(&body, &format!("rank {user}, {what}"));
+            for r in body["items"].as_array().unwrap() {
+                assert!(!r["reasons"].as_array().unwrap().is_empty(), "{r}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn supplied_candidates_are_ranked_for_users_visitors_and_unknown_items() {
     let srv = trained().await;
