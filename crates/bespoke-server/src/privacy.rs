@@ -90,7 +90,7 @@ pub fn check_store(store: &dyn bespoke_store::Store, keys: &UserKeys) -> bespoke
 const AUDIT_KEY_IN_STORE: &str = "audit_user_ref";
 
 /// The key of the user references in the audit log and erasure receipts
-/// ([`crate::Engine::user_ref`]): `privacy.audit_secret`, else the key file
+/// ([`crate::engine::Access::user_ref`]): `privacy.audit_secret`, else the key file
 /// (`privacy.audit_secret_file`, by default `<data_dir>.audit-key`), created on first use.
 ///
 /// The key is kept out of the database: whoever holds a copy of the database (a backup) could

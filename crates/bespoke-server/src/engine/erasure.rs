@@ -12,7 +12,7 @@
 //!    the version it saves is scrubbed as in step 1 before it can be activated.
 //!
 //! The receipt is stored (`GET /v1/erasures/{id}`) and names the user only by
-//! [`Engine::user_ref`].
+//! [`super::Access::user_ref`].
 //!
 //! On disk, the store overwrites deleted rows as it deletes them and the erasure then empties
 //! the WAL ([`bespoke_store::PrivacyStore::purge_deleted`]); the model files are rewritten whole (by

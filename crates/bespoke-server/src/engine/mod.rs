@@ -2,11 +2,11 @@
 //!
 //! | part | where | job |
 //! |---|---|---|
-//! | ingestion | [`ingest`] (this type) | events, users and items: store first, then memory |
+//! | ingestion | `ingest.rs` (on this type) | events, users and items: store first, then memory |
 //! | serving | [`Serving`] ([`crate::state`], read path in [`crate::pipeline`]) | rank from memory |
-//! | training and lifecycle | [`lifecycle`] | train, tune, activate and roll back models |
-//! | privacy | [`erasure`], [`privacy`] | erasure down to the model, export, retention |
-//! | access control | [`Access`] ([`access`]) | API keys, rate limits, the audit log |
+//! | training and lifecycle | `lifecycle.rs` | train, tune, activate and roll back models |
+//! | privacy | `erasure.rs`, `privacy.rs` | erasure down to the model, export, retention |
+//! | access control | [`Access`] (`access.rs`) | API keys, rate limits, the audit log |
 //! | decisions | [`crate::decisions::Loops`] | contextual bandits |
 //!
 //! `Engine` owns one of each and coordinates what spans them (a deletion reaches the store,

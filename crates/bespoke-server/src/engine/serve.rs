@@ -1,6 +1,6 @@
 //! The engine's serving entry points for in-process callers (the CLI, tests): each runs the
 //! ranking pipeline ([`crate::pipeline`]), reading stored attributes inline when a user without
-//! history needs them. HTTP handlers call [`Engine::rank`] directly and read attributes on the
+//! history needs them. HTTP handlers call [`crate::state::Serving::rank`] directly and read attributes on the
 //! blocking pool instead.
 //!
 //! Recommendations use the requested model (iALS, item-kNN, EASE, BPR, the tuned blend or

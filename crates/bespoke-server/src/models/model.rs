@@ -10,7 +10,7 @@
 //! - a [`Scorer`] serves: it scores a user's history against candidate items, finds similar
 //!   items where the model can, and explains a score as contributions that sum to it.
 //!
-//! [`REGISTRY`] lists every family, one line each; training and loading iterate it. The hybrid
+//! [`super::REGISTRY`] lists every family, one line each; training and loading iterate it. The hybrid
 //! content model is not a family: it is fitted onto iALS's factors, not from interactions, and
 //! it places items without events rather than ranking a history (see [`super::content`]).
 

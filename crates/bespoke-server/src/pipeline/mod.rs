@@ -171,7 +171,7 @@ fn unpersonalized(items: Vec<Recommendation>) -> Recommendations {
 }
 
 impl State {
-    /// The reason of an item ranked by popularity: "popular in <its first category>".
+    /// The reason of an item ranked by popularity: "popular in" its first category.
     pub(crate) fn popular_reason(&self, item: ItemIdx, trending: bool, count: u64) -> Reason {
         let category = self.first_category(item);
         let adjective = if trending { "trending" } else { "popular" };
