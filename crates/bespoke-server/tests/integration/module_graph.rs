@@ -41,35 +41,7 @@ fn ident(s: &str) -> &str {
 
 /// The top-level modules a piece of code names through `crate::`.
 fn imports(code: &str) -> BTreeSet<String> {
-    let mut deps = BTreeSet::new();
-    let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            // `use crate::{a, b::c, d::{e, f}}`: the first name of each top-level entry.
-            let mut depth = 0;
-            let mut start = true;
-            for (i, c) in group.char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => start = true,
-                    c if start && (c.is_ascii_alphabetic() || c == '_') => {
-                        deps.insert(ident(&group[i..]).to_owned());
-                        start = false;
-                    }
-                    _ => {}
-                }
-            }
-        } else {
-            let name = ident(rest);
-            if !name.is_empty() {
-                deps.insert(name.to_owned());
-            }
-        }
-    }
-    deps
+    names_after(code, "crate::")
 }
 
 fn graph() -> Graph {
@@ -120,7 +92,7 @@ fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
                     _ => {}
                 }
             }
-        } else {
+        } else if !ident(rest).is_empty() {
             out.insert(ident(rest).to_owned());
         }
     }
