@@ -1,8 +1,9 @@
 //! Small dense linear algebra: Cholesky factorisation and solves of `f × f` systems, in `f64`
 //! for accuracy (these run once per user request, not in training loops).
 
-/// The lower Cholesky factor `L` (row-major, `n × n`) of a symmetric positive definite matrix,
-/// so that `A = L Lᵀ`. `None` if `A` is not positive definite.
+/// The lower Cholesky factor `L` of a symmetric positive definite matrix, so that `A = L Lᵀ`;
+/// `None` if `A` is not positive definite. Packed: row `i` holds `L[i, ..=i]` from
+/// [`tri`]`(i)`, half the memory of the square matrix (serving caches one per user).
 #[derive(Debug, Clone)]
 pub struct Cholesky {
     n: usize,
@@ -68,13 +69,13 @@ impl crate::simd::WithSimd for SolveMany<'_> {
             let (done, rest) = b.split_at_mut(i * m);
             let row = &mut rest[..m];
             for k in 0..i {
-                let a = l[i * n + k];
+                let a = l[tri(i) + k];
                 let src = &done[k * m..(k + 1) * m];
                 for (r, &v) in row.iter_mut().zip(src) {
                     *r -= a * v;
                 }
             }
-            let inv = 1.0 / l[i * n + i];
+            let inv = 1.0 / l[tri(i) + i];
             for r in row.iter_mut() {
                 *r *= inv;
             }
@@ -83,12 +84,12 @@ impl crate::simd::WithSimd for SolveMany<'_> {
         for i in (0..n).rev() {
             let (head, tail) = b.split_at_mut(i * m);
             let row = &mut tail[..m];
-            let inv = 1.0 / l[i * n + i];
+            let inv = 1.0 / l[tri(i) + i];
             for r in row.iter_mut() {
                 *r *= inv;
             }
             for k in 0..i {
-                let a = l[i * n + k];
+                let a = l[tri(i) + k];
                 let dst = &mut head[k * m..(k + 1) * m];
                 for (d, &v) in dst.iter_mut().zip(row.iter()) {
                     *d -= a * v;
@@ -109,18 +110,18 @@ impl crate::simd::WithSimd for Factorise<'_> {
     #[inline(always)]
     fn with_simd<S: crate::simd::Simd>(self, _: S) -> Option<Cholesky> {
         let (a, n) = (self.a, self.n);
-        let mut l = vec![0f64; n * n];
+        let mut l = vec![0f64; tri(n)];
         for i in 0..n {
             for j in 0..=i {
                 // L_ij = (A_ij − L[i, ..j] · L[j, ..j]) / L_jj: rows of L are contiguous.
-                let s = a[i * n + j] - dot64(&l[i * n..i * n + j], &l[j * n..j * n + j]);
+                let s = a[i * n + j] - dot64(&l[tri(i)..tri(i) + j], &l[tri(j)..tri(j) + j]);
                 if i == j {
                     if s <= 0.0 || !s.is_finite() {
                         return None;
                     }
-                    l[i * n + i] = s.sqrt();
+                    l[tri(i) + i] = s.sqrt();
                 } else {
-                    l[i * n + j] = s / l[j * n + j];
+                    l[tri(i) + j] = s / l[tri(j) + j];
                 }
             }
         }
@@ -142,19 +143,25 @@ impl crate::simd::WithSimd for Solve<'_> {
         let (l, n, b) = (self.l, self.n, self.b);
         // L y = b: y_i = (b_i − L[i, ..i] · y[..i]) / L_ii.
         for i in 0..n {
-            let row = &l[i * n..i * n + i];
-            b[i] = (b[i] - dot64(row, &b[..i])) / l[i * n + i];
+            let row = &l[tri(i)..tri(i) + i];
+            b[i] = (b[i] - dot64(row, &b[..i])) / l[tri(i) + i];
         }
         // Lᵀ x = y, column by column: x_i = y_i / L_ii, then y[..i] −= x_i · L[i, ..i].
         for i in (0..n).rev() {
-            let x = b[i] / l[i * n + i];
+            let x = b[i] / l[tri(i) + i];
             b[i] = x;
             let (head, _) = b.split_at_mut(i);
-            for (h, &lv) in head.iter_mut().zip(&l[i * n..i * n + i]) {
+            for (h, &lv) in head.iter_mut().zip(&l[tri(i)..tri(i) + i]) {
                 *h -= x * lv;
             }
         }
     }
+}
+
+/// Where row `i` of a packed lower triangle starts (and, for `i = n`, its length).
+#[inline(always)]
+fn tri(i: usize) -> usize {
+    i * (i + 1) / 2
 }
 
 /// A dot product in four independent lanes, so that the compiler can vectorise it.
