@@ -57,11 +57,6 @@ impl Serving {
             model: ArcSwapOption::empty(),
         }
     }
-
-    /// The model being served, if any.
-    pub fn model(&self) -> Option<Arc<ServingModel>> {
-        self.model.load_full()
-    }
 }
 
 #[derive(Debug, Clone, Default)]
