@@ -3,7 +3,7 @@
 
 /// The lower Cholesky factor `L` of a symmetric positive definite matrix, so that `A = L Lᵀ`;
 /// `None` if `A` is not positive definite. Packed: row `i` holds `L[i, ..=i]` from
-/// [`tri`]`(i)`, half the memory of the square matrix (serving caches one per user).
+/// `tri(i)`, half the memory of the square matrix (serving caches one per user).
 #[derive(Debug, Clone)]
 pub struct Cholesky {
     n: usize,
