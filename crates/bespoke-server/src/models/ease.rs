@@ -10,7 +10,7 @@ use super::artifact::{self, ArtifactError, EASE_FILE};
 use super::meta::Recencies;
 use super::meta::{KindParams, ModelMeta, ParamsMeta};
 use super::model::{
-    self, Artifact, Contribution, Explanation, FitContext, FitError, ModelFamily, Prepared, Scorer,
+    self, Artifact, Contribution, FitContext, FitError, ModelFamily, Prepared, Scorer,
 };
 use super::snapshot::Progress;
 use crate::settings::{ServingSettings, TrainingSettings};
@@ -113,27 +113,7 @@ impl Scorer for Ease {
 
     /// The positive history.
     fn prepare(&self, history: &[(u32, f32)], _: &ServingSettings) -> Option<Prepared> {
-        let positive = model::positive(history);
-        (!positive.is_empty()).then(|| Prepared::new(positive))
-    }
-
-    fn score_prepared(&self, prepared: &Prepared, items: &[u32]) -> Vec<f32> {
-        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
-        (items.iter())
-            .map(|&c| history.iter().map(|&(i, w)| w * self.weight(i, c)).sum())
-            .collect()
-    }
-
-    fn explain_prepared(
-        &self,
-        prepared: &Prepared,
-        items: &[u32],
-        terms: bool,
-    ) -> Vec<Explanation> {
-        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
-        (items.iter())
-            .map(|&c| Explanation::from_items(Ease::explain(self, history, c), terms))
-            .collect()
+        model::positive_prepared(history)
     }
 
     fn top_k(

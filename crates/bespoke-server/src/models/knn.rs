@@ -10,7 +10,7 @@ use super::artifact::{self, ArtifactError, KNN_FILE};
 use super::meta::Recencies;
 use super::meta::{KnnMeta, ModelMeta, ParamsMeta};
 use super::model::{
-    self, Artifact, Contribution, Explanation, FitContext, FitError, ModelFamily, Prepared, Scorer,
+    self, Artifact, Contribution, FitContext, FitError, ModelFamily, Prepared, Scorer,
 };
 use super::views::KnnServing;
 use crate::settings::{ServingSettings, TrainingSettings};
@@ -97,27 +97,7 @@ impl Scorer for KnnServing {
 
     /// The positive history.
     fn prepare(&self, history: &[(u32, f32)], _: &ServingSettings) -> Option<Prepared> {
-        let positive = model::positive(history);
-        (!positive.is_empty()).then(|| Prepared::new(positive))
-    }
-
-    fn score_prepared(&self, prepared: &Prepared, items: &[u32]) -> Vec<f32> {
-        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
-        (items.iter())
-            .map(|&c| self.model.explain(history, c).iter().map(|p| p.1).sum())
-            .collect()
-    }
-
-    fn explain_prepared(
-        &self,
-        prepared: &Prepared,
-        items: &[u32],
-        terms: bool,
-    ) -> Vec<Explanation> {
-        let history = prepared.get::<Vec<(u32, f32)>>().map_or(&[][..], |h| h);
-        (items.iter())
-            .map(|&c| Explanation::from_items(self.model.explain(history, c), terms))
-            .collect()
+        model::positive_prepared(history)
     }
 
     fn top_k(

@@ -286,6 +286,13 @@ pub(crate) fn item_terms(parts: Vec<(u32, f32)>) -> Vec<Contribution> {
         .collect()
 }
 
+/// The positive entries of a history, prepared for a model trained on positive pairs only;
+/// `None` when there are none (serving then falls back to popularity).
+pub(crate) fn positive_prepared(history: &[(u32, f32)]) -> Option<Prepared> {
+    let positive = positive(history);
+    (!positive.is_empty()).then(|| Prepared::new(positive))
+}
+
 /// The positive entries of a history.
 pub(crate) fn positive(history: &[(u32, f32)]) -> Vec<(u32, f32)> {
     history.iter().copied().filter(|h| h.1 > 0.0).collect()
