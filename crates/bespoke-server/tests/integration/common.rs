@@ -193,6 +193,23 @@ pub(crate) fn assert_error(
     }
 }
 
+/// Two tastes: 60 users `u0`..`u59`, the even ones viewing a-items `a0`..`a9`, the odd ones
+/// b-items, each skipping a third of them.
+pub(crate) fn two_tastes() -> Vec<Value> {
+    let mut events = Vec::new();
+    for u in 0..60 {
+        let group = if u % 2 == 0 { "a" } else { "b" };
+        for i in 0..10 {
+            if (u + i) % 3 != 0 {
+                events.push(
+                    serde_json::json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}),
+                );
+            }
+        }
+    }
+    events
+}
+
 /// Item keys of a list of results.
 pub(crate) fn keys(body: &Value) -> Vec<String> {
     body["items"]

@@ -24,17 +24,7 @@ async fn trained() -> TestServer {
             assert!(s.is_success(), "{t}");
         }
     }
-    let mut events = Vec::new();
-    for u in 0..60 {
-        let group = if u % 2 == 0 { "a" } else { "b" };
-        for i in 0..10 {
-            if (u + i) % 3 != 0 {
-                events.push(
-                    json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}),
-                );
-            }
-        }
-    }
+    let events = crate::common::two_tastes();
     let (s, t) = srv.post("/v1/events", json!({ "events": events })).await;
     assert_eq!(s, StatusCode::OK, "{t}");
     crate::privacy::train(&srv).await;

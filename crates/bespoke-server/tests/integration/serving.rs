@@ -294,17 +294,7 @@ async fn popular_counts_windows_and_trending() {
 async fn anonymous_sessions_get_recommendations_from_their_items() {
     let srv = crate::common::start().await;
     // Two tastes: users of the a-items and users of the b-items.
-    let mut events = Vec::new();
-    for u in 0..60 {
-        let group = if u % 2 == 0 { "a" } else { "b" };
-        for i in 0..10 {
-            if (u + i) % 3 != 0 {
-                events.push(
-                    json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}),
-                );
-            }
-        }
-    }
+    let events = crate::common::two_tastes();
     let (s, _) = srv.post("/v1/events", json!({ "events": events })).await;
     assert_eq!(s, StatusCode::OK);
     let (s, t) = srv
@@ -406,15 +396,7 @@ async fn recent_interactions_can_be_weighted_up() {
             s.serving.recent_half_life_hours = 24.0;
         })
         .await;
-        let mut events = Vec::new();
-        for u in 0..60 {
-            let group = if u % 2 == 0 { "a" } else { "b" };
-            for i in 0..10 {
-                if (u + i) % 3 != 0 {
-                    events.push(json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}));
-                }
-            }
-        }
+        let mut events = crate::common::two_tastes();
         // The user: many b-items a month ago, two a-items just now.
         for i in 0..6 {
             events.push(json!({"user": "me", "item": format!("b{i}"), "type": "view", "timestamp": month_ago}));
@@ -447,17 +429,7 @@ async fn recent_interactions_can_be_weighted_up() {
 #[tokio::test]
 async fn ease_serves_users_and_sessions() {
     let srv = crate::common::start().await;
-    let mut events = Vec::new();
-    for u in 0..60 {
-        let group = if u % 2 == 0 { "a" } else { "b" };
-        for i in 0..10 {
-            if (u + i) % 3 != 0 {
-                events.push(
-                    json!({"user": format!("u{u}"), "item": format!("{group}{i}"), "type": "view"}),
-                );
-            }
-        }
-    }
+    let events = crate::common::two_tastes();
     srv.post("/v1/events", json!({ "events": events })).await;
     let (s, t) = srv
         .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
