@@ -27,6 +27,7 @@ pub mod models;
 pub mod openapi;
 pub mod pipeline;
 pub mod privacy;
+pub mod rules;
 pub mod settings;
 pub mod state;
 pub mod strict;
