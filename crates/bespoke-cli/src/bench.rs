@@ -116,6 +116,29 @@ enum BenchWhat {
         #[arg(long, default_value_t = 16)]
         connections: usize,
     },
+    /// Business rules on a trained demo shop: in-process top-20 with and without a filter
+    /// matching 10% of the catalog plus a boost, the cost of compiling a 20-clause
+    /// expression, and HTTP throughput with and without a saved default rule.
+    Rules {
+        /// In-process requests of each kind.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// HTTP requests of each kind.
+        #[arg(long, default_value_t = 20_000)]
+        http_requests: usize,
+        /// Concurrent keep-alive connections for the HTTP part.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Users of the demo shop.
+        #[arg(long, default_value_t = 5000)]
+        users: usize,
+        /// Items of the demo shop.
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        /// Events of the demo shop.
+        #[arg(long, default_value_t = 300_000)]
+        events: usize,
+    },
     /// Durable HTTP ingest rate over loopback.
     Ingest {
         /// Events to send in total.
@@ -164,6 +187,20 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             connections,
         } => bench_decisions(settings, *decisions, *actions, *features, *connections)?,
         BenchWhat::Bandit { env, learner, seed } => bench_bandit(env, learner.as_deref(), *seed)?,
+        BenchWhat::Rules {
+            requests,
+            http_requests,
+            connections,
+            users,
+            items,
+            events,
+        } => bench_rules(
+            settings,
+            *requests,
+            *http_requests,
+            *connections,
+            (*users, *items, *events),
+        )?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -835,4 +872,195 @@ fn bench_bandit(
         "optimal_reward": optimal / n,
         "decisions_per_second": n / secs,
     }))
+}
+
+/// Sorted percentiles of microsecond timings.
+fn percentiles_us(xs: &mut [f64]) -> serde_json::Value {
+    xs.sort_by(f64::total_cmp);
+    let at = |p: f64| xs[((xs.len() - 1) as f64 * p) as usize];
+    json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0) })
+}
+
+/// Business rules (see [`BenchWhat::Rules`]).
+fn bench_rules(
+    settings: &Settings,
+    requests: usize,
+    http_requests: usize,
+    connections: usize,
+    (users, items, events): (usize, usize, usize),
+) -> anyhow::Result<serde_json::Value> {
+    use bespoke_server::engine::RecommendQuery;
+    use bespoke_server::rules::spec::{BoostSpec, RuleSpec, SavedRule};
+    if requests == 0 || http_requests == 0 || connections == 0 || users == 0 || items < 10 {
+        bail!(
+            "--requests, --http-requests, --connections and --users must be at least 1, --items 10"
+        );
+    }
+    let (_work, engine, key) =
+        trained_shop(settings, users, items, events, &[Scope::Read, Scope::Admin])?;
+    // The price below which 10% of the catalog lies: the filter matches a tenth of it.
+    let mut prices: Vec<f64> = (0..items)
+        .filter_map(|i| engine.get_item(&format!("sku-{i:05}")).ok().flatten())
+        .filter_map(|it| it.numeric.get("price").copied())
+        .collect();
+    prices.sort_by(f64::total_cmp);
+    let cut = prices[prices.len() / 10];
+    let filter = format!("price < {cut}");
+    let boost = BoostSpec {
+        when: "new_arrival = true".into(),
+        by: Some(1.5),
+        add: None,
+    };
+    let plain = RecommendQuery {
+        n: 20,
+        ..RecommendQuery::default()
+    };
+    let ruled = RecommendQuery {
+        n: 20,
+        filter: Some(filter.clone()),
+        boost: vec![boost.clone()],
+        ..RecommendQuery::default()
+    };
+    engine
+        .check_rules(&ruled)
+        .map_err(|p| anyhow::anyhow!("{}: {}", p.field, p.message))?;
+    let mut rng = Rng::seed_from_u64(5);
+    let mut plain_us = Vec::with_capacity(requests);
+    let mut ruled_us = Vec::with_capacity(requests);
+    // Alternating, after a warm-up tenth, so that both see the same machine state.
+    for round in 0..requests + requests / 10 {
+        let user = format!("user-{:05}", rng.below(users as u64));
+        let t = Instant::now();
+        let a = engine.recommend(&user, &plain);
+        let took_plain = t.elapsed().as_secs_f64() * 1e6;
+        let t = Instant::now();
+        let b = engine.recommend(&user, &ruled);
+        let took_ruled = t.elapsed().as_secs_f64() * 1e6;
+        if a.items.len() != 20 || b.items.len() != 20 {
+            bail!(
+                "{user}: {} and {} results, not 20",
+                a.items.len(),
+                b.items.len()
+            );
+        }
+        if round >= requests / 10 {
+            plain_us.push(took_plain);
+            ruled_us.push(took_ruled);
+        }
+    }
+    let plain_p = percentiles_us(&mut plain_us);
+    let ruled_p = percentiles_us(&mut ruled_us);
+    // Compiling: 20 clauses, each expression new (a literal changes), so the cache never hits.
+    let mut compile_us = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let clauses: Vec<String> = (0..20)
+            .map(|c| match c % 4 {
+                0 => format!("price < {}", i * 20 + c),
+                1 => format!("brand = \"brand-{c}\""),
+                2 => "category in [\"Kitchen\", \"Garden\", \"Books\"]".to_owned(),
+                _ => "created_at > now - 30d".to_owned(),
+            })
+            .collect();
+        let q = RecommendQuery {
+            n: 20,
+            filter: Some(clauses.join(" or ")),
+            ..RecommendQuery::default()
+        };
+        let t = Instant::now();
+        engine
+            .check_rules(&q)
+            .map_err(|p| anyhow::anyhow!("{}: {}", p.field, p.message))?;
+        compile_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let compile_p = percentiles_us(&mut compile_us);
+    let paths: Vec<String> = (0..http_requests)
+        .map(|_| {
+            format!(
+                "/v1/users/user-{:05}/recommendations?n=20",
+                rng.below(users as u64)
+            )
+        })
+        .collect();
+    let runtime = crate::runtime()?;
+    let (without, with) = runtime.block_on({
+        let engine = engine.clone();
+        async move {
+            let server = bespoke_server::start_with_engine(engine.clone()).await?;
+            let addr = server.addr();
+            // A warm-up pass, then without rules, then with a saved default rule.
+            get_concurrently(addr, &key, paths[..paths.len() / 10].to_vec(), connections).await?;
+            let without = get_concurrently(addr, &key, paths.clone(), connections).await?;
+            tokio::task::spawn_blocking(move || {
+                engine.put_rule(SavedRule {
+                    name: "bench-default".into(),
+                    spec: RuleSpec {
+                        description: None,
+                        routes: Vec::new(),
+                        enabled: true,
+                        filter: Some(filter),
+                        boost: vec![boost],
+                        promote: Vec::new(),
+                        max_per_category: None,
+                    },
+                })
+            })
+            .await??;
+            let with = get_concurrently(addr, &key, paths, connections).await?;
+            server.shutdown().await?;
+            anyhow::Ok((without, with))
+        }
+    })?;
+    let per_sec = |(n, secs): (usize, f64)| n as f64 / secs;
+    Ok(json!({
+        "bench": "rules",
+        "in_process_top20_us": {
+            "unfiltered": plain_p,
+            "filter_10pct_and_boost": ruled_p,
+            "p99_ratio": ruled_p["p99"].as_f64().unwrap_or(0.0) / plain_p["p99"].as_f64().unwrap_or(1.0),
+            "target_p99_ratio_max": 2.0,
+        },
+        "compile_20_clauses_us": { "latency": compile_p, "target_p50_us": 50 },
+        "http_recommendations_n20": {
+            "connections": connections,
+            "requests": http_requests,
+            "without_rules_per_sec": per_sec(without),
+            "with_saved_default_rule_per_sec": per_sec(with),
+            "ratio": per_sec(with) / per_sec(without),
+            "target_ratio_min": 0.8,
+        },
+        "filter": format!("price < {cut} (10% of the catalog)"),
+        "shop": { "users": users, "items": items, "events": events },
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }))
+}
+
+/// GETs `paths` over `connections` keep-alive connections; every answer must be a success.
+/// Returns the requests made and the elapsed seconds.
+async fn get_concurrently(
+    addr: std::net::SocketAddr,
+    key: &str,
+    paths: Vec<String>,
+    connections: usize,
+) -> anyhow::Result<(usize, f64)> {
+    let paths = Arc::new(paths);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (paths, next) = (paths.clone(), next.clone());
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr, &key).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = paths.get(i) else { break };
+                client.call_bytes("GET", path, None).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("client task")??;
+    }
+    Ok((paths.len(), started.elapsed().as_secs_f64()))
 }

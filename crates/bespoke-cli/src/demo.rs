@@ -492,6 +492,41 @@ pub(crate) fn run(
         let why = r.reasons.first().map_or("", |x| x.message());
         eprintln!("  {:<10} {:>8.3}  {why}", r.item, r.score);
     }
+    // The business rules (docs/rules.md) on the same user: a filter, then a promotion.
+    let show = |title: &str, q: bespoke_server::engine::RecommendQuery| {
+        if let Err(p) = engine.check_rules(&q) {
+            eprintln!("  ({title}: {}: {})", p.field, p.message);
+            return;
+        }
+        let recs = engine.recommend(&sample_user, &q);
+        eprintln!("\n{sample_user}, {title}:");
+        for r in &recs.items {
+            let why = (r.reasons.iter().rev())
+                .find(|x| x.kind() == "rule")
+                .or(r.reasons.first())
+                .map_or("", |x| x.message());
+            eprintln!("  {:<10} {:>8.3}  {why}", r.item, r.score);
+        }
+    };
+    show(
+        "filtered with price < 30",
+        bespoke_server::engine::RecommendQuery {
+            n: 3,
+            filter: Some("price < 30".into()),
+            ..Default::default()
+        },
+    );
+    show(
+        "with slot 2 promoted to a new arrival",
+        bespoke_server::engine::RecommendQuery {
+            n: 3,
+            promote: vec![bespoke_server::rules::spec::PromoteSpec {
+                slot: 2,
+                when: "new_arrival = true".into(),
+            }],
+            ..Default::default()
+        },
+    );
     let top = engine.popular(&PopularQuery {
         n: 1,
         categories: Vec::new(),
@@ -518,6 +553,9 @@ pub(crate) fn run(
         println!("  curl -s {auth} '{base}/v1/users/{sample_user}/recommendations?n=5'");
         println!("  curl -s {auth} '{base}/v1/items/{item}/similar?n=5'");
         println!("  curl -s {auth} '{base}/v1/popular?n=5&category={cat}&window=7d'");
+        println!(
+            "  curl -s -G {auth} '{base}/v1/users/{sample_user}/recommendations' --data-urlencode 'filter=price < 30' --data-urlencode 'promote=[{{\"slot\": 2, \"if\": \"new_arrival = true\"}}]'"
+        );
         println!(
             "  curl -s {auth} -H 'Content-Type: application/json' '{base}/v1/loops/home-banner/decisions' \\\n      -d '{{\"context\": {{\"device\": \"mobile\"}}, \"actions\": [{{\"id\": \"sale\", \"features\": {{\"kind\": \"discount\"}}}}, {{\"id\": \"new-in\", \"features\": {{\"kind\": \"novelty\"}}}}]}}'"
         );

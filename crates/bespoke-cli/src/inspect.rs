@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bespoke_server::engine::RecommendQuery;
+use bespoke_server::rules::spec::{BoostSpec, PromoteSpec};
 use bespoke_server::settings::ModelChoice;
 use bespoke_server::time::format_rfc3339;
 use bespoke_server::{Engine, Settings};
@@ -56,9 +57,30 @@ pub(crate) struct RecommendArgs {
     /// Model: auto, als, knn, ease, bpr or popular (default: serving.default_model).
     #[arg(long, value_parser = ModelChoice::NAMES)]
     model: Option<String>,
+    /// Keep only items this rule expression matches (docs/rules.md), such as
+    /// 'stock > 0 and price < 50'.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Boost matching items: FACTOR:EXPRESSION multiplies their scores, such as
+    /// '1.5:tags contains "organic"'. Repeatable.
+    #[arg(long)]
+    boost: Vec<String>,
+    /// Reserve a position: SLOT:EXPRESSION, such as '3:campaign = "winter"'. Repeatable.
+    #[arg(long)]
+    promote: Vec<String>,
+    /// At most this many results per category.
+    #[arg(long)]
+    max_per_category: Option<usize>,
     /// Print JSON (the API's shape) instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Splits `PREFIX:EXPRESSION` at its first colon.
+fn prefixed<'a>(flag: &str, raw: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    raw.split_once(':')
+        .map(|(a, b)| (a.trim(), b.trim()))
+        .ok_or_else(|| anyhow::anyhow!("--{flag} {raw:?}: expected {what}:EXPRESSION"))
 }
 
 pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Result<()> {
@@ -77,15 +99,49 @@ pub(crate) fn recommend(settings: &Settings, args: &RecommendArgs) -> anyhow::Re
         exclude: args.exclude.clone(),
         include_seen: args.include_seen,
         model: args.model.as_deref().and_then(ModelChoice::from_name),
+        filter: args.filter.clone(),
+        max_per_category: args.max_per_category,
         ..RecommendQuery::default()
     };
+    let mut q = q;
+    for raw in &args.boost {
+        let (by, when) = prefixed("boost", raw, "FACTOR")?;
+        let by: f64 = by
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--boost {raw:?}: {by:?} is not a number"))?;
+        q.boost.push(BoostSpec {
+            when: when.to_owned(),
+            by: Some(by),
+            add: None,
+        });
+    }
+    for raw in &args.promote {
+        let (slot, when) = prefixed("promote", raw, "SLOT")?;
+        let slot: usize = slot
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--promote {raw:?}: {slot:?} is not a position"))?;
+        q.promote.push(PromoteSpec {
+            slot,
+            when: when.to_owned(),
+        });
+    }
+    if let Err(p) = engine.check_rules(&q) {
+        let flag = p
+            .field
+            .split(['[', '.'])
+            .next()
+            .unwrap_or("filter")
+            .replace('_', "-");
+        anyhow::bail!("--{flag}: {}", p.message);
+    }
     let recs = engine.recommend(&args.user, &q);
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "user": args.user, "personalized": recs.personalized, "model": recs.model,
-                "model_version": recs.model_version, "items": recs.items
+                "model_version": recs.model_version, "items": recs.items,
+                "rules": recs.rules
             }))?
         );
         return Ok(());

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod decisions;
 pub mod engine;
 pub mod error;
+pub(crate) mod exposure;
 pub mod features;
 pub mod metrics;
 pub mod models;

@@ -253,6 +253,7 @@ pub fn document(routes: &[(&str, &str, Access)]) -> Value {
             all.extend(more);
         }
     }
+    add_rules(&mut doc);
     for (method, path, access) in routes {
         let Some(op) = doc["paths"][path]
             .get_mut(method.to_lowercase())
@@ -415,16 +416,16 @@ fn paths() -> Value {
 fn pipeline_schemas() -> Value {
     json!({
             "Reason": { "type": "object", "required": ["kind", "message"],
-                "description": "Why an item is where it is, tagged by kind; the same schema on every ranking route and in decisions. Kinds and their fields: als, knn, ease, bpr (a history item behind that model's score: item, weight = its contribution; without item, the history as a whole); blend (two models' blend, no history item named); content (content and attribute match: a new item placed by its content, feature, weight; or an item placed next to a new one, item, weight = similarity); profile (a user without history placed by their attributes or the context: feature, weight); popular, trending (category, count); co_occurrence (item, count of users); unseen; context (a decision's context feature: feature, weight = its contribution); exploration (a decision's exploration term: weight); rule (a business rule: rule); cold_start (nothing scores the item: rank route); diversity (moved down by the diversity re-ranker: item it resembles, similarity); fallback (what was asked could not be answered; item for similar items)",
+                "description": "Why an item is where it is, tagged by kind; the same schema on every ranking route and in decisions. Kinds and their fields: als, knn, ease, bpr (a history item behind that model's score: item, weight = its contribution; without item, the history as a whole); blend (two models' blend, no history item named); content (content and attribute match: a new item placed by its content, feature, weight; or an item placed next to a new one, item, weight = similarity); profile (a user without history placed by their attributes or the context: feature, weight); popular, trending (category, count); co_occurrence (item, count of users); unseen; context (a decision's context feature: feature, weight = its contribution); exploration (a decision's exploration term: weight); rule (a business rule moved the item: rule, effect = boost, promote, cap or hide_similar); cold_start (nothing scores the item: rank route); diversity (moved down by the diversity re-ranker: item it resembles, similarity); fallback (what was asked could not be answered; item for similar items)",
                 "discriminator": { "propertyName": "kind" },
                 "properties": {
                 "kind": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "profile", "popular", "trending", "co_occurrence", "unseen", "context", "rule", "exploration", "cold_start", "diversity", "fallback"] },
                 "message": { "type": "string", "description": "For people" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" },
                 "feature": { "type": "string", "description": "The content feature behind a content or profile reason: category:<c>, word:<w>, attr:<name>=<value>, numeric:<name>~<bucket>, embedding:<name>; a decision's feature for context" },
                 "weight": { "type": "number", "description": "The history item's (or feature's) contribution to the score, or a similarity" },
-                "similarity": { "type": "number" }, "rule": { "type": "string" } } },
+                "similarity": { "type": "number" }, "rule": { "type": "string" }, "effect": { "type": "string", "enum": ["boost", "promote", "cap", "hide_similar"] } } },
             "Contribution": { "type": "object", "required": ["term", "value"],
-                "description": "One term of a score (explain=full); an item's terms sum to its score (within float rounding, 1e-5 relative). iALS: history_item (Hu–Koren–Volinsky c_ui·y_jᵀ W y_i, one per positive history item, W = (YᵀC^uY + λI)⁻¹), plus session_content for a session's items placed by their content. item-kNN: neighbour (w_i·sim(i, j) per history item with j among its neighbours). EASE: item_weight (w_i·B_ij). BPR: factor (v_k·q_jk, with factor = k) and item_bias. Blend: each model's terms prefixed with its name (als.history_item) and scaled by its weight over that model's top score. Content model (new items, users by profile): feature (per feature, an embedding's dimensions summed) including bias. Popularity, similar items, co-occurrence: popularity, similarity or co_occurrence, the score itself. A top-up below model results: popularity (scaled) and offset.",
+                "description": "One term of a score (explain=full); an item's terms sum to its score (within float rounding, 1e-5 relative). iALS: history_item (Hu–Koren–Volinsky c_ui·y_jᵀ W y_i, one per positive history item, W = (YᵀC^uY + λI)⁻¹), plus session_content for a session's items placed by their content. item-kNN: neighbour (w_i·sim(i, j) per history item with j among its neighbours). EASE: item_weight (w_i·B_ij). BPR: factor (v_k·q_jk, with factor = k) and item_bias. Blend: each model's terms prefixed with its name (als.history_item) and scaled by its weight over that model's top score. Content model (new items, users by profile): feature (per feature, an embedding's dimensions summed) including bias. Popularity, similar items, co-occurrence: popularity, similarity or co_occurrence, the score itself. A top-up below model results: popularity (scaled) and offset. A business rule's boost: boost (feature = the rule), what it changed.",
                 "properties": { "term": { "type": "string" }, "item": { "type": "string" }, "feature": { "type": "string" }, "factor": { "type": "integer" }, "value": { "type": "number" } } },
             "RankIn": { "type": "object", "required": ["items"], "additionalProperties": false, "properties": {
                 "items": { "type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": true, "items": { "type": "string" }, "description": "Candidate item keys, each once" },
@@ -520,7 +521,7 @@ fn schemas() -> Value {
             "Event": { "type": "object", "required": ["user", "item", "type"], "additionalProperties": false, "properties": {
                 "event_id": { "type": "string", "description": "Idempotency key; a UUIDv7 is generated when absent" },
                 "user": { "type": "string" }, "item": { "type": "string" },
-                "type": { "type": "string", "description": "A configured event type: view, click, add_to_cart, purchase, like, rating (needs value), dislike, skip by default" },
+                "type": { "type": "string", "description": "A configured event type: view, click, add_to_cart, purchase, like, rating (needs value), dislike, not_interested (also hides the item from the user), skip by default; and impression (an item shown: no weight, see POST /v1/impressions)" },
                 "value": { "type": "number", "description": "Optional value; the weight of value-weighted types such as rating" },
                 "timestamp": { "type": "string", "format": "date-time", "description": "RFC 3339 with a time zone; default: now" },
                 "context": { "type": "object" } } },
@@ -556,6 +557,149 @@ fn schemas() -> Value {
             "TrainOutcome": { "type": "object", "properties": { "version": { "type": "integer" }, "activated": { "type": "boolean" }, "meta": { "type": "object" } } },
             "Popular": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } }
     })
+}
+
+/// The business-rule parameters of the ranking GETs (`docs/rules.md`).
+fn rule_params() -> Vec<Value> {
+    vec![
+        json!({ "name": "filter", "in": "query", "description": "Keep only items this rule expression matches (docs/rules.md): comparisons on item attributes, `in`, `contains`, `and`/`or`/`not`, `now - 30d`, `context.<name>`", "schema": { "type": "string" }, "examples": { "stock": { "value": "stock > 0 and price < 50" }, "categories": { "value": "category in [\"Kitchen\", \"Garden\"] and created_at > now - 30d" } } }),
+        json!({ "name": "boost", "in": "query", "description": "JSON array of boosts, applied in order: where `if` holds the score is multiplied by `by` (a negative score divided, so by > 1 always raises) or `add` is added; results are re-sorted", "schema": { "type": "string" }, "example": "[{\"if\": \"tags contains \\\"organic\\\"\", \"by\": 1.5}]" }),
+        json!({ "name": "promote", "in": "query", "description": "JSON array of promotions: position `slot` (1 = first, at most n) holds the best-ranked item `if` matches", "schema": { "type": "string" }, "example": "[{\"slot\": 3, \"if\": \"campaign = \\\"winter\\\"\"}]" }),
+        json!({ "name": "max_per_category", "in": "query", "description": "At most this many results per category", "schema": { "type": "integer", "minimum": 1 } }),
+        json!({ "name": "max_impressions", "in": "query", "description": "No-repeat: drop items shown to the user at least this many times within impression_window without an interaction since; 0 off; default rules.max_impressions", "schema": { "type": "integer", "minimum": 0 } }),
+        json!({ "name": "impression_window", "in": "query", "description": "The window of max_impressions (90m, 24h, 7d); default rules.impression_window", "schema": { "type": "string" } }),
+        json!({ "name": "no_repeat_lists", "in": "query", "description": "Drop what was in the user's last this many lists; 0 off; default rules.no_repeat_lists", "schema": { "type": "integer", "minimum": 0 } }),
+        json!({ "name": "hide_similar", "in": "query", "description": "0 to 1: how far items resembling one the user hid move down; default rules.hide_similar", "schema": { "type": "number", "minimum": 0, "maximum": 1 } }),
+        json!({ "name": "skip_rules", "in": "query", "description": "Saved rules not to apply (comma-separated or repeated); * for all", "schema": { "type": "string" } }),
+    ]
+}
+
+/// The rule fields of the ranking POST bodies.
+fn rule_body_properties() -> Value {
+    json!({
+        "filter": { "type": "string", "description": "A rule expression (docs/rules.md)", "example": "stock > 0 and price < 50" },
+        "boost": { "type": "array", "items": { "$ref": "#/components/schemas/Boost" } },
+        "promote": { "type": "array", "items": { "$ref": "#/components/schemas/Promotion" } },
+        "max_per_category": { "type": "integer", "minimum": 1 },
+        "max_impressions": { "type": "integer", "minimum": 0 },
+        "impression_window": { "type": "string" },
+        "no_repeat_lists": { "type": "integer", "minimum": 0 },
+        "hide_similar": { "type": "number", "minimum": 0, "maximum": 1 },
+        "skip_rules": { "type": "array", "items": { "type": "string" } }
+    })
+}
+
+/// The routes of saved rules, impressions and hidden items.
+fn rule_paths() -> Value {
+    json!({
+        "/v1/impressions": { "post": {
+            "summary": "Record what users were shown: one entry per list",
+            "description": "Stored as events of type impression (one per item, all with the list's timestamp), covered by retention, export and erasure like other events. They never count as feedback: no training, no popularity. They feed the no-repeat policy (max_impressions, no_repeat_lists).",
+            "operationId": "postImpressions",
+            "requestBody": { "required": true, "content": { "application/json": {
+                "schema": { "type": "object", "required": ["impressions"], "additionalProperties": false, "properties": {
+                    "impressions": { "type": "array", "items": { "type": "object", "required": ["user", "items"], "additionalProperties": false, "properties": {
+                        "user": { "type": "string" }, "items": { "type": "array", "minItems": 1, "items": { "type": "string" } },
+                        "list_id": { "type": "string", "description": "Idempotency key of the list; its items get list_id#position" },
+                        "timestamp": { "type": "string", "format": "date-time" } } } } } },
+                "example": { "impressions": [{ "user": "u1", "items": ["i3", "i7", "i9"], "list_id": "home-7f3a" }] } } } },
+            "responses": with_errors(json!({ "200": { "description": "Stored", "content": { "application/json": { "schema": { "type": "object", "properties": { "lists": { "type": "integer" }, "stored": { "type": "integer" } } } } } } }), &[400, 404, 409, 413, 415, 507]) } },
+        "/v1/users/{key}/hidden": { "get": {
+            "summary": "Items the user hid (block list and hiding events such as not_interested), newest first",
+            "operationId": "getHidden", "parameters": [key_param()],
+            "responses": with_errors(json!({ "200": { "description": "Hidden items", "content": { "application/json": { "schema": { "type": "object", "properties": { "user": { "type": "string" }, "items": { "type": "array", "items": { "type": "object", "properties": { "item": { "type": "string" }, "since": { "type": "string", "format": "date-time" }, "by": { "type": "string", "enum": ["block", "event"] } } } } } } } } } }), &[400, 404]) } },
+        "/v1/users/{key}/hidden/{item}": {
+            "parameters": [key_param(), { "name": "item", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "put": { "summary": "Hide an item from the user on every ranking route", "operationId": "hideItem",
+                "responses": with_errors(json!({ "200": { "description": "Hidden" } }), &[400, 404, 507]) },
+            "delete": { "summary": "Show an item again (undoes a block or a hiding event)", "operationId": "unhideItem",
+                "responses": with_errors(json!({ "200": { "description": "Shown again" } }), &[400, 404, 507]) } },
+        "/v1/rules": { "get": { "summary": "Saved business rules, by name", "operationId": "listRules",
+            "responses": { "200": { "description": "Rules", "content": { "application/json": { "schema": { "type": "object", "properties": { "rules": { "type": "array", "items": { "$ref": "#/components/schemas/Rule" } } } } } } } } } },
+        "/v1/rules/{key}": {
+            "parameters": [{ "name": "key", "in": "path", "required": true, "description": "The rule's name", "schema": { "type": "string" } }],
+            "get": { "summary": "A saved rule", "operationId": "getRule",
+                "responses": with_errors(json!({ "200": ok("The rule", "Rule") }), &[400, 404]) },
+            "put": { "summary": "Create or replace a saved rule (audited); applied by default to its routes",
+                "description": "Checked before anything is stored: every expression must compile against the catalog's attributes, slots must be distinct and not taken by another saved rule on a shared route.",
+                "operationId": "putRule",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RuleIn" },
+                    "examples": {
+                        "in_stock": { "value": { "description": "never recommend what is out of stock", "filter": "stock > 0" } },
+                        "winter": { "value": { "routes": ["recommendations"], "promote": [{ "slot": 3, "if": "campaign = \"winter\"" }], "boost": [{ "if": "created_at > now - 30d", "by": 1.2 }] } } } } } },
+                "responses": with_errors(json!({ "200": ok("Replaced", "Rule"), "201": ok("Created", "Rule") }), &[400, 409, 413, 415, 507]) },
+            "delete": { "summary": "Delete a saved rule (audited)", "operationId": "deleteRule",
+                "responses": with_errors(json!({ "200": { "description": "Deleted" } }), &[400, 404, 507]) } }
+    })
+}
+
+/// Schemas of rules.
+fn rule_schemas() -> Value {
+    json!({
+        "Boost": { "type": "object", "required": ["if"], "additionalProperties": false, "properties": {
+            "if": { "type": "string", "description": "A rule expression" },
+            "by": { "type": "number", "exclusiveMinimum": 0, "description": "Multiply a positive score by this (divide a negative one); give by or add" },
+            "add": { "type": "number", "description": "Add this to the score" } } },
+        "Promotion": { "type": "object", "required": ["slot", "if"], "additionalProperties": false, "properties": {
+            "slot": { "type": "integer", "minimum": 1, "description": "The position reserved (1 = first)" },
+            "if": { "type": "string", "description": "The items that may fill it, the best-ranked first" } } },
+        "RuleIn": { "type": "object", "additionalProperties": false, "properties": {
+            "description": { "type": "string" },
+            "routes": { "type": "array", "items": { "type": "string", "enum": ["recommendations", "session", "similar", "popular", "rank"] }, "description": "Where it applies by default; every ranking route when absent" },
+            "enabled": { "type": "boolean", "default": true },
+            "filter": { "type": "string" },
+            "boost": { "type": "array", "items": { "$ref": "#/components/schemas/Boost" } },
+            "promote": { "type": "array", "items": { "$ref": "#/components/schemas/Promotion" } },
+            "max_per_category": { "type": "integer", "minimum": 1 } } },
+        "Rule": { "allOf": [ { "$ref": "#/components/schemas/RuleIn" }, { "type": "object", "properties": { "name": { "type": "string" } } } ] },
+        "Filtered": { "type": "object", "properties": { "item": { "type": "string" }, "rule": { "type": "string", "description": "A saved rule's name, request.filter, request.max_per_category, hidden or no_repeat" }, "message": { "type": "string" } } }
+    })
+}
+
+/// Adds the rule routes, parameters, body fields and answer fields to `doc`.
+fn add_rules(doc: &mut Value) {
+    if let (Some(all), Value::Object(more)) = (doc["paths"].as_object_mut(), rule_paths()) {
+        all.extend(more);
+    }
+    if let (Some(all), Value::Object(more)) =
+        (doc["components"]["schemas"].as_object_mut(), rule_schemas())
+    {
+        all.extend(more);
+    }
+    let user = json!({ "name": "user", "in": "query", "description": "Whose hidden items and impressions apply", "schema": { "type": "string" } });
+    for (path, with_user) in [
+        ("/v1/users/{key}/recommendations", false),
+        ("/v1/items/{key}/similar", true),
+        ("/v1/popular", true),
+    ] {
+        if let Some(params) = doc["paths"][path]["get"]["parameters"].as_array_mut() {
+            params.extend(rule_params());
+            if with_user {
+                params.push(user.clone());
+            }
+        }
+    }
+    let session = &mut doc["paths"]["/v1/recommendations"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["properties"];
+    if let (Some(props), Value::Object(more)) = (session.as_object_mut(), rule_body_properties()) {
+        props.extend(more);
+        props.insert(
+            "user".into(),
+            json!({ "type": "string", "description": "Whose hidden items and impressions apply" }),
+        );
+    }
+    if let (Some(props), Value::Object(more)) = (
+        doc["components"]["schemas"]["RankIn"]["properties"].as_object_mut(),
+        rule_body_properties(),
+    ) {
+        props.extend(more);
+    }
+    for schema in ["Recommendations", "Similar", "Popular", "Ranked"] {
+        if let Some(props) = doc["components"]["schemas"][schema]["properties"].as_object_mut() {
+            props.insert("rules".into(), json!({ "type": "array", "items": { "type": "string" }, "description": "The business rules that applied: saved ones by name, the request's own as request.filter, request.boost[0], ...; hidden and no_repeat when they removed anything" }));
+            props.insert("filtered".into(), json!({ "type": "array", "items": { "$ref": "#/components/schemas/Filtered" }, "description": "Items the rules kept out (explain=full; always on the rank route)" }));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use bespoke_algo::{AlsParams, BprParams, ContentParams, EaseParams, KnnParams, ModelKind};
 use serde::{Deserialize, Serialize};
 
+/// The event type of impressions: items shown to a user. Reserved (not configurable): an
+/// impression is not feedback, so it has no weight.
+pub const IMPRESSION: &str = "impression";
+
 /// All settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -35,6 +39,8 @@ pub struct Settings {
     pub training: TrainingSettings,
     /// Decision loops (contextual bandits).
     pub decisions: DecisionSettings,
+    /// Business rules: impressions, hiding, expression limits.
+    pub rules: RulesSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -164,6 +170,73 @@ fn check_origin(origin: &str) -> Result<(), OriginError> {
         return Err(OriginError::Port);
     }
     Ok(())
+}
+
+/// Business rules (see `docs/rules.md`): the defaults of the no-repeat policy, hiding, and the
+/// limits of rule expressions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesSettings {
+    /// Drop an item a user was shown at least this many times within `impression_window`
+    /// without interacting with it since; 0 turns it off. Has effect only for applications
+    /// that send impressions. A request's `max_impressions` overrides it.
+    pub max_impressions: u32,
+    /// The window of `max_impressions`, as a duration (`90m`, `7d`).
+    pub impression_window: String,
+    /// Never show again what was in the user's last this many lists (impressions sharing a
+    /// timestamp are one list); 0 turns it off. A request's `no_repeat_lists` overrides it.
+    pub no_repeat_lists: u32,
+    /// Impressions kept in memory per user (the newest); older ones stay in the store until
+    /// retention removes them, but no longer count.
+    pub impressions_per_user: usize,
+    /// Event types that hide their item from the user who sent them (besides the per-user
+    /// block list). Each must be a configured event type.
+    pub hide_event_types: Vec<String>,
+    /// How much an item resembling one the user hid moves down, from 0 (not at all) to 1
+    /// (ranked by resemblance alone). A request's `hide_similar` overrides it.
+    pub hide_similar: f32,
+    /// Candidates a boost, a cap or a promotion chooses from (at least `n`); an item ranked
+    /// below this many is not lifted by a boost.
+    pub candidate_pool: usize,
+    /// Longest rule expression, in bytes.
+    pub max_expression_bytes: usize,
+    /// Deepest nesting of parentheses and `not` in an expression.
+    pub max_expression_depth: usize,
+    /// Most values in one list literal (`in [...]`).
+    pub max_list_values: usize,
+    /// Most comparisons in one expression.
+    pub max_clauses: usize,
+    /// Most boosts or promotions in one request or saved rule.
+    pub max_boosts: usize,
+    /// Most saved rules.
+    pub max_saved_rules: usize,
+}
+
+impl Default for RulesSettings {
+    fn default() -> Self {
+        Self {
+            max_impressions: 3,
+            impression_window: "7d".into(),
+            no_repeat_lists: 0,
+            impressions_per_user: 500,
+            hide_event_types: vec!["not_interested".into()],
+            hide_similar: 0.0,
+            candidate_pool: 200,
+            max_expression_bytes: 4096,
+            max_expression_depth: 32,
+            max_list_values: 256,
+            max_clauses: 64,
+            max_boosts: 16,
+            max_saved_rules: 100,
+        }
+    }
+}
+
+impl RulesSettings {
+    /// `impression_window` in milliseconds (validated at start).
+    pub fn impression_window_ms(&self) -> i64 {
+        crate::time::parse_duration(&self.impression_window).unwrap_or(7 * 86_400_000)
+    }
 }
 
 /// Decision loops (contextual bandits).
@@ -377,6 +450,8 @@ impl Default for EventSettings {
                 ("like".into(), fixed(4.0)),
                 ("rating".into(), WeightSpec::Value(ValueWeight::Value)),
                 ("dislike".into(), fixed(-4.0)),
+                // Also hides the item from the user (rules.hide_event_types).
+                ("not_interested".into(), fixed(-4.0)),
                 ("skip".into(), fixed(-1.0)),
             ]),
             value_range: [-10.0, 10.0],
@@ -1086,6 +1161,46 @@ impl Settings {
         }
         if sv.max_session_items == 0 {
             return Err(invalid("serving.max_session_items", "must be at least 1"));
+        }
+        if self.events.weights.contains_key(IMPRESSION) {
+            return Err(invalid(
+                "events.weights",
+                "must not list impression: impressions are not feedback and have no weight",
+            ));
+        }
+        let r = &self.rules;
+        if crate::time::parse_duration(&r.impression_window).is_err() {
+            return Err(invalid(
+                "rules.impression_window",
+                format!(
+                    "must be a duration such as 90m, 24h or 7d, got {:?}",
+                    r.impression_window
+                ),
+            ));
+        }
+        for t in &r.hide_event_types {
+            if !self.events.weights.contains_key(t) {
+                return Err(invalid(
+                    "rules.hide_event_types",
+                    format!("has {t:?}, which is not an event type of events.weights"),
+                ));
+            }
+        }
+        if !(r.hide_similar.is_finite() && (0.0..=1.0).contains(&r.hide_similar)) {
+            return Err(invalid("rules.hide_similar", "must be from 0 to 1"));
+        }
+        let rule_positive = [
+            ("rules.impressions_per_user", r.impressions_per_user),
+            ("rules.candidate_pool", r.candidate_pool),
+            ("rules.max_expression_bytes", r.max_expression_bytes),
+            ("rules.max_expression_depth", r.max_expression_depth),
+            ("rules.max_list_values", r.max_list_values),
+            ("rules.max_clauses", r.max_clauses),
+        ];
+        for (key, v) in rule_positive {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         let d = &self.decisions;
         if d.checkpoint_every == 0 {

@@ -6,14 +6,17 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bespoke_algo::{IdMap, ItemIdx, LiveIndex, Popularity, UserIdx};
 use bespoke_store::Item;
 use parking_lot::RwLock;
 use rustc_hash::FxHashSet;
 
+use crate::exposure::Exposure;
 use crate::models::ServingModel;
 use crate::privacy::UserKeys;
+use crate::rules::Columns;
+use crate::rules::spec::SavedRule;
 use crate::settings::Settings;
 
 /// What the ranking pipeline reads: the serving state and the served model, with the settings
@@ -27,6 +30,10 @@ pub struct Serving {
     pub(crate) model: ArcSwapOption<ServingModel>,
     /// Raw user keys to store keys.
     pub(crate) user_keys: UserKeys,
+    /// The saved business rules, by name; swapped whole when one changes.
+    pub(crate) saved_rules: ArcSwap<Vec<SavedRule>>,
+    /// Compiled rule expressions, by source text.
+    pub(crate) exprs: crate::rules::Cache,
 }
 
 impl std::fmt::Debug for Serving {
@@ -34,6 +41,10 @@ impl std::fmt::Debug for Serving {
         f.debug_struct("Serving").finish_non_exhaustive()
     }
 }
+
+/// Distinct expressions kept compiled: saved rules plus the requests' own, which an
+/// application sends from a handful of templates.
+const EXPRESSION_CACHE: usize = 1024;
 
 impl Serving {
     /// An empty serving state for `settings` (the engine fills it from the store).
@@ -53,8 +64,12 @@ impl Serving {
                 item_meta: Vec::new(),
                 categories: IdMap::new(),
                 live: LiveIndex::new(Popularity::new(half_life_ms)),
+                exposure: Exposure::default(),
+                columns: Columns::new(),
             }),
             model: ArcSwapOption::empty(),
+            saved_rules: ArcSwap::from_pointee(Vec::new()),
+            exprs: crate::rules::Cache::new(EXPRESSION_CACHE),
         }
     }
 }
@@ -88,6 +103,10 @@ pub(crate) struct State {
     pub(crate) item_meta: Vec<ItemMeta>,
     pub(crate) categories: IdMap,
     pub(crate) live: LiveIndex,
+    /// Impressions and hidden items.
+    pub(crate) exposure: Exposure,
+    /// Item attributes by column, for rule expressions.
+    pub(crate) columns: Columns,
 }
 
 impl State {
@@ -126,6 +145,7 @@ impl State {
             categories,
             available: item.available,
         };
+        self.columns.set_item(item.idx.0, item);
         self.items.insert(&item.key, item.idx.0);
     }
 
@@ -141,6 +161,23 @@ impl State {
             categories: Vec::new(),
             available: true,
         };
+        // Created by an event: no attributes yet, created now.
+        let now = crate::time::now_ms();
+        self.columns.set_item(
+            idx.0,
+            &Item {
+                idx,
+                key: key.to_owned(),
+                categories: Vec::new(),
+                text: Default::default(),
+                numeric: Default::default(),
+                attributes: Default::default(),
+                embeddings: Default::default(),
+                available: true,
+                created_at: now,
+                updated_at: now,
+            },
+        );
         self.items.insert(key, idx.0);
     }
 
@@ -170,6 +207,25 @@ impl State {
     pub(crate) fn first_category(&self, item: ItemIdx) -> Option<String> {
         let c = *self.meta(item)?.categories.first()?;
         self.categories.key(c).map(str::to_owned)
+    }
+
+    /// Applies an event that is not feedback: an impression (`kind` is
+    /// [`crate::settings::IMPRESSION`]) or a hide (`hides`: its type is one of
+    /// `rules.hide_event_types`). Feedback itself goes to [`LiveIndex`].
+    pub(crate) fn apply_signal(
+        &mut self,
+        settings: &Settings,
+        kind: &str,
+        user: UserIdx,
+        item: ItemIdx,
+        at: bespoke_store::Millis,
+    ) {
+        if kind == crate::settings::IMPRESSION {
+            let keep = settings.rules.impressions_per_user;
+            self.exposure.record_impression(user.0, item.0, at, keep);
+        } else if settings.rules.hide_event_types.iter().any(|t| t == kind) {
+            self.exposure.set_hidden(user.0, item.0, true, at, true);
+        }
     }
 
     pub(crate) fn item_key(&self, item: ItemIdx) -> String {

@@ -7,6 +7,8 @@ use crate::settings::{Settings, WeightSpec};
 use crate::time::{format_rfc3339, parse_rfc3339};
 use crate::weights::Weights;
 
+pub use crate::settings::IMPRESSION;
+
 /// A rule broken by one field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -98,15 +100,28 @@ pub fn check_event(
         check_key("event_id", id, limits.max_key_bytes)
             .map_err(|k| fail("event_id", k.to_string()))?;
     }
-    let Some(spec) = weights.spec(&e.kind) else {
-        return Err(fail(
-            "type",
-            format!(
-                "unknown event type {:?}; configured types: {}",
-                e.kind.chars().take(64).collect::<String>(),
-                weights.kinds().join(", ")
-            ),
-        ));
+    if e.kind == IMPRESSION {
+        // Not feedback: no weight, so no value either.
+        if e.value.is_some() {
+            return Err(fail(
+                "value",
+                "impressions carry no value (they are not feedback)".into(),
+            ));
+        }
+    }
+    let spec = if e.kind == IMPRESSION {
+        None
+    } else {
+        Some(weights.spec(&e.kind).ok_or_else(|| {
+            fail(
+                "type",
+                format!(
+                    "unknown event type {:?}; configured types: {}, and impression",
+                    e.kind.chars().take(64).collect::<String>(),
+                    weights.kinds().join(", ")
+                ),
+            )
+        })?)
     };
     if let Some(v) = e.value
         && (!v.is_finite() || v.abs() > 1e12)
@@ -116,7 +131,7 @@ pub fn check_event(
             "value must be a finite number of magnitude at most 1e12".into(),
         ));
     }
-    if matches!(spec, WeightSpec::Value(_)) {
+    if matches!(spec, Some(WeightSpec::Value(_))) {
         let Some(v) = e.value else {
             return Err(fail(
                 "value",

@@ -130,3 +130,103 @@ pub(crate) async fn user_events(
         next_cursor: page.next.map(|n| n.to_string()),
     }))
 }
+
+/// One list shown to a user, in `POST /v1/impressions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImpressionJson {
+    user: String,
+    /// The items shown, in the order shown.
+    items: Vec<String>,
+    /// Idempotency key of the list; its items get `{list_id}#{position}`.
+    list_id: Option<String>,
+    /// RFC 3339 time; now when absent. Every item of the list gets it: lists are told apart by
+    /// their time.
+    timestamp: Option<String>,
+}
+
+/// Body of `POST /v1/impressions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PostImpressions {
+    impressions: Vec<ImpressionJson>,
+}
+
+/// Answer of `POST /v1/impressions`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PostImpressionsResponse {
+    /// Lists received.
+    lists: usize,
+    /// Impression events stored (duplicates of a replayed list not counted).
+    stored: usize,
+}
+
+/// `POST /v1/impressions`: what users were shown, one entry per list. Stored as events of type
+/// `impression` (one per item), which retention and erasure cover like any event; they feed the
+/// no-repeat policy, never training or popularity.
+pub(crate) async fn post_impressions(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<PostImpressions>,
+) -> Result<Json<PostImpressionsResponse>, ApiError> {
+    let settings = state.engine.settings();
+    let max = settings.limits.max_batch_events;
+    if body.impressions.is_empty() {
+        return Err(ApiError::invalid(
+            "impressions",
+            "impressions must not be empty",
+        ));
+    }
+    let total: usize = body.impressions.iter().map(|l| l.items.len()).sum();
+    if total > max {
+        return Err(ApiError::invalid(
+            "impressions",
+            format!(
+                "a batch holds at most {max} shown items in all (limits.max_batch_events), got {total}"
+            ),
+        ));
+    }
+    let now = now_ms();
+    let mut events = Vec::with_capacity(total);
+    let lists = body.impressions.len();
+    for (i, list) in body.impressions.into_iter().enumerate() {
+        if list.items.is_empty() {
+            return Err(ApiError::invalid(
+                format!("impressions[{i}].items"),
+                "items must not be empty",
+            ));
+        }
+        let timestamp = match &list.timestamp {
+            None => now,
+            Some(t) => crate::time::parse_rfc3339(t).map_err(|e| {
+                ApiError::invalid(format!("impressions[{i}].timestamp"), e.to_string())
+            })?,
+        };
+        for (pos, item) in list.items.into_iter().enumerate() {
+            let event = NewEvent {
+                event_id: list.list_id.as_ref().map(|id| format!("{id}#{pos}")),
+                user: list.user.clone(),
+                item,
+                kind: crate::settings::IMPRESSION.to_owned(),
+                value: None,
+                timestamp: Some(timestamp),
+                context: None,
+            };
+            check_event(settings, state.engine.weights(), &event, now).map_err(|f| {
+                let field = match f.field.as_str() {
+                    "item" => format!("impressions[{i}].items[{pos}]"),
+                    "event_id" => format!("impressions[{i}].list_id"),
+                    other => format!("impressions[{i}].{other}"),
+                };
+                ApiError::invalid(field, f.message)
+            })?;
+            events.push(event);
+        }
+    }
+    let engine = state.engine.clone();
+    let appended = blocking(move || engine.ingest(events).map_err(ApiError::from)).await?;
+    let stored = appended.iter().filter(|a| !a.duplicate).count();
+    state
+        .metrics
+        .record_events(stored as u64, (appended.len() - stored) as u64);
+    Ok(Json(PostImpressionsResponse { lists, stored }))
+}

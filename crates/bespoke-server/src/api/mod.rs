@@ -13,6 +13,7 @@ mod fuzz;
 mod models;
 mod ops;
 mod personalizer;
+mod rules;
 mod serving;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -76,6 +77,22 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/metrics", Access::Needs(Scope::Admin)),
     ("GET", "/openapi.json", Access::Needs(Scope::Read)),
     ("POST", "/v1/events", Access::Needs(Scope::Write)),
+    ("POST", "/v1/impressions", Access::Needs(Scope::Write)),
+    ("GET", "/v1/users/{key}/hidden", Access::Needs(Scope::Write)),
+    (
+        "PUT",
+        "/v1/users/{key}/hidden/{item}",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "DELETE",
+        "/v1/users/{key}/hidden/{item}",
+        Access::Needs(Scope::Write),
+    ),
+    ("GET", "/v1/rules", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/rules/{key}", Access::Needs(Scope::Admin)),
+    ("PUT", "/v1/rules/{key}", Access::Needs(Scope::Admin)),
+    ("DELETE", "/v1/rules/{key}", Access::Needs(Scope::Admin)),
     ("GET", "/v1/users/{key}", Access::Needs(Scope::Write)),
     ("PUT", "/v1/users/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/users/{key}", Access::Needs(Scope::Write)),
@@ -275,6 +292,17 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/events", post(events::post_events))
+        .route("/v1/impressions", post(events::post_impressions))
+        .route("/v1/users/{key}/hidden", get(rules::hidden))
+        .route(
+            "/v1/users/{key}/hidden/{item}",
+            put(rules::hide).delete(rules::unhide),
+        )
+        .route("/v1/rules", get(rules::list))
+        .route(
+            "/v1/rules/{key}",
+            get(rules::get).put(rules::put).delete(rules::delete),
+        )
         .route(
             "/v1/users/{key}",
             put(catalog::put_user)

@@ -13,8 +13,9 @@ use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::engine::{PopularSort, Recommendation, Recommendations};
 use crate::error::ApiError;
-use crate::pipeline::request::{CommonIn, Form, explain_param, model_param};
-use crate::pipeline::{NeedsAttributes, RankRequest, Ranked, RankedItem, Source};
+use crate::pipeline::request::{CommonIn, Form, RULE_PARAMS, RulesIn, explain_param, model_param};
+use crate::pipeline::{Filtered, NeedsAttributes, RankRequest, Ranked, RankedItem, Source};
+use crate::rules::spec::{BoostSpec, PromoteSpec};
 use crate::settings::SimilarChoice;
 use crate::time::parse_duration;
 
@@ -30,6 +31,12 @@ pub(crate) struct RecommendationsOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     model_version: Option<u64>,
     items: Vec<Recommendation>,
+    /// The business rules that applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<String>,
+    /// With `explain=full`: what the rules kept out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filtered: Vec<Filtered>,
 }
 
 /// Answer of `GET /v1/items/{key}/similar`.
@@ -37,12 +44,20 @@ pub(crate) struct RecommendationsOut {
 pub(crate) struct SimilarOut {
     item: String,
     items: Vec<Recommendation>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filtered: Vec<Filtered>,
 }
 
 /// Answer of `GET /v1/popular`.
 #[derive(Debug, Serialize)]
 pub(crate) struct PopularOut {
     items: Vec<Recommendation>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filtered: Vec<Filtered>,
 }
 
 /// The shared fields of a ranking GET, checked against what the route `allowed`. `model` is a
@@ -53,7 +68,9 @@ fn query_request(
     allowed: &[&str],
     models: bool,
 ) -> Result<RankRequest, ApiError> {
-    params.allow(allowed)?;
+    let mut names: Vec<&str> = allowed.to_vec();
+    names.extend(RULE_PARAMS);
+    params.allow(&names)?;
     let settings = state.engine.settings();
     let max_n = settings.limits.max_n;
     let n = match params.get("n") {
@@ -74,7 +91,7 @@ fn query_request(
             )
         })?),
     };
-    CommonIn {
+    let req = CommonIn {
         // Out of i64's range is out of range all the same.
         n: n.map(|n| n.clamp(i64::MIN as i128, i64::MAX as i128) as i64),
         model: params.get("model").filter(|_| models).map(str::to_owned),
@@ -84,7 +101,78 @@ fn query_request(
         explain: params.get("explain").map(str::to_owned),
         diversity,
     }
-    .validate(Form::Query, settings, None)
+    .validate(Form::Query, settings, None)?;
+    let int = |name: &str| -> Result<Option<i64>, ApiError> {
+        params
+            .get(name)
+            .map(|raw| {
+                raw.trim().parse::<i64>().map_err(|_| {
+                    ApiError::invalid(name, format!("{name} must be an integer, got {raw:?}"))
+                })
+            })
+            .transpose()
+    };
+    let rules = RulesIn {
+        filter: params.get("filter").map(str::to_owned),
+        boost: json_param(params, "boost")?,
+        promote: json_param(params, "promote")?,
+        max_per_category: int("max_per_category")?,
+        max_impressions: int("max_impressions")?,
+        impression_window: params.get("impression_window").map(str::to_owned),
+        no_repeat_lists: int("no_repeat_lists")?,
+        hide_similar: params
+            .get("hide_similar")
+            .map(|raw| {
+                raw.trim().parse::<f64>().map_err(|_| {
+                    ApiError::invalid(
+                        "hide_similar",
+                        format!("hide_similar must be a number from 0 to 1, got {raw:?}"),
+                    )
+                })
+            })
+            .transpose()?,
+        user: params.get("user").map(str::to_owned),
+        skip_rules: params
+            .get("skip_rules")
+            .is_some()
+            .then(|| params.list("skip_rules")),
+    };
+    with_rules(state, req, rules)
+}
+
+/// A JSON array in a query parameter (`boost`, `promote`).
+fn json_param<T: serde::de::DeserializeOwned>(
+    params: &Params,
+    name: &str,
+) -> Result<Option<Vec<T>>, ApiError> {
+    params
+        .get(name)
+        .map(|raw| {
+            serde_json::from_str(raw).map_err(|e| {
+                ApiError::invalid(
+                    name,
+                    format!(
+                        "{name} must be a JSON array of {{\"if\": <expression>, ...}} objects: {e}"
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Sets the rule fields on `req` and checks them against the catalog and the saved rules.
+fn with_rules(
+    state: &AppState,
+    mut req: RankRequest,
+    rules: RulesIn,
+) -> Result<RankRequest, ApiError> {
+    rules.apply(&mut req, state.engine.settings())?;
+    state
+        .engine
+        .serving()
+        .check_rules(&req, req.n)
+        .map_err(|p| ApiError::invalid(p.field, p.message))?;
+    Ok(req)
 }
 
 /// Runs the pipeline for a user, reading their stored attributes on the blocking pool when a
@@ -126,6 +214,8 @@ fn empty() -> Recommendations {
         personalized: false,
         model: "popular",
         model_version: None,
+        rules: Vec::new(),
+        filtered: Vec::new(),
     }
 }
 
@@ -156,6 +246,8 @@ pub(crate) async fn recommendations(
         model: recs.model,
         model_version: recs.model_version,
         items: recs.items,
+        rules: recs.rules,
+        filtered: recs.filtered,
     }))
 }
 
@@ -168,7 +260,15 @@ pub(crate) async fn similar(
     let req = query_request(
         &state,
         &params,
-        &["n", "model", "category", "exclude", "explain", "diversity"],
+        &[
+            "n",
+            "model",
+            "category",
+            "exclude",
+            "explain",
+            "diversity",
+            "user",
+        ],
         false,
     )?;
     let choice = match params.get("model") {
@@ -187,15 +287,19 @@ pub(crate) async fn similar(
         item: &key,
         model: choice,
     };
-    let items = state
+    let out = state
         .engine
         .serving()
         .rank(source, &req)
         .ok()
         .flatten()
-        .ok_or_else(|| ApiError::not_found("item", &key))?
-        .items;
-    Ok(Json(SimilarOut { item: key, items }))
+        .ok_or_else(|| ApiError::not_found("item", &key))?;
+    Ok(Json(SimilarOut {
+        item: key,
+        items: out.items,
+        rules: out.rules,
+        filtered: out.filtered,
+    }))
 }
 
 pub(crate) async fn popular(
@@ -213,6 +317,7 @@ pub(crate) async fn popular(
             "exclude",
             "explain",
             "diversity",
+            "user",
         ],
         false,
     )?;
@@ -239,15 +344,18 @@ pub(crate) async fn popular(
             "window applies to sort=count; trending already weighs recent events more",
         ));
     }
-    let items = state
+    let out = state
         .engine
         .serving()
         .rank(Source::Popular { sort, window }, &req)
         .ok()
         .flatten()
-        .map(|r| r.items)
-        .unwrap_or_default();
-    Ok(Json(PopularOut { items }))
+        .unwrap_or_else(empty);
+    Ok(Json(PopularOut {
+        items: out.items,
+        rules: out.rules,
+        filtered: out.filtered,
+    }))
 }
 
 /// One item of a session or a history: a key, or `{item, weight}`.
@@ -320,6 +428,27 @@ pub(crate) struct SessionIn {
     explain: Option<String>,
     #[serde(default)]
     diversity: Option<f64>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    boost: Option<Vec<BoostSpec>>,
+    #[serde(default)]
+    promote: Option<Vec<PromoteSpec>>,
+    #[serde(default)]
+    max_per_category: Option<i64>,
+    #[serde(default)]
+    max_impressions: Option<i64>,
+    #[serde(default)]
+    impression_window: Option<String>,
+    #[serde(default)]
+    no_repeat_lists: Option<i64>,
+    #[serde(default)]
+    hide_similar: Option<f64>,
+    #[serde(default)]
+    skip_rules: Option<Vec<String>>,
+    /// Whose hidden items and impressions apply.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 /// Answer of `POST /v1/recommendations`.
@@ -329,6 +458,10 @@ pub(crate) struct SessionOut {
     model: &'static str,
     model_version: Option<u64>,
     items: Vec<Recommendation>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filtered: Vec<Filtered>,
 }
 
 /// `POST /v1/recommendations`: recommendations for an anonymous session from its recent items.
@@ -347,6 +480,19 @@ pub(crate) async fn session(
         diversity: body.diversity,
     }
     .validate(Form::Body, state.engine.settings(), body.context)?;
+    let rules = RulesIn {
+        filter: body.filter,
+        boost: body.boost,
+        promote: body.promote,
+        max_per_category: body.max_per_category,
+        max_impressions: body.max_impressions,
+        impression_window: body.impression_window,
+        no_repeat_lists: body.no_repeat_lists,
+        hide_similar: body.hide_similar,
+        user: body.user,
+        skip_rules: body.skip_rules,
+    };
+    let req = with_rules(&state, req, rules)?;
     let recs = state
         .engine
         .serving()
@@ -359,6 +505,8 @@ pub(crate) async fn session(
         model: recs.model,
         model_version: recs.model_version,
         items: recs.items,
+        rules: recs.rules,
+        filtered: recs.filtered,
     }))
 }
 
@@ -380,6 +528,24 @@ pub(crate) struct RankIn {
     explain: Option<String>,
     #[serde(default)]
     diversity: Option<f64>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    boost: Option<Vec<BoostSpec>>,
+    #[serde(default)]
+    promote: Option<Vec<PromoteSpec>>,
+    #[serde(default)]
+    max_per_category: Option<i64>,
+    #[serde(default)]
+    max_impressions: Option<i64>,
+    #[serde(default)]
+    impression_window: Option<String>,
+    #[serde(default)]
+    no_repeat_lists: Option<i64>,
+    #[serde(default)]
+    hide_similar: Option<f64>,
+    #[serde(default)]
+    skip_rules: Option<Vec<String>>,
 }
 
 /// Answer of `POST /v1/users/{key}/rank`.
@@ -391,6 +557,11 @@ pub(crate) struct RankOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     model_version: Option<u64>,
     items: Vec<RankedItem>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<String>,
+    /// Supplied items the rules filtered out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filtered: Vec<Filtered>,
 }
 
 /// `POST /v1/users/{key}/rank`: the supplied items ordered for the user, with scores and
@@ -431,6 +602,19 @@ pub(crate) async fn rank(
         context: body.context,
         ..RankRequest::default()
     };
+    let rules = RulesIn {
+        filter: body.filter,
+        boost: body.boost,
+        promote: body.promote,
+        max_per_category: body.max_per_category,
+        max_impressions: body.max_impressions,
+        impression_window: body.impression_window,
+        no_repeat_lists: body.no_repeat_lists,
+        hide_similar: body.hide_similar,
+        user: None,
+        skip_rules: body.skip_rules,
+    };
+    let req = with_rules(&state, req, rules)?;
     let ranked = match state
         .engine
         .serving()
@@ -455,6 +639,8 @@ pub(crate) async fn rank(
         personalized,
         model,
         model_version,
+        rules,
+        filtered,
     } = ranked;
     Ok(Json(RankOut {
         user: key,
@@ -462,5 +648,7 @@ pub(crate) async fn rank(
         model,
         model_version,
         items,
+        rules,
+        filtered,
     }))
 }

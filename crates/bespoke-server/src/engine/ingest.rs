@@ -55,6 +55,7 @@ impl Engine {
                 s.live.apply(a.user, a.item, w, a.timestamp);
                 s.bump_user(a.user);
             }
+            s.apply_signal(&self.settings, &kind, a.user, a.item, a.timestamp);
         }
         drop(s);
         let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
@@ -161,6 +162,7 @@ impl Engine {
                 s.users.remove(key);
             }
             s.live.remove_user(UserIdx(d.idx));
+            s.exposure.remove_user(d.idx);
             s.bump_user(UserIdx(d.idx));
             if let Some(m) = self.serving.model.load_full() {
                 m.als.forget(d.idx);
@@ -234,6 +236,7 @@ impl Engine {
                 s.items.remove(key);
             }
             s.live.remove_item(ItemIdx(d.idx));
+            s.columns.clear_item(d.idx);
             s.catalog_epoch += 1;
             if let Some(c) = self
                 .serving

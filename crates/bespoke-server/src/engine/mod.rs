@@ -44,11 +44,13 @@ mod erasure;
 mod ingest;
 mod lifecycle;
 mod privacy;
+mod rules;
 mod serve;
 
 pub use access::Access;
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
 pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
+pub use rules::{HiddenItem, RuleError};
 
 /// Chunk size when loading the event log at start-up.
 const LOAD_CHUNK: usize = 100_000;
@@ -153,18 +155,23 @@ impl Engine {
             let Some(last) = chunk.last() else { break };
             seq = last.seq;
             for e in &chunk {
+                state.apply_signal(&settings, &e.kind, e.user, e.item, e.timestamp);
                 match weights.weight(&e.kind, e.value) {
                     Some(w) if w.is_finite() => state.live.apply(e.user, e.item, w, e.timestamp),
+                    // Impressions are not feedback.
+                    _ if e.kind == crate::settings::IMPRESSION => {}
                     // A type removed from the configuration since the event was stored.
                     _ => skipped += 1,
                 }
             }
         }
+        let blocks = rules::load_blocks(&*store, &mut state)?;
         tracing::info!(
             users = state.users.len(),
             items = state.items.len(),
             events = state.live.events(),
             skipped_events = skipped,
+            blocks,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded serving state"
         );
@@ -188,6 +195,7 @@ impl Engine {
             decisions,
         };
         engine.access.refresh_keys()?;
+        engine.reload_rules()?;
         engine.load_pending_erasures()?;
         engine.load_active_model();
         Ok(engine)

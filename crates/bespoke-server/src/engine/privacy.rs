@@ -24,7 +24,14 @@ impl Engine {
             }
         }
         events.reverse();
-        let derived = self.derived(key).unwrap_or(Value::Null);
+        let mut derived = self.derived(key).unwrap_or(Value::Null);
+        // The items the user hid (block list and hiding events).
+        if let (Value::Object(d), Some(hidden)) = (&mut derived, self.hidden_items(key)) {
+            d.insert(
+                "hidden".into(),
+                serde_json::to_value(hidden).unwrap_or(Value::Null),
+            );
+        }
         let stored = self.serving.user_keys.to_store(key).into_owned();
         let decisions = self
             .store
@@ -83,6 +90,7 @@ impl Engine {
                 })
                 .collect();
             s.live.expire(&expired, cutoff);
+            s.exposure.expire(cutoff);
             for &(u, _, _) in &expired {
                 s.bump_user(u);
             }

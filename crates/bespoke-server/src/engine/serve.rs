@@ -63,6 +63,12 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Checks a request's business rules (filter, boosts, promotions) against the catalog, as
+    /// the API does before it ranks: the field and what is wrong.
+    pub fn check_rules(&self, q: &RecommendQuery) -> Result<(), crate::pipeline::RuleProblem> {
+        self.serving.check_rules(q, q.n)
+    }
+
     /// Recommendations for a user (see the module docs for the model and fallback rules).
     pub fn recommend(&self, user_key: &str, q: &RecommendQuery) -> Recommendations {
         let source = |attributes| Source::User {
@@ -84,6 +90,8 @@ impl Engine {
             personalized: false,
             model: "popular",
             model_version: None,
+            rules: Vec::new(),
+            filtered: Vec::new(),
         })
     }
 
@@ -108,6 +116,8 @@ impl Engine {
                 personalized: false,
                 model: "popular",
                 model_version: None,
+                rules: Vec::new(),
+                filtered: Vec::new(),
             })
     }
 

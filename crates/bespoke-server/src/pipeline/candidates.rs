@@ -12,6 +12,7 @@ use bespoke_store::Millis;
 use rustc_hash::FxHashSet;
 
 use super::explain::{Contribution, Feature, History, scaled};
+use super::rules::Plan;
 use super::{Filter, RankRequest, Reason};
 use super::{PopularSort, Recommendation, Recommendations};
 use crate::models::ServingModel;
@@ -415,12 +416,14 @@ impl Serving {
 
     /// Candidates for a user: their model (or the blend), the content model when the model
     /// knows none of their history, popular items otherwise, topped up with popular items.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn user_candidates(
         &self,
         s: &State,
         model: Option<&ServingModel>,
         user_key: &str,
         q: &RankRequest,
+        plan: &Plan,
         n: usize,
         attributes: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Recommendations, NeedsAttributes> {
@@ -428,7 +431,7 @@ impl Serving {
         let user = s.users.get(&self.user_keys.to_store(user_key)).map(UserIdx);
         let personal =
             user.filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true));
-        let filter = Filter::new(s, q, if q.include_seen { None } else { personal });
+        let filter = Filter::new(s, q, plan, if q.include_seen { None } else { personal });
         let choice = self.resolve(q.model, model);
         let mut fallback = match (user, personal) {
             (None, _) => Some("unknown user: showing popular items".to_owned()),
@@ -508,6 +511,8 @@ impl Serving {
             personalized,
             model: used,
             model_version: model.filter(|_| used != "popular").map(|m| m.version),
+            rules: Vec::new(),
+            filtered: Vec::new(),
         })
     }
 
@@ -560,11 +565,12 @@ impl Serving {
         model: Option<&ServingModel>,
         items: &[(String, f32)],
         q: &RankRequest,
+        plan: &Plan,
         n: usize,
     ) -> Recommendations {
         let full = q.explain.full();
         let store_history = self.session_history(s, items);
-        let mut filter = Filter::new(s, q, None);
+        let mut filter = Filter::new(s, q, plan, None);
         if !q.include_seen {
             filter.exclude(store_history.iter().map(|h| h.0));
         }
@@ -670,6 +676,8 @@ impl Serving {
             personalized: used != "popular",
             model: used,
             model_version: model.filter(|_| used != "popular").map(|m| m.version),
+            rules: Vec::new(),
+            filtered: Vec::new(),
         }
     }
 
@@ -971,6 +979,7 @@ impl Serving {
     /// iALS factors, or live co-occurrence), topped up with co-occurrence and then with popular
     /// items of its category when there are too few (a cold item has none). `None` when the item
     /// does not exist.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn similar_candidates(
         &self,
         s: &State,
@@ -978,12 +987,13 @@ impl Serving {
         item_key: &str,
         choice: Option<SimilarChoice>,
         q: &RankRequest,
+        plan: &Plan,
         n: usize,
     ) -> Option<Vec<Recommendation>> {
         let full = q.explain.full();
         let item = ItemIdx(s.items.get(item_key)?);
         let choice = choice.unwrap_or(self.settings.serving.default_similar_model);
-        let mut filter = Filter::new(s, q, None);
+        let mut filter = Filter::new(s, q, plan, None);
         filter.exclude([item.0]);
         let mut out: Vec<Recommendation> = Vec::new();
         let mut taken: FxHashSet<u32> = FxHashSet::default();
@@ -1143,10 +1153,11 @@ impl Serving {
         sort: PopularSort,
         window: Option<Millis>,
         q: &RankRequest,
+        plan: &Plan,
         n: usize,
     ) -> Vec<Recommendation> {
         let full = q.explain.full();
-        let filter = Filter::new(s, q, None);
+        let filter = Filter::new(s, q, plan, None);
         let keep = |i: ItemIdx| filter.keep(i);
         let pop = s.live.popularity();
         let now = now_ms();

@@ -139,13 +139,17 @@ pub enum Reason {
         /// Its contribution to the score.
         weight: f32,
     },
-    /// A business rule moved or kept the item (produced by rule stages).
+    /// A business rule moved the item (a boost, a promotion, a category cap, or a hidden
+    /// item it resembles).
     #[serde(rename = "rule")]
     Rule {
         /// A sentence for people.
         message: String,
-        /// The rule's name.
+        /// The rule's name: a saved rule's, or `request.filter`, `request.boost[0]`, ... for the
+        /// request's own.
         rule: String,
+        /// `boost`, `promote`, `cap` or `hide_similar`.
+        effect: &'static str,
     },
     /// Exploration moved the item's score (a decision's Thompson-sampling draw).
     #[serde(rename = "exploration")]
@@ -271,7 +275,8 @@ pub struct Contribution {
     /// (item-kNN `w·sim`), `item_weight` (EASE `w·B_ij`), `factor` and `item_bias` (BPR),
     /// `feature` and `bias` (content), `session_content` (iALS: session items placed by their
     /// content), `popularity`, `similarity`, `co_occurrence`, `offset` (a shift that places a
-    /// top-up below the results above it). Blends prefix each term with its model
+    /// top-up below the results above it), `boost` (what a business rule's boost changed, the
+    /// rule as `feature`). Blends prefix each term with its model
     /// (`als.history_item`) and scale it by the blend weight.
     pub term: String,
     /// The history item behind the term.

@@ -1,29 +1,39 @@
 //! The filter stage: which candidates a request allows. Sources ask it while they retrieve
-//! (retrieve-then-filter inside the top-k scan), so a filtered item never takes a place.
+//! (retrieve-then-filter inside the top-k scan), so a filtered item never takes a place. The
+//! request's business rules (its plan) are checked last: they cost the most per item.
 
 use bespoke_algo::{ItemIdx, UserIdx};
 use rustc_hash::FxHashSet;
 
 use super::RankRequest;
+use super::rules::Plan;
 use crate::models::ServingModel;
 use crate::state::State;
 
-/// What a request allows: availability, categories, exclusions and (optionally) unseen items.
+/// What a request allows: availability, categories, exclusions, (optionally) unseen items,
+/// and its business rules (filters, hidden items, no-repeat).
 pub(crate) struct Filter<'a> {
     s: &'a State,
     wanted: Vec<u32>,
     excluded: FxHashSet<u32>,
     unseen_for: Option<UserIdx>,
+    plan: &'a Plan,
 }
 
 impl<'a> Filter<'a> {
-    /// The filter of `req`; `unseen_for` drops what that user has seen.
-    pub(crate) fn new(s: &'a State, req: &RankRequest, unseen_for: Option<UserIdx>) -> Self {
+    /// The filter of `req` and its rule `plan`; `unseen_for` drops what that user has seen.
+    pub(crate) fn new(
+        s: &'a State,
+        req: &RankRequest,
+        plan: &'a Plan,
+        unseen_for: Option<UserIdx>,
+    ) -> Self {
         Self {
             s,
             wanted: s.category_ids(&req.categories),
             excluded: req.exclude.iter().filter_map(|k| s.items.get(k)).collect(),
             unseen_for,
+            plan,
         }
     }
 
@@ -45,5 +55,6 @@ impl<'a> Filter<'a> {
             && self
                 .unseen_for
                 .is_none_or(|u| !self.s.live.has_seen(u, item))
+            && self.plan.allows(self.s, item)
     }
 }

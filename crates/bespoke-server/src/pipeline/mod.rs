@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! RankRequest ─► candidates (a Source, scored by one model or the blend)
-//!             ─► filters (availability, categories, exclude, include_seen; applied inside
-//!                         retrieval, so a filtered item never takes a place)
-//!             ─► re-rankers (ordered; diversity now)
+//!             ─► filters (availability, categories, exclude, include_seen, and the business
+//!                         rules' filters, hidden items and no-repeat; applied inside retrieval,
+//!                         so a filtered item never takes a place)
+//!             ─► boosts (business rules: scores multiplied or shifted, re-sorted)
+//!             ─► category cap
+//!             ─► re-rankers (ordered: hide_similar, diversity)
+//!             ─► promotions (reserved slots)
 //!             ─► explanations (Reason always; Contribution terms with explain=full)
 //!             ─► response
 //! ```
@@ -23,9 +27,10 @@ pub mod explain;
 mod filters;
 pub mod request;
 mod rerank;
+pub(crate) mod rules;
 mod supplied;
 
-use bespoke_algo::ItemIdx;
+use bespoke_algo::{ItemIdx, UserIdx};
 use bespoke_store::Millis;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -33,10 +38,14 @@ use serde_json::{Map, Value};
 pub use candidates::NeedsAttributes;
 pub use explain::{Contribution, Explain, Reason};
 pub use request::RankRequest;
+use rules::Plan;
+pub use rules::{Filtered, RuleProblem};
 pub use supplied::{Ranked, RankedItem};
 
 pub(crate) use filters::Filter;
 
+use crate::models::ServingModel;
+use crate::rules::spec::Route;
 use crate::settings::SimilarChoice;
 use crate::state::{Serving, State};
 
@@ -90,6 +99,13 @@ pub struct Recommendations {
     pub model: &'static str,
     /// The version of the trained model used, if any.
     pub model_version: Option<u64>,
+    /// The business rules that applied (saved ones by name, the request's own as
+    /// `request.filter`, ...), plus `hidden` and `no_repeat` when they removed anything.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+    /// With `explain=full`: items the rules kept out of the answer, and which rule.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filtered: Vec<Filtered>,
 }
 
 /// Where a ranking's candidates come from.
@@ -120,6 +136,18 @@ pub enum Source<'a> {
     },
 }
 
+impl Source<'_> {
+    /// The route a saved rule names for this source.
+    fn route(&self) -> Route {
+        match self {
+            Source::User { .. } => Route::Recommendations,
+            Source::Session(_) => Route::Session,
+            Source::Similar { .. } => Route::Similar,
+            Source::Popular { .. } => Route::Popular,
+        }
+    }
+}
+
 impl Serving {
     /// Runs the pipeline for `source`. `Ok(None)` when the source's subject does not exist
     /// (similar items of an unknown item).
@@ -131,32 +159,108 @@ impl Serving {
         let model = self.model.load_full();
         let s = self.state.read();
         let m = model.as_deref();
-        let rerankers = rerank::for_request(req);
+        let full = req.explain.full();
+        // Whose hidden items and impressions apply.
+        let user = match source {
+            Source::User { key, .. } => Some(key),
+            _ => req.user.as_deref(),
+        }
+        .and_then(|k| s.users.get(&self.user_keys.to_store(k)))
+        .map(UserIdx);
+        let plan = self.plan(&s, source.route(), req, user);
+        let rerankers = rerank::for_request(req, &plan);
         let fetch = rerankers
             .iter()
-            .fold(req.n, |n, r| r.wants(req.n).max(n))
+            .fold(
+                plan.wants(req.n, self.settings.rules.candidate_pool),
+                |n, r| r.wants(req.n).max(n),
+            )
             .min(self.settings.limits.max_n.max(req.n));
-        let mut out = match source {
-            Source::User { key, attributes } => {
-                self.user_candidates(&s, m, key, req, fetch, attributes)?
+        let Some(mut out) = self.retrieve(&s, m, source, req, &plan, fetch)? else {
+            return Ok(None);
+        };
+        plan.boost(&s, &mut out.items, full);
+        let mut dropped = Vec::new();
+        plan.cap(&s, &mut out.items, req.n, &mut dropped);
+        let pool = if plan.promotions.is_empty() {
+            Vec::new()
+        } else {
+            out.items.clone()
+        };
+        let cx = rerank::Context {
+            s: &s,
+            m,
+            plan: &plan,
+        };
+        for r in &rerankers {
+            r.rerank(&cx, &mut out.items, req.n);
+        }
+        out.items.truncate(req.n);
+        for p in plan.promotions.iter().filter(|p| p.slot <= req.n) {
+            let matching = |r: &Recommendation| {
+                s.items
+                    .get(&r.item)
+                    .is_some_and(|i| p.when.eval(&s.columns, i))
+            };
+            let above: Vec<&str> = out
+                .items
+                .iter()
+                .take(p.slot - 1)
+                .map(|r| r.item.as_str())
+                .collect();
+            let mut candidates: Vec<Recommendation> = pool
+                .iter()
+                .filter(|r| matching(r) && !above.contains(&r.item.as_str()))
+                .cloned()
+                .collect();
+            if candidates.is_empty() {
+                // None among the candidates: retrieve the promotion's own.
+                let narrow = plan.narrowed(&p.when);
+                if let Some(mut found) = self.retrieve(&s, m, source, req, &narrow, p.slot)? {
+                    plan.boost(&s, &mut found.items, full);
+                    candidates = found.items;
+                }
             }
-            Source::Session(items) => self.session_candidates(&s, m, items, req, fetch),
+            rules::promote(&mut out.items, p, candidates, req.n);
+        }
+        if full && (plan.filters_any() || !dropped.is_empty()) {
+            // What the answer would have held without the rules, and which rule kept each out.
+            if let Some(unruled) = self.retrieve(&s, m, source, req, &Plan::default(), req.n)? {
+                out.filtered = plan.filtered(&s, &unruled.items, &out.items);
+            }
+            out.filtered.extend(dropped);
+        }
+        out.rules = plan.applied.clone();
+        Ok(Some(out))
+    }
+
+    /// The candidates of `source`, scored and filtered (by `plan` too), best first.
+    #[allow(clippy::too_many_arguments)]
+    fn retrieve(
+        &self,
+        s: &State,
+        m: Option<&ServingModel>,
+        source: Source<'_>,
+        req: &RankRequest,
+        plan: &Plan,
+        fetch: usize,
+    ) -> Result<Option<Recommendations>, NeedsAttributes> {
+        Ok(Some(match source {
+            Source::User { key, attributes } => {
+                self.user_candidates(s, m, key, req, plan, fetch, attributes)?
+            }
+            Source::Session(items) => self.session_candidates(s, m, items, req, plan, fetch),
             Source::Similar { item, model } => {
-                let Some(items) = self.similar_candidates(&s, m, item, model, req, fetch) else {
+                let Some(items) = self.similar_candidates(s, m, item, model, req, plan, fetch)
+                else {
                     return Ok(None);
                 };
                 unpersonalized(items)
             }
             Source::Popular { sort, window } => {
-                unpersonalized(self.popular_candidates(&s, sort, window, req, fetch))
+                unpersonalized(self.popular_candidates(s, sort, window, req, plan, fetch))
             }
-        };
-        let cx = rerank::Context { s: &s, m };
-        for r in &rerankers {
-            r.rerank(&cx, &mut out.items, req.n);
-        }
-        out.items.truncate(req.n);
-        Ok(Some(out))
+        }))
     }
 }
 
@@ -167,6 +271,8 @@ fn unpersonalized(items: Vec<Recommendation>) -> Recommendations {
         personalized: false,
         model: "popular",
         model_version: None,
+        rules: Vec::new(),
+        filtered: Vec::new(),
     }
 }
 

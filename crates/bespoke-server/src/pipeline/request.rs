@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::Explain;
 use crate::error::ApiError;
+use crate::rules::spec::{BoostSpec, PromoteSpec};
 use crate::settings::{ModelChoice, Settings};
 
 /// Where a request's fields came from, for the field names errors quote.
@@ -37,6 +38,27 @@ pub struct RankRequest {
     pub explain: Explain,
     /// The diversity re-ranker's λ in `[0, 1]`: 0 (the default) leaves the ranking as scored.
     pub diversity: f32,
+    /// Keep only items this rule expression matches (`docs/rules.md`).
+    pub filter: Option<String>,
+    /// Boosts, applied in order.
+    pub boost: Vec<BoostSpec>,
+    /// Reserved positions.
+    pub promote: Vec<PromoteSpec>,
+    /// At most this many items of one category.
+    pub max_per_category: Option<usize>,
+    /// The no-repeat policy's `max_impressions`; `rules.max_impressions` when `None`.
+    pub max_impressions: Option<u32>,
+    /// Its window in milliseconds; `rules.impression_window` when `None`.
+    pub impression_window: Option<i64>,
+    /// Drop what was in the user's last this many lists; `rules.no_repeat_lists` when `None`.
+    pub no_repeat_lists: Option<u32>,
+    /// How far items resembling a hidden one move down; `rules.hide_similar` when `None`.
+    pub hide_similar: Option<f32>,
+    /// Whose hidden items and impressions apply, on routes without a user of their own
+    /// (similar, popular, sessions).
+    pub user: Option<String>,
+    /// Saved rules not to apply (`*`: none of them).
+    pub skip_rules: Vec<String>,
 }
 
 /// The fields ranking routes share, as sent (a POST body flattens them beside its own).
@@ -102,6 +124,7 @@ impl CommonIn {
             context,
             explain: explain_param(self.explain.as_deref())?,
             diversity: diversity_param(self.diversity)?,
+            ..RankRequest::default()
         })
     }
 }
@@ -141,5 +164,91 @@ pub(crate) fn diversity_param(v: Option<f64>) -> Result<f32, ApiError> {
             "diversity",
             format!("diversity must be a number from 0 to 1, got {v}"),
         )),
+    }
+}
+
+/// The business-rule fields every ranking route takes (`docs/rules.md`), as sent.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RulesIn {
+    pub(crate) filter: Option<String>,
+    pub(crate) boost: Option<Vec<BoostSpec>>,
+    pub(crate) promote: Option<Vec<PromoteSpec>>,
+    pub(crate) max_per_category: Option<i64>,
+    pub(crate) max_impressions: Option<i64>,
+    pub(crate) impression_window: Option<String>,
+    pub(crate) no_repeat_lists: Option<i64>,
+    pub(crate) hide_similar: Option<f64>,
+    pub(crate) user: Option<String>,
+    pub(crate) skip_rules: Option<Vec<String>>,
+}
+
+/// The query-string names of [`RulesIn`], for the routes' allowed parameters.
+pub(crate) const RULE_PARAMS: [&str; 9] = [
+    "filter",
+    "boost",
+    "promote",
+    "max_per_category",
+    "max_impressions",
+    "impression_window",
+    "no_repeat_lists",
+    "hide_similar",
+    "skip_rules",
+];
+
+impl RulesIn {
+    /// Checks the fields' shapes and sets them on `req`; the expressions themselves are checked
+    /// against the catalog by `Serving::check_rules`.
+    pub(crate) fn apply(self, req: &mut RankRequest, settings: &Settings) -> Result<(), ApiError> {
+        let count = |field: &str, v: Option<i64>, max: i64| -> Result<Option<i64>, ApiError> {
+            match v {
+                None => Ok(None),
+                Some(v) if (0..=max).contains(&v) => Ok(Some(v)),
+                Some(v) => Err(ApiError::invalid(
+                    field,
+                    format!("{field} must be an integer from 0 to {max}, got {v}"),
+                )),
+            }
+        };
+        req.filter = self.filter;
+        req.boost = self.boost.unwrap_or_default();
+        req.promote = self.promote.unwrap_or_default();
+        req.max_per_category = match count("max_per_category", self.max_per_category, 1_000_000)? {
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    "max_per_category",
+                    "max_per_category must be at least 1",
+                ));
+            }
+            v => v.map(|v| v as usize),
+        };
+        req.max_impressions =
+            count("max_impressions", self.max_impressions, 1_000_000)?.map(|v| v as u32);
+        req.no_repeat_lists =
+            count("no_repeat_lists", self.no_repeat_lists, 1_000_000)?.map(|v| v as u32);
+        req.impression_window = match self.impression_window {
+            None => None,
+            Some(w) => Some(crate::time::parse_duration(&w).map_err(|why| {
+                ApiError::invalid(
+                    "impression_window",
+                    format!("impression_window {why} (90m, 24h, 7d, ...)"),
+                )
+            })?),
+        };
+        req.hide_similar = match self.hide_similar {
+            None => None,
+            Some(v) if (0.0..=1.0).contains(&v) => Some(v as f32),
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    "hide_similar",
+                    format!("hide_similar must be a number from 0 to 1, got {v}"),
+                ));
+            }
+        };
+        if let Some(u) = &self.user {
+            crate::validate::validate_key("user", u, settings.limits.max_key_bytes)?;
+        }
+        req.user = self.user;
+        req.skip_rules = self.skip_rules.unwrap_or_default();
+        Ok(())
     }
 }

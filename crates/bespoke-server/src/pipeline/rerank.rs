@@ -3,19 +3,22 @@
 //! score stays the model's, and its contributions still sum to it); it changes the order and
 //! says why in the reasons of the items it moved down.
 //!
-//! Calibration and fairness re-rankers slot in here next to [`Diversity`].
+//! [`HideSimilar`] (items resembling what the user hid) and [`Diversity`] run in that order;
+//! calibration and fairness re-rankers slot in here next to them.
 
 use bespoke_algo::ItemIdx;
 
 use super::Recommendation;
+use super::rules::Plan;
 use super::{RankRequest, Reason};
 use crate::models::ServingModel;
 use crate::state::State;
 
-/// What re-rankers may read: the serving state and the model, if any.
+/// What re-rankers may read: the serving state, the model, if any, and the request's rules.
 pub(crate) struct Context<'a> {
     pub(crate) s: &'a State,
     pub(crate) m: Option<&'a ServingModel>,
+    pub(crate) plan: &'a Plan,
 }
 
 /// One re-ranking stage.
@@ -27,8 +30,13 @@ pub(crate) trait Reranker {
 }
 
 /// The re-rankers a request asks for, in order.
-pub(crate) fn for_request(req: &RankRequest) -> Vec<Box<dyn Reranker>> {
+pub(crate) fn for_request(req: &RankRequest, plan: &Plan) -> Vec<Box<dyn Reranker>> {
     let mut out: Vec<Box<dyn Reranker>> = Vec::new();
+    if plan.hide_similar > 0.0 && !plan.hidden_items().is_empty() {
+        out.push(Box::new(HideSimilar {
+            lambda: plan.hide_similar,
+        }));
+    }
     if req.diversity > 0.0 {
         out.push(Box::new(Diversity {
             lambda: req.diversity,
@@ -45,6 +53,104 @@ pub(crate) fn for_request(req: &RankRequest) -> Vec<Box<dyn Reranker>> {
 pub(crate) struct Diversity {
     /// λ in `(0, 1]`: 1 ranks by dissimilarity alone.
     pub(crate) lambda: f32,
+}
+
+/// Moves down items that resemble what the user hid: candidates are ordered by
+/// `(1 − λ)·relevance − λ·max similarity to a hidden item`, relevance and similarity as for
+/// [`Diversity`].
+pub(crate) struct HideSimilar {
+    /// λ in `(0, 1]`.
+    pub(crate) lambda: f32,
+}
+
+/// Below this similarity to a hidden item an item is not said to resemble it.
+const RESEMBLES: f32 = 0.3;
+
+impl Reranker for HideSimilar {
+    fn wants(&self, n: usize) -> usize {
+        (n * 2).max(n + 20)
+    }
+
+    fn rerank(&self, cx: &Context<'_>, items: &mut Vec<Recommendation>, n: usize) {
+        let hidden: Vec<(String, Profile<'_>)> = cx
+            .plan
+            .hidden_items()
+            .iter()
+            .filter_map(|&i| Some((cx.s.items.key(i)?.to_owned(), profile(cx, i))))
+            .collect();
+        if hidden.is_empty() || items.is_empty() {
+            items.truncate(n);
+            return;
+        }
+        let relevance = relevance(items);
+        // (ordering key, position, the hidden item it resembles and how much).
+        type Keyed = (f32, usize, Option<(usize, f32)>);
+        let mut keyed: Vec<Keyed> = items
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let p = cx.s.items.get(&r.item).map(|i| profile(cx, i));
+                let closest = p.and_then(|p| {
+                    hidden
+                        .iter()
+                        .enumerate()
+                        .map(|(h, (_, hp))| (h, p.similarity(hp)))
+                        .max_by(|a, b| a.1.total_cmp(&b.1))
+                });
+                let sim = closest.map_or(0.0, |c| c.1);
+                let key = (1.0 - self.lambda) * relevance[k] - self.lambda * sim;
+                (key, k, closest.filter(|c| c.1 >= RESEMBLES))
+            })
+            .collect();
+        keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut slots: Vec<Option<Recommendation>> = items.drain(..).map(Some).collect();
+        for (pos, (_, k, closest)) in keyed.into_iter().take(n).enumerate() {
+            let mut r = slots[k].take().expect("each once");
+            if let Some((h, similarity)) = closest
+                && pos > k
+            {
+                r.reasons.push(Reason::Rule {
+                    message: format!(
+                        "moved down: it resembles {}, which you asked not to see (similarity {similarity:.2})",
+                        hidden[h].0
+                    ),
+                    rule: "hide_similar".into(),
+                    effect: "hide_similar",
+                });
+            }
+            items.push(r);
+        }
+    }
+}
+
+/// An item's profile for similarity: unit iALS factors when the model has them, categories.
+fn profile<'a>(cx: &Context<'a>, i: u32) -> Profile<'a> {
+    let unit = cx.m.and_then(|m| {
+        let y = m.als.item_vector(m.model_item(i)?);
+        let norm = bespoke_algo::simd::dot(y, y).sqrt();
+        (norm > 0.0).then(|| y.iter().map(|v| v / norm).collect())
+    });
+    let categories = cx.s.meta(ItemIdx(i)).map_or(&[][..], |m| &m.categories[..]);
+    Profile { unit, categories }
+}
+
+/// Scores rescaled to `[0, 1]` over the candidates (all 1 when equal).
+fn relevance(items: &[Recommendation]) -> Vec<f32> {
+    let (lo, hi) = items
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |a, r| {
+            (a.0.min(r.score), a.1.max(r.score))
+        });
+    items
+        .iter()
+        .map(|r| {
+            if hi > lo {
+                (r.score - lo) / (hi - lo)
+            } else {
+                1.0
+            }
+        })
+        .collect()
 }
 
 /// One candidate's view for similarity: unit factors or categories.
@@ -81,34 +187,15 @@ impl Reranker for Diversity {
         }
         let profiles: Vec<Profile<'_>> = items
             .iter()
-            .map(|r| {
-                let idx = cx.s.items.get(&r.item);
-                let unit = cx.m.zip(idx).and_then(|(m, i)| {
-                    let y = m.als.item_vector(m.model_item(i)?);
-                    let norm = bespoke_algo::simd::dot(y, y).sqrt();
-                    (norm > 0.0).then(|| y.iter().map(|v| v / norm).collect())
-                });
-                let categories = idx
-                    .and_then(|i| cx.s.meta(ItemIdx(i)))
-                    .map_or(&[][..], |m| &m.categories[..]);
-                Profile { unit, categories }
+            .map(|r| match cx.s.items.get(&r.item) {
+                Some(i) => profile(cx, i),
+                None => Profile {
+                    unit: None,
+                    categories: &[],
+                },
             })
             .collect();
-        let (lo, hi) = items
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |a, r| {
-                (a.0.min(r.score), a.1.max(r.score))
-            });
-        let relevance: Vec<f32> = items
-            .iter()
-            .map(|r| {
-                if hi > lo {
-                    (r.score - lo) / (hi - lo)
-                } else {
-                    1.0
-                }
-            })
-            .collect();
+        let relevance = relevance(items);
         let lambda = self.lambda;
         let mut picked: Vec<usize> = Vec::with_capacity(n);
         // Per candidate: the largest similarity to a picked item, and which.

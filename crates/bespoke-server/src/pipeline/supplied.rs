@@ -10,9 +10,11 @@ use serde_json::{Map, Value};
 use super::Recommendation;
 use super::candidates::{history_model, history_reason, model_name, popularity_terms};
 use super::explain::{Contribution, Feature};
+use super::rules::{self, Filtered};
 use super::{NeedsAttributes, RankRequest, Reason, rerank};
 use crate::models::ServingModel;
 use crate::models::model::Prepared;
+use crate::rules::spec::Route;
 use crate::settings::ModelChoice;
 use crate::state::{Serving, State};
 
@@ -44,6 +46,10 @@ pub struct Ranked {
     pub model: &'static str,
     /// The trained model version, when one was used.
     pub model_version: Option<u64>,
+    /// The business rules that applied.
+    pub rules: Vec<String>,
+    /// Supplied items the rules filtered out, and which rule.
+    pub filtered: Vec<Filtered>,
 }
 
 /// How the candidates were scored, before falling back to popularity.
@@ -142,11 +148,39 @@ impl Serving {
             }
         }
         known.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(a.0.cmp(&b.0)));
-        let mut known: Vec<Recommendation> = known.into_iter().map(|(_, r)| r).collect();
-        let cx = rerank::Context { s: &s, m };
+        let known: Vec<Recommendation> = known.into_iter().map(|(_, r)| r).collect();
+        // The business rules: supplied items they filter out are listed, not returned.
+        let plan = self.plan(&s, Route::Rank, req, user);
+        let (mut known, mut filtered) = plan.split(&s, known);
+        plan.boost(&s, &mut known, full);
         let n = known.len();
-        for r in rerank::for_request(req) {
+        plan.cap(&s, &mut known, n, &mut filtered);
+        let cx = rerank::Context {
+            s: &s,
+            m,
+            plan: &plan,
+        };
+        let n = known.len();
+        for r in rerank::for_request(req, &plan) {
             r.rerank(&cx, &mut known, n);
+        }
+        for p in plan.promotions.iter().filter(|p| p.slot <= n) {
+            let above: Vec<String> = known
+                .iter()
+                .take(p.slot - 1)
+                .map(|r| r.item.clone())
+                .collect();
+            let candidates: Vec<Recommendation> = known
+                .iter()
+                .filter(|r| {
+                    !above.contains(&r.item)
+                        && s.items
+                            .get(&r.item)
+                            .is_some_and(|i| p.when.eval(&s.columns, i))
+                })
+                .cloned()
+                .collect();
+            rules::promote(&mut known, p, candidates, n);
         }
         let mut out: Vec<RankedItem> = known
             .into_iter()
@@ -179,6 +213,8 @@ impl Serving {
             personalized: used != "popular",
             model: used,
             model_version: m.filter(|_| used != "popular").map(|m| m.version),
+            rules: plan.applied,
+            filtered,
         })
     }
 

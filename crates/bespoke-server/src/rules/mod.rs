@@ -48,6 +48,7 @@ mod columns;
 mod compile;
 mod interpret;
 mod parse;
+pub mod spec;
 #[cfg(test)]
 mod tests;
 

@@ -16,6 +16,7 @@ mod module_graph;
 mod ops;
 mod privacy;
 mod ranking;
+mod rules;
 mod serving;
 mod timeouts;
 mod users_items;

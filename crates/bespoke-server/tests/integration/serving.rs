@@ -364,7 +364,7 @@ async fn anonymous_sessions_get_recommendations_from_their_items() {
             json!({"items": [{"item": "a1", "weight": 1e300}]}),
             "items[0].weight",
         ),
-        (json!({"items": ["a1"], "user": "x"}), "user"),
+        (json!({"items": ["a1"], "usr": "x"}), "usr"),
     ] {
         let got = srv.post("/v1/recommendations", bad.clone()).await;
         assert_eq!(got.0, StatusCode::BAD_REQUEST, "{bad}: {}", got.1);

@@ -1,0 +1,455 @@
+//! Business rules over HTTP: filters, boosts, promotions, caps, saved rules, impressions and
+//! no-repeat, hiding, explanations, and bad input (docs/rules.md).
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, assert_error, client_with_key, keys, start};
+
+/// Eight items: `k0`..`k3` in Kitchen, `g0`..`g3` in Garden, popularity k0 > g0 > k1 > g1 > ...
+/// Prices 10, 20, ... by popularity; even items organic; `g3` in the winter campaign.
+async fn shop() -> TestServer {
+    let srv = start().await;
+    let order = ["k0", "g0", "k1", "g1", "k2", "g2", "k3", "g3"];
+    for (rank, item) in order.iter().enumerate() {
+        let category = if item.starts_with('k') {
+            "Kitchen"
+        } else {
+            "Garden"
+        };
+        let mut attributes =
+            json!({ "tags": if rank % 2 == 0 { json!(["organic"]) } else { json!(["plain"]) } });
+        if *item == "g3" {
+            attributes["campaign"] = json!("winter");
+        }
+        let (status, body) = srv
+            .put(
+                &format!("/v1/items/{item}"),
+                json!({ "categories": [category], "numeric": { "price": 10.0 * (rank + 1) as f64 },
+                        "attributes": attributes }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut events = Vec::new();
+    for (rank, item) in order.iter().enumerate() {
+        for u in 0..(20 - 2 * rank) {
+            events.push((format!("fan{u}"), item.to_string()));
+        }
+    }
+    let refs: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|(u, i)| (u.as_str(), i.as_str(), "purchase"))
+        .collect();
+    srv.events(&refs).await;
+    srv
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn rule_reasons<'a>(item: &'a Value, effect: &str) -> Vec<&'a Value> {
+    item["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "rule" && r["effect"] == effect)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_filter_applies_on_every_ranking_route() {
+    let srv = shop().await;
+    let f = enc("price < 45 and tags contains \"organic\"");
+    let (s, body) = srv
+        .get(&format!("/v1/users/new/recommendations?n=8&filter={f}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(keys(&body), ["k0", "k1"], "{body}");
+    assert_eq!(body["rules"], json!(["request.filter"]));
+    let (_, body) = srv.get(&format!("/v1/popular?n=8&filter={f}")).await;
+    assert_eq!(keys(&body), ["k0", "k1"], "{body}");
+    let (s, body) = srv
+        .get(&format!("/v1/items/g0/similar?n=8&filter={f}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(keys(&body).iter().all(|k| k == "k0" || k == "k1"), "{body}");
+    let (s, body) = srv
+        .post(
+            "/v1/recommendations",
+            json!({ "items": ["g3"], "n": 8, "filter": "category in [\"Garden\"] and price >= 40" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(keys(&body), ["g1", "g2"], "{body}");
+    let (s, body) = srv
+        .post(
+            "/v1/users/fan1/rank",
+            json!({ "items": ["k3", "g3", "k0"], "filter": "not (campaign = \"winter\")" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let ranked: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_str().unwrap())
+        .collect();
+    assert!(!ranked.contains(&"g3") && ranked.len() == 2, "{body}");
+    assert_eq!(body["filtered"][0]["item"], "g3", "{body}");
+    assert_eq!(body["filtered"][0]["rule"], "request.filter", "{body}");
+}
+
+#[tokio::test]
+async fn boosts_reorder_and_say_so_and_terms_still_sum() {
+    let srv = shop().await;
+    let boost = enc(r#"[{"if": "category contains \"Garden\"", "by": 10}]"#);
+    let (s, body) = srv
+        .get(&format!("/v1/popular?n=4&boost={boost}&explain=full"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(keys(&body), ["g0", "g1", "g2", "g3"], "{body}");
+    for item in body["items"].as_array().unwrap() {
+        assert_eq!(rule_reasons(item, "boost").len(), 1, "{item}");
+        let sum: f64 = item["contributions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["value"].as_f64().unwrap())
+            .sum();
+        let score = item["score"].as_f64().unwrap();
+        assert!((sum - score).abs() <= 1e-4 * score.abs().max(1.0), "{item}");
+    }
+    // Additive, lowering.
+    let boost = enc(r#"[{"if": "item = \"k0\"", "add": -1000}]"#);
+    let (_, body) = srv.get(&format!("/v1/popular?n=2&boost={boost}")).await;
+    assert_eq!(keys(&body), ["g0", "k1"], "{body}");
+}
+
+#[tokio::test]
+async fn a_promotion_fills_its_slot_from_beyond_the_candidates() {
+    let srv = shop().await;
+    let promote = enc(r#"[{"slot": 2, "if": "campaign = \"winter\""}]"#);
+    let (s, body) = srv.get(&format!("/v1/popular?n=3&promote={promote}")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(keys(&body), ["k0", "g3", "g0"], "{body}");
+    let promoted = &body["items"][1];
+    assert_eq!(rule_reasons(promoted, "promote").len(), 1, "{promoted}");
+    // A slot past n is refused, naming it.
+    let promote = enc(r#"[{"slot": 4, "if": "campaign = \"winter\""}]"#);
+    let got = srv.get(&format!("/v1/popular?n=3&promote={promote}")).await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("promote[0].slot"),
+    );
+}
+
+#[tokio::test]
+async fn a_category_cap_keeps_the_list_varied() {
+    let srv = shop().await;
+    let (_, body) = srv
+        .get("/v1/popular?n=4&max_per_category=1&explain=full")
+        .await;
+    assert_eq!(keys(&body), ["k0", "g0"], "only two categories: {body}");
+    let filtered: Vec<&str> = body["filtered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["item"].as_str().unwrap())
+        .collect();
+    assert!(
+        filtered.contains(&"k1") && filtered.contains(&"g1"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn saved_rules_apply_by_default_are_admin_only_and_audited() {
+    let srv = shop().await;
+    let rule =
+        json!({ "description": "cheap only", "routes": ["popular"], "filter": "price <= 30" });
+    let (s, body) = srv.put("/v1/rules/cheap", rule.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["name"], "cheap");
+    let (s, _) = srv.put("/v1/rules/cheap", rule).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = srv.get("/v1/popular?n=8").await;
+    assert_eq!(keys(&body), ["k0", "g0", "k1"], "{body}");
+    assert_eq!(body["rules"], json!(["cheap"]));
+    // Other routes are untouched; skip_rules turns it off.
+    let (_, body) = srv.get("/v1/users/new/recommendations?n=8").await;
+    assert_eq!(keys(&body).len(), 8, "{body}");
+    let (_, body) = srv.get("/v1/popular?n=8&skip_rules=cheap").await;
+    assert_eq!(keys(&body).len(), 8, "{body}");
+    let got = srv.get("/v1/popular?n=8&skip_rules=nope").await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("skip_rules"),
+    );
+    let (_, body) = srv.get("/v1/rules").await;
+    assert_eq!(body["rules"][0]["filter"], "price <= 30", "{body}");
+    let (_, audit) = srv.get("/v1/audit?limit=50").await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .or(audit["items"].as_array())
+        .expect("audit entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"rule.put"), "{audit}");
+    // A write key may not change rules.
+    let (_, key) = srv
+        .post("/v1/keys", json!({ "name": "w", "scopes": ["write"] }))
+        .await;
+    let writer = client_with_key(key["key"].as_str().unwrap());
+    let resp = writer
+        .put(format!("{}/v1/rules/x", srv.base))
+        .json(&json!({ "filter": "price < 1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (s, _) = srv.delete("/v1/rules/cheap").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = srv.get("/v1/popular?n=8").await;
+    assert_eq!(keys(&body).len(), 8, "{body}");
+    assert_error(
+        &srv.delete("/v1/rules/cheap").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn bad_rules_are_refused_naming_the_part_and_change_nothing() {
+    let srv = shop().await;
+    let cases = [
+        (json!({ "filter": "pric < 3" }), "filter"),
+        (json!({ "filter": "price > \"abc\"" }), "filter"),
+        (json!({ "filter": "price <" }), "filter"),
+        (
+            json!({ "boost": [{ "if": "price < 3", "by": 0 }] }),
+            "boost[0]",
+        ),
+        (
+            json!({ "promote": [{ "slot": 1, "if": "price < 3" }, { "slot": 1, "if": "price > 3" }] }),
+            "promote[1].slot",
+        ),
+        (json!({}), ""),
+    ];
+    for (rule, field) in cases {
+        let got = srv.put("/v1/rules/bad", rule.clone()).await;
+        assert_eq!(got.0, StatusCode::BAD_REQUEST, "{rule}: {}", got.1);
+        if !field.is_empty() {
+            assert_eq!(got.1["error"]["field"], field, "{rule}: {}", got.1);
+        }
+    }
+    let (s, body) = srv
+        .put(
+            "/v1/rules/slot",
+            json!({ "promote": [{ "slot": 2, "if": "price < 30" }] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    // Contradicts the saved promotion of slot 2 on the same routes.
+    let got = srv
+        .put(
+            "/v1/rules/other",
+            json!({ "promote": [{ "slot": 2, "if": "price > 30" }] }),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("promote[0].slot"),
+    );
+    let (_, body) = srv.get("/v1/rules").await;
+    assert_eq!(body["rules"].as_array().unwrap().len(), 1, "{body}");
+    // Per request: huge and deep expressions, unknown attributes, mismatched types.
+    let huge = "price < 1 or ".repeat(10_000) + "price < 2";
+    let deep = "(".repeat(1000) + "price < 1" + &")".repeat(1000);
+    let nots = "not ".repeat(1000) + "price < 1";
+    for (expr, what) in [
+        (huge.as_str(), "long"),
+        (deep.as_str(), "deep"),
+        (nots.as_str(), "deep"),
+        ("colour = \"red\"", "colour"),
+        ("price > \"abc\"", "price"),
+    ] {
+        let got = srv
+            .post(
+                "/v1/recommendations",
+                json!({ "items": ["k0"], "filter": expr }),
+            )
+            .await;
+        assert_eq!(got.0, StatusCode::BAD_REQUEST, "{what}: {}", got.1);
+        assert_eq!(got.1["error"]["field"], "filter", "{}", got.1);
+        let message = got.1["error"]["message"].as_str().unwrap();
+        assert!(message.contains("position"), "{what}: {message}");
+    }
+    let (s, _) = srv.get("/healthz").await;
+    assert_eq!(s, StatusCode::OK, "the server stays up");
+}
+
+#[tokio::test]
+async fn impressions_stop_repeats_without_counting_as_feedback() {
+    let srv = shop().await;
+    let before = srv.counts().await;
+    for _ in 0..3 {
+        let (s, body) = srv
+            .post(
+                "/v1/impressions",
+                json!({ "impressions": [{ "user": "fan0", "items": ["k3", "g3"] }] }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(body["stored"], 2);
+    }
+    // Not feedback: popularity and histories unchanged.
+    let after = srv.counts().await;
+    assert_eq!(before["users"], after["users"]);
+    let (_, body) = srv
+        .get("/v1/users/fan19/recommendations?n=8&include_seen=true&explain=full")
+        .await;
+    assert_eq!(keys(&body).len(), 8, "fan19 saw nothing: {body}");
+    let (_, body) = srv
+        .get("/v1/users/fan0/recommendations?n=8&include_seen=true&explain=full")
+        .await;
+    let got = keys(&body);
+    assert!(
+        !got.contains(&"k3".to_owned()) && !got.contains(&"g3".to_owned()),
+        "{body}"
+    );
+    assert!(
+        body["rules"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("no_repeat")),
+        "{body}"
+    );
+    assert!(
+        body["filtered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["item"] == "k3" && f["rule"] == "no_repeat"),
+        "{body}"
+    );
+    // The policy per request: off, or stricter.
+    let (_, body) = srv
+        .get("/v1/users/fan0/recommendations?n=8&include_seen=true&max_impressions=0")
+        .await;
+    assert_eq!(keys(&body).len(), 8, "{body}");
+    let (_, body) = srv
+        .get("/v1/popular?n=8&user=fan0&max_impressions=0&no_repeat_lists=1")
+        .await;
+    assert_eq!(keys(&body).len(), 6, "{body}");
+    // Bad input names the list and the position.
+    let got = srv
+        .post(
+            "/v1/impressions",
+            json!({ "impressions": [{ "user": "fan0", "items": ["ok", ""] }] }),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("impressions[0].items[1]"),
+    );
+    // Impressions go with the user's erasure.
+    let (s, _) = srv.delete("/v1/users/fan0").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = srv.get("/v1/popular?n=8&user=fan0&no_repeat_lists=1").await;
+    assert_eq!(keys(&body).len(), 8, "{body}");
+}
+
+#[tokio::test]
+async fn hidden_items_stay_hidden_until_shown_again() {
+    let srv = shop().await;
+    srv.events(&[("me", "k0", "not_interested")]).await;
+    let (_, body) = srv
+        .get("/v1/users/me/recommendations?n=8&include_seen=true")
+        .await;
+    assert!(!keys(&body).contains(&"k0".to_owned()), "{body}");
+    let (s, body) = srv.put("/v1/users/me/hidden/g0", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    for path in [
+        "/v1/popular?n=8&user=me",
+        "/v1/items/k1/similar?n=8&user=me",
+    ] {
+        let (_, body) = srv.get(path).await;
+        let got = keys(&body);
+        assert!(
+            !got.contains(&"k0".to_owned()) && !got.contains(&"g0".to_owned()),
+            "{path}: {body}"
+        );
+    }
+    let (_, body) = srv.get("/v1/users/me/hidden").await;
+    let hidden: Vec<(&str, &str)> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["item"].as_str().unwrap(), h["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(hidden.len(), 2, "{body}");
+    assert!(
+        hidden.contains(&("k0", "event")) && hidden.contains(&("g0", "block")),
+        "{body}"
+    );
+    let (s, _) = srv.delete("/v1/users/me/hidden/k0").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = srv.get("/v1/popular?n=8&user=me").await;
+    assert!(keys(&body).contains(&"k0".to_owned()), "{body}");
+    assert_error(
+        &srv.put("/v1/users/me/hidden/nope", json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    // Erasure forgets the block list; the export lists it first.
+    let (_, export) = srv.get("/v1/users/me/export").await;
+    assert_eq!(export["derived"]["hidden"][0]["item"], "g0", "{export}");
+    let (s, _) = srv.delete("/v1/users/me").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_error(
+        &srv.get("/v1/users/me/hidden").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn blocks_and_saved_rules_survive_a_restart() {
+    let srv = shop().await;
+    let (s, _) = srv.put("/v1/users/fan1/hidden/k0", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = srv
+        .put(
+            "/v1/rules/garden",
+            json!({ "filter": "category contains \"Garden\"" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let engine = srv.engine();
+    drop(engine);
+    let dir = srv.stop().await;
+    let srv = crate::common::start_in(dir, |_| {}).await;
+    let (_, body) = srv.get("/v1/popular?n=8&user=fan1&skip_rules=*").await;
+    assert!(!keys(&body).contains(&"k0".to_owned()), "{body}");
+    let (_, body) = srv.get("/v1/popular?n=8").await;
+    assert_eq!(keys(&body), ["g0", "g1", "g2", "g3"], "{body}");
+}
