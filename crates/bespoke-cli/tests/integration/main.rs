@@ -154,6 +154,50 @@ fn movielens_100k_imports_exactly() {
         "{bpr}"
     );
 
+    // Business rules: a filter keeps only what it matches; a bad one names its flag.
+    let wanted = ["50", "100", "181", "258", "286", "288", "294", "300"];
+    let filter = format!(
+        "item in [{}]",
+        wanted.map(|w| format!("\"{w}\"")).join(", ")
+    );
+    let filtered = json(&bespoke(
+        dir.path(),
+        &["recommend", "196", "-n", "3", "--filter", &filter, "--json"],
+    ));
+    assert_eq!(filtered["rules"][0], "request.filter", "{filtered}");
+    let got = filtered["items"].as_array().unwrap();
+    assert_eq!(got.len(), 3, "{filtered}");
+    assert!(
+        got.iter()
+            .all(|r| wanted.contains(&r["item"].as_str().unwrap())),
+        "{filtered}"
+    );
+    let bad = bespoke(
+        dir.path(),
+        &["recommend", "196", "-n", "3", "--filter", "price < 3"],
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("--filter") && stderr.contains("price"),
+        "{stderr}"
+    );
+    let bad = bespoke(
+        dir.path(),
+        &[
+            "recommend",
+            "196",
+            "-n",
+            "3",
+            "--promote",
+            "4:item = \"50\"",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("--promote") && stderr.contains("slot"),
+        "{stderr}"
+    );
+
     // The table form, for a catalog too large for EASE: a row per model trained, none for EASE.
     let out = Command::new(env!("CARGO_BIN_EXE_bespoke"))
         // Else the audit key file is made beside the temporary data directory, and left behind.
