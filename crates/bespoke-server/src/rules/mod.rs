@@ -67,7 +67,8 @@ pub struct Limits {
     pub max_len: usize,
     /// Deepest nesting of parentheses and `not`.
     pub max_depth: usize,
-    /// Most elements in one list literal (and in one context list at bind time).
+    /// Most elements in one list literal. Context lists are held to the default (256) at bind
+    /// time, which has no `Limits` of its own.
     pub max_list: usize,
     /// Most clauses (comparisons, `in`, `contains`, `exists`) in one expression.
     pub max_clauses: usize,

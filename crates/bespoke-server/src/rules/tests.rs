@@ -475,6 +475,52 @@ fn cache_reuses_and_recompiles() {
     assert_eq!(cache.len(), 2);
 }
 
+#[test]
+fn foreign_columns_do_not_panic() {
+    let (cols, _) = catalog();
+    let e = parse(
+        r#"price < 50 or brand = "GreenCo" or tags contains "organic" or exists(release)"#,
+        &Limits::default(),
+    )
+    .unwrap();
+    let b = compile(&e, &cols).unwrap().bind(NOW, None).unwrap();
+    // Evaluated against columns it was not compiled for: everything is missing.
+    let empty = Columns::new();
+    assert!(!b.eval(&empty, 0));
+    assert!(!b.eval(&empty, u32::MAX));
+}
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Cache>();
+    check::<Compiled>();
+    check::<Bound>();
+    check::<Columns>();
+    check::<ExprError>();
+}
+
+#[test]
+fn ignored_attribute_values_are_absent() {
+    let mut cols = Columns::new();
+    let mut it = item(0, "x");
+    it.attributes.insert("obj".into(), json!({"a": 1}));
+    it.attributes.insert("nums".into(), json!([1, 2]));
+    it.attributes.insert("nothing".into(), Value::Null);
+    it.attributes.insert("n".into(), json!(1));
+    cols.set_item(0, &it);
+    for src in ["exists(obj)", "exists(nums)", "exists(nothing)"] {
+        let e = parse(src, &Limits::default()).unwrap();
+        assert!(
+            compile(&e, &cols)
+                .unwrap_err()
+                .message
+                .contains("unknown attribute")
+        );
+        assert!(!interpret(&e, &it, NOW, None));
+    }
+}
+
 // ---- Property tests: the compiled predicate against the interpreter. ----
 
 const NAMES: &[&str] = &[
