@@ -721,6 +721,24 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
+    fn any_text_parses_or_errors_within_it(src in "[ a-z_0-9()\\[\\],.\"=<>!+é\\\\-]{0,60}") {
+        // Never a panic; an error points inside the text or just past its end.
+        if let Err(e) = parse(&src, &Limits::default()) {
+            prop_assert!(e.position <= src.chars().count(), "{:?}: {}", src, e);
+        }
+    }
+
+    #[test]
+    fn truncated_expressions_error_within_them(e in expr(), cut in 0usize..1000) {
+        let src = e.to_string();
+        let chars: Vec<char> = src.chars().collect();
+        let cut: String = chars[..cut % (chars.len() + 1)].iter().collect();
+        if let Err(err) = parse(&cut, &Limits::default()) {
+            prop_assert!(err.position <= cut.chars().count(), "{:?}: {}", cut, err);
+        }
+    }
+
+    #[test]
     fn printed_expressions_parse_back(e in expr()) {
         let src = e.to_string();
         let parsed = parse(&src, &Limits::default());
