@@ -476,6 +476,27 @@ fn cache_reuses_and_recompiles() {
 }
 
 #[test]
+fn cache_evicts_the_least_recently_used() {
+    let (cols, _) = catalog();
+    let limits = Limits::default();
+    let cache = Cache::new(2);
+    let a = cache.get("price < 1", &cols, &limits).unwrap();
+    let b = cache.get("price < 2", &cols, &limits).unwrap();
+    // Touch `a`, so that `b` is the oldest when a third comes.
+    cache.get("price < 1", &cols, &limits).unwrap();
+    cache.get("price < 3", &cols, &limits).unwrap();
+    assert_eq!(cache.len(), 2);
+    assert!(std::sync::Arc::ptr_eq(
+        &a,
+        &cache.get("price < 1", &cols, &limits).unwrap()
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &b,
+        &cache.get("price < 2", &cols, &limits).unwrap()
+    ));
+}
+
+#[test]
 fn foreign_columns_do_not_panic() {
     let (cols, _) = catalog();
     let e = parse(
