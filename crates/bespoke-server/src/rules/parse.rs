@@ -71,8 +71,8 @@ impl<'s> Cx<'s> {
     /// Enters one level of nesting at `at`, or fails there when that would exceed the limit.
     /// Called before recursing, so the stack never grows past `max_depth` levels.
     fn enter(&mut self, at: &str) -> PResult<()> {
-        if self.depth >= self.limits.max_depth {
-            let max = self.limits.max_depth;
+        let max = self.limits.max_depth.min(super::MAX_DEPTH_CAP);
+        if self.depth >= max {
             return self.fail(
                 at,
                 "",

@@ -377,6 +377,31 @@ fn limits_fail_without_overflowing() {
     let e = parse(&"(".repeat(100_000), &limits).unwrap_err();
     assert_eq!(e.position, 4096);
 
+    // Whatever the limit asks, nesting stops at the cap that bounds the stack, and the deepest
+    // accepted tree (an `and` and an `or` in every parenthesis) compiles and evaluates.
+    let huge = Limits {
+        max_len: 1 << 20,
+        max_depth: 1_000_000,
+        ..limits
+    };
+    let e = parse(&"(".repeat(50_000), &huge).unwrap_err();
+    assert_eq!(e.position, MAX_DEPTH_CAP);
+    let mut src = "price < 1".to_string();
+    for _ in 0..MAX_DEPTH_CAP {
+        src = format!("price > 2 and (price < 3 or {src})");
+    }
+    let expr = parse(
+        &src,
+        &Limits {
+            max_clauses: 1000,
+            ..huge
+        },
+    )
+    .unwrap();
+    let (cols, _) = catalog();
+    let b = compile(&expr, &cols).unwrap().bind(NOW, None).unwrap();
+    assert!(!b.eval(&cols, 0));
+
     let at_depth = format!("{}price < 1{}", "(".repeat(32), ")".repeat(32));
     assert!(parse(&at_depth, &limits).is_ok());
 
