@@ -66,6 +66,9 @@ impl AttrCols {
 
 /// Columnar item attributes, indexed by store item id (`ItemIdx.0`). See the module doc for
 /// the layout.
+///
+/// Store ids are dense, so every column is a plain `Vec` as long as the largest id set in it:
+/// memory is about (largest id) × (columns) × (4 to 16 bytes).
 #[derive(Debug, Clone)]
 pub struct Columns {
     names: FxHashMap<Box<str>, AttrCols>,

@@ -12,9 +12,10 @@ use super::ast::{Attr, CmpOp, Expr, Literal, Operand, Time};
 use super::columns::{AttrCols, Columns, DYNAMIC, NO_BOOL, NO_STR, NO_TIME, UNSEEN_STR};
 use super::{ExprError, Limits};
 
-/// Deepest tree [`compile()`] accepts. [`super::parse()`] stops far earlier; this guards the
-/// recursion against hand-built trees.
-const MAX_TREE_DEPTH: usize = 256;
+/// Deepest tree [`compile()`] accepts. A parsed tree is at most about twice as deep as its
+/// nesting (an `and` or `or` inside each parenthesis), which [`super::parse()`] caps at
+/// [`super::MAX_DEPTH_CAP`]; this guards the recursion against hand-built trees.
+const MAX_TREE_DEPTH: usize = 2 * super::MAX_DEPTH_CAP + 8;
 
 /// A string operand: an interned id, [`UNSEEN_STR`] (matches nothing) or [`DYNAMIC`] with
 /// the text to compare against. The text is kept in every case, for substring tests.

@@ -66,13 +66,18 @@ pub use parse::parse;
 pub struct Limits {
     /// Longest source text, in bytes.
     pub max_len: usize,
-    /// Deepest nesting of parentheses and `not`.
+    /// Deepest nesting of parentheses and `not`; at most [`MAX_DEPTH_CAP`] whatever is set,
+    /// since the parser, compiler and evaluator recurse once per level.
     pub max_depth: usize,
-    /// Most elements in one list literal (and in one context list at bind time).
+    /// Most elements in one list literal. Context lists are held to the default (256) at bind
+    /// time, which has no `Limits` of its own.
     pub max_list: usize,
     /// Most clauses (comparisons, `in`, `contains`, `exists`) in one expression.
     pub max_clauses: usize,
 }
+
+/// The most [`Limits::max_depth`] can allow: bounds the stack any expression can take.
+pub const MAX_DEPTH_CAP: usize = 128;
 
 impl Default for Limits {
     /// 4096 bytes, depth 32, 256 list elements, 64 clauses.

@@ -34,6 +34,9 @@ struct Cx<'s> {
     src: &'s str,
     /// Byte offsets are character offsets; saves counting on every position.
     ascii: bool,
+    /// The last (byte, character) offset pair computed: positions are asked for mostly in
+    /// increasing order, so counting resumes from there instead of from the start.
+    last: (usize, usize),
     limits: &'s Limits,
     depth: usize,
     clauses: usize,
@@ -42,13 +45,19 @@ struct Cx<'s> {
 
 impl<'s> Cx<'s> {
     /// The character offset of the rest of the input `i`.
-    fn pos(&self, i: &str) -> usize {
+    fn pos(&mut self, i: &str) -> usize {
         let byte = self.src.len() - i.len();
         if self.ascii {
-            byte
-        } else {
-            self.src[..byte].chars().count()
+            return byte;
         }
+        let (from_byte, from_char) = if byte >= self.last.0 {
+            self.last
+        } else {
+            (0, 0)
+        };
+        let chars = from_char + self.src[from_byte..byte].chars().count();
+        self.last = (byte, chars);
+        chars
     }
 
     /// Records the error (the first one wins) and unwinds.
@@ -62,8 +71,8 @@ impl<'s> Cx<'s> {
     /// Enters one level of nesting at `at`, or fails there when that would exceed the limit.
     /// Called before recursing, so the stack never grows past `max_depth` levels.
     fn enter(&mut self, at: &str) -> PResult<()> {
-        if self.depth >= self.limits.max_depth {
-            let max = self.limits.max_depth;
+        let max = self.limits.max_depth.min(super::MAX_DEPTH_CAP);
+        if self.depth >= max {
             return self.fail(
                 at,
                 "",
@@ -97,6 +106,7 @@ pub fn parse(src: &str, limits: &Limits) -> Result<Expr, ExprError> {
     let mut cx = Cx {
         src,
         ascii: src.is_ascii(),
+        last: (0, 0),
         limits,
         depth: 0,
         clauses: 0,

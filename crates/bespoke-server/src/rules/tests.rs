@@ -377,6 +377,31 @@ fn limits_fail_without_overflowing() {
     let e = parse(&"(".repeat(100_000), &limits).unwrap_err();
     assert_eq!(e.position, 4096);
 
+    // Whatever the limit asks, nesting stops at the cap that bounds the stack, and the deepest
+    // accepted tree (an `and` and an `or` in every parenthesis) compiles and evaluates.
+    let huge = Limits {
+        max_len: 1 << 20,
+        max_depth: 1_000_000,
+        ..limits
+    };
+    let e = parse(&"(".repeat(50_000), &huge).unwrap_err();
+    assert_eq!(e.position, MAX_DEPTH_CAP);
+    let mut src = "price < 1".to_string();
+    for _ in 0..MAX_DEPTH_CAP {
+        src = format!("price > 2 and (price < 3 or {src})");
+    }
+    let expr = parse(
+        &src,
+        &Limits {
+            max_clauses: 1000,
+            ..huge
+        },
+    )
+    .unwrap();
+    let (cols, _) = catalog();
+    let b = compile(&expr, &cols).unwrap().bind(NOW, None).unwrap();
+    assert!(!b.eval(&cols, 0));
+
     let at_depth = format!("{}price < 1{}", "(".repeat(32), ")".repeat(32));
     assert!(parse(&at_depth, &limits).is_ok());
 
@@ -473,6 +498,73 @@ fn cache_reuses_and_recompiles() {
     // Bounded: the least recently used goes.
     cache.get("price > 1", &cols, &limits).unwrap();
     assert_eq!(cache.len(), 2);
+}
+
+#[test]
+fn cache_evicts_the_least_recently_used() {
+    let (cols, _) = catalog();
+    let limits = Limits::default();
+    let cache = Cache::new(2);
+    let a = cache.get("price < 1", &cols, &limits).unwrap();
+    let b = cache.get("price < 2", &cols, &limits).unwrap();
+    // Touch `a`, so that `b` is the oldest when a third comes.
+    cache.get("price < 1", &cols, &limits).unwrap();
+    cache.get("price < 3", &cols, &limits).unwrap();
+    assert_eq!(cache.len(), 2);
+    assert!(std::sync::Arc::ptr_eq(
+        &a,
+        &cache.get("price < 1", &cols, &limits).unwrap()
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &b,
+        &cache.get("price < 2", &cols, &limits).unwrap()
+    ));
+}
+
+#[test]
+fn foreign_columns_do_not_panic() {
+    let (cols, _) = catalog();
+    let e = parse(
+        r#"price < 50 or brand = "GreenCo" or tags contains "organic" or exists(release)"#,
+        &Limits::default(),
+    )
+    .unwrap();
+    let b = compile(&e, &cols).unwrap().bind(NOW, None).unwrap();
+    // Evaluated against columns it was not compiled for: everything is missing.
+    let empty = Columns::new();
+    assert!(!b.eval(&empty, 0));
+    assert!(!b.eval(&empty, u32::MAX));
+}
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Cache>();
+    check::<Compiled>();
+    check::<Bound>();
+    check::<Columns>();
+    check::<ExprError>();
+}
+
+#[test]
+fn ignored_attribute_values_are_absent() {
+    let mut cols = Columns::new();
+    let mut it = item(0, "x");
+    it.attributes.insert("obj".into(), json!({"a": 1}));
+    it.attributes.insert("nums".into(), json!([1, 2]));
+    it.attributes.insert("nothing".into(), Value::Null);
+    it.attributes.insert("n".into(), json!(1));
+    cols.set_item(0, &it);
+    for src in ["exists(obj)", "exists(nums)", "exists(nothing)"] {
+        let e = parse(src, &Limits::default()).unwrap();
+        assert!(
+            compile(&e, &cols)
+                .unwrap_err()
+                .message
+                .contains("unknown attribute")
+        );
+        assert!(!interpret(&e, &it, NOW, None));
+    }
 }
 
 // ---- Property tests: the compiled predicate against the interpreter. ----
@@ -673,6 +765,24 @@ fn context() -> impl Strategy<Value = Map<String, Value>> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_text_parses_or_errors_within_it(src in "[ a-z_0-9()\\[\\],.\"=<>!+é\\\\-]{0,60}") {
+        // Never a panic; an error points inside the text or just past its end.
+        if let Err(e) = parse(&src, &Limits::default()) {
+            prop_assert!(e.position <= src.chars().count(), "{:?}: {}", src, e);
+        }
+    }
+
+    #[test]
+    fn truncated_expressions_error_within_them(e in expr(), cut in 0usize..1000) {
+        let src = e.to_string();
+        let chars: Vec<char> = src.chars().collect();
+        let cut: String = chars[..cut % (chars.len() + 1)].iter().collect();
+        if let Err(err) = parse(&cut, &Limits::default()) {
+            prop_assert!(err.position <= cut.chars().count(), "{:?}: {}", cut, err);
+        }
+    }
 
     #[test]
     fn printed_expressions_parse_back(e in expr()) {
