@@ -453,3 +453,42 @@ async fn blocks_and_saved_rules_survive_a_restart() {
     let (_, body) = srv.get("/v1/popular?n=8").await;
     assert_eq!(keys(&body), ["g0", "g1", "g2", "g3"], "{body}");
 }
+
+#[tokio::test]
+async fn hide_similar_moves_down_what_resembles_a_hidden_item() {
+    let srv = start().await;
+    let events = crate::common::two_tastes();
+    let (s, _) = srv.post("/v1/events", json!({ "events": events })).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, t) = srv
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert!(s.is_success(), "{t}");
+    srv.events(&[("me", "a0", "not_interested")]).await;
+    // a3, a6 and a9 have exactly a0's viewers (two_tastes skips by (user + item) % 3), so
+    // their factors are a0's; the others' are not.
+    let twins = ["a3", "a6", "a9"];
+    let (_, plain) = srv.get("/v1/popular?n=19&user=me").await;
+    let got = keys(&plain);
+    assert_eq!(got.len(), 19, "{plain}");
+    assert!(!got.contains(&"a0".to_owned()), "{plain}");
+    assert!(
+        !got[16..].iter().all(|k| twins.contains(&k.as_str())),
+        "popularity alone does not put them last: {plain}"
+    );
+    let (s, body) = srv.get("/v1/popular?n=19&user=me&hide_similar=1").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let got = keys(&body);
+    assert!(
+        got[16..].iter().all(|k| twins.contains(&k.as_str())),
+        "{body}"
+    );
+    for r in &body["items"].as_array().unwrap()[16..] {
+        let reasons = rule_reasons(r, "hide_similar");
+        assert_eq!(reasons.len(), 1, "{r}");
+        assert!(
+            reasons[0]["message"].as_str().unwrap().contains("a0"),
+            "{r}"
+        );
+    }
+}
