@@ -22,8 +22,8 @@ use serde_json::{Map, Value, json};
 
 use crate::prelude::*;
 use crate::{
-    Consent, ConsentUpdate, DecisionRecord, Error, EventBatch, ItemUpsert, Millis, NewAudit,
-    NewDecision, NewEvent, NewKey, NewReward, RewardOutcome, UserUpsert,
+    Block, Consent, ConsentUpdate, DecisionRecord, Error, EventBatch, ItemIdx, ItemUpsert, Millis,
+    NewAudit, NewDecision, NewEvent, NewKey, NewReward, RewardOutcome, UserIdx, UserUpsert,
 };
 
 /// Calls `$callback! { $args; behaviour, behaviour, ... }` with the name of every behaviour: the
@@ -64,6 +64,13 @@ macro_rules! __store_behaviours {
             decisions_per_user_export_and_delete,
             decisions_loop_stats_count_the_log,
             decisions_delete_before_keeps_open_and_recent,
+            rules_put_replace_list_delete,
+            rules_blocks_latest_at_wins,
+            rules_blocks_of_by_item_and_unknown_ids_refused,
+            rules_scan_blocks_pages_in_user_item_order,
+            rules_blocks_go_with_their_user,
+            rules_blocks_go_with_their_item,
+            rules_blocks_are_not_subject_to_retention,
         }
     };
 }
@@ -1289,4 +1296,267 @@ pub fn decisions_delete_before_keeps_open_and_recent<S: Store + ?Sized>(store: &
     assert!(store.decision("new").unwrap().is_some(), "after the cut");
     assert!(store.loop_rewards("home", 0, 10).unwrap().is_empty());
     assert_eq!(store.loop_stats("home").unwrap().decisions, 2);
+}
+
+/// Rules: put creates, then replaces the definition keeping the creation time (`now` is the
+/// update time); the list is by name; delete says whether there was one.
+pub fn rules_put_replace_list_delete<S: Store + ?Sized>(store: &S) {
+    assert!(store.rules().unwrap().is_empty());
+    let pin = store
+        .put_rule("pin", &json!({"item": "a", "slot": 0}), 100)
+        .unwrap();
+    assert_eq!(
+        (
+            pin.name.as_str(),
+            &pin.definition,
+            pin.created_at,
+            pin.updated_at
+        ),
+        ("pin", &json!({"item": "a", "slot": 0}), 100, 100)
+    );
+    store
+        .put_rule("boost", &json!({"factor": 2.0}), 150)
+        .unwrap();
+    let replaced = store.put_rule("pin", &json!({"item": "b"}), 200).unwrap();
+    assert_eq!(
+        (
+            &replaced.definition,
+            replaced.created_at,
+            replaced.updated_at
+        ),
+        (&json!({"item": "b"}), 100, 200),
+        "a replace keeps created_at"
+    );
+    let all = store.rules().unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["boost", "pin"]
+    );
+    assert_eq!(all[1], replaced, "what the list reads is what put returned");
+    assert!(store.delete_rule("pin").unwrap());
+    assert!(!store.delete_rule("pin").unwrap());
+    assert!(!store.delete_rule("never").unwrap());
+    let left: Vec<String> = store.rules().unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(left, ["boost"]);
+}
+
+/// `n` users and `n` items named `{prefix}u{i}` / `{prefix}i{i}`, with their internal ids.
+fn catalog<S: Store + ?Sized>(store: &S, prefix: &str, n: usize) -> (Vec<UserIdx>, Vec<ItemIdx>) {
+    let users = store
+        .put_users(
+            (0..n)
+                .map(|i| user(&format!("{prefix}u{i}"), Map::new()))
+                .collect(),
+        )
+        .unwrap();
+    let items = store
+        .put_items((0..n).map(|i| item(&format!("{prefix}i{i}"))).collect())
+        .unwrap();
+    (
+        users.into_iter().map(|u| u.record.idx).collect(),
+        items.into_iter().map(|i| i.record.idx).collect(),
+    )
+}
+
+fn block(user: UserIdx, item: ItemIdx, blocked: bool, at: Millis) -> Block {
+    Block {
+        user,
+        item,
+        blocked,
+        at,
+    }
+}
+
+/// One row per (user, item): a later `at` replaces it, an older one arriving later is ignored,
+/// and of two writes with the same `at` the block wins whatever their order. An unblock stays
+/// as a row, so an older block cannot undo it.
+pub fn rules_blocks_latest_at_wins<S: Store + ?Sized>(store: &S) {
+    let (u, i) = catalog(store, "", 2);
+    let (ann, a, b) = (u[0], i[0], i[1]);
+    store.set_block(ann, a, true, 100).unwrap();
+    assert_eq!(store.blocks_of(ann).unwrap(), [block(ann, a, true, 100)]);
+    store.set_block(ann, a, false, 200).unwrap();
+    assert_eq!(store.blocks_of(ann).unwrap(), [block(ann, a, false, 200)]);
+    store.set_block(ann, a, true, 150).unwrap();
+    assert_eq!(
+        store.blocks_of(ann).unwrap(),
+        [block(ann, a, false, 200)],
+        "an older block arriving later is ignored"
+    );
+    store.set_block(ann, a, true, 300).unwrap();
+    store.set_block(ann, a, true, 300).unwrap();
+    assert_eq!(
+        store.blocks_of(ann).unwrap(),
+        [block(ann, a, true, 300)],
+        "a replay changes nothing"
+    );
+
+    // Equal times: the block wins, in either order.
+    store.set_block(ann, a, false, 300).unwrap();
+    store.set_block(ann, b, true, 50).unwrap();
+    store.set_block(ann, b, false, 50).unwrap();
+    assert_eq!(
+        store.blocks_of(ann).unwrap(),
+        [block(ann, a, true, 300), block(ann, b, true, 50)]
+    );
+    assert_eq!(
+        store.scan_blocks(None, 10).unwrap().len(),
+        2,
+        "one row per pair"
+    );
+}
+
+/// `blocks_of` lists one user's rows by item, whatever order they were written in, and only
+/// theirs. An unknown or deleted user or item is refused with its typed error and nothing is
+/// stored.
+pub fn rules_blocks_of_by_item_and_unknown_ids_refused<S: Store + ?Sized>(store: &S) {
+    let (u, i) = catalog(store, "", 4);
+    for (k, &item) in i.iter().enumerate().rev() {
+        store
+            .set_block(u[0], item, k % 2 == 0, 10 + k as Millis)
+            .unwrap();
+    }
+    store.set_block(u[1], i[2], true, 5).unwrap();
+    let expected: Vec<Block> = i
+        .iter()
+        .enumerate()
+        .map(|(k, &item)| block(u[0], item, k % 2 == 0, 10 + k as Millis))
+        .collect();
+    assert_eq!(store.blocks_of(u[0]).unwrap(), expected);
+    assert_eq!(store.blocks_of(u[1]).unwrap(), [block(u[1], i[2], true, 5)]);
+    assert!(store.blocks_of(u[3]).unwrap().is_empty());
+
+    let stranger = UserIdx(u.iter().map(|u| u.0).max().unwrap() + 1000);
+    let nothing = ItemIdx(i.iter().map(|i| i.0).max().unwrap() + 1000);
+    assert!(store.blocks_of(stranger).unwrap().is_empty());
+    let err = store.set_block(stranger, i[0], true, 1).unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownUserIdx(x) if x == stranger),
+        "{err:?}"
+    );
+    assert!(err.is_user_error());
+    let err = store.set_block(u[0], nothing, true, 1).unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownItemIdx(x) if x == nothing),
+        "{err:?}"
+    );
+    assert!(err.is_user_error());
+
+    store.delete_user("u2").unwrap().expect("u2 existed");
+    store.delete_item("i3").unwrap().expect("i3 existed");
+    assert!(matches!(
+        store.set_block(u[2], i[0], true, 1),
+        Err(Error::UnknownUserIdx(x)) if x == u[2]
+    ));
+    assert!(matches!(
+        store.set_block(u[1], i[3], true, 1),
+        Err(Error::UnknownItemIdx(x)) if x == i[3]
+    ));
+    assert!(store.blocks_of(u[2]).unwrap().is_empty(), "no orphan row");
+    assert!(
+        store
+            .scan_blocks(None, 100)
+            .unwrap()
+            .iter()
+            .all(|b| b.user != u[2] && b.item != i[3] && b.user != stranger && b.item != nothing)
+    );
+}
+
+/// Paging `scan_blocks` with `after` = the last row's (user, item) visits every row of every
+/// user exactly once, in (user, item) order, pages breaking inside a user's rows.
+pub fn rules_scan_blocks_pages_in_user_item_order<S: Store + ?Sized>(store: &S) {
+    assert!(store.scan_blocks(None, 10).unwrap().is_empty());
+    let (u, i) = catalog(store, "", 5);
+    let mut expected = Vec::new();
+    // Written newest user first and items in reverse, so that insertion order is no help.
+    for (x, &user) in u.iter().enumerate().rev() {
+        for (y, &item) in i.iter().enumerate().rev() {
+            if (x + y) % 3 != 0 {
+                let row = block(user, item, y % 2 == 0, (x * 10 + y) as Millis);
+                store.set_block(user, item, row.blocked, row.at).unwrap();
+                expected.push(row);
+            }
+        }
+    }
+    expected.sort_by_key(|b| (b.user, b.item));
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_blocks(after, 4).unwrap();
+        assert!(page.len() <= 4);
+        let Some(last) = page.last() else { break };
+        after = Some((last.user, last.item));
+        seen.extend(page);
+    }
+    assert_eq!(seen, expected);
+    assert!(store.scan_blocks(after, 4).unwrap().is_empty());
+    assert!(store.scan_blocks(None, 0).unwrap().is_empty());
+    // `after` need not be a stored row.
+    let from_middle = store.scan_blocks(Some((u[2], ItemIdx(0))), 100).unwrap();
+    assert_eq!(
+        from_middle,
+        expected
+            .iter()
+            .filter(|b| b.user >= u[2])
+            .copied()
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Deleting a user deletes their block rows (and only theirs); the same key coming back is a
+/// new user, with a new id and no blocks.
+pub fn rules_blocks_go_with_their_user<S: Store + ?Sized>(store: &S) {
+    let (u, i) = catalog(store, "", 3);
+    for &user in &u {
+        store.set_block(user, i[0], true, 1).unwrap();
+        store.set_block(user, i[1], false, 2).unwrap();
+    }
+    store.delete_user("u1").unwrap().expect("u1 existed");
+    assert!(store.blocks_of(u[1]).unwrap().is_empty());
+    let left = store.scan_blocks(None, 100).unwrap();
+    assert_eq!(left.len(), 4);
+    assert!(left.iter().all(|b| b.user != u[1]));
+    assert_eq!(store.blocks_of(u[0]).unwrap().len(), 2);
+    // A new user with the same key gets a new id and no blocks.
+    let back = store.put_user(user("u1", Map::new())).unwrap();
+    assert_ne!(back.record.idx, u[1]);
+    assert!(store.blocks_of(back.record.idx).unwrap().is_empty());
+}
+
+/// Deleting an item deletes every user's block row of it, and nothing else.
+pub fn rules_blocks_go_with_their_item<S: Store + ?Sized>(store: &S) {
+    let (u, i) = catalog(store, "", 3);
+    for &user in &u {
+        for &item in &i {
+            store.set_block(user, item, true, 1).unwrap();
+        }
+    }
+    store.delete_item("i1").unwrap().expect("i1 existed");
+    let left = store.scan_blocks(None, 100).unwrap();
+    assert_eq!(left.len(), 6);
+    assert!(left.iter().all(|b| b.item != i[1]));
+    for &user in &u {
+        assert_eq!(
+            store
+                .blocks_of(user)
+                .unwrap()
+                .iter()
+                .map(|b| b.item)
+                .collect::<Vec<_>>(),
+            [i[0], i[2]]
+        );
+    }
+}
+
+/// Retention deletes old events, not blocks: a block's `at` long before the cut stays.
+pub fn rules_blocks_are_not_subject_to_retention<S: Store + ?Sized>(store: &S) {
+    let out = append(store, vec![ev("r1", "u", "i", 10)]);
+    store.set_block(out[0].user, out[0].item, true, 10).unwrap();
+    store.put_rule("pin", &json!({}), 10).unwrap();
+    assert_eq!(store.delete_events_before(1_000, 10).unwrap().len(), 1);
+    assert_eq!(
+        store.blocks_of(out[0].user).unwrap(),
+        [block(out[0].user, out[0].item, true, 10)]
+    );
+    assert_eq!(store.rules().unwrap().len(), 1);
 }

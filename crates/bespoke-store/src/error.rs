@@ -42,6 +42,14 @@ pub enum Error {
         /// The unknown key.
         key: String,
     },
+    /// A write named an internal user id that the store does not hold: never assigned, or the
+    /// user was deleted. Nothing was stored.
+    #[error("no user with internal id {}", .0.0)]
+    UnknownUserIdx(crate::UserIdx),
+    /// A write named an internal item id that the store does not hold: never assigned, or the
+    /// item was deleted. Nothing was stored.
+    #[error("no item with internal id {}", .0.0)]
+    UnknownItemIdx(crate::ItemIdx),
     /// An embedding's length differs from the dimension fixed for its name.
     #[error("embedding {name:?} has dimension {expected}, got a vector of length {got}")]
     DimensionMismatch {
@@ -75,6 +83,9 @@ pub enum Error {
     /// A decision loop's stored records cannot be read back (see [`DecisionStoreError`]).
     #[error(transparent)]
     Decision(#[from] DecisionStoreError),
+    /// A saved rule cannot be read back (see [`RuleStoreError`]).
+    #[error(transparent)]
+    Rule(#[from] RuleStoreError),
     /// Stored data does not have the expected form: a bug or corruption.
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -92,6 +103,8 @@ impl Error {
                 | Error::ReservedEventId { .. }
                 | Error::UnknownUser { .. }
                 | Error::UnknownItem { .. }
+                | Error::UnknownUserIdx(_)
+                | Error::UnknownItemIdx(_)
                 | Error::DimensionMismatch { .. }
                 | Error::InvalidInput(_)
                 | Error::UnknownModel(_)
@@ -135,4 +148,19 @@ pub enum DecisionStoreError {
     /// A loop was not there right after it was written in the same transaction.
     #[error("decision loop {0:?} was not found right after it was written")]
     LoopVanished(String),
+}
+
+/// What can go wrong with a saved rule's stored record: its definition is written as JSON, and
+/// this names the rule whose definition could not be read back, with the parser's error (as
+/// [`DecisionStoreError`] does for decision loops).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleStoreError {
+    /// A rule's stored definition is not valid JSON.
+    #[error("rule {name:?}: its stored definition cannot be read: {source}")]
+    Definition {
+        /// The rule.
+        name: String,
+        /// Why it cannot be read.
+        source: serde_json::Error,
+    },
 }

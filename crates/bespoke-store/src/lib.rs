@@ -2,11 +2,11 @@
 //!
 //! `bespoke-store` keeps Bespoke's durable state: users, items (with their embedding vectors) and
 //! the event log. Callers talk to traits only: one per capability ([`EventStore`],
-//! [`CatalogStore`], [`ModelStore`], [`AccessStore`], [`PrivacyStore`], [`DecisionStore`]) and
-//! [`Store`], their union. [`SqliteStore`] is the embedded backend, one SQLite file in a data
-//! directory, with one module per capability under `sqlite/`. Nothing backend-specific (no SQLite
-//! type) appears in the traits, their data types or [`Error`], so a PostgreSQL backend can
-//! implement the same traits without changing any caller.
+//! [`CatalogStore`], [`ModelStore`], [`AccessStore`], [`PrivacyStore`], [`DecisionStore`],
+//! [`RuleStore`]) and [`Store`], their union. [`SqliteStore`] is the embedded backend, one SQLite
+//! file in a data directory, with one module per capability under `sqlite/`. Nothing
+//! backend-specific (no SQLite type) appears in the traits, their data types or [`Error`], so a
+//! PostgreSQL backend can implement the same traits without changing any caller.
 //!
 //! Writes go through one writer thread that commits whatever requests arrived while the previous
 //! transaction was committing, as one transaction (group commit). A call returns only after its
@@ -35,6 +35,7 @@ mod fingerprint;
 mod model;
 mod models;
 mod owner_only;
+mod rule;
 mod sqlite;
 
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
@@ -42,19 +43,21 @@ pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use decision::{
     DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
 };
-pub use error::{DecisionStoreError, Error, Result};
+pub use error::{DecisionStoreError, Error, Result, RuleStoreError};
 pub use model::{
     Appended, Consent, ConsentUpdate, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert,
     NewEvent, Page, StoreStats, Upserted, User, UserUpsert,
 };
 pub use models::ModelRecord;
+pub use rule::{Block, RuleRecord};
 pub use sqlite::{SqliteStore, StoreOptions};
 
 /// Every store trait, for `use bespoke_store::prelude::*`: a capability trait's methods can be
 /// called on a concrete backend (or through a generic bound) only with that trait in scope.
 pub mod prelude {
     pub use crate::{
-        AccessStore, CatalogStore, DecisionStore, EventStore, ModelStore, PrivacyStore, Store,
+        AccessStore, CatalogStore, DecisionStore, EventStore, ModelStore, PrivacyStore, RuleStore,
+        Store,
     };
 }
 
@@ -67,12 +70,19 @@ pub mod prelude {
 /// Implemented for every type that implements all capability traits; a backend implements those,
 /// and code that needs one capability only can take that trait instead.
 pub trait Store:
-    EventStore + CatalogStore + ModelStore + AccessStore + PrivacyStore + DecisionStore
+    EventStore + CatalogStore + ModelStore + AccessStore + PrivacyStore + DecisionStore + RuleStore
 {
 }
 
 impl<T> Store for T where
-    T: EventStore + CatalogStore + ModelStore + AccessStore + PrivacyStore + DecisionStore + ?Sized
+    T: EventStore
+        + CatalogStore
+        + ModelStore
+        + AccessStore
+        + PrivacyStore
+        + DecisionStore
+        + RuleStore
+        + ?Sized
 {
 }
 
@@ -132,7 +142,8 @@ pub trait CatalogStore: Send + Sync + std::fmt::Debug {
     /// The user with this key.
     fn get_user(&self, key: &str) -> Result<Option<User>>;
 
-    /// Deletes the user and all their events. `None` when there was no such user.
+    /// Deletes the user, all their events and their item blocks ([`RuleStore::set_block`]), in
+    /// one transaction. `None` when there was no such user.
     fn delete_user(&self, key: &str) -> Result<Option<Deleted>>;
 
     /// Creates or replaces items in one transaction (all or none). Each embedding name has one
@@ -150,7 +161,8 @@ pub trait CatalogStore: Send + Sync + std::fmt::Debug {
     /// The item with this key, with its embeddings.
     fn get_item(&self, key: &str) -> Result<Option<Item>>;
 
-    /// Deletes the item and all events on it. `None` when there was no such item.
+    /// Deletes the item, all events on it and every user's block of it
+    /// ([`RuleStore::set_block`]), in one transaction. `None` when there was no such item.
     fn delete_item(&self, key: &str) -> Result<Option<Deleted>>;
 
     /// Up to `limit` users with id greater than `after` (`None`: from the first), in id order.
@@ -334,4 +346,48 @@ pub trait DecisionStore: Send + Sync + std::fmt::Debug {
     /// Deletes up to `limit` closed decisions made before `before` with their rewards
     /// (retention); returns how many.
     fn delete_decisions_before(&self, before: Millis, limit: usize) -> Result<u64>;
+}
+
+/// Saved business rules and per-user item blocks.
+///
+/// Rules are named JSON definitions that the store keeps without interpreting (the server
+/// validates names and definitions). Blocks are users' explicit choices to hide an item (or
+/// show it again): one row per (user, item) pair, the later decision winning. They go with
+/// their user or item ([`CatalogStore::delete_user`], [`CatalogStore::delete_item`]) but not
+/// with retention ([`EventStore::delete_events_before`]): they are the user's standing choices,
+/// not events, and hiding an item the user asked never to see again must not lapse with age.
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait RuleStore: Send + Sync + std::fmt::Debug {
+    /// Creates or replaces a rule; `created_at` survives a replace. Returns the stored record.
+    fn put_rule(
+        &self,
+        name: &str,
+        definition: &serde_json::Value,
+        now: Millis,
+    ) -> Result<RuleRecord>;
+
+    /// Every rule, by name.
+    fn rules(&self) -> Result<Vec<RuleRecord>>;
+
+    /// Deletes a rule; false when there was none.
+    fn delete_rule(&self, name: &str) -> Result<bool>;
+
+    /// Records a block or unblock of `item` for `user`: one row per pair, the later `at` wins
+    /// (an older write is ignored). Of two writes with the same `at`, the block wins, so the
+    /// outcome does not depend on the order they arrive in. An unblock is kept as a row, so
+    /// that an older block arriving after it stays ignored.
+    ///
+    /// A user or item that does not exist (never did, or was deleted) fails with
+    /// [`Error::UnknownUserIdx`] / [`Error::UnknownItemIdx`] and stores nothing: a block racing
+    /// its user's erasure must not leave a row behind.
+    fn set_block(&self, user: UserIdx, item: ItemIdx, blocked: bool, at: Millis) -> Result<()>;
+
+    /// A user's rows (unblocks included), by item. Empty for an unknown user.
+    fn blocks_of(&self, user: UserIdx) -> Result<Vec<Block>>;
+
+    /// Every row (unblocks included) after `after` in (user, item) order, at most `limit`: for
+    /// loading the serving state. `None` starts from the first; pass the last row's pair to get
+    /// the next page.
+    fn scan_blocks(&self, after: Option<(UserIdx, ItemIdx)>, limit: usize) -> Result<Vec<Block>>;
 }

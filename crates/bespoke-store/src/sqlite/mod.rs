@@ -115,6 +115,7 @@ CREATE TABLE secrets (
 ) WITHOUT ROWID;
 "#,
     decisions::MIGRATION,
+    rules::MIGRATION,
 ];
 
 /// Settings of the SQLite backend.
@@ -627,6 +628,7 @@ mod decisions;
 mod events;
 mod models;
 mod privacy;
+mod rules;
 mod writer;
 
 use catalog::{read_item, read_user};

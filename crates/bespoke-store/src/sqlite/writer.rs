@@ -450,6 +450,9 @@ impl Writer {
             .prepare_cached("DELETE FROM events WHERE user_id = ?1")?
             .execute([id])?;
         self.conn
+            .prepare_cached("DELETE FROM item_blocks WHERE user_id = ?1")?
+            .execute([id])?;
+        self.conn
             .prepare_cached("DELETE FROM users WHERE id = ?1")?
             .execute([id])?;
         Ok(Some(Deleted {
@@ -553,6 +556,9 @@ impl Writer {
             .execute([id])?;
         self.conn
             .prepare_cached("DELETE FROM item_embeddings WHERE item_id = ?1")?
+            .execute([id])?;
+        self.conn
+            .prepare_cached("DELETE FROM item_blocks WHERE item_id = ?1")?
             .execute([id])?;
         self.conn
             .prepare_cached("DELETE FROM items WHERE id = ?1")?
