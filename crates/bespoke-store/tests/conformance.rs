@@ -36,6 +36,7 @@ fn behaviours_run_through_dyn_store() {
     let store: &dyn bespoke_store::Store = &*temp;
     bespoke_store::conformance::events_replay_is_idempotent_and_conflicts_are_refused(store);
     bespoke_store::conformance::decisions_per_user_export_and_delete(store);
+    bespoke_store::conformance::rules_put_replace_list_delete(store);
 }
 
 /// `run_all`, the one-test form another backend may prefer, walks the same behaviours.
