@@ -104,7 +104,16 @@ impl Engine {
             }
         };
         let at = now_ms();
-        self.store.set_block(user, item, blocked, at)?;
+        match self.store.set_block(user, item, blocked, at) {
+            Ok(()) => {}
+            // Deleted since it was looked up: as unknown as if it never was.
+            Err(
+                bespoke_store::Error::UnknownUserIdx(_) | bespoke_store::Error::UnknownItemIdx(_),
+            ) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
         let mut s = self.serving.state.write();
         if !s.deleted_users.contains(&user.0) {
             s.exposure.set_hidden(user.0, item.0, blocked, at, false);
