@@ -195,9 +195,10 @@ pub struct RulesSettings {
     /// How much an item resembling one the user hid moves down, from 0 (not at all) to 1
     /// (ranked by resemblance alone). A request's `hide_similar` overrides it.
     pub hide_similar: f32,
-    /// Candidates a boost, a cap or a promotion chooses from (at least `n`); an item ranked
-    /// below this many is not lifted by a boost.
-    pub candidate_pool: usize,
+    /// Boosts, caps and promotions choose from the best `candidate_factor × n` candidates (at
+    /// least `n + 20`); an item ranked below them is not lifted by a boost. Each candidate
+    /// costs retrieval time, so the default keeps rules cheap (`docs/benchmarks.md`).
+    pub candidate_factor: usize,
     /// Longest rule expression, in bytes.
     pub max_expression_bytes: usize,
     /// Deepest nesting of parentheses and `not` in an expression.
@@ -221,7 +222,7 @@ impl Default for RulesSettings {
             impressions_per_user: 500,
             hide_event_types: vec!["not_interested".into()],
             hide_similar: 0.0,
-            candidate_pool: 200,
+            candidate_factor: 3,
             max_expression_bytes: 4096,
             max_expression_depth: 32,
             max_list_values: 256,
@@ -1191,7 +1192,7 @@ impl Settings {
         }
         let rule_positive = [
             ("rules.impressions_per_user", r.impressions_per_user),
-            ("rules.candidate_pool", r.candidate_pool),
+            ("rules.candidate_factor", r.candidate_factor),
             ("rules.max_expression_bytes", r.max_expression_bytes),
             ("rules.max_expression_depth", r.max_expression_depth),
             ("rules.max_list_values", r.max_list_values),

@@ -351,9 +351,11 @@ impl Serving {
         s: &State,
         m: &ServingModel,
         top: Vec<Scored>,
+        filter: &Filter<'_>,
         scoring: &Scoring<'_>,
         full: bool,
     ) -> Vec<Recommendation> {
+        let top = filter.shortlisted(m, top);
         let rows: Vec<u32> = top.iter().map(|x| x.idx).collect();
         let explanations = scoring
             .scorer
@@ -629,6 +631,7 @@ impl Serving {
                                     s,
                                     m,
                                     top,
+                                    &filter,
                                     &Scoring {
                                         scorer: sc,
                                         prepared: &prepared,
@@ -707,6 +710,7 @@ impl Serving {
             s,
             m,
             top,
+            filter,
             &Scoring {
                 scorer: sc,
                 prepared: &prepared,
@@ -748,7 +752,8 @@ impl Serving {
         for (item, score) in cold {
             top.push(item, score);
         }
-        for Scored { idx, score } in top.into_sorted() {
+        // Explaining a new item is its cost: only those a boost stage could keep.
+        for Scored { idx, score } in filter.shortlisted_items(top.into_sorted()) {
             out.push(Self::cold_item(s, content, idx, score, x, whose, full));
         }
         out.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -881,6 +886,7 @@ impl Serving {
             s,
             m,
             top,
+            filter,
             &Scoring {
                 scorer: sc,
                 prepared: &prepared,
@@ -907,6 +913,8 @@ impl Serving {
         unseen_reason: bool,
         full: bool,
     ) {
+        // With a shortlist the answer needs no more than it; the rest would only be dropped.
+        let n = filter.shortlist().map_or(n, |k| k.min(n));
         if items.len() >= n {
             return;
         }

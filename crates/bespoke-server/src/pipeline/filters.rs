@@ -2,7 +2,7 @@
 //! (retrieve-then-filter inside the top-k scan), so a filtered item never takes a place. The
 //! request's business rules (its plan) are checked last: they cost the most per item.
 
-use bespoke_algo::{ItemIdx, UserIdx};
+use bespoke_algo::{ItemIdx, Scored, UserIdx};
 use rustc_hash::FxHashSet;
 
 use super::RankRequest;
@@ -45,6 +45,21 @@ impl<'a> Filter<'a> {
     /// [`Self::keep`] for a row of model `m`: false for rows whose item no longer exists.
     pub(crate) fn keep_model(&self, m: &ServingModel, i: u32) -> bool {
         m.store_item(i).is_some_and(|st| self.keep(ItemIdx(st)))
+    }
+
+    /// The candidates worth explaining (see [`Plan::shortlisted`]).
+    pub(crate) fn shortlisted(&self, m: &ServingModel, top: Vec<Scored>) -> Vec<Scored> {
+        self.plan.shortlisted(self.s, m, top)
+    }
+
+    /// [`Self::shortlisted`] for candidates that are store items.
+    pub(crate) fn shortlisted_items(&self, top: Vec<Scored>) -> Vec<Scored> {
+        self.plan.shortlisted_by(self.s, top, Some)
+    }
+
+    /// How many candidates the answer needs, when boosts alone reorder them.
+    pub(crate) fn shortlist(&self) -> Option<usize> {
+        self.plan.shortlist
     }
 
     /// Whether the request allows the item.

@@ -167,12 +167,16 @@ impl Serving {
         }
         .and_then(|k| s.users.get(&self.user_keys.to_store(k)))
         .map(UserIdx);
-        let plan = self.plan(&s, source.route(), req, user);
+        let mut plan = self.plan(&s, source.route(), req, user);
         let rerankers = rerank::for_request(req, &plan);
+        // Boosts alone only reorder: sources need explain no more than the answer holds.
+        if plan.boosts_any() && !plan.caps() && rerankers.is_empty() {
+            plan.shortlist = Some(req.n);
+        }
         let fetch = rerankers
             .iter()
             .fold(
-                plan.wants(req.n, self.settings.rules.candidate_pool),
+                plan.wants(req.n, self.settings.rules.candidate_factor),
                 |n, r| r.wants(req.n).max(n),
             )
             .min(self.settings.limits.max_n.max(req.n));

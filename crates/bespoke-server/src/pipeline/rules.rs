@@ -12,13 +12,14 @@
 //! rule that no longer compiles (its attribute left the catalog) is skipped with a warning, so
 //! one stale rule never breaks serving.
 
-use bespoke_algo::{ItemIdx, UserIdx};
+use bespoke_algo::{ItemIdx, Scored, UserIdx};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use super::explain::Contribution;
 use super::{RankRequest, Reason, Recommendation};
 use crate::exposure::{NoRepeat, Repeat};
+use crate::models::ServingModel;
 use crate::rules::spec::{BoostOp, PromoteSpec, Route, SavedRule};
 use crate::rules::{Bound, ExprError, Limits};
 use crate::state::{Serving, State};
@@ -89,6 +90,9 @@ pub(crate) struct Plan {
     pub(crate) hide_similar: f32,
     /// Only while filling a promotion: the promotion's expression.
     also: Option<Bound>,
+    /// When only boosts reorder the candidates: how many the answer needs, so that model
+    /// sources explain only those (explaining is most of a candidate's cost).
+    pub(crate) shortlist: Option<usize>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -143,6 +147,50 @@ impl Plan {
             .map(|(rule, _)| (rule.clone(), format!("does not match the filter of {rule}")))
     }
 
+    /// Whether the plan boosts anything.
+    pub(crate) fn boosts_any(&self) -> bool {
+        !self.boosts.is_empty()
+    }
+
+    /// Whether the plan caps categories.
+    pub(crate) fn caps(&self) -> bool {
+        self.cap.is_some()
+    }
+
+    /// Of `top` (model rows of `m`, best first), the [`Self::shortlist`] best by boosted
+    /// score, back in their order of plain score: what the boost stage will choose from, so
+    /// that only they are explained. All of `top` without a shortlist.
+    pub(crate) fn shortlisted(&self, s: &State, m: &ServingModel, top: Vec<Scored>) -> Vec<Scored> {
+        self.shortlisted_by(s, top, |row| m.store_item(row))
+    }
+
+    /// [`Self::shortlisted`] for candidates whose `idx` maps to a store item by `store`.
+    pub(crate) fn shortlisted_by(
+        &self,
+        s: &State,
+        top: Vec<Scored>,
+        store: impl Fn(u32) -> Option<u32>,
+    ) -> Vec<Scored> {
+        let Some(k) = self.shortlist.filter(|k| top.len() > *k) else {
+            return top;
+        };
+        let boosted = |x: &Scored| {
+            let Some(st) = store(x.idx) else {
+                return x.score;
+            };
+            self.boosts
+                .iter()
+                .filter(|b| b.when.eval(&s.columns, st))
+                .fold(x.score, |score, b| b.op.apply(score))
+        };
+        let mut order: Vec<(f32, usize)> = top.iter().map(boosted).zip(0..).collect();
+        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut keep: Vec<usize> = order.into_iter().take(k).map(|(_, i)| i).collect();
+        keep.sort_unstable();
+        let mut top: Vec<Option<Scored>> = top.into_iter().map(Some).collect();
+        keep.into_iter().filter_map(|i| top[i].take()).collect()
+    }
+
     /// The items the user hid.
     pub(crate) fn hidden_items(&self) -> &FxHashSet<u32> {
         &self.hidden
@@ -153,12 +201,13 @@ impl Plan {
         !self.filters.is_empty() || !self.hidden.is_empty() || !self.repeats.is_empty()
     }
 
-    /// How many candidates the boost, cap and promotion stages want to choose `n` from.
-    pub(crate) fn wants(&self, n: usize, pool: usize) -> usize {
+    /// How many candidates the boost, cap and promotion stages want to choose `n` from:
+    /// `factor × n`, at least `n + 20`.
+    pub(crate) fn wants(&self, n: usize, factor: usize) -> usize {
         if self.boosts.is_empty() && self.cap.is_none() && self.promotions.is_empty() {
             n
         } else {
-            pool.max(n)
+            n.saturating_mul(factor).max(n + 20)
         }
     }
 
@@ -264,6 +313,7 @@ impl Plan {
             repeats: self.repeats.clone(),
             hide_similar: 0.0,
             also: Some(when.clone()),
+            shortlist: None,
         }
     }
 
