@@ -476,9 +476,6 @@ pub(crate) fn run(
     if !args.no_train {
         train(&engine)?;
     }
-    if args.no_serve {
-        return Ok(());
-    }
     let sample_user = user_key(42.min(args.users - 1));
     let sample = engine.recommend(
         &sample_user,
@@ -527,6 +524,9 @@ pub(crate) fn run(
             ..Default::default()
         },
     );
+    if args.no_serve {
+        return Ok(());
+    }
     let top = engine.popular(&PopularQuery {
         n: 1,
         categories: Vec::new(),

@@ -429,7 +429,12 @@ fn demo_loads_a_deterministic_shop() {
         "--anchor",
         "2026-01-01T00:00:00Z",
     ];
-    ok(&bespoke(dir.path(), &args));
+    let out = bespoke(dir.path(), &args);
+    ok(&out);
+    // It shows the business rules on a sample user: a filter, then a promoted slot.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("filtered with price < 30"), "{stderr}");
+    assert!(stderr.contains("promoted to position 2"), "{stderr}");
     let stats = json(&bespoke(dir.path(), &["stats", "--json"]));
     assert_eq!(
         (
