@@ -20,7 +20,7 @@ use super::explain::Contribution;
 use super::{RankRequest, Reason, Recommendation};
 use crate::exposure::{NoRepeat, Repeat};
 use crate::models::ServingModel;
-use crate::rules::spec::{BoostOp, PromoteSpec, Route, SavedRule};
+use crate::rules::spec::{BoostOp, BoostSpec, PromoteSpec, Route, SavedRule};
 use crate::rules::{Bound, ExprError, Limits};
 use crate::state::{Serving, State};
 use crate::time::now_ms;
@@ -420,34 +420,15 @@ impl Serving {
     /// naming the field that is wrong. Saved rules were checked when saved.
     pub(crate) fn check_rules(&self, req: &RankRequest, n: usize) -> Result<(), RuleProblem> {
         let s = self.state.read();
-        let max = self.settings.rules.max_boosts;
-        if let Some(src) = &req.filter {
-            self.bind(&s, src, req)
-                .map_err(|e| RuleProblem::expr("filter", &e))?;
-        }
-        if req.boost.len() > max {
-            return Err(RuleProblem::new(
-                "boost",
-                format!("at most {max} boosts (rules.max_boosts)"),
-            ));
-        }
-        for (i, b) in req.boost.iter().enumerate() {
-            self.bind(&s, &b.when, req)
-                .map_err(|e| RuleProblem::expr(format!("boost[{i}].if"), &e))?;
-            b.op()
-                .map_err(|m| RuleProblem::new(format!("boost[{i}]"), m))?;
-        }
-        check_promotions(&req.promote, n, max, "promote")?;
-        for (i, p) in req.promote.iter().enumerate() {
-            self.bind(&s, &p.when, req)
-                .map_err(|e| RuleProblem::expr(format!("promote[{i}].if"), &e))?;
-        }
-        if req.max_per_category == Some(0) {
-            return Err(RuleProblem::new(
-                "max_per_category",
-                "max_per_category must be at least 1",
-            ));
-        }
+        let parts = Parts {
+            filter: req.filter.as_deref(),
+            boost: &req.boost,
+            promote: &req.promote,
+            max_per_category: req.max_per_category,
+        };
+        parts.check(n, self.settings.rules.max_boosts, |src| {
+            self.bind(&s, src, req).map(|_| ())
+        })?;
         for name in &req.skip_rules {
             if name != "*" && !self.saved_rules.load().iter().any(|r| &r.name == name) {
                 return Err(RuleProblem::new(
@@ -581,44 +562,24 @@ impl Serving {
     pub(crate) fn check_saved_rule(&self, rule: &SavedRule) -> Result<(), RuleProblem> {
         let s = self.state.read();
         let spec = &rule.spec;
-        let max = self.settings.rules.max_boosts;
         if spec.is_empty() {
             return Err(RuleProblem::new(
                 "",
                 "a rule needs a filter, a boost, a promote or a max_per_category",
             ));
         }
-        // Without a request there is no context to bind yet: compile only.
-        let compile = |src: &str, field: String| -> Result<(), RuleProblem> {
-            self.exprs
-                .get(src, &s.columns, &limits(&self.settings))
-                .map(|_| ())
-                .map_err(|e| RuleProblem::expr(field, &e))
+        let parts = Parts {
+            filter: spec.filter.as_deref(),
+            boost: &spec.boost,
+            promote: &spec.promote,
+            max_per_category: spec.max_per_category,
         };
-        if let Some(src) = &spec.filter {
-            compile(src, "filter".into())?;
-        }
-        if spec.boost.len() > max {
-            return Err(RuleProblem::new(
-                "boost",
-                format!("at most {max} boosts (rules.max_boosts)"),
-            ));
-        }
-        for (i, b) in spec.boost.iter().enumerate() {
-            compile(&b.when, format!("boost[{i}].if"))?;
-            b.op()
-                .map_err(|m| RuleProblem::new(format!("boost[{i}]"), m))?;
-        }
-        check_promotions(&spec.promote, self.settings.limits.max_n, max, "promote")?;
-        for (i, p) in spec.promote.iter().enumerate() {
-            compile(&p.when, format!("promote[{i}].if"))?;
-        }
-        if spec.max_per_category == Some(0) {
-            return Err(RuleProblem::new(
-                "max_per_category",
-                "max_per_category must be at least 1",
-            ));
-        }
+        // Without a request there is no context to bind yet: compile only.
+        let limits = limits(&self.settings);
+        let max = self.settings.rules.max_boosts;
+        parts.check(self.settings.limits.max_n, max, |src| {
+            self.exprs.get(src, &s.columns, &limits).map(|_| ())
+        })?;
         // Two saved promotions of the same slot on a shared route contradict each other.
         for other in self.saved_rules.load().iter() {
             if other.name == rule.name || !other.spec.enabled || !spec.enabled {
@@ -641,6 +602,51 @@ impl Serving {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// What a request and a saved rule both ask for.
+struct Parts<'a> {
+    filter: Option<&'a str>,
+    boost: &'a [BoostSpec],
+    promote: &'a [PromoteSpec],
+    max_per_category: Option<usize>,
+}
+
+impl Parts<'_> {
+    /// Checks every expression with `expr`, the boosts, slots (from 1 to `n`) and the cap; at
+    /// most `max` boosts and `max` promotions.
+    fn check(
+        &self,
+        n: usize,
+        max: usize,
+        expr: impl Fn(&str) -> Result<(), ExprError>,
+    ) -> Result<(), RuleProblem> {
+        if let Some(src) = self.filter {
+            expr(src).map_err(|e| RuleProblem::expr("filter", &e))?;
+        }
+        if self.boost.len() > max {
+            return Err(RuleProblem::new(
+                "boost",
+                format!("at most {max} boosts (rules.max_boosts)"),
+            ));
+        }
+        for (i, b) in self.boost.iter().enumerate() {
+            expr(&b.when).map_err(|e| RuleProblem::expr(format!("boost[{i}].if"), &e))?;
+            b.op()
+                .map_err(|m| RuleProblem::new(format!("boost[{i}]"), m))?;
+        }
+        check_promotions(self.promote, n, max, "promote")?;
+        for (i, p) in self.promote.iter().enumerate() {
+            expr(&p.when).map_err(|e| RuleProblem::expr(format!("promote[{i}].if"), &e))?;
+        }
+        if self.max_per_category == Some(0) {
+            return Err(RuleProblem::new(
+                "max_per_category",
+                "max_per_category must be at least 1",
+            ));
         }
         Ok(())
     }
