@@ -58,7 +58,7 @@ pub use model::{ContentParams, EaseParams, KnnParams, KnnSimilarity, ModelKind, 
 pub use popularity::Popularity;
 pub use recency::Recency;
 pub use rng::Rng;
-pub use score::{ItemScorer, ScoreScratch};
+pub use score::{Identity, ItemScorer, Rescore, ScoreScratch};
 pub use topk::{Scored, TopK};
 
 /// Dense internal id of a user. Ids are assigned by the store and stay stable for the life of

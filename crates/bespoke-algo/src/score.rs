@@ -14,6 +14,10 @@
 //! Items are scanned in order of decreasing norm, which lets the scan stop early: by
 //! Cauchy–Schwarz no item scores above `‖x‖ ‖y_i‖`, so once that falls below the k-th best lower
 //! bound, no remaining (shorter) item can enter the top k.
+//!
+//! [`ItemScorer::top_k_rescored`] ranks by a monotone re-scoring of each item's score (business
+//! rules' boosts) inside the same scan: bounds pass through a non-decreasing function stay
+//! bounds, and a ceiling over every item's function keeps the early stop sound.
 
 use crate::simd::{self, Simd, WithSimd};
 use crate::{Factors, Scored, TopK};
@@ -42,9 +46,46 @@ pub struct ItemScorer {
 #[derive(Debug, Clone, Default)]
 pub struct ScoreScratch {
     query: Vec<i16>,
-    candidates: Vec<(u32, f32)>,
+    candidates: Vec<(u32, f32, u32)>,
     lower: Option<TopK>,
     top: Option<TopK>,
+}
+
+/// A re-scoring of items applied inside [`ItemScorer::top_k_rescored`]: business-rule boosts.
+pub trait Rescore {
+    /// Whether [`Self::apply`] is the identity (then scores need no recomputing).
+    const IDENTITY: bool = false;
+    /// What applies to `item` (say, a bit per matching boost); asked once per item that could
+    /// enter the top k.
+    fn class(&mut self, item: u32) -> u32;
+    /// The re-scored `score` of an item of `class`; must not decrease as `score` grows.
+    fn apply(&self, class: u32, score: f32) -> f32;
+    /// A plain score below which no class's [`Self::apply`] reaches `target` (the inverse of
+    /// the largest lift, rounded down): bounds the items not yet looked at. Non-decreasing.
+    fn floor(&self, target: f32) -> f32;
+}
+
+/// No re-scoring.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Identity;
+
+impl Rescore for Identity {
+    const IDENTITY: bool = true;
+
+    #[inline(always)]
+    fn class(&mut self, _: u32) -> u32 {
+        0
+    }
+
+    #[inline(always)]
+    fn apply(&self, _: u32, score: f32) -> f32 {
+        score
+    }
+
+    #[inline(always)]
+    fn floor(&self, target: f32) -> f32 {
+        target
+    }
 }
 
 impl ItemScorer {
@@ -109,6 +150,20 @@ impl ItemScorer {
         keep: impl FnMut(u32) -> bool,
         scratch: &mut ScoreScratch,
     ) -> Vec<Scored> {
+        self.top_k_rescored(x, k, keep, &mut Identity, scratch)
+    }
+
+    /// The `k` best items by `rescore` of their score among those `keep` accepts, best
+    /// (rescored) first, ties to the smaller id; each with its plain score. Exactly what
+    /// rescoring every item's [`crate::simd::dot`] and sorting would return.
+    pub fn top_k_rescored<R: Rescore>(
+        &self,
+        x: &[f32],
+        k: usize,
+        keep: impl FnMut(u32) -> bool,
+        rescore: &mut R,
+        scratch: &mut ScoreScratch,
+    ) -> Vec<Scored> {
         assert_eq!(x.len(), self.items.dim(), "query dimension");
         if k == 0 || self.items.rows() == 0 {
             return Vec::new();
@@ -133,6 +188,8 @@ impl ItemScorer {
             half_l1x: l1x * 0.5,
             norm_x,
             keep,
+            rescore: &mut *rescore,
+            floor_of: (f32::NAN, f32::NAN),
             lower,
             candidates: &mut scratch.candidates,
         });
@@ -145,9 +202,16 @@ impl ItemScorer {
             x,
             threshold,
             candidates: &scratch.candidates,
+            rescore: &*rescore,
             top,
         });
-        top.drain_sorted()
+        let mut out = top.drain_sorted();
+        if !R::IDENTITY {
+            for s in &mut out {
+                s.score = simd::dot(x, self.items.row(s.idx as usize));
+            }
+        }
+        out
     }
 
     /// Number of items.
@@ -162,18 +226,34 @@ impl ItemScorer {
 }
 
 /// The quantized pass.
-struct Screen<'a, F> {
+struct Screen<'a, F, R> {
     scorer: &'a ItemScorer,
     query: &'a [i16],
     sx: f32,
     half_l1x: f32,
     norm_x: f32,
     keep: F,
+    rescore: &'a mut R,
+    /// The last threshold and its [`Rescore::floor`]: the threshold changes seldom.
+    floor_of: (f32, f32),
     lower: &'a mut TopK,
-    candidates: &'a mut Vec<(u32, f32)>,
+    candidates: &'a mut Vec<(u32, f32, u32)>,
 }
 
-impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
+impl<F, R: Rescore> Screen<'_, F, R> {
+    #[inline(always)]
+    fn floor(&mut self, t: f32) -> f32 {
+        if R::IDENTITY {
+            return t;
+        }
+        if t.to_bits() != self.floor_of.0.to_bits() {
+            self.floor_of = (t, self.rescore.floor(t));
+        }
+        self.floor_of.1
+    }
+}
+
+impl<F: FnMut(u32) -> bool, R: Rescore> WithSimd for Screen<'_, F, R> {
     type Output = ();
 
     #[inline(always)]
@@ -188,7 +268,7 @@ impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
             if self
                 .lower
                 .threshold()
-                .is_some_and(|t| self.norm_x * sc.norm[i] < t)
+                .is_some_and(|t| self.norm_x * sc.norm[i] < self.floor(t))
             {
                 break;
             }
@@ -228,16 +308,28 @@ impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
             for u in upper.iter_mut().skip(width) {
                 *u = f32::NEG_INFINITY;
             }
-            let t = self.lower.threshold().unwrap_or(f32::NEG_INFINITY);
+            let t = self
+                .lower
+                .threshold()
+                .map_or(f32::NEG_INFINITY, |t| self.floor(t));
             // Most blocks end here: nothing in them can reach the top k.
             if upper.iter().any(|&u| u >= t) {
                 for r in 0..width {
                     let item = sc.order[i + r];
-                    if self.lower.threshold().is_some_and(|t| upper[r] < t) || !(self.keep)(item) {
+                    if self
+                        .lower
+                        .threshold()
+                        .is_some_and(|t| upper[r] < self.floor(t))
+                        || !(self.keep)(item)
+                    {
                         continue;
                     }
-                    self.lower.push(item, lower[r]);
-                    self.candidates.push((item, upper[r]));
+                    let class = self.rescore.class(item);
+                    let up = self.rescore.apply(class, upper[r]);
+                    if R::IDENTITY || self.lower.threshold().is_none_or(|t| up >= t) {
+                        self.lower.push(item, self.rescore.apply(class, lower[r]));
+                        self.candidates.push((item, up, class));
+                    }
                 }
             }
             i += width;
@@ -246,22 +338,24 @@ impl<F: FnMut(u32) -> bool> WithSimd for Screen<'_, F> {
 }
 
 /// The exact pass over the survivors.
-struct Rerank<'a> {
+struct Rerank<'a, R> {
     items: &'a Factors,
     x: &'a [f32],
     threshold: f32,
-    candidates: &'a [(u32, f32)],
+    candidates: &'a [(u32, f32, u32)],
+    rescore: &'a R,
     top: &'a mut TopK,
 }
 
-impl WithSimd for Rerank<'_> {
+impl<R: Rescore> WithSimd for Rerank<'_, R> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        for &(i, upper) in self.candidates {
+        for &(i, upper, class) in self.candidates {
             if upper >= self.threshold {
-                self.top.push(i, s.dot(self.x, self.items.row(i as usize)));
+                let score = s.dot(self.x, self.items.row(i as usize));
+                self.top.push(i, self.rescore.apply(class, score));
             }
         }
     }
@@ -310,6 +404,65 @@ mod tests {
             prop_assert_eq!(scorer.top_k(&x, k, keep, &mut scratch), brute(&items, &x, k, keep));
             // Scratch reuse with another k.
             prop_assert_eq!(scorer.top_k(&x, k + 3, |_| true, &mut scratch), brute(&items, &x, k + 3, |_| true));
+        }
+    }
+
+    /// Boost-like re-scoring by `i % 4`: none, × 1.5, + 0.7, × 0.5 (negative scores divided).
+    struct Boosts;
+
+    fn times(by: f32, s: f32) -> f32 {
+        if s >= 0.0 { s * by } else { s / by }
+    }
+
+    impl Rescore for Boosts {
+        fn class(&mut self, item: u32) -> u32 {
+            item % 4
+        }
+        fn apply(&self, class: u32, s: f32) -> f32 {
+            match class {
+                1 => times(1.5, s),
+                2 => s + 0.7,
+                3 => times(0.5, s),
+                _ => s,
+            }
+        }
+        fn floor(&self, t: f32) -> f32 {
+            // Inverse of max(× 1.5, + 0.7), a little low for rounding.
+            let by = if t >= 0.0 { t / 1.5 } else { t * 1.5 };
+            by.min(t - 0.7) - 1e-4 * (1.0 + t.abs())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Re-scored inside the scan equals re-scoring a full scan and sorting; the scores
+        /// returned are the plain ones.
+        #[test]
+        fn rescored_equals_a_rescored_full_scan(
+            seed in 0u64..10_000,
+            n in 1usize..400,
+            d in prop_oneof![Just(1usize), Just(7), Just(16), Just(64)],
+            k in 1usize..30,
+        ) {
+            let mut rng = crate::Rng::seed_from_u64(seed);
+            let data: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32 * 0.3).collect();
+            let items = Factors::from_vec(n, d, data).unwrap();
+            let x: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+            let scorer = ItemScorer::new(items.clone());
+            let keep = |i: u32| i % 7 != 2;
+            let mut want = TopK::new(k);
+            for i in 0..n as u32 {
+                if keep(i) {
+                    want.push(i, Boosts.apply(i % 4, simd::dot(&x, items.row(i as usize))));
+                }
+            }
+            let want: Vec<Scored> = want
+                .into_sorted()
+                .into_iter()
+                .map(|s| Scored { score: simd::dot(&x, items.row(s.idx as usize)), ..s })
+                .collect();
+            let got = scorer.top_k_rescored(&x, k, keep, &mut Boosts, &mut ScoreScratch::default());
+            prop_assert_eq!(got, want);
         }
     }
 

@@ -196,7 +196,8 @@ pub struct RulesSettings {
     /// (ranked by resemblance alone). A request's `hide_similar` overrides it.
     pub hide_similar: f32,
     /// Boosts, caps and promotions choose from the best `candidate_factor × n` candidates (at
-    /// least `n + 20`); an item ranked below them is not lifted by a boost. Each candidate
+    /// least `n + 20`); an item ranked below them is not lifted by a boost. (Boosts alone on
+    /// the iALS model are folded into its scan and need no pool.) Each candidate
     /// costs retrieval time, so the default keeps rules cheap (`docs/benchmarks.md`).
     pub candidate_factor: usize,
     /// Longest rule expression, in bytes.

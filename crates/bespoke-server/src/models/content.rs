@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bespoke_algo::content::tokenize;
-use bespoke_algo::{Bag, ContentVocab, Factors, Ridge, VocabParams};
+use bespoke_algo::{Bag, ContentVocab, Factors, Rescore, Ridge, Scored, TopK, VocabParams};
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -251,7 +251,72 @@ pub struct ColdItem {
 pub struct ContentServing {
     /// The model.
     pub model: ContentModel,
-    cold: RwLock<FxHashMap<u32, ColdItem>>,
+    cold: RwLock<Cold>,
+}
+
+/// The cold items, their factors in one dense block: every request scans all of them.
+#[derive(Debug, Default)]
+struct Cold {
+    /// Store item → row.
+    rows: FxHashMap<u32, usize>,
+    /// Row → store item.
+    items: Vec<u32>,
+    /// Row-major predicted factors (`items.len()` rows of the model's rank).
+    ys: Vec<f32>,
+    /// Row → encoded content, for explanations.
+    xs: Vec<Vec<(u32, f32)>>,
+}
+
+impl Cold {
+    fn rank(&self) -> usize {
+        self.ys.len().checked_div(self.items.len()).unwrap_or(0)
+    }
+
+    fn get(&self, item: u32) -> Option<ColdItem> {
+        let r = *self.rows.get(&item)?;
+        let k = self.rank();
+        Some(ColdItem {
+            x: self.xs[r].clone(),
+            y: self.ys[r * k..(r + 1) * k].to_vec(),
+        })
+    }
+
+    fn insert(&mut self, item: u32, ColdItem { x, y }: ColdItem) {
+        let k = self.rank();
+        match self.rows.get(&item) {
+            Some(&r) if y.len() == k => {
+                self.ys[r * k..(r + 1) * k].copy_from_slice(&y);
+                self.xs[r] = x;
+            }
+            // A first item, or a rank that changed: the block starts over with it.
+            _ if self.items.is_empty() || y.len() == k => {
+                self.remove(item);
+                self.rows.insert(item, self.items.len());
+                self.items.push(item);
+                self.ys.extend_from_slice(&y);
+                self.xs.push(x);
+            }
+            _ => {
+                *self = Cold::default();
+                self.insert(item, ColdItem { x, y });
+            }
+        }
+    }
+
+    fn remove(&mut self, item: u32) {
+        let Some(r) = self.rows.remove(&item) else {
+            return;
+        };
+        let k = self.rank();
+        let last = self.items.len() - 1;
+        self.items.swap_remove(r);
+        self.xs.swap_remove(r);
+        if r != last {
+            self.ys.copy_within(last * k..(last + 1) * k, r * k);
+            self.rows.insert(self.items[r], r);
+        }
+        self.ys.truncate(last * k);
+    }
 }
 
 impl ContentServing {
@@ -259,7 +324,7 @@ impl ContentServing {
     pub fn new(model: ContentModel) -> Self {
         Self {
             model,
-            cold: RwLock::new(FxHashMap::default()),
+            cold: RwLock::new(Cold::default()),
         }
     }
 
@@ -273,33 +338,57 @@ impl ContentServing {
 
     /// Forgets a cold item (deleted).
     pub fn remove_cold(&self, item: u32) {
-        self.cold.write().remove(&item);
+        self.cold.write().remove(item);
     }
 
     /// Number of cold items placed.
     pub fn cold_items(&self) -> usize {
-        self.cold.read().len()
+        self.cold.read().items.len()
     }
 
-    /// Scores every cold item `keep` accepts against `x`: `(store item, score)`.
-    pub fn score_cold(&self, x: &[f32], mut keep: impl FnMut(u32) -> bool) -> Vec<(u32, f32)> {
-        self.cold
-            .read()
-            .iter()
-            .filter(|(i, _)| keep(**i))
-            .map(|(&i, c)| (i, c.y.iter().zip(x).map(|(a, b)| a * b).sum()))
-            .collect()
+    /// The `n` best cold items for `x` among those `keep` accepts, best first (`idx` is the
+    /// store item; ties to the smaller). `keep` is asked only of items good enough to enter,
+    /// since it may evaluate business rules.
+    /// Ranked by `rescore` of the scores (business-rule boosts), which are returned plain.
+    pub fn top_cold<R: Rescore>(
+        &self,
+        x: &[f32],
+        n: usize,
+        mut keep: impl FnMut(u32) -> bool,
+        rescore: &mut R,
+    ) -> Vec<Scored> {
+        let cold = self.cold.read();
+        let k = cold.rank();
+        if k != x.len() || n == 0 {
+            return Vec::new();
+        }
+        let mut top = TopK::new(n);
+        for (&item, y) in cold.items.iter().zip(cold.ys.chunks_exact(k)) {
+            let score = bespoke_algo::simd::dot(y, x);
+            if top.threshold().is_some_and(|t| score < rescore.floor(t)) || !keep(item) {
+                continue;
+            }
+            let class = rescore.class(item);
+            top.push(item, rescore.apply(class, score));
+        }
+        let mut out = top.into_sorted();
+        if !R::IDENTITY {
+            for s in &mut out {
+                let r = cold.rows[&s.idx];
+                s.score = bespoke_algo::simd::dot(&cold.ys[r * k..(r + 1) * k], x);
+            }
+        }
+        out
     }
 
     /// The predicted factors of cold item `item`.
     pub fn cold_factors(&self, item: u32) -> Option<Vec<f32>> {
-        self.cold.read().get(&item).map(|c| c.y.clone())
+        self.cold.read().get(item).map(|c| c.y)
     }
 
     /// The content features that place cold item `item` near `x`, strongest first.
     pub fn explain_cold(&self, item: u32, x: &[f32], n: usize) -> Vec<(String, f32)> {
-        let (Some(side), Some(c)) = (&self.model.items, self.cold.read().get(&item).cloned())
-        else {
+        let (Some(side), Some(c)) = (&self.model.items, self.cold.read().get(item)) else {
             return Vec::new();
         };
         side.top_features(&c.x, x, n)
@@ -308,8 +397,7 @@ impl ContentServing {
     /// Every content feature's part of cold item `item`'s score against `x`, summing to it
     /// (see [`Side::all_features`]).
     pub fn cold_terms(&self, item: u32, x: &[f32]) -> Vec<(String, f32)> {
-        let (Some(side), Some(c)) = (&self.model.items, self.cold.read().get(&item).cloned())
-        else {
+        let (Some(side), Some(c)) = (&self.model.items, self.cold.read().get(item)) else {
             return Vec::new();
         };
         side.all_features(&c.x, x)
@@ -414,5 +502,47 @@ mod tests {
             ]
         );
         assert_eq!(bag.dense, vec![("clip".to_owned(), vec![0.5, 0.5])]);
+    }
+
+    proptest::proptest! {
+        /// Inserting, re-placing and removing cold items keeps every item's factors, and the
+        /// pruned scan returns exactly the best `n` a full sort would.
+        #[test]
+        fn cold_block_matches_a_map(
+            ops in proptest::collection::vec((0u32..12, proptest::option::of(-4i8..5)), 1..60),
+            x in proptest::collection::vec(-3i8..4, 3),
+            n in 1usize..6,
+            skip in 0u32..4,
+        ) {
+            let mut cold = Cold::default();
+            let mut map: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
+            for (item, v) in ops {
+                match v {
+                    Some(v) => {
+                        let y = vec![f32::from(v), f32::from(v) * 0.5, 1.0 - f32::from(v)];
+                        cold.insert(item, ColdItem { x: vec![(item, 1.0)], y: y.clone() });
+                        map.insert(item, y);
+                    }
+                    None => {
+                        cold.remove(item);
+                        map.remove(&item);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(cold.items.len(), map.len());
+            for (item, y) in &map {
+                proptest::prop_assert_eq!(&cold.get(*item).unwrap().y, y);
+            }
+            let x: Vec<f32> = x.into_iter().map(f32::from).collect();
+            let serving = ContentServing { model: ContentModel::default(), cold: RwLock::new(cold) };
+            let keep = |i: u32| i % 4 != skip;
+            let mut want = TopK::new(n);
+            for (item, y) in &map {
+                if keep(*item) {
+                    want.push(*item, y.iter().zip(&x).map(|(a, b)| a * b).sum());
+                }
+            }
+            proptest::prop_assert_eq!(serving.top_cold(&x, n, keep, &mut bespoke_algo::Identity), want.into_sorted());
+        }
     }
 }

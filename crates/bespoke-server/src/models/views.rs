@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bespoke_algo::{
-    Als, BprParams, Factors, ItemKnn, ItemScorer, ScoreScratch, Scored, TopK, UserSolver,
+    Als, BprParams, Factors, ItemKnn, ItemScorer, Rescore, ScoreScratch, Scored, TopK, UserSolver,
     UserVector,
 };
 use parking_lot::Mutex;
@@ -111,6 +111,21 @@ impl AlsServing {
     /// Top `n` model items for a user vector among those `keep` accepts.
     pub fn top_k(&self, x: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
         SCRATCH.with(|s| self.scorer.top_k(x, n, keep, &mut s.borrow_mut().0))
+    }
+
+    /// [`Self::top_k`] ranked by `rescore` of the scores (business-rule boosts); the scores
+    /// returned are the plain ones.
+    pub fn top_k_rescored(
+        &self,
+        x: &[f32],
+        n: usize,
+        keep: impl FnMut(u32) -> bool,
+        rescore: &mut impl Rescore,
+    ) -> Vec<Scored> {
+        SCRATCH.with(|s| {
+            self.scorer
+                .top_k_rescored(x, n, keep, rescore, &mut s.borrow_mut().0)
+        })
     }
 
     /// Top `n` items by cosine of item factors with model item `item` (itself excluded).

@@ -616,7 +616,7 @@ impl Serving {
                             (Some(v), Some(sc)) => {
                                 let v = std::sync::Arc::new(v);
                                 let prepared = Prepared::shared(v.clone());
-                                let top = m.als.top_k(&v.x, n, |i| filter.keep_model(m, i));
+                                let top = filter.top_als(m, &v.x, n);
                                 // A session of new items only has no history item to name.
                                 let fallback = if extra.is_empty() {
                                     Reason::Als(Reason::history(
@@ -704,7 +704,7 @@ impl Serving {
         let Some(sc) = m.scorer(ModelKind::Als) else {
             return Vec::new();
         };
-        let top = m.als.top_k(&vector.x, n, |i| filter.keep_model(m, i));
+        let top = filter.top_als(m, &vector.x, n);
         let prepared = Prepared::shared(vector.clone());
         let warm = Self::explained(
             s,
@@ -743,17 +743,13 @@ impl Serving {
         let Some(content) = &m.content else {
             return out;
         };
-        let cold = content.score_cold(x, |st| filter.keep(ItemIdx(st)));
+        let cold = filter.top_cold(content, x, n);
         // Most requests find no new item: the model's results stand as they are.
         if cold.is_empty() {
             return out;
         }
-        let mut top = bespoke_algo::TopK::new(n);
-        for (item, score) in cold {
-            top.push(item, score);
-        }
         // Explaining a new item is its cost: only those a boost stage could keep.
-        for Scored { idx, score } in filter.shortlisted_items(top.into_sorted()) {
+        for Scored { idx, score } in filter.shortlisted_items(cold) {
             out.push(Self::cold_item(s, content, idx, score, x, whose, full));
         }
         out.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -813,7 +809,7 @@ impl Serving {
         if x.len() <= 1 {
             return Vec::new();
         }
-        let top = m.als.top_k(&v, n, |i| filter.keep_model(m, i));
+        let top = filter.top_als(m, &v, n);
         let warm = top
             .into_iter()
             .filter_map(|Scored { idx, score }| {

@@ -2,12 +2,13 @@
 //! (retrieve-then-filter inside the top-k scan), so a filtered item never takes a place. The
 //! request's business rules (its plan) are checked last: they cost the most per item.
 
-use bespoke_algo::{ItemIdx, Scored, UserIdx};
+use bespoke_algo::{Identity, Interaction, ItemIdx, Scored, UserIdx};
 use rustc_hash::FxHashSet;
 
 use super::RankRequest;
 use super::rules::Plan;
 use crate::models::ServingModel;
+use crate::models::content::ContentServing;
 use crate::state::State;
 
 /// What a request allows: availability, categories, exclusions, (optionally) unseen items,
@@ -16,7 +17,8 @@ pub(crate) struct Filter<'a> {
     s: &'a State,
     wanted: Vec<u32>,
     excluded: FxHashSet<u32>,
-    unseen_for: Option<UserIdx>,
+    /// The history whose items are dropped (`unseen_for`'s), sorted by item.
+    seen: &'a [Interaction],
     plan: &'a Plan,
 }
 
@@ -32,7 +34,7 @@ impl<'a> Filter<'a> {
             s,
             wanted: s.category_ids(&req.categories),
             excluded: req.exclude.iter().filter_map(|k| s.items.get(k)).collect(),
-            unseen_for,
+            seen: unseen_for.map_or(&[], |u| s.live.history(u)),
             plan,
         }
     }
@@ -45,6 +47,26 @@ impl<'a> Filter<'a> {
     /// [`Self::keep`] for a row of model `m`: false for rows whose item no longer exists.
     pub(crate) fn keep_model(&self, m: &ServingModel, i: u32) -> bool {
         m.store_item(i).is_some_and(|st| self.keep(ItemIdx(st)))
+    }
+
+    /// The `n` best rows of `m`'s iALS factors for `x` that the request allows. When boosts
+    /// alone reorder the answer, the scan ranks by boosted score and returns only the
+    /// [`Plan::shortlist`] best: the boost stage would choose those from any larger pool.
+    pub(crate) fn top_als(&self, m: &ServingModel, x: &[f32], n: usize) -> Vec<Scored> {
+        let keep = |i| self.keep_model(m, i);
+        match self.plan.rescore(self.s, |row| m.store_item(row)) {
+            Some((k, mut boosts)) => m.als.top_k_rescored(x, k.min(n), keep, &mut boosts),
+            None => m.als.top_k(x, n, keep),
+        }
+    }
+
+    /// [`Self::top_als`] over the items the content model placed (store items).
+    pub(crate) fn top_cold(&self, content: &ContentServing, x: &[f32], n: usize) -> Vec<Scored> {
+        let keep = |st| self.keep(ItemIdx(st));
+        match self.plan.rescore(self.s, Some) {
+            Some((k, mut boosts)) => content.top_cold(x, k.min(n), keep, &mut boosts),
+            None => content.top_cold(x, n, keep, &mut Identity),
+        }
     }
 
     /// The candidates worth explaining (see [`Plan::shortlisted`]).
@@ -64,12 +86,11 @@ impl<'a> Filter<'a> {
 
     /// Whether the request allows the item.
     pub(crate) fn keep(&self, item: ItemIdx) -> bool {
+        // The rules before the history: a selective filter spares most searches of it.
         self.s.servable(item)
             && !self.excluded.contains(&item.0)
             && self.s.in_categories(item, &self.wanted)
-            && self
-                .unseen_for
-                .is_none_or(|u| !self.s.live.has_seen(u, item))
             && self.plan.allows(self.s, item)
+            && self.seen.binary_search_by_key(&item, |x| x.item).is_err()
     }
 }

@@ -12,7 +12,7 @@
 //! rule that no longer compiles (its attribute left the catalog) is skipped with a warning, so
 //! one stale rule never breaks serving.
 
-use bespoke_algo::{ItemIdx, Scored, UserIdx};
+use bespoke_algo::{ItemIdx, Rescore, Scored, UserIdx};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
@@ -63,6 +63,47 @@ struct Boost {
     rule: String,
     when: Bound,
     op: BoostOp,
+}
+
+/// A plan's boosts as a monotone re-scoring for a top-k scan: an item's class has a bit per
+/// boost that matches it (at most 32 boosts).
+pub(crate) struct RuleBoosts<'a, F> {
+    s: &'a State,
+    boosts: &'a [Boost],
+    store: F,
+}
+
+impl<F: Fn(u32) -> Option<u32>> Rescore for RuleBoosts<'_, F> {
+    fn class(&mut self, item: u32) -> u32 {
+        let Some(st) = (self.store)(item) else {
+            return 0;
+        };
+        self.boosts
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.when.eval(&self.s.columns, st))
+            .fold(0, |c, (j, _)| c | 1 << j)
+    }
+
+    fn apply(&self, class: u32, score: f32) -> f32 {
+        self.boosts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| class & 1 << j != 0)
+            .fold(score, |s, (_, b)| b.op.apply(s))
+    }
+
+    fn floor(&self, target: f32) -> f32 {
+        // Undo every boost that can raise a score, last first, as if all matched (the others
+        // only lower it); widened a little so that rounding never prunes a true candidate.
+        let plain = self.boosts.iter().rev().fold(target, |t, b| match b.op {
+            BoostOp::Multiply(by) if by > 1.0 && t >= 0.0 => t / by,
+            BoostOp::Multiply(by) if by > 1.0 => t * by,
+            BoostOp::Add(add) if add > 0.0 => t - add,
+            _ => t,
+        });
+        plain - 1e-4 * (1.0 + plain.abs())
+    }
 }
 
 /// A promotion ready to apply.
@@ -189,6 +230,26 @@ impl Plan {
         keep.sort_unstable();
         let mut top: Vec<Option<Scored>> = top.into_iter().map(Some).collect();
         keep.into_iter().filter_map(|i| top[i].take()).collect()
+    }
+
+    /// When only boosts reorder the candidates (see [`Self::shortlist`]): how many the answer
+    /// needs and the boosts as a [`Rescore`] over candidates whose `idx` maps to a store item
+    /// by `store`, so that a source can rank by boosted score inside its scan and fetch no
+    /// larger pool.
+    pub(crate) fn rescore<'a, F: Fn(u32) -> Option<u32>>(
+        &'a self,
+        s: &'a State,
+        store: F,
+    ) -> Option<(usize, RuleBoosts<'a, F>)> {
+        let k = self.shortlist?;
+        (!self.boosts.is_empty() && self.boosts.len() <= 32).then_some((
+            k,
+            RuleBoosts {
+                s,
+                boosts: &self.boosts,
+                store,
+            },
+        ))
     }
 
     /// The items the user hid.
