@@ -52,6 +52,17 @@ impl Engine {
     /// Loads the saved rules into serving (at start and after every change).
     pub(crate) fn reload_rules(&self) -> bespoke_store::Result<()> {
         let rules: Vec<SavedRule> = self.store.rules()?.into_iter().filter_map(saved).collect();
+        // Their expressions that depend on the item alone are kept evaluated per item.
+        let srcs = rules.iter().filter(|r| r.spec.enabled).flat_map(|r| {
+            let spec = &r.spec;
+            spec.filter
+                .iter()
+                .chain(spec.boost.iter().map(|b| &b.when))
+                .chain(spec.promote.iter().map(|p| &p.when))
+                .map(String::as_str)
+        });
+        let limits = crate::pipeline::rules::limits(&self.settings);
+        self.serving.state.write().columns.precompute(srcs, &limits);
         self.serving.saved_rules.store(std::sync::Arc::new(rules));
         Ok(())
     }

@@ -21,7 +21,7 @@ use super::{RankRequest, Reason, Recommendation};
 use crate::exposure::{NoRepeat, Repeat};
 use crate::models::ServingModel;
 use crate::rules::spec::{BoostOp, BoostSpec, PromoteSpec, Route, SavedRule};
-use crate::rules::{Bound, ExprError, Limits};
+use crate::rules::{ExprError, Limits, Pred};
 use crate::state::{Serving, State};
 use crate::time::now_ms;
 
@@ -61,7 +61,7 @@ impl RuleProblem {
 /// A boost ready to apply.
 struct Boost {
     rule: String,
-    when: Bound,
+    when: Pred,
     op: BoostOp,
 }
 
@@ -111,7 +111,7 @@ pub(crate) struct Promotion {
     pub(crate) rule: String,
     /// From 1.
     pub(crate) slot: usize,
-    pub(crate) when: Bound,
+    pub(crate) when: Pred,
 }
 
 /// The rules of one request, compiled and bound.
@@ -120,7 +120,7 @@ pub(crate) struct Plan {
     /// Names of the rules that apply, saved ones by name, the request's own as
     /// `request.filter`, `request.boost[0]`, ...
     pub(crate) applied: Vec<String>,
-    filters: Vec<(String, Bound)>,
+    filters: Vec<(String, Pred)>,
     boosts: Vec<Boost>,
     pub(crate) promotions: Vec<Promotion>,
     /// `(rule, at most this many per category)`.
@@ -130,7 +130,7 @@ pub(crate) struct Plan {
     /// The user's hidden items, for `hide_similar`, with its strength.
     pub(crate) hide_similar: f32,
     /// Only while filling a promotion: the promotion's expression.
-    also: Option<Bound>,
+    also: Option<Pred>,
     /// When only boosts reorder the candidates: how many the answer needs, so that model
     /// sources explain only those (explaining is most of a candidate's cost).
     pub(crate) shortlist: Option<usize>,
@@ -359,7 +359,7 @@ impl Plan {
 
     /// A plan that allows only what this one does and `when` matches: the candidates of a
     /// promotion.
-    pub(crate) fn narrowed(&self, when: &Bound) -> Plan {
+    pub(crate) fn narrowed(&self, when: &Pred) -> Plan {
         Plan {
             applied: Vec::new(),
             filters: self
@@ -471,10 +471,14 @@ pub(crate) fn limits(settings: &crate::settings::Settings) -> Limits {
 }
 
 impl Serving {
-    /// Compiles and binds `src` for this request.
-    fn bind(&self, s: &State, src: &str, req: &RankRequest) -> Result<Bound, ExprError> {
+    /// Compiles and binds `src` for this request; a saved rule's expression that depends on
+    /// the item alone comes already evaluated for every item.
+    fn bind(&self, s: &State, src: &str, req: &RankRequest) -> Result<Pred, ExprError> {
+        if let Some(p) = s.columns.precomputed(src) {
+            return Ok(p);
+        }
         let compiled = self.exprs.get(src, &s.columns, &limits(&self.settings))?;
-        compiled.bind(now_ms(), req.context.as_ref())
+        Ok(Pred::Bound(compiled.bind(now_ms(), req.context.as_ref())?))
     }
 
     /// Checks a request's own rules (their expressions against the catalog, boosts, slots),

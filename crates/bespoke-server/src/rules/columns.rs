@@ -80,6 +80,8 @@ pub struct Columns {
     pub(crate) times: Vec<Vec<i64>>,
     pub(crate) lists: Vec<Vec<Option<Box<[u32]>>>>,
     generation: u64,
+    /// Saved rules' expressions kept evaluated, updated with every item change.
+    pub(super) precomputed: super::precompute::Precomputed,
 }
 
 impl Default for Columns {
@@ -129,6 +131,7 @@ impl Columns {
             times: vec![Vec::new(), Vec::new()],
             lists: vec![Vec::new()],
             generation: 0,
+            precomputed: Default::default(),
         }
     }
 
@@ -217,7 +220,17 @@ impl Columns {
     /// date or date-time is a timestamp as well. Booleans and arrays of strings come from
     /// `attributes`; objects, `null` and other arrays are ignored.
     pub fn set_item(&mut self, idx: u32, item: &Item) {
-        self.clear_item(idx);
+        self.write_item(idx, item);
+        self.refresh(idx);
+    }
+
+    /// How many item ids have been set (the largest plus one).
+    pub(crate) fn item_slots(&self) -> usize {
+        self.strs[0].len()
+    }
+
+    fn write_item(&mut self, idx: u32, item: &Item) {
+        self.clear_values(idx);
         let key = self.intern(&item.key);
         put(&mut self.strs[0], idx, key, NO_STR);
         let cats: Box<[u32]> = item.categories.iter().map(|c| self.intern(c)).collect();
@@ -278,6 +291,11 @@ impl Columns {
 
     /// Forgets every value of item `idx` (the item was deleted): all clauses on it are missing.
     pub fn clear_item(&mut self, idx: u32) {
+        self.clear_values(idx);
+        self.refresh(idx);
+    }
+
+    fn clear_values(&mut self, idx: u32) {
         self.nums.iter_mut().for_each(|c| unset(c, idx, f64::NAN));
         self.strs.iter_mut().for_each(|c| unset(c, idx, NO_STR));
         self.bools.iter_mut().for_each(|c| unset(c, idx, NO_BOOL));

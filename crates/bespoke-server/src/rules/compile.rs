@@ -483,6 +483,28 @@ impl Compiled {
         })
     }
 
+    /// Whether the result for an item depends on the item alone: no `now`, no request
+    /// context. Such expressions can be evaluated once per item and kept (see
+    /// [`Columns::precompute`]).
+    pub fn is_static(&self) -> bool {
+        fn walk(n: &Node) -> bool {
+            match n {
+                Node::And(xs) | Node::Or(xs) => xs.iter().all(walk),
+                Node::Not(x) => walk(x),
+                Node::Ctx(_) => false,
+                Node::Time { rel, .. } => !rel,
+                Node::TimeIn { set, .. } => set.iter().all(|(_, rel)| !rel),
+                _ => true,
+            }
+        }
+        walk(&self.root)
+    }
+
+    /// The schema generation it was compiled against.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether this compilation is out of date for `cols`: the schema changed, or a string
     /// literal unknown at compile time may have been seen since.
     pub fn is_stale(&self, cols: &Columns) -> bool {

@@ -48,6 +48,7 @@ mod columns;
 mod compile;
 mod interpret;
 mod parse;
+mod precompute;
 pub mod spec;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,7 @@ pub use columns::Columns;
 pub use compile::{Bound, Compiled, compile};
 pub use interpret::interpret;
 pub use parse::parse;
+pub use precompute::{Evaluated, Pred};
 
 /// Bounds on what [`parse()`] accepts, so that a hostile expression costs little to reject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -825,4 +825,45 @@ proptest! {
             );
         }
     }
+
+    /// A saved rule's expression kept evaluated per item stays equal to evaluating it afresh
+    /// while items are set, replaced and cleared, new attributes and types appear, and strings
+    /// unknown when it was compiled turn up.
+    #[test]
+    fn precomputed_matches_a_fresh_evaluation(
+        e in expr(),
+        items in prop::collection::vec(random_item(), 1..12),
+        ops in prop::collection::vec((0u32..16, 0u8..3), 0..24),
+    ) {
+        let schema = schema_items();
+        let mut cols = Columns::new();
+        for it in &schema[..2] {
+            cols.set_item(it.idx.0, it);
+        }
+        let src = e.to_string();
+        cols.precompute([src.as_str()], &Limits::default());
+        let mut current: BTreeMap<u32, Item> = schema[..2].iter().map(|it| (it.idx.0, it.clone())).collect();
+        let mut pool: Vec<Item> = schema[2..].to_vec();
+        pool.extend(items);
+        for (k, (idx, what)) in ops.into_iter().enumerate() {
+            if what == 0 {
+                cols.clear_item(idx);
+                current.remove(&idx);
+            } else {
+                let mut it = pool[k % pool.len()].clone();
+                it.idx = ItemIdx(idx);
+                it.key = format!("k{idx}");
+                cols.set_item(idx, &it);
+                current.insert(idx, it);
+            }
+        }
+        let Some(kept) = cols.precomputed(&src) else { return Ok(()) };
+        let fresh = compile(&e, &cols).unwrap().bind(NOW, None).unwrap();
+        for i in 0..20u32 {
+            prop_assert_eq!(kept.eval(&cols, i), fresh.eval(&cols, i), "{} on item {}", src, i);
+            if let Some(it) = current.get(&i) {
+                prop_assert_eq!(kept.eval(&cols, i), interpret(&e, it, NOW, None), "{} on {:?}", src, it);
+            }
+        }
+    }
 }

@@ -492,3 +492,50 @@ async fn hide_similar_moves_down_what_resembles_a_hidden_item() {
         );
     }
 }
+
+/// A saved rule's expression is kept evaluated per item: it must follow every catalog change
+/// (an update, a new item, a new attribute, a deletion) at once.
+#[tokio::test]
+async fn saved_rules_follow_catalog_changes() {
+    let srv = shop().await;
+    let (s, body) = srv
+        .put(
+            "/v1/rules/organic",
+            json!({ "filter": "tags contains \"organic\" and not (campaign = \"clearance\")" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (_, body) = srv.get("/v1/popular?n=8").await;
+    assert_eq!(keys(&body), ["k0", "k1", "k2", "k3"], "{body}");
+    // k1 stops being organic; g0 becomes organic; new items come with a campaign no item had
+    // when the rule was saved, and with an attribute never seen before.
+    for (item, tags, category, campaign) in [
+        ("k1", "plain", "Kitchen", None),
+        ("g0", "organic", "Garden", None),
+        ("n0", "organic", "Garden", Some("clearance")),
+        ("n1", "organic", "Garden", Some("summer")),
+    ] {
+        let mut attributes = json!({ "tags": [tags], "color": "red" });
+        if let Some(c) = campaign {
+            attributes["campaign"] = json!(c);
+        }
+        let (s, body) = srv
+            .put(
+                &format!("/v1/items/{item}"),
+                json!({ "categories": [category], "attributes": attributes }),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    srv.events(&[("fan0", "n0", "purchase"), ("fan0", "n1", "purchase")])
+        .await;
+    let (_, body) = srv.get("/v1/popular?n=8").await;
+    let mut got = keys(&body);
+    got.sort();
+    assert_eq!(got, ["g0", "k0", "k2", "k3", "n1"], "{body}");
+    let (s, _) = srv.delete("/v1/items/k0").await;
+    assert!(s.is_success());
+    let (_, body) = srv.get("/v1/popular?n=8").await;
+    assert!(!keys(&body).contains(&"k0".to_string()), "{body}");
+    assert_eq!(body["rules"], json!(["organic"]), "{body}");
+}
