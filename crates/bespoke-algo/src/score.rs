@@ -320,13 +320,16 @@ impl<F: FnMut(u32) -> bool, R: Rescore> WithSimd for Screen<'_, F, R> {
                         .lower
                         .threshold()
                         .is_some_and(|t| upper[r] < self.floor(t))
-                        || !(self.keep)(item)
                     {
                         continue;
                     }
+                    // The item's own lift before `keep`: most items in the band below the
+                    // threshold that only the largest lift could bridge are not lifted.
                     let class = self.rescore.class(item);
                     let up = self.rescore.apply(class, upper[r]);
-                    if R::IDENTITY || self.lower.threshold().is_none_or(|t| up >= t) {
+                    if (R::IDENTITY || self.lower.threshold().is_none_or(|t| up >= t))
+                        && (self.keep)(item)
+                    {
                         self.lower.push(item, self.rescore.apply(class, lower[r]));
                         self.candidates.push((item, up, class));
                     }
