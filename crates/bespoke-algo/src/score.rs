@@ -369,14 +369,44 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn brute(items: &Factors, x: &[f32], k: usize, keep: impl Fn(u32) -> bool) -> Vec<Scored> {
+    /// Scores every item `keep` accepts, ranks by `rescore` of the score, returns plain scores.
+    fn brute(
+        items: &Factors,
+        x: &[f32],
+        k: usize,
+        keep: impl Fn(u32) -> bool,
+        rescore: &mut impl Rescore,
+    ) -> Vec<Scored> {
         let mut top = TopK::new(k);
-        for i in 0..items.rows() {
-            if keep(i as u32) {
-                top.push(i as u32, simd::dot(x, items.row(i)));
+        for i in 0..items.rows() as u32 {
+            if keep(i) {
+                let c = rescore.class(i);
+                top.push(i, rescore.apply(c, simd::dot(x, items.row(i as usize))));
             }
         }
         top.into_sorted()
+            .into_iter()
+            .map(|s| Scored {
+                score: simd::dot(x, items.row(s.idx as usize)),
+                ..s
+            })
+            .collect()
+    }
+
+    /// `n` random items of dimension `d` (with `dup`, exact copies of the first among them)
+    /// and a random query.
+    fn case(seed: u64, n: usize, d: usize, dup: bool) -> (Factors, Vec<f32>) {
+        let mut rng = crate::Rng::seed_from_u64(seed);
+        let mut data: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32 * 0.3).collect();
+        if dup && n > 3 {
+            let first: Vec<f32> = data[..d].to_vec();
+            for r in [1, n / 2, n - 1] {
+                data[r * d..(r + 1) * d].copy_from_slice(&first);
+            }
+        }
+        let items = Factors::from_vec(n, d, data).unwrap();
+        let x = (0..d).map(|_| rng.normal() as f32).collect();
+        (items, x)
     }
 
     proptest! {
@@ -390,23 +420,13 @@ mod tests {
             k in 1usize..30,
             dup in any::<bool>(),
         ) {
-            let mut rng = crate::Rng::seed_from_u64(seed);
-            let mut data: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32 * 0.3).collect();
-            if dup && n > 3 {
-                // Exact ties: copies of the first row.
-                let first: Vec<f32> = data[..d].to_vec();
-                for r in [1, n / 2, n - 1] {
-                    data[r * d..(r + 1) * d].copy_from_slice(&first);
-                }
-            }
-            let items = Factors::from_vec(n, d, data).unwrap();
-            let x: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+            let (items, x) = case(seed, n, d, dup);
             let scorer = ItemScorer::new(items.clone());
             let mut scratch = ScoreScratch::default();
             let keep = |i: u32| i % 5 != 3;
-            prop_assert_eq!(scorer.top_k(&x, k, keep, &mut scratch), brute(&items, &x, k, keep));
+            prop_assert_eq!(scorer.top_k(&x, k, keep, &mut scratch), brute(&items, &x, k, keep, &mut Identity));
             // Scratch reuse with another k.
-            prop_assert_eq!(scorer.top_k(&x, k + 3, |_| true, &mut scratch), brute(&items, &x, k + 3, |_| true));
+            prop_assert_eq!(scorer.top_k(&x, k + 3, |_| true, &mut scratch), brute(&items, &x, k + 3, |_| true, &mut Identity));
         }
     }
 
@@ -447,23 +467,10 @@ mod tests {
             d in prop_oneof![Just(1usize), Just(7), Just(16), Just(64)],
             k in 1usize..30,
         ) {
-            let mut rng = crate::Rng::seed_from_u64(seed);
-            let data: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32 * 0.3).collect();
-            let items = Factors::from_vec(n, d, data).unwrap();
-            let x: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+            let (items, x) = case(seed, n, d, false);
             let scorer = ItemScorer::new(items.clone());
             let keep = |i: u32| i % 7 != 2;
-            let mut want = TopK::new(k);
-            for i in 0..n as u32 {
-                if keep(i) {
-                    want.push(i, Boosts.apply(i % 4, simd::dot(&x, items.row(i as usize))));
-                }
-            }
-            let want: Vec<Scored> = want
-                .into_sorted()
-                .into_iter()
-                .map(|s| Scored { score: simd::dot(&x, items.row(s.idx as usize)), ..s })
-                .collect();
+            let want = brute(&items, &x, k, keep, &mut Boosts);
             let got = scorer.top_k_rescored(&x, k, keep, &mut Boosts, &mut ScoreScratch::default());
             prop_assert_eq!(got, want);
         }

@@ -282,24 +282,17 @@ impl Cold {
     }
 
     fn insert(&mut self, item: u32, ColdItem { x, y }: ColdItem) {
-        let k = self.rank();
-        match self.rows.get(&item) {
-            Some(&r) if y.len() == k => {
-                self.ys[r * k..(r + 1) * k].copy_from_slice(&y);
-                self.xs[r] = x;
-            }
-            // A first item, or a rank that changed: the block starts over with it.
-            _ if self.items.is_empty() || y.len() == k => {
-                self.remove(item);
-                self.rows.insert(item, self.items.len());
-                self.items.push(item);
-                self.ys.extend_from_slice(&y);
-                self.xs.push(x);
-            }
-            _ => {
-                *self = Cold::default();
-                self.insert(item, ColdItem { x, y });
-            }
+        // One model places every item: one rank.
+        debug_assert!(self.items.is_empty() || y.len() == self.rank());
+        let k = y.len();
+        if let Some(&r) = self.rows.get(&item) {
+            self.ys[r * k..(r + 1) * k].copy_from_slice(&y);
+            self.xs[r] = x;
+        } else {
+            self.rows.insert(item, self.items.len());
+            self.items.push(item);
+            self.ys.extend_from_slice(&y);
+            self.xs.push(x);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The filter stage: which candidates a request allows. Sources ask it while they retrieve
 //! (retrieve-then-filter inside the top-k scan), so a filtered item never takes a place. The
-//! request's business rules (its plan) are checked last: they cost the most per item.
+//! request's business rules (its plan) come before the user's history: a selective filter
+//! spares most searches of it.
 
 use bespoke_algo::{Identity, Interaction, ItemIdx, Scored, UserIdx};
 use rustc_hash::FxHashSet;
@@ -86,7 +87,6 @@ impl<'a> Filter<'a> {
 
     /// Whether the request allows the item.
     pub(crate) fn keep(&self, item: ItemIdx) -> bool {
-        // The rules before the history: a selective filter spares most searches of it.
         self.s.servable(item)
             && !self.excluded.contains(&item.0)
             && self.s.in_categories(item, &self.wanted)
