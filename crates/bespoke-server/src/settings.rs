@@ -41,6 +41,8 @@ pub struct Settings {
     pub decisions: DecisionSettings,
     /// Business rules: impressions, hiding, expression limits.
     pub rules: RulesSettings,
+    /// Fairness re-rankers' defaults and the fairness report (`docs/fairness.md`).
+    pub fairness: FairnessSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -170,6 +172,71 @@ fn check_origin(origin: &str) -> Result<(), OriginError> {
         return Err(OriginError::Port);
     }
     Ok(())
+}
+
+/// How the popularity re-ranker trades relevance for the long tail.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PopularityMethod {
+    /// Smooth xQuAD over head and tail (Abdollahpouri et al. 2019), λ its weight.
+    #[default]
+    Xquad,
+    /// Relevance divided by popularity^β, β = λ.
+    Inverse,
+}
+
+impl PopularityMethod {
+    /// Parses `xquad` or `inverse`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "xquad" => Some(Self::Xquad),
+            "inverse" => Some(Self::Inverse),
+            _ => None,
+        }
+    }
+}
+
+/// Fairness re-rankers applied by default (a request's own fields override each), and the
+/// fairness report (see `docs/fairness.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FairnessSettings {
+    /// Calibration's λ (Steck 2018) from 0 (off) to 1: how far a list's categories are pulled
+    /// toward those of the user's history.
+    pub calibration: f32,
+    /// Popularity debiasing's weight from 0 (off) to 1.
+    pub popularity: f32,
+    /// How popularity debiasing works: `xquad` or `inverse`.
+    pub popularity_method: PopularityMethod,
+    /// A rule expression (`docs/rules.md`) naming the protected item group; empty: none.
+    pub protected: String,
+    /// FA*IR's minimum share p of protected items at every prefix of a list, in (0, 1).
+    pub protected_share: f64,
+    /// FA*IR's significance level α, in (0, 1).
+    pub protected_alpha: f64,
+    /// The head: the most popular items that together hold this share of all interactions
+    /// (the rest is the long tail).
+    pub head_share: f64,
+    /// The report's list length k.
+    pub report_k: usize,
+    /// Bootstrap resamples of the report's confidence intervals.
+    pub bootstrap: usize,
+}
+
+impl Default for FairnessSettings {
+    fn default() -> Self {
+        Self {
+            calibration: 0.0,
+            popularity: 0.0,
+            popularity_method: PopularityMethod::Xquad,
+            protected: String::new(),
+            protected_share: 0.3,
+            protected_alpha: 0.1,
+            head_share: 0.8,
+            report_k: 10,
+            bootstrap: 1000,
+        }
+    }
 }
 
 /// Business rules (see `docs/rules.md`): the defaults of the no-repeat policy, hiding, and the
@@ -1190,6 +1257,30 @@ impl Settings {
         }
         if !(r.hide_similar.is_finite() && (0.0..=1.0).contains(&r.hide_similar)) {
             return Err(invalid("rules.hide_similar", "must be from 0 to 1"));
+        }
+        let f = &self.fairness;
+        for (name, v) in [
+            ("fairness.calibration", f.calibration),
+            ("fairness.popularity", f.popularity),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(invalid(name, "must be from 0 to 1"));
+            }
+        }
+        for (name, v) in [
+            ("fairness.protected_share", f.protected_share),
+            ("fairness.protected_alpha", f.protected_alpha),
+            ("fairness.head_share", f.head_share),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 1.0) {
+                return Err(invalid(name, "must be between 0 and 1 (exclusive)"));
+            }
+        }
+        if !(1..=1000).contains(&f.report_k) {
+            return Err(invalid("fairness.report_k", "must be from 1 to 1000"));
+        }
+        if !(10..=100_000).contains(&f.bootstrap) {
+            return Err(invalid("fairness.bootstrap", "must be from 10 to 100000"));
         }
         let rule_positive = [
             ("rules.impressions_per_user", r.impressions_per_user),

@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bespoke_algo::{IdMap, ItemIdx, LiveIndex, Popularity, UserIdx};
 use bespoke_store::Item;
 use parking_lot::RwLock;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::exposure::Exposure;
 use crate::models::ServingModel;
@@ -34,6 +34,23 @@ pub struct Serving {
     pub(crate) saved_rules: ArcSwap<Vec<SavedRule>>,
     /// Compiled rule expressions, by source text.
     pub(crate) exprs: crate::rules::Cache,
+    /// Which items are in the long tail, recomputed when popularity has moved.
+    pub(crate) tail: parking_lot::Mutex<Option<TailCut>>,
+    /// FA*IR tables by `(n, p, α)`: computing one takes a bisection of dynamic programs.
+    pub(crate) fair_tables:
+        parking_lot::Mutex<FxHashMap<(usize, u64, u64), Arc<bespoke_algo::rerank::Fair>>>,
+}
+
+/// The long tail as of some number of events: computing it sorts the catalog by popularity,
+/// too slow for every request, and it moves slowly.
+#[derive(Debug, Clone)]
+pub(crate) struct TailCut {
+    /// `LiveIndex::events` when computed.
+    pub(crate) events: u64,
+    /// Per item: in the long tail. Items added since are tail.
+    pub(crate) tail: Arc<Vec<bool>>,
+    /// The fewest interactions of a head item.
+    pub(crate) min_head: f64,
 }
 
 impl std::fmt::Debug for Serving {
@@ -70,6 +87,8 @@ impl Serving {
             model: ArcSwapOption::empty(),
             saved_rules: ArcSwap::from_pointee(Vec::new()),
             exprs: crate::rules::Cache::new(EXPRESSION_CACHE),
+            tail: parking_lot::Mutex::new(None),
+            fair_tables: parking_lot::Mutex::new(FxHashMap::default()),
         }
     }
 }

@@ -13,6 +13,7 @@ mod fuzz;
 mod models;
 mod ops;
 mod personalizer;
+mod reports;
 mod rules;
 mod serving;
 
@@ -104,6 +105,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Needs(Scope::Read),
     ),
     ("POST", "/v1/users/{key}/rank", Access::Needs(Scope::Read)),
+    ("GET", "/v1/users/{key}/explain", Access::Needs(Scope::Write)),
+    ("GET", "/v1/reports/fairness", Access::Needs(Scope::Admin)),
     ("GET", "/v1/items/{key}", Access::Needs(Scope::Read)),
     ("PUT", "/v1/items/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/items/{key}", Access::Needs(Scope::Write)),
@@ -222,6 +225,7 @@ pub const UNBOUNDED_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/loops/{key}"),
     ("GET", "/v1/loops/{key}/evaluation"),
     ("POST", "/v1/loops/{key}/evaluation/apply"),
+    ("GET", "/v1/reports/fairness"),
 ];
 
 /// `HEAD` is answered by the `GET` handler (axum drops the body), so it follows `GET`'s rules.
@@ -316,6 +320,8 @@ pub fn router(state: AppState) -> Router {
             get(serving::recommendations),
         )
         .route("/v1/users/{key}/rank", post(serving::rank))
+        .route("/v1/users/{key}/explain", get(serving::why_not))
+        .route("/v1/reports/fairness", get(reports::fairness))
         .route(
             "/v1/items/{key}",
             put(catalog::put_item)

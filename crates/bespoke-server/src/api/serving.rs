@@ -62,7 +62,7 @@ pub(crate) struct PopularOut {
 
 /// The shared fields of a ranking GET, checked against what the route `allowed`. `model` is a
 /// recommendation model where `models` (similar items read their own).
-fn query_request(
+pub(crate) fn query_request(
     state: &AppState,
     params: &Params,
     allowed: &[&str],
@@ -112,6 +112,16 @@ fn query_request(
             })
             .transpose()
     };
+    let number = |name: &str| -> Result<Option<f64>, ApiError> {
+        params
+            .get(name)
+            .map(|raw| {
+                raw.trim().parse::<f64>().map_err(|_| {
+                    ApiError::invalid(name, format!("{name} must be a number, got {raw:?}"))
+                })
+            })
+            .transpose()
+    };
     let rules = RulesIn {
         filter: params.get("filter").map(str::to_owned),
         boost: json_param(params, "boost")?,
@@ -136,6 +146,12 @@ fn query_request(
             .get("skip_rules")
             .is_some()
             .then(|| params.list("skip_rules")),
+        calibration: number("calibration")?,
+        popularity: number("popularity")?,
+        popularity_method: params.get("popularity_method").map(str::to_owned),
+        protected: params.get("protected").map(str::to_owned),
+        protected_share: number("protected_share")?,
+        protected_alpha: number("protected_alpha")?,
     };
     with_rules(state, req, rules)
 }
@@ -206,6 +222,55 @@ async fn rank_user(
             .await
         }
     }
+}
+
+/// `GET /v1/users/{key}/explain?item=`: where the item would rank for the user and which
+/// stage removed or demoted it, under the same parameters as recommendations.
+pub(crate) async fn why_not(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    params: Params,
+) -> Result<Json<crate::pipeline::WhyNot>, ApiError> {
+    let max_key = state.engine.settings().limits.max_key_bytes;
+    validate_key("key", &key, max_key)?;
+    let item = params
+        .get("item")
+        .ok_or_else(|| ApiError::invalid("item", "item is required: the item to explain"))?
+        .to_owned();
+    validate_key("item", &item, max_key)?;
+    let req = query_request(
+        &state,
+        &params,
+        &[
+            "item",
+            "n",
+            "category",
+            "exclude",
+            "include_seen",
+            "model",
+            "diversity",
+        ],
+        true,
+    )?;
+    let serving = state.engine.serving();
+    let found = match serving.why_not(&key, &item, &req, None) {
+        Ok(found) => found,
+        Err(NeedsAttributes) => {
+            let engine = state.engine.clone();
+            let (key, item) = (key.clone(), item.clone());
+            blocking(move || {
+                let attributes = engine.user_attributes(&key);
+                engine
+                    .serving()
+                    .why_not(&key, &item, &req, Some(&attributes))
+                    .map_err(|_| ApiError::internal("ranking", &"attributes were asked for twice"))
+            })
+            .await?
+        }
+    };
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("item", &item))
 }
 
 fn empty() -> Recommendations {
@@ -446,6 +511,18 @@ pub(crate) struct SessionIn {
     hide_similar: Option<f64>,
     #[serde(default)]
     skip_rules: Option<Vec<String>>,
+    #[serde(default)]
+    calibration: Option<f64>,
+    #[serde(default)]
+    popularity: Option<f64>,
+    #[serde(default)]
+    popularity_method: Option<String>,
+    #[serde(default)]
+    protected: Option<String>,
+    #[serde(default)]
+    protected_share: Option<f64>,
+    #[serde(default)]
+    protected_alpha: Option<f64>,
     /// Whose hidden items and impressions apply.
     #[serde(default)]
     user: Option<String>,
@@ -491,6 +568,12 @@ pub(crate) async fn session(
         hide_similar: body.hide_similar,
         user: body.user,
         skip_rules: body.skip_rules,
+        calibration: body.calibration,
+        popularity: body.popularity,
+        popularity_method: body.popularity_method,
+        protected: body.protected,
+        protected_share: body.protected_share,
+        protected_alpha: body.protected_alpha,
     };
     let req = with_rules(&state, req, rules)?;
     let recs = state
@@ -546,6 +629,18 @@ pub(crate) struct RankIn {
     hide_similar: Option<f64>,
     #[serde(default)]
     skip_rules: Option<Vec<String>>,
+    #[serde(default)]
+    calibration: Option<f64>,
+    #[serde(default)]
+    popularity: Option<f64>,
+    #[serde(default)]
+    popularity_method: Option<String>,
+    #[serde(default)]
+    protected: Option<String>,
+    #[serde(default)]
+    protected_share: Option<f64>,
+    #[serde(default)]
+    protected_alpha: Option<f64>,
 }
 
 /// Answer of `POST /v1/users/{key}/rank`.
@@ -613,6 +708,12 @@ pub(crate) async fn rank(
         hide_similar: body.hide_similar,
         user: None,
         skip_rules: body.skip_rules,
+        calibration: body.calibration,
+        popularity: body.popularity,
+        popularity_method: body.popularity_method,
+        protected: body.protected,
+        protected_share: body.protected_share,
+        protected_alpha: body.protected_alpha,
     };
     let req = with_rules(&state, req, rules)?;
     let ranked = match state

@@ -41,6 +41,7 @@ pub use crate::weights::Weights;
 
 mod access;
 mod erasure;
+mod fairness;
 mod ingest;
 mod lifecycle;
 mod privacy;
@@ -50,6 +51,7 @@ mod serve;
 pub use access::Access;
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
 pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
+pub use fairness::{LiveReport, ReportError, ReportOptions};
 pub use rules::{HiddenItem, RuleError};
 
 /// Chunk size when loading the event log at start-up.

@@ -430,7 +430,7 @@ impl Serving {
         attributes: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Recommendations, NeedsAttributes> {
         let full = q.explain.full();
-        let user = s.users.get(&self.user_keys.to_store(user_key)).map(UserIdx);
+        let user = self.user_of(s, user_key, q);
         let personal =
             user.filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true));
         let filter = Filter::new(s, q, plan, if q.include_seen { None } else { personal });

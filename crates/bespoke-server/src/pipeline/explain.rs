@@ -175,6 +175,19 @@ pub enum Reason {
         /// That similarity (cosine of factors, or shared categories).
         similarity: f32,
     },
+    /// A fairness re-ranker (calibration, popularity debiasing, a protected group's share)
+    /// moved the item.
+    #[serde(rename = "fairness")]
+    Fairness {
+        /// A sentence for people.
+        message: String,
+        /// `calibration`, `popularity` or `protected_share`.
+        stage: &'static str,
+        /// Its position before the stage (from 1).
+        from: usize,
+        /// Its position after it (from 1).
+        to: usize,
+    },
     /// What was asked for could not be answered, and this is what took its place.
     #[serde(rename = "fallback")]
     Fallback {
@@ -233,6 +246,7 @@ impl Reason {
             Self::Exploration { .. } => "exploration",
             Self::ColdStart { .. } => "cold_start",
             Self::Diversity { .. } => "diversity",
+            Self::Fairness { .. } => "fairness",
             Self::Fallback { .. } => "fallback",
         }
     }
@@ -251,6 +265,7 @@ impl Reason {
             | Self::Exploration { message, .. }
             | Self::ColdStart { message }
             | Self::Diversity { message, .. }
+            | Self::Fairness { message, .. }
             | Self::Fallback { message, .. } => message,
         }
     }

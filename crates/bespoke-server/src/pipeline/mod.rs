@@ -7,7 +7,8 @@
 //!                         so a filtered item never takes a place)
 //!             ─► boosts (business rules: scores multiplied or shifted, re-sorted)
 //!             ─► category cap
-//!             ─► re-rankers (ordered: hide_similar, diversity)
+//!             ─► re-rankers (ordered: hide_similar, diversity, calibration, popularity,
+//!                            protected share)
 //!             ─► promotions (reserved slots)
 //!             ─► explanations (Reason always; Contribution terms with explain=full)
 //!             ─► response
@@ -24,11 +25,13 @@
 
 mod candidates;
 pub mod explain;
+mod fairness;
 mod filters;
 pub mod request;
 mod rerank;
 pub(crate) mod rules;
 mod supplied;
+mod why_not;
 
 use bespoke_algo::{ItemIdx, UserIdx};
 use bespoke_store::Millis;
@@ -41,7 +44,9 @@ pub use request::RankRequest;
 use rules::Plan;
 pub use rules::{Filtered, RuleProblem};
 pub use supplied::{Ranked, RankedItem};
+pub use why_not::{Stage, WhyNot};
 
+pub(crate) use fairness::popularity as item_popularity;
 pub(crate) use filters::Filter;
 
 use crate::models::ServingModel;
@@ -165,10 +170,15 @@ impl Serving {
             Source::User { key, .. } => Some(key),
             _ => req.user.as_deref(),
         }
-        .and_then(|k| s.users.get(&self.user_keys.to_store(k)))
-        .map(UserIdx);
+        .and_then(|k| self.user_of(&s, k, req));
         let mut plan = self.plan(&s, source.route(), req, user);
-        let rerankers = rerank::for_request(req, &plan);
+        let mut rerankers = rerank::for_request(req, &plan);
+        rerankers.extend(fairness::for_request(
+            self,
+            &s,
+            req,
+            plan.protected.is_some(),
+        ));
         // Boosts alone only reorder: sources need explain no more than the answer holds.
         if plan.boosts_any() && !plan.caps() && rerankers.is_empty() {
             plan.shortlist = Some(req.n);
@@ -191,10 +201,28 @@ impl Serving {
         } else {
             out.items.clone()
         };
+        let profile = if rerankers.is_empty() {
+            Vec::new()
+        } else {
+            match source {
+                Source::Session(items) => items
+                    .iter()
+                    .filter_map(|(k, w)| Some((s.items.get(k)?, *w)))
+                    .collect(),
+                _ => user.map_or_else(Vec::new, |u| {
+                    s.live
+                        .history(u)
+                        .iter()
+                        .map(|x| (x.item.0, x.weight))
+                        .collect()
+                }),
+            }
+        };
         let cx = rerank::Context {
             s: &s,
             m,
             plan: &plan,
+            profile,
         };
         for r in &rerankers {
             r.rerank(&cx, &mut out.items, req.n);
@@ -265,6 +293,17 @@ impl Serving {
                 unpersonalized(self.popular_candidates(s, sort, window, req, plan, fetch))
             }
         }))
+    }
+}
+
+impl Serving {
+    /// The user a key names: mapped to the store's key unless the request says it is one.
+    pub(crate) fn user_of(&self, s: &State, key: &str, req: &RankRequest) -> Option<UserIdx> {
+        if req.stored_key {
+            s.users.get(key).map(UserIdx)
+        } else {
+            s.users.get(&self.user_keys.to_store(key)).map(UserIdx)
+        }
     }
 }
 

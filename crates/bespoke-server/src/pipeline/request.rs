@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::Explain;
 use crate::error::ApiError;
 use crate::rules::spec::{BoostSpec, PromoteSpec};
-use crate::settings::{ModelChoice, Settings};
+use crate::settings::{ModelChoice, PopularityMethod, Settings};
 
 /// Where a request's fields came from, for the field names errors quote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,28 @@ pub struct RankRequest {
     pub user: Option<String>,
     /// Saved rules not to apply (`*`: none of them).
     pub skip_rules: Vec<String>,
+    /// The fairness re-rankers asked for (each `None` takes the `fairness.*` default).
+    pub fairness: FairnessRequest,
+    /// The user's key is already the store's (pseudonymized) key: the fairness report ranks
+    /// users it knows only by that.
+    pub(crate) stored_key: bool,
+}
+
+/// A request's fairness re-rankers (`docs/fairness.md`); `None` takes the setting's default.
+#[derive(Debug, Clone, Default)]
+pub struct FairnessRequest {
+    /// Calibration's λ in `[0, 1]`.
+    pub calibration: Option<f32>,
+    /// Popularity debiasing's weight in `[0, 1]`.
+    pub popularity: Option<f32>,
+    /// Its method.
+    pub popularity_method: Option<PopularityMethod>,
+    /// The protected item group, a rule expression; empty turns a default off.
+    pub protected: Option<String>,
+    /// FA*IR's minimum share p in `(0, 1)`.
+    pub protected_share: Option<f64>,
+    /// FA*IR's significance α in `(0, 1)`.
+    pub protected_alpha: Option<f64>,
 }
 
 /// The fields ranking routes share, as sent (a POST body flattens them beside its own).
@@ -180,10 +202,22 @@ pub(crate) struct RulesIn {
     pub(crate) hide_similar: Option<f64>,
     pub(crate) user: Option<String>,
     pub(crate) skip_rules: Option<Vec<String>>,
+    pub(crate) calibration: Option<f64>,
+    pub(crate) popularity: Option<f64>,
+    pub(crate) popularity_method: Option<String>,
+    pub(crate) protected: Option<String>,
+    pub(crate) protected_share: Option<f64>,
+    pub(crate) protected_alpha: Option<f64>,
 }
 
 /// The query-string names of [`RulesIn`], for the routes' allowed parameters.
-pub(crate) const RULE_PARAMS: [&str; 9] = [
+pub(crate) const RULE_PARAMS: [&str; 15] = [
+    "calibration",
+    "popularity",
+    "popularity_method",
+    "protected",
+    "protected_share",
+    "protected_alpha",
     "filter",
     "boost",
     "promote",
@@ -249,6 +283,42 @@ impl RulesIn {
         }
         req.user = self.user;
         req.skip_rules = self.skip_rules.unwrap_or_default();
+        let unit = |field: &str, v: Option<f64>| -> Result<Option<f32>, ApiError> {
+            match v {
+                None => Ok(None),
+                Some(v) if (0.0..=1.0).contains(&v) => Ok(Some(v as f32)),
+                Some(v) => Err(ApiError::invalid(
+                    field,
+                    format!("{field} must be a number from 0 to 1, got {v}"),
+                )),
+            }
+        };
+        let open = |field: &str, v: Option<f64>| -> Result<Option<f64>, ApiError> {
+            match v {
+                None => Ok(None),
+                Some(v) if v > 0.0 && v < 1.0 => Ok(Some(v)),
+                Some(v) => Err(ApiError::invalid(
+                    field,
+                    format!("{field} must be a number between 0 and 1 (exclusive), got {v}"),
+                )),
+            }
+        };
+        req.fairness = FairnessRequest {
+            calibration: unit("calibration", self.calibration)?,
+            popularity: unit("popularity", self.popularity)?,
+            popularity_method: match self.popularity_method.as_deref() {
+                None => None,
+                Some(m) => Some(PopularityMethod::from_name(m).ok_or_else(|| {
+                    ApiError::invalid(
+                        "popularity_method",
+                        format!("popularity_method must be xquad or inverse, got {m:?}"),
+                    )
+                })?),
+            },
+            protected: self.protected,
+            protected_share: open("protected_share", self.protected_share)?,
+            protected_alpha: open("protected_alpha", self.protected_alpha)?,
+        };
         Ok(())
     }
 }

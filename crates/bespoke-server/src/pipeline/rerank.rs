@@ -3,8 +3,9 @@
 //! score stays the model's, and its contributions still sum to it); it changes the order and
 //! says why in the reasons of the items it moved down.
 //!
-//! [`HideSimilar`] (items resembling what the user hid) and [`Diversity`] run in that order;
-//! calibration and fairness re-rankers slot in here next to them.
+//! [`HideSimilar`] (items resembling what the user hid) and [`Diversity`] run in that order,
+//! then the fairness re-rankers (`fairness.rs`): calibration, popularity debiasing and the
+//! protected group's share, last so that its guarantee holds on the answer.
 
 use bespoke_algo::ItemIdx;
 
@@ -19,6 +20,9 @@ pub(crate) struct Context<'a> {
     pub(crate) s: &'a State,
     pub(crate) m: Option<&'a ServingModel>,
     pub(crate) plan: &'a Plan,
+    /// Whose tastes calibration and popularity debiasing follow: the user's history (or the
+    /// session's items) as `(store item, weight)`.
+    pub(crate) profile: Vec<(u32, f32)>,
 }
 
 /// One re-ranking stage.
@@ -135,7 +139,7 @@ fn profile<'a>(cx: &Context<'a>, i: u32) -> Profile<'a> {
 }
 
 /// Scores rescaled to `[0, 1]` over the candidates (all 1 when equal).
-fn relevance(items: &[Recommendation]) -> Vec<f32> {
+pub(super) fn relevance(items: &[Recommendation]) -> Vec<f32> {
     let (lo, hi) = items
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |a, r| {

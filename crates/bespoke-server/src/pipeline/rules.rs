@@ -134,6 +134,8 @@ pub(crate) struct Plan {
     /// When only boosts reorder the candidates: how many the answer needs, so that model
     /// sources explain only those (explaining is most of a candidate's cost).
     pub(crate) shortlist: Option<usize>,
+    /// The protected item group of the FA*IR re-ranker, when one applies.
+    pub(crate) protected: Option<Pred>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -165,7 +167,7 @@ impl Plan {
     }
 
     /// The rule that keeps `item` out, if one does.
-    fn why_filtered(&self, s: &State, item: ItemIdx) -> Option<(String, String)> {
+    pub(crate) fn why_filtered(&self, s: &State, item: ItemIdx) -> Option<(String, String)> {
         if self.hidden.contains(&item.0) {
             return Some((
                 "hidden".into(),
@@ -375,6 +377,7 @@ impl Plan {
             hide_similar: 0.0,
             also: Some(when.clone()),
             shortlist: None,
+            protected: None,
         }
     }
 
@@ -494,6 +497,19 @@ impl Serving {
         parts.check(n, self.settings.rules.max_boosts, |src| {
             self.bind(&s, src, req).map(|_| ())
         })?;
+        if let Some(src) = req.fairness.protected.as_deref().filter(|p| !p.is_empty()) {
+            let pred = self
+                .bind(&s, src, req)
+                .map_err(|e| RuleProblem::new("protected", e.to_string()))?;
+            let any = (0..s.items.id_bound() as u32)
+                .any(|i| s.servable(ItemIdx(i)) && pred.eval(&s.columns, i));
+            if !any {
+                return Err(RuleProblem::new(
+                    "protected",
+                    format!("the protected group {src:?} holds no item of the catalog"),
+                ));
+            }
+        }
         for name in &req.skip_rules {
             if name != "*" && !self.saved_rules.load().iter().any(|r| &r.name == name) {
                 return Err(RuleProblem::new(
@@ -563,6 +579,14 @@ impl Serving {
             plan.applied.push("request.max_per_category".into());
         }
         plan.promotions.sort_by_key(|p| p.slot);
+        let protected = req
+            .fairness
+            .protected
+            .as_deref()
+            .unwrap_or(&self.settings.fairness.protected);
+        if !protected.is_empty() {
+            plan.protected = self.bind(s, protected, req).ok();
+        }
         if let Some(u) = user {
             plan.hidden = s.exposure.hidden_of(u.0);
             let rules = &self.settings.rules;

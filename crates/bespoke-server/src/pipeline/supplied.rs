@@ -159,9 +159,23 @@ impl Serving {
             s: &s,
             m,
             plan: &plan,
+            profile: user.map_or_else(Vec::new, |u| {
+                s.live
+                    .history(u)
+                    .iter()
+                    .map(|x| (x.item.0, x.weight))
+                    .collect()
+            }),
         };
         let n = known.len();
-        for r in rerank::for_request(req, &plan) {
+        let mut rerankers = rerank::for_request(req, &plan);
+        rerankers.extend(super::fairness::for_request(
+            self,
+            &s,
+            req,
+            plan.protected.is_some(),
+        ));
+        for r in rerankers {
             r.rerank(&cx, &mut known, n);
         }
         for p in plan.promotions.iter().filter(|p| p.slot <= n) {

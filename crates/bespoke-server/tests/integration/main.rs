@@ -9,6 +9,7 @@ mod common;
 mod decisions;
 mod erasure;
 mod events;
+mod fairness;
 mod http_hygiene;
 mod models;
 mod models_conformance;
