@@ -7,10 +7,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod chart;
 mod cold;
 mod demo;
 mod eval;
 mod export;
+mod fairness;
 mod import;
 mod inspect;
 mod keys;
@@ -88,6 +90,10 @@ enum Command {
     /// (--budget configurations: spread over the space, then near the best so far; successive
     /// halving; blends of the best types), then report the choice on the test data.
     Tune(eval::EvalArgs),
+    /// Fairness and bias report (coverage, Gini, long tail, popularity lift, miscalibration,
+    /// accuracy by user group, exposure by item group) on an evaluation split, or with --live
+    /// on the served model; re-rankers and their trade-off sweep (docs/fairness.md).
+    Fairness(fairness::FairnessArgs),
     /// Off-policy evaluation of a decision loop's logs (IPS, SNIPS, DR; candidates; feature
     /// importance), or the Open Bandit Dataset experiment with --obd.
     Ope(ope::OpeArgs),
@@ -210,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tune(args) => eval::tune(&args),
         Command::Bench(args) => bench::run(&settings, &args),
         Command::Ope(args) => ope::run(&settings, &args),
+        Command::Fairness(args) => fairness::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
         Command::Check { json } => {
             let store = bespoke_server::open_store(&settings)?;

@@ -63,7 +63,7 @@ pub struct RankRequest {
     pub fairness: FairnessRequest,
     /// The user's key is already the store's (pseudonymized) key: the fairness report ranks
     /// users it knows only by that.
-    pub(crate) stored_key: bool,
+    pub stored_key: bool,
 }
 
 /// A request's fairness re-rankers (`docs/fairness.md`); `None` takes the setting's default.
