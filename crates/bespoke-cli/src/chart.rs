@@ -40,7 +40,13 @@ fn load_font() -> anyhow::Result<()> {
 fn series(rows: &[Value], reranker: &str, x: &str) -> Vec<(f64, f64, f64)> {
     rows.iter()
         .filter(|r| r["reranker"] == reranker)
-        .filter_map(|r| Some((r[x].as_f64()?, r["ndcg@10"].as_f64()?, r["weight"].as_f64()?)))
+        .filter_map(|r| {
+            Some((
+                r[x].as_f64()?,
+                r["ndcg@10"].as_f64()?,
+                r["weight"].as_f64()?,
+            ))
+        })
         .collect()
 }
 
@@ -55,8 +61,16 @@ fn range(v: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> {
 pub(crate) fn tradeoff(path: &Path, model: &str, rows: &[Value]) -> anyhow::Result<()> {
     load_font()?;
     let panels = [
-        ("popularity", "popularity_lift", "popularity lift (lower: less popularity bias)"),
-        ("calibration", "miscalibration", "miscalibration, KL (lower: better calibrated)"),
+        (
+            "popularity",
+            "popularity_lift",
+            "popularity lift (lower: less popularity bias)",
+        ),
+        (
+            "calibration",
+            "miscalibration",
+            "miscalibration, KL (lower: better calibrated)",
+        ),
     ];
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -84,10 +98,20 @@ pub(crate) fn tradeoff(path: &Path, model: &str, rows: &[Value]) -> anyhow::Resu
             .y_desc("NDCG@10")
             .label_style(("sans-serif", 13))
             .draw()?;
-        chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), BLUE.stroke_width(2)))?;
-        chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())))?;
+        chart.draw_series(LineSeries::new(
+            pts.iter().map(|p| (p.0, p.1)),
+            BLUE.stroke_width(2),
+        ))?;
+        chart.draw_series(
+            pts.iter()
+                .map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())),
+        )?;
         chart.draw_series(pts.iter().map(|p| {
-            Text::new(format!("{:.1}", p.2), (p.0, p.1), ("sans-serif", 12).into_font())
+            Text::new(
+                format!("{:.1}", p.2),
+                (p.0, p.1),
+                ("sans-serif", 12).into_font(),
+            )
         }))?;
     }
     root.present()

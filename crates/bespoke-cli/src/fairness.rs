@@ -117,7 +117,10 @@ const MOVIELENS_GENRES: [&str; 19] = [
 ];
 
 /// Items by key: MovieLens `u.item` (genres, `decade` of release) or JSONL.
-fn read_items(path: &Path, format: crate::cold::ItemsFormat) -> anyhow::Result<HashMap<String, ItemInfo>> {
+fn read_items(
+    path: &Path,
+    format: crate::cold::ItemsFormat,
+) -> anyhow::Result<HashMap<String, ItemInfo>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = HashMap::new();
     for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -132,7 +135,11 @@ fn read_items(path: &Path, format: crate::cold::ItemsFormat) -> anyhow::Result<H
                 }
                 let f: Vec<&str> = text.split('|').collect();
                 if f.len() < 5 + MOVIELENS_GENRES.len() {
-                    bail!("{}: expected 24 '|'-separated fields, found {}", at(), f.len());
+                    bail!(
+                        "{}: expected 24 '|'-separated fields, found {}",
+                        at(),
+                        f.len()
+                    );
                 }
                 let categories = MOVIELENS_GENRES
                     .iter()
@@ -145,22 +152,38 @@ fn read_items(path: &Path, format: crate::cold::ItemsFormat) -> anyhow::Result<H
                 if let Some(year) = f[2].rsplit('-').next().and_then(|y| y.parse::<u32>().ok()) {
                     attributes.insert("decade".to_owned(), format!("{}s", year / 10 * 10));
                 }
-                out.insert(f[0].to_owned(), ItemInfo { categories, attributes });
+                out.insert(
+                    f[0].to_owned(),
+                    ItemInfo {
+                        categories,
+                        attributes,
+                    },
+                );
             }
             crate::cold::ItemsFormat::Jsonl => {
-                let text = std::str::from_utf8(line).with_context(|| format!("{} is not UTF-8", at()))?;
+                let text =
+                    std::str::from_utf8(line).with_context(|| format!("{} is not UTF-8", at()))?;
                 if text.trim().is_empty() {
                     continue;
                 }
                 let item: bespoke_server::wire::ItemJson =
                     serde_json::from_str(text).with_context(at)?;
-                let key = item.key.clone().with_context(|| format!("{}: no \"key\"", at()))?;
+                let key = item
+                    .key
+                    .clone()
+                    .with_context(|| format!("{}: no \"key\"", at()))?;
                 let attributes = item
                     .attributes
                     .iter()
                     .filter_map(|(k, v)| Some((k.clone(), group_value(v)?)))
                     .collect();
-                out.insert(key, ItemInfo { categories: item.categories.clone(), attributes });
+                out.insert(
+                    key,
+                    ItemInfo {
+                        categories: item.categories.clone(),
+                        attributes,
+                    },
+                );
             }
         }
     }
@@ -201,10 +224,16 @@ fn read_users(path: &Path) -> anyhow::Result<HashMap<String, HashMap<String, Str
         }
         if text.starts_with('{') {
             let v: Value = serde_json::from_str(text).with_context(at)?;
-            let key = v["key"].as_str().with_context(|| format!("{}: no \"key\"", at()))?;
+            let key = v["key"]
+                .as_str()
+                .with_context(|| format!("{}: no \"key\"", at()))?;
             let attrs = v["attributes"]
                 .as_object()
-                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), group_value(v)?))).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), group_value(v)?)))
+                        .collect()
+                })
                 .unwrap_or_default();
             out.insert(key.to_owned(), attrs);
         } else {
@@ -212,7 +241,9 @@ fn read_users(path: &Path) -> anyhow::Result<HashMap<String, HashMap<String, Str
             if f.len() < 4 {
                 bail!("{}: expected id|age|gender|occupation|zip", at());
             }
-            let age: u32 = f[1].parse().with_context(|| format!("{}: age {:?} is not a number", at(), f[1]))?;
+            let age: u32 = f[1]
+                .parse()
+                .with_context(|| format!("{}: age {:?} is not a number", at(), f[1]))?;
             out.insert(
                 f[0].to_owned(),
                 HashMap::from([
@@ -233,7 +264,10 @@ fn grouping(values: &[Option<String>]) -> (Vec<String>, Vec<Option<u32>>) {
     names.dedup();
     let of = values
         .iter()
-        .map(|v| v.as_ref().map(|v| names.binary_search(v).expect("listed") as u32))
+        .map(|v| {
+            v.as_ref()
+                .map(|v| names.binary_search(v).expect("listed") as u32)
+        })
         .collect();
     (names, of)
 }
@@ -266,7 +300,10 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
         .with_context(|| format!("--split {:?}: expected temporal:FRACTION", e.split))?;
     let (train, test, _) = temporal_split(read_rows(data)?, frac, 5);
     if train.is_empty() || test.is_empty() {
-        bail!("the split of {} is empty: no user has 5 interactions", data.display());
+        bail!(
+            "the split of {} is empty: no user has 5 interactions",
+            data.display()
+        );
     }
     let (users, uidx) = dense_ids(train.iter().map(|r| r.user));
     let (items, iidx) = dense_ids(train.iter().map(|r| r.item));
@@ -291,10 +328,12 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
         Some(p) => read_items(p, e.items_format)?,
         None => HashMap::new(),
     };
-    let mut category_names: Vec<String> = info.values().flat_map(|i| i.categories.clone()).collect();
+    let mut category_names: Vec<String> =
+        info.values().flat_map(|i| i.categories.clone()).collect();
     category_names.sort();
     category_names.dedup();
-    let item_info: Vec<Option<&ItemInfo>> = items.iter().map(|id| info.get(&id.to_string())).collect();
+    let item_info: Vec<Option<&ItemInfo>> =
+        items.iter().map(|id| info.get(&id.to_string())).collect();
     let item_categories: Vec<Vec<u32>> = item_info
         .iter()
         .map(|i| {
@@ -315,7 +354,10 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
     };
     let mut item_groups = Vec::new();
     for name in &a.item_attributes {
-        let values: Vec<Option<String>> = item_info.iter().map(|i| i.and_then(|i| attribute(i, name))).collect();
+        let values: Vec<Option<String>> = item_info
+            .iter()
+            .map(|i| i.and_then(|i| attribute(i, name)))
+            .collect();
         let (names, of) = grouping(&values);
         if names.is_empty() {
             bail!("no item of --items has the attribute {name:?}");
@@ -367,7 +409,12 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
         for name in names {
             let values: Vec<Option<String>> = eval_users
                 .iter()
-                .map(|(u, _)| attrs.get(&users[*u as usize].to_string()).and_then(|m| m.get(&name)).cloned())
+                .map(|(u, _)| {
+                    attrs
+                        .get(&users[*u as usize].to_string())
+                        .and_then(|m| m.get(&name))
+                        .cloned()
+                })
                 .collect();
             let (gnames, of) = grouping(&values);
             if gnames.is_empty() {
@@ -380,12 +427,16 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
     }
     let model_name = e.models.first().map_or("als", String::as_str).to_owned();
     let cfg = config(&model_name, e)?;
-    let fitted = Fitted::fit(&cfg, &weights, e.seed, e.ease_max_items).map_err(|e| anyhow::anyhow!(e))?;
+    let fitted =
+        Fitted::fit(&cfg, &weights, e.seed, e.ease_max_items).map_err(|e| anyhow::anyhow!(e))?;
     let pool = a.candidates.max(a.k);
     let n_items = items.len();
     let scored: Vec<Vec<Scored>> = eval_users
         .par_iter()
-        .map_init(|| Scratch::new(n_items), |s, (u, _)| fitted.recommend(&weights, *u as usize, pool, s))
+        .map_init(
+            || Scratch::new(n_items),
+            |s, (u, _)| fitted.recommend(&weights, *u as usize, pool, s),
+        )
         .collect();
     let users_out = eval_users
         .into_iter()
@@ -409,12 +460,20 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
 
 /// Scores rescaled to `[0, 1]` over the candidates (all 1 when equal), as serving does.
 fn relevance(cands: &[Scored]) -> Vec<f64> {
-    let (lo, hi) = cands.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, c| {
-        (a.0.min(f64::from(c.score)), a.1.max(f64::from(c.score)))
-    });
+    let (lo, hi) = cands
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |a, c| {
+            (a.0.min(f64::from(c.score)), a.1.max(f64::from(c.score)))
+        });
     cands
         .iter()
-        .map(|c| if hi > lo { (f64::from(c.score) - lo) / (hi - lo) } else { 1.0 })
+        .map(|c| {
+            if hi > lo {
+                (f64::from(c.score) - lo) / (hi - lo)
+            } else {
+                1.0
+            }
+        })
         .collect()
 }
 
@@ -441,9 +500,16 @@ fn rerank(
         *rel = idx.iter().map(|&j| rel[j]).collect();
     };
     if r.calibration > 0.0 {
-        let target = fairness::category_distribution(profile.iter().copied(), &p.item_categories, p.category_names.len());
+        let target = fairness::category_distribution(
+            profile.iter().copied(),
+            &p.item_categories,
+            p.category_names.len(),
+        );
         if let Some(target) = target {
-            let cats: Vec<&[u32]> = items.iter().map(|&i| &p.item_categories[i as usize][..]).collect();
+            let cats: Vec<&[u32]> = items
+                .iter()
+                .map(|&i| &p.item_categories[i as usize][..])
+                .collect();
             let order = calibrate(&rel, &cats, &target, r.calibration, CALIBRATION_ALPHA, k);
             apply(order, &mut items, &mut rel);
         }
@@ -452,7 +518,11 @@ fn rerank(
         let order = match r.method {
             Method::Xquad => {
                 let total: f64 = profile.iter().map(|x| x.1.max(0.0)).sum();
-                let tail: f64 = profile.iter().filter(|x| p.tail[x.0 as usize]).map(|x| x.1.max(0.0)).sum();
+                let tail: f64 = profile
+                    .iter()
+                    .filter(|x| p.tail[x.0 as usize])
+                    .map(|x| x.1.max(0.0))
+                    .sum();
                 let pref = if total > 0.0 { tail / total } else { 0.5 };
                 let is_tail: Vec<bool> = items.iter().map(|&i| p.tail[i as usize]).collect();
                 xquad(&rel, &is_tail, pref, r.popularity, k)
@@ -464,7 +534,10 @@ fn rerank(
                 let ratio: Vec<f64> = items
                     .iter()
                     .map(|i| {
-                        let s = cands.iter().find(|c| c.idx == *i).map_or(0.0, |c| f64::from(c.score));
+                        let s = cands
+                            .iter()
+                            .find(|c| c.idx == *i)
+                            .map_or(0.0, |c| f64::from(c.score));
                         if top > 0.0 { s.max(0.0) / top } else { 1.0 }
                     })
                     .collect();
@@ -509,12 +582,20 @@ fn report(p: &Prepared, a: &FairnessArgs, r: Rerank) -> anyhow::Result<Report> {
         user_groups: p
             .user_groups
             .iter()
-            .map(|(n, names, of)| Grouping { attribute: n.clone(), names: names.clone(), of })
+            .map(|(n, names, of)| Grouping {
+                attribute: n.clone(),
+                names: names.clone(),
+                of,
+            })
             .collect(),
         item_groups: p
             .item_groups
             .iter()
-            .map(|(n, names, of)| Grouping { attribute: n.clone(), names: names.clone(), of })
+            .map(|(n, names, of)| Grouping {
+                attribute: n.clone(),
+                names: names.clone(),
+                of,
+            })
             .collect(),
         bootstrap: 1000,
         seed: a.eval.seed,
@@ -537,11 +618,17 @@ fn sweep_row(stage: &str, weight: f64, r: &Report) -> Value {
     })
 }
 
-pub(crate) fn run(settings: &bespoke_server::settings::Settings, a: &FairnessArgs) -> anyhow::Result<()> {
+pub(crate) fn run(
+    settings: &bespoke_server::settings::Settings,
+    a: &FairnessArgs,
+) -> anyhow::Result<()> {
     if !(1..=1000).contains(&a.k) {
         bail!("--k must be from 1 to 1000, got {}", a.k);
     }
-    for (name, v) in [("--calibration", a.calibration), ("--popularity", a.popularity)] {
+    for (name, v) in [
+        ("--calibration", a.calibration),
+        ("--popularity", a.popularity),
+    ] {
         if !(0.0..=1.0).contains(&v) {
             bail!("{name} must be from 0 to 1, got {v}");
         }
@@ -554,11 +641,27 @@ pub(crate) fn run(settings: &bespoke_server::settings::Settings, a: &FairnessArg
         let mut rows = Vec::new();
         let weights: Vec<f64> = (0..=10).map(|i| f64::from(i) / 10.0).collect();
         for &w in &weights {
-            let r = report(&p, a, Rerank { calibration: w, popularity: 0.0, method: a.popularity_method })?;
+            let r = report(
+                &p,
+                a,
+                Rerank {
+                    calibration: w,
+                    popularity: 0.0,
+                    method: a.popularity_method,
+                },
+            )?;
             rows.push(sweep_row("calibration", w, &r));
         }
         for &w in &weights {
-            let r = report(&p, a, Rerank { calibration: 0.0, popularity: w, method: a.popularity_method })?;
+            let r = report(
+                &p,
+                a,
+                Rerank {
+                    calibration: 0.0,
+                    popularity: w,
+                    method: a.popularity_method,
+                },
+            )?;
             rows.push(sweep_row("popularity", w, &r));
         }
         if let Some(path) = &a.chart {
@@ -590,7 +693,11 @@ pub(crate) fn run(settings: &bespoke_server::settings::Settings, a: &FairnessArg
     let r = report(
         &p,
         a,
-        Rerank { calibration: a.calibration, popularity: a.popularity, method: a.popularity_method },
+        Rerank {
+            calibration: a.calibration,
+            popularity: a.popularity,
+            method: a.popularity_method,
+        },
     )?;
     if a.eval.json {
         let mut v = serde_json::to_value(&r)?;

@@ -254,6 +254,7 @@ pub fn document(routes: &[(&str, &str, Access)]) -> Value {
         }
     }
     add_rules(&mut doc);
+    add_fairness(&mut doc);
     for (method, path, access) in routes {
         let Some(op) = doc["paths"][path]
             .get_mut(method.to_lowercase())
@@ -416,14 +417,15 @@ fn paths() -> Value {
 fn pipeline_schemas() -> Value {
     json!({
             "Reason": { "type": "object", "required": ["kind", "message"],
-                "description": "Why an item is where it is, tagged by kind; the same schema on every ranking route and in decisions. Kinds and their fields: als, knn, ease, bpr (a history item behind that model's score: item, weight = its contribution; without item, the history as a whole); blend (two models' blend, no history item named); content (content and attribute match: a new item placed by its content, feature, weight; or an item placed next to a new one, item, weight = similarity); profile (a user without history placed by their attributes or the context: feature, weight); popular, trending (category, count); co_occurrence (item, count of users); unseen; context (a decision's context feature: feature, weight = its contribution); exploration (a decision's exploration term: weight); rule (a business rule moved the item: rule, effect = boost, promote, cap or hide_similar); cold_start (nothing scores the item: rank route); diversity (moved down by the diversity re-ranker: item it resembles, similarity); fallback (what was asked could not be answered; item for similar items)",
+                "description": "Why an item is where it is, tagged by kind; the same schema on every ranking route and in decisions. Kinds and their fields: als, knn, ease, bpr (a history item behind that model's score: item, weight = its contribution; without item, the history as a whole); blend (two models' blend, no history item named); content (content and attribute match: a new item placed by its content, feature, weight; or an item placed next to a new one, item, weight = similarity); profile (a user without history placed by their attributes or the context: feature, weight); popular, trending (category, count); co_occurrence (item, count of users); unseen; context (a decision's context feature: feature, weight = its contribution); exploration (a decision's exploration term: weight); rule (a business rule moved the item: rule, effect = boost, promote, cap or hide_similar); cold_start (nothing scores the item: rank route); diversity (moved down by the diversity re-ranker: item it resembles, similarity); fairness (moved by a fairness re-ranker: stage = calibration, popularity or protected_share, from and to = positions before and after it, from 1); fallback (what was asked could not be answered; item for similar items)",
                 "discriminator": { "propertyName": "kind" },
                 "properties": {
-                "kind": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "profile", "popular", "trending", "co_occurrence", "unseen", "context", "rule", "exploration", "cold_start", "diversity", "fallback"] },
+                "kind": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "profile", "popular", "trending", "co_occurrence", "unseen", "context", "rule", "exploration", "cold_start", "diversity", "fairness", "fallback"] },
                 "message": { "type": "string", "description": "For people" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" },
                 "feature": { "type": "string", "description": "The content feature behind a content or profile reason: category:<c>, word:<w>, attr:<name>=<value>, numeric:<name>~<bucket>, embedding:<name>; a decision's feature for context" },
                 "weight": { "type": "number", "description": "The history item's (or feature's) contribution to the score, or a similarity" },
-                "similarity": { "type": "number" }, "rule": { "type": "string" }, "effect": { "type": "string", "enum": ["boost", "promote", "cap", "hide_similar"] } } },
+                "similarity": { "type": "number" }, "rule": { "type": "string" }, "effect": { "type": "string", "enum": ["boost", "promote", "cap", "hide_similar"] },
+                "stage": { "type": "string", "enum": ["calibration", "popularity", "protected_share"] }, "from": { "type": "integer" }, "to": { "type": "integer" } } },
             "Contribution": { "type": "object", "required": ["term", "value"],
                 "description": "One term of a score (explain=full); an item's terms sum to its score (within float rounding, 1e-5 relative). iALS: history_item (Hu–Koren–Volinsky c_ui·y_jᵀ W y_i, one per positive history item, W = (YᵀC^uY + λI)⁻¹), plus session_content for a session's items placed by their content. item-kNN: neighbour (w_i·sim(i, j) per history item with j among its neighbours). EASE: item_weight (w_i·B_ij). BPR: factor (v_k·q_jk, with factor = k) and item_bias. Blend: each model's terms prefixed with its name (als.history_item) and scaled by its weight over that model's top score. Content model (new items, users by profile): feature (per feature, an embedding's dimensions summed) including bias. Popularity, similar items, co-occurrence: popularity, similarity or co_occurrence, the score itself. A top-up below model results: popularity (scaled) and offset. A business rule's boost: boost (feature = the rule), what it changed.",
                 "properties": { "term": { "type": "string" }, "item": { "type": "string" }, "feature": { "type": "string" }, "factor": { "type": "integer" }, "value": { "type": "number" } } },
@@ -571,6 +573,12 @@ fn rule_params() -> Vec<Value> {
         json!({ "name": "no_repeat_lists", "in": "query", "description": "Drop what was in the user's last this many lists; 0 off; default rules.no_repeat_lists", "schema": { "type": "integer", "minimum": 0 } }),
         json!({ "name": "hide_similar", "in": "query", "description": "0 to 1: how far items resembling one the user hid move down; default rules.hide_similar", "schema": { "type": "number", "minimum": 0, "maximum": 1 } }),
         json!({ "name": "skip_rules", "in": "query", "description": "Saved rules not to apply (comma-separated or repeated); * for all", "schema": { "type": "string" } }),
+        json!({ "name": "calibration", "in": "query", "description": "Calibration re-ranker's λ, 0 to 1 (Steck 2018, greedy): the list's categories follow the user's history; 0 off; default fairness.calibration (docs/fairness.md)", "schema": { "type": "number", "minimum": 0, "maximum": 1 } }),
+        json!({ "name": "popularity", "in": "query", "description": "Popularity debiasing's weight, 0 to 1: lifts long-tail items; 0 off; default fairness.popularity", "schema": { "type": "number", "minimum": 0, "maximum": 1 } }),
+        json!({ "name": "popularity_method", "in": "query", "description": "xquad (smooth xQuAD over head and tail, Abdollahpouri 2019) or inverse (relevance / popularity^weight); default fairness.popularity_method", "schema": { "type": "string", "enum": ["xquad", "inverse"] } }),
+        json!({ "name": "protected", "in": "query", "description": "A rule expression naming the protected item group: every prefix of the list holds at least FA*IR's minimum of them (Zehlike 2017); empty turns the default off; default fairness.protected. A group with no item is a 400", "schema": { "type": "string" }, "example": "maker = \"indie\"" }),
+        json!({ "name": "protected_share", "in": "query", "description": "FA*IR's minimum share p, between 0 and 1; default fairness.protected_share", "schema": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 } }),
+        json!({ "name": "protected_alpha", "in": "query", "description": "FA*IR's significance α, between 0 and 1 (adjusted for testing every prefix); default fairness.protected_alpha", "schema": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 } }),
     ]
 }
 
@@ -585,7 +593,13 @@ fn rule_body_properties() -> Value {
         "impression_window": { "type": "string" },
         "no_repeat_lists": { "type": "integer", "minimum": 0 },
         "hide_similar": { "type": "number", "minimum": 0, "maximum": 1 },
-        "skip_rules": { "type": "array", "items": { "type": "string" } }
+        "skip_rules": { "type": "array", "items": { "type": "string" } },
+        "calibration": { "type": "number", "minimum": 0, "maximum": 1 },
+        "popularity": { "type": "number", "minimum": 0, "maximum": 1 },
+        "popularity_method": { "type": "string", "enum": ["xquad", "inverse"] },
+        "protected": { "type": "string", "description": "A rule expression naming the protected item group (FA*IR)" },
+        "protected_share": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
+        "protected_alpha": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 }
     })
 }
 
@@ -699,6 +713,75 @@ fn add_rules(doc: &mut Value) {
             props.insert("rules".into(), json!({ "type": "array", "items": { "type": "string" }, "description": "The business rules that applied: saved ones by name, the request's own as request.filter, request.boost[0], ...; hidden and no_repeat when they removed anything" }));
             props.insert("filtered".into(), json!({ "type": "array", "items": { "$ref": "#/components/schemas/Filtered" }, "description": "Items the rules kept out (explain=full; always on the rank route)" }));
         }
+    }
+}
+
+/// "Why not?" and the fairness report (docs/fairness.md).
+fn add_fairness(doc: &mut Value) {
+    let mut why_params = vec![
+        key_param(),
+        json!({ "name": "item", "in": "query", "required": true, "description": "The item to explain", "schema": { "type": "string" } }),
+        n_param(),
+        json!({ "name": "model", "in": "query", "description": "As for recommendations", "schema": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] } }),
+        category_param(),
+        exclude_param(),
+        json!({ "name": "include_seen", "in": "query", "schema": { "type": "boolean", "default": false } }),
+        diversity_param(),
+    ];
+    why_params.extend(rule_params());
+    let mut report_params = vec![
+        json!({ "name": "k", "in": "query", "description": "List length measured; default fairness.report_k", "schema": { "type": "integer", "minimum": 1 } }),
+        json!({ "name": "users", "in": "query", "description": "Rank a seeded sample of at most this many users (all by default)", "schema": { "type": "integer", "minimum": 1 } }),
+        json!({ "name": "seed", "in": "query", "description": "Seed of the sample and of the bootstrap", "schema": { "type": "integer", "minimum": 0 } }),
+        json!({ "name": "user_attribute", "in": "query", "description": "A user attribute to group by (repeatable); one nobody has is a 400", "schema": { "type": "string" } }),
+        json!({ "name": "item_attribute", "in": "query", "description": "An item attribute whose groups' exposure is compared with their catalog share (repeatable; `category` for the first category); one no item has is a 400", "schema": { "type": "string" } }),
+        json!({ "name": "model", "in": "query", "schema": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] } }),
+        category_param(),
+        diversity_param(),
+    ];
+    report_params.extend(rule_params());
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.insert("/v1/users/{key}/explain".into(), json!({ "get": {
+            "summary": "Why not? Where an item would rank for a user and which stage removed or demoted it",
+            "description": "Runs the recommendation pipeline with the same parameters, once as asked and again with stages turned off, and reports the item's score and its terms, its rank by the model alone and after the rules, and each stage's verdict in pipeline order: consent, availability, exclude, category, rule (hidden, no_repeat, a filter), already_seen, rules (boosts, category cap), ranking (below the cut), hide_similar, diversity, fairness.",
+            "operationId": "whyNot", "parameters": why_params,
+            "responses": with_errors(json!({ "200": ok("The explanation", "WhyNot") }), &[400, 404]) } }));
+        paths.insert("/v1/reports/fairness".into(), json!({ "get": {
+            "summary": "Fairness and bias report on the live model",
+            "description": "Ranks every user with a history through the pipeline (with the re-rankers asked for) and measures the lists: catalog coverage@k, Gini of exposure, long-tail shares, popularity lift (Abdollahpouri 2019), miscalibration (Steck 2018, α = 0.01), exposure by item group against catalog share. Accuracy by user group needs held-out data: `bespoke fairness` on a split. Values that are undefined are null, with notes.",
+            "operationId": "fairnessReport", "parameters": report_params,
+            "responses": with_errors(json!({ "200": ok("The report", "FairnessReport") }), &[400]) } }));
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.insert("WhyNot".into(), json!({ "type": "object",
+            "required": ["user", "item", "n", "position", "verdict", "model", "reasons", "contributions", "stages"],
+            "properties": {
+                "user": { "type": "string" }, "item": { "type": "string" }, "n": { "type": "integer" },
+                "position": { "type": ["integer", "null"], "description": "Its position in the list (from 1), null when not in it" },
+                "verdict": { "type": "string" },
+                "score": { "type": ["number", "null"] }, "model": { "type": "string" },
+                "model_rank": { "type": ["integer", "null"], "description": "Its rank by the model among the allowed items before rules and re-rankers (within limits.max_n)" },
+                "rank_after_rules": { "type": ["integer", "null"] },
+                "reasons": { "type": "array", "items": { "$ref": "#/components/schemas/Reason" } },
+                "contributions": { "type": "array", "items": { "$ref": "#/components/schemas/Contribution" } },
+                "stages": { "type": "array", "items": { "type": "object", "required": ["stage", "outcome", "message"], "properties": {
+                    "stage": { "type": "string" }, "outcome": { "type": "string", "enum": ["removed", "demoted", "passed", "applied", "shown"] },
+                    "message": { "type": "string" }, "rule": { "type": "string" } } } } } }));
+        let estimate = json!({ "type": "object", "properties": { "mean": { "type": ["number", "null"] }, "ci_low": { "type": ["number", "null"] }, "ci_high": { "type": ["number", "null"] } } });
+        schemas.insert("FairnessReport".into(), json!({ "type": "object",
+            "required": ["users", "k", "catalog_items", "long_tail", "popularity_lift", "miscalibration", "exposure", "notes"],
+            "properties": {
+                "model_version": { "type": ["integer", "null"] },
+                "users": { "type": "integer" }, "k": { "type": "integer" }, "catalog_items": { "type": "integer" },
+                "coverage": { "type": ["number", "null"], "description": "Share of catalog items in at least one top-k list" },
+                "gini": { "type": ["number", "null"], "description": "Gini coefficient of exposure over the catalog" },
+                "long_tail": { "type": "object", "properties": { "head_share": { "type": "number" }, "head_items": { "type": "integer" }, "catalog_tail_share": { "type": ["number", "null"] }, "list_tail_share": { "type": ["number", "null"] }, "profile_tail_share": { "type": ["number", "null"] } } },
+                "popularity_lift": { "type": "object", "properties": { "users_measured": { "type": "integer" }, "gap_profile": { "type": ["number", "null"] }, "gap_list": { "type": ["number", "null"] }, "lift": { "type": ["number", "null"], "description": "(GAP_list − GAP_profile) / GAP_profile" } } },
+                "miscalibration": { "type": "object", "properties": { "alpha": { "type": "number" }, "mean": { "type": ["number", "null"] }, "users_measured": { "type": "integer" } } },
+                "accuracy": { "type": ["object", "null"], "properties": { "users": { "type": "integer" }, "ndcg10": estimate.clone(), "recall10": estimate.clone(), "groupings": { "type": "array" } } },
+                "exposure": { "type": "array", "items": { "type": "object", "properties": { "attribute": { "type": "string" }, "groups": { "type": "array", "items": { "type": "object", "properties": {
+                    "group": { "type": "string" }, "items": { "type": "integer" }, "catalog_share": { "type": ["number", "null"] }, "exposure_share": { "type": ["number", "null"] }, "relevant_share": { "type": ["number", "null"] }, "ratio_to_catalog": { "type": ["number", "null"] } } } } } } },
+                "notes": { "type": "array", "items": { "type": "string" } } } }));
     }
 }
 

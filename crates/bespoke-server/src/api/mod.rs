@@ -105,7 +105,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Needs(Scope::Read),
     ),
     ("POST", "/v1/users/{key}/rank", Access::Needs(Scope::Read)),
-    ("GET", "/v1/users/{key}/explain", Access::Needs(Scope::Write)),
+    (
+        "GET",
+        "/v1/users/{key}/explain",
+        Access::Needs(Scope::Write),
+    ),
     ("GET", "/v1/reports/fairness", Access::Needs(Scope::Admin)),
     ("GET", "/v1/items/{key}", Access::Needs(Scope::Read)),
     ("PUT", "/v1/items/{key}", Access::Needs(Scope::Write)),

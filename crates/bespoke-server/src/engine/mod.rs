@@ -50,8 +50,8 @@ mod serve;
 
 pub use access::Access;
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
-pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
 pub use fairness::{LiveReport, ReportError, ReportOptions};
+pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
 pub use rules::{HiddenItem, RuleError};
 
 /// Chunk size when loading the event log at start-up.
