@@ -8,7 +8,8 @@
 //!
 //! - Propensities: [`propensities_from_exposure`] when impressions are logged (the direct
 //!   measurement), else [`propensities_from_popularity`], Yang et al.'s power law of the
-//!   training popularity.
+//!   training popularity; [`held_out_propensities`] turns either into the propensity of a
+//!   held-out test item.
 //! - Evaluation: [`IpsSums`] gives IPS and self-normalised IPS (SNIPS) estimates of `ndcg@K` and
 //!   `recall@K`, with the definitions of [`crate::eval`] (so that, with equal propensities, SNIPS
 //!   *is* the naive metric).
@@ -30,14 +31,17 @@ use crate::Csr;
 /// naive metric) and `γ = 1` (`η = 1`) makes the propensity proportional to popularity, which
 /// flattens every item to the same weighted count and over-corrects whenever popular items are
 /// also more relevant. We take the midpoint, `γ = 0`, `η = 0.5`: the value Saito et al. (2020)
-/// use when they follow Yang et al. on Yahoo! R3 and Coat (`(n_i / max n)^0.5`), and the one
-/// that removes half of the popularity skew (in log scale) without assuming the whole skew is
-/// exposure.
+/// use when they follow Yang et al. on Yahoo! R3 (`(n_i / max n)^0.5` in their code), and the
+/// one that removes half of the popularity skew (in log scale) without assuming the whole skew
+/// is exposure. It is exact when items are shown in proportion to how many users want them
+/// (observed popularity then grows as the square of the true one; see [`synthetic`]); exposure
+/// that is unrelated to taste calls for a larger `η`.
 pub const DEFAULT_ETA: f64 = 0.5;
 
-/// Smallest propensity ever used: an item observed too rarely to estimate (or not at all) counts
-/// at most `1 / PROPENSITY_FLOOR = 100` times. Without a floor a single hit on a never-seen item
-/// decides a whole comparison; 0.01 is the clip of Saito et al.'s evaluation code.
+/// Smallest observation propensity: an item observed too rarely to estimate (or not at all)
+/// counts at most `1 / PROPENSITY_FLOOR = 100` times ([`held_out_propensities`] scales this by
+/// up to the test fraction). Without a floor a single hit on a never-seen item decides a whole
+/// comparison; 0.01 is the clip of Saito et al.'s evaluation code.
 pub const PROPENSITY_FLOOR: f64 = 0.01;
 
 /// Default `max_factor` of [`weight_by_propensity`]: no interaction weighs more than 10 times
@@ -48,9 +52,10 @@ pub const PROPENSITY_FLOOR: f64 = 0.01;
 pub const DEFAULT_MAX_FACTOR: f64 = 10.0;
 
 /// Propensities from logged exposure: `p_i = impressions_i / users`, the share of users item `i`
-/// was shown to, clamped to `[PROPENSITY_FLOOR, 1]` (an item can be shown to a user more than
-/// once, which would push the ratio above 1). Negative or non-finite counts count as 0. With no
-/// users there is nothing to measure, and every item gets the floor.
+/// was shown to, clamped to `[PROPENSITY_FLOOR, 1]`. Pass the number of distinct users shown
+/// each item: raw impression counts repeat users, and can exceed `users` (hence the clamp).
+/// Negative or non-finite counts count as 0. With no users there is nothing to measure, and
+/// every item gets the floor.
 pub fn propensities_from_exposure(impressions: &[f64], users: usize) -> Vec<f64> {
     impressions
         .iter()
@@ -84,16 +89,42 @@ pub fn propensities_from_popularity(popularity: &[f64], eta: f64) -> Vec<f64> {
         .collect()
 }
 
-/// The propensity of `item`, clamped to `[PROPENSITY_FLOOR, 1]`; an item past the end of the
-/// slice (added after the propensities were estimated) has never been seen, so it gets the floor.
-#[inline]
-fn propensity_of(propensity: &[f64], item: u32) -> f64 {
+/// Propensities of held-out test items, from observation propensities `p` (each clamped to
+/// `[PROPENSITY_FLOOR, 1]`) when a random share `test_fraction = f` of the observations is held
+/// out: `p·f / (1 − p·(1 − f))`.
+///
+/// Evaluation ranks only the items outside a user's training data, so what a test hit must be
+/// weighted by is the probability that a relevant item *outside training* is a test item:
+/// observed and held out, given that it was not kept for training. For a rarely observed item
+/// that is about `p·f`, but an item that everyone is shown is, when it is not in training, in
+/// test for sure (`p = 1` gives 1). Weighting by `p` instead over-weights the head against the
+/// tail by up to `1/f`, which hides part of the gain of a model that finds relevant tail items.
+/// Exact for absolute propensities (from exposure); for relative ones (from popularity) it
+/// treats the most popular item as observed by everyone who finds it relevant.
+///
+/// Panics unless `0 < test_fraction <= 1` (a caller bug).
+pub fn held_out_propensities(propensity: &[f64], test_fraction: f64) -> Vec<f64> {
+    assert!(
+        test_fraction > 0.0 && test_fraction <= 1.0,
+        "test fraction in (0, 1]"
+    );
+    let f = test_fraction;
     propensity
-        .get(item as usize)
-        .copied()
-        .filter(|p| p.is_finite())
+        .iter()
+        .map(|&p| {
+            let p = valid(Some(p)).clamp(PROPENSITY_FLOOR, 1.0);
+            p * f / (1.0 - p * (1.0 - f))
+        })
+        .collect()
+}
+
+/// `p` if it is a usable propensity (finite and positive), else [`PROPENSITY_FLOOR`]: an item
+/// past the end of a propensity slice (added after the propensities were estimated) has never
+/// been seen.
+#[inline]
+fn valid(p: Option<f64>) -> f64 {
+    p.filter(|p| p.is_finite() && *p > 0.0)
         .unwrap_or(PROPENSITY_FLOOR)
-        .clamp(PROPENSITY_FLOOR, 1.0)
 }
 
 /// `1 / log2(rank + 1)` for a 0-based rank.
@@ -122,7 +153,9 @@ fn idcg(n: usize) -> f64 {
 ///   equal propensities equals the naive metric of [`crate::eval::MetricSums`] exactly.
 ///
 /// Both are means over users and can exceed 1: a hit on a rarely observed item stands for many
-/// unobserved ones.
+/// unobserved ones. SNIPS normalises within each user, so for a user with a single test item it
+/// *is* the naive value: it needs several held-out items per user to correct anything, and IPS
+/// is the one to read when users have few.
 #[derive(Debug, Clone, Default)]
 pub struct IpsSums {
     k: usize,
@@ -159,17 +192,19 @@ impl IpsSums {
 
     /// Adds one user: `ranking` is best first with the user's training items already removed,
     /// `test` the user's held-out items (non-empty, sorted, distinct), `propensity` one value per
-    /// item id (see [`propensities_from_popularity`]; values are clamped to
-    /// `[PROPENSITY_FLOOR, 1]` and missing ones take the floor).
+    /// item id (see [`held_out_propensities`]). Values are capped at 1; missing, zero or
+    /// non-finite ones take [`PROPENSITY_FLOOR`].
     pub fn add(&mut self, ranking: &[u32], test: &[u32], propensity: &[f64]) {
         assert!(!test.is_empty(), "an evaluated user has test items");
         let n = self.k.min(test.len());
-        let total_weight: f64 = test.iter().map(|&i| 1.0 / propensity_of(propensity, i)).sum();
+        // Not floored again: held-out propensities legitimately go below the floor.
+        let p = |i: u32| valid(propensity.get(i as usize).copied()).min(1.0);
+        let total_weight: f64 = test.iter().map(|&i| 1.0 / p(i)).sum();
         let mean_weight = total_weight / test.len() as f64;
         let (mut dcg, mut hits) = (0.0, 0.0);
         for (rank0, item) in ranking.iter().take(self.k).enumerate() {
             if test.binary_search(item).is_ok() {
-                let w = 1.0 / propensity_of(propensity, *item);
+                let w = 1.0 / p(*item);
                 dcg += w * gain(rank0);
                 hits += w;
             }
@@ -210,19 +245,33 @@ impl IpsSums {
     }
 }
 
+/// Per column of `weights`: how many rows have an entry in it (an item's interactions), the
+/// popularity [`propensities_from_popularity`] reads.
+pub fn item_counts(weights: &Csr) -> Vec<f64> {
+    let mut counts = vec![0.0; weights.n_cols()];
+    for r in 0..weights.n_rows() {
+        for &c in weights.row(r).0 {
+            counts[c as usize] += 1.0;
+        }
+    }
+    counts
+}
+
 /// A propensity-weighted training matrix for the factor models: every weight (of any sign: a
 /// negative weight's magnitude is its confidence, and a dislike needed an exposure too) is
 /// multiplied by `min(1 / p_i, max_factor)` for its item `i`, so that interactions with rarely
 /// exposed items count as the many unobserved ones they stand for, and no weight grows more than
-/// `max_factor` times (see [`DEFAULT_MAX_FACTOR`]). Propensities are clamped to
-/// `[PROPENSITY_FLOOR, 1]`; items without one take the floor.
+/// `max_factor` times (see [`DEFAULT_MAX_FACTOR`]). Pass observation propensities (from exposure
+/// or popularity), not held-out ones: training sees the training split only. They are clamped
+/// to `[PROPENSITY_FLOOR, 1]`; items without one take the floor.
 ///
 /// For iALS this raises the confidence `1 + alpha·|w|` of interactions with rarely exposed
 /// items, which pulls the model's scores away from exposure and towards relevance.
 pub fn weight_by_propensity(weights: &Csr, propensity: &[f64], max_factor: f64) -> Csr {
     let max_factor = max_factor.max(1.0);
     weights.map_entries(|_, item, w| {
-        let factor = (1.0 / propensity_of(propensity, item)).min(max_factor);
+        let p = valid(propensity.get(item as usize).copied()).clamp(PROPENSITY_FLOOR, 1.0);
+        let factor = (1.0 / p).min(max_factor);
         (w as f64 * factor) as f32
     })
 }
@@ -234,10 +283,13 @@ pub fn weight_by_propensity(weights: &Csr, propensity: &[f64], max_factor: f64) 
 ///   give `ρ_ui = σ(offset + appeal·b_i + scale·x_u·y_i/√d)`; the true relevance `R_ui` is one
 ///   Bernoulli draw of `ρ_ui`, fixed for the world.
 /// - Exposure: item `i` is shown to each user independently with probability
-///   `e_i = min(1, (rank_i / head)^(−γ))` (a head of items everyone is shown, then a power-law
-///   tail), where the exposure ranks are a random permutation,
-///   independent of relevance: what gets shown is decided by something other than what users
-///   want (a past popularity, a promotion), which is what misleads naive evaluation.
+///   `e_i = min(max_exposure, c·(n*_i)^a·exp(σ·z_i))`, where `n*_i = Σ_u ρ_ui` is its true
+///   popularity, `z_i ~ N(0, 1)` a promotion unrelated to taste, and `c` sets the mean exposure.
+///   With `a = 1, σ = 0` the system shows items in proportion to how many users want them (the
+///   feedback loop of a popularity-driven front page): observed popularity grows as `n*²`, so
+///   `p ∝ n^0.5` and [`DEFAULT_ETA`] is exact. Promotions (`σ > 0`) make the skew partly
+///   unrelated to relevance, which is what misleads naive evaluation, and make the power law
+///   under-correct.
 /// - Observed positives: shown and relevant. A random `test_fraction` of them is the biased
 ///   (MNAR) test set, the rest is the training matrix (weight 1).
 /// - Random test: for each user, `random_items` items drawn uniformly among those not in their
@@ -272,7 +324,8 @@ pub mod synthetic {
         pub max_exposure: f64,
         /// Share of the observed positives held out as the biased test set.
         pub test_fraction: f64,
-        /// Items per user revealed uniformly at random for the random test set.
+        /// Items per user revealed uniformly at random for the random test set (Yahoo! R3
+        /// reveals 10; a small world needs more for a precise truth).
         pub random_items: usize,
     }
 
@@ -286,11 +339,11 @@ pub mod synthetic {
                 appeal: 1.0,
                 relevance_scale: 3.0,
                 exposure_popularity: 1.0,
-                promotion: 1.0,
+                promotion: 0.75,
                 mean_exposure: 0.2,
                 max_exposure: 0.9,
                 test_fraction: 0.3,
-                random_items: 60,
+                random_items: 150,
             }
         }
     }
@@ -469,14 +522,23 @@ mod tests {
     #[test]
     fn propensities_from_popularity_follow_the_power_law() {
         let p = propensities_from_popularity(&[100.0, 25.0, 1.0, 0.0], 0.5);
-        assert!(close(p[0], 1.0) && close(p[1], 0.5) && close(p[2], 0.1), "{p:?}");
+        assert!(
+            close(p[0], 1.0) && close(p[1], 0.5) && close(p[2], 0.1),
+            "{p:?}"
+        );
         assert_eq!(p[3], PROPENSITY_FLOOR);
         // `eta = 1`: proportional to popularity, down to the floor.
         let p = propensities_from_popularity(&[200.0, 50.0, 1.0], 1.0);
         assert!(close(p[1], 0.25) && close(p[2], PROPENSITY_FLOOR), "{p:?}");
         // `eta = 0`: no correction; no data: no correction either.
-        assert_eq!(propensities_from_popularity(&[9.0, 1.0], 0.0), vec![1.0, 1.0]);
-        assert_eq!(propensities_from_popularity(&[0.0, 0.0], 0.5), vec![1.0, 1.0]);
+        assert_eq!(
+            propensities_from_popularity(&[9.0, 1.0], 0.0),
+            vec![1.0, 1.0]
+        );
+        assert_eq!(
+            propensities_from_popularity(&[0.0, 0.0], 0.5),
+            vec![1.0, 1.0]
+        );
     }
 
     /// One user, by hand: test items {2, 5, 7} with propensities 0.5, 0.25, 1 (weights 2, 4, 1);
@@ -513,7 +575,10 @@ mod tests {
         let cases: [(&[u32], &[u32]); 4] = [
             (&[4, 1, 8, 0, 3, 9, 2, 7, 6, 5, 11, 12], &[0, 5, 12]),
             (&[1, 2, 3], &[2]),
-            (&[9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 10, 11, 12, 13], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13]),
+            (
+                &[9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 10, 11, 12, 13],
+                &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13],
+            ),
             (&[3, 4], &[7]),
         ];
         for p in [1.0, 0.3] {
@@ -528,10 +593,34 @@ mod tests {
             }
             let (naive, m, m20) = (naive.means(), ips.means(), ips20.means());
             assert!((m.ndcg_snips - naive["ndcg@10"]).abs() < 1e-12, "{m:?}");
-            assert!((m20.recall_snips - naive["recall@20"]).abs() < 1e-12, "{m20:?}");
+            assert!(
+                (m20.recall_snips - naive["recall@20"]).abs() < 1e-12,
+                "{m20:?}"
+            );
             assert!((m.ndcg_ips * p - naive["ndcg@10"]).abs() < 1e-12, "{m:?}");
-            assert!((m20.recall_ips * p - naive["recall@20"]).abs() < 1e-12, "{m20:?}");
+            assert!(
+                (m20.recall_ips * p - naive["recall@20"]).abs() < 1e-12,
+                "{m20:?}"
+            );
         }
+    }
+
+    #[test]
+    fn held_out_propensities_condition_on_not_being_in_training() {
+        let p = held_out_propensities(&[1.0, 0.5, 0.001, f64::NAN], 0.25);
+        // Always observed: in test whenever not in training.
+        assert!(close(p[0], 1.0), "{p:?}");
+        // 0.5 · 0.25 / (1 − 0.5 · 0.75) = 0.125 / 0.625.
+        assert!(close(p[1], 0.2), "{p:?}");
+        // Rare (floored first): about p·f.
+        let rare = 0.01 * 0.25 / (1.0 - 0.01 * 0.75);
+        assert!(close(p[2], rare) && close(p[3], rare), "{p:?}");
+        // Holding everything out changes nothing.
+        assert_eq!(held_out_propensities(&[0.3], 1.0), vec![0.3]);
+        // IpsSums uses such values as given, below the floor included.
+        let mut s = IpsSums::new(1);
+        s.add(&[2], &[2], &p);
+        assert!(close(s.means().ndcg_ips, 1.0 / rare));
     }
 
     #[test]
@@ -539,7 +628,13 @@ mod tests {
         let w = Csr::from_triples(
             2,
             4,
-            &[(0, 0, 1.0), (0, 1, 2.0), (1, 2, 1.0), (1, 3, -1.0), (1, 1, 1.0)],
+            &[
+                (0, 0, 1.0),
+                (0, 1, 2.0),
+                (1, 2, 1.0),
+                (1, 3, -1.0),
+                (1, 1, 1.0),
+            ],
             false,
         );
         // Item 3 has no propensity: the floor, so the clip.
@@ -562,7 +657,10 @@ mod tests {
         let mut by_exposure: Vec<usize> = (0..a.items).collect();
         by_exposure.sort_by(|&i, &j| a.exposure[j].total_cmp(&a.exposure[i]));
         let head: f64 = by_exposure[..30].iter().map(|&i| a.popularity[i]).sum();
-        let tail: f64 = by_exposure[a.items - 30..].iter().map(|&i| a.popularity[i]).sum();
+        let tail: f64 = by_exposure[a.items - 30..]
+            .iter()
+            .map(|&i| a.popularity[i])
+            .sum();
         assert!(head > 20.0 * tail.max(1.0), "head {head} tail {tail}");
         for (_, t) in a.biased_test.iter().chain(&a.random_test) {
             assert!(!t.is_empty() && t.windows(2).all(|w| w[0] < w[1]));

@@ -139,6 +139,24 @@ enum BenchWhat {
         #[arg(long, default_value_t = 300_000)]
         events: usize,
     },
+    /// Fairness on a trained demo shop: in-process top-20 p99 without re-rankers and with
+    /// calibration, popularity debiasing and a protected group's share (each choosing from
+    /// 200 candidates), the re-rankers alone on 200 candidates, and the time of the fairness
+    /// report over every user.
+    Fairness {
+        /// In-process requests of each kind.
+        #[arg(long, default_value_t = 3000)]
+        requests: usize,
+        /// Users of the demo shop.
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Items of the demo shop.
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        /// Events of the demo shop.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
     /// Durable HTTP ingest rate over loopback.
     Ingest {
         /// Events to send in total.
@@ -187,6 +205,12 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             connections,
         } => bench_decisions(settings, *decisions, *actions, *features, *connections)?,
         BenchWhat::Bandit { env, learner, seed } => bench_bandit(env, learner.as_deref(), *seed)?,
+        BenchWhat::Fairness {
+            requests,
+            users,
+            items,
+            events,
+        } => bench_fairness(settings, *requests, (*users, *items, *events))?,
         BenchWhat::Rules {
             requests,
             http_requests,
@@ -879,6 +903,152 @@ fn percentiles_us(xs: &mut [f64]) -> serde_json::Value {
     xs.sort_by(f64::total_cmp);
     let at = |p: f64| xs[((xs.len() - 1) as f64 * p) as usize];
     json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0) })
+}
+
+/// Fairness (see [`BenchWhat::Fairness`]).
+fn bench_fairness(
+    settings: &Settings,
+    requests: usize,
+    (users, items, events): (usize, usize, usize),
+) -> anyhow::Result<serde_json::Value> {
+    use bespoke_server::engine::{RecommendQuery, ReportOptions};
+    use bespoke_server::pipeline::request::FairnessRequest;
+    if requests == 0 || users == 0 || items < 200 {
+        bail!("--requests and --users must be at least 1, --items 200");
+    }
+    let started = Instant::now();
+    let (_work, engine, _) = trained_shop(settings, users, items, events, &[Scope::Read])?;
+    let setup_s = started.elapsed().as_secs_f64();
+    let plain = RecommendQuery {
+        n: 20,
+        ..RecommendQuery::default()
+    };
+    let with = |f: FairnessRequest| RecommendQuery {
+        n: 20,
+        fairness: f,
+        ..RecommendQuery::default()
+    };
+    let calibration = with(FairnessRequest {
+        calibration: Some(0.5),
+        ..FairnessRequest::default()
+    });
+    let popularity = with(FairnessRequest {
+        popularity: Some(0.5),
+        ..FairnessRequest::default()
+    });
+    let protected = with(FairnessRequest {
+        protected: Some("new_arrival = true".into()),
+        protected_share: Some(0.2),
+        ..FairnessRequest::default()
+    });
+    let all = with(FairnessRequest {
+        calibration: Some(0.5),
+        popularity: Some(0.5),
+        protected: Some("new_arrival = true".into()),
+        protected_share: Some(0.2),
+        ..FairnessRequest::default()
+    });
+    // The candidates the re-rankers choose from, without them: the same retrieval cost.
+    let pool = RecommendQuery {
+        n: 200,
+        ..RecommendQuery::default()
+    };
+    engine
+        .check_rules(&protected)
+        .map_err(|p| anyhow::anyhow!("{}: {}", p.field, p.message))?;
+    let kinds = [&plain, &pool, &calibration, &popularity, &protected, &all];
+    let names = [
+        "plain_n20",
+        "pool_n200",
+        "calibration",
+        "popularity",
+        "protected_share",
+        "all_three",
+    ];
+    let mut timings: Vec<Vec<f64>> = vec![Vec::with_capacity(requests); kinds.len()];
+    let mut rng = Rng::seed_from_u64(7);
+    for round in 0..requests + requests / 10 {
+        let user = format!("user-{:05}", rng.below(users as u64));
+        for (k, q) in kinds.iter().enumerate() {
+            let t = Instant::now();
+            std::hint::black_box(engine.recommend(&user, q));
+            let took = t.elapsed().as_secs_f64() * 1e6;
+            if round >= requests / 10 {
+                timings[k].push(took);
+            }
+        }
+    }
+    let mut in_process = serde_json::Map::new();
+    let p99: Vec<f64> = timings
+        .iter_mut()
+        .zip(names)
+        .map(|(t, name)| {
+            let p = percentiles_us(t);
+            let v = p["p99"].as_f64().unwrap_or(0.0);
+            in_process.insert(name.to_owned(), p);
+            v
+        })
+        .collect();
+    // The re-rankers alone on 200 candidates (n = 20), as the pipeline calls them.
+    let alone = rerankers_alone(requests);
+    let started = Instant::now();
+    let report = engine.fairness_report(
+        &RecommendQuery {
+            n: 10,
+            ..RecommendQuery::default()
+        },
+        &ReportOptions::default(),
+    )?;
+    let report_s = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "bench": "fairness",
+        "shop": { "users": users, "items": items, "events": events, "setup_s": setup_s },
+        "in_process_us": in_process,
+        "added_p99_us_over_pool": {
+            "calibration": p99[2] - p99[1],
+            "popularity": p99[3] - p99[1],
+            "protected_share": p99[4] - p99[1],
+            "all_three": p99[5] - p99[1],
+        },
+        "rerankers_alone_us": alone,
+        "report": { "users": report.report.users, "k": 10, "seconds": report_s,
+                    "coverage": report.report.coverage, "gini": report.report.gini,
+                    "popularity_lift": report.report.popularity_lift.lift,
+                    "miscalibration": report.report.miscalibration.mean },
+    }))
+}
+
+/// The three algorithms on 200 random candidates (20 categories, a tenth protected, a fifth
+/// in the tail), n = 20: percentiles of one call each.
+fn rerankers_alone(calls: usize) -> serde_json::Value {
+    use bespoke_algo::rerank::{Fair, calibrate, xquad};
+    let mut rng = Rng::seed_from_u64(11);
+    let fair = Fair::new(20, 0.2, 0.1).expect("valid FA*IR parameters");
+    let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..calls {
+        let mut rel: Vec<f64> = (0..200).map(|_| rng.f64()).collect();
+        rel.sort_by(|a, b| b.total_cmp(a));
+        let cats: Vec<Vec<u32>> = (0..200)
+            .map(|_| vec![rng.below(20) as u32, rng.below(20) as u32])
+            .collect();
+        let cat_refs: Vec<&[u32]> = cats.iter().map(|c| &c[..]).collect();
+        let mut target: Vec<f64> = (0..20).map(|_| rng.f64()).collect();
+        let sum: f64 = target.iter().sum();
+        target.iter_mut().for_each(|t| *t /= sum);
+        let tail: Vec<bool> = (0..200).map(|_| rng.f64() < 0.2).collect();
+        let protected: Vec<bool> = (0..200).map(|_| rng.f64() < 0.1).collect();
+        let t = Instant::now();
+        std::hint::black_box(calibrate(&rel, &cat_refs, &target, 0.5, 0.01, 20));
+        times[0].push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        std::hint::black_box(xquad(&rel, &tail, 0.3, 0.5, 20));
+        times[1].push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        std::hint::black_box(fair.rerank(&protected, 20));
+        times[2].push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let [c, x, f] = &mut times;
+    json!({ "calibration": percentiles_us(c), "xquad": percentiles_us(x), "fa_ir": percentiles_us(f) })
 }
 
 /// Business rules (see [`BenchWhat::Rules`]).

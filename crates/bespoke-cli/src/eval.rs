@@ -15,6 +15,7 @@ use bespoke_algo::{
     Recency, Rng, Scored,
 };
 use clap::Args;
+use rayon::prelude::*;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Args)]
@@ -87,6 +88,21 @@ pub(crate) struct EvalArgs {
     /// The weight the oldest interactions keep under --recency-half-life.
     #[arg(long, default_value_t = 0.25)]
     pub(crate) recency_floor: f32,
+    /// Train the factor models (als, bpr) propensity-weighted: each interaction's weight
+    /// divided by its item's observation propensity (a power law of training popularity,
+    /// --propensity-eta), at most --propensity-max-factor times (docs/fairness.md).
+    #[arg(long)]
+    pub(crate) propensity_weighted: bool,
+    /// The exponent η of the propensity power law p_i = (n_i / max n)^η.
+    #[arg(long, default_value_t = bespoke_algo::debias::DEFAULT_ETA)]
+    pub(crate) propensity_eta: f64,
+    /// The most an interaction's weight grows under --propensity-weighted.
+    #[arg(long, default_value_t = bespoke_algo::debias::DEFAULT_MAX_FACTOR)]
+    pub(crate) propensity_max_factor: f64,
+    /// Also report inverse-propensity-weighted metrics (IPS and self-normalized SNIPS of
+    /// ndcg@10 and recall@10; Yang et al. 2018), with the same propensities.
+    #[arg(long)]
+    pub(crate) ips: bool,
     /// `bespoke tune` only: do not search the recency weighting (keep --recency-*).
     #[arg(long)]
     pub(crate) no_recency_search: bool,
@@ -330,6 +346,14 @@ struct Data {
 }
 
 impl Data {
+    /// Observation propensities from training popularity (`debias::propensities_from_popularity`).
+    fn propensities(&self, eta: f64) -> Vec<f64> {
+        bespoke_algo::debias::propensities_from_popularity(
+            &bespoke_algo::debias::item_counts(&self.weights),
+            eta,
+        )
+    }
+
     /// The training matrix with `recency` applied (the plain one when it is off).
     fn matrix(&self, recency: Recency) -> std::borrow::Cow<'_, Csr> {
         if !recency.is_on() || self.log.is_empty() {
@@ -479,7 +503,14 @@ struct Trained {
 impl Trained {
     fn fit(choice: &Choice, a: &EvalArgs, data: &Data) -> anyhow::Result<Self> {
         let fit = |c: &Config, r: Recency| -> anyhow::Result<(Fitted, Option<Csr>)> {
-            let m = data.matrix(r);
+            let mut m = data.matrix(r);
+            if a.propensity_weighted && matches!(c, Config::Als { .. } | Config::Bpr { .. }) {
+                m = std::borrow::Cow::Owned(bespoke_algo::debias::weight_by_propensity(
+                    &m,
+                    &data.propensities(a.propensity_eta),
+                    a.propensity_max_factor,
+                ));
+            }
             let f = Fitted::fit(c, &m, a.seed, a.ease_max_items).map_err(|e| anyhow::anyhow!(e))?;
             Ok((
                 f,
@@ -600,7 +631,10 @@ fn evaluate(
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     let mean = lat.iter().sum::<f64>() / lat.len() as f64;
 
-    let metrics = metrics_json(&sums);
+    let mut metrics = metrics_json(&sums);
+    if a.ips {
+        metrics["debiased"] = ips_json(a, data, &model);
+    }
     let mut out = json!({
         "library": "bespoke",
         "bespoke_version": env!("CARGO_PKG_VERSION"),
@@ -629,6 +663,47 @@ fn evaluate(
             json!((fit_s / (*iterations).max(1) as f64 * 1e4).round() / 1e4);
     }
     Ok(out)
+}
+
+/// IPS and SNIPS ndcg@10 and recall@10 of `model` on the test data, test items weighted by
+/// their held-out propensity (`debias::held_out_propensities`, with the test share of all
+/// interactions as the held-out fraction).
+fn ips_json(a: &EvalArgs, data: &Data, model: &Trained) -> Value {
+    use bespoke_algo::debias::{IpsSums, held_out_propensities};
+    let fraction = data.test_pairs as f64 / (data.test_pairs + data.weights.nnz()).max(1) as f64;
+    let p = held_out_propensities(
+        &data.propensities(a.propensity_eta),
+        fraction.clamp(1e-6, 1.0),
+    );
+    let sums = data
+        .eval
+        .par_iter()
+        .fold(
+            || (IpsSums::new(10), Scratch::new(data.n_items)),
+            |(mut sums, mut s), (u, items)| {
+                let ranking: Vec<u32> = model
+                    .recommend(&data.weights, *u as usize, K_MAX, &mut s)
+                    .iter()
+                    .map(|x| x.idx)
+                    .collect();
+                sums.add(&ranking, items, &p);
+                (sums, s)
+            },
+        )
+        .map(|(sums, _)| sums)
+        .reduce(
+            || IpsSums::new(10),
+            |mut x, y| {
+                x.merge(&y);
+                x
+            },
+        );
+    let m = sums.means();
+    json!({
+        "ndcg@10_ips": round5(m.ndcg_ips), "ndcg@10_snips": round5(m.ndcg_snips),
+        "recall@10_ips": round5(m.recall_ips), "recall@10_snips": round5(m.recall_snips),
+        "propensity_eta": a.propensity_eta, "held_out_fraction": round5(fraction),
+    })
 }
 
 fn round3(v: f64) -> f64 {

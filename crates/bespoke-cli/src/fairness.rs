@@ -272,6 +272,14 @@ fn grouping(values: &[Option<String>]) -> (Vec<String>, Vec<Option<u32>>) {
     (names, of)
 }
 
+/// One evaluated user: the model's candidates (best first), their training profile and their
+/// relevant test items.
+struct Evaluated {
+    candidates: Vec<Scored>,
+    profile: Vec<(u32, f64)>,
+    relevant: Vec<u32>,
+}
+
 /// The split, the model's candidates per evaluated user, and everything the report reads.
 struct Prepared {
     n_items: usize,
@@ -280,7 +288,7 @@ struct Prepared {
     category_names: Vec<String>,
     tail: Vec<bool>,
     /// Per evaluated user: candidates (best first), profile, relevant test items.
-    users: Vec<(Vec<Scored>, Vec<(u32, f64)>, Vec<u32>)>,
+    users: Vec<Evaluated>,
     user_groups: Vec<(String, Vec<String>, Vec<Option<u32>>)>,
     item_groups: Vec<(String, Vec<String>, Vec<Option<u32>>)>,
     protected: Option<Vec<bool>>,
@@ -441,7 +449,11 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
     let users_out = eval_users
         .into_iter()
         .zip(scored)
-        .map(|((u, rel), cands)| (cands, std::mem::take(&mut profiles[u as usize]), rel))
+        .map(|((u, relevant), candidates)| Evaluated {
+            candidates,
+            profile: std::mem::take(&mut profiles[u as usize]),
+            relevant,
+        })
         .collect();
     let tail = fairness::tail_items(&popularity, fairness::HEAD_SHARE);
     Ok(Prepared {
@@ -510,7 +522,9 @@ fn rerank(
                 .iter()
                 .map(|&i| &p.item_categories[i as usize][..])
                 .collect();
-            let order = calibrate(&rel, &cats, &target, r.calibration, CALIBRATION_ALPHA, k);
+            let mut order = calibrate(&rel, &cats, &target, r.calibration, CALIBRATION_ALPHA, k);
+            // Calibration chooses the set; shown best first (as serving does).
+            order.sort_unstable();
             apply(order, &mut items, &mut rel);
         }
     }
@@ -566,10 +580,10 @@ fn report(p: &Prepared, a: &FairnessArgs, r: Rerank) -> anyhow::Result<Report> {
     let cases: Vec<UserCase> = p
         .users
         .par_iter()
-        .map(|(cands, profile, relevant)| UserCase {
-            list: rerank(p, cands, profile, r, fair.as_ref(), a.k),
-            profile: profile.clone(),
-            relevant: relevant.clone(),
+        .map(|e| UserCase {
+            list: rerank(p, &e.candidates, &e.profile, r, fair.as_ref(), a.k),
+            profile: e.profile.clone(),
+            relevant: e.relevant.clone(),
         })
         .collect();
     let input = ReportInput {

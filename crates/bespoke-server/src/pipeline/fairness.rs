@@ -176,7 +176,10 @@ impl Reranker for Calibration {
         let ids = ids(s, items);
         let categories: Vec<&[u32]> = ids.iter().map(|i| i.map_or(&[][..], cats)).collect();
         let rel: Vec<f64> = relevance(items).into_iter().map(f64::from).collect();
-        let order = algo::calibrate(
+        // Steck's greedy chooses the set; its items are shown best first. Miscalibration is a
+        // property of the set, so this costs it nothing and keeps the relevant items on top:
+        // on MovieLens it halves the NDCG lost for the same calibration (docs/fairness.md).
+        let mut order = algo::calibrate(
             &rel,
             &categories,
             &target,
@@ -184,6 +187,7 @@ impl Reranker for Calibration {
             CALIBRATION_ALPHA,
             n,
         );
+        order.sort_unstable();
         let kl = |positions: &mut dyn Iterator<Item = usize>| {
             let q = distribution(positions.map(|j| (categories[j], 1.0)), n_categories);
             q.map(|q| miscalibration(&target, &q, CALIBRATION_ALPHA))
