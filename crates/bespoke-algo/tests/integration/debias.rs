@@ -8,7 +8,7 @@
 //! training ranks better on the truth.
 //!
 //! Each conclusion was checked on seeds 0 to 9 (all hold on every one); two seeds are pinned.
-//! `cargo test -p bespoke-algo --test debias -- --ignored --nocapture` prints the figures of
+//! `cargo test -p bespoke-algo --test integration debias -- --ignored --nocapture` prints the figures of
 //! `docs/fairness.md` over the ten seeds.
 
 use bespoke_algo::debias::{
