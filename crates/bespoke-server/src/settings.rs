@@ -214,9 +214,6 @@ pub struct FairnessSettings {
     pub protected_share: f64,
     /// FA*IR's significance level α, in (0, 1).
     pub protected_alpha: f64,
-    /// The head: the most popular items that together hold this share of all interactions
-    /// (the rest is the long tail).
-    pub head_share: f64,
     /// The report's list length k.
     pub report_k: usize,
     /// Bootstrap resamples of the report's confidence intervals.
@@ -232,7 +229,6 @@ impl Default for FairnessSettings {
             protected: String::new(),
             protected_share: 0.3,
             protected_alpha: 0.1,
-            head_share: 0.8,
             report_k: 10,
             bootstrap: 1000,
         }
@@ -1270,7 +1266,6 @@ impl Settings {
         for (name, v) in [
             ("fairness.protected_share", f.protected_share),
             ("fairness.protected_alpha", f.protected_alpha),
-            ("fairness.head_share", f.head_share),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 1.0) {
                 return Err(invalid(name, "must be between 0 and 1 (exclusive)"));

@@ -67,7 +67,7 @@ impl Serving {
         {
             return Arc::new(c.clone());
         }
-        let cut = compute_tail(s, self.settings.fairness.head_share);
+        let cut = compute_tail(s, bespoke_algo::fairness::HEAD_SHARE);
         *cached = Some(cut.clone());
         Arc::new(cut)
     }
