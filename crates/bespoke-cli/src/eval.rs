@@ -88,7 +88,8 @@ pub(crate) struct EvalArgs {
     /// The weight the oldest interactions keep under --recency-half-life.
     #[arg(long, default_value_t = 0.25)]
     pub(crate) recency_floor: f32,
-    /// Train the factor models (als, bpr) propensity-weighted: each interaction's weight
+    /// Train iALS propensity-weighted (BPR samples positive pairs uniformly and ignores
+    /// weights): each interaction's weight
     /// divided by its item's observation propensity (a power law of training popularity,
     /// --propensity-eta), at most --propensity-max-factor times (docs/fairness.md).
     #[arg(long)]
@@ -504,7 +505,7 @@ impl Trained {
     fn fit(choice: &Choice, a: &EvalArgs, data: &Data) -> anyhow::Result<Self> {
         let fit = |c: &Config, r: Recency| -> anyhow::Result<(Fitted, Option<Csr>)> {
             let mut m = data.matrix(r);
-            if a.propensity_weighted && matches!(c, Config::Als { .. } | Config::Bpr { .. }) {
+            if a.propensity_weighted && matches!(c, Config::Als { .. }) {
                 m = std::borrow::Cow::Owned(bespoke_algo::debias::weight_by_propensity(
                     &m,
                     &data.propensities(a.propensity_eta),

@@ -765,6 +765,17 @@ pub struct TrainingSettings {
     pub content_max_features: usize,
     /// Halve an event's weight per this many days of age before the newest event (0: no decay).
     pub half_life_days: f64,
+    /// Train iALS propensity-weighted: each interaction's weight
+    /// multiplied by `min(1 / p_i, propensity_max_factor)`, `p_i = (n_i / max n)^η` its
+    /// item's observation propensity from training popularity; serving folds histories in with
+    /// the same weights (from current popularity). Counters the exposure bias of logged
+    /// feedback (`docs/fairness.md`); off by default, as held-out metrics from the same biased
+    /// logs cannot show its gain.
+    pub propensity_weighting: bool,
+    /// The exponent η of the propensity power law.
+    pub propensity_eta: f64,
+    /// The most an interaction's weight grows under `propensity_weighting` (at least 1).
+    pub propensity_max_factor: f64,
     /// Worker threads (0: one per core).
     pub threads: usize,
     /// Hold out each user's latest 20 % to report offline metrics with every model (costs a
@@ -824,6 +835,9 @@ impl Default for TrainingSettings {
             content_lambda: content.lambda,
             content_max_features: content.max_features,
             half_life_days: 0.0,
+            propensity_weighting: false,
+            propensity_eta: bespoke_algo::debias::DEFAULT_ETA,
+            propensity_max_factor: bespoke_algo::debias::DEFAULT_MAX_FACTOR,
             threads: 0,
             evaluate: true,
             tune_interval_hours: 24.0,
@@ -1311,6 +1325,18 @@ impl Settings {
             return Err(invalid(
                 "training.half_life_days",
                 "must be zero or positive",
+            ));
+        }
+        if !(t.propensity_eta.is_finite() && t.propensity_eta > 0.0 && t.propensity_eta <= 4.0) {
+            return Err(invalid(
+                "training.propensity_eta",
+                "must be above 0 and at most 4",
+            ));
+        }
+        if !(t.propensity_max_factor.is_finite() && t.propensity_max_factor >= 1.0) {
+            return Err(invalid(
+                "training.propensity_max_factor",
+                "must be at least 1",
             ));
         }
         if !(t.tune_interval_hours.is_finite() && t.tune_interval_hours >= 0.0) {

@@ -35,7 +35,7 @@ pub struct Serving {
     /// Compiled rule expressions, by source text.
     pub(crate) exprs: crate::rules::Cache,
     /// Which items are in the long tail, recomputed when popularity has moved.
-    pub(crate) tail: parking_lot::Mutex<Option<TailCut>>,
+    pub(crate) tail: parking_lot::Mutex<Option<Arc<TailCut>>>,
     /// FA*IR tables by `(n, p, α)`: computing one takes a bisection of dynamic programs.
     pub(crate) fair_tables:
         parking_lot::Mutex<FxHashMap<(usize, u64, u64), Arc<bespoke_algo::rerank::Fair>>>,
@@ -51,6 +51,8 @@ pub(crate) struct TailCut {
     pub(crate) tail: Arc<Vec<bool>>,
     /// The fewest interactions of a head item.
     pub(crate) min_head: f64,
+    /// The most users any item has (propensity weighting's `max n`).
+    pub(crate) max_users: f64,
 }
 
 impl std::fmt::Debug for Serving {

@@ -167,6 +167,31 @@ impl KnnMeta {
     }
 }
 
+/// `training.propensity_weighting` as a version was trained with it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PropensityMeta {
+    /// The power law's exponent η.
+    pub eta: f64,
+    /// The largest weight factor.
+    pub max_factor: f64,
+}
+
+impl PropensityMeta {
+    /// The weight factor of an item with `count` interactions when the most popular has
+    /// `max_count`: `min(1 / p, max_factor)`, `p = (count / max_count)^η` floored as
+    /// `debias::propensities_from_popularity` does.
+    pub fn factor(&self, count: f64, max_count: f64) -> f32 {
+        let p = if max_count > 0.0 {
+            (count.max(0.0) / max_count)
+                .powf(self.eta)
+                .clamp(bespoke_algo::debias::PROPENSITY_FLOOR, 1.0)
+        } else {
+            1.0
+        };
+        (1.0 / p).min(self.max_factor.max(1.0)) as f32
+    }
+}
+
 /// The models of a version, each present when it was trained.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -185,6 +210,9 @@ pub struct ParamsMeta {
     pub half_life_days: f64,
     /// `[events.weights]` of the run.
     pub event_weights: BTreeMap<String, WeightSpec>,
+    /// The propensity weighting iALS was trained with, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<PropensityMeta>,
     /// The parameters of kinds added after these fields, by kind name: a new model records
     /// itself here without a field of its own.
     #[serde(flatten)]

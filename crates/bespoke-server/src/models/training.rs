@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::content::ContentModel;
 use super::ease::EaseArtifact;
-use super::meta::{self, DataMeta, ModelMeta, ParamsMeta};
+use super::meta::{self, DataMeta, ModelMeta, ParamsMeta, PropensityMeta};
 use super::meta::{Recencies, Serve, Tuned};
 use super::model::{Artifact, FitContext, ModelFamily};
 use super::registry::REGISTRY;
@@ -61,38 +61,63 @@ fn downcast<T: 'static>(
 struct Matrices<'a> {
     snapshot: &'a Snapshot,
     pairs: &'a [Pair],
-    built: Vec<(Recency, bool, Csr)>,
+    /// `(recency, signed, propensity-weighted, matrix)`.
+    built: Vec<(Recency, bool, bool, Csr)>,
+    /// iALS's propensity weighting, when on.
+    propensity: Option<PropensityMeta>,
 }
 
 impl<'a> Matrices<'a> {
-    fn new(snapshot: &'a Snapshot, pairs: &'a [Pair]) -> Self {
+    fn new(snapshot: &'a Snapshot, pairs: &'a [Pair], t: &TrainingSettings) -> Self {
         Self {
             snapshot,
             pairs,
             built: Vec::new(),
+            propensity: propensity_of(t),
         }
     }
 
-    /// Builds the matrix under `recency`, signed or positive only, unless built already.
-    fn ensure(&mut self, recency: Recency, signed: bool) {
-        if self.find(recency, signed).is_none() {
-            let m = self.snapshot.matrix_of(self.pairs, recency, !signed);
-            self.built.push((recency, signed, m));
+    /// Builds the matrix under `recency`, signed or positive only, propensity-weighted or
+    /// not, unless built already.
+    fn ensure(&mut self, recency: Recency, signed: bool, weighted: bool) {
+        if self.find(recency, signed, weighted).is_none() {
+            let mut m = self.snapshot.matrix_of(self.pairs, recency, !signed);
+            if let (true, Some(p)) = (weighted, self.propensity) {
+                let counts = bespoke_algo::debias::item_counts(&m);
+                let max = counts.iter().copied().fold(0.0, f64::max);
+                m = m.map_entries(|_, i, w| w * p.factor(counts[i as usize], max));
+            }
+            self.built.push((recency, signed, weighted, m));
         }
     }
 
-    fn find(&self, recency: Recency, signed: bool) -> Option<&Csr> {
+    fn find(&self, recency: Recency, signed: bool, weighted: bool) -> Option<&Csr> {
         (self.built.iter())
-            .find(|b| b.0 == recency && b.1 == signed)
-            .map(|b| &b.2)
+            .find(|b| b.0 == recency && b.1 == signed && b.2 == weighted)
+            .map(|b| &b.3)
+    }
+
+    /// Whether `kind` trains propensity-weighted: iALS, when it is on (BPR samples positive
+    /// pairs uniformly, so weights never reach it).
+    fn weighted(&self, kind: ModelKind) -> bool {
+        self.propensity.is_some() && kind == ModelKind::Als
     }
 
     /// The matrix `family` trains on.
     fn of(&mut self, family: &dyn ModelFamily, recency: &Recencies) -> &Csr {
         let (r, signed) = (recency.get(family.matrix_of()), family.signed());
-        self.ensure(r, signed);
-        self.find(r, signed).expect("built above")
+        let weighted = self.weighted(family.kind());
+        self.ensure(r, signed, weighted);
+        self.find(r, signed, weighted).expect("built above")
     }
+}
+
+/// `training.propensity_weighting` as recorded in a version's metadata.
+fn propensity_of(t: &TrainingSettings) -> Option<PropensityMeta> {
+    t.propensity_weighting.then_some(PropensityMeta {
+        eta: t.propensity_eta,
+        max_factor: t.propensity_max_factor,
+    })
 }
 
 /// Fits every family of [`REGISTRY`] this run trains; with the seconds each took.
@@ -160,7 +185,7 @@ fn evaluate(
     if test.is_empty() {
         return json!({ "note": "no user has enough positive interactions to hold some out" });
     }
-    let mut matrices = Matrices::new(snapshot, &train_pairs);
+    let mut matrices = Matrices::new(snapshot, &train_pairs, t);
     let (models, _) = fit(snapshot, &mut matrices, t, recency, "evaluation", progress);
     let als: &Als = downcast(&models, ModelKind::Als).expect("iALS always trains");
     let knn: &ItemKnn = downcast(&models, ModelKind::Knn).expect("item-kNN always trains");
@@ -175,13 +200,14 @@ fn evaluate(
         recency.get(ModelKind::Knn),
         recency.get(ModelKind::Ease),
     );
-    matrices.ensure(ra, true);
-    matrices.ensure(rk, false);
-    matrices.ensure(re, false);
+    let wa = matrices.weighted(ModelKind::Als);
+    matrices.ensure(ra, true, wa);
+    matrices.ensure(rk, false, false);
+    matrices.ensure(re, false, false);
     let m = EvalMatrices {
-        als: matrices.find(ra, true).expect("built above"),
-        knn: matrices.find(rk, false).expect("built above"),
-        ease: matrices.find(re, false).expect("built above"),
+        als: matrices.find(ra, true, wa).expect("built above"),
+        knn: matrices.find(rk, false, false).expect("built above"),
+        ease: matrices.find(re, false, false).expect("built above"),
     };
     progress(Progress::Stage("scoring held-out interactions"));
     let scorer = ItemScorer::new(als.item_factors().clone());
@@ -333,7 +359,7 @@ pub fn train(
         Value::Null
     };
     progress(Progress::Stage("training on all data"));
-    let mut matrices = Matrices::new(snapshot, &snapshot.pairs);
+    let mut matrices = Matrices::new(snapshot, &snapshot.pairs, t);
     let (models, seconds) = fit(snapshot, &mut matrices, t, &recency, "final", progress);
     let als: &Als = downcast(&models, ModelKind::Als).expect("iALS always trains");
     let started_content = Instant::now();
@@ -351,6 +377,7 @@ pub fn train(
             .map(|c| c.describe(t.content_params().lambda)),
         half_life_days: t.half_life_days,
         event_weights: settings.events.weights.clone(),
+        propensity: propensity_of(t),
         ..ParamsMeta::default()
     };
     let mut kinds: Vec<ModelKind> = models.keys().copied().collect();
@@ -382,7 +409,12 @@ pub fn train(
             users: snapshot.user_keys.len(),
             items: snapshot.item_keys.len(),
             // iALS's matrix holds every pair.
-            pairs: (matrices.find(recency.get(ModelKind::Als), true)).map_or(0, Csr::nnz),
+            pairs: (matrices.find(
+                recency.get(ModelKind::Als),
+                true,
+                matrices.weighted(ModelKind::Als),
+            ))
+            .map_or(0, Csr::nnz),
         },
         models: kinds,
         params,

@@ -107,6 +107,10 @@ impl Serving {
             .collect();
         history.sort_by_key(|(i, x)| (*i, x.item.0));
         let recency = m.recency_of(name);
+        // A propensity-weighted iALS folds a history in with the weights it was trained with
+        // (from current popularity: the training counts are not kept).
+        let propensity = m.meta.params.propensity.filter(|_| name == "als");
+        let max_users = propensity.map_or(0.0, |_| self.tail_cut(s).max_users);
         let position = if recency.is_on() {
             let times: Vec<i64> = history.iter().map(|(_, x)| x.last_ts).collect();
             recency.factors(&times)
@@ -119,6 +123,9 @@ impl Serving {
             .filter(|(_, (i, _))| *i != u32::MAX)
             .map(|(k, &(i, x))| {
                 let mut w = x.weight * position.get(k).copied().unwrap_or(1.0);
+                if let Some(p) = propensity {
+                    w *= p.factor(s.live.item_users(x.item).len() as f64, max_users);
+                }
                 if boost > 0.0 && w > 0.0 && half_life_ms > 0.0 {
                     let age = (now - x.last_ts).max(0) as f64;
                     w *= (1.0 + boost * (-age / half_life_ms).exp2()) as f32;

@@ -65,11 +65,11 @@ impl Serving {
             && c.tail.len() == s.items.id_bound()
             && events.abs_diff(c.events) * 100 <= c.events.max(1)
         {
-            return Arc::new(c.clone());
+            return c.clone();
         }
-        let cut = compute_tail(s, bespoke_algo::fairness::HEAD_SHARE);
+        let cut = Arc::new(compute_tail(s, bespoke_algo::fairness::HEAD_SHARE));
         *cached = Some(cut.clone());
-        Arc::new(cut)
+        cut
     }
 
     /// The FA*IR table for `(n, p, α)`, cached (a few distinct ones exist per application).
@@ -98,10 +98,15 @@ fn compute_tail(s: &State, head_share: f64) -> TailCut {
         .filter(|(_, t)| !**t)
         .map(|(p, _)| *p)
         .fold(f64::INFINITY, f64::min);
+    let max_users = (0..s.items.id_bound() as u32)
+        .map(|i| s.live.item_users(ItemIdx(i)).len())
+        .max()
+        .unwrap_or(0) as f64;
     TailCut {
         events: s.live.events(),
         tail: Arc::new(tail),
         min_head: if min_head.is_finite() { min_head } else { 0.0 },
+        max_users,
     }
 }
 

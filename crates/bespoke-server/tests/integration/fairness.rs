@@ -295,3 +295,81 @@ async fn the_fairness_report_measures_the_served_lists() {
     let got = srv.get("/v1/reports/fairness?k=0").await;
     assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("k"));
 }
+
+/// A skewed shop: five head items most of 80 users bought, and 40 tail items in ten taste
+/// clusters of four, each bought by some of its cluster's eight users.
+async fn skewed(srv: &TestServer) {
+    let mut events = Vec::new();
+    let mut x: u64 = 11;
+    let mut draw = |n: u64| {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) % n
+    };
+    for u in 0..80u64 {
+        for h in 0..5 {
+            if draw(10) < 7 {
+                events.push(
+                    json!({ "user": format!("u{u}"), "item": format!("h{h}"), "type": "purchase" }),
+                );
+            }
+        }
+        let cluster = u % 10;
+        for t in 0..4 {
+            if draw(10) < 5 {
+                events.push(json!({ "user": format!("u{u}"), "item": format!("t{}", cluster * 4 + t), "type": "purchase" }));
+            }
+        }
+    }
+    let (status, body) = srv.post("/v1/events", json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = srv
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn propensity_weighted_training_is_recorded_changes_the_model_and_stays_explained() {
+    let plain = start().await;
+    skewed(&plain).await;
+    let weighted = crate::common::start_with(|s| {
+        s.training.propensity_weighting = true;
+    })
+    .await;
+    skewed(&weighted).await;
+    let (_, models) = weighted.get("/v1/models").await;
+    assert!(
+        models
+            .to_string()
+            .contains("\"propensity\":{\"eta\":0.5,\"max_factor\":10.0}"),
+        "{models}"
+    );
+    let (_, models) = plain.get("/v1/models").await;
+    assert!(!models.to_string().contains("propensity"), "{models}");
+    let mut differ = 0;
+    for u in 0..20 {
+        let path = format!("/v1/users/u{u}/recommendations?n=5&model=als&explain=full");
+        let (_, p) = plain.get(&path).await;
+        let (s, w) = weighted.get(&path).await;
+        assert_eq!(s, StatusCode::OK, "{w}");
+        differ += usize::from(keys(&p) != keys(&w));
+        // Serving folds the history in with the training weights: the terms still sum to
+        // the score.
+        for r in w["items"].as_array().unwrap() {
+            let score = r["score"].as_f64().unwrap();
+            let sum: f64 = r["contributions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["value"].as_f64().unwrap())
+                .sum();
+            assert!(
+                (sum - score).abs() <= 1e-4 * score.abs().max(1e-3),
+                "{sum} vs {score}: {r}"
+            );
+        }
+    }
+    assert!(differ > 0, "propensity weighting changed no list");
+}
