@@ -954,3 +954,99 @@ fn fairness_on_movielens_reports_groups_and_meets_the_trade_off_targets() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+/// `bespoke fairness --live`: the report on the data directory's served model, as the API
+/// computes it (the demo shop trains one).
+#[test]
+fn fairness_live_reports_on_the_served_model() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&bespoke(
+        dir.path(),
+        &[
+            "demo",
+            "--no-serve",
+            "--users",
+            "200",
+            "--items",
+            "300",
+            "--events",
+            "5000",
+            "--anchor",
+            "2026-01-01T00:00:00Z",
+        ],
+    ));
+    let r = json(&bespoke(
+        dir.path(),
+        &["fairness", "--live", "--item-attribute", "brand", "--json"],
+    ));
+    assert!(r["model_version"].is_u64(), "{r}");
+    let users = r["users"].as_u64().unwrap();
+    assert!(users > 100 && users <= 200, "{r}");
+    assert_eq!(r["catalog_items"], 300, "{r}");
+    let coverage = r["coverage"].as_f64().unwrap();
+    assert!(coverage > 0.0 && coverage <= 1.0, "{r}");
+    let brands = r["exposure"][0]["groups"].as_array().unwrap();
+    assert!(brands.len() > 1, "{r}");
+    let items: u64 = brands.iter().map(|g| g["items"].as_u64().unwrap()).sum();
+    assert_eq!(items, 300, "{r}");
+    // Calibration as a default of the report's lists lowers the miscalibration it measures.
+    let calibrated = json(&bespoke(
+        dir.path(),
+        &["fairness", "--live", "--calibration", "0.9", "--json"],
+    ));
+    assert!(
+        calibrated["miscalibration"]["mean"].as_f64().unwrap()
+            < r["miscalibration"]["mean"].as_f64().unwrap(),
+        "{calibrated}"
+    );
+    let out = bespoke(
+        dir.path(),
+        &["fairness", "--live", "--item-attribute", "shoe_size"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shoe_size"));
+}
+
+/// `bespoke eval --ips` reports inverse-propensity-weighted metrics beside the plain ones, and
+/// `--propensity-weighted` trains a different iALS.
+#[test]
+fn eval_reports_ips_metrics_and_trains_propensity_weighted() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = movielens_csv(dir.path());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--data",
+            csv.to_str().unwrap(),
+            "--factors",
+            "64",
+            "--regularization",
+            "10",
+            "--latency-users",
+            "10",
+            "--ips",
+            "--json",
+        ];
+        args.extend(extra);
+        json(&bespoke(dir.path(), &args))
+    };
+    let plain = run(&[]);
+    let d = &plain["metrics"]["debiased"];
+    for key in [
+        "ndcg@10_ips",
+        "ndcg@10_snips",
+        "recall@10_ips",
+        "recall@10_snips",
+    ] {
+        let v = d[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v > 0.0, "{key}: {d}");
+    }
+    // IPS up-weights hits on rarely seen items: for a model that favours popular ones it is
+    // not the plain figure.
+    assert_ne!(d["ndcg@10_ips"], plain["metrics"]["ndcg@10"]);
+    let weighted = run(&["--propensity-weighted"]);
+    assert_ne!(
+        weighted["metrics"]["ndcg@10"], plain["metrics"]["ndcg@10"],
+        "the weighting changed nothing"
+    );
+}
