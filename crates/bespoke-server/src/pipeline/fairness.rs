@@ -135,7 +135,7 @@ fn reorder(
     items: &mut Vec<Recommendation>,
     order: &[usize],
     stage: &'static str,
-    why: impl Fn(usize, usize, usize) -> Option<String>,
+    why: impl Fn(usize, usize) -> Option<String>,
 ) {
     let mut slots: Vec<Option<Recommendation>> = items.drain(..).map(Some).collect();
     for (to, &from) in order.iter().enumerate() {
@@ -143,7 +143,7 @@ fn reorder(
             continue;
         };
         if from != to
-            && let Some(message) = why(from, to, from)
+            && let Some(message) = why(from, to)
         {
             r.reasons.push(Reason::Fairness {
                 message,
@@ -203,7 +203,7 @@ impl Reranker for Calibration {
             (Some(b), Some(a)) => format!(" (miscalibration {b:.3} → {a:.3})"),
             _ => String::new(),
         };
-        reorder(items, &order, "calibration", |from, to, _| {
+        reorder(items, &order, "calibration", |from, to| {
             let dir = if to < from { "up" } else { "down" };
             Some(format!(
                 "moved {dir} from {} to {} by calibration: the list's categories follow the user's history{change}",
@@ -272,15 +272,15 @@ impl Reranker for PopularityDebias {
         };
         let min_head = self.tail.min_head;
         let pop = s.live.popularity();
-        reorder(items, &order, "popularity", |from, to, j| {
-            let count = ids[j].map_or(0, |i| pop.count(ItemIdx(i)));
-            if to < from && tail[j] {
+        reorder(items, &order, "popularity", |from, to| {
+            let count = ids[from].map_or(0, |i| pop.count(ItemIdx(i)));
+            if to < from && tail[from] {
                 Some(format!(
                     "moved up from {} to {} by popularity debiasing: a long-tail item ({count} interactions; head items have at least {min_head})",
                     from + 1,
                     to + 1
                 ))
-            } else if to > from && !tail[j] {
+            } else if to > from && !tail[from] {
                 Some(format!(
                     "moved down from {} to {} by popularity debiasing: a head item ({count} interactions)",
                     from + 1,
@@ -313,19 +313,16 @@ impl Reranker for ProtectedShare {
             .iter()
             .map(|i| i.is_some_and(|i| pred.eval(&s.columns, i)))
             .collect();
-        let ranking = self.table.rerank(&protected, n);
+        let algo::FairRanking {
+            order,
+            forced,
+            satisfied,
+        } = self.table.rerank(&protected, n);
         let (p, alpha) = (self.table.p(), self.table.alpha());
-        let table = self.table.mtable().to_vec();
-        let forced = ranking.forced.clone();
-        let order = ranking.order;
-        let slot_of: Vec<(usize, usize)> =
-            order.iter().enumerate().map(|(to, &j)| (j, to)).collect();
-        reorder(items, &order, "protected_share", |from, to, j| {
-            let is_forced = slot_of
-                .iter()
-                .find(|&&(c, _)| c == j)
-                .is_some_and(|&(_, t)| forced.get(t).copied().unwrap_or(false));
-            if is_forced {
+        let table = self.table.mtable();
+        reorder(items, &order, "protected_share", |from, to| {
+            // `forced[to]`: a protected item was placed at `to` ahead of a better one.
+            if forced.get(to).copied().unwrap_or(false) {
                 Some(format!(
                     "moved up from {} to {} by the protected group's share: at least {} protected items in the top {} (FA*IR, p = {p}, α = {alpha})",
                     from + 1,
@@ -343,7 +340,7 @@ impl Reranker for ProtectedShare {
                 None
             }
         });
-        if !ranking.satisfied {
+        if !satisfied {
             tracing::debug!("too few protected candidates for the FA*IR table");
         }
     }
