@@ -242,6 +242,20 @@ async fn why_not_names_the_stage_that_removed_or_demoted_an_item() {
         .await;
     assert_eq!(body["position"], Value::Null, "{body}");
 
+    // Without consent to personalization the list is by popularity, and the first stage says
+    // so.
+    let (status, body) = srv
+        .put(
+            "/v1/users/fan15",
+            json!({ "consent": { "personalization": false } }),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (_, body) = srv.get("/v1/users/fan15/explain?item=g3&n=8").await;
+    assert_eq!(body["stages"][0]["stage"], "consent", "{body}");
+    assert_eq!(body["stages"][0]["outcome"], "applied", "{body}");
+    assert_eq!(body["model"], "popular", "{body}");
+
     let got = srv.get("/v1/users/fan15/explain?item=nope").await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);
     let got = srv.get("/v1/users/fan15/explain").await;
