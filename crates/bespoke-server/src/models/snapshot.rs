@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub catalog: Vec<(String, Bag)>,
     /// Attributes of each user of `user_keys`, in index order (empty when none).
     pub user_content: Vec<Bag>,
+    /// Impressions (`POST /v1/impressions`) of each item of `item_keys`, by users who train:
+    /// its exposure, for debiased evaluation. All zero when the application sends none.
+    pub impressions: Vec<f64>,
 }
 
 /// A stable 64-bit hash of a key (FNV-1a), mixed with the seed: the start of that row's factors.
@@ -106,6 +109,7 @@ impl Snapshot {
         let user_dense = dense(&mut users);
         let item_dense = dense(&mut items);
         let mut raw: Vec<(u32, u32, f32, i64)> = Vec::new();
+        let mut shown = vec![0f64; items.len()];
         let (mut seq, mut events) = (0u64, 0u64);
         loop {
             let chunk = store.scan_interactions(seq, CHUNK)?;
@@ -116,6 +120,10 @@ impl Snapshot {
                 else {
                     continue;
                 };
+                if e.kind == crate::settings::IMPRESSION {
+                    shown[i as usize] += 1.0;
+                    continue;
+                }
                 let Some(w) = weights.weight(&e.kind, e.value).filter(|w| w.is_finite()) else {
                     continue;
                 };
@@ -151,7 +159,18 @@ impl Snapshot {
         // Only users and items with data take part: a row without data would still move every
         // other row through the Gram matrix, so the model would depend on catalog entries and
         // profiles that carry no behaviour (an erased user's leftovers, say).
+        // Impressions by key, for the items that stay.
+        let shown: rustc_hash::FxHashMap<String, f64> = items
+            .iter()
+            .zip(&shown)
+            .filter(|(_, n)| **n > 0.0)
+            .map(|((_, k), n)| (k.clone(), *n))
+            .collect();
         let (user_keys, item_keys) = compact(&mut pairs, users, items);
+        let impressions = item_keys
+            .iter()
+            .map(|k| shown.get(k).copied().unwrap_or(0.0))
+            .collect();
         let user_content = user_keys
             .iter()
             .map(|k| user_bags.remove(k).unwrap_or_default())
@@ -165,6 +184,7 @@ impl Snapshot {
             read_at,
             catalog,
             user_content,
+            impressions,
         })
     }
 

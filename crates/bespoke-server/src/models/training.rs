@@ -29,6 +29,7 @@ use super::model::{Artifact, FitContext, ModelFamily};
 use super::registry::REGISTRY;
 use super::snapshot::{Pair, Progress, Snapshot};
 use crate::settings::{Settings, TrainingSettings};
+use bespoke_algo::debias::IpsSums;
 use bespoke_algo::tune::Blend;
 
 /// The models of one training run and their metadata.
@@ -228,10 +229,13 @@ fn evaluate(
     names.extend(ease.map(|_| ModelKind::Ease.name()));
     names.extend(bpr.as_ref().map(|_| ModelKind::Bpr.name()));
     names.push(AUTO);
-    let new_sums = || -> BTreeMap<&'static str, MetricSums> {
+    // Debiased metrics: test hits weighted by the item's held-out propensity, from
+    // impressions where the application sends them, else popularity (docs/fairness.md).
+    let (propensity, source) = eval_propensities(snapshot, &popularity, &train_pairs, &test);
+    let new_sums = || -> BTreeMap<&'static str, (MetricSums, IpsSums)> {
         names
             .iter()
-            .map(|&n| (n, MetricSums::new(n_items)))
+            .map(|&n| (n, (MetricSums::new(n_items), IpsSums::new(10))))
             .collect()
     };
     let sums = test
@@ -285,8 +289,10 @@ fn evaluate(
                     l.iter().take(100).map(|s| s.idx).collect()
                 };
                 let mut add = |name: &str, list: &[bespoke_algo::Scored]| {
-                    if let Some(s) = sums.get_mut(name) {
-                        s.add(&ids(list), items);
+                    if let Some((s, ips)) = sums.get_mut(name) {
+                        let ranking = ids(list);
+                        s.add(&ranking, items);
+                        ips.add(&ranking, items, &propensity);
                     }
                 };
                 add(ModelKind::Als.name(), &als_list);
@@ -319,7 +325,8 @@ fn evaluate(
         .map(|(sums, ..)| sums)
         .reduce(new_sums, |mut a, b| {
             for (x, y) in a.values_mut().zip(b.values()) {
-                x.merge(y);
+                x.0.merge(&y.0);
+                x.1.merge(&y.1);
             }
             a
         });
@@ -332,11 +339,53 @@ fn evaluate(
     let mut out = json!({
         "protocol": "latest 20% of positive pairs held out per user with >= 5; implicit_bench metrics",
         "eval_users": test.len(),
+        "propensity": source,
     });
-    for (name, s) in sums {
+    let r5 = |v: f64| json!((v * 1e5).round() / 1e5);
+    for (name, (s, ips)) in sums {
         out[name] = round(s.means());
+        let d = ips.means();
+        out[name]["debiased"] = json!({
+            "ndcg@10_ips": r5(d.ndcg_ips), "ndcg@10_snips": r5(d.ndcg_snips),
+            "recall@10_ips": r5(d.recall_ips), "recall@10_snips": r5(d.recall_snips),
+        });
     }
     out
+}
+
+/// Held-out propensities of the evaluation's test items: observation propensities from
+/// impressions (shown to that share of users) for items with any, else the popularity power
+/// law (`debias`), corrected for the held-out share. Returns them and how they were made.
+fn eval_propensities(
+    snapshot: &Snapshot,
+    popularity: &[f32],
+    train: &[Pair],
+    test: &[(u32, Vec<u32>)],
+) -> (Vec<f64>, &'static str) {
+    use bespoke_algo::debias;
+    let counts: Vec<f64> = popularity.iter().map(|&c| f64::from(c)).collect();
+    let mut p = debias::propensities_from_popularity(&counts, debias::DEFAULT_ETA);
+    let shown = snapshot.impressions.iter().any(|&n| n > 0.0);
+    if shown {
+        let users = snapshot.user_keys.len();
+        let exposure = debias::propensities_from_exposure(&snapshot.impressions, users);
+        for (i, q) in p.iter_mut().enumerate() {
+            if snapshot.impressions.get(i).is_some_and(|&n| n > 0.0) {
+                *q = exposure[i];
+            }
+        }
+    }
+    let held_out: usize = test.iter().map(|(_, is)| is.len()).sum();
+    let f = held_out as f64 / (held_out + train.len()).max(1) as f64;
+    let source = if shown {
+        "impressions where shown, else (n / max n)^0.5"
+    } else {
+        "(n / max n)^0.5 of training popularity"
+    };
+    (
+        debias::held_out_propensities(&p, f.clamp(1e-6, 1.0)),
+        source,
+    )
 }
 
 /// Trains on a snapshot: evaluation first if configured, then the final models on everything.

@@ -354,14 +354,16 @@ async fn propensity_weighted_training_is_recorded_changes_the_model_and_stays_ex
     .await;
     skewed(&weighted).await;
     let (_, models) = weighted.get("/v1/models").await;
-    assert!(
-        models
-            .to_string()
-            .contains("\"propensity\":{\"eta\":0.5,\"max_factor\":10.0}"),
+    assert_eq!(
+        models["models"][0]["meta"]["params"]["propensity"],
+        json!({ "eta": 0.5, "max_factor": 10.0 }),
         "{models}"
     );
     let (_, models) = plain.get("/v1/models").await;
-    assert!(!models.to_string().contains("propensity"), "{models}");
+    assert!(
+        models["models"][0]["meta"]["params"]["propensity"].is_null(),
+        "{models}"
+    );
     let mut differ = 0;
     for u in 0..20 {
         let path = format!("/v1/users/u{u}/recommendations?n=5&model=als&explain=full");
@@ -386,4 +388,51 @@ async fn propensity_weighted_training_is_recorded_changes_the_model_and_stays_ex
         }
     }
     assert!(differ > 0, "propensity weighting changed no list");
+}
+
+#[tokio::test]
+async fn training_evaluation_reports_ips_metrics_from_impressions_where_shown() {
+    let srv = start().await;
+    skewed(&srv).await;
+    let (_, models) = srv.get("/v1/models").await;
+    let metrics = &models["models"][0]["meta"]["metrics"];
+    assert_eq!(
+        metrics["propensity"], "(n / max n)^0.5 of training popularity",
+        "{models}"
+    );
+    for key in [
+        "ndcg@10_ips",
+        "ndcg@10_snips",
+        "recall@10_ips",
+        "recall@10_snips",
+    ] {
+        let v = metrics["als"]["debiased"][key].as_f64();
+        assert!(
+            v.is_some_and(|v| v.is_finite() && v >= 0.0),
+            "{key}: {metrics}"
+        );
+    }
+    // Once the application sends impressions, the items shown get exposure propensities.
+    let impressions: Vec<Value> = (0..80)
+        .map(|u| json!({ "user": format!("u{u}"), "items": ["h0", "h1", "t0", "t5"] }))
+        .collect();
+    let (status, body) = srv
+        .post("/v1/impressions", json!({ "impressions": impressions }))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) = srv
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, models) = srv.get("/v1/models").await;
+    let newest = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|v| v["version"].as_u64())
+        .unwrap();
+    assert_eq!(
+        newest["meta"]["metrics"]["propensity"], "impressions where shown, else (n / max n)^0.5",
+        "{newest}"
+    );
 }

@@ -62,6 +62,7 @@ fn snapshot() -> Snapshot {
         read_at: 1_700_000_000_000,
         catalog: Vec::new(),
         user_content: Vec::new(),
+        impressions: vec![0.0; ITEMS as usize],
     }
 }
 
