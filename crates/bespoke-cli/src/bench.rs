@@ -157,6 +157,22 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
     },
+    /// Audiences on a trained demo shop: `Engine::audience` for one random item (and for 500
+    /// items), every user scored.
+    Audience {
+        /// Queries of each kind.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Users of the demo shop.
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Items of the demo shop.
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        /// Events of the demo shop.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
     /// Durable HTTP ingest rate over loopback.
     Ingest {
         /// Events to send in total.
@@ -211,6 +227,12 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             items,
             events,
         } => bench_fairness(settings, *requests, (*users, *items, *events))?,
+        BenchWhat::Audience {
+            requests,
+            users,
+            items,
+            events,
+        } => bench_audience(settings, *requests, (*users, *items, *events))?,
         BenchWhat::Rules {
             requests,
             http_requests,
@@ -903,6 +925,50 @@ fn percentiles_us(xs: &mut [f64]) -> serde_json::Value {
     xs.sort_by(f64::total_cmp);
     let at = |p: f64| xs[((xs.len() - 1) as f64 * p) as usize];
     json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0) })
+}
+
+/// Audiences (see [`BenchWhat::Audience`]).
+fn bench_audience(
+    settings: &Settings,
+    requests: usize,
+    (users, items, events): (usize, usize, usize),
+) -> anyhow::Result<serde_json::Value> {
+    use bespoke_server::engine::AudienceQuery;
+    if requests == 0 || users == 0 || items < 500 {
+        bail!("--requests and --users must be at least 1, --items 500");
+    }
+    let (_work, engine, _) = trained_shop(settings, users, items, events, &[Scope::Read])?;
+    let mut rng = Rng::seed_from_u64(13);
+    let mut run = |k: usize| -> anyhow::Result<(serde_json::Value, usize)> {
+        let mut times = Vec::with_capacity(requests);
+        let mut scored = 0;
+        for _ in 0..requests {
+            let q = AudienceQuery {
+                items: (0..k)
+                    .map(|_| format!("sku-{:05}", rng.below(items as u64)))
+                    .collect(),
+                n: 100,
+                threshold: Some(0.1),
+                ..AudienceQuery::default()
+            };
+            let t = Instant::now();
+            let a = engine.audience(&q);
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            if let Ok(a) = a {
+                scored = scored.max(a.scored_users);
+            }
+        }
+        Ok((percentiles_us(&mut times), scored))
+    };
+    let (one, scored) = run(1)?;
+    let (many, _) = run(500)?;
+    Ok(json!({
+        "bench": "audience",
+        "shop": { "users": users, "items": items, "events": events },
+        "scored_users": scored,
+        "one_item_us": one,
+        "items_500_us": many,
+    }))
 }
 
 /// Fairness (see [`BenchWhat::Fairness`]).

@@ -292,6 +292,8 @@ pub(crate) fn generate(
             consent: ConsentUpdate {
                 personalization: Some(rng.f64() > 0.02),
                 training: None,
+                // One in twenty objects to marketing (no draw: the shop stays as it was).
+                marketing: Some(u % 20 != 7),
             },
             default_consent: Consent::ALL,
             restore_times: None,

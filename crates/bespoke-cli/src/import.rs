@@ -343,6 +343,7 @@ fn import_user_export(
         consent: ConsentUpdate {
             personalization: Some(export.user.consent.personalization),
             training: Some(export.user.consent.training),
+            marketing: Some(export.user.consent.marketing),
         },
         default_consent: settings.consent.defaults(),
         restore_times,
@@ -975,6 +976,7 @@ fn import_records(
                             consent: ConsentUpdate {
                                 personalization: Some(u.consent.personalization),
                                 training: Some(u.consent.training),
+                                marketing: Some(u.consent.marketing),
                             },
                             default_consent,
                             restore_times,

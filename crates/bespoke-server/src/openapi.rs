@@ -255,6 +255,7 @@ pub fn document(routes: &[(&str, &str, Access)]) -> Value {
     }
     add_rules(&mut doc);
     add_fairness(&mut doc);
+    add_audiences(&mut doc);
     for (method, path, access) in routes {
         let Some(op) = doc["paths"][path]
             .get_mut(method.to_lowercase())
@@ -534,7 +535,8 @@ fn schemas() -> Value {
             "EventPage": { "type": "object", "properties": { "events": { "type": "array", "items": { "$ref": "#/components/schemas/StoredEvent" } }, "next_cursor": { "type": ["string", "null"] } } },
             "Consent": { "type": "object", "additionalProperties": false, "properties": {
                 "personalization": { "type": "boolean", "description": "Results may be personalized from the user's own behaviour; without it, popular items. Default consent.default_personalization" },
-                "training": { "type": "boolean", "description": "The user's events may shape shared models (trained models, popularity, related items); without it they are stored (for export and erasure) but used for nothing shared. Default consent.default_training" } } },
+                "training": { "type": "boolean", "description": "The user's events may shape shared models (trained models, popularity, related items); without it they are stored (for export and erasure) but used for nothing shared. Default consent.default_training" },
+                "marketing": { "type": "boolean", "description": "The user may be chosen for marketing audiences (POST /v1/audiences/query); false once they object. Default true" } } },
             "UserIn": { "type": "object", "additionalProperties": false, "properties": { "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" } } },
             "User": { "type": "object", "properties": { "key": { "type": "string" }, "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } },
             "ItemIn": { "type": "object", "additionalProperties": false, "properties": {
@@ -713,6 +715,38 @@ fn add_rules(doc: &mut Value) {
             props.insert("rules".into(), json!({ "type": "array", "items": { "type": "string" }, "description": "The business rules that applied: saved ones by name, the request's own as request.filter, request.boost[0], ...; hidden and no_repeat when they removed anything" }));
             props.insert("filtered".into(), json!({ "type": "array", "items": { "$ref": "#/components/schemas/Filtered" }, "description": "Items the rules kept out (explain=full; always on the rank route)" }));
         }
+    }
+}
+
+/// Audiences: users for items (docs/audiences.md).
+fn add_audiences(doc: &mut Value) {
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.insert("/v1/audiences/query".into(), json!({ "post": {
+            "summary": "The users most likely to respond to items, a category or an item expression",
+            "description": "The query's items (listed, every item of a category, or every item a rule expression matches) become one vector, the mean of their iALS factors, scored against every trained user vector. Users who objected to marketing (consent.marketing = false), turned personalization off or withheld their data from training are left out and counted. Keys are the stored ones (pseudonymous with privacy.pseudonymize). 409 without a trained model.",
+            "operationId": "queryAudience",
+            "requestBody": json_body("AudienceIn"),
+            "responses": with_errors(json!({ "200": ok("The audience, best first", "Audience") }), &[400, 409, 413, 415]) } }));
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.insert("AudienceIn".into(), json!({ "type": "object", "additionalProperties": false,
+            "description": "At least one of items, category and filter; their items are merged.",
+            "properties": {
+                "items": { "type": "array", "maxItems": 500, "items": { "type": "string" } },
+                "category": { "type": "string" },
+                "filter": { "type": "string", "description": "An item rule expression (docs/rules.md)" },
+                "n": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 },
+                "threshold": { "type": "number", "description": "Also count the users scoring at least this (the audience's size)" } } }));
+        schemas.insert("Audience".into(), json!({ "type": "object",
+            "required": ["users", "items_matched", "scored_users", "excluded", "model_version"],
+            "properties": {
+                "users": { "type": "array", "items": { "type": "object", "properties": {
+                    "user": { "type": "string" }, "score": { "type": "number" },
+                    "reasons": { "type": "array", "items": { "$ref": "#/components/schemas/Reason" } } } } },
+                "size": { "type": "object", "properties": { "threshold": { "type": "number" }, "users": { "type": "integer" } } },
+                "items_matched": { "type": "integer" }, "scored_users": { "type": "integer" },
+                "excluded": { "type": "object", "properties": { "marketing": { "type": "integer" }, "personalization": { "type": "integer" }, "training": { "type": "integer" } } },
+                "model_version": { "type": "integer" } } }));
     }
 }
 

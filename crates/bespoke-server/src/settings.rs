@@ -550,6 +550,8 @@ impl ConsentSettings {
         bespoke_store::Consent {
             personalization: self.default_personalization,
             training: self.default_training,
+            // An objection model: audiences may include a user until they object.
+            marketing: true,
         }
     }
 }

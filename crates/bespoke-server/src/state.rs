@@ -80,6 +80,7 @@ impl Serving {
                 deleted_users: FxHashSet::default(),
                 deleted_items: FxHashSet::default(),
                 personalization: Vec::new(),
+                no_marketing: FxHashSet::default(),
                 item_meta: Vec::new(),
                 categories: IdMap::new(),
                 live: LiveIndex::new(Popularity::new(half_life_ms)),
@@ -121,6 +122,8 @@ pub(crate) struct State {
     pub(crate) deleted_users: FxHashSet<u32>,
     pub(crate) deleted_items: FxHashSet<u32>,
     pub(crate) personalization: Vec<bool>,
+    /// Users who objected to marketing: never in an audience.
+    pub(crate) no_marketing: FxHashSet<u32>,
     pub(crate) item_meta: Vec<ItemMeta>,
     pub(crate) categories: IdMap,
     pub(crate) live: LiveIndex,

@@ -526,6 +526,7 @@ pub fn catalog_user_upsert_get_and_consent_merge<S: Store + ?Sized>(store: &S) {
         default_consent: Consent {
             personalization: false,
             training: true,
+            marketing: true,
         },
         ..user("ann", attrs.clone())
     };
@@ -534,6 +535,7 @@ pub fn catalog_user_upsert_get_and_consent_merge<S: Store + ?Sized>(store: &S) {
     assert_eq!(created.record.key, "ann");
     assert_eq!(created.record.attributes, attrs);
     assert!(!created.record.consent.personalization && created.record.consent.training);
+    assert!(created.record.consent.marketing);
     assert_eq!(store.get_user("ann").unwrap(), Some(created.record.clone()));
 
     let updated = store
@@ -541,6 +543,7 @@ pub fn catalog_user_upsert_get_and_consent_merge<S: Store + ?Sized>(store: &S) {
             consent: ConsentUpdate {
                 personalization: Some(true),
                 training: Some(false),
+                marketing: Some(false),
             },
             attributes: Map::new(),
             ..up.clone()
@@ -550,11 +553,20 @@ pub fn catalog_user_upsert_get_and_consent_merge<S: Store + ?Sized>(store: &S) {
     assert_eq!(updated.record.idx, created.record.idx);
     assert!(updated.record.attributes.is_empty());
     assert!(updated.record.consent.personalization && !updated.record.consent.training);
+    assert!(!updated.record.consent.marketing);
     assert_eq!(updated.record.created_at, created.record.created_at);
     assert!(updated.record.updated_at >= created.record.updated_at);
 
     let kept = store.put_user(user("ann", attrs)).unwrap();
     assert!(kept.record.consent.personalization && !kept.record.consent.training);
+    assert!(!kept.record.consent.marketing);
+    // Scans read the flag too.
+    let scanned = store.scan_users(None, 10).unwrap();
+    assert!(
+        scanned
+            .iter()
+            .any(|u| u.key == "ann" && !u.consent.marketing)
+    );
     assert_eq!(store.get_user("ann").unwrap(), Some(kept.record));
     assert_eq!(store.get_user("nobody").unwrap(), None);
 

@@ -15,6 +15,10 @@ pub struct Consent {
     /// The user's events may shape shared models (trained models, popularity, related items).
     #[serde(default = "yes")]
     pub training: bool,
+    /// The user may be chosen for marketing audiences (`POST /v1/audiences/query`); false
+    /// once they object.
+    #[serde(default = "yes")]
+    pub marketing: bool,
 }
 
 fn yes() -> bool {
@@ -26,6 +30,7 @@ impl Consent {
     pub const ALL: Consent = Consent {
         personalization: true,
         training: true,
+        marketing: true,
     };
 }
 
@@ -36,6 +41,8 @@ pub struct ConsentUpdate {
     pub personalization: Option<bool>,
     /// New value of [`Consent::training`].
     pub training: Option<bool>,
+    /// New value of [`Consent::marketing`].
+    pub marketing: Option<bool>,
 }
 
 /// A stored user.

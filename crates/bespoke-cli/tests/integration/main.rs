@@ -717,6 +717,7 @@ fn a_user_export_round_trips_through_import() {
             consent: ConsentUpdate {
                 personalization: Some(true),
                 training: Some(false),
+                marketing: Some(false),
             },
             default_consent: Consent::ALL,
             restore_times: None,

@@ -29,6 +29,7 @@ pub(crate) struct UserIn {
 struct ConsentIn {
     personalization: Option<bool>,
     training: Option<bool>,
+    marketing: Option<bool>,
 }
 
 /// Answer of a deletion.
@@ -56,6 +57,7 @@ pub(crate) async fn put_user(
         consent: ConsentUpdate {
             personalization: body.consent.personalization,
             training: body.consent.training,
+            marketing: body.consent.marketing,
         },
         default_consent: state.engine.settings().consent.defaults(),
         restore_times: None,

@@ -4,6 +4,7 @@
 //! pool (store IO and scoring must not stall the async runtime), and shape the answer.
 
 mod admin;
+mod audiences;
 mod catalog;
 mod decisions;
 mod events;
@@ -111,6 +112,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Needs(Scope::Write),
     ),
     ("GET", "/v1/reports/fairness", Access::Needs(Scope::Admin)),
+    ("POST", "/v1/audiences/query", Access::Needs(Scope::Admin)),
     ("GET", "/v1/items/{key}", Access::Needs(Scope::Read)),
     ("PUT", "/v1/items/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/items/{key}", Access::Needs(Scope::Write)),
@@ -326,6 +328,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{key}/rank", post(serving::rank))
         .route("/v1/users/{key}/explain", get(serving::why_not))
         .route("/v1/reports/fairness", get(reports::fairness))
+        .route("/v1/audiences/query", post(audiences::query))
         .route(
             "/v1/items/{key}",
             put(catalog::put_item)

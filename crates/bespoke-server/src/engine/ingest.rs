@@ -106,12 +106,18 @@ impl Engine {
                         .copied()
                         .unwrap_or(true),
                     training: !s.live.is_private(idx),
+                    marketing: !s.no_marketing.contains(&idx.0),
                 }
             };
             let after = u.record.consent;
             s.users.insert(&u.record.key, idx.0);
             s.set_personalization(idx, after.personalization);
             s.live.set_private(idx, !after.training);
+            if after.marketing {
+                s.no_marketing.remove(&idx.0);
+            } else {
+                s.no_marketing.insert(idx.0);
+            }
             if before.training && !after.training {
                 if let Some(m) = &model {
                     m.als.forget(idx.0);

@@ -130,9 +130,13 @@ impl Engine {
         // Reading the files happens outside the state lock; only the key mapping needs it.
         let store = self.store.clone();
         let s = self.serving.state.read();
-        ServingModel::load(&*store, version, self.settings.serving.user_cache, |key| {
-            s.items.get(key)
-        })
+        ServingModel::load(
+            &*store,
+            version,
+            self.settings.serving.user_cache,
+            |key| s.items.get(key),
+            |key| s.users.get(key),
+        )
     }
 
     /// The model being served.

@@ -40,6 +40,7 @@ pub use crate::time::now_ms;
 pub use crate::weights::Weights;
 
 mod access;
+mod audience;
 mod erasure;
 mod fairness;
 mod ingest;
@@ -49,6 +50,9 @@ mod rules;
 mod serve;
 
 pub use access::Access;
+pub use audience::{
+    Audience, AudienceError, AudienceQuery, AudienceUser, Excluded, MAX_AUDIENCE_ITEMS, Size,
+};
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
 pub use fairness::{LiveReport, ReportError, ReportOptions};
 pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
@@ -136,6 +140,9 @@ impl Engine {
             for u in &users {
                 state.users.insert(&u.key, u.idx.0);
                 state.set_personalization(u.idx, u.consent.personalization);
+                if !u.consent.marketing {
+                    state.no_marketing.insert(u.idx.0);
+                }
                 if !u.consent.training {
                     state.live.set_private(u.idx, true);
                 }
@@ -362,6 +369,7 @@ mod tests {
             consent: bespoke_store::ConsentUpdate {
                 personalization: Some(false),
                 training: None,
+                marketing: None,
             },
             default_consent: bespoke_store::Consent::ALL,
             restore_times: None,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bespoke_store::Store;
 
-use super::artifact::{self, ITEMS_FILE};
+use super::artifact::{self, ITEMS_FILE, USERS_FILE};
 use super::content::{CONTENT_FILE, ContentModel, ContentServing, item_bag};
 use super::meta::{MetaError, ModelMeta};
 use super::meta::{Recencies, Serve};
@@ -72,6 +72,8 @@ pub struct ServingModel {
     item_keys: Vec<String>,
     store_to_model: Vec<u32>,
     model_to_store: Vec<u32>,
+    /// Per model user row: the store user id (`NONE` for users no longer stored).
+    user_to_store: Vec<u32>,
 }
 
 impl ServingModel {
@@ -82,6 +84,7 @@ impl ServingModel {
         version: u64,
         cache_capacity: usize,
         mut item_id: impl FnMut(&str) -> Option<u32>,
+        mut user_id: impl FnMut(&str) -> Option<u32>,
     ) -> Result<Self, LoadError> {
         let meta = store
             .list_models()?
@@ -93,6 +96,11 @@ impl ServingModel {
             ModelMeta::from_value(meta).map_err(|source| LoadError::Meta { version, source })?;
         let item_keys =
             artifact::decode_keys(&store.read_model_file(version, ITEMS_FILE)?, ITEMS_FILE)?;
+        let user_to_store: Vec<u32> =
+            artifact::decode_keys(&store.read_model_file(version, USERS_FILE)?, USERS_FILE)?
+                .iter()
+                .map(|k| user_id(k).unwrap_or(NONE))
+                .collect();
         let inconsistent = |message: String| LoadError::Inconsistent { version, message };
         let mut models: BTreeMap<ModelKind, Arc<dyn Scorer>> = BTreeMap::new();
         for family in REGISTRY {
@@ -153,6 +161,7 @@ impl ServingModel {
             item_keys,
             store_to_model: Vec::new(),
             model_to_store: Vec::new(),
+            user_to_store,
         };
         model.remap(&mut item_id);
         model.place_cold_items(store)?;
@@ -207,6 +216,11 @@ impl ServingModel {
                 self.store_to_model[s as usize] = m as u32;
             }
         }
+    }
+
+    /// Per model user row, the store user id (`None` when the user is gone).
+    pub fn user_store_ids(&self) -> impl Iterator<Item = Option<u32>> + '_ {
+        self.user_to_store.iter().map(|&s| (s != NONE).then_some(s))
     }
 
     /// The model row of a store item, if the model knows it.

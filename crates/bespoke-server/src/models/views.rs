@@ -26,6 +26,9 @@ pub struct AlsServing {
     normalized: ItemScorer,
     cache: Mutex<UserCache>,
     cache_capacity: usize,
+    /// The trained user factors, by model user row: what audiences score (every user at
+    /// once, which solving each history would make far too slow).
+    users: Factors,
 }
 
 thread_local! {
@@ -50,6 +53,7 @@ impl AlsServing {
                 Factors::from_vec(items.rows(), d, unit).expect("same shape"),
             ),
             cache: Mutex::new(UserCache::default()),
+            users: model.user_factors().clone(),
             cache_capacity,
         }
     }
@@ -96,6 +100,11 @@ impl AlsServing {
             return None;
         }
         self.solver.solve_with(history, extra)
+    }
+
+    /// The trained user factors, one row per model user.
+    pub fn user_factors(&self) -> &Factors {
+        &self.users
     }
 
     /// Drops a user's cached vector (erasure).

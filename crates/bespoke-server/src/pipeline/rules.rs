@@ -476,7 +476,7 @@ pub(crate) fn limits(settings: &crate::settings::Settings) -> Limits {
 impl Serving {
     /// Compiles and binds `src` for this request; a saved rule's expression that depends on
     /// the item alone comes already evaluated for every item.
-    fn bind(&self, s: &State, src: &str, req: &RankRequest) -> Result<Pred, ExprError> {
+    pub(crate) fn bind(&self, s: &State, src: &str, req: &RankRequest) -> Result<Pred, ExprError> {
         if let Some(p) = s.columns.precomputed(src) {
             return Ok(p);
         }

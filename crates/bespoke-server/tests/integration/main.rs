@@ -3,6 +3,7 @@
 
 mod abuse_limits;
 mod at_rest;
+mod audiences;
 mod auth;
 mod bad_input;
 mod common;

@@ -92,9 +92,13 @@ fn open_store() -> (tempfile::TempDir, SqliteStore) {
 }
 
 fn load(store: &SqliteStore, version: u64, s: &Snapshot) -> ServingModel {
-    ServingModel::load(store, version, 0, |key| {
-        s.item_keys.iter().position(|k| k == key).map(|i| i as u32)
-    })
+    ServingModel::load(
+        store,
+        version,
+        0,
+        |key| s.item_keys.iter().position(|k| k == key).map(|i| i as u32),
+        |key| s.user_keys.iter().position(|k| k == key).map(|u| u as u32),
+    )
     .unwrap()
 }
 

@@ -5,7 +5,8 @@ use super::*;
 
 pub(super) fn read_user(conn: &Connection, key: &str) -> Result<Option<User>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, key, attributes, consent_personalization, created_at, updated_at, consent_training
+        "SELECT id, key, attributes, consent_personalization, created_at, updated_at, consent_training,
+                consent_marketing
          FROM users WHERE key = ?1",
     )?;
     let row = stmt
@@ -18,16 +19,17 @@ pub(super) fn read_user(conn: &Connection, key: &str) -> Result<Option<User>> {
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, bool>(6)?,
+                r.get::<_, bool>(7)?,
             ))
         })
         .optional()?;
     row.map(user_from_row).transpose()
 }
 
-pub(super) type UserRow = (i64, String, String, bool, i64, i64, bool);
+pub(super) type UserRow = (i64, String, String, bool, i64, i64, bool, bool);
 
 pub(super) fn user_from_row(
-    (id, key, attrs, consent, created, updated, training): UserRow,
+    (id, key, attrs, consent, created, updated, training, marketing): UserRow,
 ) -> Result<User> {
     Ok(User {
         idx: UserIdx(to_u32(id, "users")?),
@@ -36,6 +38,7 @@ pub(super) fn user_from_row(
         consent: Consent {
             personalization: consent,
             training,
+            marketing,
         },
         created_at: created,
         updated_at: updated,
@@ -127,7 +130,8 @@ impl crate::CatalogStore for SqliteStore {
     fn scan_users(&self, after: Option<UserIdx>, limit: usize) -> Result<Vec<User>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, key, attributes, consent_personalization, created_at, updated_at, consent_training
+                "SELECT id, key, attributes, consent_personalization, created_at, updated_at, consent_training,
+                        consent_marketing
                  FROM users WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let after = after.map_or(-1, |u| u.0 as i64);
@@ -141,6 +145,7 @@ impl crate::CatalogStore for SqliteStore {
                         r.get(4)?,
                         r.get(5)?,
                         r.get(6)?,
+                        r.get(7)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<UserRow>>>()?;

@@ -116,6 +116,8 @@ CREATE TABLE secrets (
 "#,
     decisions::MIGRATION,
     rules::MIGRATION,
+    // Marketing consent (audiences): allowed until the user objects.
+    "ALTER TABLE users ADD COLUMN consent_marketing INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// Settings of the SQLite backend.

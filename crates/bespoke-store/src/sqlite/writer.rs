@@ -407,6 +407,7 @@ impl Writer {
         let consent = Consent {
             personalization: u.consent.personalization.unwrap_or(base.personalization),
             training: u.consent.training.unwrap_or(base.training),
+            marketing: u.consent.marketing.unwrap_or(base.marketing),
         };
         let attrs = json_text(&u.attributes);
         match &existing {
@@ -414,17 +415,32 @@ impl Writer {
                 self.conn
                     .prepare_cached(
                         "UPDATE users SET attributes = ?2, consent_personalization = ?3, updated_at = ?4,
-                         consent_training = ?5 WHERE id = ?1",
+                         consent_training = ?5, consent_marketing = ?6 WHERE id = ?1",
                     )?
-                    .execute(params![e.idx.0, attrs, consent.personalization, now, consent.training])?;
+                    .execute(params![
+                        e.idx.0,
+                        attrs,
+                        consent.personalization,
+                        now,
+                        consent.training,
+                        consent.marketing
+                    ])?;
             }
             None => {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO users (key, attributes, consent_personalization, created_at, updated_at,
-                         consent_training) VALUES (?1, ?2, ?3, ?4, ?6, ?5)",
+                         consent_training, consent_marketing) VALUES (?1, ?2, ?3, ?4, ?6, ?5, ?7)",
                     )?
-                    .execute(params![u.key, attrs, consent.personalization, created_at, consent.training, now])?;
+                    .execute(params![
+                        u.key,
+                        attrs,
+                        consent.personalization,
+                        created_at,
+                        consent.training,
+                        now,
+                        consent.marketing
+                    ])?;
             }
         }
         let record = read_user(&self.conn, &u.key)?

@@ -1,0 +1,102 @@
+//! `POST /v1/audiences/query`: the users most drawn to items, a category or an item
+//! expression, with consent respected (see `engine::audience`).
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+
+use super::AppState;
+use super::extract::JsonBody;
+use crate::engine::{Audience, AudienceError, AudienceQuery, MAX_AUDIENCE_ITEMS};
+use crate::error::ApiError;
+use crate::validate::validate_key;
+
+/// Most users one query returns.
+const MAX_AUDIENCE_USERS: i64 = 10_000;
+
+/// Body of `POST /v1/audiences/query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AudienceIn {
+    #[serde(default)]
+    items: Vec<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    n: Option<i64>,
+    #[serde(default)]
+    threshold: Option<f64>,
+}
+
+impl From<AudienceError> for ApiError {
+    fn from(e: AudienceError) -> Self {
+        match e {
+            AudienceError::NoModel => {
+                ApiError::new(axum::http::StatusCode::CONFLICT, "no_model", e.to_string())
+            }
+            AudienceError::NoItems(m) => ApiError::invalid("items", m),
+            AudienceError::Invalid { field, message } => ApiError::invalid(field, message),
+        }
+    }
+}
+
+pub(crate) async fn query(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<AudienceIn>,
+) -> Result<Json<Audience>, ApiError> {
+    let max_key = state.engine.settings().limits.max_key_bytes;
+    if body.items.is_empty() && body.category.is_none() && body.filter.is_none() {
+        return Err(ApiError::invalid(
+            "items",
+            "give items, a category or a filter expression",
+        ));
+    }
+    if body.items.len() > MAX_AUDIENCE_ITEMS {
+        return Err(ApiError::invalid(
+            "items",
+            format!(
+                "at most {MAX_AUDIENCE_ITEMS} items, got {}",
+                body.items.len()
+            ),
+        ));
+    }
+    for (i, item) in body.items.iter().enumerate() {
+        validate_key(&format!("items[{i}]"), item, max_key)?;
+    }
+    if let Some(c) = &body.category {
+        validate_key("category", c, max_key)?;
+    }
+    let n = match body.n {
+        None => 100,
+        Some(n) if (1..=MAX_AUDIENCE_USERS).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n must be from 1 to {MAX_AUDIENCE_USERS}, got {n}"),
+            ));
+        }
+    };
+    let threshold = match body.threshold {
+        None => None,
+        Some(t) if t.is_finite() => Some(t as f32),
+        Some(t) => {
+            return Err(ApiError::invalid(
+                "threshold",
+                format!("threshold must be a finite number, got {t}"),
+            ));
+        }
+    };
+    let q = AudienceQuery {
+        items: body.items,
+        category: body.category,
+        filter: body.filter,
+        n,
+        threshold,
+    };
+    let engine = state.engine.clone();
+    // A pass over every user vector: off the runtime's workers.
+    let audience = super::blocking(move || Ok(engine.audience(&q)?)).await?;
+    Ok(Json(audience))
+}
