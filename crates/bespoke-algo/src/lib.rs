@@ -31,6 +31,7 @@ mod csr;
 pub mod debias;
 mod ease;
 pub mod eval;
+pub mod experiment;
 mod factors;
 pub mod fairness;
 mod id_map;

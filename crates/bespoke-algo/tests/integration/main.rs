@@ -2,3 +2,4 @@
 //! into topic modules, for link time.
 
 mod debias;
+mod experiments;
