@@ -526,6 +526,30 @@ pub(crate) fn run(
             ..Default::default()
         },
     );
+    // An audience (docs/audiences.md): the users most drawn to the sample's first item.
+    if let Some(first) = sample.items.first() {
+        let q = bespoke_server::engine::AudienceQuery {
+            items: vec![first.item.clone()],
+            n: 3,
+            ..Default::default()
+        };
+        match engine.audience(&q) {
+            Ok(a) => {
+                eprintln!(
+                    "
+the audience for {} ({} users scored, {} objected to marketing):",
+                    first.item, a.scored_users, a.excluded.marketing
+                );
+                for u in &a.users {
+                    eprintln!("  {:<10} {:>8.3}", u.user, u.score);
+                }
+            }
+            Err(e) => eprintln!(
+                "
+(no audience: {e})"
+            ),
+        }
+    }
     if args.no_serve {
         return Ok(());
     }
@@ -555,6 +579,10 @@ pub(crate) fn run(
         println!("  curl -s {auth} '{base}/v1/users/{sample_user}/recommendations?n=5'");
         println!("  curl -s {auth} '{base}/v1/items/{item}/similar?n=5'");
         println!("  curl -s {auth} '{base}/v1/popular?n=5&category={cat}&window=7d'");
+        println!(
+            "  curl -s {auth} -H 'Content-Type: application/json' '{base}/v1/audiences/query' -d '{{\"items\": [\"{item}\"], \"n\": 5}}'"
+        );
+        println!("  curl -s {auth} '{base}/v1/reports/fairness?k=10'");
         println!(
             "  curl -s -G {auth} '{base}/v1/users/{sample_user}/recommendations' --data-urlencode 'filter=price < 30' --data-urlencode 'promote=[{{\"slot\": 2, \"if\": \"new_arrival = true\"}}]'"
         );

@@ -435,6 +435,9 @@ fn demo_loads_a_deterministic_shop() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("filtered with price < 30"), "{stderr}");
     assert!(stderr.contains("promoted to position 2"), "{stderr}");
+    // And an audience, without the users who objected to marketing.
+    assert!(stderr.contains("the audience for sku-"), "{stderr}");
+    assert!(stderr.contains("objected to marketing"), "{stderr}");
     let stats = json(&bespoke(dir.path(), &["stats", "--json"]));
     assert_eq!(
         (
