@@ -44,6 +44,7 @@ mod recency;
 pub mod rerank;
 mod rng;
 pub mod score;
+pub mod segment;
 pub mod simd;
 mod topk;
 pub mod tune;
