@@ -6,6 +6,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod audience;
 mod bench;
 mod chart;
 mod cold;
@@ -90,6 +91,9 @@ enum Command {
     /// (--budget configurations: spread over the space, then near the best so far; successive
     /// halving; blends of the best types), then report the choice on the test data.
     Tune(eval::EvalArgs),
+    /// Audiences: `bespoke audience export` writes the users most drawn to items, a category
+    /// or an item expression (CSV or JSONL), without those who objected to marketing.
+    Audience(audience::AudienceArgs),
     /// Fairness and bias report (coverage, Gini, long tail, popularity lift, miscalibration,
     /// accuracy by user group, exposure by item group) on an evaluation split, or with --live
     /// on the served model; re-rankers and their trade-off sweep (docs/fairness.md).
@@ -217,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&settings, &args),
         Command::Ope(args) => ope::run(&settings, &args),
         Command::Fairness(args) => fairness::run(&settings, &args),
+        Command::Audience(args) => audience::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
         Command::Check { json } => {
             let store = bespoke_server::open_store(&settings)?;

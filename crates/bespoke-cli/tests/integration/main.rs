@@ -1054,3 +1054,72 @@ fn eval_reports_ips_metrics_and_trains_propensity_weighted() {
         "the weighting changed nothing"
     );
 }
+
+/// `bespoke audience export`: CSV and JSONL from the served model, consent respected.
+#[test]
+fn audience_export_writes_csv_and_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&bespoke(
+        dir.path(),
+        &[
+            "demo",
+            "--no-serve",
+            "--users",
+            "200",
+            "--items",
+            "300",
+            "--events",
+            "5000",
+            "--anchor",
+            "2026-01-01T00:00:00Z",
+        ],
+    ));
+    let popular = json(&bespoke(dir.path(), &["stats", "--json"]));
+    assert_eq!(popular["users"], 200);
+    let csv = ok(&bespoke(
+        dir.path(),
+        &["audience", "export", "--category", "Kitchen", "--n", "5"],
+    ));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "user,score");
+    assert_eq!(lines.len(), 6, "{csv}");
+    let scores: Vec<f64> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{csv}");
+    // Demo users whose number is 7 mod 20 objected to marketing: never exported.
+    let objectors = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.split(['"', ',']).find(|f| f.starts_with("user-")))
+            .filter(|k| k[5..].parse::<u32>().is_ok_and(|u| u % 20 == 7))
+            .count()
+    };
+    let all = ok(&bespoke(
+        dir.path(),
+        &["audience", "export", "--category", "Kitchen", "--n", "200"],
+    ));
+    assert_eq!(objectors(&all), 0, "{all}");
+    assert!(all.lines().count() > 150, "{all}");
+    let jsonl = ok(&bespoke(
+        dir.path(),
+        &[
+            "audience",
+            "export",
+            "--category",
+            "Kitchen",
+            "--n",
+            "3",
+            "--format",
+            "jsonl",
+        ],
+    ));
+    for line in jsonl.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["user"].is_string() && v["score"].is_number(), "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("affinity"), "{v}");
+    }
+    let out = bespoke(dir.path(), &["audience", "export"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--items"));
+}

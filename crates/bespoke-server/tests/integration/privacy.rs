@@ -249,7 +249,7 @@ async fn training_objection_keeps_events_out_of_everything_shared() {
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(
         user["consent"],
-        json!({ "personalization": true, "training": false })
+        json!({ "personalization": true, "training": false, "marketing": true })
     );
     // Heavy activity on an item nobody else touches, plus co-occurrence with i00.
     let mut evs = vec![json!({ "user": "objector", "item": "i00", "type": "purchase" })];
@@ -321,7 +321,7 @@ async fn export_returns_everything_held_about_a_user() {
     assert_eq!(export["user"]["attributes"], json!({ "city": "Lyon" }));
     assert_eq!(
         export["user"]["consent"],
-        json!({ "personalization": true, "training": true })
+        json!({ "personalization": true, "training": true, "marketing": true })
     );
     let events = export["events"].as_array().unwrap();
     assert_eq!(events.len(), 63);

@@ -241,12 +241,21 @@ mod tests {
             s.path().to_owned()
         };
         let raw = Connection::open(&path).unwrap();
-        raw.execute_batch("DROP TABLE rules; DROP TABLE item_blocks; PRAGMA user_version = 3;")
-            .unwrap();
+        // Back to version 3: before the rule tables and the marketing consent column.
+        raw.execute_batch(
+            "DROP TABLE rules; DROP TABLE item_blocks;
+             ALTER TABLE users DROP COLUMN consent_marketing; PRAGMA user_version = 3;",
+        )
+        .unwrap();
         drop(raw);
         let s = open(dir.path());
-        assert_eq!(s.stats().unwrap().schema_version, 4);
-        assert!(s.get_user("ann").unwrap().is_some());
+        assert_eq!(s.stats().unwrap().schema_version, 5);
+        // Users from before the column allow marketing until they object.
+        assert!(
+            s.get_user("ann")
+                .unwrap()
+                .is_some_and(|u| u.consent.marketing)
+        );
         assert!(s.rules().unwrap().is_empty());
         s.put_rule("pin", &json!({}), 1).unwrap();
         assert_eq!(s.rules().unwrap().len(), 1);
