@@ -198,24 +198,33 @@ impl Engine {
             }
             top.push(row as u32, score);
         }
+        // Keys and item names under the lock; the reasons' dot products after it, so that a
+        // large audience never holds up ingestion (and every request waiting behind it).
         let rows_by_user: Vec<Option<u32>> = model.user_store_ids().collect();
-        // Reasons: the query item each returned user is most drawn to (among the first
-        // MAX_AUDIENCE_ITEMS of a large category).
-        let users = top
+        let chosen: Vec<(u32, f32, String)> = top
             .drain_sorted()
             .into_iter()
             .filter_map(|t| {
                 let store = rows_by_user[t.idx as usize]?;
-                let key = s.users.key(store)?.to_owned();
-                let x = factors.row(t.idx as usize);
-                let best = rows
+                Some((t.idx, t.score, s.users.key(store)?.to_owned()))
+            })
+            .collect();
+        let named: Vec<(String, u32)> = rows
+            .iter()
+            .take(MAX_AUDIENCE_ITEMS)
+            .map(|&(item, r)| (s.item_key(ItemIdx(item)), r))
+            .collect();
+        drop(s);
+        let users = chosen
+            .into_iter()
+            .map(|(row, score, key)| {
+                let x = factors.row(row as usize);
+                let best = named
                     .iter()
-                    .take(MAX_AUDIENCE_ITEMS)
-                    .map(|&(item, r)| (item, bespoke_algo::simd::dot(x, als.item_vector(r))))
+                    .map(|(name, r)| (name, bespoke_algo::simd::dot(x, als.item_vector(*r))))
                     .max_by(|a, b| a.1.total_cmp(&b.1));
                 let reasons = best
-                    .map(|(item, w)| {
-                        let name = s.item_key(ItemIdx(item));
+                    .map(|(name, w)| {
                         vec![Reason::Als(History {
                             message: if rows.len() == 1 {
                                 format!("predicted affinity {w:.3} for {name}")
@@ -225,16 +234,16 @@ impl Engine {
                                     rows.len()
                                 )
                             },
-                            item: Some(name),
+                            item: Some(name.clone()),
                             weight: Some(w),
                         })]
                     })
                     .unwrap_or_default();
-                Some(AudienceUser {
+                AudienceUser {
                     user: key,
-                    score: t.score,
+                    score,
                     reasons,
-                })
+                }
             })
             .collect();
         Ok(Audience {

@@ -48,9 +48,12 @@ pub struct Snapshot {
     pub catalog: Vec<(String, Bag)>,
     /// Attributes of each user of `user_keys`, in index order (empty when none).
     pub user_content: Vec<Bag>,
-    /// Impressions (`POST /v1/impressions`) of each item of `item_keys`, by users who train:
-    /// its exposure, for debiased evaluation. All zero when the application sends none.
+    /// For each item of `item_keys`, how many distinct users who train were shown it
+    /// (`POST /v1/impressions`): its exposure, for debiased evaluation. All zero when the
+    /// application sends none.
     pub impressions: Vec<f64>,
+    /// Users who train, with or without pairs: who could have been shown an item.
+    pub users_all: usize,
 }
 
 /// A stable 64-bit hash of a key (FNV-1a), mixed with the seed: the start of that row's factors.
@@ -109,7 +112,8 @@ impl Snapshot {
         let user_dense = dense(&mut users);
         let item_dense = dense(&mut items);
         let mut raw: Vec<(u32, u32, f32, i64)> = Vec::new();
-        let mut shown = vec![0f64; items.len()];
+        // (item, user) of every impression, counted once per user below.
+        let mut shown_to: Vec<(u32, u32)> = Vec::new();
         let (mut seq, mut events) = (0u64, 0u64);
         loop {
             let chunk = store.scan_interactions(seq, CHUNK)?;
@@ -121,7 +125,7 @@ impl Snapshot {
                     continue;
                 };
                 if e.kind == crate::settings::IMPRESSION {
-                    shown[i as usize] += 1.0;
+                    shown_to.push((i, u));
                     continue;
                 }
                 let Some(w) = weights.weight(&e.kind, e.value).filter(|w| w.is_finite()) else {
@@ -159,6 +163,13 @@ impl Snapshot {
         // Only users and items with data take part: a row without data would still move every
         // other row through the Gram matrix, so the model would depend on catalog entries and
         // profiles that carry no behaviour (an erased user's leftovers, say).
+        shown_to.par_sort_unstable();
+        shown_to.dedup();
+        let mut shown = vec![0f64; items.len()];
+        for (i, _) in shown_to {
+            shown[i as usize] += 1.0;
+        }
+        let users_all = users.len();
         // Impressions by key, for the items that stay.
         let shown: rustc_hash::FxHashMap<String, f64> = items
             .iter()
@@ -185,6 +196,7 @@ impl Snapshot {
             catalog,
             user_content,
             impressions,
+            users_all,
         })
     }
 

@@ -367,8 +367,8 @@ fn eval_propensities(
     let mut p = debias::propensities_from_popularity(&counts, debias::DEFAULT_ETA);
     let shown = snapshot.impressions.iter().any(|&n| n > 0.0);
     if shown {
-        let users = snapshot.user_keys.len();
-        let exposure = debias::propensities_from_exposure(&snapshot.impressions, users);
+        let exposure =
+            debias::propensities_from_exposure(&snapshot.impressions, snapshot.users_all);
         for (i, q) in p.iter_mut().enumerate() {
             if snapshot.impressions.get(i).is_some_and(|&n| n > 0.0) {
                 *q = exposure[i];

@@ -56,30 +56,31 @@ pub(crate) fn for_request(
 }
 
 impl Serving {
-    /// The long tail as of now: recomputed when the events counted moved by more than 1% or
-    /// new items arrived.
+    /// The long tail as of now: recomputed when the events counted moved by more than 1%
+    /// (items added since are tail), outside the lock, so that requests never queue behind it.
     pub(crate) fn tail_cut(&self, s: &State) -> Arc<TailCut> {
         let events = s.live.events();
-        let mut cached = self.tail.lock();
-        if let Some(c) = cached.as_ref()
-            && c.tail.len() == s.items.id_bound()
+        if let Some(c) = self.tail.lock().as_ref()
             && events.abs_diff(c.events) * 100 <= c.events.max(1)
         {
             return c.clone();
         }
         let cut = Arc::new(compute_tail(s, bespoke_algo::fairness::HEAD_SHARE));
-        *cached = Some(cut.clone());
+        *self.tail.lock() = Some(cut.clone());
         cut
     }
 
-    /// The FA*IR table for `(n, p, α)`, cached (a few distinct ones exist per application).
+    /// The FA*IR table for `(n, p, α)`, p and α to three decimals (so that requests cannot
+    /// defeat the cache with endless variants), cached and built outside the lock.
     pub(crate) fn fair_table(&self, n: usize, p: f64, alpha: f64) -> Option<Arc<Fair>> {
+        let round = |v: f64| ((v * 1000.0).round() / 1000.0).clamp(0.001, 0.999);
+        let (p, alpha) = (round(p), round(alpha));
         let key = (n, p.to_bits(), alpha.to_bits());
-        let mut tables = self.fair_tables.lock();
-        if let Some(t) = tables.get(&key) {
+        if let Some(t) = self.fair_tables.lock().get(&key) {
             return Some(t.clone());
         }
         let table = Arc::new(Fair::new(n, p, alpha).ok()?);
+        let mut tables = self.fair_tables.lock();
         if tables.len() >= 256 {
             tables.clear();
         }
@@ -252,16 +253,14 @@ impl Reranker for PopularityDebias {
                 // A ratio of scores, not a rescaling to [0, 1]: the least relevant candidate
                 // must keep a relevance to divide.
                 let top = items.iter().map(|r| r.score).fold(0.0f32, f32::max);
-                let rel: Vec<f64> = items
-                    .iter()
-                    .map(|r| {
-                        if top > 0.0 {
-                            f64::from(r.score.max(0.0) / top)
-                        } else {
-                            1.0
-                        }
-                    })
-                    .collect();
+                let low = items.iter().map(|r| r.score).fold(f32::INFINITY, f32::min);
+                let rel: Vec<f64> = if top > 0.0 && low >= 0.0 {
+                    items.iter().map(|r| f64::from(r.score / top)).collect()
+                } else {
+                    // Scores of any sign (BPR, EASE, additive boosts): rescaled, kept above
+                    // 0 so that the least relevant still has a relevance to divide.
+                    rel.iter().map(|r| r + 0.01).collect()
+                };
                 let pop = s.live.popularity();
                 let counts: Vec<f64> = ids
                     .iter()

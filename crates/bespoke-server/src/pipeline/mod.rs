@@ -209,13 +209,17 @@ impl Serving {
                     .iter()
                     .filter_map(|(k, w)| Some((s.items.get(k)?, *w)))
                     .collect(),
-                _ => user.map_or_else(Vec::new, |u| {
-                    s.live
-                        .history(u)
-                        .iter()
-                        .map(|x| (x.item.0, x.weight))
-                        .collect()
-                }),
+                // Only with consent to personalization: calibration and popularity debiasing
+                // tailor the list to the history.
+                _ => user
+                    .filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true))
+                    .map_or_else(Vec::new, |u| {
+                        s.live
+                            .history(u)
+                            .iter()
+                            .map(|x| (x.item.0, x.weight))
+                            .collect()
+                    }),
             }
         };
         let cx = rerank::Context {
@@ -224,8 +228,24 @@ impl Serving {
             plan: &plan,
             profile,
         };
-        for r in &rerankers {
-            r.rerank(&cx, &mut out.items, req.n);
+        // Each stage chooses n; every stage but the last hands the next the whole pool, its
+        // n first and the rest in their order, so that a later stage (the protected share)
+        // can still lift what an earlier one left below the cut.
+        let last = rerankers.len().saturating_sub(1);
+        for (k, r) in rerankers.iter().enumerate() {
+            if k == last {
+                r.rerank(&cx, &mut out.items, req.n);
+            } else {
+                let before = out.items.clone();
+                r.rerank(&cx, &mut out.items, req.n);
+                let kept: rustc_hash::FxHashSet<&str> =
+                    out.items.iter().map(|r| r.item.as_str()).collect();
+                let rest: Vec<Recommendation> = before
+                    .into_iter()
+                    .filter(|r| !kept.contains(r.item.as_str()))
+                    .collect();
+                out.items.extend(rest);
+            }
         }
         out.items.truncate(req.n);
         for p in plan.promotions.iter().filter(|p| p.slot <= req.n) {

@@ -159,13 +159,15 @@ impl Serving {
             s: &s,
             m,
             plan: &plan,
-            profile: user.map_or_else(Vec::new, |u| {
-                s.live
-                    .history(u)
-                    .iter()
-                    .map(|x| (x.item.0, x.weight))
-                    .collect()
-            }),
+            profile: user
+                .filter(|u| s.personalization.get(u.0 as usize).copied().unwrap_or(true))
+                .map_or_else(Vec::new, |u| {
+                    s.live
+                        .history(u)
+                        .iter()
+                        .map(|x| (x.item.0, x.weight))
+                        .collect()
+                }),
         };
         let n = known.len();
         let mut rerankers = rerank::for_request(req, &plan);

@@ -242,13 +242,16 @@ impl Serving {
                     .push(stage("ranking", "demoted", out.verdict.clone()));
             }
             Some(r) => {
-                // In the top n before re-rankers: find the one that moved it out.
+                // In the top n before re-rankers: find the one that moved it out, stage by
+                // stage, without the request's promotions (a saved rule's promotions stay: they
+                // cannot be turned off alone); if every stage keeps it, promotions took its place.
                 let steps: [(&'static str, RankRequest); 3] = [
                     (
                         "hide_similar",
                         RankRequest {
                             diversity: 0.0,
                             fairness: off(),
+                            promote: Vec::new(),
                             ..req.clone()
                         },
                     ),
@@ -256,10 +259,17 @@ impl Serving {
                         "diversity",
                         RankRequest {
                             fairness: off(),
+                            promote: Vec::new(),
                             ..req.clone()
                         },
                     ),
-                    ("fairness", req.clone()),
+                    (
+                        "fairness",
+                        RankRequest {
+                            promote: Vec::new(),
+                            ..req.clone()
+                        },
+                    ),
                 ];
                 let mut culprit = "promotions";
                 for (name, step) in steps {

@@ -436,3 +436,31 @@ async fn training_evaluation_reports_ips_metrics_from_impressions_where_shown() 
         "{newest}"
     );
 }
+
+#[tokio::test]
+async fn re_rankers_chain_over_the_whole_pool_and_respect_consent() {
+    let srv = shop().await;
+    // Calibration pulls the gardener's list to Garden; a protected share of Kitchen makers
+    // after it still finds Kitchen items below the cut it made.
+    let (s, body) = srv
+        .get("/v1/popular?n=2&user=gardener&calibration=0.9&protected=maker%20%3D%20%22big%22&protected_share=0.99")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let table = Fair::new(2, 0.99, 0.1).unwrap();
+    let list = keys(&body);
+    let kitchen = list.iter().filter(|k| k.starts_with('k')).count();
+    assert!(kitchen >= table.mtable()[1], "{body}");
+    // Without consent to personalization the history shapes nothing.
+    let (status, body) = srv
+        .put(
+            "/v1/users/gardener",
+            json!({ "consent": { "personalization": false } }),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (_, plain) = srv.get("/v1/popular?n=4&user=gardener").await;
+    let (_, calibrated) = srv
+        .get("/v1/popular?n=4&user=gardener&calibration=0.9")
+        .await;
+    assert_eq!(keys(&calibrated), keys(&plain), "{calibrated}");
+}

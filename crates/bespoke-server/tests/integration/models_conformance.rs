@@ -63,6 +63,7 @@ fn snapshot() -> Snapshot {
         catalog: Vec::new(),
         user_content: Vec::new(),
         impressions: vec![0.0; ITEMS as usize],
+        users_all: USERS as usize,
     }
 }
 
