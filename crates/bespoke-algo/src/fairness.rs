@@ -78,6 +78,50 @@ pub struct Grouping<'a> {
     pub of: &'a [Option<u32>],
 }
 
+/// A [`Grouping`] that owns its names and ids: what callers build from attribute values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Groups {
+    /// The attribute's name.
+    pub attribute: String,
+    /// Group names, sorted.
+    pub names: Vec<String>,
+    /// Per user or item: its group, if any.
+    pub of: Vec<Option<u32>>,
+}
+
+impl Groups {
+    /// Groups by value (names sorted, so ids do not depend on input order); `None` values
+    /// belong to no group.
+    pub fn from_values(attribute: &str, values: impl IntoIterator<Item = Option<String>>) -> Self {
+        let values: Vec<Option<String>> = values.into_iter().collect();
+        let mut names: Vec<String> = values.iter().flatten().cloned().collect();
+        names.sort();
+        names.dedup();
+        let of = values
+            .iter()
+            .map(|v| {
+                v.as_ref()
+                    .and_then(|v| names.binary_search(v).ok())
+                    .map(|g| g as u32)
+            })
+            .collect();
+        Self {
+            attribute: attribute.to_owned(),
+            names,
+            of,
+        }
+    }
+
+    /// The borrowed view [`ReportInput`] takes.
+    pub fn grouping(&self) -> Grouping<'_> {
+        Grouping {
+            attribute: self.attribute.clone(),
+            names: self.names.clone(),
+            of: &self.of,
+        }
+    }
+}
+
 /// Everything [`report`] measures.
 #[derive(Debug, Clone)]
 pub struct ReportInput<'a> {
@@ -360,18 +404,23 @@ pub fn category_distribution(
     item_categories: &[Vec<u32>],
     n_categories: usize,
 ) -> Option<Vec<f64>> {
+    distribution_of(
+        items.map(|(i, w)| (categories_of(item_categories, i), w)),
+        n_categories,
+    )
+}
+
+/// [`category_distribution`] of items given by their categories rather than by id, for
+/// callers that hold categories elsewhere (serving reads them per item, and must not copy the
+/// catalog's).
+pub fn distribution_of<'a>(
+    items: impl Iterator<Item = (&'a [u32], f64)>,
+    n_categories: usize,
+) -> Option<Vec<f64>> {
     let mut dist = vec![0.0; n_categories];
     let mut total = 0.0;
-    for (i, w) in items {
-        if w.is_finite()
-            && w > 0.0
-            && spread(
-                categories_of(item_categories, i),
-                n_categories,
-                w,
-                |g, x| dist[g] += x,
-            )
-        {
+    for (cats, w) in items {
+        if w.is_finite() && w > 0.0 && spread(cats, n_categories, w, |g, x| dist[g] += x) {
             total += w;
         }
     }

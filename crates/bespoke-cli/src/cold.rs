@@ -33,7 +33,8 @@ pub(crate) enum ItemsFormat {
     Movielens,
 }
 
-const GENRES: [&str; 19] = [
+/// MovieLens 100K's genres, in `u.item`'s column order.
+pub(crate) const GENRES: [&str; 19] = [
     "unknown",
     "Action",
     "Adventure",

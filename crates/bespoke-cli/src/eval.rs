@@ -733,17 +733,7 @@ pub(crate) fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let (train, test) = match (&args.train, &args.test, &args.data) {
         (Some(train), Some(test), _) => (read_rows(train)?, read_rows(test)?),
         (None, None, Some(data)) => {
-            let frac: f64 = args
-                .split
-                .strip_prefix("temporal:")
-                .and_then(|f| f.parse().ok())
-                .filter(|f: &f64| *f > 0.0 && *f < 1.0)
-                .with_context(|| {
-                    format!(
-                        "--split {:?}: expected temporal:FRACTION with 0 < FRACTION < 1",
-                        args.split
-                    )
-                })?;
+            let frac = temporal_fraction(&args.split)?;
             let (train, test, _) = temporal_split(read_rows(data)?, frac, 5);
             (train, test)
         }
@@ -755,6 +745,17 @@ pub(crate) fn run(args: &EvalArgs) -> anyhow::Result<()> {
     drop((train, test));
     let build_s = started.elapsed().as_secs_f64();
     evaluate_all(args, &data, load_s, build_s)
+}
+
+/// The held-out share of `--split temporal:FRACTION`.
+pub(crate) fn temporal_fraction(split: &str) -> anyhow::Result<f64> {
+    split
+        .strip_prefix("temporal:")
+        .and_then(|f| f.parse().ok())
+        .filter(|f: &f64| *f > 0.0 && *f < 1.0)
+        .with_context(|| {
+            format!("--split {split:?}: expected temporal:FRACTION with 0 < FRACTION < 1")
+        })
 }
 
 fn evaluate_all(args: &EvalArgs, data: &Data, load_s: f64, build_s: f64) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use bespoke_algo::eval::temporal_split;
-use bespoke_algo::fairness::{self, CALIBRATION_ALPHA, Grouping, Report, ReportInput, UserCase};
+use bespoke_algo::fairness::{self, CALIBRATION_ALPHA, Groups, Report, ReportInput, UserCase};
 use bespoke_algo::rerank::{Fair, calibrate, inverse_popularity, xquad};
 use bespoke_algo::tune::{Fitted, Scratch};
 use bespoke_algo::{Csr, Scored};
@@ -94,28 +94,6 @@ struct Rerank {
     method: Method,
 }
 
-const MOVIELENS_GENRES: [&str; 19] = [
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-];
-
 /// Items by key: MovieLens `u.item` (genres, `decade` of release) or JSONL.
 fn read_items(
     path: &Path,
@@ -134,14 +112,14 @@ fn read_items(
                     continue;
                 }
                 let f: Vec<&str> = text.split('|').collect();
-                if f.len() < 5 + MOVIELENS_GENRES.len() {
+                if f.len() < 5 + crate::cold::GENRES.len() {
                     bail!(
                         "{}: expected 24 '|'-separated fields, found {}",
                         at(),
                         f.len()
                     );
                 }
-                let categories = MOVIELENS_GENRES
+                let categories = crate::cold::GENRES
                     .iter()
                     .zip(&f[5..])
                     .filter(|(_, v)| **v == "1")
@@ -257,21 +235,6 @@ fn read_users(path: &Path) -> anyhow::Result<HashMap<String, HashMap<String, Str
     Ok(out)
 }
 
-/// Groups by sorted name: names and per-index ids.
-fn grouping(values: &[Option<String>]) -> (Vec<String>, Vec<Option<u32>>) {
-    let mut names: Vec<String> = values.iter().flatten().cloned().collect();
-    names.sort();
-    names.dedup();
-    let of = values
-        .iter()
-        .map(|v| {
-            v.as_ref()
-                .map(|v| names.binary_search(v).expect("listed") as u32)
-        })
-        .collect();
-    (names, of)
-}
-
 /// One evaluated user: the model's candidates (best first), their training profile and their
 /// relevant test items.
 struct Evaluated {
@@ -289,8 +252,8 @@ struct Prepared {
     tail: Vec<bool>,
     /// Per evaluated user: candidates (best first), profile, relevant test items.
     users: Vec<Evaluated>,
-    user_groups: Vec<(String, Vec<String>, Vec<Option<u32>>)>,
-    item_groups: Vec<(String, Vec<String>, Vec<Option<u32>>)>,
+    user_groups: Vec<Groups>,
+    item_groups: Vec<Groups>,
     protected: Option<Vec<bool>>,
     model: String,
 }
@@ -300,12 +263,7 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
     let Some(data) = &e.data else {
         bail!("--data is required (an interaction file to split), or --live");
     };
-    let frac: f64 = e
-        .split
-        .strip_prefix("temporal:")
-        .and_then(|f| f.parse().ok())
-        .filter(|f| *f > 0.0 && *f < 1.0)
-        .with_context(|| format!("--split {:?}: expected temporal:FRACTION", e.split))?;
+    let frac = crate::eval::temporal_fraction(&e.split)?;
     let (train, test, _) = temporal_split(read_rows(data)?, frac, 5);
     if train.is_empty() || test.is_empty() {
         bail!(
@@ -362,15 +320,14 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
     };
     let mut item_groups = Vec::new();
     for name in &a.item_attributes {
-        let values: Vec<Option<String>> = item_info
-            .iter()
-            .map(|i| i.and_then(|i| attribute(i, name)))
-            .collect();
-        let (names, of) = grouping(&values);
-        if names.is_empty() {
+        let g = Groups::from_values(
+            name,
+            item_info.iter().map(|i| i.and_then(|i| attribute(i, name))),
+        );
+        if g.names.is_empty() {
             bail!("no item of --items has the attribute {name:?}");
         }
-        item_groups.push((name.clone(), names, of));
+        item_groups.push(g);
     }
     let protected = match &a.protected {
         None => None,
@@ -415,20 +372,19 @@ fn prepare(a: &FairnessArgs) -> anyhow::Result<Prepared> {
         names.sort();
         names.dedup();
         for name in names {
-            let values: Vec<Option<String>> = eval_users
-                .iter()
-                .map(|(u, _)| {
+            let g = Groups::from_values(
+                &name,
+                eval_users.iter().map(|(u, _)| {
                     attrs
                         .get(&users[*u as usize].to_string())
                         .and_then(|m| m.get(&name))
                         .cloned()
-                })
-                .collect();
-            let (gnames, of) = grouping(&values);
-            if gnames.is_empty() {
+                }),
+            );
+            if g.names.is_empty() {
                 bail!("no user of {} has the attribute {name:?}", p.display());
             }
-            user_groups.push((name, gnames, of));
+            user_groups.push(g);
         }
     } else if !a.user_attributes.is_empty() {
         bail!("--user-attribute needs --users");
@@ -593,24 +549,8 @@ fn report(p: &Prepared, a: &FairnessArgs, r: Rerank) -> anyhow::Result<Report> {
         item_categories: &p.item_categories,
         category_names: &p.category_names,
         users: &cases,
-        user_groups: p
-            .user_groups
-            .iter()
-            .map(|(n, names, of)| Grouping {
-                attribute: n.clone(),
-                names: names.clone(),
-                of,
-            })
-            .collect(),
-        item_groups: p
-            .item_groups
-            .iter()
-            .map(|(n, names, of)| Grouping {
-                attribute: n.clone(),
-                names: names.clone(),
-                of,
-            })
-            .collect(),
+        user_groups: p.user_groups.iter().map(Groups::grouping).collect(),
+        item_groups: p.item_groups.iter().map(Groups::grouping).collect(),
         bootstrap: 1000,
         seed: a.eval.seed,
     };

@@ -3,7 +3,7 @@
 //! be answered (with the re-rankers the request asks for), and the lists are measured by
 //! `bespoke_algo::fairness::report`.
 
-use bespoke_algo::fairness::{self, Grouping, Report, ReportInput, UserCase};
+use bespoke_algo::fairness::{self, Groups, Report, ReportInput, UserCase};
 use bespoke_algo::{ItemIdx, UserIdx};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
@@ -63,23 +63,6 @@ fn group_name(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         other => Some(other.to_string()),
     }
-}
-
-/// Groups by first appearance: names and per-index ids.
-fn group(values: impl Iterator<Item = Option<String>>) -> (Vec<String>, Vec<Option<u32>>) {
-    let mut names: Vec<String> = Vec::new();
-    let mut index: FxHashMap<String, u32> = FxHashMap::default();
-    let of = values
-        .map(|v| {
-            v.map(|name| {
-                *index.entry(name.clone()).or_insert_with(|| {
-                    names.push(name);
-                    (names.len() - 1) as u32
-                })
-            })
-        })
-        .collect();
-    (names, of)
 }
 
 impl Engine {
@@ -181,7 +164,7 @@ impl Engine {
             .collect();
         // Groups: user attributes from the store, item attributes from the store as well
         // (categories from memory).
-        let mut user_of: Vec<(String, Vec<String>, Vec<Option<u32>>)> = Vec::new();
+        let mut user_of: Vec<Groups> = Vec::new();
         if !opts.user_attributes.is_empty() {
             let mut attrs: FxHashMap<u32, serde_json::Map<String, Value>> = FxHashMap::default();
             let mut after = None;
@@ -194,20 +177,22 @@ impl Engine {
                 }
             }
             for name in &opts.user_attributes {
-                let (names, of) =
-                    group(users.iter().map(|(u, _, _)| {
+                let g = Groups::from_values(
+                    name,
+                    users.iter().map(|(u, _, _)| {
                         attrs.get(u).and_then(|a| a.get(name)).and_then(group_name)
-                    }));
-                if names.is_empty() {
+                    }),
+                );
+                if g.names.is_empty() {
                     return Err(ReportError::UnknownAttribute {
                         what: "user",
                         name: name.clone(),
                     });
                 }
-                user_of.push((name.clone(), names, of));
+                user_of.push(g);
             }
         }
-        let mut item_of: Vec<(String, Vec<String>, Vec<Option<u32>>)> = Vec::new();
+        let mut item_of: Vec<Groups> = Vec::new();
         if !opts.item_attributes.is_empty() {
             let mut attrs: Vec<Option<serde_json::Map<String, Value>>> = vec![None; n_items];
             // Store items in dense order.
@@ -224,26 +209,30 @@ impl Engine {
                 }
             }
             for name in &opts.item_attributes {
-                let (names, of) = if name == "category" {
-                    group((0..n_items).map(|i| {
-                        categories[i]
-                            .first()
-                            .map(|&c| category_names[c as usize].clone())
-                    }))
+                let g = if name == "category" {
+                    Groups::from_values(
+                        name,
+                        (0..n_items).map(|i| {
+                            categories[i]
+                                .first()
+                                .map(|&c| category_names[c as usize].clone())
+                        }),
+                    )
                 } else {
-                    group(
+                    Groups::from_values(
+                        name,
                         attrs
                             .iter()
                             .map(|a| a.as_ref().and_then(|a| a.get(name)).and_then(group_name)),
                     )
                 };
-                if names.is_empty() {
+                if g.names.is_empty() {
                     return Err(ReportError::UnknownAttribute {
                         what: "item",
                         name: name.clone(),
                     });
                 }
-                item_of.push((name.clone(), names, of));
+                item_of.push(g);
             }
         }
         let input = ReportInput {
@@ -253,22 +242,8 @@ impl Engine {
             item_categories: &categories,
             category_names: &category_names,
             users: &cases,
-            user_groups: user_of
-                .iter()
-                .map(|(a, names, of)| Grouping {
-                    attribute: a.clone(),
-                    names: names.clone(),
-                    of,
-                })
-                .collect(),
-            item_groups: item_of
-                .iter()
-                .map(|(a, names, of)| Grouping {
-                    attribute: a.clone(),
-                    names: names.clone(),
-                    of,
-                })
-                .collect(),
+            user_groups: user_of.iter().map(Groups::grouping).collect(),
+            item_groups: item_of.iter().map(Groups::grouping).collect(),
             bootstrap: self.settings.fairness.bootstrap,
             seed: opts.seed,
         };

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bespoke_algo::ItemIdx;
-use bespoke_algo::fairness::{CALIBRATION_ALPHA, miscalibration};
+use bespoke_algo::fairness::{CALIBRATION_ALPHA, distribution_of as distribution, miscalibration};
 use bespoke_algo::rerank::{self as algo, Fair};
 
 use super::rerank::{Context, Reranker, relevance};
@@ -343,28 +343,4 @@ impl Reranker for ProtectedShare {
             tracing::debug!("too few protected candidates for the FA*IR table");
         }
     }
-}
-
-/// Steck's category distribution of weighted items, `p(g|i)` uniform over an item's
-/// categories; `None` when no item has one. (`fairness::category_distribution` takes the whole
-/// catalog's categories, which a request should not copy.)
-fn distribution<'a>(
-    items: impl Iterator<Item = (&'a [u32], f64)>,
-    n_categories: usize,
-) -> Option<Vec<f64>> {
-    let mut p = vec![0.0; n_categories];
-    let mut total = 0.0;
-    for (cats, w) in items {
-        if cats.is_empty() || w <= 0.0 {
-            continue;
-        }
-        let share = w / cats.len() as f64;
-        for &c in cats {
-            if let Some(x) = p.get_mut(c as usize) {
-                *x += share;
-            }
-        }
-        total += w;
-    }
-    (total > 0.0).then(|| p.into_iter().map(|x| x / total).collect())
 }
