@@ -23,7 +23,8 @@ use serde_json::{Map, Value, json};
 use crate::prelude::*;
 use crate::{
     Block, Consent, ConsentUpdate, DecisionRecord, Error, EventBatch, ItemIdx, ItemUpsert, Millis,
-    NewAudit, NewDecision, NewEvent, NewKey, NewReward, RewardOutcome, UserIdx, UserUpsert,
+    NewAudit, NewDecision, NewEvent, NewExposure, NewKey, NewReward, RewardOutcome, UserIdx,
+    UserUpsert,
 };
 
 /// Calls `$callback! { $args; behaviour, behaviour, ... }` with the name of every behaviour: the
@@ -71,6 +72,9 @@ macro_rules! __store_behaviours {
             rules_blocks_go_with_their_user,
             rules_blocks_go_with_their_item,
             rules_blocks_are_not_subject_to_retention,
+            campaigns_experiments_and_first_exposures,
+            campaigns_segment_members_page_and_sizes_accumulate,
+            campaigns_rows_go_with_their_user_and_expire,
         }
     };
 }
@@ -1571,4 +1575,102 @@ pub fn rules_blocks_are_not_subject_to_retention<S: Store + ?Sized>(store: &S) {
         [block(out[0].user, out[0].item, true, 10)]
     );
     assert_eq!(store.rules().unwrap().len(), 1);
+}
+
+fn exposure(user: UserIdx, variant: u32, at: Millis) -> NewExposure {
+    NewExposure { user, variant, at }
+}
+
+/// Experiment definitions are stored like rules; an exposure is recorded once per user (the
+/// first wins), unknown users are skipped, and deleting the experiment deletes its exposures.
+pub fn campaigns_experiments_and_first_exposures<S: Store + ?Sized>(store: &S) {
+    let (u, _) = catalog(store, "", 3);
+    let first = store.put_experiment("blend", &json!({"v": 1}), 10).unwrap();
+    let again = store.put_experiment("blend", &json!({"v": 2}), 20).unwrap();
+    assert_eq!(again.created_at, first.created_at);
+    assert_eq!(again.updated_at, 20);
+    store.put_experiment("another", &json!({}), 5).unwrap();
+    let names: Vec<_> = store.experiments().unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["another", "blend"]);
+    assert_eq!(store.experiments().unwrap()[1].definition, json!({"v": 2}));
+
+    let added = store
+        .record_exposures("blend", vec![exposure(u[0], 1, 100), exposure(u[1], 0, 110)])
+        .unwrap();
+    assert_eq!(added, 2);
+    // A repeat keeps the first variant and time; an unknown user id is skipped.
+    let added = store
+        .record_exposures(
+            "blend",
+            vec![exposure(u[0], 0, 200), exposure(UserIdx(9_999), 0, 1)],
+        )
+        .unwrap();
+    assert_eq!(added, 0);
+    let rows = store.exposures("blend").unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].user, rows[0].key.as_str()), (u[0], "u0"));
+    assert_eq!((rows[0].variant, rows[0].at), (1, 100));
+    assert!(store.exposures("another").unwrap().is_empty());
+
+    assert!(store.delete_experiment("blend").unwrap());
+    assert!(!store.delete_experiment("blend").unwrap());
+    assert!(store.exposures("blend").unwrap().is_empty());
+}
+
+/// Replacing a segment's members replaces the set, pages in user-id order, answers membership
+/// per user and appends the size to its history.
+pub fn campaigns_segment_members_page_and_sizes_accumulate<S: Store + ?Sized>(store: &S) {
+    let (u, _) = catalog(store, "", 5);
+    store.put_segment("vip", &json!({"rule": "x"}), 1).unwrap();
+    let size = store
+        .replace_members("vip", vec![(u[0], 1.0), (u[2], 0.5), (u[4], 0.25)], 100)
+        .unwrap();
+    assert_eq!(size, 3);
+    let page = store.members("vip", None, 2).unwrap();
+    assert_eq!(page.iter().map(|m| m.user).collect::<Vec<_>>(), [u[0], u[2]]);
+    let rest = store.members("vip", Some(u[2]), 2).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].key.as_str(), rest[0].score), ("u4", 0.25));
+    assert_eq!(store.memberships(u[2]).unwrap(), [("vip".to_owned(), 0.5)]);
+
+    let size = store
+        .replace_members("vip", vec![(u[1], 1.0), (UserIdx(9_999), 1.0)], 200)
+        .unwrap();
+    assert_eq!(size, 1, "an unknown user is skipped");
+    assert!(store.memberships(u[2]).unwrap().is_empty());
+    assert_eq!(store.segment_sizes("vip").unwrap(), [(100, 3), (200, 1)]);
+
+    assert!(store.delete_segment("vip").unwrap());
+    assert!(store.segments().unwrap().is_empty());
+    assert!(store.members("vip", None, 10).unwrap().is_empty());
+    assert!(store.segment_sizes("vip").unwrap().is_empty());
+}
+
+/// Deleting a user deletes their exposures and memberships; retention removes rows recorded
+/// before the cutoff and keeps the rest.
+pub fn campaigns_rows_go_with_their_user_and_expire<S: Store + ?Sized>(store: &S) {
+    let (u, _) = catalog(store, "", 3);
+    store.put_experiment("e", &json!({}), 1).unwrap();
+    store.put_segment("s", &json!({}), 1).unwrap();
+    store
+        .record_exposures("e", u.iter().map(|&x| exposure(x, 0, 100)).collect())
+        .unwrap();
+    store
+        .replace_members("s", u.iter().map(|&x| (x, 1.0)).collect(), 100)
+        .unwrap();
+    store.delete_user("u1").unwrap().expect("u1 existed");
+    assert!(store.exposures("e").unwrap().iter().all(|e| e.user != u[1]));
+    assert_eq!(store.exposures("e").unwrap().len(), 2);
+    assert!(store.memberships(u[1]).unwrap().is_empty());
+    assert_eq!(store.members("s", None, 10).unwrap().len(), 2);
+
+    store
+        .replace_members("s", vec![(u[0], 1.0)], 300)
+        .unwrap();
+    // Exposures (at 100) and the first size row (at 100) expire; the new members (300) stay.
+    let removed = store.delete_campaign_rows_before(200).unwrap();
+    assert_eq!(removed, 3);
+    assert!(store.exposures("e").unwrap().is_empty());
+    assert_eq!(store.members("s", None, 10).unwrap().len(), 1);
+    assert_eq!(store.segment_sizes("s").unwrap(), [(300, 1)]);
 }

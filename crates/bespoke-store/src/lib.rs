@@ -3,7 +3,7 @@
 //! `bespoke-store` keeps Bespoke's durable state: users, items (with their embedding vectors) and
 //! the event log. Callers talk to traits only: one per capability ([`EventStore`],
 //! [`CatalogStore`], [`ModelStore`], [`AccessStore`], [`PrivacyStore`], [`DecisionStore`],
-//! [`RuleStore`]) and [`Store`], their union. [`SqliteStore`] is the embedded backend, one SQLite
+//! [`RuleStore`], [`CampaignStore`]) and [`Store`], their union. [`SqliteStore`] is the embedded backend, one SQLite
 //! file in a data directory, with one module per capability under `sqlite/`. Nothing
 //! backend-specific (no SQLite type) appears in the traits, their data types or [`Error`], so a
 //! PostgreSQL backend can implement the same traits without changing any caller.
@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod campaign;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod decision;
@@ -40,6 +41,7 @@ mod sqlite;
 
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
+pub use campaign::{Exposure, Member, NewExposure};
 pub use decision::{
     DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
 };
@@ -56,8 +58,8 @@ pub use sqlite::{SqliteStore, StoreOptions};
 /// called on a concrete backend (or through a generic bound) only with that trait in scope.
 pub mod prelude {
     pub use crate::{
-        AccessStore, CatalogStore, DecisionStore, EventStore, ModelStore, PrivacyStore, RuleStore,
-        Store,
+        AccessStore, CampaignStore, CatalogStore, DecisionStore, EventStore, ModelStore,
+        PrivacyStore, RuleStore, Store,
     };
 }
 
@@ -70,7 +72,14 @@ pub mod prelude {
 /// Implemented for every type that implements all capability traits; a backend implements those,
 /// and code that needs one capability only can take that trait instead.
 pub trait Store:
-    EventStore + CatalogStore + ModelStore + AccessStore + PrivacyStore + DecisionStore + RuleStore
+    EventStore
+    + CatalogStore
+    + ModelStore
+    + AccessStore
+    + PrivacyStore
+    + DecisionStore
+    + RuleStore
+    + CampaignStore
 {
 }
 
@@ -82,6 +91,7 @@ impl<T> Store for T where
         + PrivacyStore
         + DecisionStore
         + RuleStore
+        + CampaignStore
         + ?Sized
 {
 }
@@ -390,4 +400,68 @@ pub trait RuleStore: Send + Sync + std::fmt::Debug {
     /// loading the serving state. `None` starts from the first; pass the last row's pair to get
     /// the next page.
     fn scan_blocks(&self, after: Option<(UserIdx, ItemIdx)>, limit: usize) -> Result<Vec<Block>>;
+}
+
+/// Experiments and segments: their definitions (opaque JSON, like rules), who was exposed to
+/// which variant of an experiment, and who belongs to which segment, with each segment's size
+/// over time.
+///
+/// Exposures and memberships go with their user ([`CatalogStore::delete_user`]); retention
+/// ([`CampaignStore::delete_campaign_rows_before`]) removes those older than a cutoff.
+///
+/// Every method blocks until its work is done (and, for writes, committed).
+pub trait CampaignStore: Send + Sync + std::fmt::Debug {
+    /// Creates or replaces an experiment's definition; `created_at` survives a replace.
+    fn put_experiment(
+        &self,
+        name: &str,
+        definition: &serde_json::Value,
+        now: Millis,
+    ) -> Result<RuleRecord>;
+
+    /// Every experiment, by name.
+    fn experiments(&self) -> Result<Vec<RuleRecord>>;
+
+    /// Deletes an experiment and its exposures; false when there was none.
+    fn delete_experiment(&self, name: &str) -> Result<bool>;
+
+    /// Records first exposures to `experiment`: a user already recorded keeps their first row,
+    /// and a user who no longer exists is skipped. Returns how many rows were added.
+    fn record_exposures(&self, experiment: &str, exposures: Vec<NewExposure>) -> Result<u64>;
+
+    /// Every exposure to `experiment`, by user id.
+    fn exposures(&self, experiment: &str) -> Result<Vec<Exposure>>;
+
+    /// Creates or replaces a segment's definition; `created_at` survives a replace.
+    fn put_segment(
+        &self,
+        name: &str,
+        definition: &serde_json::Value,
+        now: Millis,
+    ) -> Result<RuleRecord>;
+
+    /// Every segment, by name.
+    fn segments(&self) -> Result<Vec<RuleRecord>>;
+
+    /// Deletes a segment, its members and its size history; false when there was none.
+    fn delete_segment(&self, name: &str) -> Result<bool>;
+
+    /// Replaces the members of `segment` by `members` (user, score) computed at `at`, and
+    /// appends the new size to its history, in one transaction. Users that no longer exist are
+    /// skipped. Returns the size stored.
+    fn replace_members(&self, segment: &str, members: Vec<(UserIdx, f64)>, at: Millis)
+    -> Result<u64>;
+
+    /// Up to `limit` members of `segment` with user id greater than `after`, in id order.
+    fn members(&self, segment: &str, after: Option<UserIdx>, limit: usize) -> Result<Vec<Member>>;
+
+    /// The segments `user` belongs to, with their scores, by name.
+    fn memberships(&self, user: UserIdx) -> Result<Vec<(String, f64)>>;
+
+    /// A segment's size after each computation, oldest first.
+    fn segment_sizes(&self, segment: &str) -> Result<Vec<(Millis, u64)>>;
+
+    /// Deletes exposures, memberships and size history recorded before `before` (retention);
+    /// returns how many rows.
+    fn delete_campaign_rows_before(&self, before: Millis) -> Result<u64>;
 }

@@ -118,6 +118,7 @@ CREATE TABLE secrets (
     rules::MIGRATION,
     // Marketing consent (audiences): allowed until the user objects.
     "ALTER TABLE users ADD COLUMN consent_marketing INTEGER NOT NULL DEFAULT 1;",
+    campaigns::MIGRATION,
 ];
 
 /// Settings of the SQLite backend.
@@ -625,6 +626,7 @@ impl Drop for SqliteStore {
 }
 
 mod access;
+mod campaigns;
 mod catalog;
 mod decisions;
 mod events;

@@ -241,9 +241,12 @@ mod tests {
             s.path().to_owned()
         };
         let raw = Connection::open(&path).unwrap();
-        // Back to version 3: before the rule tables and the marketing consent column.
+        // Back to version 3: before the rule tables, the marketing consent column and the
+        // campaign tables.
         raw.execute_batch(
             "DROP TABLE rules; DROP TABLE item_blocks;
+             DROP TABLE experiments; DROP TABLE experiment_exposures; DROP TABLE segments;
+             DROP TABLE segment_members; DROP TABLE segment_sizes;
              ALTER TABLE users DROP COLUMN consent_marketing; PRAGMA user_version = 3;",
         )
         .unwrap();

@@ -465,9 +465,13 @@ impl Writer {
             .conn
             .prepare_cached("DELETE FROM events WHERE user_id = ?1")?
             .execute([id])?;
-        self.conn
-            .prepare_cached("DELETE FROM item_blocks WHERE user_id = ?1")?
-            .execute([id])?;
+        for sql in [
+            "DELETE FROM item_blocks WHERE user_id = ?1",
+            "DELETE FROM experiment_exposures WHERE user_id = ?1",
+            "DELETE FROM segment_members WHERE user_id = ?1",
+        ] {
+            self.conn.prepare_cached(sql)?.execute([id])?;
+        }
         self.conn
             .prepare_cached("DELETE FROM users WHERE id = ?1")?
             .execute([id])?;
