@@ -29,11 +29,13 @@ pub mod openapi;
 pub mod pipeline;
 pub mod privacy;
 pub mod rules;
+pub mod segments;
 pub mod settings;
 pub mod state;
 pub mod strict;
 pub mod time;
 pub mod validate;
+pub mod webhook;
 pub mod weights;
 pub mod wire;
 

@@ -252,7 +252,7 @@ mod tests {
         .unwrap();
         drop(raw);
         let s = open(dir.path());
-        assert_eq!(s.stats().unwrap().schema_version, 5);
+        assert_eq!(s.stats().unwrap().schema_version, 6);
         // Users from before the column allow marketing until they object.
         assert!(
             s.get_user("ann")
