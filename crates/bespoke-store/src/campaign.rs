@@ -3,27 +3,26 @@
 //!
 //! Like rules, the store keeps an experiment's or a segment's definition as opaque JSON that the
 //! server validates and interprets. What the store does understand is who: exposures (which user
-//! saw which variant of an experiment, first when) and segment memberships are keyed by the
-//! internal user id, so that deleting a user deletes them in the same transaction.
+//! saw which variant of an experiment, first when) are keyed by the user's stored key, since a
+//! brand-new user is served (and exposed) before their first event creates them; segment
+//! memberships by the internal user id. Deleting a user deletes both in the same transaction.
 
 use crate::{Millis, UserIdx};
 
 /// An experiment's first exposure of one user: the variant they were served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewExposure {
-    /// The user served.
-    pub user: UserIdx,
+    /// The stored key of the user served.
+    pub user: String,
     /// Index of the variant served (the experiment's definition names them).
     pub variant: u32,
     /// When they were first served it.
     pub at: Millis,
 }
 
-/// A stored exposure, with the user's stored key.
+/// A stored exposure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exposure {
-    /// The user's internal id.
-    pub user: UserIdx,
     /// The user's stored key.
     pub key: String,
     /// Index of the variant served.

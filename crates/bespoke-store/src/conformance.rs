@@ -1577,39 +1577,48 @@ pub fn rules_blocks_are_not_subject_to_retention<S: Store + ?Sized>(store: &S) {
     assert_eq!(store.rules().unwrap().len(), 1);
 }
 
-fn exposure(user: UserIdx, variant: u32, at: Millis) -> NewExposure {
-    NewExposure { user, variant, at }
+fn exposure(user: &str, variant: u32, at: Millis) -> NewExposure {
+    NewExposure {
+        user: user.to_owned(),
+        variant,
+        at,
+    }
 }
 
 /// Experiment definitions are stored like rules; an exposure is recorded once per user (the
-/// first wins), unknown users are skipped, and deleting the experiment deletes its exposures.
+/// first wins), by key whether or not the user exists yet, and deleting the experiment deletes
+/// its exposures.
 pub fn campaigns_experiments_and_first_exposures<S: Store + ?Sized>(store: &S) {
-    let (u, _) = catalog(store, "", 3);
     let first = store.put_experiment("blend", &json!({"v": 1}), 10).unwrap();
     let again = store.put_experiment("blend", &json!({"v": 2}), 20).unwrap();
     assert_eq!(again.created_at, first.created_at);
     assert_eq!(again.updated_at, 20);
     store.put_experiment("another", &json!({}), 5).unwrap();
-    let names: Vec<_> = store.experiments().unwrap().into_iter().map(|r| r.name).collect();
+    let names: Vec<_> = store
+        .experiments()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     assert_eq!(names, ["another", "blend"]);
     assert_eq!(store.experiments().unwrap()[1].definition, json!({"v": 2}));
 
     let added = store
-        .record_exposures("blend", vec![exposure(u[0], 1, 100), exposure(u[1], 0, 110)])
-        .unwrap();
-    assert_eq!(added, 2);
-    // A repeat keeps the first variant and time; an unknown user id is skipped.
-    let added = store
         .record_exposures(
             "blend",
-            vec![exposure(u[0], 0, 200), exposure(UserIdx(9_999), 0, 1)],
+            vec![exposure("u0", 1, 100), exposure("new", 0, 110)],
         )
+        .unwrap();
+    assert_eq!(added, 2);
+    // A repeat keeps the first variant and time.
+    let added = store
+        .record_exposures("blend", vec![exposure("u0", 0, 200)])
         .unwrap();
     assert_eq!(added, 0);
     let rows = store.exposures("blend").unwrap();
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].user, rows[0].key.as_str()), (u[0], "u0"));
-    assert_eq!((rows[0].variant, rows[0].at), (1, 100));
+    assert_eq!(rows[1].key, "u0");
+    assert_eq!((rows[1].variant, rows[1].at), (1, 100));
     assert!(store.exposures("another").unwrap().is_empty());
 
     assert!(store.delete_experiment("blend").unwrap());
@@ -1627,7 +1636,10 @@ pub fn campaigns_segment_members_page_and_sizes_accumulate<S: Store + ?Sized>(st
         .unwrap();
     assert_eq!(size, 3);
     let page = store.members("vip", None, 2).unwrap();
-    assert_eq!(page.iter().map(|m| m.user).collect::<Vec<_>>(), [u[0], u[2]]);
+    assert_eq!(
+        page.iter().map(|m| m.user).collect::<Vec<_>>(),
+        [u[0], u[2]]
+    );
     let rest = store.members("vip", Some(u[2]), 2).unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!((rest[0].key.as_str(), rest[0].score), ("u4", 0.25));
@@ -1653,20 +1665,21 @@ pub fn campaigns_rows_go_with_their_user_and_expire<S: Store + ?Sized>(store: &S
     store.put_experiment("e", &json!({}), 1).unwrap();
     store.put_segment("s", &json!({}), 1).unwrap();
     store
-        .record_exposures("e", u.iter().map(|&x| exposure(x, 0, 100)).collect())
+        .record_exposures(
+            "e",
+            ["u0", "u1", "u2"].map(|k| exposure(k, 0, 100)).to_vec(),
+        )
         .unwrap();
     store
         .replace_members("s", u.iter().map(|&x| (x, 1.0)).collect(), 100)
         .unwrap();
     store.delete_user("u1").unwrap().expect("u1 existed");
-    assert!(store.exposures("e").unwrap().iter().all(|e| e.user != u[1]));
+    assert!(store.exposures("e").unwrap().iter().all(|e| e.key != "u1"));
     assert_eq!(store.exposures("e").unwrap().len(), 2);
     assert!(store.memberships(u[1]).unwrap().is_empty());
     assert_eq!(store.members("s", None, 10).unwrap().len(), 2);
 
-    store
-        .replace_members("s", vec![(u[0], 1.0)], 300)
-        .unwrap();
+    store.replace_members("s", vec![(u[0], 1.0)], 300).unwrap();
     // Exposures (at 100) and the first size row (at 100) expire; the new members (300) stay.
     let removed = store.delete_campaign_rows_before(200).unwrap();
     assert_eq!(removed, 3);

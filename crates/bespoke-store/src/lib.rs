@@ -152,8 +152,10 @@ pub trait CatalogStore: Send + Sync + std::fmt::Debug {
     /// The user with this key.
     fn get_user(&self, key: &str) -> Result<Option<User>>;
 
-    /// Deletes the user, all their events and their item blocks ([`RuleStore::set_block`]), in
-    /// one transaction. `None` when there was no such user.
+    /// Deletes the user, all their events, their item blocks ([`RuleStore::set_block`]), their
+    /// experiment exposures and segment memberships ([`CampaignStore`]), in one transaction.
+    /// `None` when there was no such user (exposures recorded under the key are deleted all the
+    /// same).
     fn delete_user(&self, key: &str) -> Result<Option<Deleted>>;
 
     /// Creates or replaces items in one transaction (all or none). Each embedding name has one
@@ -425,11 +427,12 @@ pub trait CampaignStore: Send + Sync + std::fmt::Debug {
     /// Deletes an experiment and its exposures; false when there was none.
     fn delete_experiment(&self, name: &str) -> Result<bool>;
 
-    /// Records first exposures to `experiment`: a user already recorded keeps their first row,
-    /// and a user who no longer exists is skipped. Returns how many rows were added.
+    /// Records first exposures to `experiment` (by stored user key, whether or not the user has
+    /// events yet): a user already recorded keeps their first row. Returns how many rows were
+    /// added.
     fn record_exposures(&self, experiment: &str, exposures: Vec<NewExposure>) -> Result<u64>;
 
-    /// Every exposure to `experiment`, by user id.
+    /// Every exposure to `experiment`, by user key.
     fn exposures(&self, experiment: &str) -> Result<Vec<Exposure>>;
 
     /// Creates or replaces a segment's definition; `created_at` survives a replace.
@@ -449,8 +452,12 @@ pub trait CampaignStore: Send + Sync + std::fmt::Debug {
     /// Replaces the members of `segment` by `members` (user, score) computed at `at`, and
     /// appends the new size to its history, in one transaction. Users that no longer exist are
     /// skipped. Returns the size stored.
-    fn replace_members(&self, segment: &str, members: Vec<(UserIdx, f64)>, at: Millis)
-    -> Result<u64>;
+    fn replace_members(
+        &self,
+        segment: &str,
+        members: Vec<(UserIdx, f64)>,
+        at: Millis,
+    ) -> Result<u64>;
 
     /// Up to `limit` members of `segment` with user id greater than `after`, in id order.
     fn members(&self, segment: &str, after: Option<UserIdx>, limit: usize) -> Result<Vec<Member>>;

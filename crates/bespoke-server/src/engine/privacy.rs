@@ -115,6 +115,17 @@ impl Engine {
                 Some(serde_json::json!({ "decisions": decisions, "before": crate::time::format_rfc3339(cutoff) })),
             );
         }
+        // So do experiment exposures and segment memberships (a segment's next refresh
+        // recomputes its members from the events that remain).
+        let campaign_rows = self.store.delete_campaign_rows_before(cutoff)?;
+        if campaign_rows > 0 {
+            self.access.audit(
+                actor,
+                "campaigns.expire",
+                None,
+                Some(serde_json::json!({ "rows": campaign_rows, "before": crate::time::format_rfc3339(cutoff) })),
+            );
+        }
         if total > 0 {
             self.access.audit(
                 actor,

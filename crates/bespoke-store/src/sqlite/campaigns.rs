@@ -1,8 +1,9 @@
 //! [`crate::CampaignStore`] on SQLite: experiments with their exposures, segments with their
 //! members and size history.
 //!
-//! Exposures and members are keyed by the internal user id, like `item_blocks`; the writer's
-//! `delete_user` deletes a user's rows in the deletion's transaction.
+//! Exposures are keyed by the user's stored key (a user is exposed before their first event
+//! creates them), members by the internal user id like `item_blocks`; the writer's
+//! `delete_user` deletes a user's rows of both in the deletion's transaction.
 
 use rusqlite::{Connection, params};
 
@@ -18,12 +19,12 @@ CREATE TABLE experiments (
 ) WITHOUT ROWID;
 CREATE TABLE experiment_exposures (
     experiment TEXT NOT NULL,
-    user_id INTEGER NOT NULL,
+    user_key TEXT NOT NULL,
     variant INTEGER NOT NULL,
     at INTEGER NOT NULL,
-    PRIMARY KEY (experiment, user_id)
+    PRIMARY KEY (experiment, user_key)
 ) WITHOUT ROWID;
-CREATE INDEX experiment_exposures_by_user ON experiment_exposures (user_id);
+CREATE INDEX experiment_exposures_by_user ON experiment_exposures (user_key);
 CREATE TABLE segments (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL,
@@ -98,12 +99,11 @@ fn defs(c: &Connection, defs: Defs) -> Result<Vec<RuleRecord>> {
         .collect::<rusqlite::Result<_>>()?;
     rows.into_iter()
         .map(|(name, text, created_at, updated_at)| {
-            let definition = serde_json::from_str(&text).map_err(|source| {
-                RuleStoreError::Definition {
+            let definition =
+                serde_json::from_str(&text).map_err(|source| RuleStoreError::Definition {
                     name: name.clone(),
                     source,
-                }
-            })?;
+                })?;
             Ok(RuleRecord {
                 name,
                 definition,
@@ -123,31 +123,27 @@ fn delete_experiment(c: &Connection, name: &str) -> Result<bool> {
 }
 
 fn record_exposures(c: &Connection, experiment: &str, rows: &[NewExposure]) -> Result<u64> {
-    // The EXISTS check runs inside the writer's transaction, so a user deleted earlier in the
-    // same group leaves no orphan row.
     let mut stmt = c.prepare_cached(
-        "INSERT INTO experiment_exposures (experiment, user_id, variant, at)
-         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2)
-         ON CONFLICT (experiment, user_id) DO NOTHING",
+        "INSERT INTO experiment_exposures (experiment, user_key, variant, at)
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (experiment, user_key) DO NOTHING",
     )?;
     let mut added = 0;
     for e in rows {
-        added += stmt.execute(params![experiment, e.user.0, e.variant, e.at])? as u64;
+        added += stmt.execute(params![experiment, e.user, e.variant, e.at])? as u64;
     }
     Ok(added)
 }
 
 fn exposures(c: &Connection, experiment: &str) -> Result<Vec<Exposure>> {
     Ok(c.prepare_cached(
-        "SELECT e.user_id, u.key, e.variant, e.at FROM experiment_exposures e
-         JOIN users u ON u.id = e.user_id WHERE e.experiment = ?1 ORDER BY e.user_id",
+        "SELECT user_key, variant, at FROM experiment_exposures WHERE experiment = ?1
+         ORDER BY user_key",
     )?
     .query_map([experiment], |r| {
         Ok(Exposure {
-            user: UserIdx(r.get(0)?),
-            key: r.get(1)?,
-            variant: r.get(2)?,
-            at: r.get(3)?,
+            key: r.get(0)?,
+            variant: r.get(1)?,
+            at: r.get(2)?,
         })
     })?
     .collect::<rusqlite::Result<_>>()?)
@@ -225,9 +221,11 @@ fn memberships(c: &Connection, user: UserIdx) -> Result<Vec<(String, f64)>> {
 }
 
 fn segment_sizes(c: &Connection, segment: &str) -> Result<Vec<(Millis, u64)>> {
-    Ok(c.prepare_cached("SELECT at, size FROM segment_sizes WHERE segment = ?1 ORDER BY at")?
-        .query_map([segment], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-        .collect::<rusqlite::Result<_>>()?)
+    Ok(
+        c.prepare_cached("SELECT at, size FROM segment_sizes WHERE segment = ?1 ORDER BY at")?
+            .query_map([segment], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<_>>()?,
+    )
 }
 
 fn delete_rows_before(c: &Connection, before: Millis) -> Result<u64> {

@@ -453,6 +453,10 @@ impl Writer {
     fn delete_user(&mut self, key: &str) -> Result<Option<Deleted>> {
         self.users.remove(key);
         self.touched_users.push(key.to_owned());
+        // Exposures are kept by key: a user served before any event has no row in `users`.
+        self.conn
+            .prepare_cached("DELETE FROM experiment_exposures WHERE user_key = ?1")?
+            .execute([key])?;
         let Some(id) = self
             .conn
             .prepare_cached("SELECT id FROM users WHERE key = ?1")?
@@ -467,7 +471,6 @@ impl Writer {
             .execute([id])?;
         for sql in [
             "DELETE FROM item_blocks WHERE user_id = ?1",
-            "DELETE FROM experiment_exposures WHERE user_id = ?1",
             "DELETE FROM segment_members WHERE user_id = ?1",
         ] {
             self.conn.prepare_cached(sql)?.execute([id])?;
