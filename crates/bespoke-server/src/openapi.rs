@@ -256,6 +256,7 @@ pub fn document(routes: &[(&str, &str, Access)]) -> Value {
     add_rules(&mut doc);
     add_fairness(&mut doc);
     add_audiences(&mut doc);
+    add_experiments(&mut doc);
     for (method, path, access) in routes {
         let Some(op) = doc["paths"][path]
             .get_mut(method.to_lowercase())
@@ -554,7 +555,8 @@ fn schemas() -> Value {
                 "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } },
                 "contributions": { "type": "array", "description": "With explain=full: the terms of the score, summing to it", "items": { "$ref": "#/components/schemas/Contribution" } } } },
             "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
-                "model": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
+                "model": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } },
+                "experiments": { "type": "array", "description": "The experiment variants this list was served with (docs/experiments.md); echo them in POST /v1/impressions", "items": { "type": "object", "properties": { "experiment": { "type": "string" }, "variant": { "type": "string" }, "fallback": { "type": "boolean" } } } } } },
             "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
             "Models": { "type": "object", "properties": { "active": { "type": ["integer", "null"] }, "training": { "type": "object" },
                 "models": { "type": "array", "items": { "type": "object", "properties": { "version": { "type": "integer" }, "active": { "type": "boolean" }, "bytes": { "type": "integer" }, "meta": { "type": "object" } } } } } },
@@ -747,6 +749,78 @@ fn add_audiences(doc: &mut Value) {
                 "items_matched": { "type": "integer" }, "scored_users": { "type": "integer" },
                 "excluded": { "type": "object", "properties": { "marketing": { "type": "integer" }, "personalization": { "type": "integer" }, "training": { "type": "integer" } } },
                 "model_version": { "type": "integer" } } }));
+    }
+}
+
+/// Experiments (docs/experiments.md).
+fn add_experiments(doc: &mut Value) {
+    let name = json!({ "name": "key", "in": "path", "required": true, "description": "The experiment's name", "schema": { "type": "string", "maxLength": 64 } });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.insert("/v1/experiments".into(), json!({ "get": {
+            "summary": "Every experiment, by name", "operationId": "listExperiments",
+            "responses": with_errors(json!({ "200": ok("The experiments", "Experiments") }), &[]) } }));
+        paths.insert("/v1/experiments/{key}".into(), json!({
+            "get": { "summary": "One experiment", "operationId": "getExperiment", "parameters": [name],
+                "responses": with_errors(json!({ "200": ok("The experiment", "Experiment") }), &[404]) },
+            "put": { "summary": "Create a draft experiment, or replace a draft's definition (audited)",
+                "description": "Variants are checked like ranking requests (a bad filter is a 400 naming variants[i].config.filter); metrics must name configured event types (or impression). Only a draft changes: 409 for a running or stopped one.",
+                "operationId": "putExperiment", "parameters": [name], "requestBody": json_body("ExperimentIn"),
+                "responses": with_errors(json!({ "200": ok("Replaced", "Experiment"), "201": ok("Created", "Experiment") }), &[400, 409, 413, 415]) },
+            "delete": { "summary": "Delete an experiment and its exposures (audited)", "operationId": "deleteExperiment", "parameters": [name],
+                "responses": with_errors(json!({ "200": { "description": "Deleted", "content": { "application/json": { "schema": { "type": "object", "properties": { "deleted": { "type": "string" } } } } } } }), &[404]) } }));
+        paths.insert("/v1/experiments/{key}/start".into(), json!({ "post": {
+            "summary": "Start a draft: its route serves the variants from now on (audited)",
+            "description": "409 (field layer) while another running experiment on the same route shares its layer or either has none.",
+            "operationId": "startExperiment", "parameters": [name],
+            "responses": with_errors(json!({ "200": ok("Started", "Experiment") }), &[400, 404, 409]) } }));
+        paths.insert("/v1/experiments/{key}/stop".into(), json!({ "post": {
+            "summary": "Stop a running experiment (audited)", "operationId": "stopExperiment", "parameters": [name],
+            "responses": with_errors(json!({ "200": ok("Stopped", "Experiment") }), &[404, 409]) } }));
+        paths.insert("/v1/experiments/{key}/report".into(), json!({ "get": {
+            "summary": "Results: per variant users and metric means; per treatment and metric the effect, Welch's interval and p-value, Holm-adjusted p-value, CUPED's variance reduction, the always-valid (mSPRT) p-value and confidence sequence; the sample-ratio-mismatch check",
+            "operationId": "experimentReport", "parameters": [name],
+            "responses": with_errors(json!({ "200": ok("The report", "ExperimentReport") }), &[404, 409]) } }));
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.insert("VariantConfig".into(), json!({ "type": "object", "additionalProperties": false,
+            "description": "Ranking-request fields the variant sets, checked as on the ranking routes. filter is combined with the request's (both hold); boost, promote and skip_rules add to the request's; the rest replace its value.",
+            "properties": {
+                "model": { "type": "string" }, "diversity": { "type": "number" }, "filter": { "type": "string" },
+                "boost": { "type": "array", "items": { "type": "object" } }, "promote": { "type": "array", "items": { "type": "object" } },
+                "max_per_category": { "type": "integer" }, "skip_rules": { "type": "array", "items": { "type": "string" } },
+                "calibration": { "type": "number" }, "popularity": { "type": "number" }, "popularity_method": { "type": "string", "enum": ["xquad", "inverse"] },
+                "protected": { "type": "string" }, "protected_share": { "type": "number" }, "protected_alpha": { "type": "number" } } }));
+        schemas.insert("Metric".into(), json!({ "type": "object", "required": ["kind", "name"],
+            "description": "conversion: share of users with an event of the type; count: events per user; revenue: sum of event values per user; ratio: numerator events per denominator event (delta method).",
+            "properties": { "kind": { "type": "string", "enum": ["conversion", "count", "revenue", "ratio"] }, "name": { "type": "string" },
+                "event": { "type": "string" }, "numerator": { "type": "string" }, "denominator": { "type": "string" } } }));
+        schemas.insert("ExperimentIn".into(), json!({ "type": "object", "additionalProperties": false, "required": ["variants"],
+            "properties": {
+                "description": { "type": "string" },
+                "route": { "type": "string", "enum": ["recommendations", "similar", "popular", "rank"], "default": "recommendations", "description": "similar and popular take part only with the `user` parameter" },
+                "layer": { "type": "string", "description": "Experiments on one route run at once only in different layers" },
+                "variants": { "type": "array", "minItems": 2, "maxItems": 20, "description": "The first is the control", "items": { "type": "object", "additionalProperties": false, "required": ["name"],
+                    "properties": { "name": { "type": "string" }, "weight": { "type": "number", "minimum": 0, "default": 1 }, "config": { "$ref": "#/components/schemas/VariantConfig" } } } },
+                "holdout": { "type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0 },
+                "salt": { "type": "string", "description": "The assignment hash's salt; the name by default" },
+                "metrics": { "type": "array", "maxItems": 20, "items": { "$ref": "#/components/schemas/Metric" }, "description": "Default: a conversion metric per configured event type" },
+                "alpha": { "type": "number", "default": 0.05 },
+                "pre_period": { "type": "string", "default": "14d", "description": "CUPED's pre-period before the start" },
+                "mde": { "type": "number", "default": 0.05, "description": "Relative effect the sequential test is tuned to" } } }));
+        schemas.insert("Experiment".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/ExperimentIn" }, { "type": "object", "properties": {
+            "name": { "type": "string" }, "status": { "type": "string", "enum": ["draft", "running", "stopped"] },
+            "started_at": { "type": "string", "format": "date-time" }, "stopped_at": { "type": "string", "format": "date-time" } } } ] }));
+        schemas.insert("Experiments".into(), json!({ "type": "object", "properties": { "experiments": { "type": "array", "items": { "$ref": "#/components/schemas/Experiment" } } } }));
+        schemas.insert("ExperimentReport".into(), json!({ "type": "object", "properties": {
+            "experiment": { "type": "string" }, "status": { "type": "string" }, "users": { "type": "integer" }, "alpha": { "type": "number" },
+            "srm": { "type": ["object", "null"], "properties": { "chi2": { "type": "number" }, "df": { "type": "integer" }, "p_value": { "type": "number" }, "alarm": { "type": "boolean" } } },
+            "variants": { "type": "array", "items": { "type": "object" } },
+            "comparisons": { "type": "array", "items": { "type": "object", "properties": { "control": { "type": "string" }, "treatment": { "type": "string" },
+                "metrics": { "type": "array", "items": { "type": "object", "properties": {
+                    "metric": { "type": "string" }, "effect": { "type": ["number", "null"] }, "ci_low": { "type": ["number", "null"] }, "ci_high": { "type": ["number", "null"] },
+                    "p_value": { "type": ["number", "null"] }, "p_value_holm": { "type": ["number", "null"] }, "significant": { "type": "boolean" },
+                    "cuped_variance_reduction": { "type": ["number", "null"] }, "sequential": { "type": ["object", "null"] } } } } } } },
+            "notes": { "type": "array", "items": { "type": "string" } } } }));
     }
 }
 

@@ -8,6 +8,7 @@ mod audiences;
 mod catalog;
 mod decisions;
 mod events;
+mod experiments;
 mod extract;
 #[cfg(test)]
 mod fuzz;
@@ -113,6 +114,29 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/v1/reports/fairness", Access::Needs(Scope::Admin)),
     ("POST", "/v1/audiences/query", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/experiments", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/experiments/{key}", Access::Needs(Scope::Admin)),
+    ("PUT", "/v1/experiments/{key}", Access::Needs(Scope::Admin)),
+    (
+        "DELETE",
+        "/v1/experiments/{key}",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "POST",
+        "/v1/experiments/{key}/start",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "POST",
+        "/v1/experiments/{key}/stop",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "GET",
+        "/v1/experiments/{key}/report",
+        Access::Needs(Scope::Admin),
+    ),
     ("GET", "/v1/items/{key}", Access::Needs(Scope::Read)),
     ("PUT", "/v1/items/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/items/{key}", Access::Needs(Scope::Write)),
@@ -329,6 +353,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{key}/explain", get(serving::why_not))
         .route("/v1/reports/fairness", get(reports::fairness))
         .route("/v1/audiences/query", post(audiences::query))
+        .route("/v1/experiments", get(experiments::list))
+        .route(
+            "/v1/experiments/{key}",
+            get(experiments::get)
+                .put(experiments::put)
+                .delete(experiments::delete),
+        )
+        .route("/v1/experiments/{key}/start", post(experiments::start))
+        .route("/v1/experiments/{key}/stop", post(experiments::stop))
+        .route("/v1/experiments/{key}/report", get(experiments::report))
         .route(
             "/v1/items/{key}",
             put(catalog::put_item)

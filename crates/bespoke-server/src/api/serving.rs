@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
-use crate::engine::{PopularSort, Recommendation, Recommendations};
+use crate::engine::{Assigned, ExperimentRoute, PopularSort, Recommendation, Recommendations};
 use crate::error::ApiError;
 use crate::pipeline::request::{CommonIn, Form, RULE_PARAMS, RulesIn, explain_param, model_param};
 use crate::pipeline::{Filtered, NeedsAttributes, RankRequest, Ranked, RankedItem, Source};
@@ -37,6 +37,9 @@ pub(crate) struct RecommendationsOut {
     /// With `explain=full`: what the rules kept out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
+    /// The experiment variants this list was served with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    experiments: Vec<Assigned>,
 }
 
 /// Answer of `GET /v1/items/{key}/similar`.
@@ -48,6 +51,8 @@ pub(crate) struct SimilarOut {
     rules: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    experiments: Vec<Assigned>,
 }
 
 /// Answer of `GET /v1/popular`.
@@ -58,6 +63,8 @@ pub(crate) struct PopularOut {
     rules: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    experiments: Vec<Assigned>,
 }
 
 /// The shared fields of a ranking GET, checked against what the route `allowed`. `model` is a
@@ -191,6 +198,26 @@ fn with_rules(
     Ok(req)
 }
 
+/// Serves the user the variants of the experiments running on `route` (laid over `req`), and
+/// writes buffered exposures in the background when enough have gathered.
+fn experiments(
+    state: &AppState,
+    route: ExperimentRoute,
+    user: &str,
+    req: &mut RankRequest,
+) -> Vec<Assigned> {
+    let out = state.engine.assign_experiments(route, user, req);
+    if !out.is_empty() && state.engine.exposures_due() {
+        let engine = state.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = engine.flush_exposures() {
+                tracing::warn!(error = %e, "could not write experiment exposures; kept for the next try");
+            }
+        });
+    }
+    out
+}
+
 /// Runs the pipeline for a user, reading their stored attributes on the blocking pool when a
 /// user without history needs them.
 async fn rank_user(
@@ -304,6 +331,8 @@ pub(crate) async fn recommendations(
         ],
         true,
     )?;
+    let mut req = req;
+    let assigned = experiments(&state, ExperimentRoute::Recommendations, &key, &mut req);
     let recs = rank_user(&state, &key, req).await?;
     Ok(Json(RecommendationsOut {
         user: key,
@@ -313,6 +342,7 @@ pub(crate) async fn recommendations(
         items: recs.items,
         rules: recs.rules,
         filtered: recs.filtered,
+        experiments: assigned,
     }))
 }
 
@@ -348,6 +378,11 @@ pub(crate) async fn similar(
             ));
         }
     };
+    let mut req = req;
+    let assigned = match req.user.clone() {
+        Some(user) => experiments(&state, ExperimentRoute::Similar, &user, &mut req),
+        None => Vec::new(),
+    };
     let source = Source::Similar {
         item: &key,
         model: choice,
@@ -364,6 +399,7 @@ pub(crate) async fn similar(
         items: out.items,
         rules: out.rules,
         filtered: out.filtered,
+        experiments: assigned,
     }))
 }
 
@@ -409,6 +445,11 @@ pub(crate) async fn popular(
             "window applies to sort=count; trending already weighs recent events more",
         ));
     }
+    let mut req = req;
+    let assigned = match req.user.clone() {
+        Some(user) => experiments(&state, ExperimentRoute::Popular, &user, &mut req),
+        None => Vec::new(),
+    };
     let out = state
         .engine
         .serving()
@@ -420,6 +461,7 @@ pub(crate) async fn popular(
         items: out.items,
         rules: out.rules,
         filtered: out.filtered,
+        experiments: assigned,
     }))
 }
 
@@ -657,6 +699,8 @@ pub(crate) struct RankOut {
     /// Supplied items the rules filtered out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    experiments: Vec<Assigned>,
 }
 
 /// `POST /v1/users/{key}/rank`: the supplied items ordered for the user, with scores and
@@ -715,7 +759,8 @@ pub(crate) async fn rank(
         protected_share: body.protected_share,
         protected_alpha: body.protected_alpha,
     };
-    let req = with_rules(&state, req, rules)?;
+    let mut req = with_rules(&state, req, rules)?;
+    let assigned = experiments(&state, ExperimentRoute::Rank, &key, &mut req);
     let ranked = match state
         .engine
         .serving()
@@ -751,5 +796,6 @@ pub(crate) async fn rank(
         items,
         rules,
         filtered,
+        experiments: assigned,
     }))
 }

@@ -160,6 +160,8 @@ impl Engine {
     pub fn delete_user(&self, key: &str) -> bespoke_store::Result<Option<Deleted>> {
         let key = &*self.serving.user_keys.to_store(key);
         let _admin = self.admin.lock();
+        // Before the store's deletion, so a flush racing it cannot write them back after.
+        self.forget_exposures(key);
         let out = self.store.delete_user(key)?;
         if let Some(d) = out {
             let mut s = self.serving.state.write();

@@ -42,6 +42,7 @@ pub use crate::weights::Weights;
 mod access;
 mod audience;
 mod erasure;
+mod experiments;
 mod fairness;
 mod ingest;
 mod lifecycle;
@@ -54,6 +55,11 @@ pub use audience::{
     Audience, AudienceError, AudienceQuery, AudienceUser, Excluded, MAX_AUDIENCE_ITEMS, Size,
 };
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
+pub use experiments::{
+    Assigned, Comparison, Experiment, ExperimentError, ExperimentReport, ExperimentRoute,
+    ExperimentSpec, MetricResult, MetricSpec, Status as ExperimentStatus, VariantConfig,
+    VariantSpec,
+};
 pub use fairness::{LiveReport, ReportError, ReportOptions};
 pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
 pub use rules::{HiddenItem, RuleError};
@@ -115,6 +121,8 @@ pub struct Engine {
     erasures: Mutex<erasure::Erasures>,
     /// Decision loops (contextual bandits).
     decisions: Loops,
+    /// Running experiments and their buffered exposures.
+    experiments: experiments::Experiments,
 }
 
 impl std::fmt::Debug for Engine {
@@ -202,11 +210,13 @@ impl Engine {
             training: lifecycle::TrainingState::default(),
             erasures: Mutex::default(),
             decisions,
+            experiments: experiments::Experiments::default(),
         };
         engine.access.refresh_keys()?;
         engine.reload_rules()?;
         engine.load_pending_erasures()?;
         engine.load_active_model();
+        engine.reload_experiments()?;
         Ok(engine)
     }
 

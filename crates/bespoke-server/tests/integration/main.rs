@@ -10,6 +10,7 @@ mod common;
 mod decisions;
 mod erasure;
 mod events;
+mod experiments;
 mod fairness;
 mod http_hygiene;
 mod models;

@@ -1,0 +1,1204 @@
+//! Online experiments between serving configurations (`docs/experiments.md`).
+//!
+//! An experiment names a route, variants with traffic weights and a configuration each (the
+//! ranking request's own fields: model, diversity, rules, re-rankers), and the metrics to judge
+//! them by. Once started, every request on its route for a user is assigned a variant by a
+//! salted hash of the user's stored key ([`Variants::assign`]: the same on every node and after
+//! restarts, with no table to share), served with the variant's configuration laid over the
+//! request's, and the user's first exposure is recorded (buffered, then written in batches).
+//! The report reads each exposed user's events after their first exposure (and, for CUPED,
+//! before the start) and runs the statistics of [`bespoke_algo::experiment`].
+//!
+//! A variant whose configuration no longer applies (a filter over an attribute the catalog lost)
+//! falls back to the request as sent, so a running experiment never breaks serving; fallbacks
+//! are counted per variant and shown in the report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bespoke_algo::experiment::{
+    self as exp, Moments, SRM_ALPHA, Srm, TestResult, Variants, cuped, holm, means, ratio, srm,
+};
+use bespoke_store::{NewExposure, RuleRecord};
+use parking_lot::Mutex;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use super::Engine;
+use crate::pipeline::RankRequest;
+use crate::pipeline::request::{RulesIn, diversity_param, model_param};
+use crate::rules::spec::{BoostSpec, PromoteSpec};
+use crate::time::{format_rfc3339, now_ms, parse_duration};
+
+/// Most experiments kept (running or not).
+pub(crate) const MAX_EXPERIMENTS: usize = 100;
+/// Most metrics of one experiment.
+pub(crate) const MAX_METRICS: usize = 20;
+/// Exposures are written when this many wait, or [`FLUSH_EVERY_MS`] after the last write.
+const FLUSH_AT: usize = 1_000;
+/// See [`FLUSH_AT`].
+const FLUSH_EVERY_MS: u128 = 1_000;
+/// Events read per user for a report (newest first, down to the pre-period).
+const REPORT_EVENTS_PER_USER: usize = 100_000;
+
+/// The ranking route an experiment runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExperimentRoute {
+    /// `GET /v1/users/{key}/recommendations`.
+    #[default]
+    Recommendations,
+    /// `GET /v1/items/{key}/similar` with `user`.
+    Similar,
+    /// `GET /v1/popular` with `user`.
+    Popular,
+    /// `POST /v1/users/{key}/rank`.
+    Rank,
+}
+
+/// Where an experiment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Created, not serving yet; its definition may still change.
+    #[default]
+    Draft,
+    /// Serving its variants.
+    Running,
+    /// Stopped: serving the request as sent again; the report covers the running period.
+    Stopped,
+}
+
+/// One variant: a name, a traffic weight and the request fields it sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    /// Name, unique within the experiment.
+    pub name: String,
+    /// Relative share of traffic (default 1).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// The request fields this variant sets (the first variant, the control, usually none).
+    #[serde(default)]
+    pub config: VariantConfig,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The ranking-request fields a variant sets, named and checked as on the ranking routes. A
+/// `filter` is combined with the request's own (both must hold); `boost`, `promote` and
+/// `skip_rules` add to the request's; the rest replace the request's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    /// The model (`als`, `ease`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The diversity re-ranker's λ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diversity: Option<f64>,
+    /// A filter expression, combined with the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Boosts, after the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boost: Option<Vec<BoostSpec>>,
+    /// Promotions, after the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<Vec<PromoteSpec>>,
+    /// At most this many items of one category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_category: Option<i64>,
+    /// Saved rules not to apply, besides the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_rules: Option<Vec<String>>,
+    /// Calibration's λ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<f64>,
+    /// Popularity debiasing's weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity: Option<f64>,
+    /// Its method (`xquad`, `inverse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity_method: Option<String>,
+    /// The protected item group, an expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<String>,
+    /// FA*IR's minimum share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_share: Option<f64>,
+    /// FA*IR's significance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_alpha: Option<f64>,
+}
+
+/// A user-level metric computed from events (`docs/experiments.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MetricSpec {
+    /// Share of users with at least one event of the type.
+    Conversion {
+        /// Metric name.
+        name: String,
+        /// Event type.
+        event: String,
+    },
+    /// Events of the type per user.
+    Count {
+        /// Metric name.
+        name: String,
+        /// Event type.
+        event: String,
+    },
+    /// Sum of the event values of the type per user (revenue from purchase values).
+    Revenue {
+        /// Metric name.
+        name: String,
+        /// Event type.
+        event: String,
+    },
+    /// Events of one type per event of another, over all users of an arm (click-through:
+    /// clicks per impression), with the delta method's variance.
+    Ratio {
+        /// Metric name.
+        name: String,
+        /// The numerator's event type.
+        numerator: String,
+        /// The denominator's event type.
+        denominator: String,
+    },
+}
+
+impl MetricSpec {
+    fn name(&self) -> &str {
+        match self {
+            MetricSpec::Conversion { name, .. }
+            | MetricSpec::Count { name, .. }
+            | MetricSpec::Revenue { name, .. }
+            | MetricSpec::Ratio { name, .. } => name,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            MetricSpec::Conversion { .. } => "conversion",
+            MetricSpec::Count { .. } => "count",
+            MetricSpec::Revenue { .. } => "revenue",
+            MetricSpec::Ratio { .. } => "ratio",
+        }
+    }
+
+    /// The event types it reads, with the field that names each.
+    fn events(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            MetricSpec::Conversion { event, .. }
+            | MetricSpec::Count { event, .. }
+            | MetricSpec::Revenue { event, .. } => vec![("event", event)],
+            MetricSpec::Ratio {
+                numerator,
+                denominator,
+                ..
+            } => vec![("numerator", numerator), ("denominator", denominator)],
+        }
+    }
+}
+
+/// What a client sends to create an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Free text for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The route it runs on.
+    #[serde(default)]
+    pub route: ExperimentRoute,
+    /// Experiments on the same route run at once only in different layers, where their
+    /// assignments are independent (each hashes with its own salt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    /// The variants; the first is the control that the others are compared with.
+    pub variants: Vec<VariantSpec>,
+    /// Share of users kept out of the experiment altogether, in `[0, 1)`: served the request
+    /// as sent and reported as their own group.
+    #[serde(default)]
+    pub holdout: f64,
+    /// The assignment hash's salt; the experiment's name when absent. Reusing a salt reuses
+    /// the split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// The metrics; one conversion metric per configured event type when empty.
+    #[serde(default)]
+    pub metrics: Vec<MetricSpec>,
+    /// Significance level of the tests (default 0.05).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// The pre-period CUPED reads each user's metric from, before the start (default `14d`).
+    #[serde(default = "default_pre_period")]
+    pub pre_period: String,
+    /// The relative effect the sequential test is tuned to find fastest (default 0.05): its
+    /// mixing variance is `(mde · control mean)²`.
+    #[serde(default = "default_mde")]
+    pub mde: f64,
+}
+
+fn default_alpha() -> f64 {
+    0.05
+}
+
+fn default_pre_period() -> String {
+    "14d".into()
+}
+
+fn default_mde() -> f64 {
+    0.05
+}
+
+/// An experiment as stored: its definition and where it is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Experiment {
+    /// Name (unique).
+    pub name: String,
+    /// What was asked for.
+    pub spec: ExperimentSpec,
+    /// Draft, running or stopped.
+    pub status: Status,
+    /// When it started (milliseconds), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// When it stopped, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<i64>,
+}
+
+/// Why an experiment could not be saved, started or reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// A field is wrong.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, as in the request body (`variants[1].config.filter`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No experiment with this name.
+    #[error("no experiment {0:?}")]
+    NotFound(String),
+    /// The operation does not fit the experiment's status, or another running experiment.
+    #[error("{field}: {message}")]
+    Conflict {
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] bespoke_store::Error),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ExperimentError {
+    ExperimentError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn conflict(field: impl Into<String>, message: impl Into<String>) -> ExperimentError {
+    ExperimentError::Conflict {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A variant's configuration, checked: which fields it sets and their values.
+#[derive(Debug, Clone)]
+struct Patch {
+    set: VariantConfig,
+    values: RankRequest,
+}
+
+impl Patch {
+    /// Lays the variant's fields over `req`.
+    fn apply(&self, req: &mut RankRequest) {
+        let (set, v) = (&self.set, &self.values);
+        if set.model.is_some() {
+            req.model = v.model;
+        }
+        if set.diversity.is_some() {
+            req.diversity = v.diversity;
+        }
+        if let Some(f) = &v.filter {
+            req.filter = Some(match req.filter.take() {
+                Some(own) => format!("({own}) and ({f})"),
+                None => f.clone(),
+            });
+        }
+        req.boost.extend(v.boost.iter().cloned());
+        req.promote.extend(v.promote.iter().cloned());
+        if set.max_per_category.is_some() {
+            req.max_per_category = v.max_per_category;
+        }
+        req.skip_rules.extend(v.skip_rules.iter().cloned());
+        let (f, vf) = (&mut req.fairness, &v.fairness);
+        if set.calibration.is_some() {
+            f.calibration = vf.calibration;
+        }
+        if set.popularity.is_some() {
+            f.popularity = vf.popularity;
+        }
+        if set.popularity_method.is_some() {
+            f.popularity_method = vf.popularity_method;
+        }
+        if set.protected.is_some() {
+            f.protected = vf.protected.clone();
+        }
+        if set.protected_share.is_some() {
+            f.protected_share = vf.protected_share;
+        }
+        if set.protected_alpha.is_some() {
+            f.protected_alpha = vf.protected_alpha;
+        }
+    }
+}
+
+/// A running experiment, compiled for serving.
+#[derive(Debug)]
+struct Live {
+    name: Arc<str>,
+    route: ExperimentRoute,
+    salt: String,
+    variants: Variants,
+    patches: Vec<Patch>,
+    /// Users whose exposure was already buffered or written (by this node since it started).
+    seen: Mutex<FxHashSet<String>>,
+    /// Requests served per variant (the holdout last), by this node since start.
+    served: Vec<AtomicU64>,
+    /// Requests whose variant configuration failed and fell back to the request as sent.
+    fallbacks: Vec<AtomicU64>,
+}
+
+/// The experiments a serving node runs and the exposures waiting to be written.
+#[derive(Debug)]
+pub(crate) struct Experiments {
+    running: ArcSwap<Vec<Arc<Live>>>,
+    pending: Mutex<Vec<(Arc<str>, NewExposure)>>,
+    last_flush: Mutex<Instant>,
+}
+
+impl Default for Experiments {
+    fn default() -> Self {
+        Self {
+            running: ArcSwap::from_pointee(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            last_flush: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// The variant a request was served, as the response reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Assigned {
+    /// The experiment.
+    pub experiment: String,
+    /// The variant served (`holdout` for a held-out user).
+    pub variant: String,
+    /// The variant's configuration failed and the request was served as sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
+}
+
+fn stored(record: RuleRecord) -> Option<Experiment> {
+    match serde_json::from_value::<Experiment>(record.definition) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(experiment = %record.name, error = %e, "stored experiment does not read; ignored");
+            None
+        }
+    }
+}
+
+/// The weights and names of a spec's variants, checked.
+fn variants_of(spec: &ExperimentSpec) -> Result<Variants, ExperimentError> {
+    if spec.variants.len() < 2 {
+        return Err(invalid(
+            "variants",
+            "an experiment needs at least two variants: the control first, then the treatments",
+        ));
+    }
+    for (i, v) in spec.variants.iter().enumerate() {
+        if !(v.weight.is_finite() && v.weight >= 0.0) {
+            return Err(invalid(
+                format!("variants[{i}].weight"),
+                format!("weight must be a finite number >= 0, got {}", v.weight),
+            ));
+        }
+        if v.name.is_empty() || v.name == "holdout" || v.name.len() > 64 {
+            return Err(invalid(
+                format!("variants[{i}].name"),
+                "a variant name must be 1 to 64 bytes and not \"holdout\"",
+            ));
+        }
+    }
+    if spec.variants.iter().map(|v| v.weight).sum::<f64>() <= 0.0 {
+        return Err(invalid(
+            "variants",
+            "the variants' weights must sum to a positive number",
+        ));
+    }
+    let names = spec.variants.iter().map(|v| v.name.clone()).collect();
+    let weights = spec.variants.iter().map(|v| v.weight).collect();
+    Variants::new(names, weights, spec.holdout).map_err(|e| match e {
+        exp::Error::InvalidHoldout { .. } => invalid("holdout", e.to_string()),
+        exp::Error::BadVariantName { .. } => invalid("variants", e.to_string()),
+        other => invalid("variants", other.to_string()),
+    })
+}
+
+impl Engine {
+    /// Loads the running experiments into serving (at start and after every change).
+    pub(crate) fn reload_experiments(&self) -> bespoke_store::Result<()> {
+        let mut live = Vec::new();
+        for e in self
+            .store
+            .experiments()?
+            .into_iter()
+            .filter_map(stored)
+            .filter(|e| e.status == Status::Running)
+        {
+            match self.compile_experiment(&e) {
+                Ok(l) => live.push(Arc::new(l)),
+                // The catalog changed under a running experiment since it started: it stays
+                // stored and reported, but serves nothing until fixed.
+                Err(err) => {
+                    tracing::warn!(experiment = %e.name, error = %err, "running experiment no longer compiles; not served")
+                }
+            }
+        }
+        // Keep the counters of experiments that stay running.
+        let old = self.experiments.running.load();
+        let live = live
+            .into_iter()
+            .map(|l| old.iter().find(|o| o.name == l.name).cloned().unwrap_or(l))
+            .collect();
+        self.experiments.running.store(Arc::new(live));
+        Ok(())
+    }
+
+    fn compile_experiment(&self, e: &Experiment) -> Result<Live, ExperimentError> {
+        let variants = variants_of(&e.spec)?;
+        let patches = e
+            .spec
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| self.patch(i, &v.config))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = e.spec.variants.len() + 1;
+        Ok(Live {
+            name: e.name.as_str().into(),
+            route: e.spec.route,
+            salt: e.spec.salt.clone().unwrap_or_else(|| e.name.clone()),
+            variants,
+            patches,
+            seen: Mutex::new(FxHashSet::default()),
+            served: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            fallbacks: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Checks variant `i`'s configuration as a ranking request would be checked.
+    fn patch(&self, i: usize, c: &VariantConfig) -> Result<Patch, ExperimentError> {
+        let field = |f: &str| format!("variants[{i}].config.{f}");
+        let settings = &self.settings;
+        let mut values = RankRequest {
+            n: settings.serving.default_n,
+            ..RankRequest::default()
+        };
+        values.model =
+            model_param(c.model.as_deref()).map_err(|e| invalid(field("model"), e.message))?;
+        values.diversity =
+            diversity_param(c.diversity).map_err(|e| invalid(field("diversity"), e.message))?;
+        RulesIn {
+            filter: c.filter.clone(),
+            boost: c.boost.clone(),
+            promote: c.promote.clone(),
+            max_per_category: c.max_per_category,
+            skip_rules: c.skip_rules.clone(),
+            calibration: c.calibration,
+            popularity: c.popularity,
+            popularity_method: c.popularity_method.clone(),
+            protected: c.protected.clone(),
+            protected_share: c.protected_share,
+            protected_alpha: c.protected_alpha,
+            ..RulesIn::default()
+        }
+        .apply(&mut values, settings)
+        .map_err(|e| invalid(field(e.field.as_deref().unwrap_or("config")), e.message))?;
+        self.serving
+            .check_rules(&values, values.n)
+            .map_err(|p| invalid(field(&p.field), p.message))?;
+        Ok(Patch {
+            set: c.clone(),
+            values,
+        })
+    }
+
+    /// Checks a spec: variants, configurations against the catalog, metrics against the
+    /// configured event types. Fills in the default metrics.
+    fn check_experiment(&self, spec: &mut ExperimentSpec) -> Result<(), ExperimentError> {
+        variants_of(spec)?;
+        for (i, v) in spec.variants.iter().enumerate() {
+            if spec.variants[..i].iter().any(|w| w.name == v.name) {
+                return Err(invalid(
+                    format!("variants[{i}].name"),
+                    format!("variant name {:?} is used twice", v.name),
+                ));
+            }
+            self.patch(i, &v.config)?;
+        }
+        if let Some(layer) = &spec.layer
+            && (layer.is_empty() || layer.len() > 64)
+        {
+            return Err(invalid("layer", "a layer name must be 1 to 64 bytes"));
+        }
+        if !(spec.alpha > 0.0 && spec.alpha < 0.5) {
+            return Err(invalid(
+                "alpha",
+                format!("alpha must be between 0 and 0.5, got {}", spec.alpha),
+            ));
+        }
+        if !(spec.mde > 0.0 && spec.mde.is_finite()) {
+            return Err(invalid(
+                "mde",
+                format!("mde must be a positive number, got {}", spec.mde),
+            ));
+        }
+        parse_duration(&spec.pre_period)
+            .map_err(|why| invalid("pre_period", format!("pre_period {why} (7d, 14d, ...)")))?;
+        let mut kinds: Vec<&str> = self.weights.kinds();
+        kinds.push(crate::settings::IMPRESSION);
+        if spec.metrics.is_empty() {
+            spec.metrics = self
+                .weights
+                .kinds()
+                .into_iter()
+                .map(|k| MetricSpec::Conversion {
+                    name: format!("{k}_conversion"),
+                    event: k.to_owned(),
+                })
+                .collect();
+        }
+        if spec.metrics.len() > MAX_METRICS {
+            return Err(invalid("metrics", format!("at most {MAX_METRICS} metrics")));
+        }
+        for (i, m) in spec.metrics.iter().enumerate() {
+            if m.name().is_empty() || m.name().len() > 64 {
+                return Err(invalid(
+                    format!("metrics[{i}].name"),
+                    "a metric name must be 1 to 64 bytes",
+                ));
+            }
+            if spec.metrics[..i].iter().any(|o| o.name() == m.name()) {
+                return Err(invalid(
+                    format!("metrics[{i}].name"),
+                    format!("metric name {:?} is used twice", m.name()),
+                ));
+            }
+            for (f, event) in m.events() {
+                if !kinds.contains(&event) {
+                    return Err(invalid(
+                        format!("metrics[{i}].{f}"),
+                        format!(
+                            "unknown event type {event:?}; the configured types are {}",
+                            kinds.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every experiment, by name.
+    pub fn experiments(&self) -> bespoke_store::Result<Vec<Experiment>> {
+        Ok(self
+            .store
+            .experiments()?
+            .into_iter()
+            .filter_map(stored)
+            .collect())
+    }
+
+    /// One experiment.
+    pub fn experiment(&self, name: &str) -> Result<Experiment, ExperimentError> {
+        self.experiments()?
+            .into_iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| ExperimentError::NotFound(name.to_owned()))
+    }
+
+    /// Creates a draft experiment, or replaces a draft's definition; `true` when it is new. A
+    /// running or stopped experiment cannot change (its report would mix two definitions).
+    pub fn put_experiment(
+        &self,
+        name: &str,
+        mut spec: ExperimentSpec,
+    ) -> Result<(Experiment, bool), ExperimentError> {
+        let _admin = self.admin.lock();
+        self.check_experiment(&mut spec)?;
+        let all = self.experiments()?;
+        let existing = all.iter().find(|e| e.name == name);
+        if let Some(e) = existing
+            && e.status != Status::Draft
+        {
+            return Err(conflict(
+                "status",
+                format!(
+                    "experiment {name:?} is {:?}; only a draft can change (create a new one)",
+                    e.status
+                ),
+            ));
+        }
+        if existing.is_none() && all.len() >= MAX_EXPERIMENTS {
+            return Err(conflict(
+                "name",
+                format!("at most {MAX_EXPERIMENTS} experiments; delete one first"),
+            ));
+        }
+        let e = Experiment {
+            name: name.to_owned(),
+            spec,
+            status: Status::Draft,
+            started_at: None,
+            stopped_at: None,
+        };
+        self.save_experiment(&e)?;
+        Ok((e, existing.is_none()))
+    }
+
+    fn save_experiment(&self, e: &Experiment) -> bespoke_store::Result<()> {
+        let definition = serde_json::to_value(e).expect("an experiment serializes");
+        self.store.put_experiment(&e.name, &definition, now_ms())?;
+        Ok(())
+    }
+
+    /// Starts a draft: from now on its route serves its variants. Refused while another
+    /// running experiment on the same route shares its layer (or either has none).
+    pub fn start_experiment(&self, name: &str) -> Result<Experiment, ExperimentError> {
+        let _admin = self.admin.lock();
+        let all = self.experiments()?;
+        let mut e = all
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+            .ok_or_else(|| ExperimentError::NotFound(name.to_owned()))?;
+        if e.status != Status::Draft {
+            return Err(conflict(
+                "status",
+                format!("experiment {name:?} is {:?}; only a draft starts", e.status),
+            ));
+        }
+        for other in all
+            .iter()
+            .filter(|o| o.status == Status::Running && o.spec.route == e.spec.route)
+        {
+            let same_layer = match (&other.spec.layer, &e.spec.layer) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if same_layer {
+                return Err(conflict(
+                    "layer",
+                    format!(
+                        "experiment {:?} already runs on route {:?} in the same layer; give the two different layers to run them at once (independent assignments), or stop it",
+                        other.name,
+                        serde_json::to_value(e.spec.route).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        // Checked again: the catalog may have changed since it was created.
+        self.compile_experiment(&e)?;
+        e.status = Status::Running;
+        e.started_at = Some(now_ms());
+        self.save_experiment(&e)?;
+        self.reload_experiments()?;
+        Ok(e)
+    }
+
+    /// Stops a running experiment: its route serves requests as sent again.
+    pub fn stop_experiment(&self, name: &str) -> Result<Experiment, ExperimentError> {
+        self.flush_exposures()?;
+        let _admin = self.admin.lock();
+        let mut e = self.experiment(name)?;
+        if e.status != Status::Running {
+            return Err(conflict(
+                "status",
+                format!(
+                    "experiment {name:?} is {:?}; only a running one stops",
+                    e.status
+                ),
+            ));
+        }
+        e.status = Status::Stopped;
+        e.stopped_at = Some(now_ms());
+        self.save_experiment(&e)?;
+        self.reload_experiments()?;
+        Ok(e)
+    }
+
+    /// Deletes an experiment and its exposures; `false` when there was none.
+    pub fn delete_experiment(&self, name: &str) -> bespoke_store::Result<bool> {
+        let _admin = self.admin.lock();
+        let deleted = self.store.delete_experiment(name)?;
+        self.reload_experiments()?;
+        Ok(deleted)
+    }
+
+    /// Assigns the user a variant of every running experiment on `route`, lays the variants'
+    /// configurations over `req` and buffers the user's first exposure. A configuration that
+    /// fails its check falls back to the request as sent (counted). Returns what was served.
+    pub fn assign_experiments(
+        &self,
+        route: ExperimentRoute,
+        user_key: &str,
+        req: &mut RankRequest,
+    ) -> Vec<Assigned> {
+        let running = self.experiments.running.load();
+        if running.is_empty() {
+            return Vec::new();
+        }
+        let stored = self.serving.user_keys.to_store(user_key);
+        let mut out = Vec::new();
+        for live in running.iter().filter(|l| l.route == route) {
+            let arm = live.variants.assign(&live.salt, &stored);
+            let index = arm.unwrap_or(live.patches.len());
+            live.served[index].fetch_add(1, Ordering::Relaxed);
+            let mut fallback = false;
+            if let Some(arm) = arm {
+                let mut patched = req.clone();
+                live.patches[arm].apply(&mut patched);
+                if self.serving.check_rules(&patched, patched.n).is_ok() {
+                    *req = patched;
+                } else {
+                    fallback = true;
+                    live.fallbacks[arm].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if live.seen.lock().insert(stored.to_string()) {
+                self.experiments.pending.lock().push((
+                    live.name.clone(),
+                    NewExposure {
+                        user: stored.to_string(),
+                        variant: index as u32,
+                        at: now_ms(),
+                    },
+                ));
+            }
+            out.push(Assigned {
+                experiment: live.name.to_string(),
+                variant: arm.map_or_else(
+                    || "holdout".to_owned(),
+                    |a| live.variants.names()[a].clone(),
+                ),
+                fallback,
+            });
+        }
+        out
+    }
+
+    /// Whether buffered exposures should be written now.
+    pub fn exposures_due(&self) -> bool {
+        let n = self.experiments.pending.lock().len();
+        n >= FLUSH_AT
+            || (n > 0 && self.experiments.last_flush.lock().elapsed().as_millis() >= FLUSH_EVERY_MS)
+    }
+
+    /// Writes the buffered exposures; returns how many were new.
+    pub fn flush_exposures(&self) -> bespoke_store::Result<u64> {
+        let pending = std::mem::take(&mut *self.experiments.pending.lock());
+        *self.experiments.last_flush.lock() = Instant::now();
+        let mut by_experiment: FxHashMap<Arc<str>, Vec<NewExposure>> = FxHashMap::default();
+        for (name, e) in pending {
+            by_experiment.entry(name).or_default().push(e);
+        }
+        let mut added = 0;
+        for (name, rows) in by_experiment {
+            match self.store.record_exposures(&name, rows.clone()) {
+                Ok(n) => added += n,
+                Err(e) => {
+                    // Put them back for the next try: an exposure lost biases the report.
+                    self.experiments
+                        .pending
+                        .lock()
+                        .extend(rows.into_iter().map(|r| (name.clone(), r)));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Forgets a user's buffered exposures (erasure: the store deletes the written ones).
+    pub(crate) fn forget_exposures(&self, stored_key: &str) {
+        self.experiments
+            .pending
+            .lock()
+            .retain(|(_, e)| e.user != stored_key);
+        for live in self.experiments.running.load().iter() {
+            live.seen.lock().remove(stored_key);
+        }
+    }
+
+    /// The experiment's results so far (or over its running period, once stopped).
+    pub fn experiment_report(&self, name: &str) -> Result<ExperimentReport, ExperimentError> {
+        self.flush_exposures()?;
+        let e = self.experiment(name)?;
+        let Some(started) = e.started_at else {
+            return Err(conflict(
+                "status",
+                format!("experiment {name:?} has not started: nothing to report"),
+            ));
+        };
+        let end = e.stopped_at.unwrap_or_else(now_ms);
+        let pre = parse_duration(&e.spec.pre_period).unwrap_or(14 * 86_400_000);
+        let exposures = self.store.exposures(name)?;
+        let k = e.spec.variants.len();
+        let metrics = &e.spec.metrics;
+        // arms[metric][variant (holdout last)]
+        let mut arms = vec![vec![Moments::new(); k + 1]; metrics.len()];
+        let mut users = vec![0u64; k + 1];
+        for x in &exposures {
+            let v = (x.variant as usize).min(k);
+            users[v] += 1;
+            let events = self.report_events(&x.key, started - pre)?;
+            for (m, spec) in metrics.iter().enumerate() {
+                let (y, pre_y) = metric_value(spec, &events, x.at, end, started - pre, started);
+                arms[m][v].push_pair(y, pre_y);
+            }
+        }
+        let weights: Vec<f64> = e.spec.variants.iter().map(|v| v.weight).collect();
+        let srm_check = srm(&users[..k], &weights).ok();
+        let live = self
+            .experiments
+            .running
+            .load()
+            .iter()
+            .find(|l| &*l.name == name)
+            .cloned();
+        let counter =
+            |c: Option<&Vec<AtomicU64>>, i: usize| c.map_or(0, |c| c[i].load(Ordering::Relaxed));
+        let variants = (0..=k)
+            .filter(|&i| i < k || e.spec.holdout > 0.0)
+            .map(|i| VariantReport {
+                variant: e
+                    .spec
+                    .variants
+                    .get(i)
+                    .map_or_else(|| "holdout".into(), |v| v.name.clone()),
+                users: users[i],
+                served: counter(live.as_ref().map(|l| &l.served), i),
+                fallbacks: counter(live.as_ref().map(|l| &l.fallbacks), i),
+                means: metrics
+                    .iter()
+                    .zip(&arms)
+                    .map(|(m, a)| MetricMean {
+                        metric: m.name().to_owned(),
+                        mean: if let MetricSpec::Ratio { .. } = m {
+                            (a[i].mean_x() > 0.0).then(|| a[i].mean() / a[i].mean_x())
+                        } else {
+                            (a[i].n() > 0).then(|| a[i].mean())
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut comparisons = Vec::new();
+        for t in 1..k {
+            let mut rows: Vec<MetricResult> = metrics
+                .iter()
+                .zip(&arms)
+                .map(|(m, a)| compare(m, &a[0], &a[t], e.spec.alpha, e.spec.mde))
+                .collect();
+            let ps: Vec<f64> = rows.iter().map(|r| r.p_value.unwrap_or(1.0)).collect();
+            for (r, p) in rows.iter_mut().zip(holm(&ps)) {
+                if r.p_value.is_some() {
+                    r.p_value_holm = Some(p);
+                    r.significant = p < e.spec.alpha;
+                }
+            }
+            comparisons.push(Comparison {
+                control: e.spec.variants[0].name.clone(),
+                treatment: e.spec.variants[t].name.clone(),
+                metrics: rows,
+            });
+        }
+        let mut notes = Vec::new();
+        if let Some(s) = &srm_check
+            && s.alarm
+        {
+            notes.push(format!(
+                "sample ratio mismatch: the users per variant differ from the weights (p = {:.2e} < {SRM_ALPHA}); assignment or exposure logging is broken and the results should not be trusted",
+                s.p_value
+            ));
+        }
+        Ok(ExperimentReport {
+            experiment: e.name.clone(),
+            status: e.status,
+            route: e.spec.route,
+            started_at: format_rfc3339(started),
+            stopped_at: e.stopped_at.map(format_rfc3339),
+            analysed_until: format_rfc3339(end),
+            alpha: e.spec.alpha,
+            users: users.iter().sum(),
+            srm: srm_check,
+            variants,
+            comparisons,
+            notes,
+        })
+    }
+
+    /// A user's events from `since` on, as (type, value, time).
+    fn report_events(
+        &self,
+        stored_key: &str,
+        since: i64,
+    ) -> bespoke_store::Result<Vec<(String, Option<f64>, i64)>> {
+        let mut out = Vec::new();
+        let mut before = None;
+        loop {
+            let Some(page) = self.store.user_events(stored_key, before, 1_000)? else {
+                break;
+            };
+            // Newest first: a page reaching back before `since` is the last one needed.
+            let mut done = page.next.is_none();
+            for ev in page.items {
+                done |= ev.timestamp < since;
+                out.push((ev.kind, ev.value, ev.timestamp));
+            }
+            if done || out.len() >= REPORT_EVENTS_PER_USER {
+                break;
+            }
+            before = page.next;
+        }
+        Ok(out)
+    }
+}
+
+/// A user's value of `metric` in the experiment (from first exposure to `end`) and in the
+/// pre-period `[pre_from, pre_to)`; for a ratio, the numerator and the denominator instead.
+fn metric_value(
+    metric: &MetricSpec,
+    events: &[(String, Option<f64>, i64)],
+    exposed: i64,
+    end: i64,
+    pre_from: i64,
+    pre_to: i64,
+) -> (f64, f64) {
+    let during = |t: i64| t >= exposed && t <= end;
+    let before = |t: i64| t >= pre_from && t < pre_to;
+    let count = |kind: &str, window: &dyn Fn(i64) -> bool| {
+        events
+            .iter()
+            .filter(|(k, _, t)| k == kind && window(*t))
+            .count() as f64
+    };
+    match metric {
+        MetricSpec::Conversion { event, .. } => (
+            f64::from(count(event, &during) > 0.0),
+            f64::from(count(event, &before) > 0.0),
+        ),
+        MetricSpec::Count { event, .. } => (count(event, &during), count(event, &before)),
+        MetricSpec::Revenue { event, .. } => {
+            let sum = |window: &dyn Fn(i64) -> bool| {
+                events
+                    .iter()
+                    .filter(|(k, _, t)| k == event && window(*t))
+                    .map(|(_, v, _)| v.unwrap_or(0.0))
+                    .sum::<f64>()
+            };
+            (sum(&during), sum(&before))
+        }
+        MetricSpec::Ratio {
+            numerator,
+            denominator,
+            ..
+        } => (count(numerator, &during), count(denominator, &during)),
+    }
+}
+
+/// One metric of one treatment against the control.
+fn compare(metric: &MetricSpec, c: &Moments, t: &Moments, alpha: f64, mde: f64) -> MetricResult {
+    let mut r = MetricResult {
+        metric: metric.name().to_owned(),
+        kind: metric.kind(),
+        ..MetricResult::default()
+    };
+    let (estimate, reduction) = if let MetricSpec::Ratio { .. } = metric {
+        (ratio(c, t), None)
+    } else {
+        match cuped(c, t) {
+            // CUPED only when the pre-period carries information; otherwise the plain means.
+            Ok(cu) if cu.variance_reduction > 0.0 => (Ok(cu.estimate), Some(cu.variance_reduction)),
+            _ => (means(c, t), None),
+        }
+    };
+    let estimate = match estimate {
+        Ok(e) => e,
+        Err(e) => {
+            r.note = Some(e.to_string());
+            return r;
+        }
+    };
+    r.cuped_variance_reduction = reduction;
+    match estimate.welch(alpha) {
+        Ok(TestResult {
+            control,
+            treatment,
+            effect,
+            relative,
+            ci_low,
+            ci_high,
+            p_value,
+            ..
+        }) => {
+            r.control = Some(control);
+            r.treatment = Some(treatment);
+            r.effect = Some(effect);
+            r.relative = relative;
+            r.ci_low = Some(ci_low);
+            r.ci_high = Some(ci_high);
+            r.p_value = Some(p_value);
+        }
+        Err(e) => r.note = Some(e.to_string()),
+    }
+    let tau2 = (mde * estimate.control).powi(2).max(1e-12);
+    if let Ok(s) = estimate.sequential(alpha, tau2) {
+        r.sequential = Some(SequentialOut {
+            always_valid_p: s.always_valid_p,
+            cs_low: s.cs_low,
+            cs_high: s.cs_high,
+            significant: s.always_valid_p <= alpha,
+        });
+    }
+    r
+}
+
+/// `GET /v1/experiments/{name}/report`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentReport {
+    /// The experiment.
+    pub experiment: String,
+    /// Its status.
+    pub status: Status,
+    /// Its route.
+    pub route: ExperimentRoute,
+    /// When it started.
+    pub started_at: String,
+    /// When it stopped, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    /// The end of the period analysed (now, or the stop).
+    pub analysed_until: String,
+    /// The significance level.
+    pub alpha: f64,
+    /// Users exposed.
+    pub users: u64,
+    /// The sample-ratio-mismatch check over the variants (not the holdout).
+    pub srm: Option<Srm>,
+    /// Per variant: users, requests and fallbacks, metric means.
+    pub variants: Vec<VariantReport>,
+    /// Each treatment against the control.
+    pub comparisons: Vec<Comparison>,
+    /// Warnings (an SRM alarm above all).
+    pub notes: Vec<String>,
+}
+
+/// One variant's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantReport {
+    /// Variant name (`holdout` for the held-out users).
+    pub variant: String,
+    /// Users first exposed to it.
+    pub users: u64,
+    /// Requests this node served it since it started.
+    pub served: u64,
+    /// Of those, how many fell back to the request as sent.
+    pub fallbacks: u64,
+    /// Each metric's mean (a ratio's pooled ratio); null with no users.
+    pub means: Vec<MetricMean>,
+}
+
+/// One metric's mean in one variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricMean {
+    /// Metric name.
+    pub metric: String,
+    /// Its mean.
+    pub mean: Option<f64>,
+}
+
+/// One treatment against the control on every metric.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The control's name.
+    pub control: String,
+    /// The treatment's name.
+    pub treatment: String,
+    /// One result per metric.
+    pub metrics: Vec<MetricResult>,
+}
+
+/// The test of one metric: effect, interval and p-values (null with too few users; `note`
+/// says why).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MetricResult {
+    /// Metric name.
+    pub metric: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// The control's value (CUPED-adjusted when CUPED applied).
+    pub control: Option<f64>,
+    /// The treatment's value.
+    pub treatment: Option<f64>,
+    /// `treatment − control`.
+    pub effect: Option<f64>,
+    /// `effect / control`.
+    pub relative: Option<f64>,
+    /// Welch's `1 − α` interval of the effect.
+    pub ci_low: Option<f64>,
+    /// Its upper end.
+    pub ci_high: Option<f64>,
+    /// Welch's two-sided p-value (fixed horizon: valid at one planned look).
+    pub p_value: Option<f64>,
+    /// Holm-adjusted across the metrics of this comparison.
+    pub p_value_holm: Option<f64>,
+    /// `p_value_holm < α`.
+    pub significant: bool,
+    /// Share of the effect's variance CUPED removed, when it applied.
+    pub cuped_variance_reduction: Option<f64>,
+    /// The always-valid test: safe to look at every day.
+    pub sequential: Option<SequentialOut>,
+    /// Why numbers are missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The always-valid (mSPRT) test's result at this look.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequentialOut {
+    /// The always-valid p-value.
+    pub always_valid_p: f64,
+    /// The confidence sequence's lower end.
+    pub cs_low: f64,
+    /// Its upper end.
+    pub cs_high: f64,
+    /// `always_valid_p ≤ α`.
+    pub significant: bool,
+}
