@@ -12,6 +12,7 @@ mod chart;
 mod cold;
 mod demo;
 mod eval;
+mod experiment;
 mod export;
 mod fairness;
 mod import;
@@ -94,6 +95,9 @@ enum Command {
     /// Audiences: `bespoke audience export` writes the users most drawn to items, a category
     /// or an item expression (CSV or JSONL), without those who objected to marketing.
     Audience(audience::AudienceArgs),
+    /// Experiments between serving configurations: create (from JSON), list, start, stop,
+    /// delete, report (docs/experiments.md).
+    Experiment(experiment::ExperimentArgs),
     /// Fairness and bias report (coverage, Gini, long tail, popularity lift, miscalibration,
     /// accuracy by user group, exposure by item group) on an evaluation split, or with --live
     /// on the served model; re-rankers and their trade-off sweep (docs/fairness.md).
@@ -222,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ope(args) => ope::run(&settings, &args),
         Command::Fairness(args) => fairness::run(&settings, &args),
         Command::Audience(args) => audience::run(&settings, &args),
+        Command::Experiment(args) => experiment::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
         Command::Check { json } => {
             let store = bespoke_server::open_store(&settings)?;

@@ -388,16 +388,24 @@ async fn decision_windows(engine: Arc<Engine>) {
 /// How often the key mirror is reloaded from the store.
 const KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reloads API keys, so that keys created or revoked by `bespoke keys` (another process) take
-/// effect on a running server within [`KEY_REFRESH`].
+/// Reloads API keys and running experiments, so that keys created or revoked by `bespoke keys`
+/// and experiments started or stopped by `bespoke experiment` (another process) take effect on
+/// a running server within [`KEY_REFRESH`]; writes buffered experiment exposures.
 async fn refresh_keys(engine: Arc<Engine>) {
     let mut ticker = tokio::time::interval(KEY_REFRESH);
     loop {
         ticker.tick().await;
         let e = engine.clone();
-        match tokio::task::spawn_blocking(move || e.access().refresh_keys()).await {
+        // Experiments started or stopped by another process (`bespoke experiment`, another
+        // node) take effect here too, and buffered exposures are written.
+        let refresh = move || {
+            e.access().refresh_keys()?;
+            e.reload_experiments()?;
+            e.flush_exposures().map(drop)
+        };
+        match tokio::task::spawn_blocking(refresh).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "reloading API keys failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "reloading API keys or experiments failed"),
             Err(e) => tracing::error!(error = %e, "reloading API keys panicked"),
         }
     }

@@ -371,6 +371,8 @@ impl Patch {
 #[derive(Debug)]
 struct Live {
     name: Arc<str>,
+    /// Its start: a deleted experiment recreated under the same name is another one.
+    started_at: Option<i64>,
     route: ExperimentRoute,
     salt: String,
     variants: Variants,
@@ -389,6 +391,8 @@ pub(crate) struct Experiments {
     running: ArcSwap<Vec<Arc<Live>>>,
     pending: Mutex<Vec<(Arc<str>, NewExposure)>>,
     last_flush: Mutex<Instant>,
+    /// Running experiments already warned about (once each, not at every reload).
+    warned: Mutex<FxHashSet<String>>,
 }
 
 impl Default for Experiments {
@@ -397,6 +401,7 @@ impl Default for Experiments {
             running: ArcSwap::from_pointee(Vec::new()),
             pending: Mutex::new(Vec::new()),
             last_flush: Mutex::new(Instant::now()),
+            warned: Mutex::new(FxHashSet::default()),
         }
     }
 }
@@ -461,8 +466,10 @@ fn variants_of(spec: &ExperimentSpec) -> Result<Variants, ExperimentError> {
 }
 
 impl Engine {
-    /// Loads the running experiments into serving (at start and after every change).
-    pub(crate) fn reload_experiments(&self) -> bespoke_store::Result<()> {
+    /// Loads the running experiments into serving (at start, after every change, and every
+    /// second for changes made by other processes).
+    pub fn reload_experiments(&self) -> bespoke_store::Result<()> {
+        let old = self.experiments.running.load();
         let mut live = Vec::new();
         for e in self
             .store
@@ -471,21 +478,26 @@ impl Engine {
             .filter_map(stored)
             .filter(|e| e.status == Status::Running)
         {
+            // One that stays running keeps its compiled form and counters (a running
+            // experiment's definition never changes).
+            if let Some(o) = old
+                .iter()
+                .find(|o| *o.name == *e.name && o.started_at == e.started_at)
+            {
+                live.push(o.clone());
+                continue;
+            }
             match self.compile_experiment(&e) {
                 Ok(l) => live.push(Arc::new(l)),
                 // The catalog changed under a running experiment since it started: it stays
                 // stored and reported, but serves nothing until fixed.
                 Err(err) => {
-                    tracing::warn!(experiment = %e.name, error = %err, "running experiment no longer compiles; not served")
+                    if self.experiments.warned.lock().insert(e.name.clone()) {
+                        tracing::warn!(experiment = %e.name, error = %err, "running experiment no longer compiles; not served");
+                    }
                 }
             }
         }
-        // Keep the counters of experiments that stay running.
-        let old = self.experiments.running.load();
-        let live = live
-            .into_iter()
-            .map(|l| old.iter().find(|o| o.name == l.name).cloned().unwrap_or(l))
-            .collect();
         self.experiments.running.store(Arc::new(live));
         Ok(())
     }
@@ -502,6 +514,7 @@ impl Engine {
         let n = e.spec.variants.len() + 1;
         Ok(Live {
             name: e.name.as_str().into(),
+            started_at: e.started_at,
             route: e.spec.route,
             salt: e.spec.salt.clone().unwrap_or_else(|| e.name.clone()),
             variants,
