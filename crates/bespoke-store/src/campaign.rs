@@ -29,6 +29,8 @@ pub struct Exposure {
     pub variant: u32,
     /// When the user was first served it.
     pub at: Millis,
+    /// Interleaving credit: clicks on items the first and the second ranker contributed.
+    pub credit: (u32, u32),
 }
 
 /// A member of a segment.

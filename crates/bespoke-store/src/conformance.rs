@@ -1619,6 +1619,16 @@ pub fn campaigns_experiments_and_first_exposures<S: Store + ?Sized>(store: &S) {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].key, "u0");
     assert_eq!((rows[1].variant, rows[1].at), (1, 100));
+    assert_eq!(rows[1].credit, (0, 0));
+    // Credit adds up on existing rows only.
+    let changed = store
+        .add_credits(
+            "blend",
+            vec![("u0".into(), 2, 1), ("u0".into(), 1, 0), ("nobody".into(), 5, 5)],
+        )
+        .unwrap();
+    assert_eq!(changed, 2);
+    assert_eq!(store.exposures("blend").unwrap()[1].credit, (3, 1));
     assert!(store.exposures("another").unwrap().is_empty());
 
     assert!(store.delete_experiment("blend").unwrap());

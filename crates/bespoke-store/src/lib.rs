@@ -432,6 +432,10 @@ pub trait CampaignStore: Send + Sync + std::fmt::Debug {
     /// added.
     fn record_exposures(&self, experiment: &str, exposures: Vec<NewExposure>) -> Result<u64>;
 
+    /// Adds interleaving credit `(user, a, b)` to users' exposure rows (a user without one is
+    /// skipped); returns how many rows changed.
+    fn add_credits(&self, experiment: &str, credits: Vec<(String, u32, u32)>) -> Result<u64>;
+
     /// Every exposure to `experiment`, by user key.
     fn exposures(&self, experiment: &str) -> Result<Vec<Exposure>>;
 

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
-use crate::engine::{Assigned, ExperimentRoute, PopularSort, Recommendation, Recommendations};
+use crate::engine::{
+    Assigned, ExperimentRoute, PopularSort, Recommendation, Recommendations, Served,
+};
 use crate::error::ApiError;
 use crate::pipeline::request::{CommonIn, Form, RULE_PARAMS, RulesIn, explain_param, model_param};
 use crate::pipeline::{Filtered, NeedsAttributes, RankRequest, Ranked, RankedItem, Source};
@@ -205,9 +207,9 @@ fn experiments(
     route: ExperimentRoute,
     user: &str,
     req: &mut RankRequest,
-) -> Vec<Assigned> {
+) -> Served {
     let out = state.engine.assign_experiments(route, user, req);
-    if !out.is_empty() && state.engine.exposures_due() {
+    if !out.assigned.is_empty() && state.engine.exposures_due() {
         let engine = state.engine.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = engine.flush_exposures() {
@@ -332,8 +334,16 @@ pub(crate) async fn recommendations(
         true,
     )?;
     let mut req = req;
-    let assigned = experiments(&state, ExperimentRoute::Recommendations, &key, &mut req);
-    let recs = rank_user(&state, &key, req).await?;
+    let mut served = experiments(&state, ExperimentRoute::Recommendations, &key, &mut req);
+    let n = req.n;
+    let second = served.interleave.as_ref().map(|p| p.second.clone());
+    let mut recs = rank_user(&state, &key, req).await?;
+    if let Some(second) = second {
+        let other = rank_user(&state, &key, second).await?;
+        let first = std::mem::take(&mut recs.items);
+        recs.items = state.engine.interleave(&mut served, first, other.items, n);
+    }
+    let assigned = served.assigned;
     Ok(Json(RecommendationsOut {
         user: key,
         personalized: recs.personalized,
@@ -380,7 +390,7 @@ pub(crate) async fn similar(
     };
     let mut req = req;
     let assigned = match req.user.clone() {
-        Some(user) => experiments(&state, ExperimentRoute::Similar, &user, &mut req),
+        Some(user) => experiments(&state, ExperimentRoute::Similar, &user, &mut req).assigned,
         None => Vec::new(),
     };
     let source = Source::Similar {
@@ -447,7 +457,7 @@ pub(crate) async fn popular(
     }
     let mut req = req;
     let assigned = match req.user.clone() {
-        Some(user) => experiments(&state, ExperimentRoute::Popular, &user, &mut req),
+        Some(user) => experiments(&state, ExperimentRoute::Popular, &user, &mut req).assigned,
         None => Vec::new(),
     };
     let out = state
@@ -760,7 +770,7 @@ pub(crate) async fn rank(
         protected_alpha: body.protected_alpha,
     };
     let mut req = with_rules(&state, req, rules)?;
-    let assigned = experiments(&state, ExperimentRoute::Rank, &key, &mut req);
+    let assigned = experiments(&state, ExperimentRoute::Rank, &key, &mut req).assigned;
     let ranked = match state
         .engine
         .serving()

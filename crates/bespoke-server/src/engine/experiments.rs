@@ -13,13 +13,15 @@
 //! falls back to the request as sent, so a running experiment never breaks serving; fallbacks
 //! are counted per variant and shown in the report.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bespoke_algo::experiment::{
-    self as exp, Moments, SRM_ALPHA, Srm, TestResult, Variants, cuped, holm, means, ratio, srm,
+    self as exp, Credit, Moments, Preference, SRM_ALPHA, SignTest, Srm, Team, TestResult, Variants,
+    cuped, holm, means, ratio, srm, team_draft,
 };
 use bespoke_store::{NewExposure, RuleRecord};
 use parking_lot::Mutex;
@@ -244,6 +246,25 @@ pub struct ExperimentSpec {
     /// mixing variance is `(mde · control mean)²`.
     #[serde(default = "default_mde")]
     pub mde: f64,
+    /// `ab` (default): each user sees one variant. `interleave`: every request shows one list
+    /// drafted from both variants' rankings (exactly two variants), and each click credits
+    /// the variant whose item it was (team-draft interleaving).
+    #[serde(default)]
+    pub mode: Mode,
+    /// The event type that credits an interleaved list's variant (default `click`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_event: Option<String>,
+}
+
+/// How an experiment compares its variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Users split between the variants.
+    #[default]
+    Ab,
+    /// Both variants in every list (team draft), credited per click.
+    Interleave,
 }
 
 fn default_alpha() -> f64 {
@@ -383,7 +404,26 @@ struct Live {
     served: Vec<AtomicU64>,
     /// Requests whose variant configuration failed and fell back to the request as sent.
     fallbacks: Vec<AtomicU64>,
+    /// Interleaving: the event type that credits, and each user's recent lists with the
+    /// variant (team) of every item.
+    interleave: Option<Interleaved>,
 }
+
+/// The state of a running interleaving experiment.
+#[derive(Debug)]
+struct Interleaved {
+    click_event: String,
+    /// Per stored user key, their latest lists: (served at, item → team).
+    lists: Mutex<FxHashMap<String, VecDeque<(i64, FxHashMap<String, Team>)>>>,
+    /// Credit not yet written: per stored user key, (A, B).
+    credits: Mutex<FxHashMap<String, (u32, u32)>>,
+}
+
+/// Lists kept per user for crediting clicks; a click on an item of an older list is not
+/// credited.
+const LISTS_PER_USER: usize = 20;
+/// A click credits a list served at most this long before it.
+const CREDIT_WINDOW_MS: i64 = 24 * 3_600_000;
 
 /// The experiments a serving node runs and the exposures waiting to be written.
 #[derive(Debug)]
@@ -411,11 +451,32 @@ impl Default for Experiments {
 pub struct Assigned {
     /// The experiment.
     pub experiment: String,
-    /// The variant served (`holdout` for a held-out user).
+    /// The variant served (`holdout` for a held-out user, `interleaved` for a drafted list).
     pub variant: String,
     /// The variant's configuration failed and the request was served as sent.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+    /// An interleaved list: the variant that contributed each item, in list order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
+}
+
+/// What [`Engine::assign_experiments`] decided for one request.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// The variants served, one per experiment on the route.
+    pub assigned: Vec<Assigned>,
+    /// An interleaving experiment's second request, to rank and draft with the first.
+    pub interleave: Option<InterleavePlan>,
+}
+
+/// The second ranking an interleaving experiment needs.
+#[derive(Debug)]
+pub struct InterleavePlan {
+    live: Arc<Live>,
+    /// The second variant's request.
+    pub second: RankRequest,
+    user: String,
 }
 
 fn stored(record: RuleRecord) -> Option<Experiment> {
@@ -522,6 +583,11 @@ impl Engine {
             seen: Mutex::new(FxHashSet::default()),
             served: (0..n).map(|_| AtomicU64::new(0)).collect(),
             fallbacks: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            interleave: (e.spec.mode == Mode::Interleave).then(|| Interleaved {
+                click_event: e.spec.click_event.clone().unwrap_or_else(|| "click".into()),
+                lists: Mutex::new(FxHashMap::default()),
+                credits: Mutex::new(FxHashMap::default()),
+            }),
         })
     }
 
@@ -590,6 +656,35 @@ impl Engine {
             return Err(invalid(
                 "mde",
                 format!("mde must be a positive number, got {}", spec.mde),
+            ));
+        }
+        if spec.mode == Mode::Interleave {
+            if spec.variants.len() != 2 {
+                return Err(invalid(
+                    "variants",
+                    "interleaving compares exactly two variants",
+                ));
+            }
+            if spec.route != ExperimentRoute::Recommendations {
+                return Err(invalid(
+                    "route",
+                    "interleaving runs on the recommendations route",
+                ));
+            }
+            let click = spec.click_event.as_deref().unwrap_or("click");
+            if !self.weights.kinds().contains(&click) {
+                return Err(invalid(
+                    "click_event",
+                    format!(
+                        "unknown event type {click:?}; the configured types are {}",
+                        self.weights.kinds().join(", ")
+                    ),
+                ));
+            }
+        } else if spec.click_event.is_some() {
+            return Err(invalid(
+                "click_event",
+                "click_event applies to mode interleave only",
             ));
         }
         parse_duration(&spec.pre_period)
@@ -721,10 +816,14 @@ impl Engine {
             .iter()
             .filter(|o| o.status == Status::Running && o.spec.route == e.spec.route)
         {
-            let same_layer = match (&other.spec.layer, &e.spec.layer) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            };
+            // An interleaved list has room for one experiment only.
+            let interleaving =
+                other.spec.mode == Mode::Interleave || e.spec.mode == Mode::Interleave;
+            let same_layer = interleaving
+                || match (&other.spec.layer, &e.spec.layer) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                };
             if same_layer {
                 return Err(conflict(
                     "layer",
@@ -776,32 +875,62 @@ impl Engine {
 
     /// Assigns the user a variant of every running experiment on `route`, lays the variants'
     /// configurations over `req` and buffers the user's first exposure. A configuration that
-    /// fails its check falls back to the request as sent (counted). Returns what was served.
+    /// fails its check falls back to the request as sent (counted). For an interleaving
+    /// experiment `req` becomes the first variant's request and the plan holds the second's:
+    /// the caller ranks both and drafts them with [`Engine::interleave`].
     pub fn assign_experiments(
         &self,
         route: ExperimentRoute,
         user_key: &str,
         req: &mut RankRequest,
-    ) -> Vec<Assigned> {
+    ) -> Served {
+        let mut out = Served::default();
         let running = self.experiments.running.load();
         if running.is_empty() {
-            return Vec::new();
+            return out;
         }
         let stored = self.serving.user_keys.to_store(user_key);
-        let mut out = Vec::new();
         for live in running.iter().filter(|l| l.route == route) {
             let arm = live.variants.assign(&live.salt, &stored);
+            // Every user outside the holdout of an interleaving experiment sees both variants:
+            // they count under the first.
+            let arm = arm.map(|a| if live.interleave.is_some() { 0 } else { a });
             let index = arm.unwrap_or(live.patches.len());
             live.served[index].fetch_add(1, Ordering::Relaxed);
             let mut fallback = false;
-            if let Some(arm) = arm {
-                let mut patched = req.clone();
-                live.patches[arm].apply(&mut patched);
-                if self.serving.check_rules(&patched, patched.n).is_ok() {
-                    *req = patched;
-                } else {
-                    fallback = true;
-                    live.fallbacks[arm].fetch_add(1, Ordering::Relaxed);
+            let mut variant = arm.map_or_else(
+                || "holdout".to_owned(),
+                |a| live.variants.names()[a].clone(),
+            );
+            match (arm, &live.interleave) {
+                (None, _) => {}
+                (Some(_), Some(_)) => {
+                    let (mut a, mut b) = (req.clone(), req.clone());
+                    live.patches[0].apply(&mut a);
+                    live.patches[1].apply(&mut b);
+                    let ok = |r: &RankRequest| self.serving.check_rules(r, r.n).is_ok();
+                    if ok(&a) && ok(&b) {
+                        *req = a;
+                        variant = "interleaved".into();
+                        out.interleave = Some(InterleavePlan {
+                            live: live.clone(),
+                            second: b,
+                            user: stored.to_string(),
+                        });
+                    } else {
+                        fallback = true;
+                        live.fallbacks[index].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                (Some(arm), None) => {
+                    let mut patched = req.clone();
+                    live.patches[arm].apply(&mut patched);
+                    if self.serving.check_rules(&patched, patched.n).is_ok() {
+                        *req = patched;
+                    } else {
+                        fallback = true;
+                        live.fallbacks[arm].fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             if live.seen.lock().insert(stored.to_string()) {
@@ -814,16 +943,109 @@ impl Engine {
                     },
                 ));
             }
-            out.push(Assigned {
+            out.assigned.push(Assigned {
                 experiment: live.name.to_string(),
-                variant: arm.map_or_else(
-                    || "holdout".to_owned(),
-                    |a| live.variants.names()[a].clone(),
-                ),
+                variant,
                 fallback,
+                teams: Vec::new(),
             });
         }
         out
+    }
+
+    /// Drafts the two rankings of an interleaving plan into one list of at most `n` (team
+    /// draft, a fresh coin per request), remembers which variant gave each item so that the
+    /// user's clicks credit it, and sets the teams on the plan's assignment in `served`.
+    pub fn interleave(
+        &self,
+        served: &mut Served,
+        first: Vec<crate::pipeline::Recommendation>,
+        second: Vec<crate::pipeline::Recommendation>,
+        n: usize,
+    ) -> Vec<crate::pipeline::Recommendation> {
+        let Some(plan) = served.interleave.take() else {
+            return first;
+        };
+        let a: Vec<&str> = first.iter().map(|r| r.item.as_str()).collect();
+        let b: Vec<&str> = second.iter().map(|r| r.item.as_str()).collect();
+        let seed = now_ms() as u64 ^ bespoke_algo::experiment::bucket(&plan.user, "coin").to_bits();
+        let drafted = team_draft(&a, &b, n, &mut bespoke_algo::Rng::seed_from_u64(seed));
+        let mut by_key: FxHashMap<&str, &crate::pipeline::Recommendation> = FxHashMap::default();
+        for r in second.iter().chain(first.iter()) {
+            by_key.insert(r.item.as_str(), r);
+        }
+        let items: Vec<crate::pipeline::Recommendation> =
+            drafted.items.iter().map(|k| (*by_key[k]).clone()).collect();
+        let names = plan.live.variants.names();
+        if let Some(x) = served
+            .assigned
+            .iter_mut()
+            .find(|x| x.experiment == *plan.live.name)
+        {
+            x.teams = drafted
+                .teams
+                .iter()
+                .map(|t| match t {
+                    Team::A => names[0].clone(),
+                    Team::B => names[1].clone(),
+                })
+                .collect();
+        }
+        if let Some(il) = &plan.live.interleave {
+            let list = drafted
+                .items
+                .iter()
+                .zip(&drafted.teams)
+                .map(|(k, t)| ((*k).to_owned(), *t))
+                .collect();
+            let mut lists = il.lists.lock();
+            let mine = lists.entry(plan.user).or_default();
+            mine.push_back((now_ms(), list));
+            while mine.len() > LISTS_PER_USER {
+                mine.pop_front();
+            }
+        }
+        items
+    }
+
+    /// Whether an interleaving experiment runs (ingestion then credits clicks).
+    pub(crate) fn interleaving_running(&self) -> bool {
+        self.experiments
+            .running
+            .load()
+            .iter()
+            .any(|l| l.interleave.is_some())
+    }
+
+    /// Credits the clicks among `events` (stored user key, item key, type, time) to the
+    /// interleaving variant that contributed the item, in the latest list the user was shown
+    /// before the click (within a day).
+    pub(crate) fn credit_clicks(&self, events: &[(&str, &str, &str, i64)]) {
+        let running = self.experiments.running.load();
+        for live in running.iter() {
+            let Some(il) = &live.interleave else { continue };
+            let lists = il.lists.lock();
+            let mut credits = il.credits.lock();
+            for &(user, item, kind, at) in events {
+                if kind != il.click_event {
+                    continue;
+                }
+                let Some(mine) = lists.get(user) else {
+                    continue;
+                };
+                let team = mine
+                    .iter()
+                    .rev()
+                    .filter(|(served, _)| *served <= at && at - *served <= CREDIT_WINDOW_MS)
+                    .find_map(|(_, list)| list.get(item).copied());
+                let entry = credits.entry(user.to_owned()).or_default();
+                match team {
+                    Some(Team::A) => entry.0 += 1,
+                    Some(Team::B) => entry.1 += 1,
+                    None => {}
+                }
+            }
+        }
     }
 
     /// Whether buffered exposures should be written now.
@@ -855,6 +1077,26 @@ impl Engine {
                 }
             }
         }
+        // Credit after exposures: it adds to their rows.
+        for live in self.experiments.running.load().iter() {
+            let Some(il) = &live.interleave else { continue };
+            let credits: Vec<(String, u32, u32)> = std::mem::take(&mut *il.credits.lock())
+                .into_iter()
+                .filter(|(_, (a, b))| a + b > 0)
+                .map(|(u, (a, b))| (u, a, b))
+                .collect();
+            if !credits.is_empty()
+                && let Err(e) = self.store.add_credits(&live.name, credits.clone())
+            {
+                let mut back = il.credits.lock();
+                for (u, a, b) in credits {
+                    let c = back.entry(u).or_default();
+                    c.0 += a;
+                    c.1 += b;
+                }
+                return Err(e);
+            }
+        }
         Ok(added)
     }
 
@@ -866,6 +1108,10 @@ impl Engine {
             .retain(|(_, e)| e.user != stored_key);
         for live in self.experiments.running.load().iter() {
             live.seen.lock().remove(stored_key);
+            if let Some(il) = &live.interleave {
+                il.lists.lock().remove(stored_key);
+                il.credits.lock().remove(stored_key);
+            }
         }
     }
 
@@ -897,7 +1143,38 @@ impl Engine {
             }
         }
         let weights: Vec<f64> = e.spec.variants.iter().map(|v| v.weight).collect();
-        let srm_check = srm(&users[..k], &weights).ok();
+        let interleaving = e.spec.mode == Mode::Interleave;
+        // Interleaving splits no users between the variants: no ratio to check.
+        let srm_check = if interleaving {
+            None
+        } else {
+            srm(&users[..k], &weights).ok()
+        };
+        let interleaving = interleaving.then(|| {
+            let mut pref = Preference::default();
+            for x in exposures.iter().filter(|x| (x.variant as usize) < k) {
+                pref.push(Credit {
+                    a: x.credit.0,
+                    b: x.credit.1,
+                });
+            }
+            let SignTest { delta, p_value } = pref.sign_test();
+            let names = &e.spec.variants;
+            InterleavingOut {
+                users: pref.a_wins + pref.b_wins + pref.ties,
+                wins: [
+                    (names[0].name.clone(), pref.a_wins),
+                    (names[1].name.clone(), pref.b_wins),
+                ]
+                .into_iter()
+                .collect(),
+                ties: pref.ties,
+                delta,
+                p_value,
+                preferred: (p_value < e.spec.alpha && delta != 0.0)
+                    .then(|| names[usize::from(delta > 0.0)].name.clone()),
+            }
+        });
         let live = self
             .experiments
             .running
@@ -972,7 +1249,12 @@ impl Engine {
             users: users.iter().sum(),
             srm: srm_check,
             variants,
-            comparisons,
+            comparisons: if interleaving.is_some() {
+                Vec::new()
+            } else {
+                comparisons
+            },
+            interleaving,
             notes,
         })
     }
@@ -1127,10 +1409,31 @@ pub struct ExperimentReport {
     pub srm: Option<Srm>,
     /// Per variant: users, requests and fallbacks, metric means.
     pub variants: Vec<VariantReport>,
-    /// Each treatment against the control.
+    /// Each treatment against the control (A/B mode).
     pub comparisons: Vec<Comparison>,
+    /// Interleaving mode: which variant users preferred, with the sign test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interleaving: Option<InterleavingOut>,
     /// Warnings (an SRM alarm above all).
     pub notes: Vec<String>,
+}
+
+/// An interleaving experiment's outcome: each user is won by the variant whose items they
+/// clicked more, or tied; the sign test asks whether one variant wins more users.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterleavingOut {
+    /// Users exposed (outside the holdout).
+    pub users: u64,
+    /// Users won by each variant.
+    pub wins: std::collections::BTreeMap<String, u64>,
+    /// Users with equal credit (no clicks included).
+    pub ties: u64,
+    /// `(second's wins − first's wins) / users`: positive when the second is preferred.
+    pub delta: f64,
+    /// The sign test's two-sided p-value.
+    pub p_value: f64,
+    /// The preferred variant when `p_value < α`.
+    pub preferred: Option<String>,
 }
 
 /// One variant's numbers.

@@ -28,7 +28,28 @@ impl Engine {
             default_consent: self.settings.consent.defaults(),
             now: None,
         };
+        // Only an interleaving experiment needs the events' times after the append.
+        let times: Vec<i64> = if self.interleaving_running() {
+            let now = super::now_ms();
+            batch
+                .events
+                .iter()
+                .map(|e| e.timestamp.unwrap_or(now))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let appended = self.store.append_events(batch)?;
+        if !times.is_empty() {
+            let fresh: Vec<(&str, &str, &str, i64)> = appended
+                .iter()
+                .zip(&kinds)
+                .zip(&times)
+                .filter(|((a, _), _)| !a.duplicate)
+                .map(|((_, (k, _, u, i)), t)| (u.as_str(), i.as_str(), k.as_str(), *t))
+                .collect();
+            self.credit_clicks(&fresh);
+        }
         let mut s = self.serving.state.write();
         for (a, (kind, value, user, item)) in appended.iter().zip(kinds) {
             if a.duplicate {

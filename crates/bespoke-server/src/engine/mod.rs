@@ -57,8 +57,8 @@ pub use audience::{
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
 pub use experiments::{
     Assigned, Comparison, Experiment, ExperimentError, ExperimentReport, ExperimentRoute,
-    ExperimentSpec, MetricResult, MetricSpec, Status as ExperimentStatus, VariantConfig,
-    VariantSpec,
+    ExperimentSpec, InterleavePlan, InterleavingOut, MetricResult, MetricSpec,
+    Mode as ExperimentMode, Served, Status as ExperimentStatus, VariantConfig, VariantSpec,
 };
 pub use fairness::{LiveReport, ReportError, ReportOptions};
 pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};

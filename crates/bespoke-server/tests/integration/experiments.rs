@@ -303,3 +303,95 @@ async fn a_variant_that_cannot_apply_falls_back_to_the_request_and_is_counted() 
     assert_eq!(promo["fallbacks"], 1, "{report}");
     assert_eq!(promo["served"], 2, "{report}");
 }
+
+#[tokio::test]
+async fn interleaving_credits_clicks_to_the_ranker_that_gave_the_item() {
+    let srv = world().await;
+    let spec = json!({
+        "mode": "interleave",
+        "variants": [
+            { "name": "beta", "config": { "filter": "category in [\"Beta\"]" } },
+            { "name": "alpha", "config": { "filter": "category in [\"Alpha\"]" } }
+        ]
+    });
+    let (s, body) = srv.put("/v1/experiments/drafted", spec).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, body) = srv.post("/v1/experiments/drafted/start", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    for u in 0..40 {
+        let (s, body) = srv
+            .get(&format!("/v1/users/u{u}/recommendations?n=6"))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let served = &body["experiments"][0];
+        assert_eq!(served["variant"], "interleaved", "{body}");
+        let items = keys(&body);
+        let teams: Vec<&str> = served["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert_eq!(teams.len(), items.len(), "{body}");
+        // Each item came from the ranker whose filter it passes; both rankers contribute.
+        for (item, team) in items.iter().zip(&teams) {
+            let expected = if item.starts_with('a') {
+                "alpha"
+            } else {
+                "beta"
+            };
+            assert_eq!(*team, expected, "{body}");
+        }
+        assert!(
+            teams.contains(&"alpha") && teams.contains(&"beta"),
+            "{body}"
+        );
+        // Every user clicks an Alpha item of the list.
+        let clicked = items.iter().find(|k| k.starts_with('a')).unwrap();
+        let (s, body) = srv
+            .post(
+                "/v1/events",
+                json!({ "events": [{ "user": format!("u{u}"), "item": clicked, "type": "click" }] }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let (s, report) = srv.get("/v1/experiments/drafted/report").await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    let il = &report["interleaving"];
+    assert_eq!(il["users"], 40, "{report}");
+    assert_eq!(il["wins"]["alpha"], 40, "{report}");
+    assert_eq!(il["wins"]["beta"], 0, "{report}");
+    assert_eq!(il["preferred"], "alpha", "{report}");
+    assert!(il["p_value"].as_f64().unwrap() < 1e-6, "{report}");
+    assert!(report["srm"].is_null(), "{report}");
+
+    // Interleaving takes the whole route: another experiment cannot start beside it.
+    let (s, _) = srv.put("/v1/experiments/other", alpha_test()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let mut layered = alpha_test();
+    layered["layer"] = json!("elsewhere");
+    let (s, _) = srv.put("/v1/experiments/other", layered).await;
+    assert_eq!(s, StatusCode::OK);
+    let got = srv.post("/v1/experiments/other/start", json!({})).await;
+    assert_error(
+        &got,
+        StatusCode::CONFLICT,
+        "experiment_conflict",
+        Some("layer"),
+    );
+    // Three variants cannot interleave.
+    let got = srv
+        .put(
+            "/v1/experiments/three",
+            json!({ "mode": "interleave", "variants": [{ "name": "a" }, { "name": "b" }, { "name": "c" }] }),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("variants"),
+    );
+}

@@ -22,6 +22,8 @@ CREATE TABLE experiment_exposures (
     user_key TEXT NOT NULL,
     variant INTEGER NOT NULL,
     at INTEGER NOT NULL,
+    credit_a INTEGER NOT NULL DEFAULT 0,
+    credit_b INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (experiment, user_key)
 ) WITHOUT ROWID;
 CREATE INDEX experiment_exposures_by_user ON experiment_exposures (user_key);
@@ -136,17 +138,30 @@ fn record_exposures(c: &Connection, experiment: &str, rows: &[NewExposure]) -> R
 
 fn exposures(c: &Connection, experiment: &str) -> Result<Vec<Exposure>> {
     Ok(c.prepare_cached(
-        "SELECT user_key, variant, at FROM experiment_exposures WHERE experiment = ?1
-         ORDER BY user_key",
+        "SELECT user_key, variant, at, credit_a, credit_b FROM experiment_exposures
+         WHERE experiment = ?1 ORDER BY user_key",
     )?
     .query_map([experiment], |r| {
         Ok(Exposure {
             key: r.get(0)?,
             variant: r.get(1)?,
             at: r.get(2)?,
+            credit: (r.get(3)?, r.get(4)?),
         })
     })?
     .collect::<rusqlite::Result<_>>()?)
+}
+
+fn add_credits(c: &Connection, experiment: &str, credits: &[(String, u32, u32)]) -> Result<u64> {
+    let mut stmt = c.prepare_cached(
+        "UPDATE experiment_exposures SET credit_a = credit_a + ?3, credit_b = credit_b + ?4
+         WHERE experiment = ?1 AND user_key = ?2",
+    )?;
+    let mut n = 0;
+    for (user, a, b) in credits {
+        n += stmt.execute(params![experiment, user, a, b])? as u64;
+    }
+    Ok(n)
 }
 
 fn delete_segment(c: &Connection, name: &str) -> Result<bool> {
@@ -263,6 +278,11 @@ impl crate::CampaignStore for SqliteStore {
     fn record_exposures(&self, experiment: &str, exposures: Vec<NewExposure>) -> Result<u64> {
         let experiment = experiment.to_owned();
         self.exec(move |c| record_exposures(c, &experiment, &exposures))
+    }
+
+    fn add_credits(&self, experiment: &str, credits: Vec<(String, u32, u32)>) -> Result<u64> {
+        let experiment = experiment.to_owned();
+        self.exec(move |c| add_credits(c, &experiment, &credits))
     }
 
     fn exposures(&self, experiment: &str) -> Result<Vec<Exposure>> {
