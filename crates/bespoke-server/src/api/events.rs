@@ -143,6 +143,24 @@ pub(crate) struct ImpressionJson {
     /// RFC 3339 time; now when absent. Every item of the list gets it: lists are told apart by
     /// their time.
     timestamp: Option<String>,
+    /// The experiment variants the list was served with, as the ranking response named them;
+    /// kept in each impression's context.
+    #[serde(default)]
+    experiments: Vec<ServedVariant>,
+}
+
+/// An experiment variant a list was served with: the ranking response's `experiments` entry,
+/// echoed as it came.
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServedVariant {
+    experiment: String,
+    variant: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    fallback: bool,
+    /// An interleaved list's variant per item.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    teams: Vec<String>,
 }
 
 /// Body of `POST /v1/impressions`.
@@ -195,6 +213,40 @@ pub(crate) async fn post_impressions(
                 "items must not be empty",
             ));
         }
+        if list.experiments.len() > 8 {
+            return Err(ApiError::invalid(
+                format!("impressions[{i}].experiments"),
+                "at most 8 experiments per list",
+            ));
+        }
+        for (j, x) in list.experiments.iter().enumerate() {
+            if x.teams.len() > list.items.len() {
+                return Err(ApiError::invalid(
+                    format!("impressions[{i}].experiments[{j}].teams"),
+                    "more teams than items shown",
+                ));
+            }
+            let teams = x.teams.iter().map(|t| ("teams", t));
+            for (name, v) in [("experiment", &x.experiment), ("variant", &x.variant)]
+                .into_iter()
+                .chain(teams)
+            {
+                if v.is_empty() || v.len() > 64 {
+                    return Err(ApiError::invalid(
+                        format!("impressions[{i}].experiments[{j}].{name}"),
+                        format!("{name} must be 1 to 64 bytes"),
+                    ));
+                }
+            }
+        }
+        let context = (!list.experiments.is_empty()).then(|| {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                "experiments".into(),
+                serde_json::to_value(&list.experiments).expect("variants serialize"),
+            );
+            m
+        });
         let timestamp = match &list.timestamp {
             None => now,
             Some(t) => crate::time::parse_rfc3339(t).map_err(|e| {
@@ -209,7 +261,7 @@ pub(crate) async fn post_impressions(
                 kind: crate::settings::IMPRESSION.to_owned(),
                 value: None,
                 timestamp: Some(timestamp),
-                context: None,
+                context: context.clone(),
             };
             check_event(settings, state.engine.weights(), &event, now).map_err(|f| {
                 let field = match f.field.as_str() {

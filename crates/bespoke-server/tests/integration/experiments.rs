@@ -297,6 +297,35 @@ async fn a_variant_that_cannot_apply_falls_back_to_the_request_and_is_counted() 
         "slot 5 holds a Beta item: {body}"
     );
 
+    // The app echoes the variant with the impressions of the list it showed.
+    let (s, body) = srv
+        .post(
+            "/v1/impressions",
+            json!({ "impressions": [{ "user": "u0", "items": keys(&body),
+                     "experiments": body["experiments"].clone() }] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, events) = srv.get("/v1/users/u0/events?limit=1").await;
+    assert_eq!(
+        events["events"][0]["context"]["experiments"][0],
+        json!({ "experiment": "promo", "variant": "promo" }),
+        "{events}"
+    );
+    let bad = srv
+        .post(
+            "/v1/impressions",
+            json!({ "impressions": [{ "user": "u0", "items": ["a1"],
+                     "experiments": [{ "experiment": "", "variant": "x" }] }] }),
+        )
+        .await;
+    assert_error(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("impressions[0].experiments[0].experiment"),
+    );
+
     let (_, report) = srv.get("/v1/experiments/promo/report").await;
     let promo = &report["variants"][1];
     assert_eq!(promo["variant"], "promo", "{report}");
