@@ -550,6 +550,9 @@ the audience for {} ({} users scored, {} objected to marketing):",
             ),
         }
     }
+    if let Err(e) = demo_experiment(&engine, args.users, args.seed) {
+        eprintln!("\n(no experiment: {e})");
+    }
     if args.no_serve {
         return Ok(());
     }
@@ -583,6 +586,7 @@ the audience for {} ({} users scored, {} objected to marketing):",
             "  curl -s {auth} -H 'Content-Type: application/json' '{base}/v1/audiences/query' -d '{{\"items\": [\"{item}\"], \"n\": 5}}'"
         );
         println!("  curl -s {auth} '{base}/v1/reports/fairness?k=10'");
+        println!("  curl -s {auth} '{base}/v1/experiments/{DEMO_EXPERIMENT}/report'");
         println!(
             "  curl -s -G {auth} '{base}/v1/users/{sample_user}/recommendations' --data-urlencode 'filter=price < 30' --data-urlencode 'promote=[{{\"slot\": 2, \"if\": \"new_arrival = true\"}}]'"
         );
@@ -593,6 +597,93 @@ the audience for {} ({} users scored, {} objected to marketing):",
         println!("\nPress Ctrl-C to stop.");
         crate::serve_until_signal(server).await
     })
+}
+
+/// The experiment the demo leaves running.
+const DEMO_EXPERIMENT: &str = "home-diversity";
+
+/// Starts an experiment (the diversity re-ranker against the plain ranking on the home
+/// page's recommendations), serves a simulated hour of visits through it, and prints the
+/// report. The visitors are simulated: a user clicks a shown item with probability 0.3 when
+/// it is in a category they bought or viewed before and 0.05 otherwise, and buys a clicked
+/// one with probability 0.2. The experiment keeps running on the server.
+fn demo_experiment(engine: &Engine, users: usize, seed: u64) -> anyhow::Result<()> {
+    use bespoke_server::engine::{ExperimentRoute, ExperimentSpec, RecommendQuery};
+    let spec: ExperimentSpec = serde_json::from_value(json!({
+        "description": "Diversity (λ = 0.3) against the plain ranking on the home page",
+        "variants": [
+            { "name": "control" },
+            { "name": "diverse", "config": { "diversity": 0.3 } }
+        ],
+        "metrics": [
+            { "kind": "conversion", "name": "buyers", "event": "purchase" },
+            { "kind": "count", "name": "clicks", "event": "click" },
+            { "kind": "ratio", "name": "ctr", "numerator": "click", "denominator": "impression" }
+        ]
+    }))?;
+    engine.put_experiment(DEMO_EXPERIMENT, spec)?;
+    engine.start_experiment(DEMO_EXPERIMENT)?;
+    let mut item_categories = std::collections::HashMap::new();
+    let mut after = None;
+    loop {
+        let page = engine.store().scan_items(after, 10_000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.idx);
+        for it in page {
+            item_categories.insert(it.key, it.categories);
+        }
+    }
+    let mut rng = Rng::seed_from_u64(seed ^ 0x5eed_e4be);
+    let visitors = users.min(3_000);
+    let mut events = Vec::new();
+    for u in 0..visitors {
+        let key = user_key(u);
+        let liked: std::collections::HashSet<&String> = engine
+            .user_events(&key, None, 100)?
+            .map(|p| p.items)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| item_categories.get(&e.item))
+            .flatten()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
+        let mut q = RecommendQuery {
+            n: 10,
+            ..Default::default()
+        };
+        engine.assign_experiments(ExperimentRoute::Recommendations, &key, &mut q);
+        let recs = engine.recommend(&key, &q);
+        // After the exposure the assignment recorded: the report counts events from there.
+        let now = bespoke_server::engine::now_ms() + 1;
+        for (pos, r) in recs.items.iter().enumerate() {
+            let at = now + pos as i64;
+            let mut event = |kind: &str| {
+                let mut e = NewEvent::new(&key, &r.item, kind);
+                e.timestamp = Some(at);
+                events.push(e);
+            };
+            event("impression");
+            let taste = item_categories
+                .get(&r.item)
+                .is_some_and(|cs| cs.iter().any(|c| liked.contains(c)));
+            if rng.f64() < if taste { 0.3 } else { 0.05 } {
+                event("click");
+                if rng.f64() < 0.2 {
+                    event("purchase");
+                }
+            }
+        }
+    }
+    engine.ingest(events)?;
+    let report = engine.experiment_report(DEMO_EXPERIMENT)?;
+    eprintln!(
+        "\nexperiment {DEMO_EXPERIMENT:?} (running; an hour of {visitors} simulated visits):"
+    );
+    for line in crate::experiment::table(&report).lines() {
+        eprintln!("  {line}");
+    }
+    Ok(())
 }
 
 /// Trains iALS and item-kNN on the shop with a progress bar, and prints the held-out metrics.
