@@ -438,15 +438,19 @@ fn demo_loads_a_deterministic_shop() {
     // And an audience, without the users who objected to marketing.
     assert!(stderr.contains("the audience for sku-"), "{stderr}");
     assert!(stderr.contains("objected to marketing"), "{stderr}");
+    // And a running experiment with its report.
+    assert!(stderr.contains("experiment \"home-diversity\""), "{stderr}");
+    assert!(stderr.contains("diverse vs control"), "{stderr}");
     let stats = json(&bespoke(dir.path(), &["stats", "--json"]));
     assert_eq!(
-        (
-            stats["users"].as_u64(),
-            stats["items"].as_u64(),
-            stats["events"].as_u64()
-        ),
-        (Some(200), Some(300), Some(5000))
+        (stats["users"].as_u64(), stats["items"].as_u64()),
+        (Some(200), Some(300))
     );
+    // The shop's 5,000 events, then the experiment's simulated visits: 10 impressions per
+    // user and their clicks and purchases.
+    let events = stats["events"].as_u64().unwrap();
+    assert!(events >= 5000 + 200 * 10, "{stats}");
+    assert!(stderr.contains("5000 events"), "{stderr}");
     let first = ok(&bespoke(dir.path(), &["export", "items"]));
     // A second run into an existing store needs --reset, and then rebuilds the same shop.
     let refused = bespoke(dir.path(), &args);
@@ -1122,4 +1126,107 @@ fn audience_export_writes_csv_and_jsonl() {
     let out = bespoke(dir.path(), &["audience", "export"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--items"));
+}
+
+/// `bespoke experiment`: the demo's running experiment is listed and reported; a new one is
+/// created from a file, started and stopped; bad definitions name what is wrong.
+#[test]
+fn experiments_are_managed_and_reported_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&bespoke(
+        dir.path(),
+        &[
+            "demo",
+            "--no-serve",
+            "--users",
+            "300",
+            "--items",
+            "200",
+            "--events",
+            "4000",
+            "--anchor",
+            "2026-01-01T00:00:00Z",
+        ],
+    ));
+    let list = ok(&bespoke(dir.path(), &["experiment", "list"]));
+    assert!(
+        list.contains("home-diversity") && list.contains("running"),
+        "{list}"
+    );
+    let report = json(&bespoke(
+        dir.path(),
+        &["experiment", "report", "home-diversity", "--json"],
+    ));
+    assert_eq!(report["users"], 300, "{report}");
+    let users: u64 = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["users"].as_u64().unwrap())
+        .sum();
+    assert_eq!(users, 300);
+    assert_eq!(report["comparisons"][0]["treatment"], "diverse");
+    let metrics = report["comparisons"][0]["metrics"].as_array().unwrap();
+    assert_eq!(metrics.len(), 3);
+    assert!(metrics[1]["p_value"].as_f64().is_some(), "{report}");
+
+    // A second experiment on the same route needs its own layer.
+    let def = dir.path().join("calibration.json");
+    std::fs::write(
+        &def,
+        r#"{"variants": [{"name": "control"}, {"name": "calibrated", "config": {"calibration": 0.5}}]}"#,
+    )
+    .unwrap();
+    ok(&bespoke(
+        dir.path(),
+        &[
+            "experiment",
+            "create",
+            "calibrated",
+            "--file",
+            def.to_str().unwrap(),
+        ],
+    ));
+    let refused = bespoke(dir.path(), &["experiment", "start", "calibrated"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("layer"));
+    ok(&bespoke(
+        dir.path(),
+        &["experiment", "stop", "home-diversity"],
+    ));
+    ok(&bespoke(dir.path(), &["experiment", "start", "calibrated"]));
+    let list = ok(&bespoke(dir.path(), &["experiment", "list", "--json"]));
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let status: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        [("calibrated", "running"), ("home-diversity", "stopped")]
+    );
+
+    std::fs::write(
+        &def,
+        r#"{"variants": [{"name": "a"}, {"name": "b"}], "metrics": [{"kind": "count", "name": "x", "event": "teleport"}]}"#,
+    )
+    .unwrap();
+    let bad = bespoke(
+        dir.path(),
+        &[
+            "experiment",
+            "create",
+            "bad",
+            "--file",
+            def.to_str().unwrap(),
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("metrics[0].event") && err.contains("teleport"),
+        "{err}"
+    );
 }
