@@ -414,10 +414,13 @@ struct Live {
 struct Interleaved {
     click_event: String,
     /// Per stored user key, their latest lists: (served at, item → team).
-    lists: Mutex<FxHashMap<String, VecDeque<(i64, FxHashMap<String, Team>)>>>,
+    lists: Mutex<FxHashMap<String, VecDeque<ServedList>>>,
     /// Credit not yet written: per stored user key, (A, B).
     credits: Mutex<FxHashMap<String, (u32, u32)>>,
 }
+
+/// A list as served: when, and the variant (team) that gave each item.
+type ServedList = (i64, FxHashMap<String, Team>);
 
 /// Lists kept per user for crediting clicks; a click on an item of an older list is not
 /// credited.
