@@ -3,6 +3,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
@@ -28,6 +30,18 @@ pub(crate) struct AudienceIn {
     n: Option<i64>,
     #[serde(default)]
     threshold: Option<f64>,
+    /// `json` (default), `csv` (`user,score`) or `jsonl` (one user per line).
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 impl From<AudienceError> for ApiError {
@@ -45,8 +59,15 @@ impl From<AudienceError> for ApiError {
 pub(crate) async fn query(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<AudienceIn>,
-) -> Result<Json<Audience>, ApiError> {
+) -> Result<Response, ApiError> {
     let max_key = state.engine.settings().limits.max_key_bytes;
+    let format = body.format.clone().unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "csv" | "jsonl") {
+        return Err(ApiError::invalid(
+            "format",
+            format!("format must be json, csv or jsonl, got {format:?}"),
+        ));
+    }
     if body.items.is_empty() && body.category.is_none() && body.filter.is_none() {
         return Err(ApiError::invalid(
             "items",
@@ -97,6 +118,31 @@ pub(crate) async fn query(
     };
     let engine = state.engine.clone();
     // A pass over every user vector: off the runtime's workers.
-    let audience = super::blocking(move || Ok(engine.audience(&q)?)).await?;
-    Ok(Json(audience))
+    let audience: Audience = super::blocking(move || Ok(engine.audience(&q)?)).await?;
+    // The exports hold the users (above the threshold, when one is given), best first; the
+    // counts stay in the JSON form.
+    let users = audience
+        .users
+        .iter()
+        .filter(|u| threshold.is_none_or(|t| u.score >= t));
+    Ok(match format.as_str() {
+        "csv" => {
+            let mut text = String::from("user,score\n");
+            for u in users {
+                text.push_str(&format!("{},{}\n", csv_field(&u.user), u.score));
+            }
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
+        }
+        "jsonl" => {
+            let mut text = String::new();
+            for u in users {
+                let line = serde_json::json!({ "user": u.user, "score": u.score,
+                    "reason": u.reasons.first().map(|r| r.message()) });
+                text.push_str(&line.to_string());
+                text.push('\n');
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response()
+        }
+        _ => Json(audience).into_response(),
+    })
 }

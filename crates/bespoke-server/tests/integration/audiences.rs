@@ -160,3 +160,68 @@ async fn bad_audience_queries_name_the_field() {
         .await;
     assert_error(&got, StatusCode::BAD_REQUEST, "invalid_json", Some("limit"));
 }
+
+/// The same audience as CSV and JSONL, best first, threshold applied.
+#[tokio::test]
+async fn audiences_export_as_csv_and_jsonl() {
+    let srv = world().await;
+    let (_, json_body) = srv
+        .post("/v1/audiences/query", json!({ "items": ["a3"], "n": 5 }))
+        .await;
+    let expected = users(&json_body);
+    let (s, csv) = srv
+        .post(
+            "/v1/audiences/query",
+            json!({ "items": ["a3"], "n": 5, "format": "csv" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{csv}");
+    let csv = csv.as_str().expect("CSV text").to_owned();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "user,score");
+    let got: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(got, expected);
+
+    let (s, jsonl) = srv
+        .post(
+            "/v1/audiences/query",
+            json!({ "items": ["a3"], "n": 5, "format": "jsonl" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let rows: Vec<Value> = jsonl
+        .as_str()
+        .expect("JSONL text")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[0]["user"], expected[0].as_str());
+    assert!(rows[0]["reason"].as_str().is_some(), "{rows:?}");
+
+    // A threshold above the best score exports nobody.
+    let top = json_body["users"][0]["score"].as_f64().unwrap();
+    let (_, csv) = srv
+        .post(
+            "/v1/audiences/query",
+            json!({ "items": ["a3"], "format": "csv", "threshold": top + 1.0 }),
+        )
+        .await;
+    assert_eq!(csv.as_str().unwrap(), "user,score\n");
+
+    let got = srv
+        .post(
+            "/v1/audiences/query",
+            json!({ "items": ["a3"], "format": "xml" }),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("format"),
+    );
+}
