@@ -20,6 +20,7 @@ mod inspect;
 mod keys;
 mod obd;
 mod ope;
+mod segment;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +99,9 @@ enum Command {
     /// Experiments between serving configurations: create (from JSON), list, start, stop,
     /// delete, report (docs/experiments.md).
     Experiment(experiment::ExperimentArgs),
+    /// Segments: list, refresh (compute the members now), members (CSV or JSONL)
+    /// (docs/segments.md).
+    Segment(segment::SegmentArgs),
     /// Fairness and bias report (coverage, Gini, long tail, popularity lift, miscalibration,
     /// accuracy by user group, exposure by item group) on an evaluation split, or with --live
     /// on the served model; re-rankers and their trade-off sweep (docs/fairness.md).
@@ -227,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fairness(args) => fairness::run(&settings, &args),
         Command::Audience(args) => audience::run(&settings, &args),
         Command::Experiment(args) => experiment::run(&settings, &args),
+        Command::Segment(args) => segment::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
         Command::Check { json } => {
             let store = bespoke_server::open_store(&settings)?;

@@ -248,7 +248,8 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
             throttle.prune();
         }
     });
-    let mut background = vec![trainer, keys, windows, prune];
+    let segments = tokio::spawn(scheduled_segments(engine.clone()));
+    let mut background = vec![trainer, keys, windows, prune, segments];
     if engine.settings().privacy.max_event_age_days > 0.0 {
         background.push(tokio::spawn(retention(engine.clone())));
     }
@@ -381,6 +382,25 @@ async fn decision_windows(engine: Arc<Engine>) {
             Err(e) => {
                 tracing::error!(target: "serve::decisions", error = %e, "closing reward windows panicked")
             }
+        }
+    }
+}
+
+/// How often the scheduler looks for segments whose `refresh` interval has passed.
+const SEGMENT_TICK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Recomputes scheduled segments and sends their exports ([`Engine::run_due_segments`]),
+/// checking every [`SEGMENT_TICK`], the first time one tick after the start.
+async fn scheduled_segments(engine: Arc<Engine>) {
+    let first = tokio::time::Instant::now() + SEGMENT_TICK;
+    let mut ticker = tokio::time::interval_at(first, SEGMENT_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        // Each refresh and export logs (and records in its segment) how it went.
+        let runs = engine.run_due_segments(time::now_ms()).await;
+        if !runs.is_empty() {
+            tracing::debug!(segments = runs.len(), "ran scheduled segments");
         }
     }
 }

@@ -257,6 +257,7 @@ pub fn document(routes: &[(&str, &str, Access)]) -> Value {
     add_fairness(&mut doc);
     add_audiences(&mut doc);
     add_experiments(&mut doc);
+    add_segments(&mut doc);
     for (method, path, access) in routes {
         let Some(op) = doc["paths"][path]
             .get_mut(method.to_lowercase())
@@ -821,6 +822,101 @@ fn add_experiments(doc: &mut Value) {
                     "p_value": { "type": ["number", "null"] }, "p_value_holm": { "type": ["number", "null"] }, "significant": { "type": "boolean" },
                     "cuped_variance_reduction": { "type": ["number", "null"] }, "sequential": { "type": ["object", "null"] } } } } } } },
             "notes": { "type": "array", "items": { "type": "string" } } } }));
+    }
+}
+
+/// Segments (docs/segments.md).
+fn add_segments(doc: &mut Value) {
+    let name = json!({ "name": "key", "in": "path", "required": true, "description": "The segment's name: 1 to 64 ASCII letters, digits, '-', '_' or '.'", "schema": { "type": "string", "maxLength": 64 } });
+    let cluster = json!({ "name": "cluster", "in": "query", "description": "Learned segments: only this cluster (from 0)", "schema": { "type": "integer", "minimum": 0 } });
+    let deleted = json!({ "200": { "description": "Deleted", "content": { "application/json": { "schema": { "type": "object", "properties": { "deleted": { "type": "string" } } } } } } });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.insert("/v1/segments".into(), json!({ "get": {
+            "summary": "Every segment, by name, with its last refresh and export", "operationId": "listSegments",
+            "responses": with_errors(json!({ "200": ok("The segments", "Segments") }), &[]) } }));
+        paths.insert("/v1/segments/{key}".into(), json!({
+            "get": { "summary": "One segment: its definition, last refresh (with cluster descriptions), last export, next scheduled refresh", "operationId": "getSegment", "parameters": [name],
+                "responses": with_errors(json!({ "200": ok("The segment", "Segment") }), &[404]) },
+            "put": { "summary": "Create a segment or replace its definition (audited)",
+                "description": "A rule segment's expression is checked (a 400 names `expression` and the position); a learned segment's k is 2 to 64. `refresh` (at least 5m) schedules recomputation; `export` (needs `refresh`) sends the members to a plain http:// webhook after each scheduled refresh, signed with the segment's secret, which the response that creates the segment returns once as `webhook_secret`. The kind cannot change (409). A replaced definition keeps the members until the next refresh.",
+                "operationId": "putSegment", "parameters": [name], "requestBody": json_body("SegmentIn"),
+                "responses": with_errors(json!({ "200": ok("Replaced", "SegmentPut"), "201": ok("Created; webhook_secret is shown this once", "SegmentPut") }), &[400, 409, 413, 415]) },
+            "delete": { "summary": "Delete a segment, its members, size history and webhook secret (audited)", "operationId": "deleteSegment", "parameters": [name],
+                "responses": with_errors(deleted, &[404]) } }));
+        paths.insert("/v1/segments/{key}/refresh".into(), json!({ "post": {
+            "summary": "Compute the members now and store them (a new point of the size history; audited)",
+            "description": "Rule: every user's attributes and their events within the expression's window. Learned: k-means on the served model's user vectors, each cluster described by the categories of its members' items and their attribute values. Users who objected to marketing are left out and counted (and, as the docs say, users without personalization or training consent where the segment reads behaviour or vectors). 409 no_model for a learned segment without a trained model, segment_conflict when k exceeds the users, segment_busy while another refresh of it runs.",
+            "operationId": "refreshSegment", "parameters": [name],
+            "responses": with_errors(json!({ "200": ok("What was computed", "SegmentRefresh") }), &[400, 404, 409]) } }));
+        paths.insert("/v1/segments/{key}/members".into(), json!({ "get": {
+            "summary": "The members: a JSON page in user order, or every member streamed as CSV or JSONL",
+            "description": "Keys are the stored ones (pseudonymous with privacy.pseudonymize). Without format, a page of at most `limit` members after `cursor` (the previous page's next_cursor, opaque; null on the last page). With format=csv (`user,score`, `user,cluster,score` for a learned segment, with a header) or format=jsonl, every member, streamed; cursor and limit are refused then.",
+            "operationId": "segmentMembers",
+            "parameters": [name, cluster,
+                { "name": "cursor", "in": "query", "description": "The next_cursor of the previous page", "schema": { "type": "string" } },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 } },
+                { "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "csv", "jsonl"], "default": "json" } }],
+            "responses": with_errors(json!({ "200": { "description": "A page, or the stream",
+                "content": {
+                    "application/json": { "schema": { "$ref": "#/components/schemas/SegmentMembers" } },
+                    "text/csv": { "schema": { "type": "string" } },
+                    "application/x-ndjson": { "schema": { "type": "string" } } } } }), &[400, 404]) } }));
+        paths.insert("/v1/segments/{key}/sizes".into(), json!({ "get": {
+            "summary": "The size after each refresh, oldest first (per cluster too for a learned segment)", "operationId": "segmentSizes", "parameters": [name],
+            "responses": with_errors(json!({ "200": ok("The size history", "SegmentSizes") }), &[404]) } }));
+        paths.insert("/v1/users/{key}/segments".into(), json!({ "get": {
+            "summary": "The segments a user belongs to (stored memberships, as of each segment's last refresh)", "operationId": "userSegments", "parameters": [key_param()],
+            "responses": with_errors(json!({ "200": ok("The user's segments", "UserSegments") }), &[400, 404]) } }));
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.insert("SegmentIn".into(), json!({ "type": "object", "additionalProperties": false, "required": ["kind"],
+            "properties": {
+                "kind": { "type": "string", "enum": ["rule", "learned"] },
+                "expression": { "type": "string", "description": "rule: a user expression (docs/segments.md)" },
+                "k": { "type": "integer", "minimum": 2, "maximum": 64, "default": 8, "description": "learned: clusters, stored as member sets <name>/0 .. <name>/k-1" },
+                "seed": { "type": "integer", "minimum": 0, "default": 0, "description": "learned: the k-means++ seed" },
+                "description": { "type": "string", "maxLength": 1024 },
+                "refresh": { "type": "string", "description": "How often the scheduler recomputes it (5m at least: 30m, 6h, 1d); on demand only when absent" },
+                "export": { "type": "object", "additionalProperties": false, "required": ["url"], "properties": {
+                    "url": { "type": "string", "description": "A plain http:// webhook (docs/webhooks.md)" },
+                    "format": { "type": "string", "enum": ["jsonl", "csv"], "default": "jsonl" } } } } }));
+        let lift = |what: &str| json!({ "type": "object", "properties": { what: { "type": "string" }, "members": { "type": "integer" }, "share": { "type": "number" }, "lift": { "type": "number" } } });
+        let mut attribute = lift("attribute");
+        attribute["properties"]["value"] = json!({ "type": ["string", "boolean"] });
+        schemas.insert("SegmentRefresh".into(), json!({ "type": "object",
+            "required": ["kind", "computed_at", "size", "evaluated_users", "excluded", "elapsed_ms"],
+            "properties": {
+                "kind": { "type": "string", "enum": ["rule", "learned"] },
+                "computed_at": { "type": "string", "format": "date-time" },
+                "size": { "type": "integer" }, "evaluated_users": { "type": "integer" }, "elapsed_ms": { "type": "integer" },
+                "excluded": { "type": "object", "properties": { "marketing": { "type": "integer" }, "personalization": { "type": "integer" }, "training": { "type": "integer" } } },
+                "model_version": { "type": "integer" },
+                "clusters": { "type": "array", "items": { "type": "object", "properties": {
+                    "cluster": { "type": "integer" }, "name": { "type": "string" }, "size": { "type": "integer" },
+                    "categories": { "type": "array", "items": lift("category") },
+                    "attributes": { "type": "array", "items": attribute } } } } } }));
+        schemas.insert("Segment".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/SegmentIn" }, { "type": "object", "properties": {
+            "name": { "type": "string" },
+            "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" },
+            "next_refresh": { "type": "string", "format": "date-time" },
+            "last_refresh": { "$ref": "#/components/schemas/SegmentRefresh" },
+            "last_failure": { "type": "object", "properties": { "at": { "type": "string", "format": "date-time" }, "message": { "type": "string" } } },
+            "last_export": { "type": "object", "properties": {
+                "at": { "type": "string", "format": "date-time" }, "ok": { "type": "boolean" }, "status": { "type": "integer" }, "attempts": { "type": "integer" },
+                "delivery": { "type": "string" }, "members": { "type": "integer" }, "bytes": { "type": "integer" }, "error": { "type": "string" } } } } } ] }));
+        schemas.insert("SegmentPut".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/Segment" }, { "type": "object", "properties": {
+            "webhook_secret": { "type": "string", "description": "Only in the response that created the segment: whsec_ and 64 hex digits, the HMAC key (as ASCII bytes) of its webhook deliveries" } } } ] }));
+        schemas.insert("Segments".into(), json!({ "type": "object", "properties": { "segments": { "type": "array", "items": { "$ref": "#/components/schemas/Segment" } } } }));
+        schemas.insert("SegmentMembers".into(), json!({ "type": "object", "properties": {
+            "segment": { "type": "string" },
+            "members": { "type": "array", "items": { "type": "object", "properties": { "user": { "type": "string" }, "cluster": { "type": "integer" }, "score": { "type": "number" } } } },
+            "next_cursor": { "type": ["string", "null"] } } }));
+        schemas.insert("SegmentSizes".into(), json!({ "type": "object", "properties": {
+            "segment": { "type": "string" },
+            "sizes": { "type": "array", "items": { "type": "object", "properties": { "at": { "type": "string", "format": "date-time" }, "size": { "type": "integer" }, "clusters": { "type": "array", "items": { "type": "integer" } } } } } } }));
+        schemas.insert("UserSegments".into(), json!({ "type": "object", "properties": {
+            "user": { "type": "string" },
+            "segments": { "type": "array", "items": { "type": "object", "properties": { "segment": { "type": "string" }, "cluster": { "type": "integer" }, "score": { "type": "number" }, "computed_at": { "type": "string", "format": "date-time" } } } } } }));
     }
 }
 

@@ -17,6 +17,7 @@ mod ops;
 mod personalizer;
 mod reports;
 mod rules;
+mod segments;
 mod serving;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -137,6 +138,30 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/experiments/{key}/report",
         Access::Needs(Scope::Admin),
     ),
+    ("GET", "/v1/segments", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/segments/{key}", Access::Needs(Scope::Admin)),
+    ("PUT", "/v1/segments/{key}", Access::Needs(Scope::Admin)),
+    ("DELETE", "/v1/segments/{key}", Access::Needs(Scope::Admin)),
+    (
+        "POST",
+        "/v1/segments/{key}/refresh",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "GET",
+        "/v1/segments/{key}/members",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "GET",
+        "/v1/segments/{key}/sizes",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "GET",
+        "/v1/users/{key}/segments",
+        Access::Needs(Scope::Write),
+    ),
     ("GET", "/v1/items/{key}", Access::Needs(Scope::Read)),
     ("PUT", "/v1/items/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/items/{key}", Access::Needs(Scope::Write)),
@@ -256,6 +281,8 @@ pub const UNBOUNDED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/loops/{key}/evaluation"),
     ("POST", "/v1/loops/{key}/evaluation/apply"),
     ("GET", "/v1/reports/fairness"),
+    ("POST", "/v1/segments/{key}/refresh"),
+    ("GET", "/v1/experiments/{key}/report"),
 ];
 
 /// `HEAD` is answered by the `GET` handler (axum drops the body), so it follows `GET`'s rules.
@@ -363,6 +390,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/experiments/{key}/start", post(experiments::start))
         .route("/v1/experiments/{key}/stop", post(experiments::stop))
         .route("/v1/experiments/{key}/report", get(experiments::report))
+        .route("/v1/segments", get(segments::list))
+        .route(
+            "/v1/segments/{key}",
+            get(segments::get)
+                .put(segments::put)
+                .delete(segments::delete),
+        )
+        .route("/v1/segments/{key}/refresh", post(segments::refresh))
+        .route("/v1/segments/{key}/members", get(segments::members))
+        .route("/v1/segments/{key}/sizes", get(segments::sizes))
+        .route("/v1/users/{key}/segments", get(segments::of_user))
         .route(
             "/v1/items/{key}",
             put(catalog::put_item)

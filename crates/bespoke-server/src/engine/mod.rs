@@ -48,6 +48,7 @@ mod ingest;
 mod lifecycle;
 mod privacy;
 mod rules;
+mod segments;
 mod serve;
 
 pub use access::Access;
@@ -63,6 +64,12 @@ pub use experiments::{
 pub use fairness::{LiveReport, ReportError, ReportOptions};
 pub use lifecycle::{TrainError, TrainOutcome, TrainingStatus};
 pub use rules::{HiddenItem, RuleError};
+pub use segments::{
+    AttributeLift, CategoryLift, ClusterSummary, ExportIn, ExportRecord, ExportSpec,
+    MAX_MEMBERS_PAGE, MemberFormat, MemberPage, PutSegment, RefreshFailure, ScheduledRun, Segment,
+    SegmentError, SegmentExcluded, SegmentIn, SegmentKind, SegmentMember, SegmentRefresh,
+    SegmentSpec, SizePoint, UserSegment,
+};
 
 /// Chunk size when loading the event log at start-up.
 const LOAD_CHUNK: usize = 100_000;
@@ -123,6 +130,8 @@ pub struct Engine {
     decisions: Loops,
     /// Running experiments and their buffered exposures.
     experiments: experiments::Experiments,
+    /// Segment refreshes in progress and the lock on their stored status.
+    segments: segments::Segments,
 }
 
 impl std::fmt::Debug for Engine {
@@ -211,6 +220,7 @@ impl Engine {
             erasures: Mutex::default(),
             decisions,
             experiments: experiments::Experiments::default(),
+            segments: segments::Segments::default(),
         };
         engine.access.refresh_keys()?;
         engine.reload_rules()?;

@@ -20,6 +20,7 @@ mod ops;
 mod privacy;
 mod ranking;
 mod rules;
+mod segments;
 mod serving;
 mod timeouts;
 mod users_items;
