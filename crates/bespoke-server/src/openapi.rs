@@ -557,7 +557,7 @@ fn schemas() -> Value {
                 "contributions": { "type": "array", "description": "With explain=full: the terms of the score, summing to it", "items": { "$ref": "#/components/schemas/Contribution" } } } },
             "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
                 "model": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } },
-                "experiments": { "type": "array", "description": "The experiment variants this list was served with (docs/experiments.md); echo them in POST /v1/impressions", "items": { "type": "object", "properties": { "experiment": { "type": "string" }, "variant": { "type": "string" }, "fallback": { "type": "boolean" } } } } } },
+                "experiments": { "type": "array", "description": "The experiment variants this list was served with (docs/experiments.md); echo them in POST /v1/impressions", "items": { "$ref": "#/components/schemas/ServedVariant" } } } },
             "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
             "Models": { "type": "object", "properties": { "active": { "type": ["integer", "null"] }, "training": { "type": "object" },
                 "models": { "type": "array", "items": { "type": "object", "properties": { "version": { "type": "integer" }, "active": { "type": "boolean" }, "bytes": { "type": "integer" }, "meta": { "type": "object" } } } } } },
@@ -620,6 +620,7 @@ fn rule_paths() -> Value {
                     "impressions": { "type": "array", "items": { "type": "object", "required": ["user", "items"], "additionalProperties": false, "properties": {
                         "user": { "type": "string" }, "items": { "type": "array", "minItems": 1, "items": { "type": "string" } },
                         "list_id": { "type": "string", "description": "Idempotency key of the list; its items get list_id#position" },
+                        "experiments": { "type": "array", "maxItems": 8, "description": "The experiments entry of the ranking response that served the list, echoed; kept in each impression's context (docs/experiments.md)", "items": { "$ref": "#/components/schemas/ServedVariant" } },
                         "timestamp": { "type": "string", "format": "date-time" } } } } } },
                 "example": { "impressions": [{ "user": "u1", "items": ["i3", "i7", "i9"], "list_id": "home-7f3a" }] } } } },
             "responses": with_errors(json!({ "200": { "description": "Stored", "content": { "application/json": { "schema": { "type": "object", "properties": { "lists": { "type": "integer" }, "stored": { "type": "integer" } } } } } } }), &[400, 404, 409, 413, 415, 507]) } },
@@ -739,7 +740,8 @@ fn add_audiences(doc: &mut Value) {
                 "category": { "type": "string" },
                 "filter": { "type": "string", "description": "An item rule expression (docs/rules.md)" },
                 "n": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 },
-                "threshold": { "type": "number", "description": "Also count the users scoring at least this (the audience's size)" } } }));
+                "threshold": { "type": "number", "description": "Also count the users scoring at least this (the audience's size)" },
+                "format": { "type": "string", "enum": ["json", "csv", "jsonl"], "default": "json", "description": "csv (user,score) or jsonl (user, score, reason per line) answer with the users above threshold as text/csv or application/x-ndjson" } } }));
         schemas.insert("Audience".into(), json!({ "type": "object",
             "required": ["users", "items_matched", "scored_users", "excluded", "model_version"],
             "properties": {
@@ -811,6 +813,11 @@ fn add_experiments(doc: &mut Value) {
         schemas.insert("Experiment".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/ExperimentIn" }, { "type": "object", "properties": {
             "name": { "type": "string" }, "status": { "type": "string", "enum": ["draft", "running", "stopped"] },
             "started_at": { "type": "string", "format": "date-time" }, "stopped_at": { "type": "string", "format": "date-time" } } } ] }));
+        schemas.insert("ServedVariant".into(), json!({ "type": "object", "additionalProperties": false, "required": ["experiment", "variant"],
+            "description": "The variant a ranking response was served with",
+            "properties": { "experiment": { "type": "string" }, "variant": { "type": "string", "description": "A variant's name, holdout, or interleaved" },
+                "fallback": { "type": "boolean", "description": "The variant could not apply; the request was served as sent" },
+                "teams": { "type": "array", "items": { "type": "string" }, "description": "Interleaving: the variant that gave each item" } } }));
         schemas.insert("Experiments".into(), json!({ "type": "object", "properties": { "experiments": { "type": "array", "items": { "$ref": "#/components/schemas/Experiment" } } } }));
         schemas.insert("ExperimentReport".into(), json!({ "type": "object", "properties": {
             "experiment": { "type": "string" }, "status": { "type": "string" }, "users": { "type": "integer" }, "alpha": { "type": "number" },

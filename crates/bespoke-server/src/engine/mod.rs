@@ -8,6 +8,8 @@
 //! | privacy | `erasure.rs`, `privacy.rs` | erasure down to the model, export, retention |
 //! | access control | [`Access`] (`access.rs`) | API keys, rate limits, the audit log |
 //! | decisions | [`crate::decisions::Loops`] | contextual bandits |
+//! | audiences and segments | `audience.rs`, `segments.rs` | users for items; rule and learned segments, their members, scheduled exports |
+//! | experiments | `experiments.rs` | variants laid over ranking requests, exposures, interleaving, the report |
 //!
 //! `Engine` owns one of each and coordinates what spans them (a deletion reaches the store,
 //! memory and the served model; an erasure waits for a retraining). The parts do not know the
