@@ -20,6 +20,20 @@ pub(crate) struct SegmentArgs {
 
 #[derive(Debug, Subcommand)]
 enum SegmentCommand {
+    /// Create or replace a segment from a JSON definition (docs/segments.md); a new one with
+    /// a webhook export prints its signing secret, once.
+    Create {
+        /// The segment's name.
+        name: String,
+        /// The definition: a JSON file, `-` for stdin.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Delete a segment, its members and size history.
+    Delete {
+        /// The segment's name.
+        name: String,
+    },
     /// List every segment with its last refresh and export.
     List {
         /// Print JSON.
@@ -64,6 +78,36 @@ pub(crate) fn run(settings: &Settings, args: &SegmentArgs) -> anyhow::Result<()>
     let store = bespoke_server::open_store(settings)?;
     let engine = bespoke_server::Engine::open(store, Arc::new(settings.clone()))?;
     match &args.command {
+        SegmentCommand::Create { name, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let input: bespoke_server::engine::SegmentIn = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a segment definition", file.display()))?;
+            let put = engine.put_segment(name, input)?;
+            engine
+                .access()
+                .audit("cli", "segment.put", Some(name), None);
+            eprintln!(
+                "{} segment {name:?}; compute its members with `bespoke segment refresh {name}`",
+                if put.created { "created" } else { "replaced" }
+            );
+            if let Some(secret) = put.webhook_secret {
+                eprintln!("webhook signing secret (shown once): {secret}");
+            }
+        }
+        SegmentCommand::Delete { name } => {
+            if !engine.delete_segment(name)? {
+                anyhow::bail!("no segment {name:?}");
+            }
+            engine
+                .access()
+                .audit("cli", "segment.delete", Some(name), None);
+            eprintln!("deleted {name:?}");
+        }
         SegmentCommand::List { json } => {
             let all = engine.segments()?;
             if *json {

@@ -1230,3 +1230,86 @@ fn experiments_are_managed_and_reported_from_the_cli() {
         "{err}"
     );
 }
+
+/// `bespoke segment`: a rule segment is created from a file, refreshed and written out;
+/// marketing objectors are never members; a bad expression names its position.
+#[test]
+fn segments_are_created_refreshed_and_written_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&bespoke(
+        dir.path(),
+        &[
+            "demo",
+            "--no-serve",
+            "--users",
+            "200",
+            "--items",
+            "300",
+            "--events",
+            "5000",
+            "--anchor",
+            "2026-01-01T00:00:00Z",
+        ],
+    ));
+    let def = dir.path().join("buyers.json");
+    std::fs::write(
+        &def,
+        r#"{"kind": "rule", "expression": "purchased() and events() >= 3"}"#,
+    )
+    .unwrap();
+    ok(&bespoke(
+        dir.path(),
+        &[
+            "segment",
+            "create",
+            "buyers",
+            "--file",
+            def.to_str().unwrap(),
+        ],
+    ));
+    let refreshed = json(&bespoke(
+        dir.path(),
+        &["segment", "refresh", "buyers", "--json"],
+    ));
+    let size = refreshed["size"].as_u64().unwrap();
+    assert!(size > 0 && size < 200, "{refreshed}");
+    let csv = ok(&bespoke(dir.path(), &["segment", "members", "buyers"]));
+    let members: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(members.len() as u64, size, "{csv}");
+    // Demo users whose number is 7 mod 20 objected to marketing.
+    assert!(
+        members
+            .iter()
+            .all(|u| u.trim_start_matches("user-").parse::<u32>().unwrap() % 20 != 7),
+        "{csv}"
+    );
+    let list = ok(&bespoke(dir.path(), &["segment", "list"]));
+    assert!(
+        list.contains("buyers") && list.contains(&format!("{size} members")),
+        "{list}"
+    );
+
+    std::fs::write(&def, r#"{"kind": "rule", "expression": "purchased( and"}"#).unwrap();
+    let bad = bespoke(
+        dir.path(),
+        &[
+            "segment",
+            "create",
+            "broken",
+            "--file",
+            def.to_str().unwrap(),
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("expression") && err.contains("position"),
+        "{err}"
+    );
+    ok(&bespoke(dir.path(), &["segment", "delete", "buyers"]));
+    assert!(ok(&bespoke(dir.path(), &["segment", "list", "--json"])).contains("[]"));
+}
