@@ -94,6 +94,12 @@ impl From<engine::OpenError> for ServerError {
 
 /// Opens the configured store.
 pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, bespoke_store::Error> {
+    if !settings.store.url.is_empty() {
+        return Err(bespoke_store::Error::Backend(
+            "store.url: the PostgreSQL store is not wired into the server yet (docs/postgres.md)"
+                .into(),
+        ));
+    }
     let options = StoreOptions {
         max_group_events: settings.store.max_group_events,
         cache_mib: settings.store.cache_mib,

@@ -400,6 +400,9 @@ impl std::fmt::Debug for Secret {
 pub struct StoreSettings {
     /// Directory holding the database (`bespoke.db`) and, later, model files.
     pub data_dir: PathBuf,
+    /// A PostgreSQL store (`postgres://user@host:port/db`) instead of the embedded SQLite one
+    /// in `data_dir`; empty (the default) for SQLite (`docs/postgres.md`).
+    pub url: String,
     /// SQLite page cache of the writer connection, in MiB.
     pub cache_mib: u32,
     /// Most events committed in one group transaction.
@@ -413,6 +416,7 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./bespoke-data"),
+            url: String::new(),
             cache_mib: 64,
             max_group_events: 100_000,
             max_size_mib: 0,
@@ -1123,6 +1127,14 @@ impl Settings {
             return Err(invalid(
                 "server.max_connections",
                 format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        let url = &self.store.url;
+        if !url.is_empty() && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must be empty (the embedded SQLite store) or a postgres:// URL",
             ));
         }
         let positive = [
