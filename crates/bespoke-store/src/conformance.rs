@@ -1624,7 +1624,11 @@ pub fn campaigns_experiments_and_first_exposures<S: Store + ?Sized>(store: &S) {
     let changed = store
         .add_credits(
             "blend",
-            vec![("u0".into(), 2, 1), ("u0".into(), 1, 0), ("nobody".into(), 5, 5)],
+            vec![
+                ("u0".into(), 2, 1),
+                ("u0".into(), 1, 0),
+                ("nobody".into(), 5, 5),
+            ],
         )
         .unwrap();
     assert_eq!(changed, 2);
