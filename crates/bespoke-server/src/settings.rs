@@ -1130,7 +1130,7 @@ impl Settings {
             ));
         }
         let url = &self.store.url;
-        if !url.is_empty() && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err(invalid(
                 "store.url",
