@@ -1130,8 +1130,7 @@ impl Settings {
             ));
         }
         let url = &self.store.url;
-        if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        {
+        if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(invalid(
                 "store.url",
                 "must be empty (the embedded SQLite store) or a postgres:// URL",
