@@ -25,6 +25,8 @@ pub(crate) mod exposure;
 pub mod features;
 pub mod metrics;
 pub mod models;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod openapi;
 pub mod pipeline;
 pub mod privacy;
@@ -235,6 +237,8 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
         .map_err(|error| ServerError::Bind { addr, error })?;
     let state = api::AppState::new(engine.clone());
     let throttle = state.throttle.clone();
+    #[cfg(feature = "nats")]
+    let nats_metrics = state.metrics.clone();
     let app = api::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(
@@ -258,6 +262,11 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     let mut background = vec![trainer, keys, windows, prune, segments];
     if engine.settings().privacy.max_event_age_days > 0.0 {
         background.push(tokio::spawn(retention(engine.clone())));
+    }
+    // Streaming ingestion, when configured (`docs/nats.md`); aborted with the others.
+    #[cfg(feature = "nats")]
+    if !engine.settings().nats.url.is_empty() {
+        background.push(tokio::spawn(nats::run(engine.clone(), nats_metrics)));
     }
     Ok(Server {
         addr,

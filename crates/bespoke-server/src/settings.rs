@@ -29,6 +29,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Event ingestion.
     pub events: EventSettings,
+    /// Streaming ingestion from NATS JetStream (feature `nats`, `docs/nats.md`).
+    pub nats: NatsSettings,
     /// Consent defaults.
     pub consent: ConsentSettings,
     /// Retention and pseudonymization.
@@ -526,6 +528,117 @@ impl Default for EventSettings {
             value_range: [-10.0, 10.0],
             max_weight: 10.0,
         }
+    }
+}
+
+/// Streaming ingestion from NATS JetStream (`docs/nats.md`): a durable pull consumer that
+/// stores the events published on `subject`, at least once, idempotent by event id. Needs a
+/// server built with the cargo feature `nats`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// NATS server URL: `nats://host:4222`, with credentials `nats://user:password@host:4222`
+    /// or `nats://token@host:4222`, `tls://host:4222` for TLS. Empty (the default): off.
+    pub url: String,
+    /// JetStream stream to read: created (file storage, `subject` its one subject, work-queue
+    /// retention) when missing, used as it is when present. 1 to 64 letters, digits, `-` or `_`.
+    pub stream: String,
+    /// Subject the events are published on; the consumer reads only this subject of the
+    /// stream. `*` and a final `>` are wildcards.
+    pub subject: String,
+    /// Name of the durable consumer: the stream remembers what it acknowledged, so a restart
+    /// resumes after it; servers with the same name share the messages. Same rules as `stream`.
+    pub durable: String,
+    /// Most messages fetched at once (and so unacknowledged at once), from 1 to 10000.
+    pub batch: usize,
+    /// Seconds the stream waits for a message's acknowledgement before delivering it again.
+    pub ack_wait_secs: u64,
+    /// Seconds before a message that could not be stored (a store error such as a full disk)
+    /// is delivered again.
+    pub retry_delay_secs: u64,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            stream: "BESPOKE_EVENTS".into(),
+            subject: "bespoke.events".into(),
+            durable: "bespoke".into(),
+            batch: 100,
+            ack_wait_secs: 30,
+            retry_delay_secs: 5,
+        }
+    }
+}
+
+impl NatsSettings {
+    /// Checks the section when `url` is set (it is not read otherwise), naming the key.
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.url.is_empty() {
+            return Ok(());
+        }
+        if !cfg!(feature = "nats") {
+            return Err(invalid(
+                "nats.url",
+                "is set, but this build has no NATS support (cargo feature nats)",
+            ));
+        }
+        if !(self.url.starts_with("nats://") || self.url.starts_with("tls://")) {
+            return Err(invalid(
+                "nats.url",
+                "must be empty (off) or a nats:// or tls:// URL",
+            ));
+        }
+        let name_ok = |n: &str| {
+            (1..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        for (key, name) in [
+            ("nats.stream", &self.stream),
+            ("nats.durable", &self.durable),
+        ] {
+            if !name_ok(name) {
+                return Err(invalid(
+                    key,
+                    format!("must be 1 to 64 letters, digits, - or _, got {name:?}"),
+                ));
+            }
+        }
+        let tokens: Vec<&str> = self.subject.split('.').collect();
+        let subject_ok = self.subject.len() <= 255
+            && tokens.iter().enumerate().all(|(i, t)| {
+                !t.is_empty()
+                    && (*t == "*"
+                        || (*t == ">" && i == tokens.len() - 1)
+                        || t.chars()
+                            .all(|c| !(c.is_whitespace() || c.is_control() || "*>".contains(c))))
+            });
+        if !subject_ok {
+            return Err(invalid(
+                "nats.subject",
+                format!(
+                    "must be a NATS subject (tokens separated by dots, * and a final > as wildcards, at most 255 bytes), got {:?}",
+                    self.subject
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch) {
+            return Err(invalid("nats.batch", "must be from 1 to 10000"));
+        }
+        for (key, v) in [
+            ("nats.ack_wait_secs", self.ack_wait_secs),
+            ("nats.retry_delay_secs", self.retry_delay_secs),
+        ] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&v) {
+                return Err(invalid(
+                    key,
+                    format!("must be from 1 to {MAX_TIMEOUT_SECS} (seconds, one day)"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1455,6 +1568,7 @@ impl Settings {
                 ));
             }
         }
+        self.nats.validate()?;
         Ok(())
     }
 }
@@ -1772,6 +1886,56 @@ mod tests {
         }
         let s = Settings::load(None, env(&[("BESPOKE__EVENTS__VALUE_RANGE", "[1, 5]")])).unwrap();
         assert_eq!(s.events.value_range, [1.0, 5.0]);
+    }
+
+    #[test]
+    fn nats_settings_are_validated_by_name_when_on() {
+        // Off by default, and the other keys are not read then.
+        let mut s = Settings::default();
+        assert!(s.nats.url.is_empty());
+        s.nats.batch = 0;
+        assert_eq!(s.validate(), Ok(()));
+        let on = |change: fn(&mut NatsSettings)| {
+            let mut s = Settings::default();
+            s.nats.url = "nats://127.0.0.1:4222".into();
+            change(&mut s.nats);
+            s.validate()
+        };
+        if !cfg!(feature = "nats") {
+            assert_eq!(on(|_| {}).unwrap_err().key, "nats.url");
+            return;
+        }
+        assert_eq!(on(|_| {}), Ok(()));
+        assert_eq!(on(|n| n.subject = "shop.*.events.>".into()), Ok(()));
+        type Change = fn(&mut NatsSettings);
+        let cases: [(Change, &str); 10] = [
+            (|n| n.url = "http://127.0.0.1:4222".into(), "nats.url"),
+            (|n| n.stream = String::new(), "nats.stream"),
+            (|n| n.stream = "a.b".into(), "nats.stream"),
+            (|n| n.durable = "x".repeat(65), "nats.durable"),
+            (|n| n.subject = "a..b".into(), "nats.subject"),
+            (|n| n.subject = "a.>.b".into(), "nats.subject"),
+            (|n| n.subject = "a b".into(), "nats.subject"),
+            (|n| n.batch = 0, "nats.batch"),
+            (|n| n.ack_wait_secs = 0, "nats.ack_wait_secs"),
+            (|n| n.retry_delay_secs = 86_401, "nats.retry_delay_secs"),
+        ];
+        for (change, key) in cases {
+            let err = on(change).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+        // Through the environment, as an operator would set it.
+        let err = Settings::load(
+            None,
+            env(&[
+                ("BESPOKE__NATS__URL", "nats://127.0.0.1:4222"),
+                ("BESPOKE__NATS__BATCH", "0"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("nats.batch"), "{err}");
+        let err = Settings::load(None, env(&[("BESPOKE__NATS__BATCHES", "5")])).unwrap_err();
+        assert!(err.to_string().contains("BESPOKE__NATS__BATCHES"), "{err}");
     }
 
     #[test]
