@@ -4,9 +4,11 @@
 //! the event log. Callers talk to traits only: one per capability ([`EventStore`],
 //! [`CatalogStore`], [`ModelStore`], [`AccessStore`], [`PrivacyStore`], [`DecisionStore`],
 //! [`RuleStore`], [`CampaignStore`]) and [`Store`], their union. [`SqliteStore`] is the embedded backend, one SQLite
-//! file in a data directory, with one module per capability under `sqlite/`. Nothing
-//! backend-specific (no SQLite type) appears in the traits, their data types or [`Error`], so a
-//! PostgreSQL backend can implement the same traits without changing any caller.
+//! file in a data directory, with one module per capability under `sqlite/`. `PgStore` (feature
+//! `postgres`, options in `PgOptions`) is the PostgreSQL backend, one schema of one database,
+//! with one module per capability under `postgres/`. Nothing backend-specific (no SQLite or
+//! PostgreSQL type) appears in the traits, their data types or [`Error`], and both backends pass
+//! the same conformance suite.
 //!
 //! Writes go through one writer thread that commits whatever requests arrived while the previous
 //! transaction was committing, as one transaction (group commit). A call returns only after its
@@ -36,6 +38,8 @@ mod fingerprint;
 mod model;
 mod models;
 mod owner_only;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod rule;
 mod sqlite;
 
@@ -51,6 +55,8 @@ pub use model::{
     NewEvent, Page, StoreStats, Upserted, User, UserUpsert,
 };
 pub use models::ModelRecord;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgStore};
 pub use rule::{Block, RuleRecord};
 pub use sqlite::{SqliteStore, StoreOptions};
 
