@@ -97,10 +97,11 @@ impl From<engine::OpenError> for ServerError {
 /// Opens the configured store.
 pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, bespoke_store::Error> {
     if !settings.store.url.is_empty() {
-        return Err(bespoke_store::Error::Backend(
-            "store.url: the PostgreSQL store is not wired into the server yet (docs/postgres.md)"
-                .into(),
-        ));
+        let mut options = bespoke_store::PgOptions::new(settings.store.url.clone());
+        if !settings.store.schema.is_empty() {
+            options.schema = Some(settings.store.schema.clone());
+        }
+        return Ok(Arc::new(bespoke_store::PgStore::open(options)?));
     }
     let options = StoreOptions {
         max_group_events: settings.store.max_group_events,

@@ -405,6 +405,9 @@ pub struct StoreSettings {
     /// A PostgreSQL store (`postgres://user@host:port/db`) instead of the embedded SQLite one
     /// in `data_dir`; empty (the default) for SQLite (`docs/postgres.md`).
     pub url: String,
+    /// With `url`: the PostgreSQL schema holding Bespoke's tables (created if missing); empty
+    /// for the connection's default (`public`).
+    pub schema: String,
     /// SQLite page cache of the writer connection, in MiB.
     pub cache_mib: u32,
     /// Most events committed in one group transaction.
@@ -419,6 +422,7 @@ impl Default for StoreSettings {
         Self {
             data_dir: PathBuf::from("./bespoke-data"),
             url: String::new(),
+            schema: String::new(),
             cache_mib: 64,
             max_group_events: 100_000,
             max_size_mib: 0,

@@ -143,7 +143,17 @@ impl Pool {
             state.open -= state.idle.len();
             std::mem::take(&mut state.idle)
         };
-        drop(idle);
+        // Closing a connection blocks on the client's own small runtime, which panics on a
+        // thread that drives an async runtime (a server's last reference to the store may be
+        // dropped in a task): close them on a thread of their own, and wait for it.
+        if !idle.is_empty() {
+            let closing = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(idle));
+            if let Ok(handle) = closing {
+                let _ = handle.join();
+            }
+        }
         // Callers waiting for a connection hear that there will be none.
         self.freed.notify_all();
     }
