@@ -97,7 +97,12 @@ pub(crate) fn run(settings: &Settings, args: &AudienceArgs) -> anyhow::Result<()
         .filter(|u| a.threshold.is_none_or(|t| u.score >= t))
     {
         match a.format {
-            Format::Csv => writeln!(out, "{},{}", csv_field(&u.user), u.score)?,
+            Format::Csv => writeln!(
+                out,
+                "{},{}",
+                bespoke_server::wire::csv_field(&u.user),
+                u.score
+            )?,
             Format::Jsonl => writeln!(
                 out,
                 "{}",
@@ -116,13 +121,4 @@ pub(crate) fn run(settings: &Settings, args: &AudienceArgs) -> anyhow::Result<()
         audience.excluded.training
     );
     Ok(())
-}
-
-/// A CSV field, quoted when it holds a comma, a quote or a line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
 }

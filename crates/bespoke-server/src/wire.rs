@@ -215,3 +215,20 @@ fn strict_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Value>, D
 fn strict_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
     <crate::strict::StrictValue as Deserialize>::deserialize(d).map(|v| v.0)
 }
+
+/// A CSV field (RFC 4180): quoted, with inner quotes doubled, when it holds a comma, a quote or
+/// a line break; as is otherwise. Shared by every CSV export (audiences, segments).
+///
+/// ```
+/// use bespoke_server::wire::csv_field;
+/// assert_eq!(csv_field("ann"), "ann");
+/// assert_eq!(csv_field("smith, ann"), "\"smith, ann\"");
+/// assert_eq!(csv_field("say \"hi\"\n"), "\"say \"\"hi\"\"\n\"");
+/// ```
+pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}

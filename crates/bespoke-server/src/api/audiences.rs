@@ -35,15 +35,6 @@ pub(crate) struct AudienceIn {
     format: Option<String>,
 }
 
-/// A CSV field, quoted when it holds a comma, a quote or a line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 impl From<AudienceError> for ApiError {
     fn from(e: AudienceError) -> Self {
         match e {
@@ -129,7 +120,11 @@ pub(crate) async fn query(
         "csv" => {
             let mut text = String::from("user,score\n");
             for u in users {
-                text.push_str(&format!("{},{}\n", csv_field(&u.user), u.score));
+                text.push_str(&format!(
+                    "{},{}\n",
+                    crate::wire::csv_field(&u.user),
+                    u.score
+                ));
             }
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
         }

@@ -129,7 +129,7 @@ impl MemberFormat {
         use std::io::Write;
         match self {
             Self::Csv => {
-                csv_field(&m.user, out);
+                out.extend_from_slice(crate::wire::csv_field(&m.user).as_bytes());
                 if let Some(c) = m.cluster {
                     let _ = write!(out, ",{c}");
                 }
@@ -140,17 +140,6 @@ impl MemberFormat {
                 out.push(b'\n');
             }
         }
-    }
-}
-
-/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
-fn csv_field(s: &str, out: &mut Vec<u8>) {
-    if s.contains([',', '"', '\n', '\r']) {
-        out.push(b'"');
-        out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(s.as_bytes());
     }
 }
 
