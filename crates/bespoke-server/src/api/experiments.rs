@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::extract::{JsonBody, KeyPath};
 use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
-use crate::engine::{Experiment, ExperimentError, ExperimentReport, ExperimentSpec};
+use crate::engine::{Engine, Experiment, ExperimentError, ExperimentReport, ExperimentSpec};
 use crate::error::ApiError;
 
 impl From<ExperimentError> for ApiError {
@@ -102,34 +102,50 @@ pub(crate) async fn put(
 
 /// `POST /v1/experiments/{name}/start`.
 pub(crate) async fn start(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    KeyPath(name): KeyPath,
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    name: KeyPath,
 ) -> Result<Json<ExperimentOut>, ApiError> {
-    let engine = state.engine.clone();
-    let e = blocking(move || {
-        let e = engine.start_experiment(&name)?;
-        engine
-            .access()
-            .audit(&caller.prefix, "experiment.start", Some(&name), None);
-        Ok::<_, ApiError>(e)
-    })
-    .await?;
-    Ok(Json(e.into()))
+    transition(
+        state,
+        caller,
+        name,
+        "experiment.start",
+        Engine::start_experiment,
+    )
+    .await
 }
 
 /// `POST /v1/experiments/{name}/stop`.
 pub(crate) async fn stop(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    name: KeyPath,
+) -> Result<Json<ExperimentOut>, ApiError> {
+    transition(
+        state,
+        caller,
+        name,
+        "experiment.stop",
+        Engine::stop_experiment,
+    )
+    .await
+}
+
+/// Starts or stops an experiment and audits it as `action`.
+async fn transition(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     KeyPath(name): KeyPath,
+    action: &'static str,
+    change: fn(&Engine, &str) -> Result<Experiment, ExperimentError>,
 ) -> Result<Json<ExperimentOut>, ApiError> {
     let engine = state.engine.clone();
     let e = blocking(move || {
-        let e = engine.stop_experiment(&name)?;
+        let e = change(&engine, &name)?;
         engine
             .access()
-            .audit(&caller.prefix, "experiment.stop", Some(&name), None);
+            .audit(&caller.prefix, action, Some(&name), None);
         Ok::<_, ApiError>(e)
     })
     .await?;

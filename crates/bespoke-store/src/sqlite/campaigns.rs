@@ -49,9 +49,11 @@ CREATE TABLE segment_sizes (
 ) WITHOUT ROWID;
 "#;
 
-/// The two tables of named definitions; only these names ever reach the SQL below.
+/// The tables of named JSON definitions (rules, experiments, segments); only these names ever
+/// reach the SQL below.
 #[derive(Clone, Copy)]
-enum Defs {
+pub(super) enum Defs {
+    Rules,
     Experiments,
     Segments,
 }
@@ -59,13 +61,14 @@ enum Defs {
 impl Defs {
     fn table(self) -> &'static str {
         match self {
+            Defs::Rules => "rules",
             Defs::Experiments => "experiments",
             Defs::Segments => "segments",
         }
     }
 }
 
-fn put_def(
+pub(super) fn put_def(
     c: &Connection,
     defs: Defs,
     name: &str,
@@ -91,7 +94,7 @@ fn put_def(
     })
 }
 
-fn defs(c: &Connection, defs: Defs) -> Result<Vec<RuleRecord>> {
+pub(super) fn defs(c: &Connection, defs: Defs) -> Result<Vec<RuleRecord>> {
     let t = defs.table();
     let rows: Vec<(String, String, Millis, Millis)> = c
         .prepare_cached(&format!(

@@ -9,7 +9,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::{Block, Error, ItemIdx, Millis, Result, RuleRecord, RuleStoreError, UserIdx};
+use super::campaigns::{Defs, defs, put_def};
+use crate::{Block, Error, ItemIdx, Millis, Result, RuleRecord, UserIdx};
 
 /// The index on `item_id` makes an item's deletion find its rows without scanning every
 /// user's (events do without one, to keep inserts cheap; blocks are written far less often).
@@ -29,58 +30,6 @@ CREATE TABLE item_blocks (
 ) WITHOUT ROWID;
 CREATE INDEX item_blocks_by_item ON item_blocks (item_id);
 "#;
-
-fn parse_definition(name: &str, text: &str) -> Result<serde_json::Value> {
-    serde_json::from_str(text).map_err(|source| {
-        RuleStoreError::Definition {
-            name: name.to_owned(),
-            source,
-        }
-        .into()
-    })
-}
-
-fn put_rule(
-    c: &Connection,
-    name: &str,
-    definition: &serde_json::Value,
-    now: Millis,
-) -> Result<RuleRecord> {
-    // RETURNING gives the creation time a replace kept, without a second read.
-    let (created_at, updated_at) = c
-        .prepare_cached(
-            "INSERT INTO rules (name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition,
-             updated_at = excluded.updated_at
-             RETURNING created_at, updated_at",
-        )?
-        .query_row(params![name, definition.to_string(), now], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    Ok(RuleRecord {
-        name: name.to_owned(),
-        definition: definition.clone(),
-        created_at,
-        updated_at,
-    })
-}
-
-fn rules(c: &Connection) -> Result<Vec<RuleRecord>> {
-    let rows: Vec<(String, String, Millis, Millis)> = c
-        .prepare_cached("SELECT name, definition, created_at, updated_at FROM rules ORDER BY name")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter()
-        .map(|(name, definition, created_at, updated_at)| {
-            Ok(RuleRecord {
-                definition: parse_definition(&name, &definition)?,
-                name,
-                created_at,
-                updated_at,
-            })
-        })
-        .collect()
-}
 
 fn delete_rule(c: &Connection, name: &str) -> Result<bool> {
     Ok(c.prepare_cached("DELETE FROM rules WHERE name = ?1")?
@@ -161,11 +110,11 @@ impl crate::RuleStore for SqliteStore {
         now: Millis,
     ) -> Result<RuleRecord> {
         let (name, definition) = (name.to_owned(), definition.clone());
-        self.exec_single(move |c| put_rule(c, &name, &definition, now))
+        self.exec_single(move |c| put_def(c, Defs::Rules, &name, &definition, now))
     }
 
     fn rules(&self) -> Result<Vec<RuleRecord>> {
-        self.read(rules)
+        self.read(|c| defs(c, Defs::Rules))
     }
 
     fn delete_rule(&self, name: &str) -> Result<bool> {
@@ -274,7 +223,9 @@ mod tests {
         raw.execute("UPDATE rules SET definition = 'not json'", [])
             .unwrap();
         match s.rules() {
-            Err(Error::Rule(RuleStoreError::Definition { name, .. })) => assert_eq!(name, "pin"),
+            Err(Error::Rule(crate::RuleStoreError::Definition { name, .. })) => {
+                assert_eq!(name, "pin")
+            }
             other => panic!("expected a rule definition error, got {other:?}"),
         }
     }
