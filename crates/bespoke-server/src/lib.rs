@@ -150,6 +150,8 @@ impl Server {
         for task in &self.background {
             task.abort();
         }
+        // Another node takes over at once rather than when this process ends.
+        self.engine.resign();
         // Learners are rebuilt from the log anyway; a checkpoint only shortens the next start.
         let engine = self.engine.clone();
         match tokio::task::spawn_blocking(move || engine.decisions().checkpoint_all()).await {
@@ -173,7 +175,7 @@ async fn background_trainer(engine: Arc<Engine>) {
     let mut ticker = tokio::time::interval(TRAINER_TICK);
     loop {
         ticker.tick().await;
-        if engine.training_status().running {
+        if engine.training_status().running || !leads(&engine).await {
             continue;
         }
         let tune = engine.tuning_due(last_tune);
@@ -208,7 +210,36 @@ async fn background_trainer(engine: Arc<Engine>) {
     }
 }
 
-impl Server {}
+/// Whether this node leads the background work of a shared store (always, alone on one):
+/// scheduled training, segment schedules and retention.
+async fn leads(engine: &Arc<Engine>) -> bool {
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || e.lead("scheduler"))
+        .await
+        .unwrap_or(false)
+}
+
+/// How long [`follow_store`] waits for announcements before it reads the event log anyway.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// On a shared store, applies what other nodes write to this node's memory
+/// ([`Engine::follow`]).
+async fn follow_store(engine: Arc<Engine>) {
+    loop {
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.follow(FOLLOW_WAIT)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(target: "serve::cluster", error = %e, "following the shared store failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::error!(target: "serve::cluster", error = %e, "following the shared store panicked");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
 
 /// Opens the store, loads the serving state and starts serving on `settings.server.bind`.
 pub async fn start(settings: Settings) -> Result<Server, ServerError> {
@@ -261,6 +292,9 @@ pub async fn start_with_engine(engine: Arc<Engine>) -> Result<Server, ServerErro
     });
     let segments = tokio::spawn(scheduled_segments(engine.clone()));
     let mut background = vec![trainer, keys, windows, prune, segments];
+    if engine.shared_store() {
+        background.push(tokio::spawn(follow_store(engine.clone())));
+    }
     if engine.settings().privacy.max_event_age_days > 0.0 {
         background.push(tokio::spawn(retention(engine.clone())));
     }
@@ -358,6 +392,9 @@ async fn retention(engine: Arc<Engine>) {
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(every * 60));
     loop {
         ticker.tick().await;
+        if !leads(&engine).await {
+            continue;
+        }
         let e = engine.clone();
         match tokio::task::spawn_blocking(move || e.apply_retention("retention")).await {
             Ok(Ok(0)) => {}
@@ -413,6 +450,9 @@ async fn scheduled_segments(engine: Arc<Engine>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if !leads(&engine).await {
+            continue;
+        }
         // Each refresh and export logs (and records in its segment) how it went.
         let runs = engine.run_due_segments(time::now_ms()).await;
         if !runs.is_empty() {

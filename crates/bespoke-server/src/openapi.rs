@@ -560,6 +560,8 @@ fn schemas() -> Value {
                 "experiments": { "type": "array", "description": "The experiment variants this list was served with (docs/experiments.md); echo them in POST /v1/impressions", "items": { "$ref": "#/components/schemas/ServedVariant" } } } },
             "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
             "Models": { "type": "object", "properties": { "active": { "type": ["integer", "null"] }, "training": { "type": "object" },
+                "cluster": { "type": "object", "description": "This node on a shared store (docs/deploy.md): shared_store, leader (holds the scheduler leadership), applied_seq (the last event applied to its memory)",
+                    "properties": { "shared_store": { "type": "boolean" }, "leader": { "type": "boolean" }, "applied_seq": { "type": "integer" } } },
                 "models": { "type": "array", "items": { "type": "object", "properties": { "version": { "type": "integer" }, "active": { "type": "boolean" }, "bytes": { "type": "integer" }, "meta": { "type": "object" } } } } } },
             "TrainOutcome": { "type": "object", "properties": { "version": { "type": "integer" }, "activated": { "type": "boolean" }, "meta": { "type": "object" } } },
             "Popular": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } }

@@ -68,25 +68,10 @@ const EXPRESSION_CACHE: usize = 1024;
 impl Serving {
     /// An empty serving state for `settings` (the engine fills it from the store).
     pub(crate) fn new(settings: Arc<Settings>) -> Self {
-        let half_life_ms = settings.serving.trending_half_life_hours * 3_600_000.0;
         Self {
             user_keys: UserKeys::new(&settings),
+            state: RwLock::new(State::new(&settings)),
             settings,
-            state: RwLock::new(State {
-                catalog_epoch: 0,
-                user_rev: Vec::new(),
-                users: IdMap::new(),
-                items: IdMap::new(),
-                deleted_users: FxHashSet::default(),
-                deleted_items: FxHashSet::default(),
-                personalization: Vec::new(),
-                no_marketing: FxHashSet::default(),
-                item_meta: Vec::new(),
-                categories: IdMap::new(),
-                live: LiveIndex::new(Popularity::new(half_life_ms)),
-                exposure: Exposure::default(),
-                columns: Columns::new(),
-            }),
             model: ArcSwapOption::empty(),
             saved_rules: ArcSwap::from_pointee(Vec::new()),
             exprs: crate::rules::Cache::new(EXPRESSION_CACHE),
@@ -134,6 +119,26 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// An empty state (the engine fills it from the store).
+    pub(crate) fn new(settings: &Settings) -> Self {
+        let half_life_ms = settings.serving.trending_half_life_hours * 3_600_000.0;
+        State {
+            catalog_epoch: 0,
+            user_rev: Vec::new(),
+            users: IdMap::new(),
+            items: IdMap::new(),
+            deleted_users: FxHashSet::default(),
+            deleted_items: FxHashSet::default(),
+            personalization: Vec::new(),
+            no_marketing: FxHashSet::default(),
+            item_meta: Vec::new(),
+            categories: IdMap::new(),
+            live: LiveIndex::new(Popularity::new(half_life_ms)),
+            exposure: Exposure::default(),
+            columns: Columns::new(),
+        }
+    }
+
     pub(crate) fn bump_user(&mut self, user: UserIdx) {
         let u = user.0 as usize;
         if self.user_rev.len() <= u {

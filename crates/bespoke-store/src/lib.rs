@@ -29,6 +29,7 @@
 
 mod admin;
 mod campaign;
+mod cluster;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod decision;
@@ -48,6 +49,7 @@ pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use campaign::{Exposure, Member, NewExposure};
 pub use decision::{
     DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
+pub use cluster::{Alone, Change, ChangeFeed, ClusterStore, Leadership};
 };
 pub use error::{DecisionStoreError, Error, Result, RuleStoreError};
 pub use model::{
@@ -64,8 +66,8 @@ pub use sqlite::{SqliteStore, StoreOptions};
 /// called on a concrete backend (or through a generic bound) only with that trait in scope.
 pub mod prelude {
     pub use crate::{
-        AccessStore, CampaignStore, CatalogStore, DecisionStore, EventStore, ModelStore,
-        PrivacyStore, RuleStore, Store,
+        AccessStore, CampaignStore, CatalogStore, ClusterStore, DecisionStore, EventStore,
+        ModelStore, PrivacyStore, RuleStore, Store,
     };
 }
 
@@ -88,6 +90,7 @@ pub trait Store:
     + CampaignStore
 {
 }
+    + ClusterStore
 
 impl<T> Store for T where
     T: EventStore
@@ -100,6 +103,7 @@ impl<T> Store for T where
         + CampaignStore
         + ?Sized
 {
+        + ClusterStore
 }
 
 /// The event log: appending events (idempotent by event id), reading them back by user or in

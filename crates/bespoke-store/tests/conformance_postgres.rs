@@ -474,3 +474,79 @@ fn calls_after_close_fail_cleanly() {
         Err(Error::Closed)
     ));
 }
+
+/// Two handles on one schema (two nodes): each hears the other's committed changes, in commit
+/// order and never its own; leadership of a role is exclusive and freed with its holder.
+#[test]
+fn handles_hear_each_other_and_lead_one_at_a_time() {
+    use bespoke_store::{Change, UserUpsert};
+    use std::time::Duration;
+    let Some(first) = fresh() else { return };
+    let second = PgStore::open(PgOptions::new(first.url.clone()).schema(first.schema.clone()))
+        .expect("second handle");
+    let feed = first.changes().unwrap().expect("a shared store announces");
+    let heard = |n: usize| -> Vec<Change> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match feed.next_timeout(Duration::from_secs(5)) {
+                Some(c) => out.push(c),
+                None => break,
+            }
+        }
+        out
+    };
+    // Its own writes are not announced to it.
+    first
+        .append_events(EventBatch::new(vec![ev("own", "u0", "i0")]))
+        .unwrap();
+    assert_eq!(feed.try_next(), None);
+
+    let put = second
+        .put_user(UserUpsert {
+            key: "alice".into(),
+            attributes: Default::default(),
+            consent: Default::default(),
+            default_consent: bespoke_store::Consent::ALL,
+            restore_times: None,
+        })
+        .unwrap();
+    second
+        .append_events(EventBatch::new(vec![ev("e1", "alice", "i1")]))
+        .unwrap();
+    let deleted = second.delete_user("alice").unwrap().unwrap();
+    assert_eq!(
+        heard(3),
+        vec![
+            Change::User(put.record.idx),
+            Change::Events,
+            Change::UserDeleted(bespoke_store::UserIdx(deleted.idx)),
+        ]
+    );
+    // A batch of duplicates changes nothing and wakes nobody; a rolled-back write neither.
+    let again = second
+        .append_events(EventBatch::new(vec![ev("own", "u0", "i0")]))
+        .unwrap();
+    assert!(again[0].duplicate);
+    assert!(second.activate_model(999).is_err());
+    assert_eq!(feed.next_timeout(Duration::from_millis(300)), None);
+
+    let mut lead = first
+        .try_lead("scheduler")
+        .unwrap()
+        .expect("nobody leads yet");
+    assert!(lead.alive());
+    assert!(
+        second.try_lead("scheduler").unwrap().is_none(),
+        "two leaders"
+    );
+    assert!(
+        second.try_lead("train").unwrap().is_some(),
+        "roles are apart"
+    );
+    drop(lead);
+    assert!(
+        second.try_lead("scheduler").unwrap().is_some(),
+        "the leadership outlived its holder"
+    );
+    second.close();
+}

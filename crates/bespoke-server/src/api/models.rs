@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::extract::{KeyPath, Params};
 use super::{AppState, blocking};
 use crate::auth::Caller;
-use crate::engine::{TrainError, TrainingStatus};
+use crate::engine::TrainError;
 use crate::error::ApiError;
 use crate::models::LoadError;
 
@@ -37,8 +37,14 @@ impl From<LoadError> for ApiError {
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let engine = state.engine.clone();
-    let (models, status): (Vec<bespoke_store::ModelRecord>, TrainingStatus) =
-        blocking(move || Ok((engine.models()?, engine.training_status()))).await?;
+    let (models, status, cluster) = blocking(move || {
+        Ok((
+            engine.models()?,
+            engine.training_status(),
+            engine.cluster_status(),
+        ))
+    })
+    .await?;
     let active = models.iter().find(|m| m.active).map(|m| m.version);
     let models: Vec<Value> = models
         .into_iter()
@@ -46,7 +52,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
         .map(|m| json!({ "version": m.version, "active": m.active, "bytes": m.bytes, "meta": m.meta }))
         .collect();
     Ok(Json(
-        json!({ "active": active, "training": status, "models": models }),
+        json!({ "active": active, "training": status, "cluster": cluster, "models": models }),
     ))
 }
 

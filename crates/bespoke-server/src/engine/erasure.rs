@@ -104,6 +104,56 @@ pub(crate) struct Erasures {
 pub(super) type EraseError = TrainError;
 
 impl Engine {
+    /// Adds incomplete receipts written by other nodes to the pending ones (without their
+    /// keys), so that an activation here completes them too.
+    pub(super) fn merge_pending_erasures(&self) -> bespoke_store::Result<()> {
+        let stored = self.store.erasures()?;
+        let mut erasures = self.erasures.lock();
+        for (id, receipt) in stored {
+            let r: ErasureReceipt = serde_json::from_value(receipt)
+                .map_err(|e| bespoke_store::Error::Corrupt(format!("erasure {id}: {e}")))?;
+            if r.status != COMPLETE && erasures.pending.iter().all(|p| p.id != id) {
+                erasures.pending.push(Pending {
+                    id,
+                    requested_at: r.requested_at_ms,
+                    key: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// After another node activated `version`: scrubs it of the users this node erased while
+    /// a run may have held them, and completes the erasures its snapshot postdates.
+    pub(super) fn after_foreign_activation(&self, version: u64) -> bespoke_store::Result<()> {
+        let Some(record) = self
+            .store
+            .list_models()?
+            .into_iter()
+            .find(|m| m.version == version)
+        else {
+            return Ok(());
+        };
+        {
+            let erasures = self.erasures.lock();
+            for p in &erasures.pending {
+                let Some(key) = &p.key else { continue };
+                if scrub(&*self.store, &record, key)?
+                    && let Some(mut r) = self.erasure(&p.id)?
+                    && !r.model_rows_scrubbed.contains(&version)
+                {
+                    r.models_containing_user.push(version);
+                    r.model_rows_scrubbed.push(version);
+                    self.save_receipt(&r)?;
+                }
+            }
+        }
+        if let Some(at) = record.meta["data"]["snapshot_at_ms"].as_i64() {
+            self.complete_erasures(version, at)?;
+        }
+        Ok(())
+    }
+
     /// Loads incomplete receipts at start-up (no training is running, so no key is needed).
     pub(super) fn load_pending_erasures(&self) -> bespoke_store::Result<()> {
         let mut pending = Vec::new();
@@ -172,8 +222,9 @@ impl Engine {
                     containing.push(m.version);
                 }
             }
-            // A run in progress may have read the user before the deletion committed.
-            let in_flight = self.training.lock.is_locked();
+            // A run in progress (here or on another node) may have read the user before the
+            // deletion committed.
+            let in_flight = self.training.lock.is_locked() || self.training_elsewhere();
             let receipt = ErasureReceipt {
                 erasure_id: id.clone(),
                 user_ref: user_ref.clone(),
@@ -357,6 +408,11 @@ impl Engine {
     /// Forgets the keys of pending erasures when a training run ends: runs go one at a time,
     /// and every later run reads a snapshot without these users.
     pub(super) fn release_erasure_keys(&self) {
+        // On a shared store another node may be training with them: the keys are kept until
+        // the erasures complete ([`Engine::after_foreign_activation`]).
+        if self.shared_store() {
+            return;
+        }
         for p in &mut self.erasures.lock().pending {
             p.key = None;
         }

@@ -51,10 +51,13 @@ impl Engine {
             self.credit_clicks(&fresh);
         }
         let mut s = self.serving.state.write();
+        let mut new = 0u64;
         for (a, (kind, value, user, item)) in appended.iter().zip(kinds) {
-            if a.duplicate {
+            // On a shared store, the tail of the log may have applied it already.
+            if a.duplicate || !self.claim_own(a.seq) {
                 continue;
             }
+            new += 1;
             if a.created_user
                 && !s.deleted_users.contains(&a.user.0)
                 && newer(s.users.get(&user), a.user.0)
@@ -79,7 +82,6 @@ impl Engine {
             s.apply_signal(&self.settings, &kind, a.user, a.item, a.timestamp);
         }
         drop(s);
-        let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
         self.training.count_events(new);
         Ok(appended)
     }

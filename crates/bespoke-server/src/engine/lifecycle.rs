@@ -126,7 +126,7 @@ impl Engine {
         }
     }
 
-    fn load_model(&self, version: u64) -> Result<ServingModel, LoadError> {
+    pub(super) fn load_model(&self, version: u64) -> Result<ServingModel, LoadError> {
         // Reading the files happens outside the state lock; only the key mapping needs it.
         let store = self.store.clone();
         let s = self.serving.state.read();
@@ -269,6 +269,12 @@ impl Engine {
         mut progress: impl FnMut(Progress<'_>) + Send,
     ) -> Result<Option<TrainOutcome>, TrainError> {
         let _running = self.training.lock.try_lock().ok_or(TrainError::Busy)?;
+        // One run at a time across the nodes of a shared store too; released with the run.
+        let _cluster_lease = if self.shared_store() {
+            Some(self.training_lease()?.ok_or(TrainError::Busy)?)
+        } else {
+            None
+        };
         let number = {
             let mut runs = self.training.runs.lock();
             // Checked under the training lock: a run records what it saved before it releases

@@ -43,6 +43,7 @@ pub use crate::weights::Weights;
 
 mod access;
 mod audience;
+mod cluster;
 mod erasure;
 mod experiments;
 mod fairness;
@@ -57,6 +58,7 @@ pub use access::Access;
 pub use audience::{
     Audience, AudienceError, AudienceQuery, AudienceUser, Excluded, MAX_AUDIENCE_ITEMS, Size,
 };
+pub use cluster::ClusterStatus;
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
 pub use experiments::{
     Assigned, Comparison, Experiment, ExperimentError, ExperimentReport, ExperimentRoute,
@@ -134,6 +136,8 @@ pub struct Engine {
     experiments: experiments::Experiments,
     /// Segment refreshes in progress and the lock on their stored status.
     segments: segments::Segments,
+    /// Following other nodes' writes to a shared store, and leading them.
+    cluster: cluster::Cluster,
 }
 
 impl std::fmt::Debug for Engine {
@@ -150,56 +154,18 @@ impl Engine {
         let started = std::time::Instant::now();
         let weights = Weights::new(&settings);
         let serving = Serving::new(settings.clone());
+        // Before the state is read, so that no change another node commits meanwhile is missed
+        // (one heard twice is applied twice to the same effect).
+        let feed = store.changes()?.map(Arc::new);
         let mut state = serving.state.write();
-        let mut after = None;
-        loop {
-            let users = store.scan_users(after, LOAD_CHUNK)?;
-            let Some(last) = users.last() else { break };
-            after = Some(last.idx);
-            for u in &users {
-                state.users.insert(&u.key, u.idx.0);
-                state.set_personalization(u.idx, u.consent.personalization);
-                if !u.consent.marketing {
-                    state.no_marketing.insert(u.idx.0);
-                }
-                if !u.consent.training {
-                    state.live.set_private(u.idx, true);
-                }
-            }
-        }
-        let mut after = None;
-        loop {
-            let items = store.scan_items(after, LOAD_CHUNK)?;
-            let Some(last) = items.last() else { break };
-            after = Some(last.idx);
-            for it in &items {
-                state.set_item(it);
-            }
-        }
-        let mut seq = 0;
-        let mut skipped = 0u64;
-        loop {
-            let chunk = store.scan_interactions(seq, LOAD_CHUNK)?;
-            let Some(last) = chunk.last() else { break };
-            seq = last.seq;
-            for e in &chunk {
-                state.apply_signal(&settings, &e.kind, e.user, e.item, e.timestamp);
-                match weights.weight(&e.kind, e.value) {
-                    Some(w) if w.is_finite() => state.live.apply(e.user, e.item, w, e.timestamp),
-                    // Impressions are not feedback.
-                    _ if e.kind == crate::settings::IMPRESSION => {}
-                    // A type removed from the configuration since the event was stored.
-                    _ => skipped += 1,
-                }
-            }
-        }
-        let blocks = rules::load_blocks(&*store, &mut state)?;
+        let loaded = load_state(&*store, &settings, &weights, &mut state)?;
         tracing::info!(
             users = state.users.len(),
             items = state.items.len(),
             events = state.live.events(),
-            skipped_events = skipped,
-            blocks,
+            skipped_events = loaded.skipped,
+            blocks = loaded.blocks,
+            shared_store = feed.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded serving state"
         );
@@ -223,6 +189,7 @@ impl Engine {
             decisions,
             experiments: experiments::Experiments::default(),
             segments: segments::Segments::default(),
+            cluster: cluster::Cluster::new(feed, loaded.last_seq),
         };
         engine.access.refresh_keys()?;
         engine.reload_rules()?;
@@ -231,7 +198,76 @@ impl Engine {
         engine.reload_experiments()?;
         Ok(engine)
     }
+}
 
+/// What [`load_state`] read.
+struct Loaded {
+    /// The sequence number of the last event read (0: none).
+    last_seq: u64,
+    /// Events of types no longer configured.
+    skipped: u64,
+    /// Stored blocks.
+    blocks: u64,
+}
+
+/// Fills an empty `state` with everything in `store`.
+fn load_state(
+    store: &dyn Store,
+    settings: &Settings,
+    weights: &Weights,
+    state: &mut crate::state::State,
+) -> bespoke_store::Result<Loaded> {
+    let mut after = None;
+    loop {
+        let users = store.scan_users(after, LOAD_CHUNK)?;
+        let Some(last) = users.last() else { break };
+        after = Some(last.idx);
+        for u in &users {
+            state.users.insert(&u.key, u.idx.0);
+            state.set_personalization(u.idx, u.consent.personalization);
+            if !u.consent.marketing {
+                state.no_marketing.insert(u.idx.0);
+            }
+            if !u.consent.training {
+                state.live.set_private(u.idx, true);
+            }
+        }
+    }
+    let mut after = None;
+    loop {
+        let items = store.scan_items(after, LOAD_CHUNK)?;
+        let Some(last) = items.last() else { break };
+        after = Some(last.idx);
+        for it in &items {
+            state.set_item(it);
+        }
+    }
+    let mut seq = 0;
+    let mut skipped = 0u64;
+    loop {
+        let chunk = store.scan_interactions(seq, LOAD_CHUNK)?;
+        let Some(last) = chunk.last() else { break };
+        seq = last.seq;
+        for e in &chunk {
+            state.apply_signal(settings, &e.kind, e.user, e.item, e.timestamp);
+            match weights.weight(&e.kind, e.value) {
+                Some(w) if w.is_finite() => state.live.apply(e.user, e.item, w, e.timestamp),
+                // Impressions are not feedback.
+                _ if e.kind == crate::settings::IMPRESSION => {}
+                // A type removed from the configuration since the event was stored.
+                _ => skipped += 1,
+            }
+        }
+    }
+    let blocks = rules::load_blocks(store, state)?;
+    Ok(Loaded {
+        last_seq: seq,
+        skipped,
+        blocks,
+    })
+}
+
+impl Engine {
     /// The serving part: the pipeline's entry points.
     pub fn serving(&self) -> &Serving {
         &self.serving

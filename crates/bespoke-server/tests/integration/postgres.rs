@@ -142,3 +142,161 @@ async fn the_server_runs_on_postgres() {
     drop(srv.stop().await);
     drop_schema(schema).await;
 }
+
+fn fresh_schema(tag: &str) -> String {
+    format!(
+        "{tag}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}
+
+/// Polls `check` on `srv` until it holds or `within` passes; whether it held.
+async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn leader(srv: &crate::common::TestServer) -> bool {
+    let (st, body) = srv.get("/v1/models").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["cluster"]["shared_store"], true, "{body}");
+    body["cluster"]["leader"].as_bool().unwrap()
+}
+
+/// Two nodes on one schema: what one accepts, the other serves; a model one trains, the
+/// other serves; an erasure on one reaches the other's memory; one leads, and the other takes
+/// over when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_postgres_store() {
+    if reachable().await.is_none() {
+        return;
+    }
+    let schema = fresh_schema("two");
+    let on = |s: String| {
+        move |settings: &mut bespoke_server::Settings| {
+            settings.store.url = URL.into();
+            settings.store.schema = s;
+        }
+    };
+    let a = start_with(on(schema.clone())).await;
+    let b = start_with(on(schema.clone())).await;
+    let wait = std::time::Duration::from_secs(5);
+
+    // Events accepted by A reach B's memory.
+    let (st, body) = a
+        .post("/v1/events", json!({ "events": two_tastes() }))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let events = a.counts().await["events"].clone();
+    assert!(
+        eventually(wait, || async { b.counts().await["events"] == events }).await,
+        "B never applied A's events: {} vs {events}",
+        b.counts().await
+    );
+
+    // A model trained on A is served by B.
+    let (st, body) = a
+        .request(reqwest::Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let version = body["version"].as_u64().unwrap();
+    assert!(
+        eventually(wait, || async {
+            let (_, r) = b.get("/v1/users/u0/recommendations?n=5").await;
+            r["model_version"].as_u64() == Some(version)
+        })
+        .await,
+        "B never served version {version}"
+    );
+
+    // An event on A changes B's recommendations: the item leaves the user's list.
+    let (_, before) = b.get("/v1/users/u2/recommendations?n=3").await;
+    let top = keys(&before)[0].clone();
+    a.events(&[("u2", &top, "view")]).await;
+    assert!(
+        eventually(wait, || async {
+            let (_, r) = b.get("/v1/users/u2/recommendations?n=3").await;
+            !keys(&r).contains(&top)
+        })
+        .await,
+        "B kept recommending {top} after u2 viewed it on A"
+    );
+
+    // A profile change on A (no personalization) holds on B.
+    let (st, body) = a
+        .put(
+            "/v1/users/u4",
+            json!({ "consent": { "personalization": false } }),
+        )
+        .await;
+    assert!(st.is_success(), "{body}");
+    assert!(
+        eventually(wait, || async {
+            let (_, r) = b.get("/v1/users/u4/recommendations?n=3").await;
+            r["personalized"] == false
+        })
+        .await,
+        "B kept personalizing for u4"
+    );
+
+    // An item deleted on B disappears from A's answers.
+    let (st, _) = b.delete("/v1/items/a0").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        eventually(wait, || async {
+            let (_, r) = a.get("/v1/popular?n=50").await;
+            !keys(&r).contains(&"a0".to_owned())
+        })
+        .await,
+        "A still serves the deleted item"
+    );
+
+    // An erasure on B reaches A's memory at once: u6 is unknown there.
+    let (st, body) = b.delete("/v1/users/u6").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(
+        eventually(wait, || async {
+            let (_, r) = a.get("/v1/users/u6/recommendations?n=3").await;
+            r["personalized"] == false
+        })
+        .await,
+        "A still personalizes for the erased user"
+    );
+    let users = a.counts().await["users"].clone();
+    assert_eq!(users, b.counts().await["users"]);
+
+    // Exactly one node leads; when it stops, the other takes over.
+    assert!(
+        eventually(wait, || async { leader(&a).await || leader(&b).await }).await,
+        "nobody leads"
+    );
+    assert!(!(leader(&a).await && leader(&b).await), "two leaders");
+    let (leading, other) = if leader(&a).await { (a, b) } else { (b, a) };
+    drop(leading.stop().await);
+    assert!(
+        eventually(std::time::Duration::from_secs(15), || async {
+            leader(&other).await
+        })
+        .await,
+        "the other node never took over"
+    );
+    drop(other.stop().await);
+    drop_schema(schema).await;
+}

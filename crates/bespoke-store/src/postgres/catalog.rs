@@ -558,7 +558,15 @@ impl crate::CatalogStore for PgStore {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|db| put_users(db, &users))
+        self.write(|db| {
+            let out = put_users(db, &users)?;
+            let changes: Vec<_> = out
+                .iter()
+                .map(|u| crate::Change::User(u.record.idx))
+                .collect();
+            self.announcer.notify(db, &changes)?;
+            Ok(out)
+        })
     }
 
     fn get_user(&self, key: &str) -> Result<Option<User>> {
@@ -575,14 +583,29 @@ impl crate::CatalogStore for PgStore {
     }
 
     fn delete_user(&self, key: &str) -> Result<Option<Deleted>> {
-        self.write(|db| delete_user(db, key))
+        self.write(|db| {
+            let out = delete_user(db, key)?;
+            if let Some(d) = &out {
+                self.announcer
+                    .notify(db, &[crate::Change::UserDeleted(UserIdx(d.idx))])?;
+            }
+            Ok(out)
+        })
     }
 
     fn put_items(&self, items: Vec<ItemUpsert>) -> Result<Vec<Upserted<Item>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|db| put_items(db, &items))
+        self.write(|db| {
+            let out = put_items(db, &items)?;
+            let changes: Vec<_> = out
+                .iter()
+                .map(|i| crate::Change::Item(i.record.idx))
+                .collect();
+            self.announcer.notify(db, &changes)?;
+            Ok(out)
+        })
     }
 
     fn get_item(&self, key: &str) -> Result<Option<Item>> {
@@ -598,7 +621,14 @@ impl crate::CatalogStore for PgStore {
     }
 
     fn delete_item(&self, key: &str) -> Result<Option<Deleted>> {
-        self.write(|db| delete_item(db, key))
+        self.write(|db| {
+            let out = delete_item(db, key)?;
+            if let Some(d) = &out {
+                self.announcer
+                    .notify(db, &[crate::Change::ItemDeleted(ItemIdx(d.idx))])?;
+            }
+            Ok(out)
+        })
     }
 
     fn scan_users(&self, after: Option<UserIdx>, limit: usize) -> Result<Vec<User>> {

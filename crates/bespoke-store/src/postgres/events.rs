@@ -488,7 +488,15 @@ impl crate::EventStore for PgStore {
         if batch.events.is_empty() {
             return Ok(Vec::new());
         }
-        let (out, learned) = self.write(|db| append(db, &batch, self.id_tag, &self.memo))?;
+        let (out, learned) = self.write(|db| {
+            let (out, learned) = append(db, &batch, self.id_tag, &self.memo)?;
+            // Every event is already in the log a reader pages through; created users and
+            // items are found there by their ids. Only a batch of duplicates wakes nobody.
+            if out.iter().any(|a: &Appended| !a.duplicate) {
+                self.announcer.notify(db, &[crate::Change::Events])?;
+            }
+            Ok((out, learned))
+        })?;
         self.memo.lock().learn(learned);
         Ok(out)
     }
@@ -623,6 +631,10 @@ impl crate::EventStore for PgStore {
                 .map(interaction)
                 .collect::<Result<Vec<_>>>()?;
             out.sort_by_key(|i| i.seq);
+            // Too many to name: the other nodes re-read their state.
+            if !out.is_empty() {
+                self.announcer.notify(db, &[crate::Change::Resync])?;
+            }
             Ok(out)
         })
     }

@@ -40,6 +40,7 @@ use crate::{Error, ItemIdx, Millis, Result, UserIdx};
 mod access;
 mod campaigns;
 mod catalog;
+mod cluster;
 mod decisions;
 mod events;
 mod models;
@@ -203,6 +204,8 @@ pub struct PgStore {
     options: PgOptions,
     /// Ids of users and items by key, for appends.
     memo: parking_lot::Mutex<events::IdMemo>,
+    /// Announces this handle's changes to the others (see `cluster.rs`).
+    announcer: cluster::Announcer,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -260,6 +263,7 @@ impl PgStore {
         Ok(Self {
             pool,
             id_tag,
+            announcer: cluster::Announcer::new(options.schema.as_deref()),
             options,
             memo: Default::default(),
         })

@@ -201,7 +201,7 @@ impl crate::ModelStore for PgStore {
                 "UPDATE meta SET value = $1 WHERE key = 'active_model'",
                 &[&v],
             )?;
-            Ok(())
+            self.announcer.notify(db, &[crate::Change::Model])
         })
     }
 

@@ -73,6 +73,11 @@ impl Pool {
         }
     }
 
+    /// How it connects (for connections of their own: listening, leadership).
+    pub(super) fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
     /// A connection: an idle one, a new one while fewer than `max` are open, or the first one
     /// given back within the wait.
     pub(super) fn get(&self) -> Result<Lease<'_>> {

@@ -130,7 +130,7 @@ impl crate::PrivacyStore for PgStore {
                  ON CONFLICT (id) DO UPDATE SET receipt = excluded.receipt",
                 &[&id, &requested_at, &receipt],
             )?;
-            Ok(())
+            self.announcer.notify(db, &[crate::Change::Erasures])
         })
     }
 

@@ -87,6 +87,7 @@ impl crate::RuleStore for PgStore {
     ) -> Result<RuleRecord> {
         let text = definition.to_string();
         let row = self.write(|db| {
+            self.announcer.notify(db, &[crate::Change::Rules])?;
             db.query_one(
                 "INSERT INTO rules (name, definition, created_at, updated_at) VALUES ($1, $2, $3, $3)
                  ON CONFLICT (name) DO UPDATE SET definition = excluded.definition,
@@ -116,7 +117,13 @@ impl crate::RuleStore for PgStore {
     }
 
     fn delete_rule(&self, name: &str) -> Result<bool> {
-        self.write(|db| Ok(db.execute("DELETE FROM rules WHERE name = $1", &[&name])? == 1))
+        self.write(|db| {
+            let deleted = db.execute("DELETE FROM rules WHERE name = $1", &[&name])? == 1;
+            if deleted {
+                self.announcer.notify(db, &[crate::Change::Rules])?;
+            }
+            Ok(deleted)
+        })
     }
 
     fn set_block(&self, user: UserIdx, item: ItemIdx, blocked: bool, at: Millis) -> Result<()> {
@@ -126,7 +133,10 @@ impl crate::RuleStore for PgStore {
             blocked,
             at,
         };
-        self.write(|db| set_block(db, block))
+        self.write(|db| {
+            set_block(db, block)?;
+            self.announcer.notify(db, &[crate::Change::Blocks(user)])
+        })
     }
 
     fn blocks_of(&self, user: UserIdx) -> Result<Vec<Block>> {
