@@ -7,7 +7,8 @@
 //! [`Engine::ingest`] as before; the two paths meet under the state lock, where `cursor` and
 //! `own` decide which one applies each event, so every event is applied exactly once:
 //! ingestion skips an event the tail already passed (`seq <= cursor`), and marks the others
-//! `own`, which the tail then skips.
+//! `own`, which the tail then skips (and, since the store numbers appends without gaps, steps
+//! over without reading them back when they follow the cursor).
 //!
 //! **Everything else** is announced by the store ([`bespoke_store::Change`]) and read back:
 //! profiles and consent, deletions (an erasure on one node reaches every node's memory and
@@ -207,7 +208,18 @@ impl Engine {
         let _one = self.cluster.catching_up.lock();
         let mut applied = 0u64;
         loop {
-            let cursor = self.cluster.tail.lock().cursor;
+            let cursor = {
+                // Sequence numbers are assigned without gaps, so a run of this node's own
+                // events right after the cursor needs no reading back: under steady
+                // ingestion through this node, the tail then reads only others' events.
+                let mut tail = self.cluster.tail.lock();
+                while let Some(next) = tail.cursor.checked_add(1)
+                    && tail.own.remove(&next)
+                {
+                    tail.cursor = next;
+                }
+                tail.cursor
+            };
             let rows = self.store.scan_interactions(cursor, TAIL_CHUNK)?;
             let Some(last) = rows.last().map(|r| r.seq) else {
                 break;
