@@ -307,8 +307,13 @@ impl Engine {
                         return Ok(());
                     }
                     // The run in progress started before the erasure (or is only starting):
-                    // ask again once it ended.
-                    std::thread::yield_now();
+                    // ask again once it ended. A run on another node is not waited for here:
+                    // ask again after a pause.
+                    if self.training.lock.is_locked() {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
                 }
                 Err(e) => return Err(e),
             }
