@@ -321,6 +321,10 @@ struct LoopState {
     /// Last reward sequence number covered by the latest replay of the log: a reward that was
     /// committed before a rebuild but reaches `learn` after it is already in the learner.
     replayed_through: u64,
+    /// On a shared store: rewards above `applied_seq` this node learned as it logged them,
+    /// which following the log ([`Loops::follow`]) must not learn again. `applied_seq` is then
+    /// the follower's cursor: every reward up to it is learned.
+    own: std::collections::BTreeSet<u64>,
 }
 
 struct LoopHandle {
@@ -377,6 +381,8 @@ pub struct Loops {
     limits: LoopLimits,
     checkpoint_every: u64,
     rng: Mutex<Rng>,
+    /// Other nodes log rewards to the same store (see [`Loops::follow`]).
+    shared: bool,
 }
 
 impl std::fmt::Debug for Loops {
@@ -491,6 +497,11 @@ impl Loops {
             limits: LoopLimits::default(),
             checkpoint_every: checkpoint_every.max(1),
             rng: Mutex::new(Rng::seed_from_u64(seed)),
+            shared: false,
+        };
+        let loops = Self {
+            shared: loops.store.shared(),
+            ..loops
         };
         for record in loops.store.loops()? {
             let config: LoopConfig =
@@ -522,6 +533,7 @@ impl Loops {
             applied_seq: 0,
             dirty: 0,
             replayed_through: 0,
+            own: Default::default(),
         };
         if let Some((seq, bytes)) = self.store.checkpoint(name)?
             && let Some((saved, model)) = payload::read_checkpoint(&bytes)
@@ -564,6 +576,7 @@ impl Loops {
             state.dirty += chunk.len() as u64;
         }
         state.replayed_through = state.applied_seq;
+        state.own.clear();
         Ok(n)
     }
 
@@ -612,6 +625,7 @@ impl Loops {
                 applied_seq: 0,
                 dirty: 0,
                 replayed_through: 0,
+                own: Default::default(),
             }),
             inflight: AtomicUsize::new(0),
         });
@@ -1090,11 +1104,15 @@ impl Loops {
     fn learn(&self, handle: &LoopHandle, d: &DecisionRecord, slot: u32, value: f64, seq: u64) {
         let mut s = handle.state.write();
         // A rebuild (reconfiguration, erasure) that ran after this reward was committed has
-        // learned it already.
-        if seq > s.replayed_through {
+        // learned it already; on a shared store, so has the follower once its cursor passed it.
+        if seq > s.replayed_through && !(self.shared && seq <= s.applied_seq) {
             let value = s.config.clip_reward(value);
             learn_one(&mut s.learner, d, slot, value);
-            s.applied_seq = s.applied_seq.max(seq);
+            if self.shared {
+                s.own.insert(seq);
+            } else {
+                s.applied_seq = s.applied_seq.max(seq);
+            }
             s.dirty += 1;
         }
         handle.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -1111,7 +1129,9 @@ impl Loops {
         handle: &LoopHandle,
         s: &mut LoopState,
     ) -> Result<bool, DecisionError> {
-        if handle.inflight.load(Ordering::SeqCst) != 0 {
+        // Rewards learned but not covered by `applied_seq` would be learned again after a
+        // restore from this checkpoint.
+        if handle.inflight.load(Ordering::SeqCst) != 0 || !s.own.is_empty() {
             return Ok(false);
         }
         let bytes = payload::write_checkpoint(&s.config.learner, s.learner.model());
@@ -1217,6 +1237,95 @@ impl Loops {
             }
         }
         Ok((n, loops))
+    }
+
+    /// On a shared store: learns the rewards other nodes logged since each loop's cursor,
+    /// loads loops other nodes created, and follows their reconfigurations. Returns the
+    /// rewards learned. A no-op on a store nobody else writes.
+    pub fn follow(&self) -> Result<u64, DecisionError> {
+        if !self.shared {
+            return Ok(0);
+        }
+        self.follow_configs()?;
+        let handles: Vec<Arc<LoopHandle>> = self.loops.read().values().cloned().collect();
+        let mut learned = 0u64;
+        for h in handles {
+            loop {
+                let cursor = h.state.read().applied_seq;
+                let chunk = self.store.loop_rewards(&h.name, cursor, REPLAY_CHUNK)?;
+                let Some(last) = chunk.last().map(|(r, _)| r.seq) else {
+                    break;
+                };
+                let mut s = h.state.write();
+                // A rebuild meanwhile moved the cursor: read again from there.
+                if s.applied_seq != cursor {
+                    continue;
+                }
+                for (reward, decision) in &chunk {
+                    if s.own.remove(&reward.seq) {
+                        continue;
+                    }
+                    let value = s.config.clip_reward(reward.value);
+                    learn_one(&mut s.learner, decision, reward.slot, value);
+                    s.dirty += 1;
+                    learned += 1;
+                }
+                s.applied_seq = last;
+                s.own.retain(|&seq| seq > last);
+                if chunk.len() < REPLAY_CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(learned)
+    }
+
+    /// Loads loops created elsewhere and applies configurations changed elsewhere (a change
+    /// of the learning parameters rebuilds the learner from the log, as [`Loops::configure`]).
+    fn follow_configs(&self) -> Result<(), DecisionError> {
+        for record in self.store.loops()? {
+            let Ok(config) = serde_json::from_value::<LoopConfig>(record.config.clone()) else {
+                continue;
+            };
+            match self.handle(&record.name) {
+                None => {
+                    let _guard = self.create.lock();
+                    if self.handle(&record.name).is_none() {
+                        let handle = self.restore(&record.name, config)?;
+                        self.loops.write().insert(record.name, handle);
+                    }
+                }
+                Some(h) => {
+                    let mut s = h.state.write();
+                    if serde_json::to_value(&s.config).ok().as_ref() == Some(&record.config) {
+                        continue;
+                    }
+                    if s.config.learner.same_model(&config.learner) {
+                        s.learner
+                            .set_exploration(config.learner.exploration.clone());
+                        s.config = config;
+                    } else {
+                        s.learner = Learner::new(config.learner.clone());
+                        s.config = config;
+                        s.applied_seq = 0;
+                        self.replay(&record.name, &mut s)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a loop's learner from its log (after another node erased a user's decisions
+    /// from it).
+    pub fn rebuild(&self, name: &str) -> Result<(), DecisionError> {
+        if let Some(h) = self.handle(name) {
+            let mut s = h.state.write();
+            s.learner = Learner::new(s.config.learner.clone());
+            s.applied_seq = 0;
+            self.replay(name, &mut s)?;
+        }
+        Ok(())
     }
 
     /// The learner's saved bytes (for tests and exports of the model).

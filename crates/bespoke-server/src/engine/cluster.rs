@@ -197,6 +197,10 @@ impl Engine {
             }
             self.apply_change(c)?;
         }
+        // Rewards other nodes logged (decision loops learn from every node's rewards).
+        if let Err(e) = self.decisions.follow() {
+            tracing::warn!(target: "serve::cluster", error = %e, "following the decision logs failed");
+        }
         self.catch_up()
     }
 

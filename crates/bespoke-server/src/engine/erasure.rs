@@ -98,6 +98,8 @@ pub(crate) struct Pending {
 #[derive(Debug, Default)]
 pub(crate) struct Erasures {
     pending: Vec<Pending>,
+    /// Receipts already known here (on a shared store, those another node writes are news).
+    seen: std::collections::HashSet<String>,
 }
 
 /// Why an erasure failed.
@@ -105,20 +107,35 @@ pub(super) type EraseError = TrainError;
 
 impl Engine {
     /// Adds incomplete receipts written by other nodes to the pending ones (without their
-    /// keys), so that an activation here completes them too.
+    /// keys), so that an activation here completes them too; rebuilds the decision loops
+    /// whose learners the erased users' decisions reached (their logs no longer hold them).
     pub(super) fn merge_pending_erasures(&self) -> bespoke_store::Result<()> {
         let stored = self.store.erasures()?;
-        let mut erasures = self.erasures.lock();
-        for (id, receipt) in stored {
-            let r: ErasureReceipt = serde_json::from_value(receipt)
-                .map_err(|e| bespoke_store::Error::Corrupt(format!("erasure {id}: {e}")))?;
-            if r.status != COMPLETE && erasures.pending.iter().all(|p| p.id != id) {
-                erasures.pending.push(Pending {
-                    id,
-                    requested_at: r.requested_at_ms,
-                    key: None,
-                });
+        let mut rebuild = Vec::new();
+        {
+            let mut erasures = self.erasures.lock();
+            for (id, receipt) in stored {
+                let r: ErasureReceipt = serde_json::from_value(receipt)
+                    .map_err(|e| bespoke_store::Error::Corrupt(format!("erasure {id}: {e}")))?;
+                if r.status != COMPLETE && erasures.pending.iter().all(|p| p.id != id) {
+                    erasures.pending.push(Pending {
+                        id: id.clone(),
+                        requested_at: r.requested_at_ms,
+                        key: None,
+                    });
+                }
+                if erasures.seen.insert(id) {
+                    rebuild.extend(r.removed.decision_loops_rebuilt);
+                }
             }
+        }
+        rebuild.sort();
+        rebuild.dedup();
+        for name in rebuild {
+            self.decisions.rebuild(&name).map_err(|e| match e {
+                crate::decisions::DecisionError::Store(e) => e,
+                other => bespoke_store::Error::Corrupt(other.to_string()),
+            })?;
         }
         Ok(())
     }
@@ -157,18 +174,22 @@ impl Engine {
     /// Loads incomplete receipts at start-up (no training is running, so no key is needed).
     pub(super) fn load_pending_erasures(&self) -> bespoke_store::Result<()> {
         let mut pending = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (id, receipt) in self.store.erasures()? {
             let r: ErasureReceipt = serde_json::from_value(receipt)
                 .map_err(|e| bespoke_store::Error::Corrupt(format!("erasure {id}: {e}")))?;
             if r.status != COMPLETE {
                 pending.push(Pending {
-                    id,
+                    id: id.clone(),
                     requested_at: r.requested_at_ms,
                     key: None,
                 });
             }
+            seen.insert(id);
         }
-        self.erasures.lock().pending = pending;
+        let mut erasures = self.erasures.lock();
+        erasures.pending = pending;
+        erasures.seen = seen;
         Ok(())
     }
 
@@ -265,6 +286,7 @@ impl Engine {
                 });
             }
             self.save_receipt(&receipt)?;
+            erasures.seen.insert(id.clone());
             receipt
         };
         self.access.audit(

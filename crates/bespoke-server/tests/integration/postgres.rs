@@ -282,6 +282,48 @@ async fn two_nodes_share_one_postgres_store() {
     let users = a.counts().await["users"].clone();
     assert_eq!(users, b.counts().await["users"]);
 
+    // Decision loops learn from the rewards every node logs: decisions made on A, rewarded
+    // half on A and half on B, reach both learners.
+    let decision = json!({
+        "context": { "device": "mobile" },
+        "actions": [{ "id": "formal", "features": { "tone": "formal" } },
+                    { "id": "casual", "features": { "tone": "casual" } }],
+    });
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (st, d) = a.post("/v1/loops/home/decisions", decision.clone()).await;
+        assert_eq!(st, StatusCode::CREATED, "{d}");
+        ids.push(d["decision_id"].as_str().unwrap().to_owned());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let node = if i % 2 == 0 { &a } else { &b };
+        // B may not have heard of the loop yet: it knows it within a follow pass.
+        assert!(
+            eventually(wait, || async {
+                let (st, _) = node
+                    .post(
+                        &format!("/v1/decisions/{id}/reward"),
+                        json!({ "value": 1.0 }),
+                    )
+                    .await;
+                st == StatusCode::OK
+            })
+            .await,
+            "reward {i} refused"
+        );
+    }
+    for node in [&a, &b] {
+        assert!(
+            eventually(wait, || async {
+                let (_, view) = node.get("/v1/loops/home").await;
+                view["model_updates"] == 4
+            })
+            .await,
+            "a node's learner missed rewards logged on the other: {}",
+            node.get("/v1/loops/home").await.1
+        );
+    }
+
     // Exactly one node leads; when it stops, the other takes over.
     assert!(
         eventually(wait, || async { leader(&a).await || leader(&b).await }).await,
