@@ -47,7 +47,7 @@ mod cache;
 mod columns;
 mod compile;
 mod interpret;
-mod parse;
+pub(crate) mod parse;
 mod precompute;
 pub mod spec;
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //! the first one recorded is the one reported. The parser records it in [`Cx`] (position,
 //! what was expected, why) and unwinds with a cut error; winnow's own error value carries
 //! nothing we use.
+//!
+//! The lexical layer (whitespace, words, literals, lists, durations, dates) and [`Cx`] are
+//! `pub(crate)`: the segments language (`crate::segments`) is parsed with them, so that a
+//! literal means the same thing, and fails with the same message, in both.
 
 use winnow::ascii::{digit1, multispace0};
 use winnow::combinator::opt;
@@ -14,7 +18,7 @@ use winnow::token::{one_of, take, take_till, take_while};
 use super::ast::{Attr, CmpOp, Expr, Literal, Operand, Pos, Time};
 use super::{ExprError, Limits};
 
-type PResult<T> = ModalResult<T>;
+pub(crate) type PResult<T> = ModalResult<T>;
 
 /// Words that cannot name an attribute.
 const RESERVED: &[&str] = &[
@@ -27,25 +31,57 @@ const EXPECT_OP: &str = "a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`), `in` or
 const EXPECT_VALUE: &str =
     "a number, a string, `true`, `false`, `now`, `date(...)` or `context.<name>`";
 const EXPECT_LIST: &str = "a list `[...]` or `context.<name>`";
-const EXPECT_ELEMENT: &str = "a number, a string, `true`, `false`, `now` or `date(...)`";
+pub(crate) const EXPECT_ELEMENT: &str = "a number, a string, `true`, `false`, `now` or `date(...)`";
+pub(crate) const EXPECT_DURATION: &str = "a duration such as 30d (units s, m, h, d, w)";
 
 /// Parse state: the source (for positions), the limits and the counters they bound.
-struct Cx<'s> {
+pub(crate) struct Cx<'s> {
     src: &'s str,
     /// Byte offsets are character offsets; saves counting on every position.
     ascii: bool,
     /// The last (byte, character) offset pair computed: positions are asked for mostly in
     /// increasing order, so counting resumes from there instead of from the start.
     last: (usize, usize),
-    limits: &'s Limits,
+    pub(crate) limits: &'s Limits,
     depth: usize,
     clauses: usize,
     err: Option<ExprError>,
 }
 
 impl<'s> Cx<'s> {
+    /// The state at the start of `src`.
+    pub(crate) fn new(src: &'s str, limits: &'s Limits) -> Self {
+        Cx {
+            src,
+            ascii: src.is_ascii(),
+            last: (0, 0),
+            limits,
+            depth: 0,
+            clauses: 0,
+            err: None,
+        }
+    }
+
+    /// The error recorded, or a plain one where the input `i` stopped.
+    pub(crate) fn error(mut self, i: &str) -> ExprError {
+        let pos = self.pos(i);
+        self.err
+            .take()
+            .unwrap_or_else(|| ExprError::msg(pos, "invalid expression"))
+    }
+
+    /// Counts one clause starting at `at`, failing there past `limits.max_clauses`.
+    pub(crate) fn count_clause(&mut self, at: &str) -> PResult<()> {
+        self.clauses += 1;
+        if self.clauses > self.limits.max_clauses {
+            let max = self.limits.max_clauses;
+            return self.fail(at, "", format!("more than {max} clauses"));
+        }
+        Ok(())
+    }
+
     /// The character offset of the rest of the input `i`.
-    fn pos(&mut self, i: &str) -> usize {
+    pub(crate) fn pos(&mut self, i: &str) -> usize {
         let byte = self.src.len() - i.len();
         if self.ascii {
             return byte;
@@ -61,16 +97,26 @@ impl<'s> Cx<'s> {
     }
 
     /// Records the error (the first one wins) and unwinds.
-    fn fail<T>(&mut self, at: &str, expected: &str, message: impl Into<String>) -> PResult<T> {
+    pub(crate) fn fail<T>(
+        &mut self,
+        at: &str,
+        expected: &str,
+        message: impl Into<String>,
+    ) -> PResult<T> {
         if self.err.is_none() {
             self.err = Some(ExprError::new(self.pos(at), expected, message));
         }
         Err(ErrMode::Cut(ContextError::new()))
     }
 
+    /// Leaves a level of nesting entered with [`Cx::enter`].
+    pub(crate) fn leave(&mut self) {
+        self.depth -= 1;
+    }
+
     /// Enters one level of nesting at `at`, or fails there when that would exceed the limit.
     /// Called before recursing, so the stack never grows past `max_depth` levels.
-    fn enter(&mut self, at: &str) -> PResult<()> {
+    pub(crate) fn enter(&mut self, at: &str) -> PResult<()> {
         let max = self.limits.max_depth.min(super::MAX_DEPTH_CAP);
         if self.depth >= max {
             return self.fail(
@@ -103,37 +149,24 @@ pub fn parse(src: &str, limits: &Limits) -> Result<Expr, ExprError> {
             ),
         ));
     }
-    let mut cx = Cx {
-        src,
-        ascii: src.is_ascii(),
-        last: (0, 0),
-        limits,
-        depth: 0,
-        clauses: 0,
-        err: None,
-    };
+    let mut cx = Cx::new(src, limits);
     let mut i = src;
     match top(&mut i, &mut cx) {
         Ok(e) => Ok(e),
-        Err(_) => {
-            let pos = cx.pos(i);
-            Err(cx
-                .err
-                .unwrap_or_else(|| ExprError::msg(pos, "invalid expression")))
-        }
+        Err(_) => Err(cx.error(i)),
     }
 }
 
-fn ws(i: &mut &str) {
+pub(crate) fn ws(i: &mut &str) {
     let _: Result<&str, ContextError> = multispace0.parse_next(i);
 }
 
-fn is_ident_char(c: char) -> bool {
+pub(crate) fn is_ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
 /// An identifier `[A-Za-z_][A-Za-z0-9_]*`, or `None` (consuming nothing).
-fn ident<'s>(i: &mut &'s str) -> Option<&'s str> {
+pub(crate) fn ident<'s>(i: &mut &'s str) -> Option<&'s str> {
     let r: Result<&str, ContextError> = (
         one_of(|c: char| c.is_ascii_alphabetic() || c == '_'),
         take_while(0.., is_ident_char),
@@ -144,13 +177,13 @@ fn ident<'s>(i: &mut &'s str) -> Option<&'s str> {
 }
 
 /// The identifier at the start of `i`, without consuming it.
-fn peek_ident<'s>(i: &&'s str) -> Option<&'s str> {
+pub(crate) fn peek_ident<'s>(i: &&'s str) -> Option<&'s str> {
     let mut j = *i;
     ident(&mut j)
 }
 
 /// Consumes keyword `kw` (a whole word) when it comes next.
-fn keyword(i: &mut &str, kw: &str) -> bool {
+pub(crate) fn keyword(i: &mut &str, kw: &str) -> bool {
     if peek_ident(i) == Some(kw) {
         *i = &i[kw.len()..];
         true
@@ -160,7 +193,7 @@ fn keyword(i: &mut &str, kw: &str) -> bool {
 }
 
 /// Consumes the character `c` when it comes next.
-fn punct(i: &mut &str, mut c: char) -> bool {
+pub(crate) fn punct(i: &mut &str, mut c: char) -> bool {
     let r: Result<char, ContextError> = c.parse_next(i);
     r.is_ok()
 }
@@ -219,7 +252,7 @@ fn unary(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Expr> {
         cx.enter(at)?;
         ws(i);
         let e = unary(i, cx)?;
-        cx.depth -= 1;
+        cx.leave();
         return Ok(Expr::Not(Box::new(e)));
     }
     primary(i, cx)
@@ -235,7 +268,7 @@ fn primary(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Expr> {
         if !punct(i, ')') {
             return cx.fail(i, "`and`, `or` or `)`", "");
         }
-        cx.depth -= 1;
+        cx.leave();
         return Ok(e);
     }
     let Some(name) = peek_ident(i) else {
@@ -253,7 +286,7 @@ fn primary(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Expr> {
         ws(&mut j);
         if punct(&mut j, '(') {
             *i = j;
-            count_clause(at, cx)?;
+            cx.count_clause(at)?;
             ws(i);
             let attr = attribute(i, cx)?;
             ws(i);
@@ -263,19 +296,10 @@ fn primary(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Expr> {
             return Ok(Expr::Exists(attr));
         }
     }
-    count_clause(at, cx)?;
+    cx.count_clause(at)?;
     let attr = attribute(i, cx)?;
     ws(i);
     clause(i, cx, attr)
-}
-
-fn count_clause(at: &str, cx: &mut Cx<'_>) -> PResult<()> {
-    cx.clauses += 1;
-    if cx.clauses > cx.limits.max_clauses {
-        let max = cx.limits.max_clauses;
-        return cx.fail(at, "", format!("more than {max} clauses"));
-    }
-    Ok(())
 }
 
 /// An attribute name on the left of a clause.
@@ -367,7 +391,7 @@ fn operand(i: &mut &str, cx: &mut Cx<'_>, expected: &str) -> PResult<Operand> {
 }
 
 /// `[` already consumed: elements up to and including `]`.
-fn list(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Vec<Literal>> {
+pub(crate) fn list(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Vec<Literal>> {
     let mut out = Vec::new();
     ws(i);
     if punct(i, ']') {
@@ -394,7 +418,7 @@ fn list(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Vec<Literal>> {
 }
 
 /// A number, string, boolean or timestamp literal.
-fn scalar(i: &mut &str, cx: &mut Cx<'_>, expected: &str) -> PResult<Literal> {
+pub(crate) fn scalar(i: &mut &str, cx: &mut Cx<'_>, expected: &str) -> PResult<Literal> {
     if i.starts_with('"') {
         return string(i, cx).map(Literal::String);
     }
@@ -428,7 +452,7 @@ fn scalar(i: &mut &str, cx: &mut Cx<'_>, expected: &str) -> PResult<Literal> {
     }
 }
 
-fn number(i: &mut &str, cx: &mut Cx<'_>) -> PResult<f64> {
+pub(crate) fn number(i: &mut &str, cx: &mut Cx<'_>) -> PResult<f64> {
     let at = *i;
     let r: Result<&str, ContextError> = (
         opt('-'),
@@ -451,7 +475,7 @@ fn number(i: &mut &str, cx: &mut Cx<'_>) -> PResult<f64> {
 }
 
 /// A double-quoted string with escapes `\"`, `\\`, `\n`, `\t` and `\uXXXX`.
-fn string(i: &mut &str, cx: &mut Cx<'_>) -> PResult<String> {
+pub(crate) fn string(i: &mut &str, cx: &mut Cx<'_>) -> PResult<String> {
     punct(i, '"');
     let mut out = String::new();
     loop {
@@ -502,7 +526,7 @@ fn string(i: &mut &str, cx: &mut Cx<'_>) -> PResult<String> {
 }
 
 /// After `now`: an optional `+ 2h` / `- 30d`, as signed milliseconds.
-fn now(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
+pub(crate) fn now(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
     let mut j = *i;
     ws(&mut j);
     let sign = if punct(&mut j, '+') {
@@ -514,11 +538,15 @@ fn now(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
     };
     *i = j;
     ws(i);
+    Ok(sign * unsigned_duration(i, cx)?)
+}
+
+/// `30d`: digits and a unit (`s`, `m`, `h`, `d`, `w`), as milliseconds.
+pub(crate) fn unsigned_duration(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
     let at = *i;
-    let expected = "a duration such as 30d (units s, m, h, d, w)";
     let r: Result<&str, ContextError> = digit1.parse_next(i);
     let Ok(digits) = r else {
-        return cx.fail(i, expected, "");
+        return cx.fail(i, EXPECT_DURATION, "");
     };
     let unit: Result<char, ContextError> = one_of(['s', 'm', 'h', 'd', 'w']).parse_next(i);
     let unit_ms: i64 = match unit {
@@ -537,7 +565,7 @@ fn now(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
         .ok()
         .and_then(|n| n.checked_mul(unit_ms))
     {
-        Some(ms) => Ok(sign * ms),
+        Some(ms) => Ok(ms),
         None => cx.fail(
             at,
             "",
@@ -547,7 +575,7 @@ fn now(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
 }
 
 /// After `date`: `("2026-01-01")` or `("2026-01-01T10:00:00Z")`, as Unix milliseconds.
-fn date(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
+pub(crate) fn date(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
     ws(i);
     if !punct(i, '(') {
         return cx.fail(i, "`(`", "");

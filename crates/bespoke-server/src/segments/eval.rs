@@ -222,19 +222,5 @@ fn time_of(s: &str) -> Option<Millis> {
     if s.len() < 10 || !s.as_bytes()[0].is_ascii_digit() || s.as_bytes()[4] != b'-' {
         return None;
     }
-    parse_time(s).ok()
-}
-
-/// An RFC 3339 date (`2026-01-01`, midnight UTC) or date-time with a zone, as Unix
-/// milliseconds: what `date(...)` takes, and what a string attribute must be to be a
-/// timestamp. As the rules parser's own, which is private to it.
-pub(super) fn parse_time(s: &str) -> Result<Millis, crate::time::TimeError> {
-    if s.len() == 10 {
-        let mut full = String::with_capacity(20);
-        full.push_str(s);
-        full.push_str("T00:00:00Z");
-        crate::time::parse_rfc3339(&full)
-    } else {
-        crate::time::parse_rfc3339(s)
-    }
+    crate::rules::parse::parse_time(s).ok()
 }

@@ -1,22 +1,22 @@
 //! Source text → [`UserExpr`], with winnow.
 //!
-//! Built like the rules parser (`rules/parse.rs`), whose lexical parts this repeats since they
-//! are private there: the grammar is LL(1), every choice is made on the next token, so a
-//! failure is final and the first one recorded is the one reported. The parser records it in
-//! [`Cx`] (position, what was expected, why) and unwinds with a cut error; winnow's own error
-//! value carries nothing we use. The tests hold the shared parts to the rules parser.
+//! Built on the rules parser (`rules/parse.rs`), whose lexical layer and parse state ([`Cx`])
+//! it uses: the grammar is LL(1), every choice is made on the next token, so a failure is
+//! final and the first one recorded is the one reported. The parser records it in [`Cx`]
+//! (position, what was expected, why) and unwinds with a cut error; winnow's own error value
+//! carries nothing we use.
 
-use winnow::ascii::{digit1, multispace0};
-use winnow::combinator::opt;
-use winnow::error::{ContextError, ErrMode};
+use winnow::ascii::digit1;
+use winnow::error::ContextError;
 use winnow::prelude::*;
-use winnow::token::{one_of, take, take_till, take_while};
 
 use super::SegmentExprError;
 use super::ast::{EventFilter, KindFilter, Seen, UserExpr};
-use crate::rules::{Attr, CmpOp, Expr, Limits, Literal, MAX_DEPTH_CAP, Operand, Pos, Time};
-
-type PResult<T> = ModalResult<T>;
+use crate::rules::parse::{
+    Cx, PResult, ident, keyword, list, number, peek_ident, punct, scalar, string,
+    unsigned_duration, ws,
+};
+use crate::rules::{Attr, CmpOp, Expr, Limits, Literal, Operand, Pos};
 
 /// Words that cannot name an attribute: the rules language's, plus the behaviour predicates.
 const RESERVED: &[&str] = &[
@@ -54,75 +54,7 @@ const EXPECT_VALUE: &str = "a number, a string, `true`, `false`, `now` or `date(
 const EXPECT_TIME: &str = "a timestamp: `now`, `now - 14d` or `date(\"2026-01-01\")`";
 const EXPECT_FILTER: &str = "`type`, `within`, an item attribute name, `exists(` or `has(`";
 const EXPECT_COUNT: &str = "a whole number of events";
-const EXPECT_DURATION: &str = "a duration such as 30d (units s, m, h, d, w)";
 const NO_CONTEXT: &str = "a segment has no request context: `context.<name>` is for item rules";
-
-/// Parse state: the source (for positions), the limits and the counters they bound.
-struct Cx<'s> {
-    src: &'s str,
-    /// Byte offsets are character offsets; saves counting on every position.
-    ascii: bool,
-    /// The last (byte, character) offset pair computed: positions are asked for mostly in
-    /// increasing order, so counting resumes from there instead of from the start.
-    last: (usize, usize),
-    limits: &'s Limits,
-    depth: usize,
-    clauses: usize,
-    err: Option<SegmentExprError>,
-}
-
-impl Cx<'_> {
-    /// The character offset of the rest of the input `i`.
-    fn pos(&mut self, i: &str) -> usize {
-        let byte = self.src.len() - i.len();
-        if self.ascii {
-            return byte;
-        }
-        let (from_byte, from_char) = if byte >= self.last.0 {
-            self.last
-        } else {
-            (0, 0)
-        };
-        let chars = from_char + self.src[from_byte..byte].chars().count();
-        self.last = (byte, chars);
-        chars
-    }
-
-    /// Records the error at `at` (the rest of the input where it is) unless one is recorded
-    /// already, and unwinds.
-    fn fail<T>(&mut self, at: &str, expected: &str, message: impl Into<String>) -> PResult<T> {
-        if self.err.is_none() {
-            self.err = Some(SegmentExprError::new(self.pos(at), expected, message));
-        }
-        Err(ErrMode::Cut(ContextError::new()))
-    }
-
-    /// Enters one level of nesting at `at`, or fails there when that would exceed the limit.
-    /// Called before recursing, so the stack never grows past `max_depth` levels.
-    fn enter(&mut self, at: &str) -> PResult<()> {
-        let max = self.limits.max_depth.min(MAX_DEPTH_CAP);
-        if self.depth >= max {
-            return self.fail(
-                at,
-                "",
-                format!("nested deeper than {max} levels (parentheses and `not`)"),
-            );
-        }
-        self.depth += 1;
-        Ok(())
-    }
-
-    /// Counts one clause starting at `at`: a term, or a filter inside a behaviour predicate
-    /// (each filter costs a test per event, so it counts as much as a term does).
-    fn count_clause(&mut self, at: &str) -> PResult<()> {
-        self.clauses += 1;
-        if self.clauses > self.limits.max_clauses {
-            let max = self.limits.max_clauses;
-            return self.fail(at, "", format!("more than {max} clauses"));
-        }
-        Ok(())
-    }
-}
 
 /// Parses `src` into a user expression, within `limits` (the rules language's: length,
 /// nesting, list length, clauses).
@@ -145,66 +77,15 @@ pub fn parse(src: &str, limits: &Limits) -> Result<UserExpr, SegmentExprError> {
             ),
         ));
     }
-    let mut cx = Cx {
-        src,
-        ascii: src.is_ascii(),
-        last: (0, 0),
-        limits,
-        depth: 0,
-        clauses: 0,
-        err: None,
-    };
+    let mut cx = Cx::new(src, limits);
     let mut i = src;
     match top(&mut i, &mut cx) {
         Ok(e) => Ok(e),
         Err(_) => {
-            let pos = cx.pos(i);
-            Err(cx
-                .err
-                .unwrap_or_else(|| SegmentExprError::new(pos, "", "invalid expression")))
+            let e = cx.error(i);
+            Err(SegmentExprError::new(e.position, e.expected, e.message))
         }
     }
-}
-
-fn ws(i: &mut &str) {
-    let _: Result<&str, ContextError> = multispace0.parse_next(i);
-}
-
-fn is_ident_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
-}
-
-/// An identifier `[A-Za-z_][A-Za-z0-9_]*`, or `None` (consuming nothing).
-fn ident<'s>(i: &mut &'s str) -> Option<&'s str> {
-    let r: Result<&str, ContextError> = (
-        one_of(|c: char| c.is_ascii_alphabetic() || c == '_'),
-        take_while(0.., is_ident_char),
-    )
-        .take()
-        .parse_next(i);
-    r.ok()
-}
-
-/// The identifier at the start of `i`, without consuming it.
-fn peek_ident<'s>(i: &&'s str) -> Option<&'s str> {
-    let mut j = *i;
-    ident(&mut j)
-}
-
-/// Consumes keyword `kw` (a whole word) when it comes next.
-fn keyword(i: &mut &str, kw: &str) -> bool {
-    if peek_ident(i) == Some(kw) {
-        *i = &i[kw.len()..];
-        true
-    } else {
-        false
-    }
-}
-
-/// Consumes the character `c` when it comes next.
-fn punct(i: &mut &str, mut c: char) -> bool {
-    let r: Result<char, ContextError> = c.parse_next(i);
-    r.is_ok()
 }
 
 /// Consumes word `w` and the `(` after it (spaces allowed between) when both come next:
@@ -293,7 +174,7 @@ fn unary(i: &mut &str, cx: &mut Cx<'_>) -> PResult<UserExpr> {
         cx.enter(at)?;
         ws(i);
         let e = unary(i, cx)?;
-        cx.depth -= 1;
+        cx.leave();
         return Ok(UserExpr::Not(Box::new(e)));
     }
     primary(i, cx)
@@ -309,7 +190,7 @@ fn primary(i: &mut &str, cx: &mut Cx<'_>) -> PResult<UserExpr> {
         if !punct(i, ')') {
             return cx.fail(i, "`and`, `or` or `)`", "");
         }
-        cx.depth -= 1;
+        cx.leave();
         return Ok(e);
     }
     let Some(name) = peek_ident(i) else {
@@ -681,226 +562,12 @@ fn number_operand(i: &mut &str, cx: &mut Cx<'_>) -> PResult<f64> {
     )
 }
 
-/// `[` already consumed: elements up to and including `]`.
-fn list(i: &mut &str, cx: &mut Cx<'_>) -> PResult<Vec<Literal>> {
-    const EXPECT_ELEMENT: &str = EXPECT_VALUE;
-    let mut out = Vec::new();
-    ws(i);
-    if punct(i, ']') {
-        return Ok(out);
-    }
-    loop {
-        if out.len() == cx.limits.max_list {
-            let max = cx.limits.max_list;
-            return cx.fail(i, "`]`", format!("list longer than {max} elements"));
-        }
-        if i.starts_with('[') {
-            return cx.fail(i, EXPECT_ELEMENT, "lists do not nest");
-        }
-        out.push(scalar(i, cx, EXPECT_ELEMENT)?);
-        ws(i);
-        if punct(i, ']') {
-            return Ok(out);
-        }
-        if !punct(i, ',') {
-            return cx.fail(i, "`,` or `]`", "");
-        }
-        ws(i);
-    }
-}
-
-/// A number, string, boolean or timestamp literal.
-fn scalar(i: &mut &str, cx: &mut Cx<'_>, expected: &str) -> PResult<Literal> {
-    if i.starts_with('"') {
-        return string(i, cx).map(Literal::String);
-    }
-    if i.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        return number(i, cx).map(Literal::Number);
-    }
-    let at = *i;
-    match peek_ident(i) {
-        Some("true") => {
-            keyword(i, "true");
-            Ok(Literal::Bool(true))
-        }
-        Some("false") => {
-            keyword(i, "false");
-            Ok(Literal::Bool(false))
-        }
-        Some("now") => {
-            keyword(i, "now");
-            now(i, cx).map(|off| Literal::Time(Time::Now(off)))
-        }
-        Some("date") => {
-            keyword(i, "date");
-            date(i, cx).map(|ms| Literal::Time(Time::At(ms)))
-        }
-        Some(other) => cx.fail(
-            at,
-            expected,
-            format!("`{other}` is not a value (strings are written in double quotes)"),
-        ),
-        None => cx.fail(at, expected, ""),
-    }
-}
-
-fn number(i: &mut &str, cx: &mut Cx<'_>) -> PResult<f64> {
-    let at = *i;
-    let r: Result<&str, ContextError> = (
-        opt('-'),
-        digit1,
-        opt(('.', digit1)),
-        opt((one_of(['e', 'E']), opt(one_of(['+', '-'])), digit1)),
-    )
-        .take()
-        .parse_next(i);
-    let Ok(text) = r else {
-        *i = at;
-        let mut j = at;
-        punct(&mut j, '-');
-        return cx.fail(j, "a digit", "");
-    };
-    match text.parse::<f64>() {
-        Ok(n) if n.is_finite() => Ok(n),
-        _ => cx.fail(at, "", format!("number `{text}` is out of range")),
-    }
-}
-
-/// A double-quoted string with escapes `\"`, `\\`, `\n`, `\t` and `\uXXXX`.
-fn string(i: &mut &str, cx: &mut Cx<'_>) -> PResult<String> {
-    punct(i, '"');
-    let mut out = String::new();
-    loop {
-        let r: Result<&str, ContextError> = take_till(0.., ['"', '\\']).parse_next(i);
-        out.push_str(r.unwrap_or_default());
-        let esc = *i;
-        if punct(i, '"') {
-            return Ok(out);
-        }
-        if !punct(i, '\\') {
-            return cx.fail(i, "a closing `\"`", "the string is not closed");
-        }
-        let c = if punct(i, '"') {
-            '"'
-        } else if punct(i, '\\') {
-            '\\'
-        } else if punct(i, 'n') {
-            '\n'
-        } else if punct(i, 't') {
-            '\t'
-        } else if punct(i, 'u') {
-            let r: Result<&str, ContextError> = take(4usize)
-                .verify(|h: &str| h.chars().all(|c| c.is_ascii_hexdigit()))
-                .parse_next(i);
-            match r
-                .ok()
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .and_then(char::from_u32)
-            {
-                Some(c) => c,
-                None => {
-                    return cx.fail(
-                        esc,
-                        "four hex digits of a Unicode scalar value after `\\u`",
-                        "invalid `\\u` escape",
-                    );
-                }
-            }
-        } else {
-            return cx.fail(
-                esc,
-                "an escape: `\\\"`, `\\\\`, `\\n`, `\\t` or `\\uXXXX`",
-                "",
-            );
-        };
-        out.push(c);
-    }
-}
-
-/// After `now`: an optional `+ 2h` / `- 30d`, as signed milliseconds.
-fn now(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
-    let mut j = *i;
-    ws(&mut j);
-    let sign = if punct(&mut j, '+') {
-        1
-    } else if punct(&mut j, '-') {
-        -1
-    } else {
-        return Ok(0);
-    };
-    *i = j;
-    ws(i);
-    Ok(sign * unsigned_duration(i, cx)?)
-}
-
 /// After `within =`: a positive duration, in milliseconds.
 fn duration(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
     let at = *i;
     let ms = unsigned_duration(i, cx)?;
     if ms == 0 {
         return cx.fail(at, "", "`within` must be positive");
-    }
-    Ok(ms)
-}
-
-/// `30d`: digits and a unit (`s`, `m`, `h`, `d`, `w`), as milliseconds.
-fn unsigned_duration(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
-    let at = *i;
-    let r: Result<&str, ContextError> = digit1.parse_next(i);
-    let Ok(digits) = r else {
-        return cx.fail(i, EXPECT_DURATION, "");
-    };
-    let unit: Result<char, ContextError> = one_of(['s', 'm', 'h', 'd', 'w']).parse_next(i);
-    let unit_ms: i64 = match unit {
-        Ok('s') => 1000,
-        Ok('m') => 60_000,
-        Ok('h') => 3_600_000,
-        Ok('d') => 86_400_000,
-        Ok(_) => 604_800_000,
-        Err(_) => return cx.fail(i, "a unit: s, m, h, d or w", ""),
-    };
-    if i.starts_with(is_ident_char) {
-        return cx.fail(i, "a unit: s, m, h, d or w", "");
-    }
-    match digits
-        .parse::<i64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit_ms))
-    {
-        Some(ms) => Ok(ms),
-        None => cx.fail(
-            at,
-            "",
-            format!("duration `{}` is too long", &at[..digits.len() + 1]),
-        ),
-    }
-}
-
-/// After `date`: `("2026-01-01")` or `("2026-01-01T10:00:00Z")`, as Unix milliseconds.
-fn date(i: &mut &str, cx: &mut Cx<'_>) -> PResult<i64> {
-    ws(i);
-    if !punct(i, '(') {
-        return cx.fail(i, "`(`", "");
-    }
-    ws(i);
-    let at = *i;
-    if !i.starts_with('"') {
-        return cx.fail(i, "a date in double quotes, such as \"2026-01-01\"", "");
-    }
-    let text = string(i, cx)?;
-    let ms = match super::eval::parse_time(&text) {
-        Ok(ms) => ms,
-        Err(e) => {
-            return cx.fail(
-                at,
-                "a date such as \"2026-01-01\" or \"2026-01-01T10:00:00Z\"",
-                format!("date {text:?} {e}"),
-            );
-        }
-    };
-    ws(i);
-    if !punct(i, ')') {
-        return cx.fail(i, "`)`", "");
     }
     Ok(ms)
 }
