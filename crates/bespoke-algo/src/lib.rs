@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod als;
+pub mod ann;
 pub mod bandit;
 mod bpr;
 pub mod content;
@@ -49,6 +50,7 @@ pub mod simd;
 mod topk;
 pub mod tune;
 
+pub use ann::{AnnParams, AnnScorer};
 pub use als::{Als, AlsParams, IterationReport, UserSolver, UserVector};
 pub use bpr::{Bpr, BprParams};
 pub use content::{Bag, ContentVocab, Ridge, RidgeError, VocabParams};

@@ -48,7 +48,9 @@ pub struct ScoreScratch {
     query: Vec<i16>,
     candidates: Vec<(u32, f32, u32)>,
     lower: Option<TopK>,
-    top: Option<TopK>,
+    pub(crate) top: Option<TopK>,
+    /// The graph search's buffers ([`crate::ann::AnnScorer`]).
+    pub(crate) ann: crate::ann::SearchScratch,
 }
 
 /// A re-scoring of items applied inside [`ItemScorer::top_k_rescored`]: business-rule boosts.
