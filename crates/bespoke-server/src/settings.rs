@@ -719,6 +719,10 @@ pub struct ServingSettings {
     pub recent_half_life_hours: f64,
     /// BPR (`model=bpr`): SGD passes over a user's history when folding it in.
     pub bpr_fold_in_epochs: usize,
+    /// Catalogs of at least this many items are served through an approximate
+    /// nearest-neighbour index (HNSW, built when a model version is loaded; `docs/ann.md`),
+    /// smaller ones by the exact scan; 0 never builds one.
+    pub ann_min_items: usize,
 }
 
 /// A recommendation model to serve with: `auto`, `popular`, or a model kind served on its
@@ -830,6 +834,7 @@ impl Default for ServingSettings {
             recent_boost: 0.0,
             recent_half_life_hours: 24.0,
             bpr_fold_in_epochs: 20,
+            ann_min_items: bespoke_algo::ann::DEFAULT_MIN_ITEMS,
         }
     }
 }

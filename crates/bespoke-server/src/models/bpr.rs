@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use bespoke_algo::{Bpr, BprParams, Csr, ItemScorer, ModelKind, Scored};
+use bespoke_algo::{Bpr, BprParams, Csr, ModelKind, Scored};
 
 use super::artifact::{self, ArtifactError, BPR_FILE};
 use super::meta::Recencies;
@@ -77,7 +77,7 @@ impl Artifact for Bpr {
             .as_ref()
             .map_or_else(BprParams::default, |b| b.params);
         Arc::new(BprServing {
-            scorer: ItemScorer::new(self.item_factors_with_bias()),
+            scorer: super::views::item_scorer(self.item_factors_with_bias()),
             // The factor count is the file's; the epochs are serving's own.
             params: BprParams {
                 factors: self.item_factors().dim(),

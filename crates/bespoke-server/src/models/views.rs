@@ -3,13 +3,36 @@
 //! build them and [`super::ServingModel`] keeps them as typed views.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bespoke_algo::{
-    Als, BprParams, Factors, ItemKnn, ItemScorer, Rescore, ScoreScratch, Scored, TopK, UserSolver,
-    UserVector,
+    Als, AnnParams, AnnScorer, BprParams, Factors, ItemKnn, Rescore, ScoreScratch, Scored, TopK,
+    UserSolver, UserVector,
 };
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
+
+/// `serving.ann_min_items`: catalogs of at least this many items are served through an HNSW
+/// graph built when a model version is loaded (0: never). Process-wide, so that the model
+/// families' loaders need no new argument; set from the settings before a model is loaded.
+static ANN_MIN_ITEMS: AtomicUsize = AtomicUsize::new(bespoke_algo::ann::DEFAULT_MIN_ITEMS);
+
+/// Sets `serving.ann_min_items` for the model versions loaded from now on (those already loaded
+/// keep how they were built).
+pub fn set_ann_min_items(items: usize) {
+    ANN_MIN_ITEMS.store(items, Ordering::Relaxed);
+}
+
+/// Item factors ready for top-k: exact below `serving.ann_min_items` items, through an HNSW
+/// graph at or above it (built here, on the loading thread: seconds to minutes for a million
+/// items, never on a request).
+pub(crate) fn item_scorer(items: Factors) -> AnnScorer {
+    AnnScorer::new(
+        items,
+        ANN_MIN_ITEMS.load(Ordering::Relaxed),
+        AnnParams::default(),
+    )
+}
 
 /// Exact user vectors, keyed by store user id and valid for one history revision.
 #[derive(Debug, Default)]
@@ -21,9 +44,9 @@ struct UserCache {
 #[derive(Debug)]
 pub struct AlsServing {
     solver: UserSolver,
-    scorer: ItemScorer,
+    scorer: AnnScorer,
     /// Item factors scaled to unit length, for item-to-item similarity.
-    normalized: ItemScorer,
+    normalized: AnnScorer,
     cache: Mutex<UserCache>,
     cache_capacity: usize,
     /// The trained user factors, by model user row: what audiences score (every user at
@@ -48,10 +71,8 @@ impl AlsServing {
         }
         Self {
             solver: model.user_solver(),
-            scorer: ItemScorer::new(items.clone()),
-            normalized: ItemScorer::new(
-                Factors::from_vec(items.rows(), d, unit).expect("same shape"),
-            ),
+            scorer: item_scorer(items.clone()),
+            normalized: item_scorer(Factors::from_vec(items.rows(), d, unit).expect("same shape")),
             cache: Mutex::new(UserCache::default()),
             users: model.user_factors().clone(),
             cache_capacity,
@@ -117,7 +138,9 @@ impl AlsServing {
         self.cache.lock().entries.len()
     }
 
-    /// Top `n` model items for a user vector among those `keep` accepts.
+    /// Top `n` model items for a user vector among those `keep` accepts: exact below
+    /// `serving.ann_min_items` items, approximate through the HNSW graph at or above it
+    /// (`docs/ann.md`).
     pub fn top_k(&self, x: &[f32], n: usize, keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
         SCRATCH.with(|s| self.scorer.top_k(x, n, keep, &mut s.borrow_mut().0))
     }
@@ -189,7 +212,7 @@ impl AlsServing {
 pub struct BprServing {
     pub(crate) model: bespoke_algo::Bpr,
     /// Item factors with the bias as a last column.
-    pub(crate) scorer: ItemScorer,
+    pub(crate) scorer: AnnScorer,
     pub(crate) params: BprParams,
 }
 
