@@ -36,6 +36,8 @@ mod decision;
 mod error;
 mod event_id;
 mod fingerprint;
+#[cfg(feature = "postgres")]
+pub mod migrate;
 mod model;
 mod models;
 mod owner_only;

@@ -274,6 +274,12 @@ impl PgStore {
         &self.options
     }
 
+    /// A connection of its own with this store's settings (its schema as `search_path`),
+    /// outside the pool: for [`crate::migrate`], which copies with `COPY` in one transaction.
+    pub(crate) fn connect_unpooled(&self) -> Result<postgres::Client> {
+        Ok(self.pool.config().connect(postgres::NoTls)?)
+    }
+
     /// Closes the idle connections; later calls fail with [`Error::Closed`]. Calls already
     /// running finish, and their connections close as they come back. Called on drop as well.
     pub fn close(&self) {

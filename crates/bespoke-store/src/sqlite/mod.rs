@@ -33,6 +33,18 @@ use crate::{AuditEntry, Error, ItemIdx, KeyRecord, Millis, NewAudit, NewKey, Res
 /// Name of the database file inside the data directory.
 const DB_FILE: &str = "bespoke.db";
 
+/// The database file of the store in `data_dir`: for [`crate::migrate`], which reads it
+/// directly (read-only), without opening the store.
+#[cfg(feature = "postgres")]
+pub(crate) fn database_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(DB_FILE)
+}
+
+/// The schema version this binary creates (`PRAGMA user_version`): the one whose tables
+/// [`crate::migrate`] knows how to copy.
+#[cfg(feature = "postgres")]
+pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
 /// Schema migrations; entry `i` moves the schema from version `i` to `i + 1`
 /// (`PRAGMA user_version`). Never edit a released entry: append a new one.
 const MIGRATIONS: &[&str] = &[
