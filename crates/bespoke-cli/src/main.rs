@@ -18,6 +18,7 @@ mod fairness;
 mod import;
 mod inspect;
 mod keys;
+mod migrate;
 mod obd;
 mod ope;
 mod segment;
@@ -111,6 +112,10 @@ enum Command {
     Ope(ope::OpeArgs),
     /// Benchmarks that print JSON.
     Bench(bench::BenchArgs),
+    /// Copy an SQLite store (a stopped server's data directory) into an empty PostgreSQL
+    /// schema, ids and models included, and verify every table's count and checksum
+    /// (docs/postgres.md).
+    Migrate(migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -233,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Experiment(args) => experiment::run(&settings, &args),
         Command::Segment(args) => segment::run(&settings, &args),
         Command::Keys(args) => keys::run(&settings, &args),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Check { json } => {
             let store = bespoke_server::open_store(&settings)?;
             let problems = store.integrity_check()?;
