@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// Where in the request: a JSON path (`events[3].user`), a query parameter or a path segment.
     pub field: Option<String>,
+    /// Seconds after which the request may be sent again, sent as `Retry-After`.
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -41,12 +43,19 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
     /// Names the field at fault.
     pub fn at(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    /// Asks the client to wait `secs` seconds before sending the request again (`Retry-After`).
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
         self
     }
 
@@ -84,9 +93,19 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
+
+/// `Retry-After` of a 503 `store_unavailable`: the store replaces lost connections on the next
+/// call, so a database that is back is used again at once.
+const STORE_RETRY_AFTER_SECS: u32 = 1;
 
 impl From<bespoke_store::Error> for ApiError {
     fn from(e: bespoke_store::Error) -> Self {
@@ -139,8 +158,41 @@ impl From<bespoke_store::Error> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the server is shutting down; retry on another node or later",
-            ),
+            )
+            .retry_after(1),
+            E::Unavailable(cause) => {
+                // The cause (which connection failed, how) is for the operator, not the client.
+                tracing::warn!(error = %cause, "the database is unavailable; answered 503");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the database cannot be reached right now; retry the request later \
+                     (a write may or may not have been stored: events sent again with the same \
+                     event_id are stored once)",
+                )
+                .retry_after(STORE_RETRY_AFTER_SECS)
+            }
             other => Self::internal("store", &other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_store_is_a_503_with_retry_after() {
+        let e = ApiError::from(bespoke_store::Error::Unavailable(
+            "connection refused".into(),
+        ));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        );
+        assert!(!e.message.contains("refused"), "the cause stays in the log");
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
     }
 }

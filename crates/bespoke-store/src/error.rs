@@ -72,6 +72,14 @@ pub enum Error {
     /// The writer has stopped (the store is shutting down or has failed).
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached: connecting failed (refused, timed out), the connection
+    /// was lost during the call, the server is shutting down or refuses more connections, or no
+    /// pooled connection became free in time. Nothing is wrong with the request, which may be
+    /// sent again later. A write that failed this way may or may not have committed (its
+    /// commit's answer may be what was lost): sending it again is safe where writes are
+    /// idempotent, as events with an `event_id` are.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// Creating or opening the data directory failed.
     #[error("{path}: {source}")]
     Io {

@@ -17,6 +17,7 @@ mod models;
 mod models_conformance;
 mod module_graph;
 mod ops;
+mod pg_outage;
 mod postgres;
 mod privacy;
 mod ranking;

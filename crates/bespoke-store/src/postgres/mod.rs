@@ -222,7 +222,7 @@ impl PgStore {
     /// draws) the store's tag of issued event ids.
     ///
     /// Fails with [`Error::InvalidInput`] for a malformed URL or schema name, or when the
-    /// database has a newer schema than this binary knows; with [`Error::Backend`] when the
+    /// database has a newer schema than this binary knows; with [`Error::Unavailable`] when the
     /// server cannot be reached.
     pub fn open(options: PgOptions) -> Result<Self> {
         let mut config = postgres::Config::from_str(&options.url)
@@ -461,9 +461,43 @@ impl std::error::Error for PgError {
     }
 }
 
+/// Whether `e` says that the server cannot be reached or the connection is lost, rather than
+/// anything about the statement: no connection could be made (refused, timed out), the
+/// connection broke or was closed, the server ended it or is shutting down or starting up
+/// (`57P01`–`57P03`), refuses more connections (`53300`), or any connection exception
+/// (class `08`). The client's error kinds are not public; its `Display` of one is a fixed
+/// sentence per kind, which is what is matched for those without a SQLSTATE.
+fn connection_lost(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    match e.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                ]
+                .contains(code)
+        }
+        None => {
+            e.is_closed()
+                || matches!(
+                    e.to_string().as_str(),
+                    "error connecting to server"
+                        | "error communicating with the server"
+                        | "timeout waiting for server"
+                )
+        }
+    }
+}
+
 impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Self {
         use postgres::error::SqlState;
+        if connection_lost(&e) {
+            return Error::Unavailable(PgError(e).to_string());
+        }
         let Some(code) = e.code() else {
             return Error::Backend(Box::new(PgError(e)));
         };
@@ -557,6 +591,19 @@ mod tests {
         );
         let debug = format!("{:?}", PgOptions::new("postgresql://a:pw@h/d"));
         assert!(!debug.contains("pw@"), "{debug}");
+    }
+
+    #[test]
+    fn an_unreachable_server_is_unavailable_not_a_backend_failure() {
+        // A port nothing listens on: the connection is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let err = PgStore::open(PgOptions::new(format!("postgres://x@127.0.0.1:{port}/db")))
+            .expect_err("nothing listens there");
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(!err.is_user_error());
     }
 
     #[test]

@@ -123,13 +123,12 @@ impl Pool {
                 };
             }
             if self.freed.wait_for(&mut state, self.wait).timed_out() && state.idle.is_empty() {
-                return Err(Error::Backend(
-                    format!(
-                        "no PostgreSQL connection became free within {:?} ({} open)",
-                        self.wait, self.max
-                    )
-                    .into(),
-                ));
+                // Every connection is busy (or stuck on an unresponsive server): the caller
+                // may try again later, as when the server cannot be reached.
+                return Err(Error::Unavailable(format!(
+                    "no PostgreSQL connection became free within {:?} ({} open)",
+                    self.wait, self.max
+                )));
             }
         }
     }
