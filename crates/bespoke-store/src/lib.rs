@@ -49,9 +49,9 @@ mod sqlite;
 pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use campaign::{Exposure, Member, NewExposure};
+pub use cluster::{Alone, Change, ChangeFeed, ClusterStore, Leadership};
 pub use decision::{
     DecisionRecord, LoopLogStats, LoopRecord, NewDecision, NewReward, RewardOutcome, RewardRecord,
-pub use cluster::{Alone, Change, ChangeFeed, ClusterStore, Leadership};
 };
 pub use error::{DecisionStoreError, Error, Result, RuleStoreError};
 pub use model::{
@@ -90,9 +90,9 @@ pub trait Store:
     + DecisionStore
     + RuleStore
     + CampaignStore
+    + ClusterStore
 {
 }
-    + ClusterStore
 
 impl<T> Store for T where
     T: EventStore
@@ -103,9 +103,9 @@ impl<T> Store for T where
         + DecisionStore
         + RuleStore
         + CampaignStore
+        + ClusterStore
         + ?Sized
 {
-        + ClusterStore
 }
 
 /// The event log: appending events (idempotent by event id), reading them back by user or in

@@ -631,6 +631,9 @@ impl SqliteStore {
     }
 }
 
+/// One process per data directory (the directory lock): nothing to hear, always the leader.
+impl crate::ClusterStore for SqliteStore {}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.close();
@@ -643,9 +646,6 @@ mod catalog;
 mod decisions;
 mod events;
 mod models;
-/// One process per data directory (the directory lock): nothing to hear, always the leader.
-impl crate::ClusterStore for SqliteStore {}
-
 mod privacy;
 mod rules;
 mod writer;
