@@ -50,3 +50,39 @@ fn user_events_page100_of_200k(bencher: Bencher) {
     }
     bencher.bench_local(|| black_box(store.user_events("u17", None, 100).expect("read")));
 }
+
+/// The PostgreSQL server the PostgreSQL benchmarks use (`BESPOKE_TEST_POSTGRES_URL`, by
+/// default the local one CI machines run).
+fn postgres_url() -> String {
+    std::env::var("BESPOKE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// One transaction of `batch` events on PostgreSQL (server on this machine, `synchronous_commit`
+/// on), on a fresh schema dropped after; skipped with a notice when the server is unreachable.
+#[divan::bench(args = [1_000], sample_count = 30)]
+fn append_batch_postgres(bencher: Bencher, batch: usize) {
+    let url = postgres_url();
+    let schema = format!("bench_store_{}", std::process::id());
+    let store = match bespoke_store::PgStore::open(
+        bespoke_store::PgOptions::new(url.clone()).schema(schema.clone()),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED append_batch_postgres: {e}");
+            return;
+        }
+    };
+    let mut offset = 0;
+    bencher
+        .counter(divan::counter::ItemsCount::new(batch))
+        .with_inputs(|| {
+            offset += batch;
+            events(batch, offset)
+        })
+        .bench_local_values(|evs| store.append_events(EventBatch::new(evs)).expect("appended"));
+    store.close();
+    if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    }
+}

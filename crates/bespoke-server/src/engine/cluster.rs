@@ -345,10 +345,11 @@ impl Engine {
                 } else {
                     s.no_marketing.insert(idx.0);
                 }
-                if was_training && !u.consent.training {
-                    if let Some(m) = &model {
-                        m.als.forget(idx.0);
-                    }
+                if was_training
+                    && !u.consent.training
+                    && let Some(m) = &model
+                {
+                    m.als.forget(idx.0);
                 }
                 s.bump_user(idx);
             }
