@@ -63,8 +63,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
-use crate::event_id::{format_uuid, parse_uuid};
+use crate::event_id::format_uuid;
 use crate::models::{ModelDir, ModelRecord};
+use crate::postgres::{decode_stored_event_id, encode_event_id};
 use crate::{Error, PgOptions, PgStore, Result};
 
 /// How a column's values are read on each side and written to PostgreSQL.
@@ -549,32 +550,6 @@ fn to_pg(v: Val, kind: Kind) -> Box<dyn ToSql + Sync> {
     }
 }
 
-/// A client event id as the PostgreSQL backend stores it (`postgres/events.rs`): a canonical
-/// UUID as its 16 bytes, any other id as its UTF-8 bytes with `0xFF` appended when those are
-/// exactly 16. Read back by [`decode_event_id`], so a difference shows in the checksum.
-fn encode_event_id(id: &str) -> Vec<u8> {
-    if let Some(b) = parse_uuid(id) {
-        return b.to_vec();
-    }
-    let mut bytes = id.as_bytes().to_vec();
-    if bytes.len() == 16 {
-        bytes.push(0xFF);
-    }
-    bytes
-}
-
-fn decode_event_id(b: &[u8]) -> Result<String> {
-    let text = |b: &[u8]| {
-        String::from_utf8(b.to_vec())
-            .map_err(|_| corrupt("events", "event_id", "event id is not UTF-8"))
-    };
-    match b {
-        b if b.len() == 16 => Ok(format_uuid(b.try_into().expect("16 bytes"))),
-        [rest @ .., 0xFF] => text(rest),
-        b => text(b),
-    }
-}
-
 /// A value read back from PostgreSQL in canonical form.
 fn from_pg(
     row: &postgres::binary_copy::BinaryCopyOutRow,
@@ -598,7 +573,7 @@ fn from_pg(
             .map_or(Val::Null, |b| Val::Int(i64::from(b))),
         EventId => match row.try_get::<Option<&[u8]>>(i)? {
             None => Val::Null,
-            Some(b) => Val::Text(decode_event_id(b)?),
+            Some(b) => Val::Text(decode_stored_event_id(b)?),
         },
     })
 }
@@ -1130,7 +1105,7 @@ mod tests {
             "0190A6B2-1234-7ABC-8DEF-0123456789AB",
             "",
         ] {
-            assert_eq!(decode_event_id(&encode_event_id(id)).unwrap(), id);
+            assert_eq!(decode_stored_event_id(&encode_event_id(id)).unwrap(), id);
         }
         assert_eq!(encode_event_id("exactly-16-bytes").len(), 17);
     }

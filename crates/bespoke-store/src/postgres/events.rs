@@ -33,8 +33,8 @@ CREATE UNIQUE INDEX events_by_id ON events (event_id) WHERE event_id IS NOT NULL
 CREATE INDEX events_by_user ON events (user_id, seq);
 "#;
 
-/// An event id as stored (see the module doc).
-pub(super) fn encode_event_id(id: &str) -> Vec<u8> {
+/// An event id as stored (see the module doc); also what `bespoke migrate` writes.
+pub(crate) fn encode_event_id(id: &str) -> Vec<u8> {
     if let Some(b) = parse_uuid(id) {
         return b.to_vec();
     }
@@ -53,14 +53,21 @@ pub(super) fn decode_event_id(
     ts: i64,
     seq: u64,
 ) -> Result<String> {
+    match stored {
+        None => Ok(format_uuid(&event_id::issued(tag, ts, seq))),
+        Some(b) => decode_stored_event_id(b),
+    }
+}
+
+/// A stored client event id back as the client sent it (the inverse of [`encode_event_id`]).
+pub(crate) fn decode_stored_event_id(b: &[u8]) -> Result<String> {
     let text = |b: &[u8]| {
         String::from_utf8(b.to_vec()).map_err(|_| Error::Corrupt("event id is not UTF-8".into()))
     };
-    match stored {
-        None => Ok(format_uuid(&event_id::issued(tag, ts, seq))),
-        Some(b) if b.len() == 16 => Ok(format_uuid(b.try_into().expect("16 bytes"))),
-        Some([rest @ .., 0xFF]) => text(rest),
-        Some(b) => text(b),
+    match b {
+        b if b.len() == 16 => Ok(format_uuid(b.try_into().expect("16 bytes"))),
+        [rest @ .., 0xFF] => text(rest),
+        b => text(b),
     }
 }
 

@@ -48,6 +48,7 @@ mod pool;
 mod privacy;
 mod rules;
 
+pub(crate) use events::{decode_stored_event_id, encode_event_id};
 use pool::{Db, Lease, Pool};
 
 /// Schema migrations, applied in order at open, each in its own transaction with its row in
