@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{bespoke, json as json_out, ok};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,7 +45,7 @@ fn spawn_server(dir: &Path, port: u16) -> Child {
         .expect("bespoke serve starts")
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = client.get(format!("{base}/healthz")).send().await
@@ -62,10 +62,10 @@ async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
 }
 
 /// A tiny seeded generator for kill times and batch sizes.
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod crash;
+mod crash_postgres;
 mod migrate;
 mod ope;
 mod tune;
