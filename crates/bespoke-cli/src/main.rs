@@ -214,7 +214,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let server = bespoke_server::start(settings).await?;
                 eprintln!("bespoke listening on http://{}", server.addr());
                 let auth = server.engine().settings().auth.enabled;
-                let live_keys = server.engine().access().keys()?.iter().filter(|k| k.revoked_at.is_none()).count();
+                // Off the runtime's threads: PostgreSQL's blocking client panics on them.
+                let engine = server.engine().clone();
+                let keys = tokio::task::spawn_blocking(move || engine.access().keys()).await??;
+                let live_keys = keys.iter().filter(|k| k.revoked_at.is_none()).count();
                 if auth && live_keys == 0 {
                     eprintln!(
                         "no API keys yet: every route but /healthz will answer 401. Create one with\n  bespoke keys create --name admin --scopes admin"
