@@ -28,7 +28,9 @@ fn error_responses(codes: &[u16]) -> Value {
                 "The key is over its rate limit (rate_limited), or the caller's address failed authentication too often (auth_throttled); see the Retry-After header"
             }
             410 => "The decision's reward window has closed",
-            503 => "Shutting down",
+            503 => {
+                "Shutting down, or the PostgreSQL store is unreachable (store_unavailable, with Retry-After)"
+            }
             507 => "Storage full; nothing was stored",
             _ => "Error",
         };

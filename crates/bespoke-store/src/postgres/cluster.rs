@@ -27,6 +27,11 @@ const POLL: Duration = Duration::from_millis(500);
 /// Pause between attempts to reconnect a lost listening connection.
 const RECONNECT: Duration = Duration::from_millis(500);
 
+/// How often an idle listening connection is checked with a round trip: a connection that a
+/// firewall or NAT dropped silently shows no error until TCP keep-alive gives up (hours),
+/// and meanwhile announcements would be lost.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// Where a store handle announces its changes, and how it signs them.
 #[derive(Debug, Clone)]
 pub(super) struct Announcer {
@@ -203,6 +208,7 @@ fn listener(
     closed: Arc<AtomicBool>,
 ) {
     let prefix = format!("{}|", announcer.origin);
+    let mut checked = std::time::Instant::now();
     loop {
         if closed.load(Ordering::Relaxed) {
             return;
@@ -243,6 +249,13 @@ fn listener(
                         break;
                     }
                 }
+            }
+        }
+        if !lost && checked.elapsed() >= CHECK_EVERY {
+            checked = std::time::Instant::now();
+            if let Err(e) = client.is_valid(Duration::from_secs(5)) {
+                tracing::warn!(target: "store::cluster", error = %PgError(e), "the connection that listens for changes stopped answering; reconnecting");
+                lost = true;
             }
         }
         if !lost && !client.is_closed() {
