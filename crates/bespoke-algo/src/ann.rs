@@ -810,6 +810,9 @@ pub mod synthetic {
         /// What training produces: items in clusters of a low-rank space plus noise, norms
         /// log-normal (popular items long); queries from the same clusters.
         Trained,
+        /// [`Self::Trained`]'s items scaled to unit length (queries too): what similar items
+        /// are scored on, and where norms give the exact scan no early stop.
+        Unit,
         /// Independent standard normal values, items and queries alike: no structure at all,
         /// the hardest case for a graph index.
         Gaussian,
@@ -859,13 +862,15 @@ pub mod synthetic {
         let mut rng = Rng::seed_from_u64(seed.wrapping_add(1));
         match shape {
             Shape::Gaussian => data.iter_mut().for_each(|v| *v = rng.normal() as f32),
-            Shape::Trained => {
+            Shape::Trained | Shape::Unit => {
                 let latent = Latent::new(dim, seed);
                 for row in data.chunks_exact_mut(dim.max(1)) {
                     latent.draw(&mut rng, row);
                     // Log-normal norms: a long tail of popular, long vectors.
                     let norm = (0.6 * rng.normal()).exp() as f32;
-                    row.iter_mut().for_each(|v| *v *= norm);
+                    if shape == Shape::Trained {
+                        row.iter_mut().for_each(|v| *v *= norm);
+                    }
                 }
             }
         }
@@ -878,7 +883,7 @@ pub mod synthetic {
         let mut rng = Rng::seed_from_u64(seed.wrapping_add(2));
         match shape {
             Shape::Gaussian => data.iter_mut().for_each(|v| *v = rng.normal() as f32),
-            Shape::Trained => {
+            Shape::Trained | Shape::Unit => {
                 let latent = Latent::new(dim, seed);
                 for row in data.chunks_exact_mut(dim.max(1)) {
                     latent.draw(&mut rng, row);
@@ -919,6 +924,13 @@ mod tests {
         let ann = AnnScorer::new(items(Shape::Trained, 10_000, 32, 1), 1, params());
         assert!(ann.graph().is_some());
         let r = recall(&ann, &queries(Shape::Trained, 200, 32, 1), 10);
+        assert!(r >= 0.95, "recall@10 {r}");
+    }
+
+    #[test]
+    fn recall_is_high_on_unit_factors() {
+        let ann = AnnScorer::new(items(Shape::Unit, 10_000, 32, 3), 1, params());
+        let r = recall(&ann, &queries(Shape::Unit, 200, 32, 3), 10);
         assert!(r >= 0.95, "recall@10 {r}");
     }
 

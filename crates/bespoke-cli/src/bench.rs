@@ -185,6 +185,9 @@ enum BenchWhat {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// Approximate top-k for large catalogs (HNSW) against the exact scan, in process: build
+    /// time, recall@k and per-request latency on synthetic factors.
+    Ann(crate::bench_ann::AnnArgs),
 }
 
 pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
@@ -247,6 +250,7 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             *connections,
             (*users, *items, *events),
         )?,
+        BenchWhat::Ann(a) => crate::bench_ann::run(a)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

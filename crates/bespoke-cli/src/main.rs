@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod audience;
 mod bench;
+mod bench_ann;
 mod chart;
 mod cold;
 mod demo;
