@@ -20,6 +20,7 @@ mod ops;
 mod pg_outage;
 mod postgres;
 mod privacy;
+mod python_client;
 mod ranking;
 mod rules;
 mod segments;

@@ -1,0 +1,251 @@
+"""The sync :class:`Client` against a live server: every covered operation, with assertions on
+what the server did."""
+
+from __future__ import annotations
+
+import unittest
+import uuid
+from typing import List
+
+import httpx
+
+from bespoke_client import (
+    AuthenticationError,
+    BadRequestError,
+    BespokeConnectionError,
+    BespokeError,
+    Client,
+    ConflictError,
+    NotFoundError,
+    RateLimitError,
+)
+from bespoke_client.types import Event
+
+from _live import seed, server
+
+
+def fresh(prefix: str) -> str:
+    """A key no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class SyncClientTest(unittest.TestCase):
+    url: str
+    key: str
+    client: Client
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.url, cls.key = server()
+        cls.client = Client(cls.url, cls.key)
+        seed(cls.client)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.client.close()
+
+    def test_health(self) -> None:
+        self.assertEqual(self.client.health(), {"status": "ok"})
+
+    def test_recommendations_follow_new_events(self) -> None:
+        user = fresh("sync-ann")
+        before = self.client.recommend(user, n=4, model="knn")
+        self.assertFalse(before["personalized"], before)
+        self.assertTrue(all(r["reasons"] for r in before["items"]), before)
+
+        history: List[Event] = [
+            {"user": user, "item": item, "type": "view"} for item in ("a0", "a1", "a2")
+        ]
+        sent = self.client.send_events(history)
+        self.assertEqual(sent["received"], 3)
+        after = self.client.recommend(user, n=4, model="knn")
+        self.assertTrue(after["personalized"], after)
+        keys = [r["item"] for r in after["items"]]
+        self.assertEqual(len(keys), 4, after)
+        # An a-viewer's neighbours are a-items; the history is not recommended back.
+        self.assertTrue(all(k.startswith("a") for k in keys), after)
+        self.assertFalse({"a0", "a1", "a2"} & set(keys), after)
+        named = {reason.get("item") for r in after["items"] for reason in r["reasons"]}
+        self.assertTrue(named & {"a0", "a1", "a2"}, after)
+
+        full = self.client.recommend(user, n=2, model="als", explain="full")
+        for r in full["items"]:
+            total = sum(c["value"] for c in r["contributions"])
+            self.assertAlmostEqual(total, r["score"], delta=1e-4 + 1e-4 * abs(r["score"]))
+
+    def test_events_are_idempotent_by_id(self) -> None:
+        user = fresh("sync-idem")
+        events: List[Event] = [
+            {"user": user, "item": "b1", "type": "view"},
+            {"user": user, "item": "b2", "type": "click"},
+        ]
+        first = self.client.send_events(events)
+        self.assertEqual(len(first["event_ids"]), 2)
+        self.assertNotIn("event_id", events[0], "the caller's events are not modified")
+        # Sending the same events again, with the ids the first answer gave, is a replay.
+        again: List[Event] = [
+            {"event_id": i, "user": e["user"], "item": e["item"], "type": e["type"]}
+            for e, i in zip(events, first["event_ids"])
+        ]
+        second = self.client.send_events(again)
+        self.assertEqual(second["event_ids"], first["event_ids"])
+        self.assertEqual(len(self.client.user_events(user)["events"]), 2)
+
+        # Batches are split and the ids come back in order.
+        many: List[Event] = [
+            {"user": user, "item": f"b{i % 10}", "type": "view"} for i in range(25)
+        ]
+        split = self.client.send_events(many, batch_size=10)
+        self.assertEqual(split["received"], 25)
+        self.assertEqual(len(set(split["event_ids"])), 25)
+        page = self.client.user_events(user, limit=10)
+        self.assertEqual(len(page["events"]), 10)
+        self.assertIsNotNone(page["next_cursor"])
+
+        with self.assertRaises(ConflictError) as caught:
+            self.client.send_events([{**again[0], "type": "purchase"}])
+        self.assertEqual(caught.exception.status, 409)
+        self.assertEqual(caught.exception.code, "event_conflict")
+
+    def test_users_and_items(self) -> None:
+        user, item = fresh("sync-user"), fresh("sync-item")
+        created = self.client.put_user(
+            user, attributes={"plan": "pro"}, consent={"training": False}
+        )
+        self.assertEqual(created["key"], user)
+        got = self.client.get_user(user)
+        self.assertEqual(got["attributes"], {"plan": "pro"})
+        self.assertFalse(got["consent"]["training"])
+
+        put = self.client.put_item(
+            item,
+            categories=["Books"],
+            text={"title": "Dune"},
+            numeric={"price": 9.99},
+            attributes={"author": "Herbert"},
+            embeddings={"text": [0.1, -0.5, 0.3]},
+        )
+        self.assertEqual(put["key"], item)
+        self.assertEqual(self.client.get_item(item)["categories"], ["Books"])
+        self.assertTrue(self.client.delete_item(item)["deleted"])
+        with self.assertRaises(NotFoundError) as caught:
+            self.client.get_item(item)
+        self.assertEqual(caught.exception.status, 404)
+        self.assertEqual(caught.exception.code, "not_found")
+
+    def test_similar_popular_session_and_filters(self) -> None:
+        similar = self.client.similar("a0", n=3)
+        self.assertEqual(similar["item"], "a0")
+        self.assertTrue(all(r["item"].startswith("a") for r in similar["items"]), similar)
+
+        popular = self.client.popular(n=5, categories=["Beta"])
+        self.assertEqual(len(popular["items"]), 5)
+        self.assertTrue(all(r["item"].startswith("b") for r in popular["items"]), popular)
+
+        cheap = self.client.popular(n=20, filter="price < 12", exclude=["a0"])
+        keys = {r["item"] for r in cheap["items"]}
+        self.assertEqual(keys, {"a1", "b0", "b1"}, cheap)
+        self.assertIn("request.filter", cheap["rules"])
+
+        boosted = self.client.popular(
+            n=3,
+            boost=[{"if": 'category contains "Beta"', "by": 100}],
+            promote=[{"slot": 1, "if": "price > 18"}],
+        )
+        self.assertTrue(boosted["items"][0]["item"] in ("a9", "b9"), boosted)
+        self.assertIn("request.boost[0]", boosted["rules"])
+
+        session = self.client.recommend_session(
+            ["b0", {"item": "b1", "weight": 2}], n=3, model="knn"
+        )
+        self.assertTrue(all(r["item"].startswith("b") for r in session["items"]), session)
+
+    def test_rank_supplied_candidates(self) -> None:
+        ranked = self.client.rank("u0", ["b3", "a3", "no-such-item"], explain="full")
+        keys = [r["item"] for r in ranked["items"]]
+        self.assertEqual(keys[-1], "no-such-item")
+        self.assertTrue(ranked["items"][-1]["unknown"])
+        self.assertIsNone(ranked["items"][-1]["score"])
+        self.assertEqual(set(keys), {"b3", "a3", "no-such-item"})
+        with self.assertRaises(BadRequestError) as caught:
+            self.client.rank("u0", ["a1", "a1"])
+        self.assertEqual(caught.exception.field, "items[1]")
+
+    def test_decisions(self) -> None:
+        loop = fresh("sync-loop")
+        decision = self.client.decide(
+            loop,
+            ["sale", {"id": "new-in", "features": {"kind": "novelty"}}],
+            context={"device": "mobile"},
+        )
+        self.assertEqual(decision["loop"], loop)
+        chosen = decision["ranking"][0]["action"]
+        self.assertIn(chosen, ("sale", "new-in"))
+        ack = self.client.reward(decision["decision_id"], 1.0)
+        self.assertEqual(ack["action"], chosen)
+        self.assertTrue(ack["learned"], ack)
+        with self.assertRaises(NotFoundError):
+            self.client.reward("no-such-decision", 1.0)
+
+    def test_export_and_erasure(self) -> None:
+        user = fresh("sync-erase")
+        self.client.send_events([{"user": user, "item": "a1", "type": "purchase"}])
+        export = self.client.export_user(user)
+        self.assertEqual(export["format"], "bespoke.user-export.v1")
+        self.assertEqual([e["item"] for e in export["events"]], ["a1"])
+
+        receipt = self.client.delete_user(user)
+        self.assertEqual(receipt["key"], user)
+        self.assertEqual(receipt["removed"]["events"], 1)
+        stored = self.client.get_erasure(receipt["erasure_id"])
+        self.assertEqual(stored["erasure_id"], receipt["erasure_id"])
+        with self.assertRaises(NotFoundError):
+            self.client.get_user(user)
+
+    def test_models(self) -> None:
+        models = self.client.models()
+        self.assertIsNotNone(models["active"])
+        self.assertIn(models["active"], [m["version"] for m in models["models"]])
+
+    def test_errors_carry_status_code_and_field(self) -> None:
+        with self.assertRaises(BadRequestError) as caught:
+            self.client.recommend("u0", n=0)
+        error = caught.exception
+        self.assertEqual((error.status, error.code, error.field), (400, "invalid_field", "n"))
+        self.assertIsInstance(error, BespokeError)
+        self.assertIn("n must be", str(error))
+
+        with Client(self.url, "bsk_00000000_" + "0" * 64) as wrong:
+            with self.assertRaises(AuthenticationError) as caught_auth:
+                wrong.popular()
+        self.assertEqual(caught_auth.exception.status, 401)
+
+        with Client("http://127.0.0.1:9", self.key, max_retries=0, timeout=2) as nowhere:
+            with self.assertRaises(BespokeConnectionError):
+                nowhere.health()
+
+    def test_rate_limit_exposes_retry_after_and_retries(self) -> None:
+        # A read key limited to 1 request/s: the client raises RateLimitError without retries
+        # and, with them, waits Retry-After and gets through.
+        created = httpx.post(
+            f"{self.url}/v1/keys",
+            headers={"Authorization": f"Bearer {self.key}"},
+            json={"name": fresh("slow"), "scopes": ["read"], "rate_per_second": 1},
+        )
+        created.raise_for_status()
+        slow_key = created.json()["key"]
+        with Client(self.url, slow_key, max_retries=0) as slow:
+            with self.assertRaises(RateLimitError) as caught:
+                for _ in range(20):
+                    slow.popular(n=1)
+            self.assertEqual(caught.exception.status, 429)
+            retry_after = caught.exception.retry_after
+            assert retry_after is not None, "a 429 says when to retry"
+            self.assertGreater(retry_after, 0)
+        with Client(self.url, slow_key, max_retries=3) as patient:
+            for _ in range(3):
+                self.assertEqual(len(patient.popular(n=1)["items"]), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
