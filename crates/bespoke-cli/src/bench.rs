@@ -188,6 +188,10 @@ enum BenchWhat {
     /// Approximate top-k for large catalogs (HNSW) against the exact scan, in process: build
     /// time, recall@k and per-request latency on synthetic factors.
     Ann(crate::bench_ann::AnnArgs),
+    /// PostgreSQL, one node and two on this machine: HTTP ingestion (beside SQLite), an event
+    /// on one node to a changed recommendation on the other, recommendation throughput, and
+    /// an optional soak (`--soak-secs`).
+    Cluster(crate::bench_cluster::ClusterArgs),
 }
 
 pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
@@ -251,6 +255,7 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             (*users, *items, *events),
         )?,
         BenchWhat::Ann(a) => crate::bench_ann::run(a)?,
+        BenchWhat::Cluster(a) => crate::bench_cluster::run(settings, a)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -538,7 +543,7 @@ fn bench_decisions(
 /// Posts `bodies` (in turn, `total` requests; each body once when `None`) over `connections`
 /// keep-alive connections; every answer must be a success. Returns the sorted latencies and
 /// the elapsed seconds.
-async fn post_concurrently(
+pub(crate) async fn post_concurrently(
     addr: std::net::SocketAddr,
     key: &str,
     path: &'static str,
@@ -598,14 +603,14 @@ async fn post_concurrently(
 }
 
 /// One HTTP/1.1 keep-alive connection for the benchmarks.
-struct Client {
+pub(crate) struct Client {
     addr: std::net::SocketAddr,
     auth: String,
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Client {
-    async fn connect(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) =
@@ -618,7 +623,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: &str,
         path: &str,
@@ -630,7 +635,7 @@ impl Client {
 
     /// The response body of a successful call, unparsed: latency is measured to its last byte,
     /// as load generators (wrk) do, and the body is checked after the clock stops.
-    async fn call_bytes(
+    pub(crate) async fn call_bytes(
         &mut self,
         method: &str,
         path: &str,
@@ -657,7 +662,7 @@ impl Client {
     }
 }
 
-fn item_keys(v: &serde_json::Value) -> Vec<String> {
+pub(crate) fn item_keys(v: &serde_json::Value) -> Vec<String> {
     v["items"].as_array().map_or_else(Vec::new, |a| {
         a.iter()
             .filter_map(|r| r["item"].as_str().map(str::to_owned))
@@ -1289,7 +1294,7 @@ fn bench_rules(
 
 /// GETs `paths` over `connections` keep-alive connections; every answer must be a success.
 /// Returns the requests made and the elapsed seconds.
-async fn get_concurrently(
+pub(crate) async fn get_concurrently(
     addr: std::net::SocketAddr,
     key: &str,
     paths: Vec<String>,

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod audience;
 mod bench;
 mod bench_ann;
+mod bench_cluster;
 mod chart;
 mod cold;
 mod demo;
