@@ -12,6 +12,7 @@ mod experiments;
 mod extract;
 #[cfg(test)]
 mod fuzz;
+mod gorse;
 mod models;
 mod ops;
 mod personalizer;
@@ -266,6 +267,41 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/personalizer/v1.1-preview.1/multislot/events/{key}/activate",
         Access::Needs(Scope::Write),
     ),
+    // The Gorse-compatible API (`api::gorse`, docs/gorse.md), with the native scopes.
+    ("POST", "/api/feedback", Access::Needs(Scope::Write)),
+    (
+        "GET",
+        "/api/user/{key}/feedback",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "GET",
+        "/api/user/{key}/feedback/{type}",
+        Access::Needs(Scope::Write),
+    ),
+    ("POST", "/api/user", Access::Needs(Scope::Write)),
+    ("POST", "/api/users", Access::Needs(Scope::Write)),
+    ("GET", "/api/user/{key}", Access::Needs(Scope::Write)),
+    ("DELETE", "/api/user/{key}", Access::Needs(Scope::Write)),
+    ("POST", "/api/item", Access::Needs(Scope::Write)),
+    ("POST", "/api/items", Access::Needs(Scope::Write)),
+    ("GET", "/api/item/{key}", Access::Needs(Scope::Read)),
+    ("DELETE", "/api/item/{key}", Access::Needs(Scope::Write)),
+    (
+        "GET",
+        "/api/item/{key}/neighbors",
+        Access::Needs(Scope::Read),
+    ),
+    ("GET", "/api/recommend/{key}", Access::Needs(Scope::Read)),
+    ("GET", "/api/recommend/{key}/", Access::Needs(Scope::Read)),
+    (
+        "GET",
+        "/api/recommend/{key}/{category}",
+        Access::Needs(Scope::Read),
+    ),
+    ("GET", "/api/popular", Access::Needs(Scope::Read)),
+    ("GET", "/api/latest", Access::Needs(Scope::Read)),
+    ("POST", "/api/session/recommend", Access::Needs(Scope::Read)),
 ];
 
 /// Routes that may legitimately run past `server.request_timeout_secs`, as
@@ -473,6 +509,34 @@ pub fn router(state: AppState) -> Router {
             "/personalizer/v1.1-preview.1/multislot/events/{key}/activate",
             post(personalizer::activate),
         )
+        .route("/api/feedback", post(gorse::insert_feedback))
+        .route("/api/user/{key}/feedback", get(gorse::list_user_feedback))
+        .route(
+            "/api/user/{key}/feedback/{type}",
+            get(gorse::list_user_feedback_of_type),
+        )
+        .route("/api/user", post(gorse::insert_user))
+        .route("/api/users", post(gorse::insert_users))
+        .route(
+            "/api/user/{key}",
+            get(gorse::get_user).delete(gorse::delete_user),
+        )
+        .route("/api/item", post(gorse::insert_item))
+        .route("/api/items", post(gorse::insert_items))
+        .route(
+            "/api/item/{key}",
+            get(gorse::get_item).delete(gorse::delete_item),
+        )
+        .route("/api/item/{key}/neighbors", get(gorse::neighbors))
+        .route("/api/recommend/{key}", get(gorse::recommend))
+        .route("/api/recommend/{key}/", get(gorse::recommend))
+        .route(
+            "/api/recommend/{key}/{category}",
+            get(gorse::recommend_category),
+        )
+        .route("/api/popular", get(gorse::popular))
+        .route("/api/latest", get(gorse::latest))
+        .route("/api/session/recommend", post(gorse::session_recommend))
         // Only matched routes reach `authorize`; unknown paths get a plain 404.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

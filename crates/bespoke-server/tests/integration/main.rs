@@ -12,6 +12,7 @@ mod erasure;
 mod events;
 mod experiments;
 mod fairness;
+mod gorse;
 mod http_hygiene;
 mod models;
 mod models_conformance;

@@ -1,0 +1,336 @@
+//! The Gorse-compatible API (`/api/...`, docs/gorse.md): Gorse's JSON shapes over raw HTTP with
+//! keys in `X-API-Key`, and Gorse's own Python client (`pygorse`, pinned in
+//! `.ci/requirements-test.txt`) against the live server.
+
+use std::path::{Path, PathBuf};
+
+use bespoke_server::auth::Scope;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+use bespoke_algo::model::ModelKind;
+use bespoke_server::settings::ModelChoice;
+
+use crate::common::{TestServer, start_with};
+
+/// A key with `scopes`, as an application would get one from `bespoke keys create`.
+async fn key(srv: &TestServer, scopes: &'static [Scope]) -> String {
+    let engine = srv.engine();
+    tokio::task::spawn_blocking(move || {
+        engine
+            .access()
+            .create_key("gorse", "gorse test", scopes, None)
+    })
+    .await
+    .unwrap()
+    .expect("key")
+    .0
+}
+
+/// One request with `key` in Gorse's header; the status and the JSON (or text) body.
+async fn call(
+    srv: &TestServer,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Client::new()
+        .request(method, format!("{}{path}", srv.base))
+        .header("X-API-Key", key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status();
+    let text = resp.text().await.expect("body read");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Two tastes as Gorse feedback (`common::two_tastes`): 60 users, the even ones reading
+/// a-items `a0`..`a9`, the odd ones b-items, each skipping a third of them.
+fn feedback() -> Vec<Value> {
+    let mut out = Vec::new();
+    for u in 0..60 {
+        let group = if u % 2 == 0 { "a" } else { "b" };
+        for i in 0..10 {
+            if (u + i) % 3 != 0 {
+                out.push(json!({"FeedbackType": "view", "UserId": format!("u{u}"), "ItemId": format!("{group}{i}"), "Timestamp": ""}));
+            }
+        }
+    }
+    out
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body.as_array()
+        .unwrap_or_else(|| panic!("an array: {body}"))
+        .iter()
+        .map(|s| match s {
+            Value::String(s) => s.clone(),
+            o => o["Id"].as_str().expect("Id").to_owned(),
+        })
+        .collect()
+}
+
+/// A server whose recommendations come from EASE: on data this small, iALS's unseen items all
+/// score near zero and their order says nothing.
+async fn start() -> TestServer {
+    start_with(|s| s.serving.default_model = ModelChoice::Model(ModelKind::Ease)).await
+}
+
+async fn train(srv: &TestServer) {
+    let (status, body) = srv
+        .request(Method::POST, "/v1/models/train?wait=true", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn gorse_routes_answer_in_gorse_shapes() {
+    let srv = start().await;
+    let write = key(&srv, &[Scope::Write]).await;
+    let read = key(&srv, &[Scope::Read]).await;
+
+    // Users and items.
+    let (status, body) = call(
+        &srv,
+        &write,
+        Method::POST,
+        "/api/user",
+        Some(json!({"UserId": "ann", "Labels": {"country": "fr"}, "Comment": "first"})),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 1})));
+    let (status, body) = call(&srv, &write, Method::GET, "/api/user/ann", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"UserId": "ann", "Labels": {"country": "fr"}, "Comment": "first"})
+    );
+    let users: Vec<Value> = (0..3)
+        .map(|i| json!({"UserId": format!("x{i}"), "Labels": ["l"]}))
+        .collect();
+    let (status, body) = call(&srv, &write, Method::POST, "/api/users", Some(json!(users))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 3})));
+    let (_, body) = call(&srv, &write, Method::GET, "/api/user/x1", None).await;
+    assert_eq!(body["Labels"], json!(["l"]), "{body}");
+
+    let (status, body) = call(
+        &srv,
+        &write,
+        Method::POST,
+        "/api/item",
+        Some(json!({"ItemId": "a0", "IsHidden": false, "Categories": ["books"], "Timestamp": "2026-01-01", "Labels": ["paper"], "Comment": "a book"})),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 1})));
+    // An item is a catalog read: the read key may get it.
+    let (status, body) = call(&srv, &read, Method::GET, "/api/item/a0", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"ItemId": "a0", "IsHidden": false, "Categories": ["books"], "Timestamp": "2026-01-01T00:00:00.000Z", "Labels": ["paper"], "Comment": "a book"})
+    );
+    let items: Vec<Value> = (1..10)
+        .flat_map(|i| {
+            [
+                json!({"ItemId": format!("a{i}"), "Categories": ["books"]}),
+                json!({"ItemId": format!("b{i}"), "Categories": ["films"]}),
+            ]
+        })
+        .chain([json!({"ItemId": "b0", "Categories": ["films"]})])
+        .collect();
+    let (status, body) = call(&srv, &write, Method::POST, "/api/items", Some(json!(items))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 19})));
+
+    // Feedback.
+    let fb = feedback();
+    let (status, body) = call(&srv, &write, Method::POST, "/api/feedback", Some(json!(fb))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"RowAffected": fb.len()}));
+    let (status, body) = call(&srv, &write, Method::GET, "/api/user/u0/feedback", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut seen = ids(&json!(
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["ItemId"].clone())
+            .collect::<Vec<_>>()
+    ));
+    seen.sort();
+    assert_eq!(seen, ["a1", "a2", "a4", "a5", "a7", "a8"]);
+    assert_eq!(body[0]["FeedbackType"], "view");
+    assert_eq!(body[0]["UserId"], "u0");
+    // Stored as sent, now when empty.
+    assert!(
+        body[0]["Timestamp"].as_str().unwrap().ends_with('Z'),
+        "{body}"
+    );
+    let (_, body) = call(
+        &srv,
+        &write,
+        Method::GET,
+        "/api/user/u0/feedback/like",
+        None,
+    )
+    .await;
+    assert_eq!(body, json!([]));
+    // An unknown feedback type is Bespoke's 400, naming Gorse's field.
+    let (status, body) = call(
+        &srv,
+        &write,
+        Method::POST,
+        "/api/feedback",
+        Some(json!([{"FeedbackType": "nope", "UserId": "u0", "ItemId": "a0", "Timestamp": ""}])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "[0].FeedbackType", "{body}");
+
+    // Scopes: the read key serves, but may not write.
+    let (status, _) = call(&srv, &read, Method::POST, "/api/feedback", Some(json!(fb))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(&srv, "not-a-key", Method::GET, "/api/popular", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    train(&srv).await;
+
+    // Recommendations: ids by default, {Id, Score} with X-API-Version: 2; nothing seen.
+    let (status, body) = call(&srv, &read, Method::GET, "/api/recommend/u0?n=3", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let recs = ids(&body);
+    assert!(body[0].is_string(), "{body}");
+    assert_eq!(recs.len(), 3, "{body}");
+    for s in ["a1", "a2", "a4", "a5", "a7", "a8"] {
+        assert!(!recs.contains(&s.to_owned()), "{s} was seen: {recs:?}");
+    }
+    assert!(
+        ["a0", "a3", "a6", "a9"].contains(&recs[0].as_str()),
+        "u0 reads a-items: {recs:?}"
+    );
+    let resp = Client::new()
+        .get(format!("{}/api/recommend/u0/?n=2&offset=1", srv.base))
+        .header("X-API-Key", &read)
+        .header("X-API-Version", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let scored: Value = resp.json().await.unwrap();
+    assert_eq!(ids(&scored), recs[1..3], "{scored}");
+    assert!(scored[0]["Score"].is_number(), "{scored}");
+    let (status, body) = call(&srv, &read, Method::GET, "/api/recommend/u0/films", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        ids(&body).iter().all(|i| i.starts_with('b')),
+        "category films: {body}"
+    );
+
+    // Neighbors: co-read items.
+    let (status, body) = call(&srv, &read, Method::GET, "/api/item/a1/neighbors?n=3", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let near = ids(&body);
+    assert!(!near.is_empty(), "{body}");
+    assert!(near.iter().all(|i| i.starts_with('a')), "{body}");
+    assert!(body[0]["Score"].is_number(), "{body}");
+    let (status, _) = call(&srv, &read, Method::GET, "/api/item/zz/neighbors", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Popular and latest.
+    for path in ["/api/popular?n=4", "/api/latest?n=4"] {
+        let (status, body) = call(&srv, &read, Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(ids(&body).len(), 4, "{path}: {body}");
+        assert!(body[0]["Score"].is_number(), "{path}: {body}");
+    }
+
+    // Session recommendations from feedback, the session's items left out.
+    let session = json!([
+        {"FeedbackType": "view", "UserId": "", "ItemId": "b1", "Timestamp": "2026-01-02T00:00:00Z"},
+        {"FeedbackType": "view", "UserId": "", "ItemId": "b2", "Timestamp": "2026-01-02T00:01:00Z"}
+    ]);
+    let (status, body) = call(
+        &srv,
+        &read,
+        Method::POST,
+        "/api/session/recommend?n=3",
+        Some(session),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got = ids(&body);
+    assert_eq!(got.len(), 3, "{body}");
+    assert!(
+        got.iter()
+            .all(|i| i.starts_with('b') && i != "b1" && i != "b2"),
+        "{body}"
+    );
+
+    // Deletions.
+    let (status, body) = call(&srv, &write, Method::DELETE, "/api/item/a0", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 1})));
+    let (status, _) = call(&srv, &read, Method::GET, "/api/item/a0", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = call(&srv, &write, Method::DELETE, "/api/user/ann", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 1})));
+    let (status, body) = call(&srv, &write, Method::GET, "/api/user/ann", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body["error"]["code"], "not_found",
+        "Bespoke's error shape: {body}"
+    );
+}
+
+/// The test venv's Python with `pygorse` importable; panics naming `.ci/setup` otherwise.
+fn gorse_python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join("target/test-venv/bin/python");
+    match std::process::Command::new(&python)
+        .args(["-c", "import gorse"])
+        .output()
+    {
+        Ok(out) if out.status.success() => python,
+        Ok(out) => panic!(
+            "{} lacks pygorse ({}): run `bash .ci/setup` first",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "no test Python at {} ({e}): run `bash .ci/setup` first (it installs .ci/requirements-test.txt)",
+            python.display()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn gorse_python_client() {
+    let srv = start().await;
+    let write = key(&srv, &[Scope::Write]).await;
+    let python = tokio::task::spawn_blocking(gorse_python).await.unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/gorse_client.py");
+    let (base, admin) = (srv.base.clone(), srv.admin_key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("ENDPOINT", base)
+            .env("KEY", write)
+            .env("ADMIN_KEY", admin)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("JSON summary");
+    assert_eq!(summary["ok"], true, "{summary}");
+}
