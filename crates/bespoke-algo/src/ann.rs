@@ -654,6 +654,26 @@ impl<F: FnMut(u32) -> bool> WithSimd for Query<'_, F> {
     }
 }
 
+/// Below this [`norm_spread`], [`AnnScorer::auto`] builds a graph: the exact scan's early stop
+/// saves little. Unit vectors have 1, i.i.d. Gaussian factors about 1.2 (both scanned whole),
+/// log-normal norms of σ = 0.6 about 4 (most of the catalog never read).
+pub const FLAT_SPREAD: f32 = 2.0;
+
+/// The 99th percentile of the item norms over their median (1 for unit vectors); 1 for
+/// fewer than two items or a zero median.
+pub fn norm_spread(items: &Factors) -> f32 {
+    let mut norms: Vec<f32> = (0..items.rows())
+        .map(|i| items.row(i).iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect();
+    if norms.len() < 2 {
+        return 1.0;
+    }
+    norms.sort_by(f32::total_cmp);
+    let median = norms[norms.len() / 2];
+    let p99 = norms[(norms.len() - 1) * 99 / 100];
+    if median > 0.0 { p99 / median } else { 1.0 }
+}
+
 /// Top-k over item factors: through an HNSW graph for catalogs of at least a configured size,
 /// by the exact [`ItemScorer`] otherwise and for very selective filters.
 #[derive(Debug, Clone)]
@@ -683,6 +703,17 @@ impl AnnScorer {
             params,
             sample,
         }
+    }
+
+    /// Like [`AnnScorer::new`], but builds the graph only where it pays: when the item norms
+    /// are flat ([`norm_spread`] below [`FLAT_SPREAD`]). Norms that spread, as training spreads
+    /// them with popularity, let the exact scan stop early (it reads items by decreasing norm),
+    /// which then beats the graph by 4–10× (`docs/benchmarks.md`, large catalogs); flat norms
+    /// (unit vectors for similar items, factors without a popularity spread) make it read the
+    /// whole catalog. Deterministic: every node serving a version chooses the same way.
+    pub fn auto(items: Factors, min_items: usize, params: AnnParams) -> Self {
+        let flat = min_items > 0 && items.rows() >= min_items && norm_spread(&items) < FLAT_SPREAD;
+        Self::new(items, if flat { min_items } else { 0 }, params)
     }
 
     /// Exact only (no graph, whatever the size).
@@ -898,6 +929,31 @@ pub mod synthetic {
 mod tests {
     use super::synthetic::{Shape, items, queries};
     use super::*;
+
+    #[test]
+    fn auto_builds_a_graph_only_for_flat_norms() {
+        let params = AnnParams::default();
+        let trained = items(Shape::Trained, 3_000, 16, 7);
+        assert!(
+            norm_spread(&trained) > FLAT_SPREAD,
+            "{}",
+            norm_spread(&trained)
+        );
+        assert!(AnnScorer::auto(trained, 1_000, params).graph().is_none());
+        for shape in [Shape::Unit, Shape::Gaussian] {
+            let f = items(shape, 3_000, 16, 7);
+            assert!(
+                norm_spread(&f) < FLAT_SPREAD,
+                "{shape:?}: {}",
+                norm_spread(&f)
+            );
+            assert!(AnnScorer::auto(f.clone(), 1_000, params).graph().is_some());
+            assert!(
+                AnnScorer::auto(f, 5_000, params).graph().is_none(),
+                "below the size"
+            );
+        }
+    }
 
     fn params() -> AnnParams {
         AnnParams::default()

@@ -127,6 +127,7 @@ impl Engine {
     }
 
     pub(super) fn load_model(&self, version: u64) -> Result<ServingModel, LoadError> {
+        crate::models::views::set_ann_min_items(self.settings.serving.ann_min_items);
         // Reading the files happens outside the state lock; only the key mapping needs it.
         let store = self.store.clone();
         let s = self.serving.state.read();

@@ -23,11 +23,13 @@ pub fn set_ann_min_items(items: usize) {
     ANN_MIN_ITEMS.store(items, Ordering::Relaxed);
 }
 
-/// Item factors ready for top-k: exact below `serving.ann_min_items` items, through an HNSW
-/// graph at or above it (built here, on the loading thread: seconds to minutes for a million
-/// items, never on a request).
+/// Item factors ready for top-k: exact below `serving.ann_min_items` items, and at or above it
+/// through an HNSW graph where the norms are flat ([`AnnScorer::auto`]: trained user-facing
+/// factors usually keep the exact scan, which stops early; the unit vectors of similar items
+/// get the graph). Built here, on the loading thread (seconds to minutes for a million items),
+/// never on a request.
 pub(crate) fn item_scorer(items: Factors) -> AnnScorer {
-    AnnScorer::new(
+    AnnScorer::auto(
         items,
         ANN_MIN_ITEMS.load(Ordering::Relaxed),
         AnnParams::default(),
