@@ -327,6 +327,9 @@ fn two_nodes(
     })
 }
 
+/// Distinct (user, item) pairs each soak writer draws its events from.
+const SOAK_PAIRS: usize = 20_000;
+
 /// Events and recommendations on both nodes for `secs` seconds.
 async fn soak_run(
     addr_a: std::net::SocketAddr,
@@ -369,15 +372,21 @@ async fn soak_run(
         tasks.push(tokio::spawn(async move {
             let mut c = Client::connect(addr, &key).await?;
             let mut rng = Rng::seed_from_u64(100 + w as u64);
+            // A fixed pool of (user, item) pairs, visited again and again: memory holds one
+            // entry per pair, so once every pair was seen, a leak is the only thing that grows.
+            let pairs: Vec<(u64, u64)> = (0..SOAK_PAIRS)
+                .map(|_| (rng.below(users as u64), rng.below(5_000)))
+                .collect();
             let mut batch = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 batch += 1;
                 let evs: Vec<_> = (0..100)
                     .map(|j| {
+                        let (u, i) = pairs[rng.below(SOAK_PAIRS as u64) as usize];
                         json!({
                             "event_id": format!("soak-{w}-{batch}-{j}"),
-                            "user": format!("user-{:05}", rng.below(users as u64)),
-                            "item": format!("sku-{:05}", rng.below(5_000)),
+                            "user": format!("user-{u:05}"),
+                            "item": format!("sku-{i:05}"),
                             "type": "view",
                         })
                     })
