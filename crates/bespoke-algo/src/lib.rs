@@ -50,8 +50,8 @@ pub mod simd;
 mod topk;
 pub mod tune;
 
-pub use ann::{AnnParams, AnnScorer};
 pub use als::{Als, AlsParams, IterationReport, UserSolver, UserVector};
+pub use ann::{AnnParams, AnnScorer};
 pub use bpr::{Bpr, BprParams};
 pub use content::{Bag, ContentVocab, Ridge, RidgeError, VocabParams};
 pub use csr::Csr;

@@ -2,7 +2,7 @@
 //!
 //! A serving node keeps users, items and histories in memory (see `bespoke-server`'s engine);
 //! when other nodes (or CLI processes) write the same store, it must hear of it. A backend that
-//! can be shared ([`crate::PgStore`]) announces every committed change on a channel
+//! can be shared (`PgStore`, feature `postgres`) announces every committed change on a channel
 //! ([`ClusterStore::changes`]), and hands out a leadership per role ([`ClusterStore::try_lead`])
 //! so that one node at a time trains models or runs schedules. The embedded SQLite store has one
 //! process by design: it announces nothing and every caller leads.
