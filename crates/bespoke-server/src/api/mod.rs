@@ -758,13 +758,21 @@ fn unauthorized(e: AuthError, had_header: bool) -> ApiError {
 /// Records metrics per route template, and logs each request at debug level without its
 /// path (which may hold a user key).
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let started = Instant::now();
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
+    let id = request_id(req.headers());
+    // Every log line of the request's async part carries it (work handed to the blocking pool
+    // logs without it).
+    let span = tracing::info_span!("request", request_id = %id, %method, route);
+    let mut response = next.run(req).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state
@@ -772,6 +780,24 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .record(method.as_str(), &route, status, elapsed);
     tracing::debug!(target: "serve::http", %method, route, status, micros = elapsed.as_micros() as u64, "request");
     response
+}
+
+/// The header that names a request, in both directions.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The caller's `X-Request-Id` when it is a plausible id (1 to 64 characters of letters,
+/// digits, `-`, `_`, `.`: a proxy's or a client's, kept so that logs correlate across hops),
+/// else a new UUID v7 (time-ordered).
+fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
 /// Runs blocking engine work off the async runtime.

@@ -94,3 +94,47 @@ async fn health_and_metrics_report_counts_and_requests() {
         "keys must never become metric labels"
     );
 }
+
+/// Every answer names its request (`X-Request-Id`): a new UUID v7 unless the caller sent a
+/// plausible id of its own, which is kept; errors and unknown routes included.
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let srv = start().await;
+    let id_of = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut seen = std::collections::HashSet::new();
+    for path in ["/healthz", "/v1/users/nobody", "/no/such/route", "/healthz"] {
+        let resp = srv
+            .client
+            .get(format!("{}{path}", srv.base))
+            .send()
+            .await
+            .unwrap();
+        let id = id_of(&resp).unwrap_or_else(|| panic!("{path}: no x-request-id"));
+        let uuid = uuid::Uuid::parse_str(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(uuid.get_version_num(), 7, "{id}");
+        assert!(seen.insert(id), "an id was given twice");
+    }
+    let send = |id: &'static str| {
+        srv.client
+            .get(format!("{}/healthz", srv.base))
+            .header("x-request-id", id)
+            .send()
+    };
+    let kept = send("lb-7f3a.42_x").await.unwrap();
+    assert_eq!(id_of(&kept).as_deref(), Some("lb-7f3a.42_x"));
+    // Not an id: replaced, never echoed (it would go into logs as it came).
+    for bad in ["has space", "<script>", ""] {
+        let resp = send(bad).await.unwrap();
+        let id = id_of(&resp).unwrap();
+        assert_ne!(id, bad);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    }
+    let long: &'static str = Box::leak("x".repeat(65).into_boxed_str());
+    let resp = send(long).await.unwrap();
+    assert_ne!(id_of(&resp).unwrap(), long);
+}
