@@ -8,6 +8,7 @@ use serde_json::Value;
 
 mod crash;
 mod crash_postgres;
+mod logs;
 mod migrate;
 mod ope;
 mod tune;

@@ -766,8 +766,7 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let id = request_id(req.headers());
-    // Every log line of the request's async part carries it (work handed to the blocking pool
-    // logs without it).
+    // Every log line of the request carries it, work handed to `blocking` included.
     let span = tracing::info_span!("request", request_id = %id, %method, route);
     let mut response = next.run(req).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -778,7 +777,7 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     state
         .metrics
         .record(method.as_str(), &route, status, elapsed);
-    tracing::debug!(target: "serve::http", %method, route, status, micros = elapsed.as_micros() as u64, "request");
+    tracing::debug!(target: "serve::http", request_id = %id, %method, route, status, micros = elapsed.as_micros() as u64, "request");
     response
 }
 
@@ -804,7 +803,9 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    // The request's span (and its id) goes along, so the work's log lines carry it too.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ApiError::internal("blocking task", &e))?
 }
