@@ -219,3 +219,26 @@ pub(crate) fn keys(body: &Value) -> Vec<String> {
         .map(|r| r["item"].as_str().expect("item key").to_owned())
         .collect()
 }
+
+/// The Python of `target/test-venv`, which `.ci/setup` makes from the pinned
+/// `.ci/requirements-test.txt` (tests install nothing themselves), checked to import
+/// `imports` (e.g. `"httpx"`); fails naming `.ci/setup` and `what` when it cannot.
+pub(crate) fn test_python(imports: &str, what: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join("target/test-venv/bin/python");
+    match std::process::Command::new(&python)
+        .args(["-c", &format!("import {imports}")])
+        .output()
+    {
+        Ok(out) if out.status.success() => python,
+        Ok(out) => panic!(
+            "{} lacks {what} ({}): run `bash .ci/setup` first",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "no test Python at {} ({e}): run `bash .ci/setup` first (it installs .ci/requirements-test.txt)",
+            python.display()
+        ),
+    }
+}

@@ -618,37 +618,16 @@ async fn personalizer_routes_with_the_subscription_key_header() {
     assert_eq!(view["model_updates"], 1, "{view}");
 }
 
-/// The Python environment with Azure Personalizer's client libraries that `.ci/setup` makes
-/// from the pinned `.ci/requirements-test.txt` (tests install nothing themselves). Fails, naming
-/// the command, when it is missing.
-fn personalizer_python() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join("target/test-venv/bin/python");
-    let imports = std::process::Command::new(&python)
-        .args([
-            "-c",
-            "import azure.cognitiveservices.personalizer, msrest, azure.ai.personalizer",
-        ])
-        .output();
-    match imports {
-        Ok(out) if out.status.success() => python,
-        Ok(out) => panic!(
-            "{} lacks Azure's Personalizer clients ({}): run `bash .ci/setup` first",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!(
-            "no test Python at {} ({e}): run `bash .ci/setup` first (it installs .ci/requirements-test.txt)",
-            python.display()
-        ),
-    }
-}
-
 /// Runs one of the client scripts against the server; its JSON summary.
 async fn run_client(srv: &crate::common::TestServer, script: &'static str) -> Value {
-    let python = tokio::task::spawn_blocking(personalizer_python)
-        .await
-        .unwrap();
+    let python = tokio::task::spawn_blocking(|| {
+        crate::common::test_python(
+            "azure.cognitiveservices.personalizer, msrest, azure.ai.personalizer",
+            "Azure's Personalizer clients",
+        )
+    })
+    .await
+    .unwrap();
     let (base, key) = (srv.base.clone(), srv.admin_key.clone());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)

@@ -2,8 +2,6 @@
 //! keys in `X-API-Key`, and Gorse's own Python client (`pygorse`, pinned in
 //! `.ci/requirements-test.txt`) against the live server.
 
-use std::path::{Path, PathBuf};
-
 use bespoke_server::auth::Scope;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -285,32 +283,13 @@ async fn gorse_routes_answer_in_gorse_shapes() {
     );
 }
 
-/// The test venv's Python with `pygorse` importable; panics naming `.ci/setup` otherwise.
-fn gorse_python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join("target/test-venv/bin/python");
-    match std::process::Command::new(&python)
-        .args(["-c", "import gorse"])
-        .output()
-    {
-        Ok(out) if out.status.success() => python,
-        Ok(out) => panic!(
-            "{} lacks pygorse ({}): run `bash .ci/setup` first",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!(
-            "no test Python at {} ({e}): run `bash .ci/setup` first (it installs .ci/requirements-test.txt)",
-            python.display()
-        ),
-    }
-}
-
 #[tokio::test]
 async fn gorse_python_client() {
     let srv = start().await;
     let write = key(&srv, &[Scope::Write]).await;
-    let python = tokio::task::spawn_blocking(gorse_python).await.unwrap();
+    let python = tokio::task::spawn_blocking(|| crate::common::test_python("gorse", "pygorse"))
+        .await
+        .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/gorse_client.py");
     let (base, admin) = (srv.base.clone(), srv.admin_key.clone());
     let out = tokio::task::spawn_blocking(move || {

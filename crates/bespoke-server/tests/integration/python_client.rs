@@ -3,29 +3,9 @@
 //! `/openapi.json`. The package runs from its source tree (`PYTHONPATH`), with `httpx` from
 //! `target/test-venv` (pinned in `.ci/requirements-test.txt`, installed by `.ci/setup`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::start;
-
-/// The test venv's Python, with `httpx` importable; panics naming `.ci/setup` otherwise.
-fn test_python(root: &Path) -> PathBuf {
-    let python = root.join("target/test-venv/bin/python");
-    match std::process::Command::new(&python)
-        .args(["-c", "import httpx"])
-        .output()
-    {
-        Ok(out) if out.status.success() => python,
-        Ok(out) => panic!(
-            "{} lacks httpx ({}): run `bash .ci/setup` first",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!(
-            "no test Python at {} ({e}): run `bash .ci/setup` first (it installs .ci/requirements-test.txt)",
-            python.display()
-        ),
-    }
-}
 
 #[tokio::test]
 async fn python_client() {
@@ -34,7 +14,7 @@ async fn python_client() {
     let client = root.join("clients/python");
     let (base, key) = (srv.base.clone(), srv.admin_key.clone());
     let out = tokio::task::spawn_blocking(move || {
-        let python = test_python(&root);
+        let python = crate::common::test_python("httpx", "httpx");
         std::process::Command::new(python)
             .args([
                 "-m", "unittest", "discover", "-v", "-s", "tests", "-t", "tests",
