@@ -375,11 +375,38 @@ fn bench_ingest(
     // A subdirectory, so that the audit key file (beside the data directory) is removed too.
     s.store.data_dir = work.path().join("store");
     s.server.bind = "127.0.0.1:0".parse().expect("valid address");
-    s.limits.max_batch_events = s.limits.max_batch_events.max(batch);
     // Ingestion alone: no background training competing for the two cores.
     s.training.train_on_start = false;
     s.training.interval_minutes = 0;
     s.training.min_new_events = 0;
+    let mut report = ingest_over_http(s, events, batch, connections)?;
+    let extra = json!({
+        "bench": "ingest",
+        "events": events,
+        "batch": batch,
+        "connections": connections,
+        "target_events_per_sec": 50_000,
+        "durable": "WAL, synchronous=FULL, acknowledged after commit",
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    for (k, v) in extra.as_object().expect("an object") {
+        report[k] = v.clone();
+    }
+    Ok(report)
+}
+
+/// Durable HTTP ingestion through a server started with `s` (its store and bind address
+/// chosen by the caller): `events` random events in `batch`-event requests over
+/// `connections` keep-alive connections, every one acknowledged after its commit. Reports
+/// the seconds, events per second, requests per second and request latencies.
+pub(crate) fn ingest_over_http(
+    mut s: Settings,
+    events: usize,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<serde_json::Value> {
+    s.limits.max_batch_events = s.limits.max_batch_events.max(batch);
     // Pre-built bodies, so that the client measures the server, not its own JSON encoding.
     let mut rng = Rng::seed_from_u64(2);
     let kinds = ["view", "view", "view", "click", "add_to_cart", "purchase"];
@@ -420,18 +447,10 @@ fn bench_ingest(
         let pct =
             |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         Ok(json!({
-            "bench": "ingest",
-            "events": events,
-            "batch": batch,
-            "connections": connections,
             "seconds": elapsed,
             "events_per_sec": events as f64 / elapsed,
             "requests_per_sec": latencies.len() as f64 / elapsed,
             "request_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
-            "target_events_per_sec": 50_000,
-            "durable": "WAL, synchronous=FULL, acknowledged after commit",
-            "peak_rss_mib": peak_rss_mib(),
-            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }))
     })
 }
@@ -543,7 +562,7 @@ fn bench_decisions(
 /// Posts `bodies` (in turn, `total` requests; each body once when `None`) over `connections`
 /// keep-alive connections; every answer must be a success. Returns the sorted latencies and
 /// the elapsed seconds.
-pub(crate) async fn post_concurrently(
+async fn post_concurrently(
     addr: std::net::SocketAddr,
     key: &str,
     path: &'static str,

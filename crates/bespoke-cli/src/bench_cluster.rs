@@ -22,10 +22,9 @@ use bespoke_algo::Rng;
 use bespoke_server::Settings;
 use bespoke_server::auth::Scope;
 use clap::Args;
-use hyper::body::Bytes;
 use serde_json::json;
 
-use crate::bench::{Client, get_concurrently, item_keys, post_concurrently};
+use crate::bench::{Client, get_concurrently, ingest_over_http, item_keys};
 
 #[derive(Debug, Args)]
 pub(crate) struct ClusterArgs {
@@ -133,9 +132,19 @@ pub(crate) fn run(settings: &Settings, a: &ClusterArgs) -> anyhow::Result<serde_
     });
     if !a.no_ingest {
         let schema = Schema::new(&a.postgres, "ingest");
-        let pg = ingest(quiet(schema.settings(settings), work.path(), "pg"), a)?;
+        let pg = ingest_over_http(
+            quiet(schema.settings(settings), work.path(), "pg"),
+            a.events,
+            a.batch,
+            a.connections,
+        )?;
         drop(schema);
-        let sqlite = ingest(quiet(settings.clone(), work.path(), "sqlite"), a)?;
+        let sqlite = ingest_over_http(
+            quiet(settings.clone(), work.path(), "sqlite"),
+            a.events,
+            a.batch,
+            a.connections,
+        )?;
         report["ingest"] = json!({
             "events": a.events, "batch": a.batch, "connections": a.connections,
             "postgres": pg, "sqlite": sqlite,
@@ -148,54 +157,6 @@ pub(crate) fn run(settings: &Settings, a: &ClusterArgs) -> anyhow::Result<serde_
     report["two_nodes"] = two_nodes(settings, &schema, work.path(), a)?;
     drop(schema);
     Ok(report)
-}
-
-/// Durable HTTP ingestion through one node on `s`'s store.
-fn ingest(mut s: Settings, a: &ClusterArgs) -> anyhow::Result<serde_json::Value> {
-    s.limits.max_batch_events = s.limits.max_batch_events.max(a.batch);
-    let mut rng = Rng::seed_from_u64(2);
-    let kinds = ["view", "view", "view", "click", "add_to_cart", "purchase"];
-    let bodies: Vec<Bytes> = (0..a.events.div_ceil(a.batch))
-        .map(|b| {
-            let n = a.batch.min(a.events - b * a.batch);
-            let evs: Vec<serde_json::Value> = (0..n)
-                .map(|_| {
-                    json!({
-                        "user": format!("u{}", rng.below(50_000)),
-                        "item": format!("i{}", rng.below(20_000)),
-                        "type": kinds[rng.below(kinds.len() as u64) as usize],
-                    })
-                })
-                .collect();
-            Bytes::from(serde_json::to_vec(&json!({ "events": evs })).expect("serialisable"))
-        })
-        .collect();
-    let events = a.events;
-    let connections = a.connections;
-    crate::runtime()?.block_on(async move {
-        let server = bespoke_server::start(s).await?;
-        let engine = server.engine().clone();
-        let (key, _) = tokio::task::spawn_blocking(move || {
-            engine
-                .access()
-                .create_key("bench", "bench", &[Scope::Write], None)
-        })
-        .await??;
-        let (latencies, elapsed) =
-            post_concurrently(server.addr(), &key, "/v1/events", bodies, None, connections).await?;
-        let stored = server.engine().counts().events;
-        server.shutdown().await?;
-        if stored != events as u64 {
-            bail!("sent {events} events but {stored} were applied");
-        }
-        let pct =
-            |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
-        Ok(json!({
-            "seconds": elapsed,
-            "events_per_sec": events as f64 / elapsed,
-            "request_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
-        }))
-    })
 }
 
 /// Current resident set size of this process, in MiB (Linux `VmRSS`).
