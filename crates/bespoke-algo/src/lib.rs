@@ -62,7 +62,7 @@ pub use knn::{ItemKnn, Similarity};
 pub use linalg::Cholesky;
 pub use live::{Interaction, LiveIndex, Related};
 pub use model::{ContentParams, EaseParams, KnnParams, KnnSimilarity, ModelKind, UnknownModel};
-pub use popularity::Popularity;
+pub use popularity::{Contribution, Popularity};
 pub use recency::Recency;
 pub use rng::Rng;
 pub use score::{Identity, ItemScorer, Rescore, ScoreScratch};

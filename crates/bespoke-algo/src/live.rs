@@ -10,6 +10,7 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::popularity::Contribution;
 use crate::{ItemIdx, Millis, Popularity, Scored, TopK, UserIdx};
 
 /// What one user did with one item, aggregated over all their events on it.
@@ -45,9 +46,9 @@ pub struct LiveIndex {
     private_users: Vec<u32>,
     /// Per user: excluded from shared statistics.
     private: Vec<bool>,
-    /// The popularity events of private users (`(item, weight, time)`), kept so that a user who
-    /// shares again is added back exactly, without a store read racing new events.
-    private_log: FxHashMap<u32, Vec<(ItemIdx, f32, Millis)>>,
+    /// The popularity contributions of private users, kept so that a user who shares again is
+    /// added back exactly, without a store read racing new events.
+    private_log: FxHashMap<u32, Vec<Contribution>>,
     popularity: Popularity,
     events: u64,
 }
@@ -100,10 +101,11 @@ impl LiveIndex {
             }
         }
         if private {
-            self.private_log
-                .entry(user.0)
-                .or_default()
-                .push((item, weight, ts));
+            // What popularity would ignore is not worth keeping either.
+            if weight > 0.0 {
+                let c = Contribution::event(user, item, weight, ts);
+                self.private_log.entry(user.0).or_default().push(c);
+            }
         } else {
             self.popularity.add(user, item, weight, ts);
         }
@@ -133,9 +135,8 @@ impl LiveIndex {
             let log = self.popularity.take_user(user);
             self.private_log.insert(user.0, log);
         } else {
-            for (item, weight, ts) in self.private_log.remove(&user.0).unwrap_or_default() {
-                self.popularity.add(user, item, weight, ts);
-            }
+            let log = self.private_log.remove(&user.0).unwrap_or_default();
+            self.popularity.restore(log);
         }
     }
 
@@ -217,7 +218,7 @@ impl LiveIndex {
         }
         self.popularity.remove_before(cutoff);
         for log in self.private_log.values_mut() {
-            log.retain(|e| e.2 >= cutoff);
+            log.retain(|c| c.first_ts() >= cutoff);
         }
     }
 
@@ -237,7 +238,7 @@ impl LiveIndex {
         }
         self.popularity.remove_item(item);
         for log in self.private_log.values_mut() {
-            log.retain(|e| e.0 != item);
+            log.retain(|c| c.item() != item);
         }
         self.events -= removed;
         removed
