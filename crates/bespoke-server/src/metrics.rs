@@ -1,12 +1,16 @@
-//! Prometheus metrics in the text exposition format, written by hand: a few counters and one
-//! latency histogram do not justify a metrics framework.
+//! Prometheus metrics, kept and encoded (OpenMetrics text) by the `prometheus-client` crate,
+//! the Prometheus project's own Rust client. The names are the ones earlier releases wrote by
+//! hand, so dashboards and alerts built on them keep working.
 
-use std::collections::HashMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::engine::EngineCounts;
 
@@ -15,24 +19,45 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default)]
-struct RouteStats {
-    by_status: RwLock<HashMap<u16, AtomicU64>>,
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A request's labels: the route template, never a raw path, so that keys (personal data) do
+/// not become label values and cardinality stays bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// Request and ingestion metrics.
-#[derive(Default)]
 pub struct Metrics {
-    routes: RwLock<HashMap<(String, String), RouteStats>>,
-    events_stored: AtomicU64,
-    events_duplicate: AtomicU64,
-    /// Failed authentications by reason: missing key, invalid key, revoked key.
-    auth_failed: [AtomicU64; 3],
-    /// Requests refused because their source failed authentication too often.
-    auth_throttled: AtomicU64,
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    events_stored: Counter,
+    events_duplicate: Counter,
+    auth_failed: Family<ReasonLabels, Counter>,
+    auth_throttled: Counter,
+    users: Gauge<u64, AtomicU64>,
+    items: Gauge<u64, AtomicU64>,
+    events: Gauge<u64, AtomicU64>,
 }
 
 /// Why an authentication failed, as the `reason` label of `bespoke_auth_failures_total`.
@@ -64,162 +89,116 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-impl Metrics {
-    /// Records one request on a route template (`/v1/users/{key}`), never on a raw path, so
-    /// that keys (personal data) do not become label values and cardinality stays bounded.
-    pub fn record(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let key = (method.to_owned(), route.to_owned());
-        {
-            let routes = self.routes.read();
-            if let Some(stats) = routes.get(&key) {
-                Self::update(stats, status, elapsed);
-                return;
-            }
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            events_stored: Counter::default(),
+            events_duplicate: Counter::default(),
+            auth_failed: Family::default(),
+            auth_throttled: Counter::default(),
+            users: Gauge::default(),
+            items: Gauge::default(),
+            events: Gauge::default(),
+        };
+        // Every reason shows from the start, at zero, so that an alert on a rate has a series.
+        for reason in AuthFailure::ALL {
+            let _ = m.auth_failed.get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            });
         }
-        let mut routes = self.routes.write();
-        let stats = routes.entry(key).or_default();
-        Self::update(stats, status, elapsed);
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register(
+            "bespoke_http_requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "bespoke_http_request_duration_seconds",
+            "HTTP request latency",
+            m.latency.clone(),
+        );
+        r.register(
+            "bespoke_auth_failures",
+            "Failed authentications (wrong, revoked or missing key) by reason",
+            m.auth_failed.clone(),
+        );
+        r.register(
+            "bespoke_events_stored",
+            "Events stored since start",
+            m.events_stored.clone(),
+        );
+        r.register(
+            "bespoke_events_duplicate",
+            "Replayed events recognised by event_id and not stored again",
+            m.events_duplicate.clone(),
+        );
+        r.register(
+            "bespoke_auth_throttled",
+            "Requests refused (429) because their source address failed authentication too often",
+            m.auth_throttled.clone(),
+        );
+        r.register("bespoke_users", "Users known to serving", m.users.clone());
+        r.register("bespoke_items", "Items known to serving", m.items.clone());
+        r.register(
+            "bespoke_events",
+            "Events applied to serving",
+            m.events.clone(),
+        );
+        m
     }
+}
 
-    fn update(stats: &RouteStats, status: u16, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            stats.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        stats.count.fetch_add(1, Ordering::Relaxed);
-        stats
-            .sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        {
-            let by_status = stats.by_status.read();
-            if let Some(c) = by_status.get(&status) {
-                c.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        stats
-            .by_status
-            .write()
-            .entry(status)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+impl Metrics {
+    /// Records one request on a route template (`/v1/users/{key}`).
+    pub fn record(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let (method, route) = (method.to_owned(), route.to_owned());
+        self.latency
+            .get_or_create(&RouteLabels {
+                method: method.clone(),
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&StatusLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
     }
 
     /// Counts events written: new ones and replays recognised as duplicates.
     pub fn record_events(&self, stored: u64, duplicates: u64) {
-        self.events_stored.fetch_add(stored, Ordering::Relaxed);
-        self.events_duplicate
-            .fetch_add(duplicates, Ordering::Relaxed);
+        self.events_stored.inc_by(stored);
+        self.events_duplicate.inc_by(duplicates);
     }
 
     /// Counts a failed authentication (answered 401 or, past the source's budget, 429).
     pub fn record_auth_failure(&self, reason: AuthFailure) {
-        self.auth_failed[reason as usize].fetch_add(1, Ordering::Relaxed);
+        let labels = ReasonLabels {
+            reason: reason.label(),
+        };
+        self.auth_failed.get_or_create(&labels).inc();
     }
 
     /// Counts a request refused 429 because its source failed authentication too often.
     pub fn record_auth_throttled(&self) {
-        self.auth_throttled.fetch_add(1, Ordering::Relaxed);
+        self.auth_throttled.inc();
     }
 
-    /// The exposition text.
+    /// The exposition text (OpenMetrics, [`CONTENT_TYPE`]), with the serving state's sizes as of
+    /// now.
     pub fn render(&self, counts: EngineCounts) -> String {
+        self.users.set(counts.users);
+        self.items.set(counts.items);
+        self.events.set(counts.events);
         let mut out = String::with_capacity(4096);
-        let routes = self.routes.read();
-        let mut keys: Vec<&(String, String)> = routes.keys().collect();
-        keys.sort();
-        out.push_str("# HELP bespoke_http_requests_total HTTP requests by route and status.\n");
-        out.push_str("# TYPE bespoke_http_requests_total counter\n");
-        for key in &keys {
-            let stats = &routes[*key];
-            let by_status = stats.by_status.read();
-            let mut statuses: Vec<&u16> = by_status.keys().collect();
-            statuses.sort();
-            for status in statuses {
-                let _ = writeln!(
-                    out,
-                    "bespoke_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {}",
-                    key.0,
-                    key.1,
-                    by_status[status].load(Ordering::Relaxed)
-                );
-            }
-        }
-        out.push_str("# HELP bespoke_http_request_duration_seconds HTTP request latency.\n");
-        out.push_str("# TYPE bespoke_http_request_duration_seconds histogram\n");
-        for key in &keys {
-            let stats = &routes[*key];
-            let labels = format!("method=\"{}\",route=\"{}\"", key.0, key.1);
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += stats.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "bespoke_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let count = stats.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "bespoke_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "bespoke_http_request_duration_seconds_sum{{{labels}}} {}",
-                stats.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "bespoke_http_request_duration_seconds_count{{{labels}}} {count}"
-            );
-        }
-        out.push_str(
-            "# HELP bespoke_auth_failures_total Failed authentications (wrong, revoked or missing key) by reason.\n\
-             # TYPE bespoke_auth_failures_total counter\n",
-        );
-        for reason in AuthFailure::ALL {
-            let _ = writeln!(
-                out,
-                "bespoke_auth_failures_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.auth_failed[reason as usize].load(Ordering::Relaxed)
-            );
-        }
-        let counters = [
-            (
-                "bespoke_events_stored_total",
-                "Events stored since start.",
-                self.events_stored.load(Ordering::Relaxed),
-            ),
-            (
-                "bespoke_events_duplicate_total",
-                "Replayed events recognised by event_id and not stored again.",
-                self.events_duplicate.load(Ordering::Relaxed),
-            ),
-            (
-                "bespoke_auth_throttled_total",
-                "Requests refused (429) because their source address failed authentication too often.",
-                self.auth_throttled.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        }
-        let gauges = [
-            ("bespoke_users", "Users known to serving.", counts.users),
-            ("bespoke_items", "Items known to serving.", counts.items),
-            (
-                "bespoke_events",
-                "Events applied to serving.",
-                counts.events,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -244,18 +223,27 @@ mod tests {
             events: 3,
         });
         assert!(text.contains(
-            "bespoke_http_requests_total{method=\"GET\",route=\"/v1/popular\",status=\"200\"} 2"
+            "bespoke_http_requests_total{method=\"GET\",route=\"/v1/popular\",status=\"200\"} 2\n"
         ));
-        assert!(text.contains("status=\"400\"} 1"));
-        assert!(text.contains("le=\"0.0005\"} 1\n"));
-        assert!(text.contains("le=\"0.005\"} 2\n"));
-        assert!(text.contains("le=\"5\"} 2\n"));
-        assert!(text.contains("le=\"+Inf\"} 3\n"));
+        assert!(text.contains("status=\"400\"} 1\n"));
+        let bucket = |le: &str, n: u64| {
+            format!(
+                "bespoke_http_request_duration_seconds_bucket{{le=\"{le}\",method=\"GET\",route=\"/v1/popular\"}} {n}\n"
+            )
+        };
+        for (le, n) in [("0.0005", 1), ("0.005", 2), ("5.0", 2), ("+Inf", 3)] {
+            assert!(text.contains(&bucket(le, n)), "{le}: {text}");
+        }
+        assert!(text.contains(
+            "bespoke_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/popular\"} 3\n"
+        ));
         assert!(text.contains("bespoke_events_stored_total 5\n"));
         assert!(text.contains("bespoke_events_duplicate_total 2\n"));
         assert!(text.contains("bespoke_items 2\n"));
         assert!(text.contains("bespoke_auth_failures_total{reason=\"invalid\"} 2\n"));
         assert!(text.contains("bespoke_auth_failures_total{reason=\"revoked\"} 0\n"));
         assert!(text.contains("bespoke_auth_throttled_total 1\n"));
+        assert!(text.contains("# TYPE bespoke_http_request_duration_seconds histogram\n"));
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -17,10 +17,7 @@ pub(crate) async fn healthz() -> Json<Value> {
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state.metrics.render(state.engine.counts());
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        text,
-    )
+    ([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 pub(crate) async fn openapi() -> Result<Json<Value>, ApiError> {
