@@ -348,17 +348,50 @@ fn gorse_paths() -> Value {
         json!({ "get": { "tags": tags, "summary": "Gorse: a user's feedback, newest first", "operationId": if typed { "gorseUserFeedbackOfType" } else { "gorseUserFeedback" },
             "parameters": parameters, "responses": with_errors(json!({ "200": json_of("Feedback", json!({ "type": "array", "items": feedback })) }), &[400, 404]) } })
     };
+    let cursor_params = json!([
+        { "name": "n", "in": "query", "description": "Page size (default 10, at most limits.max_page_size)", "schema": { "type": "integer", "minimum": 1 } },
+        { "name": "cursor", "in": "query", "description": "Empty for the first page, then the previous answer's Cursor", "schema": { "type": "string" } }
+    ]);
+    let listing = |name: &str, row: &Value, what: &str, id: &str, typed: bool| {
+        let mut parameters = cursor_params.as_array().cloned().unwrap_or_default();
+        if typed {
+            parameters.push(json!({ "name": "type", "in": "path", "required": true, "schema": { "type": "string" } }));
+        }
+        json!({ "tags": tags, "summary": format!("Gorse: {what}, a page at a time"), "operationId": id, "parameters": parameters,
+            "responses": with_errors(json!({ "200": json_of("A page and the next page's cursor (empty after the last page)",
+                json!({ "type": "object", "properties": { "Cursor": { "type": "string" }, name: { "type": "array", "items": row } } })) }), &[400]) })
+    };
+    let category = json!({ "name": "category", "in": "path", "required": true, "schema": { "type": "string" } });
+    let patch = json!({ "type": "object", "additionalProperties": false, "properties": {
+        "IsHidden": { "type": "boolean" }, "Categories": { "type": "array", "items": { "type": "string" } }, "Timestamp": { "type": "string" },
+        "Labels": { "description": "Replaces the labels" }, "Comment": { "type": "string" } } });
     json!({
         "/api/feedback": { "post": { "tags": tags, "summary": "Gorse: insert feedback (stored as events of type FeedbackType)", "operationId": "gorseInsertFeedback",
             "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": feedback } } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 413, 415, 503, 507]) } },
+            "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 413, 415, 503, 507]) },
+            "get": listing("Feedback", &feedback, "all feedback in the order stored", "gorseListFeedback", false) },
+        "/api/feedback/{type}": { "get": listing("Feedback", &feedback, "the feedback of one type", "gorseListFeedbackOfType", true) },
+        "/api/users": { "post": { "tags": tags, "summary": "Gorse: create or replace users", "operationId": "gorseInsertUsers",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": user } } } },
+            "responses": with_errors(json!({ "200": affected }), &[400, 413, 415, 507]) },
+            "get": listing("Users", &user, "all users", "gorseListUsers", false) },
+        "/api/items": { "post": { "tags": tags, "summary": "Gorse: create or replace items", "operationId": "gorseInsertItems",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": item } } } },
+            "responses": with_errors(json!({ "200": affected }), &[400, 409, 413, 415, 507]) },
+            "get": listing("Items", &item, "all items", "gorseListItems", false) },
+        "/api/item/{key}/category/{category}": { "parameters": [key, category],
+            "put": { "tags": tags, "summary": "Gorse: add a category to an item", "operationId": "gorseAddItemCategory",
+                "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 507]) },
+            "delete": { "tags": tags, "summary": "Gorse: remove a category from an item", "operationId": "gorseRemoveItemCategory",
+                "responses": with_errors(json!({ "200": affected }), &[400, 404, 507]) } },
+        "/api/popular/{category}": { "get": { "tags": tags, "summary": "Gorse: popular items in a category", "operationId": "gorsePopularCategory",
+            "parameters": [category, paging[0], paging[1]], "responses": with_errors(json!({ "200": scores }), &[400]) } },
+        "/api/latest/{category}": { "get": { "tags": tags, "summary": "Gorse: trending items in a category", "operationId": "gorseLatestCategory",
+            "parameters": [category, paging[0], paging[1]], "responses": with_errors(json!({ "200": scores }), &[400]) } },
         "/api/user/{key}/feedback": user_feedback(false),
         "/api/user/{key}/feedback/{type}": user_feedback(true),
         "/api/user": { "post": { "tags": tags, "summary": "Gorse: create or replace a user", "operationId": "gorseInsertUser",
             "requestBody": { "required": true, "content": { "application/json": { "schema": user } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 413, 415, 507]) } },
-        "/api/users": { "post": { "tags": tags, "summary": "Gorse: create or replace users", "operationId": "gorseInsertUsers",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": user } } } },
             "responses": with_errors(json!({ "200": affected }), &[400, 413, 415, 507]) } },
         "/api/user/{key}": { "parameters": [key],
             "get": { "tags": tags, "summary": "Gorse: get a user", "operationId": "gorseGetUser",
@@ -368,12 +401,12 @@ fn gorse_paths() -> Value {
         "/api/item": { "post": { "tags": tags, "summary": "Gorse: create or replace an item", "operationId": "gorseInsertItem",
             "requestBody": { "required": true, "content": { "application/json": { "schema": item } } },
             "responses": with_errors(json!({ "200": affected }), &[400, 409, 413, 415, 507]) } },
-        "/api/items": { "post": { "tags": tags, "summary": "Gorse: create or replace items", "operationId": "gorseInsertItems",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": item } } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 409, 413, 415, 507]) } },
         "/api/item/{key}": { "parameters": [key],
             "get": { "tags": tags, "summary": "Gorse: get an item", "operationId": "gorseGetItem",
                 "responses": with_errors(json!({ "200": json_of("The item", item) }), &[400, 404]) },
+            "patch": { "tags": tags, "summary": "Gorse: change the fields given, keep the others", "operationId": "gorsePatchItem",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": patch } } },
+                "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 413, 415, 507]) },
             "delete": { "tags": tags, "summary": "Gorse: delete an item and its events", "operationId": "gorseDeleteItem",
                 "responses": with_errors(json!({ "200": affected }), &[400, 404, 507]) } },
         "/api/item/{key}/neighbors": { "get": { "tags": tags, "summary": "Gorse: similar items (the configured similar-items model)", "operationId": "gorseNeighbors",

@@ -12,7 +12,8 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use bespoke_store::{ConsentUpdate, ItemUpsert, NewEvent, UserUpsert};
+use bespoke_algo::{ItemIdx, UserIdx};
+use bespoke_store::{ConsentUpdate, Event, Item, ItemUpsert, NewEvent, User, UserUpsert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -224,24 +225,32 @@ async fn user_feedback(
     let out = page
         .items
         .into_iter()
-        .filter(|e| e.kind != crate::settings::IMPRESSION)
-        .filter(|e| kind.as_ref().is_none_or(|k| *k == e.kind))
-        .map(|e| Feedback {
-            comment: e
-                .context
-                .as_ref()
-                .and_then(|c| c.get(COMMENT))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            feedback_type: e.kind,
-            user_id: e.user,
-            item_id: e.item,
-            timestamp: format_rfc3339(e.timestamp),
-            value: e.value,
-        })
+        .filter(|e| is_feedback(e, kind.as_deref()))
+        .map(feedback_of)
         .collect();
     Ok(Json(out))
+}
+
+/// Whether an event is feedback (impressions are not) of type `kind` when one is asked for.
+fn is_feedback(e: &Event, kind: Option<&str>) -> bool {
+    e.kind != crate::settings::IMPRESSION && kind.is_none_or(|k| k == e.kind)
+}
+
+fn feedback_of(e: Event) -> Feedback {
+    Feedback {
+        comment: e
+            .context
+            .as_ref()
+            .and_then(|c| c.get(COMMENT))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        feedback_type: e.kind,
+        user_id: e.user,
+        item_id: e.item,
+        timestamp: format_rfc3339(e.timestamp),
+        value: e.value,
+    }
 }
 
 pub(crate) async fn list_user_feedback(
@@ -345,8 +354,12 @@ pub(crate) async fn get_user(
     let user = blocking(move || engine.get_user(&k).map_err(ApiError::from))
         .await?
         .ok_or_else(|| ApiError::not_found("user", &key))?;
+    Ok(Json(gorse_user(user)))
+}
+
+fn gorse_user(user: User) -> GorseUser {
     let a = &user.attributes;
-    Ok(Json(GorseUser {
+    GorseUser {
         labels: labels_from(a, &[COMMENT, SUBSCRIBE]),
         comment: a
             .get(COMMENT)
@@ -356,8 +369,8 @@ pub(crate) async fn get_user(
         subscribe: a
             .get(SUBSCRIBE)
             .and_then(|v| serde_json::from_value(v.clone()).ok()),
-        user_id: key,
-    }))
+        user_id: user.key,
+    }
 }
 
 /// `DELETE /api/user/{key}`: erases the user, as `DELETE /v1/users/{key}` does.
@@ -441,14 +454,7 @@ async fn put_items(
             .collect();
         let known = engine.categories_after(&all);
         if known > max {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "too_many_categories",
-                format!(
-                    "these items would bring the distinct categories to {known}; the limit (limits.max_categories) is {max}"
-                ),
-            )
-            .at("Categories"));
+            return Err(too_many_categories(known, max));
         }
         engine
             .put_items(upserts)
@@ -486,8 +492,12 @@ pub(crate) async fn get_item(
     let item = blocking(move || engine.get_item(&k).map_err(ApiError::from))
         .await?
         .ok_or_else(|| ApiError::not_found("item", &key))?;
+    Ok(Json(gorse_item(item)))
+}
+
+fn gorse_item(item: Item) -> GorseItem {
     let a = &item.attributes;
-    Ok(Json(GorseItem {
+    GorseItem {
         is_hidden: !item.available,
         categories: Some(item.categories.clone()),
         timestamp: a
@@ -496,8 +506,264 @@ pub(crate) async fn get_item(
             .map_or_else(|| format_rfc3339(item.created_at), str::to_owned),
         labels: labels_from(a, &[TIMESTAMP]),
         comment: item.text.get(COMMENT).cloned().unwrap_or_default(),
-        item_id: key,
-    }))
+        item_id: item.key,
+    }
+}
+
+/// The changes of `PATCH /api/item/{key}`: what is given replaces the stored value.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub(crate) struct ItemPatch {
+    is_hidden: Option<bool>,
+    categories: Option<Vec<String>>,
+    timestamp: Option<String>,
+    labels: Option<Value>,
+    comment: Option<String>,
+}
+
+/// The stored item as an upsert that writes it back unchanged.
+fn unchanged(item: Item) -> ItemUpsert {
+    ItemUpsert {
+        key: item.key,
+        categories: item.categories,
+        text: item.text,
+        numeric: item.numeric,
+        attributes: item.attributes,
+        embeddings: item.embeddings,
+        available: item.available,
+    }
+}
+
+/// Reads an item, changes it and writes it back, on the blocking pool. Two changes of one item
+/// at the same moment may both read the same version; the later write wins, as with Gorse.
+async fn change_item(
+    state: &AppState,
+    key: String,
+    change: impl FnOnce(&mut ItemUpsert) -> Result<(), ApiError> + Send + 'static,
+) -> Result<Json<Affected>, ApiError> {
+    let max_key = key_limit(state);
+    validate_key("key", &key, max_key)?;
+    let engine = state.engine.clone();
+    blocking(move || {
+        let item = engine
+            .get_item(&key)?
+            .ok_or_else(|| ApiError::not_found("item", &key))?;
+        let mut upsert = unchanged(item);
+        change(&mut upsert)?;
+        check_item(&upsert, max_key).map_err(|f| ApiError::invalid(f.field, f.message))?;
+        let max = engine.settings().limits.max_categories;
+        let known = engine.categories_after(&upsert.categories);
+        if known > max {
+            return Err(too_many_categories(known, max));
+        }
+        engine.put_items(vec![upsert])?;
+        Ok(Json(Affected { row_affected: 1 }))
+    })
+    .await
+}
+
+/// `PATCH /api/item/{key}`: changes the fields given, keeps the others.
+pub(crate) async fn patch_item(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    JsonBody(patch): JsonBody<ItemPatch>,
+) -> Result<Json<Affected>, ApiError> {
+    let timestamp = match &patch.timestamp {
+        Some(t) => parse_time("Timestamp", t)?,
+        None => None,
+    };
+    change_item(&state, key, move |u| {
+        if let Some(hidden) = patch.is_hidden {
+            u.available = !hidden;
+        }
+        if let Some(c) = patch.categories {
+            u.categories = c;
+        }
+        if let Some(t) = timestamp {
+            u.attributes
+                .insert(TIMESTAMP.into(), Value::String(format_rfc3339(t)));
+        }
+        if let Some(labels) = patch.labels {
+            // New labels replace the old ones, not the other Gorse fields kept as attributes.
+            let kept = u.attributes.remove(TIMESTAMP);
+            u.attributes.clear();
+            labels_into(labels, &mut u.attributes);
+            if let Some(t) = kept {
+                u.attributes.insert(TIMESTAMP.into(), t);
+            }
+        }
+        if let Some(c) = patch.comment {
+            if c.is_empty() {
+                u.text.remove(COMMENT);
+            } else {
+                u.text.insert(COMMENT.to_owned(), c);
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `PUT /api/item/{key}/category/{category}`: adds a category (once).
+pub(crate) async fn add_item_category(
+    State(state): State<AppState>,
+    Path((key, category)): Path<(String, String)>,
+) -> Result<Json<Affected>, ApiError> {
+    change_item(&state, key, move |u| {
+        if !u.categories.contains(&category) {
+            u.categories.push(category);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `DELETE /api/item/{key}/category/{category}`: removes a category.
+pub(crate) async fn remove_item_category(
+    State(state): State<AppState>,
+    Path((key, category)): Path<(String, String)>,
+) -> Result<Json<Affected>, ApiError> {
+    change_item(&state, key, move |u| {
+        u.categories.retain(|c| *c != category);
+        Ok(())
+    })
+    .await
+}
+
+fn too_many_categories(known: usize, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "too_many_categories",
+        format!(
+            "these items would bring the distinct categories to {known}; the limit (limits.max_categories) is {max}"
+        ),
+    )
+    .at("Categories")
+}
+
+/// Gorse's cursor listings: `n` (default 10, at most `limits.max_page_size`) and `cursor`, an
+/// opaque string that is empty at the start and in the answer after the last page. Bespoke's
+/// cursor is the last internal id (or event sequence number) of the page.
+fn cursor_page(state: &AppState, params: &Params) -> Result<(usize, Option<u64>), ApiError> {
+    params.allow(&["n", "cursor"])?;
+    let max = state.engine.settings().limits.max_page_size;
+    let n = params.int("n", 10.min(max), 1, max)?;
+    let cursor = match params.get("cursor").unwrap_or_default() {
+        "" => None,
+        c => Some(c.parse::<u64>().map_err(|_| {
+            ApiError::invalid(
+                "cursor",
+                "cursor must be a value from an earlier answer's Cursor",
+            )
+        })?),
+    };
+    Ok((n, cursor))
+}
+
+/// `{"Cursor": ..., "<name>": [...]}`: the next page's cursor, empty after the last page.
+fn listing<T: Serialize>(name: &str, rows: Vec<T>, full: bool, last: Option<u64>) -> Json<Value> {
+    let cursor = match last {
+        Some(l) if full => l.to_string(),
+        _ => String::new(),
+    };
+    let mut out = Map::new();
+    out.insert("Cursor".into(), Value::String(cursor));
+    out.insert(
+        name.into(),
+        serde_json::to_value(rows).unwrap_or(Value::Null),
+    );
+    Json(Value::Object(out))
+}
+
+fn idx_u32(cursor: Option<u64>) -> Result<Option<u32>, ApiError> {
+    cursor
+        .map(|c| u32::try_from(c).map_err(|_| ApiError::invalid("cursor", "cursor out of range")))
+        .transpose()
+}
+
+/// `GET /api/users`: every user, in creation order. With pseudonymized keys
+/// (`privacy.pseudonymize_user_keys`) the listing shows the pseudonyms.
+pub(crate) async fn list_users(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let (n, cursor) = cursor_page(&state, &params)?;
+    let after = idx_u32(cursor)?.map(UserIdx);
+    let engine = state.engine.clone();
+    let users =
+        blocking(move || engine.store().scan_users(after, n).map_err(ApiError::from)).await?;
+    let last = users.last().map(|u| u64::from(u.idx.0));
+    let full = users.len() == n;
+    Ok(listing(
+        "Users",
+        users.into_iter().map(gorse_user).collect(),
+        full,
+        last,
+    ))
+}
+
+/// `GET /api/items`: every item, in creation order.
+pub(crate) async fn list_items(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let (n, cursor) = cursor_page(&state, &params)?;
+    let after = idx_u32(cursor)?.map(ItemIdx);
+    let engine = state.engine.clone();
+    let items =
+        blocking(move || engine.store().scan_items(after, n).map_err(ApiError::from)).await?;
+    let last = items.last().map(|i| u64::from(i.idx.0));
+    let full = items.len() == n;
+    Ok(listing(
+        "Items",
+        items.into_iter().map(gorse_item).collect(),
+        full,
+        last,
+    ))
+}
+
+async fn feedback_listing(
+    state: AppState,
+    params: Params,
+    kind: Option<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (n, cursor) = cursor_page(&state, &params)?;
+    let engine = state.engine.clone();
+    let events = blocking(move || {
+        engine
+            .store()
+            .scan_events(cursor.unwrap_or(0), n)
+            .map_err(ApiError::from)
+    })
+    .await?;
+    let last = events.last().map(|e| e.seq);
+    let full = events.len() == n;
+    // A page may hold fewer than n feedback (impressions and other types are skipped), never
+    // more; the cursor still moves past what was read.
+    let rows = events
+        .into_iter()
+        .filter(|e| is_feedback(e, kind.as_deref()))
+        .map(feedback_of)
+        .collect();
+    Ok(listing("Feedback", rows, full, last))
+}
+
+/// `GET /api/feedback`: all feedback in the order it was stored. With pseudonymized keys the
+/// user ids are the pseudonyms.
+pub(crate) async fn list_feedback(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    feedback_listing(state, params, None).await
+}
+
+/// `GET /api/feedback/{type}`: the feedback of one type.
+pub(crate) async fn list_feedback_of_type(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    feedback_listing(state, params, Some(kind)).await
 }
 
 /// `DELETE /api/item/{key}`: deletes the item and its events.
@@ -666,9 +932,10 @@ async fn ranked_popular(
     state: &AppState,
     params: &Params,
     sort: PopularSort,
+    category: Option<String>,
 ) -> Result<Json<Vec<Scored>>, ApiError> {
     let paging = paging(state, params, &["n", "offset"])?;
-    let req = request(state, &paging, Vec::new())?;
+    let req = request(state, &paging, category.into_iter().collect())?;
     let out = state
         .engine
         .serving()
@@ -685,7 +952,16 @@ pub(crate) async fn popular(
     State(state): State<AppState>,
     params: Params,
 ) -> Result<Json<Vec<Scored>>, ApiError> {
-    ranked_popular(&state, &params, PopularSort::Count).await
+    ranked_popular(&state, &params, PopularSort::Count, None).await
+}
+
+/// `GET /api/popular/{category}`.
+pub(crate) async fn popular_category(
+    State(state): State<AppState>,
+    Path(category): Path<String>,
+    params: Params,
+) -> Result<Json<Vec<Scored>>, ApiError> {
+    ranked_popular(&state, &params, PopularSort::Count, Some(category)).await
 }
 
 /// `GET /api/latest`: Bespoke keeps no index of items by time, so "latest" is the trending
@@ -694,7 +970,16 @@ pub(crate) async fn latest(
     State(state): State<AppState>,
     params: Params,
 ) -> Result<Json<Vec<Scored>>, ApiError> {
-    ranked_popular(&state, &params, PopularSort::Trending).await
+    ranked_popular(&state, &params, PopularSort::Trending, None).await
+}
+
+/// `GET /api/latest/{category}`.
+pub(crate) async fn latest_category(
+    State(state): State<AppState>,
+    Path(category): Path<String>,
+    params: Params,
+) -> Result<Json<Vec<Scored>>, ApiError> {
+    ranked_popular(&state, &params, PopularSort::Trending, Some(category)).await
 }
 
 /// `POST /api/session/recommend`: recommendations for a session given as Gorse feedback (its

@@ -269,6 +269,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     // The Gorse-compatible API (`api::gorse`, docs/gorse.md), with the native scopes.
     ("POST", "/api/feedback", Access::Needs(Scope::Write)),
+    ("GET", "/api/feedback", Access::Needs(Scope::Write)),
+    ("GET", "/api/feedback/{type}", Access::Needs(Scope::Write)),
     (
         "GET",
         "/api/user/{key}/feedback",
@@ -281,12 +283,25 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("POST", "/api/user", Access::Needs(Scope::Write)),
     ("POST", "/api/users", Access::Needs(Scope::Write)),
+    ("GET", "/api/users", Access::Needs(Scope::Write)),
     ("GET", "/api/user/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/api/user/{key}", Access::Needs(Scope::Write)),
     ("POST", "/api/item", Access::Needs(Scope::Write)),
     ("POST", "/api/items", Access::Needs(Scope::Write)),
+    ("GET", "/api/items", Access::Needs(Scope::Read)),
     ("GET", "/api/item/{key}", Access::Needs(Scope::Read)),
+    ("PATCH", "/api/item/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/api/item/{key}", Access::Needs(Scope::Write)),
+    (
+        "PUT",
+        "/api/item/{key}/category/{category}",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "DELETE",
+        "/api/item/{key}/category/{category}",
+        Access::Needs(Scope::Write),
+    ),
     (
         "GET",
         "/api/item/{key}/neighbors",
@@ -300,7 +315,9 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Needs(Scope::Read),
     ),
     ("GET", "/api/popular", Access::Needs(Scope::Read)),
+    ("GET", "/api/popular/{category}", Access::Needs(Scope::Read)),
     ("GET", "/api/latest", Access::Needs(Scope::Read)),
+    ("GET", "/api/latest/{category}", Access::Needs(Scope::Read)),
     ("POST", "/api/session/recommend", Access::Needs(Scope::Read)),
 ];
 
@@ -365,6 +382,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 Method::HEAD,
                 Method::POST,
                 Method::PUT,
+                Method::PATCH,
                 Method::DELETE,
             ])
             .allow_headers([
@@ -509,23 +527,39 @@ pub fn router(state: AppState) -> Router {
             "/personalizer/v1.1-preview.1/multislot/events/{key}/activate",
             post(personalizer::activate),
         )
-        .route("/api/feedback", post(gorse::insert_feedback))
+        .route(
+            "/api/feedback",
+            post(gorse::insert_feedback).get(gorse::list_feedback),
+        )
+        .route("/api/feedback/{type}", get(gorse::list_feedback_of_type))
         .route("/api/user/{key}/feedback", get(gorse::list_user_feedback))
         .route(
             "/api/user/{key}/feedback/{type}",
             get(gorse::list_user_feedback_of_type),
         )
         .route("/api/user", post(gorse::insert_user))
-        .route("/api/users", post(gorse::insert_users))
+        .route(
+            "/api/users",
+            post(gorse::insert_users).get(gorse::list_users),
+        )
         .route(
             "/api/user/{key}",
             get(gorse::get_user).delete(gorse::delete_user),
         )
         .route("/api/item", post(gorse::insert_item))
-        .route("/api/items", post(gorse::insert_items))
+        .route(
+            "/api/items",
+            post(gorse::insert_items).get(gorse::list_items),
+        )
         .route(
             "/api/item/{key}",
-            get(gorse::get_item).delete(gorse::delete_item),
+            get(gorse::get_item)
+                .patch(gorse::patch_item)
+                .delete(gorse::delete_item),
+        )
+        .route(
+            "/api/item/{key}/category/{category}",
+            put(gorse::add_item_category).delete(gorse::remove_item_category),
         )
         .route("/api/item/{key}/neighbors", get(gorse::neighbors))
         .route("/api/recommend/{key}", get(gorse::recommend))
@@ -535,7 +569,9 @@ pub fn router(state: AppState) -> Router {
             get(gorse::recommend_category),
         )
         .route("/api/popular", get(gorse::popular))
+        .route("/api/popular/{category}", get(gorse::popular_category))
         .route("/api/latest", get(gorse::latest))
+        .route("/api/latest/{category}", get(gorse::latest_category))
         .route("/api/session/recommend", post(gorse::session_recommend))
         // Only matched routes reach `authorize`; unknown paths get a plain 404.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -840,7 +876,7 @@ mod tests {
             };
             // Routes are `METHOD /path` in backticks; other backticked words are not routes.
             for quoted in routes.split('`').skip(1).step_by(2) {
-                for method in ["GET", "POST", "PUT", "DELETE"] {
+                for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
                     if let Some(path) = quoted
                         .strip_prefix(method)
                         .and_then(|p| p.strip_prefix(' '))

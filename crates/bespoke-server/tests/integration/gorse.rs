@@ -283,6 +283,149 @@ async fn gorse_routes_answer_in_gorse_shapes() {
     );
 }
 
+/// Every page of a cursor listing, following `Cursor` until it is empty.
+async fn all_pages(srv: &TestServer, key: &str, path: &str, field: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..100 {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{path}{sep}n=4&cursor={cursor}");
+        let (status, body) = call(srv, key, Method::GET, &url, None).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        let page = body[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("{field}: {body}"));
+        assert!(page.len() <= 4, "{body}");
+        out.extend(page.iter().cloned());
+        cursor = body["Cursor"].as_str().expect("Cursor").to_owned();
+        if cursor.is_empty() {
+            return out;
+        }
+    }
+    panic!("{path}: the cursor never ended");
+}
+
+#[tokio::test]
+async fn gorse_listings_patches_and_categories() {
+    let srv = start().await;
+    let write = key(&srv, &[Scope::Write]).await;
+    let read = key(&srv, &[Scope::Read]).await;
+    let users: Vec<Value> = (0..10)
+        .map(|i| json!({"UserId": format!("u{i}")}))
+        .collect();
+    call(&srv, &write, Method::POST, "/api/users", Some(json!(users))).await;
+    let items: Vec<Value> = (0..9)
+        .map(|i| json!({"ItemId": format!("i{i}"), "Categories": [if i % 3 == 0 { "tea" } else { "coffee" }]}))
+        .collect();
+    call(&srv, &write, Method::POST, "/api/items", Some(json!(items))).await;
+    let mut fb = Vec::new();
+    for u in 0..10 {
+        for i in 0..3 {
+            let kind = if i == 0 { "like" } else { "view" };
+            fb.push(json!({"FeedbackType": kind, "UserId": format!("u{u}"), "ItemId": format!("i{}", (u + i) % 9), "Timestamp": ""}));
+        }
+    }
+    call(&srv, &write, Method::POST, "/api/feedback", Some(json!(fb))).await;
+
+    // Listings: every row exactly once across pages, in Gorse's shapes.
+    let listed = all_pages(&srv, &write, "/api/users", "Users").await;
+    let mut keys: Vec<&str> = listed
+        .iter()
+        .map(|u| u["UserId"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    let mut want: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+    let listed = all_pages(&srv, &read, "/api/items", "Items").await;
+    assert_eq!(listed.len(), 9);
+    assert_eq!(listed[0]["ItemId"], "i0");
+    assert_eq!(listed[0]["Categories"], json!(["tea"]));
+    let listed = all_pages(&srv, &write, "/api/feedback", "Feedback").await;
+    assert_eq!(listed.len(), 30);
+    let likes = all_pages(&srv, &write, "/api/feedback/like", "Feedback").await;
+    assert_eq!(likes.len(), 10);
+    assert!(
+        likes.iter().all(|f| f["FeedbackType"] == "like"),
+        "{likes:?}"
+    );
+    // Users and feedback are personal data: a read key lists only the catalog.
+    let (status, _) = call(&srv, &read, Method::GET, "/api/users", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(&srv, &read, Method::GET, "/api/feedback", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = call(&srv, &write, Method::GET, "/api/users?cursor=abc", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "cursor", "{body}");
+
+    // PATCH changes what it names and keeps the rest.
+    let (status, body) = call(
+        &srv,
+        &write,
+        Method::PATCH,
+        "/api/item/i1",
+        Some(json!({"IsHidden": true, "Comment": "dark roast"})),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 1})));
+    let (_, body) = call(&srv, &read, Method::GET, "/api/item/i1", None).await;
+    assert_eq!(body["IsHidden"], true, "{body}");
+    assert_eq!(body["Comment"], "dark roast", "{body}");
+    assert_eq!(body["Categories"], json!(["coffee"]), "{body}");
+    let (status, body) = call(
+        &srv,
+        &write,
+        Method::PATCH,
+        "/api/item/i1",
+        Some(json!({"Colour": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = call(
+        &srv,
+        &write,
+        Method::PATCH,
+        "/api/item/nope",
+        Some(json!({"IsHidden": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(
+        &srv,
+        &read,
+        Method::PATCH,
+        "/api/item/i1",
+        Some(json!({"IsHidden": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Categories one at a time, and the popular and latest items of a category.
+    let (status, _) = call(&srv, &write, Method::PUT, "/api/item/i2/category/tea", None).await;
+    assert_eq!(status, StatusCode::OK);
+    call(&srv, &write, Method::PUT, "/api/item/i2/category/tea", None).await;
+    let (_, body) = call(&srv, &read, Method::GET, "/api/item/i2", None).await;
+    assert_eq!(body["Categories"], json!(["coffee", "tea"]), "{body}");
+    let (status, _) = call(
+        &srv,
+        &write,
+        Method::DELETE,
+        "/api/item/i2/category/coffee",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = call(&srv, &read, Method::GET, "/api/item/i2", None).await;
+    assert_eq!(body["Categories"], json!(["tea"]), "{body}");
+    for path in ["/api/popular/tea?n=9", "/api/latest/tea?n=9"] {
+        let (status, body) = call(&srv, &read, Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let mut got = ids(&body);
+        got.sort();
+        assert_eq!(got, ["i0", "i2", "i3", "i6"], "{path}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn gorse_python_client() {
     let srv = start().await;
