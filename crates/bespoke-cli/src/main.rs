@@ -147,17 +147,114 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+/// What must outlive the command for its telemetry to be complete: dropping it sends the traces
+/// still buffered.
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(p) = self.traces.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("warning: sending the last traces failed: {e}");
+        }
+    }
+}
+
+/// Logs on stderr filtered by `log.level`, and, with `log.otlp_endpoint`, spans exported over
+/// OTLP. Each output has its own filter, so that the request and pipeline spans (debug level)
+/// reach the collector without debug lines in the log.
+fn init_logging(settings: &Settings) -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .with_context(|| format!("log.level {:?} is not a valid filter", settings.log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match settings.log.format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    #[cfg(feature = "otlp")]
+    {
+        let (layer, traces) = match &settings.log.otlp_endpoint {
+            Some(endpoint) => {
+                let (layer, provider) = otlp::layer(endpoint, &settings.log.service_name)?;
+                (Some(layer), Some(provider))
+            }
+            None => (None, None),
+        };
+        registry.with(layer).init();
+        Ok(Telemetry { traces })
     }
-    Ok(())
+    #[cfg(not(feature = "otlp"))]
+    {
+        if settings.log.otlp_endpoint.is_some() {
+            anyhow::bail!(
+                "log.otlp_endpoint is set, but this binary was built without the otlp feature (cargo build --release --features otlp)"
+            );
+        }
+        registry.init();
+        Ok(Telemetry {})
+    }
+}
+
+/// Span export over OTLP/HTTP (protobuf), batched on the exporter's own thread.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use anyhow::Context as _;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+
+    /// The tracing layer that exports to `endpoint`, and the provider that flushes it.
+    pub(crate) fn layer<S>(
+        endpoint: &str,
+        service: &str,
+    ) -> anyhow::Result<(
+        Box<dyn tracing_subscriber::Layer<S> + Send + Sync>,
+        SdkTracerProvider,
+    )>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+    {
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(&url)
+            .build()
+            .with_context(|| format!("log.otlp_endpoint: the OTLP exporter for {url}"))?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(service.to_owned())
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("bespoke");
+        // Bespoke's own spans down to the pipeline stages and store calls (debug); the rest
+        // (hyper, tower) at info.
+        let targets = Targets::new()
+            .with_default(LevelFilter::INFO)
+            .with_target("bespoke_server", LevelFilter::DEBUG)
+            .with_target("bespoke_store", LevelFilter::DEBUG);
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(targets)
+            .boxed();
+        Ok((layer, provider))
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -206,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if quiet_default {
         settings.log.level = "warn".into();
     }
-    init_logging(&settings)?;
+    let _telemetry = init_logging(&settings)?;
     match cli.command {
         Command::Serve { bind } => {
             if let Some(bind) = bind {

@@ -1086,6 +1086,11 @@ pub struct LogSettings {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+    /// Where to send traces over OTLP/HTTP (`http://collector:4318`; `/v1/traces` is added).
+    /// Needs a binary built with the `otlp` feature. Off when absent.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported traces.
+    pub service_name: String,
 }
 
 impl Default for LogSettings {
@@ -1093,6 +1098,8 @@ impl Default for LogSettings {
         Self {
             level: "info".into(),
             format: LogFormat::Text,
+            otlp_endpoint: None,
+            service_name: "bespoke".into(),
         }
     }
 }
@@ -1249,6 +1256,14 @@ impl Settings {
             return Err(invalid(
                 "server.max_connections",
                 format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        if let Some(e) = &self.log.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(invalid(
+                "log.otlp_endpoint",
+                "must be an http:// or https:// URL (OTLP over HTTP, e.g. http://127.0.0.1:4318)",
             ));
         }
         let url = &self.store.url;

@@ -11,6 +11,8 @@ mod crash_postgres;
 mod logs;
 mod migrate;
 mod ope;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod tune;
 
 fn bespoke(data: &Path, args: &[&str]) -> Output {

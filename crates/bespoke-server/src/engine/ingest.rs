@@ -39,7 +39,12 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let appended = self.store.append_events(batch)?;
+        let appended = {
+            let _store =
+                tracing::debug_span!("store.append_events", events = kinds.len()).entered();
+            self.store.append_events(batch)?
+        };
+        let _apply = tracing::debug_span!("apply").entered();
         if !times.is_empty() {
             let fresh: Vec<(&str, &str, &str, i64)> = appended
                 .iter()

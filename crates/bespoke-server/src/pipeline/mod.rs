@@ -161,6 +161,9 @@ impl Serving {
         source: Source<'_>,
         req: &RankRequest,
     ) -> Result<Option<Recommendations>, NeedsAttributes> {
+        // Debug-level spans: free unless a subscriber wants them (the OTLP exporter does).
+        let _rank =
+            tracing::debug_span!("rank", route = source.route().name(), n = req.n).entered();
         let model = self.model.load_full();
         let s = self.state.read();
         let m = model.as_deref();
@@ -190,12 +193,19 @@ impl Serving {
                 |n, r| r.wants(req.n).max(n),
             )
             .min(self.settings.limits.max_n.max(req.n));
-        let Some(mut out) = self.retrieve(&s, m, source, req, &plan, fetch)? else {
+        let retrieved = {
+            let _stage = tracing::debug_span!("retrieve", fetch).entered();
+            self.retrieve(&s, m, source, req, &plan, fetch)?
+        };
+        let Some(mut out) = retrieved else {
             return Ok(None);
         };
-        plan.boost(&s, &mut out.items, full);
         let mut dropped = Vec::new();
-        plan.cap(&s, &mut out.items, req.n, &mut dropped);
+        {
+            let _stage = tracing::debug_span!("rules", candidates = out.items.len()).entered();
+            plan.boost(&s, &mut out.items, full);
+            plan.cap(&s, &mut out.items, req.n, &mut dropped);
+        }
         let pool = if plan.promotions.is_empty() {
             Vec::new()
         } else {
@@ -232,6 +242,7 @@ impl Serving {
         // n first and the rest in their order, so that a later stage (the protected share)
         // can still lift what an earlier one left below the cut.
         let last = rerankers.len().saturating_sub(1);
+        let rerank_span = tracing::debug_span!("rerank", stages = rerankers.len()).entered();
         for (k, r) in rerankers.iter().enumerate() {
             if k == last {
                 r.rerank(&cx, &mut out.items, req.n);
@@ -248,6 +259,7 @@ impl Serving {
             }
         }
         out.items.truncate(req.n);
+        drop(rerank_span);
         for p in plan.promotions.iter().filter(|p| p.slot <= req.n) {
             let matching = |r: &Recommendation| {
                 s.items
