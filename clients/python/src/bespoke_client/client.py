@@ -62,6 +62,7 @@ from .types import (
     SegmentSizes,
     SessionItem,
     Similar,
+    Started,
     TrainOutcome,
     User,
     UserExport,
@@ -523,15 +524,15 @@ class Client(_Base):
 
     def train(
         self, *, wait: bool = True, timeout: Timeout = TRAIN_TIMEOUT
-    ) -> Optional[TrainOutcome]:
+    ) -> Union[TrainOutcome, Started]:
         """``POST /v1/models/train`` (admin): trains and activates a new model version.
 
         With ``wait`` (the default) it returns when the version is trained, within
         ``timeout`` seconds; without, the training runs in the background and this returns
-        ``None``. A training already running is a :class:`~bespoke_client.ConflictError`.
+        ``{"status": "started"}`` at once. A training already running is a :class:`~bespoke_client.ConflictError`.
         """
         c = _core.call("trainModels", query={"wait": wait}, timeout=timeout)
-        return cast(Optional[TrainOutcome], self._send(c))
+        return cast(Union[TrainOutcome, Started], self._send(c))
 
     def models(self) -> Models:
         """``GET /v1/models`` (admin): stored versions, the active one, held-out metrics and
@@ -893,13 +894,13 @@ class Client(_Base):
         budget: Optional[int] = None,
         wait: bool = True,
         timeout: Timeout = TRAIN_TIMEOUT,
-    ) -> Optional[TrainOutcome]:
+    ) -> Union[TrainOutcome, Started]:
         """``POST /v1/models/tune``: searches model types and hyperparameters (``budget``
-        configurations) on the stored data, then trains and activates the best, as
-        :meth:`train` does (``wait``, ``timeout``)."""
+        configurations) on the stored data, then trains and activates the best; ``wait`` and
+        ``timeout`` are :meth:`train`'s (without ``wait``: ``{"status": "started", ...}``)."""
         query = {"wait": wait, "budget": budget}
         c = _core.call("tuneModels", query=query, timeout=timeout)
-        return cast(Optional[TrainOutcome], self._send(c))
+        return cast(Union[TrainOutcome, Started], self._send(c))
 
     def activate_model(self, version: int) -> ActiveModel:
         """``POST /v1/models/{version}/activate``: serves a stored version (a rollback)."""
@@ -1257,10 +1258,10 @@ class AsyncClient(_Base):
 
     async def train(
         self, *, wait: bool = True, timeout: Timeout = TRAIN_TIMEOUT
-    ) -> Optional[TrainOutcome]:
+    ) -> Union[TrainOutcome, Started]:
         """See :meth:`Client.train`."""
         c = _core.call("trainModels", query={"wait": wait}, timeout=timeout)
-        return cast(Optional[TrainOutcome], await self._send(c))
+        return cast(Union[TrainOutcome, Started], await self._send(c))
 
     async def models(self) -> Models:
         """See :meth:`Client.models`."""
@@ -1588,11 +1589,11 @@ class AsyncClient(_Base):
         budget: Optional[int] = None,
         wait: bool = True,
         timeout: Timeout = TRAIN_TIMEOUT,
-    ) -> Optional[TrainOutcome]:
+    ) -> Union[TrainOutcome, Started]:
         """See :meth:`Client.tune`."""
         query = {"wait": wait, "budget": budget}
         c = _core.call("tuneModels", query=query, timeout=timeout)
-        return cast(Optional[TrainOutcome], await self._send(c))
+        return cast(Union[TrainOutcome, Started], await self._send(c))
 
     async def activate_model(self, version: int) -> ActiveModel:
         """See :meth:`Client.activate_model`."""

@@ -41,6 +41,7 @@ __all__ = [
     "ModelVersion",
     "Models",
     "TrainOutcome",
+    "Started",
     "Health",
     "ImpressionList",
     "ImpressionsStored",
@@ -380,6 +381,13 @@ class TrainOutcome(TypedDict, total=False):
     version: int
     activated: bool
     meta: JSONObject
+
+
+class Started(TypedDict, total=False):
+    """The answer to a training or tuning not waited for: it runs in the background."""
+
+    status: str
+    budget: int
 
 
 class Health(TypedDict, total=False):
