@@ -129,6 +129,12 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
             sorted((e["event_id"], e["type"]) for e in events),
             [(f"{list_id}#0", "impression"), (f"{list_id}#1", "impression")],
         )
+        session = await self.client.recommend_session(
+            ["b0"], n=4, model="knn", user=user, max_impressions=1
+        )
+        self.assertFalse({"b1", "b2"} & {r["item"] for r in session["items"]}, session)
+        again = await self.client.popular(n=20, user=user, no_repeat_lists=1)
+        self.assertEqual(len(again["items"]), 18, again)
 
         self.assertTrue((await self.client.hide(user, "a2"))["hidden"])
         hidden = await self.client.hidden(user)

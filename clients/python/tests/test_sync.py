@@ -263,6 +263,19 @@ class SyncClientTest(unittest.TestCase):
         with self.assertRaises(BadRequestError):
             self.client.record_impressions([{"user": user, "items": []}])
 
+        # The no-repeat policy reads them: shown once is too often with max_impressions=1.
+        seen = {"a1", "a2", "a3"}
+        default = self.client.popular(n=20, user=user)
+        self.assertLessEqual(seen, {r["item"] for r in default["items"]})
+        capped = self.client.popular(n=20, user=user, max_impressions=1)
+        self.assertEqual(len(capped["items"]), 17, capped)
+        self.assertFalse(seen & {r["item"] for r in capped["items"]}, capped)
+        fresh_list = self.client.recommend(user, n=20, no_repeat_lists=1)
+        self.assertFalse(seen & {r["item"] for r in fresh_list["items"]}, fresh_list)
+        why = self.client.why_not(user, "a1", n=20, max_impressions=1)
+        stages = [(s["stage"], s["outcome"], s.get("rule")) for s in why["stages"]]
+        self.assertIn(("rule", "removed", "no_repeat"), stages, why)
+
     def test_hidden_items_leave_every_list(self) -> None:
         user = fresh("sync-hide")
         self.client.send_events([{"user": user, "item": "b0", "type": "view"}])
@@ -421,6 +434,14 @@ class SyncClientTest(unittest.TestCase):
         self.assertTrue(0 < coverage <= 1, report)
         only_beta = self.client.fairness_report(k=5, users=10, seed=1, categories=["Beta"])
         self.assertLessEqual(only_beta["coverage"] or 0, 0.5, only_beta)
+
+        # FA*IR on a ranking route: an a-viewer's a-only list makes room for the protected group.
+        plain = self.client.recommend("u0", n=4, model="knn")
+        self.assertTrue(all(r["item"].startswith("a") for r in plain["items"]), plain)
+        fair = self.client.recommend(
+            "u0", n=4, model="knn", protected='category contains "Beta"', protected_share=0.5
+        )
+        self.assertTrue(any(r["item"].startswith("b") for r in fair["items"]), fair)
 
     def test_tune_and_activate_a_model_version(self) -> None:
         before = self.client.models()["active"]

@@ -57,7 +57,22 @@ _RANKING_QUERY = (
     "max_per_category",
     "skip_rules",
 )
-_RANKING_BODY = (
+_RERANK = (
+    "max_impressions",
+    "impression_window",
+    "no_repeat_lists",
+    "hide_similar",
+    "calibration",
+    "popularity",
+    "popularity_method",
+    "protected",
+    "protected_share",
+    "protected_alpha",
+)
+"""The no-repeat, hiding and fairness re-ranker parameters every ranking route takes, in the
+query or in the body alike."""
+_RANKING_QUERY = _RANKING_QUERY + _RERANK
+_RANKING_BODY = _RERANK + (
     "model",
     "context",
     "explain",

@@ -102,6 +102,33 @@ def _ranking(
     }
 
 
+def _rerank(
+    max_impressions: Optional[int],
+    impression_window: Optional[str],
+    no_repeat_lists: Optional[int],
+    hide_similar: Optional[float],
+    calibration: Optional[float],
+    popularity: Optional[float],
+    popularity_method: Optional[str],
+    protected: Optional[str],
+    protected_share: Optional[float],
+    protected_alpha: Optional[float],
+) -> Dict[str, Any]:
+    """The no-repeat, hiding and fairness parameters every ranking route takes."""
+    return {
+        "max_impressions": max_impressions,
+        "impression_window": impression_window,
+        "no_repeat_lists": no_repeat_lists,
+        "hide_similar": hide_similar,
+        "calibration": calibration,
+        "popularity": popularity,
+        "popularity_method": popularity_method,
+        "protected": protected,
+        "protected_share": protected_share,
+        "protected_alpha": protected_alpha,
+    }
+
+
 def _strs(value: Optional[StrList]) -> Optional[List[str]]:
     if value is None:
         return None
@@ -331,6 +358,16 @@ class Client(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Recommendations:
         """``GET /v1/users/{user}/recommendations``: the user's top ``n``, best first, each
         with its reasons.
@@ -347,12 +384,30 @@ class Client(_Base):
             promote: e.g. ``[{"slot": 3, "if": 'campaign = "winter"'}]``.
             max_per_category: at most this many results per category.
             skip_rules: saved rules not to apply (``"*"`` for all).
+            max_impressions: drop items shown to the user (:meth:`record_impressions`) this
+                many times within ``impression_window`` (``"24h"``, ``"7d"``) without an
+                interaction; ``no_repeat_lists``: drop what was in their last lists.
+            hide_similar: 0 to 1, how far items resembling one the user hid move down.
+            calibration: the calibration re-ranker's λ, 0 to 1 (categories follow the
+                user's history).
+            popularity: popularity debiasing's weight, 0 to 1, by ``popularity_method``
+                ``"xquad"`` or ``"inverse"``.
+            protected: an item expression naming a protected group that every prefix of the
+                list holds a ``protected_share`` of (FA*IR, significance ``protected_alpha``).
+
+        The server's configured defaults apply to every argument not given.
         """
         query = {"n": n, "model": model, "include_seen": include_seen}
         query.update(
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         c = _core.call("getRecommendations", {"key": user}, query=query)
@@ -376,6 +431,16 @@ class Client(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Recommendations:
         """``POST /v1/recommendations``: recommendations for a visitor without a user key,
         from the items of their session (oldest first; a key or ``{"item", "weight"}``) or,
@@ -393,6 +458,12 @@ class Client(_Base):
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        body.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         body["categories"] = body.pop("category")
@@ -414,6 +485,16 @@ class Client(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Similar:
         """``GET /v1/items/{item}/similar``: related items, best first; ``model`` is ``knn``
         (default), ``als`` or ``cooccurrence``. The other arguments are :meth:`recommend`'s."""
@@ -422,6 +503,12 @@ class Client(_Base):
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         return cast(Similar, self._send(_core.call("getSimilar", {"key": item}, query=query)))
@@ -442,6 +529,16 @@ class Client(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Popular:
         """``GET /v1/popular``: popular items (``window="7d"`` counts the last 7 days;
         ``sort="trending"`` decays with time). The other arguments are :meth:`recommend`'s."""
@@ -450,6 +547,12 @@ class Client(_Base):
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         return cast(Popular, self._send(_core.call("getPopular", query=query)))
@@ -469,6 +572,16 @@ class Client(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Ranked:
         """``POST /v1/users/{user}/rank``: ranks supplied candidates (up to 1,000, each once)
         for the user, best first. Items nothing can score come last with ``"unknown": True``
@@ -486,6 +599,12 @@ class Client(_Base):
             "max_per_category": max_per_category,
             "skip_rules": _strs(skip_rules),
         }
+        body.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
+            )
+        )
         return cast(Ranked, self._send(_core.call("rankItems", {"key": user}, body=body)))
 
     def decide(
@@ -529,7 +648,8 @@ class Client(_Base):
 
         With ``wait`` (the default) it returns when the version is trained, within
         ``timeout`` seconds; without, the training runs in the background and this returns
-        ``{"status": "started"}`` at once. A training already running is a :class:`~bespoke_client.ConflictError`.
+        ``{"status": "started"}`` at once. A training already running is a
+        :class:`~bespoke_client.ConflictError`.
         """
         c = _core.call("trainModels", query={"wait": wait}, timeout=timeout)
         return cast(Union[TrainOutcome, Started], self._send(c))
@@ -582,6 +702,16 @@ class Client(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> WhyNot:
         """``GET /v1/users/{user}/explain``: where ``item`` ranks in the user's top ``n``
         under the same arguments as :meth:`recommend`, and which stage (filter, rule,
@@ -591,6 +721,12 @@ class Client(_Base):
             _ranking(
                 categories, exclude, None, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         c = _core.call("whyNot", {"key": user}, query=query)
@@ -866,6 +1002,16 @@ class Client(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> FairnessReport:
         """``GET /v1/reports/fairness``: coverage, Gini, long tail, popularity lift and
         miscalibration of the served top-``k`` lists (of a seeded sample of ``users``), with
@@ -884,6 +1030,12 @@ class Client(_Base):
             _ranking(
                 categories, None, None, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         return cast(FairnessReport, self._send(_core.call("fairnessReport", query=query)))
@@ -1085,6 +1237,16 @@ class AsyncClient(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Recommendations:
         """See :meth:`Client.recommend`."""
         query = {"n": n, "model": model, "include_seen": include_seen}
@@ -1092,6 +1254,12 @@ class AsyncClient(_Base):
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         c = _core.call("getRecommendations", {"key": user}, query=query)
@@ -1115,6 +1283,16 @@ class AsyncClient(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Recommendations:
         """See :meth:`Client.recommend_session`."""
         body: Dict[str, Any] = {
@@ -1129,6 +1307,12 @@ class AsyncClient(_Base):
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        body.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         body["categories"] = body.pop("category")
@@ -1151,6 +1335,16 @@ class AsyncClient(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Similar:
         """See :meth:`Client.similar`."""
         query = {"n": n, "model": model, "user": user}
@@ -1158,6 +1352,12 @@ class AsyncClient(_Base):
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         c = _core.call("getSimilar", {"key": item}, query=query)
@@ -1179,6 +1379,16 @@ class AsyncClient(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Popular:
         """See :meth:`Client.popular`."""
         query = {"n": n, "window": window, "sort": sort, "user": user}
@@ -1186,6 +1396,12 @@ class AsyncClient(_Base):
             _ranking(
                 categories, exclude, explain, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         return cast(Popular, await self._send(_core.call("getPopular", query=query)))
@@ -1205,6 +1421,16 @@ class AsyncClient(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> Ranked:
         """See :meth:`Client.rank`."""
         body: Dict[str, Any] = {
@@ -1220,6 +1446,12 @@ class AsyncClient(_Base):
             "max_per_category": max_per_category,
             "skip_rules": _strs(skip_rules),
         }
+        body.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
+            )
+        )
         c = _core.call("rankItems", {"key": user}, body=body)
         return cast(Ranked, await self._send(c))
 
@@ -1304,6 +1536,16 @@ class AsyncClient(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> WhyNot:
         """See :meth:`Client.why_not`."""
         query = {"item": item, "n": n, "model": model, "include_seen": include_seen}
@@ -1311,6 +1553,12 @@ class AsyncClient(_Base):
             _ranking(
                 categories, exclude, None, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         c = _core.call("whyNot", {"key": user}, query=query)
@@ -1565,6 +1813,16 @@ class AsyncClient(_Base):
         promote: Optional[Sequence[Promotion]] = None,
         max_per_category: Optional[int] = None,
         skip_rules: Optional[StrList] = None,
+        max_impressions: Optional[int] = None,
+        impression_window: Optional[str] = None,
+        no_repeat_lists: Optional[int] = None,
+        hide_similar: Optional[float] = None,
+        calibration: Optional[float] = None,
+        popularity: Optional[float] = None,
+        popularity_method: Optional[str] = None,
+        protected: Optional[str] = None,
+        protected_share: Optional[float] = None,
+        protected_alpha: Optional[float] = None,
     ) -> FairnessReport:
         """See :meth:`Client.fairness_report`."""
         query = {
@@ -1579,6 +1837,12 @@ class AsyncClient(_Base):
             _ranking(
                 categories, None, None, diversity, filter, boost, promote,
                 max_per_category, skip_rules,
+            )
+        )
+        query.update(
+            _rerank(
+                max_impressions, impression_window, no_repeat_lists, hide_similar, calibration,
+                popularity, popularity_method, protected, protected_share, protected_alpha,
             )
         )
         return cast(FairnessReport, await self._send(_core.call("fairnessReport", query=query)))
