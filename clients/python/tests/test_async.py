@@ -261,6 +261,8 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(keys[created["prefix"]]["scopes"], ["write"])
         revoked = await self.client.revoke_key(created["prefix"])
         self.assertIsNotNone(revoked["revoked_at"])
+        audit = await self.client.audit(limit=5)
+        self.assertEqual(audit["entries"][0]["action"], "key.revoke", audit)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ COVERED = {
     "listKeys",
     "createKey",
     "revokeKey",
+    "getAudit",
 }
 """The operations the client promises to cover (issue 19): adding one to the client without
 listing it here, or dropping one, fails."""

@@ -328,6 +328,15 @@ class SyncClientTest(unittest.TestCase):
         with self.assertRaises(NotFoundError):
             self.client.get_rule(name)
 
+        # Both changes are in the audit log, newest first, under this key's prefix.
+        page = self.client.audit(limit=20)
+        mine = [(e["action"], e["actor"]) for e in page["entries"] if e.get("target") == name]
+        self.assertEqual(mine, [("rule.delete", self.key[:12]), ("rule.put", self.key[:12])])
+        first = self.client.audit(limit=1)
+        self.assertIsNotNone(first["next_cursor"], "the rule's two changes are two entries")
+        older = self.client.audit(limit=1, cursor=first["next_cursor"])
+        self.assertLess(older["entries"][0]["seq"], first["entries"][0]["seq"])
+
     def test_loop_configuration_activation_and_evaluation(self) -> None:
         loop = fresh("sync-cfg-loop")
         configured = self.client.put_loop(

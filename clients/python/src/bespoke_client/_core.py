@@ -297,6 +297,7 @@ ENDPOINTS: Dict[str, Endpoint] = _endpoints(
         retry_safe=False,
     ),
     Endpoint("revokeKey", "DELETE", "/v1/keys/{key}"),
+    Endpoint("getAudit", "GET", "/v1/audit", query=("limit", "cursor")),
 )
 """Every operation the client calls, by ``operationId``."""
 

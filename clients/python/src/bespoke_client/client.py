@@ -22,6 +22,7 @@ from .types import (
     Activation,
     ApiKey,
     ApiKeys,
+    AuditPage,
     Audience,
     Boost,
     Consent,
@@ -1079,6 +1080,12 @@ class Client(_Base):
         """``DELETE /v1/keys/{prefix}``: revokes a key (by its ``prefix``) at once."""
         return cast(ApiKey, self._send(_core.call("revokeKey", {"key": prefix})))
 
+    def audit(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> AuditPage:
+        """``GET /v1/audit`` (admin): a page of the audit log (every admin change and
+        erasure), newest first; pass the answer's ``next_cursor`` as ``cursor``."""
+        c = _core.call("getAudit", query={"limit": limit, "cursor": cursor})
+        return cast(AuditPage, self._send(c))
+
 
 class AsyncClient(_Base):
     """The async twin of :class:`Client`: the same arguments and methods, as coroutines.
@@ -1882,3 +1889,10 @@ class AsyncClient(_Base):
     async def revoke_key(self, prefix: str) -> ApiKey:
         """See :meth:`Client.revoke_key`."""
         return cast(ApiKey, await self._send(_core.call("revokeKey", {"key": prefix})))
+
+    async def audit(
+        self, *, limit: Optional[int] = None, cursor: Optional[str] = None
+    ) -> AuditPage:
+        """See :meth:`Client.audit`."""
+        c = _core.call("getAudit", query={"limit": limit, "cursor": cursor})
+        return cast(AuditPage, await self._send(c))

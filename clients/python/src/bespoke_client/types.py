@@ -77,6 +77,8 @@ __all__ = [
     "ActiveModel",
     "ApiKey",
     "ApiKeys",
+    "AuditEntry",
+    "AuditPage",
     "JSONObject",
 ]
 
@@ -741,3 +743,22 @@ class ApiKeys(TypedDict, total=False):
     """Every API key, by prefix, without the keys."""
 
     keys: List[ApiKey]
+
+
+class AuditEntry(TypedDict, total=False):
+    """One audited change: ``action`` (``rule.put``, ``key.revoke``, ``user.erase``, ...),
+    who did it (``actor``: a key prefix, ``cli``), on what, and its ``detail``."""
+
+    seq: int
+    at: str
+    action: str
+    actor: str
+    target: Optional[str]
+    detail: Any
+
+
+class AuditPage(TypedDict, total=False):
+    """One page of the audit log, newest first; ``next_cursor`` fetches the next."""
+
+    entries: List[AuditEntry]
+    next_cursor: Optional[str]
