@@ -3,6 +3,7 @@ what the server did."""
 
 from __future__ import annotations
 
+import re
 import unittest
 import uuid
 from typing import List
@@ -17,6 +18,7 @@ from bespoke_client import (
     Client,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
 )
 from bespoke_client.types import Event
@@ -245,6 +247,243 @@ class SyncClientTest(unittest.TestCase):
         with Client(self.url, slow_key, max_retries=3) as patient:
             for _ in range(3):
                 self.assertEqual(len(patient.popular(n=1)["items"]), 1)
+
+    def test_impressions_are_stored_as_events(self) -> None:
+        user, list_id = fresh("sync-seen"), fresh("list")
+        stored = self.client.record_impressions(
+            [{"user": user, "items": ["a1", "a2", "a3"], "list_id": list_id}]
+        )
+        self.assertEqual(stored, {"lists": 1, "stored": 3})
+        events = self.client.user_events(user)["events"]
+        self.assertEqual({e["type"] for e in events}, {"impression"})
+        self.assertEqual(
+            {e["event_id"]: e["item"] for e in events},
+            {f"{list_id}#0": "a1", f"{list_id}#1": "a2", f"{list_id}#2": "a3"},
+        )
+        with self.assertRaises(BadRequestError):
+            self.client.record_impressions([{"user": user, "items": []}])
+
+        # The no-repeat policy reads them: shown once is too often with max_impressions=1.
+        seen = {"a1", "a2", "a3"}
+        default = self.client.popular(n=20, user=user)
+        self.assertLessEqual(seen, {r["item"] for r in default["items"]})
+        capped = self.client.popular(n=20, user=user, max_impressions=1)
+        self.assertEqual(len(capped["items"]), 17, capped)
+        self.assertFalse(seen & {r["item"] for r in capped["items"]}, capped)
+        fresh_list = self.client.recommend(user, n=20, no_repeat_lists=1)
+        self.assertFalse(seen & {r["item"] for r in fresh_list["items"]}, fresh_list)
+        why = self.client.why_not(user, "a1", n=20, max_impressions=1)
+        stages = [(s["stage"], s["outcome"], s.get("rule")) for s in why["stages"]]
+        self.assertIn(("rule", "removed", "no_repeat"), stages, why)
+
+    def test_hidden_items_leave_every_list(self) -> None:
+        user = fresh("sync-hide")
+        self.client.send_events([{"user": user, "item": "b0", "type": "view"}])
+        self.assertIn("b1", [r["item"] for r in self.client.popular(n=20, user=user)["items"]])
+
+        self.assertEqual(self.client.hide(user, "b1")["hidden"], True)
+        hidden = self.client.hidden(user)
+        self.assertEqual(hidden["user"], user)
+        self.assertEqual([(h["item"], h["by"]) for h in hidden["items"]], [("b1", "block")])
+        self.assertNotIn("b1", [r["item"] for r in self.client.popular(n=20, user=user)["items"]])
+        self.assertNotIn("b1", [r["item"] for r in self.client.recommend(user, n=19)["items"]])
+
+        self.assertFalse(self.client.unhide(user, "b1")["hidden"])
+        self.assertEqual(self.client.hidden(user)["items"], [])
+        self.assertIn("b1", [r["item"] for r in self.client.popular(n=20, user=user)["items"]])
+
+    def test_why_not(self) -> None:
+        shown = self.client.recommend("u0", n=3, model="knn")["items"]
+        first = self.client.why_not("u0", shown[0]["item"], n=3, model="knn")
+        self.assertEqual(first["position"], 1, first)
+        # A b-item is far down an a-viewer's list: not shown, and the answer says which stage.
+        missing = self.client.why_not("u0", "b5", n=3, model="knn", exclude=["a9"])
+        self.assertEqual(missing["item"], "b5")
+        self.assertIsNone(missing["position"], missing)
+        self.assertTrue(missing["verdict"].startswith("not shown"), missing)
+        self.assertTrue(missing["stages"], missing)
+        filtered = self.client.why_not("u0", "a9", n=3, filter="price < 12")
+        self.assertIsNone(filtered["position"], filtered)
+        removed = [(s["stage"], s["outcome"], s.get("rule")) for s in filtered["stages"]]
+        self.assertIn(("rule", "removed", "request.filter"), removed, filtered)
+
+    def test_saved_rules_apply_until_deleted(self) -> None:
+        name = fresh("sync-cheap")
+        rule = self.client.put_rule(
+            name, filter="price < 12", routes=["popular"], description="cheap only"
+        )
+        try:
+            self.assertEqual(rule["name"], name)
+            self.assertEqual(self.client.get_rule(name)["filter"], "price < 12")
+            self.assertIn(name, [r["name"] for r in self.client.rules()["rules"]])
+            cheap = self.client.popular(n=20)
+            self.assertEqual({r["item"] for r in cheap["items"]}, {"a0", "a1", "b0", "b1"})
+            self.assertIn(name, cheap["rules"])
+            # A request may skip a saved rule by name; other routes never saw it.
+            self.assertEqual(len(self.client.popular(n=20, skip_rules=[name])["items"]), 20)
+            self.assertNotIn(name, self.client.similar("a0", n=3).get("rules", []))
+        finally:
+            self.assertEqual(self.client.delete_rule(name), {"deleted": name})
+        self.assertEqual(len(self.client.popular(n=20)["items"]), 20)
+        with self.assertRaises(NotFoundError):
+            self.client.get_rule(name)
+
+        # Both changes are in the audit log, newest first, under this key's prefix.
+        page = self.client.audit(limit=20)
+        mine = [(e["action"], e["actor"]) for e in page["entries"] if e.get("target") == name]
+        self.assertEqual(mine, [("rule.delete", self.key[:12]), ("rule.put", self.key[:12])])
+        first = self.client.audit(limit=1)
+        self.assertIsNotNone(first["next_cursor"], "the rule's two changes are two entries")
+        older = self.client.audit(limit=1, cursor=first["next_cursor"])
+        self.assertLess(older["entries"][0]["seq"], first["entries"][0]["seq"])
+
+    def test_loop_configuration_activation_and_evaluation(self) -> None:
+        loop = fresh("sync-cfg-loop")
+        configured = self.client.put_loop(
+            loop, reward_range=[0, 1], learner={"exploration": {"policy": "greedy"}}
+        )
+        self.assertEqual(configured["name"], loop)
+        self.assertEqual(configured["config"]["reward_range"], [0.0, 1.0])
+        learner = self.client.get_loop(loop)["config"]["learner"]
+        self.assertEqual(learner["exploration"]["policy"], "greedy")
+        self.assertIn(loop, [l["name"] for l in self.client.loops()["loops"]])
+
+        decision = self.client.decide(loop, ["x", "y"], defer_activation=True)
+        self.assertFalse(decision["activated"], decision)
+        activated = self.client.activate_decision(decision["decision_id"])
+        self.assertEqual((activated["activated"], activated["changed"]), (True, True))
+        self.assertFalse(self.client.activate_decision(decision["decision_id"])["changed"])
+        self.client.reward(decision["decision_id"], 1.0)
+        other = self.client.decide(loop, ["x", "y"])
+        with self.assertRaises(BadRequestError) as caught:
+            self.client.reward(other["decision_id"], 5.0)  # outside the configured range
+        self.assertEqual(caught.exception.field, "value")
+        self.assertEqual(self.client.get_loop(loop)["stats"]["rewards"], 1)
+
+        evaluation = self.client.evaluate_loop(loop, max_decisions=100)
+        self.assertEqual(evaluation["decisions"], 1)
+        self.assertEqual(evaluation["observed_reward"], 1.0)
+        policies = [p["policy"] for p in evaluation["policies"]]
+        self.assertIn("online", policies)
+        candidate = next(p for p in policies if p.startswith("learning_rate="))
+        applied = self.client.apply_candidate(loop, candidate)
+        rate = float(candidate.split("=")[1])
+        self.assertEqual(applied["config"]["learner"]["learning_rate"], rate)
+        with self.assertRaises(NotFoundError):
+            self.client.get_loop(fresh("no-such-loop"))
+
+    def test_segments_and_audiences(self) -> None:
+        name, user, plan = fresh("sync-seg"), fresh("sync-member"), fresh("plan")
+        self.client.put_user(user, attributes={"plan": plan})
+        created = self.client.put_segment(
+            name, "rule", expression=f'plan = "{plan}"', description="one user"
+        )
+        try:
+            self.assertEqual(created["kind"], "rule")
+            self.assertTrue(created["webhook_secret"].startswith("whsec_"), created)
+            refreshed = self.client.refresh_segment(name)
+            self.assertEqual(refreshed["size"], 1, refreshed)
+            members = self.client.segment_members(name, limit=10)
+            self.assertEqual([m["user"] for m in members["members"]], [user])
+            self.assertIsNone(members["next_cursor"])
+            self.assertIn(name, [s["segment"] for s in self.client.user_segments(user)["segments"]])
+            self.assertEqual(self.client.get_segment(name)["last_refresh"]["size"], 1)
+            self.assertIn(name, [s["name"] for s in self.client.segments()["segments"]])
+            self.assertEqual([p["size"] for p in self.client.segment_sizes(name)["sizes"]], [1])
+        finally:
+            self.assertEqual(self.client.delete_segment(name), {"deleted": name})
+        with self.assertRaises(NotFoundError):
+            self.client.get_segment(name)
+
+        # The users most drawn to Beta are the b-viewers (odd seeded users).
+        audience = self.client.audience(category="Beta", n=5)
+        self.assertEqual(audience["items_matched"], 10, audience)
+        seeded = [u["user"] for u in audience["users"] if re.fullmatch(r"u\d+", u["user"])]
+        self.assertGreaterEqual(len(seeded), 3, audience)
+        self.assertTrue(all(int(u[1:]) % 2 == 1 for u in seeded), audience)
+        with self.assertRaises(BadRequestError):
+            self.client.audience(n=5)  # no items, category or filter
+
+    def test_experiment_lifecycle(self) -> None:
+        name, user = fresh("sync-exp"), fresh("sync-subject")
+        draft = self.client.put_experiment(
+            name,
+            [{"name": "control"}, {"name": "pop", "config": {"model": "popular"}}],
+            route="popular",
+            metrics=[{"kind": "conversion", "name": "bought", "event": "purchase"}],
+        )
+        self.assertEqual((draft["name"], draft["status"]), (name, "draft"))
+        try:
+            self.assertEqual(self.client.start_experiment(name)["status"], "running")
+            served = self.client.popular(n=2, user=user)
+            self.assertEqual(
+                [e["experiment"] for e in served.get("experiments", [])], [name], served
+            )
+            self.assertIn(name, [e["name"] for e in self.client.experiments()["experiments"]])
+            report = self.client.experiment_report(name)
+            self.assertEqual(report["experiment"], name)
+            self.assertEqual(report["users"], 1, report)
+            self.assertEqual([v["variant"] for v in report["variants"]], ["control", "pop"])
+            self.assertEqual(self.client.stop_experiment(name)["status"], "stopped")
+            self.assertEqual(self.client.get_experiment(name)["status"], "stopped")
+        finally:
+            # A running experiment would keep serving its variants to the other tests.
+            if self.client.get_experiment(name)["status"] == "running":
+                self.client.stop_experiment(name)
+            self.assertEqual(self.client.delete_experiment(name), {"deleted": name})
+        with self.assertRaises(NotFoundError):
+            self.client.get_experiment(name)
+
+    def test_fairness_report(self) -> None:
+        report = self.client.fairness_report(k=5, users=10, seed=1)
+        self.assertEqual((report["k"], report["users"]), (5, 10), report)
+        self.assertGreaterEqual(report["catalog_items"], 20)
+        coverage = report["coverage"]
+        assert coverage is not None
+        self.assertTrue(0 < coverage <= 1, report)
+        only_beta = self.client.fairness_report(k=5, users=10, seed=1, categories=["Beta"])
+        self.assertLessEqual(only_beta["coverage"] or 0, 0.5, only_beta)
+
+        # FA*IR on a ranking route: an a-viewer's a-only list makes room for the protected group.
+        plain = self.client.recommend("u0", n=4, model="knn")
+        self.assertTrue(all(r["item"].startswith("a") for r in plain["items"]), plain)
+        fair = self.client.recommend(
+            "u0", n=4, model="knn", protected='category contains "Beta"', protected_share=0.5
+        )
+        self.assertTrue(any(r["item"].startswith("b") for r in fair["items"]), fair)
+
+    def test_tune_and_activate_a_model_version(self) -> None:
+        before = self.client.models()["active"]
+        assert before is not None
+        tuned = self.client.tune(budget=2)
+        assert tuned is not None
+        try:
+            self.assertGreater(tuned["version"], before)
+            self.assertTrue(tuned["activated"])
+            self.assertEqual(self.client.models()["active"], tuned["version"])
+        finally:
+            # Back to the version the other tests expect.
+            self.assertEqual(self.client.activate_model(before), {"active": before})
+        self.assertEqual(self.client.models()["active"], before)
+        with self.assertRaises(NotFoundError):
+            self.client.activate_model(999999)
+
+    def test_api_keys(self) -> None:
+        name = fresh("sync-reader")
+        created = self.client.create_key(name, ["read"])
+        key, prefix = created["key"], created["prefix"]
+        self.assertTrue(key.startswith(prefix), created)
+        listed = {k["prefix"]: k for k in self.client.keys()["keys"]}
+        self.assertEqual(listed[prefix]["name"], name)
+        self.assertNotIn("key", listed[prefix], "the key itself is shown once")
+        with Client(self.url, key) as reader:
+            self.assertEqual(len(reader.popular(n=1)["items"]), 1)
+            with self.assertRaises(PermissionDeniedError):
+                reader.put_item(fresh("no-write"), categories=["Alpha"])
+            revoked = self.client.revoke_key(prefix)
+            self.assertIsNotNone(revoked["revoked_at"])
+            with self.assertRaises(AuthenticationError):
+                reader.popular(n=1)
 
 
 if __name__ == "__main__":

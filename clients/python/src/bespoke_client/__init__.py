@@ -2,8 +2,10 @@
 
 :class:`Client` (sync) and :class:`AsyncClient` (async) have the same methods, one per API
 operation: send events, put and get users and items, get recommendations (with their reasons),
-similar and popular items, rank supplied candidates, make decisions and reward them, erase and
-export users, train and list models. Answers are the server's JSON, typed with the
+similar and popular items, rank supplied candidates and ask why an item is not shown, record
+impressions and hidden items, save rules, make decisions, reward and evaluate them, define
+segments, audiences and experiments, read the fairness report, erase and export users, train,
+tune and activate models, manage API keys. Answers are the server's JSON, typed with the
 ``TypedDict``\\ s of :mod:`bespoke_client.types`; errors are :class:`BespokeError`\\ s carrying
 the HTTP status and the server's error code, message and field.
 

@@ -38,7 +38,7 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds a request may take, unless the client or the call says otherwise."""
 
 TRAIN_TIMEOUT = 600.0
-"""Seconds :meth:`Client.train` waits for a training by default: it can take minutes."""
+"""Seconds :meth:`Client.train` and :meth:`Client.tune` wait by default: they can take minutes."""
 
 MAX_BATCH_EVENTS = 10_000
 """The server's default ``limits.max_batch_events``: larger batches are split."""
@@ -57,7 +57,22 @@ _RANKING_QUERY = (
     "max_per_category",
     "skip_rules",
 )
-_RANKING_BODY = (
+_RERANK = (
+    "max_impressions",
+    "impression_window",
+    "no_repeat_lists",
+    "hide_similar",
+    "calibration",
+    "popularity",
+    "popularity_method",
+    "protected",
+    "protected_share",
+    "protected_alpha",
+)
+"""The no-repeat, hiding and fairness re-ranker parameters every ranking route takes, in the
+query or in the body alike."""
+_RANKING_QUERY = _RANKING_QUERY + _RERANK
+_RANKING_BODY = _RERANK + (
     "model",
     "context",
     "explain",
@@ -167,6 +182,122 @@ ENDPOINTS: Dict[str, Endpoint] = _endpoints(
     ),
     Endpoint("trainModels", "POST", "/v1/models/train", query=("wait",), retry_safe=False),
     Endpoint("listModels", "GET", "/v1/models"),
+    # What users were shown, and what they hid.
+    Endpoint("postImpressions", "POST", "/v1/impressions", body=("impressions",), retry_safe=False),
+    Endpoint("getHidden", "GET", "/v1/users/{key}/hidden"),
+    Endpoint("hideItem", "PUT", "/v1/users/{key}/hidden/{item}"),
+    Endpoint("unhideItem", "DELETE", "/v1/users/{key}/hidden/{item}"),
+    Endpoint(
+        "whyNot",
+        "GET",
+        "/v1/users/{key}/explain",
+        query=("item", "n", "model", "include_seen")
+        + tuple(q for q in _RANKING_QUERY if q != "explain"),
+    ),
+    # Saved business rules.
+    Endpoint("listRules", "GET", "/v1/rules"),
+    Endpoint("getRule", "GET", "/v1/rules/{key}"),
+    Endpoint(
+        "putRule",
+        "PUT",
+        "/v1/rules/{key}",
+        body=("filter", "boost", "promote", "max_per_category", "routes", "enabled", "description"),
+    ),
+    Endpoint("deleteRule", "DELETE", "/v1/rules/{key}"),
+    # Decision loops.
+    Endpoint("listLoops", "GET", "/v1/loops"),
+    Endpoint("getLoop", "GET", "/v1/loops/{key}"),
+    Endpoint(
+        "putLoop",
+        "PUT",
+        "/v1/loops/{key}",
+        body=(
+            "learner",
+            "mode",
+            "reward_wait_seconds",
+            "default_reward",
+            "reward_range",
+            "max_actions",
+            "explanation_terms",
+        ),
+    ),
+    Endpoint("activateDecision", "POST", "/v1/decisions/{key}/activate"),
+    Endpoint("evaluateLoop", "GET", "/v1/loops/{key}/evaluation", query=("max_decisions",)),
+    Endpoint(
+        "applyCandidate",
+        "POST",
+        "/v1/loops/{key}/evaluation/apply",
+        body=("candidate",),
+        retry_safe=False,
+    ),
+    # Segments and audiences.
+    Endpoint("listSegments", "GET", "/v1/segments"),
+    Endpoint("getSegment", "GET", "/v1/segments/{key}"),
+    Endpoint(
+        "putSegment",
+        "PUT",
+        "/v1/segments/{key}",
+        body=("kind", "expression", "k", "seed", "refresh", "description", "export"),
+    ),
+    Endpoint("deleteSegment", "DELETE", "/v1/segments/{key}"),
+    Endpoint("refreshSegment", "POST", "/v1/segments/{key}/refresh"),
+    Endpoint(
+        "segmentMembers", "GET", "/v1/segments/{key}/members", query=("cluster", "limit", "cursor")
+    ),
+    Endpoint("segmentSizes", "GET", "/v1/segments/{key}/sizes"),
+    Endpoint("userSegments", "GET", "/v1/users/{key}/segments"),
+    Endpoint(
+        "queryAudience",
+        "POST",
+        "/v1/audiences/query",
+        body=("items", "category", "filter", "n", "threshold"),
+    ),
+    # Experiments.
+    Endpoint("listExperiments", "GET", "/v1/experiments"),
+    Endpoint("getExperiment", "GET", "/v1/experiments/{key}"),
+    Endpoint(
+        "putExperiment",
+        "PUT",
+        "/v1/experiments/{key}",
+        body=(
+            "variants",
+            "route",
+            "holdout",
+            "metrics",
+            "alpha",
+            "mde",
+            "pre_period",
+            "layer",
+            "salt",
+            "description",
+        ),
+    ),
+    Endpoint("startExperiment", "POST", "/v1/experiments/{key}/start", retry_safe=False),
+    Endpoint("stopExperiment", "POST", "/v1/experiments/{key}/stop", retry_safe=False),
+    Endpoint("experimentReport", "GET", "/v1/experiments/{key}/report"),
+    Endpoint("deleteExperiment", "DELETE", "/v1/experiments/{key}"),
+    # Reports, models and keys (admin).
+    Endpoint(
+        "fairnessReport",
+        "GET",
+        "/v1/reports/fairness",
+        query=("k", "users", "seed", "user_attribute", "item_attribute", "model")
+        + tuple(q for q in _RANKING_QUERY if q not in ("exclude", "explain")),
+    ),
+    Endpoint(
+        "tuneModels", "POST", "/v1/models/tune", query=("wait", "budget"), retry_safe=False
+    ),
+    Endpoint("activateModel", "POST", "/v1/models/{version}/activate"),
+    Endpoint("listKeys", "GET", "/v1/keys"),
+    Endpoint(
+        "createKey",
+        "POST",
+        "/v1/keys",
+        body=("name", "scopes", "rate_per_second"),
+        retry_safe=False,
+    ),
+    Endpoint("revokeKey", "DELETE", "/v1/keys/{key}"),
+    Endpoint("getAudit", "GET", "/v1/audit", query=("limit", "cursor")),
 )
 """Every operation the client calls, by ``operationId``."""
 
