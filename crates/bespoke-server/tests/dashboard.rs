@@ -147,6 +147,36 @@ impl Fixture {
                 .await;
             assert_eq!(s, StatusCode::OK, "{b}");
         }
+        // An experiment and a segment for the summaries page; every user viewed even items.
+        let experiment = json!({ "variants": [{ "name": "control" },
+                                              { "name": "evens", "config": { "filter": "category in [\"even\"]" } }],
+                                 "metrics": [{ "kind": "conversion", "name": "viewers", "event": "view" }] });
+        let (s, b) = self
+            .call(Method::PUT, "/v1/experiments/evens-only", Some(experiment))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, b) = self
+            .call(
+                Method::POST,
+                "/v1/experiments/evens-only/start",
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let segment = json!({ "kind": "rule", "expression": "viewed(category = \"even\")" });
+        let (s, b) = self
+            .call(Method::PUT, "/v1/segments/even-viewers", Some(segment))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, b) = self
+            .call(
+                Method::POST,
+                "/v1/segments/even-viewers/refresh",
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["size"], USERS, "{b}");
         // A decision loop whose rewards alternate 1 and 0: mean reward 0.5.
         for n in 0..30 {
             let body = json!({ "context": { "device": "mobile" },
@@ -827,6 +857,8 @@ async fn walk(fx: &Fixture, b: &Browser) {
     b.goto(&format!("{base}/dashboard/more"))
         .await
         .expect("goto");
+    assert_eq!(text(b, "td.exp-status").await, "running");
+    assert_eq!(text(b, "td.seg-size").await, USERS.to_string());
     b.wait()
         .for_element(Locator::Id("fairness"))
         .await
