@@ -325,6 +325,8 @@ async fn login_takes_admin_keys_only_and_sets_a_strict_cookie() {
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/dashboard"] {
         assert!(set.contains(attr), "{set} lacks {attr}");
     }
+    // Plain HTTP on loopback: not `Secure`, or the browser would drop it.
+    assert!(!set.contains("Secure"), "{set}");
     let id = cookie
         .strip_prefix("bespoke_session=")
         .expect("the session cookie");

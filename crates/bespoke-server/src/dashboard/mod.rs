@@ -341,6 +341,7 @@ struct LoginForm {
 async fn login(
     State(dash): State<Dash>,
     Peer(source): Peer,
+    headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
     let engine = dash.engine.clone();
@@ -401,7 +402,8 @@ async fn login(
     })
     .await;
     let mut resp = Redirect::to("/dashboard").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id)) {
+    let cookie = session::set_cookie(&id, session::over_https(&headers));
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp

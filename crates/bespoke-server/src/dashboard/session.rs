@@ -139,12 +139,27 @@ pub(crate) fn cookie_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `Set-Cookie` for a new session: scoped to the dashboard, invisible to scripts, never sent
-/// on cross-site requests (the first defence against CSRF; the token is the second).
-pub(crate) fn set_cookie(id: &str) -> String {
+/// on cross-site requests (the first defence against CSRF; the token is the second). With
+/// `secure` (the login came over HTTPS), browsers also never send it over plain HTTP.
+pub(crate) fn set_cookie(id: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}",
-        ABSOLUTE.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}{}",
+        ABSOLUTE.as_secs(),
+        if secure { "; Secure" } else { "" }
     )
+}
+
+/// Whether the browser reached us over HTTPS: through a TLS-terminating proxy that says so
+/// (`X-Forwarded-Proto: https`), or as the form's `Origin` shows. The server itself speaks
+/// plain HTTP; a forged header can only add `Secure`, which costs an attacker's own session.
+pub(crate) fn over_https(headers: &HeaderMap) -> bool {
+    let starts = |name: &str, with: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with(with))
+    };
+    starts("x-forwarded-proto", "https") || starts("origin", "https://")
 }
 
 /// `Set-Cookie` that removes the session cookie.
@@ -182,6 +197,21 @@ mod tests {
         assert!(!s.csrf_matches(&s.csrf[..63]));
         assert!(!s.csrf_matches(""));
         assert!(!s.csrf_matches(&"0".repeat(64)));
+    }
+
+    #[test]
+    fn cookies_over_https_are_secure() {
+        let mut h = HeaderMap::new();
+        assert!(!over_https(&h));
+        assert!(!set_cookie("x", false).contains("Secure"));
+        h.insert("origin", "http://127.0.0.1:8080".parse().unwrap());
+        assert!(!over_https(&h));
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert!(over_https(&h));
+        let mut h = HeaderMap::new();
+        h.insert("origin", "https://bespoke.example.com".parse().unwrap());
+        assert!(over_https(&h));
+        assert!(set_cookie("x", true).ends_with("; Secure"));
     }
 
     #[test]
