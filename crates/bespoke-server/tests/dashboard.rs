@@ -908,6 +908,8 @@ async fn walk(fx: &Fixture, b: &Browser) {
     b.set_window_size(390, 900).await.expect("resized");
     b.goto(&format!("{base}/dashboard")).await.expect("goto");
     assert_eq!(text(b, "#user-count").await, (USERS - 1).to_string());
+    // The events tally started over after the erasure: the erased user is no longer active.
+    assert_eq!(text(b, "#active-day").await, (USERS - 1).to_string());
     let overflow = b
         .execute(
             "return document.documentElement.scrollWidth > window.innerWidth + 1",

@@ -40,9 +40,17 @@ pub(crate) struct Series {
     pub(crate) values: Vec<Option<f64>>,
 }
 
+/// A full recount at least this often, so that deletions the serving count does not reveal
+/// (hidden by ingestion between two requests) leave the charts for a bounded time only.
+const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Stored events counted by hour of their timestamp, and each user's latest event.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
+    /// When the count started over from the first event.
+    since: Option<std::time::Instant>,
+    /// Serving's event count at the last update: a drop means events were deleted.
+    serving_events: u64,
     /// The last sequence number counted.
     after: u64,
     /// Events counted.
@@ -63,12 +71,20 @@ pub(crate) struct Activity {
 }
 
 impl Tally {
-    /// Counts the events appended since the last call. Erasure and retention delete events;
-    /// when serving holds fewer events than were counted, the tally starts over.
+    /// Counts the events appended since the last call. Erasure, retention and item deletion
+    /// delete events: when serving's count dropped since the last call, or the count is
+    /// [`RECOUNT_EVERY`] old, the tally starts over. (Serving's count cannot be compared with
+    /// the tally's: it leaves out impressions, which the log holds.)
     pub(crate) fn update(&mut self, engine: &Engine) -> bespoke_store::Result<()> {
-        if engine.counts().events < self.counted {
-            *self = Tally::default();
+        let serving = engine.counts().events;
+        let stale = self.since.is_none_or(|t| t.elapsed() >= RECOUNT_EVERY);
+        if serving < self.serving_events || stale {
+            *self = Tally {
+                since: Some(std::time::Instant::now()),
+                ..Tally::default()
+            };
         }
+        self.serving_events = serving;
         loop {
             let batch = engine.store().scan_interactions(self.after, 10_000)?;
             let Some(last) = batch.last() else {
