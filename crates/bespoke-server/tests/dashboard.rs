@@ -781,6 +781,7 @@ async fn walk(fx: &Fixture, b: &Browser) {
         "models chart: no points"
     );
     screenshot(b, "models").await;
+    assert_eq!(text(b, "#activate-1").await, "Roll back to v1");
     b.find(Locator::Id("activate-1"))
         .await
         .expect("roll back button")
@@ -793,6 +794,8 @@ async fn walk(fx: &Fixture, b: &Browser) {
         .expect("version 1 served");
     let (_, models) = fx.call(reqwest::Method::GET, "/v1/models", None).await;
     assert_eq!(models["active"], 1, "{models}");
+    // Version 2 is newer than the one served now: activating it is not a roll back.
+    assert_eq!(text(b, "#activate-2").await, "Activate v2");
 
     // Users: history, recommendations with reasons, consent.
     b.goto(&format!("{base}/dashboard/users?key=u3"))

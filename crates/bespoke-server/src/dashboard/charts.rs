@@ -202,8 +202,14 @@ fn numeric_leaves(prefix: &str, v: &Value, out: &mut BTreeMap<String, f64>) {
     }
 }
 
-/// Offline metrics and training time of each stored model version, oldest first, against
-/// its training time: one series per metric any version has (null where one lacks it).
+/// The offline metric charted per model: training records dozens (several cut-offs,
+/// debiased variants, coverage), too many lines for one chart; NDCG@10 is the one the
+/// anchors and tuning compare on.
+const CHARTED_METRIC: &str = "ndcg@10";
+
+/// NDCG@10 of each model (`als.ndcg@10`, `auto.ndcg@10`, ...) and the training time of each
+/// stored model version, oldest first, against its training time: one series per model any
+/// version has (null where one lacks it).
 pub(crate) fn model_chart(models: &[bespoke_store::ModelRecord]) -> Chart {
     let mut rows: Vec<(f64, BTreeMap<String, f64>)> = Vec::new();
     for m in models {
@@ -213,6 +219,10 @@ pub(crate) fn model_chart(models: &[bespoke_store::ModelRecord]) -> Chart {
             .map_or(m.version as f64, |ms| ms as f64 / 1000.0);
         let mut leaves = BTreeMap::new();
         numeric_leaves("", &m.meta["metrics"], &mut leaves);
+        leaves.retain(|path, _| {
+            path.split_once('.')
+                .is_some_and(|(_, metric)| metric == CHARTED_METRIC)
+        });
         if let Some(total) = m.meta["training_seconds"]["total"].as_f64() {
             leaves.insert("training seconds".into(), total);
         }
@@ -376,7 +386,9 @@ mod tests {
             rec(
                 2,
                 serde_json::json!({ "created_at": "1970-01-01T00:00:20Z",
-                                    "metrics": { "als": { "ndcg": 0.5 } },
+                                    "metrics": { "als": { "ndcg@10": 0.5, "recall@20": 0.7,
+                                                          "debiased": { "ndcg@10": 0.1 } },
+                                                 "eval_users": 10 },
                                     "training_seconds": { "total": 2.0 } }),
             ),
             rec(
@@ -386,7 +398,8 @@ mod tests {
         ];
         let c = model_chart(&models);
         assert_eq!(c.x, vec![10.0, 20.0]);
-        assert_eq!(c.series[0].label, "als.ndcg");
+        assert_eq!(c.series.len(), 2, "{c:?}");
+        assert_eq!(c.series[0].label, "als.ndcg@10");
         assert_eq!(c.series[0].values, vec![None, Some(0.5)]);
         assert_eq!(c.series[1].label, "training seconds");
     }

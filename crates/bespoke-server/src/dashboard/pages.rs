@@ -92,11 +92,12 @@ pub(crate) async fn models(State(dash): State<Dash>, PageSession(s): PageSession
                     "kinds": m.meta["models"],
                     "data": m.meta["data"],
                     "training_seconds": m.meta["training_seconds"]["total"],
-                    "metrics": m.meta["metrics"],
+                    "ndcg": m.meta["metrics"]["auto"]["ndcg@10"],
                 })
             })
             .collect();
-        Ok(json!({ "models": rows, "training": engine.training_status() }))
+        let active = models.iter().find(|m| m.active).map(|m| m.version);
+        Ok(json!({ "models": rows, "active": active, "training": engine.training_status() }))
     })
     .await;
     match data {
