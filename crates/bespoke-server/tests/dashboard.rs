@@ -42,6 +42,10 @@ struct Fixture {
 
 impl Fixture {
     async fn start(trained: bool) -> Fixture {
+        Self::start_with(trained, |_| {}).await
+    }
+
+    async fn start_with(trained: bool, configure: impl FnOnce(&mut Settings)) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::default();
         settings.server.bind = "127.0.0.1:0".parse().expect("an address");
@@ -52,6 +56,7 @@ impl Fixture {
         settings.training.min_new_events = 0;
         settings.privacy.audit_secret =
             bespoke_server::settings::Secret("dashboard tests' audit key, 32+ bytes".into());
+        configure(&mut settings);
         let server = bespoke_server::start(settings)
             .await
             .expect("server starts");
@@ -383,6 +388,29 @@ async fn login_takes_admin_keys_only_and_sets_a_strict_cookie() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(
         get(&fx, Some(&cookie), "/dashboard").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn without_auth_any_key_opens_a_session() {
+    // Auth off (allowed on a loopback bind only): the dashboard follows the API, which then
+    // serves everyone as an anonymous admin.
+    let fx = Fixture::start_with(false, |s| s.auth.enabled = false).await;
+    let (status, cookie, _) = login(&fx, "anything").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = cookie.expect("a session cookie");
+    let resp = get(&fx, Some(&cookie), "/dashboard").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = resp.text().await.expect("page");
+    assert!(
+        html.contains(&format!("id=\"catalog-size\">{}<", ITEMS + 1)),
+        "{html}"
+    );
+    // Still no session, still no page.
+    assert_eq!(
+        get(&fx, None, "/dashboard").await.status(),
         StatusCode::SEE_OTHER
     );
     fx.stop().await;
