@@ -142,6 +142,13 @@ impl Fixture {
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{b}");
+        // Three impressions, two of them of i0: exposure, not activity.
+        let shown = json!({ "impressions": [{ "user": "u10", "items": ["i0", "i1"] },
+                                            { "user": "u11", "items": ["i0"] }] });
+        let (s, b) = self
+            .call(Method::POST, "/v1/impressions", Some(shown))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
         if !trained {
             return;
         }
@@ -777,6 +784,7 @@ async fn walk(fx: &Fixture, b: &Browser) {
         (USERS * PER_USER).to_string()
     );
     assert_eq!(text(b, "#active-day").await, USERS.to_string());
+    assert_eq!(text(b, "#impression-count").await, "3");
     assert_eq!(text(b, "#model-version").await, "2");
     assert!(
         chart_pixels(b, "chart-events-hour").await > 0,
@@ -859,6 +867,7 @@ async fn walk(fx: &Fixture, b: &Browser) {
         text(b, "#item-users").await,
         Fixture::viewers(0).to_string()
     );
+    assert_eq!(text(b, "#item-impressions").await, "2");
     assert!(
         !b.find_all(Locator::Css("#similar > li a"))
             .await

@@ -44,7 +44,9 @@ pub(crate) struct Series {
 /// (hidden by ingestion between two requests) leave the charts for a bounded time only.
 const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Stored events counted by hour of their timestamp, and each user's latest event.
+/// Stored events counted by hour of their timestamp, each user's latest event, and each
+/// item's impressions. Impressions (what was shown, not what users did) are counted apart:
+/// they are exposure, not activity.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     /// When the count started over from the first event.
@@ -53,18 +55,18 @@ pub(crate) struct Tally {
     serving_events: u64,
     /// The last sequence number counted.
     after: u64,
-    /// Events counted.
-    counted: u64,
-    /// Events per hour (hours since the Unix epoch).
-    hours: BTreeMap<Millis, u64>,
-    /// Each user's latest event time, by internal id (for active users).
+    /// Events and impressions per hour (hours since the Unix epoch).
+    hours: BTreeMap<Millis, (u64, u64)>,
+    /// Each user's latest event time (impressions aside), by internal id: active users.
     last_seen: FxHashMap<u32, Millis>,
+    /// Impressions per item, by internal id.
+    impressions: FxHashMap<u32, u64>,
 }
 
 /// What the overview shows from the tally.
 #[derive(Debug, Serialize)]
 pub(crate) struct Activity {
-    pub(crate) events: u64,
+    pub(crate) impressions: u64,
     pub(crate) active_day: usize,
     pub(crate) active_week: usize,
     pub(crate) latest_event: Option<String>,
@@ -92,15 +94,26 @@ impl Tally {
             };
             self.after = last.seq;
             for e in &batch {
-                *self
-                    .hours
-                    .entry(e.timestamp.div_euclid(HOUR_MS))
-                    .or_default() += 1;
-                let seen = self.last_seen.entry(e.user.0).or_insert(e.timestamp);
-                *seen = (*seen).max(e.timestamp);
+                self.add(e.user.0, e.item.0, &e.kind, e.timestamp);
             }
-            self.counted += batch.len() as u64;
         }
+    }
+
+    fn add(&mut self, user: u32, item: u32, kind: &str, at: Millis) {
+        let hour = self.hours.entry(at.div_euclid(HOUR_MS)).or_default();
+        if kind == crate::settings::IMPRESSION {
+            hour.1 += 1;
+            *self.impressions.entry(item).or_default() += 1;
+        } else {
+            hour.0 += 1;
+            let seen = self.last_seen.entry(user).or_insert(at);
+            *seen = (*seen).max(at);
+        }
+    }
+
+    /// Times an item (by internal id) was shown, as recorded impressions.
+    pub(crate) fn impressions_of(&self, item: u32) -> u64 {
+        self.impressions.get(&item).copied().unwrap_or(0)
     }
 
     /// Users with an event in the `window` before `now`, and other overview figures.
@@ -112,7 +125,7 @@ impl Tally {
                 .count()
         };
         Activity {
-            events: self.counted,
+            impressions: self.impressions.values().sum(),
             active_day: active(DAY_MS),
             active_week: active(7 * DAY_MS),
             latest_event: self
@@ -125,24 +138,33 @@ impl Tally {
 
     /// Events per bucket of `bucket_ms` (a whole number of hours; buckets aligned on the
     /// epoch, so days are UTC days), for the `buckets` buckets ending with the one holding
-    /// `now`.
+    /// `now`; impressions as a second line when any were recorded.
     pub(crate) fn chart(&self, now: Millis, bucket_ms: Millis, buckets: i64) -> Chart {
         let last = now.div_euclid(bucket_ms);
         let first = last - buckets + 1;
         let per = bucket_ms / HOUR_MS;
-        let mut counts = vec![0u64; buckets as usize];
-        for (&hour, &n) in self.hours.range(first * per..(last + 1) * per) {
-            counts[(hour.div_euclid(per) - first) as usize] += n;
+        let mut counts = vec![(0u64, 0u64); buckets as usize];
+        for (&hour, &(events, shown)) in self.hours.range(first * per..(last + 1) * per) {
+            let c = &mut counts[(hour.div_euclid(per) - first) as usize];
+            c.0 += events;
+            c.1 += shown;
+        }
+        let mut series = vec![Series {
+            label: "events".into(),
+            values: counts.iter().map(|c| Some(c.0 as f64)).collect(),
+        }];
+        if !self.impressions.is_empty() {
+            series.push(Series {
+                label: "impressions".into(),
+                values: counts.iter().map(|c| Some(c.1 as f64)).collect(),
+            });
         }
         Chart {
             x: (first..=last)
                 .map(|b| (b * bucket_ms / 1000) as f64)
                 .collect(),
             time: true,
-            series: vec![Series {
-                label: "events".into(),
-                values: counts.into_iter().map(|c| Some(c as f64)).collect(),
-            }],
+            series,
         }
     }
 }
@@ -324,13 +346,24 @@ mod tests {
     fn chart_buckets_hours_into_days() {
         let mut t = Tally::default();
         // Two events in hour 0 of day 1, one in hour 5 of day 1, one on day 0.
-        t.hours.insert(24, 2);
-        t.hours.insert(29, 1);
-        t.hours.insert(3, 1);
+        t.add(1, 7, "view", 24 * HOUR_MS);
+        t.add(2, 7, "view", 24 * HOUR_MS + 5);
+        t.add(1, 8, "click", 29 * HOUR_MS);
+        t.add(3, 7, "view", 3 * HOUR_MS);
         let now = DAY_MS + 10 * HOUR_MS;
         let days = t.chart(now, DAY_MS, 3);
         assert_eq!(days.x, vec![-86_400.0, 0.0, 86_400.0]);
+        assert_eq!(days.series.len(), 1, "no impressions, no second line");
         assert_eq!(days.series[0].values, vec![Some(0.0), Some(1.0), Some(3.0)]);
+        // Impressions: a line of their own, and not activity.
+        t.add(9, 8, crate::settings::IMPRESSION, 29 * HOUR_MS);
+        let days = t.chart(now, DAY_MS, 3);
+        assert_eq!(days.series[0].values, vec![Some(0.0), Some(1.0), Some(3.0)]);
+        assert_eq!(days.series[1].values, vec![Some(0.0), Some(0.0), Some(1.0)]);
+        assert_eq!(t.impressions_of(8), 1);
+        assert_eq!(t.impressions_of(7), 0);
+        let a = t.activity(now);
+        assert_eq!((a.active_day, a.impressions), (2, 1));
         let hours = t.chart(now, HOUR_MS, 6);
         assert_eq!(
             hours.series[0].values,

@@ -323,6 +323,7 @@ pub(crate) async fn items(
         Err(resp) => return resp,
     };
     let engine = dash.engine.clone();
+    let tally = dash.tally.clone();
     let k = key.clone();
     let data = blocking(&dash, &s, move || {
         let popular = engine.popular(&PopularQuery {
@@ -337,12 +338,18 @@ pub(crate) async fn items(
         let Some(item) = engine.get_item(&k).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        let shown = {
+            let mut t = tally.lock();
+            t.update(&engine).map_err(|e| e.to_string())?;
+            t.impressions_of(item.idx.0)
+        };
         let exposure = {
             let st = engine.serving().state.read();
             st.items.get(&k).map(|idx| {
                 let idx = bespoke_algo::ItemIdx(idx);
                 let pop = st.live.popularity();
                 json!({
+                    "impressions": shown,
                     "users": st.live.item_users(idx).len(),
                     "events": pop.count(idx),
                     "weight": format!("{:.1}", pop.total(idx)),
