@@ -2,8 +2,6 @@
 //! `/v1` handlers make) on the blocking pool and renders one template; charts are drawn in the
 //! browser from [`super::charts`].
 
-use std::time::Instant;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -405,7 +403,6 @@ pub(crate) async fn loops(
         Err(resp) => return resp,
     };
     let engine = dash.engine.clone();
-    let started = Instant::now();
     let data = blocking(&dash, &s, move || {
         let d = engine.decisions();
         let views: Vec<Value> = d
@@ -432,7 +429,6 @@ pub(crate) async fn loops(
         Ok(json!({ "loops": views, "selected": selected, "limit": OPE_DECISIONS }))
     })
     .await;
-    tracing::debug!(target: "serve::dashboard", micros = started.elapsed().as_micros() as u64, "loops page");
     match data {
         Ok(d) => dash.render("loops.html", Some(&s), value(&d)),
         Err(resp) => resp,
