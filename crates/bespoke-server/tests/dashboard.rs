@@ -785,6 +785,9 @@ async fn walk(fx: &Fixture, b: &Browser) {
     );
     assert_eq!(text(b, "#active-day").await, USERS.to_string());
     assert_eq!(text(b, "#impression-count").await, "3");
+    // The fixture's events all arrived after the server started, seconds ago.
+    let rate: f64 = text(b, "#ingest-rate").await.parse().expect("a number");
+    assert!(rate > 0.0, "{rate}");
     assert_eq!(text(b, "#model-version").await, "2");
     assert!(
         chart_pixels(b, "chart-events-hour").await > 0,

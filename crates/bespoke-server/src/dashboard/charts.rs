@@ -5,7 +5,8 @@
 //! dashboard itself and brought up to date on each request from the events appended since
 //! (the store's sequence numbers only grow), so that a chart does not rescan the event log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -42,7 +43,7 @@ pub(crate) struct Series {
 
 /// A full recount at least this often, so that deletions the serving count does not reveal
 /// (hidden by ingestion between two requests) leave the charts for a bounded time only.
-const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+const RECOUNT_EVERY: Duration = Duration::from_secs(600);
 
 /// Stored events counted by hour of their timestamp, each user's latest event, and each
 /// item's impressions. Impressions (what was shown, not what users did) are counted apart:
@@ -50,7 +51,7 @@ const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     /// When the count started over from the first event.
-    since: Option<std::time::Instant>,
+    since: Option<Instant>,
     /// Serving's event count at the last update: a drop means events were deleted.
     serving_events: u64,
     /// The last sequence number counted.
@@ -82,7 +83,7 @@ impl Tally {
         let stale = self.since.is_none_or(|t| t.elapsed() >= RECOUNT_EVERY);
         if serving < self.serving_events || stale {
             *self = Tally {
-                since: Some(std::time::Instant::now()),
+                since: Some(Instant::now()),
                 ..Tally::default()
             };
         }
@@ -165,6 +166,60 @@ impl Tally {
                 .collect(),
             time: true,
             series,
+        }
+    }
+}
+
+/// The ingestion rate is measured over at least this long when the overview was seen that
+/// long ago (else since the server started).
+const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Serving's event count sampled at each overview (at most every ten seconds): the ingestion
+/// rate is the change since the newest sample at least [`RATE_WINDOW`] old, so it follows
+/// the present rather than averaging over the server's whole life. Measured by arrival, not
+/// by the events' own timestamps, which clients set (imports carry old ones).
+#[derive(Debug)]
+pub(crate) struct Rate {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+/// An ingestion rate and the span it was measured over.
+#[derive(Debug, Serialize, PartialEq)]
+pub(crate) struct Measured {
+    pub(crate) per_minute: f64,
+    pub(crate) over_minutes: f64,
+}
+
+impl Rate {
+    /// Starts measuring from `events` at `now`.
+    pub(crate) fn new(now: Instant, events: u64) -> Self {
+        Self {
+            samples: VecDeque::from([(now, events)]),
+        }
+    }
+
+    /// Records `events` at `now` and answers the rate since the window's start.
+    pub(crate) fn sample(&mut self, now: Instant, events: u64) -> Measured {
+        if self
+            .samples
+            .back()
+            .is_none_or(|&(t, _)| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.samples.push_back((now, events));
+        }
+        // Keep the newest sample that is at least a window old as the window's start.
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|&(t, _)| now.duration_since(t) >= RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let (since, then) = self.samples.front().copied().unwrap_or((now, events));
+        let minutes = now.duration_since(since).as_secs_f64() / 60.0;
+        Measured {
+            per_minute: events.saturating_sub(then) as f64 / minutes.max(1.0 / 60.0),
+            over_minutes: minutes,
         }
     }
 }
@@ -376,6 +431,28 @@ mod tests {
                 Some(0.0)
             ]
         );
+    }
+
+    #[test]
+    fn the_rate_follows_the_last_quarter_hour() {
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        let mut r = Rate::new(t0, 0);
+        // Since start while nothing older than the window exists.
+        let m = r.sample(t0 + 2 * min, 200);
+        assert_eq!(m.per_minute, 100.0);
+        r.sample(t0 + 20 * min, 1200);
+        // At 40 minutes the window starts at the 20-minute sample: 600 events in 20 minutes.
+        let m = r.sample(t0 + 40 * min, 1800);
+        assert_eq!(
+            m,
+            Measured {
+                per_minute: 30.0,
+                over_minutes: 20.0
+            }
+        );
+        // Deletions make the count drop: no negative rate.
+        assert_eq!(r.sample(t0 + 41 * min, 10).per_minute, 0.0);
     }
 
     #[test]

@@ -61,8 +61,8 @@ pub(crate) struct Dash {
     sessions: Arc<Sessions>,
     templates: Arc<Environment<'static>>,
     tally: Arc<Mutex<charts::Tally>>,
-    /// When the dashboard started, and the events serving held then: the ingestion rate.
-    started: (Instant, u64),
+    /// The ingestion rate's samples.
+    rate: Arc<Mutex<charts::Rate>>,
 }
 
 /// A static file: its name under `assets/`, its bytes and content type.
@@ -148,7 +148,7 @@ pub(crate) fn router<S>(
         sessions: Arc::new(Sessions::default()),
         templates: Arc::new(templates()),
         tally: Arc::new(Mutex::new(charts::Tally::default())),
-        started: (Instant::now(), events),
+        rate: Arc::new(Mutex::new(charts::Rate::new(Instant::now(), events))),
     };
     Router::new()
         .route("/dashboard", get(pages::overview))

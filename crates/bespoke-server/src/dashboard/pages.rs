@@ -42,7 +42,7 @@ impl Dash {
 pub(crate) async fn overview(State(dash): State<Dash>, PageSession(s): PageSession) -> Response {
     let engine = dash.engine.clone();
     let tally = dash.tally.clone();
-    let (started, events_then) = dash.started;
+    let rate = dash.rate.clone();
     let data = blocking(&dash, &s, move || {
         let activity = {
             let mut t = tally.lock();
@@ -55,15 +55,15 @@ pub(crate) async fn overview(State(dash): State<Dash>, PageSession(s): PageSessi
             json!({ "version": m.version, "created_at": m.meta["created_at"],
                     "kinds": m.meta["models"], "serve": m.meta["serve"] })
         });
-        let minutes = started.elapsed().as_secs_f64() / 60.0;
-        let rate = counts.events.saturating_sub(events_then) as f64 / minutes.max(1.0 / 60.0);
+        let rate = rate.lock().sample(std::time::Instant::now(), counts.events);
         Ok(json!({
             "counts": counts,
             "activity": activity,
             "model": active,
             "versions": models.len(),
             "training": engine.training_status(),
-            "rate_per_minute": format!("{rate:.1}"),
+            "rate_per_minute": format!("{:.1}", rate.per_minute),
+            "rate_minutes": rate.over_minutes.round().max(1.0),
         }))
     })
     .await;
