@@ -541,6 +541,15 @@ async fn pages_escape_what_they_show_and_send_security_headers() {
             );
         }
         assert!(!html.contains(" style="), "{page}: inline style");
+        for handler in [
+            " onclick=",
+            " onload=",
+            " onsubmit=",
+            " onchange=",
+            " onerror=",
+        ] {
+            assert!(!html.contains(handler), "{page}: inline handler {handler}");
+        }
     }
     // Assets: long-lived, under their content tag; another tag is not served.
     let html = get(&fx, Some(&cookie), "/dashboard")
