@@ -498,6 +498,24 @@ async fn erasure_needs_the_csrf_token() {
 }
 
 #[tokio::test]
+async fn erasure_can_retrain_until_complete() {
+    let fx = Fixture::start(true).await;
+    let (_, cookie, _) = login(&fx, &fx.admin_key).await;
+    let cookie = cookie.expect("a session cookie");
+    let page = get(&fx, Some(&cookie), "/dashboard/users/erase?key=u2").await;
+    let token = csrf_of(&page.text().await.expect("page"));
+    let form = [("csrf", token.as_str()), ("key", "u2"), ("retrain", "on")];
+    let resp = post_form(&fx, &cookie, "/dashboard/users/erase", &form).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = resp.text().await.expect("page");
+    // A model trained without the user is served: the erasure is complete.
+    assert!(html.contains("id=\"erasure-status\">complete<"), "{html}");
+    let (_, models) = fx.call(reqwest::Method::GET, "/v1/models", None).await;
+    assert_eq!(models["active"], 3, "{models}");
+    fx.stop().await;
+}
+
+#[tokio::test]
 async fn pages_escape_what_they_show_and_send_security_headers() {
     let fx = Fixture::start(false).await;
     let (_, cookie, _) = login(&fx, &fx.admin_key).await;

@@ -268,10 +268,12 @@ pub(crate) async fn erase_confirm(
 pub(crate) struct EraseForm {
     csrf: String,
     key: String,
+    /// The checkbox: present (`on`) when ticked.
+    retrain: Option<String>,
 }
 
-/// `POST /dashboard/users/erase`: erases the user (as `DELETE /v1/users/{key}`) and shows the
-/// erasure receipt.
+/// `POST /dashboard/users/erase`: erases the user (as `DELETE /v1/users/{key}`, with
+/// `retrain=true` when the box is ticked) and shows the erasure receipt.
 pub(crate) async fn erase(
     State(dash): State<Dash>,
     PageSession(s): PageSession,
@@ -285,12 +287,13 @@ pub(crate) async fn erase(
         Ok(None) => return dash.error(Some(&s), StatusCode::BAD_REQUEST, "no user key given"),
         Err(resp) => return resp,
     };
+    let retrain = form.retrain.is_some();
     let engine = dash.engine.clone();
     let prefix = s.prefix.clone();
     let k = key.clone();
     let receipt = blocking(&dash, &s, move || {
         engine
-            .erase_user(&prefix, &k, false)
+            .erase_user(&prefix, &k, retrain)
             .map_err(|e| e.to_string())
     })
     .await;
