@@ -577,7 +577,8 @@ the audience for {} ({} users scored, {} objected to marketing):",
         let base = format!("http://{}", server.addr());
         let cat = category.replace(' ', "%20").replace('\'', "%27");
         println!("\nBespoke is serving the demo shop on {base}.");
-        println!("Demo API key (admin scope): {key}\nTry:\n");
+        println!("Demo API key (admin scope): {key}");
+        println!("Dashboard: {base}/dashboard (log in with the key above)\nTry:\n");
         let auth = format!("-H 'Authorization: Bearer {key}'");
         println!("  curl -s {auth} '{base}/v1/users/{sample_user}/recommendations?n=5'");
         println!("  curl -s {auth} '{base}/v1/items/{item}/similar?n=5'");

@@ -312,6 +312,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let server = bespoke_server::start(settings).await?;
                 eprintln!("bespoke listening on http://{}", server.addr());
+                eprintln!(
+                    "dashboard: http://{}/dashboard (log in with an admin key)",
+                    server.addr()
+                );
                 let auth = server.engine().settings().auth.enabled;
                 // Off the runtime's threads: PostgreSQL's blocking client panics on them.
                 let engine = server.engine().clone();

@@ -301,10 +301,20 @@ impl Keyring {
     pub fn verify(&self, presented: Option<&str>, default_rate: f64) -> Result<Caller, AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
         let prefix = prefix_of(presented).ok_or(AuthError::Invalid)?;
-        let given = digest(presented);
+        self.verify_digest(prefix, &digest(presented), default_rate)
+    }
+
+    /// As [`Keyring::verify`], for a key known by its prefix and digest: how the dashboard's
+    /// sessions, which never keep the key, see a revocation or a change of scopes.
+    pub fn verify_digest(
+        &self,
+        prefix: &str,
+        given: &[u8; 32],
+        default_rate: f64,
+    ) -> Result<Caller, AuthError> {
         let keys = self.keys.read();
         let entry = keys.get(prefix).ok_or(AuthError::Invalid)?;
-        if !bool::from(entry.hash.ct_eq(&given)) {
+        if !bool::from(entry.hash.ct_eq(given)) {
             return Err(AuthError::Invalid);
         }
         if entry.revoked {

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub(crate) mod dashboard;
 pub mod decisions;
 pub mod engine;
 pub mod error;

@@ -583,6 +583,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             deadline,
         ))
+        // After the route layers: the dashboard's routes have sessions, not keys.
+        .merge(crate::dashboard::router(
+            state.engine.clone(),
+            state.metrics.clone(),
+            state.throttle.clone(),
+        ))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

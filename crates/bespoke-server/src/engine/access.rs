@@ -57,6 +57,16 @@ impl Access {
             .verify(presented, self.settings.auth.rate_per_second)
     }
 
+    /// Checks a key known by its prefix and SHA-256 digest (see [`Keyring::verify_digest`]).
+    pub fn authenticate_digest(
+        &self,
+        prefix: &str,
+        digest: &[u8; 32],
+    ) -> Result<Caller, AuthError> {
+        self.keyring
+            .verify_digest(prefix, digest, self.settings.auth.rate_per_second)
+    }
+
     /// Takes a token from the caller's rate bucket; `Err(seconds)` to wait.
     pub fn rate_limit(&self, caller: &Caller) -> Result<(), f64> {
         self.limiter.take(
