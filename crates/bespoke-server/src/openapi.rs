@@ -438,8 +438,8 @@ fn paths() -> Value {
         "paths": {
             "/healthz": { "get": { "summary": "Liveness and counts", "operationId": "healthz",
                 "responses": { "200": ok("Serving", "Health") } } },
-            "/metrics": { "get": { "summary": "Prometheus metrics (text exposition format)", "operationId": "metrics",
-                "responses": { "200": { "description": "Metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text format)", "operationId": "metrics",
+                "responses": { "200": { "description": "Metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } } } },
             "/openapi.json": { "get": { "summary": "This document", "operationId": "openapi",
                 "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } } } },
             "/v1/events": { "post": {

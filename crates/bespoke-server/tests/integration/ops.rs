@@ -78,7 +78,7 @@ async fn health_and_metrics_report_counts_and_requests() {
         resp.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain")
+            .starts_with("application/openmetrics-text")
     );
     let text = resp.text().await.unwrap();
     assert!(text.contains(r#"bespoke_http_requests_total{method="GET",route="/v1/users/{key}/recommendations",status="200"} 1"#), "{text}");
