@@ -1,41 +1,28 @@
-//! RFC 3339 timestamps and short durations, without a date-time dependency: the API needs only
-//! UTC instants with millisecond precision.
+//! RFC 3339 timestamps and short durations: the API needs only UTC instants with millisecond
+//! precision. The calendar is `jiff`'s; the parser in front of it is ours, so that an error can
+//! name the part and the position that are wrong.
 
 use bespoke_store::Millis;
+use jiff::Span;
+use jiff::civil::Date;
 
 const MS_PER_DAY: i64 = 86_400_000;
+const EPOCH: Date = jiff::civil::date(1970, 1, 1);
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Days from 1970-01-01 to `d` (proleptic Gregorian).
+fn days_since_epoch(d: Date) -> i64 {
+    // Between two dates of jiff's range, counted in days, `since` cannot fail.
+    d.since(EPOCH).map_or(0, |span| i64::from(span.get_days()))
 }
 
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
+/// The date `days` after 1970-01-01, held to jiff's range (years -9999 to 9999).
+fn date_from_days(days: i64) -> Date {
+    let (min, max) = (days_since_epoch(Date::MIN), days_since_epoch(Date::MAX));
+    let days = days.clamp(min, max);
+    Span::new()
+        .try_days(days)
+        .and_then(|span| EPOCH.checked_add(span))
+        .unwrap_or(if days < 0 { Date::MIN } else { Date::MAX })
 }
 
 /// Why a text is not an RFC 3339 time. Each message continues a subject (`timestamp has no time
@@ -186,9 +173,12 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, TimeError> {
         Some(b'Z' | b'z') => return Err(TimeError::Trailing { position: i + 2 }),
         _ => return Err(TimeError::Trailing { position: i + 1 }),
     };
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return Err(TimeError::Date { year, month, day });
-    }
+    // Two and four digits always fit; jiff says whether the date exists.
+    let date = Date::new(year as i16, month as i8, day as i8).map_err(|_| TimeError::Date {
+        year,
+        month,
+        day,
+    })?;
     if hour > 23 || minute > 59 || second > 60 {
         return Err(TimeError::TimeOfDay {
             hour,
@@ -197,16 +187,17 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, TimeError> {
         });
     }
     // A leap second is folded into the next second's first instant.
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset_min * 60;
+    let secs =
+        days_since_epoch(date) * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
     Ok(secs * 1000 + millis)
 }
 
 /// Formats Unix milliseconds as RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.000Z`).
+/// Instants beyond the years -9999 to 9999 are held to that range.
 pub fn format_rfc3339(ms: Millis) -> String {
-    let days = ms.div_euclid(MS_PER_DAY);
+    let date = date_from_days(ms.div_euclid(MS_PER_DAY));
     let rem = ms.rem_euclid(MS_PER_DAY);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = (date.year(), date.month(), date.day());
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3_600_000,
@@ -386,6 +377,14 @@ mod tests {
         );
         // A leap second is a valid time of day.
         assert!(parse_rfc3339("2016-12-31T23:59:60Z").is_ok());
+    }
+
+    #[test]
+    fn instants_beyond_the_calendar_are_held_to_it() {
+        assert!(format_rfc3339(i64::MAX).starts_with("9999-12-31T"));
+        assert!(format_rfc3339(i64::MIN).starts_with("-9999-01-01T"));
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]
