@@ -515,6 +515,83 @@ async fn erasure_can_retrain_until_complete() {
     fx.stop().await;
 }
 
+/// The `data-value` of the element with id `id` in `html`.
+fn data_value(html: &str, id: &str) -> f64 {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id}: {html}"));
+    let rest = &html[at..];
+    let start = rest.find("data-value=\"").expect("a data-value") + "data-value=\"".len();
+    let end = start + rest[start..].find('"').expect("a closing quote");
+    rest[start..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+}
+
+#[tokio::test]
+async fn fairness_section_reports_what_the_api_reports() {
+    let fx = Fixture::start(true).await;
+    let (_, cookie, _) = login(&fx, &fx.admin_key).await;
+    let cookie = cookie.expect("a session cookie");
+    // Not computed on page load: it ranks users.
+    let html = get(&fx, Some(&cookie), "/dashboard/more")
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(!html.contains("id=\"fairness-report\""), "{html}");
+    let path = format!("/dashboard/more?fairness_users={USERS}&item_attribute=category");
+    let resp = get(&fx, Some(&cookie), &path).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = resp.text().await.expect("page");
+    let (s, api) = fx
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/reports/fairness?users={USERS}&item_attribute=category"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{api}");
+    assert_eq!(data_value(&html, "fairness-users"), USERS as f64, "{api}");
+    for (id, field) in [("fairness-coverage", "coverage"), ("fairness-gini", "gini")] {
+        let want = api[field].as_f64().expect("a measure");
+        let got = data_value(&html, id);
+        assert!((got - want).abs() < 1e-9, "{id}: page {got}, API {want}");
+    }
+    // Exposure by category: both fixture categories, escaped names as they are.
+    let exposure = &html[html.find("fairness-exposure").expect("an exposure table")..];
+    assert!(
+        exposure.contains("<td>even</td>") && exposure.contains("<td>odd</td>"),
+        "{exposure}"
+    );
+    // An attribute nobody has is said on the page; a bad sample size is a 400.
+    let html = get(
+        &fx,
+        Some(&cookie),
+        "/dashboard/more?fairness_users=5&item_attribute=colour",
+    )
+    .await
+    .text()
+    .await
+    .expect("page");
+    assert!(html.contains("id=\"fairness-error\""), "{html}");
+    assert!(html.contains("colour"), "{html}");
+    for bad in ["0", "many", "20001"] {
+        let resp = get(
+            &fx,
+            Some(&cookie),
+            &format!("/dashboard/more?fairness_users={bad}"),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            resp.text().await.expect("page").contains("users to sample"),
+            "{bad}"
+        );
+    }
+    fx.stop().await;
+}
+
 #[tokio::test]
 async fn pages_escape_what_they_show_and_send_security_headers() {
     let fx = Fixture::start(false).await;
@@ -931,10 +1008,18 @@ async fn walk(fx: &Fixture, b: &Browser) {
         .expect("goto");
     assert_eq!(text(b, "td.exp-status").await, "running");
     assert_eq!(text(b, "td.seg-size").await, USERS.to_string());
-    b.wait()
-        .for_element(Locator::Id("fairness"))
+    // The fairness form, submitted as a user would: the report of every fixture user.
+    b.find(Locator::Css("#fairness button[type=submit]"))
         .await
-        .expect("more page");
+        .expect("the fairness form")
+        .click()
+        .await
+        .expect("submitted");
+    b.wait()
+        .for_element(Locator::Id("fairness-report"))
+        .await
+        .expect("the fairness report");
+    assert_eq!(text(b, "#fairness-users").await, USERS.to_string());
     screenshot(b, "more").await;
 
     // Erase a user from the UI: confirmation, then the receipt.

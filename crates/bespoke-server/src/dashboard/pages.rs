@@ -438,9 +438,41 @@ pub(crate) async fn loops(
     }
 }
 
-/// `GET /dashboard/more`: experiments and segments (audiences) as summaries, and where the
-/// fairness report is.
-pub(crate) async fn more(State(dash): State<Dash>, PageSession(s): PageSession) -> Response {
+/// The fairness form of `/dashboard/more`: how many users to sample and which item attribute
+/// to compare exposure by. Absent, the page does not compute the report (it ranks users).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MoreQuery {
+    fairness_users: Option<String>,
+    item_attribute: Option<String>,
+}
+
+/// Users the dashboard's fairness form ranks at most (the API and the CLI rank everyone).
+const MAX_FAIRNESS_USERS: usize = 20_000;
+
+/// `GET /dashboard/more`: experiments and segments (audiences) as summaries, and, on request,
+/// the fairness report of the served model on a seeded sample of users.
+pub(crate) async fn more(
+    State(dash): State<Dash>,
+    PageSession(s): PageSession,
+    Query(q): Query<MoreQuery>,
+) -> Response {
+    let sample = match q.fairness_users.as_deref().map(str::trim) {
+        None => None,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_FAIRNESS_USERS).contains(&n) => Some(n),
+            _ => {
+                let msg = format!(
+                    "users to sample must be a whole number from 1 to {MAX_FAIRNESS_USERS}, got {raw:?}"
+                );
+                return dash.error(Some(&s), StatusCode::BAD_REQUEST, &msg);
+            }
+        },
+    };
+    let attribute = match dash.search_key(&s, q.item_attribute) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
     let engine = dash.engine.clone();
     let data = blocking(&dash, &s, move || {
         let experiments: Vec<Value> = engine
@@ -455,11 +487,54 @@ pub(crate) async fn more(State(dash): State<Dash>, PageSession(s): PageSession) 
             .into_iter()
             .map(|g| json!({ "name": g.name, "last_refresh": g.last_refresh }))
             .collect();
-        Ok(json!({ "experiments": experiments, "segments": segments }))
+        let fairness = match sample {
+            None => Value::Null,
+            Some(users) => fairness_on_sample(&engine, users, attribute.as_deref())?,
+        };
+        Ok(json!({ "experiments": experiments, "segments": segments,
+                   "fairness": fairness, "fairness_users": sample.unwrap_or(500),
+                   "item_attribute": attribute.unwrap_or_else(|| "category".into()) }))
     })
     .await;
     match data {
         Ok(d) => dash.render("more.html", Some(&s), value(&d)),
         Err(resp) => resp,
     }
+}
+
+/// The served model's fairness report on `users` sampled users (seed 0, the configured list
+/// length), exposure compared by `attribute` (`category` when none is named, skipped when no
+/// item has categories; a named attribute nobody has is an error shown on the page).
+fn fairness_on_sample(
+    engine: &crate::Engine,
+    users: usize,
+    attribute: Option<&str>,
+) -> Result<Value, String> {
+    use crate::engine::{ReportError, ReportOptions};
+    let req = RecommendQuery {
+        n: engine.settings().fairness.report_k,
+        ..RecommendQuery::default()
+    };
+    let opts = |attrs: Vec<String>| ReportOptions {
+        user_attributes: Vec::new(),
+        item_attributes: attrs,
+        max_users: Some(users),
+        seed: 0,
+    };
+    let named = attribute.map(str::to_owned);
+    let first = engine.fairness_report(
+        &req,
+        &opts(vec![named.clone().unwrap_or_else(|| "category".into())]),
+    );
+    let report = match (first, named) {
+        (Ok(r), _) => r,
+        (Err(ReportError::UnknownAttribute { .. }), None) => engine
+            .fairness_report(&req, &opts(Vec::new()))
+            .map_err(|e| e.to_string())?,
+        (Err(e @ ReportError::UnknownAttribute { .. }), Some(_)) => {
+            return Ok(json!({ "error": e.to_string() }));
+        }
+        (Err(e), _) => return Err(e.to_string()),
+    };
+    Ok(serde_json::to_value(&report).map_err(|e| e.to_string())?)
 }
