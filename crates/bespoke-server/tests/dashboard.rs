@@ -515,6 +515,69 @@ async fn erasure_can_retrain_until_complete() {
     fx.stop().await;
 }
 
+#[tokio::test]
+async fn experiment_report_shows_each_variant() {
+    let fx = Fixture::start(true).await;
+    // Exposure: the running experiment assigns each user who asks for recommendations.
+    for u in 0..USERS {
+        let (s, b) = fx
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/users/u{u}/recommendations"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let (s, api) = fx
+        .call(
+            reqwest::Method::GET,
+            "/v1/experiments/evens-only/report",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{api}");
+    assert_eq!(api["users"], USERS, "{api}");
+    let (_, cookie, _) = login(&fx, &fx.admin_key).await;
+    let cookie = cookie.expect("a session cookie");
+    let html = get(&fx, Some(&cookie), "/dashboard/more")
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        html.contains("/dashboard/more?experiment=evens-only"),
+        "{html}"
+    );
+    let html = get(&fx, Some(&cookie), "/dashboard/more?experiment=evens-only")
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        html.contains(&format!("id=\"experiment-users\">{USERS}<")),
+        "{html}"
+    );
+    let variants = &html[html.find("id=\"experiment-variants\"").expect("variants")..];
+    for v in api["variants"].as_array().expect("variants") {
+        let row = format!(
+            "<td>{}</td><td class=\"variant-users\">{}</td>",
+            v["variant"].as_str().expect("a name"),
+            v["users"]
+        );
+        assert!(variants.contains(&row), "{row} in {variants}");
+    }
+    assert!(html.contains("id=\"experiment-comparisons\""), "{html}");
+    assert!(html.contains("<td>evens</td><td>viewers</td>"), "{html}");
+    let html = get(&fx, Some(&cookie), "/dashboard/more?experiment=nope")
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(html.contains("id=\"experiment-missing\""), "{html}");
+    fx.stop().await;
+}
+
 /// The `data-value` of the element with id `id` in `html`.
 fn data_value(html: &str, id: &str) -> f64 {
     let at = html
@@ -1007,6 +1070,18 @@ async fn walk(fx: &Fixture, b: &Browser) {
         .await
         .expect("goto");
     assert_eq!(text(b, "td.exp-status").await, "running");
+    // An experiment's report, one click away.
+    b.find(Locator::LinkText("evens-only"))
+        .await
+        .expect("the experiment's link")
+        .click()
+        .await
+        .expect("clicked");
+    b.wait()
+        .for_element(Locator::Id("experiment-report"))
+        .await
+        .expect("the experiment's report");
+    screenshot(b, "experiment").await;
     assert_eq!(text(b, "td.seg-size").await, USERS.to_string());
     // The fairness form, submitted as a user would: the report of every fixture user.
     b.find(Locator::Css("#fairness button[type=submit]"))

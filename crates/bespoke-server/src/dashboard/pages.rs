@@ -443,6 +443,7 @@ pub(crate) async fn loops(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MoreQuery {
+    experiment: Option<String>,
     fairness_users: Option<String>,
     item_attribute: Option<String>,
 }
@@ -450,8 +451,9 @@ pub(crate) struct MoreQuery {
 /// Users the dashboard's fairness form ranks at most (the API and the CLI rank everyone).
 const MAX_FAIRNESS_USERS: usize = 20_000;
 
-/// `GET /dashboard/more`: experiments and segments (audiences) as summaries, and, on request,
-/// the fairness report of the served model on a seeded sample of users.
+/// `GET /dashboard/more`: experiments and segments (audiences) as summaries, one experiment's
+/// report (`?experiment=`), and, on request, the fairness report of the served model on a
+/// seeded sample of users.
 pub(crate) async fn more(
     State(dash): State<Dash>,
     PageSession(s): PageSession,
@@ -473,6 +475,10 @@ pub(crate) async fn more(
         Ok(a) => a,
         Err(resp) => return resp,
     };
+    let experiment = match dash.search_key(&s, q.experiment) {
+        Ok(e) => e,
+        Err(resp) => return resp,
+    };
     let engine = dash.engine.clone();
     let data = blocking(&dash, &s, move || {
         let experiments: Vec<Value> = engine
@@ -487,11 +493,21 @@ pub(crate) async fn more(
             .into_iter()
             .map(|g| json!({ "name": g.name, "last_refresh": g.last_refresh }))
             .collect();
+        let report = match experiment {
+            None => Value::Null,
+            Some(name) => match engine.experiment_report(&name) {
+                Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string())?,
+                Err(crate::engine::ExperimentError::NotFound(_)) => {
+                    json!({ "missing": name })
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+        };
         let fairness = match sample {
             None => Value::Null,
             Some(users) => fairness_on_sample(&engine, users, attribute.as_deref())?,
         };
-        Ok(json!({ "experiments": experiments, "segments": segments,
+        Ok(json!({ "experiments": experiments, "segments": segments, "report": report,
                    "fairness": fairness, "fairness_users": sample.unwrap_or(500),
                    "item_attribute": attribute.unwrap_or_else(|| "category".into()) }))
     })
