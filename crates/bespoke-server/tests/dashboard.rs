@@ -578,6 +578,75 @@ async fn experiment_report_shows_each_variant() {
     fx.stop().await;
 }
 
+/// The users of the dashboard's audience table, in order.
+fn audience_users(html: &str) -> Vec<String> {
+    html.split("class=\"audience-user\"><a href=\"")
+        .skip(1)
+        .map(|cell| {
+            let name = &cell[cell.find('>').expect("a link") + 1..];
+            name[..name.find('<').expect("the link's end")].to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn audience_form_lists_who_the_api_lists() {
+    let fx = Fixture::start(true).await;
+    let (_, cookie, _) = login(&fx, &fx.admin_key).await;
+    let cookie = cookie.expect("a session cookie");
+    for (form, body) in [
+        (
+            "audience_items=i0,+i3&audience_n=5",
+            json!({ "items": ["i0", "i3"], "n": 5 }),
+        ),
+        (
+            "audience_category=even",
+            json!({ "category": "even", "n": 20 }),
+        ),
+    ] {
+        let (s, api) = fx
+            .call(reqwest::Method::POST, "/v1/audiences/query", Some(body))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{api}");
+        let want: Vec<String> = api["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .map(|u| u["user"].as_str().expect("a key").to_owned())
+            .collect();
+        assert!(!want.is_empty(), "{api}");
+        let resp = get(&fx, Some(&cookie), &format!("/dashboard/more?{form}")).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{form}");
+        let html = resp.text().await.expect("page");
+        assert_eq!(audience_users(&html), want, "{form}");
+        let matched = format!("id=\"audience-matched\">{}<", api["items_matched"]);
+        assert!(html.contains(&matched), "{form}: {html}");
+    }
+    // What the engine refuses is said on the page; what the form cannot be is a 400.
+    let html = get(
+        &fx,
+        Some(&cookie),
+        "/dashboard/more?audience_items=nothing-like-it",
+    )
+    .await
+    .text()
+    .await
+    .expect("page");
+    assert!(html.contains("id=\"audience-error\""), "{html}");
+    for bad in [
+        "audience_items=i0&audience_n=0",
+        "audience_category=even&audience_n=lots",
+    ] {
+        let resp = get(&fx, Some(&cookie), &format!("/dashboard/more?{bad}")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            resp.text().await.expect("page").contains("users to list"),
+            "{bad}"
+        );
+    }
+    fx.stop().await;
+}
+
 /// The `data-value` of the element with id `id` in `html`.
 fn data_value(html: &str, id: &str) -> f64 {
     let at = html
@@ -1096,6 +1165,25 @@ async fn walk(fx: &Fixture, b: &Browser) {
         .expect("the fairness report");
     assert_eq!(text(b, "#fairness-users").await, USERS.to_string());
     screenshot(b, "more").await;
+    // The audience form: who is most drawn to the even items.
+    b.find(Locator::Css("#audience-form input[name=audience_category]"))
+        .await
+        .expect("the audience form")
+        .send_keys("even")
+        .await
+        .expect("typed");
+    b.find(Locator::Css("#audience-form button[type=submit]"))
+        .await
+        .expect("its button")
+        .click()
+        .await
+        .expect("submitted");
+    b.wait()
+        .for_element(Locator::Id("audience-users"))
+        .await
+        .expect("the audience");
+    assert_eq!(text(b, "#audience-matched").await, (ITEMS / 2).to_string());
+    screenshot(b, "audience").await;
 
     // Erase a user from the UI: confirmation, then the receipt.
     b.goto(&format!("{base}/dashboard/users?key=u5"))

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Dash, PageSession, blocking, value};
-use crate::engine::{PopularQuery, PopularSort, RecommendQuery};
+use crate::engine::{AudienceQuery, MAX_AUDIENCE_ITEMS, PopularQuery, PopularSort, RecommendQuery};
 
 /// How many history events, recommendations and similar items a page lists.
 const LIST: usize = 20;
@@ -444,15 +444,83 @@ pub(crate) async fn loops(
 #[serde(deny_unknown_fields)]
 pub(crate) struct MoreQuery {
     experiment: Option<String>,
+    /// Item keys, comma-separated.
+    audience_items: Option<String>,
+    audience_category: Option<String>,
+    audience_filter: Option<String>,
+    audience_n: Option<String>,
     fairness_users: Option<String>,
     item_attribute: Option<String>,
+}
+
+/// Users the dashboard's audience form lists at most (the API exports up to 10,000).
+const MAX_AUDIENCE_LIST: usize = 1_000;
+
+/// The audience form's query, or `None` when the form was not sent (every field empty).
+fn audience_query(
+    dash: &Dash,
+    s: &super::Session,
+    q: &MoreQuery,
+) -> Result<Option<AudienceQuery>, Response> {
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    };
+    let items: Vec<String> = q
+        .audience_items
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let (category, filter) = (text(&q.audience_category), text(&q.audience_filter));
+    if items.is_empty() && category.is_none() && filter.is_none() {
+        return Ok(None);
+    }
+    let bad = |msg: String| dash.error(Some(s), StatusCode::BAD_REQUEST, &msg);
+    if items.len() > MAX_AUDIENCE_ITEMS {
+        return Err(bad(format!(
+            "at most {MAX_AUDIENCE_ITEMS} items, got {}",
+            items.len()
+        )));
+    }
+    let max_key = dash.engine.settings().limits.max_key_bytes;
+    for (i, item) in items.iter().enumerate() {
+        crate::validate::validate_key(&format!("items[{i}]"), item, max_key)
+            .map_err(|e| bad(e.message))?;
+    }
+    if let Some(c) = &category {
+        crate::validate::validate_key("category", c, max_key).map_err(|e| bad(e.message))?;
+    }
+    let n = match text(&q.audience_n) {
+        None => 20,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_AUDIENCE_LIST).contains(&n) => n,
+            _ => {
+                return Err(bad(format!(
+                    "users to list must be a whole number from 1 to {MAX_AUDIENCE_LIST}, got {raw:?}"
+                )));
+            }
+        },
+    };
+    Ok(Some(AudienceQuery {
+        items,
+        category,
+        filter,
+        n,
+        threshold: None,
+    }))
 }
 
 /// Users the dashboard's fairness form ranks at most (the API and the CLI rank everyone).
 const MAX_FAIRNESS_USERS: usize = 20_000;
 
 /// `GET /dashboard/more`: experiments and segments (audiences) as summaries, one experiment's
-/// report (`?experiment=`), and, on request, the fairness report of the served model on a
+/// report (`?experiment=`), an audience query (`?audience_…=`), and, on request, the fairness report of the served model on a
 /// seeded sample of users.
 pub(crate) async fn more(
     State(dash): State<Dash>,
@@ -471,10 +539,16 @@ pub(crate) async fn more(
             }
         },
     };
-    let attribute = match dash.search_key(&s, q.item_attribute) {
+    let attribute = match dash.search_key(&s, q.item_attribute.clone()) {
         Ok(a) => a,
         Err(resp) => return resp,
     };
+    let audience = match audience_query(&dash, &s, &q) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let form = json!({ "items": q.audience_items, "category": q.audience_category,
+                       "filter": q.audience_filter, "n": q.audience_n });
     let experiment = match dash.search_key(&s, q.experiment) {
         Ok(e) => e,
         Err(resp) => return resp,
@@ -503,12 +577,20 @@ pub(crate) async fn more(
                 Err(e) => return Err(e.to_string()),
             },
         };
+        let audience = match audience {
+            None => Value::Null,
+            Some(q) => match engine.audience(&q) {
+                Ok(a) => serde_json::to_value(&a).map_err(|e| e.to_string())?,
+                // What was wrong with the query (or that no model is trained) goes on the page.
+                Err(e) => json!({ "error": e.to_string() }),
+            },
+        };
         let fairness = match sample {
             None => Value::Null,
             Some(users) => fairness_on_sample(&engine, users, attribute.as_deref())?,
         };
         Ok(json!({ "experiments": experiments, "segments": segments, "report": report,
-                   "fairness": fairness, "fairness_users": sample.unwrap_or(500),
+                   "audience": audience, "audience_form": form, "fairness": fairness, "fairness_users": sample.unwrap_or(500),
                    "item_attribute": attribute.unwrap_or_else(|| "category".into()) }))
     })
     .await;
