@@ -634,5 +634,5 @@ fn fairness_on_sample(
         }
         (Err(e), _) => return Err(e.to_string()),
     };
-    Ok(serde_json::to_value(&report).map_err(|e| e.to_string())?)
+    serde_json::to_value(&report).map_err(|e| e.to_string())
 }
