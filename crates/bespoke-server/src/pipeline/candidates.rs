@@ -755,12 +755,25 @@ impl Serving {
         if cold.is_empty() {
             return out;
         }
-        // Explaining a new item is its cost: only those a boost stage could keep.
-        for Scored { idx, score } in filter.shortlisted_items(cold) {
-            out.push(Self::cold_item(s, content, idx, score, x, whose, full));
-        }
-        out.sort_by(|a, b| b.score.total_cmp(&a.score));
-        out.truncate(n);
+        // Explaining a new item is its cost: only those a boost stage could keep, and of
+        // those only the ones that stay among the `n` best once merged with the model's.
+        let mut merged: Vec<(f32, Result<Recommendation, u32>)> = out
+            .drain(..)
+            .map(|r| (r.score, Ok(r)))
+            .chain(
+                filter
+                    .shortlisted_items(cold)
+                    .into_iter()
+                    .map(|c| (c.score, Err(c.idx))),
+            )
+            .collect();
+        // Stable: on equal scores the model's results stay first, as they came.
+        merged.sort_by(|a, b| b.0.total_cmp(&a.0));
+        merged.truncate(n);
+        out.extend(merged.into_iter().map(|(score, r)| match r {
+            Ok(r) => r,
+            Err(idx) => Self::cold_item(s, content, idx, score, x, whose, full),
+        }));
         out
     }
 
