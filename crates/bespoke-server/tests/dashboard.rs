@@ -935,6 +935,20 @@ async fn text(b: &Browser, css: &str) -> String {
         .expect("text")
 }
 
+/// Clicks `what` and waits until `then` is on the page.
+async fn click_then_wait(b: &Browser, what: Locator<'_>, then: Locator<'_>) {
+    b.find(what)
+        .await
+        .expect("an element to click")
+        .click()
+        .await
+        .expect("clicked");
+    b.wait()
+        .for_element(then)
+        .await
+        .expect("the page after the click");
+}
+
 /// Saves a screenshot as `docs/img/dashboard-<name>.png` when `BESPOKE_SCREENSHOTS=1`.
 async fn screenshot(b: &Browser, name: &str) {
     if std::env::var("BESPOKE_SCREENSHOTS").is_ok_and(|v| v == "1") {
@@ -1057,16 +1071,12 @@ async fn walk(fx: &Fixture, b: &Browser) {
     );
     screenshot(b, "models").await;
     assert_eq!(text(b, "#activate-1").await, "Roll back to v1");
-    b.find(Locator::Id("activate-1"))
-        .await
-        .expect("roll back button")
-        .click()
-        .await
-        .expect("clicked");
-    b.wait()
-        .for_element(Locator::Css("tr.model-row.active[data-version='1']"))
-        .await
-        .expect("version 1 served");
+    click_then_wait(
+        b,
+        Locator::Id("activate-1"),
+        Locator::Css("tr.model-row.active[data-version='1']"),
+    )
+    .await;
     let (_, models) = fx.call(reqwest::Method::GET, "/v1/models", None).await;
     assert_eq!(models["active"], 1, "{models}");
     // Version 2 is newer than the one served now: activating it is not a roll back.
@@ -1140,29 +1150,21 @@ async fn walk(fx: &Fixture, b: &Browser) {
         .expect("goto");
     assert_eq!(text(b, "td.exp-status").await, "running");
     // An experiment's report, one click away.
-    b.find(Locator::LinkText("evens-only"))
-        .await
-        .expect("the experiment's link")
-        .click()
-        .await
-        .expect("clicked");
-    b.wait()
-        .for_element(Locator::Id("experiment-report"))
-        .await
-        .expect("the experiment's report");
+    click_then_wait(
+        b,
+        Locator::LinkText("evens-only"),
+        Locator::Id("experiment-report"),
+    )
+    .await;
     screenshot(b, "experiment").await;
     assert_eq!(text(b, "td.seg-size").await, USERS.to_string());
     // The fairness form, submitted as a user would: the report of every fixture user.
-    b.find(Locator::Css("#fairness button[type=submit]"))
-        .await
-        .expect("the fairness form")
-        .click()
-        .await
-        .expect("submitted");
-    b.wait()
-        .for_element(Locator::Id("fairness-report"))
-        .await
-        .expect("the fairness report");
+    click_then_wait(
+        b,
+        Locator::Css("#fairness button[type=submit]"),
+        Locator::Id("fairness-report"),
+    )
+    .await;
     assert_eq!(text(b, "#fairness-users").await, USERS.to_string());
     screenshot(b, "more").await;
     // The audience form: who is most drawn to the even items.
@@ -1172,16 +1174,12 @@ async fn walk(fx: &Fixture, b: &Browser) {
         .send_keys("even")
         .await
         .expect("typed");
-    b.find(Locator::Css("#audience-form button[type=submit]"))
-        .await
-        .expect("its button")
-        .click()
-        .await
-        .expect("submitted");
-    b.wait()
-        .for_element(Locator::Id("audience-users"))
-        .await
-        .expect("the audience");
+    click_then_wait(
+        b,
+        Locator::Css("#audience-form button[type=submit]"),
+        Locator::Id("audience-users"),
+    )
+    .await;
     assert_eq!(text(b, "#audience-matched").await, (ITEMS / 2).to_string());
     screenshot(b, "audience").await;
 

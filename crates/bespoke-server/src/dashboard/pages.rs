@@ -496,17 +496,13 @@ fn audience_query(
     if let Some(c) = &category {
         crate::validate::validate_key("category", c, max_key).map_err(|e| bad(e.message))?;
     }
-    let n = match text(&q.audience_n) {
-        None => 20,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_AUDIENCE_LIST).contains(&n) => n,
-            _ => {
-                return Err(bad(format!(
-                    "users to list must be a whole number from 1 to {MAX_AUDIENCE_LIST}, got {raw:?}"
-                )));
-            }
-        },
-    };
+    let n = count(
+        text(&q.audience_n).as_deref(),
+        MAX_AUDIENCE_LIST,
+        "users to list",
+    )
+    .map_err(bad)?
+    .unwrap_or(20);
     Ok(Some(AudienceQuery {
         items,
         category,
@@ -516,28 +512,35 @@ fn audience_query(
     }))
 }
 
+/// A form's count field: a whole number from 1 to `max`, or what is wrong with it.
+fn count(raw: Option<&str>, max: usize, what: &str) -> Result<Option<usize>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(format!(
+            "{what} must be a whole number from 1 to {max}, got {raw:?}"
+        )),
+    }
+}
+
 /// Users the dashboard's fairness form ranks at most (the API and the CLI rank everyone).
 const MAX_FAIRNESS_USERS: usize = 20_000;
 
 /// `GET /dashboard/more`: experiments and segments (audiences) as summaries, one experiment's
-/// report (`?experiment=`), an audience query (`?audience_…=`), and, on request, the fairness report of the served model on a
-/// seeded sample of users.
+/// report (`?experiment=`), an audience query (`?audience_…=`), and, on request, the
+/// fairness report of the served model on a seeded sample of users.
 pub(crate) async fn more(
     State(dash): State<Dash>,
     PageSession(s): PageSession,
     Query(q): Query<MoreQuery>,
 ) -> Response {
-    let sample = match q.fairness_users.as_deref().map(str::trim) {
-        None => None,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_FAIRNESS_USERS).contains(&n) => Some(n),
-            _ => {
-                let msg = format!(
-                    "users to sample must be a whole number from 1 to {MAX_FAIRNESS_USERS}, got {raw:?}"
-                );
-                return dash.error(Some(&s), StatusCode::BAD_REQUEST, &msg);
-            }
-        },
+    let sample = match count(
+        q.fairness_users.as_deref().map(str::trim),
+        MAX_FAIRNESS_USERS,
+        "users to sample",
+    ) {
+        Ok(n) => n,
+        Err(msg) => return dash.error(Some(&s), StatusCode::BAD_REQUEST, &msg),
     };
     let attribute = match dash.search_key(&s, q.item_attribute.clone()) {
         Ok(a) => a,
