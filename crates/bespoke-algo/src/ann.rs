@@ -726,6 +726,16 @@ impl AnnScorer {
         &self.exact
     }
 
+    /// Whether a filter that accepts this `share` of the items is better scanned as an exact
+    /// [`ItemScorer::subset`] than searched here: without a graph when it keeps at most half
+    /// of them; with one only where the search would fall back to the exact scan anyway.
+    pub fn prefers_subset(&self, share: f32) -> bool {
+        match self.graph {
+            None => share <= 0.5,
+            Some(_) => share < self.params.min_acceptance,
+        }
+    }
+
     /// The graph, when this catalog is searched through one.
     pub fn graph(&self) -> Option<&Hnsw> {
         self.graph.as_ref()

@@ -385,10 +385,7 @@ impl Ridge {
         x.iter()
             .filter_map(|&(j, v)| {
                 let row = self.row(j)?;
-                Some((
-                    j,
-                    v * row.iter().zip(target).map(|(a, b)| a * b).sum::<f32>(),
-                ))
+                Some((j, v * crate::simd::dot(row, target)))
             })
             .collect()
     }

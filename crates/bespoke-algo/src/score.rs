@@ -19,6 +19,8 @@
 //! rules' boosts) inside the same scan: bounds pass through a non-decreasing function stay
 //! bounds, and a ceiling over every item's function keeps the early stop sound.
 
+use std::sync::Arc;
+
 use crate::simd::{self, Simd, WithSimd};
 use crate::{Factors, Scored, TopK};
 
@@ -28,7 +30,8 @@ const SLACK: f32 = 1e-3;
 /// Item factors prepared for fast exact top-k.
 #[derive(Debug, Clone)]
 pub struct ItemScorer {
-    items: Factors,
+    /// Shared with the scorer's [subsets](Self::subset).
+    items: Arc<Factors>,
     /// Item ids in scan order (decreasing norm, ties by id); the arrays below follow it.
     order: Vec<u32>,
     /// `‖y_i‖`, times a margin for rounding.
@@ -128,7 +131,7 @@ impl ItemScorer {
             norm[pos] = norms[id as usize] * (1.0 + SLACK);
         }
         Self {
-            items,
+            items: Arc::new(items),
             order,
             norm,
             codes,
@@ -136,6 +139,40 @@ impl ItemScorer {
             scale,
             scaled_l1,
         }
+    }
+
+    /// This scorer restricted to the items `keep` accepts, sharing the exact factors: its top
+    /// k under any filter equals this scorer's under that filter and `keep` together. A
+    /// selective filter that many requests share (a saved rule) is scanned once per change
+    /// instead of once per request: the scan then skips the items it would reject, and the
+    /// k-th best score it must beat comes from the filter's own items.
+    pub fn subset(&self, mut keep: impl FnMut(u32) -> bool) -> ItemScorer {
+        let p = self.padded;
+        let mut sub = ItemScorer {
+            items: self.items.clone(),
+            order: Vec::new(),
+            norm: Vec::new(),
+            codes: Vec::new(),
+            padded: p,
+            scale: Vec::new(),
+            scaled_l1: Vec::new(),
+        };
+        for (pos, &id) in self.order.iter().enumerate() {
+            if keep(id) {
+                sub.order.push(id);
+                sub.norm.push(self.norm[pos]);
+                sub.codes
+                    .extend_from_slice(&self.codes[pos * p..(pos + 1) * p]);
+                sub.scale.push(self.scale[pos]);
+                sub.scaled_l1.push(self.scaled_l1[pos]);
+            }
+        }
+        sub
+    }
+
+    /// How many items a scan looks at: [`Self::len`], or fewer in a [subset](Self::subset).
+    pub fn scanned(&self) -> usize {
+        self.order.len()
     }
 
     /// The exact item factors.
@@ -167,7 +204,7 @@ impl ItemScorer {
         scratch: &mut ScoreScratch,
     ) -> Vec<Scored> {
         assert_eq!(x.len(), self.items.dim(), "query dimension");
-        if k == 0 || self.items.rows() == 0 {
+        if k == 0 || self.order.is_empty() {
             return Vec::new();
         }
         // Quantize the query.
@@ -216,7 +253,7 @@ impl ItemScorer {
         out
     }
 
-    /// Number of items.
+    /// Number of items (ids run below it; a [subset](Self::subset) scans fewer).
     pub fn len(&self) -> usize {
         self.items.rows()
     }
@@ -475,6 +512,35 @@ mod tests {
             let want = brute(&items, &x, k, keep, &mut Boosts);
             let got = scorer.top_k_rescored(&x, k, keep, &mut Boosts, &mut ScoreScratch::default());
             prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A subset's top k under a filter equals the whole scorer's under the subset's
+        /// predicate and the filter, re-scored or not.
+        #[test]
+        fn a_subset_equals_its_predicate_as_a_filter(
+            seed in 0u64..10_000,
+            n in 1usize..400,
+            d in prop_oneof![Just(1usize), Just(7), Just(16), Just(64)],
+            k in 1usize..30,
+            modulus in 1u32..12,
+        ) {
+            let (items, x) = case(seed, n, d, seed % 3 == 0);
+            let scorer = ItemScorer::new(items.clone());
+            let inside = |i: u32| (i * 7 + 3).is_multiple_of(modulus);
+            let sub = scorer.subset(inside);
+            prop_assert_eq!(sub.scanned(), (0..n as u32).filter(|&i| inside(i)).count());
+            prop_assert_eq!(sub.len(), n);
+            let keep = |i: u32| i % 5 != 1;
+            let both = |i: u32| inside(i) && keep(i);
+            let mut scratch = ScoreScratch::default();
+            prop_assert_eq!(sub.top_k(&x, k, keep, &mut scratch), brute(&items, &x, k, both, &mut Identity));
+            prop_assert_eq!(
+                sub.top_k_rescored(&x, k, keep, &mut Boosts, &mut scratch),
+                brute(&items, &x, k, both, &mut Boosts)
+            );
         }
     }
 

@@ -339,14 +339,16 @@ impl ContentServing {
         self.cold.read().items.len()
     }
 
-    /// The `n` best cold items for `x` among those `keep` accepts, best first (`idx` is the
-    /// store item; ties to the smaller). `keep` is asked only of items good enough to enter,
-    /// since it may evaluate business rules.
+    /// The `n` best cold items for `x` among those `inside` and `keep` accept, best first
+    /// (`idx` is the store item; ties to the smaller). `inside` is a cheap test asked of every
+    /// item before it is scored (a saved filter's bit); `keep` is asked only of items good
+    /// enough to enter, since it may evaluate business rules.
     /// Ranked by `rescore` of the scores (business-rule boosts), which are returned plain.
     pub fn top_cold<R: Rescore>(
         &self,
         x: &[f32],
         n: usize,
+        mut inside: impl FnMut(u32) -> bool,
         mut keep: impl FnMut(u32) -> bool,
         rescore: &mut R,
     ) -> Vec<Scored> {
@@ -357,6 +359,9 @@ impl ContentServing {
         }
         let mut top = TopK::new(n);
         for (&item, y) in cold.items.iter().zip(cold.ys.chunks_exact(k)) {
+            if !inside(item) {
+                continue;
+            }
             let score = bespoke_algo::simd::dot(y, x);
             if top.threshold().is_some_and(|t| score < rescore.floor(t)) || !keep(item) {
                 continue;
@@ -529,13 +534,14 @@ mod tests {
             let x: Vec<f32> = x.into_iter().map(f32::from).collect();
             let serving = ContentServing { model: ContentModel::default(), cold: RwLock::new(cold) };
             let keep = |i: u32| i % 4 != skip;
+            let inside = |i: u32| i % 5 != skip;
             let mut want = TopK::new(n);
             for (item, y) in &map {
-                if keep(*item) {
+                if keep(*item) && inside(*item) {
                     want.push(*item, y.iter().zip(&x).map(|(a, b)| a * b).sum());
                 }
             }
-            proptest::prop_assert_eq!(serving.top_cold(&x, n, keep, &mut bespoke_algo::Identity), want.into_sorted());
+            proptest::prop_assert_eq!(serving.top_cold(&x, n, inside, keep, &mut bespoke_algo::Identity), want.into_sorted());
         }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bespoke_algo::{
-    Als, AnnParams, AnnScorer, BprParams, Factors, ItemKnn, Rescore, ScoreScratch, Scored, TopK,
-    UserSolver, UserVector,
+    Als, AnnParams, AnnScorer, BprParams, Factors, ItemKnn, ItemScorer, Rescore, ScoreScratch,
+    Scored, TopK, UserSolver, UserVector,
 };
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -51,6 +51,9 @@ pub struct AlsServing {
     normalized: AnnScorer,
     cache: Mutex<UserCache>,
     cache_capacity: usize,
+    /// The exact scorer restricted to saved filters' items, newest last, by the id of the
+    /// filter's evaluation ([`crate::rules::Evaluated::id`]).
+    subsets: Mutex<Vec<(u64, Arc<ItemScorer>)>>,
     /// The trained user factors, by model user row: what audiences score (every user at
     /// once, which solving each history would make far too slow).
     users: Factors,
@@ -76,6 +79,7 @@ impl AlsServing {
             scorer: item_scorer(items.clone()),
             normalized: item_scorer(Factors::from_vec(items.rows(), d, unit).expect("same shape")),
             cache: Mutex::new(UserCache::default()),
+            subsets: Mutex::new(Vec::new()),
             users: model.user_factors().clone(),
             cache_capacity,
         }
@@ -160,6 +164,48 @@ impl AlsServing {
             self.scorer
                 .top_k_rescored(x, n, keep, rescore, &mut s.borrow_mut().0)
         })
+    }
+
+    /// The exact scorer restricted to the model items `inside` accepts, kept under `key`: the
+    /// id of the evaluation `inside` reads, which names its answers, so that the subset is
+    /// built once per change of them. `None` when a filter accepting `share` of the items is
+    /// not worth a subset ([`AnnScorer::prefers_subset`]).
+    pub fn subset(
+        &self,
+        key: u64,
+        share: f32,
+        inside: impl FnMut(u32) -> bool,
+    ) -> Option<Arc<ItemScorer>> {
+        /// Subsets kept: a few saved filters, and room for the one replacing another.
+        const KEPT: usize = 4;
+        if !self.scorer.prefers_subset(share) {
+            return None;
+        }
+        if let Some((_, sub)) = self.subsets.lock().iter().find(|(k, _)| *k == key) {
+            return Some(sub.clone());
+        }
+        // Built outside the lock: two requests may both build it, neither waits.
+        let sub = Arc::new(self.scorer.exact_scorer().subset(inside));
+        let mut kept = self.subsets.lock();
+        if !kept.iter().any(|(k, _)| *k == key) {
+            if kept.len() >= KEPT {
+                kept.remove(0);
+            }
+            kept.push((key, sub.clone()));
+        }
+        Some(sub)
+    }
+
+    /// [`Self::top_k_rescored`] scanning only `within`, a [subset](Self::subset) of the items.
+    pub fn top_k_within(
+        &self,
+        within: &ItemScorer,
+        x: &[f32],
+        n: usize,
+        keep: impl FnMut(u32) -> bool,
+        rescore: &mut impl Rescore,
+    ) -> Vec<Scored> {
+        SCRATCH.with(|s| within.top_k_rescored(x, n, keep, rescore, &mut s.borrow_mut().0))
     }
 
     /// Top `n` items by cosine of item factors with model item `item` (itself excluded).

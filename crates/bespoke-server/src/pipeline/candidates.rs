@@ -934,11 +934,10 @@ impl Serving {
         if items.len() >= n {
             return;
         }
-        let taken: FxHashSet<String> = items.iter().map(|r| r.item.clone()).collect();
+        let taken: FxHashSet<u32> = items.iter().filter_map(|r| s.items.get(&r.item)).collect();
         let top_up = !items.is_empty();
-        let mut popular = self.popular_for(s, n - items.len(), filter, full, |i| {
-            !taken.contains(&s.item_key(i))
-        });
+        let mut popular =
+            self.popular_for(s, n - items.len(), filter, full, |i| !taken.contains(&i.0));
         // Below every model score, so that a top-up never outranks a model result.
         let floor = items.last().map(|r| r.score);
         let max = popular

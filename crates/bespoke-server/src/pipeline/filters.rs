@@ -3,7 +3,9 @@
 //! request's business rules (its plan) come before the user's history: a selective filter
 //! spares most searches of it.
 
-use bespoke_algo::{Identity, Interaction, ItemIdx, Scored, UserIdx};
+use std::sync::Arc;
+
+use bespoke_algo::{Identity, Interaction, ItemIdx, ItemScorer, Scored, UserIdx};
 use rustc_hash::FxHashSet;
 
 use super::RankRequest;
@@ -55,18 +57,39 @@ impl<'a> Filter<'a> {
     /// [`Plan::shortlist`] best: the boost stage would choose those from any larger pool.
     pub(crate) fn top_als(&self, m: &ServingModel, x: &[f32], n: usize) -> Vec<Scored> {
         let keep = |i| self.keep_model(m, i);
-        match self.plan.rescore(self.s, |row| m.store_item(row)) {
-            Some((k, mut boosts)) => m.als.top_k_rescored(x, k.min(n), keep, &mut boosts),
-            None => m.als.top_k(x, n, keep),
+        let within = self.als_subset(m);
+        match (self.plan.rescore(self.s, |row| m.store_item(row)), within) {
+            (Some((k, mut boosts)), Some(sub)) => {
+                m.als.top_k_within(&sub, x, k.min(n), keep, &mut boosts)
+            }
+            (Some((k, mut boosts)), None) => m.als.top_k_rescored(x, k.min(n), keep, &mut boosts),
+            (None, Some(sub)) => m.als.top_k_within(&sub, x, n, keep, &mut Identity),
+            (None, None) => m.als.top_k(x, n, keep),
         }
+    }
+
+    /// iALS's items restricted to those of the plan's narrowest saved filter, when scanning
+    /// only them pays: a saved rule's selective filter otherwise makes every request scan the
+    /// many items it rejects, against a lower k-th best score.
+    fn als_subset(&self, m: &ServingModel) -> Option<Arc<ItemScorer>> {
+        let e = self.plan.narrowest()?;
+        let share = e.ones() as f32 / self.s.columns.item_slots().max(1) as f32;
+        let cols = &self.s.columns;
+        m.als.subset(e.id(), share, |row| {
+            m.store_item(row).is_some_and(|st| e.get(cols, st))
+        })
     }
 
     /// [`Self::top_als`] over the items the content model placed (store items).
     pub(crate) fn top_cold(&self, content: &ContentServing, x: &[f32], n: usize) -> Vec<Scored> {
         let keep = |st| self.keep(ItemIdx(st));
+        // The narrowest saved filter's bit before an item is scored: most items fail it.
+        let narrowest = self.plan.narrowest();
+        let cols = &self.s.columns;
+        let inside = |st| narrowest.is_none_or(|e| e.get(cols, st));
         match self.plan.rescore(self.s, Some) {
-            Some((k, mut boosts)) => content.top_cold(x, k.min(n), keep, &mut boosts),
-            None => content.top_cold(x, n, keep, &mut Identity),
+            Some((k, mut boosts)) => content.top_cold(x, k.min(n), inside, keep, &mut boosts),
+            None => content.top_cold(x, n, inside, keep, &mut Identity),
         }
     }
 
@@ -87,10 +110,12 @@ impl<'a> Filter<'a> {
 
     /// Whether the request allows the item.
     pub(crate) fn keep(&self, item: ItemIdx) -> bool {
-        self.s.servable(item)
+        // The rules first: without any they cost four length checks, and a saved filter is a
+        // bit test that rejects most items before the catalog's tables are read.
+        self.plan.allows(self.s, item)
+            && self.s.servable(item)
             && !self.excluded.contains(&item.0)
             && self.s.in_categories(item, &self.wanted)
-            && self.plan.allows(self.s, item)
             && self.seen.binary_search_by_key(&item, |x| x.item).is_err()
     }
 }

@@ -21,7 +21,7 @@ use super::{RankRequest, Reason, Recommendation};
 use crate::exposure::{NoRepeat, Repeat};
 use crate::models::ServingModel;
 use crate::rules::spec::{BoostOp, BoostSpec, PromoteSpec, Route, SavedRule};
-use crate::rules::{ExprError, Limits, Pred};
+use crate::rules::{Evaluated, ExprError, Limits, Pred};
 use crate::state::{Serving, State};
 use crate::time::now_ms;
 
@@ -164,6 +164,15 @@ impl Plan {
                 .also
                 .as_ref()
                 .is_none_or(|b| b.eval(&s.columns, item.0))
+    }
+
+    /// The filter kept evaluated ([`Pred::Bits`], a saved rule's) that the fewest items pass,
+    /// when the plan has one: sources may scan only its items.
+    pub(crate) fn narrowest(&self) -> Option<&std::sync::Arc<Evaluated>> {
+        (self.filters.iter().map(|(_, p)| p))
+            .chain(&self.also)
+            .filter_map(Pred::evaluated)
+            .min_by_key(|e| e.ones())
     }
 
     /// The rule that keeps `item` out, if one does.

@@ -7,6 +7,7 @@
 //! it sets or clears the item. The scan then tests one bit ([`Pred::Bits`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustc_hash::FxHashMap;
 
@@ -22,6 +23,14 @@ pub enum Pred {
 }
 
 impl Pred {
+    /// The kept evaluation, when it is one.
+    pub fn evaluated(&self) -> Option<&Arc<Evaluated>> {
+        match self {
+            Self::Bound(_) => None,
+            Self::Bits(e) => Some(e),
+        }
+    }
+
     /// Whether item `item` satisfies it.
     #[inline]
     pub fn eval(&self, cols: &Columns, item: u32) -> bool {
@@ -32,6 +41,13 @@ impl Pred {
     }
 }
 
+/// Where [`Evaluated::id`]s come from.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// An expression and its value for every item set so far.
 #[derive(Debug, Clone)]
 pub struct Evaluated {
@@ -39,11 +55,17 @@ pub struct Evaluated {
     bits: Vec<u64>,
     /// Items `0..len` are evaluated.
     len: u32,
+    /// Set bits.
+    ones: usize,
+    /// Names these answers: a new id whenever an item's answer may have changed, so that
+    /// what is derived from them (a scorer's subset) is kept by id.
+    id: u64,
 }
 
 impl Evaluated {
+    /// Whether item `item` satisfies the expression.
     #[inline]
-    fn get(&self, cols: &Columns, item: u32) -> bool {
+    pub fn get(&self, cols: &Columns, item: u32) -> bool {
         if item < self.len {
             self.bits[item as usize / 64] >> (item % 64) & 1 == 1
         } else {
@@ -52,18 +74,38 @@ impl Evaluated {
         }
     }
 
-    fn set(&mut self, item: u32, value: bool) {
+    /// How many items satisfy it (those evaluated so far).
+    pub fn ones(&self) -> usize {
+        self.ones
+    }
+
+    /// Names the current answers (see the field).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sets item `item`'s answer; whether it changed (an item not evaluated before counts as
+    /// changed: its earlier answer came from attributes it no longer has).
+    fn set(&mut self, item: u32, value: bool) -> bool {
         let w = item as usize / 64;
         if self.bits.len() <= w {
             self.bits.resize(w + 1, 0);
         }
+        let new = item >= self.len;
         self.len = self.len.max(item + 1);
         let bit = 1u64 << (item % 64);
+        let was = self.bits[w] & bit != 0;
         if value {
             self.bits[w] |= bit;
         } else {
             self.bits[w] &= !bit;
         }
+        match (was, value) {
+            (false, true) => self.ones += 1,
+            (true, false) => self.ones -= 1,
+            _ => {}
+        }
+        new || was != value
     }
 }
 
@@ -93,6 +135,8 @@ fn evaluate(compiled: &Compiled, cols: &Columns) -> Option<Evaluated> {
         bits: vec![0; cols.item_slots().div_ceil(64)],
         bound,
         len: 0,
+        ones: 0,
+        id: next_id(),
     };
     for i in 0..cols.item_slots() as u32 {
         let v = e.bound.eval(cols, i);
@@ -169,9 +213,13 @@ impl Columns {
             }
             let ev = Arc::make_mut(&mut e.evaluated);
             // Past the end, the items in between (never set) are evaluated too.
+            let mut changed = false;
             for i in ev.len.min(idx)..=idx {
                 let v = ev.bound.eval(self, i);
-                ev.set(i, v);
+                changed |= ev.set(i, v);
+            }
+            if changed {
+                ev.id = next_id();
             }
             true
         });

@@ -845,7 +845,15 @@ proptest! {
         let mut current: BTreeMap<u32, Item> = schema[..2].iter().map(|it| (it.idx.0, it.clone())).collect();
         let mut pool: Vec<Item> = schema[2..].to_vec();
         pool.extend(items);
+        // What a kept evaluation answers, and the id that names those answers.
+        let answers = |cols: &Columns| {
+            cols.precomputed(&src).map(|p| {
+                let id = p.evaluated().map(|e| e.id());
+                (id, (0..20u32).map(|i| p.eval(cols, i)).collect::<Vec<_>>())
+            })
+        };
         for (k, (idx, what)) in ops.into_iter().enumerate() {
+            let before = answers(&cols);
             if what == 0 {
                 cols.clear_item(idx);
                 current.remove(&idx);
@@ -855,6 +863,12 @@ proptest! {
                 it.key = format!("k{idx}");
                 cols.set_item(idx, &it);
                 current.insert(idx, it);
+            }
+            // Whatever is built from an evaluation is kept by its id: new answers, new id.
+            if let (Some((id0, a0)), Some((id1, a1))) = (before, answers(&cols))
+                && a0 != a1
+            {
+                prop_assert_ne!(id0, id1, "{} changed its answers under the same id", src);
             }
         }
         let Some(kept) = cols.precomputed(&src) else { return Ok(()) };

@@ -539,3 +539,109 @@ async fn saved_rules_follow_catalog_changes() {
     assert!(!keys(&body).contains(&"k0".to_string()), "{body}");
     assert_eq!(body["rules"], json!(["organic"]), "{body}");
 }
+
+/// Recommendations (item and score) for `u0`..`u29` with `query` appended.
+async fn answers(srv: &TestServer, query: &str) -> Vec<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for u in 0..30 {
+        let (s, body) = srv
+            .get(&format!("/v1/users/u{u}/recommendations?n=10{query}"))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let list = body["items"].as_array().unwrap().iter();
+        out.push(
+            list.map(|r| {
+                let item = r["item"].as_str().unwrap().to_owned();
+                (item, r["score"].as_f64().unwrap())
+            })
+            .collect(),
+        );
+    }
+    out
+}
+
+/// A saved rule's filter is served from a scan of its own items, and its bit is asked before
+/// a new item is scored; a filter sent with the request is evaluated item by item. Both must
+/// give the same answers, before and after catalog changes move items into and out of it.
+#[tokio::test]
+async fn a_saved_filter_answers_as_the_same_filter_per_request() {
+    let srv = start().await;
+    // 120 items with events (prices 1..120, every fifth a new arrival) and 10 without (priced
+    // 3, 6, ..., 30), which the content model places.
+    let mut items: Vec<(String, f64, bool)> = (0..120)
+        .map(|i| (format!("i{i:03}"), f64::from(i + 1), i % 5 == 0))
+        .collect();
+    items.extend((0..10).map(|k| (format!("c{k}"), f64::from(3 * (k + 1)), k % 2 == 0)));
+    for (n, (item, price, new)) in items.iter().enumerate() {
+        let (s, body) = srv
+            .put(
+                &format!("/v1/items/{item}"),
+                json!({ "categories": [format!("cat-{}", n % 3)],
+                        "text": { "title": format!("thing of kind {} and {}", n % 3, n % 7) },
+                        "numeric": { "price": price },
+                        "attributes": { "new_arrival": new } }),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let events: Vec<Value> = (0..40)
+        .flat_map(|u| {
+            (0..12).map(move |j| {
+                json!({ "user": format!("u{u}"), "item": format!("i{:03}", (u * 3 + j * 7) % 120),
+                        "type": "purchase" })
+            })
+        })
+        .collect();
+    let (s, body) = srv.post("/v1/events", json!({ "events": events })).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    crate::privacy::train(&srv).await;
+    let (filter, boost) = ("price < 30", r#"[{"if": "new_arrival = true", "by": 1.5}]"#);
+    let per_request = format!("&filter={}&boost={}", enc(filter), enc(boost));
+    let rule = json!({ "filter": filter, "boost": [{ "if": "new_arrival = true", "by": 1.5 }] });
+    for round in 0..2 {
+        let want = answers(&srv, &per_request).await;
+        let cold = want.iter().flatten().filter(|(i, _)| i.starts_with('c'));
+        assert!(
+            cold.count() > 0,
+            "round {round}: no new item placed: {want:?}"
+        );
+        for list in &want {
+            assert_eq!(list.len(), 10, "round {round}: {want:?}");
+        }
+        let (s, body) = srv.put("/v1/rules/cheap", rule.clone()).await;
+        assert!(s.is_success(), "{body}");
+        assert_eq!(answers(&srv, "").await, want, "round {round}");
+        let (s, _) = srv.delete("/v1/rules/cheap").await;
+        assert!(s.is_success());
+        // Items move: some into the filter, some out of it, a new item in it.
+        for (item, price) in [("i050", 2.0), ("i003", 90.0), ("i010", 29.5), ("c1", 80.0)] {
+            let (s, body) = srv
+                .put(
+                    &format!("/v1/items/{item}"),
+                    json!({ "categories": ["cat-0"], "numeric": { "price": price },
+                            "attributes": { "new_arrival": true } }),
+                )
+                .await;
+            assert!(s.is_success(), "{body}");
+        }
+    }
+    // Changed while the rule is saved: its kept evaluation (and the scan built from it) must
+    // follow at once.
+    let (s, body) = srv.put("/v1/rules/cheap", rule.clone()).await;
+    assert!(s.is_success(), "{body}");
+    let before = answers(&srv, "").await;
+    for (item, price) in [("i060", 1.5), ("i012", 95.0)] {
+        let (s, body) = srv
+            .put(
+                &format!("/v1/items/{item}"),
+                json!({ "categories": ["cat-1"], "numeric": { "price": price } }),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let after = answers(&srv, "").await;
+    assert_ne!(after, before, "moving items changed nothing");
+    let (s, _) = srv.delete("/v1/rules/cheap").await;
+    assert!(s.is_success());
+    assert_eq!(after, answers(&srv, &per_request).await);
+}
