@@ -37,6 +37,8 @@ struct Fixture {
     /// Sends the admin key on every request.
     api: Client,
     server: Option<Server>,
+    /// What the server was started with, to start it again ([`Fixture::restart`]).
+    settings: Settings,
     _dir: tempfile::TempDir,
 }
 
@@ -57,7 +59,7 @@ impl Fixture {
         settings.privacy.audit_secret =
             bespoke_server::settings::Secret("dashboard tests' audit key, 32+ bytes".into());
         configure(&mut settings);
-        let server = bespoke_server::start(settings)
+        let server = bespoke_server::start(settings.clone())
             .await
             .expect("server starts");
         let engine = server.engine().clone();
@@ -84,6 +86,7 @@ impl Fixture {
             read_key,
             api,
             server: Some(server),
+            settings,
             _dir: dir,
         };
         fx.load(trained).await;
@@ -215,6 +218,18 @@ impl Fixture {
         (0..USERS)
             .filter(|u| (0..PER_USER).any(|j| (u + j) % ITEMS == item))
             .count()
+    }
+
+    /// Stops the server and starts another on the same store (on a new port).
+    async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+        let server = bespoke_server::start(self.settings.clone())
+            .await
+            .expect("server starts again");
+        self.base = format!("http://{}", server.addr());
+        self.server = Some(server);
     }
 
     async fn stop(mut self) {
@@ -397,6 +412,34 @@ async fn login_takes_admin_keys_only_and_sets_a_strict_cookie() {
         get(&fx, Some(&cookie), "/dashboard").await.status(),
         StatusCode::SEE_OTHER
     );
+    fx.stop().await;
+}
+
+/// Sessions live in the store: a server started on it knows the sessions another opened (as
+/// every node of a cluster does), and logging out there ends them for all.
+#[tokio::test]
+async fn sessions_live_in_the_store_not_in_one_server() {
+    let mut fx = Fixture::start(false).await;
+    let (status, cookie, _) = login(&fx, &fx.admin_key.clone()).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = cookie.expect("a session cookie");
+    let first = get(&fx, Some(&cookie), "/dashboard").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let csrf = csrf_of(&first.text().await.expect("page"));
+    fx.restart().await;
+    let again = get(&fx, Some(&cookie), "/dashboard").await;
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "the session did not survive"
+    );
+    assert_eq!(csrf_of(&again.text().await.expect("page")), csrf);
+    let out = post_form(&fx, &cookie, "/dashboard/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    fx.restart().await;
+    let gone = get(&fx, Some(&cookie), "/dashboard").await;
+    assert_eq!(gone.status(), StatusCode::SEE_OTHER);
+    assert_eq!(gone.headers()[LOCATION], "/dashboard/login");
     fx.stop().await;
 }
 

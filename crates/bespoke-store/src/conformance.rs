@@ -54,6 +54,7 @@ macro_rules! __store_behaviours {
             access_keys_insert_list_revoke,
             access_audit_appends_and_pages_by_before,
             access_secrets_are_stable_and_deletable,
+            access_sessions_expire_touch_close_and_cap,
             privacy_erasure_receipts_save_get_list,
             privacy_purge_and_integrity_check_after_deletes,
             decisions_loops_put_get_list,
@@ -947,6 +948,79 @@ pub fn access_secrets_are_stable_and_deletable<S: Store + ?Sized>(store: &S) {
     assert_eq!(store.stored_secret("pseudonym").unwrap(), None);
     assert_eq!(store.secret("pseudonym", [8; 32]).unwrap(), [8; 32]);
     assert_eq!(store.stored_secret("other").unwrap(), Some([9; 32]));
+}
+
+/// Dashboard sessions: found by lookup while live, `last_seen` written no more often than
+/// `touch_every`, ended by idleness, by age, by closing, and (the oldest) by the cap.
+pub fn access_sessions_expire_touch_close_and_cap<S: Store + ?Sized>(store: &S) {
+    use crate::{SessionLimits, SessionRecord};
+    let limits = SessionLimits {
+        idle: 1_000,
+        absolute: 10_000,
+        max: 3,
+        touch_every: 100,
+    };
+    let at = |n: u8, t: Millis| SessionRecord {
+        lookup: [n; 32],
+        prefix: format!("bk_{n}"),
+        key_digest: [n.wrapping_add(100); 32],
+        csrf: format!("csrf-{n}"),
+        created_at: t,
+        last_seen: t,
+    };
+    store.open_session(at(1, 0), limits).unwrap();
+    assert_eq!(
+        store.touch_session(&[1; 32], 50, limits).unwrap(),
+        Some(at(1, 0))
+    );
+    // Within touch_every nothing is written; past it, last_seen moves.
+    let touched = store.touch_session(&[1; 32], 900, limits).unwrap().unwrap();
+    assert_eq!(touched.last_seen, 900);
+    assert_eq!(
+        store
+            .touch_session(&[1; 32], 950, limits)
+            .unwrap()
+            .unwrap()
+            .last_seen,
+        900
+    );
+    // Kept alive by its requests, until the absolute limit.
+    for t in (1_800..10_000).step_by(800) {
+        assert!(
+            store.touch_session(&[1; 32], t, limits).unwrap().is_some(),
+            "at {t}"
+        );
+    }
+    assert_eq!(store.touch_session(&[1; 32], 10_000, limits).unwrap(), None);
+    assert_eq!(
+        store.touch_session(&[1; 32], 0, limits).unwrap(),
+        None,
+        "deleted"
+    );
+    // Idle too long.
+    store.open_session(at(2, 20_000), limits).unwrap();
+    assert_eq!(store.touch_session(&[2; 32], 21_000, limits).unwrap(), None);
+    // Closing; unknown lookups.
+    store.open_session(at(3, 30_000), limits).unwrap();
+    store.close_session(&[3; 32]).unwrap();
+    store.close_session(&[3; 32]).unwrap();
+    assert_eq!(store.touch_session(&[3; 32], 30_001, limits).unwrap(), None);
+    assert_eq!(store.touch_session(&[9; 32], 30_001, limits).unwrap(), None);
+    // The cap ends the oldest live session.
+    for (n, t) in [(4, 40_000), (5, 40_001), (6, 40_002), (7, 40_003)] {
+        store.open_session(at(n, t), limits).unwrap();
+    }
+    assert_eq!(store.touch_session(&[4; 32], 40_004, limits).unwrap(), None);
+    for n in 5..=7 {
+        assert_eq!(
+            store
+                .touch_session(&[n; 32], 40_004, limits)
+                .unwrap()
+                .unwrap()
+                .prefix,
+            format!("bk_{n}")
+        );
+    }
 }
 
 /// Erasure receipts: saved by id (saving again replaces), read back, listed oldest first.

@@ -46,7 +46,7 @@ mod postgres;
 mod rule;
 mod sqlite;
 
-pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey};
+pub use admin::{AuditEntry, KeyRecord, NewAudit, NewKey, SessionLimits, SessionRecord};
 pub use bespoke_algo::{ItemIdx, Millis, UserIdx};
 pub use campaign::{Exposure, Member, NewExposure};
 pub use cluster::{Alone, Change, ChangeFeed, ClusterStore, Leadership};
@@ -259,6 +259,22 @@ pub trait AccessStore: Send + Sync + std::fmt::Debug {
     /// Deletes the store's secret called `name` and makes it unrecoverable from the files (see
     /// [`PrivacyStore::purge_deleted`]); whether there was one.
     fn delete_secret(&self, name: &str) -> Result<bool>;
+
+    /// Stores a new dashboard session; first drops the sessions no longer live at its
+    /// `created_at` and, when `limits.max` are left, the oldest.
+    fn open_session(&self, session: SessionRecord, limits: SessionLimits) -> Result<()>;
+
+    /// The session found by `lookup` if live at `now` (an expired one is deleted), its
+    /// `last_seen` moved to `now` when older than `limits.touch_every`.
+    fn touch_session(
+        &self,
+        lookup: &[u8; 32],
+        now: Millis,
+        limits: SessionLimits,
+    ) -> Result<Option<SessionRecord>>;
+
+    /// Ends the session found by `lookup` (logout, or its key no longer valid).
+    fn close_session(&self, lookup: &[u8; 32]) -> Result<()>;
 }
 
 /// What the storage itself guarantees about deleted data: erasure receipts, making deletions

@@ -242,6 +242,19 @@ pub const TABLES: &[Table] = &[
         identity: Identity::None,
     },
     Table {
+        name: "dashboard_sessions",
+        columns: &[
+            ("lookup", "lookup", Blob),
+            ("prefix", "prefix", Text),
+            ("key_digest", "key_digest", Blob),
+            ("csrf", "csrf", Text),
+            ("created_at", "created_at", Int),
+            ("last_seen", "last_seen", Int),
+        ],
+        key: "lookup",
+        identity: Identity::None,
+    },
+    Table {
         name: "bandit_loops",
         columns: &[
             ("name", "name", Text),

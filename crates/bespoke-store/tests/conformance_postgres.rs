@@ -281,7 +281,10 @@ fn reopening_keeps_data_tag_and_numbering() {
     let again = PgStore::open(options).unwrap();
     let stats = again.stats().unwrap();
     assert_eq!((stats.users, stats.items, stats.events), (0, 1, 0));
-    assert_eq!(stats.schema_version, 1);
+    assert_eq!(
+        stats.schema_version, 2,
+        "the initial schema and the dashboard sessions"
+    );
     assert!(stats.bytes_on_disk > 0);
     let out = again
         .append_events(EventBatch::new(vec![NewEvent::new("new", "i", "view")]))

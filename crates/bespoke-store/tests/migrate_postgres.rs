@@ -14,9 +14,28 @@ use bespoke_store::migrate::sqlite_to_postgres;
 use bespoke_store::prelude::*;
 use bespoke_store::{
     Consent, ConsentUpdate, Error, EventBatch, ItemIdx, ItemUpsert, NewAudit, NewDecision,
-    NewEvent, NewExposure, NewKey, NewReward, PgOptions, PgStore, SqliteStore, StoreOptions,
-    UserIdx, UserUpsert,
+    NewEvent, NewExposure, NewKey, NewReward, PgOptions, PgStore, SessionLimits, SessionRecord,
+    SqliteStore, StoreOptions, UserIdx, UserUpsert,
 };
+
+/// The dashboard session the source holds, and limits under which it stays live.
+const SESSION_LIMITS: SessionLimits = SessionLimits {
+    idle: i64::MAX / 4,
+    absolute: i64::MAX / 4,
+    max: 10,
+    touch_every: i64::MAX / 4,
+};
+
+fn session() -> SessionRecord {
+    SessionRecord {
+        lookup: [5; 32],
+        prefix: "bsk_dash".into(),
+        key_digest: [6; 32],
+        csrf: "ab".repeat(32),
+        created_at: 1_700_000_000_000,
+        last_seen: 1_700_000_000_500,
+    }
+}
 use serde_json::{Map, Value, json};
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -216,6 +235,7 @@ fn populate(store: &SqliteStore) {
             .unwrap();
     }
     store.secret("pseudonyms", [7; 32]).unwrap();
+    store.open_session(session(), SESSION_LIMITS).unwrap();
     store
         .save_erasure("er-1", T0, &json!({"user": "ref-123", "events": 3}))
         .unwrap();
@@ -333,6 +353,7 @@ struct Contents {
     keys: Vec<bespoke_store::KeyRecord>,
     audit: Vec<bespoke_store::AuditEntry>,
     secret: Option<[u8; 32]>,
+    session: Option<SessionRecord>,
     erasures: Vec<(String, Value)>,
     models: Vec<ModelContents>,
     active_model: Option<u64>,
@@ -374,6 +395,8 @@ fn contents(s: &dyn Store) -> Contents {
         keys: s.keys().unwrap(),
         audit: s.audit_log(None, 100).unwrap().items,
         secret: s.stored_secret("pseudonyms").unwrap(),
+        session: (s.touch_session(&session().lookup, session().last_seen + 1, SESSION_LIMITS))
+            .unwrap(),
         erasures: s.erasures().unwrap(),
         models,
         active_model: s.active_model().unwrap(),
@@ -402,6 +425,7 @@ fn everything_is_copied_verified_and_reads_back_the_same() {
         let sqlite = SqliteStore::open(dir.path(), StoreOptions::default()).unwrap();
         populate(&sqlite);
         let before = contents(&sqlite);
+        assert_eq!(before.session, Some(session()));
         // The last user created, deleted: its id must never be handed out again.
         let last = sqlite
             .put_user(UserUpsert {

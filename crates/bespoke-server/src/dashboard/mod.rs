@@ -45,6 +45,7 @@ use crate::auth::{AuthError, FailedAuthThrottle, Scope};
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::time::now_ms;
 use session::{Session, Sessions};
 
 /// The policy of every dashboard answer: scripts, styles and everything else from the
@@ -58,7 +59,7 @@ pub(crate) struct Dash {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     throttle: Arc<FailedAuthThrottle>,
-    sessions: Arc<Sessions>,
+    sessions: Sessions,
     templates: Arc<Environment<'static>>,
     tally: Arc<Mutex<charts::Tally>>,
     /// The ingestion rate's samples.
@@ -141,11 +142,12 @@ pub(crate) fn router<S>(
     throttle: Arc<FailedAuthThrottle>,
 ) -> Router<S> {
     let events = engine.counts().events;
+    let sessions = Sessions::new(engine.store().clone());
     let dash = Dash {
         engine,
         metrics,
         throttle,
-        sessions: Arc::new(Sessions::default()),
+        sessions,
         templates: Arc::new(templates()),
         tally: Arc::new(Mutex::new(charts::Tally::default())),
         rate: Arc::new(Mutex::new(charts::Rate::new(Instant::now(), events))),
@@ -243,23 +245,35 @@ impl Dash {
     }
 
     /// The session of a request, if its cookie names a live one whose key is still an admin
-    /// key. A session whose key was revoked (or lost its admin scope) is ended here.
-    fn session_of(&self, headers: &HeaderMap) -> Option<Session> {
-        let id = session::cookie_id(headers)?;
-        let s = self.sessions.touch(&id, Instant::now())?;
-        if !self.engine.settings().auth.enabled {
-            return Some(s);
-        }
-        let still_admin = self
-            .engine
-            .access()
-            .authenticate_digest(&s.prefix, &s.key_digest)
-            .is_ok_and(|c| c.scopes.grants(Scope::Admin));
-        if !still_admin {
-            self.sessions.close(&id);
-            return None;
-        }
-        Some(s)
+    /// key. A session whose key was revoked (or lost its admin scope) is ended here. `Err`
+    /// when the store cannot be read.
+    async fn session_of(&self, headers: &HeaderMap) -> bespoke_store::Result<Option<Session>> {
+        let Some(id) = session::cookie_id(headers) else {
+            return Ok(None);
+        };
+        let dash = self.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let Some(s) = dash.sessions.touch(&id, now_ms())? else {
+                return Ok(None);
+            };
+            if !dash.engine.settings().auth.enabled {
+                return Ok(Some(s));
+            }
+            let still_admin = (dash.engine.access())
+                .authenticate_digest(&s.prefix, &s.key_digest)
+                .is_ok_and(|c| c.scopes.grants(Scope::Admin));
+            if !still_admin {
+                dash.sessions.close(&id)?;
+                return Ok(None);
+            }
+            Ok(Some(s))
+        })
+        .await;
+        found.unwrap_or_else(|e| {
+            Err(bespoke_store::Error::Unavailable(format!(
+                "session task: {e}"
+            )))
+        })
     }
 
     /// `Err(403 page)` unless `presented` is the session's CSRF token.
@@ -283,9 +297,18 @@ impl FromRequestParts<Dash> for PageSession {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, dash: &Dash) -> Result<Self, Response> {
-        dash.session_of(&parts.headers)
-            .map(PageSession)
-            .ok_or_else(|| Redirect::to("/dashboard/login").into_response())
+        match dash.session_of(&parts.headers).await {
+            Ok(Some(s)) => Ok(PageSession(s)),
+            Ok(None) => Err(Redirect::to("/dashboard/login").into_response()),
+            Err(e) => {
+                tracing::error!(target: "serve::dashboard", error = %e, "could not read a session");
+                Err(dash.error(
+                    None,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; try again shortly",
+                ))
+            }
+        }
     }
 }
 
@@ -296,15 +319,15 @@ impl FromRequestParts<Dash> for ApiSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, dash: &Dash) -> Result<Self, ApiError> {
-        dash.session_of(&parts.headers)
-            .map(|_| ApiSession)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the dashboard's data needs a session: log in at /dashboard/login",
-                )
-            })
+        match dash.session_of(&parts.headers).await {
+            Ok(Some(_)) => Ok(ApiSession),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the dashboard's data needs a session: log in at /dashboard/login",
+            )),
+            Err(e) => Err(ApiError::from(e)),
+        }
     }
 }
 
@@ -325,7 +348,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 }
 
 async fn login_page(State(dash): State<Dash>, headers: HeaderMap) -> Response {
-    if dash.session_of(&headers).is_some() {
+    if let Ok(Some(_)) = dash.session_of(&headers).await {
         return Redirect::to("/dashboard").into_response();
     }
     dash.render("login.html", None, minijinja::context! {})
@@ -381,13 +404,19 @@ async fn login(
         );
     }
     let digest = crate::auth::digest(form.key.trim());
-    let (id, _) = match dash
-        .sessions
-        .open(caller.prefix.clone(), digest, Instant::now())
-    {
+    let sessions = dash.sessions.clone();
+    let prefix = caller.prefix.clone();
+    let opened = tokio::task::spawn_blocking(move || sessions.open(prefix, digest, now_ms()))
+        .await
+        .unwrap_or_else(|e| {
+            Err(bespoke_store::Error::Unavailable(format!(
+                "session task: {e}"
+            )))
+        });
+    let (id, _) = match opened {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(target: "serve::dashboard", error = %e, "no randomness for a session id");
+            tracing::error!(target: "serve::dashboard", error = %e, "could not open a session");
             return refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "could not open a session",
@@ -424,7 +453,15 @@ async fn logout(
         return refused;
     }
     if let Some(id) = session::cookie_id(&headers) {
-        dash.sessions.close(&id);
+        let sessions = dash.sessions.clone();
+        let closed = tokio::task::spawn_blocking(move || sessions.close(&id)).await;
+        if !matches!(closed, Ok(Ok(()))) {
+            return dash.error(
+                Some(&s),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not end the session: the store is unavailable; try again shortly",
+            );
+        }
     }
     let mut resp = Redirect::to("/dashboard/login").into_response();
     resp.headers_mut().insert(

@@ -1,32 +1,32 @@
 //! Dashboard sessions: a random 256-bit id in an `HttpOnly; SameSite=Strict` cookie, the
-//! session itself (key prefix and digest, CSRF token, expiry) in memory only.
+//! session itself (key prefix and digest, CSRF token, times) in the store, so that every node
+//! of a cluster knows it and a restart ends none.
 //!
-//! The cookie never holds the API key, and the server keeps only the key's prefix and
-//! SHA-256 digest (what the store keeps too): every request re-checks them against the key
-//! mirror, so revoking the key or taking its admin scope away ends its sessions at once.
-//! Sessions are looked up by the SHA-256 of their id, so a timing difference in the map's
-//! lookup says nothing about ids that exist. A restart ends every session.
+//! The cookie never holds the API key, and the store keeps only the key's prefix and SHA-256
+//! digest (what it keeps of keys too): every request re-checks them against the key mirror, so
+//! revoking the key or taking its admin scope away ends its sessions at once. Sessions are
+//! stored and found by the SHA-256 of their id: the store never holds a usable id, and a timing
+//! difference in the lookup says nothing about ids that exist.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use parking_lot::Mutex;
+use bespoke_store::{Millis, SessionLimits, SessionRecord, Store};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "bespoke_session";
 
-/// A session ends this long after its last request.
-pub(crate) const IDLE: Duration = Duration::from_secs(60 * 60);
-
-/// ... and this long after login, however active.
-pub(crate) const ABSOLUTE: Duration = Duration::from_secs(12 * 60 * 60);
-
-/// At most this many live sessions; a login beyond it ends the oldest, so that logins cannot
-/// grow memory without bound.
-const MAX_SESSIONS: usize = 1024;
+/// How long sessions live and how many may: an hour after the last request, twelve after
+/// login however active; at most 1,024 (a login beyond it ends the oldest, so that logins
+/// cannot grow the table without bound); `last_seen` written at most once a minute.
+pub(crate) const LIMITS: SessionLimits = SessionLimits {
+    idle: 60 * 60 * 1000,
+    absolute: 12 * 60 * 60 * 1000,
+    max: 1024,
+    touch_every: 60 * 1000,
+};
 
 /// One logged-in browser.
 #[derive(Debug, Clone)]
@@ -37,8 +37,6 @@ pub(crate) struct Session {
     pub(crate) key_digest: [u8; 32],
     /// The CSRF token every state-changing request must carry, hex.
     pub(crate) csrf: String,
-    created: Instant,
-    last_seen: Instant,
 }
 
 impl Session {
@@ -51,10 +49,20 @@ impl Session {
     }
 }
 
-/// The live sessions, by SHA-256 of their id.
-#[derive(Debug, Default)]
+impl From<SessionRecord> for Session {
+    fn from(r: SessionRecord) -> Self {
+        Self {
+            prefix: r.prefix,
+            key_digest: r.key_digest,
+            csrf: r.csrf,
+        }
+    }
+}
+
+/// The sessions, in the store. Every method blocks on the store: call them off the runtime.
+#[derive(Debug, Clone)]
 pub(crate) struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
+    store: Arc<dyn Store>,
 }
 
 fn lookup_key(id: &str) -> [u8; 32] {
@@ -70,59 +78,42 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Sessions {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
     /// Opens a session for a key; returns its id (for the cookie) and the session.
     pub(crate) fn open(
         &self,
         prefix: String,
         key_digest: [u8; 32],
-        now: Instant,
+        now: Millis,
     ) -> bespoke_store::Result<(String, Session)> {
         let id = hex(&crate::auth::random_bytes()?);
-        let session = Session {
+        let record = SessionRecord {
+            lookup: lookup_key(&id),
             prefix,
             key_digest,
             csrf: hex(&crate::auth::random_bytes()?),
-            created: now,
+            created_at: now,
             last_seen: now,
         };
-        let mut map = self.map.lock();
-        map.retain(|_, s| live(s, now));
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
-        }
-        map.insert(lookup_key(&id), session.clone());
-        Ok((id, session))
+        self.store.open_session(record.clone(), LIMITS)?;
+        Ok((id, record.into()))
     }
 
     /// The live session with this id, its idle timer restarted; an expired one is dropped.
-    pub(crate) fn touch(&self, id: &str, now: Instant) -> Option<Session> {
-        let key = lookup_key(id);
-        let mut map = self.map.lock();
-        let session = map.get_mut(&key)?;
-        if !live(session, now) {
-            map.remove(&key);
-            return None;
-        }
-        session.last_seen = now;
-        Some(session.clone())
+    pub(crate) fn touch(&self, id: &str, now: Millis) -> bespoke_store::Result<Option<Session>> {
+        Ok(self
+            .store
+            .touch_session(&lookup_key(id), now, LIMITS)?
+            .map(Session::from))
     }
 
     /// Ends a session (logout, or its key no longer valid).
-    pub(crate) fn close(&self, id: &str) {
-        self.map.lock().remove(&lookup_key(id));
+    pub(crate) fn close(&self, id: &str) -> bespoke_store::Result<()> {
+        self.store.close_session(&lookup_key(id))
     }
-
-    /// Live sessions (for tests).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.map.lock().len()
-    }
-}
-
-fn live(s: &Session, now: Instant) -> bool {
-    now.duration_since(s.last_seen) < IDLE && now.duration_since(s.created) < ABSOLUTE
 }
 
 /// The session id in a request's cookies, if any well-formed one.
@@ -144,7 +135,7 @@ pub(crate) fn cookie_id(headers: &HeaderMap) -> Option<String> {
 pub(crate) fn set_cookie(id: &str, secure: bool) -> String {
     format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}{}",
-        ABSOLUTE.as_secs(),
+        LIMITS.absolute / 1000,
         if secure { "; Secure" } else { "" }
     )
 }
@@ -171,28 +162,34 @@ pub(crate) fn clear_cookie() -> String {
 mod tests {
     use super::*;
 
+    fn sessions() -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = bespoke_store::SqliteStore::open(dir.path(), Default::default()).unwrap();
+        (dir, Sessions::new(Arc::new(store)))
+    }
+
     #[test]
     fn sessions_expire_and_close() {
-        let sessions = Sessions::default();
-        let t0 = Instant::now();
+        let (_dir, sessions) = sessions();
+        let t0 = 1_000_000;
         let (id, s) = sessions.open("bk_x".into(), [1; 32], t0).unwrap();
         assert_eq!(id.len(), 64);
         assert_eq!(s.csrf.len(), 64);
         assert_ne!(id, s.csrf);
-        assert!(sessions.touch(&id, t0 + Duration::from_secs(10)).is_some());
+        let again = sessions.touch(&id, t0 + 10_000).unwrap().unwrap();
+        assert_eq!((again.prefix, again.csrf), (s.prefix, s.csrf));
         // Idle for too long: gone.
-        assert!(sessions.touch(&id, t0 + IDLE * 2).is_none());
-        assert_eq!(sessions.len(), 0);
+        assert!(sessions.touch(&id, t0 + LIMITS.idle * 2).unwrap().is_none());
         let (id, _) = sessions.open("bk_x".into(), [1; 32], t0).unwrap();
-        sessions.close(&id);
-        assert!(sessions.touch(&id, t0).is_none());
-        assert!(sessions.touch("nonsense", t0).is_none());
+        sessions.close(&id).unwrap();
+        assert!(sessions.touch(&id, t0).unwrap().is_none());
+        assert!(sessions.touch("nonsense", t0).unwrap().is_none());
     }
 
     #[test]
     fn csrf_compares_whole_tokens() {
-        let sessions = Sessions::default();
-        let (_, s) = sessions.open("p".into(), [0; 32], Instant::now()).unwrap();
+        let (_dir, sessions) = sessions();
+        let (_, s) = sessions.open("p".into(), [0; 32], 1).unwrap();
         assert!(s.csrf_matches(&s.csrf.clone()));
         assert!(!s.csrf_matches(&s.csrf[..63]));
         assert!(!s.csrf_matches(""));

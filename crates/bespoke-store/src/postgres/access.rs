@@ -2,7 +2,33 @@
 //! `erasures`, which [`crate::PrivacyStore`] uses, created with them as on SQLite).
 
 use super::*;
-use crate::{AuditEntry, KeyRecord, NewAudit, NewKey, PrivacyStore};
+use crate::{AuditEntry, KeyRecord, NewAudit, NewKey, PrivacyStore, SessionLimits, SessionRecord};
+
+/// Dashboard sessions, kept in the store so that any node knows them.
+pub(super) const SESSIONS_SCHEMA: &str = r#"
+CREATE TABLE dashboard_sessions (
+    lookup BYTEA PRIMARY KEY,
+    prefix TEXT NOT NULL,
+    key_digest BYTEA NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+"#;
+
+fn session_from_row(lookup: [u8; 32], r: &postgres::Row) -> Result<SessionRecord> {
+    let digest: Vec<u8> = r.get(1);
+    Ok(SessionRecord {
+        lookup,
+        prefix: r.get(0),
+        key_digest: digest
+            .try_into()
+            .map_err(|_| Error::Corrupt("a session's key digest is not 32 bytes".into()))?,
+        csrf: r.get(2),
+        created_at: r.get(3),
+        last_seen: r.get(4),
+    })
+}
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE api_keys (
@@ -195,5 +221,81 @@ impl crate::AccessStore for PgStore {
             self.write(|db| Ok(db.execute("DELETE FROM secrets WHERE name = $1", &[&name])? > 0))?;
         self.purge_deleted()?;
         Ok(deleted)
+    }
+
+    fn open_session(&self, session: SessionRecord, limits: SessionLimits) -> Result<()> {
+        let now = session.created_at;
+        self.write(|db| {
+            db.execute(
+                "DELETE FROM dashboard_sessions WHERE last_seen <= $1 OR created_at <= $2",
+                &[&(now - limits.idle), &(now - limits.absolute)],
+            )?;
+            let live: i64 = db
+                .query_one("SELECT COUNT(*) FROM dashboard_sessions", &[])?
+                .get(0);
+            let over = (live + 1 - limits.max as i64).max(0);
+            db.execute(
+                "DELETE FROM dashboard_sessions WHERE lookup IN (SELECT lookup FROM \
+                 dashboard_sessions ORDER BY created_at, lookup LIMIT $1)",
+                &[&over],
+            )?;
+            db.execute(
+                "INSERT INTO dashboard_sessions (lookup, prefix, key_digest, csrf, created_at, \
+                 last_seen) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &&session.lookup[..],
+                    &session.prefix,
+                    &&session.key_digest[..],
+                    &session.csrf,
+                    &session.created_at,
+                    &session.last_seen,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn touch_session(
+        &self,
+        lookup: &[u8; 32],
+        now: Millis,
+        limits: SessionLimits,
+    ) -> Result<Option<SessionRecord>> {
+        let row = self.read(|db| {
+            db.query_opt(
+                "SELECT prefix, key_digest, csrf, created_at, last_seen FROM dashboard_sessions \
+                 WHERE lookup = $1",
+                &[&&lookup[..]],
+            )
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut session = session_from_row(*lookup, &row)?;
+        if !limits.live(&session, now) {
+            self.close_session(lookup)?;
+            return Ok(None);
+        }
+        if now - session.last_seen >= limits.touch_every {
+            session.last_seen = now;
+            self.write(|db| {
+                db.execute(
+                    "UPDATE dashboard_sessions SET last_seen = $2 WHERE lookup = $1",
+                    &[&&lookup[..], &now],
+                )?;
+                Ok(())
+            })?;
+        }
+        Ok(Some(session))
+    }
+
+    fn close_session(&self, lookup: &[u8; 32]) -> Result<()> {
+        self.write(|db| {
+            db.execute(
+                "DELETE FROM dashboard_sessions WHERE lookup = $1",
+                &[&&lookup[..]],
+            )?;
+            Ok(())
+        })
     }
 }

@@ -54,19 +54,22 @@ use pool::{Db, Lease, Pool};
 /// Schema migrations, applied in order at open, each in its own transaction with its row in
 /// `schema_migrations`. Never edit a released entry: append a new one. The first one creates
 /// the schema SQLite reached after its sixth.
-const MIGRATIONS: &[(&str, &[&str])] = &[(
-    "initial schema",
-    &[
-        META_SCHEMA,
-        catalog::SCHEMA,
-        events::SCHEMA,
-        access::SCHEMA,
-        decisions::SCHEMA,
-        rules::SCHEMA,
-        campaigns::SCHEMA,
-        models::SCHEMA,
-    ],
-)];
+const MIGRATIONS: &[(&str, &[&str])] = &[
+    (
+        "initial schema",
+        &[
+            META_SCHEMA,
+            catalog::SCHEMA,
+            events::SCHEMA,
+            access::SCHEMA,
+            decisions::SCHEMA,
+            rules::SCHEMA,
+            campaigns::SCHEMA,
+            models::SCHEMA,
+        ],
+    ),
+    ("dashboard sessions", &[access::SESSIONS_SCHEMA]),
+];
 
 /// Counters and markers. `next_event_seq` doubles as the append lock (see the module doc),
 /// `reward_lock` as the reward lock; `catalog_epoch` counts deletions of users and items (see

@@ -1,7 +1,25 @@
-//! [`crate::AccessStore`] on SQLite: the `api_keys`, `audit` and `secrets` tables.
+//! [`crate::AccessStore`] on SQLite: the `api_keys`, `audit`, `secrets` and
+//! `dashboard_sessions` tables.
 
 use super::*;
-use crate::PrivacyStore;
+use crate::{PrivacyStore, SessionLimits, SessionRecord};
+
+/// Dashboard sessions, kept in the store so that any node knows them.
+pub(super) const SESSIONS_MIGRATION: &str = r#"
+CREATE TABLE dashboard_sessions (
+    lookup BLOB PRIMARY KEY,
+    prefix TEXT NOT NULL,
+    key_digest BLOB NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+fn digest32(v: Vec<u8>, what: &str) -> Result<[u8; 32]> {
+    v.try_into()
+        .map_err(|_| Error::Corrupt(format!("a session's {what} is not 32 bytes")))
+}
 
 impl crate::AccessStore for SqliteStore {
     fn insert_key(&self, key: NewKey) -> Result<KeyRecord> {
@@ -177,5 +195,95 @@ impl crate::AccessStore for SqliteStore {
         })?;
         self.purge_deleted()?;
         Ok(deleted)
+    }
+
+    fn open_session(&self, session: SessionRecord, limits: SessionLimits) -> Result<()> {
+        self.exec(move |c| {
+            let now = session.created_at;
+            c.prepare_cached(
+                "DELETE FROM dashboard_sessions WHERE last_seen <= ?1 OR created_at <= ?2",
+            )?
+            .execute(params![now - limits.idle, now - limits.absolute])?;
+            let live: i64 =
+                c.query_row("SELECT COUNT(*) FROM dashboard_sessions", [], |r| r.get(0))?;
+            let over = (live + 1 - limits.max as i64).max(0);
+            c.prepare_cached(
+                "DELETE FROM dashboard_sessions WHERE lookup IN (SELECT lookup FROM \
+                 dashboard_sessions ORDER BY created_at, lookup LIMIT ?1)",
+            )?
+            .execute([over])?;
+            c.prepare_cached(
+                "INSERT INTO dashboard_sessions (lookup, prefix, key_digest, csrf, created_at, \
+                 last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                &session.lookup[..],
+                session.prefix,
+                &session.key_digest[..],
+                session.csrf,
+                session.created_at,
+                session.last_seen
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn touch_session(
+        &self,
+        lookup: &[u8; 32],
+        now: Millis,
+        limits: SessionLimits,
+    ) -> Result<Option<SessionRecord>> {
+        let lookup = *lookup;
+        let found = self.read(|c| {
+            c.prepare_cached(
+                "SELECT prefix, key_digest, csrf, created_at, last_seen FROM dashboard_sessions \
+                 WHERE lookup = ?1",
+            )?
+            .query_row([&lookup[..]], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+            .map_err(Error::from)
+        })?;
+        let Some((prefix, key_digest, csrf, created_at, last_seen)) = found else {
+            return Ok(None);
+        };
+        let mut session = SessionRecord {
+            lookup,
+            prefix,
+            key_digest: digest32(key_digest, "key digest")?,
+            csrf,
+            created_at,
+            last_seen,
+        };
+        if !limits.live(&session, now) {
+            self.close_session(&lookup)?;
+            return Ok(None);
+        }
+        if now - session.last_seen >= limits.touch_every {
+            session.last_seen = now;
+            self.exec(move |c| {
+                c.prepare_cached("UPDATE dashboard_sessions SET last_seen = ?2 WHERE lookup = ?1")?
+                    .execute(params![&lookup[..], now])?;
+                Ok(())
+            })?;
+        }
+        Ok(Some(session))
+    }
+
+    fn close_session(&self, lookup: &[u8; 32]) -> Result<()> {
+        let lookup = *lookup;
+        self.exec(move |c| {
+            c.prepare_cached("DELETE FROM dashboard_sessions WHERE lookup = ?1")?
+                .execute([&lookup[..]])?;
+            Ok(())
+        })
     }
 }

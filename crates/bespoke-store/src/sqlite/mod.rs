@@ -131,6 +131,7 @@ CREATE TABLE secrets (
     // Marketing consent (audiences): allowed until the user objects.
     "ALTER TABLE users ADD COLUMN consent_marketing INTEGER NOT NULL DEFAULT 1;",
     campaigns::MIGRATION,
+    access::SESSIONS_MIGRATION,
 ];
 
 /// Settings of the SQLite backend.

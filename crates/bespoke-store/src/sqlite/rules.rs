@@ -190,18 +190,18 @@ mod tests {
             s.path().to_owned()
         };
         let raw = Connection::open(&path).unwrap();
-        // Back to version 3: before the rule tables, the marketing consent column and the
-        // campaign tables.
+        // Back to version 3: before the rule tables, the marketing consent column, the
+        // campaign tables and the dashboard sessions.
         raw.execute_batch(
             "DROP TABLE rules; DROP TABLE item_blocks;
              DROP TABLE experiments; DROP TABLE experiment_exposures; DROP TABLE segments;
-             DROP TABLE segment_members; DROP TABLE segment_sizes;
+             DROP TABLE segment_members; DROP TABLE segment_sizes; DROP TABLE dashboard_sessions;
              ALTER TABLE users DROP COLUMN consent_marketing; PRAGMA user_version = 3;",
         )
         .unwrap();
         drop(raw);
         let s = open(dir.path());
-        assert_eq!(s.stats().unwrap().schema_version, 6);
+        assert_eq!(s.stats().unwrap().schema_version, 7);
         // Users from before the column allow marketing until they object.
         assert!(
             s.get_user("ann")
