@@ -183,15 +183,18 @@ impl Fixture {
             .call(Method::PUT, "/v1/segments/even-viewers", Some(segment))
             .await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
-        let (s, b) = self
-            .call(
-                Method::POST,
-                "/v1/segments/even-viewers/refresh",
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
-        assert_eq!(b["size"], USERS, "{b}");
+        // Refreshed twice, so that its chart of sizes has a line.
+        for _ in 0..2 {
+            let (s, b) = self
+                .call(
+                    Method::POST,
+                    "/v1/segments/even-viewers/refresh",
+                    Some(json!({})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            assert_eq!(b["size"], USERS, "{b}");
+        }
         // A decision loop whose rewards alternate 1 and 0: mean reward 0.5.
         for n in 0..30 {
             let body = json!({ "context": { "device": "mobile" },
@@ -537,6 +540,67 @@ async fn erasure_needs_the_csrf_token() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let resp = get(&fx, Some(&cookie), "/dashboard/api/events?by=week").await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    fx.stop().await;
+}
+
+/// A segment's chart plots what `GET /v1/segments/{name}/sizes` lists, against time; an
+/// unknown segment is a 404, and the page draws one chart per computed segment.
+#[tokio::test]
+async fn segment_sizes_chart_what_the_api_lists() {
+    use reqwest::Method;
+    let fx = Fixture::start(true).await;
+    let (s, api) = fx
+        .call(Method::GET, "/v1/segments/even-viewers/sizes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{api}");
+    let sizes: Vec<f64> = (api["sizes"].as_array().expect("sizes").iter())
+        .map(|p| p["size"].as_f64().expect("a size"))
+        .collect();
+    assert_eq!(sizes, [USERS as f64, USERS as f64], "{api}");
+    let (_, cookie, _) = login(&fx, &fx.admin_key).await;
+    let cookie = cookie.expect("a session cookie");
+    let resp = get(
+        &fx,
+        Some(&cookie),
+        "/dashboard/api/segments/even-viewers/sizes",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let chart: Value = resp.json().await.expect("JSON");
+    assert_eq!(chart["time"], true, "{chart}");
+    assert_eq!(chart["series"][0]["label"], "members", "{chart}");
+    let plotted: Vec<f64> = (chart["series"][0]["values"]
+        .as_array()
+        .expect("values")
+        .iter())
+    .map(|v| v.as_f64().expect("a value"))
+    .collect();
+    assert_eq!(plotted, sizes, "{chart}");
+    let x: Vec<f64> = (chart["x"].as_array().expect("x").iter())
+        .map(|v| v.as_f64().expect("seconds"))
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!(
+        x[0] <= x[1] && x[1] <= now + 1.0 && x[0] > now - 3600.0,
+        "{chart}"
+    );
+    let resp = get(&fx, Some(&cookie), "/dashboard/api/segments/nope/sizes").await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // Without a session, no data.
+    let resp = get(&fx, None, "/dashboard/api/segments/even-viewers/sizes").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let html = get(&fx, Some(&cookie), "/dashboard/more")
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        html.contains("data-src=\"/dashboard/api/segments/even-viewers/sizes\""),
+        "{html}"
+    );
     fx.stop().await;
 }
 
@@ -1201,6 +1265,10 @@ async fn walk(fx: &Fixture, b: &Browser) {
     .await;
     screenshot(b, "experiment").await;
     assert_eq!(text(b, "td.seg-size").await, USERS.to_string());
+    assert!(
+        chart_pixels(b, "chart-segment-1").await > 0,
+        "segment sizes chart: nothing drawn"
+    );
     // The fairness form, submitted as a user would: the report of every fixture user.
     click_then_wait(
         b,

@@ -393,9 +393,81 @@ pub(crate) async fn rewards(
     .await
 }
 
+/// A segment's members after each refresh, oldest first, against the refresh's time: the
+/// total, and for a learned segment one line per cluster.
+pub(crate) fn size_chart(points: &[crate::engine::SizePoint]) -> Chart {
+    let clusters = (points.iter())
+        .filter_map(|p| p.clusters.as_ref().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    let mut series = vec![Series {
+        label: "members".into(),
+        values: points.iter().map(|p| Some(p.size as f64)).collect(),
+    }];
+    series.extend((0..clusters).map(|c| {
+        Series {
+            label: format!("cluster {c}"),
+            values: (points.iter())
+                .map(|p| {
+                    p.clusters
+                        .as_ref()
+                        .and_then(|v| v.get(c))
+                        .map(|&n| n as f64)
+                })
+                .collect(),
+        }
+    }));
+    Chart {
+        x: points.iter().map(|p| p.at as f64 / 1000.0).collect(),
+        time: true,
+        series,
+    }
+}
+
+/// `GET /dashboard/api/segments/{name}/sizes`: see [`size_chart`].
+pub(crate) async fn segment_sizes(
+    State(dash): State<Dash>,
+    _: ApiSession,
+    Path(name): Path<String>,
+) -> Result<Json<Chart>, ApiError> {
+    let engine = dash.engine.clone();
+    super::json_blocking(move || Ok(Json(size_chart(&engine.segment_sizes(&name)?)))).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_sizes_chart_the_total_and_each_cluster() {
+        use crate::engine::SizePoint;
+        let rule = [
+            SizePoint {
+                at: 1_000,
+                size: 5,
+                clusters: None,
+            },
+            SizePoint {
+                at: 61_000,
+                size: 7,
+                clusters: None,
+            },
+        ];
+        let c = size_chart(&rule);
+        assert_eq!((c.x.clone(), c.time), (vec![1.0, 61.0], true));
+        assert_eq!(c.series.len(), 1);
+        assert_eq!(c.series[0].values, vec![Some(5.0), Some(7.0)]);
+        let learned = [SizePoint {
+            at: 2_000,
+            size: 9,
+            clusters: Some(vec![4, 5]),
+        }];
+        let c = size_chart(&learned);
+        let labels: Vec<&str> = c.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["members", "cluster 0", "cluster 1"]);
+        assert_eq!(c.series[2].values, vec![Some(5.0)]);
+        assert!(size_chart(&[]).x.is_empty());
+    }
 
     #[test]
     fn chart_buckets_hours_into_days() {

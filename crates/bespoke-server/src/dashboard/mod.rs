@@ -174,6 +174,10 @@ pub(crate) fn router<S>(
         .route("/dashboard/api/events", get(charts::events))
         .route("/dashboard/api/models", get(charts::models))
         .route("/dashboard/api/loops/{name}/rewards", get(charts::rewards))
+        .route(
+            "/dashboard/api/segments/{name}/sizes",
+            get(charts::segment_sizes),
+        )
         .route("/dashboard/assets/{tag}/{name}", get(asset))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
