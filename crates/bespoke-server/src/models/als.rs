@@ -113,7 +113,7 @@ impl Scorer for AlsServing {
     }
 
     fn similar(&self, item: u32, n: usize) -> Option<Vec<Scored>> {
-        Some(AlsServing::similar(self, item, n, |_| true))
+        Some(AlsServing::similar(self, item, n, |_| true, None))
     }
 
     /// Exact: the fold-in's contributions (Hu, Koren and Volinsky §5) sum to `x_u · y_i`.

@@ -51,12 +51,25 @@ pub struct AlsServing {
     normalized: AnnScorer,
     cache: Mutex<UserCache>,
     cache_capacity: usize,
-    /// The exact scorer restricted to saved filters' items, newest last, by the id of the
-    /// filter's evaluation ([`crate::rules::Evaluated::id`]).
-    subsets: Mutex<Vec<(u64, Arc<ItemScorer>)>>,
+    /// The exact scorers restricted to saved filters' items, newest last, by scorer (the
+    /// factors, or their unit vectors) and the id of the filter's evaluation
+    /// ([`crate::rules::Evaluated::id`]).
+    subsets: Mutex<Vec<(SubsetKey, Arc<ItemScorer>)>>,
     /// The trained user factors, by model user row: what audiences score (every user at
     /// once, which solving each history would make far too slow).
     users: Factors,
+}
+
+/// A kept subset's scorer and the id of the evaluation it was built from.
+type SubsetKey = (Factorization, u64);
+
+/// Which item vectors a scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Factorization {
+    /// The item factors (recommendations: the user vector's inner product).
+    Factors,
+    /// The item factors scaled to unit length (similar items: cosine).
+    Unit,
 }
 
 thread_local! {
@@ -172,20 +185,26 @@ impl AlsServing {
     /// not worth a subset ([`AnnScorer::prefers_subset`]).
     pub fn subset(
         &self,
+        of: Factorization,
         key: u64,
         share: f32,
         inside: impl FnMut(u32) -> bool,
     ) -> Option<Arc<ItemScorer>> {
         /// Subsets kept: a few saved filters, and room for the one replacing another.
         const KEPT: usize = 4;
-        if !self.scorer.prefers_subset(share) {
+        let scorer = match of {
+            Factorization::Factors => &self.scorer,
+            Factorization::Unit => &self.normalized,
+        };
+        if !scorer.prefers_subset(share) {
             return None;
         }
+        let key = (of, key);
         if let Some((_, sub)) = self.subsets.lock().iter().find(|(k, _)| *k == key) {
             return Some(sub.clone());
         }
         // Built outside the lock: two requests may both build it, neither waits.
-        let sub = Arc::new(self.scorer.exact_scorer().subset(inside));
+        let sub = Arc::new(scorer.exact_scorer().subset(inside));
         let mut kept = self.subsets.lock();
         if !kept.iter().any(|(k, _)| *k == key) {
             if kept.len() >= KEPT {
@@ -208,17 +227,25 @@ impl AlsServing {
         SCRATCH.with(|s| within.top_k_rescored(x, n, keep, rescore, &mut s.borrow_mut().0))
     }
 
-    /// Top `n` items by cosine of item factors with model item `item` (itself excluded).
-    pub fn similar(&self, item: u32, n: usize, mut keep: impl FnMut(u32) -> bool) -> Vec<Scored> {
+    /// Top `n` items by cosine of item factors with model item `item` (itself excluded),
+    /// scanning only `within` (a [subset](Self::subset) of the unit vectors) when given.
+    pub fn similar(
+        &self,
+        item: u32,
+        n: usize,
+        mut keep: impl FnMut(u32) -> bool,
+        within: Option<&ItemScorer>,
+    ) -> Vec<Scored> {
         let Some(q) = (item as usize)
             .lt(&self.normalized.len())
             .then(|| self.normalized.items().row(item as usize).to_vec())
         else {
             return Vec::new();
         };
-        SCRATCH.with(|s| {
-            self.normalized
-                .top_k(&q, n, |j| j != item && keep(j), &mut s.borrow_mut().0)
+        let keep = |j| j != item && keep(j);
+        SCRATCH.with(|s| match within {
+            Some(sub) => sub.top_k(&q, n, keep, &mut s.borrow_mut().0),
+            None => self.normalized.top_k(&q, n, keep, &mut s.borrow_mut().0),
         })
     }
 

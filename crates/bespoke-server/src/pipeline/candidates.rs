@@ -18,6 +18,7 @@ use super::{PopularSort, Recommendation, Recommendations};
 use crate::models::ServingModel;
 use crate::models::meta::Serve;
 use crate::models::model::{self as scorer, Explanation, Prepared, Scorer, Term};
+use crate::models::views::Factorization;
 use crate::settings::{ModelChoice, PopularityMode, SimilarChoice};
 use crate::state::{Serving, State};
 use crate::time::now_ms;
@@ -1035,7 +1036,12 @@ impl Serving {
             let keep = |j: u32| filter.keep_model(m, j);
             let (found, make, phrase): (_, fn(History) -> Reason, _) = match choice {
                 SimilarChoice::Als => (
-                    m.als.similar(mi, n, keep),
+                    m.als.similar(
+                        mi,
+                        n,
+                        keep,
+                        filter.als_subset(m, Factorization::Unit).as_deref(),
+                    ),
                     Reason::Als,
                     "liked by the same kind of users as",
                 ),

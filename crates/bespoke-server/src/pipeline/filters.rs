@@ -12,6 +12,7 @@ use super::RankRequest;
 use super::rules::Plan;
 use crate::models::ServingModel;
 use crate::models::content::ContentServing;
+use crate::models::views::Factorization;
 use crate::state::State;
 
 /// What a request allows: availability, categories, exclusions, (optionally) unseen items,
@@ -57,7 +58,7 @@ impl<'a> Filter<'a> {
     /// [`Plan::shortlist`] best: the boost stage would choose those from any larger pool.
     pub(crate) fn top_als(&self, m: &ServingModel, x: &[f32], n: usize) -> Vec<Scored> {
         let keep = |i| self.keep_model(m, i);
-        let within = self.als_subset(m);
+        let within = self.als_subset(m, Factorization::Factors);
         match (self.plan.rescore(self.s, |row| m.store_item(row)), within) {
             (Some((k, mut boosts)), Some(sub)) => {
                 m.als.top_k_within(&sub, x, k.min(n), keep, &mut boosts)
@@ -71,11 +72,15 @@ impl<'a> Filter<'a> {
     /// iALS's items restricted to those of the plan's narrowest saved filter, when scanning
     /// only them pays: a saved rule's selective filter otherwise makes every request scan the
     /// many items it rejects, against a lower k-th best score.
-    fn als_subset(&self, m: &ServingModel) -> Option<Arc<ItemScorer>> {
+    pub(crate) fn als_subset(
+        &self,
+        m: &ServingModel,
+        of: Factorization,
+    ) -> Option<Arc<ItemScorer>> {
         let e = self.plan.narrowest()?;
         let share = e.ones() as f32 / self.s.columns.item_slots().max(1) as f32;
         let cols = &self.s.columns;
-        m.als.subset(e.id(), share, |row| {
+        m.als.subset(of, e.id(), share, |row| {
             m.store_item(row).is_some_and(|st| e.get(cols, st))
         })
     }
