@@ -18,6 +18,10 @@
 //! [`ItemScorer::top_k_rescored`] ranks by a monotone re-scoring of each item's score (business
 //! rules' boosts) inside the same scan: bounds pass through a non-decreasing function stay
 //! bounds, and a ceiling over every item's function keeps the early stop sound.
+//!
+//! [`ItemScorer::subset`] restricts the screen to the items a predicate accepts (a saved
+//! filter's), sharing the exact factors: a scan then never visits the items the filter would
+//! reject, and the k-th best score it must beat comes from the filter's items alone.
 
 use std::sync::Arc;
 
