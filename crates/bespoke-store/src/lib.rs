@@ -264,14 +264,35 @@ pub trait AccessStore: Send + Sync + std::fmt::Debug {
     /// `created_at` and, when `limits.max` are left, the oldest.
     fn open_session(&self, session: SessionRecord, limits: SessionLimits) -> Result<()>;
 
+    /// The session found by `lookup`, live or not.
+    fn session(&self, lookup: &[u8; 32]) -> Result<Option<SessionRecord>>;
+
+    /// Sets the `last_seen` of the session found by `lookup` (none: nothing happens).
+    fn set_session_seen(&self, lookup: &[u8; 32], at: Millis) -> Result<()>;
+
     /// The session found by `lookup` if live at `now` (an expired one is deleted), its
-    /// `last_seen` moved to `now` when older than `limits.touch_every`.
+    /// `last_seen` moved to `now` when older than `limits.touch_every`. The same policy on
+    /// every backend: they provide only [`Self::session`], [`Self::set_session_seen`] and
+    /// [`Self::close_session`].
     fn touch_session(
         &self,
         lookup: &[u8; 32],
         now: Millis,
         limits: SessionLimits,
-    ) -> Result<Option<SessionRecord>>;
+    ) -> Result<Option<SessionRecord>> {
+        let Some(mut session) = self.session(lookup)? else {
+            return Ok(None);
+        };
+        if !limits.live(&session, now) {
+            self.close_session(lookup)?;
+            return Ok(None);
+        }
+        if now - session.last_seen >= limits.touch_every {
+            session.last_seen = now;
+            self.set_session_seen(lookup, now)?;
+        }
+        Ok(Some(session))
+    }
 
     /// Ends the session found by `lookup` (logout, or its key no longer valid).
     fn close_session(&self, lookup: &[u8; 32]) -> Result<()>;

@@ -164,18 +164,23 @@ impl AlsServing {
         SCRATCH.with(|s| self.scorer.top_k(x, n, keep, &mut s.borrow_mut().0))
     }
 
-    /// [`Self::top_k`] ranked by `rescore` of the scores (business-rule boosts); the scores
-    /// returned are the plain ones.
+    /// [`Self::top_k`] ranked by `rescore` of the scores (business-rule boosts; the scores
+    /// returned are the plain ones), scanning only `within` (a [subset](Self::subset) of the
+    /// items) when given.
     pub fn top_k_rescored(
         &self,
         x: &[f32],
         n: usize,
         keep: impl FnMut(u32) -> bool,
         rescore: &mut impl Rescore,
+        within: Option<&ItemScorer>,
     ) -> Vec<Scored> {
         SCRATCH.with(|s| {
-            self.scorer
-                .top_k_rescored(x, n, keep, rescore, &mut s.borrow_mut().0)
+            let scratch = &mut s.borrow_mut().0;
+            match within {
+                Some(sub) => sub.top_k_rescored(x, n, keep, rescore, scratch),
+                None => self.scorer.top_k_rescored(x, n, keep, rescore, scratch),
+            }
         })
     }
 
@@ -213,18 +218,6 @@ impl AlsServing {
             kept.push((key, sub.clone()));
         }
         Some(sub)
-    }
-
-    /// [`Self::top_k_rescored`] scanning only `within`, a [subset](Self::subset) of the items.
-    pub fn top_k_within(
-        &self,
-        within: &ItemScorer,
-        x: &[f32],
-        n: usize,
-        keep: impl FnMut(u32) -> bool,
-        rescore: &mut impl Rescore,
-    ) -> Vec<Scored> {
-        SCRATCH.with(|s| within.top_k_rescored(x, n, keep, rescore, &mut s.borrow_mut().0))
     }
 
     /// Top `n` items by cosine of item factors with model item `item` (itself excluded),

@@ -59,13 +59,10 @@ impl<'a> Filter<'a> {
     pub(crate) fn top_als(&self, m: &ServingModel, x: &[f32], n: usize) -> Vec<Scored> {
         let keep = |i| self.keep_model(m, i);
         let within = self.als_subset(m, Factorization::Factors);
-        match (self.plan.rescore(self.s, |row| m.store_item(row)), within) {
-            (Some((k, mut boosts)), Some(sub)) => {
-                m.als.top_k_within(&sub, x, k.min(n), keep, &mut boosts)
-            }
-            (Some((k, mut boosts)), None) => m.als.top_k_rescored(x, k.min(n), keep, &mut boosts),
-            (None, Some(sub)) => m.als.top_k_within(&sub, x, n, keep, &mut Identity),
-            (None, None) => m.als.top_k(x, n, keep),
+        let within = within.as_deref();
+        match self.plan.rescore(self.s, |row| m.store_item(row)) {
+            Some((k, mut boosts)) => m.als.top_k_rescored(x, k.min(n), keep, &mut boosts, within),
+            None => m.als.top_k_rescored(x, n, keep, &mut Identity, within),
         }
     }
 

@@ -255,12 +255,7 @@ impl crate::AccessStore for PgStore {
         })
     }
 
-    fn touch_session(
-        &self,
-        lookup: &[u8; 32],
-        now: Millis,
-        limits: SessionLimits,
-    ) -> Result<Option<SessionRecord>> {
+    fn session(&self, lookup: &[u8; 32]) -> Result<Option<SessionRecord>> {
         let row = self.read(|db| {
             db.query_opt(
                 "SELECT prefix, key_digest, csrf, created_at, last_seen FROM dashboard_sessions \
@@ -268,25 +263,17 @@ impl crate::AccessStore for PgStore {
                 &[&&lookup[..]],
             )
         })?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let mut session = session_from_row(*lookup, &row)?;
-        if !limits.live(&session, now) {
-            self.close_session(lookup)?;
-            return Ok(None);
-        }
-        if now - session.last_seen >= limits.touch_every {
-            session.last_seen = now;
-            self.write(|db| {
-                db.execute(
-                    "UPDATE dashboard_sessions SET last_seen = $2 WHERE lookup = $1",
-                    &[&&lookup[..], &now],
-                )?;
-                Ok(())
-            })?;
-        }
-        Ok(Some(session))
+        row.map(|r| session_from_row(*lookup, &r)).transpose()
+    }
+
+    fn set_session_seen(&self, lookup: &[u8; 32], at: Millis) -> Result<()> {
+        self.write(|db| {
+            db.execute(
+                "UPDATE dashboard_sessions SET last_seen = $2 WHERE lookup = $1",
+                &[&&lookup[..], &at],
+            )?;
+            Ok(())
+        })
     }
 
     fn close_session(&self, lookup: &[u8; 32]) -> Result<()> {

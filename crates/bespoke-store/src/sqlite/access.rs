@@ -228,13 +228,7 @@ impl crate::AccessStore for SqliteStore {
         })
     }
 
-    fn touch_session(
-        &self,
-        lookup: &[u8; 32],
-        now: Millis,
-        limits: SessionLimits,
-    ) -> Result<Option<SessionRecord>> {
-        let lookup = *lookup;
+    fn session(&self, lookup: &[u8; 32]) -> Result<Option<SessionRecord>> {
         let found = self.read(|c| {
             c.prepare_cached(
                 "SELECT prefix, key_digest, csrf, created_at, last_seen FROM dashboard_sessions \
@@ -252,30 +246,27 @@ impl crate::AccessStore for SqliteStore {
             .optional()
             .map_err(Error::from)
         })?;
-        let Some((prefix, key_digest, csrf, created_at, last_seen)) = found else {
-            return Ok(None);
-        };
-        let mut session = SessionRecord {
-            lookup,
-            prefix,
-            key_digest: digest32(key_digest, "key digest")?,
-            csrf,
-            created_at,
-            last_seen,
-        };
-        if !limits.live(&session, now) {
-            self.close_session(&lookup)?;
-            return Ok(None);
-        }
-        if now - session.last_seen >= limits.touch_every {
-            session.last_seen = now;
-            self.exec(move |c| {
-                c.prepare_cached("UPDATE dashboard_sessions SET last_seen = ?2 WHERE lookup = ?1")?
-                    .execute(params![&lookup[..], now])?;
-                Ok(())
-            })?;
-        }
-        Ok(Some(session))
+        found
+            .map(|(prefix, key_digest, csrf, created_at, last_seen)| {
+                Ok(SessionRecord {
+                    lookup: *lookup,
+                    prefix,
+                    key_digest: digest32(key_digest, "key digest")?,
+                    csrf,
+                    created_at,
+                    last_seen,
+                })
+            })
+            .transpose()
+    }
+
+    fn set_session_seen(&self, lookup: &[u8; 32], at: Millis) -> Result<()> {
+        let lookup = *lookup;
+        self.exec(move |c| {
+            c.prepare_cached("UPDATE dashboard_sessions SET last_seen = ?2 WHERE lookup = ?1")?
+                .execute(params![&lookup[..], at])?;
+            Ok(())
+        })
     }
 
     fn close_session(&self, lookup: &[u8; 32]) -> Result<()> {
