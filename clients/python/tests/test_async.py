@@ -88,6 +88,8 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
             )
         page = await self.client.user_events(user)
         self.assertEqual([e["event_id"] for e in page["events"]], sent["event_ids"])
+        gone = await self.client.delete_user_events(user, item, type="view")
+        self.assertEqual(gone["deleted"], 0)
         export = await self.client.export_user(user)
         self.assertEqual(export["user"]["key"], user)
 

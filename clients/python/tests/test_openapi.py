@@ -18,6 +18,7 @@ COVERED = {
     "openapi",
     "postEvents",
     "getUserEvents",
+    "deleteUserEvents",
     "putUser",
     "getUser",
     "deleteUser",

@@ -104,6 +104,15 @@ class SyncClientTest(unittest.TestCase):
         self.assertEqual(len(page["events"]), 10)
         self.assertIsNotNone(page["next_cursor"])
 
+        # Undo: the user's events on one item go, of one type or all of them.
+        gone = self.client.delete_user_events(user, "b3", type="like")
+        self.assertEqual(gone, {"user": user, "item": "b3", "deleted": 0})
+        gone = self.client.delete_user_events(user, "b3")
+        self.assertEqual(gone["deleted"], 3)
+        left = self.client.user_events(user, limit=100)["events"]
+        self.assertEqual(len(left), 27 - 3)
+        self.assertNotIn("b3", [e["item"] for e in left])
+
         with self.assertRaises(ConflictError) as caught:
             self.client.send_events([{**again[0], "type": "purchase"}])
         self.assertEqual(caught.exception.status, 409)

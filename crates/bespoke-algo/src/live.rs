@@ -222,6 +222,59 @@ impl LiveIndex {
         }
     }
 
+    /// Replaces what the index holds of `user`'s events on `item` by `events` (each
+    /// `(weight, ts)` as applied, in time order): to delete some of them. Popularity forgets
+    /// every aggregate of the pair (one pass over all of them, as for an erasure) and takes the
+    /// kept events back; the user keeps their place among the item's users if any is kept.
+    pub fn replace_pair(&mut self, user: UserIdx, item: ItemIdx, events: &[(f32, Millis)]) {
+        let i = item.0 as usize;
+        if let Some(history) = self.users.get_mut(user.0 as usize)
+            && let Ok(pos) = history.binary_search_by_key(&item, |x| x.item)
+        {
+            let old = history.remove(pos);
+            self.events -= old.count as u64;
+            if events.is_empty() {
+                self.item_users[i].retain(|&u| u != user);
+                self.private_users[i] -= self.is_private(user) as u32;
+            } else {
+                // Re-inserted below without touching the item's user list.
+                let history = &mut self.users[user.0 as usize];
+                let (weight, last_ts) = events
+                    .iter()
+                    .fold((0.0f32, Millis::MIN), |(w, t), &(x, ts)| (w + x, t.max(ts)));
+                history.insert(
+                    pos,
+                    Interaction {
+                        item,
+                        weight,
+                        count: events.len() as u32,
+                        last_ts,
+                    },
+                );
+                self.events += events.len() as u64;
+            }
+        } else {
+            // Nothing held: the kept events cannot have been applied either.
+            debug_assert!(events.is_empty(), "kept events that were never applied");
+            return;
+        }
+        self.popularity.remove_pair(user, item);
+        if let Some(log) = self.private_log.get_mut(&user.0) {
+            log.retain(|c| c.item() != item);
+        }
+        let private = self.is_private(user);
+        for &(w, ts) in events {
+            if private {
+                if w > 0.0 {
+                    let c = Contribution::event(user, item, w, ts);
+                    self.private_log.entry(user.0).or_default().push(c);
+                }
+            } else {
+                self.popularity.add(user, item, w, ts);
+            }
+        }
+    }
+
     /// Forgets everything about `item`; returns the number of events removed.
     pub fn remove_item(&mut self, item: ItemIdx) -> u64 {
         let Some(users) = self.item_users.get_mut(item.0 as usize) else {
@@ -422,6 +475,65 @@ mod tests {
                 prop_assert_eq!(live.popularity().count(i), always.popularity().count(i));
                 prop_assert!((live.popularity().total(i) - always.popularity().total(i)).abs() < 1e-6);
                 prop_assert_eq!(live.related(i, 8, 100, |_| true), always.related(i, 8, 100, |_| true));
+            }
+        }
+
+        /// Replacing a pair's events by some of them leaves the index a rebuild without the
+        /// others would give: histories, item users, popularity (also with the user private)
+        /// and co-occurrence.
+        #[test]
+        fn replace_pair_equals_rebuild_without_the_deleted(
+            events in proptest::collection::vec((0u32..4, 0u32..5, -2i32..6, 0i64..20_000_000), 0..80),
+            pair in (0u32..4, 0u32..5),
+            deleted in proptest::collection::vec(any::<bool>(), 80),
+            private in proptest::option::of(0u32..4),
+        ) {
+            let (pu, pi) = (UserIdx(pair.0), ItemIdx(pair.1));
+            let mut live = index();
+            let mut kept = index();
+            if let Some(p) = private {
+                live.set_private(UserIdx(p), true);
+                kept.set_private(UserIdx(p), true);
+            }
+            let mut remaining = Vec::new();
+            for (k, &(u, i, w, ts)) in events.iter().enumerate() {
+                live.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+                if (UserIdx(u), ItemIdx(i)) == (pu, pi) {
+                    if deleted[k] {
+                        continue;
+                    }
+                    remaining.push((w as f32, ts));
+                }
+                kept.apply(UserIdx(u), ItemIdx(i), w as f32, ts);
+            }
+            live.replace_pair(pu, pi, &remaining);
+            if let Some(p) = private {
+                // Shared again: the private log was kept right too.
+                live.set_private(UserIdx(p), false);
+                kept.set_private(UserIdx(p), false);
+            }
+            prop_assert_eq!(live.events(), kept.events());
+            for u in 0..4 {
+                let (a, b) = (live.history(UserIdx(u)), kept.history(UserIdx(u)));
+                prop_assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(b) {
+                    prop_assert_eq!((x.item, x.count, x.last_ts), (y.item, y.count, y.last_ts));
+                    prop_assert!((x.weight - y.weight).abs() < 1e-4);
+                }
+            }
+            let now = 20_000_000;
+            for i in 0..5 {
+                let i = ItemIdx(i);
+                let mut users = live.item_users(i).to_vec();
+                let mut want = kept.item_users(i).to_vec();
+                users.sort();
+                want.sort();
+                prop_assert_eq!(users, want);
+                let (p, q) = (live.popularity(), kept.popularity());
+                prop_assert_eq!(p.count(i), q.count(i));
+                prop_assert!((p.total(i) - q.total(i)).abs() < 1e-4);
+                prop_assert!((p.trending(i, now) - q.trending(i, now)).abs() < 1e-4 * (1.0 + q.trending(i, now)));
+                prop_assert_eq!(live.related(i, 5, 100, |_| true), kept.related(i, 5, 100, |_| true));
             }
         }
 

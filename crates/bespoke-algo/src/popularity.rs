@@ -267,6 +267,11 @@ impl Popularity {
         Self::events_in(&removed)
     }
 
+    /// Forgets every event of `user` on `item`; returns how many were removed.
+    pub fn remove_pair(&mut self, user: UserIdx, item: ItemIdx) -> usize {
+        Self::events_in(&self.remove_where(|_, a| a.user == user.0 && a.item == item.0))
+    }
+
     /// Forgets every event on `item`.
     pub fn remove_item(&mut self, item: ItemIdx) -> usize {
         Self::events_in(&self.remove_where(|_, a| a.item == item.0))

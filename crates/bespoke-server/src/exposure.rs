@@ -118,6 +118,19 @@ impl Exposure {
             .unwrap_or_default()
     }
 
+    /// Forgets a hide of `item` that came from an event (its events were deleted); a hide
+    /// from the block list stays.
+    pub(crate) fn drop_event_hide(&mut self, user: u32, item: u32) {
+        if let Some(m) = self.hidden.get_mut(&user) {
+            if m.get(&item).is_some_and(|h| h.from_event) {
+                m.remove(&item);
+            }
+            if m.is_empty() {
+                self.hidden.remove(&user);
+            }
+        }
+    }
+
     /// Forgets everything about a user (erasure).
     pub(crate) fn remove_user(&mut self, user: u32) {
         self.impressions.remove(&user);

@@ -348,6 +348,24 @@ fn gorse_paths() -> Value {
         json!({ "get": { "tags": tags, "summary": "Gorse: a user's feedback, newest first", "operationId": if typed { "gorseUserFeedbackOfType" } else { "gorseUserFeedback" },
             "parameters": parameters, "responses": with_errors(json!({ "200": json_of("Feedback", json!({ "type": "array", "items": feedback })) }), &[400, 404]) } })
     };
+    let pair = |typed: bool| {
+        let mut parameters = Vec::new();
+        if typed {
+            parameters.push(json!({ "name": "type", "in": "path", "required": true, "description": "A feedback type (not impression)", "schema": { "type": "string" } }));
+        }
+        parameters.push(json!({ "name": "user", "in": "path", "required": true, "schema": { "type": "string" } }));
+        parameters.push(json!({ "name": "item", "in": "path", "required": true, "schema": { "type": "string" } }));
+        let (get_id, delete_id) = if typed {
+            ("gorsePairFeedbackOfType", "gorseDeletePairFeedbackOfType")
+        } else {
+            ("gorsePairFeedback", "gorseDeletePairFeedback")
+        };
+        json!({ "parameters": parameters,
+            "get": { "tags": tags, "summary": "Gorse: a user's feedback on an item, newest first", "operationId": get_id,
+                "responses": with_errors(json!({ "200": json_of("Feedback", json!({ "type": "array", "items": feedback })) }), &[400]) },
+            "delete": { "tags": tags, "summary": "Gorse: delete a user's feedback on an item (as DELETE /v1/users/{key}/events?item=); RowAffected counts the events deleted", "operationId": delete_id,
+                "responses": with_errors(json!({ "200": affected }), &[400, 507]) } })
+    };
     let cursor_params = json!([
         { "name": "n", "in": "query", "description": "Page size (default 10, at most limits.max_page_size)", "schema": { "type": "integer", "minimum": 1 } },
         { "name": "cursor", "in": "query", "description": "Empty for the first page, then the previous answer's Cursor", "schema": { "type": "string" } }
@@ -371,6 +389,8 @@ fn gorse_paths() -> Value {
             "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 413, 415, 503, 507]) },
             "get": listing("Feedback", &feedback, "all feedback in the order stored", "gorseListFeedback", false) },
         "/api/feedback/{type}": { "get": listing("Feedback", &feedback, "the feedback of one type", "gorseListFeedbackOfType", true) },
+        "/api/feedback/{user}/{item}": pair(false),
+        "/api/feedback/{type}/{user}/{item}": pair(true),
         "/api/users": { "post": { "tags": tags, "summary": "Gorse: create or replace users", "operationId": "gorseInsertUsers",
             "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": user } } } },
             "responses": with_errors(json!({ "200": affected }), &[400, 413, 415, 507]) },
@@ -465,7 +485,15 @@ fn paths() -> Value {
                 "parameters": [key_param(),
                     { "name": "limit", "in": "query", "description": "Page size, 1 to limits.max_page_size; default 100", "schema": { "type": "integer", "minimum": 1 } },
                     { "name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": { "type": "string" } }],
-                "responses": with_errors(json!({ "200": ok("A page", "EventPage") }), &[400, 404]) } },
+                "responses": with_errors(json!({ "200": ok("A page", "EventPage") }), &[400, 404]) },
+              "delete": {
+                "summary": "Delete a user's events on one item (undo a like, a rating): from the store and from serving at once, on every node",
+                "description": "Every type but impressions, or one type. The user's history, popularity, related items and hides by event (not_interested) forget them at once and the user's vector is folded in again; the next trained model is the first without them. Idempotent: 0 when there were none. The events' ids may be used again. Audited as events.delete.",
+                "operationId": "deleteUserEvents",
+                "parameters": [key_param(),
+                    { "name": "item", "in": "query", "required": true, "description": "The item's key", "schema": { "type": "string" } },
+                    { "name": "type", "in": "query", "description": "Only events of this type (default: every type but impression)", "schema": { "type": "string" } }],
+                "responses": with_errors(json!({ "200": ok("Deleted", "EventsDeleted") }), &[400, 507]) } },
             "/v1/users/{key}/export": { "get": {
                 "summary": "Everything held about a user: profile, consent, every event, and what was derived (history, user vector); `bespoke import` takes it back",
                 "operationId": "exportUser", "parameters": [key_param()],
@@ -668,6 +696,7 @@ fn schemas() -> Value {
                 "events": { "type": "array", "minItems": 1, "description": "At most limits.max_batch_events (10,000 by default)", "items": { "$ref": "#/components/schemas/Event" } } } },
             "EventsAccepted": { "type": "object", "properties": { "received": { "type": "integer" }, "event_ids": { "type": "array", "items": { "type": "string" } } } },
             "StoredEvent": { "type": "object", "properties": { "event_id": { "type": "string" }, "user": { "type": "string" }, "item": { "type": "string" }, "type": { "type": "string" }, "value": { "type": "number" }, "timestamp": { "type": "string", "format": "date-time" }, "context": { "type": "object" } } },
+            "EventsDeleted": { "type": "object", "required": ["user", "item", "deleted"], "properties": { "user": { "type": "string" }, "item": { "type": "string" }, "deleted": { "type": "integer", "description": "Events deleted" } } },
             "EventPage": { "type": "object", "properties": { "events": { "type": "array", "items": { "$ref": "#/components/schemas/StoredEvent" } }, "next_cursor": { "type": ["string", "null"] } } },
             "Consent": { "type": "object", "additionalProperties": false, "properties": {
                 "personalization": { "type": "boolean", "description": "Results may be personalized from the user's own behaviour; without it, popular items. Default consent.default_personalization" },

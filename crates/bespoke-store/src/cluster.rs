@@ -31,6 +31,8 @@ pub enum Change {
     Item(ItemIdx),
     /// An item was deleted (with its events).
     ItemDeleted(ItemIdx),
+    /// Some of a user's events on an item were deleted: rebuild that pair from the store.
+    Pair(UserIdx, ItemIdx),
     /// Another model version became active.
     Model,
     /// The saved business rules changed.
@@ -126,6 +128,7 @@ pub(crate) fn encode(change: &Change) -> String {
         Change::UserDeleted(u) => format!("U{}", u.0),
         Change::Item(i) => format!("i{}", i.0),
         Change::ItemDeleted(i) => format!("I{}", i.0),
+        Change::Pair(u, i) => format!("p{}:{}", u.0, i.0),
         Change::Model => "m".into(),
         Change::Rules => "r".into(),
         Change::Blocks(u) => format!("b{}", u.0),
@@ -144,6 +147,10 @@ pub(crate) fn decode(s: &str) -> Option<Change> {
         "U" => Change::UserDeleted(UserIdx(id()?)),
         "i" => Change::Item(ItemIdx(id()?)),
         "I" => Change::ItemDeleted(ItemIdx(id()?)),
+        "p" => {
+            let (u, i) = rest.split_once(':')?;
+            Change::Pair(UserIdx(u.parse().ok()?), ItemIdx(i.parse().ok()?))
+        }
         "m" => Change::Model,
         "r" => Change::Rules,
         "b" => Change::Blocks(UserIdx(id()?)),
@@ -165,6 +172,7 @@ mod tests {
             Change::UserDeleted(UserIdx(u32::MAX)),
             Change::Item(ItemIdx(0)),
             Change::ItemDeleted(ItemIdx(3)),
+            Change::Pair(UserIdx(4), ItemIdx(u32::MAX)),
             Change::Model,
             Change::Rules,
             Change::Blocks(UserIdx(9)),
@@ -173,7 +181,18 @@ mod tests {
         ] {
             assert_eq!(decode(&encode(&c)), Some(c));
         }
-        for bad in ["", "z", "u", "ux", "U-1", "i99999999999"] {
+        for bad in [
+            "",
+            "z",
+            "u",
+            "ux",
+            "U-1",
+            "i99999999999",
+            "p1",
+            "p1:",
+            ":2",
+            "p1:x",
+        ] {
             assert_eq!(decode(bad), None, "{bad:?}");
         }
     }

@@ -22,9 +22,9 @@ use serde_json::{Map, Value, json};
 
 use crate::prelude::*;
 use crate::{
-    Block, Consent, ConsentUpdate, DecisionRecord, Error, EventBatch, ItemIdx, ItemUpsert, Millis,
-    NewAudit, NewDecision, NewEvent, NewExposure, NewKey, NewReward, RewardOutcome, UserIdx,
-    UserUpsert,
+    Block, Consent, ConsentUpdate, DecisionRecord, Error, EventBatch, Interaction, ItemIdx,
+    ItemUpsert, Kinds, Millis, NewAudit, NewDecision, NewEvent, NewExposure, NewKey, NewReward,
+    RewardOutcome, UserIdx, UserUpsert,
 };
 
 /// Calls `$callback! { $args; behaviour, behaviour, ... }` with the name of every behaviour: the
@@ -44,6 +44,7 @@ macro_rules! __store_behaviours {
             events_scan_events_and_user_events_page_newest_first,
             events_stats_count_users_items_events_and_kinds,
             events_delete_before_returns_what_it_removed,
+            events_delete_pair_takes_one_users_events_on_one_item,
             catalog_user_upsert_get_and_consent_merge,
             catalog_delete_user_removes_their_events,
             catalog_item_upsert_get_and_embedding_dimensions,
@@ -520,6 +521,74 @@ pub fn events_delete_before_returns_what_it_removed<S: Store + ?Sized>(store: &S
     );
     // Users and items stay: retention forgets events, not the catalog.
     assert!(store.get_user("v").unwrap().is_some());
+}
+
+/// `delete_pair_events` deletes one user's events on one item, of one type or of every type
+/// but one, returns them in sequence order, and leaves every other event; `pair_events` reads
+/// what is left of the pair. Unknown keys delete nothing; a freed event id can be used again.
+pub fn events_delete_pair_takes_one_users_events_on_one_item<S: Store + ?Sized>(store: &S) {
+    let like = |id: &str, ts| NewEvent {
+        kind: "like".into(),
+        ..ev(id, "u", "i", ts)
+    };
+    let seen = |id: &str, ts| NewEvent {
+        kind: "impression".into(),
+        ..ev(id, "u", "i", ts)
+    };
+    let appended = append(
+        store,
+        vec![
+            ev("a", "u", "i", 10),
+            like("b", 20),
+            seen("c", 30),
+            ev("d", "u", "j", 40),
+            ev("e", "v", "i", 50),
+            ev("f", "u", "i", 60),
+        ],
+    );
+    let (u, i) = (appended[0].user, appended[0].item);
+    let seqs = |v: &[Interaction]| v.iter().map(|x| x.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(&store.pair_events(u, i).unwrap()),
+        [
+            appended[0].seq,
+            appended[1].seq,
+            appended[2].seq,
+            appended[5].seq
+        ]
+    );
+    let views = store
+        .delete_pair_events("u", "i", &Kinds::Only("view".into()))
+        .unwrap();
+    assert_eq!(seqs(&views), [appended[0].seq, appended[5].seq]);
+    assert!(
+        views
+            .iter()
+            .all(|x| x.kind == "view" && x.user == u && x.item == i)
+    );
+    assert_eq!(views[1].timestamp, 60);
+    let rest = store
+        .delete_pair_events("u", "i", &Kinds::AllBut("impression".into()))
+        .unwrap();
+    assert_eq!(seqs(&rest), [appended[1].seq]);
+    assert_eq!(rest[0].kind, "like");
+    // The impression, the user's other item and the other user's event stay.
+    assert_eq!(seqs(&store.pair_events(u, i).unwrap()), [appended[2].seq]);
+    let left = seqs(&store.scan_interactions(0, 10).unwrap());
+    assert_eq!(left, [appended[2].seq, appended[3].seq, appended[4].seq]);
+    for (user, item) in [("u", "nobody"), ("nobody", "i"), ("v", "j")] {
+        assert!(
+            store
+                .delete_pair_events(user, item, &Kinds::AllBut("impression".into()))
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // Users and items stay; the deleted event's id can be used again.
+    assert!(store.get_user("u").unwrap().is_some() && store.get_item("i").unwrap().is_some());
+    let again = append(store, vec![ev("a", "u", "i", 70)]);
+    assert!(!again[0].duplicate);
+    assert_eq!(store.pair_events(u, i).unwrap().len(), 2);
 }
 
 /// `put_user` creates, then updates in place (same internal id, attributes replaced); consent

@@ -56,7 +56,7 @@ pub use decision::{
 pub use error::{DecisionStoreError, Error, Result, RuleStoreError};
 pub use model::{
     Appended, Consent, ConsentUpdate, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert,
-    NewEvent, Page, StoreStats, Upserted, User, UserUpsert,
+    Kinds, NewEvent, Page, StoreStats, Upserted, User, UserUpsert,
 };
 pub use models::ModelRecord;
 #[cfg(feature = "postgres")]
@@ -143,6 +143,16 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
     /// Deletes up to `limit` events older than `before` (retention) and returns them, so that
     /// derived state can forget them too. Call until it returns nothing.
     fn delete_events_before(&self, before: Millis, limit: usize) -> Result<Vec<Interaction>>;
+
+    /// The events of user `user` on item `item` (internal ids), in sequence order.
+    fn pair_events(&self, user: UserIdx, item: ItemIdx) -> Result<Vec<Interaction>>;
+
+    /// Deletes the events of the user keyed `user` on the item keyed `item` whose type `kinds`
+    /// selects, in one transaction, and returns them in sequence order, so that derived state
+    /// can forget them too (a shared store announces [`Change::Pair`]). Empty when the user,
+    /// the item or such events do not exist. Their event ids are free again afterwards.
+    fn delete_pair_events(&self, user: &str, item: &str, kinds: &Kinds)
+    -> Result<Vec<Interaction>>;
 }
 
 /// Users and items: upserts, lookups by key, deletion (with the events that refer to them) and

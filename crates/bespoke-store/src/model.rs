@@ -226,6 +226,33 @@ pub struct Event {
     pub context: Option<Map<String, Value>>,
 }
 
+/// Which event types [`crate::EventStore::delete_pair_events`] deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kinds {
+    /// Only events of this type.
+    Only(String),
+    /// Events of every type but this one (feedback without impressions, for instance).
+    AllBut(String),
+}
+
+impl Kinds {
+    /// Whether an event of type `kind` is selected.
+    pub fn selects(&self, kind: &str) -> bool {
+        match self {
+            Kinds::Only(k) => k == kind,
+            Kinds::AllBut(k) => k != kind,
+        }
+    }
+
+    /// The type named and whether it is the one selected (`kind = $1) = $2` in SQL).
+    pub(crate) fn sql(&self) -> (&str, bool) {
+        match self {
+            Kinds::Only(k) => (k, true),
+            Kinds::AllBut(k) => (k, false),
+        }
+    }
+}
+
 /// The lean form of an event used to build in-memory indexes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interaction {

@@ -117,6 +117,7 @@ ENDPOINTS: Dict[str, Endpoint] = _endpoints(
     Endpoint("openapi", "GET", "/openapi.json"),
     Endpoint("postEvents", "POST", "/v1/events", body=("events",)),
     Endpoint("getUserEvents", "GET", "/v1/users/{key}/events", query=("limit", "cursor")),
+    Endpoint("deleteUserEvents", "DELETE", "/v1/users/{key}/events", query=("item", "type")),
     Endpoint("putUser", "PUT", "/v1/users/{key}", body=("attributes", "consent")),
     Endpoint("getUser", "GET", "/v1/users/{key}"),
     Endpoint("deleteUser", "DELETE", "/v1/users/{key}", query=("retrain",)),

@@ -32,6 +32,7 @@ from .types import (
     Evaluation,
     Event,
     EventPage,
+    EventsDeleted,
     EventsAccepted,
     Experiment,
     ExperimentReport,
@@ -278,6 +279,21 @@ class Client(_Base):
             self._send(
                 _core.call(
                     "getUserEvents", {"key": user}, query={"limit": limit, "cursor": cursor}
+                )
+            ),
+        )
+
+    def delete_user_events(
+        self, user: str, item: str, *, type: Optional[str] = None
+    ) -> EventsDeleted:
+        """``DELETE /v1/users/{user}/events?item=``: deletes the user's events on ``item`` (of
+        ``type`` only, else every type but impressions) from the store and from serving; the
+        answer counts them (0 when there were none)."""
+        return cast(
+            EventsDeleted,
+            self._send(
+                _core.call(
+                    "deleteUserEvents", {"key": user}, query={"item": item, "type": type}
                 )
             ),
         )
@@ -1168,6 +1184,13 @@ class AsyncClient(_Base):
         """See :meth:`Client.user_events`."""
         c = _core.call("getUserEvents", {"key": user}, query={"limit": limit, "cursor": cursor})
         return cast(EventPage, await self._send(c))
+
+    async def delete_user_events(
+        self, user: str, item: str, *, type: Optional[str] = None
+    ) -> EventsDeleted:
+        """See :meth:`Client.delete_user_events`."""
+        c = _core.call("deleteUserEvents", {"key": user}, query={"item": item, "type": type})
+        return cast(EventsDeleted, await self._send(c))
 
     async def put_user(
         self,

@@ -130,6 +130,14 @@ class EventPage(TypedDict, total=False):
     next_cursor: Optional[str]
 
 
+class EventsDeleted(TypedDict):
+    """The answer of :meth:`Client.delete_user_events`: how many events were deleted."""
+
+    user: str
+    item: str
+    deleted: int
+
+
 class Consent(TypedDict, total=False):
     """A user's consent flags; a flag not given keeps its value."""
 

@@ -1,12 +1,13 @@
-//! `POST /v1/events` and `GET /v1/users/{key}/events`.
+//! `POST /v1/events`, `GET /v1/users/{key}/events` and `DELETE /v1/users/{key}/events`.
 
-use axum::Json;
 use axum::extract::State;
-use bespoke_store::NewEvent;
+use axum::{Extension, Json};
+use bespoke_store::{Kinds, NewEvent};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::settings::Settings;
 use crate::time::now_ms;
@@ -128,6 +129,62 @@ pub(crate) async fn user_events(
     Ok(Json(EventPage {
         events: page.items.into_iter().map(EventJson::from).collect(),
         next_cursor: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// Answer of `DELETE /v1/users/{key}/events`.
+#[derive(Debug, Serialize)]
+pub(crate) struct EventsDeleted {
+    user: String,
+    item: String,
+    /// How many events were deleted (0 when there were none: the call is idempotent).
+    deleted: usize,
+}
+
+/// `DELETE /v1/users/{key}/events?item=...[&type=...]`: deletes the user's events on one item
+/// (of one type, else every type but impressions) from the store and from serving.
+pub(crate) async fn delete_user_events(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    KeyPath(key): KeyPath,
+    params: Params,
+) -> Result<Json<EventsDeleted>, ApiError> {
+    let max = state.engine.settings().limits.max_key_bytes;
+    validate_key("key", &key, max)?;
+    params.allow(&["item", "type"])?;
+    let item = params
+        .get("item")
+        .ok_or_else(|| ApiError::invalid("item", "the item whose events to delete is required"))?
+        .to_owned();
+    validate_key("item", &item, max)?;
+    let kinds = match params.get("type") {
+        Some(t) => {
+            validate_key("type", t, max)?;
+            Kinds::Only(t.to_owned())
+        }
+        None => Kinds::AllBut(crate::settings::IMPRESSION.to_owned()),
+    };
+    let engine = state.engine.clone();
+    let (user, it) = (key.clone(), item.clone());
+    let deleted = blocking(move || {
+        let deleted = engine
+            .delete_pair_events(&user, &it, &kinds)
+            .map_err(ApiError::from)?;
+        if !deleted.is_empty() {
+            engine.access().audit(
+                &caller.prefix,
+                "events.delete",
+                Some(&engine.access().user_ref(&user)),
+                Some(serde_json::json!({ "events": deleted.len() })),
+            );
+        }
+        Ok(deleted.len())
+    })
+    .await?;
+    Ok(Json(EventsDeleted {
+        user: key,
+        item,
+        deleted,
     }))
 }
 

@@ -766,6 +766,133 @@ pub(crate) async fn list_feedback_of_type(
     feedback_listing(state, params, Some(kind)).await
 }
 
+/// The feedback of one user on one item, newest first, of type `kind` when given (every
+/// page of the user's events is read: a user's history is bounded by what they did).
+async fn pair_feedback(
+    state: AppState,
+    user: String,
+    item: String,
+    kind: Option<String>,
+) -> Result<Json<Vec<Feedback>>, ApiError> {
+    check_pair(&state, &user, &item, kind.as_deref())?;
+    let limit = state.engine.settings().limits.max_page_size;
+    let engine = state.engine.clone();
+    let events = blocking(move || {
+        let mut out = Vec::new();
+        let mut before = None;
+        loop {
+            let Some(page) = engine.user_events(&user, before, limit)? else {
+                break;
+            };
+            let full = page.items.len() == limit;
+            before = page.items.last().map(|e| e.seq);
+            out.extend(
+                page.items
+                    .into_iter()
+                    .filter(|e| e.item == item && is_feedback(e, kind.as_deref())),
+            );
+            if !full || before.is_none() {
+                break;
+            }
+        }
+        Ok::<_, ApiError>(out)
+    })
+    .await?;
+    Ok(Json(events.into_iter().map(feedback_of).collect()))
+}
+
+/// The keys and type of a pair route: valid keys, and a type that is not `impression`
+/// (impressions are not feedback).
+fn check_pair(
+    state: &AppState,
+    user: &str,
+    item: &str,
+    kind: Option<&str>,
+) -> Result<(), ApiError> {
+    validate_key("user", user, key_limit(state))?;
+    validate_key("item", item, key_limit(state))?;
+    if let Some(k) = kind {
+        validate_key("type", k, key_limit(state))?;
+        if k == crate::settings::IMPRESSION {
+            return Err(ApiError::invalid(
+                "type",
+                "impressions are not feedback: they are not listed or deleted here",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /api/feedback/{user}/{item}`: the user's feedback on the item.
+pub(crate) async fn list_pair_feedback(
+    State(state): State<AppState>,
+    Path((user, item)): Path<(String, String)>,
+) -> Result<Json<Vec<Feedback>>, ApiError> {
+    pair_feedback(state, user, item, None).await
+}
+
+/// `GET /api/feedback/{type}/{user}/{item}`: the user's feedback of one type on the item.
+pub(crate) async fn list_pair_feedback_of_type(
+    State(state): State<AppState>,
+    Path((kind, user, item)): Path<(String, String, String)>,
+) -> Result<Json<Vec<Feedback>>, ApiError> {
+    pair_feedback(state, user, item, Some(kind)).await
+}
+
+/// Deletes the user's feedback on the item (of type `kind` when given) from the store and from
+/// serving; `RowAffected` counts the events deleted (0 when there were none).
+async fn delete_pair(
+    state: AppState,
+    caller: Caller,
+    user: String,
+    item: String,
+    kind: Option<String>,
+) -> Result<Json<Affected>, ApiError> {
+    check_pair(&state, &user, &item, kind.as_deref())?;
+    let kinds = match kind {
+        Some(k) => bespoke_store::Kinds::Only(k),
+        None => bespoke_store::Kinds::AllBut(crate::settings::IMPRESSION.to_owned()),
+    };
+    let engine = state.engine.clone();
+    let deleted = blocking(move || {
+        let deleted = engine
+            .delete_pair_events(&user, &item, &kinds)
+            .map_err(ApiError::from)?;
+        if !deleted.is_empty() {
+            engine.access().audit(
+                &caller.prefix,
+                "feedback.delete",
+                Some(&engine.access().user_ref(&user)),
+                Some(serde_json::json!({ "events": deleted.len() })),
+            );
+        }
+        Ok::<_, ApiError>(deleted.len())
+    })
+    .await?;
+    Ok(Json(Affected {
+        row_affected: deleted,
+    }))
+}
+
+/// `DELETE /api/feedback/{user}/{item}`: deletes the user's feedback on the item.
+pub(crate) async fn delete_pair_feedback(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((user, item)): Path<(String, String)>,
+) -> Result<Json<Affected>, ApiError> {
+    delete_pair(state, caller, user, item, None).await
+}
+
+/// `DELETE /api/feedback/{type}/{user}/{item}`: deletes the user's feedback of one type on
+/// the item.
+pub(crate) async fn delete_pair_feedback_of_type(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, user, item)): Path<(String, String, String)>,
+) -> Result<Json<Affected>, ApiError> {
+    delete_pair(state, caller, user, item, Some(kind)).await
+}
+
 /// `DELETE /api/item/{key}`: deletes the item and its events.
 pub(crate) async fn delete_item(
     State(state): State<AppState>,

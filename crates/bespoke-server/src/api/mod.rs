@@ -102,6 +102,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("PUT", "/v1/users/{key}", Access::Needs(Scope::Write)),
     ("DELETE", "/v1/users/{key}", Access::Needs(Scope::Write)),
     ("GET", "/v1/users/{key}/events", Access::Needs(Scope::Write)),
+    (
+        "DELETE",
+        "/v1/users/{key}/events",
+        Access::Needs(Scope::Write),
+    ),
     ("GET", "/v1/users/{key}/export", Access::Needs(Scope::Admin)),
     (
         "GET",
@@ -273,6 +278,26 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/feedback/{type}", Access::Needs(Scope::Write)),
     (
         "GET",
+        "/api/feedback/{user}/{item}",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "DELETE",
+        "/api/feedback/{user}/{item}",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "GET",
+        "/api/feedback/{type}/{user}/{item}",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "DELETE",
+        "/api/feedback/{type}/{user}/{item}",
+        Access::Needs(Scope::Write),
+    ),
+    (
+        "GET",
         "/api/user/{key}/feedback",
         Access::Needs(Scope::Write),
     ),
@@ -424,7 +449,10 @@ pub fn router(state: AppState) -> Router {
                 .get(catalog::get_user)
                 .delete(catalog::delete_user),
         )
-        .route("/v1/users/{key}/events", get(events::user_events))
+        .route(
+            "/v1/users/{key}/events",
+            get(events::user_events).delete(events::delete_user_events),
+        )
         .route("/v1/users/{key}/export", get(catalog::export_user))
         .route(
             "/v1/users/{key}/recommendations",
@@ -532,6 +560,14 @@ pub fn router(state: AppState) -> Router {
             post(gorse::insert_feedback).get(gorse::list_feedback),
         )
         .route("/api/feedback/{type}", get(gorse::list_feedback_of_type))
+        .route(
+            "/api/feedback/{user}/{item}",
+            get(gorse::list_pair_feedback).delete(gorse::delete_pair_feedback),
+        )
+        .route(
+            "/api/feedback/{type}/{user}/{item}",
+            get(gorse::list_pair_feedback_of_type).delete(gorse::delete_pair_feedback_of_type),
+        )
         .route("/api/user/{key}/feedback", get(gorse::list_user_feedback))
         .route(
             "/api/user/{key}/feedback/{type}",

@@ -303,6 +303,48 @@ impl Engine {
         Ok(applied)
     }
 
+    /// Rebuilds what serving holds of `user`'s events on `item` from the store, after some of
+    /// them were deleted (here or on another node): history, popularity, co-occurrence, hides
+    /// by event, and the user's cached vector. The store is read under the state lock (one
+    /// indexed read), so no event of the pair is applied between the read and the rebuild; on
+    /// a shared store only the events this node has applied count, the tail applies the rest.
+    /// On one node, an event of the same pair appended in the instant before the read and
+    /// applied just after would count twice until a restart: a race we accept for a rare
+    /// operation rather than take the state lock around every append.
+    pub(crate) fn rebuild_pair(&self, user: UserIdx, item: ItemIdx) -> bespoke_store::Result<()> {
+        let _one = self.cluster.catching_up.lock();
+        let mut s = self.serving.state.write();
+        if s.deleted_users.contains(&user.0) || s.deleted_items.contains(&item.0) {
+            return Ok(());
+        }
+        let rows = self.store.pair_events(user, item)?;
+        let rows: Vec<_> = if self.cluster.shared() {
+            let tail = self.cluster.tail.lock();
+            rows.into_iter()
+                .filter(|r| r.seq <= tail.cursor || tail.own.contains(&r.seq))
+                .collect()
+        } else {
+            rows
+        };
+        let kept: Vec<_> = rows
+            .iter()
+            .filter_map(|r| {
+                let w = self.weights.weight(&r.kind, r.value)?;
+                w.is_finite().then_some((w, r.timestamp))
+            })
+            .collect();
+        s.live.replace_pair(user, item, &kept);
+        s.exposure.drop_event_hide(user.0, item.0);
+        for r in rows
+            .iter()
+            .filter(|r| r.kind != crate::settings::IMPRESSION)
+        {
+            s.apply_signal(&self.settings, &r.kind, user, item, r.timestamp);
+        }
+        s.bump_user(user);
+        Ok(())
+    }
+
     fn user_by_idx(&self, idx: UserIdx) -> bespoke_store::Result<Option<bespoke_store::User>> {
         let after = idx.0.checked_sub(1).map(UserIdx);
         Ok(self
@@ -431,6 +473,7 @@ impl Engine {
                     c.remove_cold(idx.0);
                 }
             }
+            Change::Pair(user, item) => self.rebuild_pair(user, item)?,
             Change::Model => self.follow_model()?,
             Change::Rules => self.reload_rules()?,
             Change::Blocks(user) => {

@@ -2,8 +2,8 @@
 
 use bespoke_algo::{ItemIdx, UserIdx};
 use bespoke_store::{
-    Appended, Deleted, Event, EventBatch, Item, ItemUpsert, NewEvent, Page, Upserted, User,
-    UserUpsert,
+    Appended, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert, Kinds, NewEvent, Page,
+    Upserted, User, UserUpsert,
 };
 
 use super::Engine;
@@ -285,6 +285,23 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// Deletes `user`'s events on `item` that `kinds` selects, from the store and from
+    /// serving (every node of a cluster); returns them. The next trained model is the first
+    /// without them; until then the user's vector is folded in from what is left.
+    pub fn delete_pair_events(
+        &self,
+        user: &str,
+        item: &str,
+        kinds: &Kinds,
+    ) -> bespoke_store::Result<Vec<Interaction>> {
+        let user = self.serving.user_keys.to_store(user);
+        let deleted = self.store.delete_pair_events(&user, item, kinds)?;
+        if let Some(first) = deleted.first() {
+            self.rebuild_pair(first.user, first.item)?;
+        }
+        Ok(deleted)
     }
 
     /// The stored user.

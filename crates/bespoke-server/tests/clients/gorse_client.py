@@ -85,6 +85,10 @@ session = client.session_recommend([
 session_ids = [s["Id"] for s in session]
 check(len(session_ids) == 3 and all(i.startswith("b") and i not in ("b1", "b2") for i in session_ids), f"session: {session}")
 
+# Deleting a user's feedback on an item (the like and the views of u0 on a1).
+check(client.delete_feedback("u0", "a1") == {"RowAffected": 2}, "delete_feedback")
+check(client.list_feedbacks("like", "u0") == [], "the like is gone")
+
 # Deletions.
 check(client.delete_item("b5") == {"RowAffected": 1}, "delete_item")
 try:

@@ -293,3 +293,133 @@ async fn concurrent_clients_all_get_their_events_stored_once() {
         "{text}"
     );
 }
+
+/// `DELETE /v1/users/{key}/events?item=`: the user's events on one item leave the store and
+/// serving at once (history, popularity, hides by event), impressions stay, and a restart
+/// (serving rebuilt from the store) answers exactly as the live state did.
+#[tokio::test]
+async fn deleting_a_users_events_on_an_item_reaches_serving_and_survives_a_restart() {
+    let srv = start().await;
+    let mut events = vec![
+        ("u1", "x", "like"),
+        ("u1", "x", "like"),
+        ("u1", "x", "view"),
+        ("u1", "h", "not_interested"),
+        ("u1", "y", "view"),
+    ];
+    for u in ["u2", "u3", "u4", "u5"] {
+        events.extend([(u, "x", "like"), (u, "h", "purchase"), (u, "z", "view")]);
+    }
+    srv.events(&events).await;
+    let (st, body) = srv
+        .post(
+            "/v1/impressions",
+            json!({ "impressions": [{ "user": "u1", "items": ["y", "z"] }] }),
+        )
+        .await;
+    assert!(st.is_success(), "{body}");
+    let score = |body: &serde_json::Value, item: &str| {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["item"] == item)
+            .map(|i| i["score"].as_f64().unwrap())
+    };
+    let (_, popular) = srv.get("/v1/popular?n=10").await;
+    let x_before = score(&popular, "x").expect("x is popular");
+    let (_, recs) = srv.get("/v1/users/u1/recommendations?n=10").await;
+    let recs_before = crate::common::keys(&recs);
+    assert!(
+        !recs_before.contains(&"h".to_owned()),
+        "h is hidden: {recs}"
+    );
+    let events_before = srv.counts().await["events"].as_u64().unwrap();
+
+    // One type: the two likes go, the view stays.
+    let (st, body) = srv.delete("/v1/users/u1/events?item=x&type=like").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "user": "u1", "item": "x", "deleted": 2 }));
+    let (_, popular) = srv.get("/v1/popular?n=10").await;
+    assert!(
+        score(&popular, "x").unwrap() < x_before,
+        "x's popularity kept the deleted likes: {popular}"
+    );
+    assert_eq!(
+        srv.counts().await["events"].as_u64().unwrap(),
+        events_before - 2
+    );
+    let (_, page) = srv.get("/v1/users/u1/events?limit=50").await;
+    let kinds: Vec<(&str, &str)> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["item"].as_str().unwrap(), e["type"].as_str().unwrap()))
+        .filter(|(i, _)| *i == "x")
+        .collect();
+    assert_eq!(kinds, [("x", "view")]);
+
+    // Every type: the not_interested event goes, and with it the hide.
+    let (st, body) = srv.delete("/v1/users/u1/events?item=h").await;
+    assert_eq!((st, body["deleted"].clone()), (StatusCode::OK, json!(1)));
+    let (_, recs) = srv.get("/v1/users/u1/recommendations?n=10").await;
+    assert!(
+        crate::common::keys(&recs).contains(&"h".to_owned()),
+        "h is neither seen nor hidden any more: {recs}"
+    );
+    // Impressions are not feedback: deleting y's events keeps the impression.
+    let (_, body) = srv.delete("/v1/users/u1/events?item=y").await;
+    assert_eq!(body["deleted"], 1);
+    let (_, page) = srv.get("/v1/users/u1/events?limit=50").await;
+    assert!(
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["item"] == "y" && e["type"] == "impression"),
+        "{page}"
+    );
+    // Idempotent; unknown keys delete nothing.
+    for path in [
+        "/v1/users/u1/events?item=h",
+        "/v1/users/nobody/events?item=x",
+        "/v1/users/u1/events?item=nothing",
+    ] {
+        let (st, body) = srv.delete(path).await;
+        assert_eq!(
+            (st, body["deleted"].clone()),
+            (StatusCode::OK, json!(0)),
+            "{path}"
+        );
+    }
+    // Bad input names the parameter.
+    for (path, field) in [
+        ("/v1/users/u1/events", "item"),
+        ("/v1/users/u1/events?item=", "item"),
+        ("/v1/users/u1/events?item=x&type=", "type"),
+        ("/v1/users/u1/events?item=x&kind=like", "kind"),
+    ] {
+        assert_error(
+            &srv.delete(path).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some(field),
+        );
+    }
+
+    // What serving holds equals what a restart rebuilds from the store.
+    let (_, popular) = srv.get("/v1/popular?n=10").await;
+    let (_, recs) = srv.get("/v1/users/u1/recommendations?n=10").await;
+    let counts = srv.counts().await;
+    let dir = srv.stop().await;
+    let srv = crate::common::start_in(dir, |_| {}).await;
+    assert_eq!(
+        srv.get("/v1/popular?n=10").await.1["items"],
+        popular["items"]
+    );
+    assert_eq!(
+        srv.get("/v1/users/u1/recommendations?n=10").await.1["items"],
+        recs["items"]
+    );
+    assert_eq!(srv.counts().await, counts);
+}

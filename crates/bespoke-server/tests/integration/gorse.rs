@@ -268,6 +268,58 @@ async fn gorse_routes_answer_in_gorse_shapes() {
         "{body}"
     );
 
+    // One user's feedback on one item: listed, deleted by type or all of it, and then
+    // recommendable to them again.
+    let (status, body) = call(&srv, &write, Method::GET, "/api/feedback/u0/a1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(
+        (&body[0]["UserId"], &body[0]["ItemId"]),
+        (&json!("u0"), &json!("a1"))
+    );
+    let (_, body) = call(&srv, &write, Method::GET, "/api/feedback/like/u0/a1", None).await;
+    assert_eq!(body, json!([]));
+    let (status, body) = call(&srv, &write, Method::DELETE, "/api/feedback/u0/a1", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 1})));
+    let (_, body) = call(&srv, &write, Method::GET, "/api/feedback/u0/a1", None).await;
+    assert_eq!(body, json!([]));
+    let (status, body) = call(&srv, &read, Method::GET, "/api/recommend/u0?n=5", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        ids(&body).contains(&"a1".to_owned()),
+        "a1 is unread again: {body}"
+    );
+    let (_, body) = call(
+        &srv,
+        &write,
+        Method::DELETE,
+        "/api/feedback/like/u0/a2",
+        None,
+    )
+    .await;
+    assert_eq!(body, json!({"RowAffected": 0}));
+    let (_, body) = call(
+        &srv,
+        &write,
+        Method::DELETE,
+        "/api/feedback/view/u0/a2",
+        None,
+    )
+    .await;
+    assert_eq!(body, json!({"RowAffected": 1}));
+    let (status, body) = call(
+        &srv,
+        &write,
+        Method::DELETE,
+        "/api/feedback/impression/u0/a4",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "type", "{body}");
+    let (status, _) = call(&srv, &read, Method::DELETE, "/api/feedback/u0/a4", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
     // Deletions.
     let (status, body) = call(&srv, &write, Method::DELETE, "/api/item/a0", None).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"RowAffected": 1})));

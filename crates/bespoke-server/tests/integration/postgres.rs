@@ -239,6 +239,23 @@ async fn two_nodes_share_one_postgres_store() {
         "B kept recommending {top} after u2 viewed it on A"
     );
 
+    // The view deleted on B: A forgets it, and the item may be recommended to u2 again.
+    let (st, body) = b.delete(&format!("/v1/users/u2/events?item={top}")).await;
+    assert_eq!(
+        (st, body["deleted"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{body}"
+    );
+    assert!(
+        eventually(wait, || async {
+            let (_, r) = a.get("/v1/users/u2/recommendations?n=3").await;
+            keys(&r).contains(&top) && a.counts().await["events"] == b.counts().await["events"]
+        })
+        .await,
+        "A still holds u2's deleted view of {top}: {}",
+        a.get("/v1/users/u2/recommendations?n=3").await.1
+    );
+
     // A profile change on A (no personalization) holds on B.
     let (st, body) = a
         .put(

@@ -645,6 +645,48 @@ impl crate::EventStore for PgStore {
             Ok(out)
         })
     }
+
+    fn pair_events(&self, user: UserIdx, item: ItemIdx) -> Result<Vec<Interaction>> {
+        self.read(|db| {
+            db.query(
+                "SELECT seq, user_id, item_id, kind, value, ts FROM events
+                 WHERE user_id = $1 AND item_id = $2 ORDER BY seq",
+                &[&i64::from(user.0), &i64::from(item.0)],
+            )?
+            .iter()
+            .map(interaction)
+            .collect()
+        })
+    }
+
+    fn delete_pair_events(
+        &self,
+        user: &str,
+        item: &str,
+        kinds: &Kinds,
+    ) -> Result<Vec<Interaction>> {
+        let (kind, selected) = kinds.sql();
+        self.write(|db| {
+            let mut out = db
+                .query(
+                    "DELETE FROM events
+                     WHERE user_id = (SELECT id FROM users WHERE key = $1)
+                       AND item_id = (SELECT id FROM items WHERE key = $2)
+                       AND (kind = $3) = $4
+                     RETURNING seq, user_id, item_id, kind, value, ts",
+                    &[&user, &item, &kind, &selected],
+                )?
+                .iter()
+                .map(interaction)
+                .collect::<Result<Vec<_>>>()?;
+            out.sort_by_key(|i| i.seq);
+            if let Some(first) = out.first() {
+                self.announcer
+                    .notify(db, &[crate::Change::Pair(first.user, first.item)])?;
+            }
+            Ok(out)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -204,4 +204,54 @@ impl crate::EventStore for SqliteStore {
             Ok(out)
         })
     }
+
+    fn pair_events(&self, user: UserIdx, item: ItemIdx) -> Result<Vec<Interaction>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, user_id, item_id, kind, value, ts FROM events
+                 WHERE user_id = ?1 AND item_id = ?2 ORDER BY seq",
+            )?;
+            let rows = stmt.query(params![user.0 as i64, item.0 as i64])?;
+            interactions(rows)
+        })
+    }
+
+    fn delete_pair_events(
+        &self,
+        user: &str,
+        item: &str,
+        kinds: &Kinds,
+    ) -> Result<Vec<Interaction>> {
+        let (user, item, kinds) = (user.to_owned(), item.to_owned(), kinds.clone());
+        self.exec_single(move |c| {
+            let (kind, selected) = kinds.sql();
+            let mut stmt = c.prepare_cached(
+                "DELETE FROM events
+                 WHERE user_id = (SELECT id FROM users WHERE key = ?1)
+                   AND item_id = (SELECT id FROM items WHERE key = ?2)
+                   AND (kind = ?3) = ?4
+                 RETURNING seq, user_id, item_id, kind, value, ts",
+            )?;
+            let rows = stmt.query(params![user, item, kind, selected])?;
+            let mut out = interactions(rows)?;
+            out.sort_by_key(|i| i.seq);
+            Ok(out)
+        })
+    }
+}
+
+/// Rows of `seq, user_id, item_id, kind, value, ts`.
+fn interactions(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Interaction>> {
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(Interaction {
+            seq: r.get::<_, i64>(0)? as u64,
+            user: UserIdx(to_u32(r.get(1)?, "users")?),
+            item: ItemIdx(to_u32(r.get(2)?, "items")?),
+            kind: r.get(3)?,
+            value: r.get(4)?,
+            timestamp: r.get(5)?,
+        });
+    }
+    Ok(out)
 }
