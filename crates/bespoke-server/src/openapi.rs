@@ -1,11 +1,71 @@
 //! The OpenAPI 3.1 description of the API, served at `/openapi.json`.
 //!
-//! Written by hand next to the routes; `tests::document_matches_routes` fails when a route is
-//! added without being described (or the other way round).
+//! Two sources, merged by [`document`]: operations derived from the handlers and their types
+//! by `utoipa` (`api::Derived`: `#[utoipa::path]` on the handler, `ToSchema` on the types it
+//! reads and answers, their doc comments as descriptions), and the rest, still written by hand
+//! here and converted group by group. An operation or schema has exactly one source
+//! (`tests::derived_and_hand_written_parts_do_not_overlap`); `tests::document_matches_routes`
+//! fails when a route is added without being described (or the other way round). Error
+//! answers are declared at the handler by status only; their shared descriptions and body are
+//! filled in from [`error_responses`].
 
 use serde_json::{Value, json};
 
 use crate::auth::Access;
+
+/// The derived part as JSON, error answers filled in.
+fn derived(of: &utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(of).expect("the document serializes");
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|p| p.values_mut())
+        {
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let codes: Vec<u16> = responses
+                .keys()
+                .filter_map(|c| c.parse().ok())
+                .filter(|&c| c >= 400)
+                .collect();
+            if let Value::Object(errors) = error_responses(&codes) {
+                responses.extend(errors);
+            }
+        }
+    }
+    doc
+}
+
+/// Moves the derived operations and schemas into `doc`; the (path, method) pairs and schema
+/// names that `doc` already had (none, when each has one source).
+fn merge_derived(doc: &mut Value, of: &utoipa::openapi::OpenApi) -> Vec<String> {
+    let derived = derived(of);
+    let mut overlap = Vec::new();
+    if let (Some(all), Some(paths)) = (doc["paths"].as_object_mut(), derived["paths"].as_object()) {
+        for (path, item) in paths {
+            let entry = all.entry(path.clone()).or_insert_with(|| json!({}));
+            for (method, op) in item.as_object().into_iter().flatten() {
+                if entry.get(method).is_some() {
+                    overlap.push(format!("{method} {path}"));
+                }
+                entry[method] = op.clone();
+            }
+        }
+    }
+    if let (Some(all), Some(schemas)) = (
+        doc["components"]["schemas"].as_object_mut(),
+        derived["components"]["schemas"].as_object(),
+    ) {
+        for (name, schema) in schemas {
+            if all.insert(name.clone(), schema.clone()).is_some() {
+                overlap.push(format!("schema {name}"));
+            }
+        }
+    }
+    overlap
+}
 
 fn error_responses(codes: &[u16]) -> Value {
     let mut map = serde_json::Map::new();
@@ -195,7 +255,44 @@ fn json_body(schema: &str) -> Value {
 /// The OpenAPI document, with each operation's security and scope taken from `routes` (the
 /// API's route table, [`crate::api::ROUTES`]: passed in, so that this module describes the
 /// API without depending on it).
-pub fn document(routes: &[(&str, &str, Access)]) -> Value {
+pub fn document(routes: &[(&str, &str, Access)], derived: &utoipa::openapi::OpenApi) -> Value {
+    let mut doc = hand_written();
+    merge_derived(&mut doc, derived);
+    for (method, path, access) in routes {
+        let Some(op) = doc["paths"][path]
+            .get_mut(method.to_lowercase())
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        match access {
+            Access::Public => {
+                op.insert("security".into(), json!([]));
+            }
+            Access::Needs(scope) => {
+                op.insert("x-scope".into(), json!(scope.as_str()));
+                let codes = [401, 403, 429];
+                if let (Some(r), Value::Object(e)) = (
+                    op.get_mut("responses").and_then(Value::as_object_mut),
+                    error_responses(&codes),
+                ) {
+                    r.extend(e);
+                }
+            }
+        }
+        // Any route can time out while its body arrives, or run past the request deadline.
+        if let (Some(r), Value::Object(e)) = (
+            op.get_mut("responses").and_then(Value::as_object_mut),
+            error_responses(&[408]),
+        ) {
+            r.extend(e);
+        }
+    }
+    doc
+}
+
+/// The part still written by hand.
+fn hand_written() -> Value {
     let mut doc = paths();
     if let (Some(all), Value::Object(more)) = (doc["paths"].as_object_mut(), loop_paths()) {
         all.extend(more);
@@ -263,36 +360,6 @@ pub fn document(routes: &[(&str, &str, Access)]) -> Value {
     add_audiences(&mut doc);
     add_experiments(&mut doc);
     add_segments(&mut doc);
-    for (method, path, access) in routes {
-        let Some(op) = doc["paths"][path]
-            .get_mut(method.to_lowercase())
-            .and_then(Value::as_object_mut)
-        else {
-            continue;
-        };
-        match access {
-            Access::Public => {
-                op.insert("security".into(), json!([]));
-            }
-            Access::Needs(scope) => {
-                op.insert("x-scope".into(), json!(scope.as_str()));
-                let codes = [401, 403, 429];
-                if let (Some(r), Value::Object(e)) = (
-                    op.get_mut("responses").and_then(Value::as_object_mut),
-                    error_responses(&codes),
-                ) {
-                    r.extend(e);
-                }
-            }
-        }
-        // Any route can time out while its body arrives, or run past the request deadline.
-        if let (Some(r), Value::Object(e)) = (
-            op.get_mut("responses").and_then(Value::as_object_mut),
-            error_responses(&[408]),
-        ) {
-            r.extend(e);
-        }
-    }
     doc
 }
 
@@ -462,12 +529,6 @@ fn paths() -> Value {
                 "responses": { "200": { "description": "Metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } } } },
             "/openapi.json": { "get": { "summary": "This document", "operationId": "openapi",
                 "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } } } },
-            "/v1/events": { "post": {
-                "summary": "Record a batch of events (atomic: all stored or none)",
-                "description": "Events with an `event_id` are idempotent: a replay with the same payload is stored once and answered the same; the same id with a different payload is a 409. Unknown users and items are created unless disabled in the configuration.",
-                "operationId": "postEvents",
-                "requestBody": json_body("EventBatch"),
-                "responses": with_errors(json!({ "200": ok("Stored (or recognised as replays)", "EventsAccepted") }), &[400, 404, 409, 413, 415, 503, 507]) } },
             "/v1/users/{key}": {
                 "parameters": [key_param()],
                 "get": { "summary": "Get a user", "operationId": "getUser",
@@ -480,20 +541,6 @@ fn paths() -> Value {
                     "operationId": "deleteUser",
                     "parameters": [{ "name": "retrain", "in": "query", "description": "Train a model without the user now and answer when it is active", "schema": { "type": "boolean", "default": false } }],
                     "responses": with_errors(json!({ "200": ok("Erased", "ErasureReceipt") }), &[400, 404, 409, 507]) } },
-            "/v1/users/{key}/events": { "get": {
-                "summary": "A user's events, newest first, paginated", "operationId": "getUserEvents",
-                "parameters": [key_param(),
-                    { "name": "limit", "in": "query", "description": "Page size, 1 to limits.max_page_size; default 100", "schema": { "type": "integer", "minimum": 1 } },
-                    { "name": "cursor", "in": "query", "description": "next_cursor of the previous page", "schema": { "type": "string" } }],
-                "responses": with_errors(json!({ "200": ok("A page", "EventPage") }), &[400, 404]) },
-              "delete": {
-                "summary": "Delete a user's events on one item (undo a like, a rating): from the store and from serving at once, on every node",
-                "description": "Every type but impressions, or one type. The user's history, popularity, related items and hides by event (not_interested) forget them at once and the user's vector is folded in again; the next trained model is the first without them. Idempotent: 0 when there were none. The events' ids may be used again. Audited as events.delete.",
-                "operationId": "deleteUserEvents",
-                "parameters": [key_param(),
-                    { "name": "item", "in": "query", "required": true, "description": "The item's key", "schema": { "type": "string" } },
-                    { "name": "type", "in": "query", "description": "Only events of this type (default: every type but impression)", "schema": { "type": "string" } }],
-                "responses": with_errors(json!({ "200": ok("Deleted", "EventsDeleted") }), &[400, 507]) } },
             "/v1/users/{key}/export": { "get": {
                 "summary": "Everything held about a user: profile, consent, every event, and what was derived (history, user vector); `bespoke import` takes it back",
                 "operationId": "exportUser", "parameters": [key_param()],
@@ -685,19 +732,7 @@ fn schemas() -> Value {
             "AuditPage": { "type": "object", "properties": { "entries": { "type": "array", "items": { "type": "object", "properties": {
                 "seq": { "type": "integer" }, "at": { "type": "string", "format": "date-time" }, "actor": { "type": "string", "description": "Key prefix, cli, or anonymous" },
                 "action": { "type": "string" }, "target": { "type": ["string", "null"] }, "detail": {} } } }, "next_cursor": { "type": ["string", "null"] } } },
-            "Event": { "type": "object", "required": ["user", "item", "type"], "additionalProperties": false, "properties": {
-                "event_id": { "type": "string", "description": "Idempotency key; a UUIDv7 is generated when absent" },
-                "user": { "type": "string" }, "item": { "type": "string" },
-                "type": { "type": "string", "description": "A configured event type: view, click, add_to_cart, purchase, like, rating (needs value), dislike, not_interested (also hides the item from the user), skip by default; and impression (an item shown: no weight, see POST /v1/impressions)" },
-                "value": { "type": "number", "description": "Optional value; the weight of value-weighted types such as rating" },
-                "timestamp": { "type": "string", "format": "date-time", "description": "RFC 3339 with a time zone; default: now" },
-                "context": { "type": "object" } } },
-            "EventBatch": { "type": "object", "required": ["events"], "additionalProperties": false, "properties": {
-                "events": { "type": "array", "minItems": 1, "description": "At most limits.max_batch_events (10,000 by default)", "items": { "$ref": "#/components/schemas/Event" } } } },
-            "EventsAccepted": { "type": "object", "properties": { "received": { "type": "integer" }, "event_ids": { "type": "array", "items": { "type": "string" } } } },
             "StoredEvent": { "type": "object", "properties": { "event_id": { "type": "string" }, "user": { "type": "string" }, "item": { "type": "string" }, "type": { "type": "string" }, "value": { "type": "number" }, "timestamp": { "type": "string", "format": "date-time" }, "context": { "type": "object" } } },
-            "EventsDeleted": { "type": "object", "required": ["user", "item", "deleted"], "properties": { "user": { "type": "string" }, "item": { "type": "string" }, "deleted": { "type": "integer", "description": "Events deleted" } } },
-            "EventPage": { "type": "object", "properties": { "events": { "type": "array", "items": { "$ref": "#/components/schemas/StoredEvent" } }, "next_cursor": { "type": ["string", "null"] } } },
             "Consent": { "type": "object", "additionalProperties": false, "properties": {
                 "personalization": { "type": "boolean", "description": "Results may be personalized from the user's own behaviour; without it, popular items. Default consent.default_personalization" },
                 "training": { "type": "boolean", "description": "The user's events may shape shared models (trained models, popularity, related items); without it they are stored (for export and erasure) but used for nothing shared. Default consent.default_training" },
@@ -776,19 +811,6 @@ fn rule_body_properties() -> Value {
 /// The routes of saved rules, impressions and hidden items.
 fn rule_paths() -> Value {
     json!({
-        "/v1/impressions": { "post": {
-            "summary": "Record what users were shown: one entry per list",
-            "description": "Stored as events of type impression (one per item, all with the list's timestamp), covered by retention, export and erasure like other events. They never count as feedback: no training, no popularity. They feed the no-repeat policy (max_impressions, no_repeat_lists).",
-            "operationId": "postImpressions",
-            "requestBody": { "required": true, "content": { "application/json": {
-                "schema": { "type": "object", "required": ["impressions"], "additionalProperties": false, "properties": {
-                    "impressions": { "type": "array", "items": { "type": "object", "required": ["user", "items"], "additionalProperties": false, "properties": {
-                        "user": { "type": "string" }, "items": { "type": "array", "minItems": 1, "items": { "type": "string" } },
-                        "list_id": { "type": "string", "description": "Idempotency key of the list; its items get list_id#position" },
-                        "experiments": { "type": "array", "maxItems": 8, "description": "The experiments entry of the ranking response that served the list, echoed; kept in each impression's context (docs/experiments.md)", "items": { "$ref": "#/components/schemas/ServedVariant" } },
-                        "timestamp": { "type": "string", "format": "date-time" } } } } } },
-                "example": { "impressions": [{ "user": "u1", "items": ["i3", "i7", "i9"], "list_id": "home-7f3a" }] } } } },
-            "responses": with_errors(json!({ "200": { "description": "Stored", "content": { "application/json": { "schema": { "type": "object", "properties": { "lists": { "type": "integer" }, "stored": { "type": "integer" } } } } } } }), &[400, 404, 409, 413, 415, 507]) } },
         "/v1/users/{key}/hidden": { "get": {
             "summary": "Items the user hid (block list and hiding events such as not_interested), newest first",
             "operationId": "getHidden", "parameters": [key_param()],
@@ -978,11 +1000,6 @@ fn add_experiments(doc: &mut Value) {
         schemas.insert("Experiment".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/ExperimentIn" }, { "type": "object", "properties": {
             "name": { "type": "string" }, "status": { "type": "string", "enum": ["draft", "running", "stopped"] },
             "started_at": { "type": "string", "format": "date-time" }, "stopped_at": { "type": "string", "format": "date-time" } } } ] }));
-        schemas.insert("ServedVariant".into(), json!({ "type": "object", "additionalProperties": false, "required": ["experiment", "variant"],
-            "description": "The variant a ranking response was served with",
-            "properties": { "experiment": { "type": "string" }, "variant": { "type": "string", "description": "A variant's name, holdout, or interleaved" },
-                "fallback": { "type": "boolean", "description": "The variant could not apply; the request was served as sent" },
-                "teams": { "type": "array", "items": { "type": "string" }, "description": "Interleaving: the variant that gave each item" } } }));
         schemas.insert("Experiments".into(), json!({ "type": "object", "properties": { "experiments": { "type": "array", "items": { "$ref": "#/components/schemas/Experiment" } } } }));
         schemas.insert("ExperimentReport".into(), json!({ "type": "object", "properties": {
             "experiment": { "type": "string" }, "status": { "type": "string" }, "users": { "type": "integer" }, "alpha": { "type": "number" },
@@ -1169,7 +1186,7 @@ mod tests {
 
     #[test]
     fn document_matches_routes() {
-        let doc = document(crate::api::ROUTES);
+        let doc = document(crate::api::ROUTES, &crate::api::derived_openapi());
         let mut documented = BTreeSet::new();
         for (path, ops) in doc["paths"].as_object().unwrap() {
             for method in ops.as_object().unwrap().keys() {
@@ -1187,7 +1204,7 @@ mod tests {
 
     #[test]
     fn every_route_documents_its_timeout() {
-        let doc = document(crate::api::ROUTES);
+        let doc = document(crate::api::ROUTES, &crate::api::derived_openapi());
         for (method, path, _) in crate::api::ROUTES {
             let op = &doc["paths"][path][method.to_lowercase()];
             assert!(
@@ -1198,8 +1215,129 @@ mod tests {
     }
 
     #[test]
+    fn derived_and_hand_written_parts_do_not_overlap() {
+        let mut doc = hand_written();
+        assert_eq!(
+            merge_derived(&mut doc, &crate::api::derived_openapi()),
+            Vec::<String>::new()
+        );
+    }
+
+    /// A value `schema` describes, every property given (`$ref` followed).
+    fn sample(doc: &Value, schema: &Value) -> Value {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/");
+            return sample(doc, &doc["components"]["schemas"][name]);
+        }
+        if let Some(first) = schema["oneOf"].as_array().and_then(|a| a.first()) {
+            return sample(doc, first);
+        }
+        let kinds: Vec<&str> = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => vec!["object"],
+        };
+        match kinds
+            .iter()
+            .find(|k| **k != "null")
+            .copied()
+            .unwrap_or("null")
+        {
+            "string" if schema["format"] == "date-time" => json!("2026-01-02T03:04:05Z"),
+            "string" => json!("s"),
+            "integer" => json!(2),
+            "number" => json!(1.5),
+            "boolean" => json!(true),
+            "array" => json!([sample(doc, &schema["items"])]),
+            "object" => Value::Object(
+                schema["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), sample(doc, v)))
+                    .collect(),
+            ),
+            _ => Value::Null,
+        }
+    }
+
+    /// Each derived request body's schema says exactly what its type reads: a value with every
+    /// property the schema lists is read, one without a required property or with a property
+    /// the schema does not list is refused (the types deny unknown fields).
+    #[test]
+    fn derived_request_schemas_match_what_the_types_read() {
+        fn check<T: serde::de::DeserializeOwned>(doc: &Value, name: &str) {
+            let schema = &doc["components"]["schemas"][name];
+            assert!(schema.is_object(), "no schema {name}");
+            let full = sample(doc, schema);
+            if let Err(e) = serde_json::from_value::<T>(full.clone()) {
+                panic!("{name}: {full} is refused: {e}");
+            }
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let mut v = full.clone();
+                v.as_object_mut()
+                    .unwrap()
+                    .remove(required.as_str().unwrap());
+                assert!(
+                    serde_json::from_value::<T>(v).is_err(),
+                    "{name} reads a value without {required}"
+                );
+            }
+            assert_eq!(schema["additionalProperties"], false, "{name}");
+            let mut v = full;
+            v.as_object_mut()
+                .unwrap()
+                .insert("undocumented".into(), json!(1));
+            assert!(serde_json::from_value::<T>(v).is_err(), "{name}");
+        }
+        let doc = document(crate::api::ROUTES, &crate::api::derived_openapi());
+        check::<crate::wire::EventJson>(&doc, "Event");
+        check::<crate::api::events::PostEvents>(&doc, "EventBatch");
+        check::<crate::api::events::PostImpressions>(&doc, "Impressions");
+        check::<crate::api::events::ImpressionJson>(&doc, "Impression");
+        check::<crate::api::events::ServedVariant>(&doc, "ServedVariant");
+        // The operations reference them as the handlers read them.
+        let body = |path: &str, method: &str| {
+            doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+                ["$ref"]
+                .clone()
+        };
+        assert_eq!(
+            body("/v1/events", "post"),
+            "#/components/schemas/EventBatch"
+        );
+        assert_eq!(
+            body("/v1/impressions", "post"),
+            "#/components/schemas/Impressions"
+        );
+    }
+
+    /// Derived answers' error codes carry the shared descriptions and the Error body.
+    #[test]
+    fn derived_error_answers_are_filled_in() {
+        let doc = document(crate::api::ROUTES, &crate::api::derived_openapi());
+        let op = &doc["paths"]["/v1/events"]["post"];
+        for code in ["400", "409", "413", "507", "401", "408"] {
+            let r = &op["responses"][code];
+            assert!(
+                r["description"].as_str().is_some_and(|d| d.len() > 8),
+                "{code}: {r}"
+            );
+            assert_eq!(
+                r["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error",
+                "{code}"
+            );
+        }
+        assert_eq!(op["x-scope"], "write");
+        assert_eq!(
+            doc["paths"]["/v1/users/{key}/events"]["get"]["parameters"][0]["name"],
+            "key"
+        );
+    }
+
+    #[test]
     fn every_reference_resolves() {
-        let doc = document(crate::api::ROUTES);
+        let doc = document(crate::api::ROUTES, &crate::api::derived_openapi());
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for piece in text.split("#/components/schemas/").skip(1) {

@@ -14,32 +14,39 @@ use crate::time::{TimeError, format_rfc3339, parse_rfc3339};
 #[error("timestamp {0}")]
 pub struct TimestampError(pub TimeError);
 
-/// An event: the body items of `POST /v1/events`, the lines of an events JSONL file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// The doc comments of this type and its fields are its description in `/openapi.json`.
+/// An event: the items of `POST /v1/events`, the lines of an events JSONL file, the events of
+/// a user's page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Event)]
 pub struct EventJson {
-    /// Idempotency key; generated when absent.
+    /// Idempotency key; a UUIDv7 is issued when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
-    /// User key.
+    /// The user's key.
     pub user: String,
-    /// Item key.
+    /// The item's key.
     pub item: String,
-    /// Event type.
+    /// A configured event type: view, click, add_to_cart, purchase, like, rating (needs
+    /// value), dislike, not_interested (also hides the item from the user), skip by default;
+    /// and impression (an item shown: no weight, see POST /v1/impressions).
     #[serde(rename = "type")]
     pub kind: String,
-    /// Optional value.
+    /// Optional value; the weight of value-weighted types such as rating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
-    /// RFC 3339 time with a zone; now when absent.
+    /// RFC 3339 with a time zone; default: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub timestamp: Option<String>,
-    /// Optional context.
+    /// Where it happened (device, page, ...): an object.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "crate::strict::opt_object"
     )]
+    #[schema(value_type = Option<Object>)]
     pub context: Option<Map<String, Value>>,
 }
 

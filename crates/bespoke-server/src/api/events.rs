@@ -5,7 +5,7 @@ use axum::{Extension, Json};
 use bespoke_store::{Kinds, NewEvent};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{JsonBody, KeyPath, Params};
+use super::extract::{JsonBody, KeyParam, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -13,18 +13,25 @@ use crate::settings::Settings;
 use crate::time::now_ms;
 use crate::validate::check_event;
 use crate::wire::EventJson;
+use utoipa::ToSchema;
 
 /// Body of `POST /v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = EventBatch)]
 pub(crate) struct PostEvents {
+    /// At most limits.max_batch_events (10,000 by default).
+    #[schema(min_items = 1)]
     pub(super) events: Vec<EventJson>,
 }
 
 /// Answer of `POST /v1/events`: identical for a replay of the same batch.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = EventsAccepted)]
 pub(crate) struct PostEventsResponse {
+    /// Events in the batch (replays included).
     received: usize,
+    /// Each event's id, in the batch's order (issued ones included).
     event_ids: Vec<String>,
 }
 
@@ -44,6 +51,17 @@ pub(super) fn validate_event(
     Ok(event)
 }
 
+/// Record a batch of events (atomic: all stored or none)
+///
+/// Events with an `event_id` are idempotent: a replay with the same payload is stored once and
+/// answered the same; the same id with a different payload is a 409. Unknown users and items
+/// are created unless disabled in the configuration.
+#[utoipa::path(post, path = "/v1/events", operation_id = "postEvents",
+    request_body = PostEvents,
+    responses(
+        (status = 200, description = "Stored (or recognised as replays)", body = PostEventsResponse),
+        (status = 400), (status = 404), (status = 409), (status = 413), (status = 415),
+        (status = 503), (status = 507)))]
 pub(crate) async fn post_events(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<PostEvents>,
@@ -90,13 +108,22 @@ pub(crate) async fn post_events(
 }
 
 /// A page of a user's events.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct EventPage {
+    /// Newest first.
     pub(super) events: Vec<EventJson>,
     /// Pass as `cursor` to get the next (older) page; `null` on the last page.
     next_cursor: Option<String>,
 }
 
+/// A user's events, newest first, paginated
+#[utoipa::path(get, path = "/v1/users/{key}/events", operation_id = "getUserEvents",
+    params(KeyParam,
+        ("limit" = Option<u32>, Query, minimum = 1,
+            description = "Page size, 1 to limits.max_page_size; default 100"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, description = "A page", body = EventPage),
+        (status = 400), (status = 404)))]
 pub(crate) async fn user_events(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -133,16 +160,29 @@ pub(crate) async fn user_events(
 }
 
 /// Answer of `DELETE /v1/users/{key}/events`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct EventsDeleted {
+    /// The user's key.
     user: String,
+    /// The item's key.
     item: String,
     /// How many events were deleted (0 when there were none: the call is idempotent).
     deleted: usize,
 }
 
-/// `DELETE /v1/users/{key}/events?item=...[&type=...]`: deletes the user's events on one item
-/// (of one type, else every type but impressions) from the store and from serving.
+/// Delete a user's events on one item (undo a like, a rating): from the store and from serving at once, on every node
+///
+/// Every type but impressions, or one type. The user's history, popularity, related items and
+/// hides by event (not_interested) forget them at once and the user's vector is folded in
+/// again; the next trained model is the first without them. Idempotent: 0 when there were
+/// none. The events' ids may be used again. Audited as events.delete.
+#[utoipa::path(delete, path = "/v1/users/{key}/events", operation_id = "deleteUserEvents",
+    params(KeyParam,
+        ("item" = String, Query, description = "The item's key"),
+        ("type" = Option<String>, Query,
+            description = "Only events of this type (default: every type but impression)")),
+    responses((status = 200, description = "Deleted", body = EventsDeleted),
+        (status = 400), (status = 507)))]
 pub(crate) async fn delete_user_events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -189,46 +229,56 @@ pub(crate) async fn delete_user_events(
 }
 
 /// One list shown to a user, in `POST /v1/impressions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Impression)]
 pub(crate) struct ImpressionJson {
+    /// The user's key.
     user: String,
     /// The items shown, in the order shown.
+    #[schema(min_items = 1)]
     items: Vec<String>,
     /// Idempotency key of the list; its items get `{list_id}#{position}`.
     list_id: Option<String>,
     /// RFC 3339 time; now when absent. Every item of the list gets it: lists are told apart by
     /// their time.
+    #[schema(format = DateTime)]
     timestamp: Option<String>,
     /// The experiment variants the list was served with, as the ranking response named them;
-    /// kept in each impression's context.
+    /// kept in each impression's context (docs/experiments.md).
     #[serde(default)]
+    #[schema(max_items = 8)]
     experiments: Vec<ServedVariant>,
 }
 
-/// An experiment variant a list was served with: the ranking response's `experiments` entry,
-/// echoed as it came.
-#[derive(Debug, Deserialize, serde::Serialize)]
+/// The variant a ranking response was served with: the response's `experiments` entry, echoed
+/// as it came in `POST /v1/impressions`.
+#[derive(Debug, Deserialize, serde::Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServedVariant {
+    /// The experiment's name.
     experiment: String,
+    /// A variant's name, holdout, or interleaved.
     variant: String,
+    /// The variant could not apply; the request was served as sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     fallback: bool,
-    /// An interleaved list's variant per item.
+    /// Interleaving: the variant that gave each item.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     teams: Vec<String>,
 }
 
 /// Body of `POST /v1/impressions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Impressions, example = json!({ "impressions": [{ "user": "u1", "items": ["i3", "i7", "i9"], "list_id": "home-7f3a" }] }))]
 pub(crate) struct PostImpressions {
     impressions: Vec<ImpressionJson>,
 }
 
 /// Answer of `POST /v1/impressions`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ImpressionsStored)]
 pub(crate) struct PostImpressionsResponse {
     /// Lists received.
     lists: usize,
@@ -239,6 +289,13 @@ pub(crate) struct PostImpressionsResponse {
 /// `POST /v1/impressions`: what users were shown, one entry per list. Stored as events of type
 /// `impression` (one per item), which retention and erasure cover like any event; they feed the
 /// no-repeat policy, never training or popularity.
+#[utoipa::path(post, path = "/v1/impressions", operation_id = "postImpressions",
+    summary = "Record what users were shown: one entry per list",
+    description = "Stored as events of type impression (one per item, all with the list's timestamp), covered by retention, export and erasure like other events. They never count as feedback: no training, no popularity. They feed the no-repeat policy (max_impressions, no_repeat_lists).",
+    request_body = PostImpressions,
+    responses((status = 200, description = "Stored", body = PostImpressionsResponse),
+        (status = 400), (status = 404), (status = 409), (status = 413), (status = 415),
+        (status = 507)))]
 pub(crate) async fn post_impressions(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<PostImpressions>,

@@ -288,3 +288,12 @@ mod tests {
         );
     }
 }
+
+/// The `{key}` path parameter, for the OpenAPI description of the routes that take one.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct KeyParam {
+    /// External key: 1 to limits.max_key_bytes bytes of UTF-8, no control or invisible characters
+    key: String,
+}

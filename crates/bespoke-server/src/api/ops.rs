@@ -21,5 +21,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 }
 
 pub(crate) async fn openapi() -> Result<Json<Value>, ApiError> {
-    Ok(Json(crate::openapi::document(super::ROUTES)))
+    Ok(Json(crate::openapi::document(
+        super::ROUTES,
+        &super::derived_openapi(),
+    )))
 }
