@@ -555,15 +555,6 @@ fn paths() -> Value {
                     { "name": "include_seen", "in": "query", "description": "Also return items the user interacted with", "schema": { "type": "boolean", "default": false } },
                     explain_param(), diversity_param()],
                 "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400]) } },
-            "/v1/items/{key}": {
-                "parameters": [key_param()],
-                "get": { "summary": "Get an item", "operationId": "getItem",
-                    "responses": with_errors(json!({ "200": ok("The item", "Item") }), &[400, 404]) },
-                "put": { "summary": "Create or replace an item", "operationId": "putItem",
-                    "requestBody": json_body("ItemIn"),
-                    "responses": with_errors(json!({ "200": ok("Updated", "Item"), "201": ok("Created", "Item") }), &[400, 409, 413, 415, 422, 507]) },
-                "delete": { "summary": "Delete an item and all events on it", "operationId": "deleteItem",
-                    "responses": with_errors(json!({ "200": ok("Deleted", "Deleted") }), &[400, 404, 507]) } },
             "/v1/items/{key}/similar": { "get": {
                 "summary": "Items related to an item (co-occurrence; popular items of its category when there is too little data)",
                 "operationId": "getSimilar",
@@ -739,16 +730,6 @@ fn schemas() -> Value {
                 "marketing": { "type": "boolean", "description": "The user may be chosen for marketing audiences (POST /v1/audiences/query); false once they object. Default true" } } },
             "UserIn": { "type": "object", "additionalProperties": false, "properties": { "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" } } },
             "User": { "type": "object", "properties": { "key": { "type": "string" }, "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } },
-            "ItemIn": { "type": "object", "additionalProperties": false, "properties": {
-                "key": { "type": "string", "description": "Optional; must equal the key in the path" },
-                "categories": { "type": "array", "items": { "type": "string" } },
-                "text": { "type": "object", "additionalProperties": { "type": "string" } },
-                "numeric": { "type": "object", "additionalProperties": { "type": "number" } },
-                "attributes": { "type": "object" },
-                "embeddings": { "type": "object", "description": "Named vectors of any modality; each name has one dimension store-wide", "additionalProperties": { "type": "array", "items": { "type": "number" } } },
-                "available": { "type": "boolean", "default": true } } },
-            "Item": { "allOf": [ { "$ref": "#/components/schemas/ItemIn" }, { "type": "object", "properties": { "key": { "type": "string" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } } ] },
-            "Deleted": { "type": "object", "properties": { "key": { "type": "string" }, "deleted": { "type": "boolean" }, "events_deleted": { "type": "integer" } } },
             "Recommendation": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
                 "item": { "type": "string" }, "score": { "type": "number", "description": "Higher is better; comparable within one response" },
                 "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } },
@@ -1296,6 +1277,7 @@ mod tests {
         check::<crate::api::events::PostImpressions>(&doc, "Impressions");
         check::<crate::api::events::ImpressionJson>(&doc, "Impression");
         check::<crate::api::events::ServedVariant>(&doc, "ServedVariant");
+        check::<crate::wire::ItemJson>(&doc, "Item");
         // The operations reference them as the handlers read them.
         let body = |path: &str, method: &str| {
             doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

@@ -116,35 +116,43 @@ impl From<User> for UserJson {
 
 /// An item: the body of `PUT /v1/items/{key}` (where `key` may be left out), the answer of
 /// `GET /v1/items/{key}`, the lines of an items JSONL file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// The doc comments of this type and its fields are its description in `/openapi.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Item)]
 pub struct ItemJson {
-    /// Item key; taken from the path in `PUT /v1/items/{key}`.
+    /// The item's key; optional in `PUT /v1/items/{key}`, where it must equal the key in the
+    /// path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// Categories.
+    /// Categories (filter recommendations by them; at most limits.max_categories distinct).
     #[serde(default)]
     pub categories: Vec<String>,
-    /// Free-text fields.
+    /// Free-text fields (title, description, ...): the content model reads their words.
     #[serde(default, deserialize_with = "crate::strict::map")]
     pub text: BTreeMap<String, String>,
-    /// Numeric fields.
+    /// Numeric fields (price, ...).
     #[serde(default, deserialize_with = "crate::strict::map")]
     pub numeric: BTreeMap<String, f64>,
-    /// Other attributes.
+    /// Other attributes, for rules and filters.
     #[serde(default, deserialize_with = "crate::strict::object")]
+    #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
-    /// Named embedding vectors.
+    /// Named vectors of any modality; each name has one dimension store-wide (another
+    /// length is a 422).
     #[serde(default, deserialize_with = "crate::strict::map")]
     pub embeddings: BTreeMap<String, Vec<f32>>,
     /// Whether the item may be recommended.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub available: bool,
-    /// Creation time (informational; ignored on input).
+    /// Creation time (in answers; ignored on input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub created_at: Option<String>,
-    /// Last change (informational; ignored on input).
+    /// Last change (in answers; ignored on input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub updated_at: Option<String>,
 }
 

@@ -164,7 +164,7 @@ class User(TypedDict, total=False):
 
 
 class ItemIn(TypedDict, total=False):
-    """What :meth:`Client.put_item` sends (schema ``ItemIn``)."""
+    """What :meth:`Client.put_item` sends (schema ``Item``, without the times)."""
 
     categories: List[str]
     text: Dict[str, str]

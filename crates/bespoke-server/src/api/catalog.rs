@@ -7,7 +7,7 @@ use bespoke_store::{ConsentUpdate, UserUpsert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::extract::{JsonBody, KeyPath, Params};
+use super::extract::{JsonBody, KeyParam, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -33,10 +33,14 @@ struct ConsentIn {
 }
 
 /// Answer of a deletion.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Deleted)]
 pub(crate) struct DeletedOut {
+    /// The key deleted.
     key: String,
+    /// Always true (an unknown key is a 404).
     deleted: bool,
+    /// Events deleted with it.
     events_deleted: u64,
 }
 
@@ -150,6 +154,16 @@ pub(crate) async fn get_erasure(
         .ok_or_else(|| ApiError::not_found("erasure", &id))
 }
 
+/// Create or replace an item
+///
+/// A new item (or one without events) is placed by its content at once: recommendable before
+/// the next training.
+#[utoipa::path(put, path = "/v1/items/{key}", operation_id = "putItem", params(KeyParam),
+    request_body = ItemJson,
+    responses((status = 200, description = "Updated", body = ItemJson),
+        (status = 201, description = "Created", body = ItemJson),
+        (status = 400), (status = 409), (status = 413), (status = 415), (status = 422),
+        (status = 507)))]
 pub(crate) async fn put_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -190,6 +204,10 @@ pub(crate) async fn put_item(
     Ok((status, Json(out.record.into())))
 }
 
+/// Get an item
+#[utoipa::path(get, path = "/v1/items/{key}", operation_id = "getItem", params(KeyParam),
+    responses((status = 200, description = "The item", body = ItemJson),
+        (status = 400), (status = 404)))]
 pub(crate) async fn get_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -202,6 +220,10 @@ pub(crate) async fn get_item(
         .ok_or_else(|| ApiError::not_found("item", &key))
 }
 
+/// Delete an item and all events on it
+#[utoipa::path(delete, path = "/v1/items/{key}", operation_id = "deleteItem", params(KeyParam),
+    responses((status = 200, description = "Deleted", body = DeletedOut),
+        (status = 400), (status = 404), (status = 507)))]
 pub(crate) async fn delete_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,

@@ -5,7 +5,7 @@
 
 mod admin;
 mod audiences;
-mod catalog;
+pub(crate) mod catalog;
 mod decisions;
 pub(crate) mod events;
 mod experiments;
@@ -886,6 +886,9 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
     events::user_events,
     events::delete_user_events,
     events::post_impressions,
+    catalog::put_item,
+    catalog::get_item,
+    catalog::delete_item,
 ))]
 pub(crate) struct Derived;
 
