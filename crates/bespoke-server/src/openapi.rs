@@ -531,11 +531,6 @@ fn paths() -> Value {
                 "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } } } },
             "/v1/users/{key}": {
                 "parameters": [key_param()],
-                "get": { "summary": "Get a user", "operationId": "getUser",
-                    "responses": with_errors(json!({ "200": ok("The user", "User") }), &[400, 404]) },
-                "put": { "summary": "Create or replace a user's attributes and consent", "operationId": "putUser",
-                    "requestBody": json_body("UserIn"),
-                    "responses": with_errors(json!({ "200": ok("Updated", "User"), "201": ok("Created", "User") }), &[400, 413, 415, 507]) },
                 "delete": { "summary": "Erase a user: profile, events, derived serving state at once; stored model rows at once; the model itself at the next training (or now, with retrain=true)",
                     "description": "Answers with an erasure receipt, also available later from GET /v1/erasures/{id}.",
                     "operationId": "deleteUser",
@@ -724,12 +719,6 @@ fn schemas() -> Value {
                 "seq": { "type": "integer" }, "at": { "type": "string", "format": "date-time" }, "actor": { "type": "string", "description": "Key prefix, cli, or anonymous" },
                 "action": { "type": "string" }, "target": { "type": ["string", "null"] }, "detail": {} } } }, "next_cursor": { "type": ["string", "null"] } } },
             "StoredEvent": { "type": "object", "properties": { "event_id": { "type": "string" }, "user": { "type": "string" }, "item": { "type": "string" }, "type": { "type": "string" }, "value": { "type": "number" }, "timestamp": { "type": "string", "format": "date-time" }, "context": { "type": "object" } } },
-            "Consent": { "type": "object", "additionalProperties": false, "properties": {
-                "personalization": { "type": "boolean", "description": "Results may be personalized from the user's own behaviour; without it, popular items. Default consent.default_personalization" },
-                "training": { "type": "boolean", "description": "The user's events may shape shared models (trained models, popularity, related items); without it they are stored (for export and erasure) but used for nothing shared. Default consent.default_training" },
-                "marketing": { "type": "boolean", "description": "The user may be chosen for marketing audiences (POST /v1/audiences/query); false once they object. Default true" } } },
-            "UserIn": { "type": "object", "additionalProperties": false, "properties": { "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" } } },
-            "User": { "type": "object", "properties": { "key": { "type": "string" }, "attributes": { "type": "object" }, "consent": { "$ref": "#/components/schemas/Consent" }, "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } },
             "Recommendation": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
                 "item": { "type": "string" }, "score": { "type": "number", "description": "Higher is better; comparable within one response" },
                 "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } },
@@ -1278,6 +1267,9 @@ mod tests {
         check::<crate::api::events::ImpressionJson>(&doc, "Impression");
         check::<crate::api::events::ServedVariant>(&doc, "ServedVariant");
         check::<crate::wire::ItemJson>(&doc, "Item");
+        check::<crate::wire::UserJson>(&doc, "User");
+        check::<crate::wire::ConsentJson>(&doc, "Consent");
+        check::<crate::api::catalog::UserIn>(&doc, "UserIn");
         // The operations reference them as the handlers read them.
         let body = |path: &str, method: &str| {
             doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

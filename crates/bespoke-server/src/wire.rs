@@ -84,22 +84,45 @@ impl From<Event> for EventJson {
 }
 
 /// A user: the answer of `GET /v1/users/{key}`, the lines of a users JSONL file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// The doc comments of this type and its fields are its description in `/openapi.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = User)]
 pub struct UserJson {
-    /// User key.
+    /// The user's key.
     pub key: String,
-    /// Attributes.
+    /// Attributes (country, plan, ...): rules, segments and the content model read them.
     #[serde(default, deserialize_with = "crate::strict::object")]
+    #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
-    /// Consent flags.
+    /// Consent flags, each given.
+    #[schema(value_type = ConsentJson)]
     pub consent: Consent,
     /// Creation time (kept on import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub created_at: Option<String>,
     /// Last change (kept on import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub updated_at: Option<String>,
+}
+
+/// A user's consent flags; in a change, a flag not given keeps its value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Consent)]
+pub struct ConsentJson {
+    /// Results may be personalized from the user's own behaviour; without it, popular items.
+    /// Default consent.default_personalization.
+    pub personalization: Option<bool>,
+    /// The user's events may shape shared models (trained models, popularity, related items);
+    /// without it they are stored (for export and erasure) but used for nothing shared.
+    /// Default consent.default_training.
+    pub training: Option<bool>,
+    /// The user may be chosen for marketing audiences (POST /v1/audiences/query); false once
+    /// they object. Default true.
+    pub marketing: Option<bool>,
 }
 
 impl From<User> for UserJson {

@@ -12,24 +12,19 @@ use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::validate::check_item;
-use crate::wire::{ItemJson, UserJson};
+use crate::wire::{ConsentJson, ItemJson, UserJson};
 
 /// Body of `PUT /v1/users/{key}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserIn {
+    /// Attributes, replacing the stored ones as a whole.
     #[serde(default, deserialize_with = "crate::strict::object")]
+    #[schema(value_type = Object)]
     attributes: Map<String, Value>,
+    /// The flags to set; the others keep their value (or the defaults, for a new user).
     #[serde(default)]
-    consent: ConsentIn,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsentIn {
-    personalization: Option<bool>,
-    training: Option<bool>,
-    marketing: Option<bool>,
+    consent: ConsentJson,
 }
 
 /// Answer of a deletion.
@@ -48,6 +43,12 @@ fn key_limit(state: &AppState) -> usize {
     state.engine.settings().limits.max_key_bytes
 }
 
+/// Create or replace a user's attributes and consent
+#[utoipa::path(put, path = "/v1/users/{key}", operation_id = "putUser", params(KeyParam),
+    request_body = UserIn,
+    responses((status = 200, description = "Updated", body = UserJson),
+        (status = 201, description = "Created", body = UserJson),
+        (status = 400), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn put_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -82,6 +83,10 @@ pub(crate) async fn put_user(
     Ok((status, Json(out.record.into())))
 }
 
+/// Get a user
+#[utoipa::path(get, path = "/v1/users/{key}", operation_id = "getUser", params(KeyParam),
+    responses((status = 200, description = "The user", body = UserJson),
+        (status = 400), (status = 404)))]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,

@@ -886,6 +886,8 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
     events::user_events,
     events::delete_user_events,
     events::post_impressions,
+    catalog::put_user,
+    catalog::get_user,
     catalog::put_item,
     catalog::get_item,
     catalog::delete_item,
