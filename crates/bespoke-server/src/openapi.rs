@@ -790,45 +790,13 @@ fn rule_paths() -> Value {
             "put": { "summary": "Hide an item from the user on every ranking route", "operationId": "hideItem",
                 "responses": with_errors(json!({ "200": { "description": "Hidden" } }), &[400, 404, 507]) },
             "delete": { "summary": "Show an item again (undoes a block or a hiding event)", "operationId": "unhideItem",
-                "responses": with_errors(json!({ "200": { "description": "Shown again" } }), &[400, 404, 507]) } },
-        "/v1/rules": { "get": { "summary": "Saved business rules, by name", "operationId": "listRules",
-            "responses": { "200": { "description": "Rules", "content": { "application/json": { "schema": { "type": "object", "properties": { "rules": { "type": "array", "items": { "$ref": "#/components/schemas/Rule" } } } } } } } } } },
-        "/v1/rules/{key}": {
-            "parameters": [{ "name": "key", "in": "path", "required": true, "description": "The rule's name", "schema": { "type": "string" } }],
-            "get": { "summary": "A saved rule", "operationId": "getRule",
-                "responses": with_errors(json!({ "200": ok("The rule", "Rule") }), &[400, 404]) },
-            "put": { "summary": "Create or replace a saved rule (audited); applied by default to its routes",
-                "description": "Checked before anything is stored: every expression must compile against the catalog's attributes, slots must be distinct and not taken by another saved rule on a shared route.",
-                "operationId": "putRule",
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RuleIn" },
-                    "examples": {
-                        "in_stock": { "value": { "description": "never recommend what is out of stock", "filter": "stock > 0" } },
-                        "winter": { "value": { "routes": ["recommendations"], "promote": [{ "slot": 3, "if": "campaign = \"winter\"" }], "boost": [{ "if": "created_at > now - 30d", "by": 1.2 }] } } } } } },
-                "responses": with_errors(json!({ "200": ok("Replaced", "Rule"), "201": ok("Created", "Rule") }), &[400, 409, 413, 415, 507]) },
-            "delete": { "summary": "Delete a saved rule (audited)", "operationId": "deleteRule",
-                "responses": with_errors(json!({ "200": { "description": "Deleted" } }), &[400, 404, 507]) } }
+                "responses": with_errors(json!({ "200": { "description": "Shown again" } }), &[400, 404, 507]) } }
     })
 }
 
 /// Schemas of rules.
 fn rule_schemas() -> Value {
     json!({
-        "Boost": { "type": "object", "required": ["if"], "additionalProperties": false, "properties": {
-            "if": { "type": "string", "description": "A rule expression" },
-            "by": { "type": "number", "exclusiveMinimum": 0, "description": "Multiply a positive score by this (divide a negative one); give by or add" },
-            "add": { "type": "number", "description": "Add this to the score" } } },
-        "Promotion": { "type": "object", "required": ["slot", "if"], "additionalProperties": false, "properties": {
-            "slot": { "type": "integer", "minimum": 1, "description": "The position reserved (1 = first)" },
-            "if": { "type": "string", "description": "The items that may fill it, the best-ranked first" } } },
-        "RuleIn": { "type": "object", "additionalProperties": false, "properties": {
-            "description": { "type": "string" },
-            "routes": { "type": "array", "items": { "type": "string", "enum": ["recommendations", "session", "similar", "popular", "rank"] }, "description": "Where it applies by default; every ranking route when absent" },
-            "enabled": { "type": "boolean", "default": true },
-            "filter": { "type": "string" },
-            "boost": { "type": "array", "items": { "$ref": "#/components/schemas/Boost" } },
-            "promote": { "type": "array", "items": { "$ref": "#/components/schemas/Promotion" } },
-            "max_per_category": { "type": "integer", "minimum": 1 } } },
-        "Rule": { "allOf": [ { "$ref": "#/components/schemas/RuleIn" }, { "type": "object", "properties": { "name": { "type": "string" } } } ] },
         "Filtered": { "type": "object", "properties": { "item": { "type": "string" }, "rule": { "type": "string", "description": "A saved rule's name, request.filter, request.max_per_category, hidden or no_repeat" }, "message": { "type": "string" } } }
     })
 }
@@ -1202,6 +1170,9 @@ mod tests {
         if let Some(first) = schema["oneOf"].as_array().and_then(|a| a.first()) {
             return sample(doc, first);
         }
+        if let Some(first) = schema["enum"].as_array().and_then(|a| a.first()) {
+            return first.clone();
+        }
         let kinds: Vec<&str> = match &schema["type"] {
             Value::String(t) => vec![t.as_str()],
             Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
@@ -1270,6 +1241,9 @@ mod tests {
         check::<crate::wire::UserJson>(&doc, "User");
         check::<crate::wire::ConsentJson>(&doc, "Consent");
         check::<crate::api::catalog::UserIn>(&doc, "UserIn");
+        check::<crate::rules::spec::RuleSpec>(&doc, "RuleIn");
+        check::<crate::rules::spec::BoostSpec>(&doc, "Boost");
+        check::<crate::rules::spec::PromoteSpec>(&doc, "Promotion");
         // The operations reference them as the handlers read them.
         let body = |path: &str, method: &str| {
             doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

@@ -17,7 +17,7 @@ mod models;
 mod ops;
 mod personalizer;
 mod reports;
-mod rules;
+pub(crate) mod rules;
 mod segments;
 mod serving;
 
@@ -891,6 +891,10 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
     catalog::put_item,
     catalog::get_item,
     catalog::delete_item,
+    rules::list,
+    rules::get,
+    rules::put,
+    rules::delete,
 ))]
 pub(crate) struct Derived;
 

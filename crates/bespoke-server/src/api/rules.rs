@@ -14,6 +14,15 @@ use crate::engine::{HiddenItem, RuleError};
 use crate::error::ApiError;
 use crate::rules::spec::{RuleSpec, SavedRule};
 
+/// The `{key}` path parameter of the rule routes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct RuleName {
+    /// The rule's name
+    key: String,
+}
+
 impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
         match e {
@@ -29,17 +38,26 @@ impl From<RuleError> for ApiError {
 }
 
 /// Answer of `GET /v1/rules`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RuleList)]
 pub(crate) struct RulesOut {
+    /// By name.
     rules: Vec<SavedRule>,
 }
 
+/// Saved business rules, by name
+#[utoipa::path(get, path = "/v1/rules", operation_id = "listRules",
+    responses((status = 200, description = "Rules", body = RulesOut)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Json<RulesOut> {
     Json(RulesOut {
         rules: state.engine.rules(),
     })
 }
 
+/// A saved rule
+#[utoipa::path(get, path = "/v1/rules/{key}", operation_id = "getRule", params(RuleName),
+    responses((status = 200, description = "The rule", body = SavedRule),
+        (status = 400), (status = 404)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     KeyPath(name): KeyPath,
@@ -53,8 +71,15 @@ pub(crate) async fn get(
         .ok_or_else(|| ApiError::not_found("rule", &name))
 }
 
-/// `PUT /v1/rules/{name}`: checked against the catalog and the other rules before anything is
-/// stored.
+/// Create or replace a saved rule (audited); applied by default to its routes
+///
+/// Checked before anything is stored: every expression must compile against the catalog's
+/// attributes, slots must be distinct and not taken by another saved rule on a shared route.
+#[utoipa::path(put, path = "/v1/rules/{key}", operation_id = "putRule", params(RuleName),
+    request_body = RuleSpec,
+    responses((status = 200, description = "Replaced", body = SavedRule),
+        (status = 201, description = "Created", body = SavedRule),
+        (status = 400), (status = 409), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -85,6 +110,10 @@ pub(crate) async fn put(
     Ok((status, Json(rule)))
 }
 
+/// Delete a saved rule (audited)
+#[utoipa::path(delete, path = "/v1/rules/{key}", operation_id = "deleteRule", params(RuleName),
+    responses((status = 200, description = "Deleted: `{\"deleted\": name}`"),
+        (status = 400), (status = 404), (status = 507)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

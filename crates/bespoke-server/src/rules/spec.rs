@@ -1,11 +1,12 @@
 //! What a rule asks for, as requests and saved rules spell it: filters, boosts, promotions and
 //! a category cap, and the routes a saved rule applies to. The ranking pipeline compiles and
-//! applies them (`pipeline::rules`); this module only describes and checks their shape.
+//! applies them (`pipeline::rules`); this module only describes and checks their shape. The
+//! doc comments of these types and their fields are their description in `/openapi.json`.
 
 use serde::{Deserialize, Serialize};
 
 /// A ranking route, as a saved rule names the routes it applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Route {
     /// `GET /v1/users/{key}/recommendations`.
@@ -44,14 +45,17 @@ impl Route {
 
 /// A boost: where the expression holds, the score is multiplied by `by` (a positive score; a
 /// negative one is divided by it, so that `by > 1` always raises) or `add` is added to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Boost)]
 pub struct BoostSpec {
-    /// The items it applies to.
+    /// A rule expression: the items it applies to.
     #[serde(rename = "if")]
     pub when: String,
-    /// Multiply by this (greater than 0; below 1 lowers).
+    /// Multiply a positive score by this (divide a negative one); greater than 0, below 1
+    /// lowers. Give by or add.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
     pub by: Option<f64>,
     /// Add this to the score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,12 +105,14 @@ impl BoostSpec {
 }
 
 /// A promotion: position `slot` (1 = first) holds the best-ranked item the expression matches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Promotion)]
 pub struct PromoteSpec {
-    /// The position reserved, from 1.
+    /// The position reserved (1 = first).
+    #[schema(minimum = 1)]
     pub slot: usize,
-    /// The items that may fill it.
+    /// A rule expression: the items that may fill it, the best-ranked first.
     #[serde(rename = "if")]
     pub when: String,
 }
@@ -116,8 +122,11 @@ fn yes() -> bool {
 }
 
 /// A saved rule (`PUT /v1/rules/{name}`): what it does and where.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RuleIn, example = json!({ "routes": ["recommendations"], "filter": "stock > 0",
+    "promote": [{ "slot": 3, "if": "campaign = \"winter\"" }],
+    "boost": [{ "if": "created_at > now - 30d", "by": 1.2 }] }))]
 pub struct RuleSpec {
     /// For people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,8 +136,9 @@ pub struct RuleSpec {
     pub routes: Vec<Route>,
     /// Off keeps the rule stored without applying it.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub enabled: bool,
-    /// Keep only the items this expression matches.
+    /// Keep only the items this rule expression matches (docs/rules.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
     /// Boosts, applied in order.
@@ -139,6 +149,7 @@ pub struct RuleSpec {
     pub promote: Vec<PromoteSpec>,
     /// At most this many items of one category.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_per_category: Option<usize>,
 }
 
@@ -158,7 +169,8 @@ impl RuleSpec {
 }
 
 /// A saved rule as serving holds it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = Rule)]
 pub struct SavedRule {
     /// Its name.
     pub name: String,
