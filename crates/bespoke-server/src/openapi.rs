@@ -577,15 +577,6 @@ fn paths() -> Value {
                 "summary": "Serve a stored model version", "operationId": "activateModel",
                 "parameters": [{ "name": "version", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 1 } }],
                 "responses": with_errors(json!({ "200": { "description": "Active", "content": { "application/json": { "schema": { "type": "object", "properties": { "active": { "type": "integer" } } } } } } }), &[400, 404]) } },
-            "/v1/keys": {
-                "post": { "summary": "Create an API key; the answer holds the key, shown this once", "operationId": "createKey",
-                    "requestBody": json_body("KeyIn"),
-                    "responses": with_errors(json!({ "201": ok("Created", "Key") }), &[400, 415]) },
-                "get": { "summary": "API keys (prefixes, names, scopes; never the keys)", "operationId": "listKeys",
-                    "responses": { "200": ok("Keys", "Keys") } } },
-            "/v1/keys/{key}": { "delete": { "summary": "Revoke an API key (by prefix); takes effect at once", "operationId": "revokeKey",
-                "parameters": [{ "name": "key", "in": "path", "required": true, "description": "The key's prefix, e.g. bsk_3f9a1c2e", "schema": { "type": "string" } }],
-                "responses": with_errors(json!({ "200": ok("Revoked", "Key") }), &[400, 404]) } },
             "/v1/erasures/{key}": { "get": { "summary": "An erasure receipt", "operationId": "getErasure",
                 "parameters": [{ "name": "key", "in": "path", "required": true, "description": "The receipt's erasure_id", "schema": { "type": "string" } }],
                 "responses": with_errors(json!({ "200": ok("The receipt", "ErasureReceipt") }), &[400, 404]) } },
@@ -689,13 +680,6 @@ fn schemas() -> Value {
                 "message": { "type": "string" },
                 "field": { "type": "string", "description": "JSON path, query parameter or header at fault" } } } } },
             "Health": { "type": "object", "properties": { "status": { "type": "string" } } },
-            "KeyIn": { "type": "object", "required": ["name", "scopes"], "additionalProperties": false, "properties": {
-                "name": { "type": "string", "description": "For people, 1 to 200 bytes" },
-                "scopes": { "type": "array", "items": { "type": "string", "enum": ["read", "write", "admin"] } },
-                "rate_per_second": { "type": "number", "minimum": 0, "description": "Requests per second; 0 = unlimited; default auth.rate_per_second" } } },
-            "Key": { "type": "object", "properties": { "prefix": { "type": "string" }, "name": { "type": "string" }, "scopes": { "type": "array", "items": { "type": "string" } },
-                "rate_per_second": { "type": ["number", "null"] }, "created_at": { "type": "string", "format": "date-time" }, "revoked_at": { "type": ["string", "null"], "format": "date-time" },
-                "key": { "type": "string", "description": "The key itself; only in the answer to its creation, never again" } } },
             "UserExport": { "type": "object", "properties": {
                 "format": { "type": "string", "const": "bespoke.user-export.v1" }, "exported_at": { "type": "string", "format": "date-time" },
                 "user": { "$ref": "#/components/schemas/User" },
@@ -714,7 +698,6 @@ fn schemas() -> Value {
                 "retrain_requested": { "type": "boolean" },
                 "first_model_without_user": { "type": ["object", "null"], "properties": { "version": { "type": "integer" }, "activated_at": { "type": "string", "format": "date-time" } } },
                 "status": { "type": "string", "enum": ["complete", "awaiting_retrain"] } } },
-            "Keys": { "type": "object", "properties": { "keys": { "type": "array", "items": { "$ref": "#/components/schemas/Key" } } } },
             "AuditPage": { "type": "object", "properties": { "entries": { "type": "array", "items": { "type": "object", "properties": {
                 "seq": { "type": "integer" }, "at": { "type": "string", "format": "date-time" }, "actor": { "type": "string", "description": "Key prefix, cli, or anonymous" },
                 "action": { "type": "string" }, "target": { "type": ["string", "null"] }, "detail": {} } } }, "next_cursor": { "type": ["string", "null"] } } },
@@ -1244,6 +1227,7 @@ mod tests {
         check::<crate::rules::spec::RuleSpec>(&doc, "RuleIn");
         check::<crate::rules::spec::BoostSpec>(&doc, "Boost");
         check::<crate::rules::spec::PromoteSpec>(&doc, "Promotion");
+        check::<crate::api::admin::KeyIn>(&doc, "KeyIn");
         // The operations reference them as the handlers read them.
         let body = |path: &str, method: &str| {
             doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

@@ -4,8 +4,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use bespoke_store::KeyRecord;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking};
@@ -17,31 +18,78 @@ use crate::time::format_rfc3339;
 const MAX_NAME_BYTES: usize = 200;
 
 /// Body of `POST /v1/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyIn {
+    /// For people, 1 to 200 bytes.
     name: String,
+    /// Scopes: read, write, admin (each includes the ones before it).
+    #[schema(inline, value_type = Vec<ScopeName>)]
     scopes: Vec<String>,
+    /// Requests per second; 0 = unlimited; default auth.rate_per_second.
     #[serde(default)]
+    #[schema(minimum = 0)]
     rate_per_second: Option<f64>,
 }
 
-fn key_json(r: &KeyRecord) -> Value {
-    json!({
-        "prefix": r.prefix,
-        "name": r.name,
-        "scopes": r.scopes,
-        "rate_per_second": r.rate_per_second,
-        "created_at": format_rfc3339(r.created_at),
-        "revoked_at": r.revoked_at.map(format_rfc3339),
-    })
+/// A scope's name.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum ScopeName {
+    Read,
+    Write,
+    Admin,
 }
 
+/// An API key as listed: never the key itself, except in the answer to its creation.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Key)]
+pub(crate) struct KeyOut {
+    /// The key's first characters: how to name it (revoke, audit).
+    prefix: String,
+    name: String,
+    scopes: Vec<String>,
+    rate_per_second: Option<f64>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    revoked_at: Option<String>,
+    /// The key itself; only in the answer to its creation, never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl From<&KeyRecord> for KeyOut {
+    fn from(r: &KeyRecord) -> Self {
+        Self {
+            prefix: r.prefix.clone(),
+            name: r.name.clone(),
+            scopes: r.scopes.clone(),
+            rate_per_second: r.rate_per_second,
+            created_at: format_rfc3339(r.created_at),
+            revoked_at: r.revoked_at.map(format_rfc3339),
+            key: None,
+        }
+    }
+}
+
+/// Answer of `GET /v1/keys`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Keys)]
+pub(crate) struct KeysOut {
+    keys: Vec<KeyOut>,
+}
+
+/// Create an API key (audited); the answer holds the key, shown once
+#[utoipa::path(post, path = "/v1/keys", operation_id = "createKey", request_body = KeyIn,
+    responses((status = 201, description = "Created; `key` is shown only now", body = KeyOut),
+        (status = 400), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn create_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<KeyIn>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<KeyOut>), ApiError> {
     if body.name.trim().is_empty() || body.name.len() > MAX_NAME_BYTES {
         return Err(ApiError::invalid(
             "name",
@@ -72,24 +120,32 @@ pub(crate) async fn create_key(
             .map_err(ApiError::from)
     })
     .await?;
-    let mut out = key_json(&record);
-    out["key"] = json!(secret);
+    let mut out = KeyOut::from(&record);
+    out.key = Some(secret);
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-pub(crate) async fn list_keys(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// API keys (never the keys themselves)
+#[utoipa::path(get, path = "/v1/keys", operation_id = "listKeys",
+    responses((status = 200, description = "Keys", body = KeysOut)))]
+pub(crate) async fn list_keys(State(state): State<AppState>) -> Result<Json<KeysOut>, ApiError> {
     let engine = state.engine.clone();
     let keys = blocking(move || engine.access().keys().map_err(ApiError::from)).await?;
-    Ok(Json(
-        json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(KeysOut {
+        keys: keys.iter().map(KeyOut::from).collect(),
+    }))
 }
 
+/// Revoke an API key by its prefix (audited); it stops working at once here, on other nodes within a second
+#[utoipa::path(delete, path = "/v1/keys/{key}", operation_id = "revokeKey",
+    params(("key" = String, Path, description = "The key's prefix, e.g. bsk_3f9a1c2e")),
+    responses((status = 200, description = "Revoked", body = KeyOut),
+        (status = 400), (status = 404), (status = 507)))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     KeyPath(prefix): KeyPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyOut>, ApiError> {
     let engine = state.engine.clone();
     let p = prefix.clone();
     let record = blocking(move || {
@@ -100,7 +156,7 @@ pub(crate) async fn revoke_key(
     })
     .await?
     .ok_or_else(|| ApiError::not_found("API key", &prefix))?;
-    Ok(Json(key_json(&record)))
+    Ok(Json(KeyOut::from(&record)))
 }
 
 pub(crate) async fn audit(

@@ -3,7 +3,7 @@
 //! Handlers stay thin: they validate input, hand the work to the [`Engine`] on the blocking
 //! pool (store IO and scoring must not stall the async runtime), and shape the answer.
 
-mod admin;
+pub(crate) mod admin;
 mod audiences;
 pub(crate) mod catalog;
 mod decisions;
@@ -895,6 +895,9 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
     rules::get,
     rules::put,
     rules::delete,
+    admin::create_key,
+    admin::list_keys,
+    admin::revoke_key,
 ))]
 pub(crate) struct Derived;
 
