@@ -7,7 +7,7 @@
 //! (`tests::derived_and_hand_written_parts_do_not_overlap`); `tests::document_matches_routes`
 //! fails when a route is added without being described (or the other way round). Error
 //! answers are declared at the handler by status only; their shared descriptions and body are
-//! filled in from [`error_responses`].
+//! filled in from `error_responses`.
 
 use serde_json::{Value, json};
 
