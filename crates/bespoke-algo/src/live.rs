@@ -100,7 +100,13 @@ impl LiveIndex {
                 self.private_users[i] += private as u32;
             }
         }
-        if private {
+        self.count_in_popularity(user, item, weight, ts);
+        self.events += 1;
+    }
+
+    /// Adds one event to popularity, or to the private log of a private user.
+    fn count_in_popularity(&mut self, user: UserIdx, item: ItemIdx, weight: f32, ts: Millis) {
+        if self.is_private(user) {
             // What popularity would ignore is not worth keeping either.
             if weight > 0.0 {
                 let c = Contribution::event(user, item, weight, ts);
@@ -109,7 +115,6 @@ impl LiveIndex {
         } else {
             self.popularity.add(user, item, weight, ts);
         }
-        self.events += 1;
     }
 
     /// Whether the user is kept out of shared statistics.
@@ -262,16 +267,8 @@ impl LiveIndex {
         if let Some(log) = self.private_log.get_mut(&user.0) {
             log.retain(|c| c.item() != item);
         }
-        let private = self.is_private(user);
         for &(w, ts) in events {
-            if private {
-                if w > 0.0 {
-                    let c = Contribution::event(user, item, w, ts);
-                    self.private_log.entry(user.0).or_default().push(c);
-                }
-            } else {
-                self.popularity.add(user, item, w, ts);
-            }
+            self.count_in_popularity(user, item, w, ts);
         }
     }
 

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use bespoke_store::{Kinds, NewEvent};
+use bespoke_store::NewEvent;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, KeyParam, KeyPath, Params};
@@ -197,28 +197,16 @@ pub(crate) async fn delete_user_events(
         .ok_or_else(|| ApiError::invalid("item", "the item whose events to delete is required"))?
         .to_owned();
     validate_key("item", &item, max)?;
-    let kinds = match params.get("type") {
-        Some(t) => {
-            validate_key("type", t, max)?;
-            Kinds::Only(t.to_owned())
-        }
-        None => Kinds::AllBut(crate::settings::IMPRESSION.to_owned()),
-    };
+    let kind = params.get("type").map(str::to_owned);
+    if let Some(t) = &kind {
+        validate_key("type", t, max)?;
+    }
     let engine = state.engine.clone();
     let (user, it) = (key.clone(), item.clone());
     let deleted = blocking(move || {
-        let deleted = engine
-            .delete_pair_events(&user, &it, &kinds)
-            .map_err(ApiError::from)?;
-        if !deleted.is_empty() {
-            engine.access().audit(
-                &caller.prefix,
-                "events.delete",
-                Some(&engine.access().user_ref(&user)),
-                Some(serde_json::json!({ "events": deleted.len() })),
-            );
-        }
-        Ok(deleted.len())
+        engine
+            .delete_pair_events(&caller.prefix, "events.delete", &user, &it, kind)
+            .map_err(ApiError::from)
     })
     .await?;
     Ok(Json(EventsDeleted {

@@ -849,24 +849,11 @@ async fn delete_pair(
     kind: Option<String>,
 ) -> Result<Json<Affected>, ApiError> {
     check_pair(&state, &user, &item, kind.as_deref())?;
-    let kinds = match kind {
-        Some(k) => bespoke_store::Kinds::Only(k),
-        None => bespoke_store::Kinds::AllBut(crate::settings::IMPRESSION.to_owned()),
-    };
     let engine = state.engine.clone();
     let deleted = blocking(move || {
-        let deleted = engine
-            .delete_pair_events(&user, &item, &kinds)
-            .map_err(ApiError::from)?;
-        if !deleted.is_empty() {
-            engine.access().audit(
-                &caller.prefix,
-                "feedback.delete",
-                Some(&engine.access().user_ref(&user)),
-                Some(serde_json::json!({ "events": deleted.len() })),
-            );
-        }
-        Ok::<_, ApiError>(deleted.len())
+        engine
+            .delete_pair_events(&caller.prefix, "feedback.delete", &user, &item, kind)
+            .map_err(ApiError::from)
     })
     .await?;
     Ok(Json(Affected {

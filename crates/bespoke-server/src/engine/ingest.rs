@@ -2,8 +2,8 @@
 
 use bespoke_algo::{ItemIdx, UserIdx};
 use bespoke_store::{
-    Appended, Deleted, Event, EventBatch, Interaction, Item, ItemUpsert, Kinds, NewEvent, Page,
-    Upserted, User, UserUpsert,
+    Appended, Deleted, Event, EventBatch, Item, ItemUpsert, Kinds, NewEvent, Page, Upserted, User,
+    UserUpsert,
 };
 
 use super::Engine;
@@ -287,21 +287,35 @@ impl Engine {
         Ok(out)
     }
 
-    /// Deletes `user`'s events on `item` that `kinds` selects, from the store and from
-    /// serving (every node of a cluster); returns them. The next trained model is the first
+    /// Deletes `user`'s events on `item` (of type `kind`, else every type but impressions),
+    /// from the store and from serving (every node of a cluster), audited as `action` by
+    /// `actor` when any was deleted; returns how many. The next trained model is the first
     /// without them; until then the user's vector is folded in from what is left.
     pub fn delete_pair_events(
         &self,
+        actor: &str,
+        action: &str,
         user: &str,
         item: &str,
-        kinds: &Kinds,
-    ) -> bespoke_store::Result<Vec<Interaction>> {
-        let user = self.serving.user_keys.to_store(user);
-        let deleted = self.store.delete_pair_events(&user, item, kinds)?;
-        if let Some(first) = deleted.first() {
-            self.rebuild_pair(first.user, first.item)?;
-        }
-        Ok(deleted)
+        kind: Option<String>,
+    ) -> bespoke_store::Result<usize> {
+        let kinds = match kind {
+            Some(k) => Kinds::Only(k),
+            None => Kinds::AllBut(crate::settings::IMPRESSION.to_owned()),
+        };
+        let stored = self.serving.user_keys.to_store(user);
+        let deleted = self.store.delete_pair_events(&stored, item, &kinds)?;
+        let Some(first) = deleted.first() else {
+            return Ok(0);
+        };
+        self.rebuild_pair(first.user, first.item)?;
+        self.access.audit(
+            actor,
+            action,
+            Some(&self.access.user_ref(user)),
+            Some(serde_json::json!({ "events": deleted.len() })),
+        );
+        Ok(deleted.len())
     }
 
     /// The stored user.

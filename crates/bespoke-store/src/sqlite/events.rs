@@ -99,19 +99,8 @@ impl crate::EventStore for SqliteStore {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, user_id, item_id, kind, value, ts FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
-            let mut rows = stmt.query(params![after as i64, limit as i64])?;
-            let mut out = Vec::with_capacity(limit.min(1 << 16));
-            while let Some(r) = rows.next()? {
-                out.push(Interaction {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    user: UserIdx(to_u32(r.get(1)?, "users")?),
-                    item: ItemIdx(to_u32(r.get(2)?, "items")?),
-                    kind: r.get(3)?,
-                    value: r.get(4)?,
-                    timestamp: r.get(5)?,
-                });
-            }
-            Ok(out)
+            let rows = stmt.query(params![after as i64, limit as i64])?;
+            interactions(rows)
         })
     }
 
@@ -188,18 +177,8 @@ impl crate::EventStore for SqliteStore {
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < ?1 LIMIT ?2)
                  RETURNING seq, user_id, item_id, kind, value, ts",
             )?;
-            let mut rows = stmt.query(params![before, limit as i64])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(Interaction {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    user: UserIdx(to_u32(r.get(1)?, "users")?),
-                    item: ItemIdx(to_u32(r.get(2)?, "items")?),
-                    kind: r.get(3)?,
-                    value: r.get(4)?,
-                    timestamp: r.get(5)?,
-                });
-            }
+            let rows = stmt.query(params![before, limit as i64])?;
+            let mut out = interactions(rows)?;
             out.sort_by_key(|i| i.seq);
             Ok(out)
         })
