@@ -258,6 +258,7 @@ fn json_body(schema: &str) -> Value {
 pub fn document(routes: &[(&str, &str, Access)], derived: &utoipa::openapi::OpenApi) -> Value {
     let mut doc = hand_written();
     merge_derived(&mut doc, derived);
+    add_aliases(&mut doc);
     for (method, path, access) in routes {
         let Some(op) = doc["paths"][path]
             .get_mut(method.to_lowercase())
@@ -291,6 +292,66 @@ pub fn document(routes: &[(&str, &str, Access)], derived: &utoipa::openapi::Open
     doc
 }
 
+/// Routes served by the same handler as another route: `(alias, original, operationId suffix)`.
+/// A handler's `#[utoipa::path]` names one path, so the alias is described as a copy.
+const ALIASES: &[(&str, &str, &str)] = &[
+    // Azure's newer clients put the API version in `?api-version=` instead of the path.
+    (
+        "/personalizer/rank",
+        "/personalizer/v1.0/rank",
+        "Unversioned",
+    ),
+    (
+        "/personalizer/events/{key}/reward",
+        "/personalizer/v1.0/events/{key}/reward",
+        "Unversioned",
+    ),
+    (
+        "/personalizer/events/{key}/activate",
+        "/personalizer/v1.0/events/{key}/activate",
+        "Unversioned",
+    ),
+    (
+        "/personalizer/v1.1-preview.1/multislot/rank",
+        "/personalizer/multislot/rank",
+        "V11",
+    ),
+    (
+        "/personalizer/v1.1-preview.1/multislot/events/{key}/reward",
+        "/personalizer/multislot/events/{key}/reward",
+        "V11",
+    ),
+    (
+        "/personalizer/v1.1-preview.1/multislot/events/{key}/activate",
+        "/personalizer/multislot/events/{key}/activate",
+        "V11",
+    ),
+    // Gorse's clients ask with a trailing slash when no category is given.
+    ("/api/recommend/{key}/", "/api/recommend/{key}", "Slash"),
+];
+
+/// Describes each of [`ALIASES`] as a copy of its original, operation ids suffixed.
+fn add_aliases(doc: &mut Value) {
+    let Some(all) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (alias, of, suffix) in ALIASES {
+        let Some(mut item) = all.get(*of).cloned() else {
+            continue;
+        };
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+        {
+            if let Some(id) = op["operationId"].as_str().map(|s| format!("{s}{suffix}")) {
+                op["operationId"] = json!(id);
+            }
+        }
+        all.insert((*alias).to_owned(), item);
+    }
+}
+
 /// The part still written by hand.
 fn hand_written() -> Value {
     let mut doc = paths();
@@ -298,28 +359,6 @@ fn hand_written() -> Value {
         all.extend(more);
     }
     if let Some(all) = doc["paths"].as_object_mut() {
-        // Azure's newer clients put the API version in `?api-version=` instead of the path.
-        for (alias, of) in [
-            ("/personalizer/rank", "/personalizer/v1.0/rank"),
-            (
-                "/personalizer/events/{key}/reward",
-                "/personalizer/v1.0/events/{key}/reward",
-            ),
-            (
-                "/personalizer/events/{key}/activate",
-                "/personalizer/v1.0/events/{key}/activate",
-            ),
-        ] {
-            if let Some(mut op) = all.get(of).cloned() {
-                if let Some(id) = op["post"]["operationId"]
-                    .as_str()
-                    .map(|s| format!("{s}Unversioned"))
-                {
-                    op["post"]["operationId"] = json!(id);
-                }
-                all.insert(alias.to_owned(), op);
-            }
-        }
         all.insert("/v1/recommendations".to_owned(), json!({ "post": {
             "summary": "Recommendations for an anonymous session from its recent items (folded into the model on the fly)",
             "description": "items: oldest first, each a key or {item, weight}; with serving.session_half_life_items, older items count less. Session items are not recommended back unless include_seen. Unknown items are ignored. Without a known item, the context (if any) places the visitor through the content model; otherwise popular items fill in, and the reasons say so.",
@@ -336,14 +375,7 @@ fn hand_written() -> Value {
                 "diversity": { "type": "number", "minimum": 0, "maximum": 1, "default": 0 } } } } } },
             "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400, 413, 415]) } }));
         all.insert("/v1/users/{key}/rank".to_owned(), rank_path());
-        for prefix in ["/personalizer", "/personalizer/v1.1-preview.1"] {
-            let tag = if prefix.ends_with("preview.1") {
-                "V11"
-            } else {
-                ""
-            };
-            all.extend(multislot_paths(prefix, tag));
-        }
+        all.extend(multislot_paths("/personalizer", ""));
         if let Value::Object(more) = gorse_paths() {
             all.extend(more);
         }
@@ -405,8 +437,6 @@ fn gorse_paths() -> Value {
             "operationId": if category { "gorseRecommendCategory" } else { "gorseRecommend" }, "parameters": parameters,
             "responses": with_errors(json!({ "200": json_of("Item ids, or {Id, Score} with X-API-Version: 2", json!({ "type": "array" })) }), &[400]) } })
     };
-    let mut recommend_slash = recommend(false);
-    recommend_slash["get"]["operationId"] = json!("gorseRecommendSlash");
     let user_feedback = |typed: bool| {
         let mut parameters = vec![key.clone()];
         if typed {
@@ -499,7 +529,6 @@ fn gorse_paths() -> Value {
         "/api/item/{key}/neighbors": { "get": { "tags": tags, "summary": "Gorse: similar items (the configured similar-items model)", "operationId": "gorseNeighbors",
             "parameters": [key, paging[0], paging[1]], "responses": with_errors(json!({ "200": scores }), &[400, 404]) } },
         "/api/recommend/{key}": recommend(false),
-        "/api/recommend/{key}/": recommend_slash,
         "/api/recommend/{key}/{category}": recommend(true),
         "/api/popular": { "get": { "tags": tags, "summary": "Gorse: popular items by total event weight", "operationId": "gorsePopular",
             "parameters": paging, "responses": with_errors(json!({ "200": scores }), &[400]) } },
@@ -605,19 +634,6 @@ fn paths() -> Value {
 /// Schemas of the ranking pipeline: reasons, contributions, the rank route.
 fn pipeline_schemas() -> Value {
     json!({
-            "Reason": { "type": "object", "required": ["kind", "message"],
-                "description": "Why an item is where it is, tagged by kind; the same schema on every ranking route and in decisions. Kinds and their fields: als, knn, ease, bpr (a history item behind that model's score: item, weight = its contribution; without item, the history as a whole); blend (two models' blend, no history item named); content (content and attribute match: a new item placed by its content, feature, weight; or an item placed next to a new one, item, weight = similarity); profile (a user without history placed by their attributes or the context: feature, weight); popular, trending (category, count); co_occurrence (item, count of users); unseen; context (a decision's context feature: feature, weight = its contribution); exploration (a decision's exploration term: weight); rule (a business rule moved the item: rule, effect = boost, promote, cap or hide_similar); cold_start (nothing scores the item: rank route); diversity (moved down by the diversity re-ranker: item it resembles, similarity); fairness (moved by a fairness re-ranker: stage = calibration, popularity or protected_share, from and to = positions before and after it, from 1); fallback (what was asked could not be answered; item for similar items)",
-                "discriminator": { "propertyName": "kind" },
-                "properties": {
-                "kind": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "profile", "popular", "trending", "co_occurrence", "unseen", "context", "rule", "exploration", "cold_start", "diversity", "fairness", "fallback"] },
-                "message": { "type": "string", "description": "For people" }, "category": { "type": "string" }, "item": { "type": "string" }, "count": { "type": "integer" },
-                "feature": { "type": "string", "description": "The content feature behind a content or profile reason: category:<c>, word:<w>, attr:<name>=<value>, numeric:<name>~<bucket>, embedding:<name>; a decision's feature for context" },
-                "weight": { "type": "number", "description": "The history item's (or feature's) contribution to the score, or a similarity" },
-                "similarity": { "type": "number" }, "rule": { "type": "string" }, "effect": { "type": "string", "enum": ["boost", "promote", "cap", "hide_similar"] },
-                "stage": { "type": "string", "enum": ["calibration", "popularity", "protected_share"] }, "from": { "type": "integer" }, "to": { "type": "integer" } } },
-            "Contribution": { "type": "object", "required": ["term", "value"],
-                "description": "One term of a score (explain=full); an item's terms sum to its score (within float rounding, 1e-5 relative). iALS: history_item (Hu–Koren–Volinsky c_ui·y_jᵀ W y_i, one per positive history item, W = (YᵀC^uY + λI)⁻¹), plus session_content for a session's items placed by their content. item-kNN: neighbour (w_i·sim(i, j) per history item with j among its neighbours). EASE: item_weight (w_i·B_ij). BPR: factor (v_k·q_jk, with factor = k) and item_bias. Blend: each model's terms prefixed with its name (als.history_item) and scaled by its weight over that model's top score. Content model (new items, users by profile): feature (per feature, an embedding's dimensions summed) including bias. Popularity, similar items, co-occurrence: popularity, similarity or co_occurrence, the score itself. A top-up below model results: popularity (scaled) and offset. A business rule's boost: boost (feature = the rule), what it changed.",
-                "properties": { "term": { "type": "string" }, "item": { "type": "string" }, "feature": { "type": "string" }, "factor": { "type": "integer" }, "value": { "type": "number" } } },
             "RankIn": { "type": "object", "required": ["items"], "additionalProperties": false, "properties": {
                 "items": { "type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": true, "items": { "type": "string" }, "description": "Candidate item keys, each once" },
                 "context": { "type": "object", "description": "Attributes of the request, named like user attributes: place a user without history through the content model" },
@@ -1100,7 +1116,7 @@ fn add_fairness(doc: &mut Value) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
@@ -1185,35 +1201,44 @@ mod tests {
         }
     }
 
+    /// Checks that the schema `name` in the served document says exactly what `T` reads
+    /// (see [`derived_request_schemas_match_what_the_types_read`]); for each group's own tests.
+    pub(crate) fn assert_request_schema<T: serde::de::DeserializeOwned>(name: &str) {
+        check::<T>(
+            &document(crate::api::ROUTES, &crate::api::derived_openapi()),
+            name,
+        );
+    }
+
+    fn check<T: serde::de::DeserializeOwned>(doc: &Value, name: &str) {
+        let schema = &doc["components"]["schemas"][name];
+        assert!(schema.is_object(), "no schema {name}");
+        let full = sample(doc, schema);
+        if let Err(e) = serde_json::from_value::<T>(full.clone()) {
+            panic!("{name}: {full} is refused: {e}");
+        }
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let mut v = full.clone();
+            v.as_object_mut()
+                .unwrap()
+                .remove(required.as_str().unwrap());
+            assert!(
+                serde_json::from_value::<T>(v).is_err(),
+                "{name} reads a value without {required}"
+            );
+        }
+        assert_eq!(schema["additionalProperties"], false, "{name}");
+        let mut v = full;
+        v.as_object_mut()
+            .unwrap()
+            .insert("undocumented".into(), json!(1));
+        assert!(serde_json::from_value::<T>(v).is_err(), "{name}");
+    }
     /// Each derived request body's schema says exactly what its type reads: a value with every
     /// property the schema lists is read, one without a required property or with a property
     /// the schema does not list is refused (the types deny unknown fields).
     #[test]
     fn derived_request_schemas_match_what_the_types_read() {
-        fn check<T: serde::de::DeserializeOwned>(doc: &Value, name: &str) {
-            let schema = &doc["components"]["schemas"][name];
-            assert!(schema.is_object(), "no schema {name}");
-            let full = sample(doc, schema);
-            if let Err(e) = serde_json::from_value::<T>(full.clone()) {
-                panic!("{name}: {full} is refused: {e}");
-            }
-            for required in schema["required"].as_array().into_iter().flatten() {
-                let mut v = full.clone();
-                v.as_object_mut()
-                    .unwrap()
-                    .remove(required.as_str().unwrap());
-                assert!(
-                    serde_json::from_value::<T>(v).is_err(),
-                    "{name} reads a value without {required}"
-                );
-            }
-            assert_eq!(schema["additionalProperties"], false, "{name}");
-            let mut v = full;
-            v.as_object_mut()
-                .unwrap()
-                .insert("undocumented".into(), json!(1));
-            assert!(serde_json::from_value::<T>(v).is_err(), "{name}");
-        }
         let doc = document(crate::api::ROUTES, &crate::api::derived_openapi());
         check::<crate::wire::EventJson>(&doc, "Event");
         check::<crate::api::events::PostEvents>(&doc, "EventBatch");
@@ -1227,7 +1252,6 @@ mod tests {
         check::<crate::rules::spec::RuleSpec>(&doc, "RuleIn");
         check::<crate::rules::spec::BoostSpec>(&doc, "Boost");
         check::<crate::rules::spec::PromoteSpec>(&doc, "Promotion");
-        check::<crate::api::admin::KeyIn>(&doc, "KeyIn");
         // The operations reference them as the handlers read them.
         let body = |path: &str, method: &str| {
             doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]

@@ -197,3 +197,12 @@ pub(crate) async fn audit(
         json!({ "entries": entries, "next_cursor": page.next.map(|n| n.to_string()) }),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The document's `KeyIn` says exactly what `POST /v1/keys` reads.
+    #[test]
+    fn key_request_schema_matches_the_type() {
+        crate::openapi::tests::assert_request_schema::<super::KeyIn>("KeyIn");
+    }
+}

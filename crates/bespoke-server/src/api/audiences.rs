@@ -141,3 +141,8 @@ pub(crate) async fn query(
         _ => Json(audience).into_response(),
     })
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

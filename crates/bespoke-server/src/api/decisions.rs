@@ -385,3 +385,8 @@ pub(crate) async fn apply_candidate(
         .await?,
     ))
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

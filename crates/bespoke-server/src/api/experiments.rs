@@ -184,3 +184,8 @@ pub(crate) async fn report(
     let r = blocking(move || engine.experiment_report(&name).map_err(ApiError::from)).await?;
     Ok(Json(r))
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

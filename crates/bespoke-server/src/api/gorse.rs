@@ -1135,3 +1135,8 @@ pub(crate) async fn session_recommend(
         out.map(|r| scored(r, paging.offset)).unwrap_or_default(),
     ))
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

@@ -4,22 +4,22 @@
 //! pool (store IO and scoring must not stall the async runtime), and shape the answer.
 
 pub(crate) mod admin;
-mod audiences;
+pub(crate) mod audiences;
 pub(crate) mod catalog;
-mod decisions;
+pub(crate) mod decisions;
 pub(crate) mod events;
-mod experiments;
+pub(crate) mod experiments;
 mod extract;
 #[cfg(test)]
 mod fuzz;
-mod gorse;
-mod models;
-mod ops;
-mod personalizer;
-mod reports;
+pub(crate) mod gorse;
+pub(crate) mod models;
+pub(crate) mod ops;
+pub(crate) mod personalizer;
+pub(crate) mod reports;
 pub(crate) mod rules;
-mod segments;
-mod serving;
+pub(crate) mod segments;
+pub(crate) mod serving;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -881,29 +881,52 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
 /// (`#[utoipa::path]`, `ToSchema`); `openapi::document` merges them with the hand-written
 /// rest. A group of routes moves here once its handlers carry their description.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(
-    events::post_events,
-    events::user_events,
-    events::delete_user_events,
-    events::post_impressions,
-    catalog::put_user,
-    catalog::get_user,
-    catalog::put_item,
-    catalog::get_item,
-    catalog::delete_item,
-    rules::list,
-    rules::get,
-    rules::put,
-    rules::delete,
-    admin::create_key,
-    admin::list_keys,
-    admin::revoke_key,
-))]
+#[openapi(
+    paths(
+        events::post_events,
+        events::user_events,
+        events::delete_user_events,
+        events::post_impressions,
+        catalog::put_user,
+        catalog::get_user,
+        catalog::put_item,
+        catalog::get_item,
+        catalog::delete_item,
+        rules::list,
+        rules::get,
+        rules::put,
+        rules::delete,
+        admin::create_key,
+        admin::list_keys,
+        admin::revoke_key,
+    ),
+    components(schemas(
+        crate::pipeline::explain::Reason,
+        crate::pipeline::explain::Contribution,
+    ))
+)]
 pub(crate) struct Derived;
 
-/// The derived part of the OpenAPI document.
+/// The derived part of the OpenAPI document: [`Derived`] and each group's own `Api` (one per
+/// handler module, so that groups convert independently).
 pub(crate) fn derived_openapi() -> utoipa::openapi::OpenApi {
-    <Derived as utoipa::OpenApi>::openapi()
+    use utoipa::OpenApi as _;
+    let mut doc = Derived::openapi();
+    for part in [
+        audiences::Api::openapi(),
+        decisions::Api::openapi(),
+        experiments::Api::openapi(),
+        gorse::Api::openapi(),
+        models::Api::openapi(),
+        ops::Api::openapi(),
+        personalizer::Api::openapi(),
+        reports::Api::openapi(),
+        segments::Api::openapi(),
+        serving::Api::openapi(),
+    ] {
+        doc.merge(part);
+    }
+    doc
 }
 
 /// Runs blocking engine work off the async runtime.

@@ -139,3 +139,8 @@ pub(crate) async fn tune(
     let budget = params.int("budget", default, 1, 1000)?;
     run(state, caller, wait, Some(budget)).await
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

@@ -26,3 +26,8 @@ pub(crate) async fn openapi() -> Result<Json<Value>, ApiError> {
         &super::derived_openapi(),
     )))
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

@@ -259,3 +259,8 @@ pub(crate) async fn multislot_reward(
     }
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

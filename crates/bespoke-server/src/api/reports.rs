@@ -75,3 +75,8 @@ pub(crate) async fn fairness(
     let report = super::blocking(move || Ok(engine.fairness_report(&req, &opts)?)).await?;
     Ok(Json(report))
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

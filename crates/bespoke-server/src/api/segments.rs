@@ -327,3 +327,8 @@ pub(crate) async fn of_user(
         segments,
     }))
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

@@ -809,3 +809,8 @@ pub(crate) async fn rank(
         experiments: assigned,
     }))
 }
+
+/// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi()]
+pub(crate) struct Api;

@@ -34,7 +34,8 @@ impl Explain {
 }
 
 /// A history item (or, without `item`, the history as a whole) behind a model's score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ReasonHistory)]
 pub struct History {
     /// A sentence for people.
     pub message: String,
@@ -47,7 +48,8 @@ pub struct History {
 }
 
 /// A content feature behind a score: the item's own (`content`) or the user's (`profile`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ReasonFeature)]
 pub struct Feature {
     /// A sentence for people.
     pub message: String,
@@ -64,7 +66,8 @@ pub struct Feature {
 }
 
 /// How popular an item is.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ReasonPopularity)]
 pub struct Popularity {
     /// A sentence for people.
     pub message: String,
@@ -80,7 +83,7 @@ pub struct Popularity {
 ///
 /// The `kind` strings of the model reasons (`als`, `knn`, `ease`, `bpr`) name the model whose
 /// score the history item contributed to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind")]
 pub enum Reason {
     /// iALS: a history item's Hu–Koren–Volinsky contribution, or the latent factors as a whole.
@@ -284,7 +287,7 @@ impl Reason {
 
 /// One term of an item's score (`explain=full`): the terms of one item sum to its score
 /// (within float rounding, 1e-5 relative).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Contribution {
     /// What the term is: `history_item` (iALS, Hu–Koren–Volinsky `c·yᵀWy_i`), `neighbour`
     /// (item-kNN `w·sim`), `item_weight` (EASE `w·B_ij`), `factor` and `item_bias` (BPR),
