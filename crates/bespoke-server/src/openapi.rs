@@ -117,26 +117,6 @@ fn key_param() -> Value {
     json!({ "name": "key", "in": "path", "required": true, "description": "External key: 1 to limits.max_key_bytes bytes of UTF-8, no control or invisible characters", "schema": { "type": "string" } })
 }
 
-/// `POST /v1/users/{key}/rank`.
-fn rank_path() -> Value {
-    json!({ "post": {
-        "summary": "Rank supplied candidates for a user: every item back, best first, with scores and reasons",
-        "description": "Up to 1,000 item keys, each once. Items are scored by one model (model, default serving.default_model; a tuned blend ranks by its first model, as sessions do) from the user's history; a user never seen, or one without history, is ranked by `history` (a session, oldest first), else by their attributes and `context` through the content model. Items the model has no row for are scored by the content model when the catalog has their content (items without events); the rest come last, in the order given, with `\"unknown\": true`, `score: null` and a `cold_start` reason. Without consent to personalization, without a trained model or with model=popular, items are ranked by popularity. The same pipeline as recommendations: `explain=full` and `diversity` work here too.",
-        "operationId": "rankItems",
-        "parameters": [key_param()],
-        "requestBody": { "required": true, "content": { "application/json": {
-            "schema": { "$ref": "#/components/schemas/RankIn" },
-            "example": { "items": ["sku-1", "sku-2", "sku-3", "sku-new"], "history": ["sku-9"], "context": { "device": "mobile" }, "explain": "full" } } } },
-        "responses": with_errors(json!({ "200": { "description": "Every supplied item, best first", "content": { "application/json": {
-            "schema": { "$ref": "#/components/schemas/Ranked" },
-            "example": { "user": "u1", "personalized": true, "model": "als", "model_version": 3, "items": [
-                { "item": "sku-2", "score": 0.82, "reasons": [{ "kind": "als", "message": "because of sku-9 in this history", "item": "sku-9", "weight": 0.8 }],
-                  "contributions": [{ "term": "history_item", "item": "sku-9", "value": 0.8 }, { "term": "history_item", "item": "sku-4", "value": 0.02 }] },
-                { "item": "sku-1", "score": 0.31, "reasons": [{ "kind": "als", "message": "because of sku-9 in this history", "item": "sku-9", "weight": 0.31 }],
-                  "contributions": [{ "term": "history_item", "item": "sku-9", "value": 0.31 }] },
-                { "item": "sku-new", "score": null, "unknown": true, "reasons": [{ "kind": "cold_start", "message": "not in the catalog: ranked last" }] } ] } } } } }), &[400, 413, 415]) } })
-}
-
 /// Paths of the decision loops and the Personalizer-compatible routes.
 fn loop_paths() -> Value {
     json!({
@@ -230,10 +210,6 @@ fn decision_param() -> Value {
 
 fn n_param() -> Value {
     json!({ "name": "n", "in": "query", "description": "Number of results, 1 to limits.max_n (1000 by default); default serving.default_n", "schema": { "type": "integer", "minimum": 1 } })
-}
-
-fn explain_param() -> Value {
-    json!({ "name": "explain", "in": "query", "description": "`reasons` (default) or `full`: each result also carries `contributions`, the terms of its score, which sum to it (see the Contribution schema for each model's terms)", "schema": { "type": "string", "enum": ["reasons", "full"] } })
 }
 
 fn diversity_param() -> Value {
@@ -359,35 +335,18 @@ fn hand_written() -> Value {
         all.extend(more);
     }
     if let Some(all) = doc["paths"].as_object_mut() {
-        all.insert("/v1/recommendations".to_owned(), json!({ "post": {
-            "summary": "Recommendations for an anonymous session from its recent items (folded into the model on the fly)",
-            "description": "items: oldest first, each a key or {item, weight}; with serving.session_half_life_items, older items count less. Session items are not recommended back unless include_seen. Unknown items are ignored. Without a known item, the context (if any) places the visitor through the content model; otherwise popular items fill in, and the reasons say so.",
-            "operationId": "recommendSession",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": {
-                "context": { "type": "object", "description": "Attributes of the visitor or the request (country, device, ...), named like user attributes: when no session item is known, the content model places the visitor by them" },
-                "items": { "type": "array", "items": { "oneOf": [ { "type": "string" }, { "type": "object", "required": ["item"], "properties": { "item": { "type": "string" }, "weight": { "type": "number" } } } ] } },
-                "n": { "type": "integer", "minimum": 1 },
-                "model": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] },
-                "categories": { "type": "array", "items": { "type": "string" } },
-                "exclude": { "type": "array", "items": { "type": "string" } },
-                "include_seen": { "type": "boolean", "default": false },
-                "explain": { "type": "string", "enum": ["reasons", "full"], "default": "reasons" },
-                "diversity": { "type": "number", "minimum": 0, "maximum": 1, "default": 0 } } } } } },
-            "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400, 413, 415]) } }));
-        all.insert("/v1/users/{key}/rank".to_owned(), rank_path());
         all.extend(multislot_paths("/personalizer", ""));
         if let Value::Object(more) = gorse_paths() {
             all.extend(more);
         }
     }
-    for more in [loop_schemas(), pipeline_schemas()] {
+    for more in [loop_schemas()] {
         if let (Some(all), Value::Object(more)) =
             (doc["components"]["schemas"].as_object_mut(), more)
         {
             all.extend(more);
         }
     }
-    add_rules(&mut doc);
     add_fairness(&mut doc);
     add_audiences(&mut doc);
     add_experiments(&mut doc);
@@ -552,75 +511,6 @@ fn paths() -> Value {
         },
         "security": [{ "apiKey": [] }],
         "paths": {
-            "/healthz": { "get": { "summary": "Liveness and counts", "operationId": "healthz",
-                "responses": { "200": ok("Serving", "Health") } } },
-            "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text format)", "operationId": "metrics",
-                "responses": { "200": { "description": "Metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } } } },
-            "/openapi.json": { "get": { "summary": "This document", "operationId": "openapi",
-                "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } } } },
-            "/v1/users/{key}": {
-                "parameters": [key_param()],
-                "delete": { "summary": "Erase a user: profile, events, derived serving state at once; stored model rows at once; the model itself at the next training (or now, with retrain=true)",
-                    "description": "Answers with an erasure receipt, also available later from GET /v1/erasures/{id}.",
-                    "operationId": "deleteUser",
-                    "parameters": [{ "name": "retrain", "in": "query", "description": "Train a model without the user now and answer when it is active", "schema": { "type": "boolean", "default": false } }],
-                    "responses": with_errors(json!({ "200": ok("Erased", "ErasureReceipt") }), &[400, 404, 409, 507]) } },
-            "/v1/users/{key}/export": { "get": {
-                "summary": "Everything held about a user: profile, consent, every event, and what was derived (history, user vector); `bespoke import` takes it back",
-                "operationId": "exportUser", "parameters": [key_param()],
-                "responses": with_errors(json!({ "200": ok("The export", "UserExport") }), &[400, 404]) } },
-            "/v1/users/{key}/recommendations": { "get": {
-                "summary": "Recommendations for a user",
-                "description": "Unknown users and users without personalization consent get popular items; the reasons say so.",
-                "operationId": "getRecommendations",
-                "parameters": [key_param(), n_param(),
-                    { "name": "model", "in": "query", "description": "auto (what the last tuning chose: a model or a blend), als, knn, ease (catalogs up to training.ease_max_items), bpr (with training.bpr) or popular; default serving.default_model", "schema": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] } },
-                    category_param(), exclude_param(),
-                    { "name": "include_seen", "in": "query", "description": "Also return items the user interacted with", "schema": { "type": "boolean", "default": false } },
-                    explain_param(), diversity_param()],
-                "responses": with_errors(json!({ "200": ok("Recommendations, best first", "Recommendations") }), &[400]) } },
-            "/v1/items/{key}/similar": { "get": {
-                "summary": "Items related to an item (co-occurrence; popular items of its category when there is too little data)",
-                "operationId": "getSimilar",
-                "parameters": [key_param(), n_param(),
-                    { "name": "model", "in": "query", "description": "knn (item neighbours), als (cosine of item factors) or cooccurrence; default serving.default_similar_model", "schema": { "type": "string", "enum": ["knn", "als", "cooccurrence"] } },
-                    category_param(), exclude_param(), explain_param(), diversity_param()],
-                "responses": with_errors(json!({ "200": ok("Related items, best first", "Similar") }), &[400, 404]) } },
-            "/v1/models": { "get": {
-                "summary": "Model versions, the active one, their metrics, and the trainer's status", "operationId": "listModels",
-                "responses": { "200": ok("Models", "Models") } } },
-            "/v1/models/train": { "post": {
-                "summary": "Train new models from everything stored",
-                "description": "Without wait, starts training in the background and answers 202; with wait=true, answers when the new version is saved (and activated, with training.auto_activate).",
-                "operationId": "trainModels",
-                "parameters": [{ "name": "wait", "in": "query", "schema": { "type": "boolean", "default": false } }],
-                "responses": with_errors(json!({ "200": ok("Trained", "TrainOutcome"), "202": { "description": "Started" } }), &[400, 409]) } },
-            "/v1/models/tune": { "post": {
-                "summary": "Tune model types and hyperparameters on the stored data, then train with the result",
-                "description": "Random search with successive halving over iALS, EASE (catalogs up to training.ease_max_items), cosine and BM25 item-kNN and the recency weighting of the data, validated on the latest 20% of each user's positive interactions; blends of two model types are kept when they validate better. The new version's meta.tuning records the result; later trainings reuse it, and model=auto serves what it chose. Without wait, answers 202 and runs in the background.",
-                "operationId": "tuneModels",
-                "parameters": [{ "name": "wait", "in": "query", "schema": { "type": "boolean", "default": false } },
-                               { "name": "budget", "in": "query", "description": "Configurations to train and validate; default training.tune_budget", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }],
-                "responses": with_errors(json!({ "200": ok("Tuned and trained", "TrainOutcome"), "202": { "description": "Started" } }), &[400, 409]) } },
-            "/v1/models/{version}/activate": { "post": {
-                "summary": "Serve a stored model version", "operationId": "activateModel",
-                "parameters": [{ "name": "version", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 1 } }],
-                "responses": with_errors(json!({ "200": { "description": "Active", "content": { "application/json": { "schema": { "type": "object", "properties": { "active": { "type": "integer" } } } } } } }), &[400, 404]) } },
-            "/v1/erasures/{key}": { "get": { "summary": "An erasure receipt", "operationId": "getErasure",
-                "parameters": [{ "name": "key", "in": "path", "required": true, "description": "The receipt's erasure_id", "schema": { "type": "string" } }],
-                "responses": with_errors(json!({ "200": ok("The receipt", "ErasureReceipt") }), &[400, 404]) } },
-            "/v1/audit": { "get": { "summary": "The audit log, newest first: key changes, exports, erasures, consent changes, retrains", "operationId": "getAudit",
-                "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } }, { "name": "cursor", "in": "query", "schema": { "type": "string" } }],
-                "responses": with_errors(json!({ "200": ok("A page", "AuditPage") }), &[400]) } },
-            "/v1/popular": { "get": {
-                "summary": "Popular items: all-time, within a window, or trending (time-decayed)",
-                "operationId": "getPopular",
-                "parameters": [n_param(),
-                    { "name": "category", "in": "query", "description": "Only items in any of these categories", "schema": { "type": "string" } },
-                    { "name": "window", "in": "query", "description": "Count only events of the last 90s, 30m, 24h, 7d, 2w…; `all` (default) for all time", "schema": { "type": "string" } },
-                    { "name": "sort", "in": "query", "description": "`count` (default) or `trending`", "schema": { "type": "string", "enum": ["count", "trending"] } },
-                    exclude_param(), explain_param(), diversity_param()],
-                "responses": with_errors(json!({ "200": ok("Popular items, best first", "Popular") }), &[400]) } }
         },
         "components": {
           "securitySchemes": {
@@ -628,27 +518,6 @@ fn paths() -> Value {
           },
           "schemas": schemas()
         }
-    })
-}
-
-/// Schemas of the ranking pipeline: reasons, contributions, the rank route.
-fn pipeline_schemas() -> Value {
-    json!({
-            "RankIn": { "type": "object", "required": ["items"], "additionalProperties": false, "properties": {
-                "items": { "type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": true, "items": { "type": "string" }, "description": "Candidate item keys, each once" },
-                "context": { "type": "object", "description": "Attributes of the request, named like user attributes: place a user without history through the content model" },
-                "history": { "type": "array", "description": "A session's items, oldest first (a key or {item, weight}); ranks a user never seen or one without history. At most serving.max_session_items", "items": { "oneOf": [ { "type": "string" }, { "type": "object", "required": ["item"], "properties": { "item": { "type": "string" }, "weight": { "type": "number" } } } ] } },
-                "model": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] },
-                "explain": { "type": "string", "enum": ["reasons", "full"], "default": "reasons" },
-                "diversity": { "type": "number", "minimum": 0, "maximum": 1, "default": 0 } } },
-            "RankedItem": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
-                "item": { "type": "string" }, "score": { "type": ["number", "null"], "description": "Higher is better; null for an unknown item" },
-                "unknown": { "type": "boolean", "description": "Present (true) when nothing scores the item: not in the catalog, or no events and no content" },
-                "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } },
-                "contributions": { "type": "array", "items": { "$ref": "#/components/schemas/Contribution" } } } },
-            "Ranked": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
-                "model": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "content", "popular"] }, "model_version": { "type": "integer" },
-                "items": { "type": "array", "items": { "$ref": "#/components/schemas/RankedItem" } } } }
     })
 }
 
@@ -694,44 +563,7 @@ fn schemas() -> Value {
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
                 "code": { "type": "string", "description": "Stable machine-readable code, e.g. invalid_field, invalid_json, not_found, event_conflict" },
                 "message": { "type": "string" },
-                "field": { "type": "string", "description": "JSON path, query parameter or header at fault" } } } } },
-            "Health": { "type": "object", "properties": { "status": { "type": "string" } } },
-            "UserExport": { "type": "object", "properties": {
-                "format": { "type": "string", "const": "bespoke.user-export.v1" }, "exported_at": { "type": "string", "format": "date-time" },
-                "user": { "$ref": "#/components/schemas/User" },
-                "events": { "type": "array", "items": { "$ref": "#/components/schemas/StoredEvent" } },
-                "derived": { "type": "object", "properties": { "history": { "type": "array", "items": { "type": "object" } },
-                    "personalization_applied": { "type": "boolean" }, "shared_statistics": { "type": "boolean" },
-                    "model_version": { "type": ["integer", "null"] }, "user_vector": { "type": ["array", "null"], "items": { "type": "number" } } } } } },
-            "ErasureReceipt": { "type": "object", "properties": {
-                "erasure_id": { "type": "string" }, "user_ref": { "type": "string", "description": "Keyed hash of the user key, as in the audit log" },
-                "key": { "type": "string", "description": "Only in the DELETE answer; the stored receipt holds no key" },
-                "requested_by": { "type": "string" }, "requested_at": { "type": "string", "format": "date-time" }, "requested_at_ms": { "type": "integer" },
-                "removed": { "type": "object", "properties": { "profile": { "type": "boolean" }, "events": { "type": "integer" }, "serving_state": { "type": "array", "items": { "type": "string" } } } },
-                "models_containing_user": { "type": "array", "items": { "type": "integer" }, "description": "Stored model versions trained with the user's data" },
-                "model_rows_scrubbed": { "type": "array", "items": { "type": "integer" } },
-                "model_versions_deleted": { "type": "array", "items": { "type": "integer" } },
-                "retrain_requested": { "type": "boolean" },
-                "first_model_without_user": { "type": ["object", "null"], "properties": { "version": { "type": "integer" }, "activated_at": { "type": "string", "format": "date-time" } } },
-                "status": { "type": "string", "enum": ["complete", "awaiting_retrain"] } } },
-            "AuditPage": { "type": "object", "properties": { "entries": { "type": "array", "items": { "type": "object", "properties": {
-                "seq": { "type": "integer" }, "at": { "type": "string", "format": "date-time" }, "actor": { "type": "string", "description": "Key prefix, cli, or anonymous" },
-                "action": { "type": "string" }, "target": { "type": ["string", "null"] }, "detail": {} } } }, "next_cursor": { "type": ["string", "null"] } } },
-            "StoredEvent": { "type": "object", "properties": { "event_id": { "type": "string" }, "user": { "type": "string" }, "item": { "type": "string" }, "type": { "type": "string" }, "value": { "type": "number" }, "timestamp": { "type": "string", "format": "date-time" }, "context": { "type": "object" } } },
-            "Recommendation": { "type": "object", "required": ["item", "score", "reasons"], "properties": {
-                "item": { "type": "string" }, "score": { "type": "number", "description": "Higher is better; comparable within one response" },
-                "reasons": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Reason" } },
-                "contributions": { "type": "array", "description": "With explain=full: the terms of the score, summing to it", "items": { "$ref": "#/components/schemas/Contribution" } } } },
-            "Recommendations": { "type": "object", "properties": { "user": { "type": "string" }, "personalized": { "type": "boolean" },
-                "model": { "type": "string", "enum": ["als", "knn", "ease", "bpr", "blend", "content", "popular"] }, "model_version": { "type": "integer" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } },
-                "experiments": { "type": "array", "description": "The experiment variants this list was served with (docs/experiments.md); echo them in POST /v1/impressions", "items": { "$ref": "#/components/schemas/ServedVariant" } } } },
-            "Similar": { "type": "object", "properties": { "item": { "type": "string" }, "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } },
-            "Models": { "type": "object", "properties": { "active": { "type": ["integer", "null"] }, "training": { "type": "object" },
-                "cluster": { "type": "object", "description": "This node on a shared store (docs/deploy.md): shared_store, leader (holds the scheduler leadership), applied_seq (the last event applied to its memory)",
-                    "properties": { "shared_store": { "type": "boolean" }, "leader": { "type": "boolean" }, "applied_seq": { "type": "integer" } } },
-                "models": { "type": "array", "items": { "type": "object", "properties": { "version": { "type": "integer" }, "active": { "type": "boolean" }, "bytes": { "type": "integer" }, "meta": { "type": "object" } } } } } },
-            "TrainOutcome": { "type": "object", "properties": { "version": { "type": "integer" }, "activated": { "type": "boolean" }, "meta": { "type": "object" } } },
-            "Popular": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Recommendation" } } } }
+                "field": { "type": "string", "description": "JSON path, query parameter or header at fault" } } } } }
     })
 }
 
@@ -754,96 +586,6 @@ fn rule_params() -> Vec<Value> {
         json!({ "name": "protected_share", "in": "query", "description": "FA*IR's minimum share p, between 0 and 1; default fairness.protected_share", "schema": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 } }),
         json!({ "name": "protected_alpha", "in": "query", "description": "FA*IR's significance α, between 0 and 1 (adjusted for testing every prefix); default fairness.protected_alpha", "schema": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 } }),
     ]
-}
-
-/// The rule fields of the ranking POST bodies.
-fn rule_body_properties() -> Value {
-    json!({
-        "filter": { "type": "string", "description": "A rule expression (docs/rules.md)", "example": "stock > 0 and price < 50" },
-        "boost": { "type": "array", "items": { "$ref": "#/components/schemas/Boost" } },
-        "promote": { "type": "array", "items": { "$ref": "#/components/schemas/Promotion" } },
-        "max_per_category": { "type": "integer", "minimum": 1 },
-        "max_impressions": { "type": "integer", "minimum": 0 },
-        "impression_window": { "type": "string" },
-        "no_repeat_lists": { "type": "integer", "minimum": 0 },
-        "hide_similar": { "type": "number", "minimum": 0, "maximum": 1 },
-        "skip_rules": { "type": "array", "items": { "type": "string" } },
-        "calibration": { "type": "number", "minimum": 0, "maximum": 1 },
-        "popularity": { "type": "number", "minimum": 0, "maximum": 1 },
-        "popularity_method": { "type": "string", "enum": ["xquad", "inverse"] },
-        "protected": { "type": "string", "description": "A rule expression naming the protected item group (FA*IR)" },
-        "protected_share": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
-        "protected_alpha": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 }
-    })
-}
-
-/// The routes of saved rules, impressions and hidden items.
-fn rule_paths() -> Value {
-    json!({
-        "/v1/users/{key}/hidden": { "get": {
-            "summary": "Items the user hid (block list and hiding events such as not_interested), newest first",
-            "operationId": "getHidden", "parameters": [key_param()],
-            "responses": with_errors(json!({ "200": { "description": "Hidden items", "content": { "application/json": { "schema": { "type": "object", "properties": { "user": { "type": "string" }, "items": { "type": "array", "items": { "type": "object", "properties": { "item": { "type": "string" }, "since": { "type": "string", "format": "date-time" }, "by": { "type": "string", "enum": ["block", "event"] } } } } } } } } } }), &[400, 404]) } },
-        "/v1/users/{key}/hidden/{item}": {
-            "parameters": [key_param(), { "name": "item", "in": "path", "required": true, "schema": { "type": "string" } }],
-            "put": { "summary": "Hide an item from the user on every ranking route", "operationId": "hideItem",
-                "responses": with_errors(json!({ "200": { "description": "Hidden" } }), &[400, 404, 507]) },
-            "delete": { "summary": "Show an item again (undoes a block or a hiding event)", "operationId": "unhideItem",
-                "responses": with_errors(json!({ "200": { "description": "Shown again" } }), &[400, 404, 507]) } }
-    })
-}
-
-/// Schemas of rules.
-fn rule_schemas() -> Value {
-    json!({
-        "Filtered": { "type": "object", "properties": { "item": { "type": "string" }, "rule": { "type": "string", "description": "A saved rule's name, request.filter, request.max_per_category, hidden or no_repeat" }, "message": { "type": "string" } } }
-    })
-}
-
-/// Adds the rule routes, parameters, body fields and answer fields to `doc`.
-fn add_rules(doc: &mut Value) {
-    if let (Some(all), Value::Object(more)) = (doc["paths"].as_object_mut(), rule_paths()) {
-        all.extend(more);
-    }
-    if let (Some(all), Value::Object(more)) =
-        (doc["components"]["schemas"].as_object_mut(), rule_schemas())
-    {
-        all.extend(more);
-    }
-    let user = json!({ "name": "user", "in": "query", "description": "Whose hidden items and impressions apply", "schema": { "type": "string" } });
-    for (path, with_user) in [
-        ("/v1/users/{key}/recommendations", false),
-        ("/v1/items/{key}/similar", true),
-        ("/v1/popular", true),
-    ] {
-        if let Some(params) = doc["paths"][path]["get"]["parameters"].as_array_mut() {
-            params.extend(rule_params());
-            if with_user {
-                params.push(user.clone());
-            }
-        }
-    }
-    let session = &mut doc["paths"]["/v1/recommendations"]["post"]["requestBody"]["content"]["application/json"]
-        ["schema"]["properties"];
-    if let (Some(props), Value::Object(more)) = (session.as_object_mut(), rule_body_properties()) {
-        props.extend(more);
-        props.insert(
-            "user".into(),
-            json!({ "type": "string", "description": "Whose hidden items and impressions apply" }),
-        );
-    }
-    if let (Some(props), Value::Object(more)) = (
-        doc["components"]["schemas"]["RankIn"]["properties"].as_object_mut(),
-        rule_body_properties(),
-    ) {
-        props.extend(more);
-    }
-    for schema in ["Recommendations", "Similar", "Popular", "Ranked"] {
-        if let Some(props) = doc["components"]["schemas"][schema]["properties"].as_object_mut() {
-            props.insert("rules".into(), json!({ "type": "array", "items": { "type": "string" }, "description": "The business rules that applied: saved ones by name, the request's own as request.filter, request.boost[0], ...; hidden and no_repeat when they removed anything" }));
-            props.insert("filtered".into(), json!({ "type": "array", "items": { "$ref": "#/components/schemas/Filtered" }, "description": "Items the rules kept out (explain=full; always on the rank route)" }));
-        }
-    }
 }
 
 /// Audiences: users for items (docs/audiences.md).

@@ -219,12 +219,14 @@ pub const USER_EXPORT_FORMAT: &str = "bespoke.user-export.v1";
 
 /// Everything held about one user (`GET /v1/users/{key}/export`); `bespoke import` takes it
 /// back (profile, consent, times and events; `derived` is recomputed, not imported).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserExport {
     /// [`USER_EXPORT_FORMAT`].
+    #[schema(example = "bespoke.user-export.v1")]
     pub format: String,
     /// When the export was made.
+    #[schema(format = DateTime)]
     pub exported_at: String,
     /// Profile and consent.
     pub user: UserJson,
@@ -233,6 +235,7 @@ pub struct UserExport {
     /// What the engine derived from them: per-item history, consent as applied, and the user
     /// vector of the served model.
     #[serde(deserialize_with = "strict_value")]
+    #[schema(value_type = Object)]
     pub derived: Value,
     /// Decisions made for the user by decision loops, with their rewards, oldest first.
     /// Informational: `bespoke import` does not restore them (a decision belongs to the model
@@ -242,6 +245,7 @@ pub struct UserExport {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "strict_values"
     )]
+    #[schema(value_type = Vec<Object>)]
     pub decisions: Vec<Value>,
 }
 

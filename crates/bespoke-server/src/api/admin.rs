@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use bespoke_store::KeyRecord;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::extract::{JsonBody, KeyPath, Params};
@@ -159,10 +159,54 @@ pub(crate) async fn revoke_key(
     Ok(Json(KeyOut::from(&record)))
 }
 
+/// A page of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AuditPage)]
+pub(crate) struct AuditPage {
+    /// Newest first.
+    entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<String>,
+}
+
+/// One audited action.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AuditEntry {
+    /// Its sequence number.
+    seq: u64,
+    /// When.
+    #[schema(format = DateTime)]
+    at: String,
+    /// Key prefix, cli, or anonymous.
+    actor: String,
+    /// What was done (key.create, user.erase, model.activate, ...).
+    action: String,
+    /// What it was done to.
+    target: Option<String>,
+    /// Details, by action.
+    #[schema(value_type = Option<Object>)]
+    detail: Option<Value>,
+}
+
+/// The query of `GET /v1/audit` (doc only: read with `Params`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct AuditQuery {
+    /// Entries per page, 1 to limits.max_page_size; default 100
+    #[param(minimum = 1)]
+    limit: Option<u64>,
+    /// A `next_cursor` from the page before
+    cursor: Option<String>,
+}
+
+/// The audit log, newest first: key changes, exports, erasures, consent changes, retrains
+#[utoipa::path(get, path = "/v1/audit", operation_id = "getAudit", params(AuditQuery),
+    responses((status = 200, description = "A page", body = AuditPage), (status = 400)))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let limits = &state.engine.settings().limits;
     params.allow(&["limit", "cursor"])?;
     let limit = params.int(
@@ -185,17 +229,22 @@ pub(crate) async fn audit(
             .map_err(ApiError::from)
     })
     .await?;
-    let entries: Vec<Value> = page
+    let entries = page
         .items
-        .iter()
-        .map(|e| {
-            json!({ "seq": e.seq, "at": format_rfc3339(e.at), "actor": e.actor, "action": e.action,
-                    "target": e.target, "detail": e.detail })
+        .into_iter()
+        .map(|e| AuditEntry {
+            seq: e.seq,
+            at: format_rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
         })
         .collect();
-    Ok(Json(
-        json!({ "entries": entries, "next_cursor": page.next.map(|n| n.to_string()) }),
-    ))
+    Ok(Json(AuditPage {
+        entries,
+        next_cursor: page.next.map(|n| n.to_string()),
+    }))
 }
 
 #[cfg(test)]

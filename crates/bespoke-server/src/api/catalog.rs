@@ -6,10 +6,12 @@ use axum::{Extension, Json};
 use bespoke_store::{ConsentUpdate, UserUpsert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{JsonBody, KeyParam, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
+use crate::engine::ErasureReceipt;
 use crate::error::ApiError;
 use crate::validate::check_item;
 use crate::wire::{ConsentJson, ItemJson, UserJson};
@@ -99,14 +101,52 @@ pub(crate) async fn get_user(
         .ok_or_else(|| ApiError::not_found("user", &key))
 }
 
-/// Erases a user: the answer is the erasure receipt (see `engine::erasure`), plus the key
-/// (which the stored receipt does not hold).
+/// The answer of an erasure: the receipt, plus the key (which the stored receipt does not hold).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Erased)]
+pub(crate) struct ErasedOut {
+    #[serde(flatten)]
+    receipt: ErasureReceipt,
+    /// The erased user's key: only in this answer.
+    key: String,
+    /// Always true.
+    deleted: bool,
+    /// Events removed (as `removed.events`).
+    events_deleted: u64,
+}
+
+/// The query of `DELETE /v1/users/{key}` (doc only: read with `Params`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct EraseQuery {
+    /// Train a model without the user now and answer when it is active
+    #[param(default = false)]
+    retrain: Option<bool>,
+}
+
+/// The `{key}` of an erasure receipt.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+struct ErasureParam {
+    /// The receipt's erasure_id
+    key: String,
+}
+
+/// Erase a user: profile, events, derived serving state at once; stored model rows at once; the model itself at the next training (or now, with retrain=true)
+///
+/// Answers with an erasure receipt, also available later from GET /v1/erasures/{id}.
+#[utoipa::path(delete, path = "/v1/users/{key}", operation_id = "deleteUser",
+    params(KeyParam, EraseQuery),
+    responses((status = 200, description = "Erased", body = ErasedOut),
+        (status = 400), (status = 404), (status = 409), (status = 507)))]
 pub(crate) async fn delete_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ErasedOut>, ApiError> {
     validate_key("key", &key, key_limit(&state))?;
     params.allow(&["retrain"])?;
     let retrain = params.bool("retrain", false)?;
@@ -120,14 +160,19 @@ pub(crate) async fn delete_user(
     .await?
     .ok_or_else(|| ApiError::not_found("user", &key))?;
     tracing::info!(target: "serve::privacy", events = receipt.removed.events, erasure = %receipt.erasure_id, "erased a user");
-    let mut out = serde_json::to_value(&receipt).map_err(|e| ApiError::internal("receipt", &e))?;
-    out["key"] = Value::String(key);
-    out["deleted"] = Value::Bool(true);
-    out["events_deleted"] = receipt.removed.events.into();
-    Ok(Json(out))
+    Ok(Json(ErasedOut {
+        events_deleted: receipt.removed.events,
+        receipt,
+        key,
+        deleted: true,
+    }))
 }
 
-/// `GET /v1/users/{key}/export`: everything held about the user.
+/// Everything held about a user: profile, consent, every event, and what was derived (history, user vector); `bespoke import` takes it back
+#[utoipa::path(get, path = "/v1/users/{key}/export", operation_id = "exportUser",
+    params(KeyParam),
+    responses((status = 200, description = "The export", body = crate::wire::UserExport),
+        (status = 400), (status = 404)))]
 pub(crate) async fn export_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -146,11 +191,15 @@ pub(crate) async fn export_user(
     .ok_or_else(|| ApiError::not_found("user", &key))
 }
 
-/// `GET /v1/erasures/{id}`.
+/// An erasure receipt
+#[utoipa::path(get, path = "/v1/erasures/{key}", operation_id = "getErasure",
+    params(ErasureParam),
+    responses((status = 200, description = "The receipt", body = ErasureReceipt),
+        (status = 400), (status = 404)))]
 pub(crate) async fn get_erasure(
     State(state): State<AppState>,
     KeyPath(id): KeyPath,
-) -> Result<Json<crate::engine::ErasureReceipt>, ApiError> {
+) -> Result<Json<ErasureReceipt>, ApiError> {
     let engine = state.engine.clone();
     let i = id.clone();
     blocking(move || engine.erasure(&i).map_err(ApiError::from))

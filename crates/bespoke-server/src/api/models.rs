@@ -3,12 +3,14 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{KeyPath, Params};
 use super::{AppState, blocking};
 use crate::auth::Caller;
-use crate::engine::TrainError;
+use crate::engine::{ClusterStatus, TrainError, TrainOutcome, TrainingStatus};
 use crate::error::ApiError;
 use crate::models::LoadError;
 
@@ -35,7 +37,90 @@ impl From<LoadError> for ApiError {
     }
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Model versions, the active one, and what the trainer and this node are doing.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Models)]
+pub(crate) struct ModelsOut {
+    /// The version being served.
+    active: Option<u64>,
+    /// The trainer's status.
+    training: TrainingStatus,
+    /// This node on a shared store: shared_store, leader (holds the scheduler leadership),
+    /// applied_seq (the last event applied to its memory).
+    cluster: ClusterStatus,
+    /// Stored versions, newest first.
+    models: Vec<ModelOut>,
+}
+
+/// A stored model version.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Model)]
+pub(crate) struct ModelOut {
+    /// Its number.
+    version: u64,
+    /// Whether it is served.
+    active: bool,
+    /// Its stored size.
+    bytes: u64,
+    /// Training time, data counts, offline metrics, the tuning's choice.
+    #[schema(value_type = Object)]
+    meta: Value,
+}
+
+/// A training run started in the background.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TrainStarted {
+    /// `started`.
+    status: &'static str,
+    /// Configurations the tuning will try (tuning only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<usize>,
+}
+
+/// The version now served.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Activated {
+    /// Its number.
+    active: u64,
+}
+
+/// The query of `POST /v1/models/train` (doc only: read with `Params`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct TrainQuery {
+    /// Answer when the new version is saved (and activated, with training.auto_activate)
+    #[param(default = false)]
+    wait: Option<bool>,
+}
+
+/// The query of `POST /v1/models/tune` (doc only: read with `Params`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct TuneQuery {
+    /// Answer when the tuned version is saved
+    #[param(default = false)]
+    wait: Option<bool>,
+    /// Configurations to train and validate; default training.tune_budget
+    #[param(minimum = 1, maximum = 1000)]
+    budget: Option<usize>,
+}
+
+/// The `{version}` path parameter.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+struct VersionParam {
+    /// A stored model version
+    #[param(minimum = 1)]
+    version: u64,
+}
+
+/// Model versions, the active one, their metrics, and the trainer's status
+#[utoipa::path(get, path = "/v1/models", operation_id = "listModels",
+    responses((status = 200, description = "Models", body = ModelsOut)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ModelsOut>, ApiError> {
     let engine = state.engine.clone();
     let (models, status, cluster) = blocking(move || {
         Ok((
@@ -46,16 +131,32 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
     })
     .await?;
     let active = models.iter().find(|m| m.active).map(|m| m.version);
-    let models: Vec<Value> = models
+    let models = models
         .into_iter()
         .rev()
-        .map(|m| json!({ "version": m.version, "active": m.active, "bytes": m.bytes, "meta": m.meta }))
+        .map(|m| ModelOut {
+            version: m.version,
+            active: m.active,
+            bytes: m.bytes,
+            meta: m.meta,
+        })
         .collect();
-    Ok(Json(
-        json!({ "active": active, "training": status, "cluster": cluster, "models": models }),
-    ))
+    Ok(Json(ModelsOut {
+        active,
+        training: status,
+        cluster,
+        models,
+    }))
 }
 
+/// Train new models from everything stored
+///
+/// Without wait, starts training in the background and answers 202; with wait=true, answers
+/// when the new version is saved (and activated, with training.auto_activate).
+#[utoipa::path(post, path = "/v1/models/train", operation_id = "trainModels", params(TrainQuery),
+    responses((status = 200, description = "Trained", body = TrainOutcome),
+        (status = 202, description = "Started", body = TrainStarted),
+        (status = 400), (status = 409)))]
 pub(crate) async fn train(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -80,7 +181,7 @@ async fn run(
     };
     if wait {
         let outcome = blocking(move || job(&engine).map_err(ApiError::from)).await?;
-        return Ok((StatusCode::OK, Json(json!(outcome))));
+        return Ok((StatusCode::OK, Json(to_json(&outcome))));
     }
     if engine.training_status().running {
         return Err(TrainError::Busy.into());
@@ -90,18 +191,28 @@ async fn run(
             tracing::warn!(target: "train::lifecycle", error = %e, tune = budget.is_some(), "training requested over the API failed");
         }
     });
-    let mut started = json!({ "status": "started" });
-    if let Some(b) = budget {
-        started["budget"] = json!(b);
-    }
-    Ok((StatusCode::ACCEPTED, Json(started)))
+    let started = TrainStarted {
+        status: "started",
+        budget,
+    };
+    Ok((StatusCode::ACCEPTED, Json(to_json(&started))))
 }
 
+/// The two answers of a training request share one response type.
+fn to_json(answer: &impl Serialize) -> Value {
+    serde_json::to_value(answer).unwrap_or(Value::Null)
+}
+
+/// Serve a stored model version
+#[utoipa::path(post, path = "/v1/models/{version}/activate", operation_id = "activateModel",
+    params(VersionParam),
+    responses((status = 200, description = "Active", body = Activated),
+        (status = 400), (status = 404)))]
 pub(crate) async fn activate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     KeyPath(version): KeyPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Activated>, ApiError> {
     let version: u64 = version.parse().map_err(|_| {
         ApiError::invalid(
             "version",
@@ -123,11 +234,21 @@ pub(crate) async fn activate(
         .map_err(ApiError::from)
     })
     .await?;
-    Ok(Json(json!({ "active": version })))
+    Ok(Json(Activated { active: version }))
 }
 
-/// `POST /v1/models/tune?budget=N&wait=true`: tunes model types and hyperparameters on the
-/// stored data, then trains with the result (see `models::tuning`).
+/// Tune model types and hyperparameters on the stored data, then train with the result
+///
+/// Random search with successive halving over iALS, EASE (catalogs up to
+/// training.ease_max_items), cosine and BM25 item-kNN and the recency weighting of the data,
+/// validated on the latest 20% of each user's positive interactions; blends of two model types
+/// are kept when they validate better. The new version's meta.tuning records the result; later
+/// trainings reuse it, and model=auto serves what it chose. Without wait, answers 202 and runs
+/// in the background.
+#[utoipa::path(post, path = "/v1/models/tune", operation_id = "tuneModels", params(TuneQuery),
+    responses((status = 200, description = "Tuned and trained", body = TrainOutcome),
+        (status = 202, description = "Started", body = TrainStarted),
+        (status = 400), (status = 409)))]
 pub(crate) async fn tune(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -142,5 +263,5 @@ pub(crate) async fn tune(
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi()]
+#[openapi(paths(list, train, tune, activate))]
 pub(crate) struct Api;

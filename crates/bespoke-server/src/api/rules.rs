@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::extract::{JsonBody, KeyPath};
+use super::extract::{JsonBody, KeyParam, KeyPath};
 use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
 use crate::engine::{HiddenItem, RuleError};
@@ -137,13 +137,42 @@ pub(crate) async fn delete(
     Ok(Json(json!({ "deleted": name })))
 }
 
-/// Answer of `GET /v1/users/{key}/hidden`.
-#[derive(Debug, Serialize)]
+/// The items a user hid, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Hidden)]
 pub(crate) struct HiddenOut {
+    /// The user.
     user: String,
+    /// Newest first.
     items: Vec<HiddenItem>,
 }
 
+/// A hidden item's state after a change.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct HiddenChange {
+    /// The user.
+    user: String,
+    /// The item.
+    item: String,
+    /// Whether the item is now on the user's block list.
+    hidden: bool,
+}
+
+/// The `{key}` and `{item}` of `/v1/users/{key}/hidden/{item}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+struct HiddenParams {
+    /// The user's key
+    key: String,
+    /// The item's key
+    item: String,
+}
+
+/// Items the user hid (block list and hiding events such as not_interested), newest first
+#[utoipa::path(get, path = "/v1/users/{key}/hidden", operation_id = "getHidden", params(KeyParam),
+    responses((status = 200, description = "Hidden items", body = HiddenOut),
+        (status = 400), (status = 404)))]
 pub(crate) async fn hidden(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -161,7 +190,7 @@ async fn block(
     state: AppState,
     (key, item): (String, String),
     blocked: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HiddenChange>, ApiError> {
     let max = state.engine.settings().limits.max_key_bytes;
     validate_key("key", &key, max)?;
     validate_key("item", &item, max)?;
@@ -176,23 +205,33 @@ async fn block(
                 format!("no user {key:?} or no item {item:?}"),
             )
         })?;
-    Ok(Json(
-        json!({ "user": key, "item": item, "hidden": blocked }),
-    ))
+    Ok(Json(HiddenChange {
+        user: key,
+        item,
+        hidden: blocked,
+    }))
 }
 
-/// `PUT /v1/users/{key}/hidden/{item}`: hide the item from the user.
+/// Hide an item from the user on every ranking route
+#[utoipa::path(put, path = "/v1/users/{key}/hidden/{item}", operation_id = "hideItem",
+    params(HiddenParams),
+    responses((status = 200, description = "Hidden", body = HiddenChange),
+        (status = 400), (status = 404), (status = 507)))]
 pub(crate) async fn hide(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HiddenChange>, ApiError> {
     block(state, path, true).await
 }
 
-/// `DELETE /v1/users/{key}/hidden/{item}`: show it again (also undoes a hiding event).
+/// Show an item again (undoes a block or a hiding event)
+#[utoipa::path(delete, path = "/v1/users/{key}/hidden/{item}", operation_id = "unhideItem",
+    params(HiddenParams),
+    responses((status = 200, description = "Shown again", body = HiddenChange),
+        (status = 400), (status = 404), (status = 507)))]
 pub(crate) async fn unhide(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HiddenChange>, ApiError> {
     block(state, path, false).await
 }

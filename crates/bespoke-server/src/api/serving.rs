@@ -8,8 +8,9 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{JsonBody, KeyPath, Params};
+use super::extract::{JsonBody, KeyParam, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::engine::{
     Assigned, ExperimentRoute, PopularSort, Recommendation, Recommendations, Served,
@@ -21,52 +22,268 @@ use crate::rules::spec::{BoostSpec, PromoteSpec};
 use crate::settings::SimilarChoice;
 use crate::time::parse_duration;
 
-/// Answer of `GET /v1/users/{key}/recommendations`.
-#[derive(Debug, Serialize)]
+/// Recommendations for a user, best first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Recommendations)]
 pub(crate) struct RecommendationsOut {
+    /// The user asked about.
     user: String,
     /// Whether the user's own history shaped the results.
     personalized: bool,
     /// The model that ranked the results.
+    #[schema(inline, value_type = ServedModel)]
     model: &'static str,
     /// The trained model version, when one was used.
     #[serde(skip_serializing_if = "Option::is_none")]
     model_version: Option<u64>,
+    /// Best first.
     items: Vec<Recommendation>,
-    /// The business rules that applied.
+    /// The business rules that applied: saved ones by name, the request's own as
+    /// request.filter, request.boost\[0\], ...; hidden and no_repeat when they removed anything.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rules: Vec<String>,
-    /// With `explain=full`: what the rules kept out.
+    /// Items the rules kept out (explain=full).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
-    /// The experiment variants this list was served with.
+    /// The experiment variants this list was served with (docs/experiments.md); echo them in
+    /// POST /v1/impressions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<super::events::ServedVariant>)]
     experiments: Vec<Assigned>,
 }
 
-/// Answer of `GET /v1/items/{key}/similar`.
-#[derive(Debug, Serialize)]
+/// The model that ranked a list.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum ServedModel {
+    Als,
+    Knn,
+    Ease,
+    Bpr,
+    Blend,
+    Content,
+    Popular,
+}
+
+/// Items related to an item, best first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Similar)]
 pub(crate) struct SimilarOut {
+    /// The item asked about.
     item: String,
+    /// Best first.
     items: Vec<Recommendation>,
+    /// The business rules that applied (as on recommendations).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rules: Vec<String>,
+    /// Items the rules kept out (explain=full).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
+    /// The experiment variants this list was served with (with `user`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<super::events::ServedVariant>)]
     experiments: Vec<Assigned>,
 }
 
-/// Answer of `GET /v1/popular`.
-#[derive(Debug, Serialize)]
+/// Popular items, best first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Popular)]
 pub(crate) struct PopularOut {
+    /// Best first.
     items: Vec<Recommendation>,
+    /// The business rules that applied (as on recommendations).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rules: Vec<String>,
+    /// Items the rules kept out (explain=full).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
+    /// The experiment variants this list was served with (with `user`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<super::events::ServedVariant>)]
     experiments: Vec<Assigned>,
+}
+
+// The ranking GETs read their query with `Params` (repeated parameters, precise errors); the
+// structs below describe it for the OpenAPI document only. `tests::rule_query_lists_the_rule_
+// parameters` keeps `RuleQuery` in step with what `query_request` reads.
+
+/// The query parameters every ranking GET takes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct ListQuery {
+    /// Number of results, 1 to limits.max_n (1000 by default); default serving.default_n
+    #[param(minimum = 1)]
+    n: Option<i64>,
+    /// Only items in any of these categories (comma-separated or repeated)
+    category: Option<String>,
+    /// Item keys never to return (comma-separated or repeated), at most limits.max_exclude
+    exclude: Option<String>,
+    /// `reasons` (default) or `full`: each result also carries `contributions`, the terms of
+    /// its score, which sum to it (see the Contribution schema for each model's terms)
+    #[param(inline)]
+    explain: Option<ExplainName>,
+    /// λ of the diversity re-ranker, 0 to 1 (maximal marginal relevance over the candidates:
+    /// (1 − λ)·relevance − λ·similarity to the items above, similarity the cosine of iALS item
+    /// factors, else shared categories). 0 (default) leaves the ranking as scored; scores never
+    /// change, and an item moved down gets a `diversity` reason
+    #[param(minimum = 0, maximum = 1, default = 0)]
+    diversity: Option<f64>,
+}
+
+/// How much explanation to give.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum ExplainName {
+    Reasons,
+    Full,
+}
+
+/// A model that ranks for a user.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+pub(crate) enum ModelName {
+    Auto,
+    Als,
+    Knn,
+    Ease,
+    Bpr,
+    Popular,
+}
+
+/// A model that finds similar items.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum SimilarModelName {
+    Knn,
+    Als,
+    Cooccurrence,
+}
+
+/// The query parameters of recommendations for a user.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct RecommendationsQuery {
+    /// auto (what the last tuning chose: a model or a blend), als, knn, ease (catalogs up to
+    /// training.ease_max_items), bpr (with training.bpr) or popular; default
+    /// serving.default_model
+    #[param(inline)]
+    model: Option<ModelName>,
+    /// Also return items the user interacted with
+    #[param(default = false)]
+    include_seen: Option<bool>,
+}
+
+/// The query parameters of similar items.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct SimilarQuery {
+    /// knn (item neighbours), als (cosine of item factors) or cooccurrence; default
+    /// serving.default_similar_model
+    #[param(inline)]
+    model: Option<SimilarModelName>,
+    /// Whose hidden items and impressions apply
+    user: Option<String>,
+}
+
+/// How popular items are ordered.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum PopularSortName {
+    Count,
+    Trending,
+}
+
+/// The query parameters of popular items.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct PopularQuery {
+    /// Count only events of the last 90s, 30m, 24h, 7d, 2w…; `all` (default) for all time
+    window: Option<String>,
+    /// `count` (default) or `trending`
+    #[param(inline)]
+    sort: Option<PopularSortName>,
+    /// Whose hidden items and impressions apply
+    user: Option<String>,
+}
+
+/// The business-rule and re-ranker query parameters of the ranking GETs (docs/rules.md,
+/// docs/fairness.md).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct RuleQuery {
+    /// Keep only items this rule expression matches (docs/rules.md): comparisons on item
+    /// attributes, `in`, `contains`, `and`/`or`/`not`, `now - 30d`, `context.<name>`
+    #[param(example = "stock > 0 and price < 50")]
+    filter: Option<String>,
+    /// JSON array of boosts, applied in order: where `if` holds the score is multiplied by `by`
+    /// (a negative score divided, so by > 1 always raises) or `add` is added; results are
+    /// re-sorted
+    #[param(example = "[{\"if\": \"tags contains \\\"organic\\\"\", \"by\": 1.5}]")]
+    boost: Option<String>,
+    /// JSON array of promotions: position `slot` (1 = first, at most n) holds the best-ranked
+    /// item `if` matches
+    #[param(example = "[{\"slot\": 3, \"if\": \"campaign = \\\"winter\\\"\"}]")]
+    promote: Option<String>,
+    /// At most this many results per category
+    #[param(minimum = 1)]
+    max_per_category: Option<i64>,
+    /// No-repeat: drop items shown to the user at least this many times within
+    /// impression_window without an interaction since; 0 off; default rules.max_impressions
+    #[param(minimum = 0)]
+    max_impressions: Option<i64>,
+    /// The window of max_impressions (90m, 24h, 7d); default rules.impression_window
+    impression_window: Option<String>,
+    /// Drop what was in the user's last this many lists; 0 off; default rules.no_repeat_lists
+    #[param(minimum = 0)]
+    no_repeat_lists: Option<i64>,
+    /// 0 to 1: how far items resembling one the user hid move down; default rules.hide_similar
+    #[param(minimum = 0, maximum = 1)]
+    hide_similar: Option<f64>,
+    /// Saved rules not to apply (comma-separated or repeated); * for all
+    skip_rules: Option<String>,
+    /// Calibration re-ranker's λ, 0 to 1 (Steck 2018, greedy): the list's categories follow
+    /// the user's history; 0 off; default fairness.calibration (docs/fairness.md)
+    #[param(minimum = 0, maximum = 1)]
+    calibration: Option<f64>,
+    /// Popularity debiasing's weight, 0 to 1: lifts long-tail items; 0 off; default
+    /// fairness.popularity
+    #[param(minimum = 0, maximum = 1)]
+    popularity: Option<f64>,
+    /// xquad (smooth xQuAD over head and tail, Abdollahpouri 2019) or inverse (relevance /
+    /// popularity^weight); default fairness.popularity_method
+    #[param(inline)]
+    popularity_method: Option<PopularityMethodName>,
+    /// A rule expression naming the protected item group: every prefix of the list holds at
+    /// least FA*IR's minimum of them (Zehlike 2017); empty turns the default off; default
+    /// fairness.protected. A group with no item is a 400
+    #[param(example = "maker = \"indie\"")]
+    protected: Option<String>,
+    /// FA*IR's minimum share p, between 0 and 1; default fairness.protected_share
+    #[param(exclusive_minimum = 0, exclusive_maximum = 1)]
+    protected_share: Option<f64>,
+    /// FA*IR's significance α, between 0 and 1 (adjusted for testing every prefix); default
+    /// fairness.protected_alpha
+    #[param(exclusive_minimum = 0, exclusive_maximum = 1)]
+    protected_alpha: Option<f64>,
+}
+
+/// How popularity debiasing re-ranks.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+pub(crate) enum PopularityMethodName {
+    Xquad,
+    Inverse,
 }
 
 /// The shared fields of a ranking GET, checked against what the route `allowed`. `model` is a
@@ -313,6 +530,14 @@ fn empty() -> Recommendations {
     }
 }
 
+/// Recommendations for a user
+///
+/// Unknown users and users without personalization consent get popular items; the reasons say
+/// so.
+#[utoipa::path(get, path = "/v1/users/{key}/recommendations", operation_id = "getRecommendations",
+    params(KeyParam, ListQuery, RecommendationsQuery, RuleQuery),
+    responses((status = 200, description = "Recommendations, best first", body = RecommendationsOut),
+        (status = 400)))]
 pub(crate) async fn recommendations(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -356,6 +581,11 @@ pub(crate) async fn recommendations(
     }))
 }
 
+/// Items related to an item (co-occurrence; popular items of its category when there is too little data)
+#[utoipa::path(get, path = "/v1/items/{key}/similar", operation_id = "getSimilar",
+    params(KeyParam, ListQuery, SimilarQuery, RuleQuery),
+    responses((status = 200, description = "Related items, best first", body = SimilarOut),
+        (status = 400), (status = 404)))]
 pub(crate) async fn similar(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -413,6 +643,11 @@ pub(crate) async fn similar(
     }))
 }
 
+/// Popular items: all-time, within a window, or trending (time-decayed)
+#[utoipa::path(get, path = "/v1/popular", operation_id = "getPopular",
+    params(ListQuery, PopularQuery, RuleQuery),
+    responses((status = 200, description = "Popular items, best first", body = PopularOut),
+        (status = 400)))]
 pub(crate) async fn popular(
     State(state): State<AppState>,
     params: Params,
@@ -476,12 +711,16 @@ pub(crate) async fn popular(
 }
 
 /// One item of a session or a history: a key, or `{item, weight}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum SessionItem {
+    /// An item key (weight 1).
     Key(String),
+    /// An item key and its weight.
     Weighted {
+        /// The item key.
         item: String,
+        /// Its weight, finite and of magnitude at most 1e6; default 1.
         #[serde(default)]
         weight: Option<f64>,
     },
@@ -523,77 +762,134 @@ fn session_items(
     Ok(out)
 }
 
-/// Body of `POST /v1/recommendations`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /v1/recommendations`: an anonymous session.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionIn {
+    /// The session's items, oldest first; at most serving.max_session_items.
     #[serde(default)]
     items: Vec<SessionItem>,
+    /// Attributes of the visitor or the request (country, device, ...), named like user
+    /// attributes: when no session item is known, the content model places the visitor by them.
     #[serde(default, deserialize_with = "crate::strict::opt_object")]
+    #[schema(value_type = Option<Object>)]
     context: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Number of results, 1 to limits.max_n; default serving.default_n.
     #[serde(default)]
+    #[schema(minimum = 1)]
     n: Option<i64>,
+    /// The model; default serving.default_model.
     #[serde(default)]
+    #[schema(inline, value_type = Option<ModelName>)]
     model: Option<String>,
+    /// Only items in any of these categories.
     #[serde(default)]
     categories: Vec<String>,
+    /// Item keys never to return.
     #[serde(default)]
     exclude: Vec<String>,
+    /// Also recommend the session's own items.
     #[serde(default)]
     include_seen: bool,
+    /// `reasons` (default) or `full`.
     #[serde(default)]
+    #[schema(inline, value_type = Option<ExplainName>)]
     explain: Option<String>,
+    /// λ of the diversity re-ranker, 0 to 1; default 0.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     diversity: Option<f64>,
+    /// A rule expression (docs/rules.md): only items it matches.
     #[serde(default)]
+    #[schema(example = "stock > 0 and price < 50")]
     filter: Option<String>,
+    /// Boosts, applied in order.
     #[serde(default)]
     boost: Option<Vec<BoostSpec>>,
+    /// Promotions to fixed positions.
     #[serde(default)]
     promote: Option<Vec<PromoteSpec>>,
+    /// At most this many results per category.
     #[serde(default)]
+    #[schema(minimum = 1)]
     max_per_category: Option<i64>,
+    /// No-repeat: drop items shown at least this many times within impression_window.
     #[serde(default)]
+    #[schema(minimum = 0)]
     max_impressions: Option<i64>,
+    /// The window of max_impressions (90m, 24h, 7d).
     #[serde(default)]
     impression_window: Option<String>,
+    /// Drop what was in the user's last this many lists.
     #[serde(default)]
+    #[schema(minimum = 0)]
     no_repeat_lists: Option<i64>,
+    /// 0 to 1: how far items resembling a hidden one move down.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     hide_similar: Option<f64>,
+    /// Saved rules not to apply; `*` for all.
     #[serde(default)]
     skip_rules: Option<Vec<String>>,
+    /// Calibration re-ranker's λ, 0 to 1.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     calibration: Option<f64>,
+    /// Popularity debiasing's weight, 0 to 1.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     popularity: Option<f64>,
+    /// xquad or inverse.
     #[serde(default)]
+    #[schema(inline, value_type = Option<PopularityMethodName>)]
     popularity_method: Option<String>,
+    /// A rule expression naming the protected item group (FA*IR).
     #[serde(default)]
     protected: Option<String>,
+    /// FA*IR's minimum share p, between 0 and 1.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
     protected_share: Option<f64>,
+    /// FA*IR's significance α, between 0 and 1.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
     protected_alpha: Option<f64>,
     /// Whose hidden items and impressions apply.
     #[serde(default)]
     user: Option<String>,
 }
 
-/// Answer of `POST /v1/recommendations`.
-#[derive(Debug, Serialize)]
+/// Recommendations for a session, best first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SessionRecommendations)]
 pub(crate) struct SessionOut {
+    /// Whether a known session item shaped the results.
     personalized: bool,
+    /// The model that ranked the results.
+    #[schema(inline, value_type = ServedModel)]
     model: &'static str,
+    /// The trained model version, when one was used.
     model_version: Option<u64>,
+    /// Best first.
     items: Vec<Recommendation>,
+    /// The business rules that applied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rules: Vec<String>,
+    /// Items the rules kept out (explain=full).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
 }
 
-/// `POST /v1/recommendations`: recommendations for an anonymous session from its recent items.
+/// Recommendations for an anonymous session from its recent items (folded into the model on the fly)
+///
+/// items: oldest first, each a key or {item, weight}; with serving.session_half_life_items,
+/// older items count less. Session items are not recommended back unless include_seen. Unknown
+/// items are ignored. Without a known item, the context (if any) places the visitor through the
+/// content model; otherwise popular items fill in, and the reasons say so.
+#[utoipa::path(post, path = "/v1/recommendations", operation_id = "recommendSession",
+    request_body = SessionIn,
+    responses((status = 200, description = "Recommendations, best first", body = SessionOut),
+        (status = 400), (status = 413), (status = 415)))]
 pub(crate) async fn session(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<SessionIn>,
@@ -649,72 +945,141 @@ pub(crate) async fn session(
 pub(crate) const MAX_RANK_ITEMS: usize = 1000;
 
 /// Body of `POST /v1/users/{key}/rank`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RankIn {
+    /// Candidate item keys, each once.
+    #[schema(min_items = 1, max_items = 1000)]
     items: Vec<String>,
+    /// Attributes of the request, named like user attributes: place a user without history
+    /// through the content model.
     #[serde(default, deserialize_with = "crate::strict::opt_object")]
+    #[schema(value_type = Option<Object>)]
     context: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A session's items, oldest first (a key or {item, weight}); ranks a user never seen or
+    /// one without history. At most serving.max_session_items.
     #[serde(default)]
     history: Vec<SessionItem>,
+    /// The model; default serving.default_model.
     #[serde(default)]
+    #[schema(inline, value_type = Option<ModelName>)]
     model: Option<String>,
+    /// `reasons` (default) or `full`.
     #[serde(default)]
+    #[schema(inline, value_type = Option<ExplainName>)]
     explain: Option<String>,
+    /// λ of the diversity re-ranker, 0 to 1; default 0.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     diversity: Option<f64>,
+    /// A rule expression (docs/rules.md): only items it matches.
     #[serde(default)]
+    #[schema(example = "stock > 0 and price < 50")]
     filter: Option<String>,
+    /// Boosts, applied in order.
     #[serde(default)]
     boost: Option<Vec<BoostSpec>>,
+    /// Promotions to fixed positions.
     #[serde(default)]
     promote: Option<Vec<PromoteSpec>>,
+    /// At most this many results per category.
     #[serde(default)]
+    #[schema(minimum = 1)]
     max_per_category: Option<i64>,
+    /// No-repeat: drop items shown at least this many times within impression_window.
     #[serde(default)]
+    #[schema(minimum = 0)]
     max_impressions: Option<i64>,
+    /// The window of max_impressions (90m, 24h, 7d).
     #[serde(default)]
     impression_window: Option<String>,
+    /// Drop what was in the user's last this many lists.
     #[serde(default)]
+    #[schema(minimum = 0)]
     no_repeat_lists: Option<i64>,
+    /// 0 to 1: how far items resembling a hidden one move down.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     hide_similar: Option<f64>,
+    /// Saved rules not to apply; `*` for all.
     #[serde(default)]
     skip_rules: Option<Vec<String>>,
+    /// Calibration re-ranker's λ, 0 to 1.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     calibration: Option<f64>,
+    /// Popularity debiasing's weight, 0 to 1.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     popularity: Option<f64>,
+    /// xquad or inverse.
     #[serde(default)]
+    #[schema(inline, value_type = Option<PopularityMethodName>)]
     popularity_method: Option<String>,
+    /// A rule expression naming the protected item group (FA*IR).
     #[serde(default)]
     protected: Option<String>,
+    /// FA*IR's minimum share p, between 0 and 1.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
     protected_share: Option<f64>,
+    /// FA*IR's significance α, between 0 and 1.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
     protected_alpha: Option<f64>,
 }
 
-/// Answer of `POST /v1/users/{key}/rank`.
-#[derive(Debug, Serialize)]
+/// Every supplied item, best first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Ranked)]
 pub(crate) struct RankOut {
+    /// The user asked about.
     user: String,
+    /// Whether the user's (or the request's) history shaped the order.
     personalized: bool,
+    /// The model that scored them.
+    #[schema(inline, value_type = ServedModel)]
     model: &'static str,
+    /// The trained model version, when one was used.
     #[serde(skip_serializing_if = "Option::is_none")]
     model_version: Option<u64>,
+    /// Scored items best first, then the unknown ones in the order given.
     items: Vec<RankedItem>,
+    /// The business rules that applied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rules: Vec<String>,
-    /// Supplied items the rules filtered out.
+    /// Supplied items the rules filtered out (always listed on this route).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filtered: Vec<Filtered>,
+    /// The experiment variants this ranking was served with.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<super::events::ServedVariant>)]
     experiments: Vec<Assigned>,
 }
 
-/// `POST /v1/users/{key}/rank`: the supplied items ordered for the user, with scores and
-/// reasons.
+/// Rank supplied candidates for a user: every item back, best first, with scores and reasons
+///
+/// Up to 1,000 item keys, each once. Items are scored by one model (model, default
+/// serving.default_model; a tuned blend ranks by its first model, as sessions do) from the
+/// user's history; a user never seen, or one without history, is ranked by `history` (a
+/// session, oldest first), else by their attributes and `context` through the content model.
+/// Items the model has no row for are scored by the content model when the catalog has their
+/// content (items without events); the rest come last, in the order given, with
+/// `"unknown": true`, `score: null` and a `cold_start` reason. Without consent to
+/// personalization, without a trained model or with model=popular, items are ranked by
+/// popularity. The same pipeline as recommendations: `explain=full` and `diversity` work here
+/// too.
+#[utoipa::path(post, path = "/v1/users/{key}/rank", operation_id = "rankItems", params(KeyParam),
+    request_body(content = RankIn, example = json!({ "items": ["sku-1", "sku-2", "sku-3", "sku-new"],
+        "history": ["sku-9"], "context": { "device": "mobile" }, "explain": "full" })),
+    responses((status = 200, description = "Every supplied item, best first", body = RankOut,
+        example = json!({ "user": "u1", "personalized": true, "model": "als", "model_version": 3, "items": [
+            { "item": "sku-2", "score": 0.82, "reasons": [{ "kind": "als", "message": "because of sku-9 in this history", "item": "sku-9", "weight": 0.8 }],
+              "contributions": [{ "term": "history_item", "item": "sku-9", "value": 0.8 }, { "term": "history_item", "item": "sku-4", "value": 0.02 }] },
+            { "item": "sku-1", "score": 0.31, "reasons": [{ "kind": "als", "message": "because of sku-9 in this history", "item": "sku-9", "weight": 0.31 }],
+              "contributions": [{ "term": "history_item", "item": "sku-9", "value": 0.31 }] },
+            { "item": "sku-new", "score": null, "unknown": true, "reasons": [{ "kind": "cold_start", "message": "not in the catalog: ranked last" }] } ] })),
+        (status = 400), (status = 413), (status = 415)))]
 pub(crate) async fn rank(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -812,5 +1177,31 @@ pub(crate) async fn rank(
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi()]
+#[openapi(paths(recommendations, similar, popular, session, rank))]
 pub(crate) struct Api;
+
+#[cfg(test)]
+mod tests {
+    use crate::openapi::tests::assert_request_schema;
+
+    #[test]
+    fn request_schemas_match_the_types() {
+        assert_request_schema::<super::SessionIn>("SessionIn");
+        assert_request_schema::<super::RankIn>("RankIn");
+    }
+
+    /// The documented rule parameters are the ones `query_request` reads.
+    #[test]
+    fn rule_query_lists_the_rule_parameters() {
+        use utoipa::IntoParams as _;
+        let documented: std::collections::BTreeSet<String> = super::RuleQuery::into_params(|| None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let read: std::collections::BTreeSet<String> = crate::pipeline::request::RULE_PARAMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(documented, read);
+    }
+}

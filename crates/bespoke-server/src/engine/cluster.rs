@@ -83,8 +83,8 @@ impl Cluster {
     }
 }
 
-/// What a node knows of its place in the cluster, for `/v1/status`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What a node knows of its place in the cluster (docs/deploy.md), for `GET /v1/models`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     /// Other nodes may write the store (PostgreSQL).
     pub shared_store: bool,

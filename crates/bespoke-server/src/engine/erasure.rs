@@ -27,7 +27,7 @@ use super::{Engine, TrainError};
 use crate::models::artifact::{self, ITEMS_FILE, USERS_FILE};
 
 /// An erasure receipt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErasureReceipt {
     /// Id of the receipt (`era_` and 24 hex digits).
     pub erasure_id: String,
@@ -36,8 +36,10 @@ pub struct ErasureReceipt {
     /// Key prefix of whoever asked.
     pub requested_by: String,
     /// When the user was removed from the store and from serving (RFC 3339).
+    #[schema(format = DateTime)]
     pub requested_at: String,
     /// `requested_at` in Unix milliseconds.
+    #[schema(value_type = i64)]
     pub requested_at_ms: Millis,
     /// What was removed at once.
     pub removed: Removed,
@@ -53,11 +55,21 @@ pub struct ErasureReceipt {
     pub first_model_without_user: Option<CleanModel>,
     /// `complete` once no stored or served model was trained with the user's data;
     /// `awaiting_retrain` before.
+    #[schema(inline, value_type = ErasureStatus)]
     pub status: String,
 }
 
+/// The state of an erasure.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum ErasureStatus {
+    Complete,
+    AwaitingRetrain,
+}
+
 /// What an erasure removed at once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Removed {
     /// The profile (attributes, consent).
     pub profile: bool,
@@ -74,11 +86,12 @@ pub struct Removed {
 }
 
 /// A model version trained without the user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CleanModel {
     /// The version.
     pub version: u64,
     /// When it became active (RFC 3339).
+    #[schema(format = DateTime)]
     pub activated_at: String,
 }
 

@@ -37,18 +37,19 @@ pub enum TrainError {
 }
 
 /// The result of a training run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrainOutcome {
     /// The new version.
     pub version: u64,
     /// Whether it is now served.
     pub activated: bool,
-    /// Its metadata.
+    /// Its metadata: training time, data counts, offline metrics, the tuning's choice.
+    #[schema(value_type = Object)]
     pub meta: Value,
 }
 
 /// What the trainer is doing, for `GET /v1/models`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct TrainingStatus {
     /// A run is in progress.
     pub running: bool,

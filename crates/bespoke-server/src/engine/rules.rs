@@ -22,14 +22,25 @@ pub enum RuleError {
     Store(#[from] bespoke_store::Error),
 }
 
+/// How an item came to be hidden.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum HiddenBy {
+    Block,
+    Event,
+}
+
 /// An item the user does not want to see.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct HiddenItem {
     /// Item key.
     pub item: String,
     /// When it was hidden (RFC 3339).
+    #[schema(format = DateTime)]
     pub since: String,
     /// `block` (the block list) or `event` (a hiding event such as `not_interested`).
+    #[schema(inline, value_type = HiddenBy)]
     pub by: &'static str,
 }
 

@@ -55,7 +55,7 @@ use crate::settings::SimilarChoice;
 use crate::state::{Serving, State};
 
 /// One result: an item, its score (higher is better) and why it was chosen.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Recommendation {
     /// Item key.
     pub item: String,

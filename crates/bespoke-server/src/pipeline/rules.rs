@@ -26,7 +26,7 @@ use crate::state::{Serving, State};
 use crate::time::now_ms;
 
 /// An item a rule kept out of the answer (`explain=full`, and always on the rank route).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Filtered {
     /// Item key.
     pub item: String,

@@ -19,7 +19,7 @@ use crate::settings::ModelChoice;
 use crate::state::{Serving, State};
 
 /// One supplied item, ranked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RankedItem {
     /// Item key, as supplied.
     pub item: String,
