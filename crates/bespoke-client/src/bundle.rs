@@ -13,6 +13,7 @@
 //! | 4·d² | `f32` `YᵀY + λI`, row-major (d = `dim`) |
 //! | 4·n·d | `f32` item factors, row-major (`encoding: "f32"`), or |
 //! | 4·n + n·d | `f32` per-item scales, then `i8` codes, row-major (`encoding: "int8"`) |
+//! | 4·n | `f32` per-item propensity factors, only when `propensity` is true |
 //! | 64 | Ed25519 signature of every byte before it |
 //!
 //! The Gram matrix travels with the factors because a phone should not spend n·d² operations
@@ -61,6 +62,40 @@ pub enum ValueMarker {
     Value,
 }
 
+/// Position-based recency: an item followed by `age` later items of the user is multiplied by
+/// `floor + (1 − floor) · 2^(−age / half_life)` (off when `half_life` is 0 or `floor` ≥ 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recency {
+    /// Later interactions after which the extra weight halves.
+    pub half_life: f32,
+    /// Weight kept however old.
+    pub floor: f32,
+}
+
+impl Recency {
+    /// No recency weighting.
+    pub const OFF: Recency = Recency {
+        half_life: 0.0,
+        floor: 1.0,
+    };
+
+    /// Whether it changes anything.
+    pub fn is_on(&self) -> bool {
+        self.half_life > 0.0 && self.floor < 1.0
+    }
+
+    /// The multiplier of an item followed by `age` later ones (computed in `f32`, as the
+    /// server does).
+    pub fn factor(&self, age: usize) -> f32 {
+        if !self.is_on() {
+            return 1.0;
+        }
+        let floor = self.floor.clamp(0.0, 1.0);
+        floor + (1.0 - floor) * (-(age as f32) / self.half_life).exp2()
+    }
+}
+
 /// How the factors are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,6 +127,17 @@ pub struct Header {
     pub event_weights: HashMap<String, EventWeight>,
     /// No event weighs more than this, either way (`events.max_weight`).
     pub max_weight: f64,
+    /// `serving.recent_boost`: a positive item weight is multiplied by
+    /// `1 + recent_boost · 2^(−age / recent_half_life_ms)`, age the time since the user's
+    /// latest event on the item.
+    pub recent_boost: f64,
+    /// `serving.recent_half_life_hours` in milliseconds; 0 turns the boost off.
+    pub recent_half_life_ms: f64,
+    /// The position-based recency weighting the model was trained with (off: half_life 0).
+    pub recency: Recency,
+    /// Whether the model was trained with propensity weights: each item's weight is then
+    /// multiplied by its factor from the bundle's propensity section.
+    pub propensity: bool,
     /// Item keys, in factor-row order.
     pub keys: Vec<String>,
     /// Category names.
@@ -109,6 +155,8 @@ pub struct BundleParts {
     pub gram_reg: Vec<f32>,
     /// Item factors, n×d row-major.
     pub factors: Vec<f32>,
+    /// Per-item propensity factors (n of them) when `header.propensity`.
+    pub propensity: Vec<f32>,
 }
 
 /// Encodes and signs `parts` with `encoding`. Panics only on inconsistent parts (a server bug,
@@ -119,6 +167,12 @@ pub fn encode(parts: &BundleParts, encoding: Encoding, key: &SigningKey) -> Vec<
     assert_eq!(parts.gram_reg.len(), d * d, "gram is d×d");
     assert_eq!(parts.factors.len(), n * d, "factors are n×d");
     assert_eq!(parts.header.item_categories.len(), n, "categories per item");
+    let propensity_len = if parts.header.propensity { n } else { 0 };
+    assert_eq!(
+        parts.propensity.len(),
+        propensity_len,
+        "propensity per item"
+    );
     let mut header = parts.header.clone();
     header.format = FORMAT;
     header.encoding = encoding;
@@ -164,6 +218,9 @@ pub fn encode(parts: &BundleParts, encoding: Encoding, key: &SigningKey) -> Vec<
             }
         }
     }
+    for v in &parts.propensity {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
     let signature = key.sign(&out);
     out.extend_from_slice(&signature.to_bytes());
     out
@@ -178,6 +235,8 @@ pub struct Bundle {
     pub(crate) gram_reg: Vec<f64>,
     /// n×d.
     pub(crate) factors: Vec<f64>,
+    /// n when the model was trained with propensity weights, else empty.
+    pub(crate) propensity: Vec<f64>,
     pub(crate) index: HashMap<String, u32>,
     pub(crate) category_index: HashMap<String, u32>,
 }
@@ -224,7 +283,8 @@ impl Bundle {
             Encoding::F32 => 4 * n * d,
             Encoding::Int8 => 4 * n + n * d,
         };
-        if body.len() != at + 4 * d * d + factors_len {
+        let propensity_len = if header.propensity { 4 * n } else { 0 };
+        if body.len() != at + 4 * d * d + factors_len + propensity_len {
             return Err(bad("sections do not match dim and the item count"));
         }
         let f32s = |bytes: &[u8]| -> Vec<f64> {
@@ -235,11 +295,12 @@ impl Bundle {
         };
         let gram_reg = f32s(&body[at..at + 4 * d * d]);
         at += 4 * d * d;
+        let propensity = f32s(&body[at + factors_len..]);
         let factors = match header.encoding {
-            Encoding::F32 => f32s(&body[at..]),
+            Encoding::F32 => f32s(&body[at..at + factors_len]),
             Encoding::Int8 => {
                 let scales = f32s(&body[at..at + 4 * n]);
-                let codes = &body[at + 4 * n..];
+                let codes = &body[at + 4 * n..at + factors_len];
                 let mut out = Vec::with_capacity(n * d);
                 for (i, &s) in scales.iter().enumerate() {
                     out.extend(
@@ -251,7 +312,12 @@ impl Bundle {
                 out
             }
         };
-        if gram_reg.iter().chain(&factors).any(|v| !v.is_finite()) {
+        if gram_reg
+            .iter()
+            .chain(&factors)
+            .chain(&propensity)
+            .any(|v| !v.is_finite())
+        {
             return Err(bad("a factor is not a finite number"));
         }
         let mut index = HashMap::with_capacity(n);
@@ -270,6 +336,7 @@ impl Bundle {
             header,
             gram_reg,
             factors,
+            propensity,
             index,
             category_index,
         })
@@ -293,6 +360,11 @@ impl Bundle {
     /// The row of item `key`.
     pub fn item(&self, key: &str) -> Option<u32> {
         self.index.get(key).copied()
+    }
+
+    /// Item `i`'s propensity factor (1 when the model was trained without).
+    pub fn propensity(&self, i: u32) -> f64 {
+        self.propensity.get(i as usize).copied().unwrap_or(1.0)
     }
 
     /// Item `i`'s factors (dequantized).
@@ -351,6 +423,10 @@ mod tests {
                 .into_iter()
                 .collect(),
                 max_weight: 10.0,
+                recent_boost: 0.0,
+                recent_half_life_ms: 0.0,
+                recency: Recency::OFF,
+                propensity: false,
                 keys: (0..n).map(|i| format!("item-{i}")).collect(),
                 categories: vec!["even".into(), "odd".into(), "tens".into()],
                 item_categories: (0..n)
@@ -365,6 +441,7 @@ mod tests {
             },
             gram_reg: gram,
             factors,
+            propensity: Vec::new(),
         }
     }
 
@@ -393,6 +470,17 @@ mod tests {
                 assert!((a - *w as f64).abs() <= tol + 1e-9, "{enc:?}: {a} vs {w}");
             }
         }
+    }
+
+    #[test]
+    fn propensity_factors_travel_with_the_bundle() {
+        let mut p = parts(6, 3);
+        p.header.propensity = true;
+        p.propensity = vec![1.0, 2.0, 3.0, 1.5, 1.0, 4.0];
+        let bytes = encode(&p, Encoding::Int8, &key());
+        let b = Bundle::verify(&bytes, &key().verifying_key().to_bytes()).unwrap();
+        assert_eq!(b.propensity(5), 4.0);
+        assert_eq!(b.factors(5).len(), 3);
     }
 
     #[test]

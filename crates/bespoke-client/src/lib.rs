@@ -26,7 +26,9 @@ pub mod bundle;
 
 use serde::{Deserialize, Serialize};
 
-pub use bundle::{Bundle, BundleError, BundleParts, Encoding, EventWeight, Header, encode};
+pub use bundle::{
+    Bundle, BundleError, BundleParts, Encoding, EventWeight, Header, Recency, encode,
+};
 
 /// One event kept on the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,24 +83,60 @@ impl History {
         serde_json::from_str(json)
     }
 
-    /// The summed weight of each item the bundle knows, by item row ascending: the server's
-    /// history (events of unknown types or items are skipped, as the server skips them).
-    pub fn weights(&self, bundle: &Bundle) -> Vec<(u32, f64)> {
-        let mut sums: Vec<(u32, f64)> = Vec::new();
+    /// The weight of each item the bundle knows, by item row ascending, at time `now_ms`:
+    /// the server's fold-in history. Per item, the summed event weights (events of types the
+    /// server does not know are skipped), times the position-based recency the model was
+    /// trained with (items the bundle does not know count as interactions for it), times the
+    /// item's propensity factor, times the recent boost of positive weights.
+    pub fn weights(&self, bundle: &Bundle, now_ms: i64) -> Vec<(u32, f64)> {
+        struct Agg<'a> {
+            key: &'a str,
+            row: u32,
+            weight: f64,
+            last: i64,
+        }
+        let mut aggs: Vec<Agg> = Vec::new();
         let mut at = std::collections::HashMap::new();
         for e in &self.events {
-            let (Some(row), Some(w)) = (bundle.item(&e.item), bundle.weight(&e.kind, e.value))
-            else {
+            let Some(w) = bundle.weight(&e.kind, e.value) else {
                 continue;
             };
-            let slot = *at.entry(row).or_insert_with(|| {
-                sums.push((row, 0.0));
-                sums.len() - 1
+            let slot = *at.entry(e.item.as_str()).or_insert_with(|| {
+                aggs.push(Agg {
+                    key: &e.item,
+                    row: bundle.item(&e.item).unwrap_or(u32::MAX),
+                    weight: 0.0,
+                    last: i64::MIN,
+                });
+                aggs.len() - 1
             });
-            sums[slot].1 += w;
+            aggs[slot].weight += w;
+            aggs[slot].last = aggs[slot].last.max(e.at_ms);
         }
-        sums.sort_by_key(|&(row, _)| row);
-        sums
+        // The server's order: model rows, then items without one (for recency ties only).
+        aggs.sort_by(|a, b| a.row.cmp(&b.row).then(a.key.cmp(b.key)));
+        let h = &bundle.header;
+        let mut position = vec![1f64; aggs.len()];
+        if h.recency.is_on() {
+            let mut order: Vec<usize> = (0..aggs.len()).collect();
+            order.sort_by_key(|&k| (aggs[k].last, k));
+            let n = aggs.len();
+            for (p, &k) in order.iter().enumerate() {
+                position[k] = h.recency.factor(n - 1 - p) as f64;
+            }
+        }
+        aggs.iter()
+            .zip(position)
+            .filter(|(a, _)| a.row != u32::MAX)
+            .map(|(a, pos)| {
+                let mut w = a.weight * pos * bundle.propensity(a.row);
+                if h.recent_boost > 0.0 && w > 0.0 && h.recent_half_life_ms > 0.0 {
+                    let age = (now_ms - a.last).max(0) as f64;
+                    w *= 1.0 + h.recent_boost * (-age / h.recent_half_life_ms).exp2();
+                }
+                (a.row, w)
+            })
+            .collect()
     }
 }
 
@@ -113,6 +151,8 @@ pub struct Query {
     pub exclude: Vec<String>,
     /// Also return items in the history.
     pub include_seen: bool,
+    /// The time to weigh the history at (Unix milliseconds; the recent boost depends on it).
+    pub now_ms: i64,
 }
 
 impl Default for Query {
@@ -122,6 +162,9 @@ impl Default for Query {
             categories: Vec::new(),
             exclude: Vec::new(),
             include_seen: false,
+            now_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
         }
     }
 }
@@ -141,8 +184,8 @@ impl Bundle {
     /// The user's vector from their history: the exact iALS user step against the bundle's
     /// item factors, as the server folds in a user. `None` for a history with nothing the
     /// bundle knows.
-    pub fn user_vector(&self, history: &History) -> Option<Vec<f64>> {
-        let weights = history.weights(self);
+    pub fn user_vector(&self, history: &History, now_ms: i64) -> Option<Vec<f64>> {
+        let weights = history.weights(self, now_ms);
         if weights.iter().all(|&(_, w)| w == 0.0) {
             return None;
         }
@@ -185,12 +228,12 @@ impl Bundle {
     /// history holds nothing the bundle knows: the app shows its own fallback (the server's
     /// popular items, say).
     pub fn recommend(&self, history: &History, query: &Query) -> Vec<Scored> {
-        let Some(x) = self.user_vector(history) else {
+        let Some(x) = self.user_vector(history, query.now_ms) else {
             return Vec::new();
         };
         let mut skip = vec![false; self.len()];
         if !query.include_seen {
-            for (row, _) in history.weights(self) {
+            for (row, _) in history.weights(self, query.now_ms) {
                 skip[row as usize] = true;
             }
         }
@@ -308,12 +351,17 @@ pub fn example_bundle() -> (Vec<u8>, [u8; 32]) {
             .into_iter()
             .collect(),
             max_weight: 10.0,
+            recent_boost: 0.0,
+            recent_half_life_ms: 0.0,
+            recency: bundle::Recency::OFF,
+            propensity: false,
             keys: (0..n).map(|i| format!("item-{i}")).collect(),
             categories: vec!["even".into(), "odd".into()],
             item_categories: (0..n).map(|i| vec![(i % 2) as u32]).collect(),
         },
         gram_reg: gram,
         factors,
+        propensity: Vec::new(),
     };
     (
         encode(&parts, Encoding::F32, &key),
@@ -342,13 +390,13 @@ mod tests {
         h.push("item-8", "view", None, 2);
         h.push("item-8", "view", None, 3);
         h.push("item-11", "view", None, 4);
-        let x = b.user_vector(&h).unwrap();
+        let x = b.user_vector(&h, 0).unwrap();
         let d = b.header.dim as usize;
         let alpha = b.header.alpha as f64;
         let mut residual: Vec<f64> = (0..d)
             .map(|r| (0..d).map(|k| b.gram_reg[r * d + k] * x[k]).sum())
             .collect();
-        for (row, w) in h.weights(&b) {
+        for (row, w) in h.weights(&b, 0) {
             let c = 1.0 + alpha * w.abs();
             let y = b.factors(row);
             let yx: f64 = y.iter().zip(&x).map(|(a, b)| a * b).sum();
@@ -398,6 +446,37 @@ mod tests {
             b.recommend(&History::default(), &Query::default())
                 .is_empty()
         );
+    }
+
+    /// Recency by position, propensity and the recent boost weigh the history as the server
+    /// does (`pipeline::candidates::model_history`).
+    #[test]
+    fn history_weights_follow_the_servers_weighting() {
+        let (bytes, key) = example_bundle();
+        let mut b = Bundle::verify(&bytes, &key).unwrap();
+        b.header.recency = Recency {
+            half_life: 1.0,
+            floor: 0.0,
+        };
+        b.header.recent_boost = 1.0;
+        b.header.recent_half_life_ms = 1000.0;
+        b.propensity = vec![1.0; b.len()];
+        b.propensity[4] = 3.0;
+        let mut h = History::default();
+        h.push("item-4", "view", None, 1);
+        h.push("item-4", "view", None, 2);
+        h.push("not-in-bundle", "view", None, 3);
+        h.push("item-1", "purchase", None, 4);
+        h.push("item-1", "not-a-type", None, 9);
+        let w = h.weights(&b, 1004);
+        // item-1 is the latest (age 0): 4 · 1 · 1 · (1 + 2^(−1000/1000)) = 6.
+        // item-4 has two later interactions (one outside the bundle): 2 · 2^(−2) · 3 · (1 + 2^(−1002/1000)).
+        let item4 = 2.0 * 0.25 * 3.0 * (1.0 + (-1.002f64).exp2());
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].0, 1);
+        assert!((w[0].1 - 6.0).abs() < 1e-12, "{w:?}");
+        assert_eq!(w[1].0, 4);
+        assert!((w[1].1 - item4).abs() < 1e-6, "{w:?}");
     }
 
     #[test]
