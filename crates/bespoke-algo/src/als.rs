@@ -419,6 +419,17 @@ impl UserSolver {
         &self.items
     }
 
+    /// `YᵀY + λI`, row-major: what every fold-in starts from (shipped to devices, which fold
+    /// in with the very same matrix).
+    pub fn gram_reg(&self) -> &[f32] {
+        &self.gram_reg
+    }
+
+    /// The confidence slope α.
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
     /// The exact minimiser `x = (YᵀC^uY + λI)⁻¹ YᵀC^u p(u)` for a history of
     /// `(item, summed weight)`; items outside the factor matrix and zero weights are ignored.
     /// `None` only if the system is numerically singular (it cannot be with `λ > 0`).

@@ -20,7 +20,7 @@
 //! recomputing what the server already has, and because it makes the device's fold-in use the
 //! very matrix the server's does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,7 @@ pub struct Header {
     pub format: u32,
     /// The server's model version the factors come from.
     pub model_version: u64,
-    /// When the bundle was made (RFC 3339).
+    /// When the model was trained (RFC 3339).
     pub created_at: String,
     /// Factors per item (d).
     pub dim: u32,
@@ -123,8 +123,9 @@ pub struct Header {
     pub encoding: Encoding,
     /// iALS confidence slope: an item with summed weight w counts with confidence 1 + α·|w|.
     pub alpha: f32,
-    /// The weight of each event type, as the server's `events.weights`.
-    pub event_weights: HashMap<String, EventWeight>,
+    /// The weight of each event type, as the server's `events.weights` (sorted, so that the
+    /// same model gives the same bytes).
+    pub event_weights: BTreeMap<String, EventWeight>,
     /// No event weighs more than this, either way (`events.max_weight`).
     pub max_weight: f64,
     /// `serving.recent_boost`: a positive item weight is multiplied by

@@ -7,6 +7,7 @@ pub(crate) mod admin;
 pub(crate) mod audiences;
 pub(crate) mod catalog;
 pub(crate) mod decisions;
+pub(crate) mod device;
 pub(crate) mod events;
 pub(crate) mod experiments;
 mod extract;
@@ -121,6 +122,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/v1/reports/fairness", Access::Needs(Scope::Admin)),
     ("POST", "/v1/audiences/query", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/device/bundle", Access::Needs(Scope::Read)),
+    ("GET", "/v1/device/key", Access::Needs(Scope::Read)),
     ("GET", "/v1/experiments", Access::Needs(Scope::Admin)),
     ("GET", "/v1/experiments/{key}", Access::Needs(Scope::Admin)),
     ("PUT", "/v1/experiments/{key}", Access::Needs(Scope::Admin)),
@@ -462,6 +465,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{key}/explain", get(serving::why_not))
         .route("/v1/reports/fairness", get(reports::fairness))
         .route("/v1/audiences/query", post(audiences::query))
+        .route("/v1/device/bundle", get(device::bundle))
+        .route("/v1/device/key", get(device::key))
         .route("/v1/experiments", get(experiments::list))
         .route(
             "/v1/experiments/{key}",
@@ -922,6 +927,7 @@ pub(crate) fn derived_openapi() -> utoipa::openapi::OpenApi {
     for part in [
         audiences::Api::openapi(),
         decisions::Api::openapi(),
+        device::Api::openapi(),
         experiments::Api::openapi(),
         gorse::Api::openapi(),
         models::Api::openapi(),

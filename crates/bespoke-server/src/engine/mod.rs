@@ -44,6 +44,7 @@ pub use crate::weights::Weights;
 mod access;
 mod audience;
 mod cluster;
+mod device;
 mod erasure;
 mod experiments;
 mod fairness;
@@ -59,6 +60,7 @@ pub use audience::{
     Audience, AudienceError, AudienceQuery, AudienceUser, Excluded, MAX_AUDIENCE_ITEMS, Size,
 };
 pub use cluster::ClusterStatus;
+pub use device::DeviceBundle;
 pub use erasure::{CleanModel, ErasureReceipt, Removed};
 pub use experiments::{
     Assigned, Comparison, Experiment, ExperimentError, ExperimentReport, ExperimentRoute,
@@ -138,6 +140,8 @@ pub struct Engine {
     segments: segments::Segments,
     /// Following other nodes' writes to a shared store, and leading them.
     cluster: cluster::Cluster,
+    /// The key device bundles are signed with, read from the store on first use.
+    device_key: std::sync::OnceLock<ed25519_dalek::SigningKey>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -190,6 +194,7 @@ impl Engine {
             experiments: experiments::Experiments::default(),
             segments: segments::Segments::default(),
             cluster: cluster::Cluster::new(feed, loaded.last_seq),
+            device_key: std::sync::OnceLock::new(),
         };
         engine.access.refresh_keys()?;
         engine.reload_rules()?;

@@ -263,6 +263,11 @@ impl AlsServing {
         SCRATCH.with(|s| self.normalized.top_k(&q, n, keep, &mut s.borrow_mut().0))
     }
 
+    /// The fold-in solver: item factors, `YᵀY + λI` and α.
+    pub fn solver(&self) -> &UserSolver {
+        &self.solver
+    }
+
     /// History items' contributions to the score of `item` (Hu–Koren–Volinsky).
     pub fn explain(&self, user: &UserVector, item: u32) -> Vec<(u32, f32)> {
         self.solver.explain(user, item)

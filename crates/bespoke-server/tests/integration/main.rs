@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod common;
 mod decisions;
+mod device;
 mod erasure;
 mod events;
 mod experiments;

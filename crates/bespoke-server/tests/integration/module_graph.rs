@@ -26,7 +26,15 @@ fn code(source: &str) -> String {
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect();
     let code = kept.join("\n");
-    match code.find("#[cfg(test)]\nmod tests") {
+    // A test module may be shared with other modules' tests (`pub(crate) mod tests`).
+    let at = [
+        "#[cfg(test)]\nmod tests",
+        "#[cfg(test)]\npub(crate) mod tests",
+    ]
+    .iter()
+    .filter_map(|m| code.find(m))
+    .min();
+    match at {
         Some(at) => code[..at].to_owned(),
         None => code,
     }
