@@ -388,10 +388,7 @@ fn hand_written() -> Value {
         }
     }
     add_rules(&mut doc);
-    add_fairness(&mut doc);
-    add_audiences(&mut doc);
-    add_experiments(&mut doc);
-    add_segments(&mut doc);
+    add_why_not(&mut doc);
     doc
 }
 
@@ -846,208 +843,8 @@ fn add_rules(doc: &mut Value) {
     }
 }
 
-/// Audiences: users for items (docs/audiences.md).
-fn add_audiences(doc: &mut Value) {
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.insert("/v1/audiences/query".into(), json!({ "post": {
-            "summary": "The users most likely to respond to items, a category or an item expression",
-            "description": "The query's items (listed, every item of a category, or every item a rule expression matches) become one vector, the mean of their iALS factors, scored against every trained user vector. Users who objected to marketing (consent.marketing = false), turned personalization off or withheld their data from training are left out and counted. Keys are the stored ones (pseudonymous with privacy.pseudonymize). 409 without a trained model.",
-            "operationId": "queryAudience",
-            "requestBody": json_body("AudienceIn"),
-            "responses": with_errors(json!({ "200": ok("The audience, best first", "Audience") }), &[400, 409, 413, 415]) } }));
-    }
-    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        schemas.insert("AudienceIn".into(), json!({ "type": "object", "additionalProperties": false,
-            "description": "At least one of items, category and filter; their items are merged.",
-            "properties": {
-                "items": { "type": "array", "maxItems": 500, "items": { "type": "string" } },
-                "category": { "type": "string" },
-                "filter": { "type": "string", "description": "An item rule expression (docs/rules.md)" },
-                "n": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 },
-                "threshold": { "type": "number", "description": "Also count the users scoring at least this (the audience's size)" },
-                "format": { "type": "string", "enum": ["json", "csv", "jsonl"], "default": "json", "description": "csv (user,score) or jsonl (user, score, reason per line) answer with the users above threshold as text/csv or application/x-ndjson" } } }));
-        schemas.insert("Audience".into(), json!({ "type": "object",
-            "required": ["users", "items_matched", "scored_users", "excluded", "model_version"],
-            "properties": {
-                "users": { "type": "array", "items": { "type": "object", "properties": {
-                    "user": { "type": "string" }, "score": { "type": "number" },
-                    "reasons": { "type": "array", "items": { "$ref": "#/components/schemas/Reason" } } } } },
-                "size": { "type": "object", "properties": { "threshold": { "type": "number" }, "users": { "type": "integer" } } },
-                "items_matched": { "type": "integer" }, "scored_users": { "type": "integer" },
-                "excluded": { "type": "object", "properties": { "marketing": { "type": "integer" }, "personalization": { "type": "integer" }, "training": { "type": "integer" } } },
-                "model_version": { "type": "integer" } } }));
-    }
-}
-
-/// Experiments (docs/experiments.md).
-fn add_experiments(doc: &mut Value) {
-    let name = json!({ "name": "key", "in": "path", "required": true, "description": "The experiment's name", "schema": { "type": "string", "maxLength": 64 } });
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.insert("/v1/experiments".into(), json!({ "get": {
-            "summary": "Every experiment, by name", "operationId": "listExperiments",
-            "responses": with_errors(json!({ "200": ok("The experiments", "Experiments") }), &[]) } }));
-        paths.insert("/v1/experiments/{key}".into(), json!({
-            "get": { "summary": "One experiment", "operationId": "getExperiment", "parameters": [name],
-                "responses": with_errors(json!({ "200": ok("The experiment", "Experiment") }), &[404]) },
-            "put": { "summary": "Create a draft experiment, or replace a draft's definition (audited)",
-                "description": "Variants are checked like ranking requests (a bad filter is a 400 naming variants[i].config.filter); metrics must name configured event types (or impression). Only a draft changes: 409 for a running or stopped one.",
-                "operationId": "putExperiment", "parameters": [name], "requestBody": json_body("ExperimentIn"),
-                "responses": with_errors(json!({ "200": ok("Replaced", "Experiment"), "201": ok("Created", "Experiment") }), &[400, 409, 413, 415]) },
-            "delete": { "summary": "Delete an experiment and its exposures (audited)", "operationId": "deleteExperiment", "parameters": [name],
-                "responses": with_errors(json!({ "200": { "description": "Deleted", "content": { "application/json": { "schema": { "type": "object", "properties": { "deleted": { "type": "string" } } } } } } }), &[404]) } }));
-        paths.insert("/v1/experiments/{key}/start".into(), json!({ "post": {
-            "summary": "Start a draft: its route serves the variants from now on (audited)",
-            "description": "409 (field layer) while another running experiment on the same route shares its layer or either has none.",
-            "operationId": "startExperiment", "parameters": [name],
-            "responses": with_errors(json!({ "200": ok("Started", "Experiment") }), &[400, 404, 409]) } }));
-        paths.insert("/v1/experiments/{key}/stop".into(), json!({ "post": {
-            "summary": "Stop a running experiment (audited)", "operationId": "stopExperiment", "parameters": [name],
-            "responses": with_errors(json!({ "200": ok("Stopped", "Experiment") }), &[404, 409]) } }));
-        paths.insert("/v1/experiments/{key}/report".into(), json!({ "get": {
-            "summary": "Results: per variant users and metric means; per treatment and metric the effect, Welch's interval and p-value, Holm-adjusted p-value, CUPED's variance reduction, the always-valid (mSPRT) p-value and confidence sequence; the sample-ratio-mismatch check",
-            "operationId": "experimentReport", "parameters": [name],
-            "responses": with_errors(json!({ "200": ok("The report", "ExperimentReport") }), &[404, 409]) } }));
-    }
-    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        schemas.insert("VariantConfig".into(), json!({ "type": "object", "additionalProperties": false,
-            "description": "Ranking-request fields the variant sets, checked as on the ranking routes. filter is combined with the request's (both hold); boost, promote and skip_rules add to the request's; the rest replace its value.",
-            "properties": {
-                "model": { "type": "string" }, "diversity": { "type": "number" }, "filter": { "type": "string" },
-                "boost": { "type": "array", "items": { "type": "object" } }, "promote": { "type": "array", "items": { "type": "object" } },
-                "max_per_category": { "type": "integer" }, "skip_rules": { "type": "array", "items": { "type": "string" } },
-                "calibration": { "type": "number" }, "popularity": { "type": "number" }, "popularity_method": { "type": "string", "enum": ["xquad", "inverse"] },
-                "protected": { "type": "string" }, "protected_share": { "type": "number" }, "protected_alpha": { "type": "number" } } }));
-        schemas.insert("Metric".into(), json!({ "type": "object", "required": ["kind", "name"],
-            "description": "conversion: share of users with an event of the type; count: events per user; revenue: sum of event values per user; ratio: numerator events per denominator event (delta method).",
-            "properties": { "kind": { "type": "string", "enum": ["conversion", "count", "revenue", "ratio"] }, "name": { "type": "string" },
-                "event": { "type": "string" }, "numerator": { "type": "string" }, "denominator": { "type": "string" } } }));
-        schemas.insert("ExperimentIn".into(), json!({ "type": "object", "additionalProperties": false, "required": ["variants"],
-            "properties": {
-                "description": { "type": "string" },
-                "route": { "type": "string", "enum": ["recommendations", "similar", "popular", "rank"], "default": "recommendations", "description": "similar and popular take part only with the `user` parameter" },
-                "layer": { "type": "string", "description": "Experiments on one route run at once only in different layers" },
-                "variants": { "type": "array", "minItems": 2, "maxItems": 20, "description": "The first is the control", "items": { "type": "object", "additionalProperties": false, "required": ["name"],
-                    "properties": { "name": { "type": "string" }, "weight": { "type": "number", "minimum": 0, "default": 1 }, "config": { "$ref": "#/components/schemas/VariantConfig" } } } },
-                "holdout": { "type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0 },
-                "salt": { "type": "string", "description": "The assignment hash's salt; the name by default" },
-                "metrics": { "type": "array", "maxItems": 20, "items": { "$ref": "#/components/schemas/Metric" }, "description": "Default: a conversion metric per configured event type" },
-                "alpha": { "type": "number", "default": 0.05 },
-                "pre_period": { "type": "string", "default": "14d", "description": "CUPED's pre-period before the start" },
-                "mde": { "type": "number", "default": 0.05, "description": "Relative effect the sequential test is tuned to" } } }));
-        schemas.insert("Experiment".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/ExperimentIn" }, { "type": "object", "properties": {
-            "name": { "type": "string" }, "status": { "type": "string", "enum": ["draft", "running", "stopped"] },
-            "started_at": { "type": "string", "format": "date-time" }, "stopped_at": { "type": "string", "format": "date-time" } } } ] }));
-        schemas.insert("Experiments".into(), json!({ "type": "object", "properties": { "experiments": { "type": "array", "items": { "$ref": "#/components/schemas/Experiment" } } } }));
-        schemas.insert("ExperimentReport".into(), json!({ "type": "object", "properties": {
-            "experiment": { "type": "string" }, "status": { "type": "string" }, "users": { "type": "integer" }, "alpha": { "type": "number" },
-            "srm": { "type": ["object", "null"], "properties": { "chi2": { "type": "number" }, "df": { "type": "integer" }, "p_value": { "type": "number" }, "alarm": { "type": "boolean" } } },
-            "variants": { "type": "array", "items": { "type": "object" } },
-            "comparisons": { "type": "array", "items": { "type": "object", "properties": { "control": { "type": "string" }, "treatment": { "type": "string" },
-                "metrics": { "type": "array", "items": { "type": "object", "properties": {
-                    "metric": { "type": "string" }, "effect": { "type": ["number", "null"] }, "ci_low": { "type": ["number", "null"] }, "ci_high": { "type": ["number", "null"] },
-                    "p_value": { "type": ["number", "null"] }, "p_value_holm": { "type": ["number", "null"] }, "significant": { "type": "boolean" },
-                    "cuped_variance_reduction": { "type": ["number", "null"] }, "sequential": { "type": ["object", "null"] } } } } } } },
-            "notes": { "type": "array", "items": { "type": "string" } } } }));
-    }
-}
-
-/// Segments (docs/segments.md).
-fn add_segments(doc: &mut Value) {
-    let name = json!({ "name": "key", "in": "path", "required": true, "description": "The segment's name: 1 to 64 ASCII letters, digits, '-', '_' or '.'", "schema": { "type": "string", "maxLength": 64 } });
-    let cluster = json!({ "name": "cluster", "in": "query", "description": "Learned segments: only this cluster (from 0)", "schema": { "type": "integer", "minimum": 0 } });
-    let deleted = json!({ "200": { "description": "Deleted", "content": { "application/json": { "schema": { "type": "object", "properties": { "deleted": { "type": "string" } } } } } } });
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.insert("/v1/segments".into(), json!({ "get": {
-            "summary": "Every segment, by name, with its last refresh and export", "operationId": "listSegments",
-            "responses": with_errors(json!({ "200": ok("The segments", "Segments") }), &[]) } }));
-        paths.insert("/v1/segments/{key}".into(), json!({
-            "get": { "summary": "One segment: its definition, last refresh (with cluster descriptions), last export, next scheduled refresh", "operationId": "getSegment", "parameters": [name],
-                "responses": with_errors(json!({ "200": ok("The segment", "Segment") }), &[404]) },
-            "put": { "summary": "Create a segment or replace its definition (audited)",
-                "description": "A rule segment's expression is checked (a 400 names `expression` and the position); a learned segment's k is 2 to 64. `refresh` (at least 5m) schedules recomputation; `export` (needs `refresh`) sends the members to a plain http:// webhook after each scheduled refresh, signed with the segment's secret, which the response that creates the segment returns once as `webhook_secret`. The kind cannot change (409). A replaced definition keeps the members until the next refresh.",
-                "operationId": "putSegment", "parameters": [name], "requestBody": json_body("SegmentIn"),
-                "responses": with_errors(json!({ "200": ok("Replaced", "SegmentPut"), "201": ok("Created; webhook_secret is shown this once", "SegmentPut") }), &[400, 409, 413, 415]) },
-            "delete": { "summary": "Delete a segment, its members, size history and webhook secret (audited)", "operationId": "deleteSegment", "parameters": [name],
-                "responses": with_errors(deleted, &[404]) } }));
-        paths.insert("/v1/segments/{key}/refresh".into(), json!({ "post": {
-            "summary": "Compute the members now and store them (a new point of the size history; audited)",
-            "description": "Rule: every user's attributes and their events within the expression's window. Learned: k-means on the served model's user vectors, each cluster described by the categories of its members' items and their attribute values. Users who objected to marketing are left out and counted (and, as the docs say, users without personalization or training consent where the segment reads behaviour or vectors). 409 no_model for a learned segment without a trained model, segment_conflict when k exceeds the users, segment_busy while another refresh of it runs.",
-            "operationId": "refreshSegment", "parameters": [name],
-            "responses": with_errors(json!({ "200": ok("What was computed", "SegmentRefresh") }), &[400, 404, 409]) } }));
-        paths.insert("/v1/segments/{key}/members".into(), json!({ "get": {
-            "summary": "The members: a JSON page in user order, or every member streamed as CSV or JSONL",
-            "description": "Keys are the stored ones (pseudonymous with privacy.pseudonymize). Without format, a page of at most `limit` members after `cursor` (the previous page's next_cursor, opaque; null on the last page). With format=csv (`user,score`, `user,cluster,score` for a learned segment, with a header) or format=jsonl, every member, streamed; cursor and limit are refused then.",
-            "operationId": "segmentMembers",
-            "parameters": [name, cluster,
-                { "name": "cursor", "in": "query", "description": "The next_cursor of the previous page", "schema": { "type": "string" } },
-                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 } },
-                { "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "csv", "jsonl"], "default": "json" } }],
-            "responses": with_errors(json!({ "200": { "description": "A page, or the stream",
-                "content": {
-                    "application/json": { "schema": { "$ref": "#/components/schemas/SegmentMembers" } },
-                    "text/csv": { "schema": { "type": "string" } },
-                    "application/x-ndjson": { "schema": { "type": "string" } } } } }), &[400, 404]) } }));
-        paths.insert("/v1/segments/{key}/sizes".into(), json!({ "get": {
-            "summary": "The size after each refresh, oldest first (per cluster too for a learned segment)", "operationId": "segmentSizes", "parameters": [name],
-            "responses": with_errors(json!({ "200": ok("The size history", "SegmentSizes") }), &[404]) } }));
-        paths.insert("/v1/users/{key}/segments".into(), json!({ "get": {
-            "summary": "The segments a user belongs to (stored memberships, as of each segment's last refresh)", "operationId": "userSegments", "parameters": [key_param()],
-            "responses": with_errors(json!({ "200": ok("The user's segments", "UserSegments") }), &[400, 404]) } }));
-    }
-    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        schemas.insert("SegmentIn".into(), json!({ "type": "object", "additionalProperties": false, "required": ["kind"],
-            "properties": {
-                "kind": { "type": "string", "enum": ["rule", "learned"] },
-                "expression": { "type": "string", "description": "rule: a user expression (docs/segments.md)" },
-                "k": { "type": "integer", "minimum": 2, "maximum": 64, "default": 8, "description": "learned: clusters, stored as member sets <name>/0 .. <name>/k-1" },
-                "seed": { "type": "integer", "minimum": 0, "default": 0, "description": "learned: the k-means++ seed" },
-                "description": { "type": "string", "maxLength": 1024 },
-                "refresh": { "type": "string", "description": "How often the scheduler recomputes it (5m at least: 30m, 6h, 1d); on demand only when absent" },
-                "export": { "type": "object", "additionalProperties": false, "required": ["url"], "properties": {
-                    "url": { "type": "string", "description": "A plain http:// webhook (docs/webhooks.md)" },
-                    "format": { "type": "string", "enum": ["jsonl", "csv"], "default": "jsonl" } } } } }));
-        let lift = |what: &str| json!({ "type": "object", "properties": { what: { "type": "string" }, "members": { "type": "integer" }, "share": { "type": "number" }, "lift": { "type": "number" } } });
-        let mut attribute = lift("attribute");
-        attribute["properties"]["value"] = json!({ "type": ["string", "boolean"] });
-        schemas.insert("SegmentRefresh".into(), json!({ "type": "object",
-            "required": ["kind", "computed_at", "size", "evaluated_users", "excluded", "elapsed_ms"],
-            "properties": {
-                "kind": { "type": "string", "enum": ["rule", "learned"] },
-                "computed_at": { "type": "string", "format": "date-time" },
-                "size": { "type": "integer" }, "evaluated_users": { "type": "integer" }, "elapsed_ms": { "type": "integer" },
-                "excluded": { "type": "object", "properties": { "marketing": { "type": "integer" }, "personalization": { "type": "integer" }, "training": { "type": "integer" } } },
-                "model_version": { "type": "integer" },
-                "clusters": { "type": "array", "items": { "type": "object", "properties": {
-                    "cluster": { "type": "integer" }, "name": { "type": "string" }, "size": { "type": "integer" },
-                    "categories": { "type": "array", "items": lift("category") },
-                    "attributes": { "type": "array", "items": attribute } } } } } }));
-        schemas.insert("Segment".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/SegmentIn" }, { "type": "object", "properties": {
-            "name": { "type": "string" },
-            "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" },
-            "next_refresh": { "type": "string", "format": "date-time" },
-            "last_refresh": { "$ref": "#/components/schemas/SegmentRefresh" },
-            "last_failure": { "type": "object", "properties": { "at": { "type": "string", "format": "date-time" }, "message": { "type": "string" } } },
-            "last_export": { "type": "object", "properties": {
-                "at": { "type": "string", "format": "date-time" }, "ok": { "type": "boolean" }, "status": { "type": "integer" }, "attempts": { "type": "integer" },
-                "delivery": { "type": "string" }, "members": { "type": "integer" }, "bytes": { "type": "integer" }, "error": { "type": "string" } } } } } ] }));
-        schemas.insert("SegmentPut".into(), json!({ "allOf": [ { "$ref": "#/components/schemas/Segment" }, { "type": "object", "properties": {
-            "webhook_secret": { "type": "string", "description": "Only in the response that created the segment: whsec_ and 64 hex digits, the HMAC key (as ASCII bytes) of its webhook deliveries" } } } ] }));
-        schemas.insert("Segments".into(), json!({ "type": "object", "properties": { "segments": { "type": "array", "items": { "$ref": "#/components/schemas/Segment" } } } }));
-        schemas.insert("SegmentMembers".into(), json!({ "type": "object", "properties": {
-            "segment": { "type": "string" },
-            "members": { "type": "array", "items": { "type": "object", "properties": { "user": { "type": "string" }, "cluster": { "type": "integer" }, "score": { "type": "number" } } } },
-            "next_cursor": { "type": ["string", "null"] } } }));
-        schemas.insert("SegmentSizes".into(), json!({ "type": "object", "properties": {
-            "segment": { "type": "string" },
-            "sizes": { "type": "array", "items": { "type": "object", "properties": { "at": { "type": "string", "format": "date-time" }, "size": { "type": "integer" }, "clusters": { "type": "array", "items": { "type": "integer" } } } } } } }));
-        schemas.insert("UserSegments".into(), json!({ "type": "object", "properties": {
-            "user": { "type": "string" },
-            "segments": { "type": "array", "items": { "type": "object", "properties": { "segment": { "type": "string" }, "cluster": { "type": "integer" }, "score": { "type": "number" }, "computed_at": { "type": "string", "format": "date-time" } } } } } }));
-    }
-}
-
-/// "Why not?" and the fairness report (docs/fairness.md).
-fn add_fairness(doc: &mut Value) {
+/// "Why not?" (docs/fairness.md).
+fn add_why_not(doc: &mut Value) {
     let mut why_params = vec![
         key_param(),
         json!({ "name": "item", "in": "query", "required": true, "description": "The item to explain", "schema": { "type": "string" } }),
@@ -1059,28 +856,12 @@ fn add_fairness(doc: &mut Value) {
         diversity_param(),
     ];
     why_params.extend(rule_params());
-    let mut report_params = vec![
-        json!({ "name": "k", "in": "query", "description": "List length measured; default fairness.report_k", "schema": { "type": "integer", "minimum": 1 } }),
-        json!({ "name": "users", "in": "query", "description": "Rank a seeded sample of at most this many users (all by default)", "schema": { "type": "integer", "minimum": 1 } }),
-        json!({ "name": "seed", "in": "query", "description": "Seed of the sample and of the bootstrap", "schema": { "type": "integer", "minimum": 0 } }),
-        json!({ "name": "user_attribute", "in": "query", "description": "A user attribute to group by (repeatable); one nobody has is a 400", "schema": { "type": "string" } }),
-        json!({ "name": "item_attribute", "in": "query", "description": "An item attribute whose groups' exposure is compared with their catalog share (repeatable; `category` for the first category); one no item has is a 400", "schema": { "type": "string" } }),
-        json!({ "name": "model", "in": "query", "schema": { "type": "string", "enum": ["auto", "als", "knn", "ease", "bpr", "popular"] } }),
-        category_param(),
-        diversity_param(),
-    ];
-    report_params.extend(rule_params());
     if let Some(paths) = doc["paths"].as_object_mut() {
         paths.insert("/v1/users/{key}/explain".into(), json!({ "get": {
             "summary": "Why not? Where an item would rank for a user and which stage removed or demoted it",
             "description": "Runs the recommendation pipeline with the same parameters, once as asked and again with stages turned off, and reports the item's score and its terms, its rank by the model alone and after the rules, and each stage's verdict in pipeline order: consent, availability, exclude, category, rule (hidden, no_repeat, a filter), already_seen, rules (boosts, category cap), ranking (below the cut), hide_similar, diversity, fairness.",
             "operationId": "whyNot", "parameters": why_params,
             "responses": with_errors(json!({ "200": ok("The explanation", "WhyNot") }), &[400, 404]) } }));
-        paths.insert("/v1/reports/fairness".into(), json!({ "get": {
-            "summary": "Fairness and bias report on the live model",
-            "description": "Ranks every user with a history through the pipeline (with the re-rankers asked for) and measures the lists: catalog coverage@k, Gini of exposure, long-tail shares, popularity lift (Abdollahpouri 2019), miscalibration (Steck 2018, α = 0.01), exposure by item group against catalog share. Accuracy by user group needs held-out data: `bespoke fairness` on a split. Values that are undefined are null, with notes.",
-            "operationId": "fairnessReport", "parameters": report_params,
-            "responses": with_errors(json!({ "200": ok("The report", "FairnessReport") }), &[400]) } }));
     }
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
         schemas.insert("WhyNot".into(), json!({ "type": "object",
@@ -1097,21 +878,6 @@ fn add_fairness(doc: &mut Value) {
                 "stages": { "type": "array", "items": { "type": "object", "required": ["stage", "outcome", "message"], "properties": {
                     "stage": { "type": "string" }, "outcome": { "type": "string", "enum": ["removed", "demoted", "passed", "applied", "shown"] },
                     "message": { "type": "string" }, "rule": { "type": "string" } } } } } }));
-        let estimate = json!({ "type": "object", "properties": { "mean": { "type": ["number", "null"] }, "ci_low": { "type": ["number", "null"] }, "ci_high": { "type": ["number", "null"] } } });
-        schemas.insert("FairnessReport".into(), json!({ "type": "object",
-            "required": ["users", "k", "catalog_items", "long_tail", "popularity_lift", "miscalibration", "exposure", "notes"],
-            "properties": {
-                "model_version": { "type": ["integer", "null"] },
-                "users": { "type": "integer" }, "k": { "type": "integer" }, "catalog_items": { "type": "integer" },
-                "coverage": { "type": ["number", "null"], "description": "Share of catalog items in at least one top-k list" },
-                "gini": { "type": ["number", "null"], "description": "Gini coefficient of exposure over the catalog" },
-                "long_tail": { "type": "object", "properties": { "head_share": { "type": "number" }, "head_items": { "type": "integer" }, "catalog_tail_share": { "type": ["number", "null"] }, "list_tail_share": { "type": ["number", "null"] }, "profile_tail_share": { "type": ["number", "null"] } } },
-                "popularity_lift": { "type": "object", "properties": { "users_measured": { "type": "integer" }, "gap_profile": { "type": ["number", "null"] }, "gap_list": { "type": ["number", "null"] }, "lift": { "type": ["number", "null"], "description": "(GAP_list − GAP_profile) / GAP_profile" } } },
-                "miscalibration": { "type": "object", "properties": { "alpha": { "type": "number" }, "mean": { "type": ["number", "null"] }, "users_measured": { "type": "integer" } } },
-                "accuracy": { "type": ["object", "null"], "properties": { "users": { "type": "integer" }, "ndcg10": estimate.clone(), "recall10": estimate.clone(), "groupings": { "type": "array" } } },
-                "exposure": { "type": "array", "items": { "type": "object", "properties": { "attribute": { "type": "string" }, "groups": { "type": "array", "items": { "type": "object", "properties": {
-                    "group": { "type": "string" }, "items": { "type": "integer" }, "catalog_share": { "type": ["number", "null"] }, "exposure_share": { "type": ["number", "null"] }, "relevant_share": { "type": ["number", "null"] }, "ratio_to_catalog": { "type": ["number", "null"] } } } } } } },
-                "notes": { "type": "array", "items": { "type": "string" } } } }));
     }
 }
 
