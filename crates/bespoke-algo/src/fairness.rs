@@ -150,6 +150,7 @@ pub struct ReportInput<'a> {
 /// Fairness and bias measures of a set of recommendation lists. Undefined values are `None`,
 /// and `notes` say why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FairnessMeasures))]
 pub struct Report {
     /// Users in the input.
     pub users: usize,
@@ -177,6 +178,7 @@ pub struct Report {
 
 /// Long-tail shares, with the head of [`tail_items`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LongTail {
     /// Share of training interactions defining the head ([`HEAD_SHARE`]).
     pub head_share: f64,
@@ -194,6 +196,7 @@ pub struct LongTail {
 /// Group average popularity (GAP) of Abdollahpouri et al. 2019, in training interactions,
 /// over the users with both a non-empty profile and a non-empty list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PopularityLift {
     /// Users measured.
     pub users_measured: usize,
@@ -208,6 +211,7 @@ pub struct PopularityLift {
 
 /// Steck's miscalibration, averaged over users.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Miscalibration {
     /// Mixing weight used ([`CALIBRATION_ALPHA`]).
     pub alpha: f64,
@@ -219,6 +223,7 @@ pub struct Miscalibration {
 
 /// A mean with its percentile bootstrap 95 % interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FairnessEstimate))]
 pub struct Estimate {
     /// Mean; `None` without values.
     pub mean: Option<f64>,
@@ -230,6 +235,7 @@ pub struct Estimate {
 
 /// Accuracy over the users with relevant items.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FairnessAccuracy))]
 pub struct Accuracy {
     /// Users measured (those with relevant items in the catalog).
     pub users: usize,
@@ -243,6 +249,7 @@ pub struct Accuracy {
 
 /// Accuracy by the groups of one user attribute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccuracyGrouping {
     /// The attribute.
     pub attribute: String,
@@ -254,6 +261,7 @@ pub struct AccuracyGrouping {
 
 /// Accuracy of one group of users.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupAccuracy {
     /// Group name.
     pub group: String,
@@ -267,6 +275,7 @@ pub struct GroupAccuracy {
 
 /// Difference in mean NDCG@10 between the best and the worst named group with ≥ 2 users.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccuracyGap {
     /// Best mean minus worst mean (≥ 0).
     pub ndcg10: f64,
@@ -278,6 +287,7 @@ pub struct AccuracyGap {
 
 /// Exposure by the groups of one item attribute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExposureGrouping {
     /// The attribute.
     pub attribute: String,
@@ -287,6 +297,7 @@ pub struct ExposureGrouping {
 
 /// Exposure of one group of items.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupExposure {
     /// Group name.
     pub group: String,

@@ -211,6 +211,7 @@ pub struct Cuped {
 
 /// A sample-ratio-mismatch check.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SampleRatioMismatch))]
 pub struct Srm {
     /// Pearson's `χ² = Σ (O − E)² / E`.
     pub chi2: f64,

@@ -16,22 +16,32 @@ use crate::validate::validate_key;
 /// Most users one query returns.
 const MAX_AUDIENCE_USERS: i64 = 10_000;
 
-/// Body of `POST /v1/audiences/query`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /v1/audiences/query`: at least one of items, category and filter; their items
+/// are merged.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AudienceIn {
+    /// Item keys.
     #[serde(default)]
+    #[schema(max_items = 500)]
     items: Vec<String>,
+    /// Every item of this category.
     #[serde(default)]
     category: Option<String>,
+    /// An item rule expression (docs/rules.md).
     #[serde(default)]
     filter: Option<String>,
+    /// Users to return.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000, default = 100)]
     n: Option<i64>,
+    /// Also count the users scoring at least this (the audience's size).
     #[serde(default)]
     threshold: Option<f64>,
-    /// `json` (default), `csv` (`user,score`) or `jsonl` (one user per line).
+    /// `json` (default), or `csv` (`user,score`) or `jsonl` (user, score, reason per line):
+    /// these answer with the users above threshold as text/csv or application/x-ndjson.
     #[serde(default)]
+    #[schema(inline, value_type = Option<super::segments::ListFormat>, default = "json")]
     format: Option<String>,
 }
 
@@ -47,6 +57,20 @@ impl From<AudienceError> for ApiError {
     }
 }
 
+/// The users most likely to respond to items, a category or an item expression
+///
+/// The query's items (listed, every item of a category, or every item a rule expression
+/// matches) become one vector, the mean of their iALS factors, scored against every trained
+/// user vector. Users who objected to marketing (consent.marketing = false), turned
+/// personalization off or withheld their data from training are left out and counted. Keys are
+/// the stored ones (pseudonymous with privacy.pseudonymize). 409 without a trained model.
+#[utoipa::path(post, path = "/v1/audiences/query", operation_id = "queryAudience",
+    request_body = AudienceIn,
+    responses((status = 200, description = "The audience, best first", content(
+            (Audience = "application/json"),
+            (String = "text/csv"),
+            (String = "application/x-ndjson"))),
+        (status = 400), (status = 409), (status = 413), (status = 415)))]
 pub(crate) async fn query(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<AudienceIn>,
@@ -144,5 +168,13 @@ pub(crate) async fn query(
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi()]
+#[openapi(paths(query))]
 pub(crate) struct Api;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_request_schema_says_what_the_type_reads() {
+        crate::openapi::tests::assert_request_schema::<super::AudienceIn>("AudienceIn");
+    }
+}

@@ -12,9 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use hyper::body::Frame;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{JsonBody, KeyPath, Params};
+use super::extract::{JsonBody, KeyParam, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
 use crate::engine::{
@@ -47,18 +48,44 @@ impl From<SegmentError> for ApiError {
     }
 }
 
+/// The `{key}` path parameter of the segment routes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct SegmentName {
+    /// The segment's name: 1 to 64 ASCII letters, digits, '-', '_' or '.'
+    #[param(max_length = 64)]
+    key: String,
+}
+
+/// Answer of a deletion by name (segments, experiments).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeletedByName)]
+pub(crate) struct DeletedOut {
+    /// The name deleted.
+    pub(super) deleted: String,
+}
+
 /// Answer of `GET /v1/segments`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Segments)]
 pub(crate) struct SegmentsOut {
+    /// By name.
     segments: Vec<Segment>,
 }
 
+/// Every segment, by name, with its last refresh and export
+#[utoipa::path(get, path = "/v1/segments", operation_id = "listSegments",
+    responses((status = 200, description = "The segments", body = SegmentsOut)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<SegmentsOut>, ApiError> {
     let engine = state.engine.clone();
     let segments = blocking(move || engine.segments().map_err(ApiError::from)).await?;
     Ok(Json(SegmentsOut { segments }))
 }
 
+/// One segment: its definition, last refresh (with cluster descriptions), last export, next scheduled refresh
+#[utoipa::path(get, path = "/v1/segments/{key}", operation_id = "getSegment", params(SegmentName),
+    responses((status = 200, description = "The segment", body = Segment), (status = 404)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     KeyPath(name): KeyPath,
@@ -69,15 +96,30 @@ pub(crate) async fn get(
 }
 
 /// Answer of `PUT /v1/segments/{key}`: the segment, and on creation its webhook secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SegmentPut)]
 pub(crate) struct PutOut {
     #[serde(flatten)]
     segment: Segment,
+    /// Only in the response that created the segment: whsec_ and 64 hex digits, the HMAC key
+    /// (as ASCII bytes) of its webhook deliveries
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_secret: Option<String>,
 }
 
-/// `PUT /v1/segments/{key}`: creates a segment or replaces its definition.
+/// Create a segment or replace its definition (audited)
+///
+/// A rule segment's expression is checked (a 400 names `expression` and the position); a
+/// learned segment's k is 2 to 64. `refresh` (at least 5m) schedules recomputation; `export`
+/// (needs `refresh`) sends the members to a plain http:// webhook after each scheduled refresh,
+/// signed with the segment's secret, which the response that creates the segment returns once
+/// as `webhook_secret`. The kind cannot change (409). A replaced definition keeps the members
+/// until the next refresh.
+#[utoipa::path(put, path = "/v1/segments/{key}", operation_id = "putSegment", params(SegmentName),
+    request_body = SegmentIn,
+    responses((status = 200, description = "Replaced", body = PutOut),
+        (status = 201, description = "Created; webhook_secret is shown this once", body = PutOut),
+        (status = 400), (status = 409), (status = 413), (status = 415)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -108,11 +150,15 @@ pub(crate) async fn put(
     ))
 }
 
+/// Delete a segment, its members, size history and webhook secret (audited)
+#[utoipa::path(delete, path = "/v1/segments/{key}", operation_id = "deleteSegment",
+    params(SegmentName),
+    responses((status = 200, description = "Deleted", body = DeletedOut), (status = 404)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     KeyPath(name): KeyPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedOut>, ApiError> {
     let engine = state.engine.clone();
     let n = name.clone();
     let deleted = blocking(move || {
@@ -128,10 +174,22 @@ pub(crate) async fn delete(
     if !deleted {
         return Err(ApiError::not_found("segment", &name));
     }
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(DeletedOut { deleted: name }))
 }
 
-/// `POST /v1/segments/{key}/refresh`: computes the members now.
+/// Compute the members now and store them (a new point of the size history; audited)
+///
+/// Rule: every user's attributes and their events within the expression's window. Learned:
+/// k-means on the served model's user vectors, each cluster described by the categories of its
+/// members' items and their attribute values. Users who objected to marketing are left out and
+/// counted (and, as the docs say, users without personalization or training consent where the
+/// segment reads behaviour or vectors). 409 no_model for a learned segment without a trained
+/// model, segment_conflict when k exceeds the users, segment_busy while another refresh of it
+/// runs.
+#[utoipa::path(post, path = "/v1/segments/{key}/refresh", operation_id = "refreshSegment",
+    params(SegmentName),
+    responses((status = 200, description = "What was computed", body = SegmentRefresh),
+        (status = 400), (status = 404), (status = 409)))]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -153,16 +211,58 @@ pub(crate) async fn refresh(
 }
 
 /// A page of `GET /v1/segments/{key}/members`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SegmentMembers)]
 pub(crate) struct MembersOut {
+    /// The segment's name.
     segment: String,
+    /// In user order.
     members: Vec<SegmentMember>,
     /// Pass as `cursor` for the next page; null on the last.
     next_cursor: Option<String>,
 }
 
-/// `GET /v1/segments/{key}/members`: a JSON page (`cursor`, `limit`), or with `format=csv` or
-/// `format=jsonl` every member as a stream; `cluster` picks one cluster of a learned segment.
+/// The query parameters of `GET /v1/segments/{key}/members` (read with `Params`, described here).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct MembersQuery {
+    /// Learned segments: only this cluster (from 0)
+    #[param(minimum = 0)]
+    cluster: Option<u32>,
+    /// The next_cursor of the previous page
+    cursor: Option<String>,
+    /// Members per page (JSON only)
+    #[param(minimum = 1, maximum = 10000, default = 100)]
+    limit: Option<u32>,
+    /// `json` (a page), `csv` or `jsonl` (every member, streamed)
+    #[param(inline, default = "json")]
+    format: Option<ListFormat>,
+}
+
+/// How a list of users is answered (the OpenAPI description's enum).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+pub(crate) enum ListFormat {
+    Json,
+    Csv,
+    Jsonl,
+}
+
+/// The members: a JSON page in user order, or every member streamed as CSV or JSONL
+///
+/// Keys are the stored ones (pseudonymous with privacy.pseudonymize). Without format, a page of
+/// at most `limit` members after `cursor` (the previous page's next_cursor, opaque; null on the
+/// last page). With format=csv (`user,score`, `user,cluster,score` for a learned segment, with
+/// a header) or format=jsonl, every member, streamed; cursor and limit are refused then.
+#[utoipa::path(get, path = "/v1/segments/{key}/members", operation_id = "segmentMembers",
+    params(SegmentName, MembersQuery),
+    responses((status = 200, description = "A page, or the stream", content(
+            (MembersOut = "application/json"),
+            (String = "text/csv"),
+            (String = "application/x-ndjson"))),
+        (status = 400), (status = 404)))]
 pub(crate) async fn members(
     State(state): State<AppState>,
     KeyPath(name): KeyPath,
@@ -286,12 +386,19 @@ impl hyper::body::Body for Stream {
 }
 
 /// Answer of `GET /v1/segments/{key}/sizes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SegmentSizes)]
 pub(crate) struct SizesOut {
+    /// The segment's name.
     segment: String,
+    /// Oldest first.
     sizes: Vec<SizePoint>,
 }
 
+/// The size after each refresh, oldest first (per cluster too for a learned segment)
+#[utoipa::path(get, path = "/v1/segments/{key}/sizes", operation_id = "segmentSizes",
+    params(SegmentName),
+    responses((status = 200, description = "The size history", body = SizesOut), (status = 404)))]
 pub(crate) async fn sizes(
     State(state): State<AppState>,
     KeyPath(name): KeyPath,
@@ -306,13 +413,19 @@ pub(crate) async fn sizes(
 }
 
 /// Answer of `GET /v1/users/{key}/segments`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UserSegments)]
 pub(crate) struct UserSegmentsOut {
+    /// The user's key.
     user: String,
     segments: Vec<UserSegment>,
 }
 
-/// `GET /v1/users/{key}/segments`: the segments the user belongs to, from stored memberships.
+/// The segments a user belongs to (stored memberships, as of each segment's last refresh)
+#[utoipa::path(get, path = "/v1/users/{key}/segments", operation_id = "userSegments",
+    params(KeyParam),
+    responses((status = 200, description = "The user's segments", body = UserSegmentsOut),
+        (status = 400), (status = 404)))]
 pub(crate) async fn of_user(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -330,5 +443,16 @@ pub(crate) async fn of_user(
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi()]
+#[openapi(paths(list, get, put, delete, refresh, members, sizes, of_user))]
 pub(crate) struct Api;
+
+#[cfg(test)]
+mod tests {
+    use crate::openapi::tests::assert_request_schema;
+
+    #[test]
+    fn the_request_schemas_say_what_the_types_read() {
+        assert_request_schema::<crate::engine::SegmentIn>("SegmentIn");
+        assert_request_schema::<crate::engine::ExportIn>("SegmentExportIn");
+    }
+}

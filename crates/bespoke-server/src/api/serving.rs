@@ -470,8 +470,43 @@ async fn rank_user(
     }
 }
 
-/// `GET /v1/users/{key}/explain?item=`: where the item would rank for the user and which
-/// stage removed or demoted it, under the same parameters as recommendations.
+/// The query of "why not?": the item, and the parameters of the recommendations asked about
+/// (doc only: read with `Params`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+struct WhyNotQuery {
+    /// The item to explain
+    item: String,
+    /// Number of results, 1 to limits.max_n (1000 by default); default serving.default_n
+    #[param(minimum = 1)]
+    n: Option<i64>,
+    /// As for recommendations
+    #[param(inline)]
+    model: Option<ModelName>,
+    /// Only items in any of these categories (comma-separated or repeated)
+    category: Option<String>,
+    /// Item keys never to return (comma-separated or repeated), at most limits.max_exclude
+    exclude: Option<String>,
+    /// Also return items the user interacted with
+    #[param(default = false)]
+    include_seen: Option<bool>,
+    /// λ of the diversity re-ranker, 0 to 1 (as for recommendations)
+    #[param(minimum = 0, maximum = 1, default = 0)]
+    diversity: Option<f64>,
+}
+
+/// Why not? Where an item would rank for a user and which stage removed or demoted it
+///
+/// Runs the recommendation pipeline with the same parameters, once as asked and again with
+/// stages turned off, and reports the item's score and its terms, its rank by the model alone
+/// and after the rules, and each stage's verdict in pipeline order: consent, availability,
+/// exclude, category, rule (hidden, no_repeat, a filter), already_seen, rules (boosts, category
+/// cap), ranking (below the cut), hide_similar, diversity, fairness.
+#[utoipa::path(get, path = "/v1/users/{key}/explain", operation_id = "whyNot",
+    params(KeyParam, WhyNotQuery, RuleQuery),
+    responses((status = 200, description = "The explanation", body = crate::pipeline::WhyNot),
+        (status = 400), (status = 404)))]
 pub(crate) async fn why_not(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -1177,7 +1212,7 @@ pub(crate) async fn rank(
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(recommendations, similar, popular, session, rank))]
+#[openapi(paths(recommendations, similar, popular, session, rank, why_not))]
 pub(crate) struct Api;
 
 #[cfg(test)]

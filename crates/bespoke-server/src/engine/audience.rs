@@ -33,7 +33,7 @@ pub struct AudienceQuery {
 }
 
 /// One user of an audience.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AudienceUser {
     /// The user's key as stored (pseudonymous when `privacy.pseudonymize` is on).
     pub user: String,
@@ -44,7 +44,8 @@ pub struct AudienceUser {
 }
 
 /// Users left out, by why.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = AudienceExcluded)]
 pub struct Excluded {
     /// Objected to marketing.
     pub marketing: usize,
@@ -55,7 +56,8 @@ pub struct Excluded {
 }
 
 /// The audience's size at a threshold.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = AudienceSize)]
 pub struct Size {
     /// The threshold asked for.
     pub threshold: f32,
@@ -64,7 +66,7 @@ pub struct Size {
 }
 
 /// An audience.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Audience {
     /// The best users, best first.
     pub users: Vec<AudienceUser>,

@@ -46,7 +46,7 @@ const FLUSH_EVERY_MS: u128 = 1_000;
 const REPORT_EVENTS_PER_USER: usize = 100_000;
 
 /// The ranking route an experiment runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExperimentRoute {
     /// `GET /v1/users/{key}/recommendations`.
@@ -61,8 +61,9 @@ pub enum ExperimentRoute {
 }
 
 /// Where an experiment is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ExperimentStatus)]
 pub enum Status {
     /// Created, not serving yet; its definition may still change.
     #[default]
@@ -74,13 +75,15 @@ pub enum Status {
 }
 
 /// One variant: a name, a traffic weight and the request fields it sets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Variant)]
 pub struct VariantSpec {
     /// Name, unique within the experiment.
     pub name: String,
     /// Relative share of traffic (default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 0, default = 1)]
     pub weight: f64,
     /// The request fields this variant sets (the first variant, the control, usually none).
     #[serde(default)]
@@ -94,7 +97,7 @@ fn one() -> f64 {
 /// The ranking-request fields a variant sets, named and checked as on the ranking routes. A
 /// `filter` is combined with the request's own (both must hold); `boost`, `promote` and
 /// `skip_rules` add to the request's; the rest replace the request's value.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariantConfig {
     /// The model (`als`, `ease`, ...).
@@ -139,8 +142,9 @@ pub struct VariantConfig {
 }
 
 /// A user-level metric computed from events (`docs/experiments.md`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = Metric)]
 pub enum MetricSpec {
     /// Share of users with at least one event of the type.
     Conversion {
@@ -210,46 +214,56 @@ impl MetricSpec {
 }
 
 /// What a client sends to create an experiment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ExperimentIn)]
 pub struct ExperimentSpec {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The route it runs on.
+    /// The route it runs on (default `recommendations`); similar and popular take part only
+    /// with the `user` parameter.
     #[serde(default)]
+    #[schema(default = "recommendations")]
     pub route: ExperimentRoute,
     /// Experiments on the same route run at once only in different layers, where their
     /// assignments are independent (each hashes with its own salt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<String>,
-    /// The variants; the first is the control that the others are compared with.
+    /// The variants (2 to 20); the first is the control that the others are compared with.
+    #[schema(min_items = 2, max_items = 20)]
     pub variants: Vec<VariantSpec>,
     /// Share of users kept out of the experiment altogether, in `[0, 1)`: served the request
     /// as sent and reported as their own group.
     #[serde(default)]
+    #[schema(minimum = 0, exclusive_maximum = 1, default = 0)]
     pub holdout: f64,
     /// The assignment hash's salt; the experiment's name when absent. Reusing a salt reuses
     /// the split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
-    /// The metrics; one conversion metric per configured event type when empty.
+    /// The metrics (at most 20); one conversion metric per configured event type when empty.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub metrics: Vec<MetricSpec>,
     /// Significance level of the tests (default 0.05).
     #[serde(default = "default_alpha")]
+    #[schema(default = 0.05)]
     pub alpha: f64,
     /// The pre-period CUPED reads each user's metric from, before the start (default `14d`).
     #[serde(default = "default_pre_period")]
+    #[schema(default = "14d")]
     pub pre_period: String,
     /// The relative effect the sequential test is tuned to find fastest (default 0.05): its
     /// mixing variance is `(mde · control mean)²`.
     #[serde(default = "default_mde")]
+    #[schema(default = 0.05)]
     pub mde: f64,
     /// `ab` (default): each user sees one variant. `interleave`: every request shows one list
     /// drafted from both variants' rankings (exactly two variants), and each click credits
     /// the variant whose item it was (team-draft interleaving).
     #[serde(default)]
+    #[schema(default = "ab")]
     pub mode: Mode,
     /// The event type that credits an interleaved list's variant (default `click`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,8 +271,9 @@ pub struct ExperimentSpec {
 }
 
 /// How an experiment compares its variants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ExperimentMode)]
 pub enum Mode {
     /// Users split between the variants.
     #[default]
@@ -1389,7 +1404,7 @@ fn compare(metric: &MetricSpec, c: &Moments, t: &Moments, alpha: f64, mde: f64) 
 }
 
 /// `GET /v1/experiments/{name}/report`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExperimentReport {
     /// The experiment.
     pub experiment: String,
@@ -1398,11 +1413,14 @@ pub struct ExperimentReport {
     /// Its route.
     pub route: ExperimentRoute,
     /// When it started.
+    #[schema(format = DateTime)]
     pub started_at: String,
     /// When it stopped, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub stopped_at: Option<String>,
     /// The end of the period analysed (now, or the stop).
+    #[schema(format = DateTime)]
     pub analysed_until: String,
     /// The significance level.
     pub alpha: f64,
@@ -1423,7 +1441,8 @@ pub struct ExperimentReport {
 
 /// An interleaving experiment's outcome: each user is won by the variant whose items they
 /// clicked more, or tied; the sign test asks whether one variant wins more users.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Interleaving)]
 pub struct InterleavingOut {
     /// Users exposed (outside the holdout).
     pub users: u64,
@@ -1440,7 +1459,7 @@ pub struct InterleavingOut {
 }
 
 /// One variant's numbers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VariantReport {
     /// Variant name (`holdout` for the held-out users).
     pub variant: String,
@@ -1455,7 +1474,7 @@ pub struct VariantReport {
 }
 
 /// One metric's mean in one variant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MetricMean {
     /// Metric name.
     pub metric: String,
@@ -1464,7 +1483,8 @@ pub struct MetricMean {
 }
 
 /// One treatment against the control on every metric.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ExperimentComparison)]
 pub struct Comparison {
     /// The control's name.
     pub control: String,
@@ -1476,7 +1496,7 @@ pub struct Comparison {
 
 /// The test of one metric: effect, interval and p-values (null with too few users; `note`
 /// says why).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct MetricResult {
     /// Metric name.
     pub metric: String,
@@ -1510,7 +1530,8 @@ pub struct MetricResult {
 }
 
 /// The always-valid (mSPRT) test's result at this look.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = SequentialTest)]
 pub struct SequentialOut {
     /// The always-valid p-value.
     pub always_valid_p: f64,

@@ -47,7 +47,8 @@ pub enum ReportError {
 }
 
 /// The report with what it was made from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = FairnessReport)]
 pub struct LiveReport {
     /// The model version the lists came from, if one is served.
     pub model_version: Option<u64>,

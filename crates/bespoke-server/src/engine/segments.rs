@@ -78,7 +78,7 @@ const MAX_VALUE_BYTES: usize = 128;
 const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a segment's members are written: CSV or JSON lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberFormat {
     /// `user,score` (`user,cluster,score` for a learned segment) with a header line.
@@ -144,7 +144,8 @@ impl MemberFormat {
 }
 
 /// Where a segment's members are sent after each scheduled refresh.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SegmentExport)]
 pub struct ExportSpec {
     /// The webhook: a plain `http://` URL (`docs/webhooks.md`).
     pub url: String,
@@ -153,7 +154,7 @@ pub struct ExportSpec {
 }
 
 /// What defines a segment's members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SegmentKind {
     /// The users a user expression (`docs/segments.md`) is true for.
@@ -181,7 +182,7 @@ impl SegmentKind {
 }
 
 /// A checked segment definition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentSpec {
     /// Rule or learned, with what defines it.
     #[serde(flatten)]
@@ -199,25 +200,33 @@ pub struct SegmentSpec {
 
 /// What a client sends to create or replace a segment; checked into a [`SegmentSpec`] with
 /// errors that name the field.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+///
+/// Every field is optional to the parser so that a missing one is answered by the check, which
+/// names it; `kind` is required all the same (a 400 without it).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentIn {
-    /// `rule` or `learned`.
+    /// `rule` or `learned`; required.
     #[serde(default)]
+    #[schema(inline, value_type = Option<SegmentKindName>)]
     pub kind: Option<String>,
-    /// A rule segment's user expression.
+    /// rule: a user expression (docs/segments.md).
     #[serde(default)]
     pub expression: Option<String>,
-    /// A learned segment's number of clusters (default 8).
+    /// learned: clusters, stored as member sets `<name>/0` .. `<name>/k-1` (default 8).
     #[serde(default)]
+    #[schema(minimum = 2, maximum = 64, default = 8)]
     pub k: Option<i64>,
-    /// A learned segment's seed (default 0).
+    /// learned: the k-means++ seed (default 0).
     #[serde(default)]
+    #[schema(default = 0)]
     pub seed: Option<u64>,
     /// Free text for people.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
-    /// How often it is recomputed.
+    /// How often the scheduler recomputes it (5m at least: 30m, 6h, 1d); on demand only when
+    /// absent.
     #[serde(default)]
     pub refresh: Option<String>,
     /// Where its members are sent after each scheduled refresh.
@@ -225,20 +234,42 @@ pub struct SegmentIn {
     pub export: Option<ExportIn>,
 }
 
-/// The `export` of a [`SegmentIn`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// The `export` of a [`SegmentIn`]: needs `refresh`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SegmentExportIn)]
 pub struct ExportIn {
-    /// The webhook URL.
+    /// A plain http:// webhook (docs/webhooks.md); required (parsed as empty when absent, so
+    /// that the check names it).
     #[serde(default)]
     pub url: String,
     /// `jsonl` (default) or `csv`.
     #[serde(default)]
+    #[schema(inline, value_type = Option<MemberFormat>, default = "jsonl")]
     pub format: Option<String>,
 }
 
+/// An attribute value that describes a cluster (the OpenAPI description's type).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+#[schema(as = AttributeValue)]
+pub(crate) enum StringOrBool {
+    String(String),
+    Bool(bool),
+}
+
+/// A segment's kind, as [`SegmentIn`] names it (the OpenAPI description's enum).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+pub(crate) enum SegmentKindName {
+    Rule,
+    Learned,
+}
+
 /// Users left out of a segment, by why (see the module docs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentExcluded {
     /// Objected to marketing.
     pub marketing: u64,
@@ -249,7 +280,7 @@ pub struct SegmentExcluded {
 }
 
 /// A category over-represented in a cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CategoryLift {
     /// The category.
     pub category: String,
@@ -262,11 +293,12 @@ pub struct CategoryLift {
 }
 
 /// A user attribute value over-represented in a cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttributeLift {
     /// The attribute's name.
     pub attribute: String,
     /// Its value: a string (also one element of a list of strings) or a boolean.
+    #[schema(value_type = StringOrBool)]
     pub value: Value,
     /// Members with that value.
     pub members: usize,
@@ -277,7 +309,7 @@ pub struct AttributeLift {
 }
 
 /// One cluster of a learned segment, as its last refresh found it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterSummary {
     /// Its number, from 0.
     pub cluster: u32,
@@ -292,12 +324,13 @@ pub struct ClusterSummary {
 }
 
 /// What a refresh computed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentRefresh {
     /// `rule` or `learned`.
     pub kind: String,
     /// The time the membership is as of (`now` of rule windows), and its size-history point.
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub computed_at: Millis,
     /// Members stored (every cluster's for a learned segment).
     pub size: u64,
@@ -316,20 +349,24 @@ pub struct SegmentRefresh {
 }
 
 /// A scheduled refresh that failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SegmentRefreshFailure)]
 pub struct RefreshFailure {
     /// When.
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     /// Why.
     pub message: String,
 }
 
 /// The outcome of one export to the webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SegmentExportRecord)]
 pub struct ExportRecord {
     /// When it was sent (the refresh's time).
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     /// Whether the receiver accepted it (answered 2xx).
     pub ok: bool,
@@ -351,7 +388,7 @@ pub struct ExportRecord {
 }
 
 /// A segment: its definition and how its last refresh and export went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Segment {
     /// Name (unique): letters, digits, `-`, `_` and `.`.
     pub name: String,
@@ -360,15 +397,18 @@ pub struct Segment {
     pub spec: SegmentSpec,
     /// When it was created.
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     /// When its definition last changed.
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
     /// With `refresh`: when the scheduler recomputes it next (at its first check after that).
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "opt_rfc3339"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_refresh: Option<Millis>,
     /// The last successful refresh.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -410,7 +450,7 @@ pub struct PutSegment {
 }
 
 /// One member of a segment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SegmentMember {
     /// The user's key as stored (pseudonymous when `privacy.pseudonymize` is on).
     pub user: String,
@@ -435,10 +475,12 @@ pub struct MemberPage {
 }
 
 /// One point of a segment's size history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = SegmentSize)]
 pub struct SizePoint {
     /// When it was computed.
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     /// Members then (every cluster's for a learned segment).
     pub size: u64,
@@ -448,7 +490,7 @@ pub struct SizePoint {
 }
 
 /// A segment a user belongs to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct UserSegment {
     /// The segment.
     pub segment: String,
@@ -459,6 +501,7 @@ pub struct UserSegment {
     pub score: f64,
     /// When the membership was computed.
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub computed_at: Millis,
 }
 

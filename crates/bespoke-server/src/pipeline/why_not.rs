@@ -14,12 +14,14 @@ use crate::pipeline::request::FairnessRequest;
 use crate::state::Serving;
 
 /// One stage's verdict on the item.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = WhyNotStage)]
 pub struct Stage {
     /// `consent`, `availability`, `exclude`, `category`, `already_seen`, `rule`, `ranking`,
     /// `rules`, `hide_similar`, `diversity` or `fairness`.
     pub stage: &'static str,
     /// `removed`, `demoted`, `passed`, `applied` (consent) or `shown`.
+    #[schema(inline, value_type = StageOutcome)]
     pub outcome: &'static str,
     /// A sentence for people.
     pub message: String,
@@ -28,8 +30,20 @@ pub struct Stage {
     pub rule: Option<String>,
 }
 
+/// What a stage did to the item.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+enum StageOutcome {
+    Removed,
+    Demoted,
+    Passed,
+    Applied,
+    Shown,
+}
+
 /// The answer of "why not?".
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WhyNot {
     /// The user's key.
     pub user: String,
