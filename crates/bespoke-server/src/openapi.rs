@@ -113,97 +113,6 @@ fn with_errors(mut responses: Value, codes: &[u16]) -> Value {
     responses
 }
 
-/// Paths of the decision loops and the Personalizer-compatible routes.
-fn loop_paths() -> Value {
-    json!({
-            "/v1/loops": { "get": { "summary": "Every decision loop with its configuration and counts", "operationId": "listLoops",
-                "responses": with_errors(json!({ "200": ok("The loops", "LoopList") }), &[]) } },
-            "/v1/loops/{key}": {
-                "parameters": [loop_param()],
-                "get": { "summary": "A decision loop: configuration, learner state, log counts and apprentice agreement", "operationId": "getLoop",
-                    "responses": with_errors(json!({ "200": ok("The loop", "Loop") }), &[400, 404]) },
-                "put": { "summary": "Create or reconfigure a loop; a change of bits, learning_rate or interactions rebuilds the learner from the whole log", "operationId": "putLoop",
-                    "requestBody": json_body("LoopConfig"),
-                    "responses": with_errors(json!({ "200": ok("The loop", "Loop") }), &[400, 409, 413, 415, 507]) } },
-            "/v1/loops/{key}/decisions": { "post": {
-                "summary": "Choose a ranking (a slate of `slots` actions) under a context, with probabilities and an explanation",
-                "description": "The loop is created with the default configuration if it does not exist (audited as loop.create; 409 too_many_loops past decisions.max_loops; 404 unknown_loop when decisions.auto_create_loops is off). The decision is logged before the answer; reward it within the loop's reward_wait_seconds.",
-                "operationId": "decide", "parameters": [loop_param()], "requestBody": json_body("DecisionIn"),
-                "responses": with_errors(json!({ "201": ok("The decision", "Decision") }), &[400, 404, 409, 413, 415, 507]) } },
-            "/v1/loops/{key}/evaluation": { "get": {
-                "summary": "Off-policy evaluation of the loop's logs: IPS, SNIPS and DR with 95% intervals for the online policy, uniform random, the baseline and candidate configurations; drop-one feature importance",
-                "operationId": "evaluateLoop",
-                "parameters": [loop_param(), { "name": "max_decisions", "in": "query", "description": "Most recent settled decisions to use, 1 to decisions.evaluation_max_decisions", "schema": { "type": "integer", "minimum": 1 } }],
-                "responses": with_errors(json!({ "200": ok("The evaluation", "Evaluation") }), &[400, 404]) } },
-            "/v1/loops/{key}/evaluation/apply": { "post": {
-                "summary": "Apply a candidate configuration listed by the evaluation (by its name)", "operationId": "applyCandidate",
-                "parameters": [loop_param()],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["candidate"], "properties": { "candidate": { "type": "string" } } } } } },
-                "responses": with_errors(json!({ "200": ok("The loop", "Loop") }), &[400, 404, 413, 415, 507]) } },
-            "/v1/decisions/{key}/reward": { "post": {
-                "summary": "Reward one slot of a decision; the learner learns from it at once", "operationId": "rewardDecision",
-                "parameters": [decision_param()],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["value"], "properties": { "value": { "type": "number" }, "slot": { "type": "integer", "minimum": 0, "default": 0 } } } } } },
-                "responses": with_errors(json!({ "200": ok("Recorded", "RewardAck") }), &[400, 404, 409, 410, 413, 415, 507]) } },
-            "/v1/decisions/{key}/activate": { "post": {
-                "summary": "Activate a decision made with defer_activation: its rewards count from now on", "operationId": "activateDecision",
-                "parameters": [decision_param()],
-                "responses": with_errors(json!({ "200": { "description": "Activated" } }), &[400, 404, 410, 507]) } },
-            "/personalizer/v1.0/rank": { "post": {
-                "summary": "Azure Personalizer v1.0 Rank, mapped onto the loop decisions.personalizer_loop (key also accepted in Ocp-Apim-Subscription-Key)",
-                "operationId": "personalizerRank",
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["actions"], "properties": {
-                    "contextFeatures": { "type": "array", "items": { "type": "object" } },
-                    "actions": { "type": "array", "items": { "type": "object", "required": ["id"], "properties": { "id": { "type": "string" }, "features": { "type": "array", "items": { "type": "object" } } } } },
-                    "excludedActions": { "type": "array", "items": { "type": "string" } },
-                    "eventId": { "type": "string" }, "deferActivation": { "type": "boolean" } } } } } },
-                "responses": with_errors(json!({ "201": { "description": "Ranking, eventId and rewardActionId", "content": { "application/json": { "schema": { "type": "object", "properties": {
-                    "ranking": { "type": "array", "items": { "type": "object", "properties": { "id": { "type": "string" }, "probability": { "type": "number" } } } },
-                    "eventId": { "type": "string" }, "rewardActionId": { "type": "string" } } } } } } }), &[400, 409, 413, 415, 507]) } },
-            "/personalizer/v1.0/events/{key}/reward": { "post": {
-                "summary": "Azure Personalizer v1.0 Reward", "operationId": "personalizerReward", "parameters": [decision_param()],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["value"], "properties": { "value": { "type": "number" } } } } } },
-                "responses": with_errors(json!({ "204": { "description": "Recorded" } }), &[400, 404, 409, 410, 413, 415, 507]) } },
-            "/personalizer/v1.0/events/{key}/activate": { "post": {
-                "summary": "Azure Personalizer v1.0 Activate", "operationId": "personalizerActivate", "parameters": [decision_param()],
-                "responses": with_errors(json!({ "204": { "description": "Activated" } }), &[400, 404, 410, 507]) } }
-    })
-}
-
-/// Azure Personalizer's multi-slot routes under `prefix`.
-fn multislot_paths(prefix: &str, tag: &str) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert(format!("{prefix}/multislot/rank"), json!({ "post": {
-        "summary": "Azure Personalizer multi-slot Rank: one action per slot; slot features join the context for that slot, each slot has its own excludedActions and baselineAction",
-        "operationId": format!("personalizerMultiSlotRank{tag}"),
-        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["actions", "slots"], "properties": {
-            "contextFeatures": { "type": "array", "items": { "type": "object" } },
-            "actions": { "type": "array", "items": { "type": "object" } },
-            "slots": { "type": "array", "items": { "type": "object", "required": ["id"], "properties": {
-                "id": { "type": "string" }, "features": { "type": "array", "items": { "type": "object" } },
-                "excludedActions": { "type": "array", "items": { "type": "string" } }, "baselineAction": { "type": "string" } } } },
-            "eventId": { "type": "string" }, "deferActivation": { "type": "boolean" } } } } } },
-        "responses": with_errors(json!({ "201": { "description": "slots [{id, rewardActionId}] and eventId" } }), &[400, 409, 413, 415, 507]) } }));
-    m.insert(format!("{prefix}/multislot/events/{{key}}/reward"), json!({ "post": {
-        "summary": "Azure Personalizer multi-slot Reward: {reward: [{slotId, value}]}",
-        "operationId": format!("personalizerMultiSlotReward{tag}"), "parameters": [decision_param()],
-        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["reward"] } } } },
-        "responses": with_errors(json!({ "204": { "description": "Recorded" } }), &[400, 404, 409, 410, 413, 415, 507]) } }));
-    m.insert(format!("{prefix}/multislot/events/{{key}}/activate"), json!({ "post": {
-        "summary": "Azure Personalizer multi-slot Activate",
-        "operationId": format!("personalizerMultiSlotActivate{tag}"), "parameters": [decision_param()],
-        "responses": with_errors(json!({ "204": { "description": "Activated" } }), &[400, 404, 410, 507]) } }));
-    m
-}
-
-fn loop_param() -> Value {
-    json!({ "name": "key", "in": "path", "required": true, "description": "Loop name, 1 to 128 bytes", "schema": { "type": "string" } })
-}
-
-fn decision_param() -> Value {
-    json!({ "name": "key", "in": "path", "required": true, "description": "Decision id (Personalizer's eventId), 1 to 256 bytes", "schema": { "type": "string" } })
-}
-
 fn json_body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
 }
@@ -311,19 +220,8 @@ fn add_aliases(doc: &mut Value) {
 /// The part still written by hand.
 fn hand_written() -> Value {
     let mut doc = paths();
-    if let (Some(all), Value::Object(more)) = (doc["paths"].as_object_mut(), loop_paths()) {
-        all.extend(more);
-    }
     if let Some(all) = doc["paths"].as_object_mut() {
-        all.extend(multislot_paths("/personalizer", ""));
         if let Value::Object(more) = gorse_paths() {
-            all.extend(more);
-        }
-    }
-    for more in [loop_schemas()] {
-        if let (Some(all), Value::Object(more)) =
-            (doc["components"]["schemas"].as_object_mut(), more)
-        {
             all.extend(more);
         }
     }
@@ -497,43 +395,6 @@ fn paths() -> Value {
     })
 }
 
-/// Schemas of the decision loops.
-fn loop_schemas() -> Value {
-    json!({
-            "LoopConfig": { "type": "object", "additionalProperties": false, "properties": {
-                "learner": { "type": "object", "additionalProperties": false, "properties": {
-                    "bits": { "type": "integer", "minimum": 8, "maximum": 24, "default": 18 },
-                    "learning_rate": { "type": "number", "default": 1.0 },
-                    "interactions": { "type": "array", "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 }, "description": "Pairs of \"context\", \"action\" or namespace names; default [[\"context\", \"action\"]]" },
-                    "exploration": { "type": "object", "required": ["policy"], "description": "{policy: greedy} | {policy: epsilon_greedy, epsilon} | {policy: softmax, lambda} | {policy: square_cb, gamma_scale, gamma_exponent} | {policy: thompson, scale, draws}", "properties": { "policy": { "type": "string", "enum": ["greedy", "epsilon_greedy", "softmax", "square_cb", "thompson"] } } } } },
-                "mode": { "type": "string", "enum": ["online", "apprentice"], "default": "online" },
-                "reward_wait_seconds": { "type": "number", "default": 600 },
-                "default_reward": { "type": "number", "default": 0, "description": "Within reward_range" },
-                "reward_range": { "type": "array", "items": { "type": "number" }, "minItems": 2, "maxItems": 2, "default": [-1, 1], "description": "[low, high] of accepted rewards, each within ±1e6; a reward outside is a 400 naming value" },
-                "max_actions": { "type": "integer", "default": 1000 },
-                "explanation_terms": { "type": "integer", "default": 5 } } },
-            "Loop": { "type": "object", "properties": { "name": { "type": "string" }, "config": { "$ref": "#/components/schemas/LoopConfig" },
-                "model_updates": { "type": "integer" }, "learned_through": { "type": "integer" },
-                "stats": { "type": "object", "description": "decisions, rewards, default_rewards, mean_reward, apprentice {decisions, agreements, agreement_rate}" } } },
-            "LoopList": { "type": "object", "properties": { "loops": { "type": "array", "items": { "$ref": "#/components/schemas/Loop" } } } },
-            "DecisionIn": { "type": "object", "required": ["actions"], "additionalProperties": false, "properties": {
-                "decision_id": { "type": "string", "description": "Your id for the decision; issued when absent" },
-                "user": { "type": "string", "description": "The user: their consent applies (no personalization: the context is not used; no training: rewards are not learned from)" },
-                "context": { "type": "object", "description": "Features: the top-level key is the namespace; strings are categorical, numbers numeric, arrays of numbers dense vectors, nested objects extend the name" },
-                "actions": { "type": "array", "items": { "type": "object", "required": ["id"], "additionalProperties": false, "properties": { "id": { "type": "string" }, "features": { "type": "object" } } } },
-                "slots": { "type": "integer", "minimum": 1, "default": 1 },
-                "baseline": { "type": "string", "description": "Your own choice: apprentice mode serves it; evaluation compares with it" },
-                "exclude": { "type": "array", "items": { "type": "string" } },
-                "defer_activation": { "type": "boolean", "default": false } } },
-            "Decision": { "type": "object", "properties": {
-                "decision_id": { "type": "string" }, "loop": { "type": "string" }, "slots": { "type": "integer" }, "activated": { "type": "boolean" }, "reward_deadline": { "type": "string" },
-                "ranking": { "type": "array", "items": { "type": "object", "properties": { "action": { "type": "string" }, "probability": { "type": "number" }, "score": { "type": "number" } } } },
-                "explanation": { "type": "object", "description": "mode, policy, model_updates, personalized, learned_choice (apprentice), actions [{action, predicted, exploration, contributions [{feature, contribution}], reasons [Reason: context, exploration]}]: contributions + exploration = score" } } },
-            "RewardAck": { "type": "object", "properties": { "decision_id": { "type": "string" }, "slot": { "type": "integer" }, "action": { "type": "string" }, "value": { "type": "number" }, "learned": { "type": "boolean" } } },
-            "Evaluation": { "type": "object", "description": "decisions, observed_reward, policies [{policy, config?, decisions, ips, snips, dr ({value, std_error, ci95}), effective_sample_size}], best, significant, feature_importance [{namespace, loss_increase, relative}], reward_model_mse" }
-    })
-}
-
 fn schemas() -> Value {
     json!({
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
@@ -616,7 +477,11 @@ pub(crate) mod tests {
             "integer" => json!(2),
             "number" => json!(1.5),
             "boolean" => json!(true),
-            "array" => json!([sample(doc, &schema["items"])]),
+            // As many items as the schema asks for (a pair is two), at least one.
+            "array" => {
+                let n = schema["minItems"].as_u64().unwrap_or(1).max(1) as usize;
+                Value::Array(vec![sample(doc, &schema["items"]); n])
+            }
             "object" => Value::Object(
                 schema["properties"]
                     .as_object()

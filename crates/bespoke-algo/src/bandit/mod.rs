@@ -52,16 +52,43 @@ use crate::Rng;
 
 /// How a loop learns and explores.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(default))]
 #[serde(default, deny_unknown_fields)]
 pub struct LearnerConfig {
     /// The weight vector has `2^bits` entries (8 to 24).
+    #[cfg_attr(feature = "openapi", schema(minimum = 8, maximum = 24))]
     pub bits: u8,
     /// AdaGrad learning rate (0 to 10].
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 10))]
     pub learning_rate: f32,
     /// Interaction terms: pairs of `"context"`, `"action"` or a namespace name.
+    #[cfg_attr(feature = "openapi", schema(schema_with = interactions_schema))]
     pub interactions: Vec<[String; 2]>,
     /// Exploration policy.
     pub exploration: Exploration,
+}
+
+/// `interactions`' schema: the derive would not say that each entry is a pair.
+#[cfg(feature = "openapi")]
+fn interactions_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    // At most 128 bytes, which JSON Schema's maxLength (characters) cannot say.
+    let side = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1));
+    let pair = ArrayBuilder::new()
+        .items(side)
+        .min_items(Some(2))
+        .max_items(Some(2));
+    ArrayBuilder::new()
+        .items(pair)
+        .max_items(Some(16))
+        .description(Some(
+            "Interaction terms, at most 16: pairs of \"context\", \"action\" or a namespace name \
+             (1 to 128 bytes)",
+        ))
+        .default(Some(serde_json::json!([["context", "action"]])))
+        .build()
 }
 
 impl Default for LearnerConfig {
@@ -114,6 +141,7 @@ impl LearnerConfig {
 
 /// A feature's share of an action's score.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FeatureContribution))]
 pub struct Contribution {
     /// `namespace:name`, or `a × b` for an interaction; `(other terms)` for the remainder.
     pub feature: String,

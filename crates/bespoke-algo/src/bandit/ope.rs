@@ -82,12 +82,14 @@ pub struct Sample {
 
 /// An estimate with its 95% confidence interval.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = EvaluationEstimate))]
 pub struct Estimate {
     /// Estimated value (mean reward per decision).
     pub value: f64,
     /// Standard error.
     pub std_error: f64,
     /// 95% confidence interval (normal approximation).
+    #[cfg_attr(feature = "openapi", schema(min_items = 2, max_items = 2))]
     pub ci95: [f64; 2],
 }
 
@@ -103,6 +105,7 @@ impl Estimate {
 
 /// IPS, SNIPS and DR estimates of one policy.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = EvaluationEstimates))]
 pub struct Estimates {
     /// Decisions used.
     pub decisions: usize,
@@ -266,6 +269,7 @@ pub fn evaluate(
 
 /// A policy's estimated value.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = EvaluationPolicy))]
 pub struct PolicyReport {
     /// `online` (what was logged), `baseline`, `uniform` or a candidate's name.
     pub policy: String,
@@ -279,6 +283,7 @@ pub struct PolicyReport {
 
 /// How much a namespace helps the reward model.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FeatureImportance))]
 pub struct Importance {
     /// Namespace.
     pub namespace: String,
@@ -290,6 +295,7 @@ pub struct Importance {
 
 /// The whole evaluation of a loop's logs.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Evaluation))]
 pub struct Report {
     /// Decisions evaluated.
     pub decisions: usize,

@@ -8,6 +8,7 @@ use crate::Rng;
 /// How a loop explores. Every policy yields an explicit probability for each action, which is
 /// logged with the decision: off-policy evaluation needs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "policy", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Exploration {
     /// Always the best predicted action (no exploration; for evaluation and apprentice mode).
@@ -15,11 +16,13 @@ pub enum Exploration {
     /// The best action with probability `1 - epsilon`, otherwise uniform.
     EpsilonGreedy {
         /// Share of uniformly random choices, in `[0, 1]`.
+        #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
         epsilon: f64,
     },
     /// `p_a ∝ exp(lambda · score_a)`.
     Softmax {
         /// Inverse temperature, `≥ 0`; 0 is uniform.
+        #[cfg_attr(feature = "openapi", schema(minimum = 0))]
         lambda: f64,
     },
     /// SquareCB (Foster and Rakhlin, 2020): `p_a = 1 / (K + γ (ŝ_best − ŝ_a))` for every `a`
@@ -27,8 +30,10 @@ pub enum Exploration {
     /// with the number of examples `t`. Its regret bound holds for any online regression oracle.
     SquareCb {
         /// Scale of γ (Vowpal Wabbit's default: 10).
+        #[cfg_attr(feature = "openapi", schema(minimum = 0))]
         gamma_scale: f64,
         /// Exponent of `t` in γ (Vowpal Wabbit's default: 0.5).
+        #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
         gamma_exponent: f64,
     },
     /// Linear Thompson sampling with a diagonal Gaussian posterior: each action's score is
@@ -36,8 +41,10 @@ pub enum Exploration {
     /// probabilities are estimated from `draws` further draws.
     Thompson {
         /// Posterior scale `v`, `> 0`.
+        #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0))]
         scale: f64,
         /// Draws used to estimate the probabilities (4 to 4096).
+        #[cfg_attr(feature = "openapi", schema(minimum = 4, maximum = 4096))]
         draws: u32,
     },
 }

@@ -1,11 +1,14 @@
-//! Decision loops: `/v1/loops/...` and `/v1/decisions/...`.
+//! Decision loops: `/v1/loops/...` and `/v1/decisions/...`. The handlers' doc comments and
+//! `#[utoipa::path]` attributes, and the doc comments of the types they read and answer, are
+//! their description in `/openapi.json`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use bespoke_algo::bandit::ope;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::extract::{JsonBody, KeyPath, Params};
 use super::{AppState, blocking};
@@ -53,29 +56,78 @@ impl From<DecisionError> for ApiError {
     }
 }
 
+/// The `{key}` path parameter of the loop routes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct LoopKey {
+    /// Loop name, 1 to 128 bytes
+    key: String,
+}
+
+/// The `{key}` path parameter of the decision routes, here and in Personalizer's.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct DecisionKey {
+    /// Decision id (Personalizer's eventId), 1 to 256 bytes
+    key: String,
+}
+
+/// Features of a context, an action or a slot, as `crate::features` reads them (the fields
+/// holding them are [`StrictValue`]s, which would otherwise be described as any value).
+pub(crate) struct Features;
+
+impl utoipa::PartialSchema for Features {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let object = || ObjectBuilder::new().schema_type(Type::Object);
+        OneOfBuilder::new()
+            .item(object())
+            .item(ArrayBuilder::new().items(object()))
+            .description(Some(
+                "Features: an object whose top-level keys are namespaces; strings are categorical, numbers numeric, true is 1 (false and null are absent), arrays of numbers dense vectors, arrays of strings sets of categoricals, nested objects extend the name. Personalizer's form, a list of such objects, is accepted too.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Features {}
+
 pub(crate) fn check_loop(name: &str) -> Result<(), ApiError> {
     crate::validate::check_key("loop", name, MAX_LOOP_BYTES)
         .map_err(|k| ApiError::invalid("loop", k.to_string()))
 }
 
 /// An action of `POST /v1/loops/{loop}/decisions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DecisionAction)]
 pub(crate) struct ActionIn {
+    /// Action id, unique within the request (1 to 256 bytes).
     id: String,
+    /// The action's features.
     #[serde(default)]
+    #[schema(value_type = Option<Features>)]
     features: Option<StrictValue>,
 }
 
-/// A named slot of `POST /v1/loops/{loop}/decisions`.
-#[derive(Debug, Deserialize)]
+/// A named slot of `POST /v1/loops/{loop}/decisions`, with its own features, exclusions and
+/// baseline.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DecisionSlot)]
 pub(crate) struct SlotIn {
+    /// Slot id, unique within the request (1 to 256 bytes).
     id: String,
+    /// Slot features: they join the context for this slot.
     #[serde(default)]
+    #[schema(value_type = Option<Features>)]
     features: Option<StrictValue>,
+    /// Action ids this slot may not take.
     #[serde(default)]
     exclude: Vec<String>,
+    /// Your own choice for this slot.
     #[serde(default)]
     baseline: Option<String>,
 }
@@ -92,24 +144,42 @@ impl SlotIn {
 }
 
 /// Body of `POST /v1/loops/{loop}/decisions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "user": "u1", "context": { "device": "mobile", "hour": 20 },
+    "actions": [{ "id": "tone-friendly" },
+        { "id": "tone-formal", "features": { "length": 120 } }] }))]
 pub(crate) struct DecisionIn {
+    /// Your id for the decision (1 to 256 bytes); issued when absent.
     #[serde(default)]
     decision_id: Option<String>,
+    /// The user: their consent applies (no personalization: the context is not used; no
+    /// training: rewards are not learned from).
     #[serde(default)]
     user: Option<String>,
+    /// The context's features.
     #[serde(default)]
+    #[schema(value_type = Option<Features>)]
     context: Option<StrictValue>,
+    /// The actions to choose among: 1 to the loop's max_actions, ids unique.
+    #[schema(min_items = 1)]
     actions: Vec<ActionIn>,
+    /// Slate length, 1 to the number of actions; default 1 (or the number of slot_specs).
     #[serde(default)]
+    #[schema(minimum = 1)]
     slots: Option<usize>,
+    /// Your own choice: apprentice mode serves it; evaluation compares with it.
     #[serde(default)]
     baseline: Option<String>,
+    /// Action ids not to choose.
     #[serde(default)]
     exclude: Vec<String>,
+    /// Log now, count rewards only after `POST /v1/decisions/{key}/activate`.
     #[serde(default)]
+    #[schema(default = false)]
     defer_activation: bool,
+    /// Named slots with their own features, exclusions and baselines; when given, they define
+    /// the slate (`slots` must then be their number or absent).
     #[serde(default)]
     slot_specs: Vec<SlotIn>,
 }
@@ -187,6 +257,17 @@ pub(crate) async fn run_decision(
     .await
 }
 
+/// Choose a ranking (a slate of `slots` actions) under a context, with probabilities and an explanation
+///
+/// The loop is created with the default configuration if it does not exist (audited as
+/// loop.create; 409 too_many_loops past decisions.max_loops; 404 unknown_loop when
+/// decisions.auto_create_loops is off). The decision is logged before the answer; reward it
+/// within the loop's reward_wait_seconds.
+#[utoipa::path(post, path = "/v1/loops/{key}/decisions", operation_id = "decide",
+    tag = "decisions", params(LoopKey), request_body = DecisionIn,
+    responses((status = 201, description = "The decision", body = DecisionOutput),
+        (status = 400), (status = 404), (status = 409), (status = 413), (status = 415),
+        (status = 507)))]
 pub(crate) async fn decide(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -199,11 +280,15 @@ pub(crate) async fn decide(
 }
 
 /// Body of `POST /v1/decisions/{id}/reward`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DecisionReward)]
 pub(crate) struct RewardIn {
+    /// The reward, within the loop's reward_range.
     value: f64,
+    /// The slot rewarded, from 0; default 0.
     #[serde(default)]
+    #[schema(default = 0)]
     slot: Option<u32>,
 }
 
@@ -224,6 +309,12 @@ pub(crate) async fn run_reward(
     .await
 }
 
+/// Reward one slot of a decision; the learner learns from it at once
+#[utoipa::path(post, path = "/v1/decisions/{key}/reward", operation_id = "rewardDecision",
+    tag = "decisions", params(DecisionKey), request_body = RewardIn,
+    responses((status = 200, description = "Recorded", body = RewardAck),
+        (status = 400), (status = 404), (status = 409), (status = 410), (status = 413),
+        (status = 415), (status = 507)))]
 pub(crate) async fn reward(
     State(state): State<AppState>,
     KeyPath(id): KeyPath,
@@ -244,17 +335,47 @@ pub(crate) async fn run_activate(state: &AppState, id: String) -> Result<bool, A
     .await
 }
 
+/// Answer of `POST /v1/decisions/{key}/activate`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DecisionActivated)]
+pub(crate) struct Activated {
+    /// The decision.
+    decision_id: String,
+    /// Always true: its rewards count from now on.
+    activated: bool,
+    /// False when it was already active.
+    changed: bool,
+}
+
+/// Activate a decision made with defer_activation: its rewards count from now on
+#[utoipa::path(post, path = "/v1/decisions/{key}/activate", operation_id = "activateDecision",
+    tag = "decisions", params(DecisionKey),
+    responses((status = 200, description = "Activated", body = Activated),
+        (status = 400), (status = 404), (status = 410), (status = 507)))]
 pub(crate) async fn activate(
     State(state): State<AppState>,
     KeyPath(id): KeyPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Activated>, ApiError> {
     let changed = run_activate(&state, id.clone()).await?;
-    Ok(Json(
-        json!({ "decision_id": id, "activated": true, "changed": changed }),
-    ))
+    Ok(Json(Activated {
+        decision_id: id,
+        activated: true,
+        changed,
+    }))
 }
 
-pub(crate) async fn list_loops(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Answer of `GET /v1/loops`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LoopList)]
+pub(crate) struct LoopsOut {
+    /// By name.
+    loops: Vec<LoopView>,
+}
+
+/// Every decision loop with its configuration and counts
+#[utoipa::path(get, path = "/v1/loops", operation_id = "listLoops",
+    tag = "decisions", responses((status = 200, description = "The loops", body = LoopsOut)))]
+pub(crate) async fn list_loops(State(state): State<AppState>) -> Result<Json<LoopsOut>, ApiError> {
     let engine = state.engine.clone();
     let loops = blocking(move || {
         let d = engine.decisions();
@@ -264,9 +385,14 @@ pub(crate) async fn list_loops(State(state): State<AppState>) -> Result<Json<Val
             .collect::<Result<Vec<LoopView>, _>>()
     })
     .await?;
-    Ok(Json(json!({ "loops": loops })))
+    Ok(Json(LoopsOut { loops }))
 }
 
+/// A decision loop: configuration, learner state, log counts and apprentice agreement
+#[utoipa::path(get, path = "/v1/loops/{key}", operation_id = "getLoop",
+    tag = "decisions", params(LoopKey),
+    responses((status = 200, description = "The loop", body = LoopView),
+        (status = 400), (status = 404)))]
 pub(crate) async fn get_loop(
     State(state): State<AppState>,
     KeyPath(name): KeyPath,
@@ -278,6 +404,13 @@ pub(crate) async fn get_loop(
     ))
 }
 
+/// Create or reconfigure a loop; a change of bits, learning_rate or interactions rebuilds the learner from the whole log
+///
+/// Audited as loop.configure.
+#[utoipa::path(put, path = "/v1/loops/{key}", operation_id = "putLoop",
+    tag = "decisions", params(LoopKey), request_body = LoopConfig,
+    responses((status = 200, description = "The loop", body = LoopView),
+        (status = 400), (status = 409), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn put_loop(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -302,6 +435,14 @@ pub(crate) async fn put_loop(
     ))
 }
 
+/// Off-policy evaluation of the loop's logs: IPS, SNIPS and DR with 95% intervals for the online policy, uniform random, the baseline and candidate configurations; drop-one feature importance
+#[utoipa::path(get, path = "/v1/loops/{key}/evaluation", operation_id = "evaluateLoop",
+    tag = "decisions", params(LoopKey,
+        ("max_decisions" = Option<usize>, Query, minimum = 1,
+            description = "Most recent settled decisions to use, 1 to \
+                decisions.evaluation_max_decisions (the default)")),
+    responses((status = 200, description = "The evaluation", body = ope::Report),
+        (status = 400), (status = 404)))]
 pub(crate) async fn evaluation(
     State(state): State<AppState>,
     KeyPath(name): KeyPath,
@@ -338,12 +479,21 @@ pub(crate) async fn evaluation(
 }
 
 /// Body of `POST /v1/loops/{loop}/evaluation/apply`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CandidateIn)]
 pub(crate) struct ApplyIn {
+    /// A candidate's name, as the evaluation lists it (`policy`).
     candidate: String,
 }
 
+/// Apply a candidate configuration listed by the evaluation (by its name)
+///
+/// The loop's learner becomes the candidate's; audited as loop.apply_candidate.
+#[utoipa::path(post, path = "/v1/loops/{key}/evaluation/apply", operation_id = "applyCandidate",
+    tag = "decisions", params(LoopKey), request_body = ApplyIn,
+    responses((status = 200, description = "The loop", body = LoopView),
+        (status = 400), (status = 404), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn apply_candidate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -388,5 +538,32 @@ pub(crate) async fn apply_candidate(
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi()]
+#[openapi(paths(
+    list_loops,
+    get_loop,
+    put_loop,
+    decide,
+    evaluation,
+    apply_candidate,
+    reward,
+    activate,
+))]
 pub(crate) struct Api;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openapi::tests::assert_request_schema;
+
+    /// The bodies' schemas say exactly what their types read.
+    #[test]
+    fn request_schemas_read_as_the_types_do() {
+        assert_request_schema::<DecisionIn>("DecisionIn");
+        assert_request_schema::<ActionIn>("DecisionAction");
+        assert_request_schema::<SlotIn>("DecisionSlot");
+        assert_request_schema::<RewardIn>("DecisionReward");
+        assert_request_schema::<ApplyIn>("CandidateIn");
+        assert_request_schema::<LoopConfig>("LoopConfig");
+        assert_request_schema::<bespoke_algo::bandit::LearnerConfig>("LearnerConfig");
+    }
+}

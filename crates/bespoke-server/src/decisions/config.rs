@@ -1,4 +1,5 @@
-//! A loop's configuration (`GET/PUT /v1/loops/{loop}`).
+//! A loop's configuration (`GET/PUT /v1/loops/{loop}`). The doc comments of these types and
+//! their fields are their description in `/openapi.json`.
 
 use bespoke_algo::bandit::{InvalidParam, LearnerConfig};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ pub struct RewardOutOfRange {
 }
 
 /// Whether a loop serves its learned policy or the caller's baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoopMode {
     /// Serve the learned policy, exploring.
@@ -29,15 +30,19 @@ pub enum LoopMode {
     Apprentice,
 }
 
-/// How a loop decides and learns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How a loop decides and learns; every field is optional (its default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
+#[schema(default)]
 pub struct LoopConfig {
-    /// The learner: hash bits, learning rate, interactions, exploration.
+    /// The learner: hash bits, learning rate, interactions, exploration. A change of bits,
+    /// learning_rate or interactions rebuilds the learner from the whole log.
     pub learner: LearnerConfig,
     /// `online` or `apprentice`.
     pub mode: LoopMode,
-    /// Seconds a decision waits for its reward; then it gets `default_reward`.
+    /// Seconds a decision waits for its reward (0.001 to 2592000, 30 days); then it gets
+    /// `default_reward`.
+    #[schema(minimum = 0.001, maximum = 2_592_000)]
     pub reward_wait_seconds: f64,
     /// Reward of a decision whose window closed without one; within `reward_range`.
     pub default_reward: f64,
@@ -45,10 +50,13 @@ pub struct LoopConfig {
     /// (typically 0 to 1, -1 for a bad outcome). A reward outside is refused (400); the
     /// learner also clips what it learns to this range, so rewards logged under a wider range
     /// cannot dominate it. Each end is within ±1e6.
+    #[schema(min_items = 2, max_items = 2)]
     pub reward_range: [f64; 2],
-    /// Most actions one decision may offer.
+    /// Most actions one decision may offer (1 to 10000).
+    #[schema(minimum = 1, maximum = 10_000)]
     pub max_actions: usize,
-    /// Feature contributions listed per action in an explanation.
+    /// Feature contributions listed per action in an explanation (at most 100).
+    #[schema(maximum = 100)]
     pub explanation_terms: usize,
 }
 

@@ -11,6 +11,9 @@
 //! Learning order: rewards are learned in the order they are applied, which under concurrent
 //! requests may differ slightly from the order they were logged; a replay uses the logged order.
 //! Both learn from exactly the same rewards.
+//!
+//! The doc comments of the types the API answers with (a decision, a reward, a loop) are
+//! their description in `/openapi.json`.
 
 mod config;
 mod payload;
@@ -154,7 +157,8 @@ pub struct DecisionConsent {
 }
 
 /// One entry of a ranking.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = RankedAction)]
 pub struct Ranked {
     /// Action id.
     pub action: String,
@@ -166,7 +170,7 @@ pub struct Ranked {
 }
 
 /// Why an action got its score.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ActionExplanation {
     /// Action id.
     pub action: String,
@@ -217,11 +221,13 @@ fn action_reasons(
 }
 
 /// What explains a decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = DecisionExplanation)]
 pub struct Explanation {
     /// `online` or `apprentice`.
     pub mode: LoopMode,
     /// The exploration policy.
+    #[schema(value_type = String)]
     pub policy: &'static str,
     /// Rewards the learner has learned from.
     pub model_updates: u64,
@@ -235,7 +241,8 @@ pub struct Explanation {
 }
 
 /// A decision made.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Decision)]
 pub struct DecisionOutput {
     /// The id to reward.
     pub decision_id: String,
@@ -248,14 +255,15 @@ pub struct DecisionOutput {
     pub slots: usize,
     /// Whether rewards count already (false until activated when deferred).
     pub activated: bool,
-    /// When the reward window closes.
+    /// When the reward window closes (RFC 3339).
+    #[schema(format = DateTime)]
     pub reward_deadline: String,
     /// Why.
     pub explanation: Explanation,
 }
 
 /// A reward recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RewardAck {
     /// Decision id.
     pub decision_id: String,
@@ -270,7 +278,8 @@ pub struct RewardAck {
 }
 
 /// A loop as reported by `GET /v1/loops/{loop}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Loop)]
 pub struct LoopView {
     /// Name.
     pub name: String,
@@ -285,7 +294,7 @@ pub struct LoopView {
 }
 
 /// Counts from a loop's log.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct LoopStats {
     /// Decisions logged.
     pub decisions: u64,
@@ -301,7 +310,7 @@ pub struct LoopStats {
 }
 
 /// Agreement of the learned policy with the baseline in apprentice mode.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ApprenticeStats {
     /// Decisions made in apprentice mode.
     pub decisions: u64,
