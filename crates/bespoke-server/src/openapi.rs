@@ -1,13 +1,16 @@
 //! The OpenAPI 3.1 description of the API, served at `/openapi.json`.
 //!
-//! Two sources, merged by [`document`]: operations derived from the handlers and their types
-//! by `utoipa` (`api::Derived`: `#[utoipa::path]` on the handler, `ToSchema` on the types it
-//! reads and answers, their doc comments as descriptions), and the rest, still written by hand
-//! here and converted group by group. An operation or schema has exactly one source
-//! (`tests::derived_and_hand_written_parts_do_not_overlap`); `tests::document_matches_routes`
-//! fails when a route is added without being described (or the other way round). Error
-//! answers are declared at the handler by status only; their shared descriptions and body are
-//! filled in from `error_responses`.
+//! Derived from the handlers and their types by `utoipa`: `#[utoipa::path]` on each handler,
+//! `ToSchema` on the types it reads and answers, `IntoParams` on its query (doc-only structs
+//! where a handler parses its query by hand, kept in step by tests), doc comments as summaries
+//! and descriptions. Each handler module has its own `Api`, merged by `api::derived_openapi`.
+//! [`document`] lays the derived part into a small written frame (version, info, the security
+//! scheme and the `Error` schema), describes the routes that share a handler as copies
+//! (`ALIASES`), and adds what the route table knows: each operation's scope and the answers
+//! every authorized route can give (401, 403, 429, 408). Error answers are declared at the
+//! handler by status only; their shared descriptions and body are filled in from
+//! `error_responses`. `tests::document_matches_routes` fails when a route is added without
+//! being described (or the other way round).
 
 use serde_json::{Value, json};
 
@@ -102,26 +105,11 @@ fn error_responses(codes: &[u16]) -> Value {
     Value::Object(map)
 }
 
-fn ok(description: &str, schema: &str) -> Value {
-    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
-}
-
-fn with_errors(mut responses: Value, codes: &[u16]) -> Value {
-    if let (Some(r), Value::Object(e)) = (responses.as_object_mut(), error_responses(codes)) {
-        r.extend(e);
-    }
-    responses
-}
-
-fn json_body(schema: &str) -> Value {
-    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
-}
-
 /// The OpenAPI document, with each operation's security and scope taken from `routes` (the
 /// API's route table, [`crate::api::ROUTES`]: passed in, so that this module describes the
 /// API without depending on it).
 pub fn document(routes: &[(&str, &str, Access)], derived: &utoipa::openapi::OpenApi) -> Value {
-    let mut doc = hand_written();
+    let mut doc = frame();
     merge_derived(&mut doc, derived);
     add_aliases(&mut doc);
     for (method, path, access) in routes {
@@ -217,164 +205,9 @@ fn add_aliases(doc: &mut Value) {
     }
 }
 
-/// The part still written by hand.
-fn hand_written() -> Value {
-    let mut doc = paths();
-    if let Some(all) = doc["paths"].as_object_mut() {
-        if let Value::Object(more) = gorse_paths() {
-            all.extend(more);
-        }
-    }
-    doc
-}
-
-/// The Gorse-compatible routes (`api::gorse`, docs/gorse.md), in Gorse's JSON shapes.
-fn gorse_paths() -> Value {
-    let tags = json!(["Gorse compatibility"]);
-    let key =
-        json!({ "name": "key", "in": "path", "required": true, "schema": { "type": "string" } });
-    let paging = json!([
-        { "name": "n", "in": "query", "schema": { "type": "integer", "minimum": 1, "default": 10 } },
-        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } }
-    ]);
-    let json_of = |description: &str, schema: Value| json!({ "description": description, "content": { "application/json": { "schema": schema } } });
-    let feedback = json!({ "type": "object", "required": ["FeedbackType", "UserId", "ItemId"], "properties": {
-        "FeedbackType": { "type": "string", "description": "A configured event type (events.weights)" },
-        "UserId": { "type": "string" }, "ItemId": { "type": "string" },
-        "Timestamp": { "type": "string", "description": "RFC 3339 or a date; now when empty" },
-        "Value": { "type": "number" }, "Comment": { "type": "string" } } });
-    let user = json!({ "type": "object", "required": ["UserId"], "properties": {
-        "UserId": { "type": "string" }, "Labels": { "description": "An object (its fields become attributes) or a list (kept as the attribute labels)" },
-        "Comment": { "type": "string" }, "Subscribe": { "type": "array", "items": { "type": "string" } } } });
-    let item = json!({ "type": "object", "required": ["ItemId"], "properties": {
-        "ItemId": { "type": "string" }, "IsHidden": { "type": "boolean", "description": "The opposite of available" },
-        "Categories": { "type": "array", "items": { "type": "string" } }, "Timestamp": { "type": "string" },
-        "Labels": { "description": "An object (its fields become attributes) or a list (kept as the attribute labels)" },
-        "Comment": { "type": "string", "description": "Kept as the text field comment" } } });
-    let affected = json_of(
-        "Rows written",
-        json!({ "type": "object", "properties": { "RowAffected": { "type": "integer" } } }),
-    );
-    let scores = json_of(
-        "Items, best first",
-        json!({ "type": "array", "items": { "type": "object", "properties": { "Id": { "type": "string" }, "Score": { "type": "number" } } } }),
-    );
-    let recommend = |category: bool| {
-        let mut parameters = vec![key.clone()];
-        if category {
-            parameters.push(json!({ "name": "category", "in": "path", "required": true, "schema": { "type": "string" } }));
-        }
-        parameters.extend(paging.as_array().cloned().unwrap_or_default());
-        parameters.push(json!({ "name": "X-API-Version", "in": "header", "description": "2: answer {Id, Score} objects instead of ids", "schema": { "type": "string" } }));
-        json!({ "get": { "tags": tags, "summary": "Gorse: a user's recommendations (items they gave feedback on left out), through the ranking pipeline",
-            "operationId": if category { "gorseRecommendCategory" } else { "gorseRecommend" }, "parameters": parameters,
-            "responses": with_errors(json!({ "200": json_of("Item ids, or {Id, Score} with X-API-Version: 2", json!({ "type": "array" })) }), &[400]) } })
-    };
-    let user_feedback = |typed: bool| {
-        let mut parameters = vec![key.clone()];
-        if typed {
-            parameters.push(json!({ "name": "type", "in": "path", "required": true, "schema": { "type": "string" } }));
-        }
-        json!({ "get": { "tags": tags, "summary": "Gorse: a user's feedback, newest first", "operationId": if typed { "gorseUserFeedbackOfType" } else { "gorseUserFeedback" },
-            "parameters": parameters, "responses": with_errors(json!({ "200": json_of("Feedback", json!({ "type": "array", "items": feedback })) }), &[400, 404]) } })
-    };
-    let pair = |typed: bool| {
-        let mut parameters = Vec::new();
-        if typed {
-            parameters.push(json!({ "name": "type", "in": "path", "required": true, "description": "A feedback type (not impression)", "schema": { "type": "string" } }));
-        }
-        parameters.push(json!({ "name": "user", "in": "path", "required": true, "schema": { "type": "string" } }));
-        parameters.push(json!({ "name": "item", "in": "path", "required": true, "schema": { "type": "string" } }));
-        let (get_id, delete_id) = if typed {
-            ("gorsePairFeedbackOfType", "gorseDeletePairFeedbackOfType")
-        } else {
-            ("gorsePairFeedback", "gorseDeletePairFeedback")
-        };
-        json!({ "parameters": parameters,
-            "get": { "tags": tags, "summary": "Gorse: a user's feedback on an item, newest first", "operationId": get_id,
-                "responses": with_errors(json!({ "200": json_of("Feedback", json!({ "type": "array", "items": feedback })) }), &[400]) },
-            "delete": { "tags": tags, "summary": "Gorse: delete a user's feedback on an item (as DELETE /v1/users/{key}/events?item=); RowAffected counts the events deleted", "operationId": delete_id,
-                "responses": with_errors(json!({ "200": affected }), &[400, 507]) } })
-    };
-    let cursor_params = json!([
-        { "name": "n", "in": "query", "description": "Page size (default 10, at most limits.max_page_size)", "schema": { "type": "integer", "minimum": 1 } },
-        { "name": "cursor", "in": "query", "description": "Empty for the first page, then the previous answer's Cursor", "schema": { "type": "string" } }
-    ]);
-    let listing = |name: &str, row: &Value, what: &str, id: &str, typed: bool| {
-        let mut parameters = cursor_params.as_array().cloned().unwrap_or_default();
-        if typed {
-            parameters.push(json!({ "name": "type", "in": "path", "required": true, "schema": { "type": "string" } }));
-        }
-        json!({ "tags": tags, "summary": format!("Gorse: {what}, a page at a time"), "operationId": id, "parameters": parameters,
-            "responses": with_errors(json!({ "200": json_of("A page and the next page's cursor (empty after the last page)",
-                json!({ "type": "object", "properties": { "Cursor": { "type": "string" }, name: { "type": "array", "items": row } } })) }), &[400]) })
-    };
-    let category = json!({ "name": "category", "in": "path", "required": true, "schema": { "type": "string" } });
-    let patch = json!({ "type": "object", "additionalProperties": false, "properties": {
-        "IsHidden": { "type": "boolean" }, "Categories": { "type": "array", "items": { "type": "string" } }, "Timestamp": { "type": "string" },
-        "Labels": { "description": "Replaces the labels" }, "Comment": { "type": "string" } } });
-    json!({
-        "/api/feedback": { "post": { "tags": tags, "summary": "Gorse: insert feedback (stored as events of type FeedbackType)", "operationId": "gorseInsertFeedback",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": feedback } } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 413, 415, 503, 507]) },
-            "get": listing("Feedback", &feedback, "all feedback in the order stored", "gorseListFeedback", false) },
-        "/api/feedback/{type}": { "get": listing("Feedback", &feedback, "the feedback of one type", "gorseListFeedbackOfType", true) },
-        "/api/feedback/{user}/{item}": pair(false),
-        "/api/feedback/{type}/{user}/{item}": pair(true),
-        "/api/users": { "post": { "tags": tags, "summary": "Gorse: create or replace users", "operationId": "gorseInsertUsers",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": user } } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 413, 415, 507]) },
-            "get": listing("Users", &user, "all users", "gorseListUsers", false) },
-        "/api/items": { "post": { "tags": tags, "summary": "Gorse: create or replace items", "operationId": "gorseInsertItems",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": item } } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 409, 413, 415, 507]) },
-            "get": listing("Items", &item, "all items", "gorseListItems", false) },
-        "/api/item/{key}/category/{category}": { "parameters": [key, category],
-            "put": { "tags": tags, "summary": "Gorse: add a category to an item", "operationId": "gorseAddItemCategory",
-                "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 507]) },
-            "delete": { "tags": tags, "summary": "Gorse: remove a category from an item", "operationId": "gorseRemoveItemCategory",
-                "responses": with_errors(json!({ "200": affected }), &[400, 404, 507]) } },
-        "/api/popular/{category}": { "get": { "tags": tags, "summary": "Gorse: popular items in a category", "operationId": "gorsePopularCategory",
-            "parameters": [category, paging[0], paging[1]], "responses": with_errors(json!({ "200": scores }), &[400]) } },
-        "/api/latest/{category}": { "get": { "tags": tags, "summary": "Gorse: trending items in a category", "operationId": "gorseLatestCategory",
-            "parameters": [category, paging[0], paging[1]], "responses": with_errors(json!({ "200": scores }), &[400]) } },
-        "/api/user/{key}/feedback": user_feedback(false),
-        "/api/user/{key}/feedback/{type}": user_feedback(true),
-        "/api/user": { "post": { "tags": tags, "summary": "Gorse: create or replace a user", "operationId": "gorseInsertUser",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": user } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 413, 415, 507]) } },
-        "/api/user/{key}": { "parameters": [key],
-            "get": { "tags": tags, "summary": "Gorse: get a user", "operationId": "gorseGetUser",
-                "responses": with_errors(json!({ "200": json_of("The user", user) }), &[400, 404]) },
-            "delete": { "tags": tags, "summary": "Gorse: erase a user (as DELETE /v1/users/{key})", "operationId": "gorseDeleteUser",
-                "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 507]) } },
-        "/api/item": { "post": { "tags": tags, "summary": "Gorse: create or replace an item", "operationId": "gorseInsertItem",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": item } } },
-            "responses": with_errors(json!({ "200": affected }), &[400, 409, 413, 415, 507]) } },
-        "/api/item/{key}": { "parameters": [key],
-            "get": { "tags": tags, "summary": "Gorse: get an item", "operationId": "gorseGetItem",
-                "responses": with_errors(json!({ "200": json_of("The item", item) }), &[400, 404]) },
-            "patch": { "tags": tags, "summary": "Gorse: change the fields given, keep the others", "operationId": "gorsePatchItem",
-                "requestBody": { "required": true, "content": { "application/json": { "schema": patch } } },
-                "responses": with_errors(json!({ "200": affected }), &[400, 404, 409, 413, 415, 507]) },
-            "delete": { "tags": tags, "summary": "Gorse: delete an item and its events", "operationId": "gorseDeleteItem",
-                "responses": with_errors(json!({ "200": affected }), &[400, 404, 507]) } },
-        "/api/item/{key}/neighbors": { "get": { "tags": tags, "summary": "Gorse: similar items (the configured similar-items model)", "operationId": "gorseNeighbors",
-            "parameters": [key, paging[0], paging[1]], "responses": with_errors(json!({ "200": scores }), &[400, 404]) } },
-        "/api/recommend/{key}": recommend(false),
-        "/api/recommend/{key}/{category}": recommend(true),
-        "/api/popular": { "get": { "tags": tags, "summary": "Gorse: popular items by total event weight", "operationId": "gorsePopular",
-            "parameters": paging, "responses": with_errors(json!({ "200": scores }), &[400]) } },
-        "/api/latest": { "get": { "tags": tags, "summary": "Gorse: trending items (popularity decayed by event age); Bespoke keeps no index of items by time", "operationId": "gorseLatest",
-            "parameters": paging, "responses": with_errors(json!({ "200": scores }), &[400]) } },
-        "/api/session/recommend": { "post": { "tags": tags, "summary": "Gorse: recommendations for a session given as feedback (nothing is stored)", "operationId": "gorseSessionRecommend",
-            "parameters": paging,
-            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "array", "items": feedback } } } },
-            "responses": with_errors(json!({ "200": scores }), &[400, 413, 415]) } }
-    })
-}
-
-fn paths() -> Value {
+/// The document's frame, written here: version, info, security scheme and the `Error` schema
+/// that every error answer refers to. Every operation and every other schema is derived.
+fn frame() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -384,23 +217,18 @@ fn paths() -> Value {
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" }
         },
         "security": [{ "apiKey": [] }],
-        "paths": {
-        },
+        "paths": {},
         "components": {
           "securitySchemes": {
             "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key (bsk_...) from `bespoke keys create` or POST /v1/keys; also accepted as X-Api-Key. Each operation's x-scope names the scope it needs; a scope includes the weaker ones (write grants read, admin grants all). HEAD is served wherever GET is, under the same scope." }
           },
-          "schemas": schemas()
-        }
-    })
-}
-
-fn schemas() -> Value {
-    json!({
+          "schemas": {
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
                 "code": { "type": "string", "description": "Stable machine-readable code, e.g. invalid_field, invalid_json, not_found, event_conflict" },
                 "message": { "type": "string" },
                 "field": { "type": "string", "description": "JSON path, query parameter or header at fault" } } } } }
+          }
+        }
     })
 }
 
@@ -440,9 +268,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// The frame describes no operation and no schema but `Error`: everything else comes from
+    /// the handlers, once.
     #[test]
-    fn derived_and_hand_written_parts_do_not_overlap() {
-        let mut doc = hand_written();
+    fn the_frame_adds_nothing_the_handlers_describe() {
+        let mut doc = frame();
+        assert_eq!(doc["paths"], json!({}));
         assert_eq!(
             merge_derived(&mut doc, &crate::api::derived_openapi()),
             Vec::<String>::new()
@@ -450,7 +281,7 @@ pub(crate) mod tests {
     }
 
     /// A value `schema` describes, every property given (`$ref` followed).
-    fn sample(doc: &Value, schema: &Value) -> Value {
+    pub(crate) fn sample(doc: &Value, schema: &Value) -> Value {
         if let Some(r) = schema["$ref"].as_str() {
             let name = r.trim_start_matches("#/components/schemas/");
             return sample(doc, &doc["components"]["schemas"][name]);

@@ -9,6 +9,8 @@
 //! so saved rules, consent and hidden items apply. Errors keep Bespoke's JSON error shape:
 //! Gorse's clients only read the status code and keep the body as text.
 
+use std::borrow::Cow;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
@@ -16,8 +18,10 @@ use bespoke_algo::{ItemIdx, UserIdx};
 use bespoke_store::{ConsentUpdate, Event, Item, ItemUpsert, NewEvent, User, UserUpsert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::openapi::{Ref, RefOr, schema::Schema};
+use utoipa::{PartialSchema as _, ToSchema};
 
-use super::extract::{JsonBody, KeyPath, Params};
+use super::extract::{JsonBody, KeyParam, KeyPath, Params};
 use super::{AppState, blocking, validate_key};
 use crate::auth::Caller;
 use crate::engine::{PopularSort, Recommendations};
@@ -28,28 +32,36 @@ use crate::time::{format_rfc3339, now_ms, parse_rfc3339};
 use crate::validate::{check_event, check_item};
 
 /// A feedback as Gorse spells it: `POST /api/feedback` items, and the answers of the listings.
-#[derive(Debug, Deserialize, Serialize)]
+/// Fields Gorse knows and Bespoke does not are accepted and ignored.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
+#[schema(as = GorseFeedback)]
 pub(crate) struct Feedback {
+    /// A configured event type (events.weights)
     feedback_type: String,
     user_id: String,
     item_id: String,
-    /// RFC 3339, or a date (`2022-02-24`, midnight UTC); now when empty or absent.
+    /// RFC 3339, or a date (`2022-02-24`, midnight UTC); now when empty or absent. Answers use
+    /// RFC 3339 with milliseconds.
     #[serde(default)]
     timestamp: String,
+    /// The event's value (a rating, an amount); absent when the event has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value: Option<f64>,
+    /// Kept in the event's context as `comment`.
     #[serde(default)]
     comment: String,
 }
 
-/// A user as Gorse spells it.
-#[derive(Debug, Deserialize, Serialize)]
+/// A user as Gorse spells it. Fields Gorse knows and Bespoke does not are accepted and ignored.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct GorseUser {
     user_id: String,
+    /// An object (its fields become attributes) or a list (kept as the attribute labels)
     #[serde(default)]
     labels: Value,
+    /// Kept as the attribute `comment`.
     #[serde(default)]
     comment: String,
     /// Gorse's subscriptions: kept as the attribute `subscribe`.
@@ -57,37 +69,143 @@ pub(crate) struct GorseUser {
     subscribe: Option<Vec<String>>,
 }
 
-/// An item as Gorse spells it.
-#[derive(Debug, Deserialize, Serialize)]
+/// An item as Gorse spells it. Fields Gorse knows and Bespoke does not are accepted and ignored.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct GorseItem {
     item_id: String,
+    /// The opposite of available: a hidden item is not recommended.
     #[serde(default)]
     is_hidden: bool,
     #[serde(default)]
     categories: Option<Vec<String>>,
+    /// RFC 3339 or a date, kept as the attribute `timestamp`; answered as the creation time
+    /// when the item has none.
     #[serde(default)]
     timestamp: String,
+    /// An object (its fields become attributes) or a list (kept as the attribute labels)
     #[serde(default)]
     labels: Value,
+    /// Kept as the text field `comment` (the content model reads it).
     #[serde(default)]
     comment: String,
 }
 
 /// `{"RowAffected": n}`, Gorse's answer to every write.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = GorseAffected)]
 pub(crate) struct Affected {
+    /// Rows written (or deleted).
     #[serde(rename = "RowAffected")]
     row_affected: usize,
 }
 
 /// A scored item, Gorse's `{"Id", "Score"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = GorseScore)]
 pub(crate) struct Scored {
     #[serde(rename = "Id")]
     id: String,
+    /// Higher is better; comparable within one answer.
     #[serde(rename = "Score")]
     score: f32,
+}
+
+/// Gorse's recommendations: item ids, or `{Id, Score}` with `X-API-Version: 2`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Recommended {
+    Ids(Vec<String>),
+    Scored(Vec<Scored>),
+}
+
+// By hand: the derive would make a `oneOf`, which an empty list (both shapes) fails.
+impl utoipa::PartialSchema for Recommended {
+    fn schema() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Type};
+        AnyOfBuilder::new()
+            .item(
+                ArrayBuilder::new()
+                    .items(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some("Item ids, best first")),
+            )
+            .item(
+                ArrayBuilder::new()
+                    .items(Ref::from_schema_name(Scored::name()))
+                    .description(Some("Items and scores, best first (X-API-Version: 2)")),
+            )
+            .description(Some(
+                "Item ids, or {Id, Score} objects with the header X-API-Version: 2",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Recommended {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("GorseRecommended")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Scored::name().into_owned(), Scored::schema()));
+        <Scored as ToSchema>::schemas(schemas);
+    }
+}
+
+/// A page of `GET /api/feedback` (and `/{type}`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+#[schema(as = GorseFeedbackPage)]
+pub(crate) struct FeedbackPage {
+    /// The next page's cursor; empty after the last page.
+    cursor: String,
+    /// May hold fewer than n rows: impressions and other types are skipped.
+    feedback: Vec<Feedback>,
+}
+
+/// A page of `GET /api/users`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+#[schema(as = GorseUserPage)]
+pub(crate) struct UserPage {
+    /// The next page's cursor; empty after the last page.
+    cursor: String,
+    users: Vec<GorseUser>,
+}
+
+/// A page of `GET /api/items`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+#[schema(as = GorseItemPage)]
+pub(crate) struct ItemPage {
+    /// The next page's cursor; empty after the last page.
+    cursor: String,
+    items: Vec<GorseItem>,
+}
+
+/// Gorse's `n` and `offset` query parameters (see [`Paging`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct PagingParams {
+    /// Number of items, 1 to limits.max_n; default 10
+    #[param(minimum = 1, default = 10)]
+    n: Option<usize>,
+    /// Items to skip first, 0 to limits.max_n − n; default 0
+    #[param(minimum = 0, default = 0)]
+    offset: Option<usize>,
+}
+
+/// Gorse's cursor listings' query parameters (see [`cursor_page`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the derive only.
+pub(crate) struct CursorParams {
+    /// Page size, 1 to limits.max_page_size; default 10
+    #[param(minimum = 1, default = 10)]
+    n: Option<usize>,
+    /// Empty for the first page, then the previous answer's Cursor
+    cursor: Option<String>,
 }
 
 /// Attribute keys that hold Gorse fields without a Bespoke counterpart.
@@ -146,8 +264,17 @@ fn key_limit(state: &AppState) -> usize {
     state.engine.settings().limits.max_key_bytes
 }
 
-/// `POST /api/feedback`: feedback becomes events of type `FeedbackType` (a configured event
-/// type), stored in one batch.
+/// Gorse: insert feedback (stored as events of type FeedbackType)
+///
+/// Each feedback becomes an event of type `FeedbackType`, a configured event type
+/// (events.weights); the batch is stored atomically, as `POST /v1/events` stores it, at most
+/// limits.max_batch_events feedback. An error names the offending field (`[0].FeedbackType`).
+#[utoipa::path(post, path = "/api/feedback", operation_id = "gorseInsertFeedback",
+    tag = "Gorse compatibility",
+    request_body = [Feedback],
+    responses((status = 200, description = "Rows written", body = Affected),
+        (status = 400), (status = 404), (status = 409), (status = 413), (status = 415),
+        (status = 503), (status = 507)))]
 pub(crate) async fn insert_feedback(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Vec<Feedback>>,
@@ -253,6 +380,14 @@ fn feedback_of(e: Event) -> Feedback {
     }
 }
 
+/// Gorse: a user's feedback, newest first
+///
+/// Up to limits.max_page_size feedback (impressions are not feedback).
+#[utoipa::path(get, path = "/api/user/{key}/feedback", operation_id = "gorseUserFeedback",
+    tag = "Gorse compatibility",
+    params(KeyParam),
+    responses((status = 200, description = "Feedback", body = [Feedback]),
+        (status = 400), (status = 404)))]
 pub(crate) async fn list_user_feedback(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -260,6 +395,14 @@ pub(crate) async fn list_user_feedback(
     user_feedback(state, key, None).await
 }
 
+/// Gorse: a user's feedback of one type, newest first
+///
+/// Up to limits.max_page_size feedback.
+#[utoipa::path(get, path = "/api/user/{key}/feedback/{type}",
+    operation_id = "gorseUserFeedbackOfType", tag = "Gorse compatibility",
+    params(KeyParam, ("type" = String, Path, description = "A feedback type")),
+    responses((status = 200, description = "Feedback", body = [Feedback]),
+        (status = 400), (status = 404)))]
 pub(crate) async fn list_user_feedback_of_type(
     State(state): State<AppState>,
     Path((key, kind)): Path<(String, String)>,
@@ -325,7 +468,15 @@ async fn put_users(
     Ok(Json(Affected { row_affected: n }))
 }
 
-/// `POST /api/user`: creates or replaces a user (consent left as it was, or the defaults).
+/// Gorse: create or replace a user
+///
+/// `Labels` become attributes, `Comment` and `Subscribe` the attributes `comment` and
+/// `subscribe`; consent is left as it was (the defaults for a new user).
+#[utoipa::path(post, path = "/api/user", operation_id = "gorseInsertUser",
+    tag = "Gorse compatibility",
+    request_body = GorseUser,
+    responses((status = 200, description = "Rows written", body = Affected),
+        (status = 400), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn insert_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -334,7 +485,14 @@ pub(crate) async fn insert_user(
     put_users(state, caller, vec![body], false).await
 }
 
-/// `POST /api/users`.
+/// Gorse: create or replace users
+///
+/// As `POST /api/user`, at most limits.max_batch_events users.
+#[utoipa::path(post, path = "/api/users", operation_id = "gorseInsertUsers",
+    tag = "Gorse compatibility",
+    request_body = [GorseUser],
+    responses((status = 200, description = "Rows written", body = Affected),
+        (status = 400), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn insert_users(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -343,7 +501,12 @@ pub(crate) async fn insert_users(
     put_users(state, caller, body, true).await
 }
 
-/// `GET /api/user/{key}`.
+/// Gorse: get a user
+#[utoipa::path(get, path = "/api/user/{key}", operation_id = "gorseGetUser",
+    tag = "Gorse compatibility",
+    params(KeyParam),
+    responses((status = 200, description = "The user", body = GorseUser),
+        (status = 400), (status = 404)))]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -373,7 +536,14 @@ fn gorse_user(user: User) -> GorseUser {
     }
 }
 
-/// `DELETE /api/user/{key}`: erases the user, as `DELETE /v1/users/{key}` does.
+/// Gorse: erase a user (as DELETE /v1/users/{key})
+///
+/// The user's profile, events, serving state and model rows go.
+#[utoipa::path(delete, path = "/api/user/{key}", operation_id = "gorseDeleteUser",
+    tag = "Gorse compatibility",
+    params(KeyParam),
+    responses((status = 200, description = "Erased", body = Affected),
+        (status = 400), (status = 404), (status = 409), (status = 507)))]
 pub(crate) async fn delete_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -465,7 +635,15 @@ async fn put_items(
     Ok(Json(Affected { row_affected: n }))
 }
 
-/// `POST /api/item`: creates or replaces an item.
+/// Gorse: create or replace an item
+///
+/// `Categories` become categories, `IsHidden` the opposite of available, `Comment` the text
+/// field `comment`, `Labels` attributes, `Timestamp` the attribute `timestamp`.
+#[utoipa::path(post, path = "/api/item", operation_id = "gorseInsertItem",
+    tag = "Gorse compatibility",
+    request_body = GorseItem,
+    responses((status = 200, description = "Rows written", body = Affected),
+        (status = 400), (status = 409), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn insert_item(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<GorseItem>,
@@ -473,7 +651,14 @@ pub(crate) async fn insert_item(
     put_items(state, vec![body], false).await
 }
 
-/// `POST /api/items`.
+/// Gorse: create or replace items
+///
+/// As `POST /api/item`, at most limits.max_batch_events items.
+#[utoipa::path(post, path = "/api/items", operation_id = "gorseInsertItems",
+    tag = "Gorse compatibility",
+    request_body = [GorseItem],
+    responses((status = 200, description = "Rows written", body = Affected),
+        (status = 400), (status = 409), (status = 413), (status = 415), (status = 507)))]
 pub(crate) async fn insert_items(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Vec<GorseItem>>,
@@ -481,7 +666,12 @@ pub(crate) async fn insert_items(
     put_items(state, body, true).await
 }
 
-/// `GET /api/item/{key}`.
+/// Gorse: get an item
+#[utoipa::path(get, path = "/api/item/{key}", operation_id = "gorseGetItem",
+    tag = "Gorse compatibility",
+    params(KeyParam),
+    responses((status = 200, description = "The item", body = GorseItem),
+        (status = 400), (status = 404)))]
 pub(crate) async fn get_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -511,13 +701,17 @@ fn gorse_item(item: Item) -> GorseItem {
 }
 
 /// The changes of `PATCH /api/item/{key}`: what is given replaces the stored value.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[schema(as = GorseItemPatch)]
 pub(crate) struct ItemPatch {
     is_hidden: Option<bool>,
     categories: Option<Vec<String>>,
+    /// RFC 3339 or a date
     timestamp: Option<String>,
+    /// Replaces the labels
     labels: Option<Value>,
+    /// Empty removes the comment
     comment: Option<String>,
 }
 
@@ -562,7 +756,15 @@ async fn change_item(
     .await
 }
 
-/// `PATCH /api/item/{key}`: changes the fields given, keeps the others.
+/// Gorse: change the fields given, keep the others
+///
+/// Read-modify-write: of two patches of one item at the same moment, the later wins.
+#[utoipa::path(patch, path = "/api/item/{key}", operation_id = "gorsePatchItem",
+    tag = "Gorse compatibility",
+    params(KeyParam), request_body = ItemPatch,
+    responses((status = 200, description = "Changed", body = Affected),
+        (status = 400), (status = 404), (status = 409), (status = 413), (status = 415),
+        (status = 507)))]
 pub(crate) async fn patch_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -604,7 +806,14 @@ pub(crate) async fn patch_item(
     .await
 }
 
-/// `PUT /api/item/{key}/category/{category}`: adds a category (once).
+/// Gorse: add a category to an item
+///
+/// Once: an item already in the category is written back unchanged.
+#[utoipa::path(put, path = "/api/item/{key}/category/{category}",
+    operation_id = "gorseAddItemCategory", tag = "Gorse compatibility",
+    params(KeyParam, ("category" = String, Path, description = "The category")),
+    responses((status = 200, description = "Changed", body = Affected),
+        (status = 400), (status = 404), (status = 409), (status = 507)))]
 pub(crate) async fn add_item_category(
     State(state): State<AppState>,
     Path((key, category)): Path<(String, String)>,
@@ -618,7 +827,12 @@ pub(crate) async fn add_item_category(
     .await
 }
 
-/// `DELETE /api/item/{key}/category/{category}`: removes a category.
+/// Gorse: remove a category from an item
+#[utoipa::path(delete, path = "/api/item/{key}/category/{category}",
+    operation_id = "gorseRemoveItemCategory", tag = "Gorse compatibility",
+    params(KeyParam, ("category" = String, Path, description = "The category")),
+    responses((status = 200, description = "Changed", body = Affected),
+        (status = 400), (status = 404), (status = 507)))]
 pub(crate) async fn remove_item_category(
     State(state): State<AppState>,
     Path((key, category)): Path<(String, String)>,
@@ -660,19 +874,12 @@ fn cursor_page(state: &AppState, params: &Params) -> Result<(usize, Option<u64>)
     Ok((n, cursor))
 }
 
-/// `{"Cursor": ..., "<name>": [...]}`: the next page's cursor, empty after the last page.
-fn listing<T: Serialize>(name: &str, rows: Vec<T>, full: bool, last: Option<u64>) -> Json<Value> {
-    let cursor = match last {
+/// The next page's cursor: the last id of a full page, empty after the last page.
+fn next_cursor(full: bool, last: Option<u64>) -> String {
+    match last {
         Some(l) if full => l.to_string(),
         _ => String::new(),
-    };
-    let mut out = Map::new();
-    out.insert("Cursor".into(), Value::String(cursor));
-    out.insert(
-        name.into(),
-        serde_json::to_value(rows).unwrap_or(Value::Null),
-    );
-    Json(Value::Object(out))
+    }
 }
 
 fn idx_u32(cursor: Option<u64>) -> Result<Option<u32>, ApiError> {
@@ -681,12 +888,19 @@ fn idx_u32(cursor: Option<u64>) -> Result<Option<u32>, ApiError> {
         .transpose()
 }
 
-/// `GET /api/users`: every user, in creation order. With pseudonymized keys
-/// (`privacy.pseudonymize_user_keys`) the listing shows the pseudonyms.
+/// Gorse: all users, a page at a time
+///
+/// In creation order. With pseudonymized keys (privacy.pseudonymize_user_keys) the listing
+/// shows the pseudonyms.
+#[utoipa::path(get, path = "/api/users", operation_id = "gorseListUsers",
+    tag = "Gorse compatibility",
+    params(CursorParams),
+    responses((status = 200, description = "A page and the next page's cursor", body = UserPage),
+        (status = 400)))]
 pub(crate) async fn list_users(
     State(state): State<AppState>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserPage>, ApiError> {
     let (n, cursor) = cursor_page(&state, &params)?;
     let after = idx_u32(cursor)?.map(UserIdx);
     let engine = state.engine.clone();
@@ -694,19 +908,24 @@ pub(crate) async fn list_users(
         blocking(move || engine.store().scan_users(after, n).map_err(ApiError::from)).await?;
     let last = users.last().map(|u| u64::from(u.idx.0));
     let full = users.len() == n;
-    Ok(listing(
-        "Users",
-        users.into_iter().map(gorse_user).collect(),
-        full,
-        last,
-    ))
+    Ok(Json(UserPage {
+        cursor: next_cursor(full, last),
+        users: users.into_iter().map(gorse_user).collect(),
+    }))
 }
 
-/// `GET /api/items`: every item, in creation order.
+/// Gorse: all items, a page at a time
+///
+/// In creation order.
+#[utoipa::path(get, path = "/api/items", operation_id = "gorseListItems",
+    tag = "Gorse compatibility",
+    params(CursorParams),
+    responses((status = 200, description = "A page and the next page's cursor", body = ItemPage),
+        (status = 400)))]
 pub(crate) async fn list_items(
     State(state): State<AppState>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ItemPage>, ApiError> {
     let (n, cursor) = cursor_page(&state, &params)?;
     let after = idx_u32(cursor)?.map(ItemIdx);
     let engine = state.engine.clone();
@@ -714,19 +933,17 @@ pub(crate) async fn list_items(
         blocking(move || engine.store().scan_items(after, n).map_err(ApiError::from)).await?;
     let last = items.last().map(|i| u64::from(i.idx.0));
     let full = items.len() == n;
-    Ok(listing(
-        "Items",
-        items.into_iter().map(gorse_item).collect(),
-        full,
-        last,
-    ))
+    Ok(Json(ItemPage {
+        cursor: next_cursor(full, last),
+        items: items.into_iter().map(gorse_item).collect(),
+    }))
 }
 
 async fn feedback_listing(
     state: AppState,
     params: Params,
     kind: Option<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeedbackPage>, ApiError> {
     let (n, cursor) = cursor_page(&state, &params)?;
     let engine = state.engine.clone();
     let events = blocking(move || {
@@ -740,29 +957,48 @@ async fn feedback_listing(
     let full = events.len() == n;
     // A page may hold fewer than n feedback (impressions and other types are skipped), never
     // more; the cursor still moves past what was read.
-    let rows = events
+    let feedback = events
         .into_iter()
         .filter(|e| is_feedback(e, kind.as_deref()))
         .map(feedback_of)
         .collect();
-    Ok(listing("Feedback", rows, full, last))
+    Ok(Json(FeedbackPage {
+        cursor: next_cursor(full, last),
+        feedback,
+    }))
 }
 
-/// `GET /api/feedback`: all feedback in the order it was stored. With pseudonymized keys the
-/// user ids are the pseudonyms.
+/// Gorse: all feedback in the order stored, a page at a time
+///
+/// Impressions are not feedback: a page may hold fewer than n rows when they (or, by type,
+/// other types) were skipped. With pseudonymized keys the user ids are the pseudonyms.
+#[utoipa::path(get, path = "/api/feedback", operation_id = "gorseListFeedback",
+    tag = "Gorse compatibility",
+    params(CursorParams),
+    responses((status = 200, description = "A page and the next page's cursor",
+            body = FeedbackPage),
+        (status = 400)))]
 pub(crate) async fn list_feedback(
     State(state): State<AppState>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeedbackPage>, ApiError> {
     feedback_listing(state, params, None).await
 }
 
-/// `GET /api/feedback/{type}`: the feedback of one type.
+/// Gorse: the feedback of one type, a page at a time
+///
+/// In the order stored; a page may hold fewer than n rows when other types were skipped.
+#[utoipa::path(get, path = "/api/feedback/{type}", operation_id = "gorseListFeedbackOfType",
+    tag = "Gorse compatibility",
+    params(("type" = String, Path, description = "A feedback type"), CursorParams),
+    responses((status = 200, description = "A page and the next page's cursor",
+            body = FeedbackPage),
+        (status = 400)))]
 pub(crate) async fn list_feedback_of_type(
     State(state): State<AppState>,
     Path(kind): Path<String>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeedbackPage>, ApiError> {
     feedback_listing(state, params, Some(kind)).await
 }
 
@@ -823,7 +1059,12 @@ fn check_pair(
     Ok(())
 }
 
-/// `GET /api/feedback/{user}/{item}`: the user's feedback on the item.
+/// Gorse: a user's feedback on an item, newest first
+#[utoipa::path(get, path = "/api/feedback/{user}/{item}", operation_id = "gorsePairFeedback",
+    tag = "Gorse compatibility",
+    params(("user" = String, Path, description = "The user's key"),
+        ("item" = String, Path, description = "The item's key")),
+    responses((status = 200, description = "Feedback", body = [Feedback]), (status = 400)))]
 pub(crate) async fn list_pair_feedback(
     State(state): State<AppState>,
     Path((user, item)): Path<(String, String)>,
@@ -831,7 +1072,13 @@ pub(crate) async fn list_pair_feedback(
     pair_feedback(state, user, item, None).await
 }
 
-/// `GET /api/feedback/{type}/{user}/{item}`: the user's feedback of one type on the item.
+/// Gorse: a user's feedback of one type on an item, newest first
+#[utoipa::path(get, path = "/api/feedback/{type}/{user}/{item}",
+    operation_id = "gorsePairFeedbackOfType", tag = "Gorse compatibility",
+    params(("type" = String, Path, description = "A feedback type (not impression)"),
+        ("user" = String, Path, description = "The user's key"),
+        ("item" = String, Path, description = "The item's key")),
+    responses((status = 200, description = "Feedback", body = [Feedback]), (status = 400)))]
 pub(crate) async fn list_pair_feedback_of_type(
     State(state): State<AppState>,
     Path((kind, user, item)): Path<(String, String, String)>,
@@ -861,7 +1108,16 @@ async fn delete_pair(
     }))
 }
 
-/// `DELETE /api/feedback/{user}/{item}`: deletes the user's feedback on the item.
+/// Gorse: delete a user's feedback on an item (as DELETE /v1/users/{key}/events?item=)
+///
+/// Every type but impressions, from the store and from serving at once. RowAffected counts
+/// the events deleted, 0 when there were none. Audited as feedback.delete.
+#[utoipa::path(delete, path = "/api/feedback/{user}/{item}",
+    operation_id = "gorseDeletePairFeedback", tag = "Gorse compatibility",
+    params(("user" = String, Path, description = "The user's key"),
+        ("item" = String, Path, description = "The item's key")),
+    responses((status = 200, description = "Events deleted", body = Affected),
+        (status = 400), (status = 507)))]
 pub(crate) async fn delete_pair_feedback(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -870,8 +1126,17 @@ pub(crate) async fn delete_pair_feedback(
     delete_pair(state, caller, user, item, None).await
 }
 
-/// `DELETE /api/feedback/{type}/{user}/{item}`: deletes the user's feedback of one type on
-/// the item.
+/// Gorse: delete a user's feedback of one type on an item (as DELETE /v1/users/{key}/events?item=&type=)
+///
+/// From the store and from serving at once. RowAffected counts the events deleted, 0 when
+/// there were none. Audited as feedback.delete.
+#[utoipa::path(delete, path = "/api/feedback/{type}/{user}/{item}",
+    operation_id = "gorseDeletePairFeedbackOfType", tag = "Gorse compatibility",
+    params(("type" = String, Path, description = "A feedback type (not impression)"),
+        ("user" = String, Path, description = "The user's key"),
+        ("item" = String, Path, description = "The item's key")),
+    responses((status = 200, description = "Events deleted", body = Affected),
+        (status = 400), (status = 507)))]
 pub(crate) async fn delete_pair_feedback_of_type(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -880,7 +1145,12 @@ pub(crate) async fn delete_pair_feedback_of_type(
     delete_pair(state, caller, user, item, Some(kind)).await
 }
 
-/// `DELETE /api/item/{key}`: deletes the item and its events.
+/// Gorse: delete an item and its events
+#[utoipa::path(delete, path = "/api/item/{key}", operation_id = "gorseDeleteItem",
+    tag = "Gorse compatibility",
+    params(KeyParam),
+    responses((status = 200, description = "Deleted", body = Affected),
+        (status = 400), (status = 404), (status = 507)))]
 pub(crate) async fn delete_item(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -982,7 +1252,7 @@ async fn recommend_in(
     key: String,
     category: Option<String>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Recommended>, ApiError> {
     validate_key("key", &key, key_limit(&state))?;
     let paging = paging(&state, &params, &["n", "offset"])?;
     let categories = category.into_iter().filter(|c| !c.is_empty()).collect();
@@ -992,34 +1262,61 @@ async fn recommend_in(
     let scores = headers
         .get("x-api-version")
         .is_some_and(|v| v.as_bytes() == b"2");
-    let out = if scores {
-        serde_json::to_value(items)
+    Ok(Json(if scores {
+        Recommended::Scored(items)
     } else {
-        serde_json::to_value(items.into_iter().map(|s| s.id).collect::<Vec<_>>())
-    };
-    out.map(Json)
-        .map_err(|e| ApiError::internal("recommendations", &e))
+        Recommended::Ids(items.into_iter().map(|s| s.id).collect())
+    }))
 }
 
+/// Gorse: a user's recommendations (items they gave feedback on left out), through the ranking pipeline
+///
+/// The default model, saved rules, consent and hidden items apply. Also served with a
+/// trailing `/`.
+#[utoipa::path(get, path = "/api/recommend/{key}", operation_id = "gorseRecommend",
+    tag = "Gorse compatibility",
+    params(KeyParam, PagingParams, ("X-API-Version" = Option<String>, Header, nullable = false,
+            description = "2: answer {Id, Score} objects instead of ids")),
+    responses((status = 200, description = "Item ids, or {Id, Score} with X-API-Version: 2",
+            body = Recommended),
+        (status = 400)))]
 pub(crate) async fn recommend(
     State(state): State<AppState>,
     headers: HeaderMap,
     KeyPath(key): KeyPath,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Recommended>, ApiError> {
     recommend_in(state, headers, key, None, params).await
 }
 
+/// Gorse: a user's recommendations in a category (items they gave feedback on left out), through the ranking pipeline
+///
+/// The default model, saved rules, consent and hidden items apply.
+#[utoipa::path(get, path = "/api/recommend/{key}/{category}",
+    operation_id = "gorseRecommendCategory", tag = "Gorse compatibility",
+    params(KeyParam, ("category" = String, Path, description = "Only items in this category"),
+        PagingParams, ("X-API-Version" = Option<String>, Header, nullable = false,
+            description = "2: answer {Id, Score} objects instead of ids")),
+    responses((status = 200, description = "Item ids, or {Id, Score} with X-API-Version: 2",
+            body = Recommended),
+        (status = 400)))]
 pub(crate) async fn recommend_category(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((key, category)): Path<(String, String)>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Recommended>, ApiError> {
     recommend_in(state, headers, key, Some(category), params).await
 }
 
-/// `GET /api/item/{key}/neighbors`: similar items (the configured similar-items model).
+/// Gorse: similar items (the configured similar-items model)
+///
+/// The model is serving.default_similar_model; an item it does not know is a 404.
+#[utoipa::path(get, path = "/api/item/{key}/neighbors", operation_id = "gorseNeighbors",
+    tag = "Gorse compatibility",
+    params(KeyParam, PagingParams),
+    responses((status = 200, description = "Items, best first", body = [Scored]),
+        (status = 400), (status = 404)))]
 pub(crate) async fn neighbors(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -1061,7 +1358,12 @@ async fn ranked_popular(
     ))
 }
 
-/// `GET /api/popular`: the most popular items by total event weight.
+/// Gorse: popular items by total event weight
+#[utoipa::path(get, path = "/api/popular", operation_id = "gorsePopular",
+    tag = "Gorse compatibility",
+    params(PagingParams),
+    responses((status = 200, description = "Items, best first", body = [Scored]),
+        (status = 400)))]
 pub(crate) async fn popular(
     State(state): State<AppState>,
     params: Params,
@@ -1069,7 +1371,13 @@ pub(crate) async fn popular(
     ranked_popular(&state, &params, PopularSort::Count, None).await
 }
 
-/// `GET /api/popular/{category}`.
+/// Gorse: popular items in a category
+#[utoipa::path(get, path = "/api/popular/{category}", operation_id = "gorsePopularCategory",
+    tag = "Gorse compatibility",
+    params(("category" = String, Path, description = "Only items in this category"),
+        PagingParams),
+    responses((status = 200, description = "Items, best first", body = [Scored]),
+        (status = 400)))]
 pub(crate) async fn popular_category(
     State(state): State<AppState>,
     Path(category): Path<String>,
@@ -1078,8 +1386,14 @@ pub(crate) async fn popular_category(
     ranked_popular(&state, &params, PopularSort::Count, Some(category)).await
 }
 
-/// `GET /api/latest`: Bespoke keeps no index of items by time, so "latest" is the trending
-/// ranking (popularity decayed by event age), which favours what is new and picked up.
+/// Gorse: trending items (popularity decayed by event age); Bespoke keeps no index of items by time
+///
+/// The trending ranking favours what is new and already picked up; an item nobody has touched
+/// does not show.
+#[utoipa::path(get, path = "/api/latest", operation_id = "gorseLatest", tag = "Gorse compatibility",
+    params(PagingParams),
+    responses((status = 200, description = "Items, best first", body = [Scored]),
+        (status = 400)))]
 pub(crate) async fn latest(
     State(state): State<AppState>,
     params: Params,
@@ -1087,7 +1401,13 @@ pub(crate) async fn latest(
     ranked_popular(&state, &params, PopularSort::Trending, None).await
 }
 
-/// `GET /api/latest/{category}`.
+/// Gorse: trending items in a category
+#[utoipa::path(get, path = "/api/latest/{category}", operation_id = "gorseLatestCategory",
+    tag = "Gorse compatibility",
+    params(("category" = String, Path, description = "Only items in this category"),
+        PagingParams),
+    responses((status = 200, description = "Items, best first", body = [Scored]),
+        (status = 400)))]
 pub(crate) async fn latest_category(
     State(state): State<AppState>,
     Path(category): Path<String>,
@@ -1096,8 +1416,16 @@ pub(crate) async fn latest_category(
     ranked_popular(&state, &params, PopularSort::Trending, Some(category)).await
 }
 
-/// `POST /api/session/recommend`: recommendations for a session given as Gorse feedback (its
-/// items, oldest first by `Timestamp`; users and types are not used, nothing is stored).
+/// Gorse: recommendations for a session given as feedback (nothing is stored)
+///
+/// The feedback's items, oldest first by `Timestamp`, are the session, as in
+/// `POST /v1/recommendations`; users and types are not used. At most
+/// serving.max_session_items feedback.
+#[utoipa::path(post, path = "/api/session/recommend", operation_id = "gorseSessionRecommend",
+    tag = "Gorse compatibility",
+    params(PagingParams), request_body = [Feedback],
+    responses((status = 200, description = "Items, best first", body = [Scored]),
+        (status = 400), (status = 413), (status = 415)))]
 pub(crate) async fn session_recommend(
     State(state): State<AppState>,
     params: Params,
@@ -1138,5 +1466,361 @@ pub(crate) async fn session_recommend(
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi()]
+#[openapi(paths(
+    insert_feedback,
+    list_feedback,
+    list_feedback_of_type,
+    list_pair_feedback,
+    delete_pair_feedback,
+    list_pair_feedback_of_type,
+    delete_pair_feedback_of_type,
+    list_user_feedback,
+    list_user_feedback_of_type,
+    insert_user,
+    insert_users,
+    list_users,
+    get_user,
+    delete_user,
+    insert_item,
+    insert_items,
+    list_items,
+    get_item,
+    patch_item,
+    delete_item,
+    add_item_category,
+    remove_item_category,
+    neighbors,
+    recommend,
+    recommend_category,
+    popular,
+    popular_category,
+    latest,
+    latest_category,
+    session_recommend,
+))]
 pub(crate) struct Api;
+
+#[cfg(test)]
+mod tests {
+    use serde::de::DeserializeOwned;
+    use serde_json::json;
+
+    use super::*;
+    use crate::openapi::tests::{assert_request_schema, sample};
+
+    fn doc() -> Value {
+        crate::openapi::document(crate::api::ROUTES, &crate::api::derived_openapi())
+    }
+
+    /// Whether `value` is what `schema` describes, and every field it has is documented (a
+    /// schema without a type is any value).
+    fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/");
+            return conforms(doc, &doc["components"]["schemas"][name], value);
+        }
+        if let Some(any) = schema["anyOf"].as_array() {
+            return if any.iter().any(|s| conforms(doc, s, value).is_ok()) {
+                Ok(())
+            } else {
+                Err(format!("{value} matches no choice of {schema}"))
+            };
+        }
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_f64() => "number",
+            Value::Number(_) => "integer",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        let kinds: Vec<&str> = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => return Ok(()),
+        };
+        if !kinds
+            .iter()
+            .any(|k| *k == kind || (*k == "number" && kind == "integer"))
+        {
+            return Err(format!("{value} is not of type {kinds:?}"));
+        }
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .try_for_each(|v| conforms(doc, &schema["items"], v)),
+            Value::Object(fields) => {
+                for required in schema["required"].as_array().into_iter().flatten() {
+                    let name = required.as_str().unwrap_or_default();
+                    if !fields.contains_key(name) {
+                        return Err(format!("{value} lacks {name}"));
+                    }
+                }
+                fields.iter().try_for_each(|(k, v)| {
+                    let property = &schema["properties"][k];
+                    if property.is_null() {
+                        Err(format!("{k} of {value} is not documented"))
+                    } else {
+                        conforms(doc, property, v)
+                    }
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The schema `name` reads as `T` does, and no stricter: a value with every documented
+    /// property is read, one without a required property is refused, and one with a field
+    /// Gorse sends and Bespoke ignores is read too.
+    fn assert_lenient_request_schema<T: DeserializeOwned>(doc: &Value, name: &str) {
+        let schema = &doc["components"]["schemas"][name];
+        assert!(schema.is_object(), "no schema {name}");
+        assert!(schema.get("additionalProperties").is_none(), "{name}");
+        let full = sample(doc, schema);
+        if let Err(e) = serde_json::from_value::<T>(full.clone()) {
+            panic!("{name}: {full} is refused: {e}");
+        }
+        let required = schema["required"].as_array().cloned().unwrap_or_default();
+        assert!(!required.is_empty(), "{name}");
+        for field in required {
+            let mut v = full.clone();
+            v.as_object_mut().unwrap().remove(field.as_str().unwrap());
+            assert!(
+                serde_json::from_value::<T>(v).is_err(),
+                "{name} reads a value without {field}"
+            );
+        }
+        let mut minimal = serde_json::Map::new();
+        for field in schema["required"].as_array().into_iter().flatten() {
+            let field = field.as_str().unwrap();
+            minimal.insert(field.to_owned(), full[field].clone());
+        }
+        minimal.insert("Extra".into(), json!({"any": 1}));
+        if let Err(e) = serde_json::from_value::<T>(Value::Object(minimal.clone())) {
+            panic!("{name}: {minimal:?} is refused: {e}");
+        }
+    }
+
+    #[test]
+    fn gorse_request_schemas_read_as_the_types_do() {
+        let doc = doc();
+        assert_lenient_request_schema::<Feedback>(&doc, "GorseFeedback");
+        assert_lenient_request_schema::<GorseUser>(&doc, "GorseUser");
+        assert_lenient_request_schema::<GorseItem>(&doc, "GorseItem");
+        // A patch names what it changes: an unknown field is a 400.
+        assert_request_schema::<ItemPatch>("GorseItemPatch");
+        let body = |path: &str, method: &str| {
+            doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+                .clone()
+        };
+        let one = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+        let list = |name: &str| json!({ "type": "array", "items": one(name) });
+        assert_eq!(body("/api/feedback", "post"), list("GorseFeedback"));
+        assert_eq!(
+            body("/api/session/recommend", "post"),
+            list("GorseFeedback")
+        );
+        assert_eq!(body("/api/users", "post"), list("GorseUser"));
+        assert_eq!(body("/api/user", "post"), one("GorseUser"));
+        assert_eq!(body("/api/items", "post"), list("GorseItem"));
+        assert_eq!(body("/api/item", "post"), one("GorseItem"));
+        assert_eq!(body("/api/item/{key}", "patch"), one("GorseItemPatch"));
+    }
+
+    /// An answer as the handlers' `Json` writes it.
+    fn to<T: Serialize>(answer: &T) -> Value {
+        serde_json::to_value(answer).expect("serializes")
+    }
+
+    fn event(value: Option<f64>, comment: Option<&str>) -> Event {
+        Event {
+            seq: 7,
+            event_id: "e1".into(),
+            user: "u1".into(),
+            item: "i1".into(),
+            kind: "star".into(),
+            value,
+            timestamp: 1_767_225_600_000,
+            context: comment.map(|c| {
+                let mut m = Map::new();
+                m.insert(COMMENT.into(), json!(c));
+                m
+            }),
+        }
+    }
+
+    fn user(attributes: Value) -> User {
+        User {
+            idx: UserIdx(0),
+            key: "u1".into(),
+            attributes: serde_json::from_value(attributes).unwrap(),
+            consent: bespoke_store::Consent::ALL,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn item(attributes: Value, comment: Option<&str>) -> Item {
+        Item {
+            idx: ItemIdx(0),
+            key: "i1".into(),
+            categories: vec!["books".into()],
+            text: comment
+                .map(|c| (COMMENT.to_owned(), c.to_owned()))
+                .into_iter()
+                .collect(),
+            numeric: Default::default(),
+            attributes: serde_json::from_value(attributes).unwrap(),
+            embeddings: Default::default(),
+            available: false,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    /// Each answer, as the handlers build it, is what its operation's 200 documents.
+    #[test]
+    fn gorse_answers_match_their_schemas() {
+        let doc = doc();
+        let answer = |path: &str, method: &str| {
+            doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+                .clone()
+        };
+        let check = |path: &str, method: &str, value: Value| {
+            let schema = answer(path, method);
+            assert!(schema.is_object(), "{method} {path} documents no answer");
+            if let Err(e) = conforms(&doc, &schema, &value) {
+                panic!("{method} {path}: {e}");
+            }
+        };
+
+        let feedback = || {
+            vec![
+                feedback_of(event(Some(4.0), Some("good"))),
+                feedback_of(event(None, None)),
+            ]
+        };
+        let users = || {
+            vec![
+                gorse_user(user(
+                    json!({"country": "fr", "comment": "c", "subscribe": ["x"]}),
+                )),
+                gorse_user(user(json!({"labels": ["a", "b"]}))),
+                gorse_user(user(json!({}))),
+            ]
+        };
+        let items = || {
+            vec![
+                gorse_item(item(
+                    json!({"colour": "red", "timestamp": "2026-01-01T00:00:00.000Z"}),
+                    Some("c"),
+                )),
+                gorse_item(item(json!({"labels": ["paper"]}), None)),
+            ]
+        };
+        let affected = Affected { row_affected: 3 };
+        let scores = || {
+            vec![Scored {
+                id: "i1".into(),
+                score: 0.5,
+            }]
+        };
+
+        for path in [
+            "/api/user/{key}/feedback",
+            "/api/user/{key}/feedback/{type}",
+            "/api/feedback/{user}/{item}",
+            "/api/feedback/{type}/{user}/{item}",
+        ] {
+            check(path, "get", to(&feedback()));
+        }
+        for path in ["/api/feedback", "/api/feedback/{type}"] {
+            for cursor in ["", "17"] {
+                let page = FeedbackPage {
+                    cursor: cursor.into(),
+                    feedback: feedback(),
+                };
+                check(path, "get", to(&page));
+            }
+        }
+        let page = UserPage {
+            cursor: "2".into(),
+            users: users(),
+        };
+        check("/api/users", "get", to(&page));
+        let page = ItemPage {
+            cursor: String::new(),
+            items: items(),
+        };
+        check("/api/items", "get", to(&page));
+        for u in users() {
+            check("/api/user/{key}", "get", to(&u));
+        }
+        for i in items() {
+            check("/api/item/{key}", "get", to(&i));
+        }
+        for (path, method) in [
+            ("/api/feedback", "post"),
+            ("/api/feedback/{user}/{item}", "delete"),
+            ("/api/feedback/{type}/{user}/{item}", "delete"),
+            ("/api/user", "post"),
+            ("/api/users", "post"),
+            ("/api/user/{key}", "delete"),
+            ("/api/item", "post"),
+            ("/api/items", "post"),
+            ("/api/item/{key}", "patch"),
+            ("/api/item/{key}", "delete"),
+            ("/api/item/{key}/category/{category}", "put"),
+            ("/api/item/{key}/category/{category}", "delete"),
+        ] {
+            check(path, method, to(&affected));
+        }
+        for path in [
+            "/api/item/{key}/neighbors",
+            "/api/popular",
+            "/api/popular/{category}",
+            "/api/latest",
+            "/api/latest/{category}",
+        ] {
+            check(path, "get", to(&scores()));
+        }
+        check("/api/session/recommend", "post", to(&scores()));
+        for path in [
+            "/api/recommend/{key}",
+            "/api/recommend/{key}/",
+            "/api/recommend/{key}/{category}",
+        ] {
+            check(path, "get", to(&Recommended::Ids(vec!["i1".into()])));
+            check(path, "get", to(&Recommended::Scored(scores())));
+            check(path, "get", to(&Recommended::Ids(Vec::new())));
+        }
+        // What is not documented is refused.
+        assert!(conforms(&doc, &answer("/api/popular", "get"), &json!([{"Id": "i1"}])).is_err());
+        assert!(
+            conforms(
+                &doc,
+                &answer("/api/user/{key}", "get"),
+                &json!({"UserId": "u", "Other": 1})
+            )
+            .is_err()
+        );
+    }
+
+    /// Every Gorse route carries the tag, and no other route does.
+    #[test]
+    fn gorse_routes_are_tagged() {
+        let doc = doc();
+        for (method, path, _) in crate::api::ROUTES {
+            let op = &doc["paths"][path][method.to_lowercase()];
+            let gorse = op["tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("Gorse compatibility")));
+            assert_eq!(gorse, path.starts_with("/api/"), "{method} {path}");
+        }
+        assert_eq!(
+            doc["paths"]["/api/recommend/{key}/"]["get"]["operationId"],
+            "gorseRecommendSlash"
+        );
+    }
+}

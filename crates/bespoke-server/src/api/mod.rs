@@ -882,9 +882,9 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
-/// The operations whose OpenAPI description is derived from the handlers and their types
-/// (`#[utoipa::path]`, `ToSchema`); `openapi::document` merges them with the hand-written
-/// rest. A group of routes moves here once its handlers carry their description.
+/// The operations of the handler modules without an `Api` of their own (events, catalog,
+/// rules, admin), described from their handlers and types (`#[utoipa::path]`, `ToSchema`);
+/// `openapi::document` lays them, with every module's `Api`, into the document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
