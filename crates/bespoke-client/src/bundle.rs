@@ -272,6 +272,9 @@ impl Bundle {
             serde_json::from_value(peek).map_err(|e| bad(&format!("header: {e}")))?;
         let d = header.dim as usize;
         let n = header.keys.len();
+        if !(header.max_weight >= 0.0 && header.max_weight.is_finite()) {
+            return Err(bad("max_weight must be a finite number ≥ 0"));
+        }
         if header.item_categories.len() != n {
             return Err(bad("item_categories and keys differ in length"));
         }
@@ -280,12 +283,28 @@ impl Bundle {
             return Err(bad("an item names a category that is not listed"));
         }
         let mut at = (12 + h).div_ceil(4) * 4;
-        let factors_len = match header.encoding {
-            Encoding::F32 => 4 * n * d,
-            Encoding::Int8 => 4 * n + n * d,
+        // Checked: a header may claim any size, and a wrapped product must not pass.
+        let sizes = || -> Option<(usize, usize, usize)> {
+            let gram = d.checked_mul(d)?.checked_mul(4)?;
+            let factors = match header.encoding {
+                Encoding::F32 => n.checked_mul(d)?.checked_mul(4)?,
+                Encoding::Int8 => n.checked_mul(d)?.checked_add(n.checked_mul(4)?)?,
+            };
+            let propensity = if header.propensity {
+                n.checked_mul(4)?
+            } else {
+                0
+            };
+            Some((gram, factors, propensity))
         };
-        let propensity_len = if header.propensity { 4 * n } else { 0 };
-        if body.len() != at + 4 * d * d + factors_len + propensity_len {
+        let (gram_len, factors_len, propensity_len) =
+            sizes().ok_or_else(|| bad("sections do not match dim and the item count"))?;
+        if Some(body.len())
+            != at
+                .checked_add(gram_len)
+                .and_then(|v| v.checked_add(factors_len))
+                .and_then(|v| v.checked_add(propensity_len))
+        {
             return Err(bad("sections do not match dim and the item count"));
         }
         let f32s = |bytes: &[u8]| -> Vec<f64> {
@@ -527,6 +546,17 @@ mod tests {
             Bundle::verify(&signed, &key().verifying_key().to_bytes()).unwrap_err(),
             BundleError::Format(2)
         );
+    }
+
+    #[test]
+    fn a_negative_weight_limit_is_refused() {
+        let mut p = parts(3, 2);
+        p.header.max_weight = -1.0;
+        let bytes = encode(&p, Encoding::F32, &key());
+        assert!(matches!(
+            Bundle::verify(&bytes, &key().verifying_key().to_bytes()),
+            Err(BundleError::Malformed(_))
+        ));
     }
 
     #[test]

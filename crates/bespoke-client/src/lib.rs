@@ -131,7 +131,7 @@ impl History {
             .map(|(a, pos)| {
                 let mut w = a.weight * pos * bundle.propensity(a.row);
                 if h.recent_boost > 0.0 && w > 0.0 && h.recent_half_life_ms > 0.0 {
-                    let age = (now_ms - a.last).max(0) as f64;
+                    let age = now_ms.saturating_sub(a.last).max(0) as f64;
                     w *= 1.0 + h.recent_boost * (-age / h.recent_half_life_ms).exp2();
                 }
                 (a.row, w)
