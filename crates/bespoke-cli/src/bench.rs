@@ -192,6 +192,9 @@ enum BenchWhat {
     /// on one node to a changed recommendation on the other, recommendation throughput, and
     /// an optional soak (`--soak-secs`).
     Cluster(crate::bench_cluster::ClusterArgs),
+    /// Ranking on the device over a synthetic bundle (20k items by default): the Rust crate
+    /// `bespoke-client` and, side by side, the JavaScript module under Node.
+    Device(crate::bench_device::DeviceArgs),
 }
 
 pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
@@ -256,6 +259,7 @@ pub(crate) fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         )?,
         BenchWhat::Ann(a) => crate::bench_ann::run(a)?,
         BenchWhat::Cluster(a) => crate::bench_cluster::run(settings, a)?,
+        BenchWhat::Device(a) => crate::bench_device::run(a)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

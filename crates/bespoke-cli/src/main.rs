@@ -10,6 +10,7 @@ mod audience;
 mod bench;
 mod bench_ann;
 mod bench_cluster;
+mod bench_device;
 mod chart;
 mod cold;
 mod demo;
