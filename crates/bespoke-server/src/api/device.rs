@@ -34,6 +34,12 @@ enum EncodingName {
     Int8,
 }
 
+/// A bundle's bytes (docs/on-device.md has the format).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Named by the OpenAPI description only.
+struct DeviceBundleBytes(Vec<u8>);
+
 /// The served iALS model as a signed bundle, for ranking on the device
 ///
 /// The format is described in docs/on-device.md; `bespoke-client` (Rust) and
@@ -43,7 +49,7 @@ enum EncodingName {
 /// no_model before the first training.
 #[utoipa::path(get, path = "/v1/device/bundle", operation_id = "deviceBundle",
     params(BundleQuery),
-    responses((status = 200, description = "The bundle", body = Vec<u8>,
+    responses((status = 200, description = "The bundle", body = DeviceBundleBytes,
             content_type = "application/octet-stream",
             headers(("ETag" = String, description = "Identifies the content"),
                 ("X-Model-Version" = u64, description = "The model version it holds"))),
