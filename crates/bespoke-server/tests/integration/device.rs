@@ -40,7 +40,7 @@ async fn shop(srv: &TestServer, now: i64) -> Vec<(String, String, &'static str, 
                 own
             };
             let item = format!("{prefix}{}", (x >> 33) % 20);
-            let kind = if (x >> 40) % 4 == 0 {
+            let kind = if (x >> 40).is_multiple_of(4) {
                 "purchase"
             } else {
                 "view"
