@@ -601,7 +601,11 @@ export class Bundle {
    * @returns {Float64Array|null}
    */
   userVector(history, nowMs = Date.now()) {
-    const weights = history.weights(this, nowMs);
+    return this.#foldIn(history.weights(this, nowMs));
+  }
+
+  /** The user vector of weighted rows (`History#weights`), or null. */
+  #foldIn(weights) {
     if (weights.every(([, w]) => w === 0)) return null;
     const d = this.header.dim;
     const alpha = this.header.alpha;
@@ -650,11 +654,13 @@ export class Bundle {
    */
   recommend(history, { n = 10, categories = [], exclude = [], includeSeen = false, nowMs = Date.now() } = {}) {
     if (!(Number.isInteger(n) && n >= 0)) throw new TypeError('n must be a non-negative integer');
-    const x = this.userVector(history, nowMs);
+    // Weighed once: the fold-in and the seen items both read it.
+    const weights = history.weights(this, nowMs);
+    const x = this.#foldIn(weights);
     if (x === null) return [];
     const skip = new Uint8Array(this.length);
     if (!includeSeen) {
-      for (const [row] of history.weights(this, nowMs)) skip[row] = 1;
+      for (const [row] of weights) skip[row] = 1;
     }
     for (const key of exclude) {
       const row = this.item(key);

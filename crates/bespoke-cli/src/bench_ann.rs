@@ -198,8 +198,8 @@ fn measure(
     (hits as f64 / wanted.max(1) as f64, us)
 }
 
-/// p50, p99 and mean of `us` (sorted in place).
-fn latency(us: &mut [f64]) -> Value {
+/// p50, p99 and mean of `us` (sorted in place); also for `bench device`.
+pub(crate) fn latency(us: &mut [f64]) -> Value {
     us.sort_by(f64::total_cmp);
     let at = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize];
     json!({

@@ -91,7 +91,7 @@ pub(crate) fn run(args: &DeviceArgs) -> anyhow::Result<Value> {
         report[name] = json!({
             "bundle_bytes": bytes.len(),
             "verify_ms": verify_ms,
-            "recommend_ms": summary(&mut times),
+            "recommend_ms": crate::bench_ann::latency(&mut times),
             "checksum": checksum,
         });
         std::fs::write(dir.path().join(format!("{name}.bin")), &bytes)?;
@@ -222,16 +222,4 @@ fn histories(args: &DeviceArgs, now_ms: i64) -> Vec<History> {
             h
         })
         .collect()
-}
-
-/// p50, p99, mean and max of `times` (milliseconds).
-fn summary(times: &mut [f64]) -> Value {
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    json!({
-        "p50": at(0.5),
-        "p99": at(0.99),
-        "mean": times.iter().sum::<f64>() / times.len() as f64,
-        "max": times[times.len() - 1],
-    })
 }

@@ -64,6 +64,8 @@ pub enum ValueMarker {
 
 /// Position-based recency: an item followed by `age` later items of the user is multiplied by
 /// `floor + (1 − floor) · 2^(−age / half_life)` (off when `half_life` is 0 or `floor` ≥ 1).
+/// A copy of `bespoke_algo::Recency`, which this crate must not depend on (a device needs no
+/// training code); a server test keeps the two bit-equal.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recency {
@@ -412,20 +414,8 @@ mod tests {
     use super::*;
 
     pub(crate) fn parts(n: usize, d: usize) -> BundleParts {
-        let factors: Vec<f32> = (0..n * d)
-            .map(|i| ((i * 7919 % 211) as f32 / 211.0 - 0.5) * 0.8)
-            .collect();
-        let mut gram = vec![0f32; d * d];
-        for row in factors.chunks(d) {
-            for a in 0..d {
-                for b in 0..d {
-                    gram[a * d + b] += row[a] * row[b];
-                }
-            }
-        }
-        for k in 0..d {
-            gram[k * d + k] += 0.1;
-        }
+        let factors = crate::example_factors(n, d);
+        let gram = crate::gram_reg(&factors, d, 0.1);
         BundleParts {
             header: Header {
                 format: 0,

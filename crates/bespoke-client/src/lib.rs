@@ -185,7 +185,11 @@ impl Bundle {
     /// item factors, as the server folds in a user. `None` for a history with nothing the
     /// bundle knows.
     pub fn user_vector(&self, history: &History, now_ms: i64) -> Option<Vec<f64>> {
-        let weights = history.weights(self, now_ms);
+        self.fold_in(&history.weights(self, now_ms))
+    }
+
+    /// The user vector of weighted rows ([`History::weights`]).
+    fn fold_in(&self, weights: &[(u32, f64)]) -> Option<Vec<f64>> {
         if weights.iter().all(|&(_, w)| w == 0.0) {
             return None;
         }
@@ -193,7 +197,7 @@ impl Bundle {
         let alpha = self.header.alpha as f64;
         let mut a = self.gram_reg.clone();
         let mut b = vec![0f64; d];
-        for &(row, w) in &weights {
+        for &(row, w) in weights {
             if w == 0.0 {
                 continue;
             }
@@ -228,12 +232,14 @@ impl Bundle {
     /// history holds nothing the bundle knows: the app shows its own fallback (the server's
     /// popular items, say).
     pub fn recommend(&self, history: &History, query: &Query) -> Vec<Scored> {
-        let Some(x) = self.user_vector(history, query.now_ms) else {
+        // Weighed once: the fold-in and the seen items both read it.
+        let weights = history.weights(self, query.now_ms);
+        let Some(x) = self.fold_in(&weights) else {
             return Vec::new();
         };
         let mut skip = vec![false; self.len()];
         if !query.include_seen {
-            for (row, _) in history.weights(self, query.now_ms) {
+            for &(row, _) in &weights {
                 skip[row as usize] = true;
             }
         }
@@ -315,16 +321,18 @@ fn cholesky_solve(a: &mut [f64], b: &mut [f64], d: usize) -> bool {
     true
 }
 
-/// A small bundle signed with a fixed key, and that key's public half: for examples and
-/// tests (never for production; the server signs with its own key).
+/// Deterministic factors of `n` items × `d` for examples and tests.
 #[doc(hidden)]
-pub fn example_bundle() -> (Vec<u8>, [u8; 32]) {
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-    let n = 40;
-    let d = 6;
-    let factors: Vec<f32> = (0..n * d)
+pub fn example_factors(n: usize, d: usize) -> Vec<f32> {
+    (0..n * d)
         .map(|i| ((i * 7919 % 211) as f32 / 211.0 - 0.5) * 0.8)
-        .collect();
+        .collect()
+}
+
+/// `YᵀY + λI` of row-major `factors` with `d` columns, accumulated in `f32`: what a bundle's
+/// Gram section holds, for examples, tests and benchmarks.
+#[doc(hidden)]
+pub fn gram_reg(factors: &[f32], d: usize, lambda: f32) -> Vec<f32> {
     let mut gram = vec![0f32; d * d];
     for row in factors.chunks(d) {
         for a in 0..d {
@@ -334,9 +342,29 @@ pub fn example_bundle() -> (Vec<u8>, [u8; 32]) {
         }
     }
     for k in 0..d {
-        gram[k * d + k] += 0.1;
+        gram[k * d + k] += lambda;
     }
-    let parts = BundleParts {
+    gram
+}
+
+/// A small bundle signed with a fixed key, and that key's public half: for examples and
+/// tests (never for production; the server signs with its own key).
+#[doc(hidden)]
+pub fn example_bundle() -> (Vec<u8>, [u8; 32]) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    (
+        encode(&example_parts(), Encoding::F32, &key),
+        key.verifying_key().to_bytes(),
+    )
+}
+
+/// The parts of [`example_bundle`]: 40 items × 6 factors in two categories, `even` and `odd`.
+#[doc(hidden)]
+pub fn example_parts() -> BundleParts {
+    let n = 40;
+    let d = 6;
+    let factors = example_factors(n, d);
+    BundleParts {
         header: Header {
             format: bundle::FORMAT,
             model_version: 1,
@@ -359,14 +387,10 @@ pub fn example_bundle() -> (Vec<u8>, [u8; 32]) {
             categories: vec!["even".into(), "odd".into()],
             item_categories: (0..n).map(|i| vec![(i % 2) as u32]).collect(),
         },
-        gram_reg: gram,
+        gram_reg: gram_reg(&factors, d, 0.1),
         factors,
         propensity: Vec::new(),
-    };
-    (
-        encode(&parts, Encoding::F32, &key),
-        key.verifying_key().to_bytes(),
-    )
+    }
 }
 
 #[cfg(test)]

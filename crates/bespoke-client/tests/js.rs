@@ -78,22 +78,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn gram(factors: &[f32], d: usize, lambda: f32) -> Vec<f32> {
-    let mut g = vec![0f64; d * d];
-    for row in factors.chunks(d) {
-        for a in 0..d {
-            for b in 0..d {
-                g[a * d + b] += row[a] as f64 * row[b] as f64;
-            }
-        }
-    }
-    let mut g: Vec<f32> = g.into_iter().map(|v| v as f32).collect();
-    for k in 0..d {
-        g[k * d + k] += lambda;
-    }
-    g
-}
-
 const CATEGORIES: [&str; 6] = ["shoes", "hats", "bags", "sale", "new", "ünïcodé"];
 
 /// A catalog of `n` items with `d` factors, recency, the recent boost and propensity on.
@@ -159,7 +143,7 @@ fn big_parts(n: usize, d: usize) -> BundleParts {
                 })
                 .collect(),
         },
-        gram_reg: gram(&factors, d, 0.5),
+        gram_reg: bespoke_client::gram_reg(&factors, d, 0.5),
         factors,
         propensity,
     }
@@ -167,49 +151,7 @@ fn big_parts(n: usize, d: usize) -> BundleParts {
 
 /// The crate's `example_bundle` catalog (40 items, d = 6), for the JavaScript unit tests.
 fn small_parts() -> BundleParts {
-    let n = 40;
-    let d = 6;
-    let factors: Vec<f32> = (0..n * d)
-        .map(|i| ((i * 7919 % 211) as f32 / 211.0 - 0.5) * 0.8)
-        .collect();
-    let mut g = vec![0f32; d * d];
-    for row in factors.chunks(d) {
-        for a in 0..d {
-            for b in 0..d {
-                g[a * d + b] += row[a] * row[b];
-            }
-        }
-    }
-    for k in 0..d {
-        g[k * d + k] += 0.1;
-    }
-    BundleParts {
-        header: Header {
-            format: FORMAT,
-            model_version: 1,
-            created_at: "2026-12-07T00:00:00Z".into(),
-            dim: d as u32,
-            encoding: Encoding::F32,
-            alpha: 2.0,
-            event_weights: [
-                ("view".to_owned(), EventWeight::Fixed(1.0)),
-                ("purchase".to_owned(), EventWeight::Fixed(4.0)),
-            ]
-            .into_iter()
-            .collect(),
-            max_weight: 10.0,
-            recent_boost: 0.0,
-            recent_half_life_ms: 0.0,
-            recency: Recency::OFF,
-            propensity: false,
-            keys: (0..n).map(|i| format!("item-{i}")).collect(),
-            categories: vec!["even".into(), "odd".into()],
-            item_categories: (0..n).map(|i| vec![(i % 2) as u32]).collect(),
-        },
-        gram_reg: g,
-        factors,
-        propensity: Vec::new(),
-    }
+    bespoke_client::example_parts()
 }
 
 /// The histories the JavaScript client must weigh and rank as this crate does.

@@ -150,3 +150,26 @@ impl Engine {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The client carries its own copy of the recency formula (it must not depend on
+    /// `bespoke-algo`); the two must give the same `f32` for every setting and age.
+    #[test]
+    fn the_clients_recency_is_the_servers() {
+        for half_life in [0.0f32, 0.5, 1.0, 4.0, 20.0, 33.3] {
+            for floor in [0.0f32, 0.15, 0.3, 0.99, 1.0] {
+                let server = bespoke_algo::Recency { half_life, floor };
+                let client = bespoke_client::Recency { half_life, floor };
+                assert_eq!(server.is_on(), client.is_on());
+                for age in 0..200 {
+                    assert_eq!(
+                        server.factor(age).to_bits(),
+                        client.factor(age).to_bits(),
+                        "half_life {half_life}, floor {floor}, age {age}"
+                    );
+                }
+            }
+        }
+    }
+}
