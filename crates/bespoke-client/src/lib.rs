@@ -6,6 +6,9 @@
 //! server's own fold-in (the exact iALS user step, `x = (YᵀC^uY + λI)⁻¹ YᵀC^u p(u)`), and ranks
 //! the catalog locally with category filters. The user's events never leave the device.
 //!
+//! For federated training, [`secagg`] masks a device's update so that the server learns only
+//! the sum over devices (secure aggregation with pairwise masks).
+//!
 //! No async runtime and no network code: the app fetches the bytes however it likes. The
 //! JavaScript module in `clients/js` does the same in a browser; both compute in `f64` from the
 //! same dequantized factors, in the same order, so their scores agree to rounding.
@@ -23,6 +26,7 @@
 //! ```
 
 pub mod bundle;
+pub mod secagg;
 
 use serde::{Deserialize, Serialize};
 
