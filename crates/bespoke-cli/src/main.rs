@@ -18,6 +18,7 @@ mod eval;
 mod experiment;
 mod export;
 mod fairness;
+mod federated_sim;
 mod import;
 mod inspect;
 mod keys;
@@ -115,6 +116,9 @@ enum Command {
     Ope(ope::OpeArgs),
     /// Benchmarks that print JSON.
     Bench(bench::BenchArgs),
+    /// Federated training with simulated devices (secure aggregation, differential privacy,
+    /// drop-outs, poisoning) against central iALS on MovieLens 100K (docs/federated.md).
+    FederatedSim(federated_sim::FederatedSimArgs),
     /// Copy an SQLite store (a stopped server's data directory) into an empty PostgreSQL
     /// schema, ids and models included, and verify every table's count and checksum
     /// (docs/postgres.md).
@@ -339,6 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Tune(args) => eval::tune(&args),
         Command::Bench(args) => bench::run(&settings, &args),
+        Command::FederatedSim(args) => federated_sim::run(&args),
         Command::Ope(args) => ope::run(&settings, &args),
         Command::Fairness(args) => fairness::run(&settings, &args),
         Command::Audience(args) => audience::run(&settings, &args),

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod bundle;
+pub mod federated;
 pub mod secagg;
 
 use serde::{Deserialize, Serialize};

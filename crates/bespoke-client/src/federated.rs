@@ -1,0 +1,328 @@
+//! Federated training of the item factors: what a device computes in a round, and the step
+//! the server takes with the sum of the devices' updates.
+//!
+//! The model is iALS (`min Σ_u Σ_i c_ui (p_ui − x_uᵀy_i)² + λ(‖x_u‖² + ‖y_i‖²)`). Each round
+//! the device rebuilds its user vector `x_u` from its own history with the exact fold-in
+//! against the round's item factors (Federated Reconstruction, Singhal et al. 2021): `x_u`
+//! is never sent. By the envelope theorem the gradient of the objective in `y_i` is then the
+//! sum over users of the per-user terms at that `x_u`, which split into
+//! - a part on the items the user touched: `g_ui = (c_ui − 1)(x_uᵀy_i) x_u − c_ui p_ui x_u`,
+//! - a part on every item, `(x_u x_uᵀ) y_i`, sent once as the `d×d` matrix `x_u x_uᵀ`,
+//! - and, for the step size, the curvature the touched items add, `(c_ui − 1)‖x_u‖²`.
+//!
+//! An update is the concatenation [`Layout`] describes, dense over all items so that its
+//! shape says nothing about what the user touched; it is clipped to an L2 norm `C` before it
+//! leaves the device. The server sees only the sum ([`crate::secagg`]) and takes one
+//! preconditioned Newton step per item ([`server_step`]): with `A = Σ x xᵀ + λI` and the
+//! residual `r_i = A y_i + Σ g_ui`, `y_i ← y_i − η (A + κ s_i I)⁻¹ r_i`, where `s_i` is the
+//! summed curvature. With `κ = 1` and every user in the round, `(A + s_i I)` bounds the exact
+//! item Hessian of iALS from above (`s_i` is the trace of the touched part, which bounds its
+//! largest eigenvalue), so each step decreases the objective; the exact ALS item step would
+//! need a `d×d` matrix per item from every device.
+
+use serde::{Deserialize, Serialize};
+
+/// The shape of an update: `items·dim` residual terms, the upper triangle of `x xᵀ`
+/// (`dim(dim+1)/2`, row by row), then `items` curvature terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Items in the round's model.
+    pub items: usize,
+    /// Factor dimension.
+    pub dim: usize,
+}
+
+impl Layout {
+    /// Length of an update vector.
+    pub fn len(&self) -> usize {
+        self.items * self.dim + self.dim * (self.dim + 1) / 2 + self.items
+    }
+
+    /// Whether the layout holds nothing (no items and no factors).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn gram_offset(&self) -> usize {
+        self.items * self.dim
+    }
+
+    fn curvature_offset(&self) -> usize {
+        self.gram_offset() + self.dim * (self.dim + 1) / 2
+    }
+}
+
+/// `YᵀY + λI` (`dim×dim`, row-major, `f64`) of row-major item factors: what every fold-in
+/// of the round starts from. Computed once per round by the device (or shared by a
+/// simulation); the bundle carries the same matrix.
+pub fn gram_reg(factors: &[f32], dim: usize, regularization: f64) -> Vec<f64> {
+    let mut g = vec![0f64; dim * dim];
+    for y in factors.chunks_exact(dim) {
+        for r in 0..dim {
+            let yr = y[r] as f64;
+            for k in r..dim {
+                g[r * dim + k] += yr * y[k] as f64;
+            }
+        }
+    }
+    for r in 0..dim {
+        g[r * dim + r] += regularization;
+        for k in 0..r {
+            g[r * dim + k] = g[k * dim + r];
+        }
+    }
+    g
+}
+
+/// The exact iALS user step `x = (YᵀY + λI + Σ (c−1) y yᵀ)⁻¹ Σ_{w>0} c y`, with
+/// `c = 1 + α|w|`, over `(row, weight)` pairs; `None` when no weight is non-zero or the
+/// system is not positive definite.
+pub fn fold_in(
+    factors: &[f32],
+    gram_reg: &[f64],
+    dim: usize,
+    alpha: f64,
+    weights: &[(u32, f64)],
+) -> Option<Vec<f64>> {
+    if weights.iter().all(|&(_, w)| w == 0.0) {
+        return None;
+    }
+    let mut a = gram_reg.to_vec();
+    let mut b = vec![0f64; dim];
+    for &(row, w) in weights {
+        if w == 0.0 {
+            continue;
+        }
+        let c = 1.0 + alpha * w.abs();
+        let y = &factors[row as usize * dim..][..dim];
+        for r in 0..dim {
+            let s = (c - 1.0) * y[r] as f64;
+            for k in 0..dim {
+                a[r * dim + k] += s * y[k] as f64;
+            }
+        }
+        if w > 0.0 {
+            for k in 0..dim {
+                b[k] += c * y[k] as f64;
+            }
+        }
+    }
+    crate::cholesky_solve(&mut a, &mut b, dim).then_some(b)
+}
+
+/// A device's update, ready for clipping and masking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalUpdate {
+    /// The update in [`Layout`] order, already clipped.
+    pub vector: Vec<f32>,
+    /// Its L2 norm before clipping (kept on the device; useful to choose `C`).
+    pub norm: f64,
+}
+
+/// The device's update for the round from its weighted history (`(row, weight)`, rows of
+/// the round's model, as [`crate::History::weights`] gives them), clipped to L2 norm `clip`
+/// (`f64::INFINITY`: no clipping). `None` when the history holds nothing the model knows.
+pub fn local_update(
+    layout: Layout,
+    factors: &[f32],
+    gram_reg: &[f64],
+    alpha: f64,
+    weights: &[(u32, f64)],
+    clip: f64,
+) -> Option<LocalUpdate> {
+    let d = layout.dim;
+    let x = fold_in(factors, gram_reg, d, alpha, weights)?;
+    let mut v = vec![0f32; layout.len()];
+    let xx: f64 = x.iter().map(|a| a * a).sum();
+    let mut norm2 = 0f64;
+    for &(row, w) in weights {
+        if w == 0.0 {
+            continue;
+        }
+        let c = 1.0 + alpha * w.abs();
+        let p = if w > 0.0 { 1.0 } else { 0.0 };
+        let y = &factors[row as usize * d..][..d];
+        let xy: f64 = x.iter().zip(y).map(|(a, &b)| a * b as f64).sum();
+        let coef = (c - 1.0) * xy - c * p;
+        let g = &mut v[row as usize * d..][..d];
+        for k in 0..d {
+            let val = (coef * x[k]) as f32;
+            g[k] = val;
+            norm2 += (val as f64) * (val as f64);
+        }
+        let s = ((c - 1.0) * xx) as f32;
+        v[layout.curvature_offset() + row as usize] = s;
+        norm2 += (s as f64) * (s as f64);
+    }
+    let mut at = layout.gram_offset();
+    for r in 0..d {
+        for k in r..d {
+            let val = (x[r] * x[k]) as f32;
+            v[at] = val;
+            norm2 += (val as f64) * (val as f64);
+            at += 1;
+        }
+    }
+    let norm = norm2.sqrt();
+    if norm > clip {
+        let s = (clip / norm) as f32;
+        v.iter_mut().for_each(|a| *a *= s);
+    }
+    Some(LocalUpdate { vector: v, norm })
+}
+
+/// How the server turns the sum of a round's updates into new item factors.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepParams {
+    /// `λ` of the item step.
+    pub regularization: f64,
+    /// `1/q` for a round that sampled each user with probability `q`: the sum is scaled up
+    /// to estimate the sum over all users.
+    pub scale: f64,
+    /// `κ`, the share of the curvature bound used (1: the safe bound).
+    pub curvature: f64,
+    /// `η`, the step length (1: the full preconditioned step).
+    pub learning_rate: f64,
+}
+
+/// One server step: updates row-major `factors` (`layout.items × layout.dim`) in place from
+/// `sum`, the (noised) sum of the round's updates in [`Layout`] order.
+pub fn server_step(layout: Layout, factors: &mut [f32], sum: &[f64], p: StepParams) {
+    let d = layout.dim;
+    // A = Σ x xᵀ·scale + λI, symmetric; projected onto the positive semidefinite cone
+    // before λ is added, because noise can make the sum indefinite.
+    let mut a = vec![0f64; d * d];
+    let mut at = layout.gram_offset();
+    for r in 0..d {
+        for k in r..d {
+            a[r * d + k] = sum[at] * p.scale;
+            a[k * d + r] = a[r * d + k];
+            at += 1;
+        }
+    }
+    let (mut vals, vecs) = symmetric_eigen(a, d);
+    for v in &mut vals {
+        *v = v.max(0.0) + p.regularization;
+    }
+    // A y_i = V Λ Vᵀ y_i; (A + t I)⁻¹ r = V (Λ + t)⁻¹ Vᵀ r.
+    let mut proj = vec![0f64; d];
+    let mut r = vec![0f64; d];
+    for i in 0..layout.items {
+        let y = &mut factors[i * d..][..d];
+        let g = &sum[i * d..][..d];
+        let t = (sum[layout.curvature_offset() + i] * p.scale * p.curvature).max(0.0);
+        // proj = Vᵀ y (columns of V are eigenvectors: vecs[k*d + j] is component k of vector j).
+        for j in 0..d {
+            let mut s = 0.0;
+            for k in 0..d {
+                s += vecs[k * d + j] * y[k] as f64;
+            }
+            proj[j] = s;
+        }
+        // r = A y + g·scale = V Λ proj + g·scale.
+        for k in 0..d {
+            let mut s = g[k] * p.scale;
+            for j in 0..d {
+                s += vecs[k * d + j] * vals[j] * proj[j];
+            }
+            r[k] = s;
+        }
+        // step = V (Λ + t)⁻¹ Vᵀ r.
+        for j in 0..d {
+            let mut s = 0.0;
+            for k in 0..d {
+                s += vecs[k * d + j] * r[k];
+            }
+            proj[j] = s / (vals[j] + t);
+        }
+        for k in 0..d {
+            let mut s = 0.0;
+            for j in 0..d {
+                s += vecs[k * d + j] * proj[j];
+            }
+            y[k] = (y[k] as f64 - p.learning_rate * s) as f32;
+        }
+    }
+}
+
+/// Eigenvalues and eigenvectors (columns of the row-major result) of a symmetric `d×d`
+/// matrix by cyclic Jacobi rotations: exact to rounding and plenty fast for `d ≤ 256`.
+fn symmetric_eigen(mut a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0f64; d * d];
+    for k in 0..d {
+        v[k * d + k] = 1.0;
+    }
+    for _sweep in 0..64 {
+        let off: f64 = (0..d)
+            .flat_map(|r| (0..d).filter(move |&k| k != r).map(move |k| (r, k)))
+            .map(|(r, k)| a[r * d + k] * a[r * d + k])
+            .sum();
+        let diag: f64 = (0..d).map(|k| a[k * d + k] * a[k * d + k]).sum();
+        if off <= 1e-30 * diag.max(1e-300) {
+            break;
+        }
+        for p in 0..d {
+            for q in p + 1..d {
+                let apq = a[p * d + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (a[q * d + q] - a[p * d + p]) / (2.0 * apq);
+                let sign = if theta >= 0.0 { 1.0 } else { -1.0 };
+                let t = sign / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..d {
+                    let akp = a[k * d + p];
+                    let akq = a[k * d + q];
+                    a[k * d + p] = c * akp - s * akq;
+                    a[k * d + q] = s * akp + c * akq;
+                }
+                for k in 0..d {
+                    let apk = a[p * d + k];
+                    let aqk = a[q * d + k];
+                    a[p * d + k] = c * apk - s * aqk;
+                    a[q * d + k] = s * apk + c * aqk;
+                }
+                for k in 0..d {
+                    let vkp = v[k * d + p];
+                    let vkq = v[k * d + q];
+                    v[k * d + p] = c * vkp - s * vkq;
+                    v[k * d + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..d).map(|k| a[k * d + k]).collect(), v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eigen_reconstructs_a_symmetric_matrix() {
+        let d = 6;
+        let mut m = vec![0f64; d * d];
+        for r in 0..d {
+            for k in r..d {
+                let v = ((r * 7 + k * 3) % 5) as f64 - 2.0 + if r == k { 4.0 } else { 0.0 };
+                m[r * d + k] = v;
+                m[k * d + r] = v;
+            }
+        }
+        let (vals, vecs) = symmetric_eigen(m.clone(), d);
+        for r in 0..d {
+            for k in 0..d {
+                let s: f64 = (0..d)
+                    .map(|j| vecs[r * d + j] * vals[j] * vecs[k * d + j])
+                    .sum();
+                assert!(
+                    (s - m[r * d + k]).abs() < 1e-9,
+                    "{r},{k}: {s} vs {}",
+                    m[r * d + k]
+                );
+            }
+        }
+    }
+}
