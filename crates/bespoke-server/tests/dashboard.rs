@@ -309,6 +309,7 @@ async fn no_session_no_dashboard() {
         "/dashboard/models",
         "/dashboard/users?key=u1",
         "/dashboard/loops",
+        "/dashboard/device",
     ] {
         let resp = get(&fx, None, page).await;
         assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{page}");
@@ -858,6 +859,7 @@ async fn pages_escape_what_they_show_and_send_security_headers() {
         "/dashboard/items?key=xss",
         "/dashboard/loops",
         "/dashboard/more",
+        "/dashboard/device",
         "/dashboard/login",
     ] {
         // minijinja escapes `/` too; the browser reads `&#x2f;` as `/`.
@@ -1350,4 +1352,543 @@ async fn walk(fx: &Fixture, b: &Browser) {
         "the page scrolls sideways on a phone"
     );
     screenshot(b, "phone").await;
+}
+
+/// The on-device demo's data endpoints take a session, not a key, and answer what the API
+/// answers a device: the same bundle bytes, the same key.
+#[tokio::test]
+async fn device_demo_serves_the_apis_bundle_to_sessions_only() {
+    let fx = Fixture::start(true).await;
+    for path in [
+        "/dashboard/api/device/key",
+        "/dashboard/api/device/bundle",
+        "/dashboard/api/device/titles",
+    ] {
+        let resp = browserless()
+            .get(format!("{}{path}", fx.base))
+            .bearer_auth(&fx.admin_key)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let (_, cookie, _) = login(&fx, &fx.admin_key).await;
+    let cookie = cookie.expect("a session cookie");
+    let (api_bytes, api_key) = device_bundle_from_api(&fx).await;
+    let resp = get(&fx, Some(&cookie), "/dashboard/api/device/bundle").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let etag = resp.headers()["etag"].clone();
+    assert_eq!(
+        resp.bytes().await.expect("bytes").as_ref(),
+        api_bytes.as_slice()
+    );
+    let again = browserless()
+        .get(format!("{}/dashboard/api/device/bundle", fx.base))
+        .header(COOKIE, &cookie)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let int8 = get(
+        &fx,
+        Some(&cookie),
+        "/dashboard/api/device/bundle?encoding=int8",
+    )
+    .await;
+    assert_eq!(int8.status(), StatusCode::OK);
+    let int8 = int8.bytes().await.expect("bytes");
+    let decoded = bespoke_client::Bundle::verify(&int8, &api_key).expect("verifies");
+    assert_eq!(decoded.header().encoding, bespoke_client::Encoding::Int8);
+    let bad = get(
+        &fx,
+        Some(&cookie),
+        "/dashboard/api/device/bundle?encoding=f16",
+    )
+    .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let key: Value = get(&fx, Some(&cookie), "/dashboard/api/device/key")
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(key["public_key"], hex(&api_key), "{key}");
+    let titles: Value = get(&fx, Some(&cookie), "/dashboard/api/device/titles")
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(titles["titles"]["i3"], "Item number 3", "{titles}");
+    assert_eq!(titles["titles"]["xss"], XSS, "{titles}");
+    assert_eq!(titles["truncated"], false, "{titles}");
+    // The module the page imports is the tested library, byte for byte.
+    let html = get(&fx, Some(&cookie), "/dashboard/device")
+        .await
+        .text()
+        .await
+        .expect("page")
+        .replace("&#x2f;", "/");
+    let at = html.find("/dashboard/assets/").expect("assets");
+    let tag = &html[at + "/dashboard/assets/".len()..][..12];
+    let module = get(
+        &fx,
+        None,
+        &format!("/dashboard/assets/{tag}/bespoke-device.mjs"),
+    )
+    .await;
+    assert_eq!(module.status(), StatusCode::OK);
+    let library = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../clients/js/bespoke-device.mjs"),
+    )
+    .expect("the library");
+    assert_eq!(module.bytes().await.expect("bytes").as_ref(), library);
+    fx.stop().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The f32 bundle and the public key, as a device gets them from `/v1` with a read key.
+async fn device_bundle_from_api(fx: &Fixture) -> (Vec<u8>, [u8; 32]) {
+    let key: Value = browserless()
+        .get(format!("{}/v1/device/key", fx.base))
+        .bearer_auth(&fx.read_key)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let hex_key = key["public_key"].as_str().expect("a key");
+    let key: [u8; 32] = (0..32)
+        .map(|i| u8::from_str_radix(&hex_key[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>()
+        .try_into()
+        .expect("32 bytes");
+    let resp = browserless()
+        .get(format!("{}/v1/device/bundle", fx.base))
+        .bearer_auth(&fx.read_key)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::OK);
+    (resp.bytes().await.expect("bytes").to_vec(), key)
+}
+
+/// Requests the server counted, by method and route template, from its Prometheus counters
+/// (`bespoke_http_requests_total`, every status summed). Every request goes through them,
+/// the dashboard's and unmatched ones included.
+async fn requests_by_route(fx: &Fixture) -> std::collections::BTreeMap<(String, String), u64> {
+    let (s, body) = fx.call(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = body.as_str().expect("the exposition text");
+    let label = |labels: &str, name: &str| {
+        let at = labels.find(&format!("{name}=\"")).expect("a label") + name.len() + 2;
+        labels[at..at + labels[at..].find('"').expect("a closing quote")].to_owned()
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("bespoke_http_requests_total{") else {
+            continue;
+        };
+        let (labels, n) = rest.split_once("} ").expect("labels, then a count");
+        let n: u64 = n.trim().parse().expect("a whole count");
+        *counts
+            .entry((label(labels, "method"), label(labels, "route")))
+            .or_default() += n;
+    }
+    counts
+}
+
+/// Events in the store and in serving, and users in serving.
+async fn stored_events(fx: &Fixture) -> (u64, u64, u64) {
+    let engine = fx
+        .server
+        .as_ref()
+        .expect("a running server")
+        .engine()
+        .clone();
+    tokio::task::spawn_blocking(move || {
+        let stats = engine.store().stats().expect("store stats");
+        let counts = engine.counts();
+        (stats.events, counts.events, counts.users)
+    })
+    .await
+    .expect("stats read")
+}
+
+/// The recommendations the page shows, with the exact scores it computed.
+async fn page_recommendations(b: &Browser) -> Vec<(String, f64)> {
+    let v = b
+        .execute(
+            "return [...document.querySelectorAll('#recs > li')].map(li => [li.dataset.item, li.dataset.score]);",
+            vec![],
+        )
+        .await
+        .expect("js");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| {
+            let item = p[0].as_str().expect("an item").to_owned();
+            let score = p[1].as_str().expect("a score").parse().expect("a number");
+            (item, score)
+        })
+        .collect()
+}
+
+/// What `bespoke_client` ranks for the history the page keeps in localStorage, at the time
+/// and in the category the page ranked with.
+async fn client_recommendations(
+    b: &Browser,
+    bundle: &bespoke_client::Bundle,
+) -> Vec<(String, f64)> {
+    let v = b
+        .execute(
+            "const r = document.getElementById('recs');
+             return [localStorage.getItem('bespoke.device-demo.history'), r.dataset.nowMs, r.dataset.category];",
+            vec![],
+        )
+        .await
+        .expect("js");
+    let history = match v[0].as_str() {
+        Some(json) => bespoke_client::History::from_json(json).expect("a stored history"),
+        None => bespoke_client::History::default(),
+    };
+    let now_ms: i64 = v[1].as_str().expect("a time").parse().expect("ms");
+    let category = v[2].as_str().expect("a category");
+    let query = bespoke_client::Query {
+        n: 10,
+        categories: if category.is_empty() {
+            Vec::new()
+        } else {
+            vec![category.to_owned()]
+        },
+        now_ms,
+        ..bespoke_client::Query::default()
+    };
+    bundle
+        .recommend(&history, &query)
+        .into_iter()
+        .map(|s| (s.item, s.score))
+        .collect()
+}
+
+/// The page's ranking is the Rust crate's: the same items in the same order, each score
+/// within 1e-5.
+async fn assert_ranks_as_the_crate(
+    b: &Browser,
+    bundle: &bespoke_client::Bundle,
+) -> Vec<(String, f64)> {
+    let page = page_recommendations(b).await;
+    let rust = client_recommendations(b, bundle).await;
+    let items = |r: &[(String, f64)]| r.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>();
+    assert_eq!(items(&page), items(&rust), "page {page:?}, crate {rust:?}");
+    for ((item, p), (_, r)) in page.iter().zip(&rust) {
+        assert!((p - r).abs() <= 1e-5, "{item}: page {p}, crate {r}");
+    }
+    page
+}
+
+/// Clicks a View/Buy button and waits for the page to re-rank with one more event.
+async fn act(b: &Browser, button: &str, events: usize) {
+    b.find(Locator::Css(button))
+        .await
+        .unwrap_or_else(|e| panic!("{button}: {e}"))
+        .click()
+        .await
+        .expect("clicked");
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&format!("#recs[data-events='{events}']")))
+        .await
+        .unwrap_or_else(|e| panic!("no ranking after {button}: {e}"));
+}
+
+/// The page's own account of its requests since it loaded: all GETs of what it needs, none
+/// suspect.
+async fn assert_network_panel_clean(b: &Browser) {
+    let summary = b
+        .find(Locator::Id("network-summary"))
+        .await
+        .expect("the summary");
+    assert_eq!(
+        summary.attr("data-suspect").await.expect("attr").as_deref(),
+        Some("0"),
+        "{}",
+        summary.text().await.expect("text")
+    );
+    let total: usize = summary
+        .attr("data-total")
+        .await
+        .expect("attr")
+        .expect("a total")
+        .parse()
+        .expect("a count");
+    // The page, two stylesheets, three scripts, the module, the key, the bundle, the titles.
+    assert!(total >= 10, "{total} requests");
+    assert!(
+        summary
+            .text()
+            .await
+            .expect("text")
+            .contains("0 carried an event")
+    );
+    let methods = b
+        .execute(
+            "return [...document.querySelectorAll('#network tbody tr')].map(tr => tr.dataset.method);",
+            vec![],
+        )
+        .await
+        .expect("js");
+    let methods = methods.as_array().expect("a list");
+    assert_eq!(methods.len(), total);
+    assert!(methods.iter().all(|m| m == "GET"), "{methods:?}");
+}
+
+/// Waits for the demo page to verify its bundle; its status line if it could not.
+async fn demo_ready(b: &Browser) {
+    b.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#device:not([data-state='loading'])"))
+        .await
+        .expect("the bundle loads");
+    let state = b
+        .find(Locator::Id("device"))
+        .await
+        .expect("the card")
+        .attr("data-state")
+        .await
+        .expect("attr");
+    assert_eq!(
+        state.as_deref(),
+        Some("ready"),
+        "{}",
+        text(b, "#bundle-status").await
+    );
+}
+
+/// The demo page (`/dashboard/device`) in Chromium: it verifies the bundle, ranks on the
+/// device after each click exactly as `bespoke_client` does, keeps the history in localStorage
+/// across a reload, forgets it on request, and the server receives no event: the store's and
+/// serving's counts do not move, and its request counters show only GETs of the page, its
+/// assets, the key, the bundle and the titles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_ranks_on_the_device_and_sends_no_event() {
+    let Some(d) = driver().await else {
+        return;
+    };
+    let fx = Arc::new(Fixture::start(true).await);
+    let b = open_browser(&d).await;
+    let ran = tokio::spawn({
+        let (fx, b) = (fx.clone(), b.clone());
+        async move { device_demo(&fx, &b).await }
+    })
+    .await;
+    let _ = b.close().await;
+    if let Ok(fx) = Arc::try_unwrap(fx) {
+        fx.stop().await;
+    }
+    if let Err(e) = ran {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn device_demo(fx: &Fixture, b: &Browser) {
+    let base = &fx.base;
+    // A title that is markup, on an item the model holds (`xss` has no events): the page must
+    // show it as text.
+    let (s, body) = fx
+        .call(
+            reqwest::Method::PUT,
+            "/v1/items/i11",
+            Some(json!({ "categories": ["odd"], "text": { "title": XSS } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    b.goto(&format!("{base}/dashboard/login"))
+        .await
+        .expect("goto");
+    b.find(Locator::Id("key"))
+        .await
+        .expect("key field")
+        .send_keys(&fx.admin_key)
+        .await
+        .expect("typed");
+    b.find(Locator::Id("login-submit"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("clicked");
+    b.wait()
+        .for_element(Locator::Id("catalog-size"))
+        .await
+        .expect("the overview");
+    // A page without charts, so that no request of the overview is still on its way when the
+    // counts are taken.
+    b.goto(&format!("{base}/dashboard/users"))
+        .await
+        .expect("goto");
+    b.wait()
+        .for_element(Locator::LinkText("On-device demo"))
+        .await
+        .expect("the navigation");
+    let (bytes, key) = device_bundle_from_api(fx).await;
+    let bundle = bespoke_client::Bundle::verify(&bytes, &key).expect("the API's bundle verifies");
+    let events_before = stored_events(fx).await;
+    let requests_before = requests_by_route(fx).await;
+
+    b.find(Locator::LinkText("On-device demo"))
+        .await
+        .expect("the link")
+        .click()
+        .await
+        .expect("clicked");
+    demo_ready(b).await;
+    assert!(
+        text(b, "#bundle-status")
+            .await
+            .contains("Signature verified"),
+        "{}",
+        text(b, "#bundle-status").await
+    );
+    let version = b
+        .find(Locator::Id("device"))
+        .await
+        .expect("card")
+        .attr("data-model-version")
+        .await
+        .expect("attr");
+    assert_eq!(
+        version.as_deref(),
+        Some(bundle.header().model_version.to_string().as_str())
+    );
+    // The bundle's items, with the catalog's titles shown as text.
+    assert_eq!(
+        b.find_all(Locator::Css("#catalog tbody tr"))
+            .await
+            .expect("rows")
+            .len(),
+        bundle.len()
+    );
+    assert_eq!(
+        text(b, "#catalog tr[data-item='i3'] .title").await,
+        "Item number 3"
+    );
+    assert_eq!(text(b, "#catalog tr[data-item='i11'] .title").await, XSS);
+    // No history yet: nothing ranked.
+    assert!(page_recommendations(b).await.is_empty());
+
+    act(b, "#catalog button[data-item='i0'][data-type='view']", 1).await;
+    let first = assert_ranks_as_the_crate(b, &bundle).await;
+    assert!(!first.is_empty());
+    // Buying the top recommendation: it is seen now, so it leaves the list.
+    let top = first[0].0.clone();
+    act(
+        b,
+        &format!("#recs li[data-item='{top}'] button[data-type='purchase']"),
+        2,
+    )
+    .await;
+    let second = assert_ranks_as_the_crate(b, &bundle).await;
+    assert_ne!(second, first, "the ranking did not change");
+    assert!(second.iter().all(|(i, _)| *i != top), "{second:?}");
+    act(b, "#catalog button[data-item='i7'][data-type='view']", 3).await;
+    let third = assert_ranks_as_the_crate(b, &bundle).await;
+
+    // Within a category.
+    b.find(Locator::Id("category"))
+        .await
+        .expect("the filter")
+        .select_by_value("even")
+        .await
+        .expect("selected");
+    b.wait()
+        .for_element(Locator::Css("#recs[data-category='even']"))
+        .await
+        .expect("ranked in the category");
+    let even = assert_ranks_as_the_crate(b, &bundle).await;
+    assert!(!even.is_empty());
+    for (item, _) in &even {
+        let row = bundle.item(item).expect("a bundle item");
+        let cats = &bundle.header().item_categories[row as usize];
+        assert!(
+            cats.iter()
+                .any(|&c| bundle.header().categories[c as usize] == "even"),
+            "{item} is not even"
+        );
+    }
+    screenshot(b, "device").await;
+    assert_network_panel_clean(b).await;
+
+    // The history outlives a reload: it is in localStorage.
+    b.refresh().await.expect("reloaded");
+    demo_ready(b).await;
+    b.wait()
+        .for_element(Locator::Css("#recs[data-events='3']"))
+        .await
+        .expect("the history is back");
+    assert_eq!(
+        b.find_all(Locator::Css("#history > li"))
+            .await
+            .expect("rows")
+            .len(),
+        3
+    );
+    assert_eq!(assert_ranks_as_the_crate(b, &bundle).await, third);
+
+    assert_network_panel_clean(b).await;
+    // Forget my history: gone from the page and from localStorage.
+    b.find(Locator::Id("forget"))
+        .await
+        .expect("the button")
+        .click()
+        .await
+        .expect("clicked");
+    b.wait()
+        .for_element(Locator::Css("#recs[data-events='0']"))
+        .await
+        .expect("forgotten");
+    assert!(page_recommendations(b).await.is_empty());
+    let stored = b
+        .execute(
+            "return localStorage.getItem('bespoke.device-demo.history');",
+            vec![],
+        )
+        .await
+        .expect("js");
+    assert_eq!(stored, Value::Null);
+
+    // The server's side: no event arrived, and the page made GETs of what it needs only.
+    assert_eq!(stored_events(fx).await, events_before, "events arrived");
+    let after = requests_by_route(fx).await;
+    let mut delta = std::collections::BTreeMap::new();
+    for (k, n) in &after {
+        let d = n - requests_before.get(k).copied().unwrap_or(0);
+        if d > 0 {
+            delta.insert(k.clone(), d);
+        }
+    }
+    let allowed = [
+        "/dashboard/device",
+        "/dashboard/assets/{tag}/{name}",
+        "/dashboard/api/device/key",
+        "/dashboard/api/device/bundle",
+        "/dashboard/api/device/titles",
+        // The test's own first count.
+        "/metrics",
+    ];
+    for ((method, route), n) in &delta {
+        assert!(
+            method == "GET" && allowed.contains(&route.as_str()),
+            "{n} × {method} {route} during the demo: {delta:?}"
+        );
+    }
+    let got = |route: &str| delta.get(&("GET".to_owned(), route.to_owned())).copied();
+    // Loaded twice (the link, the reload): the page, its key and its bundle, once each time.
+    assert_eq!(got("/dashboard/device"), Some(2), "{delta:?}");
+    assert_eq!(got("/dashboard/api/device/key"), Some(2), "{delta:?}");
+    assert_eq!(got("/dashboard/api/device/bundle"), Some(2), "{delta:?}");
 }

@@ -2,6 +2,8 @@
 //! `engine::device` and docs/on-device.md). Both need only the `read` scope: a front-end ships
 //! them to browsers and apps, as it ships recommendations.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::Params;
 use super::{AppState, blocking};
+use crate::engine::Engine;
 use crate::error::ApiError;
 
 /// The query of `GET /v1/device/bundle` (doc only: read with `Params`).
@@ -61,17 +64,30 @@ pub(crate) async fn bundle(
     params: Params,
 ) -> Result<Response, ApiError> {
     params.allow(&["encoding"])?;
-    let encoding = match params.get("encoding") {
-        None | Some("f32") => Encoding::F32,
-        Some("int8") => Encoding::Int8,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "encoding",
-                format!("encoding must be f32 or int8, got {other:?}"),
-            ));
-        }
-    };
-    let engine = state.engine.clone();
+    let encoding = encoding(params.get("encoding"))?;
+    bundle_answer(state.engine.clone(), encoding, &headers).await
+}
+
+/// The encoding `?encoding=` names: `f32` when absent.
+pub(crate) fn encoding(name: Option<&str>) -> Result<Encoding, ApiError> {
+    match name {
+        None | Some("f32") => Ok(Encoding::F32),
+        Some("int8") => Ok(Encoding::Int8),
+        Some(other) => Err(ApiError::invalid(
+            "encoding",
+            format!("encoding must be f32 or int8, got {other:?}"),
+        )),
+    }
+}
+
+/// The bundle as an answer, with its ETag (304 when `headers` send it back in `If-None-Match`).
+/// Shared with the dashboard's on-device demo page, so that the page ranks with the very bytes
+/// a device gets here.
+pub(crate) async fn bundle_answer(
+    engine: Arc<Engine>,
+    encoding: Encoding,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let bundle = blocking(move || engine.device_bundle(encoding).map_err(ApiError::from))
         .await?
         .ok_or_else(|| {
@@ -104,7 +120,7 @@ pub(crate) async fn bundle(
         )
             .into_response());
     }
-    let bytes = std::sync::Arc::unwrap_or_clone(bundle).bytes;
+    let bytes = Arc::unwrap_or_clone(bundle).bytes;
     Ok((
         [
             (
@@ -142,12 +158,16 @@ pub(crate) struct KeyOut {
 #[utoipa::path(get, path = "/v1/device/key", operation_id = "deviceKey",
     responses((status = 200, description = "The key", body = KeyOut)))]
 pub(crate) async fn key(State(state): State<AppState>) -> Result<Json<KeyOut>, ApiError> {
-    let engine = state.engine.clone();
+    public_key(state.engine.clone()).await.map(Json)
+}
+
+/// The public key as `GET /v1/device/key` gives it (the dashboard's demo page shows the same).
+pub(crate) async fn public_key(engine: Arc<Engine>) -> Result<KeyOut, ApiError> {
     let key = blocking(move || engine.device_public_key().map_err(ApiError::from)).await?;
-    Ok(Json(KeyOut {
+    Ok(KeyOut {
         public_key: key.iter().map(|b| format!("{b:02x}")).collect(),
         algorithm: "Ed25519",
-    }))
+    })
 }
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).

@@ -15,13 +15,15 @@
 //!
 //! The dashboard is mounted beside the API's routes, outside [`crate::api::ROUTES`]: its
 //! routes are not API routes (no key header, not in the OpenAPI document), and [`session`]
-//! is their access rule.
+//! is their access rule. The on-device demo page ([`device`]) answers with the API's own
+//! device handlers' helpers, so that it gets the bytes a device gets.
 
 // Helpers here return the page to answer with as their error: built at most once per request
 // and returned straight away, so boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
 mod charts;
+mod device;
 mod pages;
 mod session;
 
@@ -85,6 +87,18 @@ const ASSETS: &[Asset] = &[
         content_type: "text/css; charset=utf-8",
     },
     Asset {
+        name: "device-demo.mjs",
+        bytes: include_bytes!("../../assets/device-demo.mjs"),
+        content_type: "text/javascript; charset=utf-8",
+    },
+    // The library the JavaScript tests check (`cargo test -p bespoke-client --test js`), byte
+    // for byte: the demo page runs what is tested, not a copy.
+    Asset {
+        name: "bespoke-device.mjs",
+        bytes: include_bytes!("../../../../clients/js/bespoke-device.mjs"),
+        content_type: "text/javascript; charset=utf-8",
+    },
+    Asset {
         name: "uPlot.iife.min.js",
         bytes: include_bytes!("../../assets/vendor/uplot/uPlot.iife.min.js"),
         content_type: "text/javascript; charset=utf-8",
@@ -127,6 +141,7 @@ fn templates() -> Environment<'static> {
         ("items.html", include_str!("templates/items.html")),
         ("loops.html", include_str!("templates/loops.html")),
         ("more.html", include_str!("templates/more.html")),
+        ("device.html", include_str!("templates/device.html")),
     ] {
         env.add_template(name, source)
             .expect("the embedded templates parse (the dashboard's tests render each)");
@@ -135,7 +150,8 @@ fn templates() -> Environment<'static> {
 }
 
 /// The dashboard's routes, with their state, to merge into the API's router. It takes the
-/// API's parts rather than its state so that it does not import `api` (which imports it).
+/// API's parts rather than its state so that it does not depend on `api`'s state (`api`
+/// imports it); the demo page borrows only `api::device`'s answer helpers.
 pub(crate) fn router<S>(
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
@@ -171,6 +187,10 @@ pub(crate) fn router<S>(
         .route("/dashboard/items", get(pages::items))
         .route("/dashboard/loops", get(pages::loops))
         .route("/dashboard/more", get(pages::more))
+        .route("/dashboard/device", get(device::page))
+        .route("/dashboard/api/device/key", get(device::key))
+        .route("/dashboard/api/device/bundle", get(device::bundle))
+        .route("/dashboard/api/device/titles", get(device::titles))
         .route("/dashboard/api/events", get(charts::events))
         .route("/dashboard/api/models", get(charts::models))
         .route("/dashboard/api/loops/{name}/rewards", get(charts::rewards))
