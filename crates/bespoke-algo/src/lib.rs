@@ -30,6 +30,7 @@ mod bpr;
 pub mod content;
 mod csr;
 pub mod debias;
+pub mod dp;
 mod ease;
 pub mod eval;
 pub mod experiment;
