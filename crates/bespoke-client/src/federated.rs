@@ -23,7 +23,10 @@
 use serde::{Deserialize, Serialize};
 
 /// The shape of an update: `items·dim` residual terms, the upper triangle of `x xᵀ`
-/// (`dim(dim+1)/2`, row by row), then `items` curvature terms.
+/// (`dim(dim+1)/2`, row by row), `items` curvature terms, and the clipping weight `w`: the
+/// factor (at most 1) clipping scaled the rest by. Summed, the weights tell the server how
+/// much data the clipped sum stands for, so that it scales `λ` alike and clipping reweighs
+/// users without strengthening the regularization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// Items in the round's model.
@@ -35,7 +38,7 @@ pub struct Layout {
 impl Layout {
     /// Length of an update vector.
     pub fn len(&self) -> usize {
-        self.items * self.dim + self.dim * (self.dim + 1) / 2 + self.items
+        self.items * self.dim + self.dim * (self.dim + 1) / 2 + self.items + 1
     }
 
     /// Whether the layout holds nothing (no items and no factors).
@@ -50,6 +53,16 @@ impl Layout {
     fn curvature_offset(&self) -> usize {
         self.gram_offset() + self.dim * (self.dim + 1) / 2
     }
+
+    fn weight_offset(&self) -> usize {
+        self.curvature_offset() + self.items
+    }
+}
+
+/// The L2 sensitivity of an update clipped to `clip`: the clipped part plus the weight
+/// coordinate, at most 1. The Gaussian noise of differential privacy is `σ` times this.
+pub fn sensitivity(clip: f64) -> f64 {
+    (clip * clip + 1.0).sqrt()
 }
 
 /// `YᵀY + λI` (`dim×dim`, row-major, `f64`) of row-major item factors: what every fold-in
@@ -121,7 +134,8 @@ pub struct LocalUpdate {
 
 /// The device's update for the round from its weighted history (`(row, weight)`, rows of
 /// the round's model, as [`crate::History::weights`] gives them), clipped to L2 norm `clip`
-/// (`f64::INFINITY`: no clipping). `None` when the history holds nothing the model knows.
+/// (`f64::INFINITY`: no clipping; the whole vector's norm is at most [`sensitivity`]).
+/// `None` when the history holds nothing the model knows.
 pub fn local_update(
     layout: Layout,
     factors: &[f32],
@@ -164,10 +178,12 @@ pub fn local_update(
         }
     }
     let norm = norm2.sqrt();
+    let mut weight = 1f32;
     if norm > clip {
-        let s = (clip / norm) as f32;
-        v.iter_mut().for_each(|a| *a *= s);
+        weight = (clip / norm) as f32;
+        v.iter_mut().for_each(|a| *a *= weight);
     }
+    v[layout.weight_offset()] = weight;
     Some(LocalUpdate { vector: v, norm })
 }
 
@@ -176,33 +192,50 @@ pub fn local_update(
 pub struct StepParams {
     /// `λ` of the item step.
     pub regularization: f64,
-    /// `1/q` for a round that sampled each user with probability `q`: the sum is scaled up
-    /// to estimate the sum over all users.
-    pub scale: f64,
+    /// Users the model is for (`N`).
+    pub population: f64,
+    /// Clients whose updates are in the sum (`m`): the sum is scaled by `N/m` to estimate
+    /// the sum over all users.
+    pub clients: f64,
     /// `κ`, the share of the curvature bound used (1: the safe bound).
     pub curvature: f64,
     /// `η`, the step length (1: the full preconditioned step).
     pub learning_rate: f64,
+    /// `μ`, a Levenberg–Marquardt damping added to every item's system: it bounds how far
+    /// noise in the sum can move an item in one round (0 without noise).
+    pub damping: f64,
+    /// Items whose summed curvature is below this keep their factors instead of being
+    /// stepped: under differential privacy their sums are mostly noise (a few times the
+    /// noise's std is the choice; 0 steps every item).
+    pub min_curvature: f64,
 }
 
 /// One server step: updates row-major `factors` (`layout.items × layout.dim`) in place from
 /// `sum`, the (noised) sum of the round's updates in [`Layout`] order.
 pub fn server_step(layout: Layout, factors: &mut [f32], sum: &[f64], p: StepParams) {
     let d = layout.dim;
+    if p.clients <= 0.0 {
+        return;
+    }
+    let scale = p.population / p.clients;
+    // The clipped data stands for `w̄` of the clients' data: λ shrinks alike (a noised
+    // weight sum is kept in [1e-3, 1]).
+    let mean_weight = (sum[layout.weight_offset()] / p.clients).clamp(1e-3, 1.0);
+    let regularization = p.regularization * mean_weight;
     // A = Σ x xᵀ·scale + λI, symmetric; projected onto the positive semidefinite cone
     // before λ is added, because noise can make the sum indefinite.
     let mut a = vec![0f64; d * d];
     let mut at = layout.gram_offset();
     for r in 0..d {
         for k in r..d {
-            a[r * d + k] = sum[at] * p.scale;
+            a[r * d + k] = sum[at] * scale;
             a[k * d + r] = a[r * d + k];
             at += 1;
         }
     }
     let (mut vals, vecs) = symmetric_eigen(a, d);
     for v in &mut vals {
-        *v = v.max(0.0) + p.regularization;
+        *v = v.max(0.0) + regularization;
     }
     // A y_i = V Λ Vᵀ y_i; (A + t I)⁻¹ r = V (Λ + t)⁻¹ Vᵀ r.
     let mut proj = vec![0f64; d];
@@ -210,7 +243,11 @@ pub fn server_step(layout: Layout, factors: &mut [f32], sum: &[f64], p: StepPara
     for i in 0..layout.items {
         let y = &mut factors[i * d..][..d];
         let g = &sum[i * d..][..d];
-        let t = (sum[layout.curvature_offset() + i] * p.scale * p.curvature).max(0.0);
+        let raw = sum[layout.curvature_offset() + i];
+        if raw < p.min_curvature {
+            continue;
+        }
+        let t = (raw * scale * p.curvature).max(0.0);
         // proj = Vᵀ y (columns of V are eigenvectors: vecs[k*d + j] is component k of vector j).
         for j in 0..d {
             let mut s = 0.0;
@@ -221,7 +258,7 @@ pub fn server_step(layout: Layout, factors: &mut [f32], sum: &[f64], p: StepPara
         }
         // r = A y + g·scale = V Λ proj + g·scale.
         for k in 0..d {
-            let mut s = g[k] * p.scale;
+            let mut s = g[k] * scale;
             for j in 0..d {
                 s += vecs[k * d + j] * vals[j] * proj[j];
             }
@@ -233,7 +270,7 @@ pub fn server_step(layout: Layout, factors: &mut [f32], sum: &[f64], p: StepPara
             for k in 0..d {
                 s += vecs[k * d + j] * r[k];
             }
-            proj[j] = s / (vals[j] + t);
+            proj[j] = s / (vals[j] + t + p.damping);
         }
         for k in 0..d {
             let mut s = 0.0;
