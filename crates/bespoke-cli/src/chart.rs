@@ -1,4 +1,4 @@
-//! The trade-off chart of `bespoke fairness --sweep --chart`: NDCG@10 against popularity lift
+//! Charts drawn with `plotters`. The trade-off chart of `bespoke fairness --sweep --chart`: NDCG@10 against popularity lift
 //! (popularity debiasing's sweep) and against miscalibration (calibration's), one PNG with two
 //! panels, drawn with `plotters`. Text needs a TrueType font from the system (DejaVu Sans or
 //! Liberation Sans; Debian's `fonts-dejavu-core`).
@@ -140,4 +140,77 @@ pub(crate) fn tradeoff(path: &Path, model: &str, rows: &[Value]) -> anyhow::Resu
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// The chart of `bespoke federated-sim --chart`: NDCG@10 after each round of every run, with
+/// central iALS and the targets (95% and 90% of it) as horizontal lines (PNG, 1000 × 560).
+pub(crate) fn federated(
+    path: &Path,
+    central: f64,
+    runs: &[(String, Vec<Value>)],
+) -> anyhow::Result<()> {
+    load_font()?;
+    let rounds = runs
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().filter_map(|r| r["round"].as_u64()))
+        .max()
+        .context("no rounds to draw")?;
+    let top = runs
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().filter_map(|r| r["ndcg@10"].as_f64()))
+        .fold(central, f64::max)
+        * 1.08;
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Federated iALS on MovieLens 100K: NDCG@10 per round",
+            ("sans-serif", 20),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..rounds as f64 + 0.5, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc("NDCG@10")
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    let x_end = rounds as f64 + 0.5;
+    for (share, label, color) in [
+        (1.0, "central iALS".to_owned(), BLACK),
+        (0.95, "95% of central".to_owned(), RGBColor(120, 120, 120)),
+        (0.90, "90% of central".to_owned(), RGBColor(180, 180, 180)),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, central * share), (x_end, central * share)],
+                color.stroke_width(if share == 1.0 { 2 } else { 1 }),
+            ))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+    }
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, RGBColor(230, 140, 0)];
+    for ((name, rows), color) in runs.iter().zip(palette.iter().cycle()) {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| Some((r["round"].as_u64()? as f64, r["ndcg@10"].as_f64()?)))
+            .collect();
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))
 }

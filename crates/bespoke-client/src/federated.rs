@@ -187,6 +187,25 @@ pub fn local_update(
     Some(LocalUpdate { vector: v, norm })
 }
 
+/// Adds Gaussian noise of standard deviation `std` to every value, drawn from the ChaCha20
+/// stream of `seed` (Box–Muller): the device's local noise, or the server's central noise on
+/// the sum. The seed must come from the OS's generator outside simulations.
+pub fn add_noise(values: &mut [f64], std: f64, seed: [u8; 32]) {
+    use rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+    // A uniform in (0, 1]: 53 random bits, never 0 so that the logarithm is finite.
+    let mut uniform = || ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    for pair in values.chunks_mut(2) {
+        let (u1, u2) = (uniform(), uniform());
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let t = std::f64::consts::TAU * u2;
+        pair[0] += r * t.cos();
+        if let Some(b) = pair.get_mut(1) {
+            *b += r * t.sin();
+        }
+    }
+}
+
 /// How the server turns the sum of a round's updates into new item factors.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepParams {
@@ -336,6 +355,215 @@ fn symmetric_eigen(mut a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small implicit-feedback problem: `users` histories over `items` items.
+    fn problem(items: usize, users: usize, seed: u64) -> Vec<Vec<(u32, f64)>> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..users)
+            .map(|_| {
+                let mut h: Vec<(u32, f64)> = (0..1 + next() % 4)
+                    .map(|_| ((next() % items as u64) as u32, 1.0 + (next() % 3) as f64))
+                    .collect();
+                h.sort_by_key(|e| e.0);
+                h.dedup_by_key(|e| e.0);
+                h
+            })
+            .collect()
+    }
+
+    fn start(items: usize, dim: usize) -> Vec<f32> {
+        (0..items * dim)
+            .map(|k| ((k * 37 % 11) as f32 - 5.0) * 0.05)
+            .collect()
+    }
+
+    /// The iALS objective at `Y` with every user's vector at its optimum.
+    fn objective(y: &[f32], dim: usize, lambda: f64, alpha: f64, hist: &[Vec<(u32, f64)>]) -> f64 {
+        let gram = gram_reg(y, dim, lambda);
+        let items = y.len() / dim;
+        let mut total: f64 = y.iter().map(|&v| lambda * (v as f64).powi(2)).sum();
+        for h in hist {
+            let x = fold_in(y, &gram, dim, alpha, h).unwrap();
+            total += lambda * x.iter().map(|v| v * v).sum::<f64>();
+            for i in 0..items {
+                let w = h.iter().find(|e| e.0 as usize == i).map_or(0.0, |e| e.1);
+                let (c, p) = (1.0 + alpha * w, if w > 0.0 { 1.0 } else { 0.0 });
+                let s: f64 = (0..dim).map(|k| x[k] * y[i * dim + k] as f64).sum();
+                total += c * (p - s).powi(2);
+            }
+        }
+        total
+    }
+
+    fn summed(
+        layout: Layout,
+        y: &[f32],
+        lambda: f64,
+        alpha: f64,
+        hist: &[Vec<(u32, f64)>],
+        clip: f64,
+    ) -> Vec<f64> {
+        let gram = gram_reg(y, layout.dim, lambda);
+        let mut sum = vec![0f64; layout.len()];
+        for h in hist {
+            let up = local_update(layout, y, &gram, alpha, h, clip).unwrap();
+            for (a, v) in sum.iter_mut().zip(&up.vector) {
+                *a += *v as f64;
+            }
+        }
+        sum
+    }
+
+    fn exact(users: usize, lambda: f64) -> StepParams {
+        StepParams {
+            regularization: lambda,
+            population: users as f64,
+            clients: users as f64,
+            curvature: 1.0,
+            learning_rate: 1.0,
+            damping: 0.0,
+            min_curvature: 0.0,
+        }
+    }
+
+    /// The summed updates are half the gradient of the iALS objective in the item factors
+    /// (envelope theorem): checked against central finite differences of the objective.
+    #[test]
+    fn summed_updates_are_the_objective_gradient() {
+        let (items, dim, users, lambda, alpha) = (6, 3, 9, 0.5, 2.0);
+        let layout = Layout { items, dim };
+        let hist = problem(items, users, 3);
+        let y = start(items, dim);
+        let sum = summed(layout, &y, lambda, alpha, &hist, f64::INFINITY);
+        // A = Σ x xᵀ + λI from the upper triangle.
+        let mut a = vec![0f64; dim * dim];
+        let mut at = layout.gram_offset();
+        for r in 0..dim {
+            for k in r..dim {
+                a[r * dim + k] = sum[at];
+                a[k * dim + r] = sum[at];
+                at += 1;
+            }
+            a[r * dim + r] += lambda;
+        }
+        assert_eq!(sum[layout.weight_offset()], users as f64);
+        for i in 0..items {
+            for k in 0..dim {
+                let r: f64 = (0..dim)
+                    .map(|j| a[k * dim + j] * y[i * dim + j] as f64)
+                    .sum::<f64>()
+                    + sum[i * dim + k];
+                let h = 1e-3f32;
+                let (mut up, mut down) = (y.clone(), y.clone());
+                up[i * dim + k] += h;
+                down[i * dim + k] -= h;
+                let fd = (objective(&up, dim, lambda, alpha, &hist)
+                    - objective(&down, dim, lambda, alpha, &hist))
+                    / (2.0 * h as f64);
+                assert!(
+                    (2.0 * r - fd).abs() < 2e-3 * (1.0 + fd.abs()),
+                    "item {i}, {k}: {} vs {fd}",
+                    2.0 * r
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// With every user in the round and no noise, each server step lowers the objective:
+        /// the preconditioner bounds the item Hessian from above.
+        #[test]
+        fn each_exact_round_lowers_the_objective(seed in 0u64..1000, dim in 1usize..5) {
+            let (items, users, lambda, alpha) = (8, 12, 0.3, 3.0);
+            let layout = Layout { items, dim };
+            let hist = problem(items, users, seed);
+            let mut y = start(items, dim);
+            let mut before = objective(&y, dim, lambda, alpha, &hist);
+            for _ in 0..5 {
+                let sum = summed(layout, &y, lambda, alpha, &hist, f64::INFINITY);
+                server_step(layout, &mut y, &sum, exact(users, lambda));
+                let after = objective(&y, dim, lambda, alpha, &hist);
+                proptest::prop_assert!(after <= before * (1.0 + 1e-6), "{} -> {}", before, after);
+                before = after;
+            }
+        }
+
+        /// A clipped update's norm (all but the weight) is the clip, and the weight says by
+        /// how much it was scaled; the vector is dense over the catalog whatever the history.
+        #[test]
+        fn clipping_scales_the_whole_update(seed in 0u64..1000, clip in 0.01f64..2.0) {
+            let (items, dim) = (10, 4);
+            let layout = Layout { items, dim };
+            let y = start(items, dim);
+            let gram = gram_reg(&y, dim, 0.5);
+            let h = &problem(items, 1, seed)[0];
+            let free = local_update(layout, &y, &gram, 1.0, h, f64::INFINITY).unwrap();
+            let up = local_update(layout, &y, &gram, 1.0, h, clip).unwrap();
+            proptest::prop_assert_eq!(up.vector.len(), layout.len());
+            proptest::prop_assert_eq!(free.vector[layout.weight_offset()], 1.0);
+            let body: f64 = up.vector[..layout.weight_offset()].iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let w = up.vector[layout.weight_offset()] as f64;
+            if free.norm > clip {
+                proptest::prop_assert!((body - clip).abs() < 1e-4 * clip.max(1.0), "{} vs {}", body, clip);
+                proptest::prop_assert!((w - clip / free.norm).abs() < 1e-6);
+            } else {
+                proptest::prop_assert_eq!(w, 1.0);
+            }
+            // Untouched items have zero residual and curvature.
+            for i in 0..items as u32 {
+                if !h.iter().any(|e| e.0 == i) {
+                    proptest::prop_assert!(up.vector[i as usize * dim..][..dim].iter().all(|&v| v == 0.0));
+                    proptest::prop_assert_eq!(up.vector[layout.curvature_offset() + i as usize], 0.0);
+                }
+            }
+        }
+    }
+
+    /// Without noise, rounds with every user converge to what central iALS converges to:
+    /// the exact ALS item step from the same user vectors gives the same factors.
+    #[test]
+    fn rounds_reach_the_als_fixed_point() {
+        let (items, dim, users, lambda, alpha) = (7, 2, 15, 0.4, 2.0);
+        let layout = Layout { items, dim };
+        let hist = problem(items, users, 11);
+        let mut y = start(items, dim);
+        for _ in 0..300 {
+            let sum = summed(layout, &y, lambda, alpha, &hist, f64::INFINITY);
+            server_step(layout, &mut y, &sum, exact(users, lambda));
+        }
+        let sum = summed(layout, &y, lambda, alpha, &hist, f64::INFINITY);
+        let grad: f64 = (0..items * dim).map(|k| sum[k].abs()).sum();
+        let mut next = y.clone();
+        server_step(layout, &mut next, &sum, exact(users, lambda));
+        let moved: f64 = y.iter().zip(&next).map(|(a, b)| (a - b).abs() as f64).sum();
+        assert!(
+            moved < 1e-4,
+            "still moving by {moved} (residual sum {grad})"
+        );
+    }
+
+    #[test]
+    fn noise_has_the_asked_spread_and_follows_the_seed() {
+        let mut a = vec![0f64; 100_001];
+        add_noise(&mut a, 2.0, [7; 32]);
+        let n = a.len() as f64;
+        let mean = a.iter().sum::<f64>() / n;
+        let var = a.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 0.03, "mean {mean}");
+        assert!((var.sqrt() - 2.0).abs() < 0.02, "std {}", var.sqrt());
+        let mut b = vec![0f64; 100_001];
+        add_noise(&mut b, 2.0, [7; 32]);
+        assert_eq!(a, b);
+        let mut c = vec![0f64; 100_001];
+        add_noise(&mut c, 2.0, [8; 32]);
+        assert_ne!(a, c);
+    }
 
     #[test]
     fn eigen_reconstructs_a_symmetric_matrix() {

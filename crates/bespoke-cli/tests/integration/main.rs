@@ -8,6 +8,7 @@ use serde_json::Value;
 
 mod crash;
 mod crash_postgres;
+mod federated;
 mod logs;
 mod migrate;
 mod ope;
