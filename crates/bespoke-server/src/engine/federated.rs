@@ -704,7 +704,7 @@ impl Engine {
         let run = slot.as_ref()?;
         let n = run.layout.len();
         let payload = if run.config.secure_aggregation {
-            n.div_ceil(3) * 8 * 4 / 3 + 4 * n.div_ceil(3)
+            (8 * n).div_ceil(3) * 4
         } else {
             // An f32 printed in full is at most 16 characters, plus its comma.
             n * 17
