@@ -342,6 +342,19 @@ async fn bad_updates_are_refused_and_the_round_completes() {
         "invalid_field",
         Some("public_key"),
     );
+    // The all-zero key is a low-order point: no neighbour could mask against it.
+    let got = send(
+        &client,
+        url("join"),
+        json!({"client_id": 1, "public_key": "0".repeat(64)}),
+    )
+    .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        Some("public_key"),
+    );
     join_all(&srv, &client, &devs).await;
     let key: String = devs[0]
         .keys
@@ -502,6 +515,63 @@ async fn bad_updates_are_refused_and_the_round_completes() {
     assert!(diff < 1e-4, "factors differ by {diff}");
     let (_, st) = srv.get("/v1/federated/status").await;
     assert_eq!(st["history"][0]["clients"], 4, "{st}");
+    srv.stop().await;
+}
+
+/// With central noise, the accountant spends ε each round and the run ends when the next
+/// round would pass the budget.
+#[tokio::test]
+async fn noise_spends_the_budget_and_ends_the_run() {
+    let (srv, client, _) = server().await;
+    let (status, body) = srv
+        .post(
+            "/v1/federated/start",
+            json!({"factors": DIM, "clip": CLIP, "population": 1000, "min_clients": 3,
+                   "expected_clients": 4, "rounds": 2, "epsilon": 2.0,
+                   "secure_aggregation": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sigma = body["config"]["noise_multiplier"].as_f64().unwrap();
+    assert!(sigma > 0.0, "{body}");
+    let url = |p: &str| format!("{}/v1/federated/{p}", srv.base);
+    let devs = devices(4);
+    for round in 1..=2u64 {
+        let (factors, bundle) = model(&srv, &client).await;
+        join_all(&srv, &client, &devs).await;
+        let (status, view) = srv
+            .post(
+                &format!("/v1/federated/rounds/{round}/close-join"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        for d in &devs {
+            let u = local(d, &bundle, &factors);
+            let got = send(
+                &client,
+                url(&format!("rounds/{round}/update")),
+                json!({"client_id": d.id, "update": u}),
+            )
+            .await;
+            assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+        }
+    }
+    let view = get_json(&client, url("round")).await;
+    assert_eq!(view["phase"], "done", "{view}");
+    let spent = view["epsilon_spent"].as_f64().unwrap();
+    assert!(spent > 0.0 && spent <= 2.0, "{view}");
+    let got = send(
+        &client,
+        url("join"),
+        json!({"client_id": 1, "public_key": "ab".repeat(32)}),
+    )
+    .await;
+    assert_error(&got, StatusCode::CONFLICT, "wrong_phase", None);
+    let (_, st) = srv.get("/v1/federated/status").await;
+    let history = st["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{st}");
+    assert!(history[0]["epsilon"].as_f64().unwrap() < spent, "{st}");
     srv.stop().await;
 }
 

@@ -200,6 +200,16 @@ pub(crate) async fn join(
             "public_key must be 64 hexadecimal digits (an X25519 public key)",
         )
     })?;
+    // A low-order key makes every neighbour's mask fail (`SecAggError::WeakKey`): refused
+    // here, with one key agreement against a throwaway key, rather than breaking the round.
+    let probe = bespoke_client::secagg::ClientKeys::from_secret([7; 32]);
+    if bespoke_client::secagg::mask(&[], 0, b.client_id ^ 1, &probe, &[(b.client_id, key)]).is_err()
+    {
+        return Err(ApiError::invalid(
+            "public_key",
+            "public_key is a low-order X25519 point: no shared secret can come from it",
+        ));
+    }
     let engine = state.engine.clone();
     blocking(move || Ok(engine.federated_join(b.client_id, key)?))
         .await
