@@ -11,6 +11,7 @@ pub(crate) mod device;
 pub(crate) mod events;
 pub(crate) mod experiments;
 mod extract;
+pub(crate) mod federated;
 #[cfg(test)]
 mod fuzz;
 pub(crate) mod gorse;
@@ -124,6 +125,31 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/audiences/query", Access::Needs(Scope::Admin)),
     ("GET", "/v1/device/bundle", Access::Needs(Scope::Read)),
     ("GET", "/v1/device/key", Access::Needs(Scope::Read)),
+    ("POST", "/v1/federated/start", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/federated/status", Access::Needs(Scope::Admin)),
+    ("GET", "/v1/federated/model", Access::Needs(Scope::Read)),
+    ("GET", "/v1/federated/round", Access::Needs(Scope::Read)),
+    ("POST", "/v1/federated/join", Access::Needs(Scope::Read)),
+    (
+        "POST",
+        "/v1/federated/rounds/{round}/close-join",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "POST",
+        "/v1/federated/rounds/{round}/close",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "POST",
+        "/v1/federated/rounds/{round}/update",
+        Access::Needs(Scope::Read),
+    ),
+    (
+        "POST",
+        "/v1/federated/rounds/{round}/reveal",
+        Access::Needs(Scope::Read),
+    ),
     ("GET", "/v1/experiments", Access::Needs(Scope::Admin)),
     ("GET", "/v1/experiments/{key}", Access::Needs(Scope::Admin)),
     ("PUT", "/v1/experiments/{key}", Access::Needs(Scope::Admin)),
@@ -467,6 +493,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audiences/query", post(audiences::query))
         .route("/v1/device/bundle", get(device::bundle))
         .route("/v1/device/key", get(device::key))
+        .route("/v1/federated/start", post(federated::start))
+        .route("/v1/federated/status", get(federated::status))
+        .route("/v1/federated/model", get(federated::model))
+        .route("/v1/federated/round", get(federated::round))
+        .route("/v1/federated/join", post(federated::join))
+        .route(
+            "/v1/federated/rounds/{round}/close-join",
+            post(federated::close_join),
+        )
+        .route("/v1/federated/rounds/{round}/close", post(federated::close))
+        // An update's size follows the run's layout: the handler checks that limit, under
+        // a fixed ceiling that replaces limits.max_body_bytes here.
+        .route(
+            "/v1/federated/rounds/{round}/update",
+            post(federated::update).layer(axum::extract::DefaultBodyLimit::max(
+                federated::UPDATE_BODY_CEILING,
+            )),
+        )
+        .route(
+            "/v1/federated/rounds/{round}/reveal",
+            post(federated::reveal),
+        )
         .route("/v1/experiments", get(experiments::list))
         .route(
             "/v1/experiments/{key}",
@@ -929,6 +977,7 @@ pub(crate) fn derived_openapi() -> utoipa::openapi::OpenApi {
         decisions::Api::openapi(),
         device::Api::openapi(),
         experiments::Api::openapi(),
+        federated::Api::openapi(),
         gorse::Api::openapi(),
         models::Api::openapi(),
         ops::Api::openapi(),

@@ -111,20 +111,7 @@ impl Engine {
                     dim: d as u32,
                     encoding,
                     alpha: solver.alpha(),
-                    event_weights: settings
-                        .events
-                        .weights
-                        .iter()
-                        .map(|(k, w)| {
-                            let w = match w {
-                                WeightSpec::Fixed(v) => EventWeight::Fixed(*v),
-                                WeightSpec::Value(_) => {
-                                    EventWeight::Value(bespoke_client::bundle::ValueMarker::Value)
-                                }
-                            };
-                            (k.clone(), w)
-                        })
-                        .collect(),
+                    event_weights: event_weights(settings),
                     max_weight: settings.events.max_weight,
                     recent_boost: settings.serving.recent_boost,
                     recent_half_life_ms: settings.serving.recent_half_life_hours * 3_600_000.0,
@@ -149,6 +136,26 @@ impl Engine {
             items,
         })))
     }
+}
+
+/// The server's event weights as a bundle states them.
+pub(super) fn event_weights(
+    settings: &crate::settings::Settings,
+) -> std::collections::BTreeMap<String, EventWeight> {
+    settings
+        .events
+        .weights
+        .iter()
+        .map(|(k, w)| {
+            let w = match w {
+                WeightSpec::Fixed(v) => EventWeight::Fixed(*v),
+                WeightSpec::Value(_) => {
+                    EventWeight::Value(bespoke_client::bundle::ValueMarker::Value)
+                }
+            };
+            (k.clone(), w)
+        })
+        .collect()
 }
 
 #[cfg(test)]

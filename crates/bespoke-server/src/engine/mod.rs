@@ -48,6 +48,7 @@ mod device;
 mod erasure;
 mod experiments;
 mod fairness;
+pub mod federated;
 mod ingest;
 mod lifecycle;
 mod privacy;
@@ -142,6 +143,8 @@ pub struct Engine {
     cluster: cluster::Cluster,
     /// The key device bundles are signed with, read from the store on first use.
     device_key: std::sync::OnceLock<ed25519_dalek::SigningKey>,
+    /// The federated training run, in memory only: a restart ends it.
+    federated: federated::Federated,
 }
 
 impl std::fmt::Debug for Engine {
@@ -195,6 +198,7 @@ impl Engine {
             segments: segments::Segments::default(),
             cluster: cluster::Cluster::new(feed, loaded.last_seq),
             device_key: std::sync::OnceLock::new(),
+            federated: federated::Federated::default(),
         };
         engine.access.refresh_keys()?;
         engine.reload_rules()?;
