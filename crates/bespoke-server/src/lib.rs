@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub(crate) mod dashboard;
 pub mod decisions;
+mod device_answer;
 pub mod engine;
 pub mod error;
 pub(crate) mod exposure;

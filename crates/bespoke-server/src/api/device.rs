@@ -2,19 +2,15 @@
 //! `engine::device` and docs/on-device.md). Both need only the `read` scope: a front-end ships
 //! them to browsers and apps, as it ships recommendations.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use bespoke_client::Encoding;
-use serde::Serialize;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use utoipa::{IntoParams, ToSchema};
 
+use super::AppState;
 use super::extract::Params;
-use super::{AppState, blocking};
-use crate::engine::Engine;
+use crate::device_answer::{KeyOut, bundle_answer, encoding, public_key};
 use crate::error::ApiError;
 
 /// The query of `GET /v1/device/bundle` (doc only: read with `Params`).
@@ -68,89 +64,6 @@ pub(crate) async fn bundle(
     bundle_answer(state.engine.clone(), encoding, &headers).await
 }
 
-/// The encoding `?encoding=` names: `f32` when absent.
-pub(crate) fn encoding(name: Option<&str>) -> Result<Encoding, ApiError> {
-    match name {
-        None | Some("f32") => Ok(Encoding::F32),
-        Some("int8") => Ok(Encoding::Int8),
-        Some(other) => Err(ApiError::invalid(
-            "encoding",
-            format!("encoding must be f32 or int8, got {other:?}"),
-        )),
-    }
-}
-
-/// The bundle as an answer, with its ETag (304 when `headers` send it back in `If-None-Match`).
-/// Shared with the dashboard's on-device demo page, so that the page ranks with the very bytes
-/// a device gets here.
-pub(crate) async fn bundle_answer(
-    engine: Arc<Engine>,
-    encoding: Encoding,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let bundle = blocking(move || engine.device_bundle(encoding).map_err(ApiError::from))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "no_model",
-                "no model has been trained yet: POST /v1/models/train",
-            )
-        })?;
-    // The signature (the last 64 bytes) covers everything else: a fingerprint of the content.
-    let tail = &bundle.bytes[bundle.bytes.len().saturating_sub(8)..];
-    let etag = format!(
-        "\"v{}-{}\"",
-        bundle.model_version,
-        tail.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::internal("etag", &e))?;
-    let version = HeaderValue::from(bundle.model_version);
-    if matches {
-        return Ok((
-            StatusCode::NOT_MODIFIED,
-            [
-                (header::ETAG, etag_value),
-                (header::CACHE_CONTROL, no_cache()),
-            ],
-        )
-            .into_response());
-    }
-    let bytes = Arc::unwrap_or_clone(bundle).bytes;
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (header::ETAG, etag_value),
-            (header::CACHE_CONTROL, no_cache()),
-            (header::HeaderName::from_static("x-model-version"), version),
-        ],
-        bytes,
-    )
-        .into_response())
-}
-
-/// Devices may keep the bundle but must revalidate it (the model changes with each training).
-fn no_cache() -> HeaderValue {
-    HeaderValue::from_static("no-cache")
-}
-
-/// The public key bundles are signed with.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = DeviceKey)]
-pub(crate) struct KeyOut {
-    /// The Ed25519 public key, 32 bytes as 64 hexadecimal digits.
-    public_key: String,
-    /// `Ed25519`.
-    algorithm: &'static str,
-}
-
 /// The Ed25519 public key device bundles are signed with
 ///
 /// The same on every node and across restarts (kept in the store). Pin it in the app, or fetch
@@ -159,15 +72,6 @@ pub(crate) struct KeyOut {
     responses((status = 200, description = "The key", body = KeyOut)))]
 pub(crate) async fn key(State(state): State<AppState>) -> Result<Json<KeyOut>, ApiError> {
     public_key(state.engine.clone()).await.map(Json)
-}
-
-/// The public key as `GET /v1/device/key` gives it (the dashboard's demo page shows the same).
-pub(crate) async fn public_key(engine: Arc<Engine>) -> Result<KeyOut, ApiError> {
-    let key = blocking(move || engine.device_public_key().map_err(ApiError::from)).await?;
-    Ok(KeyOut {
-        public_key: key.iter().map(|b| format!("{b:02x}")).collect(),
-        algorithm: "Ed25519",
-    })
 }
 
 /// This module's operations in the OpenAPI document (merged by `api::derived_openapi`).

@@ -15,7 +15,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiSession, Dash, PageSession};
-use crate::api::device::{KeyOut, bundle_answer, encoding, public_key};
+use crate::device_answer::{KeyOut, bundle_answer, encoding, public_key};
 use crate::error::ApiError;
 
 /// The page shows titles of at most this many items: past it, keys alone (the page lists 60
