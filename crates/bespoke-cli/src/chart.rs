@@ -180,8 +180,8 @@ pub(crate) fn federated(
     let x_end = rounds as f64 + 0.5;
     for (share, label, color) in [
         (1.0, "central iALS".to_owned(), BLACK),
-        (0.95, "95% of central".to_owned(), RGBColor(120, 120, 120)),
-        (0.90, "90% of central".to_owned(), RGBColor(180, 180, 180)),
+        (0.95, "95% of central".to_owned(), RGBColor(70, 70, 70)),
+        (0.90, "90% of central".to_owned(), RGBColor(130, 130, 130)),
     ] {
         chart
             .draw_series(LineSeries::new(
