@@ -50,7 +50,7 @@ fn federated_sim_reaches_central_ials_and_respects_the_budget() {
     // The masked vector is 8 bytes a coordinate: items × (factors + 1) + the upper triangle + 1.
     let items = rows[0]["central"]["items"].as_u64().unwrap();
     let len = items * 33 + 32 * 33 / 2 + 1;
-    assert!(last["bytes_up_per_client"].as_u64().unwrap() >= 8 * len);
+    assert!(last["bytes_up_per_client"].as_f64().unwrap() >= 8.0 * len as f64);
 
     let dp = run("central DP");
     assert_eq!(dp.len(), 4);
