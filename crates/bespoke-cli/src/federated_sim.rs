@@ -8,7 +8,7 @@ use anyhow::Context;
 use bespoke_algo::als::{Als, AlsParams};
 use bespoke_algo::dp::{RdpAccountant, noise_multiplier_for};
 use bespoke_algo::eval::{K_MAX, MetricSums, Row, temporal_split};
-use bespoke_algo::{Csr, Rng};
+use bespoke_algo::{Csr, Rng, Scored};
 use bespoke_client::federated::{self, Layout, StepParams};
 use bespoke_client::secagg::{self, ClientKeys};
 use rayon::prelude::*;
@@ -193,39 +193,33 @@ fn load(args: &FederatedSimArgs) -> anyhow::Result<Data> {
 /// vector folded in from their training rows, training items left out of the ranking.
 fn evaluate(data: &Data, factors: &[f32], dim: usize, args: &FederatedSimArgs) -> MetricSums {
     let gram = federated::gram_reg(factors, dim, args.regularization);
-    data.eval
-        .par_iter()
-        .fold(
-            || MetricSums::new(data.n_items),
-            |mut sums, (u, test)| {
-                let hist = &data.train[*u as usize];
-                let mut ranking = Vec::new();
-                if let Some(x) = federated::fold_in(factors, &gram, dim, args.alpha, hist) {
-                    let mut seen = vec![false; data.n_items];
-                    for &(i, _) in hist {
-                        seen[i as usize] = true;
-                    }
-                    let mut scored: Vec<(f64, u32)> = (0..data.n_items as u32)
-                        .filter(|&i| !seen[i as usize])
-                        .map(|i| {
-                            let y = &factors[i as usize * dim..][..dim];
-                            (y.iter().zip(&x).map(|(&a, b)| a as f64 * b).sum(), i)
-                        })
-                        .collect();
-                    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                    ranking = scored.iter().take(K_MAX).map(|s| s.1).collect();
-                }
-                sums.add(&ranking, test);
-                sums
-            },
-        )
-        .reduce(
-            || MetricSums::new(data.n_items),
-            |mut a, b| {
-                a.merge(&b);
-                a
-            },
-        )
+    // Ranked in f64 (the fold-in's precision); `tune::evaluate` reads only the order.
+    bespoke_algo::tune::evaluate(data.n_items, &data.eval, |u, _| {
+        let hist = &data.train[u];
+        let Some(x) = federated::fold_in(factors, &gram, dim, args.alpha, hist) else {
+            return Vec::new();
+        };
+        let mut seen = vec![false; data.n_items];
+        for &(i, _) in hist {
+            seen[i as usize] = true;
+        }
+        let mut scored: Vec<(f64, u32)> = (0..data.n_items as u32)
+            .filter(|&i| !seen[i as usize])
+            .map(|i| {
+                let y = &factors[i as usize * dim..][..dim];
+                (y.iter().zip(&x).map(|(&a, b)| a as f64 * b).sum(), i)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored
+            .iter()
+            .take(K_MAX)
+            .map(|&(score, idx)| Scored {
+                idx,
+                score: score as f32,
+            })
+            .collect()
+    })
 }
 
 pub(crate) fn run(args: &FederatedSimArgs) -> anyhow::Result<()> {
